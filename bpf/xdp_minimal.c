@@ -1,0 +1,14 @@
+/* The smallest programs: a baseline for program cost (BPF_PROG_TEST_RUN), and the
+ * one-line XDP_PASS program a veth peer needs so that XDP frames sent towards it are
+ * delivered (it switches the peer to NAPI mode). */
+#include <uapi/linux/bpf.h>
+
+int xdp_drop_bare(struct xdp_md *ctx)
+{
+    return XDP_DROP;
+}
+
+int xdp_pass_bare(struct xdp_md *ctx)
+{
+    return XDP_PASS;
+}

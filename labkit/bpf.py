@@ -1,0 +1,378 @@
+"""eBPF programs: load with bcc from `bpf/NAME.c`, attach (XDP native/generic, tc clsact),
+read per-CPU counters, and measure a program's own cost with BPF_PROG_TEST_RUN.
+
+    with bpf.load("drop_filter", MAX_RULES=64) as prog:
+        fn = prog.function("xdp_filter", "xdp")
+        with bpf.attach_xdp(iface, fn, mode="generic"):
+            ...
+        print(bpf.percpu_sum(prog.map("counters")))
+
+Every attachment is a context manager whose exit detaches, on any exit path. Programs are
+loaded in labkit's own process and attached by file descriptor, through netlink (pyroute2)
+inside the interface's namespace.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import BPF_DIR, lifecycle
+from .errors import InputError, LabkitError, MissingDependency
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1
+XDP_FLAGS_SKB_MODE = 2
+XDP_FLAGS_DRV_MODE = 4
+XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+BPF_F_TEST_XDP_LIVE_FRAMES = 2
+XDP_ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
+
+
+# ---------------------------------------------------------------- prerequisites
+def kernel_headers_dir() -> Path:
+    return Path(os.environ.get("LABKIT_KERNEL_HEADERS", f"/lib/modules/{platform.release()}/build"))
+
+
+def check_bcc():
+    """Import Debian's bcc, or say exactly what is missing and how to get it."""
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        raise MissingDependency(
+            "bcc is not importable: install Debian's python3-bpfcc (never PyPI's 'bcc', an unrelated "
+            "package) and link it into the environment: `sudo make setup` does both."
+        ) from None
+    headers = kernel_headers_dir()
+    if not (headers / "include").is_dir() and not (headers / "Makefile").exists():
+        raise MissingDependency(
+            f"kernel headers not found at {headers}: bcc compiles programs against them. "
+            "`sudo make setup` installs them (linux-headers-$(uname -r), or Debian's generic headers "
+            "linked there when the running kernel has no headers package)."
+        )
+    return bcc
+
+
+# ---------------------------------------------------------------- programs
+class Program:
+    """A bcc module compiled from bpf/SOURCE.c. Context manager: exit unloads it."""
+
+    KINDS = {"xdp": "XDP", "tc": "SCHED_CLS", "socket": "SOCKET_FILTER"}
+
+    def __init__(self, source: str, defines: dict | None = None, cflags: list[str] | None = None):
+        path = Path(source)
+        if not path.suffix:
+            path = BPF_DIR / f"{source}.c"
+        if not path.is_file():
+            have = sorted(p.stem for p in BPF_DIR.glob("*.c"))
+            raise InputError(f"no eBPF source {path}: programs in {BPF_DIR}: {', '.join(have)}")
+        self.source = path
+        self.defines = dict(defines or {})
+        flags = list(cflags or [])
+        for name, value in self.defines.items():
+            if not str(name).isidentifier():
+                raise InputError(f"define {name!r} is not a C identifier")
+            flags.append(f"-D{name}={int(value) if isinstance(value, bool) else value}")
+        lifecycle.require_root("loading eBPF programs")
+        bcc = check_bcc()
+        self._bcc = bcc
+        try:
+            self.bpf = bcc.BPF(src_file=str(path), cflags=flags)
+        except Exception as exc:
+            raise LabkitError(f"bcc could not compile or load {path.name}: {exc}") from exc
+        self._fns = {}
+
+    def function(self, name: str, kind: str = "xdp"):
+        """The loaded program NAME of KIND ('xdp', 'tc' or 'socket'); has `.fd`."""
+        if kind not in self.KINDS:
+            raise InputError(f"program kind {kind!r}: choose one of {sorted(self.KINDS)}")
+        key = (name, kind)
+        if key not in self._fns:
+            try:
+                self._fns[key] = self.bpf.load_func(name, getattr(self._bcc.BPF, self.KINDS[kind]))
+            except Exception as exc:
+                raise LabkitError(f"the verifier or loader refused {name} in {self.source.name}: {exc}") from exc
+        return self._fns[key]
+
+    def map(self, name: str):
+        return self.bpf[name]
+
+    def close(self) -> None:
+        bpf, self.bpf = getattr(self, "bpf", None), None
+        if bpf is not None:
+            bpf.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load(source: str, **defines) -> Program:
+    """Compile and load bpf/SOURCE.c with -DNAME=value for each keyword."""
+    return Program(source, defines)
+
+
+def percpu_sum(table) -> dict:
+    """{key: value summed over CPUs} of a per-CPU array/hash; struct values are summed
+    field by field into dicts."""
+    out = {}
+    for k, per_cpu in table.items():
+        key = k.value if hasattr(k, "value") else k
+        vals = list(per_cpu)
+        if vals and hasattr(vals[0], "_fields_"):
+            out[key] = {f: sum(getattr(v, f) for v in vals) for f, _ in vals[0]._fields_}
+        else:
+            out[key] = sum(int(v) for v in vals)
+    return out
+
+
+# ---------------------------------------------------------------- attachments
+def _xdp_attached(ipr, ifindex) -> dict:
+    attrs = ipr.link("get", index=ifindex)[0].get_attr("IFLA_XDP") or {}
+    return dict(attrs.get("attrs", []))
+
+
+class XdpAttachment:
+    """An XDP program on an interface. Exit (or `detach()`) removes it; harmless twice."""
+
+    def __init__(self, iface, fn, mode: str = "native"):
+        if mode not in XDP_MODES:
+            raise InputError(f"XDP mode {mode!r}: choose 'native' (driver) or 'generic' (skb)")
+        self.iface, self.fn, self.mode = iface, fn, mode
+        self.flags = XDP_MODES[mode]
+        self._record = None
+        self.attached = False
+
+    def attach(self) -> "XdpAttachment":
+        host = self.iface.host
+        with lifecycle.deferred_signals():
+            with host.ipr() as ipr:
+                current = _xdp_attached(ipr, self.iface.ifindex)
+                if current.get("IFLA_XDP_ATTACHED"):
+                    raise LabkitError(
+                        f"{self.iface.name} on {host} already has an XDP program "
+                        f"({current.get('IFLA_XDP_ATTACHED')}, id {current.get('IFLA_XDP_PROG_ID')}): "
+                        "detach it first, or run `labkit clean` if a crashed run left it"
+                    )
+                try:
+                    ipr.link("set", index=self.iface.ifindex,
+                             xdp={"attrs": [("IFLA_XDP_FD", self.fn.fd), ("IFLA_XDP_FLAGS", self.flags)]})
+                except Exception as exc:
+                    raise LabkitError(
+                        f"attaching XDP ({self.mode}) to {self.iface.name} on {host} failed: {exc}"
+                        + (" — the driver may not support native XDP; try mode='generic'" if self.mode == "native" else "")
+                    ) from exc
+                self.attached = True
+            if self.iface.real:
+                self._record = {"kind": "xdp", "ifname": self.iface.name, "flags": self.flags}
+                _run_note(self._record)
+        return self
+
+    def detach(self) -> None:
+        if not self.attached:
+            return
+        with self.iface.host.ipr() as ipr:
+            try:
+                ipr.link("set", index=self.iface.ifindex,
+                         xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", self.flags)]})
+            except Exception as exc:
+                if getattr(exc, "code", None) not in (19,):  # the link is already gone
+                    raise
+        self.attached = False
+        if self._record:
+            _run_forget(self._record)
+
+    def __enter__(self):
+        return self.attach()
+
+    def __exit__(self, *exc):
+        self.detach()
+
+
+class TcAttachment:
+    """A tc clsact qdisc with one direct-action BPF filter on ingress or egress.
+    Exit removes the qdisc (and with it the filter); harmless twice."""
+
+    PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
+
+    def __init__(self, iface, fn, direction: str = "ingress"):
+        if direction not in self.PARENTS:
+            raise InputError(f"tc direction {direction!r}: choose 'ingress' or 'egress'")
+        self.iface, self.fn, self.direction = iface, fn, direction
+        self._record = None
+        self._own_qdisc = False
+
+    def attach(self) -> "TcAttachment":
+        host = self.iface.host
+        with lifecycle.deferred_signals():
+            with host.ipr() as ipr:
+                kinds = [q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(self.iface.ifindex)]
+                if "clsact" not in kinds:
+                    ipr.tc("add", "clsact", self.iface.ifindex)
+                    self._own_qdisc = True
+                    if self.iface.real:
+                        self._record = {"kind": "clsact", "ifname": self.iface.name}
+                        _run_note(self._record)
+                try:
+                    ipr.tc("add-filter", "bpf", self.iface.ifindex, ":1", fd=self.fn.fd, name=self.fn.name,
+                           parent=self.PARENTS[self.direction], classid=1, direct_action=True)
+                except Exception as exc:
+                    self.detach()
+                    raise LabkitError(f"attaching tc {self.direction} filter to {self.iface.name} failed: {exc}") from exc
+        return self
+
+    def detach(self) -> None:
+        if not self._own_qdisc:
+            return
+        with self.iface.host.ipr() as ipr:
+            try:
+                ipr.tc("del", "clsact", self.iface.ifindex)
+            except Exception as exc:
+                if getattr(exc, "code", None) not in (2, 19, 22):
+                    raise
+        self._own_qdisc = False
+        if self._record:
+            _run_forget(self._record)
+
+    def __enter__(self):
+        return self.attach()
+
+    def __exit__(self, *exc):
+        self.detach()
+
+
+def attach_xdp(iface, fn, mode: str = "native") -> XdpAttachment:
+    """Attach FN to IFACE in 'native' or 'generic' mode; use the result in a `with`."""
+    return XdpAttachment(iface, fn, mode)
+
+
+def attach_tc(iface, fn, direction: str = "ingress") -> TcAttachment:
+    return TcAttachment(iface, fn, direction)
+
+
+def _run_note(record):
+    run = lifecycle._current_run
+    if run is not None:
+        run.note_foreign(record)
+
+
+def _run_forget(record):
+    run = lifecycle._current_run
+    if run is not None:
+        run.forget_foreign(record)
+
+
+def xdp_state(iface) -> dict:
+    """What XDP the kernel reports on IFACE: {'IFLA_XDP_ATTACHED': 'xdp'|'xdpgeneric'|None, ...}."""
+    with iface.host.ipr() as ipr:
+        return _xdp_attached(ipr, iface.ifindex)
+
+
+# ---------------------------------------------------------------- BPF_PROG_TEST_RUN
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class XdpMd(ctypes.Structure):
+    """struct xdp_md, the context of an XDP program (for test runs and live frames)."""
+
+    _fields_ = [
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
+    ]
+
+
+_libbpf = None
+
+
+def libbpf():
+    global _libbpf
+    if _libbpf is None:
+        name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+            lib.bpf_prog_test_run_opts
+        except (OSError, AttributeError):
+            try:
+                lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+            except OSError:
+                raise MissingDependency("libbpf.so.1 not found (Debian package libbpf1): run `sudo make setup`") from None
+        lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+        lib.bpf_prog_test_run_opts.restype = ctypes.c_int
+        _libbpf = lib
+    return _libbpf
+
+
+@dataclass
+class TestRunResult:
+    retval: int
+    duration_ns: int  # the kernel's average per repetition
+    data_out: bytes
+    repeat: int
+
+    @property
+    def action(self) -> str:
+        return XDP_ACTIONS.get(self.retval, str(self.retval))
+
+
+def test_run(fn_or_fd, data: bytes, *, repeat: int = 1, ctx: ctypes.Structure | None = None, flags: int = 0,
+             batch_size: int = 0, data_out_size: int | None = None) -> TestRunResult:
+    """Run a loaded program on DATA with BPF_PROG_TEST_RUN (no NIC involved).
+
+    With flags=BPF_F_TEST_XDP_LIVE_FRAMES an XDP program's frames really go out
+    (XDP_TX/XDP_REDIRECT), which the in-kernel generator builds on."""
+    fd = fn_or_fd if isinstance(fn_or_fd, int) else fn_or_fd.fd
+    if repeat < 1:
+        raise InputError(f"repeat {repeat}: must be at least 1")
+    buf_in = ctypes.create_string_buffer(bytes(data), len(data))
+    out_size = 0 if flags & BPF_F_TEST_XDP_LIVE_FRAMES else (data_out_size or len(data) + 256)
+    buf_out = ctypes.create_string_buffer(out_size) if out_size else None
+    opts = _TestRunOpts()
+    opts.sz = ctypes.sizeof(_TestRunOpts)
+    opts.data_in = ctypes.cast(buf_in, ctypes.c_void_p)
+    opts.data_size_in = len(data)
+    if buf_out is not None:
+        opts.data_out = ctypes.cast(buf_out, ctypes.c_void_p)
+        opts.data_size_out = out_size
+    if ctx is not None:
+        opts.ctx_in = ctypes.cast(ctypes.pointer(ctx), ctypes.c_void_p)
+        opts.ctx_size_in = ctypes.sizeof(ctx)
+    opts.repeat = repeat
+    opts.flags = flags
+    opts.batch_size = batch_size
+    rc = libbpf().bpf_prog_test_run_opts(fd, ctypes.byref(opts))
+    if rc != 0:
+        err = ctypes.get_errno() or -rc
+        raise LabkitError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)} (errno {err})")
+    out = buf_out.raw[: opts.data_size_out] if buf_out is not None else b""
+    return TestRunResult(opts.retval, opts.duration, out, repeat)
+
+
+def program_cost_ns(fn, packet: bytes, repeat: int = 1_000_000, trials: int = 5) -> list[float]:
+    """The program's own cost per packet in ns (BPF_PROG_TEST_RUN average), one value per trial."""
+    return [float(test_run(fn, packet, repeat=repeat).duration_ns) for _ in range(trials)]

@@ -1,0 +1,22 @@
+"""The exceptions labkit raises. Every message says what was wrong and what to do."""
+
+
+class LabkitError(Exception):
+    """Base class for every error labkit raises on purpose."""
+
+
+class InputError(LabkitError, ValueError):
+    """A parameter is malformed or out of range. Raised before the kernel is touched."""
+
+
+class MissingDependency(LabkitError, RuntimeError):
+    """A tool, package or kernel feature an experiment needs is not on this machine."""
+
+
+class NotRoot(LabkitError, PermissionError):
+    """The operation needs root (CAP_NET_ADMIN / CAP_BPF / CAP_SYS_ADMIN)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt so that `except Exception` does not swallow it
+    and every context manager on the way out undoes its kernel state."""

@@ -1,0 +1,136 @@
+"""The control plane of the drop filter (bpf/drop_filter.c): rules in BPF maps, changed
+from userspace while the program runs, and its per-verdict counters.
+
+    with DropFilter() as f:                      # compiles and loads the program
+        with f.attach_xdp(iface, "generic"):     # or f.attach_tc(iface)
+            f.drop_port(9)                       # takes effect at once, no reload
+            ...
+        f.counters()  # {'pass': {...}, 'drop_port': {'packets': n, 'bytes': b}, ...}
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+
+from . import bpf
+from .errors import InputError
+
+VERDICTS = ["pass", "drop_all", "drop_proto", "drop_port", "drop_src"]
+RULE_ALL, RULE_PROTO, RULE_PORT, RULE_SRC = 1, 2, 4, 8
+PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "icmpv6": 58, "sctp": 132}
+
+
+class DropFilter:
+    SOURCE = "drop_filter"
+
+    def __init__(self):
+        self.program = bpf.load(self.SOURCE)
+        self._maps = {n: self.program.map(n) for n in ("active", "proto_rules", "port_rules", "src_rules", "counters")}
+
+    # ---- lifecycle
+    def close(self):
+        self.program.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def xdp_function(self):
+        return self.program.function("xdp_filter", "xdp")
+
+    def tc_function(self):
+        return self.program.function("tc_filter", "tc")
+
+    def attach_xdp(self, iface, mode: str = "native") -> bpf.XdpAttachment:
+        return bpf.attach_xdp(iface, self.xdp_function(), mode)
+
+    def attach_tc(self, iface, direction: str = "ingress") -> bpf.TcAttachment:
+        return bpf.attach_tc(iface, self.tc_function(), direction)
+
+    # ---- rules
+    def _active(self) -> int:
+        t = self._maps["active"]
+        return int(t[ctypes.c_int(0)].value)
+
+    def _set_bit(self, bit: int, on: bool) -> None:
+        t = self._maps["active"]
+        cur = self._active()
+        t[ctypes.c_int(0)] = ctypes.c_uint32((cur | bit) if on else (cur & ~bit))
+
+    def drop_all(self, on: bool = True) -> None:
+        """Drop every packet (the XDP fast-drop of the experiment)."""
+        self._set_bit(RULE_ALL, on)
+
+    def drop_proto(self, proto) -> None:
+        """Drop an IP protocol, by name ('udp') or number (17)."""
+        num = self._proto(proto)
+        t = self._maps["proto_rules"]
+        t[t.Key(num)] = t.Leaf(1)
+        self._set_bit(RULE_PROTO, True)
+
+    def drop_port(self, port: int) -> None:
+        """Drop UDP and TCP packets to destination port PORT."""
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InputError(f"port {port!r} is out of range 0..65535")
+        t = self._maps["port_rules"]
+        t[t.Key(port)] = t.Leaf(1)
+        self._set_bit(RULE_PORT, True)
+
+    def drop_src(self, prefix: str) -> None:
+        """Drop IPv4 packets from source PREFIX, e.g. '10.11.0.0/24'."""
+        try:
+            net = ipaddress.IPv4Network(prefix, strict=False)
+        except ValueError:
+            raise InputError(f"source prefix {prefix!r} is not an IPv4 prefix like '10.11.0.0/24'") from None
+        t = self._maps["src_rules"]
+        key = t.Key(net.prefixlen, int.from_bytes(net.network_address.packed, "little"))
+        t[key] = t.Leaf(1)
+        self._set_bit(RULE_SRC, True)
+
+    def remove_port(self, port: int) -> None:
+        t = self._maps["port_rules"]
+        try:
+            del t[t.Key(port)]
+        except KeyError:
+            pass
+        self._set_bit(RULE_PORT, len(t) > 0)
+
+    def clear(self) -> None:
+        """Remove every rule: everything passes."""
+        for name in ("proto_rules", "port_rules", "src_rules"):
+            self._maps[name].clear()
+        self._maps["active"][ctypes.c_int(0)] = ctypes.c_uint32(0)
+
+    def rules(self) -> dict:
+        out = {"drop_all": bool(self._active() & RULE_ALL)}
+        out["protocols"] = sorted(k.value for k in self._maps["proto_rules"].keys())
+        out["ports"] = sorted(k.value for k in self._maps["port_rules"].keys())
+        out["sources"] = sorted(
+            f"{ipaddress.IPv4Address(k.addr.to_bytes(4, 'little'))}/{k.prefixlen}" for k in self._maps["src_rules"].keys()
+        )
+        return out
+
+    @staticmethod
+    def _proto(proto) -> int:
+        if isinstance(proto, str):
+            if proto.lower() not in PROTOCOLS:
+                raise InputError(f"protocol {proto!r}: use a number 0..255 or one of {sorted(PROTOCOLS)}")
+            return PROTOCOLS[proto.lower()]
+        if not isinstance(proto, int) or not 0 <= proto <= 255:
+            raise InputError(f"protocol {proto!r} is out of range 0..255")
+        return proto
+
+    # ---- counters
+    def counters(self) -> dict:
+        """{verdict: {'packets': n, 'bytes': b}} summed over CPUs."""
+        raw = bpf.percpu_sum(self._maps["counters"])
+        return {VERDICTS[k]: v for k, v in sorted(raw.items())}
+
+    def total(self) -> int:
+        """Packets the program has seen, all verdicts."""
+        return sum(v["packets"] for v in self.counters().values())
+
+    def dropped(self) -> int:
+        return sum(v["packets"] for k, v in self.counters().items() if k != "pass")

@@ -1,0 +1,405 @@
+"""Test topologies: hosts (network namespaces) joined by links (veth pairs), or real interfaces.
+
+Describe it as data, build it in a `with`:
+
+    spec = TopologySpec(hosts=["snd", "rcv"],
+                        links=[LinkSpec("snd", "rcv", "10.11.0.1/24", "10.11.0.2/24")])
+    with Topology(spec) as topo:
+        topo.host("rcv").run(["ip", "addr"])
+        topo.iface("snd", "rcv").mac
+
+Every name gets the run's short random prefix (``lkXXXX-``) so two runs never collide and
+`labkit clean` can find leftovers. Leaving the `with` removes everything it made, on error,
+Ctrl-C and SIGTERM too; a topology that fails half-way is torn down before the error is raised.
+Real interfaces are used where named (`RealLink`): labkit never deletes them, it only removes
+the addresses it added.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from . import lifecycle
+from .errors import InputError
+from .hosts import Host
+
+MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+def check_mac(mac: str) -> str:
+    if not isinstance(mac, str) or not MAC_RE.match(mac):
+        raise InputError(f"MAC address {mac!r} is malformed: write six hex pairs, e.g. '02:00:00:00:00:01'")
+    if int(mac[:2], 16) & 1:
+        raise InputError(f"MAC address {mac!r} is a multicast address: use a unicast one (first octet even)")
+    return mac.lower()
+
+
+def check_interface(addr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """'10.0.0.1/24' -> an interface address; a clear error otherwise."""
+    try:
+        iface = ipaddress.ip_interface(addr)
+    except ValueError:
+        raise InputError(f"address {addr!r} is malformed: write an address with a prefix, e.g. '10.11.0.1/24'") from None
+    if "/" not in str(addr):
+        raise InputError(f"address {addr!r} has no prefix length: write e.g. '{addr}/24'")
+    return iface
+
+
+def check_ip(addr: str) -> str:
+    try:
+        return str(ipaddress.ip_address(addr))
+    except ValueError:
+        raise InputError(f"IP address {addr!r} is malformed: write e.g. '10.11.0.2'") from None
+
+
+@dataclass
+class LinkSpec:
+    """A veth pair between hosts `a` and `b`, each end optionally addressed."""
+
+    a: str
+    b: str
+    a_addr: str | None = None
+    b_addr: str | None = None
+    a_mac: str | None = None
+    b_mac: str | None = None
+    mtu: int = 1500
+    a_name: str | None = None  # short interface names; default: host name + index
+    b_name: str | None = None
+
+
+@dataclass
+class RealLink:
+    """Real interfaces standing in for a link: `a_if` on the sending side, `b_if` on the
+    receiving side (cabled to each other, or to a traffic generator). They live in the root
+    namespace of this machine; hosts `a` and `b` then are the root namespace."""
+
+    a: str
+    b: str
+    a_if: str | None
+    b_if: str
+    a_addr: str | None = None
+    b_addr: str | None = None
+
+
+@dataclass
+class TopologySpec:
+    hosts: list[str]
+    links: list = field(default_factory=list)
+    #: ethtool -K settings applied to every veth end, e.g. {"tx": "off"}; recorded in metadata.
+    offloads: dict = field(default_factory=dict)
+
+    def validate(self, prefix_len: int = 6) -> None:
+        """Check everything that can be checked without the kernel."""
+        if not self.hosts:
+            raise InputError("a topology needs at least one host")
+        seen = set()
+        for h in self.hosts:
+            if not isinstance(h, str) or not HOST_NAME_RE.match(h):
+                raise InputError(f"host name {h!r}: use lower-case letters and digits, starting with a letter")
+            if h in seen:
+                raise InputError(f"host {h!r} is named twice")
+            seen.add(h)
+            if prefix_len + 1 + len(h) > lifecycle.IFNAMSIZ:
+                raise InputError(f"host name {h!r} is too long: at most {lifecycle.IFNAMSIZ - prefix_len - 1} characters")
+        names = set()
+        for i, link in enumerate(self.links):
+            for end in (link.a, link.b):
+                if end not in seen:
+                    raise InputError(f"link {i} names host {end!r}, which is not among the hosts {self.hosts}")
+            for addr in (link.a_addr, link.b_addr):
+                if addr is not None:
+                    check_interface(addr)
+            if isinstance(link, RealLink):
+                for ifname in (link.a_if, link.b_if):
+                    if ifname is not None:
+                        check_real_ifname(ifname)
+                continue
+            for mac in (link.a_mac, link.b_mac):
+                if mac is not None:
+                    check_mac(mac)
+            if not (68 <= int(link.mtu) <= 65535):
+                raise InputError(f"MTU {link.mtu} of link {link.a}-{link.b} is out of range 68..65535")
+            for short in self._end_names(i, link):
+                full = f"{'x' * prefix_len}-{short}"
+                if len(full) > lifecycle.IFNAMSIZ:
+                    raise InputError(
+                        f"interface name {short!r} becomes {len(full)} characters with the run prefix; "
+                        f"Linux allows {lifecycle.IFNAMSIZ}: use at most {lifecycle.IFNAMSIZ - prefix_len - 1} characters"
+                    )
+                if short in names:
+                    raise InputError(f"interface name {short!r} is used twice")
+                names.add(short)
+
+    def _end_names(self, i: int, link: LinkSpec) -> tuple[str, str]:
+        count = {}
+        for j, l in enumerate(self.links[: i + 1]):
+            if isinstance(l, RealLink):
+                continue
+            for end in (l.a, l.b):
+                count[end] = count.get(end, -1) + 1
+            if j == i:
+                return (link.a_name or f"{link.a}{count[link.a]}", link.b_name or f"{link.b}{count[link.b]}")
+        raise AssertionError
+
+
+def check_real_ifname(ifname: str) -> str:
+    if not ifname or len(ifname) > lifecycle.IFNAMSIZ or "/" in ifname or " " in ifname:
+        raise InputError(f"interface name {ifname!r} is not a valid Linux interface name (1..15 characters)")
+    if not os.path.exists(f"/sys/class/net/{ifname}"):
+        have = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else []
+        raise InputError(f"interface {ifname!r} does not exist on this machine; interfaces here: {', '.join(have)}")
+    return ifname
+
+
+@dataclass
+class Interface:
+    """One end of a link, as built: where it lives and what it is called."""
+
+    host: Host
+    name: str
+    ifindex: int
+    mac: str
+    address: str | None  # IP without prefix
+    prefixlen: int | None
+    real: bool = False
+    peer: "Interface | None" = field(default=None, repr=False)
+
+    @property
+    def netns(self) -> str | None:
+        return self.host.netns
+
+    def stats(self) -> dict:
+        """The kernel's link counters (IFLA_STATS64) of this interface."""
+        with self.host.ipr() as ipr:
+            return dict(ipr.link("get", index=self.ifindex)[0].get_attr("IFLA_STATS64"))
+
+    def ethtool_stats(self) -> dict:
+        """`ethtool -S` counters (veth: per-queue XDP and drop counters), {} where none."""
+        cp = self.host.run(["ethtool", "-S", self.name], check=False, timeout=10)
+        out = {}
+        for line in cp.stdout.splitlines()[1:]:
+            if ":" in line:
+                k, v = line.rsplit(":", 1)
+                try:
+                    out[k.strip()] = int(v)
+                except ValueError:
+                    pass
+        return out
+
+    def offloads(self) -> dict:
+        """`ethtool -k` features that are on/off (recorded in run metadata)."""
+        cp = self.host.run(["ethtool", "-k", self.name], check=False, timeout=10)
+        feats = {}
+        for line in cp.stdout.splitlines()[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                feats[k.strip()] = v.strip().split()[0] if v.strip() else ""
+        return feats
+
+
+class Topology:
+    """A built topology. Use it as a context manager."""
+
+    def __init__(self, spec: TopologySpec):
+        self.spec = spec
+        self.hosts: dict[str, Host] = {}
+        self.links: list[tuple[Interface, Interface]] = []
+        self.run: lifecycle.Run | None = None
+        self._stack: ExitStack | None = None
+
+    # ---- access
+    def host(self, name: str) -> Host:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise InputError(f"no host {name!r} in this topology; hosts: {sorted(self.hosts)}") from None
+
+    def iface(self, host: str, towards: str | None = None) -> Interface:
+        """The interface of HOST (on the link towards host TOWARDS, when it has several)."""
+        for a, b in self.links:
+            for me, other in ((a, b), (b, a)):
+                if me.host.name == host and (towards is None or other.host.name == towards):
+                    return me
+        raise InputError(f"host {host!r} has no interface" + (f" towards {towards!r}" if towards else ""))
+
+    # ---- build / teardown
+    def __enter__(self) -> "Topology":
+        lifecycle.require_root("building a topology")
+        self._stack = ExitStack()
+        stack = self._stack
+        try:
+            stack.enter_context(lifecycle.terminate_as_exception())
+            self.run = stack.enter_context(lifecycle.run_scope())
+            self.spec.validate(len(self.run.prefix))
+            self._build(stack)
+        except BaseException:
+            stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self) -> None:
+        """Undo everything; harmless to call twice."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def _build(self, stack: ExitStack) -> None:
+        from pyroute2 import netns
+
+        real_hosts = {end for l in self.spec.links if isinstance(l, RealLink) for end in (l.a, l.b)}
+        for h in self.spec.hosts:
+            if h in real_hosts:
+                self.hosts[h] = Host(h, None)
+                continue
+            name = self.run.name(h)
+            with lifecycle.deferred_signals():
+                netns.create(name)
+                stack.callback(_remove_netns, name)
+            host = Host(h, name)
+            stack.callback(host.stop_all)  # processes go before their namespace
+            self.hosts[h] = host
+            with host.ipr() as ipr:
+                lo = ipr.link_lookup(ifname="lo")
+                ipr.link("set", index=lo[0], state="up")
+        for i, link in enumerate(self.spec.links):
+            if isinstance(link, RealLink):
+                self.links.append(self._real_link(stack, link))
+            else:
+                self.links.append(self._veth(stack, i, link))
+
+    def _veth(self, stack: ExitStack, i: int, link: LinkSpec) -> tuple[Interface, Interface]:
+        ha, hb = self.hosts[link.a], self.hosts[link.b]
+        sa, sb = self.spec._end_names(i, link)
+        na, nb = self.run.name(sa), self.run.name(sb)
+        with ha.ipr() as ipr:
+            # The veth is born with its peer already in the other namespace; the namespace
+            # removal takes it away, so no separate undo is needed for namespaced ends.
+            peer = {"ifname": nb}
+            if hb.netns:
+                peer["net_ns_fd"] = hb.netns
+            ipr.link("add", ifname=na, kind="veth", peer=peer)
+        if not ha.netns or not hb.netns:
+            stack.callback(_delete_link, ha, na)
+        ends = []
+        for host, name, addr, mac in ((ha, na, link.a_addr, link.a_mac), (hb, nb, link.b_addr, link.b_mac)):
+            with host.ipr() as ipr:
+                idx = ipr.link_lookup(ifname=name)[0]
+                kw = {"mtu": int(link.mtu)}
+                if mac:
+                    kw["address"] = check_mac(mac)
+                ipr.link("set", index=idx, **kw)
+                ip = pfx = None
+                if addr:
+                    iface = check_interface(addr)
+                    ip, pfx = str(iface.ip), iface.network.prefixlen
+                    ipr.addr("add", index=idx, address=ip, prefixlen=pfx)
+                ipr.link("set", index=idx, state="up")
+                got = ipr.link("get", index=idx)[0]
+                ends.append(Interface(host, name, idx, got.get_attr("IFLA_ADDRESS"), ip, pfx))
+            for feature, value in self.spec.offloads.items():
+                host.run(["ethtool", "-K", name, feature, value], timeout=10)
+        a, b = ends
+        a.peer, b.peer = b, a
+        return a, b
+
+    def _real_link(self, stack: ExitStack, link: RealLink) -> tuple[Interface, Interface]:
+        ends = []
+        for hostname, ifname, addr in ((link.a, link.a_if, link.a_addr), (link.b, link.b_if, link.b_addr)):
+            host = self.hosts[hostname]
+            if ifname is None:  # the sending side is another machine: only the receiver is here
+                ends.append(None)
+                continue
+            check_real_ifname(ifname)
+            with host.ipr() as ipr:
+                idx = ipr.link_lookup(ifname=ifname)[0]
+                ip = pfx = None
+                if addr:
+                    iface = check_interface(addr)
+                    ip, pfx = str(iface.ip), iface.network.prefixlen
+                    have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
+                    if (ip, pfx) not in have:
+                        rec = {"kind": "address", "ifname": ifname, "address": ip, "prefixlen": pfx}
+                        with lifecycle.deferred_signals():
+                            ipr.addr("add", index=idx, address=ip, prefixlen=pfx)
+                            self.run.note_foreign(rec)
+                            stack.callback(_del_addr, host, idx, ip, pfx, self.run, rec)
+                ipr.link("set", index=idx, state="up")
+                got = ipr.link("get", index=idx)[0]
+                ends.append(Interface(host, ifname, idx, got.get_attr("IFLA_ADDRESS"), ip, pfx, real=True))
+        a, b = ends
+        if a is not None:
+            a.peer, b.peer = b, a
+        return a, b
+
+    def metadata(self) -> dict:
+        """What a result file records about the topology: names, MACs, offloads."""
+        out = {"prefix": self.run.prefix if self.run else None, "offloads_set": dict(self.spec.offloads), "links": []}
+        for a, b in self.links:
+            out["links"].append([
+                None if e is None else {"host": e.host.name, "ifname": e.name, "mac": e.mac,
+                                        "address": e.address, "real": e.real, "offloads": _safe(e.offloads)}
+                for e in (a, b)
+            ])
+        return out
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception as exc:  # metadata never crashes a run
+        return f"unavailable: {exc}"
+
+
+def _remove_netns(name: str) -> None:
+    from pyroute2 import netns
+
+    lifecycle.kill_pids(lifecycle.pids_in_netns(name))
+    try:
+        netns.remove(name)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno != 2:
+            raise
+
+
+def _delete_link(host: Host, name: str) -> None:
+    with host.ipr() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if idx:
+            try:
+                ipr.link("del", index=idx[0])
+            except Exception as exc:  # "no such device": the peer went first
+                if getattr(exc, "code", None) != 19:
+                    raise
+
+
+def _del_addr(host, idx, ip, pfx, run, rec):
+    with host.ipr() as ipr:
+        try:
+            ipr.addr("del", index=idx, address=ip, prefixlen=pfx)
+        except Exception:
+            pass
+    run.forget_foreign(rec)
+
+
+def pair(sender: str = "snd", receiver: str = "rcv", *, sender_addr="10.11.0.1/24", receiver_addr="10.11.0.2/24",
+         mtu: int = 1500, sender_if: str | None = None, receiver_if: str | None = None,
+         offloads: dict | None = None) -> TopologySpec:
+    """The two-host testbed most experiments use: a sender and a receiver, joined by a veth
+    pair, or by real interfaces when `receiver_if` (and `sender_if`) name them."""
+    if receiver_if or sender_if:
+        if not receiver_if:
+            raise InputError("sender_if is set but receiver_if is not: name the receiving interface too")
+        link = RealLink(sender, receiver, sender_if, receiver_if, sender_addr if sender_if else None, receiver_addr)
+    else:
+        link = LinkSpec(sender, receiver, sender_addr, receiver_addr, mtu=mtu)
+    return TopologySpec(hosts=[sender, receiver], links=[link], offloads=offloads or {})
