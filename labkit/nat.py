@@ -1,0 +1,350 @@
+"""The control plane of the eBPF NAT (bpf/nat.c): its configuration, static 1:1 mappings,
+source-NAT port range and flow table, all in BPF maps, read and changed from userspace
+while the program runs.
+
+    with Nat(inside_network="10.20.0.0/16", outside_network="198.51.100.0/24",
+             snat_address="198.51.100.1", port_range=(20000, 29999)) as nat:
+        with nat.attach(topo.iface("nat", "srv")):      # tc ingress + egress of the outside port
+            nat.add_mapping("10.20.1.2", "198.51.100.10")
+            ...
+            nat.flows()      # live SNAT flows with packet/byte counters, both directions
+            nat.mappings()   # static mappings with their counters
+            nat.stats()      # every outcome of the program, counted (passes and drops too)
+
+Every change is checked before a map is written: an address outside the configured
+networks, a mapping that overlaps another, an empty or inverted port range raise an
+`InputError` and leave the maps as they were; a full mapping table raises `TableFull`.
+A full SNAT flow table is an LRU: the oldest flows make room, which `flow_table()`
+reports (entries, capacity, flows created and evicted), as does the `drop_table_full`
+and `drop_no_port` count of `stats()`.
+"""
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import socket
+import struct
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+
+from . import bpf
+from .errors import InputError, LabkitError
+from .nat_model import OUTCOMES
+
+PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
+DEFAULT_PORT_RANGE = (20000, 29999)
+
+
+class TableFull(LabkitError):
+    """A BPF map of the NAT has no room for another entry."""
+
+
+@dataclass
+class Mapping:
+    inside: str
+    outside: str
+    out_packets: int = 0
+    out_bytes: int = 0
+    in_packets: int = 0
+    in_bytes: int = 0
+
+
+@dataclass
+class Flow:
+    proto: str
+    inside: str
+    inside_port: int  # ICMP: the echo identifier
+    remote: str
+    remote_port: int  # ICMP: 0
+    nat_address: str
+    nat_port: int
+    out_packets: int
+    out_bytes: int
+    in_packets: int
+    in_bytes: int
+    age_s: float
+    idle_s: float
+
+
+def _be32(addr: ipaddress.IPv4Address) -> int:
+    """An IPv4 address as the u32 the program compares (network byte order in memory)."""
+    return struct.unpack("=I", addr.packed)[0]
+
+
+def _from_be32(value: int) -> str:
+    return str(ipaddress.IPv4Address(struct.pack("=I", value & 0xFFFFFFFF)))
+
+
+def _be16(port: int) -> int:
+    return struct.unpack("=H", struct.pack("!H", port))[0]
+
+
+def _from_be16(value: int) -> int:
+    return struct.unpack("!H", struct.pack("=H", value & 0xFFFF))[0]
+
+
+def check_port_range(port_range) -> tuple[int, int]:
+    try:
+        lo, hi = port_range
+    except (TypeError, ValueError):
+        raise InputError(f"port range {port_range!r}: give two ports (first, last), e.g. (20000, 29999)") from None
+    for p in (lo, hi):
+        if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535:
+            raise InputError(f"port range {port_range!r}: ports are whole numbers 1..65535")
+    if hi < lo:
+        raise InputError(f"port range {lo}-{hi} is inverted: the first port must not exceed the last")
+    return lo, hi
+
+
+def _network(value, what: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(value, strict=False)
+    except (ValueError, TypeError):
+        raise InputError(f"{what} {value!r} is not an IPv4 network like '10.20.0.0/16'") from None
+    if net.prefixlen > 30:
+        raise InputError(f"{what} {net} is too small for hosts: use a prefix of /30 or shorter")
+    return net
+
+
+def _address(value, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except (ValueError, TypeError):
+        raise InputError(f"{what} {value!r} is not an IPv4 address like '10.20.1.2'") from None
+
+
+def _host_in(addr: ipaddress.IPv4Address, net: ipaddress.IPv4Network, what: str, net_name: str) -> None:
+    if addr not in net:
+        raise InputError(f"{what} {addr} is outside the {net_name} {net}: use an address in it")
+    if addr in (net.network_address, net.broadcast_address):
+        raise InputError(f"{what} {addr} is the network or broadcast address of {net}: use a host address")
+
+
+class Nat:
+    """The loaded NAT program and its maps. A context manager: exit unloads the program
+    (and with it every map); `attach()` puts it on an interface."""
+
+    SOURCE = "nat"
+
+    def __init__(self, inside_network: str, outside_network: str, snat_address: str | None = None,
+                 port_range=DEFAULT_PORT_RANGE, *, max_static: int = 256, max_flows: int = 65536,
+                 port_probes: int = 32):
+        self.inside_network = _network(inside_network, "inside network")
+        self.outside_network = _network(outside_network, "outside network")
+        if self.inside_network.overlaps(self.outside_network):
+            raise InputError(f"inside network {self.inside_network} and outside network {self.outside_network} "
+                             "overlap: a NAT needs them apart")
+        self.snat_address = None
+        if snat_address is not None:
+            self.snat_address = _address(snat_address, "SNAT address")
+            _host_in(self.snat_address, self.outside_network, "SNAT address", "outside network")
+        self.port_range = check_port_range(port_range)
+        for name, value, top in (("max_static", max_static, 65536), ("max_flows", max_flows, 1 << 22),
+                                 ("port_probes", port_probes, 256)):
+            if not isinstance(value, int) or not 1 <= value <= top:
+                raise InputError(f"{name} {value!r}: a whole number 1..{top}")
+        self.max_static, self.max_flows = max_static, max_flows
+        self.program = bpf.load(self.SOURCE, MAX_STATIC=max_static, MAX_FLOWS=max_flows, PORT_PROBES=port_probes)
+        try:
+            self._maps = {n: self.program.map(n) for n in
+                          ("config", "static_out", "static_in", "mapping_counters", "snat_out", "snat_in", "stats")}
+            self._flows_created_cleared = 0  # flows created before the last clear_flows()
+            self._write_config()
+        except BaseException:
+            self.program.close()
+            raise
+
+    # ------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self.program.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def egress_function(self):
+        return self.program.function("nat_egress", "tc")
+
+    def ingress_function(self):
+        return self.program.function("nat_ingress", "tc")
+
+    def attach(self, outside_iface) -> ExitStack:
+        """Attach the NAT to the NAT host's outside port: tc ingress (inbound translation)
+        and egress (outbound). Use in a `with`; exit removes both (the clsact qdisc)."""
+        stack = ExitStack()
+        try:
+            stack.enter_context(bpf.attach_tc(outside_iface, self.ingress_function(), "ingress"))
+            stack.enter_context(bpf.attach_tc(outside_iface, self.egress_function(), "egress"))
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    # ------------------------------------------------------------ configuration
+    def _write_config(self) -> None:
+        t = self._maps["config"]
+        leaf = t.Leaf()
+        leaf.snat_addr = _be32(self.snat_address) if self.snat_address else 0
+        leaf.inside_net = _be32(self.inside_network.network_address)
+        leaf.inside_mask = _be32(self.inside_network.netmask)
+        leaf.port_min, leaf.port_max = self.port_range
+        t[ctypes.c_int(0)] = leaf
+
+    def set_port_range(self, first: int, last: int) -> None:
+        """The ports new SNAT flows get (existing flows keep theirs)."""
+        self.port_range = check_port_range((first, last))
+        self._write_config()
+
+    def set_snat_address(self, address: str | None) -> None:
+        """The outside address SNAT flows use; None turns source NAT off (static mappings stay)."""
+        if address is None:
+            self.snat_address = None
+        else:
+            addr = _address(address, "SNAT address")
+            _host_in(addr, self.outside_network, "SNAT address", "outside network")
+            if addr in self._static_outside():
+                raise InputError(f"SNAT address {addr} is the outside address of a static mapping: "
+                                 "remove that mapping first, or choose another address")
+            self.snat_address = addr
+        self._write_config()
+
+    def config(self) -> dict:
+        """The configuration as the program sees it (read back from its map)."""
+        leaf = self._maps["config"][ctypes.c_int(0)]
+        return {
+            "snat_address": _from_be32(leaf.snat_addr) if leaf.snat_addr else None,
+            "inside_network": str(ipaddress.IPv4Network((_from_be32(leaf.inside_net), _from_be32(leaf.inside_mask)))),
+            "port_range": (leaf.port_min, leaf.port_max),
+            "outside_network": str(self.outside_network),
+        }
+
+    # ------------------------------------------------------------ static mappings
+    def _static_outside(self) -> dict:
+        return {ipaddress.IPv4Address(_from_be32(k.value)): ipaddress.IPv4Address(_from_be32(v.addr))
+                for k, v in self._maps["static_in"].items()}
+
+    def _static_inside(self) -> dict:
+        return {ipaddress.IPv4Address(_from_be32(k.value)): (ipaddress.IPv4Address(_from_be32(v.addr)), v.slot)
+                for k, v in self._maps["static_out"].items()}
+
+    def add_mapping(self, inside: str, outside: str) -> Mapping:
+        """Map outside address OUTSIDE to inside host INSIDE (both directions), at once."""
+        ins = _address(inside, "inside address")
+        out = _address(outside, "outside address")
+        _host_in(ins, self.inside_network, "inside address", "inside network")
+        _host_in(out, self.outside_network, "outside address", "outside network")
+        if self.snat_address is not None and out == self.snat_address:
+            raise InputError(f"outside address {out} is the SNAT address, shared by every inside host: "
+                             "map another outside address")
+        by_inside, by_outside = self._static_inside(), self._static_outside()
+        if ins in by_inside:
+            raise InputError(f"inside host {ins} already has a static mapping (to {by_inside[ins][0]}): "
+                             "remove it first")
+        if out in by_outside:
+            raise InputError(f"outside address {out} is already mapped (to {by_outside[out]}): remove that mapping first")
+        if len(by_inside) >= self.max_static:
+            raise TableFull(f"the static mapping table is full ({self.max_static} mappings): remove one, "
+                            "or load the NAT with a larger max_static")
+        used = {slot for _, slot in by_inside.values()}
+        slot = next(s for s in range(self.max_static) if s not in used)
+        t_out, t_in, counters = self._maps["static_out"], self._maps["static_in"], self._maps["mapping_counters"]
+        ncpu = len(counters[ctypes.c_int(slot)])
+        counters[ctypes.c_int(slot)] = (counters.Leaf * ncpu)()  # fresh counters for a fresh mapping
+        # inbound first: a reply to the new address can only be translated once outbound
+        # traffic goes out under it; undone if the second write fails
+        t_in[t_in.Key(_be32(out))] = t_in.Leaf(_be32(ins), slot)
+        try:
+            t_out[t_out.Key(_be32(ins))] = t_out.Leaf(_be32(out), slot)
+        except Exception as exc:
+            del t_in[t_in.Key(_be32(out))]
+            raise TableFull(f"could not add mapping {ins} <-> {out}: {exc}") from exc
+        return Mapping(str(ins), str(out))
+
+    def remove_mapping(self, address: str) -> None:
+        """Remove the static mapping of ADDRESS (its inside or its outside address)."""
+        addr = _address(address, "address")
+        by_inside, by_outside = self._static_inside(), self._static_outside()
+        if addr in by_inside:
+            ins, out = addr, by_inside[addr][0]
+        elif addr in by_outside:
+            ins, out = by_outside[addr], addr
+        else:
+            have = ", ".join(f"{i}<->{o}" for i, (o, _) in by_inside.items()) or "none"
+            raise InputError(f"no static mapping has address {addr}; mappings: {have}")
+        t_out, t_in = self._maps["static_out"], self._maps["static_in"]
+        del t_out[t_out.Key(_be32(ins))]
+        del t_in[t_in.Key(_be32(out))]
+
+    def mappings(self) -> list[Mapping]:
+        """The static mappings with their packet and byte counters (summed over CPUs)."""
+        counters = self._maps["mapping_counters"]
+        out = []
+        for ins, (outside, slot) in sorted(self._static_inside().items()):
+            per_cpu = counters[ctypes.c_int(slot)]
+            m = Mapping(str(ins), str(outside))
+            for f in ("out_packets", "out_bytes", "in_packets", "in_bytes"):
+                setattr(m, f, sum(getattr(c, f) for c in per_cpu))
+            out.append(m)
+        return out
+
+    # ------------------------------------------------------------ flows
+    def flows(self) -> list[Flow]:
+        """Live SNAT flows, each with its packet and byte counters in both directions."""
+        now = time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
+        out = []
+        for k, v in self._maps["snat_out"].items():
+            icmp = k.proto == socket.IPPROTO_ICMP
+            out.append(Flow(PROTOCOLS.get(k.proto, str(k.proto)), _from_be32(k.src), _from_be16(k.sport),
+                            _from_be32(k.dst), 0 if icmp else _from_be16(k.dport), _from_be32(v.nat_addr),
+                            _from_be16(v.nat_port), v.out_packets, v.out_bytes, v.in_packets, v.in_bytes,
+                            max(0.0, (now - v.created_ns) / 1e9), max(0.0, (now - v.last_ns) / 1e9)))
+        return sorted(out, key=lambda f: (f.inside, f.proto, f.inside_port, f.remote, f.remote_port))
+
+    def flows_table(self):
+        """flows() as a pandas DataFrame (one row per flow)."""
+        import pandas as pd
+
+        cols = list(Flow.__dataclass_fields__)
+        return pd.DataFrame([asdict(f) for f in self.flows()], columns=cols)
+
+    def flow_table(self) -> dict:
+        """How full the SNAT flow table is, and how many flows it had to evict for room."""
+        live = len(self._maps["snat_out"].items())
+        created = self.stats()["out_snat_new"]["packets"] - self._flows_created_cleared
+        return {"entries": live, "capacity": self.max_flows, "full": live >= self.max_flows,
+                "created": created, "evicted_or_stale": max(0, created - live),
+                "no_port_drops": self.stats()["drop_no_port"]["packets"],
+                "table_full_drops": self.stats()["drop_table_full"]["packets"]}
+
+    def clear_flows(self) -> None:
+        """Forget every SNAT flow (both directions): new packets start new flows."""
+        self._flows_created_cleared = self.stats()["out_snat_new"]["packets"]
+        self._maps["snat_out"].clear()
+        self._maps["snat_in"].clear()
+
+    def clear(self) -> None:
+        """Forget all state: flows, static mappings and every counter (config stays)."""
+        self.clear_flows()
+        self._maps["static_out"].clear()
+        self._maps["static_in"].clear()
+        for name in ("mapping_counters", "stats"):
+            t = self._maps[name]
+            for i in range(len(t)):
+                t[ctypes.c_int(i)] = (t.Leaf * len(t[ctypes.c_int(i)]))()
+        self._flows_created_cleared = 0
+
+    # ------------------------------------------------------------ counters
+    def stats(self) -> dict:
+        """{outcome: {'packets': n, 'bytes': b}} for every outcome of the program, summed over CPUs."""
+        raw = bpf.percpu_sum(self._maps["stats"])
+        return {OUTCOMES[k]: raw.get(k, {"packets": 0, "bytes": 0}) for k in range(len(OUTCOMES))}
+
+    def model(self):
+        """A NatModel with this NAT's configuration and static mappings (no flows)."""
+        from .nat_model import NatModel
+
+        return NatModel(str(self.inside_network), str(self.snat_address) if self.snat_address else None,
+                        self.port_range, {m.inside: m.outside for m in self.mappings()})

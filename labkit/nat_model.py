@@ -1,0 +1,283 @@
+"""A small Python model of the eBPF NAT (bpf/nat.c), written from its stated rules, not from
+its code: given a frame and the NAT's configuration and flow state, what must come out.
+
+The fuzz test runs the same frames through the real program (BPF_PROG_TEST_RUN) and
+through this model and compares every byte. Checksums are computed here from scratch
+over the rewritten packet; where the input checksum was already wrong, the output must
+keep exactly the same error (an incremental update carries it), so the model computes
+"from scratch, plus the input's error".
+
+    m = NatModel("10.20.0.0/16", "198.51.100.1", (20000, 29999), static={"10.20.1.2": "198.51.100.10"})
+    exp = m.outbound(frame, observed=out_frame)   # observed: to learn a new flow's port
+    m.differences(exp, out_frame)                 # [] when the program did what the model says
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+
+from .errors import InputError
+
+#: The program's outcomes, in the order of its `stats` map (bpf/nat.c S_* defines).
+OUTCOMES = [
+    "out_static", "out_snat_new", "out_snat", "in_static", "in_snat",
+    "pass_not_ipv4", "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_stale_flow",
+    "pass_options_or_fragment", "drop_options", "drop_fragment", "drop_protocol",
+    "drop_no_port", "drop_table_full", "drop_rewrite_failed",
+]
+TRANSLATED = {"out_static", "out_snat_new", "out_snat", "in_static", "in_snat"}
+TCP, UDP, ICMP = 6, 17, 1
+ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
+ETH, IP = 14, 20
+L4 = ETH + IP
+#: Offsets of the checksum fields (in the frame) per protocol.
+L4_CSUM = {TCP: L4 + 16, UDP: L4 + 6, ICMP: L4 + 2}
+L4_HDR = {TCP: 20, UDP: 8, ICMP: 8}
+
+
+def _ip(addr) -> int:
+    return int(ipaddress.IPv4Address(addr))
+
+
+def _sum16(data: bytes) -> int:
+    """The one's-complement sum of DATA as a class mod 0xFFFF (0 and 0xFFFF are one value)."""
+    if len(data) % 2:
+        data += b"\0"
+    return sum(struct.unpack(f"!{len(data) // 2}H", data)) % 0xFFFF
+
+
+@dataclass
+class Packet:
+    """What the NAT reads of a frame (the model's own parser, after the stated rules)."""
+
+    outcome: str | None = None  # set when parsing alone decides (not IPv4, malformed)
+    saddr: int = 0
+    daddr: int = 0
+    proto: int = 0
+    tot_len: int = 0
+    options: bool = False
+    fragment: bool = False
+    has_l4: bool = False
+    sport: int = 0  # TCP/UDP source port; ICMP echo identifier
+    dport: int = 0
+    icmp_type: int | None = None
+
+
+def parse(frame: bytes) -> Packet:
+    if len(frame) < ETH:
+        return Packet("pass_malformed")
+    if frame[12:14] != b"\x08\x00":
+        return Packet("pass_not_ipv4")
+    if len(frame) < L4:
+        return Packet("pass_malformed")
+    ver, ihl = frame[ETH] >> 4, frame[ETH] & 0x0F
+    tot = struct.unpack("!H", frame[ETH + 2:ETH + 4])[0]
+    if ver != 4 or ihl < 5 or tot < ihl * 4 or tot + ETH > len(frame):
+        return Packet("pass_malformed")
+    p = Packet(None, _ip(frame[ETH + 12:ETH + 16]), _ip(frame[ETH + 16:ETH + 20]), frame[ETH + 9], tot)
+    p.options = ihl > 5
+    p.fragment = (struct.unpack("!H", frame[ETH + 6:ETH + 8])[0] & 0x3FFF) != 0
+    if p.options or p.fragment:
+        return p
+    need = L4_HDR.get(p.proto)
+    if need is not None and tot - IP >= need:
+        p.has_l4 = True
+        if p.proto == ICMP:
+            p.icmp_type = frame[L4]
+            p.sport = struct.unpack("!H", frame[L4 + 4:L4 + 6])[0]
+        else:
+            p.sport, p.dport = struct.unpack("!HH", frame[L4:L4 + 4])
+    return p
+
+
+@dataclass
+class Expected:
+    """What the program must do with one frame."""
+
+    outcome: str
+    frame: bytes | None  # the frame that must come out (None: dropped)
+    csum_fields: list = field(default_factory=list)  # (offset, is_udp) compared modulo +0/-0
+
+    @property
+    def dropped(self) -> bool:
+        return self.frame is None
+
+
+class ModelMismatch(AssertionError):
+    """The program chose something the NAT's rules forbid (e.g. a port in use)."""
+
+
+class NatModel:
+    def __init__(self, inside_network: str, snat_address: str | None, port_range: tuple[int, int],
+                 static: dict | None = None):
+        try:
+            self.inside = ipaddress.IPv4Network(inside_network)
+        except ValueError as exc:
+            raise InputError(f"inside network {inside_network!r}: {exc}") from None
+        self.snat = _ip(snat_address) if snat_address else 0
+        self.port_min, self.port_max = port_range
+        self.static_out = {_ip(i): _ip(o) for i, o in (static or {}).items()}
+        self.static_in = {o: i for i, o in self.static_out.items()}
+        #: (inside, remote, inside port, remote port or 0, proto) -> (nat addr, nat port)
+        self.flows: dict[tuple, tuple[int, int]] = {}
+        #: (remote, nat addr, remote port or 0, nat port, proto) -> (inside, inside port)
+        self.reverse: dict[tuple, tuple[int, int]] = {}
+
+    # ------------------------------------------------------------ outbound
+    def outbound(self, frame: bytes, observed: bytes | None = None) -> Expected:
+        """What nat_egress must do with FRAME. For a new SNAT flow the program picks the
+        port: pass its output as OBSERVED so the model learns (and checks) the choice."""
+        p = parse(frame)
+        if p.outcome:
+            return Expected(p.outcome, frame)
+        st = self.static_out.get(p.saddr)
+        snat = st is None and self.snat and ipaddress.IPv4Address(p.saddr) in self.inside
+        if st is None and not snat:
+            return Expected("pass_no_rule", frame)
+        if p.options:
+            return Expected("drop_options", None)
+        if p.fragment:
+            return Expected("drop_fragment", None)
+        if st is not None:
+            if not (p.proto in (TCP, UDP, ICMP) and p.has_l4):
+                return Expected("drop_protocol", None)
+            return self._rewrite(frame, p, "out_static", src=st)
+        if not p.has_l4 or not (p.proto in (TCP, UDP) or (p.proto == ICMP and p.icmp_type == ICMP_ECHO)):
+            return Expected("drop_protocol", None)
+        key = (p.saddr, p.daddr, p.sport, 0 if p.proto == ICMP else p.dport, p.proto)
+        if key in self.flows:
+            nat_addr, nat_port = self.flows[key]
+            rkey = (p.daddr, nat_addr, 0 if p.proto == ICMP else p.dport, nat_port, p.proto)
+            self.reverse[rkey] = (p.saddr, p.sport)
+            return self._rewrite(frame, p, "out_snat", src=nat_addr, sport=nat_port)
+        nat_port = self._choose_port(p, observed)
+        rkey = (p.daddr, self.snat, 0 if p.proto == ICMP else p.dport, nat_port, p.proto)
+        self.flows[key] = (self.snat, nat_port)
+        self.reverse[rkey] = (p.saddr, p.sport)
+        return self._rewrite(frame, p, "out_snat_new", src=self.snat, sport=nat_port)
+
+    def _choose_port(self, p: Packet, observed: bytes | None) -> int:
+        rport = 0 if p.proto == ICMP else p.dport
+        free = lambda port: (p.daddr, self.snat, rport, port, p.proto) not in self.reverse  # noqa: E731
+        if observed is None:
+            return next(x for x in range(self.port_min, self.port_max + 1) if free(x))
+        if len(observed) < L4 + 6:
+            raise ModelMismatch("a new SNAT flow's packet came out truncated")
+        off = L4 + 4 if p.proto == ICMP else L4
+        port = struct.unpack("!H", observed[off:off + 2])[0]
+        if not self.port_min <= port <= self.port_max:
+            raise ModelMismatch(f"new flow got port {port}, outside the range {self.port_min}-{self.port_max}")
+        if not free(port):
+            raise ModelMismatch(f"new flow got port {port}, which another flow to the same remote holds")
+        return port
+
+    # ------------------------------------------------------------ inbound
+    def inbound(self, frame: bytes) -> Expected:
+        """What nat_ingress must do with FRAME."""
+        p = parse(frame)
+        if p.outcome:
+            return Expected(p.outcome, frame)
+        st = self.static_in.get(p.daddr)
+        if st is not None:
+            if p.options:
+                return Expected("drop_options", None)
+            if p.fragment:
+                return Expected("drop_fragment", None)
+            if not (p.proto in (TCP, UDP, ICMP) and p.has_l4):
+                return Expected("drop_protocol", None)
+            return self._rewrite(frame, p, "in_static", dst=st)
+        if not self.snat or p.daddr != self.snat:
+            return Expected("pass_no_rule", frame)
+        if p.options or p.fragment:
+            return Expected("pass_options_or_fragment", frame)
+        if not p.has_l4 or not (p.proto in (TCP, UDP) or (p.proto == ICMP and p.icmp_type == ICMP_ECHO_REPLY)):
+            return Expected("pass_no_flow", frame)
+        if p.proto == ICMP:
+            rkey, nat_port = (p.saddr, p.daddr, 0, p.sport, p.proto), p.sport
+        else:
+            rkey, nat_port = (p.saddr, p.daddr, p.sport, p.dport, p.proto), p.dport
+        if rkey not in self.reverse:
+            return Expected("pass_no_flow", frame)
+        inside, in_port = self.reverse[rkey]
+        key = (inside, p.saddr, in_port, 0 if p.proto == ICMP else p.sport, p.proto)
+        if self.flows.get(key) != (p.daddr, nat_port):
+            del self.reverse[rkey]
+            return Expected("pass_stale_flow", frame)
+        if p.proto == ICMP:
+            return self._rewrite(frame, p, "in_snat", dst=inside, sport=in_port)
+        return self._rewrite(frame, p, "in_snat", dst=inside, dport=in_port)
+
+    # ------------------------------------------------------------ rewriting
+    def _rewrite(self, frame: bytes, p: Packet, outcome: str, *, src=None, dst=None, sport=None, dport=None) -> Expected:
+        out = bytearray(frame)
+        end = ETH + p.tot_len
+        pseudo_in = self._pseudo(frame, p)
+        l4_err = ip_err = None
+        csum_off = L4_CSUM.get(p.proto)
+        udp_none = p.proto == UDP and frame[csum_off:csum_off + 2] == b"\0\0"
+        if csum_off is not None:
+            # the input's error: 0 (mod 0xFFFF) for a packet whose checksum verifies
+            l4_err = _sum16(pseudo_in + frame[L4:end])
+        ip_err = _sum16(frame[ETH:L4])
+        if src is not None:
+            out[ETH + 12:ETH + 16] = struct.pack("!I", src)
+        if dst is not None:
+            out[ETH + 16:ETH + 20] = struct.pack("!I", dst)
+        if p.proto == ICMP:
+            if sport is not None:
+                out[L4 + 4:L4 + 6] = struct.pack("!H", sport)
+        else:
+            if sport is not None:
+                out[L4:L4 + 2] = struct.pack("!H", sport)
+            if dport is not None:
+                out[L4 + 2:L4 + 4] = struct.pack("!H", dport)
+        fields = [(ETH + 10, False)]
+        # IPv4 header checksum: from scratch, plus the input's error
+        out[ETH + 10:ETH + 12] = b"\0\0"
+        out[ETH + 10:ETH + 12] = struct.pack("!H", (ip_err - _sum16(bytes(out[ETH:L4]))) % 0xFFFF)
+        if csum_off is not None and not udp_none:
+            out[csum_off:csum_off + 2] = b"\0\0"
+            others = _sum16(self._pseudo(bytes(out), p) + bytes(out[L4:end]))
+            value = (l4_err - others) % 0xFFFF
+            if p.proto == UDP and value == 0:
+                value = 0xFFFF  # 0 means "no checksum" in UDP
+            out[csum_off:csum_off + 2] = struct.pack("!H", value)
+            fields.append((csum_off, p.proto == UDP))
+        return Expected(outcome, bytes(out), fields)
+
+    @staticmethod
+    def _pseudo(frame: bytes, p: Packet) -> bytes:
+        if p.proto not in (TCP, UDP):
+            return b""  # the ICMP checksum covers the message only
+        return frame[ETH + 12:ETH + 20] + struct.pack("!BBH", 0, p.proto, p.tot_len - IP)
+
+    # ------------------------------------------------------------ comparing
+    @staticmethod
+    def differences(expected: Expected, dropped: bool, observed: bytes) -> list[str]:
+        """What differs between what the model expects and what the program did ([] = same).
+        Checksum fields compare as one's-complement values (0x0000 and 0xFFFF are equal),
+        except a UDP checksum, which must never become 0 ('none')."""
+        if expected.dropped != dropped:
+            return [f"expected {'a drop' if expected.dropped else 'the packet to pass'} ({expected.outcome}), "
+                    f"the program {'dropped' if dropped else 'passed'} it"]
+        if dropped:
+            return []
+        exp = expected.frame
+        if len(exp) != len(observed):
+            return [f"length {len(observed)} instead of {len(exp)}"]
+        csum = {off: udp for off, udp in expected.csum_fields}
+        diffs = []
+        i = 0
+        while i < len(exp):
+            if i in csum:
+                e, o = struct.unpack("!H", exp[i:i + 2])[0], struct.unpack("!H", observed[i:i + 2])[0]
+                same = e == o if csum[i] else (e % 0xFFFF) == (o % 0xFFFF)
+                if not same:
+                    diffs.append(f"checksum at byte {i}: {o:#06x}, expected {e:#06x}")
+                i += 2
+                continue
+            if exp[i] != observed[i]:
+                diffs.append(f"byte {i}: {observed[i]:#04x}, expected {exp[i]:#04x}")
+            i += 1
+        return diffs[:8]
