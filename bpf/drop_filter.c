@@ -107,8 +107,15 @@ int xdp_filter(struct xdp_md *ctx)
     return v == V_PASS ? XDP_PASS : XDP_DROP;
 }
 
+/* Headers the rules read: Ethernet, IPv4 with options, the ports of UDP/TCP. */
+#define PARSE_LEN (14 + 60 + 4)
+
 int tc_filter(struct __sk_buff *skb)
 {
+    /* An skb's linear part may hold only the Ethernet header (packet-mmap senders put the
+     * rest in page fragments): pull the headers in before reading them. */
+    if ((long)skb->data_end - (long)skb->data < PARSE_LEN && skb->len > skb->data_end - skb->data)
+        bpf_skb_pull_data(skb, skb->len < PARSE_LEN ? skb->len : PARSE_LEN);
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
     u32 v = decide(data, data_end);

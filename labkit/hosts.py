@@ -21,6 +21,28 @@ from typing import Sequence
 from .errors import LabkitError, MissingDependency
 
 
+@contextmanager
+def netlink(netns: str | None = None):
+    """A pyroute2 IPRoute (in namespace NETNS, or this process's), usable anywhere.
+
+    pyroute2's synchronous API drives an asyncio loop of its own, which asyncio refuses
+    while another loop is marked running in the thread, as in a Jupyter kernel executing a
+    cell. The cell's code is synchronous and that loop cannot run meanwhile, so the mark
+    is lifted for the duration and put back after."""
+    import asyncio.events
+    from pyroute2 import IPRoute
+
+    running = asyncio.events._get_running_loop()
+    if running is not None:
+        asyncio.events._set_running_loop(None)
+    try:
+        with (IPRoute(netns=netns) if netns else IPRoute()) as ipr:
+            yield ipr
+    finally:
+        if running is not None:
+            asyncio.events._set_running_loop(running)
+
+
 class CommandFailed(LabkitError):
     def __init__(self, host: "Host", argv, returncode: int, output: str):
         self.returncode = returncode
@@ -157,9 +179,7 @@ class Host:
     # ---- netlink
     def ipr(self):
         """A pyroute2 IPRoute bound to this host's namespace; use it in a `with`."""
-        from pyroute2 import IPRoute
-
-        return IPRoute(netns=self.netns) if self.netns else IPRoute()
+        return netlink(self.netns)
 
     # ---- commands
     def command(self, argv: Sequence[str]) -> list[str]:

@@ -210,9 +210,9 @@ def labkit_namespaces() -> list[str]:
 
 
 def labkit_root_links() -> list[str]:
-    from pyroute2 import IPRoute
+    from .hosts import netlink
 
-    with IPRoute() as ipr:
+    with netlink() as ipr:
         names = [l.get_attr("IFLA_IFNAME") for l in ipr.get_links()]
     return sorted(n for n in names if n and PREFIX_RE.match(n))
 
@@ -289,7 +289,9 @@ def clean(include_live: bool = False, log=print) -> dict:
     Runs whose process is still alive are left alone unless ``include_live``.
     Returns what was removed, by kind."""
     require_root("labkit clean")
-    from pyroute2 import IPRoute, netns
+    from pyroute2 import netns
+
+    from .hosts import netlink
 
     found = leftovers(include_live)
     removed = {"namespaces": [], "links": [], "foreign": [], "iptables": [], "processes": []}
@@ -318,7 +320,7 @@ def clean(include_live: bool = False, log=print) -> dict:
         except OSError as exc:
             log(f"could not remove namespace {ns}: {exc}")
     if found["links"]:
-        with IPRoute() as ipr:
+        with netlink() as ipr:
             for name in found["links"]:
                 idx = ipr.link_lookup(ifname=name)
                 if idx:
@@ -341,10 +343,10 @@ def _split_rule(rule: str) -> list[str]:
 
 def _undo_foreign(rec: dict) -> None:
     """Undo one recorded change on an interface labkit does not own."""
-    from pyroute2 import IPRoute
+    from .hosts import netlink
 
     kind = rec.get("kind")
-    with IPRoute() as ipr:
+    with netlink() as ipr:
         idx = ipr.link_lookup(ifname=rec["ifname"])
         if not idx:
             return

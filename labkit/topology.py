@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from . import lifecycle
@@ -189,6 +189,18 @@ class Interface:
                 except ValueError:
                     pass
         return out
+
+    @contextmanager
+    def down(self):
+        """Hold the interface administratively down (e.g. to measure a generator alone:
+        a veth whose peer is down discards at once); brought back up on exit."""
+        with self.host.ipr() as ipr:
+            ipr.link("set", index=self.ifindex, state="down")
+        try:
+            yield self
+        finally:
+            with self.host.ipr() as ipr:
+                ipr.link("set", index=self.ifindex, state="up")
 
     def offloads(self) -> dict:
         """`ethtool -k` features that are on/off (recorded in run metadata)."""

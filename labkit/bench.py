@@ -1,0 +1,46 @@
+"""`make bench` / `labkit bench`: the workbench's benchmark, as code anyone can rerun.
+
+1. XDP drop at 64 bytes: every drop variant, several trials, offered rate beside each
+   figure; the XDP-vs-iptables ratio of CPU per packet; the filter's BPF_PROG_TEST_RUN cost
+   against a bare `return XDP_DROP` (goal: at most 1.3x).
+2. The traffic generators side by side into the same native-XDP drop receiver, where the
+   generator benchmark module is present.
+
+Numbers go to data/ like any run; the summary is printed. Never a pass/fail timing test.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+
+def main(smoke: bool = False) -> int:
+    from .experiments import xdp_drop
+
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 20)
+    r = xdp_drop.run(sizes=[64], trials=2 if smoke else 5, count=100_000 if smoke else 2_000_000,
+                     cost_trials=3 if smoke else 10, smoke=False)
+    print("== XDP drop at 64 bytes ==")
+    print(r.headline().to_string(index=False))
+    cpu = r.table[r.table["measure"] == "cpu_ns_per_pkt"].groupby("variant")["value"].mean()
+    if {"xdp_native", "iptables_raw"} <= set(cpu.index):
+        print(f"\nCPU per packet, xdp_native / iptables_raw: {cpu['xdp_native'] / cpu['iptables_raw']:.2f}")
+    if {"xdp_generic", "iptables_raw"} <= set(cpu.index):
+        print(f"CPU per packet, xdp_generic / iptables_raw: {cpu['xdp_generic'] / cpu['iptables_raw']:.2f}")
+    c = r.costs.groupby("variant")["value"].agg(["mean", "min", "max"])
+    print("\nBPF_PROG_TEST_RUN cost per packet (ns):")
+    print(c.round(1).to_string())
+    bare = c.loc["xdp_drop_bare", "mean"]
+    for name in c.index:
+        if name != "xdp_drop_bare":
+            print(f"  {name}: {c.loc[name, 'mean'] / bare:.2f}x the bare program")
+    print("\n" + r.interpretation)
+    print(f"\ntable: {r.run_dir}")
+    try:
+        from . import bench_generators
+    except ImportError:
+        return 0
+    g = bench_generators.run(smoke=smoke)
+    print("\n== Generators into a native-XDP drop receiver, 64 bytes ==")
+    print(g.to_string(index=False) if hasattr(g, "to_string") else g)
+    return 0

@@ -1,0 +1,101 @@
+"""The labkit command line: `labkit` or `python -m labkit`.
+
+  labkit report [NOTEBOOK ...] [-p NAME VALUE] [-f FILE.yaml] [--smoke]
+        run every experiment notebook (or those named) headlessly; HTML in reports/,
+        tables in data/, reports/index.html last. Exits non-zero if any notebook failed.
+  labkit run NOTEBOOK [...]   the same for the notebooks named (at least one)
+  labkit bench [--smoke]      the benchmark: drop rates at 64 bytes, program costs, generators
+  labkit clean [--all]        remove what crashed runs left (namespaces, links, XDP, rules)
+  labkit doctor               what is installed, what is missing for which experiment
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _params_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("notebooks", nargs="*", help="notebook names, e.g. 01-xdp-drop (default: all)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                   help="set a notebook parameter (value read as YAML: -p sizes '[64, 1500]'); "
+                        "e.g. -p receiver_if eth1 -p sender_if eth2 to measure real NICs")
+    p.add_argument("-f", "--parameters-file", action="append", default=[], metavar="FILE",
+                   help="a YAML file of NAME: VALUE parameters (several allowed; -p wins)")
+    p.add_argument("--smoke", action="store_true", help="seconds-long runs (smoke=True)")
+    p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+
+
+def cmd_report(args) -> int:
+    from . import lifecycle, report
+
+    lifecycle.require_root("running experiments")
+    params = report.load_parameters(args.parameters_file, args.parameter)
+    runs = report.run_all(args.notebooks or None, params, smoke=args.smoke, progress=not args.no_progress)
+    failed = [r.name for r in runs if not r.ok]
+    print(f"reports in {report.REPORTS_DIR}/index.html: {len(runs) - len(failed)} ok, {len(failed)} failed"
+          + (f" ({', '.join(failed)})" if failed else ""))
+    return 1 if failed else 0
+
+
+def cmd_run(args) -> int:
+    if not args.notebooks:
+        print("labkit run: name at least one notebook (labkit report runs them all)", file=sys.stderr)
+        return 2
+    return cmd_report(args)
+
+
+def cmd_clean(args) -> int:
+    from . import lifecycle
+
+    removed = lifecycle.clean(include_live=args.all)
+    if not any(removed.values()):
+        print("nothing to clean: no leftovers of labkit runs")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    return bench.main(smoke=args.smoke)
+
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    return doctor.main()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="labkit", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("report", help="run every experiment notebook and write reports/")
+    _params_args(p)
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("run", help="run the named experiment notebooks")
+    _params_args(p)
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("bench", help="the benchmark (make bench)")
+    p.add_argument("--smoke", action="store_true")
+    p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("clean", help="remove leftovers of crashed runs (labkit prefix only)")
+    p.add_argument("--all", action="store_true", help="also runs whose process is still alive")
+    p.set_defaults(fn=cmd_clean)
+    p = sub.add_parser("doctor", help="what is installed and what each experiment needs")
+    p.set_defaults(fn=cmd_doctor)
+    args = parser.parse_args(argv)
+    from .errors import LabkitError
+
+    try:
+        return args.fn(args)
+    except LabkitError as exc:
+        print(f"labkit {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"labkit {args.command}: interrupted; kernel state was undone", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

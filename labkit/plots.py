@@ -1,0 +1,124 @@
+"""Plots of tidy result tables. The only module that imports matplotlib.
+
+Every figure shows spread (min..max over trials as error bars, trials as dots) and, for
+rates, the offered rate beside the processed one so a reader sees which side limited a run.
+"""
+from __future__ import annotations
+
+import matplotlib
+
+if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget", "ipympl")):
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SCALE = {"pps": (1e6, "Mpps"), "Mbit/s": (1.0, "Mbit/s"), "ns/packet": (1.0, "ns per packet"), "ratio": (1.0, "ratio")}
+
+
+def _groups(table, measure):
+    t = table[table["measure"] == measure]
+    sizes = sorted(t["size"].dropna().unique())
+    variants = list(dict.fromkeys(t["variant"]))
+    return t, sizes, variants
+
+
+def grouped_bars(table, measure: str, *, ax=None, title: str | None = None, offered_measure: str | None = None,
+                 variants: list | None = None, log: bool = False):
+    """Bars of MEASURE per packet size (groups) and variant (bars): mean with min..max
+    error bars and each trial as a dot. With OFFERED_MEASURE, the offered rate of each
+    bar is drawn as a black tick above it."""
+    t, sizes, found = _groups(table, measure)
+    variants = [v for v in (variants or found) if v in found]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sizes) * max(1, len(variants)) / 2), 4))
+    unit = t["unit"].iloc[0] if len(t) else ""
+    div, label = SCALE.get(unit, (1.0, unit))
+    width = 0.8 / max(1, len(variants))
+    x = np.arange(len(sizes))
+    for i, v in enumerate(variants):
+        means, lo, hi, xs = [], [], [], []
+        for j, s in enumerate(sizes):
+            vals = t[(t["variant"] == v) & (t["size"] == s)]["value"].dropna() / div
+            xs.append(x[j] + (i - (len(variants) - 1) / 2) * width)
+            means.append(vals.mean() if len(vals) else np.nan)
+            lo.append(vals.min() if len(vals) else np.nan)
+            hi.append(vals.max() if len(vals) else np.nan)
+            ax.scatter([xs[-1]] * len(vals), vals, color="k", s=6, zorder=3)
+        means, lo, hi = map(np.array, (means, lo, hi))
+        ax.bar(xs, means, width * 0.95, label=v, yerr=[means - lo, hi - means], capsize=3, zorder=2)
+        if offered_measure:
+            off = table[(table["measure"] == offered_measure) & (table["variant"] == v)]
+            om = [off[off["size"] == s]["value"].mean() / div for s in sizes]
+            ax.scatter(xs, om, marker="_", s=300, color="k", zorder=4,
+                       label="offered" if i == 0 else None)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{int(s)} B" if isinstance(s, (int, float, np.integer, np.floating)) else str(s) for s in sizes])
+    ax.set_xlabel("frame size")
+    ax.set_ylabel(label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title or measure)
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.legend(fontsize=8, ncol=2)
+    return ax
+
+
+def throughput(table, measure: str = "processed_pps", offered_measure: str = "offered_pps", **kw):
+    """Processed packet rate per variant and size, with the offered rate marked."""
+    return grouped_bars(table, measure, offered_measure=offered_measure,
+                        title=kw.pop("title", "Packets processed per second (mean, min..max over trials)"), **kw)
+
+
+def cpu_per_packet(table, measure: str = "cpu_ns_per_pkt", **kw):
+    return grouped_bars(table, measure, title=kw.pop("title", "Receiving-side CPU time per packet"), **kw)
+
+
+def program_cost(costs, ax=None, title: str = "Program cost per packet (BPF_PROG_TEST_RUN)"):
+    """Horizontal bars of ns per packet per program, trials as dots."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 0.6 * max(2, costs["variant"].nunique()) + 1))
+    names = list(dict.fromkeys(costs["variant"]))
+    for i, n in enumerate(names):
+        vals = costs[costs["variant"] == n]["value"]
+        ax.barh(i, vals.mean(), xerr=[[vals.mean() - vals.min()], [vals.max() - vals.mean()]], capsize=3)
+        ax.scatter(vals, [i] * len(vals), color="k", s=6, zorder=3)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names)
+    ax.set_xlabel("ns per packet")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def with_references(ax, refs, unit_divisor: float = 1e6):
+    """Draw labelled reference values (labkit.references) as dashed lines."""
+    for r in refs:
+        ax.axhline(r.value / unit_divisor, linestyle="--", linewidth=1, color="grey")
+        ax.annotate(r.label, (0, r.value / unit_divisor), fontsize=7, color="grey", va="bottom")
+    return ax
+
+
+def load_curve(table, x: str = "offered_pps", y: str = "processed_pps", ax=None, title: str | None = None):
+    """Throughput against offered load, one line per variant (a sweep's canonical picture)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+    for v in dict.fromkeys(table["variant"]):
+        t = table[table["variant"] == v]
+        xs = t[t["measure"] == x].set_index(["trial", "size"])["value"]
+        ys = t[t["measure"] == y].set_index(["trial", "size"])["value"]
+        j = xs.to_frame("x").join(ys.to_frame("y")).sort_values("x")
+        ax.plot(j["x"] / 1e6, j["y"] / 1e6, marker="o", label=v)
+    lim = ax.get_xlim()[1]
+    ax.plot([0, lim], [0, lim], linestyle=":", color="grey", label="received = offered")
+    ax.set_xlabel("offered (Mpps)")
+    ax.set_ylabel("processed (Mpps)")
+    ax.set_title(title or "Throughput against offered load")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def save(ax_or_fig, path) -> None:
+    fig = ax_or_fig.figure if hasattr(ax_or_fig, "figure") else ax_or_fig
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

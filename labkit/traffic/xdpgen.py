@@ -1,0 +1,636 @@
+"""The in-kernel traffic generator (backend "xdp"): BPF_PROG_RUN in live-frames mode.
+
+    with traffic.generator("xdp", topo.iface("snd")) as gen:      # compiles bpf/xdp_gen.c
+        spec = TrafficSpec.between(topo.iface("snd"), topo.iface("rcv"), size=64,
+                                   count=5_000_000, flows=100, cpus=2)
+        offered = gen.send(spec)         # blocks; frames go out of snd into its peer
+        offered.pps, offered.per_cpu, offered.notes
+
+How it works. labkit.packets builds one valid frame from the spec; the kernel runs the
+XDP program of bpf/xdp_gen.c on it `count` times (`bpf_prog_test_run_opts` with
+BPF_F_TEST_XDP_LIVE_FRAMES, repeat=chunk, batch_size=64) and the program's XDP_TX sends
+every copy out of the interface given as the context's `ingress_ifindex`. No socket, no
+skb, no copy from userspace per frame: about 5 Mpps from one core on this machine, 5-8x
+trafgen.
+
+Flows. With `flows > 1` the program (`xdp_gen_flows`) rewrites each frame from a per-CPU
+sequence f = 0..flows-1, 0, ..: the fields named by the option `vary` (default the
+source port, as TrafficSpec describes: sport .. sport+flows-1; also "dport", "src_ip",
+"dst_ip", several at once moving together) become base + f, and the IPv4 header and
+L4 checksums are updated incrementally. One program run, one frame, no extra system
+calls: the rate stays high and every sending CPU cycles through exactly `flows` flows
+(all of them appear once each CPU sends at least `flows` frames). With one flow the
+frame goes out untouched (`xdp_gen_tx`).
+
+CPUs. `spec.cpus` threads, thread i pinned to the i-th CPU this process may use; each
+enters the sending interface's network namespace itself (setns(2) on the thread, since
+ifindex is per namespace and BPF_PROG_RUN resolves it in the caller's namespace; pyroute2's
+pushns/popns keeps one process-wide stack and saves /proc/self, not the thread's own
+namespace, so it is not used here). ctypes releases the GIL during the system call, so
+the threads send in parallel. Each thread sends count/cpus frames at rate/cpus.
+
+Rate. With `spec.rate_pps` (or the options `link_speed` + `line_fraction`) each thread
+sends chunks of about 10 ms and sleeps until its schedule (frames sent / rate) catches
+up: the rate holds within a few percent over a run where the machine can reach it;
+without a rate it sends as fast as it can. A named `link_speed` ("10G", "25G", 1e9..)
+bounds the rate: asking for more than the line rate of that speed at the frame size
+is an InputError.
+
+The peer requirement. A veth transmits XDP frames only when its peer runs in NAPI mode,
+i.e. has a native XDP program (or GRO on). Before each send the generator checks the
+peer; `peer="auto"` (default) leaves a native program in place, attaches
+bpf/xdp_minimal.c's `xdp_pass_bare` in native mode where there is none (generic XDP on
+the peer cannot coexist with a native program, so there it turns GRO on instead), and
+undoes that after the send. Either costs the receiver something: it is recorded as a
+caveat in `Offered.notes`. `peer="xdp_pass"`, `"gro"` or `"none"` force a choice. On a
+real NIC the driver transmits itself: the kernel's xdp-features (netlink family
+`netdev`, kernel 6.3+) must list NDO_XMIT, else InputError naming the fallbacks.
+
+What was offered. `Offered.packets` is what the program sent; frames the interface
+could not transmit (its `*xdp_xmit_errors*` counters, or a veth whose peer dropped them)
+are reported in notes, never hidden. `Offered.per_cpu` has one dict per thread
+(cpu, packets, seconds, pps, cpu_seconds). CPU seconds are the sending threads' own,
+which include the softirq work the kernel runs on their CPU (on a veth: the receiver's
+NAPI poll, when it runs on the same CPU).
+
+Kernel before 5.18 (no live frames): `available()` says so and names trafgen, testpmd
+and pktgen, which `traffic.generator("auto", ...)` then falls back to.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import re
+import socket
+import struct
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+
+from .. import bpf, lifecycle
+from ..errors import InputError, LabkitError, MissingDependency
+from ..packets import build
+from . import Generator, Offered, TrafficSpec, register
+
+MIN_KERNEL = (5, 18)
+FALLBACKS = "use another backend: 'trafgen' (netsniff-ng), 'testpmd' (DPDK txonly) or 'pktgen' (kernel module)"
+#: option `vary`: which fields move with the flow index (bits of gen_config.vary in bpf/xdp_gen.c)
+VARY = {"sport": 1, "dport": 2, "src_ip": 4, "dst_ip": 8}
+L4 = {("udp", 4): 0, ("udp", 6): 0, ("tcp", 4): 1, ("tcp", 6): 1, ("icmp", 4): 2, ("icmp", 6): 3}
+PEER_MODES = ("auto", "xdp_pass", "gro", "none")
+#: preamble (7) + start delimiter (1) + FCS (4) + inter-frame gap (12): bytes on the wire
+#: per frame besides `size` (which excludes the FCS)
+WIRE_OVERHEAD = 24
+MAX_FRAME = 3400  # a live frame lives in one 4 KiB page beside headroom and skb_shared_info
+MAX_BATCH = 256  # TEST_XDP_MAX_BATCH in the kernel
+CHUNK_SECONDS = 0.02  # at a target rate, one system call sends this much of the schedule
+MAX_CHUNK = 1 << 18  # frames per system call when unpaced (bounds the reaction to stop/timeout)
+#: Each BPF_PROG_RUN call with repeat > 1 spends about 24 ms here off-CPU setting up
+#: (a page pool and an RCU grace period) before its frames go out: several threads per
+#: CPU take turns, so one sends while the others wait.
+THREADS_PER_CPU = 4
+NETDEV_XDP_ACT_NDO_XMIT = 4
+_SPEED_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:bit|b|bps)?(?:/s)?\s*$")
+
+
+# ---------------------------------------------------------------- rates
+def parse_speed(speed) -> float:
+    """A link speed in bits/s: a number, or '10G', '25Gbit', '100M', '1.5G'."""
+    if isinstance(speed, (int, float)) and not isinstance(speed, bool):
+        value = float(speed)
+    else:
+        m = _SPEED_RE.match(str(speed)) if isinstance(speed, str) else None
+        if not m:
+            raise InputError(f"link speed {speed!r}: write bits per second, e.g. 10e9, '10G', '25Gbit', '100M'")
+        value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2).lower()]
+    if value <= 0:
+        raise InputError(f"link speed {speed!r} must be positive")
+    return value
+
+
+def line_rate_pps(speed, size: int) -> float:
+    """Frames per second of SIZE bytes (without FCS) that a link of SPEED carries at most,
+    counting the preamble, FCS and inter-frame gap: 10G at 64 bytes is 14.88 Mpps."""
+    return parse_speed(speed) / ((size + WIRE_OVERHEAD) * 8)
+
+
+def target_rate(spec: TrafficSpec, link_speed=None, line_fraction=None) -> float | None:
+    """The rate to hold (pps), or None for as fast as possible; InputError when it is not
+    possible on the named link."""
+    rate = spec.rate_pps
+    if line_fraction is not None:
+        if link_speed is None:
+            raise InputError("line_fraction needs link_speed: name the link's speed, e.g. link_speed='10G'")
+        if not 0 < float(line_fraction) <= 1:
+            raise InputError(f"line_fraction {line_fraction!r}: a fraction of the line rate in (0, 1]")
+        if rate is not None:
+            raise InputError("give either spec.rate_pps or line_fraction, not both")
+        rate = float(line_fraction) * line_rate_pps(link_speed, spec.size)
+    if rate is not None and link_speed is not None:
+        line = line_rate_pps(link_speed, spec.size)
+        if rate > line * 1.000001:
+            raise InputError(
+                f"rate {rate:,.0f} pps is above what a {link_speed} link carries at {spec.size} bytes "
+                f"({line:,.0f} pps with preamble, FCS and gap): ask for at most that, or a line_fraction <= 1")
+    return rate
+
+
+# ---------------------------------------------------------------- kernel support
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release or platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def live_frames_supported(release: str | None = None) -> tuple[bool, str]:
+    have = kernel_version(release)
+    if have < MIN_KERNEL:
+        return False, (f"kernel {'.'.join(map(str, have))} has no BPF_PROG_RUN live-frames mode "
+                       f"(needs {MIN_KERNEL[0]}.{MIN_KERNEL[1]}+): {FALLBACKS}")
+    return True, ""
+
+
+# ---------------------------------------------------------------- namespaces, per thread
+_CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise LabkitError(f"setns into a network namespace failed: {os.strerror(err)}")
+
+
+@contextmanager
+def thread_in_netns(netns: str | None):
+    """Move the calling thread (only it) into network namespace NETNS (/run/netns/NETNS)
+    and back on exit. None: stay where it is."""
+    if not netns:
+        yield
+        return
+    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+
+
+def in_netns(netns: str | None, fn, *args):
+    """FN(*ARGS) run in a helper thread inside NETNS (for netlink sockets bound there)."""
+    box = {}
+
+    def work():
+        try:
+            with thread_in_netns(netns):
+                box["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=work, name="labkit-netns", daemon=True)
+    t.start()
+    t.join(30)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+# ---------------------------------------------------------------- xdp-features (netlink "netdev")
+def _nla(kind: int, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return struct.pack("=HH", n, kind) + payload + b"\0" * ((4 - n % 4) % 4)
+
+
+def _attrs(buf: bytes) -> dict:
+    out, i = {}, 0
+    while i + 4 <= len(buf):
+        n, kind = struct.unpack_from("=HH", buf, i)
+        if n < 4:
+            break
+        out[kind & 0x3FFF] = buf[i + 4:i + n]
+        i += (n + 3) & ~3
+    return out
+
+
+def _genl(sock, family: int, cmd: int, attrs: bytes, seq: int) -> dict:
+    body = struct.pack("=BBH", cmd, 1, 0) + attrs
+    sock.send(struct.pack("=IHHII", 16 + len(body), family, 1, seq, 0) + body)  # NLM_F_REQUEST
+    data = sock.recv(65536)
+    n, kind = struct.unpack_from("=IH", data, 0)
+    if kind == 2:  # NLMSG_ERROR
+        err = -struct.unpack_from("=i", data, 16)[0]
+        raise OSError(err, os.strerror(err))
+    return _attrs(data[20:n])
+
+
+def _query_xdp_features(ifindex: int) -> int | None:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16) as sock:  # NETLINK_GENERIC
+        sock.settimeout(5)
+        sock.bind((0, 0))
+        try:  # CTRL_CMD_GETFAMILY "netdev" on GENL_ID_CTRL
+            fam = _genl(sock, 0x10, 3, _nla(2, b"netdev\0"), 1)
+        except OSError:
+            return None  # before kernel 6.3: no netdev family
+        family = struct.unpack("=H", fam[1][:2])[0]
+        dev = _genl(sock, family, 1, _nla(1, struct.pack("=I", ifindex)), 2)  # NETDEV_CMD_DEV_GET
+        return int.from_bytes(dev[3], "little") if 3 in dev else None  # NETDEV_A_DEV_XDP_FEATURES
+
+
+def xdp_features(iface) -> int | None:
+    """The kernel's xdp-features bit set of IFACE (NETDEV_XDP_ACT_*), None where the
+    kernel cannot say (before 6.3). NDO_XMIT (4): it can transmit XDP frames now (a veth:
+    only while its peer has a native XDP program or GRO on)."""
+    try:
+        return in_netns(iface.host.netns, _query_xdp_features, iface.ifindex)
+    except OSError:
+        return None
+
+
+def can_transmit_xdp(iface) -> bool | None:
+    feats = xdp_features(iface)
+    return None if feats is None else bool(feats & NETDEV_XDP_ACT_NDO_XMIT)
+
+
+def link_kind(iface) -> str | None:
+    """The link kind ('veth', 'bridge', ...), None for a plain device (a NIC, loopback)."""
+    with iface.host.ipr() as ipr:
+        info = ipr.link("get", index=iface.ifindex)[0].get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
+def _xmit_counters(iface) -> tuple[int, int]:
+    """(frames transmitted by ndo_xdp_xmit, frames it refused) from `ethtool -S`, summed
+    over queues; (0, 0) where the driver exports neither."""
+    try:
+        stats = iface.ethtool_stats()
+    except Exception:
+        return 0, 0
+    sent = sum(v for k, v in stats.items() if re.search(r"xdp_xmit$", k))
+    errs = sum(v for k, v in stats.items() if re.search(r"xdp_xmit_err", k))
+    return sent, errs
+
+
+# ---------------------------------------------------------------- the peer requirement
+class _GroOn:
+    """GRO switched on for an interface, back off on exit (harmless twice)."""
+
+    def __init__(self, iface):
+        self.iface, self.changed = iface, False
+
+    def __enter__(self):
+        feats = self.iface.offloads()
+        if feats.get("generic-receive-offload") != "on":
+            with lifecycle.deferred_signals():
+                self.iface.host.run(["ethtool", "-K", self.iface.name, "gro", "on"], timeout=10)
+                self.changed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.changed:
+            self.iface.host.run(["ethtool", "-K", self.iface.name, "gro", "off"], check=False, timeout=10)
+            self.changed = False
+
+
+# ---------------------------------------------------------------- the backend
+@register
+class XdpGenerator(Generator):
+    """Options (keywords of `traffic.generator("xdp", iface, ...)`):
+    vary: str or tuple of 'sport', 'dport', 'src_ip', 'dst_ip' (default 'sport');
+    peer: 'auto' | 'xdp_pass' | 'gro' | 'none' (see the module docstring);
+    link_speed: the link's speed ('10G', 25e9, ...) bounding the rate;
+    line_fraction: the rate as a fraction of link_speed's line rate at the frame size;
+    batch_size: frames per kernel batch (1..256, default 64); pin: pin threads to CPUs (True)."""
+
+    name = "xdp"
+    description = "in-kernel BPF_PROG_RUN live frames (XDP_TX), bpf/xdp_gen.c"
+
+    def __init__(self, iface, **options):
+        self.program = None
+        self.peer_program = None
+        self._stack = ExitStack()
+        self.last = {}
+        super().__init__(iface, **options)
+        self.vary = self._check_vary(options.get("vary", "sport"))
+        self.peer_mode = options.get("peer", "auto")
+        if self.peer_mode not in PEER_MODES:
+            raise InputError(f"peer {self.peer_mode!r}: choose one of {PEER_MODES}")
+        self.batch_size = options.get("batch_size", 64)
+        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= MAX_BATCH:
+            raise InputError(f"batch_size {self.batch_size!r}: a whole number 1..{MAX_BATCH}")
+        self.link_speed = options.get("link_speed")
+        if self.link_speed is not None:
+            parse_speed(self.link_speed)
+        self.line_fraction = options.get("line_fraction")
+        self.pin = bool(options.get("pin", True))
+        unknown = set(options) - {"vary", "peer", "link_speed", "line_fraction", "batch_size", "pin"}
+        if unknown:
+            raise InputError(f"unknown option(s) {sorted(unknown)} for the xdp generator: "
+                             "vary, peer, link_speed, line_fraction, batch_size, pin")
+        self.kind = link_kind(iface)
+        if self.kind != "veth":
+            if can_transmit_xdp(iface) is False:
+                raise InputError(
+                    f"{iface.name} on {iface.host} cannot transmit XDP frames (its driver lacks ndo_xdp_xmit; "
+                    f"kind {self.kind or 'device'}): {FALLBACKS}")
+        try:
+            self.program = bpf.load("xdp_gen")
+            self.fn_tx = self.program.function("xdp_gen_tx", "xdp")
+            self.fn_flows = self.program.function("xdp_gen_flows", "xdp")
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def available(cls):
+        ok, why = live_frames_supported()
+        if not ok:
+            return False, why
+        if os.geteuid() != 0:
+            return False, "needs root (CAP_BPF, CAP_NET_ADMIN): run with sudo"
+        try:
+            bpf.check_bcc()
+            bpf.libbpf()
+        except MissingDependency as exc:
+            return False, f"{exc} ({FALLBACKS})"
+        return True, ""
+
+    @staticmethod
+    def _check_vary(vary) -> int:
+        names = (vary,) if isinstance(vary, str) else tuple(vary)
+        if not names or any(n not in VARY for n in names):
+            raise InputError(f"vary {vary!r}: name one or more of {sorted(VARY)}")
+        mask = 0
+        for n in names:
+            mask |= VARY[n]
+        return mask
+
+    # ---- checks before the kernel is touched
+    def check(self, spec: TrafficSpec) -> float | None:
+        """Validate SPEC for this generator; the rate to hold (None: as fast as possible)."""
+        spec.validate()
+        if spec.size > MAX_FRAME:
+            raise InputError(f"size {spec.size}: a live frame must fit one page with the kernel's head- and "
+                             f"tailroom: at most {MAX_FRAME} bytes")
+        ncpu = len(os.sched_getaffinity(0))
+        if spec.cpus > ncpu:
+            raise InputError(f"cpus {spec.cpus}: this process may use {ncpu} CPU(s); ask for at most {ncpu}")
+        if spec.count < spec.cpus:
+            raise InputError(f"count {spec.count} is below cpus {spec.cpus}: every sending CPU needs a frame")
+        version = 6 if ":" in spec.src_ip else 4
+        if spec.flows > 1:
+            if spec.proto == "icmp" and self.vary & (VARY["dport"]):
+                raise InputError("ICMP has no destination port: vary 'sport' (the echo identifier) or addresses")
+            for field, base in (("sport", spec.sport), ("dport", spec.dport)):
+                if self.vary & VARY[field] and base + spec.flows - 1 > 65535:
+                    raise InputError(f"{spec.flows} flows from {field} {base} run past port 65535")
+            for field, addr in (("src_ip", spec.src_ip), ("dst_ip", spec.dst_ip)):
+                if self.vary & VARY[field]:
+                    low = int.from_bytes(socket.inet_pton(socket.AF_INET6 if version == 6 else socket.AF_INET, addr)[-4:], "big")
+                    if low + spec.flows - 1 > 0xFFFFFFFF:
+                        raise InputError(f"{spec.flows} flows from {field} {addr} run past the address range")
+        return target_rate(spec, self.link_speed, self.line_fraction)
+
+    # ---- sending
+    def send(self, spec: TrafficSpec) -> Offered:
+        rate = self.check(spec)
+        if self.program is None:
+            raise LabkitError("this xdp generator is closed")
+        frame = build(spec.frame(0))
+        version = 6 if ":" in spec.src_ip else 4
+        fn = self.fn_tx
+        if spec.flows > 1:
+            self._configure(spec, version)
+            fn = self.fn_flows
+        notes = []
+        with ExitStack() as peer_stack:
+            notes += self._prepare_peer(peer_stack)
+            if self.kind == "veth" and can_transmit_xdp(self.iface) is False:
+                raise LabkitError(f"{self.iface.name} still cannot transmit XDP frames after preparing its peer "
+                                  f"(peer={self.peer_mode!r}): {FALLBACKS}")
+            before = _xmit_counters(self.iface)
+            per_cpu, elapsed, stopped = self._run_threads(fn, frame, spec, rate)
+            after = _xmit_counters(self.iface)
+        packets = sum(p["packets"] for p in per_cpu)
+        xmit, errors = after[0] - before[0], after[1] - before[1]
+        if errors:
+            notes.append(f"{errors} of {packets} frames were refused by {self.iface.name}'s XDP transmit "
+                         "(ring full or peer not ready): they never left the sender")
+        elif self.kind == "veth" and xmit < packets:
+            notes.append(f"{self.iface.name} transmitted {xmit} of the {packets} frames the program sent: "
+                         "the rest were dropped at the sender (does the peer run in NAPI mode?)")
+        if stopped:
+            notes.append(f"stopped by the time limit ({spec.timeout_s:g} s) after {packets} of {spec.count} frames")
+        if rate and elapsed > 0 and packets / elapsed < 0.95 * rate:
+            notes.append(f"asked {rate:,.0f} pps, reached {packets / elapsed:,.0f} pps: the generator is the limit here")
+        self.last = {"rate_target": rate, "xmit": xmit, "xmit_errors": errors, "per_cpu": per_cpu,
+                     "program": fn.name.decode() if isinstance(fn.name, bytes) else fn.name}
+        return Offered(self.name, packets, packets * spec.size, elapsed,
+                       cpu_seconds=sum(p["cpu_seconds"] for p in per_cpu), per_cpu=per_cpu, notes=notes)
+
+    def _configure(self, spec: TrafficSpec, version: int) -> None:
+        family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        low = lambda a: int.from_bytes(socket.inet_pton(family, a)[-4:], "big")  # noqa: E731
+        table = self.program.map("gen_config")
+        leaf = table.Leaf(spec.flows, self.vary, int(version == 6), L4[(spec.proto, version)],
+                          spec.sport, spec.dport, low(spec.src_ip), low(spec.dst_ip))
+        table[ctypes.c_int(0)] = leaf
+        seq = self.program.map("gen_seq")
+        seq.clear()  # per-CPU sequences restart at flow 0
+
+    def _prepare_peer(self, stack: ExitStack) -> list[str]:
+        """Make the veth peer able to receive XDP frames for one send; the caveat to record."""
+        if self.kind != "veth":
+            return []
+        peer = self.iface.peer
+        if peer is None:
+            return ["the veth peer is not part of the topology: its XDP/NAPI state was not checked"]
+        state = bpf.xdp_state(peer)
+        attached = state.get("IFLA_XDP_ATTACHED")
+        mode = self.peer_mode
+        if mode == "none":
+            ok = can_transmit_xdp(self.iface)
+            return [] if ok else [f"peer='none' and {peer.name} has no native XDP program nor GRO: "
+                                  "the veth drops every frame at the sender"]
+        native = attached == "xdp" or bool(state.get("IFLA_XDP_DRV_PROG_ID"))
+        if mode == "auto":
+            if native:
+                return []
+            mode = "gro" if attached else "xdp_pass"
+        if mode == "xdp_pass":
+            if native:
+                return []
+            if attached:
+                raise InputError(f"{peer.name} has a generic XDP program: a native XDP_PASS program cannot be "
+                                 "added beside it; use peer='gro' or 'auto'")
+            if self.peer_program is None:
+                self.peer_program = bpf.load("xdp_minimal")
+            stack.enter_context(bpf.attach_xdp(peer, self.peer_program.function("xdp_pass_bare", "xdp"), "native"))
+            return [f"caveat: labkit attached a native XDP_PASS program (xdp_pass_bare) to the receiving veth "
+                    f"{peer.name} for the send, because a veth delivers XDP frames only to a peer in NAPI mode; "
+                    "the receiver pays for it (a program run and an skb built from the frame per packet)"]
+        # gro
+        stack.enter_context(_GroOn(peer))
+        return [f"caveat: labkit turned GRO on on the receiving veth {peer.name} for the send (NAPI mode, "
+                "needed to deliver XDP frames" + (" beside its generic XDP program" if attached else "") +
+                "); the receiver pays for GRO processing"]
+
+    def _run_threads(self, fn, frame: bytes, spec: TrafficSpec, rate: float | None):
+        """Send SPEC's frames from spec.cpus CPUs; (per-CPU dicts, seconds, stopped early)."""
+        cpus = sorted(os.sched_getaffinity(0))
+        n = spec.cpus
+        deadline = time.monotonic() + spec.timeout_s
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        senders = [_CpuSchedule(i, cpus[i % len(cpus)] if self.pin else None,
+                                spec.count // n + (1 if i < spec.count % n else 0),
+                                rate / n if rate else None, self.batch_size) for i in range(n)]
+        ready = threading.Barrier(n * THREADS_PER_CPU + 1)
+
+        def worker(sched: "_CpuSchedule"):
+            try:
+                if sched.cpu is not None:
+                    os.sched_setaffinity(0, {sched.cpu})
+                with thread_in_netns(self.host.netns):
+                    ctx = bpf.XdpMd(data=0, data_end=len(frame), ingress_ifindex=self.iface.ifindex)
+                    ready.wait(30)
+                    sched.run(fn, frame, ctx, deadline, stop)
+            except threading.BrokenBarrierError:
+                pass
+            except BaseException as exc:
+                errors.append(exc)
+                stop.set()
+                ready.abort()
+
+        threads = [threading.Thread(target=worker, args=(s,), name=f"labkit-xdpgen-{s.index}-{k}", daemon=True)
+                   for s in senders for k in range(THREADS_PER_CPU)]
+        for t in threads:
+            t.start()
+        try:
+            try:
+                ready.wait(30)
+            except threading.BrokenBarrierError:
+                pass
+            t0 = time.monotonic()
+            for s in senders:
+                s.start(t0)
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(0.05)
+        except BaseException:
+            stop.set()  # Ctrl-C / SIGTERM: the threads end after their current chunk
+            for t in threads:
+                t.join(10)
+            raise
+        if errors:
+            raise errors[0]
+        per_cpu = [s.result() for s in senders]
+        first = min(s.first_send for s in senders if s.first_send is not None) if any(s.sent for s in senders) else t0
+        last = max((s.last_end for s in senders if s.last_end is not None), default=first)
+        if rate is None:  # the wall span of the sends, less one call's set-up
+            overheads = [s.overhead for s in senders if s.overhead != float("inf")]
+            seconds = last - first - (min(overheads) if overheads else 0.0)
+        else:  # the span of the schedule the sends kept: up to the end of the last chunk's slot
+            seconds = max(s.schedule_end() for s in senders) - first
+        return per_cpu, max(seconds, 1e-9), any(s.stopped for s in senders)
+
+    def close(self) -> None:
+        self._stack.close()
+        for attr in ("peer_program", "program"):
+            prog = getattr(self, attr, None)
+            setattr(self, attr, None)
+            if prog is not None:
+                prog.close()
+
+
+class _CpuSchedule:
+    """The frames one CPU sends, shared by the THREADS_PER_CPU threads pinned to it:
+    a thread claims the next chunk, sleeps until the chunk is due (frames before it /
+    rate), sends it, and repeats until the CPU's quota is sent."""
+
+    def __init__(self, index: int, cpu: int | None, quota: int, rate: float | None, batch_size: int):
+        self.index, self.cpu, self.quota, self.rate, self.batch_size = index, cpu, quota, rate, batch_size
+        self.chunk = MAX_CHUNK if rate is None else max(1, min(MAX_CHUNK, int(rate * CHUNK_SECONDS)))
+        self.claimed = self.sent = 0
+        self.cpu_seconds = 0.0
+        self.overhead = float("inf")  # the smallest wall time of a call beyond its send loop
+        self.kernel_seconds = 0.0  # the kernel's own timing of the send loops
+        self.first_send = self.last_end = self.last_begin = None
+        self.last_n = 0
+        self.stopped = False
+        self.t0 = None
+        self._lock = threading.Lock()
+        self._started = threading.Event()
+
+    def start(self, t0: float) -> None:
+        self.t0 = t0
+        self._started.set()
+
+    def _claim(self):
+        with self._lock:
+            if self.claimed >= self.quota:
+                return None
+            n = min(self.chunk, self.quota - self.claimed)
+            due = None if self.rate is None else self.t0 + self.claimed / self.rate
+            self.claimed += n
+            return n, due
+
+    def run(self, fn, frame, ctx, deadline, stop) -> None:
+        self._started.wait(30)
+        cpu0 = time.thread_time()
+        try:
+            while True:
+                job = self._claim()
+                if job is None:
+                    return
+                n, due = job
+                if due is not None:
+                    while not stop.is_set() and time.monotonic() < min(due, deadline):
+                        time.sleep(min(0.005, max(0.0, due - time.monotonic())))
+                if stop.is_set() or time.monotonic() >= deadline:
+                    with self._lock:
+                        self.stopped = True
+                    return
+                begin = time.monotonic()
+                res = bpf.test_run(fn, frame, repeat=n, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES,
+                                   batch_size=self.batch_size)
+                end = time.monotonic()
+                loop = res.duration_ns * n / 1e9
+                with self._lock:
+                    self.sent += n
+                    self.kernel_seconds += loop
+                    self.overhead = min(self.overhead, max(0.0, end - begin - loop))
+                    self.first_send = begin if self.first_send is None else min(self.first_send, begin)
+                    self.last_end = end if self.last_end is None else max(self.last_end, end)
+                    if self.last_begin is None or begin > self.last_begin:
+                        self.last_begin, self.last_n = begin, n
+        finally:
+            with self._lock:
+                self.cpu_seconds += time.thread_time() - cpu0
+
+    def schedule_end(self) -> float:
+        """When the last chunk's slot in the schedule ended (rate-controlled sends)."""
+        if self.last_begin is None:
+            return self.t0 or 0.0
+        return self.last_begin + self.last_n / self.rate
+
+    def result(self) -> dict:
+        seconds = 0.0
+        if self.sent and self.first_send is not None:
+            if self.rate is None:
+                overhead = self.overhead if self.overhead != float("inf") else 0.0
+                seconds = max(self.last_end - self.first_send - overhead, 1e-9)
+            else:
+                seconds = max(self.schedule_end() - self.first_send, 1e-9)
+        return {"cpu": self.cpu, "packets": self.sent, "seconds": seconds,
+                "pps": self.sent / seconds if seconds else float("nan"),
+                "cpu_seconds": self.cpu_seconds, "kernel_seconds": self.kernel_seconds}
