@@ -1,0 +1,454 @@
+"""The L2 forwarding experiment: DPDK l2fwd vs XDP redirect vs the Linux bridge (vs tc redirect).
+
+Topology: sender ``snd`` -> device under test ``dut`` with two ports (``dut0`` from the
+sender, ``dut1`` to the receiver) -> receiver ``rcv``. The DUT's ports carry no address.
+On the same topology, in one run, one variant at a time (in rotating order per trial):
+
+- ``dpdk_l2fwd``: DPDK's l2fwd over net_af_packet ports on dut0/dut1, one polling lcore,
+  MAC updating on (dst 02:00:00:00:00:01, src the egress port's MAC);
+- ``xdp_redirect``: bpf/xdp_fwd.c on dut0 and dut1, redirecting through a devmap with the
+  same MAC rewrite;
+- ``bridge``: a Linux bridge over dut0 and dut1;
+- ``tc_redirect`` (optional): the same forwarding as a tc clsact ingress program;
+- ``baseline_sink``: not a forwarder: dut0 drops everything with a bare XDP program. It
+  measures what the generator and the delivery into the DUT cost, which the DUT CPU per
+  packet of the forwarders is computed against.
+
+The receiver's interface has the MAC l2fwd writes (02:00:00:00:00:01) and a bare XDP drop
+program as the sink in every variant: it counts what arrives, keeps the receiver's CPU
+cost the same for all, and is what XDP_REDIRECT into a veth needs to deliver at all (the
+egress veth's peer must have an XDP program).
+
+Measured per trial, variant and frame size: offered (the generator's own rate),
+forwarded at the receiver (``processed_*``), lost and where (generator -> DUT -> receiver
+counters), CPU of the whole machine per forwarded packet, the DUT's share of it against the
+baseline, and for DPDK its own process's CPU, memory and hugepages; per variant once, the
+CPU it burns with no traffic at all (``idle_busy_cores``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+
+from .. import bpf, dpdk, lifecycle, measure, packets, results, topology, traffic
+from ..errors import InputError
+
+EXPERIMENT = "l2fwd"
+VARIANTS = ["dpdk_l2fwd", "xdp_redirect", "bridge", "tc_redirect"]
+BASELINE = "baseline_sink"
+RECEIVER_MAC = dpdk.l2fwd_mac(1)  # what l2fwd writes for frames leaving port 1
+SENDER_ADDR, RECEIVER_ADDR = "10.11.0.1/24", "10.11.0.2/24"
+
+
+@dataclass
+class Params:
+    sizes: list = field(default_factory=lambda: [64, 512, 1500])
+    trials: int = 3
+    count: int = 200_000
+    variants: list = field(default_factory=lambda: ["dpdk_l2fwd", "xdp_redirect", "bridge", "tc_redirect"])
+    baseline: bool = True  # measure the baseline sink too (needed for DUT CPU per packet)
+    generator: str = "trafgen"
+    xdp_mode: str = "native"  # XDP mode of xdp_redirect on the DUT ports
+    dpdk_lcores: str = "1"  # l2fwd's lcore(s) (-l)
+    dpdk_memory_mb: int = 512  # l2fwd's -m
+    dpdk_queues_per_lcore: int | None = None  # -q; None: enough for the lcores
+    mac_updating: bool = True
+    idle_s: float = 1.0  # the no-traffic window per variant (busy-polling cost)
+    timeout_s: float = 60.0
+    smoke: bool = False
+
+    def validate(self) -> "Params":
+        if self.smoke:
+            self.sizes, self.trials = self.sizes[:1], 1
+            self.count = min(self.count, 20_000)
+            self.idle_s = min(self.idle_s, 0.5)
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise InputError(f"variants {unknown or self.variants}: choose from {VARIANTS}")
+        if len(set(self.variants)) != len(self.variants):
+            raise InputError(f"variants {self.variants}: each at most once")
+        if not isinstance(self.trials, int) or self.trials < 1:
+            raise InputError(f"trials {self.trials!r}: at least 1")
+        if not self.sizes:
+            raise InputError("sizes is empty: give at least one frame size, e.g. [64]")
+        for s in self.sizes:
+            packets.check_size(s)
+        if not isinstance(self.count, int) or self.count < 1:
+            raise InputError(f"count {self.count!r}: send at least one packet per trial")
+        if self.xdp_mode not in bpf.XDP_MODES:
+            raise InputError(f"xdp_mode {self.xdp_mode!r}: choose 'native' or 'generic'")
+        if self.idle_s < 0:
+            raise InputError("idle_s must be >= 0 (0 skips the no-traffic window)")
+        if "dpdk_l2fwd" in self.variants:
+            # everything about l2fwd that can be checked without the kernel
+            eal = dpdk.EalOptions(lcores=self.dpdk_lcores, memory_mb=self.dpdk_memory_mb)
+            eal.lcore_ids()
+            dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=self.dpdk_queues_per_lcore).validate(
+                2, len(eal.lcore_ids()))
+        return self
+
+
+@dataclass
+class Result:
+    table: object  # tidy DataFrame
+    summary: object  # one row per variant and size: means of the main measures
+    spread: object  # long summary with std/min/max/spread_pct
+    resources: object  # what each variant takes from the machine (the poster's conclusion, measured)
+    interpretation: str
+    run_dir: object
+    caveats: list
+    params: Params
+
+
+def spec() -> topology.TopologySpec:
+    """sender -> dut (two ports) -> receiver; the receiver has the MAC l2fwd writes."""
+    return topology.TopologySpec(
+        hosts=["snd", "dut", "rcv"],
+        links=[topology.LinkSpec("snd", "dut", SENDER_ADDR, None, a_name="snd0", b_name="dut0"),
+               topology.LinkSpec("dut", "rcv", None, RECEIVER_ADDR, b_mac=RECEIVER_MAC, a_name="dut1", b_name="rcv0")])
+
+
+def quiet(topo) -> None:
+    """No IPv6 chatter (router solicitations, DAD) in the namespaces: only our frames flow."""
+    for h in topo.hosts.values():
+        h.run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"], timeout=10)
+
+
+# ---------------------------------------------------------------- the XDP/tc forwarder
+class XdpForwarder:
+    """bpf/xdp_fwd.c loaded, its maps filled for a port pair: frames arriving on one port
+    leave by the other, with l2fwd's MAC rewrite. Attach with `attach_xdp()` /
+    `attach_tc()` (context managers)."""
+
+    def __init__(self, ports: list, mac_updating: bool = True):
+        if len(ports) != 2:
+            raise InputError("the XDP forwarder pairs exactly two ports")
+        self.ports = ports
+        self.prog = bpf.load("xdp_fwd", MAC_UPDATING=int(bool(mac_updating)))
+        try:
+            self._fill(ports)
+        except BaseException:
+            self.prog.close()
+            raise
+
+    def _fill(self, ports) -> None:
+        port_of, tx = self.prog.map("port_of"), self.prog.map("tx_ports")
+        # A devmap resolves ifindexes in the network namespace of whoever updates it:
+        # fill it from inside the ports' namespace.
+        with ports[0].host.entered():
+            for i, iface in enumerate(ports):
+                out = 1 - i
+                entry = port_of.Leaf()
+                entry.out_port = out
+                entry.out_ifindex = ports[out].ifindex
+                for j, b in enumerate(bytes.fromhex(ports[out].mac.replace(":", ""))):
+                    entry.out_mac[j] = b
+                port_of[port_of.Key(iface.ifindex)] = entry
+                tx[tx.Key(i)] = tx.Leaf(iface.ifindex)
+
+    def counters(self) -> dict:
+        names = ["redirected", "no_entry", "short", "refused"]
+        sums = bpf.percpu_sum(self.prog.map("counters"))
+        return {n: int(sums.get(i, 0)) for i, n in enumerate(names)}
+
+    @contextmanager
+    def attach_xdp(self, mode: str = "native"):
+        fn = self.prog.function("xdp_l2fwd", "xdp")
+        with ExitStack() as stack:
+            for iface in self.ports:
+                stack.enter_context(bpf.attach_xdp(iface, fn, mode))
+            yield self
+
+    @contextmanager
+    def attach_tc(self):
+        fn = self.prog.function("tc_l2fwd", "tc")
+        with ExitStack() as stack:
+            for iface in self.ports:
+                stack.enter_context(bpf.attach_tc(iface, fn, "ingress"))
+            yield self
+
+    def close(self) -> None:
+        self.prog.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Bridge:
+    """A Linux bridge over PORTS on their host; exit deletes it (the ports are released)."""
+
+    def __init__(self, host, ports: list, name: str = "br0"):
+        self.host, self.ports = host, ports
+        self.name = lifecycle._current_run.name(name) if lifecycle._current_run else name
+        self.index = None
+
+    def __enter__(self):
+        with lifecycle.deferred_signals(), self.host.ipr() as ipr:
+            ipr.link("add", ifname=self.name, kind="bridge", br_forward_delay=0, br_stp_state=0)
+            self.index = ipr.link_lookup(ifname=self.name)[0]
+        try:
+            with self.host.ipr() as ipr:
+                for p in self.ports:
+                    ipr.link("set", index=p.ifindex, master=self.index)
+                ipr.link("set", index=self.index, state="up")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        idx, self.index = self.index, None
+        if idx is None:
+            return
+        with self.host.ipr() as ipr:
+            try:
+                ipr.link("del", index=idx)
+            except Exception as e:
+                if getattr(e, "code", None) != 19:
+                    raise
+
+
+# ---------------------------------------------------------------- one variant, set up
+class Setup:
+    """A variant ready to forward: `extra()` gives its own counters, `cpu()` its own CPU."""
+
+    def __init__(self, name):
+        self.name = name
+        self.l2fwd = None
+        self.fwd = None
+
+    def own_counters(self) -> dict:
+        if self.l2fwd is not None:
+            st = self.l2fwd.next_stats()
+            return {"l2fwd_rx_port0": st[0].received, "l2fwd_tx_port1": st[1].sent,
+                    "l2fwd_dropped": sum(s.dropped for s in st.values())}
+        if self.fwd is not None:
+            c = self.fwd.counters()
+            return {"prog_redirected": c["redirected"], "prog_refused": c["refused"]}
+        return {}
+
+    def own_cpu(self) -> float | None:
+        return self.l2fwd.proc.cpu_seconds() if self.l2fwd is not None else None
+
+
+@contextmanager
+def variant(name: str, topo, p: Params, fwd: XdpForwarder | None, sink_fn):
+    d0, d1 = topo.iface("dut", "snd"), topo.iface("dut", "rcv")
+    s = Setup(name)
+    if name == "dpdk_l2fwd":
+        eal = dpdk.EalOptions(lcores=p.dpdk_lcores, memory_mb=p.dpdk_memory_mb)
+        app = dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=p.dpdk_queues_per_lcore,
+                                stats_period_s=1, mac_updating=p.mac_updating)
+        with dpdk.L2fwd(topo.host("dut"), [dpdk.Port.af_packet(d0), dpdk.Port.af_packet(d1)], eal, app) as l2:
+            s.l2fwd = l2
+            l2.next_stats()  # its statistics run before traffic starts
+            yield s
+    elif name == "xdp_redirect":
+        with fwd.attach_xdp(p.xdp_mode):
+            s.fwd = fwd
+            yield s
+    elif name == "tc_redirect":
+        with fwd.attach_tc():
+            s.fwd = fwd
+            yield s
+    elif name == "bridge":
+        with Bridge(topo.host("dut"), [d0, d1]):
+            yield s
+    elif name == BASELINE:
+        with bpf.attach_xdp(d0, sink_fn, "native"):
+            yield s
+    else:
+        raise InputError(f"unknown variant {name!r}")
+
+
+# ---------------------------------------------------------------- the run
+def run(**kwargs) -> Result:
+    """Run the experiment; keyword arguments are the fields of `Params`."""
+    p = Params(**kwargs).validate()
+    lifecycle.require_root("the L2 forwarding experiment")
+    if "dpdk_l2fwd" in p.variants:
+        dpdk.build_l2fwd()  # before any namespace: a missing DPDK fails early
+    sp = spec()
+    sp.validate()
+    order_all = ([BASELINE] if p.baseline else []) + list(p.variants)
+    with topology.Topology(sp) as topo:
+        quiet(topo)
+        snd, rcv = topo.iface("snd"), topo.iface("rcv")
+        d0, d1 = topo.iface("dut", "snd"), topo.iface("dut", "rcv")
+        rs = results.ResultSet(EXPERIMENT, asdict(p), topo.run.prefix)
+        resources = []
+        with ExitStack() as stack:
+            bare = stack.enter_context(bpf.load("xdp_minimal"))
+            sink_fn = bare.function("xdp_drop_bare")
+            stack.enter_context(bpf.attach_xdp(rcv, sink_fn, "native"))
+            fwd = None
+            if {"xdp_redirect", "tc_redirect"} & set(p.variants):
+                fwd = stack.enter_context(XdpForwarder([d0, d1], p.mac_updating))
+            gen = stack.enter_context(traffic.generator(p.generator, snd))
+            time.sleep(0.2)
+            for si, size in enumerate(p.sizes):
+                tspec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, timeout_s=p.timeout_s)
+                tspec.validate()
+                for trial in range(p.trials):
+                    k = trial % len(order_all)
+                    for name in order_all[k:] + order_all[:k]:
+                        with variant(name, topo, p, fwd, sink_fn) as setup:
+                            if si == 0 and trial == 0 and p.idle_s > 0:
+                                resources.append(_idle(name, setup, p.idle_s, rs))
+                            _trial(name, setup, gen, tspec, trial, size, snd, d0, d1, rcv, rs)
+        _dut_cpu(rs)
+        _caveats(rs, p, gen.name)
+        run_dir = rs.save(topo, {"generator": gen.name, "receiver_sink": "xdp_drop_bare (native) on rcv0",
+                                 "resources": resources})
+    table = rs.table
+    spread = results.summarize(table)
+    summary = results.wide(spread)
+    import pandas as pd
+
+    res = pd.DataFrame(resources)
+    return Result(table, summary_view(summary), spread, res, interpret(table, res), run_dir, rs.caveats, p)
+
+
+def _trial(name, setup, gen, tspec, trial, size, snd, d0, d1, rcv, rs) -> None:
+    own0 = setup.own_counters()
+    cpu0 = setup.own_cpu()
+    processed = (lambda: d0.stats()["rx_packets"]) if name == BASELINE else (lambda: rcv.stats()["rx_packets"])
+    m = measure.run_trial(lambda: gen.send(tspec), processed, size=size,
+                          probes={"snd": measure.link_probe(snd), "dut0": measure.link_probe(d0),
+                                  "dut1": measure.link_probe(d1), "rcv": measure.link_probe(rcv)},
+                          offered_probe=("snd", "tx_packets"), settle_s=0.1)
+    cpu1 = setup.own_cpu()
+    own1 = setup.own_counters()
+    rs.add_measurement(name, trial, m, generator=gen.name)
+    extra = {k: (own1[k] - own0.get(k, 0), "packets") for k in own1}
+    if cpu0 is not None:
+        own = cpu1 - cpu0
+        extra["dpdk_cpu_s"] = (own, "s")
+        extra["dpdk_cpu_ns_per_pkt"] = (own / m.processed * 1e9 if m.processed else float("nan"), "ns/packet")
+    if setup.l2fwd is not None:
+        l2rx = extra["l2fwd_rx_port0"][0]
+        extra["lost_before_dut_pkts"] = (max(0, m.offered.packets - l2rx), "packets")
+        extra["lost_in_dut_pkts"] = (max(0, l2rx - extra["l2fwd_tx_port1"][0]), "packets")
+        extra["lost_after_dut_pkts"] = (max(0, extra["l2fwd_tx_port1"][0] - m.processed), "packets")
+    rs.add(name, trial, size, extra, m.flags, generator=gen.name)
+
+
+def _idle(name, setup, seconds, rs) -> dict:
+    """CPU the machine burns in SECONDS with the variant set up and no traffic."""
+    c0 = measure.cpu_times()
+    own0 = setup.own_cpu()
+    time.sleep(seconds)
+    c1 = measure.cpu_times()
+    busy = (c1 - c0).busy / seconds
+    row = {"variant": name, "idle_busy_cores": busy}
+    if setup.l2fwd is not None:
+        r = setup.l2fwd.resources()
+        row.update({"dpdk_idle_busy_cores": (setup.own_cpu() - own0) / seconds, "lcores": r.lcores,
+                    "rss_mb": r.rss_mb, "memory_mb_reserved": r.memory_mb, "hugepages": r.hugepages,
+                    "hugepages_used": r.hugepages_used})
+    else:
+        row.update({"dpdk_idle_busy_cores": 0.0, "lcores": 0, "rss_mb": 0.0, "memory_mb_reserved": 0,
+                    "hugepages": False, "hugepages_used": 0})
+    measures = {"idle_busy_cores": (busy, "cores")}
+    if setup.l2fwd is not None:
+        measures.update({"dpdk_idle_busy_cores": (row["dpdk_idle_busy_cores"], "cores"),
+                         "dpdk_rss_mb": (row["rss_mb"], "MB"), "dpdk_hugepages_used": (row["hugepages_used"], "pages")})
+    rs.add(name, 0, None, measures, kind="idle")
+    return row
+
+
+def _dut_cpu(rs) -> None:
+    """DUT CPU per forwarded packet: the machine's CPU per packet of a variant minus that of
+    the baseline sink (generator plus delivery into the DUT) in the same trial and size."""
+    import pandas as pd
+
+    t = pd.DataFrame(rs.rows)
+    if t.empty or BASELINE not in set(t["variant"]):
+        return
+    per = t[t["measure"] == "system_cpu_ns_per_pkt"].set_index(["variant", "trial", "size"])["value"]
+    for (v, trial, size), value in per.items():
+        if v == BASELINE:
+            continue
+        base = per.get((BASELINE, trial, size))
+        if base is not None:
+            rs.add(v, trial, size, {"dut_cpu_ns_per_pkt": (value - base, "ns/packet")})
+
+
+def summary_view(summary):
+    """The summary with the columns a reader looks at first, in reading order."""
+    cols = ["variant", "size", "offered_pps", "processed_pps", "processed_mbps", "loss_ratio",
+            "dut_cpu_ns_per_pkt", "system_cpu_ns_per_pkt", "dpdk_cpu_ns_per_pkt", "lost_before_dut_pkts",
+            "lost_in_dut_pkts", "lost_after_dut_pkts"]
+    s = summary[summary["size"].notna()] if "size" in summary.columns else summary
+    return s[[c for c in cols if c in s.columns]].reset_index(drop=True)
+
+
+def _caveats(rs, p: Params, generator: str) -> None:
+    rs.caveat("namespace testbed: generator, DUT and sink share this machine's 2 CPUs; compare variants as "
+              "ratios within this run, not as NIC numbers")
+    rs.caveat("XDP_REDIRECT into a veth delivers only when the egress veth's peer has an XDP program: the "
+              "receiver runs xdp_drop_bare (native) as its sink in every variant")
+    if "dpdk_l2fwd" in p.variants:
+        rs.caveat("DPDK runs over net_af_packet on the veths (no PMD for veth, no hugepages): l2fwd's packets "
+                  "still cross the kernel's packet sockets, so this is DPDK's cost on virtual ports, not on a NIC")
+    rs.caveat("DUT CPU per packet = machine CPU per forwarded packet minus the baseline sink's (generator + "
+              "delivery into the DUT); kernel forwarding on veths runs in the sender's context, so only this "
+              "difference isolates it")
+
+
+def interpret(table, resources) -> str:
+    """Sentences computed from the data: which forwarder was fastest at the smallest frames,
+    by what ratio, at what DUT CPU per packet, who limited the run, and what DPDK cost idle."""
+    rates = table[(table["measure"] == "processed_pps") & (table["variant"] != BASELINE)]
+    if rates.empty:
+        return "No forwarding rates were measured."
+    size = rates["size"].min()
+    at = rates[rates["size"] == size].groupby("variant")["value"].agg(["mean", "min", "max"]).sort_values(
+        "mean", ascending=False)
+    off = table[(table["measure"] == "offered_pps") & (table["size"] == size)].groupby("variant")["value"].mean()
+    best, worst = at.index[0], at.index[-1]
+    lines = [f"At {int(size)}-byte frames, {best} forwarded the most: {at.loc[best, 'mean'] / 1e6:.3f} Mpps "
+             f"(trials {at.loc[best, 'min'] / 1e6:.3f}–{at.loc[best, 'max'] / 1e6:.3f}; offered "
+             f"{off.get(best, float('nan')) / 1e6:.3f} Mpps)"
+             + (f", {at.loc[best, 'mean'] / at.loc[worst, 'mean']:.2f}× {worst} ({at.loc[worst, 'mean'] / 1e6:.3f} Mpps)."
+                if at.loc[worst, "mean"] > 0 else f"; {worst} forwarded nothing.")]
+    parts = [f"{v} {at.loc[v, 'mean'] / 1e6:.3f} of {off.get(v, float('nan')) / 1e6:.3f} Mpps offered"
+             for v in at.index]
+    lines.append("Forwarded vs offered: " + "; ".join(parts) + ".")
+    cpu = table[(table["measure"] == "dut_cpu_ns_per_pkt") & (table["size"] == size)].groupby("variant")["value"].mean()
+    if len(cpu):
+        n = table[(table["measure"] == "processed_pkts") & (table["size"] == size)]["value"].median()
+        tick_ns = (os.cpu_count() or 1) / measure.CLK_TCK / max(1.0, n) * 1e9
+        lines.append("DUT CPU per forwarded packet (machine CPU beyond the baseline sink): "
+                     + ", ".join(f"{v} {c:.0f} ns" for v, c in cpu.sort_values().items())
+                     + f" (the CPU counters tick in {1e3 / measure.CLK_TCK:.0f} ms, about {tick_ns:.0f} ns per packet "
+                     "at this count: smaller differences, and negative values, are noise; raise count for finer numbers).")
+        if "dpdk_l2fwd" in cpu.index:
+            lines.append("DPDK's CPU per packet is mostly polling: its lcore is busy whether packets come or not, "
+                         "so its cost per packet falls as the offered rate rises and is worst at low load.")
+    fl = table[(table["measure"] == "processed_pps") & (table["size"] == size) & (table["variant"] != BASELINE)]
+    limited = sorted(set(fl[fl["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]["variant"]))
+    lossy = sorted(set(fl[fl["flags"].str.contains(measure.LOSS_BEFORE_HOOK, na=False)]["variant"]))
+    if limited:
+        lines.append(f"Generator-limited (forwarded ≥98% of offered): {', '.join(limited)}: their rate is the "
+                     "generator's, a lower bound; compare their CPU per packet instead.")
+    if lossy:
+        lines.append(f"Lost more than 1% of offered: {', '.join(lossy)} (see the lost_* and lost_at:* measures).")
+    if resources is not None and len(resources):
+        r = resources.set_index("variant")
+        if "dpdk_l2fwd" in r.index:
+            d = r.loc["dpdk_l2fwd"]
+            others = [v for v in r.index if v not in ("dpdk_l2fwd", BASELINE)]
+            other_idle = ", ".join(f"{v} {r.loc[v, 'idle_busy_cores']:.2f}" for v in others)
+            lines.append(f"With no traffic at all, DPDK l2fwd kept {d['dpdk_idle_busy_cores']:.2f} of its "
+                         f"{int(d['lcores'])} lcore(s) busy polling (machine busy {d['idle_busy_cores']:.2f} cores; "
+                         f"other variants: {other_idle} cores), held {d['rss_mb']:.0f} MB resident of "
+                         f"{int(d['memory_mb_reserved'])} MB reserved, and used {int(d['hugepages_used'])} hugepages "
+                         f"({'hugepages on' if d['hugepages'] else 'run with --no-huge'}). The XDP and kernel "
+                         "variants need no dedicated core, reservation or hugepages: the poster's conclusion, measured.")
+    return "\n".join(lines)
