@@ -1,11 +1,13 @@
 /* The in-kernel traffic generator (labkit/traffic/xdpgen.py) and the sink that checks it.
  *
- * Generator: userspace builds one valid frame (labkit.packets) and runs one of these
- * programs on it with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES):
- * each repetition is one frame, and XDP_TX sends it out of the interface named by
- * the context's ingress_ifindex.
- *   xdp_gen_tx     sends the frame as built (one flow): the fastest path.
- *   xdp_gen_flows  rewrites, per frame, the fields named in `gen_config.vary` to
+ * Generator: userspace builds one valid frame (labkit.packets) and runs xdp_gen on it
+ * with BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES): each repetition
+ * is one frame, and XDP_TX sends it out of the interface named by the context's
+ * ingress_ifindex, which must be GEN_IFINDEX (-D define). Any other packet passes:
+ * labkit keeps the program attached (generic mode) to the sending host's loopback so
+ * that it stays in the kernel's XDP dispatcher between runs (see xdpgen.py).
+ *   gen_config.flows <= 1: the frame goes out as built (one flow), the fastest path.
+ *   flows > 1: the program rewrites, per frame, the fields named in `gen_config.vary` to
  *                  base + f, where f = 0, 1, .., flows-1, 0, .. comes from a per-CPU
  *                  sequence, and updates the IPv4 header and L4 checksums incrementally
  *                  (RFC 1624). The kernel reuses frame pages without re-copying them,
@@ -80,19 +82,22 @@ static __always_inline void csum_replace4(u16 *sum, u32 old, u32 new)
     csum_replace2(sum, (u16)old, (u16)new);
 }
 
-int xdp_gen_tx(struct xdp_md *ctx)
-{
-    return XDP_TX;
-}
+#ifndef GEN_IFINDEX
+#define GEN_IFINDEX 0
+#endif
 
-int xdp_gen_flows(struct xdp_md *ctx)
+int xdp_gen(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     u32 zero = 0;
+    if (ctx->ingress_ifindex != GEN_IFINDEX)
+        return XDP_PASS; /* a packet received where the program is only parked */
     struct gen_config *cfg = gen_config.lookup(&zero);
+    if (!cfg || cfg->flows <= 1)
+        return XDP_TX;
     u32 *seq = gen_seq.lookup(&zero);
-    if (!cfg || !seq)
+    if (!seq)
         return XDP_ABORTED;
 
     u32 f = *seq;

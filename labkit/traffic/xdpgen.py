@@ -13,14 +13,18 @@ every copy out of the interface given as the context's `ingress_ifindex`. No soc
 skb, no copy from userspace per frame: about 5 Mpps from one core on this machine, 5-8x
 trafgen.
 
-Flows. With `flows > 1` the program (`xdp_gen_flows`) rewrites each frame from a per-CPU
+Flows. With `flows > 1` the program (`xdp_gen`) rewrites each frame from a per-CPU
 sequence f = 0..flows-1, 0, ..: the fields named by the option `vary` (default the
 source port, as TrafficSpec describes: sport .. sport+flows-1; also "dport", "src_ip",
 "dst_ip", several at once moving together) become base + f, and the IPv4 header and
 L4 checksums are updated incrementally. One program run, one frame, no extra system
 calls: the rate stays high and every sending CPU cycles through exactly `flows` flows
 (all of them appear once each CPU sends at least `flows` frames). With one flow the
-frame goes out untouched (`xdp_gen_tx`).
+frame goes out untouched after one map lookup.
+
+The program is parked on the sending host's loopback for the generator's lifetime
+(generic XDP, passing everything there): that keeps it in the kernel's XDP dispatcher,
+without which every BPF_PROG_RUN call costs ~24 ms of RCU grace periods (`_DispatcherPin`).
 
 CPUs. `spec.cpus` threads, thread i pinned to the i-th CPU this process may use; each
 enters the sending interface's network namespace itself (setns(2) on the thread, since
@@ -84,12 +88,11 @@ PEER_MODES = ("auto", "xdp_pass", "gro", "none")
 WIRE_OVERHEAD = 24
 MAX_FRAME = 3400  # a live frame lives in one 4 KiB page beside headroom and skb_shared_info
 MAX_BATCH = 256  # TEST_XDP_MAX_BATCH in the kernel
-CHUNK_SECONDS = 0.02  # at a target rate, one system call sends this much of the schedule
+CHUNK_SECONDS = 0.005  # at a target rate, one system call sends this much of the schedule
 MAX_CHUNK = 1 << 18  # frames per system call when unpaced (bounds the reaction to stop/timeout)
-#: Each BPF_PROG_RUN call with repeat > 1 spends about 24 ms here off-CPU setting up
-#: (a page pool and an RCU grace period) before its frames go out: several threads per
-#: CPU take turns, so one sends while the others wait.
-THREADS_PER_CPU = 4
+#: Threads per sending CPU, sharing that CPU's schedule (one suffices while the program
+#: stays in the XDP dispatcher; see `_DispatcherPin`).
+THREADS_PER_CPU = 1
 NETDEV_XDP_ACT_NDO_XMIT = 4
 _SPEED_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:bit|b|bps)?(?:/s)?\s*$")
 
@@ -301,6 +304,43 @@ class _GroOn:
             self.changed = False
 
 
+# ---------------------------------------------------------------- the dispatcher pin
+class _DispatcherPin:
+    """Keep the generator's program in the kernel's XDP dispatcher while the generator lives.
+
+    BPF_PROG_RUN with repeat > 1 installs the program in the XDP dispatcher and removes it
+    again, each with an RCU grace period: about 24 ms per call here, serialized across the
+    machine, which would leave pacing at 40 calls a second. A program attached to any
+    interface stays in the dispatcher, so this attaches it in generic mode to the loopback
+    of the sending host (where it passes every packet: it transmits only frames whose
+    ingress is the sending interface, i.e. its own live frames). Calls then cost well under
+    a millisecond. Exit detaches it. Where the loopback already has an XDP program the pin
+    is skipped and the cost recorded as a note."""
+
+    def __init__(self, host, fn):
+        self.host, self.fn = host, fn
+        self.attachment = None
+
+    def __enter__(self) -> str:
+        from ..topology import Interface
+
+        with self.host.ipr() as ipr:
+            idx = ipr.link_lookup(ifname="lo")
+        if not idx:
+            return "no loopback on the sending host: every send call pays ~24 ms of XDP dispatcher updates"
+        lo = Interface(self.host, "lo", idx[0], "00:00:00:00:00:00", None, None, real=self.host.netns is None)
+        if bpf.xdp_state(lo).get("IFLA_XDP_ATTACHED"):
+            return ("the sending host's loopback already has an XDP program, so the generator could not keep "
+                    "its program in the XDP dispatcher: every send call pays ~24 ms (pacing is coarser)")
+        self.attachment = bpf.attach_xdp(lo, self.fn, "generic").attach()
+        return ""
+
+    def __exit__(self, *exc):
+        if self.attachment is not None:
+            self.attachment.detach()
+            self.attachment = None
+
+
 # ---------------------------------------------------------------- the backend
 @register
 class XdpGenerator(Generator):
@@ -343,9 +383,9 @@ class XdpGenerator(Generator):
                     f"{iface.name} on {iface.host} cannot transmit XDP frames (its driver lacks ndo_xdp_xmit; "
                     f"kind {self.kind or 'device'}): {FALLBACKS}")
         try:
-            self.program = bpf.load("xdp_gen")
-            self.fn_tx = self.program.function("xdp_gen_tx", "xdp")
-            self.fn_flows = self.program.function("xdp_gen_flows", "xdp")
+            self.program = bpf.load("xdp_gen", GEN_IFINDEX=iface.ifindex)
+            self.fn = self.program.function("xdp_gen", "xdp")
+            self.pin_note = self._stack.enter_context(_DispatcherPin(self.host, self.fn))
         except BaseException:
             self.close()
             raise
@@ -407,11 +447,9 @@ class XdpGenerator(Generator):
             raise LabkitError("this xdp generator is closed")
         frame = build(spec.frame(0))
         version = 6 if ":" in spec.src_ip else 4
-        fn = self.fn_tx
-        if spec.flows > 1:
-            self._configure(spec, version)
-            fn = self.fn_flows
-        notes = []
+        fn = self.fn
+        self._configure(spec, version)
+        notes = [self.pin_note] if self.pin_note else []
         with ExitStack() as peer_stack:
             notes += self._prepare_peer(peer_stack)
             if self.kind == "veth" and can_transmit_xdp(self.iface) is False:
@@ -432,8 +470,7 @@ class XdpGenerator(Generator):
             notes.append(f"stopped by the time limit ({spec.timeout_s:g} s) after {packets} of {spec.count} frames")
         if rate and elapsed > 0 and packets / elapsed < 0.95 * rate:
             notes.append(f"asked {rate:,.0f} pps, reached {packets / elapsed:,.0f} pps: the generator is the limit here")
-        self.last = {"rate_target": rate, "xmit": xmit, "xmit_errors": errors, "per_cpu": per_cpu,
-                     "program": fn.name.decode() if isinstance(fn.name, bytes) else fn.name}
+        self.last = {"rate_target": rate, "xmit": xmit, "xmit_errors": errors, "per_cpu": per_cpu}
         return Offered(self.name, packets, packets * spec.size, elapsed,
                        cpu_seconds=sum(p["cpu_seconds"] for p in per_cpu), per_cpu=per_cpu, notes=notes)
 
@@ -536,9 +573,8 @@ class XdpGenerator(Generator):
         per_cpu = [s.result() for s in senders]
         first = min(s.first_send for s in senders if s.first_send is not None) if any(s.sent for s in senders) else t0
         last = max((s.last_end for s in senders if s.last_end is not None), default=first)
-        if rate is None:  # the wall span of the sends, less one call's set-up
-            overheads = [s.overhead for s in senders if s.overhead != float("inf")]
-            seconds = last - first - (min(overheads) if overheads else 0.0)
+        if rate is None:  # the wall span of the sends
+            seconds = last - first
         else:  # the span of the schedule the sends kept: up to the end of the last chunk's slot
             seconds = max(s.schedule_end() for s in senders) - first
         return per_cpu, max(seconds, 1e-9), any(s.stopped for s in senders)
@@ -562,7 +598,6 @@ class _CpuSchedule:
         self.chunk = MAX_CHUNK if rate is None else max(1, min(MAX_CHUNK, int(rate * CHUNK_SECONDS)))
         self.claimed = self.sent = 0
         self.cpu_seconds = 0.0
-        self.overhead = float("inf")  # the smallest wall time of a call beyond its send loop
         self.kernel_seconds = 0.0  # the kernel's own timing of the send loops
         self.first_send = self.last_end = self.last_begin = None
         self.last_n = 0
@@ -608,7 +643,6 @@ class _CpuSchedule:
                 with self._lock:
                     self.sent += n
                     self.kernel_seconds += loop
-                    self.overhead = min(self.overhead, max(0.0, end - begin - loop))
                     self.first_send = begin if self.first_send is None else min(self.first_send, begin)
                     self.last_end = end if self.last_end is None else max(self.last_end, end)
                     if self.last_begin is None or begin > self.last_begin:
@@ -627,8 +661,7 @@ class _CpuSchedule:
         seconds = 0.0
         if self.sent and self.first_send is not None:
             if self.rate is None:
-                overhead = self.overhead if self.overhead != float("inf") else 0.0
-                seconds = max(self.last_end - self.first_send - overhead, 1e-9)
+                seconds = max(self.last_end - self.first_send, 1e-9)
             else:
                 seconds = max(self.schedule_end() - self.first_send, 1e-9)
         return {"cpu": self.cpu, "packets": self.sent, "seconds": seconds,
