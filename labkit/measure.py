@@ -7,19 +7,19 @@ offered / processed / lost packet rates and CPU time per packet.
                           size=spec.size)
     m.processed_pps, m.lost, m.lost_where, m.cpu_ns_per_pkt, m.flags
 
-CPU time comes from /proc/stat. The receive path (driver/NAPI, XDP, tc, netfilter, the
-stack up to the socket) runs in softirq context, wherever it is triggered: in ksoftirqd,
-or at the end of the sender's own system call on a veth. So the receiving side's cost is
-the softirq time across all CPUs, and the sending side's is the rest; `cpu_ns_per_pkt` is
-softirq time per processed packet. The kernel samples it at each timer tick (unless it was
-built with IRQ time accounting), so a trial should last a second or more; with both sides
-on one machine, compare variants as ratios measured in the same run, never as absolutes.
-`system_cpu_ns_per_pkt` (all busy time, generator and unrelated load included) is kept
-beside it.
+CPU time of the receive path: it runs in NET_RX softirq (NAPI, XDP, tc, netfilter, the
+stack up to the socket), wherever that is triggered: in ksoftirqd, or at the end of the
+sender's own system call on a veth. `SoftirqClock` (bpf/softirq_time.c, on the softirq
+tracepoints) measures that time exactly, per vector; `cpu_ns_per_pkt` is NET_RX time per
+processed packet. Without it, the softirq column of /proc/stat stands in (sampled at timer
+ticks, so only long trials give sensible numbers). `system_cpu_ns_per_pkt` (all busy time
+of all CPUs, the generator and unrelated load included) is kept beside it. Both sides share
+this machine's CPUs: compare variants as ratios measured in the same run.
 
 Flags say when a rate cannot be taken at face value:
-- ``generator-limited``: the hook processed (nearly) everything offered, so the rate is the
-  generator's, a lower bound of what the variant can do;
+- ``generator-limited``: the hook processed (nearly) everything the generator offered at its
+  full speed, so the rate is the generator's, a lower bound of what the variant can do
+  (set by `mark_generator_limited` across the variants of one trial);
 - ``loss-before-hook``: more than 1% of the offered packets never reached the hook
   (`lost_where` says which counters saw them, e.g. a veth ring under native XDP);
 - ``offered-mismatch``: the sender's link counter disagrees with what the generator reported.
@@ -65,6 +65,36 @@ def cpu_times() -> CpuTimes:
             else:
                 per_cpu.append(b)
     return CpuTimes(busy, soft, total, per_cpu)
+
+
+NET_RX = 3  # softirq vector numbers (include/linux/interrupt.h)
+NET_TX = 2
+
+
+class SoftirqClock:
+    """Exact softirq time per vector, from a BPF program on the softirq tracepoints.
+    A context manager: exit detaches it."""
+
+    def __init__(self):
+        from . import bpf
+
+        self.program = bpf.load("softirq_time")
+
+    def seconds(self, vec: int = NET_RX) -> float:
+        """Softirq time of VEC so far, summed over CPUs, in seconds."""
+        import ctypes
+
+        per_cpu = self.program.map("ns")[ctypes.c_int(vec)]
+        return sum(int(v) for v in per_cpu) / 1e9
+
+    def close(self):
+        self.program.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # ---------------------------------------------------------------- probes
@@ -121,6 +151,7 @@ class Measurement:
     probes: dict = field(default_factory=dict)  # name -> {counter: delta}
     flags: list = field(default_factory=list)
     lost_where: dict = field(default_factory=dict)
+    net_rx_s: float | None = None  # exact NET_RX softirq seconds, when a SoftirqClock ran
 
     @property
     def elapsed_s(self) -> float:
@@ -153,12 +184,12 @@ class Measurement:
 
     @property
     def receiver_cpu_s(self) -> float:
-        """CPU time of the receive path: softirq time on all CPUs."""
-        return self.cpu.softirq
+        """CPU time of the receive path: NET_RX softirq time (exact where measured)."""
+        return self.net_rx_s if self.net_rx_s is not None else self.cpu.softirq
 
     @property
     def cpu_ns_per_pkt(self) -> float:
-        """Receive-path CPU time (softirq) per processed packet."""
+        """Receive-path CPU time per processed packet."""
         return self.receiver_cpu_s / self.processed * 1e9 if self.processed else float("nan")
 
     @property
@@ -182,6 +213,7 @@ class Measurement:
             "elapsed_s": (self.elapsed_s, "s"),
             "cpu_busy_s": (self.cpu.busy, "s"),
             "cpu_softirq_s": (self.cpu.softirq, "s"),
+            "net_rx_softirq_s": (self.net_rx_s if self.net_rx_s is not None else float("nan"), "s"),
             "generator_cpu_s": (self.generator_cpu_s, "s"),
             "receiver_cpu_s": (self.receiver_cpu_s, "s"),
             "cpu_ns_per_pkt": (self.cpu_ns_per_pkt, "ns/packet"),
@@ -191,7 +223,7 @@ class Measurement:
 
 def run_trial(send: Callable[[], object], processed: Callable[[], int], *, size: int,
               probes: dict | None = None, offered_probe: tuple[str, str] | None = None,
-              settle_s: float = 0.2) -> Measurement:
+              settle_s: float = 0.2, clock: SoftirqClock | None = None) -> Measurement:
     """Sample PROBES and the PROCESSED counter, call SEND (which returns traffic.Offered),
     let queues drain for SETTLE_S, sample again, and work out what happened.
 
@@ -201,20 +233,33 @@ def run_trial(send: Callable[[], object], processed: Callable[[], int], *, size:
     before = {name: p() for name, p in probes.items()}
     p0 = processed()
     c0 = cpu_times()
+    s0 = clock.seconds() if clock else None
     offered = send()
     time.sleep(settle_s)
+    s1 = clock.seconds() if clock else None
     c1 = cpu_times()
     p1 = processed()
     after = {name: p() for name, p in probes.items()}
     deltas = {name: _delta(before[name], after[name]) for name in probes}
-    m = Measurement(offered, p1 - p0, size, c1 - c0, deltas)
+    m = Measurement(offered, p1 - p0, size, c1 - c0, deltas, net_rx_s=(s1 - s0) if clock else None)
     _flag(m, offered_probe)
     return m
 
 
+def mark_generator_limited(group: list[Measurement], tolerance: float = 0.9) -> None:
+    """Flag, among measurements of one trial and size (one per variant), those whose hook
+    kept up with the generator running at full speed: processed >= 98% of offered, and
+    offered within TOLERANCE of the highest offered rate of the group. (Where a receiver
+    slows the generator down, as when both share a CPU, the offered rate drops and the
+    receiver, not the generator, set the pace.)"""
+    top = max((m.offered_pps for m in group if m.offered_pps == m.offered_pps), default=0)
+    for m in group:
+        if (m.offered.packets and m.processed >= 0.98 * m.offered.packets and m.offered_pps >= tolerance * top
+                and GENERATOR_LIMITED not in m.flags):
+            m.flags.append(GENERATOR_LIMITED)
+
+
 def _flag(m: Measurement, offered_probe) -> None:
-    if m.offered.packets and m.processed >= 0.98 * m.offered.packets:
-        m.flags.append(GENERATOR_LIMITED)
     if m.offered.packets and m.loss_ratio > 0.01:
         m.flags.append(LOSS_BEFORE_HOOK)
         for probe, counters in m.probes.items():

@@ -33,6 +33,8 @@ HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9]*$")
 def check_mac(mac: str) -> str:
     if not isinstance(mac, str) or not MAC_RE.match(mac):
         raise InputError(f"MAC address {mac!r} is malformed: write six hex pairs, e.g. '02:00:00:00:00:01'")
+    if mac.replace(":", "").strip("0") == "":
+        raise InputError(f"MAC address {mac!r} is all zeros, which no interface may have: use e.g. '02:00:00:00:00:01'")
     if int(mac[:2], 16) & 1:
         raise InputError(f"MAC address {mac!r} is a multicast address: use a unicast one (first octet even)")
     return mac.lower()

@@ -90,7 +90,7 @@ def run(**kwargs) -> Result:
     lifecycle.require_root("the XDP drop experiment")
     spec = topology.pair(sender_if=p.sender_if, receiver_if=p.receiver_if)
     spec.validate()
-    with topology.Topology(spec) as topo, DropFilter() as filt:
+    with topology.Topology(spec) as topo, DropFilter() as filt, measure.SoftirqClock() as clock:
         snd, rcv = topo.iface("snd") if p.sender_if or not p.receiver_if else None, topo.iface("rcv")
         rs = results.ResultSet(EXPERIMENT, _jsonable(p), topo.run.prefix)
         if snd is None:
@@ -108,13 +108,17 @@ def run(**kwargs) -> Result:
                 send = lambda: gen.send(tspec)  # noqa: E731
                 for trial in range(p.trials):
                     order = p.variants[trial % len(p.variants):] + p.variants[: trial % len(p.variants)]
+                    group = []
                     for variant in order:
                         with _variant(variant, topo, rcv, filt, p.rule) as processed:
                             m = measure.run_trial(
                                 send, processed, size=size,
                                 probes={"snd": measure.link_probe(snd), "rcv": measure.link_probe(rcv),
                                         "rcv_stack": measure.snmp_probe(rcv.host)},
-                                offered_probe=("snd", "tx_packets"))
+                                offered_probe=("snd", "tx_packets"), clock=clock)
+                        group.append((variant, m))
+                    measure.mark_generator_limited([m for _, m in group])
+                    for variant, m in group:
                         rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows)
         costs = _program_costs(filt, snd, rcv, p, rs)
         _caveats(rs, p, gen.name)
@@ -186,13 +190,17 @@ def _program_costs(filt: DropFilter, snd, rcv, p: Params, rs: results.ResultSet)
 
 
 def _caveats(rs: results.ResultSet, p: Params, generator: str) -> None:
-    if not p.receiver_if:
-        rs.caveat("namespace testbed: sender and receiver share this machine's CPUs, and traffic that starts on "
-                  "the same host reaches a veth as skbs, so native XDP on a veth is not faster than generic here; "
-                  "these are not NIC numbers")
-    if "xdp_native" in p.variants and not p.receiver_if:
-        rs.caveat("native XDP on a veth drops part of a flood in the veth's own ring before the program runs "
-                  "(counted as lost before the hook)")
+    if p.receiver_if:
+        return
+    rs.caveat("namespace testbed: sender and receiver share this machine's 2 CPUs, so rates are relative, "
+              "not NIC numbers")
+    if generator != "xdp":
+        rs.caveat(f"the {generator} generator sends from a socket on this host, so packets reach the receiving veth "
+                  "as skbs: native XDP on a veth is then not faster than generic (no driver fast path)")
+    lossy = {r["variant"] for r in rs.rows if r["measure"] == "processed_pps" and measure.LOSS_BEFORE_HOOK in r["flags"]}
+    if "xdp_native" in lossy:
+        rs.caveat("native XDP on a veth lost part of the flood in the veth's own ring before the program ran "
+                  "(see the lost_at:* measures); a rate is only honest with offered, processed and lost side by side")
 
 
 def headline(table):
@@ -231,7 +239,7 @@ def interpret(table, costs) -> str:
              f"(trials {at.loc[best, 'min'] / 1e6:.2f}–{at.loc[best, 'max'] / 1e6:.2f}), "
              f"{at.loc[best, 'mean'] / at.loc[worst, 'mean']:.2f}× {worst} ({at.loc[worst, 'mean'] / 1e6:.2f} Mpps)."]
     for a, b in (("xdp_native", "iptables_raw"), ("xdp_generic", "iptables_raw"), ("xdp_native", "stack")):
-        if a in at.index and b in at.index and a != best:
+        if a in at.index and b in at.index:
             lines.append(f"{a} vs {b}: {at.loc[a, 'mean'] / at.loc[b, 'mean']:.2f}× the rate.")
     cpu = table[(table["measure"] == "cpu_ns_per_pkt") & (table["size"] == size)].groupby("variant")["value"].mean()
     if "iptables_raw" in cpu and any(v in cpu for v in ("xdp_native", "xdp_generic")):
@@ -241,7 +249,8 @@ def interpret(table, costs) -> str:
     flags = table[(table["measure"] == "processed_pps") & (table["size"] == size)]
     limited = sorted(set(flags[flags["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]["variant"]))
     lossy = sorted(set(flags[flags["flags"].str.contains(measure.LOSS_BEFORE_HOOK, na=False)]["variant"]))
-    offered = table[(table["measure"] == "offered_pps") & (table["size"] == size)]["value"].mean()
+    off = table[(table["measure"] == "offered_pps") & (table["size"] == size)]
+    offered = off[off["variant"].isin(limited)]["value"].mean()
     if limited:
         lines.append(f"Generator-limited: {', '.join(limited)} processed (nearly) all of the offered "
                      f"{offered / 1e6:.2f} Mpps, so for them the rate is the generator's, a lower bound; "

@@ -1,0 +1,167 @@
+"""Topology build and teardown leave nothing behind: on success, on an exception, on
+SIGTERM; a crashed run's leftovers are found and removed by `labkit clean`; bad input is
+refused before the kernel is touched."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from labkit import lifecycle, topology
+from labkit.errors import InputError, NotRoot
+from conftest import needs_root, own_leftovers
+
+pytestmark = needs_root
+PY = sys.executable
+
+
+def test_build_and_teardown_leave_nothing():
+    with topology.Topology(topology.pair()) as topo:
+        prefix = topo.run.prefix
+        assert len(own_leftovers(prefix)) == 2  # two namespaces
+        snd, rcv = topo.iface("snd"), topo.iface("rcv")
+        assert snd.peer is rcv and rcv.address == "10.11.0.2"
+        assert len(snd.name) <= 15 and snd.name.startswith(prefix)
+        assert snd.mac != rcv.mac and snd.ifindex > 0
+        assert topo.host("snd").run(["ping", "-c1", "-W2", "10.11.0.2"], check=False).returncode == 0
+        assert (lifecycle.REGISTRY_DIR / f"{prefix}.json").exists()
+    assert own_leftovers(prefix) == []
+    assert not (lifecycle.REGISTRY_DIR / f"{prefix}.json").exists()
+
+
+def test_teardown_when_body_raises():
+    with pytest.raises(RuntimeError, match="boom"):
+        with topology.Topology(topology.pair()) as topo:
+            prefix = topo.run.prefix
+            raise RuntimeError("boom")
+    assert own_leftovers(prefix) == []
+
+
+def test_half_built_topology_is_torn_down():
+    # ethtool refuses an unknown feature after the namespaces and the veth exist
+    spec = topology.pair(offloads={"no-such-feature": "off"})
+    before = set(lifecycle.labkit_namespaces())
+    with pytest.raises(Exception, match="no-such-feature"):
+        with topology.Topology(spec):
+            pass
+    assert set(lifecycle.labkit_namespaces()) == before
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from labkit import topology
+    with topology.Topology(topology.pair()) as topo:
+        print(topo.run.prefix, flush=True)
+        topo.host("rcv").spawn(["sleep", "60"])
+        time.sleep(60)
+""")
+
+
+def _child_prefix(proc):
+    line = proc.stdout.readline().strip()
+    assert line.startswith("lk"), proc.stderr.read()
+    return line
+
+
+def test_sigterm_undoes_everything():
+    proc = subprocess.Popen([PY, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prefix = _child_prefix(proc)
+    assert own_leftovers(prefix)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    assert own_leftovers(prefix) == []
+    assert not [p for p in _pids_named("sleep") if _netns_of(p) is None]  # no orphaned sleeper
+
+
+def test_ctrl_c_undoes_everything():
+    proc = subprocess.Popen([PY, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prefix = _child_prefix(proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    assert own_leftovers(prefix) == []
+
+
+def test_clean_removes_what_a_killed_run_left():
+    proc = subprocess.Popen([PY, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prefix = _child_prefix(proc)
+    time.sleep(0.3)
+    ns = [n for n in lifecycle.labkit_namespaces() if n.startswith(prefix)]
+    sleeper = [p for n in ns for p in lifecycle.pids_in_netns(n)]
+    proc.kill()  # SIGKILL: nothing runs, everything is left
+    proc.wait(10)
+    assert own_leftovers(prefix), "SIGKILL should leave the namespaces behind"
+    removed = lifecycle.clean(log=lambda *a: None)
+    assert set(ns) <= set(removed["namespaces"])
+    assert own_leftovers(prefix) == []
+    for pid in sleeper:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_clean_leaves_live_runs_and_other_namespaces_alone():
+    subprocess.run(["ip", "netns", "add", "notlabkit-test"], check=True)
+    try:
+        with topology.Topology(topology.pair()) as topo:
+            lifecycle.clean(log=lambda *a: None)
+            assert len(own_leftovers(topo.run.prefix)) == 2  # alive: untouched
+        assert "notlabkit-test" in os.listdir("/run/netns")
+    finally:
+        subprocess.run(["ip", "netns", "del", "notlabkit-test"])
+
+
+@pytest.mark.parametrize("spec, message", [
+    (lambda: topology.TopologySpec(hosts=["averyverylonghostname"]), "too long"),
+    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_name="waytoolongname")]),
+     "Linux allows 15"),
+    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_mac="02:00:00:00:00")]),
+     "malformed"),
+    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_addr="10.0.0.300/24")]),
+     "malformed"),
+    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_addr="10.0.0.1")]),
+     "prefix"),
+    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "c")]), "not among the hosts"),
+    (lambda: topology.pair(sender_if="lknosuchif0", receiver_if="lknosuchif1"), "does not exist"),
+    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_mac="03:00:00:00:00:01")]),
+     "multicast"),
+    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", b_mac="00:00:00:00:00:00")]),
+     "all zeros"),
+])
+def test_bad_input_is_refused_before_the_kernel(spec, message):
+    before = set(lifecycle.labkit_namespaces())
+    with pytest.raises(InputError, match=message):
+        with topology.Topology(spec()):
+            pass
+    assert set(lifecycle.labkit_namespaces()) == before
+
+
+def test_not_root_is_a_clear_error(monkeypatch):
+    # what the process would see as an unprivileged user (the suite itself runs as root)
+    monkeypatch.setattr(lifecycle.os, "geteuid", lambda: 1000)
+    before = set(lifecycle.labkit_namespaces())
+    with pytest.raises(NotRoot, match="sudo"):
+        with topology.Topology(topology.pair()):
+            pass
+    assert set(lifecycle.labkit_namespaces()) == before
+
+
+def _pids_named(name):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if open(f"/proc/{d}/comm").read().strip() == name:
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def _netns_of(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
