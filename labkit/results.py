@@ -37,7 +37,7 @@ class ResultSet:
         self.run_id = f"{stamp}-{run_prefix or 'lk' + os.urandom(2).hex()}"
         self.data_dir = Path(data_dir or DATA_DIR)
         self.rows: list[dict] = []
-        self.caveats: list[str] = []
+        self._caveats: dict[str, list] = {}
         self.run_dir: Path | None = None
 
     def add(self, variant: str, trial: int, size, measures: dict, flags=(), **extra) -> None:
@@ -55,12 +55,18 @@ class ResultSet:
         for where, n in m.lost_where.items():
             self.add(variant, trial, m.size, {f"lost_at:{where}": (n, "packets")}, m.flags, **extra)
         for note in getattr(m.offered, "notes", []):
-            self.caveat(f"{variant}: {note}")
+            self.caveat(note.removeprefix("caveat: "), variant)
 
-    def caveat(self, text: str) -> None:
-        """A warning a reader must see with the numbers (recorded in the metadata)."""
-        if text not in self.caveats:
-            self.caveats.append(text)
+    def caveat(self, text: str, variant: str | None = None) -> None:
+        """A warning a reader must see with the numbers (recorded in the metadata); the
+        same warning for several variants is kept once, naming them."""
+        variants = self._caveats.setdefault(text, [])
+        if variant and variant not in variants:
+            variants.append(variant)
+
+    @property
+    def caveats(self) -> list[str]:
+        return [f"{text} [{', '.join(v)}]" if v else text for text, v in self._caveats.items()]
 
     @property
     def table(self):
