@@ -50,6 +50,8 @@ PACKAGES=(
     iproute2 iptables ethtool netsniff-ng iputils-ping tcpdump iperf3
     dpdk dpdk-dev libdpdk-dev dpdk-doc     # dpdk-doc ships /usr/share/dpdk/examples
     pkg-config make gcc python3-venv
+    kmod                                   # modprobe: the kernel's pktgen where it is a module
+    chromium                               # the reports are checked in a real headless browser
 )
 
 headers_present() {
