@@ -131,14 +131,16 @@ class Port:
 
     kind: str  # af_packet | af_xdp | pci
     name: str  # interface name (af_packet, af_xdp) or PCI address
+    devargs: tuple = ()  # further vdev arguments, e.g. (("framecnt", 4096),) for net_af_packet
 
     @classmethod
-    def af_packet(cls, iface) -> "Port":
-        return cls("af_packet", getattr(iface, "name", iface))
+    def af_packet(cls, iface, **devargs) -> "Port":
+        """net_af_packet on IFACE; DEVARGS such as framecnt=4096 (ring frames), qdisc_bypass=1."""
+        return cls("af_packet", getattr(iface, "name", iface), tuple(sorted(devargs.items())))
 
     @classmethod
-    def af_xdp(cls, iface) -> "Port":
-        return cls("af_xdp", getattr(iface, "name", iface))
+    def af_xdp(cls, iface, **devargs) -> "Port":
+        return cls("af_xdp", getattr(iface, "name", iface), tuple(sorted(devargs.items())))
 
     @classmethod
     def pci(cls, address: str) -> "Port":
@@ -147,7 +149,8 @@ class Port:
     def eal_args(self, index: int) -> list[str]:
         if self.kind == "pci":
             return ["-a", self.name]
-        return [f"--vdev=net_{self.kind}{index},iface={self.name}"]
+        extra = "".join(f",{k}={v}" for k, v in self.devargs)
+        return [f"--vdev=net_{self.kind}{index},iface={self.name}{extra}"]
 
     def __str__(self):
         return f"{self.kind}:{self.name}"

@@ -54,6 +54,7 @@ class Params:
     dpdk_lcores: str = "1"  # l2fwd's lcore(s) (-l)
     dpdk_memory_mb: int = 512  # l2fwd's -m
     dpdk_queues_per_lcore: int | None = None  # -q; None: enough for the lcores
+    dpdk_framecnt: int = 4096  # frames in each net_af_packet ring (the PMD's default 512 overflows under load)
     mac_updating: bool = True
     idle_s: float = 1.0  # the no-traffic window per variant (busy-polling cost)
     timeout_s: float = 60.0
@@ -244,7 +245,8 @@ def variant(name: str, topo, p: Params, fwd: XdpForwarder | None, sink_fn):
         eal = dpdk.EalOptions(lcores=p.dpdk_lcores, memory_mb=p.dpdk_memory_mb)
         app = dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=p.dpdk_queues_per_lcore,
                                 stats_period_s=1, mac_updating=p.mac_updating)
-        with dpdk.L2fwd(topo.host("dut"), [dpdk.Port.af_packet(d0), dpdk.Port.af_packet(d1)], eal, app) as l2:
+        with dpdk.L2fwd(topo.host("dut"), [dpdk.Port.af_packet(d0, framecnt=p.dpdk_framecnt),
+                                                dpdk.Port.af_packet(d1, framecnt=p.dpdk_framecnt)], eal, app) as l2:
             s.l2fwd = l2
             l2.next_stats()  # its statistics run before traffic starts
             yield s

@@ -1,0 +1,122 @@
+"""The forwarding variants of the L2 forwarding experiment, for real: XDP redirect through a
+devmap with l2fwd's MAC rewrite (checked on the received frames), the Linux bridge and tc
+redirect forward; the experiment's smoke run and its notebook leave nothing behind."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from labkit import bpf, dpdk, lifecycle, traffic, topology
+from labkit.errors import InputError
+from labkit.experiments import l2fwd as l2exp
+
+from test_dpdk import Capture, _udp_to_receiver  # tests/ is on sys.path under pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
+N = 2000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def fwd_topo():
+    with topology.Topology(l2exp.spec()) as topo:
+        l2exp.quiet(topo)
+        yield topo
+
+
+def _send(topo, to_receiver: bool = False):
+    """N frames from the sender; addressed to the DUT's port (so only a MAC rewrite makes them
+    the receiver's), or to the receiver's MAC (what a bridge forwards)."""
+    snd, rcv, d0 = topo.iface("snd"), topo.iface("rcv"), topo.iface("dut", "snd")
+    spec = traffic.TrafficSpec.between(snd, rcv if to_receiver else d0, count=N, size=64, rate_pps=100_000)
+    spec.dst_ip = rcv.address
+    return traffic.generator("trafgen", snd).send(spec)
+
+
+def test_xdp_redirect_forwards_with_mac_rewrite(fwd_topo):
+    rcv, d0, d1 = fwd_topo.iface("rcv"), fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")
+    cap = Capture(rcv)
+    try:
+        # the receiver needs an XDP program for XDP_REDIRECT into its peer to deliver
+        with bpf.load("xdp_minimal") as bare, bpf.attach_xdp(rcv, bare.function("xdp_pass_bare"), "native"), \
+                l2exp.XdpForwarder([d0, d1]) as fwd, fwd.attach_xdp("native"):
+            assert bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED")
+            offered = _send(fwd_topo)
+            frames = _udp_to_receiver(cap.frames(N), fwd_topo)
+            counters = fwd.counters()
+        assert offered.packets == N
+        assert counters["redirected"] >= N and counters["refused"] == 0  # (plus any stray frame)
+        assert len(frames) == N, f"{len(frames)} of {N} frames arrived"
+        assert all(f[0:6] == bytes.fromhex("020000000001") for f in frames)
+        assert all(f[6:12] == bytes.fromhex(d1.mac.replace(":", "")) for f in frames)
+        assert not bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED") and not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
+    finally:
+        cap.close()
+
+
+@pytest.mark.parametrize("name", ["bridge", "tc_redirect"])
+def test_kernel_variants_forward(fwd_topo, name):
+    rcv = fwd_topo.iface("rcv")
+    p = l2exp.Params(variants=[name])
+    with bpf.load("xdp_minimal") as bare:
+        sink = bare.function("xdp_drop_bare")
+        fwd = l2exp.XdpForwarder([fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")]) \
+            if name == "tc_redirect" else None
+        try:
+            with bpf.attach_xdp(rcv, sink, "native"), l2exp.variant(name, fwd_topo, p, fwd, sink):
+                r0 = rcv.stats()["rx_packets"]
+                offered = _send(fwd_topo, to_receiver=True)
+                time.sleep(0.2)
+                got = rcv.stats()["rx_packets"] - r0
+        finally:
+            if fwd:
+                fwd.close()
+    assert offered.packets == N and got >= N * 0.99, f"{name}: {got} of {N} arrived"
+    with fwd_topo.host("dut").ipr() as ipr:
+        assert not [l for l in ipr.get_links() if l.get_attr("IFLA_LINKINFO")
+                    and l.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") == "bridge"]
+
+
+def test_params_refused_before_kernel():
+    with pytest.raises(InputError, match="variants"):
+        l2exp.run(variants=["dpdk", "bridge"])
+    with pytest.raises(InputError, match="Not enough cores"):
+        l2exp.run(variants=["dpdk_l2fwd"], dpdk_queues_per_lcore=1)
+    with pytest.raises(InputError, match="xdp_mode"):
+        l2exp.run(xdp_mode="fast")
+
+
+def test_smoke_run_forwards_and_leaves_nothing(tmp_path):
+    r = l2exp.run(smoke=True)
+    t = r.table
+    fwd = t[(t["measure"] == "processed_pkts") & (t["variant"] != l2exp.BASELINE)]
+    assert set(fwd["variant"]) == set(l2exp.VARIANTS)
+    assert (fwd["value"] > 0).all(), fwd
+    assert (r.run_dir / "results.csv").exists() and (r.run_dir / "metadata.json").exists()
+    assert "dpdk_l2fwd" in r.interpretation and "busy polling" in r.interpretation
+    assert r.resources.set_index("variant").loc["dpdk_l2fwd", "dpdk_idle_busy_cores"] > 0.3
+    prefix = r.run_dir.name.rsplit("-", 1)[1]
+    assert not dpdk.dpdk_processes(prefix) and not dpdk.runtime_dirs(prefix)
+    assert not [n for n in lifecycle.labkit_namespaces() if n.startswith(prefix)]
+
+
+def test_notebook_runs_headless_in_smoke_mode(tmp_path):
+    pytest.importorskip("papermill")
+    nb = os.path.join(ROOT, "notebooks", "02-l2-forwarding.ipynb")
+    out = tmp_path / "out.ipynb"
+    cp = subprocess.run([sys.executable, "-m", "papermill", nb, str(out), "-p", "smoke", "True", "-k", "labkit",
+                         "--cwd", os.path.join(ROOT, "notebooks")], capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    text = out.read_text()
+    assert "forwarded the most" in text
+    m = re.search(r"l2fwd/\d{8}T\d{6}Z-(lk[0-9a-f]{4})", text)
+    assert m, "the notebook shows where its data went"
+    prefix = m.group(1)
+    assert not dpdk.dpdk_processes(prefix), "no DPDK process of the notebook remains"
+    assert not dpdk.runtime_dirs(prefix), "nothing left in DPDK's runtime directory"
+    assert not [n for n in lifecycle.labkit_namespaces() if n.startswith(prefix)]
