@@ -89,6 +89,7 @@ WIRE_OVERHEAD = 24
 MAX_FRAME = 3400  # a live frame lives in one 4 KiB page beside headroom and skb_shared_info
 MAX_BATCH = 256  # TEST_XDP_MAX_BATCH in the kernel
 CHUNK_SECONDS = 0.005  # at a target rate, one system call sends this much of the schedule
+SHARED_RING_BURST = 128  # paced frames per call when several CPUs send
 MAX_CHUNK = 1 << 18  # frames per system call when unpaced (bounds the reaction to stop/timeout)
 #: Threads per sending CPU, sharing that CPU's schedule (one suffices while the program
 #: stays in the XDP dispatcher; see `_DispatcherPin`).
@@ -532,6 +533,11 @@ class XdpGenerator(Generator):
         senders = [_CpuSchedule(i, cpus[i % len(cpus)] if self.pin else None,
                                 spec.count // n + (1 if i < spec.count % n else 0),
                                 rate / n if rate else None, self.batch_size) for i in range(n)]
+        for s in senders:
+            s.phase = s.index * CHUNK_SECONDS / n
+            if n > 1 and rate is not None:
+                # several CPUs feed one receive ring (256 frames on a veth): keep bursts below it
+                s.chunk = min(s.chunk, SHARED_RING_BURST)
         ready = threading.Barrier(n * THREADS_PER_CPU + 1)
 
         def worker(sched: "_CpuSchedule"):
@@ -596,6 +602,7 @@ class _CpuSchedule:
 
     def __init__(self, index: int, cpu: int | None, quota: int, rate: float | None, batch_size: int):
         self.index, self.cpu, self.quota, self.rate, self.batch_size = index, cpu, quota, rate, batch_size
+        self.phase = 0.0  # CPUs' chunks are staggered so their bursts do not meet in one receive ring
         self.chunk = MAX_CHUNK if rate is None else max(1, min(MAX_CHUNK, int(rate * CHUNK_SECONDS)))
         self.claimed = self.sent = 0
         self.cpu_seconds = 0.0
@@ -616,7 +623,7 @@ class _CpuSchedule:
             if self.claimed >= self.quota:
                 return None
             n = min(self.chunk, self.quota - self.claimed)
-            due = None if self.rate is None else self.t0 + self.claimed / self.rate
+            due = None if self.rate is None else self.t0 + self.phase + self.claimed / self.rate
             self.claimed += n
             return n, due
 
