@@ -1,0 +1,111 @@
+"""Benchmark of the traffic generators, and the receiver comparison they make possible.
+
+    df = bench_generators.run(smoke=False)     # a tidy pandas DataFrame, also printed by `make bench`
+
+Part "generators": at 64 bytes, the in-kernel generator ("xdp"), trafgen and testpmd
+txonly each send into the same native-XDP drop receiver (labkit.filter.DropFilter,
+drop-all, which counts what it drops), several trials each, interleaved. Per trial:
+offered_pps (the generator's own count over its own time), received (the receiver's
+count) and received_pps.
+
+Part "receivers": XDP drop (native) against iptables raw-table DROP, both fed at full
+speed by the in-kernel generator, so the receiver is what saturates. The iptables
+receiver has no XDP program of its own, so the generator attaches an XDP_PASS program to
+the receiving veth for the send (a caveat, in `notes`). received_pps of each and their
+ratio is the figure trafgen could not show.
+
+Columns: part, generator, variant, trial, size, measure, value, unit, notes.
+"""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+from . import netfilter, topology, traffic
+from .filter import DropFilter
+from .traffic import TrafficSpec
+
+SIZE = 64
+
+
+def _row(part, generator, variant, trial, measure, value, unit, notes=""):
+    return {"part": part, "generator": generator, "variant": variant, "trial": trial, "size": SIZE,
+            "measure": measure, "value": float(value), "unit": unit, "notes": notes}
+
+
+def _send(gen, spec, received):
+    before = received()
+    offered = gen.send(spec)
+    time.sleep(0.2)
+    got = received() - before
+    return offered, got
+
+
+def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
+    trials = trials or (2 if smoke else 3)
+    count = 200_000 if smoke else 3_000_000
+    rows = []
+    with topology.Topology(topology.pair()) as topo:
+        snd, rcv = topo.iface("snd"), topo.iface("rcv")
+        gens = {}
+        status = traffic.backends_status()
+        try:
+            for name in ("xdp", "trafgen", "testpmd"):
+                ok, why = status.get(name, (False, "backend not present"))
+                if not ok:
+                    rows.append(_row("generators", name, "xdp_drop_native", 0, "unavailable", float("nan"), "", why))
+                    continue
+                gens[name] = traffic.generator(name, snd)
+            # ---- generators into a native XDP drop receiver
+            with DropFilter() as filt, filt.attach_xdp(rcv, "native"):
+                filt.drop_all()
+                for t in range(trials):
+                    for name, gen in gens.items():
+                        n = count if name == "xdp" else count // 3  # the slower ones: same order of seconds
+                        spec = TrafficSpec.between(snd, rcv, size=SIZE, count=n, timeout_s=30)
+                        offered, got = _send(gen, spec, filt.dropped)
+                        notes = "; ".join(offered.notes)
+                        rows += [_row("generators", name, "xdp_drop_native", t, "offered_pps", offered.pps, "pps", notes),
+                                 _row("generators", name, "xdp_drop_native", t, "offered", offered.packets, "packets"),
+                                 _row("generators", name, "xdp_drop_native", t, "received", got, "packets"),
+                                 _row("generators", name, "xdp_drop_native", t, "received_pps",
+                                      got / offered.seconds if offered.seconds else float("nan"), "pps")]
+            # ---- XDP drop vs iptables raw drop, fed by the in-kernel generator
+            gen = gens.get("xdp")
+            if gen is not None:
+                spec = TrafficSpec.between(snd, rcv, size=SIZE, count=count)
+                for t in range(trials):
+                    with DropFilter() as filt, filt.attach_xdp(rcv, "native"):
+                        filt.drop_all()
+                        offered, got = _send(gen, spec, filt.dropped)
+                    rows += _receiver_rows("xdp_drop_native", t, offered, got)
+                    with netfilter.rule(topo.host("rcv"), "raw", "PREROUTING", "-i", rcv.name, "-j", "DROP") as r:
+                        offered, got = _send(gen, spec, lambda: r.counters()["packets"])
+                    rows += _receiver_rows("iptables_raw_drop", t, offered, got)
+        finally:
+            for g in gens.values():
+                g.close()
+    return pd.DataFrame(rows)
+
+
+def _receiver_rows(variant, t, offered, got):
+    notes = "; ".join(offered.notes)
+    return [_row("receivers", "xdp", variant, t, "offered_pps", offered.pps, "pps", notes),
+            _row("receivers", "xdp", variant, t, "received", got, "packets"),
+            _row("receivers", "xdp", variant, t, "received_pps", got / offered.seconds, "pps"),
+            _row("receivers", "xdp", variant, t, "loss_ratio", 1 - got / offered.packets, "ratio")]
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, min and max per part, generator, variant and measure."""
+    d = df[df["measure"].isin(["offered_pps", "received_pps", "loss_ratio"])]
+    return d.groupby(["part", "generator", "variant", "measure"])["value"].agg(["mean", "min", "max", "count"]).reset_index()
+
+
+if __name__ == "__main__":
+    import sys
+
+    df = run(smoke="--smoke" in sys.argv)
+    pd.set_option("display.width", 200)
+    print(summary(df).to_string(index=False))
