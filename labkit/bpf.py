@@ -256,13 +256,13 @@ def attach_tc(iface, fn, direction: str = "ingress") -> TcAttachment:
 
 
 def _run_note(record):
-    run = lifecycle._current_run
+    run = lifecycle.current_run()
     if run is not None:
         run.note_foreign(record)
 
 
 def _run_forget(record):
-    run = lifecycle._current_run
+    run = lifecycle.current_run()
     if run is not None:
         run.forget_foreign(record)
 

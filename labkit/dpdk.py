@@ -388,7 +388,7 @@ _prefix_lock = threading.Lock()
 
 def file_prefix(app: str) -> str:
     """A unique EAL --file-prefix: the labkit run's prefix, the app, a counter."""
-    run = lifecycle._current_run
+    run = lifecycle.current_run()
     base = run.prefix if run is not None else "lk" + os.urandom(2).hex()
     with _prefix_lock:
         n = next(_prefix_counter)

@@ -102,6 +102,11 @@ _run_users = 0
 _run_lock = threading.Lock()
 
 
+def current_run() -> Run | None:
+    """The run this process is in (inside a topology), or None."""
+    return _current_run
+
+
 @contextmanager
 def run_scope():
     """The process-wide current run, shared by nested topologies; closed by the outermost."""
@@ -329,10 +334,33 @@ def clean(include_live: bool = False, log=print) -> dict:
                         removed["links"].append(name)
                     except Exception as exc:
                         log(f"could not remove link {name}: {exc}")
+    from . import dpdk
+
+    removed["dpdk"] = dpdk.clean_runtime_dirs(log=lambda *a: None)
+    stale = [p for p in dpdk.dpdk_processes() if _dpdk_prefix_dead(p, include_live)]
+    kill_pids(stale)
+    removed["processes"].extend(stale)
     for kind, items in removed.items():
         for item in items:
             log(f"removed {kind[:-1] if kind.endswith('s') else kind}: {item}")
     return removed
+
+
+def _dpdk_prefix_dead(pid: int, include_live: bool) -> bool:
+    """Whether the DPDK process PID belongs to a labkit run that is gone."""
+    try:
+        args = open(f"/proc/{pid}/cmdline").read().split("\0")
+    except OSError:
+        return False
+    for i, a in enumerate(args):
+        if a == "--file-prefix" and i + 1 < len(args):
+            prefix = args[i + 1][:6]
+        elif a.startswith("--file-prefix="):
+            prefix = a.split("=", 1)[1][:6]
+        else:
+            continue
+        return bool(PREFIX_RE.match(prefix)) and (include_live or prefix not in live_prefixes())
+    return False
 
 
 def _split_rule(rule: str) -> list[str]:

@@ -27,7 +27,7 @@ class Rule:
             raise InputError(f"iptables chain {chain!r} is not a chain name")
         self.host, self.table, self.chain = host, table, chain
         self.binary = "ip6tables" if ipv6 else "iptables"
-        run = lifecycle._current_run
+        run = lifecycle.current_run()
         self.tag = f"{lifecycle.RULE_COMMENT}{run.prefix if run else 'lk0000'}"
         self.args = [str(a) for a in args] + ["-m", "comment", "--comment", self.tag]
         self.added = False

@@ -93,6 +93,9 @@ class TopologySpec:
     links: list = field(default_factory=list)
     #: ethtool -K settings applied to every veth end, e.g. {"tx": "off"}; recorded in metadata.
     offloads: dict = field(default_factory=dict)
+    #: IPv6 in the namespaces. Off by default: router solicitations and neighbour discovery
+    #: would otherwise add stray packets to every counter an experiment reads.
+    ipv6: bool = False
 
     def validate(self, prefix_len: int = 6) -> None:
         """Check everything that can be checked without the kernel."""
@@ -283,6 +286,9 @@ class Topology:
             with host.ipr() as ipr:
                 lo = ipr.link_lookup(ifname="lo")
                 ipr.link("set", index=lo[0], state="up")
+            if not self.spec.ipv6:  # before any link exists, so every interface inherits it
+                host.run(["sh", "-c", "for c in all default; do echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6; done"],
+                         check=False, timeout=10)
         for i, link in enumerate(self.spec.links):
             if isinstance(link, RealLink):
                 self.links.append(self._real_link(stack, link))
@@ -355,7 +361,8 @@ class Topology:
 
     def metadata(self) -> dict:
         """What a result file records about the topology: names, MACs, offloads."""
-        out = {"prefix": self.run.prefix if self.run else None, "offloads_set": dict(self.spec.offloads), "links": []}
+        out = {"prefix": self.run.prefix if self.run else None, "offloads_set": dict(self.spec.offloads),
+               "ipv6": self.spec.ipv6, "links": []}
         for a, b in self.links:
             out["links"].append([
                 None if e is None else {"host": e.host.name, "ifname": e.name, "mac": e.mac,
@@ -407,7 +414,7 @@ def _del_addr(host, idx, ip, pfx, run, rec):
 
 def pair(sender: str = "snd", receiver: str = "rcv", *, sender_addr="10.11.0.1/24", receiver_addr="10.11.0.2/24",
          mtu: int = 1500, sender_if: str | None = None, receiver_if: str | None = None,
-         offloads: dict | None = None) -> TopologySpec:
+         offloads: dict | None = None, ipv6: bool = False) -> TopologySpec:
     """The two-host testbed most experiments use: a sender and a receiver, joined by a veth
     pair, or by real interfaces when `receiver_if` (and `sender_if`) name them."""
     if receiver_if or sender_if:
@@ -416,4 +423,4 @@ def pair(sender: str = "snd", receiver: str = "rcv", *, sender_addr="10.11.0.1/2
         link = RealLink(sender, receiver, sender_if, receiver_if, sender_addr if sender_if else None, receiver_addr)
     else:
         link = LinkSpec(sender, receiver, sender_addr, receiver_addr, mtu=mtu)
-    return TopologySpec(hosts=[sender, receiver], links=[link], offloads=offloads or {})
+    return TopologySpec(hosts=[sender, receiver], links=[link], offloads=offloads or {}, ipv6=ipv6)

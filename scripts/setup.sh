@@ -17,8 +17,6 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 VENV_PY="$VENV/bin/python"
 BUILD="$REPO/build"
-L2FWD_SRC="$BUILD/l2fwd-src"
-L2FWD_BIN="$L2FWD_SRC/build/l2fwd"
 DEBIAN_BCC="/usr/lib/python3/dist-packages/bcc"
 KREL="$(uname -r)"
 MODDIR="/lib/modules/$KREL"
@@ -225,27 +223,18 @@ then
 fi
 
 # ------------------------------------------------------------- DPDK l2fwd
+# labkit.dpdk.build_l2fwd builds the example into build/l2fwd/ once, and again only
+# when the DPDK version or the example's source changes (its own stamp).
 DPDK_VERSION="$(pkg-config --modversion libdpdk 2>/dev/null || true)"
 DPDK_STATUS="dpdk missing"
 if [ -z "$DPDK_VERSION" ]; then
     warn "pkg-config finds no libdpdk: the DPDK experiment will report DPDK as missing"
-elif [ -x "$L2FWD_BIN" ] && [ "$(cat "$L2FWD_SRC/.dpdk-version" 2>/dev/null)" = "$DPDK_VERSION" ]; then
+elif L2FWD_BIN="$("$VENV_PY" -c 'from labkit.dpdk import build_l2fwd; print(build_l2fwd())' 2>"$BUILD/l2fwd-build.log")"; then
     DPDK_STATUS="dpdk $DPDK_VERSION, l2fwd built"
-elif [ ! -d /usr/share/dpdk/examples/l2fwd ]; then
-    warn "/usr/share/dpdk/examples/l2fwd is missing (package dpdk-doc): l2fwd not built"
-    DPDK_STATUS="dpdk $DPDK_VERSION, l2fwd NOT built"
 else
-    say "building DPDK $DPDK_VERSION example l2fwd in build/l2fwd-src (log: build/l2fwd-build.log)"
-    rm -rf "$L2FWD_SRC"
-    cp -r /usr/share/dpdk/examples/l2fwd "$L2FWD_SRC"
-    if make -C "$L2FWD_SRC" shared >"$BUILD/l2fwd-build.log" 2>&1 && [ -x "$L2FWD_BIN" ]; then
-        echo "$DPDK_VERSION" > "$L2FWD_SRC/.dpdk-version"
-        DPDK_STATUS="dpdk $DPDK_VERSION, l2fwd built"
-    else
-        tail -n 20 "$BUILD/l2fwd-build.log" >&2 || true
-        warn "building l2fwd failed (log: build/l2fwd-build.log): the DPDK experiment will report it missing"
-        DPDK_STATUS="dpdk $DPDK_VERSION, l2fwd build FAILED"
-    fi
+    tail -n 20 "$BUILD/l2fwd-build.log" >&2 || true
+    warn "building l2fwd failed (log: build/l2fwd-build.log): the DPDK experiment will report it missing"
+    DPDK_STATUS="dpdk $DPDK_VERSION, l2fwd build FAILED"
 fi
 
 # ------------------------------------------------------------------ summary

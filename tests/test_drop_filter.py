@@ -114,3 +114,24 @@ def test_attach_to_a_busy_interface_is_refused_and_the_first_stays(pair, filt):
             filt.attach_xdp(rcv, "generic").attach()
         assert bpf.xdp_state(rcv)["IFLA_XDP_ATTACHED"] == "xdpgeneric"
     assert bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED") is None
+
+
+def test_interactive_lab_changes_rules_live_and_cleans_up():
+    from labkit import lifecycle
+    from labkit.drop_widgets import DropLab
+
+    lab = DropLab(hook="XDP generic")
+    try:
+        lab.widget()  # the controls build without a display
+        lab.filter.drop_proto("udp")
+        lab.send(3000)
+        assert lab.filter.counters()["drop_proto"]["packets"] == 3000
+        lab.set_hook("tc ingress")
+        assert bpf.xdp_state(lab.rcv).get("IFLA_XDP_ATTACHED") is None
+        lab.send(1000)
+        assert lab.filter.counters()["drop_proto"]["packets"] == 4000
+        prefix = lab.topo.run.prefix
+    finally:
+        lab.close()
+    lab.close()  # twice is harmless
+    assert not [n for n in lifecycle.labkit_namespaces() if n.startswith(prefix)]

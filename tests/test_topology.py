@@ -32,6 +32,15 @@ def test_build_and_teardown_leave_nothing():
     assert not (lifecycle.REGISTRY_DIR / f"{prefix}.json").exists()
 
 
+@pytest.mark.parametrize("ipv6", [False, True])
+def test_ipv6_is_off_in_namespaces_unless_asked(ipv6):
+    with topology.Topology(topology.pair(ipv6=ipv6)) as topo:
+        rcv = topo.iface("rcv")
+        flag = topo.host("rcv").read(f"/proc/sys/net/ipv6/conf/{rcv.name}/disable_ipv6").strip()
+        assert flag == ("0" if ipv6 else "1")
+        assert topo.metadata()["ipv6"] is ipv6
+
+
 def test_teardown_when_body_raises():
     with pytest.raises(RuntimeError, match="boom"):
         with topology.Topology(topology.pair()) as topo:

@@ -185,7 +185,7 @@ class Bridge:
 
     def __init__(self, host, ports: list, name: str = "br0"):
         self.host, self.ports = host, ports
-        self.name = lifecycle._current_run.name(name) if lifecycle._current_run else name
+        self.name = lifecycle.current_run().name(name) if lifecycle.current_run() else name
         self.index = None
 
     def __enter__(self):
