@@ -195,7 +195,8 @@ def capture(host: hosts.Host, ifname: str, bpf_filter: str = "ip"):
     fd, path = tempfile.mkstemp(prefix="labkit-nat-", suffix=".pcap")
     os.close(fd)
     frames: list[bytes] = []
-    proc = host.spawn(["tcpdump", "-i", ifname, "-n", "-U", "-s", "0", "-w", path, bpf_filter], name="tcpdump")
+    proc = host.spawn(["tcpdump", "-i", ifname, "-n", "-U", "--immediate-mode", "-s", "0", "-w", path, bpf_filter],
+                      name="tcpdump")
     try:
         _wait_listening(proc)
         yield lambda: frames
@@ -264,7 +265,10 @@ def udp_exchange(lab: NatLab, sport: int = 40000, dport: int = 7777) -> dict:
             socks[i] = _udp_socket(lab.client(i), sport)
         for i, s in socks.items():
             s.sendto(f"hello from c{i}".encode(), (SERVER, dport))
-            data, peer = srv.recvfrom(2048)
+            try:
+                data, peer = srv.recvfrom(2048)
+            except socket.timeout:  # never arrived (or the server's kernel refused it)
+                continue
             seen[data.decode()] = peer
             srv.sendto(b"echo: " + data, peer)
         for i, s in socks.items():
@@ -316,6 +320,8 @@ def tcp_transfer(lab: NatLab, i: int, nbytes: int = 512 * 1024, port: int = 7778
             c.connect((SERVER, port))
             c.sendall(payload)
             c.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            result["error"] = f"client: {exc}"
         finally:
             c.close()
         t.join(15)
@@ -344,6 +350,8 @@ def check_correctness(lab: NatLab, nat: Nat) -> list[dict]:
         # UDP, every client from the same source port
         ex = udp_exchange(lab)
         peers = list(ex["seen"].values())
+        add("UDP: every datagram reaches the server", len(peers) == lab.clients,
+            f"{len(peers)} of {lab.clients} datagrams arrived")
         add("UDP: server sees the SNAT address", peers and all(p[0] == NAT_OUTSIDE for p in peers),
             f"server saw {sorted(set(p[0] for p in peers))}")
         add("UDP: same inside port, distinct outside ports", len({p[1] for p in peers}) == lab.clients,

@@ -1,0 +1,182 @@
+"""The eBPF NAT with real traffic (namespaces, veths, tc programs, iptables, ping, sockets,
+tcpdump, iperf3, trafgen), and its control plane's handling of bad input."""
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+
+import pytest
+
+from labkit import bpf
+from labkit.errors import InputError
+from labkit.experiments import nat as experiment
+from labkit.nat import Nat, TableFull
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
+
+INSIDE, OUTSIDE, SNAT = experiment.INSIDE_NET, experiment.OUTSIDE_NET, experiment.NAT_OUTSIDE
+
+
+@pytest.fixture(scope="module")
+def nat():
+    with Nat(INSIDE, OUTSIDE, SNAT, (20000, 29999)) as n:
+        yield n
+
+
+def maps_snapshot(n: Nat) -> dict:
+    """Everything the control plane writes, read back raw from the maps."""
+    raw = {}
+    for name in ("config", "static_out", "static_in"):
+        t = n._maps[name]
+        raw[name] = sorted((bytes(k), bytes(v)) for k, v in t.items())
+    return raw
+
+
+# ---------------------------------------------------------------- control plane
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(inside_network="10.20.0.0/33", outside_network=OUTSIDE), "not an IPv4 network"),
+    (dict(inside_network="10.20.0.0/16", outside_network="10.20.5.0/24"), "overlap"),
+    (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address="203.0.113.1"), "outside the outside network"),
+    (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address=SNAT, port_range=(3000, 2000)), "inverted"),
+    (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address=SNAT, port_range=(0, 10)), "1..65535"),
+    (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address=SNAT, port_range=()), "two ports"),
+])
+def test_bad_configuration_is_refused_before_loading(kwargs, words, monkeypatch):
+    def no_load(*a, **k):
+        raise AssertionError("the program was loaded before the input was checked")
+
+    monkeypatch.setattr(bpf, "load", no_load)
+    with pytest.raises(InputError, match=words):
+        Nat(**kwargs)
+
+
+@pytest.mark.parametrize("inside, outside, words", [
+    ("10.30.0.2", "198.51.100.20", "outside the inside network"),
+    ("10.20.1.2", "203.0.113.20", "outside the outside network"),
+    ("10.20.1.2", SNAT, "SNAT address"),
+    ("10.20.1.2", "198.51.100.255", "broadcast"),
+    ("10.20.0.0", "198.51.100.20", "network or broadcast"),
+    ("10.20.1.x", "198.51.100.20", "not an IPv4 address"),
+    ("10.20.1.2", "198.51.100.11", "already has a static mapping"),  # inside overlaps the existing one
+    ("10.20.1.3", "198.51.100.10", "already mapped"),  # outside overlaps the existing one
+])
+def test_bad_mapping_leaves_maps_unchanged(nat, inside, outside, words):
+    nat.clear()
+    nat.add_mapping("10.20.1.2", "198.51.100.10")
+    before = maps_snapshot(nat)
+    with pytest.raises(InputError, match=words):
+        nat.add_mapping(inside, outside)
+    assert maps_snapshot(nat) == before
+    assert [(m.inside, m.outside) for m in nat.mappings()] == [("10.20.1.2", "198.51.100.10")]
+
+
+def test_port_range_and_snat_address_changes(nat):
+    nat.clear()
+    nat.add_mapping("10.20.1.2", "198.51.100.10")
+    before = maps_snapshot(nat)
+    for bad in ((30000, 29999), (0, 100), (100, 70000), ("a", 5)):
+        with pytest.raises(InputError):
+            nat.set_port_range(*bad)
+    with pytest.raises(InputError, match="static mapping"):
+        nat.set_snat_address("198.51.100.10")
+    with pytest.raises(InputError, match="outside the outside network"):
+        nat.set_snat_address("10.20.0.1")
+    assert maps_snapshot(nat) == before
+    nat.set_port_range(40000, 40009)
+    assert nat.config()["port_range"] == (40000, 40009)
+    nat.set_port_range(20000, 29999)
+    with pytest.raises(InputError, match="no static mapping"):
+        nat.remove_mapping("198.51.100.77")
+    nat.remove_mapping("198.51.100.10")  # by its outside address
+    assert nat.mappings() == []
+
+
+def test_full_mapping_table_is_reported():
+    with Nat(INSIDE, OUTSIDE, SNAT, max_static=2) as n:
+        n.add_mapping("10.20.1.2", "198.51.100.10")
+        n.add_mapping("10.20.1.3", "198.51.100.11")
+        before = maps_snapshot(n)
+        with pytest.raises(TableFull, match="full"):
+            n.add_mapping("10.20.1.4", "198.51.100.12")
+        assert maps_snapshot(n) == before
+        n.remove_mapping("10.20.1.2")
+        n.add_mapping("10.20.1.4", "198.51.100.12")  # room again, the freed counter slot reused
+        assert {m.inside for m in n.mappings()} == {"10.20.1.3", "10.20.1.4"}
+
+
+# ---------------------------------------------------------------- real traffic
+@pytest.mark.parametrize("offloads", ["off", "on"])
+def test_correctness_with_real_traffic(nat, offloads):
+    """ping, UDP from the same source port on two hosts, TCP, a static mapping both ways;
+    the server's capture and checksum counters. (offloads='mixed', where partial checksums
+    are finished in software after the NAT, runs in test_experiment_smoke.)"""
+    nat.clear()
+    with experiment.NatLab(2, offloads) as lab:
+        checks = experiment.check_correctness(lab, nat)
+    failed = [f"{c['check']}: {c['detail']}" for c in checks if not c["ok"]]
+    assert not failed, "\n".join(failed)
+    names = {c["check"] for c in checks}
+    assert "UDP: same inside port, distinct outside ports" in names
+    assert ("capture: every checksum the server got verifies" in names) == (offloads == "off")
+
+
+def test_iptables_variant_translates_and_cleans_up():
+    with experiment.NatLab(1, "off") as lab:
+        with lab.iptables("MASQUERADE") as rule, experiment.capture(lab.server, lab.server_iface.name, "icmp") as got:
+            cp = lab.client(1).run(["ping", "-c", "2", "-i", "0.2", "-W", "2", experiment.SERVER], check=False)
+            assert cp.returncode == 0, cp.stdout + cp.stderr
+            assert rule.counters()["packets"] >= 1
+        from labkit import packets
+        sources = {packets.parse(f).src_ip for f in got() if packets.parse(f).dst_ip == experiment.SERVER}
+        assert sources == {SNAT}
+        out = lab.topo.host("nat").run(["iptables", "-w", "-t", "nat", "-S", "POSTROUTING"]).stdout
+        assert "labkit:" not in out
+
+
+def _prog_id(fd: int) -> int:
+    for line in open(f"/proc/self/fdinfo/{fd}"):
+        if line.startswith("prog_id:"):
+            return int(line.split()[1])
+    raise AssertionError("no prog_id in fdinfo")
+
+
+def test_nothing_remains_after_close():
+    """Detach removes the clsact qdisc; closing the NAT unloads its programs and maps."""
+    lib = bpf.libbpf()
+    lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+    with experiment.NatLab(1, "off") as lab:
+        n = Nat(INSIDE, OUTSIDE, SNAT)
+        ids = [_prog_id(n.egress_function().fd), _prog_id(n.ingress_function().fd)]
+        with n.attach(lab.outside):
+            qd = lab.topo.host("nat").run(["tc", "qdisc", "show", "dev", lab.outside.name]).stdout
+            assert "clsact" in qd
+        qd = lab.topo.host("nat").run(["tc", "qdisc", "show", "dev", lab.outside.name]).stdout
+        assert "clsact" not in qd
+        n.close()
+        n.close()  # harmless twice
+    deadline = time.monotonic() + 5
+    alive = ids
+    while alive and time.monotonic() < deadline:  # programs are freed after an RCU grace period
+        alive = []
+        for pid in ids:
+            fd = lib.bpf_prog_get_fd_by_id(pid)
+            if fd >= 0:
+                os.close(fd)
+                alive.append(pid)
+        time.sleep(0.1)
+    assert not alive, f"BPF programs {alive} still loaded after close"
+
+
+def test_experiment_smoke(tmp_path):
+    """The whole experiment in smoke mode: checks (offloads='mixed'), every variant once,
+    a tidy table with rates > 0, saved with metadata."""
+    r = experiment.run(smoke=True, data_dir=tmp_path)
+    failed = r.checks[~r.checks["ok"]]
+    assert failed.empty, failed.to_string()
+    assert (r.run_dir / "results.csv").exists() and (r.run_dir / "metadata.json").exists()
+    pps = r.table[r.table["measure"] == "processed_pps"].groupby("variant")["value"].mean()
+    assert set(pps.index) == set(experiment.VARIANTS) and (pps > 0).all()
+    mbps = r.table[r.table["measure"] == "tcp_mbps"].groupby("variant")["value"].mean()
+    assert (mbps > 0).all()
+    assert "eBPF NAT" in r.interpretation and "checks passed" in r.interpretation
