@@ -286,9 +286,9 @@ def save(costs, params: dict, data_dir: Path | None = None) -> Path:
     from . import results
 
     rs = results.ResultSet("program_costs", params, data_dir=data_dir)
-    for _, r in costs.dropna(subset=["ns_per_pkt"]).iterrows():
+    for _, r in tidy(costs).iterrows():
         flags = ["unexpected-verdict"] if r["note"] else []
-        rs.add(f"{r['source']}:{r['program']}", int(r["trial"]), 64, {"prog_ns_per_pkt": (r["ns_per_pkt"], "ns/packet")},
+        rs.add(r["variant"], int(r["trial"]), 64, {"prog_ns_per_pkt": (r["ns_per_pkt"], "ns/packet")},
                flags, scenario=r["scenario"], method=r["method"], verdict=r["verdict"])
     for _, r in costs[costs["ns_per_pkt"].isna()].drop_duplicates(["source", "program"]).iterrows():
         rs.caveat(f"{r['source']}:{r['program']} not measured: {r['note']}")
