@@ -168,7 +168,7 @@ def experiment_table(view: View, chosen, size=None):
         at = size if size is not None else headline_size(t, view)
         if at is not None:
             t = t[t["size"] == at]
-        t = t[t["measure"].isin([view.rate, view.cpu, "offered_pps"])].copy()
+        t = t[t["measure"].isin([view.rate, view.cpu, "offered_pps", "processed_mbps"])].copy()
         t["run"], t["machine"], t["smoke"] = run_label(row), row["machine"], row["smoke"]
         frames.append(t)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=results.COLUMNS + ["run"])
@@ -349,6 +349,42 @@ def reference_table(tables):
     return pd.DataFrame(rows)
 
 
+def reference_view(refs):
+    """The reference table for reading: rates in Mpps (or Mbit/s), ratios in percent."""
+    import pandas as pd
+
+    def fmt(value, unit):
+        if value != value:
+            return "—"
+        return f"{value / 1e6:.2f} Mpps" if "pps" in unit else f"{value:.0f} {unit}"
+
+    return pd.DataFrame({
+        "reference": refs["reference"],
+        "published": [fmt(v, u) + (" per core" if "core" in u else "") for v, u in zip(refs["published"], refs["unit"])],
+        "counterpart here": refs["counterpart here"],
+        "measured here": [fmt(v, u) for v, u in zip(refs["measured"], refs["unit"])],
+        "measured / published": [f"{x * 100:.1f}%" if x == x else "—" for x in refs["measured / published"]],
+        "per-core equivalent (1e9 / CPU ns)": [fmt(v, "pps") for v in refs["per-core equivalent"]],
+        "source": refs["source"],
+    })
+
+
+def run_counts(index):
+    """Per experiment: how many runs data/ holds (full and smoke), from how many machines,
+    the latest run and the format versions."""
+    import pandas as pd
+
+    if index is None or not len(index):
+        return pd.DataFrame(columns=["experiment", "runs", "full runs", "machines", "latest", "format versions"])
+    rows = []
+    for exp, g in index.groupby("experiment"):
+        rows.append({"experiment": exp, "runs": len(g), "full runs": int((~g["smoke"]).sum()),
+                     "machines": g["machine"].nunique(), "latest": g.iloc[-1]["run_id"],
+                     "format versions": ", ".join(sorted({str(v) for v in g["format_version"]})),
+                     "unreadable": int((g["unreadable"] != "").sum())})
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------- comparing two runs
 @dataclass
 class RunComparison:
@@ -448,6 +484,19 @@ def metadata_diff(a: dict, b: dict):
         if pa.get(k) != pb.get(k):
             rows.append({"field": f"parameters.{k}", "a": pa.get(k), "b": pb.get(k)})
     return pd.DataFrame(rows, columns=["field", "a", "b"])
+
+
+def latest_pair(experiment: str, data_dir: Path | None = None, machine: str | None = None):
+    """The two latest full (not smoke) runs of EXPERIMENT, on one machine (the latest
+    run's, or MACHINE), oldest first; None when there are fewer than two."""
+    t = runs(data_dir, experiment)
+    t = t[(~t["smoke"]) & (t["unreadable"] == "")]
+    if len(t) and machine is None:
+        machine = t.iloc[-1]["machine"]
+    t = t[t["machine"] == machine]
+    if len(t) < 2:
+        return None
+    return t.iloc[-2]["path"], t.iloc[-1]["path"]
 
 
 # ---------------------------------------------------------------- words
