@@ -445,7 +445,7 @@ def compare_runs(a, b, measures=None, data_dir: Path | None = None) -> RunCompar
 
     sa, ua = stats(ra)
     sb, _ = stats(rb)
-    both = sa.join(sb, how="inner", lsuffix="_a", rsuffix="_b")
+    both = pd.merge(sa, sb, left_index=True, right_index=True, how="inner", suffixes=("_a", "_b"))
     rows = []
     for key, r in both.iterrows():
         overlap = not (r["max_a"] < r["min_b"] or r["max_b"] < r["min_a"])

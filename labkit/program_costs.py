@@ -146,8 +146,14 @@ def _setup_nat(stack: ExitStack, frame: bytes):
     ]
 
 
+def _setup_xdp_minimal(stack: ExitStack, frame: bytes):
+    prog = stack.enter_context(bpf.load("xdp_minimal"))
+    return prog, [Scenario("xdp_minimal", "xdp_drop_bare", "xdp", "bare (baseline)", frame, "XDP_DROP"),
+                  Scenario("xdp_minimal", "xdp_pass_bare", "xdp", "bare (baseline)", frame, "XDP_PASS")]
+
+
 SETUPS: dict[str, Callable] = {"drop_filter": _setup_drop_filter, "xdp_fwd": _setup_xdp_fwd,
-                               "xdp_gen": _setup_xdp_gen, "nat": _setup_nat}
+                               "xdp_gen": _setup_xdp_gen, "nat": _setup_nat, "xdp_minimal": _setup_xdp_minimal}
 
 
 def _default(stack: ExitStack, source: str, entries, frame: bytes):

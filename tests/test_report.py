@@ -1,0 +1,230 @@
+"""The batch report and the comparison: runs in data/ compared with their spread, what is
+missing said, the index page marking a failed notebook and embedding a figure per
+experiment, parameters per notebook, and every program in bpf/ costed."""
+import json
+import re
+import textwrap
+
+import nbformat
+import pytest
+
+from labkit import compare, program_costs, report, results
+from labkit.errors import InputError
+from conftest import needs_root
+
+
+def _run(data_dir, experiment, values: dict, params=None, caveats=(), flags=None, unit="pps", measure="processed_pps",
+         cpu=None):
+    """A run of EXPERIMENT in DATA_DIR: VALUES = {variant: [value per trial]}."""
+    rs = results.ResultSet(experiment, params or {"variants": list(values), "smoke": False}, data_dir=data_dir)
+    for variant, trials in values.items():
+        for trial, v in enumerate(trials):
+            m = {measure: (v, unit), "offered_pps": (max(trials) * 1.5, "pps")}
+            if cpu:
+                m["cpu_ns_per_pkt"] = (cpu[variant][trial], "ns/packet")
+            rs.add(variant, trial, 64, m, (flags or {}).get(variant, ()))
+    for c in caveats:
+        rs.caveat(c)
+    path = rs.save()
+    return path
+
+
+# ---------------------------------------------------------------- comparing runs
+def test_compare_runs_says_which_differences_are_beyond_spread(tmp_path):
+    a = _run(tmp_path, "xdp_drop", {"xdp_native": [1.0e6, 1.1e6, 1.2e6], "tc": [5e5, 6e5, 7e5]})
+    b = _run(tmp_path, "xdp_drop", {"xdp_native": [2.0e6, 2.1e6, 2.2e6], "tc": [5.5e5, 6e5, 6.5e5]})
+    diff = compare.compare_runs(a, b)
+    rates = diff.table[diff.table["measure"] == "processed_pps"].set_index("variant")
+    assert rates.loc["xdp_native", "verdict"] == "beyond spread"
+    assert rates.loc["xdp_native", "ratio"] == pytest.approx(2.1 / 1.1)
+    assert rates.loc["tc", "verdict"] == "within spread"  # ranges overlap
+    assert set(diff.beyond["variant"]) >= {"xdp_native"} and "tc" not in set(
+        diff.beyond[diff.beyond["measure"] == "processed_pps"]["variant"])
+    assert "beyond trial-to-trial spread" in str(diff) and "xdp_native" in str(diff)
+    # the same comparison by run id (found in data/) instead of path
+    again = compare.compare_runs(a.name, b.name, data_dir=tmp_path)
+    assert again.table["verdict"].tolist() == diff.table["verdict"].tolist()
+
+
+def test_compare_runs_gives_no_verdict_on_one_trial_and_refuses_mixed_experiments(tmp_path):
+    a = _run(tmp_path, "l2fwd", {"bridge": [1e5]})
+    b = _run(tmp_path, "l2fwd", {"bridge": [9e5]})
+    diff = compare.compare_runs(a, b)
+    assert not diff.table["beyond_spread"].any()
+    assert set(diff.table["verdict"]) == {"one trial: spread unknown"}
+    c = _run(tmp_path, "nat", {"ebpf": [1e5, 2e5]})
+    with pytest.raises(InputError, match="different experiments"):
+        compare.compare_runs(a, c)
+    with pytest.raises(InputError, match="no runs match"):
+        compare.find_run("lknosuch", data_dir=tmp_path)
+
+
+def test_compare_runs_lists_the_metadata_that_differs(tmp_path):
+    a = _run(tmp_path, "xdp_drop", {"tc": [1, 2]}, params={"count": 10, "variants": ["tc"]})
+    b = _run(tmp_path, "xdp_drop", {"tc": [1, 2]}, params={"count": 20, "variants": ["tc"]})
+    meta = json.loads((b / "metadata.json").read_text())
+    meta["kernel"] = "9.9.9-other"
+    (b / "metadata.json").write_text(json.dumps(meta))
+    diff = compare.compare_runs(a, b)
+    fields = dict(zip(diff.metadata["field"], diff.metadata["b"]))
+    assert fields["kernel"] == "9.9.9-other" and fields["parameters.count"] == 20
+
+
+# ---------------------------------------------------------------- the overview
+def test_overview_of_an_empty_data_dir_says_what_is_missing(tmp_path):
+    ov = compare.overview(tmp_path)
+    assert ov.experiments == []
+    for nb in ("01-xdp-drop", "02-l2-forwarding", "03-ebpf-nat"):
+        assert any(nb in m for m in ov.missing), nb
+    assert "No experiment runs" in ov.interpretation
+
+
+def test_overview_prefers_full_runs_reads_old_formats_and_reports_missing_variants(tmp_path):
+    full = _run(tmp_path, "xdp_drop", {"xdp_native": [2e6, 2.2e6], "iptables_raw": [1e6, 1.1e6]},
+                params={"variants": ["xdp_native", "iptables_raw", "tc"], "smoke": False},
+                caveats=["tc: could not attach the tc program in this environment"],
+                flags={"xdp_native": ["generator-limited"]},
+                cpu={"xdp_native": [100, 110], "iptables_raw": [400, 420]})
+    _run(tmp_path, "xdp_drop", {"xdp_native": [5e6]}, params={"variants": ["xdp_native"], "smoke": True})
+    # an l2fwd run written by an older labkit: no flags column, metadata without caveats
+    old = tmp_path / "l2fwd" / "20200101T000000Z-lk0001"
+    old.mkdir(parents=True)
+    (old / "results.csv").write_text("experiment,run_id,trial,variant,size,measure,value,unit\n"
+                                     "l2fwd,x,0,bridge,64,processed_pps,100000,pps\n"
+                                     "l2fwd,x,1,bridge,64,processed_pps,120000,pps\n")
+    (old / "metadata.json").write_text(json.dumps({"format_version": 1, "host": "elsewhere", "kernel": "5.15",
+                                                   "parameters": {"smoke": True, "variants": ["bridge"]}}))
+    ov = compare.overview(tmp_path)
+    assert ov.experiments == ["xdp_drop", "l2fwd"]
+    drop = ov.summary[ov.summary["experiment"] == "Packet drop"].set_index("variant")
+    assert drop.loc["xdp_native", "run"] == full.name  # the full run, not the newer smoke run
+    assert drop.loc["xdp_native", "Mpps min"] == pytest.approx(2.0) and drop.loc["xdp_native", "trials"] == 2
+    assert drop.loc["iptables_raw", "CPU ns/pkt"] == pytest.approx(410)
+    assert "generator-limited" in drop.loc["xdp_native", "flags"]
+    assert any("variant tc did not run" in m and "could not attach" in m for m in ov.missing)
+    assert any("only a smoke run" in m and "L2 forwarding" in m for m in ov.missing)
+    assert any("NAT" in m for m in ov.missing)
+    assert any("generator-limited" in w for _, _, w in ov.warnings)
+    refs = ov.references.set_index("reference")
+    assert refs.loc["XDP paper: XDP drop", "measured"] == pytest.approx(2.1e6)
+    assert refs.loc["XDP paper: XDP drop", "per-core equivalent"] == pytest.approx(1e9 / 105)
+    assert "xdp_native processed the most" in ov.interpretation
+    counts = compare.run_counts(ov.index).set_index("experiment")
+    assert counts.loc["xdp_drop", "runs"] == 2 and counts.loc["xdp_drop", "full runs"] == 1
+
+
+# ---------------------------------------------------------------- parameters
+def test_parameters_per_notebook_from_file_and_command_line(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("trials: 5\n01-xdp-drop:\n  sizes: [64]\n  trials: 2\n")
+    params = report.load_parameters([f], [("count", "1000"), ("02-l2-forwarding:trials", "7")])
+    nbs = {p.stem: p for p in report.notebooks()}
+    assert report.parameters_for(nbs["01-xdp-drop"], params) == {"trials": 2, "sizes": [64], "count": 1000}
+    assert report.parameters_for(nbs["02-l2-forwarding"], params) == {"trials": 7, "count": 1000}
+    with pytest.raises(InputError, match="NOTEBOOK:NAME"):
+        report.load_parameters([], [("xdp:trials", "1")])
+    (tmp_path / "bad.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(InputError, match="mapping"):
+        report.load_parameters([tmp_path / "bad.yaml"])
+
+
+def test_the_comparison_notebook_runs_last_and_is_committed_clean():
+    names = [p.stem for p in report.notebooks()]
+    assert names[-1] == "04-comparison"
+    data = json.loads(report.notebooks(["04-comparison"])[0].read_text())
+    params = [c for c in data["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(params) == 1 and "smoke: bool = False" in "".join(params[0]["source"])
+    assert all(not c.get("outputs") for c in data["cells"] if c["cell_type"] == "code")
+
+
+# ---------------------------------------------------------------- program costs
+def test_entry_points_are_found_in_source(tmp_path):
+    (tmp_path / "x.c").write_text(textwrap.dedent("""\
+        /* int commented(struct xdp_md *ctx) is not a program */
+        static __always_inline int helper(void *p) { return 0; }
+        int a_xdp(struct xdp_md *ctx) { return XDP_PASS; }
+        int a_tc(struct __sk_buff *skb)
+        { return TC_ACT_OK; }
+        """))
+    assert program_costs.entry_points(tmp_path / "x.c") == [("a_xdp", "xdp"), ("a_tc", "tc")]
+
+
+@needs_root
+def test_every_program_in_bpf_is_costed_on_its_working_path():
+    costs = program_costs.measure(repeat=20_000, trials=1, single_calls=50)
+    wanted = {(s, name) for s, entries in program_costs.sources().items() for name, _ in entries}
+    measured = costs.dropna(subset=["ns_per_pkt"])
+    assert wanted <= set(zip(measured["source"], measured["program"]))
+    assert (measured["ns_per_pkt"] > 0).all()
+    worked = measured[measured["expected"].notna()]
+    assert (worked["verdict"] == worked["expected"]).all(), worked[worked["verdict"] != worked["expected"]]
+    assert {"drop_filter", "xdp_fwd", "nat", "xdp_gen", "xdp_minimal"} <= set(worked["source"])
+    # a source without XDP/tc programs is listed, with the reason
+    none = costs[costs["ns_per_pkt"].isna()]
+    assert set(none["source"]) == {s for s, e in program_costs.sources().items() if not e}
+    assert none["note"].str.contains("not an XDP or tc program").all()
+
+
+# ---------------------------------------------------------------- the batch and its index
+PASSING = """\
+from labkit import results
+rs = results.ResultSet("xdp_drop", {"variants": ["xdp_native", "tc", "stack"], "smoke": False}, data_dir=data_dir)
+for trial, (a, b) in enumerate([(2e6, 1e6), (2.2e6, 1.1e6)]):
+    rs.add("xdp_native", trial, 64, {"processed_pps": (a, "pps"), "offered_pps": (a, "pps"),
+                                     "cpu_ns_per_pkt": (100.0, "ns/packet")}, ["generator-limited"])
+    rs.add("tc", trial, 64, {"processed_pps": (b, "pps"), "offered_pps": (a, "pps"), "cpu_ns_per_pkt": (300.0, "ns/packet")})
+rs.caveat("could not attach stack in this test", "stack")
+rs.caveat("veth: native XDP on a veth is not a NIC driver")
+print(rs.save())
+"""
+
+
+def _notebook(path, code: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": report.kernel_name(), "display_name": "labkit", "language": "python"}
+    params = nbformat.v4.new_code_cell("data_dir: str = ''  # where tables go", metadata={"tags": ["parameters"]})
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), params, nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, str(path))
+
+
+def test_batch_marks_a_failed_notebook_and_embeds_a_figure_per_experiment(tmp_path):
+    nbs, data, out = tmp_path / "notebooks", tmp_path / "data", tmp_path / "reports"
+    nbs.mkdir()
+    _notebook(nbs / "01-xdp-drop.ipynb", PASSING)
+    _notebook(nbs / "02-l2-forwarding.ipynb", "raise RuntimeError('the DUT caught fire')")
+    runs = report.run_all(None, {"data_dir": str(data), "not_declared": 1}, out_dir=out, progress=False,
+                          log=lambda *a: None, directory=nbs, data_dir=data)
+    ok = {r.name: r for r in runs}
+    assert ok["01-xdp-drop"].ok and not ok["02-l2-forwarding"].ok
+    assert "the DUT caught fire" in ok["02-l2-forwarding"].error
+    assert len(ok["01-xdp-drop"].runs) == 1 and not ok["02-l2-forwarding"].runs
+    assert "ignored parameters" in ok["01-xdp-drop"].error
+    page = (out / "index.html").read_text()
+    assert re.search(r'<tr class="failed"><td>02-l2-forwarding</td><td class="failed">FAILED', page)
+    assert 'href="02-l2-forwarding.ipynb"' in page and (out / "02-l2-forwarding.ipynb").exists()
+    assert "the DUT caught fire" in (out / "02-l2-forwarding.html").read_text()  # its executed copy shows it
+    assert page.count('<img src="data:image/png;base64,') == 1  # one headline figure: the experiment with data
+    assert "xdp_native processed the most" in page
+    assert "generator-limited" in page and "variant stack could not run: could not attach stack" in page
+    assert "veth: native XDP on a veth" in page
+    assert "L2 forwarding" in page and "no data" in page  # its notebook failed: said, not hidden
+    assert "kernel" in page and "commit" in page
+    batch = json.loads((out / "batch.json").read_text())
+    assert [n["ok"] for n in batch["notebooks"]] == [True, False]
+    for r in runs:  # reports open offline: no script from the network
+        assert not re.search(r'<script[^>]*src="https?://', r.html.read_text())
+
+
+@needs_root
+def test_the_comparison_notebook_runs_headless(tmp_path):
+    before = set(results.list_runs("program_costs"))
+    run = report.execute(report.notebooks(["04-comparison"])[0], {"smoke": True}, out_dir=tmp_path, progress=False)
+    assert run.ok, run.error
+    html = run.html.read_text()
+    assert html.count("data:image/png;base64") >= 2  # at least the program costs and one experiment
+    assert "Published reference values" in html and "24.00 Mpps per core" in html
+    assert not re.search(r'<script[^>]*src="https?://', html)
+    new = set(results.list_runs("program_costs")) - before
+    assert len(new) == 1
+    costs = results.load_run(new.pop()).table
+    assert (costs[costs["measure"] == "prog_ns_per_pkt"]["value"] > 0).all()
