@@ -48,15 +48,18 @@ class View:
     cpu: str = "cpu_ns_per_pkt"
     cpu_label: str = "NET_RX softirq CPU per packet"
     rate: str = "processed_pps"
-    select: tuple = ()  # (column, value) pairs a row must match
+    select: tuple = ()  # (column, allowed values) pairs a row must match; None allows an empty cell
     exclude: tuple = ()  # variants that are not contenders (baselines)
 
 
 VIEWS = [
-    View("xdp_drop", "Packet drop", "01-xdp-drop"),
+    # only the fixed-count trials: sweeps and searches (kind sweep/search/cpu_at_load) are
+    # other questions, and would blur the spread
+    View("xdp_drop", "Packet drop", "01-xdp-drop", select=(("kind", ("trial", None)),)),
     View("l2fwd", "L2 forwarding", "02-l2-forwarding", cpu="dut_cpu_ns_per_pkt",
-         cpu_label="DUT CPU per forwarded packet (beyond the baseline sink)", exclude=("baseline_sink",)),
-    View("nat", "NAT (small-packet UDP)", "03-ebpf-nat", select=(("kind", "udp"),)),
+         cpu_label="DUT CPU per forwarded packet (beyond the baseline sink)", exclude=("baseline_sink",),
+         select=(("kind", ("trial", None)),)),
+    View("nat", "NAT (small-packet UDP)", "03-ebpf-nat", select=(("kind", ("udp",)),)),
 ]
 VIEW = {v.experiment: v for v in VIEWS}
 
@@ -139,9 +142,12 @@ def pick(index, experiment: str, per_machine: bool = True):
 # ---------------------------------------------------------------- one experiment, some runs
 def _select(table, view: View):
     t = table
-    for col, value in view.select:
+    for col, allowed in view.select:
         if col in t.columns:
-            t = t[t[col] == value]
+            keep = t[col].isin([a for a in allowed if a is not None])
+            if None in allowed:
+                keep |= t[col].isna() | (t[col].astype(str) == "")
+            t = t[keep]
     if view.exclude:
         t = t[~t["variant"].isin(view.exclude)]
     return t
