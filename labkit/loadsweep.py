@@ -141,7 +141,7 @@ def sweep(trial: Trial, *, variant: str, size: int, rates: list[float] | None = 
     rows: list[dict] = []
     if rates is None:
         top = trial(None)
-        rows += _rows(top, variant, size, trial=0, step=steps if include_max else -1)
+        rows += point_rows(top, variant, size, trial=0, step=steps if include_max else -1)
         rates = sweep_rates(top.offered_pps, steps, low_fraction)
         if include_max:
             rates = rates[:-1]  # the full-speed trials stand for the top of the curve
@@ -149,13 +149,13 @@ def sweep(trial: Trial, *, variant: str, size: int, rates: list[float] | None = 
         raise InputError("rates: positive numbers (pps)")
     for t in range(trials):
         for i, rate in enumerate(rates):
-            rows += _rows(trial(rate), variant, size, trial=t, step=i)
+            rows += point_rows(trial(rate), variant, size, trial=t, step=i)
         if include_max and t > 0:
-            rows += _rows(trial(None), variant, size, trial=t, step=len(rates))
+            rows += point_rows(trial(None), variant, size, trial=t, step=len(rates))
     return rows
 
 
-def _rows(p: Point, variant: str, size: int, trial: int, **extra) -> list[dict]:
+def point_rows(p: Point, variant: str, size: int, trial: int, **extra) -> list[dict]:
     return [{"variant": variant, "trial": trial, "size": size, "measure": name, "value": float(value), "unit": unit,
              "target_pps": p.target_pps, **extra} for name, (value, unit) in p.measures().items()]
 
@@ -250,7 +250,7 @@ def cpu_at_loads(trial: Trial, loads: list[float], *, variant: str, size: int, t
     rows = []
     for t in range(trials):
         for i, load in enumerate(loads):
-            rows += _rows(trial(load), variant, size, trial=t, step=i, load_pps=load)
+            rows += point_rows(trial(load), variant, size, trial=t, step=i, load_pps=load)
     return rows
 
 

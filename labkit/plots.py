@@ -98,23 +98,40 @@ def with_references(ax, refs, unit_divisor: float = 1e6):
     return ax
 
 
-def load_curve(table, x: str = "offered_pps", y: str = "processed_pps", ax=None, title: str | None = None):
-    """Throughput against offered load, one line per variant (a sweep's canonical picture)."""
+def load_curve(rows, y: str = "received_pps", ax=None, title: str | None = None):
+    """Received rate against the target offered rate, one line per variant, from sweep rows
+    (labkit.loadsweep): the canonical picture for comparing packet processors. The
+    full-speed point (no target) is placed at the rate the generator reached."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
-    for v in dict.fromkeys(table["variant"]):
-        t = table[table["variant"] == v]
-        xs = t[t["measure"] == x].set_index(["trial", "size"])["value"]
-        ys = t[t["measure"] == y].set_index(["trial", "size"])["value"]
-        j = xs.to_frame("x").join(ys.to_frame("y")).sort_values("x")
-        ax.plot(j["x"] / 1e6, j["y"] / 1e6, marker="o", label=v)
-    lim = ax.get_xlim()[1]
+    keys = [k for k in ("variant", "trial", "step") if k in rows.columns]
+    w = rows.pivot_table(index=keys, columns="measure", values="value").reset_index()
+    target = rows.groupby(keys)["target_pps"].first().reset_index(drop=True) if "target_pps" in rows else None
+    w["x"] = target.fillna(w["offered_pps"]).values if target is not None else w["offered_pps"]
+    for v in dict.fromkeys(rows["variant"]):
+        t = w[w["variant"] == v].groupby("x")[y].agg(["mean", "min", "max"]).reset_index().sort_values("x")
+        line = ax.plot(t["x"] / 1e6, t["mean"] / 1e6, marker="o", label=v)[0]
+        ax.fill_between(t["x"] / 1e6, t["min"] / 1e6, t["max"] / 1e6, color=line.get_color(), alpha=0.2)
+    lim = max(ax.get_xlim()[1], ax.get_ylim()[1])
     ax.plot([0, lim], [0, lim], linestyle=":", color="grey", label="received = offered")
-    ax.set_xlabel("offered (Mpps)")
-    ax.set_ylabel("processed (Mpps)")
+    ax.set_xlabel("offered (target) rate, Mpps")
+    ax.set_ylabel("received at the hook, Mpps")
     ax.set_title(title or "Throughput against offered load")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return ax
+
+
+def at_loads(rows, measure: str = "net_rx_cores", ax=None, title: str | None = None):
+    """A measure at fixed offered loads (e.g. receive-path CPU cores busy), bars per load
+    and variant, as in the CPU-against-load figure of the XDP paper."""
+    t = rows[rows["measure"] == measure].copy()
+    t["size"] = t["target_pps"] / 1e6
+    ax = grouped_bars(t, measure, ax=ax, title=title or f"{measure} at fixed offered loads")
+    ax.set_xticklabels([f"{x:g} Mpps" for x in sorted(t["size"].unique())])
+    ax.set_xlabel("offered load")
+    ax.set_ylabel({"net_rx_cores": "CPU cores busy in the receive path",
+                   "busy_fraction": "fraction of all CPUs busy"}.get(measure, measure))
     return ax
 
 

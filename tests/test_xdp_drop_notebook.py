@@ -60,3 +60,22 @@ def test_bad_experiment_parameters(params, message):
     with pytest.raises(InputError, match=message):
         xdp_drop.run(smoke=True, **params)
     assert set(lifecycle.labkit_namespaces()) == before
+
+
+def test_sweep_search_and_cpu_at_load_on_every_variant():
+    r = xdp_drop.run(sizes=[64], trials=1, count=20_000, sweep_steps=2, loss_thresholds=[0.005],
+                     cpu_loads=[200_000], point_s=0.1, cost_trials=1, cost_repeat=10_000)
+    sweep = r.part("sweep")
+    for v in xdp_drop.VARIANTS:
+        got = sweep[(sweep["variant"] == v) & (sweep["measure"] == "received_pps")]["value"]
+        assert len(got) == 3 and (got > 0).all(), v  # two target rates and full speed
+    top = r.trials[r.trials["measure"] == "offered_pps"]["value"].max()
+    pdr = r.part("search")
+    assert set(pdr["variant"]) == set(xdp_drop.VARIANTS) and set(pdr["measure"]) == {"pdr_pps"}
+    assert (pdr["value"] > 0).all() and (pdr["value"] <= 2 * top).all()
+    load = r.part("cpu_at_load")
+    cores = load[load["measure"] == "net_rx_cores"]
+    assert set(cores["variant"]) == set(xdp_drop.VARIANTS) and (cores["value"] >= 0).all()
+    offered = load[load["measure"] == "offered_pps"]["value"]
+    assert ((offered > 150_000) & (offered < 250_000)).all()  # paced near the fixed load
+    assert "PDR" in r.interpretation or "No-drop" in r.interpretation or "partial" in r.interpretation.lower()

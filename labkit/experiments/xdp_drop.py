@@ -19,7 +19,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .. import bpf, lifecycle, measure, netfilter, packets, references, results, topology, traffic
+from dataclasses import replace
+
+from .. import bpf, lifecycle, loadsweep, measure, netfilter, packets, references, results, topology, traffic
 from ..errors import InputError
 from ..filter import DropFilter
 
@@ -44,6 +46,11 @@ class Params:
     cost_repeat: int = 1_000_000
     cost_trials: int = 5
     timeout_s: float = 60.0
+    # offered-load sweep, NDR/PDR search and CPU at fixed loads, at the smallest size
+    sweep_steps: int = 6  # rates from 10% of the generator's maximum up to it; 0: no sweep
+    loss_thresholds: list = field(default_factory=lambda: [0.0, 0.005])  # NDR and PDR 0.5%; []: no search
+    cpu_loads: list = field(default_factory=lambda: [0.5e6, 1e6, 2e6])  # pps; []: none
+    point_s: float = 0.5  # seconds of traffic per sweep/search point
     smoke: bool = False
 
     def validate(self) -> "Params":
@@ -51,6 +58,8 @@ class Params:
             self.sizes, self.trials = self.sizes[:1], 1
             self.count = min(self.count, 20_000)
             self.cost_repeat, self.cost_trials = min(self.cost_repeat, 100_000), 2
+            self.sweep_steps, self.loss_thresholds, self.cpu_loads = min(self.sweep_steps, 2), [], []
+            self.point_s = min(self.point_s, 0.1)
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise InputError(f"variants {unknown or self.variants}: choose from {VARIANTS}")
@@ -64,12 +73,18 @@ class Params:
             packets.check_size(s)
         if not isinstance(self.count, int) or self.count < 1:
             raise InputError(f"count {self.count!r}: send at least one packet per trial")
+        if any(not 0 <= t < 1 for t in self.loss_thresholds):
+            raise InputError(f"loss_thresholds {self.loss_thresholds}: ratios in [0, 1), e.g. [0, 0.005]")
+        if any(not (isinstance(l, (int, float)) and l > 0) for l in self.cpu_loads):
+            raise InputError(f"cpu_loads {self.cpu_loads}: positive rates in packets per second")
+        if self.sweep_steps < 0 or self.point_s <= 0:
+            raise InputError("sweep_steps must be >= 0 and point_s > 0")
         return self
 
 
 @dataclass
 class Result:
-    table: object  # tidy DataFrame: every trial, variant, size, measure
+    table: object  # tidy DataFrame: every row of the run; `kind` says which part it belongs to
     summary: object  # wide DataFrame: mean per variant and size
     spread: object  # long summary with std/min/max/spread_pct
     costs: object  # program cost rows
@@ -78,10 +93,24 @@ class Result:
     caveats: list
     params: Params
 
+    def part(self, kind: str):
+        """Rows of one part: 'trial' (the side-by-side trials), 'sweep', 'search' (NDR/PDR),
+        'cpu_at_load', 'test_run' (program cost)."""
+        return self.table[self.table["kind"] == kind]
+
+    @property
+    def trials(self):
+        return self.part("trial")
+
     def headline(self):
         """One row per variant and size: offered and processed Mpps (mean, min..max), loss,
         CPU per packet, and the flags raised in any trial."""
-        return headline(self.table)
+        return headline(self.trials)
+
+    def search_table(self):
+        """NDR/PDR per variant: median and spread of the searches, and whether the generator
+        was the limit."""
+        return search_table(self.part("search"))
 
 
 def run(**kwargs) -> Result:
@@ -119,14 +148,119 @@ def run(**kwargs) -> Result:
                         group.append((variant, m))
                     measure.mark_generator_limited([m for _, m in group])
                     for variant, m in group:
-                        rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows)
+                        rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial")
+            if p.sweep_steps or p.loss_thresholds or p.cpu_loads:
+                size = min(p.sizes)
+                tspec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
+                                                    timeout_s=p.timeout_s)
+                if p.dst_mac:
+                    tspec.dst_mac = topology.check_mac(p.dst_mac)
+                _load_tests(p, gen, tspec, topo, rcv, filt, clock, rs)
         costs = _program_costs(filt, snd, rcv, p, rs)
         _caveats(rs, p, gen.name)
         run_dir = rs.save(topo, {"generator": gen.name, "rule": RULES[p.rule]})
     table = rs.table
-    spread = results.summarize(table)
+    trials = table[table["kind"] == "trial"]
+    spread = results.summarize(trials)
     summary = results.wide(spread)
     return Result(table, summary, spread, costs, interpret(table, costs), run_dir, rs.caveats, p)
+
+
+#: how far below its target a paced generator may stay before the shortfall counts as loss
+RATE_TOLERANCE = 0.05
+
+
+def rate_trial(gen, spec, processed, clock, seconds: float, settle_s: float = 0.05):
+    """A loadsweep trial: send for SECONDS at a target rate (or as fast as possible) and
+    count what the hook processed.
+
+    On a testbed where generator and receiver share a CPU, a receiver that cannot keep up
+    slows the generator down instead of dropping (its work runs in the sender's context):
+    the rate asked is then not the rate offered. A fixed-rate hardware tester cannot be
+    slowed, so it would see the shortfall as loss; labkit counts it as loss too, beyond the
+    generator's pacing accuracy (RATE_TOLERANCE). Packets sent but never counted at the
+    hook are loss as usual."""
+    ncpu = len(measure.cpu_times().per_cpu_busy) or 1
+
+    def trial(rate):
+        count = max(1, int(rate * seconds)) if rate else None
+        if count is None:  # full speed: enough packets for about SECONDS at the last rate seen
+            count = max(10_000, int(trial.last_max * seconds)) if trial.last_max else spec.count
+        s = replace(spec, rate_pps=rate, count=count)
+        m = measure.run_trial(lambda: gen.send(s), processed, size=spec.size, clock=clock, settle_s=settle_s)
+        got = m.processed_pps
+        if rate:
+            shortfall = max(0.0, 1 - got / rate)
+            loss = max(m.loss_ratio, shortfall if shortfall > RATE_TOLERANCE else 0.0)
+        else:
+            trial.last_max = m.offered_pps
+            loss = m.loss_ratio
+        window = m.elapsed_s + settle_s
+        return loadsweep.Point(m.offered_pps, got, loss, {
+            "busy_fraction": m.cpu.busy / (window * ncpu),
+            "net_rx_cores": m.receiver_cpu_s / window,
+            "cpu_ns_per_pkt": m.cpu_ns_per_pkt}, rate, list(m.flags))
+
+    trial.last_max = None
+    return trial
+
+
+def _load_tests(p: Params, gen, tspec, topo, rcv, filt, clock, rs) -> None:
+    """The offered-load sweep (one common set of target rates for every variant, up to the
+    generator's maximum into the cheapest receiver), NDR/PDR search and CPU at fixed loads."""
+    rows = []
+    with _variant(p.variants[-1] if "xdp_native" not in p.variants else "xdp_native", topo, rcv, filt, p.rule) as cnt:
+        top = rate_trial(gen, tspec, cnt, clock, p.point_s)(None).offered_pps
+    rates = loadsweep.sweep_rates(top, p.sweep_steps) if p.sweep_steps else []
+    for variant in p.variants:
+        with _variant(variant, topo, rcv, filt, p.rule) as processed:
+            trial = rate_trial(gen, tspec, processed, clock, p.point_s)
+            if rates:
+                rows += [dict(r, kind="sweep") for r in
+                         loadsweep.sweep(trial, variant=variant, size=tspec.size, rates=rates, include_max=True)]
+                rows += [dict(r, kind="sweep", step=len(rates)) for r in
+                         loadsweep.point_rows(trial(None), variant, tspec.size, trial=0)]
+            for threshold in p.loss_thresholds:
+                found = loadsweep.search(trial, loss_threshold=threshold, hi=top, resolution=0.05, max_iterations=8)
+                rows += [dict(r, kind="search") for r in found.rows(variant=variant, size=tspec.size)]
+            if p.cpu_loads:
+                rows += [dict(r, kind="cpu_at_load") for r in
+                         loadsweep.cpu_at_loads(trial, p.cpu_loads, variant=variant, size=tspec.size)]
+    loadsweep.add_to(rs, rows)
+
+
+def search_table(rows):
+    import pandas as pd
+
+    if rows is None or rows.empty:
+        return pd.DataFrame()
+    g = rows.groupby(["variant", "measure"])
+    out = g["value"].agg(["median", "min", "max", "count"]) / [1e6, 1e6, 1e6, 1]
+    out.columns = ["Mpps (median)", "min", "max", "searches"]
+    out["generator-limited"] = g["generator_limited"].agg(lambda v: bool(v.astype(bool).any()))
+    return out.reset_index()
+
+
+def _interpret_load(table) -> list[str]:
+    lines = []
+    for name, label in (("ndr_pps", "No-drop rate (NDR)"), ("pdr_pps", "Partial-drop rate (PDR)")):
+        found = table[(table["kind"] == "search") & (table["measure"] == name)]
+        if found.empty:
+            continue
+        med = found.groupby("variant")["value"].median().sort_values(ascending=False)
+        lim = set(found[found["generator_limited"].astype(bool)]["variant"]) if "generator_limited" in found else set()
+        th = found["threshold"].iloc[0] if "threshold" in found else 0
+        lines.append(f"{label}, loss <= {th:.1%}, binary search up to the generator's maximum (a target the testbed "
+                     f"could not offer within {RATE_TOLERANCE:.0%} counts as loss): " + ", ".join(
+                         f"{v} {r / 1e6:.2f} Mpps" + (" (generator-limited)" if v in lim else "") for v, r in med.items())
+                     + ".")
+    cpu = table[(table["kind"] == "cpu_at_load") & (table["measure"] == "net_rx_cores")]
+    if len(cpu):
+        load = cpu["target_pps"].min()
+        at = cpu[cpu["target_pps"] == load].groupby("variant")["value"].mean().sort_values()
+        lines.append(f"At a fixed {load / 1e6:.1f} Mpps, the receive path kept " + ", ".join(
+            f"{v} {c:.2f}" for v, c in at.items()) + " CPU cores busy.")
+    return lines
 
 
 def _jsonable(p: Params) -> dict:
@@ -227,7 +361,10 @@ def headline(table):
 
 def interpret(table, costs) -> str:
     """A few sentences computed from the data: which variant dropped fastest, by what
-    ratio, how CPU per packet compares, and what limited the run."""
+    ratio, how CPU per packet compares, what limited the run, and where the search found
+    each variant's no-drop rate."""
+    full = table
+    table = table[table["kind"] == "trial"] if "kind" in table.columns else table
     rates = table[table["measure"] == "processed_pps"]
     if rates.empty:
         return "No rates were measured."
@@ -263,6 +400,8 @@ def interpret(table, costs) -> str:
         if bare:
             parts = [f"{n} {v:.0f} ns ({v / bare:.2f}× bare)" for n, v in c.items() if n != "xdp_drop_bare"]
             lines.append(f"Program cost (BPF_PROG_TEST_RUN): bare XDP_DROP {bare:.0f} ns; " + "; ".join(parts) + ".")
+    if "kind" in full.columns:
+        lines += _interpret_load(full)
     ref = references.XDP_PAPER_XDP_DROP
     if "xdp_native" in at.index:
         lines.append(f"For scale: {ref.label} {ref.value / 1e6:.0f} Mpps per core on bare metal; this run: "
