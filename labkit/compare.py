@@ -423,7 +423,7 @@ class RunComparison:
         return f"<pre>{html.escape(str(self))}</pre>" + self.table.to_html(index=False, float_format=lambda x: f"{x:.4g}")
 
 
-COMPARED_UNITS = ("pps", "ns/packet", "Mbit/s", "ratio", "ns/KiB", "cores")
+COMPARED_UNITS = ("pps", "ns/packet", "Mbit/s", "ratio", "ns/kB", "cores", "fraction", "pass")
 METADATA_FIELDS = ("host", "cpu_model", "cpus", "kernel", "format_version")
 
 
