@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from . import results
+
 
 def main(smoke: bool = False) -> int:
     from .experiments import xdp_drop
@@ -41,6 +43,11 @@ def main(smoke: bool = False) -> int:
     except ImportError:
         return 0
     g = bench_generators.run(smoke=smoke)
+    rs = results.ResultSet("bench_generators", {"smoke": smoke})
+    for r in g.to_dict("records"):
+        rs.add(r["variant"], r["trial"], r["size"], {r["measure"]: (r["value"], r["unit"])},
+               part=r["part"], generator=r["generator"], notes=r["notes"])
+    print(f"\ntable: {rs.save()}")
     print("\n== Generators into a native-XDP drop receiver, 64 bytes ==")
-    print(g.to_string(index=False) if hasattr(g, "to_string") else g)
+    print(bench_generators.summary(g).to_string(index=False))
     return 0

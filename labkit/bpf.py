@@ -359,6 +359,8 @@ def test_run(fn_or_fd, data: bytes, *, repeat: int = 1, ctx: ctypes.Structure | 
     if buf_out is not None:
         opts.data_out = ctypes.cast(buf_out, ctypes.c_void_p)
         opts.data_size_out = out_size
+    if isinstance(ctx, XdpMd) and ctx.data_end == 0:
+        ctx.data_end = len(data)  # the kernel refuses an xdp_md whose data_end is not the frame's end
     if ctx is not None:
         opts.ctx_in = ctypes.cast(ctypes.pointer(ctx), ctypes.c_void_p)
         opts.ctx_size_in = ctypes.sizeof(ctx)

@@ -75,6 +75,7 @@ class Process:
         self.started = time.monotonic()
         self.returncode: int | None = None
         self.rusage = None
+        self._final: str | None = None  # the output, kept when the log file is removed
 
     def __repr__(self):
         return f"<Process {self.name} pid={self.pid} on {self.host}>"
@@ -112,7 +113,9 @@ class Process:
         return self.returncode
 
     def output(self) -> str:
-        """Everything the process wrote to stdout and stderr so far."""
+        """Everything the process wrote to stdout and stderr so far (also after close())."""
+        if self._final is not None:
+            return self._final
         self._log.flush()
         with open(self._log.name, "r", errors="replace") as f:
             return f.read()
@@ -140,6 +143,11 @@ class Process:
 
     def close(self) -> None:
         self.stop()
+        if self._final is None:
+            try:
+                self._final = self.output()
+            except OSError:
+                self._final = ""
         try:
             self._log.close()
             os.unlink(self._log.name)

@@ -71,6 +71,9 @@ class LinkSpec:
     mtu: int = 1500
     a_name: str | None = None  # short interface names; default: host name + index
     b_name: str | None = None
+    #: rx/tx queues of each end: one per sending CPU lets several CPUs deliver into the
+    #: peer without sharing one 256-frame XDP ring
+    queues: int = 1
 
 
 @dataclass
@@ -126,6 +129,8 @@ class TopologySpec:
             for mac in (link.a_mac, link.b_mac):
                 if mac is not None:
                     check_mac(mac)
+            if not (isinstance(link.queues, int) and 1 <= link.queues <= 64):
+                raise InputError(f"queues {link.queues!r} of link {link.a}-{link.b}: a whole number 1..64")
             if not (68 <= int(link.mtu) <= 65535):
                 raise InputError(f"MTU {link.mtu} of link {link.a}-{link.b} is out of range 68..65535")
             for short in self._end_names(i, link):
@@ -302,10 +307,11 @@ class Topology:
         with ha.ipr() as ipr:
             # The veth is born with its peer already in the other namespace; the namespace
             # removal takes it away, so no separate undo is needed for namespaced ends.
-            peer = {"ifname": nb}
+            q = {"num_rx_queues": link.queues, "num_tx_queues": link.queues}
+            peer = {"ifname": nb, **q}
             if hb.netns:
                 peer["net_ns_fd"] = hb.netns
-            ipr.link("add", ifname=na, kind="veth", peer=peer)
+            ipr.link("add", ifname=na, kind="veth", peer=peer, **q)
         if not ha.netns or not hb.netns:
             stack.callback(_delete_link, ha, na)
         ends = []
@@ -414,7 +420,7 @@ def _del_addr(host, idx, ip, pfx, run, rec):
 
 def pair(sender: str = "snd", receiver: str = "rcv", *, sender_addr="10.11.0.1/24", receiver_addr="10.11.0.2/24",
          mtu: int = 1500, sender_if: str | None = None, receiver_if: str | None = None,
-         offloads: dict | None = None, ipv6: bool = False) -> TopologySpec:
+         offloads: dict | None = None, ipv6: bool = False, queues: int = 1) -> TopologySpec:
     """The two-host testbed most experiments use: a sender and a receiver, joined by a veth
     pair, or by real interfaces when `receiver_if` (and `sender_if`) name them."""
     if receiver_if or sender_if:
@@ -422,5 +428,5 @@ def pair(sender: str = "snd", receiver: str = "rcv", *, sender_addr="10.11.0.1/2
             raise InputError("sender_if is set but receiver_if is not: name the receiving interface too")
         link = RealLink(sender, receiver, sender_if, receiver_if, sender_addr if sender_if else None, receiver_addr)
     else:
-        link = LinkSpec(sender, receiver, sender_addr, receiver_addr, mtu=mtu)
+        link = LinkSpec(sender, receiver, sender_addr, receiver_addr, mtu=mtu, queues=queues)
     return TopologySpec(hosts=[sender, receiver], links=[link], offloads=offloads or {}, ipv6=ipv6)

@@ -41,6 +41,15 @@ def test_ipv6_is_off_in_namespaces_unless_asked(ipv6):
         assert topo.metadata()["ipv6"] is ipv6
 
 
+def test_veth_queues():
+    with topology.Topology(topology.pair(queues=2)) as topo:
+        rcv = topo.iface("rcv")
+        queues = topo.host("rcv").run(["ls", f"/sys/class/net/{rcv.name}/queues"]).stdout.split()
+        assert sorted(queues) == ["rx-0", "rx-1", "tx-0", "tx-1"]
+    with pytest.raises(InputError, match="queues"):
+        topology.pair(queues=0).validate()
+
+
 def test_teardown_when_body_raises():
     with pytest.raises(RuntimeError, match="boom"):
         with topology.Topology(topology.pair()) as topo:
