@@ -227,29 +227,43 @@ def run_all(names=None, parameters: dict | None = None, smoke: bool = False, out
             + (f"\n{r.error}" if r.error else ""))
         runs.append(r)
     log(f"{len(chosen)} notebooks in {time.monotonic() - t0:.0f} s")
-    write_batch(runs, out_dir)
     path = write_index(runs, out_dir, data_dir)
+    write_batch(runs, out_dir)
     log(f"index: {path}")
     return runs
 
 
 def write_batch(runs: list[NotebookRun], out_dir: Path = REPORTS_DIR) -> Path:
-    """reports/batch.json: each notebook's status, seconds, parameters and data/ runs."""
+    """reports/batch.json: each notebook's status, seconds, parameters and data/ runs. A
+    notebook of an earlier batch that this one did not run keeps its entry, marked
+    `earlier`, so `labkit run ONE` does not make the others' reports disappear."""
     out = Path(out_dir) / "batch.json"
-    out.write_text(json.dumps({
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "notebooks": [{"name": r.name, "ok": r.ok, "seconds": round(r.seconds, 1), "error": r.error,
-                       "parameters": r.parameters, "runs": [str(p) for p in r.runs],
-                       "html": r.html.name if r.html else None} for r in runs],
-    }, indent=2, default=str))
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    entries = [{"name": r.name, "ok": r.ok, "seconds": round(r.seconds, 1), "error": r.error,
+                "parameters": r.parameters, "runs": [str(p) for p in r.runs],
+                "html": r.html.name if r.html else None, "executed": r.executed.name, "time_utc": now,
+                "earlier": False} for r in runs]
+    done = {r.name for r in runs}
+    for e in _previous_batch(out_dir):
+        if e.get("name") not in done:
+            entries.append(dict(e, earlier=True))
+    entries.sort(key=lambda e: e["name"])
+    out.write_text(json.dumps({"time_utc": now, "notebooks": entries}, indent=2, default=str))
     return out
+
+
+def _previous_batch(out_dir: Path) -> list:
+    try:
+        return list(json.loads((Path(out_dir) / "batch.json").read_text()).get("notebooks", []))
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 # ---------------------------------------------------------------- the index page
 STYLE = """body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;padding:0 1em;color:#222}
 td,th{padding:.3em .6em;text-align:left;vertical-align:top} table{border-collapse:collapse}
 tr+tr td{border-top:1px solid #eee} th{background:#f4f4f4}
-tr.failed td{background:#fdd} td.ok{color:#070;font-weight:bold} td.failed{color:#b00;font-weight:bold}
+tr.failed td{background:#fdd} tr.earlier td{color:#555} td.ok{color:#070;font-weight:bold} td.failed{color:#b00;font-weight:bold}
 pre{white-space:pre-wrap;font-size:.8em;margin:0} .warn{background:#fff6dd;border-left:4px solid #e0a000;padding:.2em .6em}
 .fail{background:#fdd;border-left:4px solid #b00;padding:.2em .6em} figure{margin:1em 0} img{max-width:100%;height:auto}
 .note{color:#666;font-size:.9em} li{margin:.2em 0}"""
@@ -416,6 +430,18 @@ def write_index(runs: list[NotebookRun], out_dir: Path = REPORTS_DIR, data_dir: 
         err = f"<pre>{_esc(r.error)}</pre>" if r.error else ""
         rows.append(f'<tr class="{status.lower()}"><td>{_esc(r.name)}</td><td class="{status.lower()}">{status}</td>'
                     f"<td>{r.seconds:.0f} s</td><td>{' · '.join(links) or 'no output'}</td><td>{err}</td></tr>")
+    done = {r.name for r in runs}
+    for e in _previous_batch(out_dir):
+        if e.get("name") in done or not e.get("html") or not (out_dir / e["html"]).exists():
+            continue
+        status = "ok" if e.get("ok") else "FAILED"
+        links = [f'<a href="{_esc(e["html"])}">report</a>']
+        if e.get("executed") and (out_dir / e["executed"]).exists():
+            links.append(f'<a href="{_esc(e["executed"])}">executed notebook</a>')
+        rows.append(f'<tr class="earlier"><td>{_esc(e["name"])}</td><td class="{status.lower()}">{status}</td>'
+                    f'<td>{e.get("seconds", 0):.0f} s</td><td>{" · ".join(links)}</td>'
+                    f'<td class="note">not run in this batch: report of {_esc(e.get("time_utc", "an earlier batch"))}'
+                    f"</td></tr>")
     warnings = [("fail", f"notebook {r.name} FAILED: see its executed copy ({r.executed.name})" +
                  (f" — {r.error.splitlines()[-1]}" if r.error else "")) for r in runs if not r.ok]
     try:

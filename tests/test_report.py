@@ -213,6 +213,15 @@ def test_batch_marks_a_failed_notebook_and_embeds_a_figure_per_experiment(tmp_pa
     assert [n["ok"] for n in batch["notebooks"]] == [True, False]
     for r in runs:  # reports open offline: no script from the network
         assert not re.search(r'<script[^>]*src="https?://', r.html.read_text())
+    # running one notebook again keeps the other's report on the index, marked as earlier
+    again = report.run_all(["01-xdp-drop"], {"data_dir": str(data)}, out_dir=out, progress=False,
+                           log=lambda *a: None, directory=nbs, data_dir=data)
+    assert [r.name for r in again] == ["01-xdp-drop"]
+    page = (out / "index.html").read_text()
+    assert re.search(r'<tr class="earlier"><td>02-l2-forwarding</td><td class="failed">FAILED', page)
+    assert "not run in this batch" in page
+    batch = {n["name"]: n for n in json.loads((out / "batch.json").read_text())["notebooks"]}
+    assert batch["02-l2-forwarding"]["earlier"] and not batch["01-xdp-drop"]["earlier"]
 
 
 @needs_root
