@@ -6,13 +6,15 @@
  * ingress_ifindex, which must be GEN_IFINDEX (-D define). Any other packet passes:
  * labkit keeps the program attached (generic mode) to the sending host's loopback so
  * that it stays in the kernel's XDP dispatcher between runs (see xdpgen.py).
+ * The kernel recycles frame pages without copying the frame in again, and a receiver
+ * that rewrites a frame in place (a router's TTL and MACs, a NAT's addresses and ports)
+ * rewrites the page that the next run sends. So every run first restores the headers
+ * from `gen_template` (the first HDR_COPY bytes of the frame as built), then:
  *   gen_config.flows <= 1: the frame goes out as built (one flow), the fastest path.
  *   flows > 1: the program rewrites, per frame, the fields named in `gen_config.vary` to
  *                  base + f, where f = 0, 1, .., flows-1, 0, .. comes from a per-CPU
  *                  sequence, and updates the IPv4 header and L4 checksums incrementally
- *                  (RFC 1624). The kernel reuses frame pages without re-copying them,
- *                  so every update is computed from the value the page holds now,
- *                  never from the frame as first built.
+ *                  (RFC 1624) from the restored template values.
  * Frames are laid out as labkit.packets builds them: Ethernet, then IPv4 without
  * options or IPv6 without extension headers, then UDP, TCP or ICMP (ICMP: the echo
  * identifier stands in for the source port).
@@ -57,7 +59,16 @@ struct gen_config {
     u32 dst;
 };
 
+/* Headers restored on every run: Ethernet + IPv6 + TCP (74) fit; frames are >= 60 bytes,
+ * so the first 60 are always copied and the rest where the frame is that long. */
+#define HDR_MIN 60
+#define HDR_COPY 76
+struct gen_template {
+    u8 bytes[HDR_COPY];
+};
+
 BPF_ARRAY(gen_config, struct gen_config, 1);
+BPF_ARRAY(gen_template, struct gen_template, 1);
 BPF_PERCPU_ARRAY(gen_seq, u32, 1);
 
 static __always_inline u16 csum_fold(u32 s)
@@ -93,6 +104,12 @@ int xdp_gen(struct xdp_md *ctx)
     u32 zero = 0;
     if (ctx->ingress_ifindex != GEN_IFINDEX)
         return XDP_PASS; /* a packet received where the program is only parked */
+    struct gen_template *tpl = gen_template.lookup(&zero);
+    if (!tpl || data + HDR_MIN > data_end)
+        return XDP_ABORTED;
+    __builtin_memcpy(data, tpl->bytes, HDR_MIN);
+    if (data + HDR_COPY <= data_end)
+        __builtin_memcpy(data + HDR_MIN, tpl->bytes + HDR_MIN, HDR_COPY - HDR_MIN);
     struct gen_config *cfg = gen_config.lookup(&zero);
     if (!cfg || cfg->flows <= 1)
         return XDP_TX;

@@ -119,8 +119,8 @@ def test_rewritten_frames_have_valid_checksums(pair):
             spec = TrafficSpec(snd.mac, rcv.mac, src, dst, proto=proto, flows=7, count=7, size=80,
                                sport=65520, dport=1)
             gen.check(spec)
-            gen._configure(spec, 6 if ":" in src else 4)
             frame = packets.build(spec.frame(0))
+            gen._configure(spec, 6 if ":" in src else 4, frame)
             cpus = os.sched_getaffinity(0)
             os.sched_setaffinity(0, {min(cpus)})  # the flow sequence is per CPU
             try:
@@ -233,3 +233,23 @@ def test_bad_input_is_refused_and_nothing_stays_attached(pair):
     with pytest.raises(InputError, match="cannot transmit XDP frames.*trafgen"):
         traffic.generator("xdp", lo)
     nothing_attached(pair)
+
+
+def test_frames_survive_a_receiver_that_rewrites_them_in_place():
+    """A router rewrites each frame in place (MACs, TTL); the kernel recycles the page for
+    the next frame, so the generator must restore its headers every time: all arrive."""
+    from labkit import bpf, topology, traffic
+    from labkit.topology import LinkSpec, TopologySpec
+
+    spec = TopologySpec(hosts=["cli", "rtr", "srv"], links=[LinkSpec("cli", "rtr", "10.1.0.2/24", "10.1.0.1/24"),
+                                                            LinkSpec("rtr", "srv", "10.2.0.1/24", "10.2.0.2/24")])
+    with topology.Topology(spec) as t, bpf.load("xdp_minimal") as m:
+        t.host("rtr").run(["sysctl", "-w", "net.ipv4.ip_forward=1"])
+        t.host("rtr").run(["ping", "-c1", "-W1", "10.2.0.2"], check=False)  # resolve the next hop
+        cli, rin, srv = t.iface("cli"), t.iface("rtr", "cli"), t.iface("srv")
+        with bpf.attach_xdp(srv, m.function("xdp_drop_bare"), "native"), traffic.generator("xdp", cli) as gen:
+            before = srv.stats()["rx_packets"]
+            gen.send(traffic.TrafficSpec(cli.mac, rin.mac, "10.1.0.2", "10.2.0.2", count=20_000, flows=4))
+            import time
+            time.sleep(0.3)
+            assert srv.stats()["rx_packets"] - before == 20_000

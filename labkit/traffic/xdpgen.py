@@ -86,6 +86,7 @@ PEER_MODES = ("auto", "xdp_pass", "gro", "none")
 #: preamble (7) + start delimiter (1) + FCS (4) + inter-frame gap (12): bytes on the wire
 #: per frame besides `size` (which excludes the FCS)
 WIRE_OVERHEAD = 24
+TEMPLATE_BYTES = 76  # HDR_COPY in bpf/xdp_gen.c: headers restored on every run
 MAX_FRAME = 3400  # a live frame lives in one 4 KiB page beside headroom and skb_shared_info
 MAX_BATCH = 256  # TEST_XDP_MAX_BATCH in the kernel
 CHUNK_SECONDS = 0.005  # at a target rate, one system call sends this much of the schedule
@@ -450,7 +451,7 @@ class XdpGenerator(Generator):
         frame = build(spec.frame(0))
         version = 6 if ":" in spec.src_ip else 4
         fn = self.fn
-        self._configure(spec, version)
+        self._configure(spec, version, frame)
         notes = [self.pin_note] if self.pin_note else []
         with ExitStack() as peer_stack:
             notes += self._prepare_peer(peer_stack)
@@ -476,13 +477,16 @@ class XdpGenerator(Generator):
         return Offered(self.name, packets, packets * spec.size, elapsed,
                        cpu_seconds=sum(p["cpu_seconds"] for p in per_cpu), per_cpu=per_cpu, notes=notes)
 
-    def _configure(self, spec: TrafficSpec, version: int) -> None:
+    def _configure(self, spec: TrafficSpec, version: int, frame: bytes) -> None:
         family = socket.AF_INET6 if version == 6 else socket.AF_INET
         low = lambda a: int.from_bytes(socket.inet_pton(family, a)[-4:], "big")  # noqa: E731
         table = self.program.map("gen_config")
         leaf = table.Leaf(spec.flows, self.vary, int(version == 6), L4[(spec.proto, version)],
                           spec.sport, spec.dport, low(spec.src_ip), low(spec.dst_ip))
         table[ctypes.c_int(0)] = leaf
+        tpl = self.program.map("gen_template")
+        head = frame[:TEMPLATE_BYTES].ljust(TEMPLATE_BYTES, b"\0")
+        tpl[ctypes.c_int(0)] = tpl.Leaf((ctypes.c_uint8 * TEMPLATE_BYTES)(*head))
         seq = self.program.map("gen_seq")
         seq.clear()  # per-CPU sequences restart at flow 0
 
