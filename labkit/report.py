@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import DATA_DIR, NOTEBOOKS_DIR, REPORTS_DIR
+from . import NOTEBOOKS_DIR, REPORTS_DIR
 from .errors import InputError
 
 KERNEL = "labkit"
@@ -300,7 +300,7 @@ def _environment() -> list:
 
 def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path | None):
     """(sections HTML, warnings [(level, text)]) for every experiment with data."""
-    from . import compare, plots, program_costs  # noqa: F401  (plots: matplotlib only here)
+    from . import compare, plots  # plots: matplotlib is imported only when an index is drawn
 
     index = compare.runs(data_dir)
     batch = {str(p) for r in runs for p in r.runs}
