@@ -33,6 +33,7 @@ import base64
 import html
 import io
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -149,11 +150,14 @@ def execute(nb: Path, parameters: dict, out_dir: Path = REPORTS_DIR, progress: b
     before = set(results.list_runs(None, data_dir))
     t0 = time.monotonic()
     ok, error = True, ""
+    os.environ["LABKIT_NOTEBOOK"] = nb.stem  # the kernel inherits it: a run can record its notebook
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel_name(),
                             cwd=str(nb.parent), progress_bar=progress, report_mode=False)
     except Exception as exc:  # PapermillExecutionError and start-up failures alike
         ok, error = False, _short_error(exc)
+    finally:
+        os.environ.pop("LABKIT_NOTEBOOK", None)
     seconds = time.monotonic() - t0
     if unknown:
         error = (error + "\n" if error else "") + f"ignored parameters this notebook does not declare: {unknown}"
@@ -163,8 +167,33 @@ def execute(nb: Path, parameters: dict, out_dir: Path = REPORTS_DIR, progress: b
             html_path = export_html(executed)
         except Exception as exc:
             error = (error + "\n" if error else "") + f"HTML export failed: {exc}"
-    new = sorted(set(results.list_runs(None, data_dir)) - before)
+    new = _own_runs(nb.stem, sorted(set(results.list_runs(None, data_dir)) - before), params)
     return NotebookRun(nb.stem, nb, executed, html_path, ok, seconds, error, params, new)
+
+
+#: the experiments (data/ directories) each notebook writes, where it is not obvious
+NOTEBOOK_EXPERIMENTS = {"04-comparison": ("program_costs",)}
+
+
+def _own_runs(stem: str, new: list, params: dict) -> list:
+    """Of the runs that appeared in data/ while notebook STEM ran, those it wrote: other
+    work on this machine (tests, another batch) may write runs at the same time. A run
+    whose metadata names its notebook (`notebook`, from LABKIT_NOTEBOOK) is matched by
+    that; otherwise by experiment and by smoke (the notebook's parameter)."""
+    from . import compare
+
+    experiments = set(NOTEBOOK_EXPERIMENTS.get(stem, ()))
+    experiments |= {v.experiment for v in compare.VIEWS if v.notebook == stem}
+    smoke = bool(params.get("smoke", False))
+    own = []
+    for path in new:
+        meta = compare._meta(path)
+        if "notebook" in meta:
+            if meta["notebook"] == stem:
+                own.append(path)
+        elif path.parent.name in experiments and bool((meta.get("parameters") or {}).get("smoke", False)) == smoke:
+            own.append(path)
+    return own
 
 
 def _declared_parameters(nb: Path) -> set:
