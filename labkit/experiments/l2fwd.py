@@ -49,7 +49,7 @@ class Params:
     count: int = 200_000
     variants: list = field(default_factory=lambda: ["dpdk_l2fwd", "xdp_redirect", "bridge", "tc_redirect"])
     baseline: bool = True  # measure the baseline sink too (needed for DUT CPU per packet)
-    generator: str = "trafgen"
+    generator: str = "auto"  # the in-kernel generator where it works, else trafgen
     xdp_mode: str = "native"  # XDP mode of xdp_redirect on the DUT ports
     dpdk_lcores: str = "1"  # l2fwd's lcore(s) (-l)
     dpdk_memory_mb: int = 512  # l2fwd's -m

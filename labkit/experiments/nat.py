@@ -439,7 +439,7 @@ class Params:
     udp_size: int = 64
     udp_count: int = 500_000
     udp_flows: int = 16
-    generator: str = "trafgen"
+    generator: str = "auto"  # the in-kernel generator where it works, else trafgen
     tcp_seconds: float = 3.0
     iptables_target: str = "MASQUERADE"
     port_range: list = field(default_factory=lambda: [20000, 29999])
