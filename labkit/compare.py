@@ -17,8 +17,9 @@ What is shown for each experiment (`VIEWS`): its packet rate (`processed_pps`, w
 hook under test handled) and its CPU time per packet (the receive path's NET_RX softirq
 time for drop and NAT; for L2 forwarding the machine's CPU beyond the baseline sink, since
 DPDK polls in user space and softirq time would not see it). Which run is shown: per
-experiment and machine (host, CPU model, kernel), the latest run that is not a smoke run,
-else the latest smoke run, marked as such.
+experiment and machine (host, CPU model, kernel), the latest run that is not a smoke run
+and has two or more trials, else the latest full run, else the latest smoke run, marked
+as such.
 """
 from __future__ import annotations
 
@@ -90,19 +91,20 @@ def runs(data_dir: Path | None = None, experiment: str | None = None):
         try:
             table = results.load_run(path).table
             measured = list(dict.fromkeys(table["variant"].dropna()))
+            trials = int(params.get("trials") or table["trial"].nunique())  # cost trials may differ
             error = ""
         except Exception as exc:  # a run this labkit cannot read is listed with the reason
-            measured, error = [], f"{type(exc).__name__}: {exc}"
+            measured, trials, error = [], 0, f"{type(exc).__name__}: {exc}"
         rows.append({
             "experiment": path.parent.name, "run_id": path.name, "time_utc": meta.get("time_utc", ""),
             "machine": machine_of(meta), "host": meta.get("host"), "kernel": meta.get("kernel"),
             "cpu_model": meta.get("cpu_model"), "commit": (git.get("commit") or "?")[:10],
-            "dirty": bool(git.get("dirty")), "smoke": bool(params.get("smoke")),
+            "dirty": bool(git.get("dirty")), "smoke": bool(params.get("smoke")), "trials": trials,
             "format_version": meta.get("format_version", "?"),
             "requested": list(params.get("variants") or []), "measured": measured,
             "caveats": list(meta.get("caveats") or []), "unreadable": error, "path": path,
         })
-    cols = ["experiment", "run_id", "time_utc", "machine", "host", "kernel", "cpu_model", "commit", "dirty", "smoke",
+    cols = ["experiment", "run_id", "time_utc", "machine", "host", "kernel", "cpu_model", "commit", "dirty", "smoke", "trials",
             "format_version", "requested", "measured", "caveats", "unreadable", "path"]
     return pd.DataFrame(rows, columns=cols).sort_values(["experiment", "time_utc", "run_id"]).reset_index(drop=True)
 
@@ -125,7 +127,8 @@ def find_run(run, data_dir: Path | None = None) -> results.Run:
 
 def pick(index, experiment: str, per_machine: bool = True):
     """The rows of INDEX (from `runs()`) to show for EXPERIMENT: per machine, the latest
-    full run, else the latest smoke run."""
+    full run with two or more trials (a spread to show), else the latest full run, else
+    the latest smoke run."""
     t = index[(index["experiment"] == experiment) & (index["unreadable"] == "")]
     if t.empty:
         return t
@@ -133,7 +136,8 @@ def pick(index, experiment: str, per_machine: bool = True):
     chosen = []
     for _, g in groups:
         full = g[~g["smoke"]]
-        chosen.append((full if len(full) else g).iloc[-1])
+        spread = full[full["trials"] >= 2]
+        chosen.append((spread if len(spread) else full if len(full) else g).iloc[-1])
     import pandas as pd
 
     return pd.DataFrame(chosen).reset_index(drop=True)

@@ -332,14 +332,18 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
     from . import compare, plots  # plots: matplotlib is imported only when an index is drawn
 
     index = compare.runs(data_dir)
-    batch = {str(p) for r in runs for p in r.runs}
+    batch = {str(p) for r in runs for p in r.runs}  # program costs: any run of this batch
     by_notebook = {r.name: r for r in runs}
     sections, warnings = [], []
     for view in compare.VIEWS:
         rows = index[index["experiment"] == view.experiment]
-        mine = rows[rows["path"].astype(str).isin(batch) & (rows["unreadable"] == "")]
-        chosen = mine.iloc[[-1]] if len(mine) else compare.pick(rows, view.experiment, per_machine=False)
         nb = by_notebook.get(view.notebook)
+        own = {str(p) for p in nb.runs} if nb else set()
+        mine = rows[rows["path"].astype(str).isin(own) & (rows["unreadable"] == "")]
+        if len(mine) > 1:  # several candidates (other work wrote runs meanwhile): the largest is the notebook's
+            mine = mine.assign(_bytes=[(Path(p) / "results.csv").stat().st_size for p in mine["path"]])
+            mine = mine.sort_values("_bytes", kind="stable")
+        chosen = mine.iloc[[-1]] if len(mine) else compare.pick(rows, view.experiment, per_machine=False)
         link = _report_link(view.notebook, out_dir)
         head = f'<h3 id="{view.experiment}">{_esc(view.title)}</h3>'
         if chosen.empty:
