@@ -359,7 +359,7 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
             table = compare.experiment_table(view, chosen)
             ov_rows = compare._summary_rows(view, table, run)
             fig = _png(plots.throughput(compare.by_run(table), variants=None,
-                                        title=f"{view.title}: packets per second (mean, min..max over trials)"))
+                                        title=f"{view.title}: Mpps (mean, min..max)"))
             img = f'<figure><img src="{fig}" alt="{_esc(view.title)}: packets per second per variant"></figure>'
         except Exception as exc:  # a run this labkit cannot draw still gets its section
             ov_rows, img = [], f'<p class="warn">could not draw this run: {_esc(exc)}</p>'
@@ -389,7 +389,7 @@ def _program_cost_section(index, batch, out_dir, warnings) -> str:
     try:
         t = results.load_run(run["path"]).table
         t = t[t["measure"] == "prog_ns_per_pkt"]
-        img = _png(plots.program_cost(t, title="Each program's own cost per packet (BPF_PROG_TEST_RUN)"))
+        img = _png(plots.program_cost(t, title="Own cost per packet (BPF_PROG_TEST_RUN)"))
         fig = f'<figure><img src="{img}" alt="program cost per packet"></figure>'
     except Exception as exc:
         fig = f'<p class="warn">could not draw: {_esc(exc)}</p>'
