@@ -99,6 +99,10 @@ class TopologySpec:
     #: IPv6 in the namespaces. Off by default: router solicitations and neighbour discovery
     #: would otherwise add stray packets to every counter an experiment reads.
     ipv6: bool = False
+    #: hosts that forward IPv4 (routers, NATs, devices under test)
+    forwarding: list = field(default_factory=list)
+    #: static routes: (host, destination prefix or "default", gateway address)
+    routes: list = field(default_factory=list)
 
     def validate(self, prefix_len: int = 6) -> None:
         """Check everything that can be checked without the kernel."""
@@ -113,6 +117,15 @@ class TopologySpec:
             seen.add(h)
             if prefix_len + 1 + len(h) > lifecycle.IFNAMSIZ:
                 raise InputError(f"host name {h!r} is too long: at most {lifecycle.IFNAMSIZ - prefix_len - 1} characters")
+        for h in self.forwarding:
+            if h not in seen:
+                raise InputError(f"forwarding host {h!r} is not among the hosts {self.hosts}")
+        for r in self.routes:
+            if len(r) != 3 or r[0] not in seen:
+                raise InputError(f"route {r!r}: write (host, 'prefix/len' or 'default', gateway) with a known host")
+            if r[1] != "default":
+                check_interface(r[1])
+            check_ip(r[2])
         names = set()
         for i, link in enumerate(self.links):
             for end in (link.a, link.b):
@@ -299,6 +312,12 @@ class Topology:
                 self.links.append(self._real_link(stack, link))
             else:
                 self.links.append(self._veth(stack, i, link))
+        for h in self.spec.forwarding:
+            if self.hosts[h].netns is None:
+                raise InputError(f"host {h!r} is the root namespace: labkit does not turn on forwarding there")
+            self.hosts[h].run(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"], timeout=10)
+        for host, dst, via in self.spec.routes:
+            stack.enter_context(route(self.hosts[host], dst, via))
 
     def _veth(self, stack: ExitStack, i: int, link: LinkSpec) -> tuple[Interface, Interface]:
         ha, hb = self.hosts[link.a], self.hosts[link.b]
@@ -376,6 +395,47 @@ class Topology:
                 for e in (a, b)
             ])
         return out
+
+
+@contextmanager
+def route(host: Host, dst: str, via: str):
+    """A static route on HOST (through pyroute2), removed on exit; DST is 'a.b.c.d/len' or
+    'default'."""
+    kw = {"gateway": check_ip(via)}
+    if dst != "default":
+        net = check_interface(dst).network
+        kw.update(dst=str(net.network_address), dst_len=net.prefixlen)
+    with host.ipr() as ipr:
+        ipr.route("add", **kw)
+    try:
+        yield
+    finally:
+        with host.ipr() as ipr:
+            try:
+                ipr.route("del", **kw)
+            except Exception as exc:  # the link, and with it the route, may be gone
+                if getattr(exc, "code", None) not in (3, 19):
+                    raise
+
+
+@contextmanager
+def address(host: Host, ifname: str, addr: str):
+    """An extra address ('a.b.c.d/len') on IFNAME of HOST, removed on exit."""
+    iface = check_interface(addr)
+    with host.ipr() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise InputError(f"no interface {ifname!r} on {host}")
+        ipr.addr("add", index=idx[0], address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    try:
+        yield
+    finally:
+        with host.ipr() as ipr:
+            try:
+                ipr.addr("del", index=idx[0], address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            except Exception as exc:
+                if getattr(exc, "code", None) not in (19, 99):
+                    raise
 
 
 def _safe(fn):

@@ -30,7 +30,6 @@ def binary():
 @pytest.fixture
 def fwd_topo():
     with topology.Topology(l2exp.spec()) as topo:
-        l2exp.quiet(topo)
         yield topo
 
 

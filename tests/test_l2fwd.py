@@ -25,7 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def fwd_topo():
     with topology.Topology(l2exp.spec()) as topo:
-        l2exp.quiet(topo)
         yield topo
 
 

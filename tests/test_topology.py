@@ -183,3 +183,19 @@ def _netns_of(pid):
         return os.readlink(f"/proc/{pid}/ns/net")
     except OSError:
         return None
+
+
+def test_routes_forwarding_and_extra_addresses_through_netlink():
+    spec = topology.TopologySpec(
+        hosts=["a", "r", "b"],
+        links=[topology.LinkSpec("a", "r", "10.31.0.2/24", "10.31.0.1/24"),
+               topology.LinkSpec("r", "b", "10.32.0.1/24", "10.32.0.2/24")],
+        forwarding=["r"], routes=[("a", "default", "10.31.0.1"), ("b", "10.31.0.0/24", "10.32.0.1")])
+    with topology.Topology(spec) as topo:
+        a = topo.host("a")
+        assert a.run(["ping", "-c1", "-W2", "10.32.0.2"], check=False).returncode == 0
+        with topology.address(topo.host("b"), topo.iface("b").name, "10.32.0.9/32"):
+            assert a.run(["ping", "-c1", "-W2", "10.32.0.9"], check=False).returncode == 0
+        assert a.run(["ping", "-c1", "-W1", "10.32.0.9"], check=False).returncode != 0
+    with pytest.raises(InputError, match="route"):
+        topology.TopologySpec(hosts=["a"], routes=[("x", "default", "10.0.0.1")]).validate()

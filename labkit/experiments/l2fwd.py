@@ -111,12 +111,6 @@ def spec() -> topology.TopologySpec:
                topology.LinkSpec("dut", "rcv", None, RECEIVER_ADDR, b_mac=RECEIVER_MAC, a_name="dut1", b_name="rcv0")])
 
 
-def quiet(topo) -> None:
-    """No IPv6 chatter (router solicitations, DAD) in the namespaces: only our frames flow."""
-    for h in topo.hosts.values():
-        h.run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"], timeout=10)
-
-
 # ---------------------------------------------------------------- the XDP/tc forwarder
 class XdpForwarder:
     """bpf/xdp_fwd.c loaded, its maps filled for a port pair: frames arriving on one port
@@ -279,7 +273,6 @@ def run(**kwargs) -> Result:
     sp.validate()
     order_all = ([BASELINE] if p.baseline else []) + list(p.variants)
     with topology.Topology(sp) as topo:
-        quiet(topo)
         snd, rcv = topo.iface("snd"), topo.iface("rcv")
         d0, d1 = topo.iface("dut", "snd"), topo.iface("dut", "rcv")
         rs = results.ResultSet(EXPERIMENT, asdict(p), topo.run.prefix)

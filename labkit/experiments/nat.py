@@ -76,7 +76,8 @@ def spec(clients: int = 2, offloads: str = "mixed") -> topology.TopologySpec:
                                a_name=f"c{i}", b_name=f"in{i}") for i in range(1, clients + 1)]
     links.append(topology.LinkSpec("nat", "srv", f"{NAT_OUTSIDE}/24", f"{SERVER}/24", a_name="out", b_name="srv"))
     return topology.TopologySpec(hosts=names + ["nat", "srv"], links=links,
-                                 offloads={"tx": "off"} if offloads == "off" else {})
+                                 offloads={"tx": "off"} if offloads == "off" else {}, forwarding=["nat"],
+                                 routes=[(f"c{i}", "default", f"10.20.{i}.1") for i in range(1, clients + 1)])
 
 
 class NatLab:
@@ -95,9 +96,6 @@ class NatLab:
         try:
             self.topo = self._stack.enter_context(topology.Topology(self.spec))
             nat = self.topo.host("nat")
-            nat.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-            for i in range(1, self.clients + 1):
-                self.topo.host(f"c{i}").run(["ip", "route", "add", "default", "via", f"10.20.{i}.1"])
             if self.offloads == "mixed":  # the NAT's ports finish partial checksums in software
                 for i in range(1, self.clients + 1):
                     nat.run(["ethtool", "-K", self.inside(i).name, "tx", "off"], timeout=10)
@@ -141,7 +139,7 @@ class NatLab:
     @contextmanager
     def routing(self):
         """No NAT: the server routes the inside network back through the NAT host."""
-        with _route(self.server, INSIDE_NET, NAT_OUTSIDE):
+        with topology.route(self.server, INSIDE_NET, NAT_OUTSIDE):
             yield None
 
     @contextmanager
@@ -166,24 +164,6 @@ class NatLab:
         if name == "iptables":
             return self.iptables(iptables_target)
         raise InputError(f"variant {name!r}: choose from {VARIANTS}")
-
-
-@contextmanager
-def _route(host: hosts.Host, prefix: str, via: str):
-    host.run(["ip", "route", "add", prefix, "via", via])
-    try:
-        yield
-    finally:
-        host.run(["ip", "route", "del", prefix, "via", via], check=False)
-
-
-@contextmanager
-def _address(host: hosts.Host, ifname: str, addr: str):
-    host.run(["ip", "addr", "add", addr, "dev", ifname])
-    try:
-        yield
-    finally:
-        host.run(["ip", "addr", "del", addr, "dev", ifname], check=False)
 
 
 # ---------------------------------------------------------------- captures
@@ -380,7 +360,7 @@ def check_correctness(lab: NatLab, nat: Nat) -> list[dict]:
         # static 1:1 mapping, both directions
         nat.add_mapping(client_addr(1), STATIC_OUTSIDE)
         try:
-            with _address(lab.topo.host("nat"), lab.outside.name, f"{STATIC_OUTSIDE}/32"):
+            with topology.address(lab.topo.host("nat"), lab.outside.name, f"{STATIC_OUTSIDE}/32"):
                 cp = lab.server.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", STATIC_OUTSIDE], check=False, timeout=20)
                 add("static: server reaches c1 at its outside address", cp.returncode == 0,
                     cp.stdout.strip().splitlines()[-2] if cp.stdout else cp.stderr)
@@ -755,7 +735,7 @@ class LiveNat:
             self._stack.enter_context(self.lab.ebpf(self.nat))
             # the static mappings' outside addresses are answered by the NAT's outside port
             for i in range(1, MAX_CLIENTS + 1):
-                self._stack.enter_context(_address(self.lab.topo.host("nat"), self.lab.outside.name,
+                self._stack.enter_context(topology.address(self.lab.topo.host("nat"), self.lab.outside.name,
                                                    f"198.51.100.{9 + i}/32"))
         except BaseException:
             self._stack.close()
