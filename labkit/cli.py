@@ -1,8 +1,11 @@
 """The labkit command line: `labkit` or `python -m labkit`.
 
-  labkit report [NOTEBOOK ...] [-p NAME VALUE] [-f FILE.yaml] [--smoke]
+  labkit report [NOTEBOOK ...] [-p [NOTEBOOK:]NAME VALUE] [-f FILE.yaml] [--smoke]
         run every experiment notebook (or those named) headlessly; HTML in reports/,
-        tables in data/, reports/index.html last. Exits non-zero if any notebook failed.
+        tables in data/, reports/index.html and reports/batch.json last. Exits non-zero
+        if any notebook failed. -p NAME VALUE goes to every notebook that declares NAME,
+        -p 01-xdp-drop:trials 5 to that notebook only; a YAML file may hold NAME: VALUE
+        lines and sections named after notebooks (01-xdp-drop: {trials: 5}).
   labkit run NOTEBOOK [...]   the same for the notebooks named (at least one)
   labkit bench [--smoke]      the benchmark: drop rates at 64 bytes, program costs, generators
   labkit clean [--all]        remove what crashed runs left (namespaces, links, XDP, rules)
@@ -19,6 +22,7 @@ def _params_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("notebooks", nargs="*", help="notebook names, e.g. 01-xdp-drop (default: all)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                    help="set a notebook parameter (value read as YAML: -p sizes '[64, 1500]'); "
+                        "NOTEBOOK:NAME for one notebook only; "
                         "e.g. -p receiver_if eth1 -p sender_if eth2 to measure real NICs")
     p.add_argument("-f", "--parameters-file", action="append", default=[], metavar="FILE",
                    help="a YAML file of NAME: VALUE parameters (several allowed; -p wins)")

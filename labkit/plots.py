@@ -135,6 +135,18 @@ def at_loads(rows, measure: str = "net_rx_cores", ax=None, title: str | None = N
     return ax
 
 
+def to_png(ax_or_fig, dpi: int = 90) -> bytes:
+    """The figure as PNG bytes; the figure is closed (pyplot lets it go)."""
+    import io
+
+    fig = ax_or_fig.figure if hasattr(ax_or_fig, "figure") else ax_or_fig
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def save(ax_or_fig, path) -> None:
     fig = ax_or_fig.figure if hasattr(ax_or_fig, "figure") else ax_or_fig
     fig.tight_layout()

@@ -243,20 +243,10 @@ def _row(sc: Scenario, trial, ns, v, note: str = "") -> dict:
             "ns_per_pkt": float(ns) if ns is not None else float("nan"), "note": note}
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(total: int, show: bool):
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
+    from .progress import bar
 
-    return tqdm(total=total, desc="program costs", unit="run")
+    return bar(total, "program costs", show, unit="run")
 
 
 def summary(costs):

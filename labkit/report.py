@@ -35,6 +35,7 @@ import io
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,12 +305,9 @@ def _esc(x) -> str:
 
 def _png(ax) -> str:
     """A figure as a PNG data URI (the page stays one self-contained file)."""
-    fig = ax.figure if hasattr(ax, "figure") else ax
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=90)
-    fig.clf()
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    from . import plots
+
+    return "data:image/png;base64," + base64.b64encode(plots.to_png(ax)).decode()
 
 
 def _environment() -> list:

@@ -153,6 +153,7 @@ def collect_metadata(params: dict | None = None, topology=None, extra: dict | No
         "versions": _try(_versions),
         "sysctls": _try(_sysctls),
         "parameters": params or {},
+        "notebook": os.environ.get("LABKIT_NOTEBOOK"),  # set by `labkit report` for the notebook's kernel
     }
     if topology is not None:
         meta["topology"] = _try(topology.metadata)
@@ -176,7 +177,7 @@ def _upgrade(table, meta: dict):
         raise ValueError(f"results format {version} is newer than this labkit reads ({FORMAT_VERSION}): update labkit")
     if "flags" not in table.columns:  # format 0 (development runs) had no flags column
         table["flags"] = ""
-    table["flags"] = table["flags"].fillna("")
+    table["flags"] = table["flags"].astype("object").fillna("")
     return table
 
 

@@ -32,7 +32,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
-from .. import bpf, dpdk, lifecycle, measure, packets, results, topology, traffic
+from .. import bpf, dpdk, lifecycle, measure, packets, progress, results, topology, traffic
 from ..errors import InputError
 
 EXPERIMENT = "l2fwd"
@@ -58,6 +58,7 @@ class Params:
     mac_updating: bool = True
     idle_s: float = 1.0  # the no-traffic window per variant (busy-polling cost)
     timeout_s: float = 60.0
+    progress: bool = True  # a text progress bar on stderr
     smoke: bool = False
 
     def validate(self) -> "Params":
@@ -287,6 +288,8 @@ def run(**kwargs) -> Result:
             gen = stack.enter_context(traffic.generator(p.generator, snd))
             clock = stack.enter_context(measure.SoftirqClock())
             time.sleep(0.2)
+            bar = stack.enter_context(progress.bar(len(p.sizes) * p.trials * len(order_all), "l2fwd trials",
+                                                   p.progress))
             for si, size in enumerate(p.sizes):
                 tspec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, timeout_s=p.timeout_s)
                 tspec.validate()
@@ -298,6 +301,7 @@ def run(**kwargs) -> Result:
                             if si == 0 and trial == 0 and p.idle_s > 0:
                                 resources.append(_idle(name, setup, p.idle_s, rs))
                             done.append((name, _trial(name, setup, gen, tspec, snd, d0, d1, rcv, clock)))
+                        bar.update()
                     # the baseline sink shows the generator's full speed; forwarders that kept up with it
                     # at that speed are generator-limited
                     measure.mark_generator_limited([m for _, (m, _) in done])

@@ -46,7 +46,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
-from .. import bpf, hosts, lifecycle, measure, netfilter, packets, results, topology, traffic
+from .. import bpf, hosts, lifecycle, measure, netfilter, packets, progress, results, topology, traffic
 from ..errors import InputError, LabkitError
 from ..nat import Nat, check_port_range
 
@@ -426,6 +426,7 @@ class Params:
     checks: bool = True
     prog_stats: bool = True
     timeout_s: float = 60.0
+    progress: bool = True  # a text progress bar on stderr
     smoke: bool = False
 
     def validate(self) -> "Params":
@@ -487,6 +488,7 @@ def run(data_dir=None, **kwargs) -> Result:
                 flows = nat.flows_table()
                 meta_topo = lab.topo
         clock = stack.enter_context(measure.SoftirqClock())
+        bar = stack.enter_context(progress.bar(p.trials * len(p.variants), "nat trials", p.progress))
         for trial in range(p.trials):
             order = p.variants[trial % len(p.variants):] + p.variants[: trial % len(p.variants)]
             udp = []
@@ -499,6 +501,7 @@ def run(data_dir=None, **kwargs) -> Result:
                         _warm_up(lab)
                         udp.append((variant, _udp_trial(lab, p, clock)))
                         _tcp_trial(lab, p, variant, trial, rs, clock)
+                bar.update()
             measure.mark_generator_limited([m for _, m in udp])
             for variant, m in udp:
                 rs.add_measurement(variant, trial, m, kind="udp", offloads=p.offloads, flows=p.udp_flows)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from dataclasses import replace
 
-from .. import bpf, lifecycle, loadsweep, measure, netfilter, packets, references, results, topology, traffic
+from .. import bpf, lifecycle, loadsweep, measure, netfilter, packets, progress, references, results, topology, traffic
 from ..errors import InputError
 from ..filter import DropFilter
 
@@ -51,6 +51,7 @@ class Params:
     loss_thresholds: list = field(default_factory=lambda: [0.0, 0.005])  # NDR and PDR 0.5%; []: no search
     cpu_loads: list = field(default_factory=lambda: [0.5e6, 1e6, 2e6])  # pps; []: none
     point_s: float = 0.5  # seconds of traffic per sweep/search point
+    progress: bool = True  # a text progress bar on stderr
     smoke: bool = False
 
     def validate(self) -> "Params":
@@ -127,7 +128,8 @@ def run(**kwargs) -> Result:
                              "name the local sending interface with sender_if")
         _rule(filt, p.rule)
         gen = traffic.generator(p.generator, snd)
-        with gen:
+        steps = len(p.sizes) * p.trials * len(p.variants)
+        with gen, progress.bar(steps, "xdp_drop trials", p.progress) as bar:
             for size in p.sizes:
                 tspec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
                                                     rate_pps=p.rate_pps, timeout_s=p.timeout_s)
@@ -146,6 +148,7 @@ def run(**kwargs) -> Result:
                                         "rcv_stack": measure.snmp_probe(rcv.host)},
                                 offered_probe=("snd", "tx_packets"), clock=clock)
                         group.append((variant, m))
+                        bar.update()
                     measure.mark_generator_limited([m for _, m in group])
                     for variant, m in group:
                         rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial")
@@ -155,6 +158,7 @@ def run(**kwargs) -> Result:
                                                     timeout_s=p.timeout_s)
                 if p.dst_mac:
                     tspec.dst_mac = topology.check_mac(p.dst_mac)
+                bar.close()
                 _load_tests(p, gen, tspec, topo, rcv, filt, clock, rs)
         costs = _program_costs(filt, snd, rcv, p, rs)
         _caveats(rs, p, gen.name)
@@ -212,7 +216,7 @@ def _load_tests(p: Params, gen, tspec, topo, rcv, filt, clock, rs) -> None:
     with _variant(p.variants[-1] if "xdp_native" not in p.variants else "xdp_native", topo, rcv, filt, p.rule) as cnt:
         top = rate_trial(gen, tspec, cnt, clock, p.point_s)(None).offered_pps
     rates = loadsweep.sweep_rates(top, p.sweep_steps) if p.sweep_steps else []
-    for variant in p.variants:
+    for variant in progress.iterate(p.variants, "sweeps and searches", p.progress, unit="variant"):
         with _variant(variant, topo, rcv, filt, p.rule) as processed:
             trial = rate_trial(gen, tspec, processed, clock, p.point_s)
             if rates:
