@@ -4,7 +4,9 @@
  * (labkit/filter.py): drop everything; drop an IP protocol; drop a UDP/TCP
  * destination port; drop a source prefix (IPv4). Per-CPU counters count
  * packets and bytes per verdict. `active` says which rule kinds hold any rule,
- * so a packet only pays for the lookups that can match.
+ * so a packet only pays for the lookups that can match. Protocol and port rules are
+ * arrays indexed by the protocol number and the port (the verifier inlines array
+ * lookups: a few instructions, no hashing); source prefixes need a trie.
  *
  * IPv4 is parsed; other EtherTypes and IPv6 match only "drop everything".
  */
@@ -42,8 +44,8 @@ struct src_key {
 
 BPF_PERCPU_ARRAY(counters, struct counter, V_MAX);
 BPF_ARRAY(active, u32, 1);
-BPF_HASH(proto_rules, u8, u8, 256);
-BPF_HASH(port_rules, u16, u8, 4096); /* host byte order */
+BPF_ARRAY(proto_rules, u8, 256);    /* index: IP protocol; 1 = drop */
+BPF_ARRAY(port_rules, u8, 65536);   /* index: destination port, host byte order; 1 = drop */
 BPF_LPM_TRIE(src_rules, struct src_key, u8, 1024);
 
 static __always_inline u32 decide(void *data, void *data_end)
@@ -70,8 +72,9 @@ static __always_inline u32 decide(void *data, void *data_end)
             return V_DROP_SRC;
     }
     if (rules & RULE_PROTO) {
-        u8 proto = ip->protocol;
-        if (proto_rules.lookup(&proto))
+        u32 proto = ip->protocol;
+        u8 *drop = proto_rules.lookup(&proto);
+        if (drop && *drop)
             return V_DROP_PROTO;
     }
     if ((rules & RULE_PORT) && (ip->protocol == IPPROTO_UDP || ip->protocol == IPPROTO_TCP)) {
@@ -82,8 +85,9 @@ static __always_inline u32 decide(void *data, void *data_end)
         struct udphdr *l4 = (void *)ip + ihl;
         if ((void *)(l4 + 1) > data_end)
             return V_PASS;
-        u16 dport = ntohs(l4->dest);
-        if (port_rules.lookup(&dport))
+        u32 dport = ntohs(l4->dest);
+        u8 *drop = port_rules.lookup(&dport);
+        if (drop && *drop)
             return V_DROP_PORT;
     }
     return V_PASS;

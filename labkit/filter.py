@@ -26,6 +26,9 @@ class DropFilter:
     def __init__(self):
         self.program = bpf.load(self.SOURCE)
         self._maps = {n: self.program.map(n) for n in ("active", "proto_rules", "port_rules", "src_rules", "counters")}
+        # the array entries this filter set: clearing and listing touch only these
+        self._protos: set[int] = set()
+        self._ports: set[int] = set()
 
     # ---- lifecycle
     def close(self):
@@ -68,6 +71,7 @@ class DropFilter:
         num = self._proto(proto)
         t = self._maps["proto_rules"]
         t[t.Key(num)] = t.Leaf(1)
+        self._protos.add(num)
         self._set_bit(RULE_PROTO, True)
 
     def drop_port(self, port: int) -> None:
@@ -76,6 +80,7 @@ class DropFilter:
             raise InputError(f"port {port!r} is out of range 0..65535")
         t = self._maps["port_rules"]
         t[t.Key(port)] = t.Leaf(1)
+        self._ports.add(port)
         self._set_bit(RULE_PORT, True)
 
     def drop_src(self, prefix: str) -> None:
@@ -91,22 +96,26 @@ class DropFilter:
 
     def remove_port(self, port: int) -> None:
         t = self._maps["port_rules"]
-        try:
-            del t[t.Key(port)]
-        except KeyError:
-            pass
-        self._set_bit(RULE_PORT, len(t) > 0)
+        t[t.Key(port)] = t.Leaf(0)
+        self._ports.discard(port)
+        self._set_bit(RULE_PORT, bool(self._ports))
 
     def clear(self) -> None:
         """Remove every rule: everything passes."""
-        for name in ("proto_rules", "port_rules", "src_rules"):
-            self._maps[name].clear()
+        for name, keys in (("proto_rules", self._protos), ("port_rules", self._ports)):
+            t = self._maps[name]
+            for k in keys:
+                t[t.Key(k)] = t.Leaf(0)
+            keys.clear()
+        self._maps["src_rules"].clear()
         self._maps["active"][ctypes.c_int(0)] = ctypes.c_uint32(0)
 
     def rules(self) -> dict:
+        """The rules as the maps hold them (protocols and ports: the entries set to 1 among
+        those this filter wrote; sources: the trie's prefixes)."""
         out = {"drop_all": bool(self._active() & RULE_ALL)}
-        out["protocols"] = sorted(k.value for k in self._maps["proto_rules"].keys())
-        out["ports"] = sorted(k.value for k in self._maps["port_rules"].keys())
+        out["protocols"] = sorted(k for k in self._protos if self._maps["proto_rules"][ctypes.c_int(k)].value)
+        out["ports"] = sorted(k for k in self._ports if self._maps["port_rules"][ctypes.c_int(k)].value)
         out["sources"] = sorted(
             f"{ipaddress.IPv4Address(k.addr.to_bytes(4, 'little'))}/{k.prefixlen}" for k in self._maps["src_rules"].keys()
         )
