@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class ResultSet:
     def caveat(self, text: str, variant: str | None = None) -> None:
         """A warning a reader must see with the numbers (recorded in the metadata); the
         same warning for several variants is kept once, naming them."""
+        text = re.sub(r"\blk[0-9a-f]{4}-", "", text)  # one caveat, whichever run's interface it named
         variants = self._caveats.setdefault(text, [])
         if variant and variant not in variants:
             variants.append(variant)

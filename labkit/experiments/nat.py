@@ -486,7 +486,7 @@ def run(data_dir=None, **kwargs) -> Result:
                 rs = results.ResultSet(EXPERIMENT, asdict(p), lab.topo.run.prefix, data_dir)
                 checks = check_correctness(lab, nat)
                 flows = nat.flows_table()
-                meta_topo = lab.topo
+                topo_meta = lab.topo.metadata()  # while the testbed exists
         clock = stack.enter_context(measure.SoftirqClock())
         bar = stack.enter_context(progress.bar(p.trials * len(p.variants), "nat trials", p.progress))
         for trial in range(p.trials):
@@ -496,7 +496,7 @@ def run(data_dir=None, **kwargs) -> Result:
                 with NatLab(p.clients, p.offloads) as lab:
                     if rs is None:
                         rs = results.ResultSet(EXPERIMENT, asdict(p), lab.topo.run.prefix, data_dir)
-                        meta_topo = lab.topo
+                        topo_meta = lab.topo.metadata()
                     with lab.variant(variant, nat, p.iptables_target):
                         _warm_up(lab)
                         udp.append((variant, _udp_trial(lab, p, clock)))
@@ -513,7 +513,7 @@ def run(data_dir=None, **kwargs) -> Result:
             rs.add("ebpf", 0, None, {f"check:{c['check']}": (1.0 if c["ok"] else 0.0, "pass")}, kind="check",
                    offloads=p.offloads)
         _caveats(rs, p)
-        run_dir = rs.save(meta_topo, {"checks": checks, "nat": {"inside": INSIDE_NET, "outside": OUTSIDE_NET,
+        run_dir = rs.save(None, {"topology": topo_meta, "checks": checks, "nat": {"inside": INSIDE_NET, "outside": OUTSIDE_NET,
                                                                 "snat_address": NAT_OUTSIDE, "port_range": p.port_range}})
     table = rs.table
     perf = table[table["kind"] != "check"] if "kind" in table.columns else table
