@@ -2,6 +2,7 @@
 missing said, the index page marking a failed notebook and embedding a figure per
 experiment, parameters per notebook, and every program in bpf/ costed."""
 import json
+import os
 import re
 import textwrap
 
@@ -237,3 +238,16 @@ def test_the_comparison_notebook_runs_headless(tmp_path):
     assert len(new) == 1
     costs = results.load_run(new.pop()).table
     assert (costs[costs["measure"] == "prog_ns_per_pkt"]["value"] > 0).all()
+
+
+def test_comparison_notebook_runs_with_no_runs_at_all(tmp_path, monkeypatch):
+    """On a fresh clone data/ holds nothing: the comparison says what is missing, and runs."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (it measures program costs)")
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("LABKIT_DATA_DIR", str(empty))
+    run = report.execute(report.notebooks(["04-comparison"])[0], {"smoke": True}, out_dir=tmp_path / "reports",
+                         progress=False)
+    assert run.ok, run.error
+    assert "no run of 'xdp_drop'" in run.html.read_text()
