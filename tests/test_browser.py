@@ -102,11 +102,14 @@ def check_page(page: Path, tmp: Path, min_images: int = 0) -> list[Path]:
 
 @needs_root
 def test_a_fresh_batch_reads_well_in_a_browser(tmp_path):
-    """A batch built here (the comparison notebook, smoke) plus its index, checked offline."""
+    """A batch built here (the drop experiment and the comparison, smoke) plus its index,
+    checked offline. It makes its own drop run, so it holds on a fresh clone too."""
     out = tmp_path / "reports"
+    drop = report.execute(report.notebooks(["01-xdp-drop"])[0], {"smoke": True}, out_dir=out, progress=False)
+    assert drop.ok, drop.error
     run = report.execute(report.notebooks(["04-comparison"])[0], {"smoke": True}, out_dir=out, progress=False)
     assert run.ok, run.error
-    index = report.write_index([run], out)
+    index = report.write_index([drop, run], out)
     linked = check_page(index, tmp_path, min_images=2)  # program costs + at least the drop experiment (data/)
     assert run.html.resolve() in {p.resolve() for p in linked}
     for p in {p for p in linked if p.suffix == ".html"}:
