@@ -17,7 +17,6 @@ import ctypes
 import ctypes.util
 import os
 import platform
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 

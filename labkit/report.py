@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,7 +375,7 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
 
 
 def _program_cost_section(index, batch, out_dir, warnings) -> str:
-    from . import compare, plots, results
+    from . import plots, results
 
     rows = index[index["experiment"] == "program_costs"]
     if rows.empty:

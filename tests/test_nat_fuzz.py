@@ -6,7 +6,6 @@ Its own outcome counters must agree with the model's count of every outcome."""
 from __future__ import annotations
 
 import collections
-import ipaddress
 import os
 import random
 import struct

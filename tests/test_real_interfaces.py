@@ -7,11 +7,10 @@ import secrets
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from labkit import bpf, lifecycle, topology
+from labkit import lifecycle
 from labkit.experiments import xdp_drop
 from conftest import needs_root
 

@@ -27,12 +27,12 @@ CPU it burns with no traffic at all (``idle_busy_cores``).
 """
 from __future__ import annotations
 
-import os
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
-from .. import bpf, dpdk, lifecycle, measure, packets, progress, results, topology, traffic
+from .. import bpf, dpdk, lifecycle, measure, progress, results, topology, traffic
+from . import check_run_shape
 from ..errors import InputError
 
 EXPERIMENT = "l2fwd"
@@ -66,19 +66,7 @@ class Params:
             self.sizes, self.trials = self.sizes[:1], 1
             self.count = min(self.count, 20_000)
             self.idle_s = min(self.idle_s, 0.5)
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown or not self.variants:
-            raise InputError(f"variants {unknown or self.variants}: choose from {VARIANTS}")
-        if len(set(self.variants)) != len(self.variants):
-            raise InputError(f"variants {self.variants}: each at most once")
-        if not isinstance(self.trials, int) or self.trials < 1:
-            raise InputError(f"trials {self.trials!r}: at least 1")
-        if not self.sizes:
-            raise InputError("sizes is empty: give at least one frame size, e.g. [64]")
-        for s in self.sizes:
-            packets.check_size(s)
-        if not isinstance(self.count, int) or self.count < 1:
-            raise InputError(f"count {self.count!r}: send at least one packet per trial")
+        check_run_shape(self.variants, VARIANTS, self.trials, self.sizes, self.count)
         if self.xdp_mode not in bpf.XDP_MODES:
             raise InputError(f"xdp_mode {self.xdp_mode!r}: choose 'native' or 'generic'")
         if self.idle_s < 0:

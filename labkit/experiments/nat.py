@@ -47,6 +47,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
 from .. import bpf, hosts, lifecycle, measure, netfilter, packets, progress, results, topology, traffic
+from . import check_run_shape
 from ..errors import InputError, LabkitError
 from ..nat import Nat, check_port_range
 
@@ -435,14 +436,7 @@ class Params:
             self.udp_count = min(self.udp_count, 30_000)
             self.tcp_seconds = min(self.tcp_seconds, 1.0)
         spec(self.clients, self.offloads)
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown or not self.variants:
-            raise InputError(f"variants {unknown or self.variants}: choose from {VARIANTS}")
-        if not isinstance(self.trials, int) or self.trials < 1:
-            raise InputError(f"trials {self.trials!r}: at least 1")
-        packets.check_size(self.udp_size)
-        if not isinstance(self.udp_count, int) or self.udp_count < 1:
-            raise InputError(f"udp_count {self.udp_count!r}: at least one packet")
+        check_run_shape(self.variants, VARIANTS, self.trials, [self.udp_size], self.udp_count, "udp_count")
         if not isinstance(self.udp_flows, int) or not 1 <= self.udp_flows <= 200:
             raise InputError(f"udp_flows {self.udp_flows!r}: 1..200 (trafgen varies one byte of the port)")
         if not self.tcp_seconds or self.tcp_seconds < 0.5 or self.tcp_seconds > 60:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from dataclasses import replace
 
 from .. import bpf, lifecycle, loadsweep, measure, netfilter, packets, progress, references, results, topology, traffic
+from . import check_run_shape
 from ..errors import InputError
 from ..filter import DropFilter
 
@@ -61,19 +62,9 @@ class Params:
             self.cost_repeat, self.cost_trials = min(self.cost_repeat, 100_000), 2
             self.sweep_steps, self.loss_thresholds, self.cpu_loads = min(self.sweep_steps, 2), [], []
             self.point_s = min(self.point_s, 0.1)
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown or not self.variants:
-            raise InputError(f"variants {unknown or self.variants}: choose from {VARIANTS}")
+        check_run_shape(self.variants, VARIANTS, self.trials, self.sizes, self.count)
         if self.rule not in RULES:
             raise InputError(f"rule {self.rule!r}: choose one of {sorted(RULES)}")
-        if not isinstance(self.trials, int) or self.trials < 1:
-            raise InputError(f"trials {self.trials!r}: at least 1")
-        if not self.sizes:
-            raise InputError("sizes is empty: give at least one packet size, e.g. [64]")
-        for s in self.sizes:
-            packets.check_size(s)
-        if not isinstance(self.count, int) or self.count < 1:
-            raise InputError(f"count {self.count!r}: send at least one packet per trial")
         if any(not 0 <= t < 1 for t in self.loss_thresholds):
             raise InputError(f"loss_thresholds {self.loss_thresholds}: ratios in [0, 1), e.g. [0, 0.005]")
         if any(not (isinstance(l, (int, float)) and l > 0) for l in self.cpu_loads):

@@ -177,7 +177,7 @@ def thread_in_netns(netns: str | None):
     if not netns:
         yield
         return
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
         try:
