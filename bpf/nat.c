@@ -297,18 +297,32 @@ static __always_inline void count_mapping(u32 slot, u64 len, int inbound)
     }
 }
 
+/* What both directions do first: parse the packet and find the configuration. Returns
+ * the configuration, or 0 when the packet is to be handed on untouched; *verdict then
+ * holds what to return (the outcome is counted already). */
+static __always_inline struct nat_config *begin(struct __sk_buff *skb, struct pkt *p, int *verdict)
+{
+    u64 len = skb->len;
+    int r = parse(skb, p);
+    if (r) {
+        *verdict = outcome(r - 1, len, TC_ACT_OK);
+        return 0;
+    }
+    u32 zero = 0;
+    struct nat_config *cfg = config.lookup(&zero);
+    if (!cfg)
+        *verdict = outcome(S_PASS_NO_RULE, len, TC_ACT_OK);
+    return cfg;
+}
+
 int nat_egress(struct __sk_buff *skb)
 {
     struct pkt p = {};
     u64 len = skb->len;
-    int r = parse(skb, &p);
-    if (r)
-        return outcome(r - 1, len, TC_ACT_OK);
-
-    u32 zero = 0;
-    struct nat_config *cfg = config.lookup(&zero);
+    int verdict = TC_ACT_OK;
+    struct nat_config *cfg = begin(skb, &p, &verdict);
     if (!cfg)
-        return outcome(S_PASS_NO_RULE, len, TC_ACT_OK);
+        return verdict;
 
     struct static_value *st = static_out.lookup(&p.saddr);
     int snat = !st && cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net;
@@ -399,14 +413,10 @@ int nat_ingress(struct __sk_buff *skb)
 {
     struct pkt p = {};
     u64 len = skb->len;
-    int r = parse(skb, &p);
-    if (r)
-        return outcome(r - 1, len, TC_ACT_OK);
-
-    u32 zero = 0;
-    struct nat_config *cfg = config.lookup(&zero);
+    int verdict = TC_ACT_OK;
+    struct nat_config *cfg = begin(skb, &p, &verdict);
     if (!cfg)
-        return outcome(S_PASS_NO_RULE, len, TC_ACT_OK);
+        return verdict;
 
     struct static_value *st = static_in.lookup(&p.daddr);
     if (st) {
