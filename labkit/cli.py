@@ -34,7 +34,11 @@ def cmd_report(args) -> int:
 
     lifecycle.require_root("running experiments")
     params = report.load_parameters(args.parameters_file, args.parameter)
-    runs = report.run_all(args.notebooks or None, params, smoke=args.smoke, progress=not args.no_progress)
+    try:
+        runs = report.run_all(args.notebooks or None, params, smoke=args.smoke, progress=not args.no_progress)
+    finally:
+        # a kernel killed outright cannot undo what it made: remove what dead runs left
+        lifecycle.clean(log=lambda msg: print(f"labkit report: {msg}", file=sys.stderr))
     failed = [r.name for r in runs if not r.ok]
     print(f"reports in {report.REPORTS_DIR}/index.html: {len(runs) - len(failed)} ok, {len(failed)} failed"
           + (f" ({', '.join(failed)})" if failed else ""))

@@ -34,7 +34,10 @@ import html
 import json
 import os
 import re
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,17 +251,68 @@ def run_all(names=None, parameters: dict | None = None, smoke: bool = False, out
         params["smoke"] = True
     runs = []
     t0 = time.monotonic()
-    for i, nb in enumerate(chosen, 1):
-        log(f"[{i}/{len(chosen)}] {nb.stem} ...")
-        r = execute(nb, params, out_dir, progress, data_dir)
-        log(f"[{i}/{len(chosen)}] {nb.stem}: {'ok' if r.ok else 'FAILED'} in {r.seconds:.0f} s"
-            + (f"\n{r.error}" if r.error else ""))
-        runs.append(r)
-    log(f"{len(chosen)} notebooks in {time.monotonic() - t0:.0f} s")
+    with interrupts_reach_the_kernel() as stop:
+        for i, nb in enumerate(chosen, 1):
+            log(f"[{i}/{len(chosen)}] {nb.stem} ...")
+            r = execute(nb, params, out_dir, progress, data_dir)
+            log(f"[{i}/{len(chosen)}] {nb.stem}: {'ok' if r.ok else 'FAILED'} in {r.seconds:.0f} s"
+                + (f"\n{r.error}" if r.error else ""))
+            runs.append(r)
+            if stop.signal:
+                log(f"stopped by signal {stop.signal}: the notebook's kernel undid its kernel state; "
+                    f"{len(chosen) - i} notebook(s) not run")
+                break
+    log(f"{len(runs)} notebooks in {time.monotonic() - t0:.0f} s")
     path = write_index(runs, out_dir, data_dir)
     write_batch(runs, out_dir)
     log(f"index: {path}")
     return runs
+
+
+class _Stop:
+    signal: int | None = None
+
+
+def _kernel_children() -> list[int]:
+    """The Jupyter kernels this process started (papermill's)."""
+    me, kids = os.getpid(), []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            cmd = open(f"/proc/{d}/cmdline").read()
+        except OSError:
+            continue
+        if int(stat[1]) == me and "ipykernel" in cmd:
+            kids.append(int(d))
+    return kids
+
+
+@contextmanager
+def interrupts_reach_the_kernel():
+    """Ctrl-C or SIGTERM during a batch interrupts the running notebook's kernel (which
+    runs in a session of its own and would not see it): the experiment there unwinds and
+    undoes its kernel state, the cell fails, and the batch stops after that notebook."""
+    stop = _Stop()
+
+    def forward(signum, frame):
+        stop.signal = signum
+        for pid in _kernel_children():
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def write_batch(runs: list[NotebookRun], out_dir: Path = REPORTS_DIR) -> Path:

@@ -3,6 +3,10 @@ missing said, the index page marking a failed notebook and embedding a figure pe
 experiment, parameters per notebook, and every program in bpf/ costed."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import re
 import textwrap
 
@@ -251,3 +255,34 @@ def test_comparison_notebook_runs_with_no_runs_at_all(tmp_path, monkeypatch):
                          progress=False)
     assert run.ok, run.error
     assert "no run of 'xdp_drop'" in run.html.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_a_batch_undoes_the_running_experiment(sig, tmp_path):
+    """Ctrl-C (or SIGTERM) on `labkit run`: the notebook's kernel, in a session of its own,
+    is interrupted, the experiment undoes its namespaces, the batch stops non-zero."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from labkit import lifecycle
+
+    before = set(lifecycle.labkit_namespaces())
+    env = dict(os.environ, LABKIT_DATA_DIR=str(tmp_path / "data"))
+    proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", "01-xdp-drop", "--no-progress",
+                             "-p", "sizes", "[64]", "-p", "trials", "5", "-p", "count", "3000000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not set(lifecycle.labkit_namespaces()) - before:
+            time.sleep(0.2)
+        new = set(lifecycle.labkit_namespaces()) - before
+        assert new, "the experiment never built its testbed"
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "stopped by signal" in out
+    assert not set(lifecycle.labkit_namespaces()) & new, "the interrupted run left its namespaces"
