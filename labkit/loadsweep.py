@@ -60,7 +60,8 @@ class Point:
         return out
 
 
-CPU_UNITS = {"busy_fraction": "fraction", "cpu_ns_per_pkt": "ns", "busy_s": "s", "generator_cpu_s": "s"}
+CPU_UNITS = {"busy_fraction": "fraction", "cpu_ns_per_pkt": "ns", "busy_s": "s", "generator_cpu_s": "s",
+             "net_rx_cores": "cores"}
 Trial = Callable[[float | None], Point]
 
 
@@ -74,44 +75,66 @@ def point(offered_packets: int, received_packets: int, seconds: float, target_pp
 
 
 # ---------------------------------------------------------------- a trial from a generator
+#: how far below its target a paced generator may stay before the shortfall counts as loss
+RATE_TOLERANCE = 0.05
+
+
 def generator_trial(gen, spec, received: Callable[[], int], *, seconds: float = 1.0, max_count: int | None = None,
-                    receiving_cpus: list[int] | None = None, settle_s: float = 0.1) -> Trial:
+                    receiving_cpus: list[int] | None = None, settle_s: float = 0.1, clock=None) -> Trial:
     """A trial that sends SPEC with generator GEN at the asked rate for about SECONDS and
     reads RECEIVED() (the count at the receiver's hook) before and after.
 
-    At a target rate the count is rate x seconds; at full speed (None) it is `max_count`
-    (default spec.count). CPU: busy fraction of RECEIVING_CPUS (default all) over the
-    trial from /proc/stat, and busy CPU time of all CPUs per received packet (the
-    generator's own included: both share this machine)."""
+    At a target rate the count is rate x seconds; at full speed (None) it is enough for
+    about SECONDS at the last full speed seen (`max_count`, default spec.count, the first
+    time).
+
+    Loss: packets sent and never counted at the hook, and, at a target rate, the shortfall
+    of the rate reached below the target beyond RATE_TOLERANCE. On a testbed where
+    generator and receiver share a CPU, a receiver that cannot keep up slows the generator
+    down instead of dropping (its work runs in the sender's context); a fixed-rate hardware
+    tester cannot be slowed, so it would see that shortfall as loss.
+
+    CPU: busy fraction of RECEIVING_CPUS (default all) over the trial, from /proc/stat;
+    with CLOCK (measure.SoftirqClock), the receive path's cores busy (`net_rx_cores`) and
+    its time per received packet (`cpu_ns_per_pkt`), else all busy time per packet."""
     from . import measure
 
     if seconds <= 0:
         raise InputError(f"seconds {seconds}: a trial must last a positive time")
     spec.validate()
+    last_full = {"pps": None}
 
     def trial(rate: float | None) -> Point:
-        count = max_count or spec.count
         if rate is not None:
             if rate <= 0:
                 raise InputError(f"rate {rate}: a positive rate, or None for full speed")
             count = max(spec.cpus, int(round(rate * seconds)))
+        elif last_full["pps"]:
+            count = max(10_000, int(last_full["pps"] * seconds))
+        else:
+            count = max_count or spec.count
         s = dataclasses.replace(spec, rate_pps=rate, count=count)
-        before = received()
-        c0, t0 = measure.cpu_times(), time.monotonic()
-        offered = gen.send(s)
-        time.sleep(settle_s)  # frames in rings and backlogs reach the hook
-        c1, t1 = measure.cpu_times(), time.monotonic()
-        got = received() - before
-        d = c1 - c0
-        cpus = receiving_cpus if receiving_cpus is not None else list(range(len(d.per_cpu_busy)))
-        busy = sum(d.per_cpu_busy[i] for i in cpus if i < len(d.per_cpu_busy))
-        wall = t1 - t0
-        p = point(offered.packets, got, offered.seconds, rate,
-                  busy_fraction=busy / (wall * len(cpus)) if cpus and wall > 0 else float("nan"),
-                  cpu_ns_per_pkt=d.busy * 1e9 / got if got else float("nan"),
-                  generator_cpu_s=offered.cpu_seconds)
-        p.notes = list(offered.notes)
-        return p
+        t0 = time.monotonic()
+        m = measure.run_trial(lambda: gen.send(s), received, size=spec.size, settle_s=settle_s, clock=clock)
+        wall = time.monotonic() - t0
+        got = m.processed_pps
+        loss = m.loss_ratio
+        if rate is None:
+            last_full["pps"] = m.offered_pps
+        else:
+            shortfall = max(0.0, 1 - got / rate)
+            if shortfall > RATE_TOLERANCE:
+                loss = max(loss, shortfall)
+        cpus = receiving_cpus if receiving_cpus is not None else list(range(len(m.cpu.per_cpu_busy)))
+        busy = sum(m.cpu.per_cpu_busy[i] for i in cpus if i < len(m.cpu.per_cpu_busy))
+        cpu = {"busy_fraction": busy / (wall * len(cpus)) if cpus and wall > 0 else float("nan"),
+               "generator_cpu_s": m.generator_cpu_s}
+        if clock is not None:
+            cpu.update(net_rx_cores=m.receiver_cpu_s / wall if wall > 0 else float("nan"),
+                       cpu_ns_per_pkt=m.cpu_ns_per_pkt)
+        else:
+            cpu["cpu_ns_per_pkt"] = m.system_cpu_ns_per_pkt
+        return Point(m.offered_pps, got, loss, cpu, rate, list(m.offered.notes))
 
     return trial
 

@@ -196,10 +196,6 @@ class Measurement:
     def system_cpu_ns_per_pkt(self) -> float:
         return self.cpu.busy / self.processed * 1e9 if self.processed else float("nan")
 
-    @property
-    def system_cpu_ns_per_offered(self) -> float:
-        return self.cpu.busy / self.offered.packets * 1e9 if self.offered.packets else float("nan")
-
     def measures(self) -> dict:
         """{measure: (value, unit)} for the tidy table."""
         return {

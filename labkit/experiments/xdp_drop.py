@@ -19,7 +19,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from dataclasses import replace
 
 from .. import bpf, lifecycle, loadsweep, measure, netfilter, packets, progress, references, results, topology, traffic
 from . import check_run_shape
@@ -161,55 +160,16 @@ def run(**kwargs) -> Result:
     return Result(table, summary, spread, costs, interpret(table, costs), run_dir, rs.caveats, p)
 
 
-#: how far below its target a paced generator may stay before the shortfall counts as loss
-RATE_TOLERANCE = 0.05
-
-
-def rate_trial(gen, spec, processed, clock, seconds: float, settle_s: float = 0.05):
-    """A loadsweep trial: send for SECONDS at a target rate (or as fast as possible) and
-    count what the hook processed.
-
-    On a testbed where generator and receiver share a CPU, a receiver that cannot keep up
-    slows the generator down instead of dropping (its work runs in the sender's context):
-    the rate asked is then not the rate offered. A fixed-rate hardware tester cannot be
-    slowed, so it would see the shortfall as loss; labkit counts it as loss too, beyond the
-    generator's pacing accuracy (RATE_TOLERANCE). Packets sent but never counted at the
-    hook are loss as usual."""
-    ncpu = len(measure.cpu_times().per_cpu_busy) or 1
-
-    def trial(rate):
-        count = max(1, int(rate * seconds)) if rate else None
-        if count is None:  # full speed: enough packets for about SECONDS at the last rate seen
-            count = max(10_000, int(trial.last_max * seconds)) if trial.last_max else spec.count
-        s = replace(spec, rate_pps=rate, count=count)
-        m = measure.run_trial(lambda: gen.send(s), processed, size=spec.size, clock=clock, settle_s=settle_s)
-        got = m.processed_pps
-        if rate:
-            shortfall = max(0.0, 1 - got / rate)
-            loss = max(m.loss_ratio, shortfall if shortfall > RATE_TOLERANCE else 0.0)
-        else:
-            trial.last_max = m.offered_pps
-            loss = m.loss_ratio
-        window = m.elapsed_s + settle_s
-        return loadsweep.Point(m.offered_pps, got, loss, {
-            "busy_fraction": m.cpu.busy / (window * ncpu),
-            "net_rx_cores": m.receiver_cpu_s / window,
-            "cpu_ns_per_pkt": m.cpu_ns_per_pkt}, rate, list(m.flags))
-
-    trial.last_max = None
-    return trial
-
-
 def _load_tests(p: Params, gen, tspec, topo, rcv, filt, clock, rs) -> None:
     """The offered-load sweep (one common set of target rates for every variant, up to the
     generator's maximum into the cheapest receiver), NDR/PDR search and CPU at fixed loads."""
     rows = []
     with _variant(p.variants[-1] if "xdp_native" not in p.variants else "xdp_native", topo, rcv, filt, p.rule) as cnt:
-        top = rate_trial(gen, tspec, cnt, clock, p.point_s)(None).offered_pps
+        top = loadsweep.generator_trial(gen, tspec, cnt, seconds=p.point_s, clock=clock, settle_s=0.05)(None).offered_pps
     rates = loadsweep.sweep_rates(top, p.sweep_steps) if p.sweep_steps else []
     for variant in progress.iterate(p.variants, "sweeps and searches", p.progress, unit="variant"):
         with _variant(variant, topo, rcv, filt, p.rule) as processed:
-            trial = rate_trial(gen, tspec, processed, clock, p.point_s)
+            trial = loadsweep.generator_trial(gen, tspec, processed, seconds=p.point_s, clock=clock, settle_s=0.05)
             if rates:
                 rows += [dict(r, kind="sweep") for r in
                          loadsweep.sweep(trial, variant=variant, size=tspec.size, rates=rates, include_max=True)]
@@ -246,7 +206,7 @@ def _interpret_load(table) -> list[str]:
         lim = set(found[found["generator_limited"].astype(bool)]["variant"]) if "generator_limited" in found else set()
         th = found["threshold"].iloc[0] if "threshold" in found else 0
         lines.append(f"{label}, loss <= {th:.1%}, binary search up to the generator's maximum (a target the testbed "
-                     f"could not offer within {RATE_TOLERANCE:.0%} counts as loss): " + ", ".join(
+                     f"could not offer within {loadsweep.RATE_TOLERANCE:.0%} counts as loss): " + ", ".join(
                          f"{v} {r / 1e6:.2f} Mpps" + (" (generator-limited)" if v in lim else "") for v, r in med.items())
                      + ".")
     cpu = table[(table["kind"] == "cpu_at_load") & (table["measure"] == "net_rx_cores")]
