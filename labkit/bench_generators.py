@@ -86,7 +86,35 @@ def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
         finally:
             for g in gens.values():
                 g.close()
+    rows += _multi_cpu_rows(trials, count)
     return pd.DataFrame(rows)
+
+
+def _multi_cpu_rows(trials: int, count: int) -> list:
+    """The in-kernel generator on every CPU, into a veth with one queue per CPU (so the
+    sending CPUs do not share one XDP ring): what this machine can offer at most."""
+    import os
+
+    ncpu = len(os.sched_getaffinity(0))
+    ok, _ = traffic.backends_status().get("xdp", (False, ""))
+    if ncpu < 2 or not ok:
+        return []
+    name = f"xdp ({ncpu} CPUs, {ncpu} queues)"
+    rows = []
+    with topology.Topology(topology.pair(queues=ncpu)) as topo:
+        snd, rcv = topo.iface("snd"), topo.iface("rcv")
+        with DropFilter() as filt, filt.attach_xdp(rcv, "native"), traffic.generator("xdp", snd) as gen:
+            filt.drop_all()
+            spec = TrafficSpec.between(snd, rcv, size=SIZE, count=count * ncpu, cpus=ncpu, timeout_s=30)
+            for t in range(trials):
+                offered, got = _send(gen, spec, filt.dropped)
+                notes = "; ".join(offered.notes)
+                rows += [_row("generators", name, "xdp_drop_native", t, "offered_pps", offered.pps, "pps", notes),
+                         _row("generators", name, "xdp_drop_native", t, "offered", offered.packets, "packets"),
+                         _row("generators", name, "xdp_drop_native", t, "received", got, "packets"),
+                         _row("generators", name, "xdp_drop_native", t, "received_pps",
+                              got / offered.seconds if offered.seconds else float("nan"), "pps")]
+    return rows
 
 
 def _receiver_rows(variant, t, offered, got):
