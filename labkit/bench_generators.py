@@ -65,12 +65,7 @@ def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
                         n = count if name == "xdp" else count // 3  # the slower ones: same order of seconds
                         spec = TrafficSpec.between(snd, rcv, size=SIZE, count=n, timeout_s=30)
                         offered, got = _send(gen, spec, filt.dropped)
-                        notes = "; ".join(offered.notes)
-                        rows += [_row("generators", name, "xdp_drop_native", t, "offered_pps", offered.pps, "pps", notes),
-                                 _row("generators", name, "xdp_drop_native", t, "offered", offered.packets, "packets"),
-                                 _row("generators", name, "xdp_drop_native", t, "received", got, "packets"),
-                                 _row("generators", name, "xdp_drop_native", t, "received_pps",
-                                      got / offered.seconds if offered.seconds else float("nan"), "pps")]
+                        rows += _generator_rows(name, t, offered, got)
             # ---- XDP drop vs iptables raw drop, fed by the in-kernel generator
             gen = gens.get("xdp")
             if gen is not None:
@@ -108,13 +103,18 @@ def _multi_cpu_rows(trials: int, count: int) -> list:
             spec = TrafficSpec.between(snd, rcv, size=SIZE, count=count * ncpu, cpus=ncpu, timeout_s=30)
             for t in range(trials):
                 offered, got = _send(gen, spec, filt.dropped)
-                notes = "; ".join(offered.notes)
-                rows += [_row("generators", name, "xdp_drop_native", t, "offered_pps", offered.pps, "pps", notes),
-                         _row("generators", name, "xdp_drop_native", t, "offered", offered.packets, "packets"),
-                         _row("generators", name, "xdp_drop_native", t, "received", got, "packets"),
-                         _row("generators", name, "xdp_drop_native", t, "received_pps",
-                              got / offered.seconds if offered.seconds else float("nan"), "pps")]
+                rows += _generator_rows(name, t, offered, got)
     return rows
+
+
+def _generator_rows(name, t, offered, got):
+    """One trial of generator NAME into the native XDP drop receiver."""
+    notes = "; ".join(offered.notes)
+    return [_row("generators", name, "xdp_drop_native", t, "offered_pps", offered.pps, "pps", notes),
+            _row("generators", name, "xdp_drop_native", t, "offered", offered.packets, "packets"),
+            _row("generators", name, "xdp_drop_native", t, "received", got, "packets"),
+            _row("generators", name, "xdp_drop_native", t, "received_pps",
+                 got / offered.seconds if offered.seconds else float("nan"), "pps")]
 
 
 def _receiver_rows(variant, t, offered, got):
