@@ -20,8 +20,10 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import BPF_DIR, lifecycle
-from .errors import InputError, LabkitError, MissingDependency
+from labkit import BPF_DIR
+from labkit.testbed import runs
+from labkit.testbed import signals
+from labkit.errors import InputError, LabkitError, MissingDependency
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
@@ -75,7 +77,7 @@ class Program:
             if not str(name).isidentifier():
                 raise InputError(f"define {name!r} is not a C identifier")
             flags.append(f"-D{name}={int(value) if isinstance(value, bool) else value}")
-        lifecycle.require_root("loading eBPF programs")
+        runs.require_root("loading eBPF programs")
         bcc = check_bcc()
         self._bcc = bcc
         try:
@@ -149,7 +151,7 @@ class XdpAttachment:
 
     def attach(self) -> "XdpAttachment":
         host = self.iface.host
-        with lifecycle.deferred_signals():
+        with signals.deferred_signals():
             with host.ipr() as ipr:
                 current = _xdp_attached(ipr, self.iface.ifindex)
                 if current.get("IFLA_XDP_ATTACHED"):
@@ -208,7 +210,7 @@ class TcAttachment:
 
     def attach(self) -> "TcAttachment":
         host = self.iface.host
-        with lifecycle.deferred_signals():
+        with signals.deferred_signals():
             with host.ipr() as ipr:
                 kinds = [q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(self.iface.ifindex)]
                 if "clsact" not in kinds:
@@ -255,13 +257,13 @@ def attach_tc(iface, fn, direction: str = "ingress") -> TcAttachment:
 
 
 def _run_note(record):
-    run = lifecycle.current_run()
+    run = runs.current_run()
     if run is not None:
         run.note_foreign(record)
 
 
 def _run_forget(record):
-    run = lifecycle.current_run()
+    run = runs.current_run()
     if run is not None:
         run.forget_foreign(record)
 

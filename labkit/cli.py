@@ -30,17 +30,19 @@ def _params_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args) -> int:
-    from . import lifecycle, report
+    from labkit import cleanup
+    from labkit.testbed import runs
+    from labkit.reporting import batch
 
-    lifecycle.require_root("running experiments")
-    params = report.load_parameters(args.parameters_file, args.parameter)
+    runs.require_root("running experiments")
+    params = batch.load_parameters(args.parameters_file, args.parameter)
     try:
-        runs = report.run_all(args.notebooks or None, params, smoke=args.smoke, progress=not args.no_progress)
+        done = batch.run_all(args.notebooks or None, params, smoke=args.smoke, progress=not args.no_progress)
     finally:
         # a kernel killed outright cannot undo what it made: remove what dead runs left
-        lifecycle.clean(log=lambda msg: print(f"labkit report: {msg}", file=sys.stderr))
-    failed = [r.name for r in runs if not r.ok]
-    print(f"reports in {report.REPORTS_DIR}/index.html: {len(runs) - len(failed)} ok, {len(failed)} failed"
+        cleanup.clean(log=lambda msg: print(f"labkit report: {msg}", file=sys.stderr))
+    failed = [r.name for r in done if not r.ok]
+    print(f"reports in {batch.REPORTS_DIR}/index.html: {len(done) - len(failed)} ok, {len(failed)} failed"
           + (f" ({', '.join(failed)})" if failed else ""))
     return 1 if failed else 0
 
@@ -53,22 +55,22 @@ def cmd_run(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from . import lifecycle
+    from labkit import cleanup
 
-    removed = lifecycle.clean(include_live=args.all)
+    removed = cleanup.clean(include_live=args.all)
     if not any(removed.values()):
         print("nothing to clean: no leftovers of labkit runs")
     return 0
 
 
 def cmd_bench(args) -> int:
-    from . import bench
+    from labkit import bench
 
     return bench.main(smoke=args.smoke)
 
 
 def cmd_doctor(args) -> int:
-    from . import doctor
+    from labkit import doctor
 
     return doctor.main()
 
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("doctor", help="what is installed and what each experiment needs")
     p.set_defaults(fn=cmd_doctor)
     args = parser.parse_args(argv)
-    from .errors import LabkitError
+    from labkit.errors import LabkitError
 
     try:
         return args.fn(args)

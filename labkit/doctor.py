@@ -8,7 +8,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from . import BUILD_DIR
+from labkit import BUILD_DIR
 
 
 def _check(name, fn):
@@ -31,14 +31,14 @@ def _root():
 
 
 def _bcc():
-    from .bpf import check_bcc
+    from labkit.bpf import check_bcc
 
     bcc = check_bcc()
     return True, f"{bcc.__file__} (kernel headers OK)"
 
 
 def _libbpf():
-    from .bpf import libbpf
+    from labkit.bpf import libbpf
 
     libbpf()
     return True, "bpf_prog_test_run_opts found"
@@ -55,7 +55,7 @@ def _live_frames():
 
 
 def _pktgen():
-    from .traffic.pktgen import KernelPktgen
+    from labkit.traffic.pktgen import KernelPktgen
 
     return KernelPktgen.available()
 
@@ -85,7 +85,8 @@ def _btf():
 
 def _xdp_on_veth():
     """Attach a bare XDP program to a throw-away veth in both modes."""
-    from . import bpf, topology
+    from labkit import bpf
+    from labkit.testbed import topology
 
     results = []
     with topology.Topology(topology.pair()) as topo, bpf.load("xdp_minimal") as prog:
@@ -130,7 +131,7 @@ def main() -> int:
     print(f"labkit doctor on {platform.node()}, kernel {platform.release()}, {os.cpu_count()} CPUs\n")
     for name, ok, detail in results:
         print(f"  {'ok ' if ok else 'NO '} {name:<{width}}  {detail}")
-    from .traffic import backends_status
+    from labkit.traffic import backends_status
 
     print("\ntraffic generators:")
     for name, (ok, why) in backends_status().items():

@@ -7,7 +7,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from .errors import InputError
+from labkit.errors import InputError
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -17,7 +17,7 @@ PROTO = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 
 
 def mac_bytes(mac: str) -> bytes:
-    from .topology import check_mac
+    from labkit.addresses import check_mac
 
     return bytes(int(x, 16) for x in check_mac(mac).split(":"))
 
@@ -64,7 +64,7 @@ class FrameSpec:
     size: int = 60
 
     def validate(self, mtu: int = 1500) -> None:
-        from .topology import check_ip, check_mac
+        from labkit.addresses import check_ip, check_mac
 
         check_mac(self.src_mac), check_mac(self.dst_mac)
         check_ip(self.src_ip), check_ip(self.dst_ip)

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import DATA_DIR, ROOT, __version__
+from labkit import DATA_DIR, ROOT, __version__
 
 FORMAT_VERSION = 1
 COLUMNS = ["experiment", "run_id", "trial", "variant", "size", "measure", "value", "unit", "flags"]

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from labkit import lifecycle, topology
+from labkit import cleanup
+from labkit.testbed import topology
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 
@@ -22,7 +23,7 @@ def pair():
 
 def own_leftovers(prefix: str) -> list[str]:
     """Kernel objects still carrying PREFIX (a finished run's): namespaces and root links."""
-    return [n for n in lifecycle.labkit_namespaces() + lifecycle.labkit_root_links() if n.startswith(prefix)]
+    return [n for n in cleanup.labkit_namespaces() + cleanup.labkit_root_links() if n.startswith(prefix)]
 
 
 TOOLS = {"trafgen", "dpdk-testpmd", "l2fwd", "iperf3", "tcpdump", "pktgen", "dpdk-pktgen"}
@@ -42,7 +43,7 @@ def _tool_processes() -> set:
 
 
 def _root_xdp_links() -> set:
-    from labkit.hosts import netlink
+    from labkit.testbed.hosts import netlink
 
     with netlink() as ipr:
         return {l.get_attr("IFLA_IFNAME") for l in ipr.get_links()
@@ -60,7 +61,7 @@ def nothing_left_behind():
         return
     procs, xdp = _tool_processes(), _root_xdp_links()
     yield
-    left = lifecycle.leftovers()
+    left = cleanup.leftovers()
     bad = {k: v for k, v in left.items() if v}
     assert not bad, f"the suite left kernel state behind: {bad}"
     import time

@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from labkit import REPORTS_DIR, report
+from labkit import REPORTS_DIR
+from labkit.reporting import batch as report, index as index_page
 from conftest import needs_root
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -109,7 +110,7 @@ def test_a_fresh_batch_reads_well_in_a_browser(tmp_path):
     assert drop.ok, drop.error
     run = report.execute(report.notebooks(["04-comparison"])[0], {"smoke": True}, out_dir=out, progress=False)
     assert run.ok, run.error
-    index = report.write_index([drop, run], out)
+    index = index_page.write_index([drop, run], out)
     linked = check_page(index, tmp_path, min_images=2)  # program costs + at least the drop experiment (data/)
     assert run.html.resolve() in {p.resolve() for p in linked}
     for p in {p for p in linked if p.suffix == ".html"}:

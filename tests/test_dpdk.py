@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from labkit import bpf, dpdk, topology, traffic
+from labkit import bpf, dpdk, traffic
+from labkit.testbed import topology
 from labkit.errors import InputError, MissingDependency
 from labkit.experiments import l2fwd as l2exp
 

@@ -5,7 +5,7 @@ import pytest
 
 from labkit import bpf, packets, traffic
 from labkit.errors import InputError
-from labkit.filter import DropFilter
+from labkit.dataplanes.drop_filter import DropFilter
 from conftest import needs_root
 from udp_sink import UdpSink
 
@@ -117,8 +117,8 @@ def test_attach_to_a_busy_interface_is_refused_and_the_first_stays(pair, filt):
 
 
 def test_interactive_lab_changes_rules_live_and_cleans_up():
-    from labkit import lifecycle
-    from labkit.drop_widgets import DropLab
+    from labkit import cleanup
+    from labkit.widgets.drop import DropLab
 
     lab = DropLab(hook="XDP generic")
     try:
@@ -134,4 +134,4 @@ def test_interactive_lab_changes_rules_live_and_cleans_up():
     finally:
         lab.close()
     lab.close()  # twice is harmless
-    assert not [n for n in lifecycle.labkit_namespaces() if n.startswith(prefix)]
+    assert not [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]

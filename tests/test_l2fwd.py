@@ -11,9 +11,13 @@ import time
 
 import pytest
 
-from labkit import bpf, dpdk, lifecycle, traffic, topology
+from labkit import bpf, traffic
+from labkit import cleanup
+from labkit.testbed import topology
+from labkit import dpdk
 from labkit.errors import InputError
-from labkit.experiments import l2fwd as l2exp
+from labkit.dataplanes import xdp_fwd
+from labkit.experiments import l2fwd
 
 from test_dpdk import Capture, _udp_to_receiver  # tests/ is on sys.path under pytest
 
@@ -24,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def fwd_topo():
-    with topology.Topology(l2exp.spec()) as topo:
+    with topology.Topology(l2fwd.spec()) as topo:
         yield topo
 
 
@@ -43,7 +47,7 @@ def test_xdp_redirect_forwards_with_mac_rewrite(fwd_topo):
     try:
         # the receiver needs an XDP program for XDP_REDIRECT into its peer to deliver
         with bpf.load("xdp_minimal") as bare, bpf.attach_xdp(rcv, bare.function("xdp_pass_bare"), "native"), \
-                l2exp.XdpForwarder([d0, d1]) as fwd, fwd.attach_xdp("native"):
+                xdp_fwd.XdpForwarder([d0, d1]) as fwd, fwd.attach_xdp("native"):
             assert bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED")
             offered = _send(fwd_topo)
             frames = _udp_to_receiver(cap.frames(N), fwd_topo)
@@ -61,13 +65,13 @@ def test_xdp_redirect_forwards_with_mac_rewrite(fwd_topo):
 @pytest.mark.parametrize("name", ["bridge", "tc_redirect"])
 def test_kernel_variants_forward(fwd_topo, name):
     rcv = fwd_topo.iface("rcv")
-    p = l2exp.Params(variants=[name])
+    p = l2fwd.Params(variants=[name])
     with bpf.load("xdp_minimal") as bare:
         sink = bare.function("xdp_drop_bare")
-        fwd = l2exp.XdpForwarder([fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")]) \
+        fwd = xdp_fwd.XdpForwarder([fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")]) \
             if name == "tc_redirect" else None
         try:
-            with bpf.attach_xdp(rcv, sink, "native"), l2exp.variant(name, fwd_topo, p, fwd, sink):
+            with bpf.attach_xdp(rcv, sink, "native"), l2fwd.variant(name, fwd_topo, p, fwd, sink):
                 r0 = rcv.stats()["rx_packets"]
                 offered = _send(fwd_topo, to_receiver=True)
                 time.sleep(0.2)
@@ -83,25 +87,25 @@ def test_kernel_variants_forward(fwd_topo, name):
 
 def test_params_refused_before_kernel():
     with pytest.raises(InputError, match="variants"):
-        l2exp.run(variants=["dpdk", "bridge"])
+        l2fwd.run(variants=["dpdk", "bridge"])
     with pytest.raises(InputError, match="Not enough cores"):
-        l2exp.run(variants=["dpdk_l2fwd"], dpdk_queues_per_lcore=1)
+        l2fwd.run(variants=["dpdk_l2fwd"], dpdk_queues_per_lcore=1)
     with pytest.raises(InputError, match="xdp_mode"):
-        l2exp.run(xdp_mode="fast")
+        l2fwd.run(xdp_mode="fast")
 
 
 def test_smoke_run_forwards_and_leaves_nothing(tmp_path):
-    r = l2exp.run(smoke=True)
+    r = l2fwd.run(smoke=True)
     t = r.table
-    fwd = t[(t["measure"] == "processed_pkts") & (t["variant"] != l2exp.BASELINE)]
-    assert set(fwd["variant"]) == set(l2exp.VARIANTS)
+    fwd = t[(t["measure"] == "processed_pkts") & (t["variant"] != l2fwd.BASELINE)]
+    assert set(fwd["variant"]) == set(l2fwd.VARIANTS)
     assert (fwd["value"] > 0).all(), fwd
     assert (r.run_dir / "results.csv").exists() and (r.run_dir / "metadata.json").exists()
     assert "dpdk_l2fwd" in r.interpretation and "busy polling" in r.interpretation
     assert r.resources.set_index("variant").loc["dpdk_l2fwd", "dpdk_idle_busy_cores"] > 0.3
     prefix = r.run_dir.name.rsplit("-", 1)[1]
     assert not dpdk.dpdk_processes(prefix) and not dpdk.runtime_dirs(prefix)
-    assert not [n for n in lifecycle.labkit_namespaces() if n.startswith(prefix)]
+    assert not [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]
 
 
 def test_notebook_runs_headless_in_smoke_mode(tmp_path):
@@ -118,4 +122,4 @@ def test_notebook_runs_headless_in_smoke_mode(tmp_path):
     prefix = m.group(1)
     assert not dpdk.dpdk_processes(prefix), "no DPDK process of the notebook remains"
     assert not dpdk.runtime_dirs(prefix), "nothing left in DPDK's runtime directory"
-    assert not [n for n in lifecycle.labkit_namespaces() if n.startswith(prefix)]
+    assert not [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]

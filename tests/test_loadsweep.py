@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from labkit import bpf, loadsweep, traffic
+from labkit import bpf, traffic
+from labkit.measure import loadsweep
 from labkit.errors import InputError
-from labkit.filter import DropFilter
+from labkit.dataplanes.drop_filter import DropFilter
 from labkit.traffic import TrafficSpec
 
 from conftest import needs_root

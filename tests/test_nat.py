@@ -11,11 +11,12 @@ import pytest
 from labkit import bpf
 from labkit.errors import InputError
 from labkit.experiments import nat as experiment
-from labkit.nat import Nat, TableFull
+from labkit.experiments.nat import checks as nat_checks, testbed as nat_testbed
+from labkit.dataplanes.nat import Nat, TableFull
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 
-INSIDE, OUTSIDE, SNAT = experiment.INSIDE_NET, experiment.OUTSIDE_NET, experiment.NAT_OUTSIDE
+INSIDE, OUTSIDE, SNAT = nat_testbed.INSIDE_NET, nat_testbed.OUTSIDE_NET, nat_testbed.NAT_OUTSIDE
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +113,8 @@ def test_correctness_with_real_traffic(nat, offloads):
     the server's capture and checksum counters. (offloads='mixed', where partial checksums
     are finished in software after the NAT, runs in test_experiment_smoke.)"""
     nat.clear()
-    with experiment.NatLab(2, offloads) as lab:
-        checks = experiment.check_correctness(lab, nat)
+    with nat_testbed.NatLab(2, offloads) as lab:
+        checks = nat_checks.check_correctness(lab, nat)
     failed = [f"{c['check']}: {c['detail']}" for c in checks if not c["ok"]]
     assert not failed, "\n".join(failed)
     names = {c["check"] for c in checks}
@@ -122,13 +123,13 @@ def test_correctness_with_real_traffic(nat, offloads):
 
 
 def test_iptables_variant_translates_and_cleans_up():
-    with experiment.NatLab(1, "off") as lab:
-        with lab.iptables("MASQUERADE") as rule, experiment.capture(lab.server, lab.server_iface.name, "icmp") as got:
-            cp = lab.client(1).run(["ping", "-c", "2", "-i", "0.2", "-W", "2", experiment.SERVER], check=False)
+    with nat_testbed.NatLab(1, "off") as lab:
+        with lab.iptables("MASQUERADE") as rule, nat_checks.capture(lab.server, lab.server_iface.name, "icmp") as got:
+            cp = lab.client(1).run(["ping", "-c", "2", "-i", "0.2", "-W", "2", nat_testbed.SERVER], check=False)
             assert cp.returncode == 0, cp.stdout + cp.stderr
             assert rule.counters()["packets"] >= 1
         from labkit import packets
-        sources = {packets.parse(f).src_ip for f in got() if packets.parse(f).dst_ip == experiment.SERVER}
+        sources = {packets.parse(f).src_ip for f in got() if packets.parse(f).dst_ip == nat_testbed.SERVER}
         assert sources == {SNAT}
         out = lab.topo.host("nat").run(["iptables", "-w", "-t", "nat", "-S", "POSTROUTING"]).stdout
         assert "labkit:" not in out
@@ -145,7 +146,7 @@ def test_nothing_remains_after_close():
     """Detach removes the clsact qdisc; closing the NAT unloads its programs and maps."""
     lib = bpf.libbpf()
     lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
-    with experiment.NatLab(1, "off") as lab:
+    with nat_testbed.NatLab(1, "off") as lab:
         n = Nat(INSIDE, OUTSIDE, SNAT)
         ids = [_prog_id(n.egress_function().fd), _prog_id(n.ingress_function().fd)]
         with n.attach(lab.outside):

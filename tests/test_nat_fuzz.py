@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from labkit import bpf, packets
-from labkit.nat_model import OUTCOMES, ModelMismatch, NatModel
+from labkit.dataplanes.nat_model import OUTCOMES, ModelMismatch, NatModel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 
@@ -33,7 +33,7 @@ SEED = int(os.environ.get("LABKIT_NAT_FUZZ_SEED", "20261125"))
 
 @pytest.fixture(scope="module")
 def nat():
-    from labkit.nat import Nat
+    from labkit.dataplanes.nat import Nat
 
     with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, PORTS) as n:
         for inside, outside in STATIC.items():
@@ -236,7 +236,7 @@ def test_same_inside_port_gets_distinct_outside_ports(nat):
 
 def test_port_exhaustion_is_counted_and_dropped():
     """A one-port range: the second flow to the same remote finds no port, is dropped and counted."""
-    from labkit.nat import Nat
+    from labkit.dataplanes.nat import Nat
 
     with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, (30000, 30000)) as n:
         eg = n.egress_function()
@@ -251,7 +251,7 @@ def test_port_exhaustion_is_counted_and_dropped():
 def test_lru_table_stays_bounded():
     """More flows than the table holds: the table stays at its capacity, new flows keep
     being translated, and the evictions are reported."""
-    from labkit.nat import Nat
+    from labkit.dataplanes.nat import Nat
 
     with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, (20000, 29999), max_flows=64) as n:
         eg = n.egress_function()

@@ -10,7 +10,8 @@ import textwrap
 
 import pytest
 
-from labkit import lifecycle
+from labkit import cleanup
+from labkit.testbed import runs
 from labkit.experiments import xdp_drop
 from conftest import needs_root
 
@@ -55,8 +56,8 @@ def test_xdp_drop_experiment_on_real_interfaces_leaves_them_as_found(cabled):
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from labkit import topology
-    from labkit.filter import DropFilter
+    from labkit.testbed import topology
+    from labkit.dataplanes.drop_filter import DropFilter
     a, b = sys.argv[1], sys.argv[2]
     with topology.Topology(topology.pair(sender_if=a, receiver_if=b)) as topo, DropFilter() as f:
         with f.attach_tc(topo.iface("rcv")), f.attach_xdp(topo.iface("rcv"), "generic"):
@@ -74,9 +75,9 @@ def test_clean_undoes_a_killed_run_on_real_interfaces(cabled):
     assert _state(b) == {"xdp": True, "inet": True, "clsact": True}
     proc.kill()
     proc.wait(10)
-    assert (lifecycle.REGISTRY_DIR / f"{prefix}.json").exists()
-    removed = lifecycle.clean(log=lambda *x: None)
+    assert (runs.REGISTRY_DIR / f"{prefix}.json").exists()
+    removed = cleanup.clean(log=lambda *x: None)
     assert {r["kind"] for r in removed["foreign"]} >= {"xdp", "clsact", "address"}
     assert _state(b) == {"xdp": False, "inet": False, "clsact": False}
     assert _state(a)["inet"] is False
-    assert not (lifecycle.REGISTRY_DIR / f"{prefix}.json").exists()
+    assert not (runs.REGISTRY_DIR / f"{prefix}.json").exists()

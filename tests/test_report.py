@@ -13,7 +13,9 @@ import textwrap
 import nbformat
 import pytest
 
-from labkit import compare, program_costs, report, results
+from labkit import results
+from labkit.experiments import program_costs
+from labkit.reporting import batch as report, compare
 from labkit.errors import InputError
 from conftest import needs_root
 
@@ -263,9 +265,9 @@ def test_stopping_a_batch_undoes_the_running_experiment(sig, tmp_path):
     is interrupted, the experiment undoes its namespaces, the batch stops non-zero."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    from labkit import lifecycle
+    from labkit import cleanup
 
-    before = set(lifecycle.labkit_namespaces())
+    before = set(cleanup.labkit_namespaces())
     env = dict(os.environ, LABKIT_DATA_DIR=str(tmp_path / "data"))
     proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", "01-xdp-drop", "--no-progress",
                              "-p", "sizes", "[64]", "-p", "trials", "5", "-p", "count", "3000000"],
@@ -273,9 +275,9 @@ def test_stopping_a_batch_undoes_the_running_experiment(sig, tmp_path):
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not set(lifecycle.labkit_namespaces()) - before:
+        while time.monotonic() < deadline and not set(cleanup.labkit_namespaces()) - before:
             time.sleep(0.2)
-        new = set(lifecycle.labkit_namespaces()) - before
+        new = set(cleanup.labkit_namespaces()) - before
         assert new, "the experiment never built its testbed"
         time.sleep(1.0)
         proc.send_signal(sig)
@@ -285,4 +287,4 @@ def test_stopping_a_batch_undoes_the_running_experiment(sig, tmp_path):
             proc.kill()
     assert proc.returncode != 0
     assert "stopped by signal" in out
-    assert not set(lifecycle.labkit_namespaces()) & new, "the interrupted run left its namespaces"
+    assert not set(cleanup.labkit_namespaces()) & new, "the interrupted run left its namespaces"

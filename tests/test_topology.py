@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from labkit import lifecycle, topology
+from labkit import cleanup
+from labkit.testbed import runs
+from labkit.testbed import hosts, topology
 from labkit.errors import InputError, NotRoot
 from conftest import needs_root, own_leftovers
 
@@ -27,9 +29,9 @@ def test_build_and_teardown_leave_nothing():
         assert len(snd.name) <= 15 and snd.name.startswith(prefix)
         assert snd.mac != rcv.mac and snd.ifindex > 0
         assert topo.host("snd").run(["ping", "-c1", "-W2", "10.11.0.2"], check=False).returncode == 0
-        assert (lifecycle.REGISTRY_DIR / f"{prefix}.json").exists()
+        assert (runs.REGISTRY_DIR / f"{prefix}.json").exists()
     assert own_leftovers(prefix) == []
-    assert not (lifecycle.REGISTRY_DIR / f"{prefix}.json").exists()
+    assert not (runs.REGISTRY_DIR / f"{prefix}.json").exists()
 
 
 @pytest.mark.parametrize("ipv6", [False, True])
@@ -61,16 +63,16 @@ def test_teardown_when_body_raises():
 def test_half_built_topology_is_torn_down():
     # ethtool refuses an unknown feature after the namespaces and the veth exist
     spec = topology.pair(offloads={"no-such-feature": "off"})
-    before = set(lifecycle.labkit_namespaces())
+    before = set(cleanup.labkit_namespaces())
     with pytest.raises(Exception, match="no-such-feature"):
         with topology.Topology(spec):
             pass
-    assert set(lifecycle.labkit_namespaces()) == before
+    assert set(cleanup.labkit_namespaces()) == before
 
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from labkit import topology
+    from labkit.testbed import topology
     with topology.Topology(topology.pair()) as topo:
         print(topo.run.prefix, flush=True)
         topo.host("rcv").spawn(["sleep", "60"])
@@ -108,12 +110,12 @@ def test_clean_removes_what_a_killed_run_left():
     proc = subprocess.Popen([PY, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     prefix = _child_prefix(proc)
     time.sleep(0.3)
-    ns = [n for n in lifecycle.labkit_namespaces() if n.startswith(prefix)]
-    sleeper = [p for n in ns for p in lifecycle.pids_in_netns(n)]
+    ns = [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]
+    sleeper = [p for n in ns for p in hosts.pids_in_netns(n)]
     proc.kill()  # SIGKILL: nothing runs, everything is left
     proc.wait(10)
     assert own_leftovers(prefix), "SIGKILL should leave the namespaces behind"
-    removed = lifecycle.clean(log=lambda *a: None)
+    removed = cleanup.clean(log=lambda *a: None)
     assert set(ns) <= set(removed["namespaces"])
     assert own_leftovers(prefix) == []
     for pid in sleeper:
@@ -124,7 +126,7 @@ def test_clean_leaves_live_runs_and_other_namespaces_alone():
     subprocess.run(["ip", "netns", "add", "notlabkit-test"], check=True)
     try:
         with topology.Topology(topology.pair()) as topo:
-            lifecycle.clean(log=lambda *a: None)
+            cleanup.clean(log=lambda *a: None)
             assert len(own_leftovers(topo.run.prefix)) == 2  # alive: untouched
         assert "notlabkit-test" in os.listdir("/run/netns")
     finally:
@@ -149,21 +151,21 @@ def test_clean_leaves_live_runs_and_other_namespaces_alone():
      "all zeros"),
 ])
 def test_bad_input_is_refused_before_the_kernel(spec, message):
-    before = set(lifecycle.labkit_namespaces())
+    before = set(cleanup.labkit_namespaces())
     with pytest.raises(InputError, match=message):
         with topology.Topology(spec()):
             pass
-    assert set(lifecycle.labkit_namespaces()) == before
+    assert set(cleanup.labkit_namespaces()) == before
 
 
 def test_not_root_is_a_clear_error(monkeypatch):
     # what the process would see as an unprivileged user (the suite itself runs as root)
-    monkeypatch.setattr(lifecycle.os, "geteuid", lambda: 1000)
-    before = set(lifecycle.labkit_namespaces())
+    monkeypatch.setattr(runs.os, "geteuid", lambda: 1000)
+    before = set(cleanup.labkit_namespaces())
     with pytest.raises(NotRoot, match="sudo"):
         with topology.Topology(topology.pair()):
             pass
-    assert set(lifecycle.labkit_namespaces()) == before
+    assert set(cleanup.labkit_namespaces()) == before
 
 
 def _pids_named(name):

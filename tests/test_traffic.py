@@ -2,9 +2,11 @@
 the kernel's counters, and bad traffic parameters are refused before anything is sent."""
 import pytest
 
-from labkit import measure, traffic
+from labkit import traffic
+from labkit.dataplanes import softirq_clock
+from labkit import measure
 from labkit.errors import InputError, MissingDependency
-from labkit.filter import DropFilter
+from labkit.dataplanes.drop_filter import DropFilter
 from labkit.traffic.pktgen import KernelPktgen
 from conftest import needs_root
 from udp_sink import UdpSink
@@ -46,7 +48,7 @@ def test_measurement_agrees_with_kernel_counters(pair):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     gen = traffic.generator("trafgen", snd)
     spec = traffic.TrafficSpec.between(snd, rcv, count=20_000)
-    with DropFilter() as f, measure.SoftirqClock() as clock:
+    with DropFilter() as f, softirq_clock.SoftirqClock() as clock:
         f.drop_proto("udp")
         with f.attach_xdp(rcv, "generic"):
             m = measure.run_trial(lambda: gen.send(spec), f.dropped, size=64, clock=clock,

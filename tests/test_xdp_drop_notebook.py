@@ -5,7 +5,10 @@ import json
 
 import pytest
 
-from labkit import lifecycle, report, results
+from labkit import results
+from labkit import cleanup
+from labkit.testbed import runs
+from labkit.reporting import batch
 from labkit.experiments import xdp_drop
 from labkit.errors import InputError
 from conftest import needs_root
@@ -15,8 +18,8 @@ pytestmark = needs_root
 
 def test_notebook_runs_headless_and_writes_table_and_html(tmp_path):
     before = set(results.list_runs("xdp_drop"))
-    nb = report.notebooks(["01-xdp-drop"])[0]
-    run = report.execute(nb, {"smoke": True}, out_dir=tmp_path, progress=False)
+    nb = batch.notebooks(["01-xdp-drop"])[0]
+    run = batch.execute(nb, {"smoke": True}, out_dir=tmp_path, progress=False)
     assert run.ok, run.error
     html = run.html.read_text()
     assert html.count("data:image/png;base64") >= 4  # plots embedded: the report opens offline
@@ -28,11 +31,11 @@ def test_notebook_runs_headless_and_writes_table_and_html(tmp_path):
     assert set(rates["variant"]) == set(xdp_drop.VARIANTS)
     assert (rates["value"] > 0).all()
     assert r.metadata["parameters"]["smoke"] is True
-    assert not [n for n in lifecycle.labkit_namespaces() if n[:6] not in lifecycle.live_prefixes()]
+    assert not [n for n in cleanup.labkit_namespaces() if n[:6] not in runs.live_prefixes()]
 
 
 def test_notebook_parameters_are_documented():
-    data = json.loads(report.notebooks(["01-xdp-drop"])[0].read_text())
+    data = json.loads(batch.notebooks(["01-xdp-drop"])[0].read_text())
     params = [c for c in data["cells"] if "parameters" in c["metadata"].get("tags", [])]
     assert len(params) == 1
     for line in "".join(params[0]["source"]).splitlines():
@@ -41,7 +44,7 @@ def test_notebook_parameters_are_documented():
 
 
 def test_committed_notebooks_carry_no_outputs():
-    for nb in report.notebooks():
+    for nb in batch.notebooks():
         data = json.loads(nb.read_text())
         for cell in data["cells"]:
             if cell["cell_type"] == "code":
@@ -56,10 +59,10 @@ def test_committed_notebooks_carry_no_outputs():
     (dict(receiver_if="lknosuchif9", sender_if="lknosuchif8"), "does not exist"),
 ])
 def test_bad_experiment_parameters(params, message):
-    before = set(lifecycle.labkit_namespaces())
+    before = set(cleanup.labkit_namespaces())
     with pytest.raises(InputError, match=message):
         xdp_drop.run(smoke=True, **params)
-    assert set(lifecycle.labkit_namespaces()) == before
+    assert set(cleanup.labkit_namespaces()) == before
 
 
 def test_sweep_search_and_cpu_at_load_on_every_variant():

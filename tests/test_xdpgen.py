@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from labkit import bpf, netfilter, packets, traffic
+from labkit import bpf, packets, traffic
+from labkit.testbed import netfilter
 from labkit.errors import InputError
-from labkit.topology import Interface
+from labkit.testbed.topology import Interface
 from labkit.traffic import TrafficSpec
 from labkit.traffic import xdpgen
 
@@ -238,8 +239,9 @@ def test_bad_input_is_refused_and_nothing_stays_attached(pair):
 def test_frames_survive_a_receiver_that_rewrites_them_in_place():
     """A router rewrites each frame in place (MACs, TTL); the kernel recycles the page for
     the next frame, so the generator must restore its headers every time: all arrive."""
-    from labkit import bpf, topology, traffic
-    from labkit.topology import LinkSpec, TopologySpec
+    from labkit import bpf, traffic
+    from labkit.testbed import topology
+    from labkit.testbed.topology import LinkSpec, TopologySpec
 
     spec = TopologySpec(hosts=["cli", "rtr", "srv"], links=[LinkSpec("cli", "rtr", "10.1.0.2/24", "10.1.0.1/24"),
                                                             LinkSpec("rtr", "srv", "10.2.0.1/24", "10.2.0.2/24")])
@@ -258,7 +260,7 @@ def test_frames_survive_a_receiver_that_rewrites_them_in_place():
 def test_two_cpus_into_two_queues_lose_nothing_at_full_speed():
     """One veth queue per sending CPU: no shared XDP ring, so nothing is refused even
     unpaced, and the receiver's counter sees exactly the count asked."""
-    from labkit import topology
+    from labkit.testbed import topology
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPUs")

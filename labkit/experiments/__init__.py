@@ -2,8 +2,8 @@
 results) into `run(**params) -> Result`, and its notebook is a thin caller."""
 from __future__ import annotations
 
-from ..errors import InputError
-from ..packets import check_size
+from labkit.errors import InputError
+from labkit.packets import check_size
 
 
 def check_run_shape(variants: list, known: list, trials: int, sizes: list | None = None,

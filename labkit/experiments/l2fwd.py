@@ -31,11 +31,19 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
-from .. import bpf, dpdk, lifecycle, measure, progress, results, topology, traffic
-from . import check_run_shape
-from ..errors import InputError
+from labkit import bpf, progress, results, traffic
+from labkit.testbed import runs
+from labkit.dataplanes import softirq_clock
+from labkit import measure
+from labkit.testbed import topology
+from labkit.experiments import check_run_shape
+from labkit import dpdk
+from labkit.errors import InputError
+from labkit.dataplanes.xdp_fwd import XdpForwarder
+from labkit.testbed.bridge import Bridge
 
 EXPERIMENT = "l2fwd"
+NOTEBOOK = "02-l2-forwarding"  # the notebook that runs this experiment
 VARIANTS = ["dpdk_l2fwd", "xdp_redirect", "bridge", "tc_redirect"]
 BASELINE = "baseline_sink"
 RECEIVER_MAC = dpdk.l2fwd_mac(1)  # what l2fwd writes for frames leaving port 1
@@ -101,100 +109,6 @@ def spec() -> topology.TopologySpec:
 
 
 # ---------------------------------------------------------------- the XDP/tc forwarder
-class XdpForwarder:
-    """bpf/xdp_fwd.c loaded, its maps filled for a port pair: frames arriving on one port
-    leave by the other, with l2fwd's MAC rewrite. Attach with `attach_xdp()` /
-    `attach_tc()` (context managers)."""
-
-    def __init__(self, ports: list, mac_updating: bool = True):
-        if len(ports) != 2:
-            raise InputError("the XDP forwarder pairs exactly two ports")
-        self.ports = ports
-        self.prog = bpf.load("xdp_fwd", MAC_UPDATING=int(bool(mac_updating)))
-        try:
-            self._fill(ports)
-        except BaseException:
-            self.prog.close()
-            raise
-
-    def _fill(self, ports) -> None:
-        port_of, tx = self.prog.map("port_of"), self.prog.map("tx_ports")
-        # A devmap resolves ifindexes in the network namespace of whoever updates it:
-        # fill it from inside the ports' namespace.
-        with ports[0].host.entered():
-            for i, iface in enumerate(ports):
-                out = 1 - i
-                entry = port_of.Leaf()
-                entry.out_port = out
-                entry.out_ifindex = ports[out].ifindex
-                for j, b in enumerate(bytes.fromhex(ports[out].mac.replace(":", ""))):
-                    entry.out_mac[j] = b
-                port_of[port_of.Key(iface.ifindex)] = entry
-                tx[tx.Key(i)] = tx.Leaf(iface.ifindex)
-
-    def counters(self) -> dict:
-        names = ["redirected", "no_entry", "short", "refused"]
-        sums = bpf.percpu_sum(self.prog.map("counters"))
-        return {n: int(sums.get(i, 0)) for i, n in enumerate(names)}
-
-    @contextmanager
-    def attach_xdp(self, mode: str = "native"):
-        fn = self.prog.function("xdp_l2fwd", "xdp")
-        with ExitStack() as stack:
-            for iface in self.ports:
-                stack.enter_context(bpf.attach_xdp(iface, fn, mode))
-            yield self
-
-    @contextmanager
-    def attach_tc(self):
-        fn = self.prog.function("tc_l2fwd", "tc")
-        with ExitStack() as stack:
-            for iface in self.ports:
-                stack.enter_context(bpf.attach_tc(iface, fn, "ingress"))
-            yield self
-
-    def close(self) -> None:
-        self.prog.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Bridge:
-    """A Linux bridge over PORTS on their host; exit deletes it (the ports are released)."""
-
-    def __init__(self, host, ports: list, name: str = "br0"):
-        self.host, self.ports = host, ports
-        self.name = lifecycle.current_run().name(name) if lifecycle.current_run() else name
-        self.index = None
-
-    def __enter__(self):
-        with lifecycle.deferred_signals(), self.host.ipr() as ipr:
-            ipr.link("add", ifname=self.name, kind="bridge", br_forward_delay=0, br_stp_state=0)
-            self.index = ipr.link_lookup(ifname=self.name)[0]
-        try:
-            with self.host.ipr() as ipr:
-                for p in self.ports:
-                    ipr.link("set", index=p.ifindex, master=self.index)
-                ipr.link("set", index=self.index, state="up")
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        idx, self.index = self.index, None
-        if idx is None:
-            return
-        with self.host.ipr() as ipr:
-            try:
-                ipr.link("del", index=idx)
-            except Exception as e:
-                if getattr(e, "code", None) != 19:
-                    raise
 
 
 # ---------------------------------------------------------------- one variant, set up
@@ -255,7 +169,7 @@ def variant(name: str, topo, p: Params, fwd: XdpForwarder | None, sink_fn):
 def run(**kwargs) -> Result:
     """Run the experiment; keyword arguments are the fields of `Params`."""
     p = Params(**kwargs).validate()
-    lifecycle.require_root("the L2 forwarding experiment")
+    runs.require_root("the L2 forwarding experiment")
     if "dpdk_l2fwd" in p.variants:
         dpdk.build_l2fwd()  # before any namespace: a missing DPDK fails early
     sp = spec()
@@ -274,7 +188,7 @@ def run(**kwargs) -> Result:
             if {"xdp_redirect", "tc_redirect"} & set(p.variants):
                 fwd = stack.enter_context(XdpForwarder([d0, d1], p.mac_updating))
             gen = stack.enter_context(traffic.generator(p.generator, snd))
-            clock = stack.enter_context(measure.SoftirqClock())
+            clock = stack.enter_context(softirq_clock.SoftirqClock())
             time.sleep(0.2)
             bar = stack.enter_context(progress.bar(len(p.sizes) * p.trials * len(order_all), "l2fwd trials",
                                                    p.progress))

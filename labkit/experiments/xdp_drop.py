@@ -20,12 +20,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
-from .. import bpf, lifecycle, loadsweep, measure, netfilter, packets, progress, references, results, topology, traffic
-from . import check_run_shape
-from ..errors import InputError
-from ..filter import DropFilter
+from labkit import bpf, packets, progress, references, results, traffic
+from labkit.measure import loadsweep
+from labkit.testbed import netfilter
+from labkit.testbed import runs
+from labkit.dataplanes import softirq_clock
+from labkit import measure
+from labkit import addresses
+from labkit.testbed import topology
+from labkit.experiments import check_run_shape
+from labkit.errors import InputError
+from labkit.dataplanes.drop_filter import DropFilter
 
 EXPERIMENT = "xdp_drop"
+NOTEBOOK = "01-xdp-drop"  # the notebook that runs this experiment
 VARIANTS = ["stack", "iptables_raw", "tc", "xdp_generic", "xdp_native"]
 RULES = {"udp": "drop UDP (iptables -p udp, filter protocol rule)", "all": "drop everything"}
 
@@ -107,10 +115,10 @@ class Result:
 def run(**kwargs) -> Result:
     """Run the experiment; keyword arguments are the fields of `Params`."""
     p = Params(**kwargs).validate()
-    lifecycle.require_root("the XDP drop experiment")
+    runs.require_root("the XDP drop experiment")
     spec = topology.pair(sender_if=p.sender_if, receiver_if=p.receiver_if)
     spec.validate()
-    with topology.Topology(spec) as topo, DropFilter() as filt, measure.SoftirqClock() as clock:
+    with topology.Topology(spec) as topo, DropFilter() as filt, softirq_clock.SoftirqClock() as clock:
         snd, rcv = topo.iface("snd") if p.sender_if or not p.receiver_if else None, topo.iface("rcv")
         rs = results.ResultSet(EXPERIMENT, _jsonable(p), topo.run.prefix)
         if snd is None:
@@ -124,7 +132,7 @@ def run(**kwargs) -> Result:
                 tspec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
                                                     rate_pps=p.rate_pps, timeout_s=p.timeout_s)
                 if p.dst_mac:
-                    tspec.dst_mac = topology.check_mac(p.dst_mac)
+                    tspec.dst_mac = addresses.check_mac(p.dst_mac)
                 tspec.validate()
                 send = lambda: gen.send(tspec)  # noqa: E731
                 for trial in range(p.trials):
@@ -147,7 +155,7 @@ def run(**kwargs) -> Result:
                 tspec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
                                                     timeout_s=p.timeout_s)
                 if p.dst_mac:
-                    tspec.dst_mac = topology.check_mac(p.dst_mac)
+                    tspec.dst_mac = addresses.check_mac(p.dst_mac)
                 bar.close()
                 _load_tests(p, gen, tspec, topo, rcv, filt, clock, rs)
         costs = _program_costs(filt, snd, rcv, p, rs)

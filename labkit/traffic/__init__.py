@@ -15,9 +15,9 @@ import ipaddress
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
-from ..errors import InputError, MissingDependency
-from ..packets import FrameSpec, check_size
-from ..topology import check_ip, check_mac
+from labkit.errors import InputError, MissingDependency
+from labkit.packets import FrameSpec, check_size
+from labkit.addresses import check_ip, check_mac
 
 BACKENDS: dict[str, type["Generator"]] = {}
 #: The order `generator("auto", ...)` tries backends in.
@@ -166,9 +166,9 @@ def backends_status() -> dict[str, tuple[bool, str]]:
 
 
 def _load_backends():
-    from . import pktgen, testpmd, trafgen  # noqa: F401
+    from labkit.traffic import pktgen, testpmd, trafgen  # noqa: F401
 
     try:
-        from . import xdpgen  # noqa: F401
+        from labkit.traffic import xdpgen  # noqa: F401
     except ImportError:
         pass

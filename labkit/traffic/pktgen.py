@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 
-from . import Generator, Offered, TrafficSpec, register
+from labkit.traffic import Generator, Offered, TrafficSpec, register
 
 PROC = "/proc/net/pktgen"
 

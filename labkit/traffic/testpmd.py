@@ -26,9 +26,9 @@ import shutil
 import tempfile
 import time
 
-from .. import dpdk
-from ..errors import InputError
-from . import Generator, Offered, TrafficSpec, register
+from labkit import dpdk
+from labkit.errors import InputError
+from labkit.traffic import Generator, Offered, TrafficSpec, register
 
 BINARIES = ("dpdk-testpmd", "testpmd")
 MAX_BURST = 512

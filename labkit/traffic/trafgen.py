@@ -10,9 +10,9 @@ import shutil
 import tempfile
 import time
 
-from ..errors import InputError
-from ..packets import ETH_HLEN
-from . import Generator, Offered, TrafficSpec, register
+from labkit.errors import InputError
+from labkit.packets import ETH_HLEN
+from labkit.traffic import Generator, Offered, TrafficSpec, register
 
 MAX_FLOWS = 256  # flows vary the low byte of the source port
 

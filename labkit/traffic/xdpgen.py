@@ -72,10 +72,11 @@ import threading
 import time
 from contextlib import ExitStack, contextmanager
 
-from .. import bpf, lifecycle
-from ..errors import InputError, LabkitError, MissingDependency
-from ..packets import build
-from . import Generator, Offered, TrafficSpec, register
+from labkit import bpf
+from labkit.testbed import signals
+from labkit.errors import InputError, LabkitError, MissingDependency
+from labkit.packets import build
+from labkit.traffic import Generator, Offered, TrafficSpec, register
 
 MIN_KERNEL = (5, 18)
 FALLBACKS = "use another backend: 'trafgen' (netsniff-ng), 'testpmd' (DPDK txonly) or 'pktgen' (kernel module)"
@@ -296,7 +297,7 @@ class _GroOn:
     def __enter__(self):
         feats = self.iface.offloads()
         if feats.get("generic-receive-offload") != "on":
-            with lifecycle.deferred_signals():
+            with signals.deferred_signals():
                 self.iface.host.run(["ethtool", "-K", self.iface.name, "gro", "on"], timeout=10)
                 self.changed = True
         return self
@@ -325,7 +326,7 @@ class _DispatcherPin:
         self.attachment = None
 
     def __enter__(self) -> str:
-        from ..topology import Interface
+        from labkit.testbed.topology import Interface
 
         with self.host.ipr() as ipr:
             idx = ipr.link_lookup(ifname="lo")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 
-from . import lifecycle
-from .errors import InputError
-from .hosts import Host, which
+from labkit.testbed import runs
+from labkit.testbed import signals
+from labkit.errors import InputError
+from labkit.testbed.hosts import Host, which
 
 TABLES = {"raw", "mangle", "nat", "filter", "security"}
 
@@ -27,14 +28,14 @@ class Rule:
             raise InputError(f"iptables chain {chain!r} is not a chain name")
         self.host, self.table, self.chain = host, table, chain
         self.binary = "ip6tables" if ipv6 else "iptables"
-        run = lifecycle.current_run()
-        self.tag = f"{lifecycle.RULE_COMMENT}{run.prefix if run else 'lk0000'}"
+        run = runs.current_run()
+        self.tag = f"{runs.RULE_COMMENT}{run.prefix if run else 'lk0000'}"
         self.args = [str(a) for a in args] + ["-m", "comment", "--comment", self.tag]
         self.added = False
 
     def add(self) -> "Rule":
         which(self.binary, "iptables")
-        with lifecycle.deferred_signals():
+        with signals.deferred_signals():
             self.host.run([self.binary, "-w", "-t", self.table, "-I", self.chain, "1", *self.args], timeout=30)
             self.added = True
         return self

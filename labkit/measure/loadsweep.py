@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import InputError
+from labkit.errors import InputError
 
 
 @dataclass
@@ -95,9 +95,9 @@ def generator_trial(gen, spec, received: Callable[[], int], *, seconds: float = 
     tester cannot be slowed, so it would see that shortfall as loss.
 
     CPU: busy fraction of RECEIVING_CPUS (default all) over the trial, from /proc/stat;
-    with CLOCK (measure.SoftirqClock), the receive path's cores busy (`net_rx_cores`) and
+    with CLOCK (softirq_clock.SoftirqClock), the receive path's cores busy (`net_rx_cores`) and
     its time per received packet (`cpu_ns_per_pkt`), else all busy time per packet."""
-    from . import measure
+    from labkit import measure
 
     if seconds <= 0:
         raise InputError(f"seconds {seconds}: a trial must last a positive time")

@@ -1,8 +1,8 @@
 """Notebook widgets for the eBPF NAT: an editor for static mappings and the SNAT port range,
-and a live view of the flow table, both working on a running `labkit.nat.Nat` through its
+and a live view of the flow table, both working on a running `labkit.dataplanes.nat.Nat` through its
 maps. ipywidgets is imported only when a widget is built.
 
-    from labkit import nat_widgets
+    from labkit.widgets import nat as nat_widgets
     nat_widgets.mapping_editor(nat)     # add / remove mappings, set the port range
     nat_widgets.flow_view(nat)          # flow table, refreshed every second while shown
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import threading
 
-from .errors import LabkitError
+from labkit.errors import LabkitError
 
 
 def _widgets():

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import atexit
 
-from . import topology, traffic
-from .filter import PROTOCOLS, DropFilter
+from labkit import traffic
+from labkit.testbed import topology
+from labkit.dataplanes.drop_filter import PROTOCOLS, DropFilter
 
 HOOKS = {"XDP native": ("xdp", "native"), "XDP generic": ("xdp", "generic"), "tc ingress": ("tc", "ingress")}
 

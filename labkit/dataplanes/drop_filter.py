@@ -12,8 +12,8 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 
-from . import bpf
-from .errors import InputError
+from labkit import bpf
+from labkit.errors import InputError
 
 VERDICTS = ["pass", "drop_all", "drop_proto", "drop_port", "drop_src"]
 RULE_ALL, RULE_PROTO, RULE_PORT, RULE_SRC = 1, 2, 4, 8

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import BPF_DIR, bpf, packets
-from .errors import InputError
+from labkit import BPF_DIR, bpf, packets
+from labkit.errors import InputError
 
 SRC_MAC, DST_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 ENTRY = re.compile(r"^\s*int\s+(\w+)\s*\(\s*struct\s+(xdp_md|__sk_buff)\s*\*", re.M)
@@ -94,7 +94,7 @@ def udp_frame(src_ip: str = "10.11.0.1", dst_ip: str = "10.11.0.2", sport: int =
 # Each takes an ExitStack (for what it loads) and returns (loaded program, scenarios).
 # The loader of a source with no entry here loads it as it is (default maps).
 def _setup_drop_filter(stack: ExitStack, frame: bytes):
-    from .filter import DropFilter
+    from labkit.dataplanes.drop_filter import DropFilter
 
     filt = stack.enter_context(DropFilter())
     filt.drop_proto("udp")
@@ -133,7 +133,7 @@ NAT_INSIDE, NAT_SERVER, NAT_SNAT = "10.20.1.2", "198.51.100.2", "198.51.100.1"
 
 
 def _setup_nat(stack: ExitStack, frame: bytes):
-    from .nat import Nat
+    from labkit.dataplanes.nat import Nat
 
     nat = stack.enter_context(Nat("10.20.0.0/16", "198.51.100.0/24", NAT_SNAT))
     out = udp_frame(NAT_INSIDE, NAT_SERVER, 40000, 53)
@@ -244,7 +244,7 @@ def _row(sc: Scenario, trial, ns, v, note: str = "") -> dict:
 
 
 def _progress(total: int, show: bool):
-    from .progress import bar
+    from labkit.progress import bar
 
     return bar(total, "program costs", show, unit="run")
 
@@ -279,7 +279,7 @@ def tidy(costs):
 def save(costs, params: dict, data_dir: Path | None = None) -> Path:
     """Write the costs as a run of the `program_costs` experiment in data/ (tidy rows,
     measure `prog_ns_per_pkt`), so runs from other machines and commits compare."""
-    from . import results
+    from labkit import results
 
     rs = results.ResultSet("program_costs", params, data_dir=data_dir)
     for _, r in tidy(costs).iterrows():

@@ -27,8 +27,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import references, results
-from .errors import InputError
+from labkit import references, results
+from labkit.errors import InputError
 
 FLAG_WARNINGS = {
     "generator-limited": "generator-limited: the variant processed (nearly) all the generator offered, so its rate "

@@ -17,7 +17,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from .errors import InputError
+from labkit.errors import InputError
 
 #: The program's outcomes, in the order of its `stats` map (bpf/nat.c S_* defines).
 OUTCOMES = [

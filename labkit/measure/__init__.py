@@ -30,6 +30,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+from labkit.dataplanes.softirq_clock import SoftirqClock
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GENERATOR_LIMITED = "generator-limited"
@@ -65,36 +66,6 @@ def cpu_times() -> CpuTimes:
             else:
                 per_cpu.append(b)
     return CpuTimes(busy, soft, total, per_cpu)
-
-
-NET_RX = 3  # softirq vector numbers (include/linux/interrupt.h)
-NET_TX = 2
-
-
-class SoftirqClock:
-    """Exact softirq time per vector, from a BPF program on the softirq tracepoints.
-    A context manager: exit detaches it."""
-
-    def __init__(self):
-        from . import bpf
-
-        self.program = bpf.load("softirq_time")
-
-    def seconds(self, vec: int = NET_RX) -> float:
-        """Softirq time of VEC so far, summed over CPUs, in seconds."""
-        import ctypes
-
-        per_cpu = self.program.map("ns")[ctypes.c_int(vec)]
-        return sum(int(v) for v in per_cpu) / 1e9
-
-    def close(self):
-        self.program.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # ---------------------------------------------------------------- probes

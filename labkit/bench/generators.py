@@ -22,9 +22,11 @@ import time
 
 import pandas as pd
 
-from . import netfilter, topology, traffic
-from .filter import DropFilter
-from .traffic import TrafficSpec
+from labkit.testbed import netfilter
+from labkit import traffic
+from labkit.testbed import topology
+from labkit.dataplanes.drop_filter import DropFilter
+from labkit.traffic import TrafficSpec
 
 SIZE = 64
 

@@ -16,46 +16,19 @@ the addresses it added.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-from . import lifecycle
-from .errors import InputError
-from .hosts import Host
+from labkit.testbed import runs
+from labkit.testbed import signals
+from labkit.errors import InputError
+from labkit.testbed.hosts import Host
+from labkit.addresses import check_interface, check_ip, check_mac
+from labkit.testbed.hosts import kill_pids, pids_in_netns
 
-MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9]*$")
-
-
-def check_mac(mac: str) -> str:
-    if not isinstance(mac, str) or not MAC_RE.match(mac):
-        raise InputError(f"MAC address {mac!r} is malformed: write six hex pairs, e.g. '02:00:00:00:00:01'")
-    if mac.replace(":", "").strip("0") == "":
-        raise InputError(f"MAC address {mac!r} is all zeros, which no interface may have: use e.g. '02:00:00:00:00:01'")
-    if int(mac[:2], 16) & 1:
-        raise InputError(f"MAC address {mac!r} is a multicast address: use a unicast one (first octet even)")
-    return mac.lower()
-
-
-def check_interface(addr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
-    """'10.0.0.1/24' -> an interface address; a clear error otherwise."""
-    try:
-        iface = ipaddress.ip_interface(addr)
-    except ValueError:
-        raise InputError(f"address {addr!r} is malformed: write an address with a prefix, e.g. '10.11.0.1/24'") from None
-    if "/" not in str(addr):
-        raise InputError(f"address {addr!r} has no prefix length: write e.g. '{addr}/24'")
-    return iface
-
-
-def check_ip(addr: str) -> str:
-    try:
-        return str(ipaddress.ip_address(addr))
-    except ValueError:
-        raise InputError(f"IP address {addr!r} is malformed: write e.g. '10.11.0.2'") from None
 
 
 @dataclass
@@ -115,8 +88,8 @@ class TopologySpec:
             if h in seen:
                 raise InputError(f"host {h!r} is named twice")
             seen.add(h)
-            if prefix_len + 1 + len(h) > lifecycle.IFNAMSIZ:
-                raise InputError(f"host name {h!r} is too long: at most {lifecycle.IFNAMSIZ - prefix_len - 1} characters")
+            if prefix_len + 1 + len(h) > runs.IFNAMSIZ:
+                raise InputError(f"host name {h!r} is too long: at most {runs.IFNAMSIZ - prefix_len - 1} characters")
         for h in self.forwarding:
             if h not in seen:
                 raise InputError(f"forwarding host {h!r} is not among the hosts {self.hosts}")
@@ -148,10 +121,10 @@ class TopologySpec:
                 raise InputError(f"MTU {link.mtu} of link {link.a}-{link.b} is out of range 68..65535")
             for short in self._end_names(i, link):
                 full = f"{'x' * prefix_len}-{short}"
-                if len(full) > lifecycle.IFNAMSIZ:
+                if len(full) > runs.IFNAMSIZ:
                     raise InputError(
                         f"interface name {short!r} becomes {len(full)} characters with the run prefix; "
-                        f"Linux allows {lifecycle.IFNAMSIZ}: use at most {lifecycle.IFNAMSIZ - prefix_len - 1} characters"
+                        f"Linux allows {runs.IFNAMSIZ}: use at most {runs.IFNAMSIZ - prefix_len - 1} characters"
                     )
                 if short in names:
                     raise InputError(f"interface name {short!r} is used twice")
@@ -170,7 +143,7 @@ class TopologySpec:
 
 
 def check_real_ifname(ifname: str) -> str:
-    if not ifname or len(ifname) > lifecycle.IFNAMSIZ or "/" in ifname or " " in ifname:
+    if not ifname or len(ifname) > runs.IFNAMSIZ or "/" in ifname or " " in ifname:
         raise InputError(f"interface name {ifname!r} is not a valid Linux interface name (1..15 characters)")
     if not os.path.exists(f"/sys/class/net/{ifname}"):
         have = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else []
@@ -243,7 +216,7 @@ class Topology:
         self.spec = spec
         self.hosts: dict[str, Host] = {}
         self.links: list[tuple[Interface, Interface]] = []
-        self.run: lifecycle.Run | None = None
+        self.run: runs.Run | None = None
         self._stack: ExitStack | None = None
 
     # ---- access
@@ -263,12 +236,12 @@ class Topology:
 
     # ---- build / teardown
     def __enter__(self) -> "Topology":
-        lifecycle.require_root("building a topology")
+        runs.require_root("building a topology")
         self._stack = ExitStack()
         stack = self._stack
         try:
-            stack.enter_context(lifecycle.terminate_as_exception())
-            self.run = stack.enter_context(lifecycle.run_scope())
+            stack.enter_context(signals.terminate_as_exception())
+            self.run = stack.enter_context(runs.run_scope())
             self.spec.validate(len(self.run.prefix))
             self._build(stack)
         except BaseException:
@@ -295,7 +268,7 @@ class Topology:
                 self.hosts[h] = Host(h, None)
                 continue
             name = self.run.name(h)
-            with lifecycle.deferred_signals():
+            with signals.deferred_signals():
                 netns.create(name)
                 stack.callback(_remove_netns, name)
             host = Host(h, name)
@@ -372,7 +345,7 @@ class Topology:
                     have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
                     if (ip, pfx) not in have:
                         rec = {"kind": "address", "ifname": ifname, "address": ip, "prefixlen": pfx}
-                        with lifecycle.deferred_signals():
+                        with signals.deferred_signals():
                             ipr.addr("add", index=idx, address=ip, prefixlen=pfx)
                             self.run.note_foreign(rec)
                             stack.callback(_del_addr, host, idx, ip, pfx, self.run, rec)
@@ -448,7 +421,7 @@ def _safe(fn):
 def _remove_netns(name: str) -> None:
     from pyroute2 import netns
 
-    lifecycle.kill_pids(lifecycle.pids_in_netns(name))
+    kill_pids(pids_in_netns(name))
     try:
         netns.remove(name)
     except FileNotFoundError:

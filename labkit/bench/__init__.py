@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import results
+from labkit import results
 
 
 def main(smoke: bool = False) -> int:
-    from .experiments import xdp_drop
+    from labkit.experiments import xdp_drop
 
     pd.set_option("display.width", 160)
     pd.set_option("display.max_columns", 20)
@@ -39,7 +39,7 @@ def main(smoke: bool = False) -> int:
     print("\n" + r.interpretation)
     print(f"\ntable: {r.run_dir}")
     try:
-        from . import bench_generators
+        from labkit.bench import generators as bench_generators
     except ImportError:
         return 0
     g = bench_generators.run(smoke=smoke)

@@ -18,7 +18,8 @@ import time
 from contextlib import contextmanager
 from typing import Sequence
 
-from .errors import LabkitError, MissingDependency
+from labkit.errors import LabkitError, MissingDependency
+from labkit.testbed.runs import NETNS_DIR, _pid_alive
 
 
 @contextmanager
@@ -259,3 +260,33 @@ class Host:
 
 
 ROOT_HOST = Host("root", None)
+
+
+def pids_in_netns(ns: str) -> list[int]:
+    """Processes whose network namespace is /run/netns/NS."""
+    try:
+        target = os.stat(NETNS_DIR / ns).st_ino
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == target:
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return [p for p in pids if p != os.getpid()]
+
+
+def kill_pids(pids: list[int], grace: float = 1.0) -> None:
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+            time.sleep(0.05)

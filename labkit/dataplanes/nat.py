@@ -28,9 +28,9 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
-from . import bpf
-from .errors import InputError, LabkitError
-from .nat_model import OUTCOMES
+from labkit import bpf
+from labkit.errors import InputError, LabkitError
+from labkit.dataplanes.nat_model import OUTCOMES
 
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 DEFAULT_PORT_RANGE = (20000, 29999)
@@ -344,7 +344,7 @@ class Nat:
 
     def model(self):
         """A NatModel with this NAT's configuration and static mappings (no flows)."""
-        from .nat_model import NatModel
+        from labkit.dataplanes.nat_model import NatModel
 
         return NatModel(str(self.inside_network), str(self.snat_address) if self.snat_address else None,
                         self.port_range, {m.inside: m.outside for m in self.mappings()})

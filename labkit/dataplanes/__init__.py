@@ -1,0 +1,10 @@
+"""One control plane per program in bpf/: whoever opens ``bpf/X.c`` finds the Python that
+loads it, fills its maps and reads its counters here.
+
+- `drop_filter` (bpf/drop_filter.c): the XDP/tc drop filter with rules in maps;
+- `nat` (bpf/nat.c) and its reference model `nat_model`: the eBPF NAT;
+- `xdp_fwd` (bpf/xdp_fwd.c): a port pair forwarded at XDP or tc, l2fwd's MAC rewrite;
+- `xdp_gen` (bpf/xdp_gen.c): the in-kernel generator's program and template;
+- `softirq_clock` (bpf/softirq_time.c): exact softirq time per vector;
+- `minimal` (bpf/xdp_minimal.c): bare programs, the baselines of program costs.
+"""

@@ -1,0 +1,261 @@
+"""The NAT's correctness checks with real traffic: ping, UDP, TCP, captures and checksums,
+one function each; `check_correctness` runs them all against a NAT.
+"""
+from __future__ import annotations
+import hashlib
+import ipaddress
+import os
+import socket
+import struct
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from labkit import packets
+from labkit.testbed import hosts
+from labkit import measure
+from labkit.testbed import topology
+from labkit.errors import LabkitError
+from labkit.dataplanes.nat import Nat
+from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, NatLab, SERVER, STATIC_OUTSIDE, client_addr
+
+
+@contextmanager
+def capture(host: hosts.Host, ifname: str, bpf_filter: str = "ip"):
+    """tcpdump on IFNAME of HOST into a temporary pcap; yields a function returning the
+    captured frames (call it after the `with` body has sent what it wanted seen)."""
+    hosts.which("tcpdump", "tcpdump")
+    fd, path = tempfile.mkstemp(prefix="labkit-nat-", suffix=".pcap")
+    os.close(fd)
+    frames: list[bytes] = []
+    proc = host.spawn(["tcpdump", "-i", ifname, "-n", "-U", "--immediate-mode", "-s", "0", "-w", path, bpf_filter],
+                      name="tcpdump")
+    try:
+        _wait_listening(proc)
+        yield lambda: frames
+    finally:
+        time.sleep(0.3)
+        proc.close()
+        try:
+            frames.extend(read_pcap(path))
+        finally:
+            os.unlink(path)
+
+
+def _wait_listening(proc, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "listening on" in proc.output():
+            return
+        if not proc.running:
+            raise LabkitError(f"tcpdump ended at once: {proc.output()[-500:]}")
+        time.sleep(0.05)
+    raise LabkitError("tcpdump did not start listening within 5 s")
+
+
+def read_pcap(path: str) -> list[bytes]:
+    """The frames of a classic pcap file (Ethernet link type)."""
+    data = open(path, "rb").read()
+    if len(data) < 24:
+        return []
+    magic = data[:4]
+    endian = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}.get(magic)
+    if endian is None:
+        raise LabkitError(f"{path} is not a pcap file (magic {magic.hex()})")
+    out, off = [], 24
+    while off + 16 <= len(data):
+        _, _, caplen, _ = struct.unpack(endian + "IIII", data[off:off + 16])
+        out.append(data[off + 16:off + 16 + caplen])
+        off += 16 + caplen
+    return out
+
+
+def snmp(host: hosts.Host) -> dict:
+    return measure._snmp(host.read("/proc/net/snmp"))
+
+
+CSUM_COUNTERS = (("Ip", "InHdrErrors"), ("Udp", "InCsumErrors"), ("Tcp", "InCsumErrors"), ("Icmp", "InCsumErrors"))
+
+
+def _udp_socket(host: hosts.Host, port: int) -> socket.socket:
+    with host.entered():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(3.0)
+    return s
+
+
+def udp_exchange(lab: NatLab, sport: int = 40000, dport: int = 7777) -> dict:
+    """Every client sends one datagram from the same source port; the server echoes each
+    to whoever it saw. Returns what the server saw and what each client got back."""
+    seen, got = {}, {}
+    srv = _udp_socket(lab.server, dport)
+    socks = {}
+    try:
+        for i in range(1, lab.clients + 1):
+            socks[i] = _udp_socket(lab.client(i), sport)
+        for i, s in socks.items():
+            s.sendto(f"hello from c{i}".encode(), (SERVER, dport))
+            try:
+                data, peer = srv.recvfrom(2048)
+            except socket.timeout:  # never arrived (or the server's kernel refused it)
+                continue
+            seen[data.decode()] = peer
+            srv.sendto(b"echo: " + data, peer)
+        for i, s in socks.items():
+            try:
+                got[i] = s.recvfrom(2048)[0].decode()
+            except socket.timeout:
+                got[i] = None
+    finally:
+        srv.close()
+        for s in socks.values():
+            s.close()
+    return {"seen": seen, "got": got}
+
+
+def tcp_transfer(lab: NatLab, i: int, nbytes: int = 512 * 1024, port: int = 7778) -> dict:
+    """Client i sends NBYTES over TCP to the server; the server hashes what arrives."""
+    with lab.server.entered():
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", port))
+    ls.listen(1)
+    ls.settimeout(5.0)
+    payload = os.urandom(nbytes)
+    result = {}
+
+    def serve():
+        try:
+            conn, peer = ls.accept()
+            conn.settimeout(10.0)
+            h, n = hashlib.sha256(), 0
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+            conn.close()
+            result.update(peer=peer, sha256=h.hexdigest(), bytes=n)
+        except OSError as exc:
+            result["error"] = str(exc)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with lab.client(i).entered():
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.settimeout(10.0)
+        try:
+            c.connect((SERVER, port))
+            c.sendall(payload)
+            c.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            result["error"] = f"client: {exc}"
+        finally:
+            c.close()
+        t.join(15)
+    finally:
+        ls.close()
+    result["sent_sha256"] = hashlib.sha256(payload).hexdigest()
+    return result
+
+
+def check_correctness(lab: NatLab, nat: Nat) -> list[dict]:
+    """Run the correctness checks with the eBPF NAT attached; one dict per check
+    (check, ok, detail). Nothing is asserted here: the caller decides."""
+    checks = []
+
+    def add(name, ok, detail):
+        checks.append({"check": name, "ok": bool(ok), "detail": detail})
+
+    verify_capture = lab.offloads in ("mixed", "off")
+    watched = [lab.server] + [lab.client(i) for i in range(1, lab.clients + 1)]
+    before = {h.name: snmp(h) for h in watched}
+    with lab.ebpf(nat), capture(lab.server, lab.server_iface.name) as captured:
+        # ping from every client
+        for i in range(1, lab.clients + 1):
+            cp = lab.client(i).run(["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER], check=False, timeout=20)
+            add(f"ping c{i} -> server", cp.returncode == 0, cp.stdout.strip().splitlines()[-2] if cp.stdout else cp.stderr)
+        # UDP, every client from the same source port
+        ex = udp_exchange(lab)
+        peers = list(ex["seen"].values())
+        add("UDP: every datagram reaches the server", len(peers) == lab.clients,
+            f"{len(peers)} of {lab.clients} datagrams arrived")
+        add("UDP: server sees the SNAT address", peers and all(p[0] == NAT_OUTSIDE for p in peers),
+            f"server saw {sorted(set(p[0] for p in peers))}")
+        add("UDP: same inside port, distinct outside ports", len({p[1] for p in peers}) == lab.clients,
+            f"{lab.clients} clients from port 40000 -> outside ports {sorted(p[1] for p in peers)}")
+        add("UDP: replies reach the right inside host",
+            all(ex["got"].get(i) == f"echo: hello from c{i}" for i in range(1, lab.clients + 1)),
+            "; ".join(f"c{i} got {ex['got'].get(i)!r}" for i in range(1, lab.clients + 1)))
+        # TCP
+        for i in range(1, lab.clients + 1):
+            r = tcp_transfer(lab, i)
+            add(f"TCP: c{i} transfer intact", r.get("sha256") == r["sent_sha256"] and "error" not in r,
+                f"{r.get('bytes', 0)} bytes, sha256 {'matches' if r.get('sha256') == r['sent_sha256'] else 'DIFFERS'}"
+                + (f", error {r['error']}" if "error" in r else ""))
+            add(f"TCP: c{i} seen as the SNAT address", (r.get("peer") or ("",))[0] == NAT_OUTSIDE,
+                f"server saw {r.get('peer')}")
+        # flow table
+        flows = nat.flows()
+        udp = [f for f in flows if f.proto == "udp" and f.inside_port == 40000]
+        add("flow table: one UDP flow per client, counted both ways",
+            len(udp) == lab.clients and all(f.out_packets >= 1 and f.in_packets >= 1 for f in udp),
+            f"{len(flows)} flows; UDP port-40000 flows: "
+            + ", ".join(f"{f.inside}:{f.inside_port}->{f.nat_port} out {f.out_packets} in {f.in_packets}" for f in udp))
+        icmp = [f for f in flows if f.proto == "icmp"]
+        add("flow table: ICMP echo flows, identifiers translated", len(icmp) >= lab.clients,
+            ", ".join(f"{f.inside} id {f.inside_port}->{f.nat_port}" for f in icmp))
+        # static 1:1 mapping, both directions
+        nat.add_mapping(client_addr(1), STATIC_OUTSIDE)
+        try:
+            with topology.address(lab.topo.host("nat"), lab.outside.name, f"{STATIC_OUTSIDE}/32"):
+                cp = lab.server.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", STATIC_OUTSIDE], check=False, timeout=20)
+                add("static: server reaches c1 at its outside address", cp.returncode == 0,
+                    cp.stdout.strip().splitlines()[-2] if cp.stdout else cp.stderr)
+                srv = _udp_socket(lab.server, 7779)
+                try:
+                    c = _udp_socket(lab.client(1), 40001)
+                    try:
+                        c.sendto(b"static", (SERVER, 7779))
+                        _, peer = srv.recvfrom(2048)
+                    except socket.timeout:
+                        peer = None
+                    finally:
+                        c.close()
+                finally:
+                    srv.close()
+                add("static: c1's traffic leaves as its outside address", peer is not None and peer[0] == STATIC_OUTSIDE
+                    and peer[1] == 40001, f"server saw {peer} (ports are kept)")
+            m = {x.inside: x for x in nat.mappings()}.get(client_addr(1))
+            add("static: mapping counted both ways", m is not None and m.out_packets > 0 and m.in_packets > 0,
+                f"{m}")
+        finally:
+            nat.remove_mapping(client_addr(1))
+        stats = nat.stats()
+    frames = captured()
+    after = {h.name: snmp(h) for h in watched}
+    # what the server's wire saw
+    inbound = [packets.parse(f) for f in frames]
+    inbound = [p for p in inbound if p.dst_ip == SERVER]
+    leaked = [p for p in inbound if p.src_ip and ipaddress.IPv4Address(p.src_ip) in ipaddress.IPv4Network(INSIDE_NET)]
+    add("capture: no inside address reaches the server", inbound and not leaked,
+        f"{len(inbound)} packets to the server; sources {sorted({p.src_ip for p in inbound})}")
+    if verify_capture:
+        bad = [p for p in inbound if p.ip_checksum_ok is False or p.l4_checksum_ok is False]
+        add("capture: every checksum the server got verifies", not bad,
+            f"{len(inbound) - len(bad)}/{len(inbound)} packets with valid IPv4 and TCP/UDP/ICMP checksums")
+    errors = {h: {f"{p}:{n}": after[h].get((p, n), 0) - before[h].get((p, n), 0) for p, n in CSUM_COUNTERS}
+              for h in before}
+    add("kernel checksum error counters stay 0 (server and clients)",
+        all(v == 0 for e in errors.values() for v in e.values()),
+        "; ".join(f"{h}: " + ", ".join(f"{k}={v}" for k, v in e.items() if v) or f"{h}: 0" for h, e in errors.items()))
+    add("program outcomes: nothing dropped as untranslatable",
+        all(stats[k]["packets"] == 0 for k in ("drop_no_port", "drop_table_full", "drop_rewrite_failed")),
+        ", ".join(f"{k}={v['packets']}" for k, v in stats.items() if v["packets"]))
+    for c in checks:
+        c["offloads"] = lab.offloads
+    return checks

@@ -1,0 +1,137 @@
+"""The NAT experiment's testbed: inside clients c1..cN, the NAT host, the server outside.
+"""
+from __future__ import annotations
+from contextlib import ExitStack, contextmanager
+from labkit.testbed import hosts, netfilter
+from labkit.testbed import topology
+from labkit.errors import InputError
+from labkit.dataplanes.nat import Nat
+
+
+VARIANTS = ["routing", "ebpf", "iptables"]
+
+
+OFFLOADS = ("mixed", "off", "on")
+
+
+INSIDE_NET = "10.20.0.0/16"
+
+
+OUTSIDE_NET = "198.51.100.0/24"
+
+
+NAT_OUTSIDE = "198.51.100.1"
+
+
+SERVER = "198.51.100.2"
+
+
+STATIC_OUTSIDE = "198.51.100.10"
+
+
+MAX_CLIENTS = 8
+
+
+def client_addr(i: int) -> str:
+    return f"10.20.{i}.2"
+
+
+def spec(clients: int = 2, offloads: str = "mixed") -> topology.TopologySpec:
+    """clients c1..cN -> nat -> srv, as data."""
+    if not isinstance(clients, int) or not 1 <= clients <= MAX_CLIENTS:
+        raise InputError(f"clients {clients!r}: a whole number 1..{MAX_CLIENTS}")
+    if offloads not in OFFLOADS:
+        raise InputError(f"offloads {offloads!r}: choose one of {OFFLOADS}")
+    names = [f"c{i}" for i in range(1, clients + 1)]
+    links = [topology.LinkSpec(f"c{i}", "nat", f"{client_addr(i)}/24", f"10.20.{i}.1/24",
+                               a_name=f"c{i}", b_name=f"in{i}") for i in range(1, clients + 1)]
+    links.append(topology.LinkSpec("nat", "srv", f"{NAT_OUTSIDE}/24", f"{SERVER}/24", a_name="out", b_name="srv"))
+    return topology.TopologySpec(hosts=names + ["nat", "srv"], links=links,
+                                 offloads={"tx": "off"} if offloads == "off" else {}, forwarding=["nat"],
+                                 routes=[(f"c{i}", "default", f"10.20.{i}.1") for i in range(1, clients + 1)])
+
+
+class NatLab:
+    """The built testbed with forwarding and routes in place. A context manager: exit
+    removes everything (the namespaces take their sysctls, routes and addresses along).
+    NAT variants are context managers on top: `ebpf(nat)`, `iptables()`, `routing()`."""
+
+    def __init__(self, clients: int = 2, offloads: str = "mixed"):
+        self.spec = spec(clients, offloads)
+        self.clients, self.offloads = clients, offloads
+        self.topo: topology.Topology | None = None
+        self._stack: ExitStack | None = None
+
+    def __enter__(self) -> "NatLab":
+        self._stack = ExitStack()
+        try:
+            self.topo = self._stack.enter_context(topology.Topology(self.spec))
+            nat = self.topo.host("nat")
+            if self.offloads == "mixed":  # the NAT's ports finish partial checksums in software
+                for i in range(1, self.clients + 1):
+                    nat.run(["ethtool", "-K", self.inside(i).name, "tx", "off"], timeout=10)
+                nat.run(["ethtool", "-K", self.outside.name, "tx", "off"], timeout=10)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    # ---- access
+    def client(self, i: int) -> hosts.Host:
+        return self.topo.host(f"c{i}")
+
+    def client_iface(self, i: int) -> topology.Interface:
+        return self.topo.iface(f"c{i}", "nat")
+
+    def inside(self, i: int) -> topology.Interface:
+        return self.topo.iface("nat", f"c{i}")
+
+    @property
+    def outside(self) -> topology.Interface:
+        return self.topo.iface("nat", "srv")
+
+    @property
+    def server(self) -> hosts.Host:
+        return self.topo.host("srv")
+
+    @property
+    def server_iface(self) -> topology.Interface:
+        return self.topo.iface("srv", "nat")
+
+    # ---- variants
+    @contextmanager
+    def routing(self):
+        """No NAT: the server routes the inside network back through the NAT host."""
+        with topology.route(self.server, INSIDE_NET, NAT_OUTSIDE):
+            yield None
+
+    @contextmanager
+    def ebpf(self, nat: Nat):
+        nat.clear_flows()
+        with nat.attach(self.outside):
+            yield nat
+
+    @contextmanager
+    def iptables(self, target: str = "MASQUERADE"):
+        args = ["-s", INSIDE_NET, "-o", self.outside.name, "-j", target]
+        if target == "SNAT":
+            args += ["--to-source", NAT_OUTSIDE]
+        with netfilter.rule(self.topo.host("nat"), "nat", "POSTROUTING", *args) as rule:
+            yield rule
+
+    def variant(self, name: str, nat: Nat | None = None, iptables_target: str = "MASQUERADE"):
+        if name == "routing":
+            return self.routing()
+        if name == "ebpf":
+            return self.ebpf(nat)
+        if name == "iptables":
+            return self.iptables(iptables_target)
+        raise InputError(f"variant {name!r}: choose from {VARIANTS}")
