@@ -31,12 +31,13 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
-from labkit import bpf, progress, results, traffic
+from labkit import bpf, references, results, traffic
+from labkit import parameters
 from labkit.testbed import runs
 from labkit.dataplanes import softirq_clock
 from labkit import measure
 from labkit.testbed import topology
-from labkit.experiments import check_run_shape
+from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
 from labkit import dpdk
 from labkit.errors import InputError
 from labkit.dataplanes.xdp_fwd import XdpForwarder
@@ -48,6 +49,14 @@ VARIANTS = ["dpdk_l2fwd", "xdp_redirect", "bridge", "tc_redirect"]
 BASELINE = "baseline_sink"
 RECEIVER_MAC = dpdk.l2fwd_mac(1)  # what l2fwd writes for frames leaving port 1
 SENDER_ADDR, RECEIVER_ADDR = "10.11.0.1/24", "10.11.0.2/24"
+#: how the comparison and the index show this experiment: the DUT's CPU beyond the baseline sink,
+#: since DPDK polls in user space where softirq time would not see it
+VIEW = View(EXPERIMENT, "L2 forwarding", NOTEBOOK, cpu="dut_cpu_ns_per_pkt",
+            cpu_label="DUT CPU per forwarded packet (beyond the baseline sink)", exclude=(BASELINE,),
+            select=(("kind", ("trial", None)),),
+            references=((references.XDP_PAPER_DPDK_DROP, ("dpdk_l2fwd",), "pps"),))
+#: a smoke run: one size, one trial, few packets, a short idle window (see smoke_clamp)
+SMOKE = {"sizes": 1, "trials": 1, "count": 20_000, "idle_s": 0.5}
 
 
 @dataclass
@@ -70,10 +79,9 @@ class Params:
     smoke: bool = False
 
     def validate(self) -> "Params":
-        if self.smoke:
-            self.sizes, self.trials = self.sizes[:1], 1
-            self.count = min(self.count, 20_000)
-            self.idle_s = min(self.idle_s, 0.5)
+        # the values as given are checked first (types, then ranges); smoke shortens after
+        parameters.check_fields(self)
+        parameters.check_choice("generator", self.generator, traffic.backends_status(), extra=["auto"])
         check_run_shape(self.variants, VARIANTS, self.trials, self.sizes, self.count)
         if self.xdp_mode not in bpf.XDP_MODES:
             raise InputError(f"xdp_mode {self.xdp_mode!r}: choose 'native' or 'generic'")
@@ -85,19 +93,9 @@ class Params:
             eal.lcore_ids()
             dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=self.dpdk_queues_per_lcore).validate(
                 2, len(eal.lcore_ids()))
+        if self.smoke:
+            smoke_clamp(self, SMOKE)
         return self
-
-
-@dataclass
-class Result:
-    table: object  # tidy DataFrame
-    summary: object  # one row per variant and size: means of the main measures
-    spread: object  # long summary with std/min/max/spread_pct
-    resources: object  # what each variant takes from the machine (the poster's conclusion, measured)
-    interpretation: str
-    run_dir: object
-    caveats: list
-    params: Params
 
 
 def spec() -> topology.TopologySpec:
@@ -166,8 +164,10 @@ def variant(name: str, topo, p: Params, fwd: XdpForwarder | None, sink_fn):
 
 
 # ---------------------------------------------------------------- the run
-def run(**kwargs) -> Result:
-    """Run the experiment; keyword arguments are the fields of `Params`."""
+def run(data_dir=None, **kwargs) -> Result:
+    """Run the experiment; keyword arguments are the fields of `Params`. The Result's parts:
+    'trial' (the side-by-side trials), 'idle' (rows of the no-traffic window), 'resources'
+    (what each variant takes from the machine: the poster's conclusion, measured)."""
     p = Params(**kwargs).validate()
     runs.require_root("the L2 forwarding experiment")
     if "dpdk_l2fwd" in p.variants:
@@ -178,7 +178,7 @@ def run(**kwargs) -> Result:
     with topology.Topology(sp) as topo:
         snd, rcv = topo.iface("snd"), topo.iface("rcv")
         d0, d1 = topo.iface("dut", "snd"), topo.iface("dut", "rcv")
-        rs = results.ResultSet(EXPERIMENT, asdict(p), topo.run.prefix)
+        rs = results.ResultSet(EXPERIMENT, asdict(p), topo.run.prefix, data_dir)
         resources = []
         with ExitStack() as stack:
             bare = stack.enter_context(bpf.load("xdp_minimal"))
@@ -190,37 +190,35 @@ def run(**kwargs) -> Result:
             gen = stack.enter_context(traffic.generator(p.generator, snd))
             clock = stack.enter_context(softirq_clock.SoftirqClock())
             time.sleep(0.2)
-            bar = stack.enter_context(progress.bar(len(p.sizes) * p.trials * len(order_all), "l2fwd trials",
-                                                   p.progress))
-            for si, size in enumerate(p.sizes):
-                tspec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, timeout_s=p.timeout_s)
-                tspec.validate()
-                for trial in range(p.trials):
-                    k = trial % len(order_all)
-                    done = []
-                    for name in order_all[k:] + order_all[:k]:
-                        with variant(name, topo, p, fwd, sink_fn) as setup:
-                            if si == 0 and trial == 0 and p.idle_s > 0:
-                                resources.append(_idle(name, setup, p.idle_s, rs))
-                            done.append((name, _trial(name, setup, gen, tspec, snd, d0, d1, rcv, clock)))
-                        bar.update()
-                    # the baseline sink shows the generator's full speed; forwarders that kept up with it
-                    # at that speed are generator-limited
-                    measure.mark_generator_limited([m for _, (m, _) in done])
-                    for name, (m, extra) in done:
-                        rs.add_measurement(name, trial, m, generator=gen.name)
-                        rs.add(name, trial, size, extra, m.flags, generator=gen.name)
+            specs = {size: traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, timeout_s=p.timeout_s)
+                     for size in p.sizes}
+            for s in specs.values():
+                s.validate()
+
+            def measure_one(name, size, trial):
+                with variant(name, topo, p, fwd, sink_fn) as setup:
+                    if p.idle_s > 0 and name not in {r["variant"] for r in resources}:
+                        resources.append(_idle(name, setup, p.idle_s, rs))
+                    return _trial(name, setup, gen, specs[size], snd, d0, d1, rcv, clock)
+
+            def record(name, size, trial, measured):
+                m, extra = measured
+                rs.add_measurement(name, trial, m, generator=gen.name, kind="trial")
+                rs.add(name, trial, size, extra, m.flags, generator=gen.name, kind="trial")
+
+            # the baseline sink shows the generator's full speed; forwarders that kept up with it at
+            # that speed are marked generator-limited by the loop
+            trial_loop(order_all, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
         _dut_cpu(rs)
         _caveats(rs, p, gen.name)
         run_dir = rs.save(topo, {"generator": gen.name, "receiver_sink": "xdp_drop_bare (native) on rcv0",
                                  "resources": resources})
     table = rs.table
-    spread = results.summarize(table)
-    summary = results.wide(spread)
     import pandas as pd
 
     res = pd.DataFrame(resources)
-    return Result(table, summary_view(summary), spread, res, interpret(table, res), run_dir, rs.caveats, p)
+    return Result(EXPERIMENT, table, interpret(table, res), rs.caveats, run_dir, p, {"resources": res},
+                  headline_of=headline)
 
 
 def _trial(name, setup, gen, tspec, snd, d0, d1, rcv, clock):
@@ -288,7 +286,15 @@ def _dut_cpu(rs) -> None:
         base = per.get((BASELINE, trial, size))
         if base is not None:
             dut = value - base + float(own.get((v, trial, size), 0.0))
-            rs.add(v, trial, size, {"dut_cpu_ns_per_pkt": (dut, "ns/packet")})
+            rs.add(v, trial, size, {"dut_cpu_ns_per_pkt": (dut, "ns/packet")}, kind="trial")
+
+
+def headline(table):
+    """One row per variant and size of the trials: the means of the measures a reader looks
+    at first, in reading order."""
+    if "kind" in table.columns:
+        table = table[table["kind"].isin(["trial"]) | table["kind"].isna()]
+    return summary_view(results.wide(results.summarize(table)))
 
 
 def summary_view(summary):

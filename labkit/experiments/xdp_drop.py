@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
-from labkit import bpf, packets, progress, references, results, traffic
+from labkit import bpf, packets, parameters, progress, references, results, traffic
 from labkit.measure import loadsweep
 from labkit.testbed import netfilter
 from labkit.testbed import runs
@@ -28,7 +28,7 @@ from labkit.dataplanes import softirq_clock
 from labkit import measure
 from labkit import addresses
 from labkit.testbed import topology
-from labkit.experiments import check_run_shape
+from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
 from labkit.errors import InputError
 from labkit.dataplanes.drop_filter import DropFilter
 
@@ -36,6 +36,15 @@ EXPERIMENT = "xdp_drop"
 NOTEBOOK = "01-xdp-drop"  # the notebook that runs this experiment
 VARIANTS = ["stack", "iptables_raw", "tc", "xdp_generic", "xdp_native"]
 RULES = {"udp": "drop UDP (iptables -p udp, filter protocol rule)", "all": "drop everything"}
+#: how the comparison and the index show this experiment: only the fixed-count trials, since
+#: sweeps and searches (kind sweep/search/cpu_at_load) are other questions and would blur the spread
+VIEW = View(EXPERIMENT, "Packet drop", NOTEBOOK, select=(("kind", ("trial", None)),),
+            references=((references.XDP_PAPER_XDP_DROP, ("xdp_native", "xdp_generic"), "pps"),
+                        (references.XDP_PAPER_IPTABLES_RAW, ("iptables_raw",), "pps"),
+                        (references.POSTER_XDP_DROP, ("xdp_native", "xdp_generic"), "Mbit/s")))
+#: a smoke run: one size, one trial, few packets, a two-point sweep, no search (see smoke_clamp)
+SMOKE = {"sizes": 1, "trials": 1, "count": 20_000, "cost_repeat": 100_000, "cost_trials": 2,
+         "sweep_steps": 2, "loss_thresholds": 0, "cpu_loads": 0, "point_s": 0.1}
 
 
 @dataclass
@@ -63,13 +72,12 @@ class Params:
     smoke: bool = False
 
     def validate(self) -> "Params":
-        if self.smoke:
-            self.sizes, self.trials = self.sizes[:1], 1
-            self.count = min(self.count, 20_000)
-            self.cost_repeat, self.cost_trials = min(self.cost_repeat, 100_000), 2
-            self.sweep_steps, self.loss_thresholds, self.cpu_loads = min(self.sweep_steps, 2), [], []
-            self.point_s = min(self.point_s, 0.1)
+        # the values as given are checked first (types, then ranges); smoke shortens after
+        parameters.check_fields(self)
         check_run_shape(self.variants, VARIANTS, self.trials, self.sizes, self.count)
+        parameters.check_choice("generator", self.generator, traffic.backends_status(), extra=["auto"])
+        parameters.check_interface(self.sender_if, "sender_if")
+        parameters.check_interface(self.receiver_if, "receiver_if")
         if self.rule not in RULES:
             raise InputError(f"rule {self.rule!r}: choose one of {sorted(RULES)}")
         if any(not 0 <= t < 1 for t in self.loss_thresholds):
@@ -78,94 +86,62 @@ class Params:
             raise InputError(f"cpu_loads {self.cpu_loads}: positive rates in packets per second")
         if self.sweep_steps < 0 or self.point_s <= 0:
             raise InputError("sweep_steps must be >= 0 and point_s > 0")
+        if self.smoke:
+            smoke_clamp(self, SMOKE)
         return self
 
 
-@dataclass
-class Result:
-    table: object  # tidy DataFrame: every row of the run; `kind` says which part it belongs to
-    summary: object  # wide DataFrame: mean per variant and size
-    spread: object  # long summary with std/min/max/spread_pct
-    costs: object  # program cost rows
-    interpretation: str
-    run_dir: object
-    caveats: list
-    params: Params
-
-    def part(self, kind: str):
-        """Rows of one part: 'trial' (the side-by-side trials), 'sweep', 'search' (NDR/PDR),
-        'cpu_at_load', 'test_run' (program cost)."""
-        return self.table[self.table["kind"] == kind]
-
-    @property
-    def trials(self):
-        return self.part("trial")
-
-    def headline(self):
-        """One row per variant and size: offered and processed Mpps (mean, min..max), loss,
-        CPU per packet, and the flags raised in any trial."""
-        return headline(self.trials)
-
-    def search_table(self):
-        """NDR/PDR per variant: median and spread of the searches, and whether the generator
-        was the limit."""
-        return search_table(self.part("search"))
-
-
-def run(**kwargs) -> Result:
-    """Run the experiment; keyword arguments are the fields of `Params`."""
+def run(data_dir=None, **kwargs) -> Result:
+    """Run the experiment; keyword arguments are the fields of `Params`. The Result's parts:
+    'trial' (the side-by-side trials), 'sweep', 'search' (NDR/PDR; `search_table` reads
+    them), 'cpu_at_load', 'test_run' (rows of the program cost), 'costs' (one row per
+    program and trial)."""
     p = Params(**kwargs).validate()
     runs.require_root("the XDP drop experiment")
     spec = topology.pair(sender_if=p.sender_if, receiver_if=p.receiver_if)
     spec.validate()
     with topology.Topology(spec) as topo, DropFilter() as filt, softirq_clock.SoftirqClock() as clock:
         snd, rcv = topo.iface("snd") if p.sender_if or not p.receiver_if else None, topo.iface("rcv")
-        rs = results.ResultSet(EXPERIMENT, _jsonable(p), topo.run.prefix)
+        rs = results.ResultSet(EXPERIMENT, _jsonable(p), topo.run.prefix, data_dir)
         if snd is None:
             raise InputError("receiver_if without sender_if: traffic must come from another machine; "
                              "name the local sending interface with sender_if")
         _rule(filt, p.rule)
         gen = traffic.generator(p.generator, snd)
-        steps = len(p.sizes) * p.trials * len(p.variants)
-        with gen, progress.bar(steps, "xdp_drop trials", p.progress) as bar:
-            for size in p.sizes:
-                tspec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
-                                                    rate_pps=p.rate_pps, timeout_s=p.timeout_s)
-                if p.dst_mac:
-                    tspec.dst_mac = addresses.check_mac(p.dst_mac)
-                tspec.validate()
-                send = lambda: gen.send(tspec)  # noqa: E731
-                for trial in range(p.trials):
-                    order = p.variants[trial % len(p.variants):] + p.variants[: trial % len(p.variants)]
-                    group = []
-                    for variant in order:
-                        with _variant(variant, topo, rcv, filt, p.rule) as processed:
-                            m = measure.run_trial(
-                                send, processed, size=size,
-                                probes={"snd": measure.link_probe(snd), "rcv": measure.link_probe(rcv),
-                                        "rcv_stack": measure.snmp_probe(rcv.host)},
-                                offered_probe=("snd", "tx_packets"), clock=clock)
-                        group.append((variant, m))
-                        bar.update()
-                    measure.mark_generator_limited([m for _, m in group])
-                    for variant, m in group:
-                        rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial")
+        specs = {}
+        for size in p.sizes:
+            specs[size] = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
+                                                      rate_pps=p.rate_pps, timeout_s=p.timeout_s)
+            if p.dst_mac:
+                specs[size].dst_mac = addresses.check_mac(p.dst_mac)
+            specs[size].validate()
+
+        def measure_one(variant, size, trial):
+            with _variant(variant, topo, rcv, filt, p.rule) as processed:
+                return measure.run_trial(
+                    lambda: gen.send(specs[size]), processed, size=size,
+                    probes={"snd": measure.link_probe(snd), "rcv": measure.link_probe(rcv),
+                            "rcv_stack": measure.snmp_probe(rcv.host)},
+                    offered_probe=("snd", "tx_packets"), clock=clock)
+
+        def record(variant, size, trial, m):
+            rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial")
+
+        with gen:
+            trial_loop(p.variants, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
             if p.sweep_steps or p.loss_thresholds or p.cpu_loads:
                 size = min(p.sizes)
                 tspec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
                                                     timeout_s=p.timeout_s)
                 if p.dst_mac:
                     tspec.dst_mac = addresses.check_mac(p.dst_mac)
-                bar.close()
                 _load_tests(p, gen, tspec, topo, rcv, filt, clock, rs)
         costs = _program_costs(filt, snd, rcv, p, rs)
         _caveats(rs, p, gen.name)
         run_dir = rs.save(topo, {"generator": gen.name, "rule": RULES[p.rule]})
     table = rs.table
-    trials = table[table["kind"] == "trial"]
-    spread = results.summarize(trials)
-    summary = results.wide(spread)
-    return Result(table, summary, spread, costs, interpret(table, costs), run_dir, rs.caveats, p)
+    return Result(EXPERIMENT, table, interpret(table, costs), rs.caveats, run_dir, p, {"costs": costs},
+                  headline_of=headline)
 
 
 def _load_tests(p: Params, gen, tspec, topo, rcv, filt, clock, rs) -> None:
@@ -193,8 +169,12 @@ def _load_tests(p: Params, gen, tspec, topo, rcv, filt, clock, rs) -> None:
 
 
 def search_table(rows):
+    """NDR/PDR per variant from search rows (or a whole table): median and spread of the
+    searches, and whether the generator was the limit."""
     import pandas as pd
 
+    if rows is not None and "kind" in rows.columns:
+        rows = rows[rows["kind"] == "search"]
     if rows is None or rows.empty:
         return pd.DataFrame()
     g = rows.groupby(["variant", "measure"])
@@ -301,8 +281,12 @@ def _caveats(rs: results.ResultSet, p: Params, generator: str) -> None:
 
 
 def headline(table):
+    """One row per variant and size of the side-by-side trials: offered and processed Mpps
+    (mean, min..max), loss, CPU per packet, and the flags raised in any trial."""
     import pandas as pd
 
+    if "kind" in table.columns:
+        table = table[table["kind"] == "trial"]
     t = table[table["measure"].isin(["offered_pps", "processed_pps", "loss_ratio", "cpu_ns_per_pkt"])]
     if t.empty:
         return pd.DataFrame()
@@ -349,12 +333,12 @@ def interpret(table, costs) -> str:
     flags = table[(table["measure"] == "processed_pps") & (table["size"] == size)]
     limited = sorted(set(flags[flags["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]["variant"]))
     lossy = sorted(set(flags[flags["flags"].str.contains(measure.LOSS_BEFORE_HOOK, na=False)]["variant"]))
-    off = table[(table["measure"] == "offered_pps") & (table["size"] == size)]
-    offered = off[off["variant"].isin(limited)]["value"].mean()
+    off = table[(table["measure"] == "offered_pps") & (table["size"] == size)].groupby("variant")["value"].mean()
     if limited:
-        lines.append(f"Generator-limited: {', '.join(limited)} processed (nearly) all of the offered "
-                     f"{offered / 1e6:.2f} Mpps, so for them the rate is the generator's, a lower bound; "
-                     "compare their CPU per packet instead, or raise the offered load.")
+        lines.append("Generator-limited: " + ", ".join(
+            f"{v} ({at.loc[v, 'mean'] / 1e6:.2f} of {off.get(v, float('nan')) / 1e6:.2f} Mpps offered)" for v in limited)
+            + " processed (nearly) all that was offered, so for them the rate is the generator's, a lower bound; "
+            "compare their CPU per packet instead, or raise the offered load.")
     if lossy:
         lines.append(f"Lost before the hook (>1% of offered): {', '.join(lossy)}; see the lost_at:* measures.")
     if costs is not None and len(costs):

@@ -40,12 +40,13 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
-from labkit import bpf, progress, results, traffic
+from labkit import bpf, results, traffic
+from labkit import parameters
 from labkit.testbed import hosts
 from labkit.testbed import runs
 from labkit.dataplanes import softirq_clock
 from labkit import measure
-from labkit.experiments import check_run_shape
+from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
 from labkit.errors import InputError, LabkitError
 from labkit.dataplanes.nat import Nat, check_port_range
 from labkit.experiments.nat.checks import check_correctness
@@ -53,6 +54,10 @@ from labkit.experiments.nat.testbed import VARIANTS, spec, INSIDE_NET, NAT_OUTSI
 
 EXPERIMENT = "nat"
 NOTEBOOK = "03-ebpf-nat"  # the notebook that runs this experiment
+#: how the comparison and the index show this experiment: small-packet UDP
+VIEW = View(EXPERIMENT, "NAT (small-packet UDP)", NOTEBOOK, select=(("kind", ("udp",)),))
+#: a smoke run: one trial, few packets, one second of TCP (see smoke_clamp)
+SMOKE = {"trials": 1, "udp_count": 30_000, "tcp_seconds": 1.0}
 
 
 # ---------------------------------------------------------------- captures
@@ -82,10 +87,9 @@ class Params:
     smoke: bool = False
 
     def validate(self) -> "Params":
-        if self.smoke:
-            self.trials = 1
-            self.udp_count = min(self.udp_count, 30_000)
-            self.tcp_seconds = min(self.tcp_seconds, 1.0)
+        # the values as given are checked first (types, then ranges); smoke shortens after
+        parameters.check_fields(self)
+        parameters.check_choice("generator", self.generator, traffic.backends_status(), extra=["auto"])
         spec(self.clients, self.offloads)
         check_run_shape(self.variants, VARIANTS, self.trials, [self.udp_size], self.udp_count, "udp_count")
         if not isinstance(self.udp_flows, int) or not 1 <= self.udp_flows <= 200:
@@ -95,27 +99,16 @@ class Params:
         if self.iptables_target not in ("MASQUERADE", "SNAT"):
             raise InputError(f"iptables_target {self.iptables_target!r}: MASQUERADE or SNAT")
         self.port_range = list(check_port_range(tuple(self.port_range)))
+        if self.smoke:
+            smoke_clamp(self, SMOKE)
         return self
 
 
-@dataclass
-class Result:
-    table: object  # tidy DataFrame
-    summary: object  # wide: mean per variant and measure
-    spread: object  # long: mean/std/min/max/spread_pct
-    checks: object  # correctness checks (check, ok, detail, offloads)
-    flows: object  # the flow table at the end of the correctness checks
-    interpretation: str
-    run_dir: object
-    caveats: list
-    params: Params
-
-    def headline(self):
-        return headline(self.table)
-
-
 def run(data_dir=None, **kwargs) -> Result:
-    """Run the experiment; keyword arguments are the fields of `Params`."""
+    """Run the experiment; keyword arguments are the fields of `Params`. The Result's parts:
+    'udp' and 'tcp' (the side-by-side trials), 'prog' (the programs' own time), 'check'
+    (rows of the checks), 'checks' (correctness checks: check, ok, detail, offloads),
+    'flows' (the flow table at the end of the checks)."""
     import pandas as pd
 
     p = Params(**kwargs).validate()
@@ -133,23 +126,23 @@ def run(data_dir=None, **kwargs) -> Result:
                 flows = nat.flows_table()
                 topo_meta = lab.topo.metadata()  # while the testbed exists
         clock = stack.enter_context(softirq_clock.SoftirqClock())
-        bar = stack.enter_context(progress.bar(p.trials * len(p.variants), "nat trials", p.progress))
-        for trial in range(p.trials):
-            order = p.variants[trial % len(p.variants):] + p.variants[: trial % len(p.variants)]
-            udp = []
-            for variant in order:
-                with NatLab(p.clients, p.offloads) as lab:
-                    if rs is None:
-                        rs = results.ResultSet(EXPERIMENT, asdict(p), lab.topo.run.prefix, data_dir)
-                        topo_meta = lab.topo.metadata()
-                    with lab.variant(variant, nat, p.iptables_target):
-                        _warm_up(lab)
-                        udp.append((variant, _udp_trial(lab, p, clock)))
-                        _tcp_trial(lab, p, variant, trial, rs, clock)
-                bar.update()
-            measure.mark_generator_limited([m for _, m in udp])
-            for variant, m in udp:
-                rs.add_measurement(variant, trial, m, kind="udp", offloads=p.offloads, flows=p.udp_flows)
+
+        def measure_one(variant, size, trial):
+            nonlocal rs, topo_meta
+            with NatLab(p.clients, p.offloads) as lab:
+                if rs is None:
+                    rs = results.ResultSet(EXPERIMENT, asdict(p), lab.topo.run.prefix, data_dir)
+                    topo_meta = lab.topo.metadata()
+                with lab.variant(variant, nat, p.iptables_target):
+                    _warm_up(lab)
+                    m = _udp_trial(lab, p, clock)
+                    _tcp_trial(lab, p, variant, trial, rs, clock)
+            return m
+
+        def record(variant, size, trial, m):
+            rs.add_measurement(variant, trial, m, kind="udp", offloads=p.offloads, flows=p.udp_flows)
+
+        trial_loop(p.variants, p.trials, measure_one, record, sizes=[p.udp_size], label=EXPERIMENT, show=p.progress)
         if p.prog_stats and "ebpf" in p.variants:
             with NatLab(p.clients, p.offloads) as lab, lab.ebpf(nat):
                 _warm_up(lab)
@@ -161,11 +154,9 @@ def run(data_dir=None, **kwargs) -> Result:
         run_dir = rs.save(None, {"topology": topo_meta, "checks": checks, "nat": {"inside": INSIDE_NET, "outside": OUTSIDE_NET,
                                                                 "snat_address": NAT_OUTSIDE, "port_range": p.port_range}})
     table = rs.table
-    perf = table[table["kind"] != "check"] if "kind" in table.columns else table
-    spread = results.summarize(perf, by=("variant",))
-    summary = results.wide(spread, by=("variant",))
     checks_df = pd.DataFrame(checks, columns=["check", "ok", "detail", "offloads"])
-    return Result(table, summary, spread, checks_df, flows, interpret(table, checks_df), run_dir, rs.caveats, p)
+    return Result(EXPERIMENT, table, interpret(table, checks_df), rs.caveats, run_dir, p,
+                  {"checks": checks_df, "flows": flows}, headline_of=headline)
 
 
 def _warm_up(lab: NatLab) -> None:
@@ -340,12 +331,13 @@ def interpret(table, checks) -> str:
             r = pps.loc["routing", "mean"]
             lines.append(f"Against plain forwarding ({r / 1e6:.3f} Mpps): eBPF keeps {_ratio(e['mean'], r):.0%}, "
                          f"iptables {_ratio(i['mean'], r):.0%} of the rate.")
-        offered = table[table["measure"] == "offered_pps"]["value"].mean()
+        offered = table[table["measure"] == "offered_pps"].groupby("variant")["value"].mean()
         limited = table[(table["measure"] == "processed_pps") & table["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]
         if len(limited):
-            lines.append(f"Generator-limited in some trials ({', '.join(sorted(set(limited['variant'])))}): the NAT "
-                         f"forwarded (nearly) all of the offered {offered / 1e6:.3f} Mpps there, so those rates are lower "
-                         "bounds; CPU per packet is the better comparison.")
+            lines.append("Generator-limited in some trials (" + ", ".join(
+                f"{v}: {pps.loc[v, 'mean'] / 1e6:.3f} of {offered.get(v, float('nan')) / 1e6:.3f} Mpps offered"
+                for v in sorted(set(limited["variant"]))) + "): the NAT forwarded (nearly) all that was offered "
+                "there, so those rates are lower bounds; CPU per packet is the better comparison.")
     if "ebpf" in tcp.index and "iptables" in tcp.index:
         e, i = tcp.loc["ebpf"], tcp.loc["iptables"]
         lines.append(f"TCP (iperf3, one stream): eBPF {e['mean']:.0f} Mbit/s ({e['min']:.0f}–{e['max']:.0f}) vs iptables "
