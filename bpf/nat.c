@@ -1,6 +1,7 @@
 /* The eBPF NAT: IPv4 static 1:1 mappings and source NAT with port translation,
- * at tc clsact on the NAT host's OUTSIDE port (labkit/nat.py is the control plane,
- * labkit/nat_model.py the reference model the fuzz test compares against).
+ * at tc clsact on the NAT host's OUTSIDE port (labkit/dataplanes/nat.py is the control
+ * plane, labkit/dataplanes/nat_model.py the reference model the fuzz test compares
+ * against; the outcome names of both come from bpf/include/nat.h).
  *
  *   nat_egress  (outside port, egress; after routing, like netfilter POSTROUTING):
  *       source rewritten: a static mapping's inside address -> its outside address;
@@ -26,7 +27,7 @@
  * packets with a full checksum get it updated; a UDP checksum of 0 ("none") stays 0
  * (BPF_F_MARK_MANGLED_0).
  *
- * What is not translated, by rule (each outcome counted in `stats`):
+ * What is not translated, by rule (each outcome, enum nat_outcome, counted in `stats`):
  *   - not IPv4 (ARP, IPv6, ...):                                  passed unchanged
  *   - malformed IPv4 (truncated, version != 4, IHL < 5, total
  *     length beyond the frame or too short for its L4 header):   passed unchanged
@@ -47,13 +48,10 @@
  * PORT_PROBES (ports tried for a new flow).
  */
 #include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/udp.h>
-#include <uapi/linux/tcp.h>
-#include <uapi/linux/icmp.h>
 #include <uapi/linux/pkt_cls.h>
+#include "parsing_helpers.h"
+#include "counters.h"
+#include "nat.h"
 
 #ifndef MAX_STATIC
 #define MAX_STATIC 256
@@ -64,26 +62,6 @@
 #ifndef PORT_PROBES
 #define PORT_PROBES 32
 #endif
-
-/* Outcomes, the index of `stats`. Keep in step with labkit/nat_model.py (OUTCOMES). */
-#define S_OUT_STATIC 0
-#define S_OUT_SNAT_NEW 1
-#define S_OUT_SNAT 2
-#define S_IN_STATIC 3
-#define S_IN_SNAT 4
-#define S_PASS_NOT_IPV4 5
-#define S_PASS_MALFORMED 6
-#define S_PASS_NO_RULE 7
-#define S_PASS_NO_FLOW 8
-#define S_PASS_STALE_FLOW 9
-#define S_PASS_OPTIONS_OR_FRAGMENT 10
-#define S_DROP_OPTIONS 11
-#define S_DROP_FRAGMENT 12
-#define S_DROP_PROTOCOL 13
-#define S_DROP_NO_PORT 14
-#define S_DROP_TABLE_FULL 15
-#define S_DROP_REWRITE_FAILED 16
-#define S_MAX 17
 
 #define ETH_LEN 14
 #define IP_LEN 20
@@ -114,7 +92,7 @@ struct static_value {
 
 /* A flow as one side sees it; ports in network byte order. ICMP echo: sport = identifier,
  * dport = 0 (outbound key) / sport = 0, dport = translated identifier (inbound key). */
-struct flow_key {
+struct nat_flow_key {
     u32 src;
     u32 dst;
     u16 sport;
@@ -141,11 +119,6 @@ struct reverse_value {
     u16 pad;
 };
 
-struct counter {
-    u64 packets;
-    u64 bytes;
-};
-
 struct mapping_counter {
     u64 out_packets;
     u64 out_bytes;
@@ -157,17 +130,13 @@ BPF_ARRAY(config, struct nat_config, 1);
 BPF_HASH(static_out, u32, struct static_value, MAX_STATIC); /* inside -> outside */
 BPF_HASH(static_in, u32, struct static_value, MAX_STATIC);  /* outside -> inside */
 BPF_PERCPU_ARRAY(mapping_counters, struct mapping_counter, MAX_STATIC);
-BPF_TABLE("lru_hash", struct flow_key, struct flow_value, snat_out, MAX_FLOWS);
-BPF_TABLE("lru_hash", struct flow_key, struct reverse_value, snat_in, MAX_FLOWS);
-BPF_PERCPU_ARRAY(stats, struct counter, S_MAX);
+BPF_TABLE("lru_hash", struct nat_flow_key, struct flow_value, snat_out, MAX_FLOWS);
+BPF_TABLE("lru_hash", struct nat_flow_key, struct reverse_value, snat_in, MAX_FLOWS);
+PKT_COUNTERS(stats, NAT_OUTCOME_MAX);
 
 static __always_inline int outcome(u32 which, u64 len, int verdict)
 {
-    struct counter *c = stats.lookup(&which);
-    if (c) {
-        c->packets++;
-        c->bytes += len;
-    }
+    pkt_count(stats.lookup(&which), len);
     return verdict;
 }
 
@@ -188,24 +157,27 @@ struct pkt {
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
     if (skb->len < ETH_LEN)
-        return S_PASS_MALFORMED + 1;
+        return NAT_PASS_MALFORMED + 1;
     if ((void *)(long)skb->data + PULL_LEN > (void *)(long)skb->data_end && skb->len > skb->data_end - skb->data)
         bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
 
-    void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > data_end)
-        return S_PASS_MALFORMED + 1;
-    if (eth->h_proto != htons(ETH_P_IP))
-        return S_PASS_NOT_IPV4 + 1;
-    struct iphdr *ip = (void *)(eth + 1);
-    if ((void *)(ip + 1) > data_end)
-        return S_PASS_MALFORMED + 1;
+    struct hdr_cursor nh = {.pos = (void *)(long)skb->data};
+    struct ethhdr *eth;
+    int eth_proto = parse_ethhdr(&nh, data_end, &eth);
+    if (eth_proto < 0)
+        return NAT_PASS_MALFORMED + 1;
+    if (eth_proto != htons(ETH_P_IP))
+        return NAT_PASS_NOT_IPV4 + 1;
+    /* the fixed header only: a packet with options is never translated, so its L4
+     * header is not needed (and IHL, total length are checked against the rules here) */
+    struct iphdr *ip = CURSOR_TAKE(&nh, data_end, struct iphdr);
+    if (!ip)
+        return NAT_PASS_MALFORMED + 1;
     u32 ihl = ip->ihl;
     u32 tot = ntohs(ip->tot_len);
     if (ip->version != 4 || ihl < 5 || tot < ihl * 4 || tot + ETH_LEN > skb->len)
-        return S_PASS_MALFORMED + 1;
+        return NAT_PASS_MALFORMED + 1;
     p->saddr = ip->saddr;
     p->daddr = ip->daddr;
     p->proto = ip->protocol;
@@ -216,24 +188,26 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
     p->icmp_type = 0xff;
     if (p->options || p->fragment)
         return 0;
+    /* no options: the cursor is at L4_OFF; the L4 header must fit the frame and the
+     * IPv4 total length */
     u32 l4len = tot - IP_LEN;
     if (p->proto == IPPROTO_TCP) {
-        struct tcphdr *th = (void *)(ip + 1);
-        if ((void *)(th + 1) <= data_end && l4len >= sizeof(*th)) {
+        struct tcphdr *th = CURSOR_TAKE(&nh, data_end, struct tcphdr);
+        if (th && l4len >= sizeof(*th)) {
             p->sport = th->source;
             p->dport = th->dest;
             p->has_l4 = 1;
         }
     } else if (p->proto == IPPROTO_UDP) {
-        struct udphdr *uh = (void *)(ip + 1);
-        if ((void *)(uh + 1) <= data_end && l4len >= sizeof(*uh)) {
+        struct udphdr *uh = CURSOR_TAKE(&nh, data_end, struct udphdr);
+        if (uh && l4len >= sizeof(*uh)) {
             p->sport = uh->source;
             p->dport = uh->dest;
             p->has_l4 = 1;
         }
     } else if (p->proto == IPPROTO_ICMP) {
-        struct icmphdr *ih = (void *)(ip + 1);
-        if ((void *)(ih + 1) <= data_end && l4len >= sizeof(*ih)) {
+        struct icmphdr *ih;
+        if (parse_icmphdr(&nh, data_end, &ih) >= 0 && l4len >= sizeof(*ih)) {
             p->icmp_type = ih->type;
             p->sport = ih->un.echo.id;
             p->has_l4 = 1;
@@ -311,7 +285,7 @@ static __always_inline struct nat_config *begin(struct __sk_buff *skb, struct pk
     u32 zero = 0;
     struct nat_config *cfg = config.lookup(&zero);
     if (!cfg)
-        *verdict = outcome(S_PASS_NO_RULE, len, TC_ACT_OK);
+        *verdict = outcome(NAT_PASS_NO_RULE, len, TC_ACT_OK);
     return cfg;
 }
 
@@ -327,35 +301,35 @@ int nat_egress(struct __sk_buff *skb)
     struct static_value *st = static_out.lookup(&p.saddr);
     int snat = !st && cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net;
     if (!st && !snat)
-        return outcome(S_PASS_NO_RULE, len, TC_ACT_OK);
+        return outcome(NAT_PASS_NO_RULE, len, TC_ACT_OK);
     if (p.options)
-        return outcome(S_DROP_OPTIONS, len, TC_ACT_SHOT);
+        return outcome(NAT_DROP_OPTIONS, len, TC_ACT_SHOT);
     if (p.fragment)
-        return outcome(S_DROP_FRAGMENT, len, TC_ACT_SHOT);
+        return outcome(NAT_DROP_FRAGMENT, len, TC_ACT_SHOT);
 
     if (st) {
         if (!translatable_static(&p))
-            return outcome(S_DROP_PROTOCOL, len, TC_ACT_SHOT);
+            return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
         u32 slot = st->slot;
         if (rewrite_addr(skb, p.proto, 0, p.saddr, st->addr))
-            return outcome(S_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+            return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
         count_mapping(slot, len, 0);
-        return outcome(S_OUT_STATIC, len, TC_ACT_OK);
+        return outcome(NAT_OUT_STATIC, len, TC_ACT_OK);
     }
 
     /* source NAT */
     if (!p.has_l4 || !(p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP ||
                        (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO)))
-        return outcome(S_DROP_PROTOCOL, len, TC_ACT_SHOT);
+        return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
     u16 orig_port = p.sport;
-    struct flow_key key = {.src = p.saddr, .dst = p.daddr, .sport = p.sport, .proto = p.proto};
+    struct nat_flow_key key = {.src = p.saddr, .dst = p.daddr, .sport = p.sport, .proto = p.proto};
     if (p.proto != IPPROTO_ICMP)
         key.dport = p.dport;
     u32 nat_addr = cfg->snat_addr;
     u64 now = bpf_ktime_get_ns();
     u16 nat_port;
-    int stat = S_OUT_SNAT;
-    struct flow_key rkey = {.src = p.daddr, .dst = nat_addr, .proto = p.proto};
+    int stat = NAT_OUT_SNAT;
+    struct nat_flow_key rkey = {.src = p.daddr, .dst = nat_addr, .proto = p.proto};
     struct reverse_value rev = {.addr = p.saddr, .port = orig_port};
 
     struct flow_value *fv = snat_out.lookup(&key);
@@ -377,7 +351,7 @@ int nat_egress(struct __sk_buff *skb)
     } else {
         u32 lo = cfg->port_min, hi = cfg->port_max;
         if (hi < lo)
-            return outcome(S_DROP_NO_PORT, len, TC_ACT_SHOT);
+            return outcome(NAT_DROP_NO_PORT, len, TC_ACT_SHOT);
         u32 range = hi - lo + 1;
         u32 start = bpf_get_prandom_u32() % range;
         int found = 0;
@@ -392,20 +366,20 @@ int nat_egress(struct __sk_buff *skb)
             }
         }
         if (!found)
-            return outcome(S_DROP_NO_PORT, len, TC_ACT_SHOT);
+            return outcome(NAT_DROP_NO_PORT, len, TC_ACT_SHOT);
         nat_port = rkey.dport;
         struct flow_value nv = {.nat_addr = nat_addr, .nat_port = nat_port, .created_ns = now, .last_ns = now,
                                 .out_packets = 1, .out_bytes = len};
         if (snat_out.insert(&key, &nv)) {
             snat_in.delete(&rkey);
-            return outcome(S_DROP_TABLE_FULL, len, TC_ACT_SHOT);
+            return outcome(NAT_DROP_TABLE_FULL, len, TC_ACT_SHOT);
         }
-        stat = S_OUT_SNAT_NEW;
+        stat = NAT_OUT_SNAT_NEW;
     }
     if (rewrite_addr(skb, p.proto, 0, p.saddr, nat_addr))
-        return outcome(S_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+        return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
     if (nat_port != orig_port && rewrite_port(skb, p.proto, 0, orig_port, nat_port))
-        return outcome(S_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+        return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
     return outcome(stat, len, TC_ACT_OK);
 }
 
@@ -421,26 +395,26 @@ int nat_ingress(struct __sk_buff *skb)
     struct static_value *st = static_in.lookup(&p.daddr);
     if (st) {
         if (p.options)
-            return outcome(S_DROP_OPTIONS, len, TC_ACT_SHOT);
+            return outcome(NAT_DROP_OPTIONS, len, TC_ACT_SHOT);
         if (p.fragment)
-            return outcome(S_DROP_FRAGMENT, len, TC_ACT_SHOT);
+            return outcome(NAT_DROP_FRAGMENT, len, TC_ACT_SHOT);
         if (!translatable_static(&p))
-            return outcome(S_DROP_PROTOCOL, len, TC_ACT_SHOT);
+            return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
         u32 slot = st->slot;
         if (rewrite_addr(skb, p.proto, 1, p.daddr, st->addr))
-            return outcome(S_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+            return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
         count_mapping(slot, len, 1);
-        return outcome(S_IN_STATIC, len, TC_ACT_OK);
+        return outcome(NAT_IN_STATIC, len, TC_ACT_OK);
     }
     if (!cfg->snat_addr || p.daddr != cfg->snat_addr)
-        return outcome(S_PASS_NO_RULE, len, TC_ACT_OK);
+        return outcome(NAT_PASS_NO_RULE, len, TC_ACT_OK);
     if (p.options || p.fragment)
-        return outcome(S_PASS_OPTIONS_OR_FRAGMENT, len, TC_ACT_OK);
+        return outcome(NAT_PASS_OPTIONS_OR_FRAGMENT, len, TC_ACT_OK);
     if (!p.has_l4 || !(p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP ||
                        (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHOREPLY)))
-        return outcome(S_PASS_NO_FLOW, len, TC_ACT_OK);
+        return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);
 
-    struct flow_key rkey = {.src = p.saddr, .dst = p.daddr, .proto = p.proto};
+    struct nat_flow_key rkey = {.src = p.saddr, .dst = p.daddr, .proto = p.proto};
     u16 nat_port;
     if (p.proto == IPPROTO_ICMP) {
         nat_port = p.sport; /* the identifier */
@@ -452,23 +426,23 @@ int nat_ingress(struct __sk_buff *skb)
     }
     struct reverse_value *rev = snat_in.lookup(&rkey);
     if (!rev)
-        return outcome(S_PASS_NO_FLOW, len, TC_ACT_OK);
+        return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);
     u32 in_addr = rev->addr;
     u16 in_port = rev->port;
-    struct flow_key key = {.src = in_addr, .dst = p.saddr, .sport = in_port, .proto = p.proto};
+    struct nat_flow_key key = {.src = in_addr, .dst = p.saddr, .sport = in_port, .proto = p.proto};
     if (p.proto != IPPROTO_ICMP)
         key.dport = p.sport;
     struct flow_value *fv = snat_out.lookup(&key);
     if (!fv || fv->nat_port != nat_port || fv->nat_addr != p.daddr) {
         snat_in.delete(&rkey);
-        return outcome(S_PASS_STALE_FLOW, len, TC_ACT_OK);
+        return outcome(NAT_PASS_STALE_FLOW, len, TC_ACT_OK);
     }
     fv->last_ns = bpf_ktime_get_ns();
     __sync_fetch_and_add(&fv->in_packets, 1);
     __sync_fetch_and_add(&fv->in_bytes, len);
     if (rewrite_addr(skb, p.proto, 1, p.daddr, in_addr))
-        return outcome(S_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+        return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
     if (in_port != nat_port && rewrite_port(skb, p.proto, p.proto != IPPROTO_ICMP, nat_port, in_port))
-        return outcome(S_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
-    return outcome(S_IN_SNAT, len, TC_ACT_OK);
+        return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+    return outcome(NAT_IN_SNAT, len, TC_ACT_OK);
 }

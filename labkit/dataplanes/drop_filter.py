@@ -15,8 +15,11 @@ import ipaddress
 from labkit import bpf
 from labkit.errors import InputError
 
-VERDICTS = ["pass", "drop_all", "drop_proto", "drop_port", "drop_src"]
-RULE_ALL, RULE_PROTO, RULE_PORT, RULE_SRC = 1, 2, 4, 8
+HEADER = "drop_filter.h"  # bpf/include/drop_filter.h: the program's enums, the one source of these names
+#: Verdicts, the index of the `counters` map: "pass", "drop_all", "drop_proto", ...
+VERDICTS = bpf.enum_names(HEADER, "drop_filter_verdict", "DF_")
+_RULES = bpf.enum_values(HEADER, "drop_filter_rule")
+RULE_ALL, RULE_PROTO, RULE_PORT, RULE_SRC = (_RULES[f"DF_RULE_{k}"] for k in ("ALL", "PROTO", "PORT", "SRC"))
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "icmpv6": 58, "sctp": 132}
 
 

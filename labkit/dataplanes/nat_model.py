@@ -17,15 +17,12 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
+from labkit.bpf import enum_names
 from labkit.errors import InputError
 
-#: The program's outcomes, in the order of its `stats` map (bpf/nat.c S_* defines).
-OUTCOMES = [
-    "out_static", "out_snat_new", "out_snat", "in_static", "in_snat",
-    "pass_not_ipv4", "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_stale_flow",
-    "pass_options_or_fragment", "drop_options", "drop_fragment", "drop_protocol",
-    "drop_no_port", "drop_table_full", "drop_rewrite_failed",
-]
+#: The program's outcomes, in the order of its `stats` map: enum nat_outcome of
+#: bpf/include/nat.h ("out_static", "out_snat_new", ..., "drop_rewrite_failed").
+OUTCOMES = enum_names("nat.h", "nat_outcome", "NAT_")
 TRANSLATED = {"out_static", "out_snat_new", "out_snat", "in_static", "in_snat"}
 TCP, UDP, ICMP = 6, 17, 1
 ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8

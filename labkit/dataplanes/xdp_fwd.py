@@ -6,6 +6,10 @@ from contextlib import ExitStack, contextmanager
 from labkit import bpf
 from labkit.errors import InputError
 
+#: The program's counters, the index of its `counters` map (enum xdp_fwd_counter of
+#: bpf/include/xdp_fwd.h): "redirected", "no_entry", "short", "refused".
+COUNTERS = bpf.enum_names("xdp_fwd.h", "xdp_fwd_counter", "FWD_")
+
 
 class XdpForwarder:
     """bpf/xdp_fwd.c loaded, its maps filled for a port pair: frames arriving on one port
@@ -39,9 +43,8 @@ class XdpForwarder:
                 tx[tx.Key(i)] = tx.Leaf(iface.ifindex)
 
     def counters(self) -> dict:
-        names = ["redirected", "no_entry", "short", "refused"]
         sums = bpf.percpu_sum(self.prog.map("counters"))
-        return {n: int(sums.get(i, 0)) for i, n in enumerate(names)}
+        return {n: int(sums.get(i, 0)) for i, n in enumerate(COUNTERS)}
 
     @contextmanager
     def attach_xdp(self, mode: str = "native"):
