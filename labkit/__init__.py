@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BPF_DIR = ROOT / "bpf"
 #: measured tables; LABKIT_DATA_DIR points a run (and the comparison) elsewhere
 DATA_DIR = Path(os.environ.get("LABKIT_DATA_DIR") or ROOT / "data")
-REPORTS_DIR = ROOT / "reports"
+#: executed notebooks, HTML and the index; LABKIT_REPORTS_DIR points a batch elsewhere
+#: (the test suite points both at temporary folders, so it never touches a person's own)
+REPORTS_DIR = Path(os.environ.get("LABKIT_REPORTS_DIR") or ROOT / "reports")
 NOTEBOOKS_DIR = ROOT / "notebooks"
 BUILD_DIR = ROOT / "build"
