@@ -157,19 +157,15 @@ def execute(nb: Path, parameters: dict, out_dir: Path = REPORTS_DIR, progress: b
     return NotebookRun(nb.stem, nb, executed, html_path, ok, seconds, error, params, new)
 
 
-#: the experiments (data/ directories) each notebook writes, where it is not obvious
-NOTEBOOK_EXPERIMENTS = {"04-comparison": ("program_costs",)}
-
-
 def _own_runs(stem: str, new: list, params: dict) -> list:
     """Of the runs that appeared in data/ while notebook STEM ran, those it wrote: other
     work on this machine (tests, another batch) may write runs at the same time. A run
     whose metadata names its notebook (`notebook`, from LABKIT_NOTEBOOK) is matched by
     that; otherwise by experiment and by smoke (the notebook's parameter)."""
+    from labkit import experiments as declared
     from labkit.reporting import compare
 
-    experiments = set(NOTEBOOK_EXPERIMENTS.get(stem, ()))
-    experiments |= {v.experiment for v in compare.VIEWS if v.notebook == stem}
+    experiments = set(declared.notebook_experiments().get(stem, ()))  # each experiment names its NOTEBOOK
     smoke = bool(params.get("smoke", False))
     own = []
     for path in new:
