@@ -126,3 +126,82 @@ def test_refused_hook_keeps_the_filter_where_it_was(drop_lab):
     assert lab.hook == "XDP native" and lab.attachment.attached
     o = lab.send(1000, 9)
     assert lab.filter.total() >= o.packets
+
+
+# ---------------------------------------------------------------- the NAT lab
+@pytest.fixture
+def nat_lab():
+    from labkit.experiments.nat.live import LiveNat
+
+    labs = []
+
+    def make(**kw):
+        labs.append(LiveNat(**kw))
+        return labs[-1]
+
+    yield make
+    for lab in labs:
+        lab.close()
+        assert_gone(lab.prefix)
+
+
+def test_new_nat_lab_closes_the_old_one_and_its_widgets(nat_lab):
+    from labkit.experiments.nat import live
+    from labkit.widgets.nat import FlowView, MappingEditor
+
+    first = nat_lab(clients=1)
+    editor, view = MappingEditor(first.nat), FlowView(first.nat)
+    second = nat_lab(clients=1)
+    assert first.closed and second.replaced == first.prefix and live.live_lab() is second
+    assert_gone(first.prefix)
+    assert all(c.disabled for c in editor.controls) and "replaced" in editor.message.value
+    assert view.refresh_button.disabled and "replaced" in view.html.value
+    editor.add.click()  # a stale button: refused in the widget, nothing touched
+    assert "stopped" in editor.message.value
+    assert_gone(first.prefix)
+    second.traffic()
+    view2 = FlowView(second.nat)
+    assert second.nat.flow_table()["entries"] >= 1 and "10.20.1.2" in view2.html.value
+    view2.stop()
+
+
+def test_nat_lab_after_stop_refuses_and_creates_nothing(nat_lab):
+    from labkit.experiments.nat.live import LabStopped
+    from labkit.widgets.nat import MappingEditor
+
+    lab = nat_lab(clients=1)
+    editor = MappingEditor(lab.nat)
+    editor.stop.click()
+    assert lab.closed
+    assert_gone(lab.prefix)
+    assert all(c.disabled for c in editor.controls)
+    assert "stopped with the stop lab button" in editor.message.value
+    with pytest.raises(LabStopped):
+        lab.traffic()
+    editor.inside.value, editor.outside.value = "10.20.1.2", "198.51.100.10"
+    editor.add.click()
+    editor.set_ports.click()
+    assert "refused" in editor.message.value and "stopped" in editor.message.value
+    assert_gone(lab.prefix)
+
+
+def test_refused_mapping_leaves_the_table(nat_lab):
+    from labkit.widgets.nat import MappingEditor
+
+    lab = nat_lab(clients=2)
+    editor = MappingEditor(lab.nat)
+    editor.inside.value, editor.outside.value = "10.20.1.2", "198.51.100.10"
+    editor.add.click()
+    assert "mapped 10.20.1.2" in editor.message.value
+    table = editor.table.value.split("<br>")[0]
+    before = [(m.inside, m.outside) for m in lab.nat.mappings()]
+    assert before == [("10.20.1.2", "198.51.100.10")]
+    for inside, outside in (("10.20.2.2", "198.51.100.10"), ("10.20.1.2", "198.51.100.11"), ("10.20.2.2", "nonsense")):
+        editor.inside.value, editor.outside.value = inside, outside
+        editor.add.click()
+        assert "refused" in editor.message.value and "unchanged" in editor.message.value
+        assert [(m.inside, m.outside) for m in lab.nat.mappings()] == before
+        assert editor.table.value.split("<br>")[0] == table
+    editor.first.value, editor.last.value = 30000, 20000
+    editor.set_ports.click()
+    assert "refused" in editor.message.value and lab.nat.port_range == (20000, 29999)

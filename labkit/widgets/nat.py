@@ -7,32 +7,33 @@ maps. ipywidgets is imported only when a widget is built.
     nat_widgets.flow_view(nat)          # flow table, refreshed every second while shown
 
 Every change goes through the control plane, so invalid input shows its error message in
-the widget and leaves the maps unchanged.
+the widget and leaves the maps unchanged. When the NAT comes from a `LiveNat` (the
+notebook's lab), the editor has a stop button, every read and write holds the lab's lock,
+and once the lab is stopped or replaced (its cell run again) every control is disabled and
+says why: nothing reads a closed NAT's maps or touches the kernel again.
 """
 from __future__ import annotations
 
 import html
 import threading
+import time
+from contextlib import contextmanager
 
-from labkit.errors import LabkitError
-
-
-def _widgets():
-    try:
-        import ipywidgets
-    except ImportError:
-        raise LabkitError("ipywidgets is not installed in this environment: `sudo make setup` installs it") from None
-    return ipywidgets
+from labkit.experiments.nat.live import LabStopped, live_for
+from labkit.widgets.controls import describe, disable_all, status_html, table_html as _table_html
+from labkit.widgets.controls import widgets as _widgets
 
 
-def _table_html(rows: list[dict], empty: str) -> str:
-    if not rows:
-        return f"<i>{html.escape(empty)}</i>"
-    cols = list(rows[0])
-    head = "".join(f"<th style='text-align:right;padding:0 8px'>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:right;padding:0 8px'>{html.escape(str(r[c]))}</td>"
-                                     for c in cols) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+@contextmanager
+def _using(nat):
+    """Hold the lab's lock while NAT's maps are used, and refuse once the lab is closed."""
+    live = live_for(nat)
+    if live is None:
+        yield
+        return
+    with live.lock:
+        live.check_open()
+        yield
 
 
 def mappings_html(nat) -> str:
@@ -56,75 +57,148 @@ def flows_html(nat, limit: int = 50) -> str:
     return head + "<br>" + _table_html(rows, "no flows yet") + more
 
 
-def mapping_editor(nat):
-    """A form to add and remove static 1:1 mappings and set the SNAT port range."""
-    w = _widgets()
-    inside = w.Text(placeholder="inside, e.g. 10.20.1.2", description="inside")
-    outside = w.Text(placeholder="outside, e.g. 198.51.100.10", description="outside")
-    add, remove = w.Button(description="Add mapping", button_style="success"), w.Button(description="Remove")
-    lo, hi = nat.port_range
-    first = w.BoundedIntText(value=lo, min=0, max=70000, description="ports from")
-    last = w.BoundedIntText(value=hi, min=0, max=70000, description="to")
-    set_ports = w.Button(description="Set port range")
-    message = w.HTML()
-    table = w.HTML(mappings_html(nat))
+class MappingEditor:
+    """A form to add and remove static 1:1 mappings and set the SNAT port range, above the
+    mapping table (its counters refresh every `interval` seconds while the lab is live)."""
 
-    def done(text: str, ok: bool = True):
-        color = "#070" if ok else "#b00"
-        message.value = f"<span style='color:{color}'>{html.escape(text)}</span>"
-        table.value = mappings_html(nat)
+    def __init__(self, nat, interval: float = 1.0):
+        w = _widgets()
+        self.nat, self.interval, self.live = nat, interval, live_for(nat)
+        self.inside = w.Text(placeholder="inside, e.g. 10.20.1.2", description="inside")
+        self.outside = w.Text(placeholder="outside, e.g. 198.51.100.10", description="outside")
+        self.add = w.Button(description="Add mapping", button_style="success")
+        self.remove = w.Button(description="Remove")
+        lo, hi = nat.port_range
+        self.first = w.BoundedIntText(value=lo, min=0, max=70000, description="ports from")
+        self.last = w.BoundedIntText(value=hi, min=0, max=70000, description="to")
+        self.set_ports = w.Button(description="Set port range")
+        self.stop = w.Button(description="stop lab", button_style="danger")
+        self.message = w.HTML()
+        self.table = w.HTML()
+        for c, cls in ((self.inside, "lk-inside"), (self.outside, "lk-outside"), (self.add, "lk-add"),
+                       (self.remove, "lk-remove"), (self.first, "lk-first"), (self.last, "lk-last"),
+                       (self.set_ports, "lk-set-ports"), (self.stop, "lk-stop"), (self.message, "lk-message"),
+                       (self.table, "lk-mappings")):
+            c.add_class(cls)
+        self.controls = [self.inside, self.outside, self.add, self.remove, self.first, self.last, self.set_ports]
+        row3 = [self.set_ports]
+        if self.live is not None:
+            self.controls.append(self.stop)
+            row3.append(self.stop)
+            self.stop.on_click(lambda _: self.live.close("stopped with the stop lab button"))
+        self.widget = w.VBox([w.HBox([self.inside, self.outside, self.add, self.remove]),
+                              w.HBox([self.first, self.last, *row3]), self.message, self.table])
+        self.widget.add_class("lk-natlab")
+        self.add.on_click(self._on_add)
+        self.remove.on_click(self._on_remove)
+        self.set_ports.on_click(self._on_ports)
+        self._stop = threading.Event()
+        if self.live is not None:
+            note = f"NAT lab live (run {self.live.prefix})"
+            if self.live.replaced:
+                note += f"; it closed the lab that was live before (run {self.live.replaced})"
+            self.say(note)
+            self.live.on_close(self._on_closed)
+            if self.live.closed:
+                self._on_closed(self.live.stop_reason)
+        self.refresh()
+        threading.Thread(target=self._loop, daemon=True, name="nat-mappings").start()
 
-    def on_add(_):
+    def say(self, text: str, ok: bool = True) -> None:
+        self.message.value = status_html(text, ok)
+
+    def refresh(self) -> None:
         try:
-            m = nat.add_mapping(inside.value.strip(), outside.value.strip())
-            done(f"mapped {m.inside} <-> {m.outside}")
-        except LabkitError as exc:
-            done(str(exc), False)
+            with _using(self.nat):
+                self.table.value = mappings_html(self.nat) + f"<br><small>counters at {time.strftime('%H:%M:%S')}</small>"
+        except LabStopped:
+            self._stop.set()
+        except Exception as exc:
+            self.table.value = f"<i>mapping table unavailable: {html.escape(describe(exc))}</i>"
 
-    def on_remove(_):
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.refresh()
+
+    def _act(self, what, done: str | None = None) -> None:
         try:
-            addr = inside.value.strip() or outside.value.strip()
-            nat.remove_mapping(addr)
-            done(f"removed the mapping of {addr}")
-        except LabkitError as exc:
-            done(str(exc), False)
+            with _using(self.nat):
+                result = what()
+            self.say(done.format(result=result) if done else str(result))
+        except Exception as exc:
+            self.say(f"refused: {describe(exc)} — the mappings are unchanged", ok=False)
+        self.refresh()
 
-    def on_ports(_):
-        try:
-            nat.set_port_range(int(first.value), int(last.value))
-            done(f"new flows get ports {first.value}-{last.value}")
-        except LabkitError as exc:
-            done(str(exc), False)
+    def _on_add(self, _):
+        def add():
+            m = self.nat.add_mapping(self.inside.value.strip(), self.outside.value.strip())
+            return f"mapped {m.inside} <-> {m.outside}"
+        self._act(add)
 
-    add.on_click(on_add)
-    remove.on_click(on_remove)
-    set_ports.on_click(on_ports)
-    return w.VBox([w.HBox([inside, outside, add, remove]), w.HBox([first, last, set_ports]), message, table])
+    def _on_remove(self, _):
+        def remove():
+            addr = self.inside.value.strip() or self.outside.value.strip()
+            self.nat.remove_mapping(addr)
+            return f"removed the mapping of {addr}"
+        self._act(remove)
+
+    def _on_ports(self, _):
+        def ports():
+            self.nat.set_port_range(int(self.first.value), int(self.last.value))
+            return f"new flows get ports {self.first.value}-{self.last.value}"
+        self._act(ports)
+
+    def _on_closed(self, reason: str) -> None:
+        self._stop.set()
+        why = f"NAT lab {reason}: namespaces, links and programs are removed; run the cell again for a new lab"
+        disable_all(self.controls, why)
+        self.say(why, ok=False)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def mapping_editor(nat) -> MappingEditor:
+    """A form to add and remove static 1:1 mappings and set the SNAT port range (display it)."""
+    return MappingEditor(nat)
 
 
 class FlowView:
     """The flow table as HTML, refreshed every `interval` seconds by a background thread
-    until `stop()` (or the Stop button)."""
+    until `stop()` (or the Stop button), or until the lab it shows is closed."""
 
     def __init__(self, nat, interval: float = 1.0, limit: int = 50):
         w = _widgets()
-        self.nat, self.interval, self.limit = nat, interval, limit
-        self.html = w.HTML(flows_html(nat, limit))
+        self.nat, self.interval, self.limit, self.live = nat, interval, limit, live_for(nat)
+        self.html = w.HTML()
         self.button = w.Button(description="Stop live view")
         self.refresh_button = w.Button(description="Refresh")
+        self.html.add_class("lk-flows")
+        self.button.add_class("lk-stop-view")
+        self.refresh_button.add_class("lk-refresh")
         self.button.on_click(lambda _: self.stop())
         self.refresh_button.on_click(lambda _: self.refresh())
         self.widget = w.VBox([w.HBox([self.refresh_button, self.button]), self.html])
+        self.widget.add_class("lk-flowview")
         self._stop = threading.Event()
+        self.refresh()
+        if self.live is not None:
+            self.live.on_close(self._on_closed)
+            if self.live.closed:
+                self._on_closed(self.live.stop_reason)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="nat-flow-view")
         self._thread.start()
 
     def refresh(self) -> None:
         try:
-            self.html.value = flows_html(self.nat, self.limit)
-        except Exception as exc:  # the NAT was closed: stop quietly
-            self.html.value = f"<i>flow table unavailable: {html.escape(str(exc))}</i>"
+            with _using(self.nat):
+                self.html.value = flows_html(self.nat, self.limit) + f"<br><small>as of {time.strftime('%H:%M:%S')}</small>"
+        except LabStopped:
             self._stop.set()
+        except Exception as exc:
+            self.html.value = f"<i>flow table unavailable: {html.escape(describe(exc))}</i>"
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -133,6 +207,13 @@ class FlowView:
     def stop(self) -> None:
         self._stop.set()
         self.button.disabled = True
+        self.button.tooltip = "the live view is stopped: Refresh still updates it"
+
+    def _on_closed(self, reason: str) -> None:
+        self._stop.set()
+        why = f"NAT lab {reason}: the flow table is gone; run the cell again for a new lab"
+        disable_all([self.button, self.refresh_button], why)
+        self.html.value = status_html(why, ok=False) + "<br>" + self.html.value
 
     def _ipython_display_(self):
         from IPython.display import display
