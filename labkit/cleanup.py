@@ -7,9 +7,10 @@ belongs to no live labkit process are leftovers.
 """
 from __future__ import annotations
 import json
+import os
 import re
 import subprocess
-from labkit.testbed.runs import NETNS_DIR, PREFIX_RE, REGISTRY_DIR, RULE_COMMENT, live_prefixes, require_root
+from labkit.testbed.runs import NETNS_DIR, PREFIX_RE, REGISTRY_DIR, RULE_COMMENT, RUN_ENV, live_prefixes, require_root
 from labkit.testbed.hosts import kill_pids, pids_in_netns
 
 
@@ -46,21 +47,51 @@ def _labkit_iptables_rules() -> list[tuple[str, str, str, str]]:
     return found
 
 
-def leftovers(include_live: bool = False) -> dict:
-    """What crashed runs left: namespaces, root links, foreign records, iptables rules."""
-    live = set() if include_live else live_prefixes()
-    stale = lambda name: name[:6] not in live  # noqa: E731
-    dead_registries = []
+def _run_of(name: str) -> str:
+    """The run prefix a kernel object's name starts with."""
+    return name[:6]
+
+
+def leftovers(include_live: bool = False, prefix: str | None = None) -> dict:
+    """What crashed runs left: namespaces, root links, foreign records, iptables rules,
+    processes. With PREFIX: what run PREFIX holds, whether its process lives or not."""
+    if prefix is not None:
+        mine = lambda name: name == prefix or name.startswith(prefix + "-")  # noqa: E731
+    else:
+        live = set() if include_live else live_prefixes()
+        mine = lambda name: bool(PREFIX_RE.match(name)) and _run_of(name) not in live  # noqa: E731
+    registries = []
     if REGISTRY_DIR.is_dir():
-        for f in REGISTRY_DIR.glob("lk*.json"):
-            if stale(f.stem):
-                dead_registries.append(f)
+        registries = [f for f in REGISTRY_DIR.glob("lk*.json") if mine(f.stem)]
     return {
-        "namespaces": [n for n in labkit_namespaces() if stale(n)],
-        "links": [n for n in labkit_root_links() if stale(n)],
-        "registries": dead_registries,
-        "iptables": [r for r in _labkit_iptables_rules() if stale(r[2])],
+        "namespaces": [n for n in labkit_namespaces() if mine(n)],
+        "links": [n for n in labkit_root_links() if mine(n)],
+        "registries": registries,
+        "iptables": [r for r in _labkit_iptables_rules() if mine(r[2])],
+        "processes": [pid for pid, run in run_processes() if mine(run)],
     }
+
+
+def run_processes() -> list[tuple[int, str]]:
+    """(pid, run prefix) of processes a run started (they carry the run in their
+    environment), wherever they are: a generator on a real interface is in no namespace."""
+    marker = f"{RUN_ENV}=".encode()
+    me, out = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        for var in env.split(b"\0"):
+            if var.startswith(marker):
+                run = var[len(marker):].decode(errors="replace")
+                if PREFIX_RE.match(run):
+                    out.append((int(entry), run[:6]))
+                break
+    return out
 
 
 def clean(include_live: bool = False, log=print) -> dict:
@@ -69,12 +100,29 @@ def clean(include_live: bool = False, log=print) -> dict:
     Runs whose process is still alive are left alone unless ``include_live``.
     Returns what was removed, by kind."""
     require_root("labkit clean")
+    live = set() if include_live else live_prefixes()
+    return _undo(leftovers(include_live), lambda run: run not in live, log)
+
+
+def clean_run(prefix: str, log=print) -> dict:
+    """Undo everything of run PREFIX and nothing of any other run, as `clean` would once its
+    process is gone (the run's watcher calls this when the process dies without closing it).
+    Returns what was removed, by kind."""
+    require_root("undoing a run")
+    if not PREFIX_RE.match(prefix) or len(prefix) != 6:
+        raise ValueError(f"run prefix {prefix!r} must be 'lk' + 4 hex digits")
+    return _undo(leftovers(prefix=prefix), lambda run: run == prefix, log)
+
+
+def _undo(found: dict, dpdk_run_gone, log) -> dict:
+    """Remove FOUND (from `leftovers`): processes first, then what they used."""
     from pyroute2 import netns
 
     from labkit.testbed.hosts import netlink
 
-    found = leftovers(include_live)
     removed = {"namespaces": [], "links": [], "foreign": [], "iptables": [], "processes": []}
+    kill_pids(found["processes"])
+    removed["processes"].extend(found["processes"])
     for reg in found["registries"]:
         try:
             state = json.loads(reg.read_text())
@@ -86,9 +134,8 @@ def clean(include_live: bool = False, log=print) -> dict:
                 removed["foreign"].append(rec)
             except Exception as exc:  # keep cleaning the rest
                 log(f"could not undo {rec}: {exc}")
-        reg.unlink(missing_ok=True)
     for binary, table, _prefix, rule in found["iptables"]:
-        subprocess.run([binary, "-t", table, "-D", *_split_rule(rule)], capture_output=True)
+        subprocess.run([binary, "-w", "-t", table, "-D", *_split_rule(rule)], capture_output=True)
         removed["iptables"].append(f"{binary} -t {table} -A {rule}")
     for ns in found["namespaces"]:
         pids = pids_in_netns(ns)
@@ -111,31 +158,37 @@ def clean(include_live: bool = False, log=print) -> dict:
                         log(f"could not remove link {name}: {exc}")
     from labkit.dpdk import runtime
 
-    removed["dpdk"] = runtime.clean_runtime_dirs(log=lambda *a: None)
-    stale = [p for p in runtime.dpdk_processes() if _dpdk_prefix_dead(p, include_live)]
+    stale = [p for p, run in ((p, _dpdk_run(p)) for p in runtime.dpdk_processes()) if run and dpdk_run_gone(run)]
     kill_pids(stale)
     removed["processes"].extend(stale)
+    removed["dpdk"] = [d for d in runtime.runtime_dirs() if PREFIX_RE.match(os.path.basename(d))
+                       and dpdk_run_gone(_run_of(os.path.basename(d)))]
+    for d in removed["dpdk"]:
+        runtime.remove_runtime_dir(os.path.basename(d))
+    # the registry goes last: while it is there, the run is not fully undone
+    for reg in found["registries"]:
+        reg.unlink(missing_ok=True)
     for kind, items in removed.items():
         for item in items:
             log(f"removed {kind[:-1] if kind.endswith('s') else kind}: {item}")
     return removed
 
 
-def _dpdk_prefix_dead(pid: int, include_live: bool) -> bool:
-    """Whether the DPDK process PID belongs to a labkit run that is gone."""
+def _dpdk_run(pid: int) -> str | None:
+    """The labkit run of the DPDK process PID (from its EAL --file-prefix), or None."""
     try:
         args = open(f"/proc/{pid}/cmdline").read().split("\0")
     except OSError:
-        return False
+        return None
     for i, a in enumerate(args):
         if a == "--file-prefix" and i + 1 < len(args):
-            prefix = args[i + 1][:6]
+            prefix = args[i + 1]
         elif a.startswith("--file-prefix="):
-            prefix = a.split("=", 1)[1][:6]
+            prefix = a.split("=", 1)[1]
         else:
             continue
-        return bool(PREFIX_RE.match(prefix)) and (include_live or prefix not in live_prefixes())
-    return False
+        return _run_of(prefix) if PREFIX_RE.match(prefix) else None
+    return None
 
 
 def _split_rule(rule: str) -> list[str]:

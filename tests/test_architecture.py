@@ -22,7 +22,7 @@ LAYERS = [
     ["labkit.results"],
     ["labkit.experiments"],
     ["labkit.widgets", "labkit.cleanup"],
-    ["labkit.reporting", "labkit.bench", "labkit.doctor"],
+    ["labkit.reporting", "labkit.bench", "labkit.doctor", "labkit.watchdog"],
     ["labkit.cli", "labkit.__main__"],
 ]
 

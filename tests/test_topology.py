@@ -1,6 +1,7 @@
 """Topology build and teardown leave nothing behind: on success, on an exception, on
 SIGTERM; a crashed run's leftovers are found and removed by `labkit clean`; bad input is
 refused before the kernel is touched."""
+import json
 import os
 import signal
 import subprocess
@@ -112,9 +113,12 @@ def test_clean_removes_what_a_killed_run_left():
     time.sleep(0.3)
     ns = [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]
     sleeper = [p for n in ns for p in hosts.pids_in_netns(n)]
-    proc.kill()  # SIGKILL: nothing runs, everything is left
+    # A power cut: the run's watcher goes too, so nothing runs and everything is left.
+    watcher = json.loads((runs.REGISTRY_DIR / f"{prefix}.json").read_text())["watchdog"]
+    os.kill(watcher, signal.SIGKILL)
+    proc.kill()
     proc.wait(10)
-    assert own_leftovers(prefix), "SIGKILL should leave the namespaces behind"
+    assert own_leftovers(prefix), "SIGKILL of the run and its watcher should leave the namespaces behind"
     removed = cleanup.clean(log=lambda *a: None)
     assert set(ns) <= set(removed["namespaces"])
     assert own_leftovers(prefix) == []

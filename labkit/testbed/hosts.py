@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Sequence
 
 from labkit.errors import LabkitError, MissingDependency
-from labkit.testbed.runs import NETNS_DIR, _pid_alive
+from labkit.testbed.runs import NETNS_DIR, RUN_ENV, _pid_alive, current_run
 
 
 @contextmanager
@@ -221,6 +221,9 @@ class Host:
         (read it with `Process.output()`). Use the result in a `with`, or call `stop()`."""
         cmd = self.command(argv)
         log = tempfile.NamedTemporaryFile("w+b", prefix="labkit-", suffix=".log", delete=False)
+        run = current_run()
+        if run is not None:  # so the run's clean-up finds it wherever it runs
+            env = {**(os.environ if env is None else env), RUN_ENV: run.prefix}
         popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  env=env, cwd=cwd, start_new_session=True)
         proc = Process(self, argv, popen, log, name or os.path.basename(str(argv[0])))

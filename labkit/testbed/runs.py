@@ -5,6 +5,12 @@ every run writes a small registry file under ``/run/labkit`` naming its process 
 attached to interfaces it does not own (real NICs). A run that ends normally removes all of
 it through its context managers; `clean()` finds what a crashed run left behind: objects
 whose prefix belongs to no live labkit process.
+
+A run whose process dies without closing it (SIGKILL, a notebook kernel that exits when
+its parent goes, a kernel restart) is undone within seconds all the same: opening the
+registry starts a small watcher (`labkit.watchdog`) in a session of its own, which waits
+on the owning process and, if it dies with the registry file still there, undoes that run
+and nothing else. A run that closes normally tells its watcher to go.
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import json
 import os
 import re
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -25,6 +33,9 @@ PREFIX_RE = re.compile(r"^lk[0-9a-f]{4}")
 #: iptables rules labkit adds carry this comment prefix, followed by the run prefix.
 RULE_COMMENT = "labkit:"
 IFNAMSIZ = 15
+#: processes a run starts carry its prefix in this environment variable, so the run's
+#: clean-up finds them also outside its namespaces (a generator on a real interface)
+RUN_ENV = "LABKIT_RUN"
 
 
 def require_root(what: str = "this") -> None:
@@ -44,15 +55,69 @@ class Run:
             raise ValueError(f"run prefix {self.prefix!r} must be 'lk' + 4 hex digits")
         self.path = REGISTRY_DIR / f"{self.prefix}.json"
         self._lock = threading.Lock()
-        self._state = {"pid": os.getpid(), "started": time.time(), "foreign": []}
+        self.pid = os.getpid()
+        self._state = {"pid": self.pid, "start": process_start(self.pid), "started": time.time(), "foreign": []}
         self._written = False
+        self._watchdog_pipe: int | None = None  # write end; a byte on it tells the watcher the run closed
+
+    def _is_owner(self) -> bool:
+        """Whether this process owns the run: a forked helper (pyroute2 forks to work in a
+        namespace) inherits the Run object but must never write, close or watch it."""
+        return os.getpid() == self.pid
 
     def _write(self) -> None:
+        if not self._is_owner():
+            return
         REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._state))
         tmp.replace(self.path)
+        first = not self._written and self._watchdog_pipe is None
         self._written = True
+        if first:
+            self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        """Start the watcher that undoes this run if this process dies without closing it.
+
+        `python -m labkit.watchdog` opens a pidfd on this process, forks the watcher into a
+        session of its own (so neither a signal to this process group nor Jupyter killing
+        the kernel's group reaches it) and exits; the watcher is then no child of ours."""
+        r, w = os.pipe()  # both ends close-on-exec: only the watcher gets the read end
+        env = {k: v for k, v in os.environ.items() if k != RUN_ENV}
+        pkg_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "labkit.watchdog", str(self.pid), self.prefix, str(r)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                pass_fds=(r,), start_new_session=True, cwd="/", env=env)
+            out, _ = proc.communicate(timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            os.close(w)
+            return  # no watcher: `labkit clean` still finds what a crash leaves
+        finally:
+            os.close(r)
+        try:
+            self._state["watchdog"] = int(out.split()[0])
+        except (ValueError, IndexError):
+            os.close(w)
+            return
+        self._watchdog_pipe = w
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state))
+        tmp.replace(self.path)
+
+    def _stop_watchdog(self) -> None:
+        w, self._watchdog_pipe = self._watchdog_pipe, None
+        if w is None:
+            return
+        try:
+            os.write(w, b"closed")
+        except OSError:
+            pass
+        finally:
+            os.close(w)
 
     def open(self) -> "Run":
         with self._lock:
@@ -75,12 +140,15 @@ class Run:
                 self._write()
 
     def close(self) -> None:
+        if not self._is_owner():
+            return
         with self._lock:
             try:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
             self._written = False
+            self._stop_watchdog()
 
     def name(self, short: str) -> str:
         """The kernel name of a labkit object: run prefix + '-' + short name, at most 15."""
@@ -124,9 +192,6 @@ def run_scope():
                 _current_run = None
 
 
-# ---------------------------------------------------------------- signals
-
-
 # ---------------------------------------------------------------- leftovers and clean
 def _pid_alive(pid: int) -> bool:
     try:
@@ -136,6 +201,24 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_start(pid: int) -> int | None:
+    """When process PID started (clock ticks since boot), or None when it is gone: with the
+    pid, it names one process, never a later one that reuses the pid."""
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def owner_alive(state: dict) -> bool:
+    """Whether the process that owns the run of registry STATE is still running."""
+    pid = int(state.get("pid", -1))
+    if pid <= 0 or not _pid_alive(pid):
+        return False
+    start = state.get("start")
+    return start is None or process_start(pid) in (None, start)
 
 
 def live_prefixes() -> set[str]:
@@ -148,7 +231,7 @@ def live_prefixes() -> set[str]:
             state = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        if _pid_alive(int(state.get("pid", -1))):
+        if owner_alive(state):
             live.add(f.stem)
     return live
 
