@@ -1,11 +1,15 @@
 """The labkit command line: `labkit` or `python -m labkit`.
 
-  labkit report [NOTEBOOK ...] [-p [NOTEBOOK:]NAME VALUE] [-f FILE.yaml] [--smoke]
+  labkit report [NOTEBOOK ...] [-p [NOTEBOOK:]NAME VALUE] [-f FILE.yaml] [--smoke] [--verbose]
         run every experiment notebook (or those named) headlessly; HTML in reports/,
-        tables in data/, reports/index.html and reports/batch.json last. Exits non-zero
-        if any notebook failed. -p NAME VALUE goes to every notebook that declares NAME,
+        tables in data/, reports/index.html and reports/batch.json last. Exits 1 if any
+        notebook failed (its one-line error and executed notebook are printed; --verbose
+        adds the traceback). -p NAME VALUE goes to every notebook that declares NAME,
         -p 01-xdp-drop:trials 5 to that notebook only; a YAML file may hold NAME: VALUE
         lines and sections named after notebooks (01-xdp-drop: {trials: 5}).
+        Every name and value is checked against what the notebooks and their experiments
+        declare before anything runs: a mistake is one line on stderr and exit code 2.
+        LABKIT_REPORTS_DIR and LABKIT_DATA_DIR put reports and tables elsewhere.
   labkit run NOTEBOOK [...]   the same for the notebooks named (at least one)
   labkit bench [--smoke]      the benchmark: drop rates at 64 bytes, program costs, generators
   labkit clean [--all]        remove what crashed runs left (namespaces, links, XDP, rules)
@@ -15,6 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line and exit code 2, like every other mistake."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
 
 
 def _params_args(p: argparse.ArgumentParser) -> None:
@@ -27,29 +38,37 @@ def _params_args(p: argparse.ArgumentParser) -> None:
                    help="a YAML file of NAME: VALUE parameters (several allowed; -p wins)")
     p.add_argument("--smoke", action="store_true", help="seconds-long runs (smoke=True)")
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="a failed notebook's traceback too, not only its one-line error")
 
 
 def cmd_report(args) -> int:
-    from labkit import cleanup
+    from labkit import DATA_DIR, REPORTS_DIR, cleanup
     from labkit.testbed import runs
     from labkit.reporting import batch
 
-    runs.require_root("running experiments")
+    # every mistake in the request is found here, before root is needed or a kernel starts
     params = batch.load_parameters(args.parameters_file, args.parameter)
+    batch.check(args.notebooks or None, params, smoke=args.smoke)
+    runs.require_root("running experiments")
     try:
-        done = batch.run_all(args.notebooks or None, params, smoke=args.smoke, progress=not args.no_progress)
+        done = batch.run_all(args.notebooks or None, params, REPORTS_DIR, DATA_DIR, smoke=args.smoke,
+                             progress=not args.no_progress, verbose=args.verbose)
     finally:
         # a kernel killed outright cannot undo what it made: remove what dead runs left
-        cleanup.clean(log=lambda msg: print(f"labkit report: {msg}", file=sys.stderr))
+        cleanup.clean(log=lambda msg: print(f"labkit {args.command}: {msg}", file=sys.stderr))
     failed = [r.name for r in done if not r.ok]
-    print(f"reports in {batch.REPORTS_DIR}/index.html: {len(done) - len(failed)} ok, {len(failed)} failed"
+    print(f"reports in {REPORTS_DIR}/index.html: {len(done) - len(failed)} ok, {len(failed)} failed"
           + (f" ({', '.join(failed)})" if failed else ""))
     return 1 if failed else 0
 
 
 def cmd_run(args) -> int:
     if not args.notebooks:
-        print("labkit run: name at least one notebook (labkit report runs them all)", file=sys.stderr)
+        from labkit.reporting import batch
+
+        names = ", ".join(p.stem for p in batch.notebooks())
+        print(f"labkit run: name at least one notebook ({names}); `labkit report` runs them all", file=sys.stderr)
         return 2
     return cmd_report(args)
 
@@ -76,7 +95,7 @@ def cmd_doctor(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="labkit", description=__doc__.split("\n\n")[0],
+    parser = _Parser(prog="labkit", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("report", help="run every experiment notebook and write reports/")
@@ -101,6 +120,8 @@ def main(argv=None) -> int:
     except LabkitError as exc:
         print(f"labkit {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return 1
     except KeyboardInterrupt:
         print(f"labkit {args.command}: interrupted; kernel state was undone", file=sys.stderr)
         return 130

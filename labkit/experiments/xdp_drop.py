@@ -78,6 +78,9 @@ class Params:
         parameters.check_choice("generator", self.generator, traffic.backends_status(), extra=["auto"])
         parameters.check_interface(self.sender_if, "sender_if")
         parameters.check_interface(self.receiver_if, "receiver_if")
+        if self.receiver_if and not self.sender_if:
+            raise InputError("receiver_if without sender_if: traffic must come from another machine; "
+                             "name the local sending interface with sender_if")
         if self.rule not in RULES:
             raise InputError(f"rule {self.rule!r}: choose one of {sorted(RULES)}")
         if any(not 0 <= t < 1 for t in self.loss_thresholds):

@@ -35,7 +35,7 @@ import re
 import time
 from pathlib import Path
 
-from labkit import NOTEBOOKS_DIR, REPORTS_DIR
+from labkit import NOTEBOOKS_DIR, parameters as declarations
 from labkit.errors import InputError
 from labkit.reporting.index import write_index
 from labkit.testbed.signals import interrupts_reach_the_kernel
@@ -56,7 +56,9 @@ def notebooks(names=None, directory: Path = NOTEBOOKS_DIR) -> list[Path]:
         n = Path(n).name.removesuffix(".ipynb")
         match = [p for p in found if p.stem == n or p.stem[3:] == n]
         if not match:
-            raise InputError(f"no notebook {n!r}; notebooks: {', '.join(p.stem for p in found)}")
+            stems = [p.stem for p in found]
+            raise InputError(f"no notebook {n!r}{declarations.did_you_mean(n, stems)}; "
+                             f"notebooks: {', '.join(stems)}")
         picked.extend(m for m in match if m not in picked)
     return picked
 
@@ -76,7 +78,7 @@ def load_parameters(files=(), pairs=()) -> dict:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise InputError(f"{f} is not valid YAML: {exc}") from None
+            raise InputError(f"parameters file {f} is not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise InputError(f"{f}: a parameters file holds a mapping of NAME: VALUE")
         for k, v in data.items():
@@ -87,7 +89,11 @@ def load_parameters(files=(), pairs=()) -> dict:
             else:
                 params[k] = v
     for name, value in pairs or ():
-        value = yaml.safe_load(value)
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise InputError(f"-p {name} {value}: the value is read as YAML and is not valid: "
+                             f"{_yaml_problem(exc)}; quote text, write lists as '[64, 1500]'") from None
         if ":" in name:
             section, name = name.split(":", 1)
             if not SECTION.match(section) or not name.isidentifier():
@@ -96,6 +102,13 @@ def load_parameters(files=(), pairs=()) -> dict:
         else:
             params[name] = value
     return params
+
+
+def _yaml_problem(exc) -> str:
+    """A YAML error in one line: what and where."""
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark else what
 
 
 def parameters_for(nb: Path, parameters: dict) -> dict:
@@ -118,35 +131,44 @@ def kernel_name() -> str:
     return "python3"
 
 
-def execute(nb: Path, parameters: dict, out_dir: Path = REPORTS_DIR, progress: bool = True,
-            data_dir: Path | None = None) -> NotebookRun:
-    """Run one notebook with papermill and export it to HTML, whatever happened."""
+def execute(nb: Path, parameters: dict, out_dir: Path, data_dir: Path | None = None, progress: bool = True,
+            verbose: bool = False) -> NotebookRun:
+    """Run one notebook with papermill into OUT_DIR and export it to HTML, whatever
+    happened. Its kernel writes its tables to DATA_DIR (default: labkit.DATA_DIR, which
+    LABKIT_DATA_DIR sets). Of PARAMETERS it gets those it declares (`check` refuses the
+    others before anything runs). A failure is kept as one line (the exception and its
+    message; the executed notebook holds the traceback), with the traceback's end too
+    when VERBOSE."""
     import papermill as pm
 
-    from labkit import results
+    from labkit import DATA_DIR, results
 
     nb = Path(nb)
     out_dir = Path(out_dir)
+    data_dir = Path(data_dir or DATA_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / nb.name
     declared = _declared_parameters(nb)
-    wanted = parameters_for(nb, parameters)
-    unknown = sorted(set(wanted) - set(declared))
-    params = {k: v for k, v in wanted.items() if k in declared}
+    params = {k: v for k, v in parameters_for(nb, parameters).items() if k in declared}
     before = set(results.list_runs(None, data_dir))
     t0 = time.monotonic()
     ok, error = True, ""
-    os.environ["LABKIT_NOTEBOOK"] = nb.stem  # the kernel inherits it: a run can record its notebook
+    # the kernel inherits these: a run records its notebook and writes where this batch reads
+    env = {"LABKIT_NOTEBOOK": nb.stem, "LABKIT_DATA_DIR": str(data_dir)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel_name(),
                             cwd=str(nb.parent), progress_bar=progress, report_mode=False)
     except Exception as exc:  # PapermillExecutionError and start-up failures alike
-        ok, error = False, _short_error(exc)
+        ok, error = False, _one_line_error(exc) + ("\n" + _short_error(exc) if verbose else "")
     finally:
-        os.environ.pop("LABKIT_NOTEBOOK", None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     seconds = time.monotonic() - t0
-    if unknown:
-        error = (error + "\n" if error else "") + f"ignored parameters this notebook does not declare: {unknown}"
     html_path = None
     if executed.exists():
         try:
@@ -178,18 +200,94 @@ def _own_runs(stem: str, new: list, params: dict) -> list:
     return own
 
 
-def _declared_parameters(nb: Path) -> set:
-    data = json.loads(nb.read_text())
+def _declared_parameters(nb: Path) -> dict:
+    """{name: (annotation, default)} of the notebook's `parameters` cell (`name: type =
+    default  # comment`; the annotation as written, "" if none; the default evaluated
+    where it is a literal): what papermill may set, and what `--help-notebook` lists."""
+    import ast
+
+    data = json.loads(Path(nb).read_text())
     for cell in data.get("cells", []):
         if "parameters" in cell.get("metadata", {}).get("tags", []):
-            src = "".join(cell["source"])
-            names = set()
-            for line in src.splitlines():
-                head = line.split("#", 1)[0]
-                if "=" in head:
-                    names.add(head.split("=", 1)[0].split(":", 1)[0].strip())
+            names = {}
+            try:
+                tree = ast.parse("".join(cell["source"]))
+            except SyntaxError:
+                return names
+            for node in tree.body:
+                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                    target, annotation, value = node.target.id, ast.unparse(node.annotation), node.value
+                elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    target, annotation, value = node.targets[0].id, "", node.value
+                else:
+                    continue
+                try:
+                    default = ast.literal_eval(value) if value is not None else None
+                except ValueError:
+                    default = None
+                names[target] = (annotation, default)
             return names
-    return set()
+    return {}
+
+
+def _experiment_params(stem: str):
+    """The Params dataclass of the experiment notebook STEM runs, or None (04-comparison
+    and other notebooks: their parameters cell is their whole declaration)."""
+    from labkit.experiments import l2fwd, nat, xdp_drop
+
+    for module in (xdp_drop, l2fwd, nat):
+        if getattr(module, "NOTEBOOK", None) == stem:
+            return module.Params
+    return None
+
+
+def check(names, parameters: dict, smoke: bool = False, directory: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """Everything about a batch that can be checked before a notebook starts, as
+    InputError with one line that says what to change: the notebooks exist; a section
+    (NOTEBOOK:NAME, or a file's NOTEBOOK: mapping) names a notebook; every parameter is
+    declared by a notebook it goes to; each value has the type its notebook declares; and
+    an experiment's values pass its Params.validate (the same check run() makes), smoke
+    included. Returns the chosen notebooks."""
+    chosen = notebooks(names, directory)
+    if not chosen:
+        raise InputError(f"no experiment notebooks in {directory}")
+    every = {p.stem: p for p in notebooks(None, directory)}
+    sections = [k for k in parameters if SECTION.match(str(k))]
+    for s in sections:
+        if s not in every:
+            raise InputError(f"parameters for notebook {s!r}, which does not exist{declarations.did_you_mean(s, every)}; "
+                             f"notebooks: {', '.join(every)}")
+        declarations.check_names(parameters[s], _declared_parameters(every[s]), f"notebook {s}")
+    declared = {p.stem: _declared_parameters(p) for p in chosen}
+    common = [k for k in parameters if k not in sections]
+    for name in common:
+        if not any(name in d for d in declared.values()):
+            if len(chosen) == 1:
+                declarations.check_names([name], declared[chosen[0].stem], f"notebook {chosen[0].stem}")
+            known = sorted({n for d in declared.values() for n in d})
+            raise InputError(f"no notebook has a parameter {name!r}{declarations.did_you_mean(name, known)}; "
+                             f"they declare: {', '.join(known)}")
+    for nb in chosen:
+        given = parameters_for(nb, dict(parameters, smoke=True) if smoke else parameters)
+        given = {k: v for k, v in given.items() if k in declared[nb.stem]}
+        params = _experiment_params(nb.stem)
+        try:
+            given = declarations.check_mapping(given, declared[nb.stem], f"notebook {nb.stem}")
+            if params is not None:
+                fields = declarations.declared(params)
+                params(**{k: v for k, v in given.items() if k in fields}).validate()
+        except InputError as exc:
+            raise InputError(f"{nb.stem}: {exc}") from None
+    return chosen
+
+
+def _one_line_error(exc: Exception) -> str:
+    """What went wrong in a notebook, in one line: the exception's type and message."""
+    name, value = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    text = f"{name}: {value}" if name else (f"{type(exc).__name__}: {exc}")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _short_error(exc: Exception) -> str:
@@ -219,13 +317,13 @@ def export_html(executed: Path) -> Path:
     return out
 
 
-def run_all(names=None, parameters: dict | None = None, smoke: bool = False, out_dir: Path = REPORTS_DIR,
+def run_all(names, parameters: dict | None, out_dir: Path, data_dir: Path, smoke: bool = False,
             progress: bool = True, log=print, directory: Path = NOTEBOOKS_DIR,
-            data_dir: Path | None = None) -> list[NotebookRun]:
-    """Execute the chosen notebooks one after the other and write the index page."""
-    chosen = notebooks(names, directory)
-    if not chosen:
-        raise InputError(f"no experiment notebooks in {directory}")
+            verbose: bool = False) -> list[NotebookRun]:
+    """Check the request (`check`: nothing runs if a name or value is wrong), execute the
+    chosen notebooks one after the other into OUT_DIR, their tables into DATA_DIR, and
+    write the index page and batch.json there."""
+    chosen = check(names, parameters or {}, smoke, directory)
     params = dict(parameters or {})
     if smoke:
         params["smoke"] = True
@@ -234,9 +332,9 @@ def run_all(names=None, parameters: dict | None = None, smoke: bool = False, out
     with interrupts_reach_the_kernel() as stop:
         for i, nb in enumerate(chosen, 1):
             log(f"[{i}/{len(chosen)}] {nb.stem} ...")
-            r = execute(nb, params, out_dir, progress, data_dir)
+            r = execute(nb, params, out_dir, data_dir, progress, verbose)
             log(f"[{i}/{len(chosen)}] {nb.stem}: {'ok' if r.ok else 'FAILED'} in {r.seconds:.0f} s"
-                + (f"\n{r.error}" if r.error else ""))
+                + (f": {r.error}\n  the executed notebook, with the traceback: {r.executed}" if r.error else ""))
             runs.append(r)
             if stop.signal:
                 log(f"stopped by signal {stop.signal}: the notebook's kernel undid its kernel state; "
@@ -249,7 +347,7 @@ def run_all(names=None, parameters: dict | None = None, smoke: bool = False, out
     return runs
 
 
-def write_batch(runs: list[NotebookRun], out_dir: Path = REPORTS_DIR) -> Path:
+def write_batch(runs: list[NotebookRun], out_dir: Path) -> Path:
     """reports/batch.json: each notebook's status, seconds, parameters and data/ runs. A
     notebook of an earlier batch that this one did not run keeps its entry, marked
     `earlier`, so `labkit run ONE` does not make the others' reports disappear."""
