@@ -2,7 +2,7 @@
  * softirq_exit raw tracepoints (no tracefs needed). The receive path of every variant (NAPI, XDP, tc,
  * netfilter, the stack) runs in NET_RX softirq, so this is what receiving costs, measured
  * exactly rather than sampled at timer ticks. Two tracepoint hits per softirq run (a
- * batch of packets), not per packet. */
+ * batch of packets), not per packet. Control plane: labkit/dataplanes/softirq_clock.py. */
 #define NR_VEC 10
 
 BPF_PERCPU_ARRAY(started, u64, 1);

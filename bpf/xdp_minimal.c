@@ -1,6 +1,7 @@
 /* The smallest programs: a baseline for program cost (BPF_PROG_TEST_RUN), and the
  * one-line XDP_PASS program a veth peer needs so that XDP frames sent towards it are
- * delivered (it switches the peer to NAPI mode). */
+ * delivered (it switches the peer to NAPI mode). Control plane:
+ * labkit/dataplanes/minimal.py (nothing to configure; it names and loads them). */
 #include <uapi/linux/bpf.h>
 
 int xdp_drop_bare(struct xdp_md *ctx)

@@ -13,18 +13,15 @@ every copy out of the interface given as the context's `ingress_ifindex`. No soc
 skb, no copy from userspace per frame: about 5 Mpps from one core on this machine, 5-8x
 trafgen.
 
-Flows. With `flows > 1` the program (`xdp_gen`) rewrites each frame from a per-CPU
-sequence f = 0..flows-1, 0, ..: the fields named by the option `vary` (default the
-source port, as TrafficSpec describes: sport .. sport+flows-1; also "dport", "src_ip",
-"dst_ip", several at once moving together) become base + f, and the IPv4 header and
-L4 checksums are updated incrementally. One program run, one frame, no extra system
-calls: the rate stays high and every sending CPU cycles through exactly `flows` flows
-(all of them appear once each CPU sends at least `flows` frames). With one flow the
-frame goes out untouched after one map lookup.
+Flows. With `flows > 1` the program rewrites each frame from a per-CPU sequence of
+`flows` flows, moving the fields named by the option `vary` (default the source port, as
+TrafficSpec describes; also "dport", "src_ip", "dst_ip", several at once moving together):
+see labkit/dataplanes/xdp_gen.py.
 
-The program is parked on the sending host's loopback for the generator's lifetime
-(generic XDP, passing everything there): that keeps it in the kernel's XDP dispatcher,
-without which every BPF_PROG_RUN call costs ~24 ms of RCU grace periods (`_DispatcherPin`).
+The program's own control plane (loading it, its template and flow maps, the xdp_md
+context, parking it on the sending host's loopback so that it stays in the kernel's XDP
+dispatcher, without which every BPF_PROG_RUN call costs ~24 ms of RCU grace periods) is
+labkit/dataplanes/xdp_gen.py; this module is the traffic backend on top of it.
 
 CPUs. `spec.cpus` threads, thread i pinned to the i-th CPU this process may use; each
 enters the sending interface's network namespace itself (setns(2) on the thread, since
@@ -62,17 +59,17 @@ and pktgen, which `traffic.generator("auto", ...)` then falls back to.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import re
 import socket
-import struct
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 from labkit import bpf
+from labkit.dataplanes.xdp_gen import (MAX_BATCH, MAX_FRAME, VARY, GenProgram, can_transmit_xdp, link_kind,
+                                       thread_in_netns, vary_mask, xmit_counters)
 from labkit.testbed import signals
 from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.packets import build
@@ -80,23 +77,16 @@ from labkit.traffic import Generator, Offered, TrafficSpec, register
 
 MIN_KERNEL = (5, 18)
 FALLBACKS = "use another backend: 'trafgen' (netsniff-ng), 'testpmd' (DPDK txonly) or 'pktgen' (kernel module)"
-#: option `vary`: which fields move with the flow index (bits of gen_config.vary in bpf/xdp_gen.c)
-VARY = {"sport": 1, "dport": 2, "src_ip": 4, "dst_ip": 8}
-L4 = {("udp", 4): 0, ("udp", 6): 0, ("tcp", 4): 1, ("tcp", 6): 1, ("icmp", 4): 2, ("icmp", 6): 3}
 PEER_MODES = ("auto", "xdp_pass", "gro", "none")
 #: preamble (7) + start delimiter (1) + FCS (4) + inter-frame gap (12): bytes on the wire
 #: per frame besides `size` (which excludes the FCS)
 WIRE_OVERHEAD = 24
-TEMPLATE_BYTES = 76  # HDR_COPY in bpf/xdp_gen.c: headers restored on every run
-MAX_FRAME = 3400  # a live frame lives in one 4 KiB page beside headroom and skb_shared_info
-MAX_BATCH = 256  # TEST_XDP_MAX_BATCH in the kernel
 CHUNK_SECONDS = 0.005  # at a target rate, one system call sends this much of the schedule
 SHARED_RING_BURST = 128  # paced frames per call when several CPUs send
 MAX_CHUNK = 1 << 18  # frames per system call when unpaced (bounds the reaction to stop/timeout)
 #: Threads per sending CPU, sharing that CPU's schedule (one suffices while the program
 #: stays in the XDP dispatcher; see `_DispatcherPin`).
 THREADS_PER_CPU = 1
-NETDEV_XDP_ACT_NDO_XMIT = 4
 _SPEED_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:bit|b|bps)?(?:/s)?\s*$")
 
 
@@ -157,136 +147,6 @@ def live_frames_supported(release: str | None = None) -> tuple[bool, str]:
     return True, ""
 
 
-# ---------------------------------------------------------------- namespaces, per thread
-_CLONE_NEWNET = 0x40000000
-_libc = None
-
-
-def _setns(fd: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise LabkitError(f"setns into a network namespace failed: {os.strerror(err)}")
-
-
-@contextmanager
-def thread_in_netns(netns: str | None):
-    """Move the calling thread (only it) into network namespace NETNS (/run/netns/NETNS)
-    and back on exit. None: stay where it is."""
-    if not netns:
-        yield
-        return
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-
-
-def in_netns(netns: str | None, fn, *args):
-    """FN(*ARGS) run in a helper thread inside NETNS (for netlink sockets bound there)."""
-    box = {}
-
-    def work():
-        try:
-            with thread_in_netns(netns):
-                box["value"] = fn(*args)
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=work, name="labkit-netns", daemon=True)
-    t.start()
-    t.join(30)
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-# ---------------------------------------------------------------- xdp-features (netlink "netdev")
-def _nla(kind: int, payload: bytes) -> bytes:
-    n = 4 + len(payload)
-    return struct.pack("=HH", n, kind) + payload + b"\0" * ((4 - n % 4) % 4)
-
-
-def _attrs(buf: bytes) -> dict:
-    out, i = {}, 0
-    while i + 4 <= len(buf):
-        n, kind = struct.unpack_from("=HH", buf, i)
-        if n < 4:
-            break
-        out[kind & 0x3FFF] = buf[i + 4:i + n]
-        i += (n + 3) & ~3
-    return out
-
-
-def _genl(sock, family: int, cmd: int, attrs: bytes, seq: int) -> dict:
-    body = struct.pack("=BBH", cmd, 1, 0) + attrs
-    sock.send(struct.pack("=IHHII", 16 + len(body), family, 1, seq, 0) + body)  # NLM_F_REQUEST
-    data = sock.recv(65536)
-    n, kind = struct.unpack_from("=IH", data, 0)
-    if kind == 2:  # NLMSG_ERROR
-        err = -struct.unpack_from("=i", data, 16)[0]
-        raise OSError(err, os.strerror(err))
-    return _attrs(data[20:n])
-
-
-def _query_xdp_features(ifindex: int) -> int | None:
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16) as sock:  # NETLINK_GENERIC
-        sock.settimeout(5)
-        sock.bind((0, 0))
-        try:  # CTRL_CMD_GETFAMILY "netdev" on GENL_ID_CTRL
-            fam = _genl(sock, 0x10, 3, _nla(2, b"netdev\0"), 1)
-        except OSError:
-            return None  # before kernel 6.3: no netdev family
-        family = struct.unpack("=H", fam[1][:2])[0]
-        dev = _genl(sock, family, 1, _nla(1, struct.pack("=I", ifindex)), 2)  # NETDEV_CMD_DEV_GET
-        return int.from_bytes(dev[3], "little") if 3 in dev else None  # NETDEV_A_DEV_XDP_FEATURES
-
-
-def xdp_features(iface) -> int | None:
-    """The kernel's xdp-features bit set of IFACE (NETDEV_XDP_ACT_*), None where the
-    kernel cannot say (before 6.3). NDO_XMIT (4): it can transmit XDP frames now (a veth:
-    only while its peer has a native XDP program or GRO on)."""
-    try:
-        return in_netns(iface.host.netns, _query_xdp_features, iface.ifindex)
-    except OSError:
-        return None
-
-
-def can_transmit_xdp(iface) -> bool | None:
-    feats = xdp_features(iface)
-    return None if feats is None else bool(feats & NETDEV_XDP_ACT_NDO_XMIT)
-
-
-def link_kind(iface) -> str | None:
-    """The link kind ('veth', 'bridge', ...), None for a plain device (a NIC, loopback)."""
-    with iface.host.ipr() as ipr:
-        info = ipr.link("get", index=iface.ifindex)[0].get_attr("IFLA_LINKINFO")
-    return info.get_attr("IFLA_INFO_KIND") if info else None
-
-
-def _xmit_counters(iface) -> tuple[int, int]:
-    """(frames transmitted by ndo_xdp_xmit, frames it refused) from `ethtool -S`, summed
-    over queues; (0, 0) where the driver exports neither."""
-    try:
-        stats = iface.ethtool_stats()
-    except Exception:
-        return 0, 0
-    sent = sum(v for k, v in stats.items() if re.search(r"xdp_xmit$", k))
-    errs = sum(v for k, v in stats.items() if re.search(r"xdp_xmit_err", k))
-    return sent, errs
-
-
 # ---------------------------------------------------------------- the peer requirement
 class _GroOn:
     """GRO switched on for an interface, back off on exit (harmless twice)."""
@@ -308,43 +168,6 @@ class _GroOn:
             self.changed = False
 
 
-# ---------------------------------------------------------------- the dispatcher pin
-class _DispatcherPin:
-    """Keep the generator's program in the kernel's XDP dispatcher while the generator lives.
-
-    BPF_PROG_RUN with repeat > 1 installs the program in the XDP dispatcher and removes it
-    again, each with an RCU grace period: about 24 ms per call here, serialized across the
-    machine, which would leave pacing at 40 calls a second. A program attached to any
-    interface stays in the dispatcher, so this attaches it in generic mode to the loopback
-    of the sending host (where it passes every packet: it transmits only frames whose
-    ingress is the sending interface, i.e. its own live frames). Calls then cost well under
-    a millisecond. Exit detaches it. Where the loopback already has an XDP program the pin
-    is skipped and the cost recorded as a note."""
-
-    def __init__(self, host, fn):
-        self.host, self.fn = host, fn
-        self.attachment = None
-
-    def __enter__(self) -> str:
-        from labkit.testbed.topology import Interface
-
-        with self.host.ipr() as ipr:
-            idx = ipr.link_lookup(ifname="lo")
-        if not idx:
-            return "no loopback on the sending host: every send call pays ~24 ms of XDP dispatcher updates"
-        lo = Interface(self.host, "lo", idx[0], "00:00:00:00:00:00", None, None, real=self.host.netns is None)
-        if bpf.xdp_state(lo).get("IFLA_XDP_ATTACHED"):
-            return ("the sending host's loopback already has an XDP program, so the generator could not keep "
-                    "its program in the XDP dispatcher: every send call pays ~24 ms (pacing is coarser)")
-        self.attachment = bpf.attach_xdp(lo, self.fn, "generic").attach()
-        return ""
-
-    def __exit__(self, *exc):
-        if self.attachment is not None:
-            self.attachment.detach()
-            self.attachment = None
-
-
 # ---------------------------------------------------------------- the backend
 @register
 class XdpGenerator(Generator):
@@ -359,12 +182,11 @@ class XdpGenerator(Generator):
     description = "in-kernel BPF_PROG_RUN live frames (XDP_TX), bpf/xdp_gen.c"
 
     def __init__(self, iface, **options):
-        self.program = None
+        self.gen = None
         self.peer_program = None
-        self._stack = ExitStack()
         self.last = {}
         super().__init__(iface, **options)
-        self.vary = self._check_vary(options.get("vary", "sport"))
+        self.vary = vary_mask(options.get("vary", "sport"))
         self.peer_mode = options.get("peer", "auto")
         if self.peer_mode not in PEER_MODES:
             raise InputError(f"peer {self.peer_mode!r}: choose one of {PEER_MODES}")
@@ -386,13 +208,8 @@ class XdpGenerator(Generator):
                 raise InputError(
                     f"{iface.name} on {iface.host} cannot transmit XDP frames (its driver lacks ndo_xdp_xmit; "
                     f"kind {self.kind or 'device'}): {FALLBACKS}")
-        try:
-            self.program = bpf.load("xdp_gen", GEN_IFINDEX=iface.ifindex)
-            self.fn = self.program.function("xdp_gen", "xdp")
-            self.pin_note = self._stack.enter_context(_DispatcherPin(self.host, self.fn))
-        except BaseException:
-            self.close()
-            raise
+        self.gen = GenProgram(iface.ifindex, self.host)  # loaded and parked in the XDP dispatcher
+        self.fn, self.pin_note = self.gen.fn, self.gen.pin_note
 
     @classmethod
     def available(cls):
@@ -407,16 +224,6 @@ class XdpGenerator(Generator):
         except MissingDependency as exc:
             return False, f"{exc} ({FALLBACKS})"
         return True, ""
-
-    @staticmethod
-    def _check_vary(vary) -> int:
-        names = (vary,) if isinstance(vary, str) else tuple(vary)
-        if not names or any(n not in VARY for n in names):
-            raise InputError(f"vary {vary!r}: name one or more of {sorted(VARY)}")
-        mask = 0
-        for n in names:
-            mask |= VARY[n]
-        return mask
 
     # ---- checks before the kernel is touched
     def check(self, spec: TrafficSpec) -> float | None:
@@ -447,7 +254,7 @@ class XdpGenerator(Generator):
     # ---- sending
     def send(self, spec: TrafficSpec) -> Offered:
         rate = self.check(spec)
-        if self.program is None:
+        if self.gen is None:
             raise LabkitError("this xdp generator is closed")
         frame = build(spec.frame(0))
         version = 6 if ":" in spec.src_ip else 4
@@ -459,9 +266,9 @@ class XdpGenerator(Generator):
             if self.kind == "veth" and can_transmit_xdp(self.iface) is False:
                 raise LabkitError(f"{self.iface.name} still cannot transmit XDP frames after preparing its peer "
                                   f"(peer={self.peer_mode!r}): {FALLBACKS}")
-            before = _xmit_counters(self.iface)
+            before = xmit_counters(self.iface)
             per_cpu, elapsed, stopped = self._run_threads(fn, frame, spec, rate)
-            after = _xmit_counters(self.iface)
+            after = xmit_counters(self.iface)
         packets = sum(p["packets"] for p in per_cpu)
         xmit, errors = after[0] - before[0], after[1] - before[1]
         if errors:
@@ -479,17 +286,8 @@ class XdpGenerator(Generator):
                        cpu_seconds=sum(p["cpu_seconds"] for p in per_cpu), per_cpu=per_cpu, notes=notes)
 
     def _configure(self, spec: TrafficSpec, version: int, frame: bytes) -> None:
-        family = socket.AF_INET6 if version == 6 else socket.AF_INET
-        low = lambda a: int.from_bytes(socket.inet_pton(family, a)[-4:], "big")  # noqa: E731
-        table = self.program.map("gen_config")
-        leaf = table.Leaf(spec.flows, self.vary, int(version == 6), L4[(spec.proto, version)],
-                          spec.sport, spec.dport, low(spec.src_ip), low(spec.dst_ip))
-        table[ctypes.c_int(0)] = leaf
-        tpl = self.program.map("gen_template")
-        head = frame[:TEMPLATE_BYTES].ljust(TEMPLATE_BYTES, b"\0")
-        tpl[ctypes.c_int(0)] = tpl.Leaf((ctypes.c_uint8 * TEMPLATE_BYTES)(*head))
-        seq = self.program.map("gen_seq")
-        seq.clear()  # per-CPU sequences restart at flow 0
+        self.gen.configure(frame, flows=spec.flows, vary=self.vary, version=version, proto=spec.proto,
+                           sport=spec.sport, dport=spec.dport, src_ip=spec.src_ip, dst_ip=spec.dst_ip)
 
     def _prepare_peer(self, stack: ExitStack) -> list[str]:
         """Make the veth peer able to receive XDP frames for one send; the caveat to record."""
@@ -550,7 +348,7 @@ class XdpGenerator(Generator):
                 if sched.cpu is not None:
                     os.sched_setaffinity(0, {sched.cpu})
                 with thread_in_netns(self.host.netns):
-                    ctx = bpf.XdpMd(data=0, data_end=len(frame), ingress_ifindex=self.iface.ifindex)
+                    ctx = self.gen.context(frame)
                     ready.wait(30)
                     sched.run(fn, frame, ctx, deadline, stop)
             except threading.BrokenBarrierError:
@@ -592,12 +390,11 @@ class XdpGenerator(Generator):
         return per_cpu, max(seconds, 1e-9), any(s.stopped for s in senders)
 
     def close(self) -> None:
-        self._stack.close()
-        for attr in ("peer_program", "program"):
-            prog = getattr(self, attr, None)
+        for attr in ("gen", "peer_program"):
+            owned = getattr(self, attr, None)
             setattr(self, attr, None)
-            if prog is not None:
-                prog.close()
+            if owned is not None:
+                owned.close()
 
 
 class _CpuSchedule:
