@@ -39,9 +39,9 @@ BUILD = textwrap.dedent("""
          topology.Topology(topology.pair(sender_if=A, receiver_if=B)) as real, \\
          DropFilter() as filt, \\
          filt.attach_xdp(real.iface("rcv"), "generic"), filt.attach_tc(real.iface("rcv")), \\
-         netfilter.rule(hosts.ROOT_HOST, "raw", "PREROUTING", "-i", B, "-p", "udp", "-j", "ACCEPT"):
+         netfilter.rule(hosts.ROOT_HOST, "raw", "PREROUTING", "-i", B, "-p", "udp", "-j", "ACCEPT"), \
+         hosts.ROOT_HOST.spawn(["sleep", "601"], name="root-child"):
         topo.host("rcv").spawn(["sleep", "600"], name="ns-child")
-        hosts.ROOT_HOST.spawn(["sleep", "601"], name="root-child")
         Path(MARKER).write_text(topo.run.prefix)
         deadline = time.monotonic() + HOLD
         while time.monotonic() < deadline and not Path(MARKER + ".finish").exists():
@@ -246,7 +246,7 @@ def test_killing_a_kernel_that_holds_a_live_lab_undoes_the_lab(env, tmp_path):
             from labkit.widgets.drop import DropLab
             lab = DropLab(hook="XDP generic")
             lab.send(count=1000)
-            hosts.ROOT_HOST.spawn(["sleep", "602"], name="root-child")
+            root_child = hosts.ROOT_HOST.spawn(["sleep", "602"], name="root-child")
             Path({str(marker)!r}).write_text(lab.topo.run.prefix)
         """))
         prefix = wait_for_marker(marker, lambda: None if km.is_alive() else "dead")
