@@ -1,13 +1,58 @@
 """Shared fixtures. The suite runs as root against real kernel objects (namespaces, veths,
-XDP and tc programs, iptables, trafgen, DPDK). Tests that need root skip without it."""
+XDP and tc programs, iptables, trafgen, DPDK). Tests that need root skip without it.
+
+The suite never touches a person's own reports/ and data/: before labkit is imported,
+LABKIT_DATA_DIR and LABKIT_REPORTS_DIR point at a temporary folder of this session, so
+every table, executed notebook and index page a test makes goes there, from this process,
+from `labkit` commands the tests start and from notebook kernels (they inherit the
+environment). At the end the session checks that reports/ and data/ are byte for byte as
+they were, and names what changed if not."""
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from labkit import cleanup
-from labkit.testbed import topology
+ROOT = Path(__file__).resolve().parent.parent
+#: a person's own folders, which the suite must leave as it found them
+OWN_FOLDERS = ("reports", "data")
+
+
+def tree_digest(folder: Path) -> dict:
+    """{path relative to FOLDER: sha256 of its bytes} for every file below FOLDER (a
+    directory as '<dir>', a symlink as its target)."""
+    out = {}
+    if not folder.exists():
+        return out
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_dir():
+            out[rel] = "<dir>"
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def tree_changes(before: dict, after: dict) -> list[str]:
+    return ([f"{p} (added)" for p in sorted(after.keys() - before.keys())]
+            + [f"{p} (removed)" for p in sorted(before.keys() - after.keys())]
+            + [f"{p} (changed)" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]])
+
+
+# Before labkit is imported anywhere: labkit reads these once, at import.
+_OWN_BEFORE = {name: tree_digest(ROOT / name) for name in OWN_FOLDERS}
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="labkit-tests-"))
+os.environ["LABKIT_DATA_DIR"] = str(SESSION_DIR / "data")
+os.environ["LABKIT_REPORTS_DIR"] = str(SESSION_DIR / "reports")
+
+from labkit import cleanup  # noqa: E402  (after the environment above)
+from labkit.testbed import topology  # noqa: E402
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 
@@ -71,3 +116,62 @@ def nothing_left_behind():
         time.sleep(0.2)
     assert not _tool_processes() - procs, f"processes left running: {_tool_processes() - procs}"
     assert not _root_xdp_links() - xdp, f"XDP programs left attached: {_root_xdp_links() - xdp}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def labkit_folders():
+    """Every test's data and reports folders: this session's temporary ones (see the module
+    docstring); afterwards, reports/ and data/ of the checkout are as they were."""
+    import labkit
+    from labkit import results
+
+    data, reports = SESSION_DIR / "data", SESSION_DIR / "reports"
+    assert labkit.DATA_DIR == data and results.DATA_DIR == data and labkit.REPORTS_DIR == reports, (
+        "labkit was imported before tests/conftest.py pointed it at temporary folders: "
+        f"DATA_DIR {labkit.DATA_DIR}, REPORTS_DIR {labkit.REPORTS_DIR}")
+    data.mkdir(parents=True, exist_ok=True)
+    reports.mkdir(parents=True, exist_ok=True)
+    yield {"data": data, "reports": reports}
+    changed = [f"{name}/{c}" for name in OWN_FOLDERS
+               for c in tree_changes(_OWN_BEFORE[name], tree_digest(ROOT / name))]
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
+    assert not changed, ("the test suite changed the checkout's own reports/ or data/ (or something else on "
+                         "this machine wrote there while it ran): " + ", ".join(changed[:20])
+                         + (f" and {len(changed) - 20} more" if len(changed) > 20 else ""))
+
+
+@pytest.fixture
+def data_dir(labkit_folders) -> Path:
+    """This session's data folder (labkit.DATA_DIR while the suite runs)."""
+    return labkit_folders["data"]
+
+
+@pytest.fixture
+def reports_dir(labkit_folders) -> Path:
+    """This session's reports folder (labkit.REPORTS_DIR while the suite runs)."""
+    return labkit_folders["reports"]
+
+
+@pytest.fixture
+def fwd_topo():
+    """The L2 forwarding testbed: sender -> dut (two ports) -> receiver, torn down afterwards."""
+    from labkit.experiments import l2fwd
+
+    with topology.Topology(l2fwd.spec()) as topo:
+        yield topo
+
+
+@pytest.fixture
+def capture():
+    """capture(iface): an AF_PACKET socket on IFACE (tests/capture.py), closed afterwards."""
+    from capture import Capture
+
+    opened = []
+
+    def open_on(iface):
+        opened.append(Capture(iface))
+        return opened[-1]
+
+    yield open_on
+    for cap in opened:
+        cap.close()

@@ -1,7 +1,8 @@
-"""The reports as a reader sees them: reports/index.html and each report opened in a real
+"""The reports as a reader sees them: a batch's index.html and each report opened in a real
 headless browser (Debian's chromium), offline (every host name fails to resolve). Every
 image must have loaded with a size, every link to a file or an anchor must resolve, and
-a screenshot of each page is saved under reports/screenshots/.
+a screenshot of each page is saved beside the test's own reports (a temporary folder:
+the checkout's reports/ is never read or written by the suite).
 
 How a page is inspected with nothing but the chromium command line: a copy of it, with a
 <base> pointing at the original's directory (so relative links resolve as in the
@@ -17,8 +18,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from labkit import REPORTS_DIR
-from labkit.reporting import batch as report, index as index_page
+from labkit.reporting import batch as report
 from conftest import needs_root
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -73,7 +73,7 @@ def inspect(page: Path, tmp: Path) -> dict:
 
 
 def screenshot(page: Path, tmp: Path, name: str) -> Path:
-    out = REPORTS_DIR / "screenshots" / f"{name}.png"
+    out = page.parent / "screenshots" / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     _chromium(["--window-size=1280,2400", f"--screenshot={out}", page.resolve().as_uri()], tmp)
     assert out.exists() and out.stat().st_size > 10_000, f"no screenshot of {page}"
@@ -103,31 +103,20 @@ def check_page(page: Path, tmp: Path, min_images: int = 0) -> list[Path]:
 
 @needs_root
 def test_a_fresh_batch_reads_well_in_a_browser(tmp_path):
-    """A batch built here (the drop experiment and the comparison, smoke) plus its index,
-    checked offline. It makes its own drop run, so it holds on a fresh clone too."""
-    out = tmp_path / "reports"
-    drop = report.execute(report.notebooks(["01-xdp-drop"])[0], {"smoke": True}, out_dir=out, progress=False)
-    assert drop.ok, drop.error
-    run = report.execute(report.notebooks(["04-comparison"])[0], {"smoke": True}, out_dir=out, progress=False)
-    assert run.ok, run.error
-    index = index_page.write_index([drop, run], out)
-    linked = check_page(index, tmp_path, min_images=2)  # program costs + at least the drop experiment (data/)
-    assert run.html.resolve() in {p.resolve() for p in linked}
-    for p in {p for p in linked if p.suffix == ".html"}:
-        check_page(p, tmp_path, min_images=2)
-    screenshot(index, tmp_path, "test-index")
-    screenshot(run.html, tmp_path, "test-04-comparison")
-
-
-def test_the_latest_reports_read_well_in_a_browser(tmp_path):
-    """reports/index.html as `labkit report` left it, and every report it links to."""
-    index = REPORTS_DIR / "index.html"
-    if not index.exists():
-        pytest.skip("no reports/index.html yet: run `make report` (or `labkit report --smoke`)")
-    linked = check_page(index, tmp_path)
+    """A batch as `labkit report --smoke` makes it (the drop experiment and the comparison),
+    in this test's own reports and data folders, checked offline: the index and every
+    report it links to. It makes its own runs, so it holds on a fresh clone too."""
+    out, data = tmp_path / "reports", tmp_path / "data"
+    done = report.run_all(["01-xdp-drop", "04-comparison"], {}, out, data, smoke=True, progress=False,
+                          log=lambda *a: None)
+    assert all(r.ok for r in done), [(r.name, r.error) for r in done]
+    drop, comparison = done
+    assert drop.runs and all(Path(p).is_relative_to(data) for p in drop.runs), "the batch's tables are in its data folder"
+    index = out / "index.html"
+    linked = check_page(index, tmp_path, min_images=2)  # program costs + the drop experiment
+    assert {r.html.resolve() for r in done} <= {p.resolve() for p in linked}
     pages = sorted({p for p in linked if p.suffix == ".html"})
-    assert pages, "the index links no report"
     for p in pages:
-        check_page(p, tmp_path, min_images=1)
+        check_page(p, tmp_path, min_images=2)
         screenshot(p, tmp_path, p.stem)
     screenshot(index, tmp_path, "index")

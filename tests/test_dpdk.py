@@ -5,15 +5,12 @@ bad input is refused before anything runs; testpmd sends the count asked; nothin
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
 
 from labkit import bpf, dpdk, traffic
-from labkit.testbed import topology
 from labkit.errors import InputError, MissingDependency
-from labkit.experiments import l2fwd as l2exp
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 
@@ -26,43 +23,6 @@ def binary():
         return dpdk.build_l2fwd()
     except MissingDependency as exc:
         pytest.skip(str(exc))
-
-
-@pytest.fixture
-def fwd_topo():
-    with topology.Topology(l2exp.spec()) as topo:
-        yield topo
-
-
-class Capture:
-    """An AF_PACKET socket on the receiver's interface: the frames that really arrived."""
-
-    def __init__(self, iface):
-        with iface.host.entered():
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE: hold every frame
-            self.sock.bind((iface.name, 0))
-        self.sock.settimeout(0.5)
-
-    def frames(self, want: int, timeout: float = 5.0) -> list[bytes]:
-        out, deadline = [], time.monotonic() + timeout
-        while len(out) < want and time.monotonic() < deadline:
-            try:
-                data, addr = self.sock.recvfrom(4096)
-            except socket.timeout:
-                continue
-            if addr[2] != socket.PACKET_OUTGOING:
-                out.append(data)
-        return out
-
-    def close(self):
-        self.sock.close()
-
-
-def _udp_to_receiver(frames, topo):
-    snd = topo.iface("snd")
-    return [f for f in frames if f[6:12] != b"\0" * 6 and f[12:14] == b"\x08\x00" and f[23] == 17
-            and f[26:30] == socket.inet_aton(snd.address)]
 
 
 # ---------------------------------------------------------------- build
@@ -122,36 +82,33 @@ def test_bad_input_is_refused_before_running(fwd_topo, binary):
 
 
 # ---------------------------------------------------------------- forwarding
-def test_l2fwd_forwards_with_mac_rewrite_and_counts(fwd_topo, binary):
+def test_l2fwd_forwards_with_mac_rewrite_and_counts(fwd_topo, binary, capture):
     snd, rcv = fwd_topo.iface("snd"), fwd_topo.iface("rcv")
     d0, d1 = fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")
-    cap = Capture(rcv)
-    try:
-        with dpdk.L2fwd(fwd_topo.host("dut"), [dpdk.Port.af_packet(d0, framecnt=4096), dpdk.Port.af_packet(d1, framecnt=4096)],
-                        dpdk.EalOptions(lcores="1"), dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=2)) as fwd:
-            prefix = fwd.prefix
-            assert dpdk.runtime_dirs(prefix), "DPDK's runtime directory exists while it runs"
-            before = fwd.next_stats()
-            # addressed to the sender's own peer MAC: only l2fwd's rewrite makes it the receiver's
-            spec = traffic.TrafficSpec.between(snd, d0, count=N, size=64, rate_pps=20_000)
-            spec.dst_ip = rcv.address
-            offered = traffic.generator("trafgen", snd).send(spec)
-            assert offered.packets == N
-            frames = _udp_to_receiver(cap.frames(N), fwd_topo)
-            after = fwd.next_stats()
-            res = fwd.resources()
-        rx, tx = after[0].received - before[0].received, after[1].sent - before[1].sent
-        assert len(frames) == N, f"{len(frames)} of {N} frames arrived at the receiver (l2fwd: rx {rx}, tx {tx})"
-        assert all(f[0:6] == bytes.fromhex("020000000001") for f in frames), "dst MAC is l2fwd's 02:00:00:00:00:01"
-        assert all(f[6:12] == bytes.fromhex(d1.mac.replace(":", "")) for f in frames), "src MAC is the egress port's"
-        assert after[0].received - before[0].received == N
-        assert after[1].sent - before[1].sent == N
-        assert res.cpu_seconds > 0 and res.busy_cores > 0.3 and res.rss_mb > 10 and not res.hugepages
-        assert fwd.proc.returncode is not None  # stopped and reaped
-        assert not dpdk.runtime_dirs(prefix), "runtime directory removed after the run"
-        assert not dpdk.dpdk_processes(prefix)
-    finally:
-        cap.close()
+    cap = capture(rcv)
+    with dpdk.L2fwd(fwd_topo.host("dut"), [dpdk.Port.af_packet(d0, framecnt=4096), dpdk.Port.af_packet(d1, framecnt=4096)],
+                    dpdk.EalOptions(lcores="1"), dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=2)) as fwd:
+        prefix = fwd.prefix
+        assert dpdk.runtime_dirs(prefix), "DPDK's runtime directory exists while it runs"
+        before = fwd.next_stats()
+        # addressed to the sender's own peer MAC: only l2fwd's rewrite makes it the receiver's
+        spec = traffic.TrafficSpec.between(snd, d0, count=N, size=64, rate_pps=20_000)
+        spec.dst_ip = rcv.address
+        offered = traffic.generator("trafgen", snd).send(spec)
+        assert offered.packets == N
+        frames = cap.udp_from(cap.frames(N), snd)
+        after = fwd.next_stats()
+        res = fwd.resources()
+    rx, tx = after[0].received - before[0].received, after[1].sent - before[1].sent
+    assert len(frames) == N, f"{len(frames)} of {N} frames arrived at the receiver (l2fwd: rx {rx}, tx {tx})"
+    assert all(f[0:6] == bytes.fromhex("020000000001") for f in frames), "dst MAC is l2fwd's 02:00:00:00:00:01"
+    assert all(f[6:12] == bytes.fromhex(d1.mac.replace(":", "")) for f in frames), "src MAC is the egress port's"
+    assert after[0].received - before[0].received == N
+    assert after[1].sent - before[1].sent == N
+    assert res.cpu_seconds > 0 and res.busy_cores > 0.3 and res.rss_mb > 10 and not res.hugepages
+    assert fwd.proc.returncode is not None  # stopped and reaped
+    assert not dpdk.runtime_dirs(prefix), "runtime directory removed after the run"
+    assert not dpdk.dpdk_processes(prefix)
 
 
 def test_l2fwd_exits_cleanly_on_error_path(fwd_topo, binary):

@@ -13,23 +13,14 @@ import pytest
 
 from labkit import bpf, traffic
 from labkit import cleanup
-from labkit.testbed import topology
 from labkit import dpdk
 from labkit.errors import InputError
 from labkit.dataplanes import xdp_fwd
 from labkit.experiments import l2fwd
 
-from test_dpdk import Capture, _udp_to_receiver  # tests/ is on sys.path under pytest
-
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 N = 2000
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def fwd_topo():
-    with topology.Topology(l2fwd.spec()) as topo:
-        yield topo
 
 
 def _send(topo, to_receiver: bool = False):
@@ -41,25 +32,22 @@ def _send(topo, to_receiver: bool = False):
     return traffic.generator("trafgen", snd).send(spec)
 
 
-def test_xdp_redirect_forwards_with_mac_rewrite(fwd_topo):
+def test_xdp_redirect_forwards_with_mac_rewrite(fwd_topo, capture):
     rcv, d0, d1 = fwd_topo.iface("rcv"), fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")
-    cap = Capture(rcv)
-    try:
-        # the receiver needs an XDP program for XDP_REDIRECT into its peer to deliver
-        with bpf.load("xdp_minimal") as bare, bpf.attach_xdp(rcv, bare.function("xdp_pass_bare"), "native"), \
-                xdp_fwd.XdpForwarder([d0, d1]) as fwd, fwd.attach_xdp("native"):
-            assert bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED")
-            offered = _send(fwd_topo)
-            frames = _udp_to_receiver(cap.frames(N), fwd_topo)
-            counters = fwd.counters()
-        assert offered.packets == N
-        assert counters["redirected"] >= N and counters["refused"] == 0  # (plus any stray frame)
-        assert len(frames) == N, f"{len(frames)} of {N} frames arrived"
-        assert all(f[0:6] == bytes.fromhex("020000000001") for f in frames)
-        assert all(f[6:12] == bytes.fromhex(d1.mac.replace(":", "")) for f in frames)
-        assert not bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED") and not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
-    finally:
-        cap.close()
+    cap = capture(rcv)
+    # the receiver needs an XDP program for XDP_REDIRECT into its peer to deliver
+    with bpf.load("xdp_minimal") as bare, bpf.attach_xdp(rcv, bare.function("xdp_pass_bare"), "native"), \
+            xdp_fwd.XdpForwarder([d0, d1]) as fwd, fwd.attach_xdp("native"):
+        assert bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED")
+        offered = _send(fwd_topo)
+        frames = cap.udp_from(cap.frames(N), fwd_topo.iface("snd"))
+        counters = fwd.counters()
+    assert offered.packets == N
+    assert counters["redirected"] >= N and counters["refused"] == 0  # (plus any stray frame)
+    assert len(frames) == N, f"{len(frames)} of {N} frames arrived"
+    assert all(f[0:6] == bytes.fromhex("020000000001") for f in frames)
+    assert all(f[6:12] == bytes.fromhex(d1.mac.replace(":", "")) for f in frames)
+    assert not bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED") and not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
 
 
 @pytest.mark.parametrize("name", ["bridge", "tc_redirect"])
