@@ -16,31 +16,42 @@ class XdpForwarder:
     leave by the other, with l2fwd's MAC rewrite. Attach with `attach_xdp()` /
     `attach_tc()` (context managers)."""
 
-    def __init__(self, ports: list, mac_updating: bool = True):
-        if len(ports) != 2:
+    def __init__(self, ports: list | None, mac_updating: bool = True):
+        if ports is not None and len(ports) != 2:
             raise InputError("the XDP forwarder pairs exactly two ports")
-        self.ports = ports
+        self.ports = ports or []
         self.prog = bpf.load("xdp_fwd", MAC_UPDATING=int(bool(mac_updating)))
         try:
-            self._fill(ports)
+            if ports:
+                self._fill(ports)
         except BaseException:
             self.prog.close()
             raise
 
-    def _fill(self, ports) -> None:
+    @classmethod
+    def unpaired(cls, mac_updating: bool = True) -> "XdpForwarder":
+        """The program loaded with empty maps, for entries set one by one with `forward()`
+        (a test run, whose ingress is this namespace's loopback, needs no port pair)."""
+        return cls(None, mac_updating)
+
+    def forward(self, in_ifindex: int, out_port: int, out_ifindex: int, out_mac: str) -> None:
+        """Frames arriving on IN_IFINDEX leave by port OUT_PORT (the devmap slot, which
+        holds OUT_IFINDEX) with source MAC OUT_MAC. A devmap resolves ifindexes in the
+        namespace of whoever updates it: call this from inside the ports' namespace."""
         port_of, tx = self.prog.map("port_of"), self.prog.map("tx_ports")
-        # A devmap resolves ifindexes in the network namespace of whoever updates it:
-        # fill it from inside the ports' namespace.
+        entry = port_of.Leaf()
+        entry.out_port = out_port
+        entry.out_ifindex = out_ifindex
+        for j, b in enumerate(bytes.fromhex(out_mac.replace(":", ""))):
+            entry.out_mac[j] = b
+        port_of[port_of.Key(in_ifindex)] = entry
+        tx[tx.Key(out_port)] = tx.Leaf(out_ifindex)
+
+    def _fill(self, ports) -> None:
         with ports[0].host.entered():
             for i, iface in enumerate(ports):
                 out = 1 - i
-                entry = port_of.Leaf()
-                entry.out_port = out
-                entry.out_ifindex = ports[out].ifindex
-                for j, b in enumerate(bytes.fromhex(ports[out].mac.replace(":", ""))):
-                    entry.out_mac[j] = b
-                port_of[port_of.Key(iface.ifindex)] = entry
-                tx[tx.Key(i)] = tx.Leaf(iface.ifindex)
+                self.forward(iface.ifindex, out, ports[out].ifindex, ports[out].mac)
 
     def counters(self) -> dict:
         sums = bpf.percpu_sum(self.prog.map("counters"))

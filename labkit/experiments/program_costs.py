@@ -6,14 +6,15 @@ no generator, no other CPU work in the number).
 
 Each bpf/*.c is searched for its XDP entry points (`int NAME(struct xdp_md *ctx)`) and tc
 entry points (`int NAME(struct __sk_buff *skb)`); every one of them is loaded and run on a
-64-byte UDP frame. Where labkit knows the program's control plane, its maps are set up so
-that the frame takes the program's working path, not its "nothing configured" path:
+64-byte UDP frame. Where labkit knows the program's control plane (labkit/dataplanes/), it
+sets the maps up, so that the frame takes the program's working path, not its "nothing
+configured" path:
 
 - drop_filter.c: a rule dropping UDP (XDP_DROP / TC_ACT_SHOT);
 - xdp_fwd.c: a port entry for the frame's ingress port (XDP_REDIRECT / TC_ACT_REDIRECT;
   the test run only computes the verdict, nothing is sent);
 - xdp_gen.c: the generator with 64 flows (per-frame source-port and checksum rewrite,
-  XDP_TX), and the sink (count per flow, XDP_DROP);
+  XDP_TX), and the sink (count per flow, XDP_DROP), loaded separately as in use;
 - nat.c: source NAT of an established flow outbound, and its reply inbound. The NAT
   rewrites the frame it is given, so a repeated run would measure the already-translated
   frame (which takes the "no rule" path): these two are measured one run per system
@@ -38,6 +39,11 @@ from pathlib import Path
 from typing import Callable
 
 from labkit import BPF_DIR, bpf, packets
+from labkit.dataplanes.drop_filter import DropFilter
+from labkit.dataplanes.minimal import Minimal
+from labkit.dataplanes.nat import Nat
+from labkit.dataplanes.xdp_fwd import XdpForwarder
+from labkit.dataplanes.xdp_gen import GenProgram, GenSink, vary_mask
 from labkit.errors import InputError
 
 SRC_MAC, DST_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
@@ -91,65 +97,55 @@ def udp_frame(src_ip: str = "10.11.0.1", dst_ip: str = "10.11.0.2", sport: int =
 
 
 # ---------------------------------------------------------------- per-source set-ups
-# Each takes an ExitStack (for what it loads) and returns (loaded program, scenarios).
+# Each builds its scenario through the program's control plane (labkit/dataplanes/),
+# entering what it loads into an ExitStack, and returns [(loaded program, scenario)].
 # The loader of a source with no entry here loads it as it is (default maps).
 def _setup_drop_filter(stack: ExitStack, frame: bytes):
-    from labkit.dataplanes.drop_filter import DropFilter
-
     filt = stack.enter_context(DropFilter())
     filt.drop_proto("udp")
-    return filt.program, [Scenario("drop_filter", "xdp_filter", "xdp", "rule: drop UDP", frame, "XDP_DROP"),
-                          Scenario("drop_filter", "tc_filter", "tc", "rule: drop UDP", frame, "TC_ACT_SHOT")]
+    return [(filt.program, Scenario("drop_filter", "xdp_filter", "xdp", "rule: drop UDP", frame, "XDP_DROP")),
+            (filt.program, Scenario("drop_filter", "tc_filter", "tc", "rule: drop UDP", frame, "TC_ACT_SHOT"))]
 
 
 def _setup_xdp_fwd(stack: ExitStack, frame: bytes):
-    prog = stack.enter_context(bpf.load("xdp_fwd"))
+    fwd = stack.enter_context(XdpForwarder.unpaired())
     lo = socket.if_nametoindex("lo")  # the test run's ingress device is this namespace's loopback
-    port_of, tx = prog.map("port_of"), prog.map("tx_ports")
-    entry = port_of.Leaf()
-    entry.out_port, entry.out_ifindex = 1, lo
-    for j, b in enumerate(packets.mac_bytes("02:00:00:00:00:0c")):
-        entry.out_mac[j] = b
     for ifindex in {0, lo}:  # tc's test run reports ingress_ifindex 0 unless a context says otherwise
-        port_of[port_of.Key(ifindex)] = entry
-    tx[tx.Key(1)] = tx.Leaf(lo)
-    return prog, [Scenario("xdp_fwd", "xdp_l2fwd", "xdp", "port entry: redirect (MAC rewrite)", frame, "XDP_REDIRECT"),
-                  Scenario("xdp_fwd", "tc_l2fwd", "tc", "port entry: redirect (MAC rewrite)", frame, "TC_ACT_REDIRECT")]
+        fwd.forward(ifindex, 1, lo, "02:00:00:00:00:0c")
+    label = "port entry: redirect (MAC rewrite)"
+    return [(fwd.prog, Scenario("xdp_fwd", "xdp_l2fwd", "xdp", label, frame, "XDP_REDIRECT")),
+            (fwd.prog, Scenario("xdp_fwd", "tc_l2fwd", "tc", label, frame, "TC_ACT_REDIRECT"))]
 
 
 def _setup_xdp_gen(stack: ExitStack, frame: bytes):
-    lo = socket.if_nametoindex("lo")
-    prog = stack.enter_context(bpf.load("xdp_gen", GEN_IFINDEX=lo))
-    cfg = prog.map("gen_config")
-    leaf = cfg.Leaf()
-    leaf.flows, leaf.vary, leaf.ipv6, leaf.l4 = 64, 1, 0, 0  # 64 flows by source port, IPv4, UDP
-    leaf.sport, leaf.dport = 1024, 9
-    cfg[ctypes.c_int(0)] = leaf
-    return prog, [Scenario("xdp_gen", "xdp_gen", "xdp", "64 flows: source port + checksums rewritten", frame, "XDP_TX"),
-                  Scenario("xdp_gen", "xdp_gen_sink", "xdp", "sink: count per flow, drop", frame, "XDP_DROP")]
+    gen = stack.enter_context(GenProgram(socket.if_nametoindex("lo")))  # a test run's ingress: lo
+    gen.configure(frame, flows=64, vary=vary_mask("sport"), version=4, proto="udp", sport=1024, dport=9,
+                  src_ip="10.11.0.1", dst_ip="10.11.0.2")  # 64 flows by source port, IPv4, UDP
+    sink = stack.enter_context(GenSink())
+    return [(gen.program, Scenario("xdp_gen", "xdp_gen", "xdp", "64 flows: source port + checksums rewritten",
+                                   frame, "XDP_TX")),
+            (sink.program, Scenario("xdp_gen", "xdp_gen_sink", "xdp", "sink: count per flow, drop", frame, "XDP_DROP"))]
 
 
 NAT_INSIDE, NAT_SERVER, NAT_SNAT = "10.20.1.2", "198.51.100.2", "198.51.100.1"
 
 
 def _setup_nat(stack: ExitStack, frame: bytes):
-    from labkit.dataplanes.nat import Nat
-
     nat = stack.enter_context(Nat("10.20.0.0/16", "198.51.100.0/24", NAT_SNAT))
     out = udp_frame(NAT_INSIDE, NAT_SERVER, 40000, 53)
     first = bpf.test_run(nat.egress_function(), out)  # creates the flow: later runs are "established"
     translated = packets.parse(first.data_out)
     reply = udp_frame(NAT_SERVER, NAT_SNAT, 53, translated.sport)
-    return nat.program, [
-        Scenario("nat", "nat_egress", "tc", "SNAT, established flow (outbound)", out, "TC_ACT_OK", "single"),
-        Scenario("nat", "nat_ingress", "tc", "SNAT, established flow (reply)", reply, "TC_ACT_OK", "single"),
-    ]
+    return [(nat.program, Scenario("nat", "nat_egress", "tc", "SNAT, established flow (outbound)", out, "TC_ACT_OK",
+                                   "single")),
+            (nat.program, Scenario("nat", "nat_ingress", "tc", "SNAT, established flow (reply)", reply, "TC_ACT_OK",
+                                   "single"))]
 
 
 def _setup_xdp_minimal(stack: ExitStack, frame: bytes):
-    prog = stack.enter_context(bpf.load("xdp_minimal"))
-    return prog, [Scenario("xdp_minimal", "xdp_drop_bare", "xdp", "bare (baseline)", frame, "XDP_DROP"),
-                  Scenario("xdp_minimal", "xdp_pass_bare", "xdp", "bare (baseline)", frame, "XDP_PASS")]
+    bare = stack.enter_context(Minimal())
+    return [(bare.program, Scenario("xdp_minimal", "xdp_drop_bare", "xdp", "bare (baseline)", frame, "XDP_DROP")),
+            (bare.program, Scenario("xdp_minimal", "xdp_pass_bare", "xdp", "bare (baseline)", frame, "XDP_PASS"))]
 
 
 SETUPS: dict[str, Callable] = {"drop_filter": _setup_drop_filter, "xdp_fwd": _setup_xdp_fwd,
@@ -158,7 +154,7 @@ SETUPS: dict[str, Callable] = {"drop_filter": _setup_drop_filter, "xdp_fwd": _se
 
 def _default(stack: ExitStack, source: str, entries, frame: bytes):
     prog = stack.enter_context(bpf.load(source))
-    return prog, [Scenario(source, name, kind, "as loaded (no set-up)", frame) for name, kind in entries]
+    return [(prog, Scenario(source, name, kind, "as loaded (no set-up)", frame)) for name, kind in entries]
 
 
 SINGLE_BASELINES = ("xdp_minimal:xdp_drop_bare", "drop_filter:tc_filter")
@@ -211,15 +207,16 @@ def measure(repeat: int = 1_000_000, trials: int = 5, single_calls: int = SINGLE
                 continue
             try:
                 setup = SETUPS.get(source)
-                prog, scenarios = setup(stack, frame) if setup else _default(stack, source, entries, frame)
+                pairs = setup(stack, frame) if setup else _default(stack, source, entries, frame)
             except Exception as exc:  # a program that does not load is reported, not fatal
                 for name, kind in entries:
                     rows.append(_row(Scenario(source, name, kind, "could not load", b""), None, None, None,
                                      note=f"{type(exc).__name__}: {exc}"))
                 continue
-            covered = {s.program for s in scenarios}
-            scenarios += [Scenario(source, n, k, "as loaded (no set-up)", frame) for n, k in entries if n not in covered]
-            plan += [(prog, sc) for sc in scenarios]
+            covered = {sc.program for _, sc in pairs}
+            prog = pairs[0][0]
+            pairs += [(prog, Scenario(source, n, k, "as loaded (no set-up)", frame)) for n, k in entries if n not in covered]
+            plan += pairs
         if any(sc.method == "single" for _, sc in plan):
             plan += _single_baselines(plan)
         bar = _progress(trials * len(plan), progress)
