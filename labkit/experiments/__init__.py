@@ -174,6 +174,15 @@ class View:
         return t
 
 
+def arguments(params_class, namespace: dict) -> dict:
+    """The fields of PARAMS_CLASS found in NAMESPACE (a notebook's ``globals()`` after its
+    parameters cell), so a notebook passes every parameter it declares without listing
+    them twice: ``xdp_drop.run(**experiments.arguments(xdp_drop.Params, globals()))``."""
+    import dataclasses
+
+    return {f.name: namespace[f.name] for f in dataclasses.fields(params_class) if f.name in namespace}
+
+
 # ---------------------------------------------------------------- the declared experiments
 def declared() -> list:
     """Every module (or package) under labkit.experiments that declares EXPERIMENT and

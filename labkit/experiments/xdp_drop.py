@@ -51,7 +51,7 @@ SMOKE = {"sizes": 1, "trials": 1, "count": 20_000, "cost_repeat": 100_000, "cost
 class Params:
     sizes: list = field(default_factory=lambda: [64, 512, 1500])
     trials: int = 3
-    count: int = 300_000
+    count: int = 1_000_000  # packets offered per trial, variant and size
     variants: list = field(default_factory=lambda: list(VARIANTS))
     generator: str = "auto"
     flows: int = 1
@@ -187,11 +187,46 @@ def search_table(rows):
     return out.reset_index()
 
 
-def _interpret_load(table) -> list[str]:
+LOAD_KINDS = ("sweep", "search", "cpu_at_load")
+
+
+def load_interpretation(table, kind: str | None = None) -> str:
+    """The sentences about one part of the load tests (KIND: 'sweep', 'search' or
+    'cpu_at_load'; all of them when None), computed from TABLE."""
+    lines = _interpret_load(table, (kind,) if kind else LOAD_KINDS)
+    return "\n".join(lines) if lines else f"No {kind or 'load test'} rows in this run."
+
+
+def _interpret_sweep(sweep) -> list[str]:
+    parts = []
+    for v, g in sweep.groupby("variant", sort=False):
+        pts = g.assign(target=g["target_pps"].fillna(-1.0)).pivot_table(
+            index="target", columns="measure", values="value", aggfunc="mean")
+        if "received_pps" not in pts:
+            continue
+        targets = pts[pts.index >= 0]
+        kept = targets[targets["received_pps"] >= 0.99 * targets.index.to_series()]
+        text = (f"{v} received 99% or more of every target up to {kept.index.max() / 1e6:.2f} Mpps" if len(kept)
+                else f"{v} fell short already at {targets.index.min() / 1e6:.2f} Mpps" if len(targets) else v)
+        if -1.0 in pts.index:
+            full = pts.loc[-1.0]
+            text += f" and {full['received_pps'] / 1e6:.2f} of {full.get('offered_pps', float('nan')) / 1e6:.2f} Mpps at full speed"
+        parts.append(text)
+    if not parts:
+        return []
+    size = sweep["size"].min()
+    return [f"Offered-load sweep ({int(size)}-byte frames, one set of targets for all): " + "; ".join(parts) + "."]
+
+
+def _interpret_load(table, kinds=LOAD_KINDS) -> list[str]:
     lines = []
+    if "kind" not in table.columns:
+        return lines
+    if "sweep" in kinds:
+        lines += _interpret_sweep(table[table["kind"] == "sweep"])
     for name, label in (("ndr_pps", "No-drop rate (NDR)"), ("pdr_pps", "Partial-drop rate (PDR)")):
         found = table[(table["kind"] == "search") & (table["measure"] == name)]
-        if found.empty:
+        if found.empty or "search" not in kinds:
             continue
         med = found.groupby("variant")["value"].median().sort_values(ascending=False)
         lim = set(found[found["generator_limited"].astype(bool)]["variant"]) if "generator_limited" in found else set()
@@ -201,7 +236,7 @@ def _interpret_load(table) -> list[str]:
                          f"{v} {r / 1e6:.2f} Mpps" + (" (generator-limited)" if v in lim else "") for v, r in med.items())
                      + ".")
     cpu = table[(table["kind"] == "cpu_at_load") & (table["measure"] == "net_rx_cores")]
-    if len(cpu):
+    if len(cpu) and "cpu_at_load" in kinds:
         load = cpu["target_pps"].min()
         at = cpu[cpu["target_pps"] == load].groupby("variant")["value"].mean().sort_values()
         lines.append(f"At a fixed {load / 1e6:.1f} Mpps, the receive path kept " + ", ".join(

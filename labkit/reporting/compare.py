@@ -13,10 +13,10 @@ do not overlap and each run has at least two trials of the measure; with one tri
 spread is unknown and the difference is never called beyond it. This is deliberately
 conservative: on a shared 2-core machine a single trial proves little.
 
-What is shown for each experiment (`VIEWS`): its packet rate (`processed_pps`, what the
-hook under test handled) and its CPU time per packet (the receive path's NET_RX softirq
-time for drop and NAT; for L2 forwarding the machine's CPU beyond the baseline sink, since
-DPDK polls in user space and softirq time would not see it). Which run is shown: per
+What is shown for each experiment is what the experiment declares in its module
+(``VIEW``, an `labkit.experiments.View`): its packet rate, its CPU time per packet, the rows
+they come from and the published references they stand beside; this module knows no
+experiment by name (`labkit.experiments.views()` finds them). Which run is shown: per
 experiment and machine (host, CPU model, kernel), the latest run that is not a smoke run
 and has two or more trials, else the latest full run, else the latest smoke run, marked
 as such.
@@ -27,8 +27,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit import references, results
+from labkit import experiments, results
 from labkit.errors import InputError
+from labkit.experiments import View
+from labkit.reporting.standing import reference_table
 
 FLAG_WARNINGS = {
     "generator-limited": "generator-limited: the variant processed (nearly) all the generator offered, so its rate "
@@ -39,30 +41,9 @@ FLAG_WARNINGS = {
 }
 
 
-@dataclass(frozen=True)
-class View:
-    """How an experiment appears in the comparison."""
-
-    experiment: str
-    title: str
-    notebook: str  # the notebook that produces its runs
-    cpu: str = "cpu_ns_per_pkt"
-    cpu_label: str = "NET_RX softirq CPU per packet"
-    rate: str = "processed_pps"
-    select: tuple = ()  # (column, allowed values) pairs a row must match; None allows an empty cell
-    exclude: tuple = ()  # variants that are not contenders (baselines)
-
-
-VIEWS = [
-    # only the fixed-count trials: sweeps and searches (kind sweep/search/cpu_at_load) are
-    # other questions, and would blur the spread
-    View("xdp_drop", "Packet drop", "01-xdp-drop", select=(("kind", ("trial", None)),)),
-    View("l2fwd", "L2 forwarding", "02-l2-forwarding", cpu="dut_cpu_ns_per_pkt",
-         cpu_label="DUT CPU per forwarded packet (beyond the baseline sink)", exclude=("baseline_sink",),
-         select=(("kind", ("trial", None)),)),
-    View("nat", "NAT (small-packet UDP)", "03-ebpf-nat", select=(("kind", ("udp",)),)),
-]
-VIEW = {v.experiment: v for v in VIEWS}
+def view(experiment: str) -> View:
+    """The View EXPERIMENT declares (`labkit.experiments.view`)."""
+    return experiments.view(experiment)
 
 
 # ---------------------------------------------------------------- the runs in data/
@@ -144,19 +125,6 @@ def pick(index, experiment: str, per_machine: bool = True):
 
 
 # ---------------------------------------------------------------- one experiment, some runs
-def _select(table, view: View):
-    t = table
-    for col, allowed in view.select:
-        if col in t.columns:
-            keep = t[col].isin([a for a in allowed if a is not None])
-            if None in allowed:
-                keep |= t[col].isna() | (t[col].astype(str) == "")
-            t = t[keep]
-    if view.exclude:
-        t = t[~t["variant"].isin(view.exclude)]
-    return t
-
-
 def headline_size(table, view: View):
     sizes = table[table["measure"] == view.rate]["size"].dropna()
     return sizes.min() if len(sizes) else None
@@ -174,7 +142,7 @@ def experiment_table(view: View, chosen, size=None):
 
     frames = []
     for _, row in chosen.iterrows():
-        t = _select(results.load_run(row["path"]).table, view)
+        t = view.rows(results.load_run(row["path"]).table)
         at = size if size is not None else headline_size(t, view)
         if at is not None:
             t = t[t["size"] == at]
@@ -209,6 +177,7 @@ class Overview:
     chosen: dict  # experiment -> pick() rows
     tables: dict  # experiment -> experiment_table()
     summary: object  # one row per experiment, run, variant
+    views: dict = field(default_factory=dict)  # experiment -> the View it declares
     missing: list = field(default_factory=list)  # what could not be shown, and why
     warnings: list = field(default_factory=list)  # (experiment, run, text)
     references: object = None
@@ -238,7 +207,8 @@ def overview(data_dir: Path | None = None, include_smoke: bool = True, per_machi
     if not include_smoke:
         index = index[~index["smoke"]]
     chosen, tables, missing, warnings, rows = {}, {}, [], [], []
-    for view in VIEWS:
+    views = {v.experiment: v for v in experiments.views()}
+    for view in views.values():
         pick_ = pick(index, view.experiment, per_machine)
         chosen[view.experiment] = pick_
         if pick_.empty:
@@ -268,8 +238,8 @@ def overview(data_dir: Path | None = None, include_smoke: bool = True, per_machi
                     warnings.append((view.experiment, run["run_id"], f"{v}: {FLAG_WARNINGS.get(f, f)}"))
             rows += _summary_rows(view, t, run)
     summary = pd.DataFrame(rows)
-    refs = reference_table(tables)
-    ov = Overview(index, chosen, tables, summary, missing, warnings, refs)
+    refs = reference_table(tables, views.values())
+    ov = Overview(index, chosen, tables, summary, views, missing, warnings, refs)
     ov.interpretation = interpret(ov)
     return ov
 
@@ -292,91 +262,6 @@ def _summary_rows(view: View, t, run) -> list:
             "trials": len(r), "flags": ", ".join(flags.get(v, [])),
         })
     return rows
-
-
-# ---------------------------------------------------------------- the published references
-def _best(tables, experiment, variants, measure):
-    t = tables.get(experiment)
-    if t is None or not len(t):
-        return None
-    t = t[(t["measure"] == measure) & t["variant"].isin(variants)]
-    if t.empty:
-        return None
-    g = t.groupby(["run", "variant"])["value"].mean()
-    (run, variant), value = g.idxmax(), g.max()
-    return value, variant, run
-
-
-def _cheapest_cpu(tables, experiment, variants, measure):
-    t = tables.get(experiment)
-    if t is None or not len(t):
-        return None
-    t = t[(t["measure"] == measure) & t["variant"].isin(variants)]
-    g = t.groupby(["run", "variant"])["value"].mean().dropna()
-    g = g[g > 0]
-    if g.empty:
-        return None
-    (run, variant), value = g.idxmin(), g.min()
-    return value, variant, run
-
-
-def reference_table(tables):
-    """Each published reference beside this data's nearest counterpart: the measured
-    rate, and the per-core equivalent of the measured CPU time (1e9 / ns per packet, the
-    rate one core would reach doing only this work)."""
-    import pandas as pd
-
-    pairs = [
-        (references.XDP_PAPER_XDP_DROP, "xdp_drop", ["xdp_native", "xdp_generic"], "pps"),
-        (references.XDP_PAPER_IPTABLES_RAW, "xdp_drop", ["iptables_raw"], "pps"),
-        (references.XDP_PAPER_DPDK_DROP, "l2fwd", ["dpdk_l2fwd"], "pps"),
-        (references.POSTER_XDP_DROP, "xdp_drop", ["xdp_native", "xdp_generic"], "Mbit/s"),
-    ]
-    rows = []
-    for ref, exp, variants, kind in pairs:
-        row = {"reference": ref.label, "published": ref.value, "unit": ref.unit, "source": ref.source,
-               "counterpart here": "no run", "measured": float("nan"), "per-core equivalent": float("nan"),
-               "measured / published": float("nan")}
-        view = VIEW[exp]
-        if kind == "Mbit/s":
-            best = _best(tables, exp, variants, view.rate)
-            if best:
-                t = tables[exp]
-                size = t[(t["run"] == best[2]) & (t["variant"] == best[1])]["size"].dropna()
-                mbps = best[0] * (size.iloc[0] if len(size) else 64) * 8 / 1e6
-                row.update({"counterpart here": f"{best[1]} ({best[2]}), frame bytes", "measured": mbps,
-                            "measured / published": mbps / ref.value})
-        else:
-            best = _best(tables, exp, variants, view.rate)
-            cheap = _cheapest_cpu(tables, exp, variants, view.cpu)
-            if best:
-                what = best[1] + (" (forwarding, not drop: no DPDK drop variant here)" if exp == "l2fwd" else "")
-                row.update({"counterpart here": f"{what} ({best[2]})", "measured": best[0],
-                            "measured / published": best[0] / ref.value})
-            if cheap:
-                row["per-core equivalent"] = 1e9 / cheap[0]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def reference_view(refs):
-    """The reference table for reading: rates in Mpps (or Mbit/s), ratios in percent."""
-    import pandas as pd
-
-    def fmt(value, unit):
-        if value != value:
-            return "—"
-        return f"{value / 1e6:.2f} Mpps" if "pps" in unit else f"{value:.0f} {unit}"
-
-    return pd.DataFrame({
-        "reference": refs["reference"],
-        "published": [fmt(v, u) + (" per core" if "core" in u else "") for v, u in zip(refs["published"], refs["unit"])],
-        "counterpart here": refs["counterpart here"],
-        "measured here": [fmt(v, u) for v, u in zip(refs["measured"], refs["unit"])],
-        "measured / published": [f"{x * 100:.1f}%" if x == x else "—" for x in refs["measured / published"]],
-        "per-core equivalent (1e9 / CPU ns)": [fmt(v, "pps") for v in refs["per-core equivalent"]],
-        "source": refs["source"],
-    })
 
 
 def run_counts(index):
@@ -533,11 +418,11 @@ def interpret(ov: Overview) -> str:
                 text += f"; generator-limited (rate is a lower bound): {', '.join(limited)}"
             lines.append(text + ".")
     refs = ov.references
-    if refs is not None and len(refs):
-        x = refs[refs["reference"] == references.XDP_PAPER_XDP_DROP.label].iloc[0]
-        if x["measured"] == x["measured"]:
-            lines.append(f"Against {x['reference']} ({x['published'] / 1e6:.0f} Mpps per core, bare metal): "
-                         f"{x['measured'] / 1e6:.2f} Mpps here ({x['measured / published'] * 100:.1f}%)"
+    for _, x in (refs.iterrows() if refs is not None else ()):
+        if x["measured"] == x["measured"] and "pps" in x["unit"]:
+            lines.append(f"Against {x['reference']} ({x['published'] / 1e6:.1f} Mpps per core, bare metal): "
+                         f"{x['counterpart here']} {x['measured'] / 1e6:.2f} Mpps here "
+                         f"({x['measured / published'] * 100:.1f}%)"
                          + (f", {x['per-core equivalent'] / 1e6:.1f} Mpps per core judged by CPU time"
                             if x["per-core equivalent"] == x["per-core equivalent"] else "") + ".")
     if ov.missing:

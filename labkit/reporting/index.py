@@ -68,13 +68,14 @@ def _environment() -> list:
 
 def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path | None):
     """(sections HTML, warnings [(level, text)]) for every experiment with data."""
+    from labkit import experiments
     from labkit.reporting import compare, plots
 
     index = compare.runs(data_dir)
     batch = {str(p) for r in runs for p in r.runs}  # program costs: any run of this batch
     by_notebook = {r.name: r for r in runs}
     sections, warnings = [], []
-    for view in compare.VIEWS:
+    for view in experiments.views():  # each experiment declares how it is shown
         rows = index[index["experiment"] == view.experiment]
         nb = by_notebook.get(view.notebook)
         own = {str(p) for p in nb.runs} if nb else set()

@@ -2,6 +2,13 @@
 
 Every figure shows spread (min..max over trials as error bars, trials as dots) and, for
 rates, the offered rate beside the processed one so a reader sees which side limited a run.
+
+A plot takes exactly the rows it describes: bars take one part of a run (the side-by-side
+trials: ``result.part("trial")``), a load curve the sweep rows, `at_loads` the rows at fixed
+loads, `search_rates` the NDR/PDR search rows. Given rows of several parts (a whole table
+whose ``kind`` column holds trials and sweeps), a bar plot refuses, naming the parts, rather
+than average unlike things into one bar. Each bar is the same statistic of the same rows as
+the experiment's table beside it (mean, or median for searches), its whiskers their min..max.
 """
 from __future__ import annotations
 
@@ -12,7 +19,20 @@ if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widge
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from labkit.errors import InputError  # noqa: E402
+
 SCALE = {"pps": (1e6, "Mpps"), "Mbit/s": (1.0, "Mbit/s"), "ns/packet": (1.0, "ns per packet"), "ratio": (1.0, "ratio")}
+
+
+def one_part(table, measures):
+    """TABLE's rows of MEASURES, which must come from one part of a run (one `kind`)."""
+    t = table[table["measure"].isin([m for m in measures if m])]
+    if "kind" in t.columns:
+        kinds = sorted({str(k) for k in t["kind"].dropna() if str(k)})
+        if len(kinds) > 1:
+            raise InputError(f"rows of {', '.join(measures)} come from several parts of the run ({', '.join(kinds)}): "
+                             f"plot one, e.g. result.part({kinds[-1]!r})")
+    return t
 
 
 def _groups(table, measure):
@@ -22,11 +42,20 @@ def _groups(table, measure):
     return t, sizes, variants
 
 
+def bars_of(ax) -> list:
+    """The bar containers of AX, one per variant (labelled with it)."""
+    from matplotlib.container import BarContainer
+
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
 def grouped_bars(table, measure: str, *, ax=None, title: str | None = None, offered_measure: str | None = None,
-                 variants: list | None = None, log: bool = False):
-    """Bars of MEASURE per packet size (groups) and variant (bars): mean with min..max
-    error bars and each trial as a dot. With OFFERED_MEASURE, the offered rate of each
-    bar is drawn as a black tick above it."""
+                 variants: list | None = None, log: bool = False, stat: str = "mean"):
+    """Bars of MEASURE per packet size (groups) and variant (bars): the STAT (mean or
+    median) of its rows with min..max error bars and each row as a dot. With
+    OFFERED_MEASURE, the mean offered rate of each bar's rows is drawn as a black tick.
+    TABLE holds the rows of one part of a run (see `one_part`)."""
+    table = one_part(table, [measure, offered_measure])
     t, sizes, found = _groups(table, measure)
     variants = [v for v in (variants or found) if v in found]
     if ax is None:
@@ -40,7 +69,7 @@ def grouped_bars(table, measure: str, *, ax=None, title: str | None = None, offe
         for j, s in enumerate(sizes):
             vals = t[(t["variant"] == v) & (t["size"] == s)]["value"].dropna() / div
             xs.append(x[j] + (i - (len(variants) - 1) / 2) * width)
-            means.append(vals.mean() if len(vals) else np.nan)
+            means.append(getattr(vals, stat)() if len(vals) else np.nan)
             lo.append(vals.min() if len(vals) else np.nan)
             hi.append(vals.max() if len(vals) else np.nan)
             ax.scatter([xs[-1]] * len(vals), vals, color="k", s=6, zorder=3)
@@ -98,23 +127,42 @@ def with_references(ax, refs, unit_divisor: float = 1e6):
     return ax
 
 
+def sweep_points(rows, y: str = "received_pps"):
+    """One row per variant and sweep point of sweep ROWS: the rate actually offered
+    (``offered``, mean over the point's trials), the target (NaN for the full-speed point)
+    and Y's mean, min and max: what `load_curve` draws."""
+    import pandas as pd
+
+    rows = one_part(rows, [y, "offered_pps"])
+    point = rows["target_pps"].fillna(-1.0) if "target_pps" in rows else pd.Series(-1.0, index=rows.index)
+    t = rows.assign(point=point.values)
+    out = []
+    for (v, target), g in t.groupby(["variant", "point"], sort=False):
+        ys, off = g[g["measure"] == y]["value"], g[g["measure"] == "offered_pps"]["value"]
+        if len(ys):
+            out.append({"variant": v, "target": target if target >= 0 else float("nan"), "offered": off.mean(),
+                        "mean": ys.mean(), "min": ys.min(), "max": ys.max()})
+    return pd.DataFrame(out, columns=["variant", "target", "offered", "mean", "min", "max"])
+
+
 def load_curve(rows, y: str = "received_pps", ax=None, title: str | None = None):
-    """Received rate against the target offered rate, one line per variant, from sweep rows
-    (labkit.loadsweep): the canonical picture for comparing packet processors. The
-    full-speed point (no target) is placed at the rate the generator reached."""
+    """Y (what reached the hook) against the target offered rate, one line per variant,
+    from sweep rows (labkit.measure.loadsweep; ``result.part("sweep")``): the canonical
+    picture for comparing packet processors. A target the testbed could not offer shows as
+    a point below the diagonal (the sweep counts the shortfall as loss); the full-speed
+    point (no target) sits at the rate the generator reached. The band is min..max over the
+    point's trials."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
-    keys = [k for k in ("variant", "trial", "step") if k in rows.columns]
-    w = rows.pivot_table(index=keys, columns="measure", values="value").reset_index()
-    target = rows.groupby(keys)["target_pps"].first().reset_index(drop=True) if "target_pps" in rows else None
-    w["x"] = target.fillna(w["offered_pps"]).values if target is not None else w["offered_pps"]
-    for v in dict.fromkeys(rows["variant"]):
-        t = w[w["variant"] == v].groupby("x")[y].agg(["mean", "min", "max"]).reset_index().sort_values("x")
+    pts = sweep_points(rows, y)
+    pts["x"] = pts["target"].fillna(pts["offered"])
+    for v in dict.fromkeys(pts["variant"]):
+        t = pts[pts["variant"] == v].sort_values("x")
         line = ax.plot(t["x"] / 1e6, t["mean"] / 1e6, marker="o", label=v)[0]
         ax.fill_between(t["x"] / 1e6, t["min"] / 1e6, t["max"] / 1e6, color=line.get_color(), alpha=0.2)
     lim = max(ax.get_xlim()[1], ax.get_ylim()[1])
     ax.plot([0, lim], [0, lim], linestyle=":", color="grey", label="received = offered")
-    ax.set_xlabel("offered (target) rate, Mpps")
+    ax.set_xlabel("target offered rate (full speed: the rate reached), Mpps")
     ax.set_ylabel("received at the hook, Mpps")
     ax.set_title(title or "Throughput against offered load")
     ax.legend(fontsize=8)
@@ -125,13 +173,35 @@ def load_curve(rows, y: str = "received_pps", ax=None, title: str | None = None)
 def at_loads(rows, measure: str = "net_rx_cores", ax=None, title: str | None = None):
     """A measure at fixed offered loads (e.g. receive-path CPU cores busy), bars per load
     and variant, as in the CPU-against-load figure of the XDP paper."""
-    t = rows[rows["measure"] == measure].copy()
-    t["size"] = t["target_pps"] / 1e6
+    t = one_part(rows, [measure])
+    t = t[t["measure"] == measure].assign(size=t["target_pps"] / 1e6)
     ax = grouped_bars(t, measure, ax=ax, title=title or f"{measure} at fixed offered loads")
-    ax.set_xticklabels([f"{x:g} Mpps" for x in sorted(t["size"].unique())])
-    ax.set_xlabel("offered load")
+    ax.set_xticklabels([f"{x:g} Mpps" for x in sorted(t["size"].dropna().unique())])
+    ax.set_xlabel("target offered load")
     ax.set_ylabel({"net_rx_cores": "CPU cores busy in the receive path",
                    "busy_fraction": "fraction of all CPUs busy"}.get(measure, measure))
+    return ax
+
+
+def search_rates(rows, ax=None, title: str | None = None):
+    """The rates the NDR/PDR searches found (``result.part("search")``), one group per loss
+    threshold and one bar per variant: the median over searches with min..max, as in the
+    experiment's search table; a hatched bar was generator-limited (a lower bound)."""
+    t = one_part(rows, ["ndr_pps", "pdr_pps"])
+    t = t[t["measure"].isin(["ndr_pps", "pdr_pps"])]
+    label = {m: ("NDR (no loss)" if m == "ndr_pps" else f"PDR (loss ≤ {th:.1%})")
+             for m, th in zip(t["measure"], t["threshold"] if "threshold" in t else [0] * len(t))}
+    t = t.assign(size=[label[m] for m in t["measure"]], measure="found_pps")
+    ax = grouped_bars(t, "found_pps", ax=ax, stat="median",
+                      title=title or "Highest rate within the loss threshold (median, min..max over searches)")
+    if "generator_limited" in t:
+        limited = {(v, s) for v, s, g in zip(t["variant"], t["size"], t["generator_limited"]) if str(g) == "True"}
+        groups = sorted(t["size"].unique())
+        for c in bars_of(ax):
+            for bar, s in zip(c.patches, groups):
+                if (c.get_label(), s) in limited:
+                    bar.set_hatch("//")
+    ax.set_xlabel("search")
     return ax
 
 
