@@ -28,25 +28,37 @@ pytestmark = needs_root
 VENV_BIN = Path(sys.executable).parent
 LIMIT = 10.0  # seconds the issue allows from the owner's death to nothing left
 
-#: what the notebook, the kernel and the child script build, then hold
-BUILD = textwrap.dedent("""
-    import time
+#: what the notebook, the kernel and the child script build
+SETUP = textwrap.dedent("""
+    import contextlib, time
     from pathlib import Path
     from labkit.testbed import hosts, netfilter, topology
     from labkit.dataplanes.drop_filter import DropFilter
 
-    with topology.Topology(topology.pair()) as topo, \\
-         topology.Topology(topology.pair(sender_if=A, receiver_if=B)) as real, \\
-         DropFilter() as filt, \\
-         filt.attach_xdp(real.iface("rcv"), "generic"), filt.attach_tc(real.iface("rcv")), \\
-         netfilter.rule(hosts.ROOT_HOST, "raw", "PREROUTING", "-i", B, "-p", "udp", "-j", "ACCEPT"), \
-         hosts.ROOT_HOST.spawn(["sleep", "601"], name="root-child"):
+    def build(stack, slow_undo=False):
+        topo = stack.enter_context(topology.Topology(topology.pair()))
+        real = stack.enter_context(topology.Topology(topology.pair(sender_if=A, receiver_if=B)))
+        if slow_undo:  # undoing stops here for longer than the kernel's grace
+            stack.callback(time.sleep, 30)
+        filt = stack.enter_context(DropFilter())
+        stack.enter_context(filt.attach_xdp(real.iface("rcv"), "generic"))
+        stack.enter_context(filt.attach_tc(real.iface("rcv")))
+        stack.enter_context(netfilter.rule(hosts.ROOT_HOST, "raw", "PREROUTING", "-i", B, "-p", "udp", "-j", "ACCEPT"))
+        stack.enter_context(hosts.ROOT_HOST.spawn(["sleep", "601"], name="root-child"))
         topo.host("rcv").spawn(["sleep", "600"], name="ns-child")
         Path(MARKER).write_text(topo.run.prefix)
+
+    def hold():
         deadline = time.monotonic() + HOLD
         while time.monotonic() < deadline and not Path(MARKER + ".finish").exists():
             time.sleep(0.1)
 """)
+#: an experiment: build, hold, undo on leaving
+BUILD = SETUP + "with contextlib.ExitStack() as stack:\n    build(stack)\n    hold()\n"
+#: a live testbed held across cells (as a lab holds it): built, and the cell returns
+ACROSS_CELLS = SETUP + "lab = contextlib.ExitStack()\nbuild(lab)\n"
+#: an experiment whose undo takes longer than the kernel's grace: killed half-way through undoing
+SLOW_TO_UNDO = SETUP + "with contextlib.ExitStack() as stack:\n    build(stack, slow_undo=True)\n    hold()\n"
 
 NOTEBOOK = {
     "cells": [
@@ -216,13 +228,17 @@ def _kernel(env):
 
 
 @pytest.mark.parametrize("how", ["restart", "shut down"])
-def test_a_kernel_restart_or_shutdown_in_jupyterlab_undoes_the_running_experiment(how, cabled, env, tmp_path):
+@pytest.mark.parametrize("what", ["idle live testbed", "running experiment", "experiment slow to undo"])
+def test_a_kernel_restart_or_shutdown_in_jupyterlab_undoes_the_testbed(how, what, cabled, env, tmp_path):
     marker = tmp_path / "prefix"
     km, kc = _kernel(env)
     try:
         a, b = cabled
-        kc.execute(f"A, B, MARKER, HOLD = {a!r}, {b!r}, {str(marker)!r}, 120\n" + BUILD)
+        code = {"idle live testbed": ACROSS_CELLS, "running experiment": BUILD, "experiment slow to undo": SLOW_TO_UNDO}[what]
+        kc.execute(f"A, B, MARKER, HOLD = {a!r}, {b!r}, {str(marker)!r}, 120\n" + code)
         prefix = wait_for_marker(marker, lambda: None if km.is_alive() else "dead")
+        if what == "idle live testbed":
+            kc.execute_interactive("1", timeout=30)  # the cell has returned: the kernel is idle
         _assert_full_testbed(prefix, cabled)
         since = time.monotonic()
         if how == "restart":

@@ -182,12 +182,18 @@ def run_scope():
             _current_run = Run().open()
         _run_users += 1
         run = _current_run
+    left = True
     try:
         yield run
+    except GeneratorExit:
+        # Not left but collected: a testbed held across cells is still in the kernel when
+        # the interpreter exits. The run stays open, so its watcher undoes it.
+        left = False
+        raise
     finally:
         with _run_lock:
             _run_users -= 1
-            if _run_users == 0:
+            if _run_users == 0 and left:
                 _current_run.close()
                 _current_run = None
 
