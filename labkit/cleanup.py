@@ -144,6 +144,8 @@ def _undo(found: dict, dpdk_run_gone, log) -> dict:
         try:
             netns.remove(ns)
             removed["namespaces"].append(ns)
+        except FileNotFoundError:
+            pass  # removed meanwhile (by its own run, or another clean)
         except OSError as exc:
             log(f"could not remove namespace {ns}: {exc}")
     if found["links"]:

@@ -30,7 +30,7 @@ LIMIT = 10.0  # seconds the issue allows from the owner's death to nothing left
 
 #: what the notebook, the kernel and the child script build
 SETUP = textwrap.dedent("""
-    import contextlib, time
+    import contextlib, signal, time
     from pathlib import Path
     from labkit.testbed import hosts, netfilter, topology
     from labkit.dataplanes.drop_filter import DropFilter
@@ -38,8 +38,9 @@ SETUP = textwrap.dedent("""
     def build(stack, slow_undo=False):
         topo = stack.enter_context(topology.Topology(topology.pair()))
         real = stack.enter_context(topology.Topology(topology.pair(sender_if=A, receiver_if=B)))
-        if slow_undo:  # undoing stops here for longer than the kernel's grace
-            stack.callback(time.sleep, 30)
+        if slow_undo:  # undoing stops here, deaf to signals, for longer than the kernel's grace
+            stack.callback(lambda: (signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}),
+                                    time.sleep(30)))
         filt = stack.enter_context(DropFilter())
         stack.enter_context(filt.attach_xdp(real.iface("rcv"), "generic"))
         stack.enter_context(filt.attach_tc(real.iface("rcv")))
