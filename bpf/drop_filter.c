@@ -8,8 +8,9 @@
  * arrays indexed by the protocol number and the port (the verifier inlines array
  * lookups: a few instructions, no hashing); source prefixes need a trie.
  *
- * IPv4 is parsed (bpf/include/parsing_helpers.h: an IHL below 5 or a header longer than
- * the packet passes); other EtherTypes and IPv6 match only "drop everything". Verdicts
+ * IPv4 is parsed (bpf/include/parsing_helpers.h; the port rule reads L4 after the real
+ * header length, and a packet whose IHL is below 5 or beyond its end passes it); other
+ * EtherTypes and IPv6 match only "drop everything". Verdicts
  * and rule bits are the enums of bpf/include/drop_filter.h, which Python reads.
  */
 #include <uapi/linux/bpf.h>
@@ -42,11 +43,12 @@ static __always_inline u32 decide(void *data, void *data_end)
 
     struct hdr_cursor nh = {.pos = data};
     struct ethhdr *eth;
-    struct iphdr *ip;
     if (parse_ethhdr(&nh, data_end, &eth) != htons(ETH_P_IP))
         return DF_PASS;
-    int proto = parse_iphdr(&nh, data_end, &ip);
-    if (proto < 0)
+    /* the fixed header serves the source and protocol rules; only the port rule needs
+     * the real header length (IHL), so only it pays for reading past the options */
+    struct iphdr *ip = CURSOR_TAKE(&nh, data_end, struct iphdr);
+    if (!ip)
         return DF_PASS;
 
     if (rules & DF_RULE_SRC) {
@@ -55,12 +57,14 @@ static __always_inline u32 decide(void *data, void *data_end)
             return DF_DROP_SRC;
     }
     if (rules & DF_RULE_PROTO) {
-        u32 p = proto;
-        u8 *drop = proto_rules.lookup(&p);
+        u32 proto = ip->protocol;
+        u8 *drop = proto_rules.lookup(&proto);
         if (drop && *drop)
             return DF_DROP_PROTO;
     }
-    if ((rules & DF_RULE_PORT) && (proto == IPPROTO_UDP || proto == IPPROTO_TCP)) {
+    if ((rules & DF_RULE_PORT) && (ip->protocol == IPPROTO_UDP || ip->protocol == IPPROTO_TCP)) {
+        if (skip_ip_options(&nh, data_end, ip) < 0)
+            return DF_PASS;
         struct l4_ports *ports = peek_ports(&nh, data_end);
         if (!ports)
             return DF_PASS;

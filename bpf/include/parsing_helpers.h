@@ -56,19 +56,31 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end, s
     return eth->h_proto;
 }
 
+/* Past the options of the IPv4 header IP (taken with CURSOR_TAKE, so the cursor is at
+ * its end): IHL >= 5 and all IHL*4 bytes within the packet. Returns the IP protocol, -1
+ * when the IHL is wrong. Apart from parse_iphdr, for a program that reads only the fixed
+ * header on its fast path and pays for the IHL only where it needs L4. */
+static __always_inline int skip_ip_options(struct hdr_cursor *nh, void *data_end, struct iphdr *ip)
+{
+    u32 hdrsize = ip->ihl * 4;
+    if (hdrsize < sizeof(*ip))
+        return -1;
+    void *l4 = (void *)ip + hdrsize;
+    if (l4 > data_end)
+        return -1;
+    nh->pos = l4;
+    return ip->protocol;
+}
+
 /* IPv4 with its real header length: IHL >= 5 and all IHL*4 bytes (options included)
  * within the packet. Returns the IP protocol; the cursor points at the L4 header. */
 static __always_inline int parse_iphdr(struct hdr_cursor *nh, void *data_end, struct iphdr **iphdr)
 {
-    struct iphdr *ip = nh->pos;
-    if ((void *)(ip + 1) > data_end)
+    struct hdr_cursor c = *nh;
+    struct iphdr *ip = CURSOR_TAKE(&c, data_end, struct iphdr);
+    if (!ip || skip_ip_options(&c, data_end, ip) < 0)
         return -1;
-    u32 hdrsize = ip->ihl * 4;
-    if (hdrsize < sizeof(*ip))
-        return -1;
-    if (nh->pos + hdrsize > data_end)
-        return -1;
-    nh->pos += hdrsize;
+    *nh = c;
     *iphdr = ip;
     return ip->protocol;
 }
