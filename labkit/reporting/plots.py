@@ -26,7 +26,8 @@ SCALE = {"pps": (1e6, "Mpps"), "Mbit/s": (1.0, "Mbit/s"), "ns/packet": (1.0, "ns
 
 def one_part(table, measures):
     """TABLE's rows of MEASURES, which must come from one part of a run (one `kind`)."""
-    t = table[table["measure"].isin([m for m in measures if m])]
+    measures = [m for m in measures if m]
+    t = table[table["measure"].isin(measures)]
     if "kind" in t.columns:
         kinds = sorted({str(k) for k in t["kind"].dropna() if str(k)})
         if len(kinds) > 1:
