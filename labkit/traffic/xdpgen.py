@@ -85,7 +85,7 @@ CHUNK_SECONDS = 0.005  # at a target rate, one system call sends this much of th
 SHARED_RING_BURST = 128  # paced frames per call when several CPUs send
 MAX_CHUNK = 1 << 18  # frames per system call when unpaced (bounds the reaction to stop/timeout)
 #: Threads per sending CPU, sharing that CPU's schedule (one suffices while the program
-#: stays in the XDP dispatcher; see `_DispatcherPin`).
+#: stays in the XDP dispatcher; see dataplanes.xdp_gen.DispatcherPin).
 THREADS_PER_CPU = 1
 _SPEED_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:bit|b|bps)?(?:/s)?\s*$")
 
