@@ -41,8 +41,9 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (
 
 
 # ---------------------------------------------------------------- the notebooks
-def _cells(notebook: str) -> tuple[str, str]:
-    """The parameters cell and the lab cell (the one that builds the live lab) of NOTEBOOK."""
+def _cells(notebook: str) -> tuple[str, str, dict]:
+    """The parameters cell, the lab cell (the one that builds the live lab) and the
+    kernelspec of NOTEBOOK."""
     nb = json.loads((ROOT / "notebooks" / notebook).read_text())
     params = lab = None
     for c in nb["cells"]:
@@ -52,17 +53,17 @@ def _cells(notebook: str) -> tuple[str, str]:
         elif c["cell_type"] == "code" and ("DropLab(" in src or "LiveNat(" in src):
             lab = src
     assert params and lab, f"{notebook}: no parameters cell or no lab cell found"
-    return params, lab
+    return params, lab, nb["metadata"]["kernelspec"]
 
 
 def _write_notebook(path: Path, source_notebook: str) -> None:
-    params, lab = _cells(source_notebook)
+    params, lab, kernelspec = _cells(source_notebook)
     sources = [params, "interactive = True", "import os\nprint('kernel pid', os.getpid())", lab]
     cells = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": s}
              for s in sources]
     cells[0]["metadata"]["tags"] = ["parameters"]
     nb = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
-          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
+          "metadata": {"kernelspec": kernelspec}}
     path.write_text(json.dumps(nb))
 
 
@@ -197,6 +198,11 @@ def wait_gone(pid: int, seconds: float = 60) -> None:
 def open_and_run_all(page, server, notebook: str, lab_selector: str) -> int:
     page.goto(server.url(f"lab/tree/{notebook}"))
     page.wait_for_selector(".jp-Notebook .jp-Cell")  # cells run once the kernel is up: JupyterLab queues them
+    # JupyterLab may ask which kernel to start: the notebook's own (preselected) is the one
+    with contextlib.suppress(sync_api.TimeoutError):
+        page.locator(".jp-Dialog", has_text="Select Kernel").wait_for(timeout=15_000)
+        page.locator(".jp-Dialog button.jp-mod-accept").click()
+        page.locator(".jp-Dialog").wait_for(state="detached")
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     page.wait_for_selector(lab_selector)
@@ -298,8 +304,9 @@ def test_drop_lab_in_jupyterlab(server, page):
     page.locator("button.lk-stop").click()
     wait_text(page, ".lk-message", "stopped with the stop lab button")
     for sel in (".lk-hook select", ".lk-drop-all input", ".lk-proto select", ".lk-port input", ".lk-src input",
-                ".lk-count input", ".lk-dport input", "button.lk-send", "button.lk-stop"):
+                ".lk-dport input", "button.lk-send", "button.lk-stop"):
         page.wait_for_function("(s) => document.querySelector(s).disabled", arg=sel)
+    page.wait_for_selector(".lk-count [disabled]", state="attached")  # the burst slider
     assert "run the cell again" in page.locator("button.lk-send").get_attribute("title")
     assert_nothing_left([first, second], set())
 
