@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from labkit import cleanup
+from labkit.dpdk import runtime
 from labkit.testbed import runs, topology
 from conftest import needs_root
 
@@ -123,6 +124,7 @@ def held(prefix: str, cabled: tuple[str, str] | None = None) -> dict:
         "iptables": [l for l in iptables.splitlines() if f"labkit:{prefix}" in l],
         "processes": _processes_of(prefix),
         "watcher": [w for p, w in watchers().items() if p == prefix],
+        "dpdk": runtime.dpdk_processes(prefix + "-") + runtime.runtime_dirs(prefix + "-"),
     }
     if cabled:
         for ifname in cabled:
@@ -371,3 +373,43 @@ def test_two_runs_one_killed_the_other_is_untouched_and_finishes(tmp_path):
             p.wait(30)
         for a, _b in pairs:
             subprocess.run(["ip", "link", "del", a], capture_output=True)
+
+
+DPDK_CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from labkit import dpdk
+    from labkit.testbed import hosts, topology
+
+    a, b, marker = sys.argv[1:4]
+    with topology.Topology(topology.pair()) as topo, \\
+         topology.Topology(topology.pair(sender_if=a, receiver_if=b)) as real:
+        prefix = dpdk.file_prefix("gen")
+        argv = ["dpdk-testpmd", "-l", "0,1", "--no-huge", "--no-pci", "-m", "256", "--file-prefix", prefix,
+                f"--vdev=net_af_packet0,iface={a}", "--", "--total-num-mbufs=2048", "--forward-mode=txonly",
+                "--stats-period", "1"]
+        with hosts.ROOT_HOST.spawn(argv, name="dpdk-testpmd") as gen:
+            while gen.running and "forwarding - ports=" not in gen.output():
+                time.sleep(0.1)
+            Path(marker).write_text(topo.run.prefix)
+            time.sleep(120)
+""")
+
+
+def test_a_killed_run_takes_its_dpdk_generator_and_runtime_directory_along(cabled, tmp_path):
+    if not os.path.exists("/usr/bin/dpdk-testpmd"):
+        pytest.skip("dpdk-testpmd is not installed (Debian package dpdk)")
+    marker = tmp_path / "prefix"
+    proc = subprocess.Popen([sys.executable, "-c", DPDK_CHILD, *cabled, str(marker)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        prefix = wait_for_marker(marker, proc.poll)
+        left = held(prefix, cabled)
+        assert runtime.dpdk_processes(prefix + "-") and runtime.runtime_dirs(prefix + "-"), left
+        since = time.monotonic()
+        proc.kill()
+        wait_until_undone(prefix, since, cabled)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
