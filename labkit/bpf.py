@@ -26,6 +26,7 @@ from labkit import BPF_DIR
 from labkit.testbed import runs
 from labkit.testbed import signals
 from labkit.errors import InputError, LabkitError, MissingDependency
+from labkit import verifier  # fd 2 captured around compile and load: errors carry the log
 
 #: Shared C headers (parsing, counters, checksums) and each program's enums: on every
 #: program's include path.
@@ -86,7 +87,7 @@ class Program:
         bcc = check_bcc()
         self._bcc = bcc
         try:
-            self.bpf = bcc.BPF(src_file=str(path), cflags=flags)
+            self.bpf = verifier.compile(bcc.BPF, path.name, src_file=str(path), cflags=flags)
         except Exception as exc:
             raise LabkitError(f"bcc could not compile or load {path.name}: {exc}") from exc
         self._fns = {}
@@ -98,7 +99,7 @@ class Program:
         key = (name, kind)
         if key not in self._fns:
             try:
-                self._fns[key] = self.bpf.load_func(name, getattr(self._bcc.BPF, self.KINDS[kind]))
+                self._fns[key] = verifier.load_func(self.bpf, name, getattr(self._bcc.BPF, self.KINDS[kind]), self.source.name)
             except Exception as exc:
                 raise LabkitError(f"the verifier or loader refused {name} in {self.source.name}: {exc}") from exc
         return self._fns[key]

@@ -1,0 +1,197 @@
+"""Why the kernel refused a program: the compiler's and the verifier's own words, made visible.
+
+bcc prints clang's diagnostics and the verifier's log to the process's C-level stderr
+(file descriptor 2), not to Python: in a notebook a refused program shows only "Failed to
+load BPF program". `labkit.bpf` loads through the two functions here, which hold fd 2 in a
+temporary file for the length of the call and, when the call fails, raise an error that
+carries the log, the failing instructions and a hint:
+
+    try:
+        prog = bpf.load("my_program")
+        fn = prog.function("xdp_main")
+    except LabkitError as exc:
+        err = verifier.error_of(exc)        # VerifierError or CompileError, or None
+        print(err.explain())
+
+`explain()` reads like this:
+
+    the verifier refused xdp_main (cell.c): invalid access to packet, off=12 size=2, R2(id=0,off=12,r=0)
+      the last instructions it checked:
+        ; if (eth->h_proto == bpf_htons(0x0800)) @ cell.c:9
+        3: (69) r1 = *(u16 *)(r2 +12)
+      hint: the program reads packet bytes it has not proven are there ...
+
+`HINTS` maps a pattern of the verifier's message to a sentence about the usual cause.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
+
+from labkit.errors import LabkitError
+
+#: (pattern of the verifier's or compiler's message, what usually causes it and the fix).
+#: The first match wins, so the specific ones come first.
+HINTS = [
+    (r"invalid access to packet|outside of the packet|invalid access to packet, off",
+     "the program reads packet bytes it has not proven are there. Before touching a header, "
+     "compare its end with data_end: `if ((void *)(eth + 1) > data_end) return XDP_DROP;`. "
+     "The check must be on the same pointer (or one derived from it) that you then read."),
+    (r"map_value_or_null|_or_null",
+     "a map lookup can return NULL (no such key) and the program used the result without "
+     "checking: `if (!value) return XDP_PASS;` right after bpf_map_lookup_elem()."),
+    (r"back-edge|infinite loop|loop is not bounded|BPF program is too large|jump out of range|"
+     r"The sequence of \d+ jumps is too complex",
+     "the verifier could not prove a loop ends. Give it a constant bound (`for (int i = 0; i < 8; i++)`), "
+     "break out early inside it, or unroll it (`#pragma unroll`)."),
+    (r"unbounded min value|unbounded memory access|min value is negative|value is outside of the allowed memory range",
+     "an offset the program adds to a pointer has no proven bounds. Clamp it first (`if (off > 64) return XDP_DROP;`, "
+     "or `off &= 0x3f;`) so the verifier knows its range, then bounds-check the result against data_end."),
+    (r"R0 !read_ok",
+     "the function can end without a return value: every path needs `return XDP_...;`."),
+    (r"invalid (indirect )?read from stack|invalid indirect access to stack",
+     "a stack variable (often a map key or value struct) is used before every byte is set: "
+     "initialise it, e.g. `struct key k = {};` or __builtin_memset(&k, 0, sizeof(k))."),
+    (r"invalid mem access 'scalar'|invalid mem access 'inv'",
+     "the program dereferences a plain number, not a pointer the verifier knows: cast ctx->data and "
+     "ctx->data_end with `(void *)(long)` and read through pointers derived from them."),
+    (r"unknown func|program of this type cannot use helper",
+     "this helper cannot be called from this kind of program (XDP and tc allow different helpers)."),
+    (r"misaligned",
+     "a read is not aligned to its size: read the field byte by byte or with __builtin_memcpy."),
+    (r"unreachable insn",
+     "some code can never run; usually a return or a loop the compiler laid out oddly."),
+    (r"invalid stack off|stack limit",
+     "the program uses more than the 512 bytes of stack eBPF allows: move big buffers into a map."),
+    (r"error: use of undeclared identifier|error: unknown type name",
+     "a name is not declared: check its spelling, or #include the header that declares it."),
+    (r"error: expected",
+     "a syntax error: look at the line and column the compiler names (a missing ';' or brace is common)."),
+]
+
+#: lines of the verifier log that are instructions (`12: (bf) r1 = r2`) or the source line
+#: they come from (`; if (x) @ file.c:9`)
+_INSN = re.compile(r"^\d+: \(|^; ")
+_NOISE = re.compile(r"^(processed \d+ insns|verification time|stack depth|HINT:|bpf: Failed to load|"
+                    r"libbpf:|Failed to load|\s*$)")
+
+
+def hint_for(text: str) -> str | None:
+    for pattern, hint in HINTS:
+        if re.search(pattern, text):
+            return hint
+    return None
+
+
+class CaptureStderr:
+    """Holds the process's fd 2 in a temporary file while in a `with`; `.text` after."""
+
+    _lock = threading.Lock()
+
+    def __init__(self):
+        self.text = ""
+
+    def __enter__(self):
+        self._lock.acquire()
+        try:
+            sys.stderr.flush()
+        except Exception:
+            pass
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._file.seek(0)
+            self.text = self._file.read().decode(errors="replace")
+            self._file.close()
+        finally:
+            self._lock.release()
+        return False
+
+
+@contextmanager
+def captured_stderr():
+    with CaptureStderr() as cap:
+        yield cap
+
+
+class CompileError(LabkitError):
+    """clang refused the C source; `log` holds its diagnostics."""
+
+    def __init__(self, where: str, log: str, cause: str = ""):
+        self.where, self.log, self.cause = where, log, cause
+        self.errors = [l for l in log.splitlines() if "error:" in l]
+        self.hint = hint_for("\n".join(self.errors) or log)
+        super().__init__(self.explain())
+
+    def explain(self) -> str:
+        lines = [f"the compiler refused {self.where}:"]
+        shown = self.errors[:5] or [l for l in self.log.splitlines() if l.strip()][-5:] or [self.cause]
+        lines += [f"  {l.strip()}" for l in shown]
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+class VerifierError(LabkitError):
+    """The verifier refused a program. `log` is its whole log, `message` the line that says
+    why, `instructions` the last instructions it checked before giving up, `hint` a
+    sentence about the usual cause (None when no hint matches)."""
+
+    def __init__(self, function: str, where: str, log: str, cause: str = ""):
+        self.function, self.where, self.log, self.cause = function, where, log, cause
+        lines = [l.rstrip() for l in log.splitlines()]
+        last = max((i for i, l in enumerate(lines) if _INSN.match(l)), default=-1)
+        said = [l for l in lines[last + 1:] if not _NOISE.match(l)]
+        self.message = "; ".join(said[:3]) or cause or "no verifier log was printed"
+        self.instructions = [l for l in lines[: last + 1] if _INSN.match(l)][-6:]
+        self.hint = hint_for(self.message) or hint_for(log)
+        super().__init__(self.explain())
+
+    def explain(self) -> str:
+        out = [f"the verifier refused {self.function} ({self.where}): {self.message}"]
+        if self.instructions:
+            out.append("  the last instructions it checked (';' lines are your source):")
+            out += [f"    {l}" for l in self.instructions]
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return "\n".join(out)
+
+
+def compile(factory, where: str, **kwargs):
+    """FACTORY(**KWARGS) (bcc.BPF) with fd 2 captured; CompileError with clang's words on failure."""
+    with captured_stderr() as cap:
+        try:
+            return factory(**kwargs)
+        except Exception as exc:
+            failure = exc
+    raise CompileError(where, cap.text, str(failure)) from failure
+
+
+def load_func(bpf, name: str, prog_type, where: str):
+    """bpf.load_func(NAME, PROG_TYPE) with fd 2 captured; VerifierError with the log on failure."""
+    with captured_stderr() as cap:
+        try:
+            return bpf.load_func(name, prog_type)
+        except Exception as exc:
+            failure = exc
+    raise VerifierError(name, where, cap.text, str(failure)) from failure
+
+
+def error_of(exc: BaseException) -> "VerifierError | CompileError | None":
+    """The VerifierError or CompileError behind EXC (itself, or its cause chain), or None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (VerifierError, CompileError)):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
