@@ -2,10 +2,11 @@
 
 A run (`testbed.runs.Run`) starts one when it first writes its registry file:
 
-    python -m labkit.watchdog OWNER_PID PREFIX PIPE_FD
+    python -m labkit.watchdog OWNER_PID PREFIX PIPE_FD PIDFD
 
-This process opens a pidfd on the owner, forks the watcher into a session of its own and
-exits, so the watcher is nobody's child: Ctrl-C or SIGTERM to the owner's process group,
+with a pidfd the owner opened on itself (so it can mean no other process, not a forked
+helper, nor a later one that reuses the pid). This process forks the watcher into a
+session of its own and exits, so the watcher is nobody's child: Ctrl-C or SIGTERM to the owner's process group,
 Jupyter killing a kernel's group, or the owner's own death do not reach it. The watcher
 then sleeps in `poll()` on two things:
 
@@ -29,7 +30,7 @@ import signal
 import sys
 import time
 
-from labkit.testbed.runs import PREFIX_RE, REGISTRY_DIR, process_start
+from labkit.testbed.runs import PREFIX_RE, REGISTRY_DIR
 
 #: how often the watcher looks whether the registry file is still there (seconds)
 RECHECK = 1.0
@@ -50,21 +51,6 @@ def _log(line: str) -> None:
             f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + line + "\n")
     except OSError:
         pass
-
-
-def _owner_pidfd(pid: int, prefix: str) -> int | None:
-    """A pidfd on the run's owner, or None when the owner is already gone. The process
-    behind PID must be the one the registry names (same start time), never a later one."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return None
-    state = _registry(prefix) or {}
-    start = state.get("start")
-    if start is not None and process_start(pid) != start:
-        os.close(fd)
-        return None
-    return fd
 
 
 def undo(pid: int, prefix: str) -> None:
@@ -89,11 +75,8 @@ def undo(pid: int, prefix: str) -> None:
             _log(f"{prefix}: {line}")
 
 
-def watch(pid: int, prefix: str, pidfd: int | None, pipe: int) -> None:
+def watch(pid: int, prefix: str, pidfd: int, pipe: int) -> None:
     """Wait until the owner closes the run (exit) or dies (undo, then exit)."""
-    if pidfd is None:
-        undo(pid, prefix)
-        return
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     poller.register(pipe, select.POLLIN)
@@ -110,11 +93,10 @@ def watch(pid: int, prefix: str, pidfd: int | None, pipe: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or not argv[0].isdigit() or not PREFIX_RE.match(argv[1]) or not argv[2].isdigit():
-        print("usage: python -m labkit.watchdog OWNER_PID PREFIX PIPE_FD", file=sys.stderr)
+    if len(argv) != 4 or not PREFIX_RE.match(argv[1]) or not all(a.isdigit() for a in argv[:1] + argv[2:]):
+        print("usage: python -m labkit.watchdog OWNER_PID PREFIX PIPE_FD PIDFD (a run starts it)", file=sys.stderr)
         return 2
-    pid, prefix, pipe = int(argv[0]), argv[1], int(argv[2])
-    pidfd = _owner_pidfd(pid, prefix)  # before the fork, so the owner is pinned when we return
+    pid, prefix, pipe, pidfd = int(argv[0]), argv[1], int(argv[2]), int(argv[3])
     child = os.fork()
     if child:
         print(child, flush=True)  # the owner records the watcher's pid in its registry

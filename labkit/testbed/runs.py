@@ -80,24 +80,28 @@ class Run:
     def _start_watchdog(self) -> None:
         """Start the watcher that undoes this run if this process dies without closing it.
 
-        `python -m labkit.watchdog` opens a pidfd on this process, forks the watcher into a
+        `python -m labkit.watchdog` gets a pidfd on this process, forks the watcher into a
         session of its own (so neither a signal to this process group nor Jupyter killing
         the kernel's group reaches it) and exits; the watcher is then no child of ours."""
         r, w = os.pipe()  # both ends close-on-exec: only the watcher gets the read end
+        # A pidfd on this very process, opened here: it can only ever mean the owner, never
+        # a forked helper or a later process that reuses the pid.
+        pidfd = os.pidfd_open(self.pid)
         env = {k: v for k, v in os.environ.items() if k != RUN_ENV}
         pkg_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "labkit.watchdog", str(self.pid), self.prefix, str(r)],
+                [sys.executable, "-m", "labkit.watchdog", str(self.pid), self.prefix, str(r), str(pidfd)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                pass_fds=(r,), start_new_session=True, cwd="/", env=env)
+                pass_fds=(r, pidfd), start_new_session=True, cwd="/", env=env)
             out, _ = proc.communicate(timeout=30)
         except (OSError, subprocess.SubprocessError):
             os.close(w)
             return  # no watcher: `labkit clean` still finds what a crash leaves
         finally:
             os.close(r)
+            os.close(pidfd)
         try:
             self._state["watchdog"] = int(out.split()[0])
         except (ValueError, IndexError):
