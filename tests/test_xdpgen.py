@@ -207,8 +207,10 @@ def test_rate_control_holds_a_modest_target(pair):
             wall = time.monotonic() - t0
         seen = sum(flows_seen(s).values())
     assert seen == offered.packets == rate * seconds
-    assert offered.pps == pytest.approx(rate, rel=0.05)
-    assert wall == pytest.approx(seconds, rel=0.05)  # held over the run, not sent in one burst
+    # paced, not sent in one burst: the schedule sets a floor on the time and a ceiling on the
+    # rate (a loaded machine may only be slower; how closely the rate is held is `make bench`)
+    assert offered.pps <= rate * 1.02
+    assert wall >= seconds * 0.95
 
 
 @needs_root
