@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from labkit.errors import NotRoot
+from labkit.testbed.signals import deferred_signals
 
 REGISTRY_DIR = Path(os.environ.get("LABKIT_RUNTIME_DIR", "/run/labkit"))
 NETNS_DIR = Path("/run/netns")
@@ -83,20 +84,28 @@ class Run:
         `python -m labkit.watchdog` gets a pidfd on this process, forks the watcher into a
         session of its own (so neither a signal to this process group nor Jupyter killing
         the kernel's group reaches it) and exits; the watcher is then no child of ours."""
+        try:
+            # A pidfd on this very process, opened here: it can only ever mean the owner,
+            # never a forked helper or a later process that reuses the pid.
+            pidfd = os.pidfd_open(self.pid)
+        except (OSError, AttributeError):  # Linux before 5.3: `labkit clean` remains
+            return
         r, w = os.pipe()  # both ends close-on-exec: only the watcher gets the read end
-        # A pidfd on this very process, opened here: it can only ever mean the owner, never
-        # a forked helper or a later process that reuses the pid.
-        pidfd = os.pidfd_open(self.pid)
         env = {k: v for k, v in os.environ.items() if k != RUN_ENV}
         pkg_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+        proc = None
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "labkit.watchdog", str(self.pid), self.prefix, str(r), str(pidfd)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                pass_fds=(r, pidfd), start_new_session=True, cwd="/", env=env)
-            out, _ = proc.communicate(timeout=30)
+            with deferred_signals():  # a Ctrl-C now comes once the watcher is in place
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "labkit.watchdog", str(self.pid), self.prefix, str(r), str(pidfd)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                    pass_fds=(r, pidfd), start_new_session=True, cwd="/", env=env)
+                out, _ = proc.communicate(timeout=30)
         except (OSError, subprocess.SubprocessError):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
             os.close(w)
             return  # no watcher: `labkit clean` still finds what a crash leaves
         finally:
