@@ -104,7 +104,8 @@ class DropLab:
         self.closed = False
         with _live_lock:
             _live = self
-        atexit.register(self.close)
+        self._at_exit = lambda: self.close("closed as the kernel shut down")
+        atexit.register(self._at_exit)
 
     # ---- state
     def _check_open(self) -> None:
@@ -216,7 +217,7 @@ class DropLab:
                 self.filter.close()
             finally:
                 self.topo.close()
-                atexit.unregister(self.close)
+                atexit.unregister(self._at_exit)
                 with _live_lock:
                     if _live is self:
                         _live = None
@@ -276,7 +277,7 @@ class DropLabWidget:
         self.port.observe(lambda ch: self._rule(ch, ports=ch["new"]), names="value")
         self.src.observe(lambda ch: self._rule(ch, source=ch["new"]), names="value")
         self.send.on_click(self._on_send)
-        self.stop.on_click(lambda _: lab.close("stopped with the stop lab button"))
+        self.stop.on_click(self._on_stop)
         lab.on_close(self._on_closed)
 
         note = (f"lab live (run {lab.prefix}); it closed the lab that was live before (run {lab.replaced})"
@@ -369,6 +370,14 @@ class DropLabWidget:
         finally:
             self.send.disabled = self.lab.closed
         self.refresh()
+
+    def _on_stop(self, _) -> None:
+        from labkit.widgets.controls import describe
+
+        try:
+            self.lab.close("stopped with the stop lab button")
+        except Exception as exc:  # the lab is closed all the same; say what could not be undone
+            self.say(f"stopping met an error: {describe(exc)}; `labkit clean` removes what is left", ok=False)
 
     def _on_closed(self, reason: str) -> None:
         from labkit.widgets.controls import disable_all

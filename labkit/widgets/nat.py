@@ -85,7 +85,7 @@ class MappingEditor:
         if self.live is not None:
             self.controls.append(self.stop)
             row3.append(self.stop)
-            self.stop.on_click(lambda _: self.live.close("stopped with the stop lab button"))
+            self.stop.on_click(self._on_stop)
         self.widget = w.VBox([w.HBox([self.inside, self.outside, self.add, self.remove]),
                               w.HBox([self.first, self.last, *row3]), self.message, self.table])
         self.widget.add_class("lk-natlab")
@@ -147,6 +147,12 @@ class MappingEditor:
             self.nat.set_port_range(int(self.first.value), int(self.last.value))
             return f"new flows get ports {self.first.value}-{self.last.value}"
         self._act(ports)
+
+    def _on_stop(self, _) -> None:
+        try:
+            self.live.close("stopped with the stop lab button")
+        except Exception as exc:  # the lab is closed all the same; say what could not be undone
+            self.say(f"stopping met an error: {describe(exc)}; `labkit clean` removes what is left", ok=False)
 
     def _on_closed(self, reason: str) -> None:
         self._stop.set()

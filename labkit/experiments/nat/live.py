@@ -75,7 +75,8 @@ class LiveNat:
         self.closed = False
         with _live_lock:
             _live = self
-        atexit.register(self.close)
+        self._at_exit = lambda: self.close("closed as the kernel shut down")
+        atexit.register(self._at_exit)
 
     def check_open(self) -> None:
         if self.closed:
@@ -104,7 +105,7 @@ class LiveNat:
             try:
                 stack.close()
             finally:
-                atexit.unregister(self.close)
+                atexit.unregister(self._at_exit)
                 with _live_lock:
                     if _live is self:
                         _live = None
