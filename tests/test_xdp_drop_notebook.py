@@ -56,7 +56,7 @@ def test_committed_notebooks_carry_no_outputs():
     (dict(sizes=[32]), "below 60"),
     (dict(count=0), "at least one packet"),
     (dict(rule="some"), "rule"),
-    (dict(receiver_if="lknosuchif9", sender_if="lknosuchif8"), "does not exist"),
+    (dict(receiver_if="lknosuchif9", sender_if="lknosuchif8"), "no such interface"),
 ])
 def test_bad_experiment_parameters(params, message):
     before = set(cleanup.labkit_namespaces())
