@@ -21,7 +21,7 @@ STRIP_FLAGS := --ClearOutputPreprocessor.enabled=True \
     --ClearMetadataPreprocessor.enabled=True --ClearMetadataPreprocessor.clear_cell_metadata=False \
     --ClearMetadataPreprocessor.preserve_nb_metadata_mask=kernelspec
 
-.PHONY: help setup report test bench lab clean-kernel doctor clean strip-notebooks
+.PHONY: help setup report test bench lab labs clean-kernel doctor clean strip-notebooks
 
 help: ## List the targets
 	@echo "labkit: XDP / eBPF / DPDK packet-processing workbench"
@@ -53,6 +53,13 @@ lab: setup ## Start JupyterLab on 127.0.0.1:PORT (default 8888; token printed in
 	@echo "or run: $(VENV)/bin/jupyter server list"
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --no-browser --allow-root \
 	    --ServerApp.root_dir="$(CURDIR)/notebooks" --MappingKernelManager.default_kernel_name=labkit
+
+# make labs LESSONS="03-maps 04-parsing"
+LESSONS ?= $(notdir $(wildcard labs/source/*))
+labs: | $(PY) ## Build the course's student versions in labs/release/ (nbgrader; not in git); LESSONS= to pick
+	cd labs && for l in $(LESSONS); do \
+	    PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ../$(PY) -m nbgrader generate_assignment "$$l" --force || exit 1; done
+	@echo "Student versions in labs/release/ (instructor guide: labs/README.md)"
 
 clean-kernel: | $(PY) ## Remove what crashed runs left in the kernel (namespaces, XDP programs, rules, processes)
 	$(PY) -m labkit clean

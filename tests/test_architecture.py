@@ -14,14 +14,14 @@ PACKAGE = Path(labkit.__file__).parent
 LAYERS = [
     ["labkit", "labkit.errors", "labkit.addresses", "labkit.progress", "labkit.references", "labkit.packets"],
     ["labkit.testbed.runs", "labkit.testbed.signals"],
-    ["labkit.testbed.hosts", "labkit.bpf"],
+    ["labkit.testbed.hosts", "labkit.bpf", "labkit.verifier"],
     ["labkit.testbed"],
     ["labkit.dpdk", "labkit.dataplanes"],
     ["labkit.traffic"],
     ["labkit.measure"],
     ["labkit.results"],
     ["labkit.experiments"],
-    ["labkit.widgets", "labkit.cleanup"],
+    ["labkit.widgets", "labkit.cleanup", "labkit.teaching"],
     ["labkit.reporting", "labkit.bench", "labkit.doctor", "labkit.watchdog"],
     ["labkit.cli", "labkit.__main__"],
 ]

@@ -1,0 +1,22 @@
+# nbgrader's configuration for the course in labs/ (this folder is the course directory).
+# `make labs` runs `nbgrader generate_assignment` here: source/ (instructor versions, in
+# git) -> release/ (student versions, generated, not in git). See labs/README.md.
+import os
+
+c = get_config()  # noqa: F821  (nbgrader provides it)
+here = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.root = here
+c.CourseDirectory.course_id = "labkit-xdp"
+c.CourseDirectory.source_directory = "source"
+c.CourseDirectory.release_directory = "release"
+# The gradebook lives beside the course unless the instructor puts it elsewhere.
+c.CourseDirectory.db_url = os.environ.get("LABKIT_GRADEBOOK", "sqlite:///" + os.path.join(here, "gradebook.db"))
+# Solution regions in C cells (`// BEGIN SOLUTION`) get the same Python stub as Python
+# cells; the %%bpf magic reads that stub as the C comment /* YOUR CODE HERE */.
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.begin_solution_delimeter = "BEGIN SOLUTION"
+c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
+c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"
+c.ClearHiddenTests.end_test_delimeter = "END HIDDEN TESTS"
+# Outputs never go to students (the instructor versions in git carry none anyway).
+c.ClearOutput.enabled = True
