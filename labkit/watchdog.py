@@ -104,6 +104,8 @@ def main(argv: list[str]) -> int:
     os.setsid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # the owner spawned us with its signals held (`deferred_signals`): SIGTERM stops a watcher
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

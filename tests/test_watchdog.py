@@ -314,6 +314,8 @@ def test_the_watcher_is_in_a_session_of_its_own_and_no_child_of_the_owner():
         assert sid == pid and pgid == pid  # its own session, so no group or session signal of ours reaches it
         assert sid != os.getsid(0)
         assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+        status = dict(line.split(":\t", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":\t" in line)
+        assert int(status["SigBlk"], 16) == 0  # nothing held: SIGTERM stops it
         assert pid not in cleanup.leftovers(prefix=prefix)["processes"]  # cleanup never takes it for the run's
     deadline = time.monotonic() + LIMIT
     while _alive(pid) and time.monotonic() < deadline:
