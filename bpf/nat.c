@@ -15,17 +15,27 @@
  * Rewriting after routing on the way out and before routing on the way in means the
  * kernel never sees an inside packet carrying one of its own addresses as source.
  *
- * State: `snat_out` (inside 5-tuple -> translated port, counters) and `snat_in`
- * (remote, SNAT address, remote port, translated port -> inside address and port) are
- * LRU hashes, so the flow table is bounded; a new flow claims its translated port by
- * inserting its `snat_in` entry with BPF_NOEXIST, so two inside hosts never share one.
- * An `snat_in` entry whose `snat_out` partner was evicted is deleted when met.
+ * State: a flow is a pair of entries, `snat_out` (inside 5-tuple -> SNAT address and
+ * port) and `snat_in` (remote, SNAT address, remote port, SNAT port -> inside address
+ * and port), each keyed by the packet's own 5-tuple in its direction, so an established
+ * flow costs one hash lookup each way and nothing else. A new flow claims its port by
+ * inserting its `snat_in` entry with BPF_NOEXIST (two inside hosts never share one);
+ * the two entries are created and deleted together (here on expiry, or by the control
+ * plane), so neither ever points at a partner that is gone. The tables are plain
+ * preallocated hashes: a full table refuses new flows (counted, drop_table_full) and
+ * never evicts a live one. Each entry keeps the jiffy of its last packet (bpf_jiffies64,
+ * a load, not a helper call); a flow idle in both directions longer than its timeout
+ * (nat_config.timeout, per protocol, TCP shorter once a FIN or RST was seen) is expired
+ * when a lookup meets it, and by the control plane's sweep.
  *
- * Checksums are updated incrementally with bpf_l3_csum_replace/bpf_l4_csum_replace;
- * address changes pass BPF_F_PSEUDO_HDR, so packets with a partial checksum
- * (CHECKSUM_PARTIAL, veth checksum offload) get their pseudo-header seed updated and
- * packets with a full checksum get it updated; a UDP checksum of 0 ("none") stays 0
- * (BPF_F_MARK_MANGLED_0).
+ * Fast path, established flows: the packet is parsed and rewritten by direct packet
+ * access, the IPv4 checksum and (for ICMP) the ICMP checksum updated in place
+ * (csum_helpers.h); TCP and UDP pay one bpf_l4_csum_replace for the address, because
+ * only that helper knows whether the skb carries a partial checksum (CHECKSUM_PARTIAL,
+ * veth checksum offload: the field then holds the pseudo-header sum, which the address
+ * changes and the port does not). Which one it was shows in what the helper did to the
+ * field, and the port's share is added directly when the checksum is a full one. A UDP
+ * checksum of 0 ("none") stays 0.
  *
  * What is not translated, by rule (each outcome, enum nat_outcome, counted in `stats`):
  *   - not IPv4 (ARP, IPv6, ...):                                  passed unchanged
@@ -39,18 +49,21 @@
  *   - a protocol a rule cannot translate (static: other than TCP/UDP/ICMP; SNAT
  *     outbound: other than TCP/UDP/ICMP echo request):           dropped
  *   - inbound to the SNAT address with no flow state:             passed unchanged
- *     (it is addressed to the NAT host itself)
- *   - SNAT with no free port after PORT_PROBES tries, or a full flow table: dropped
- *   - a checksum or store helper failing (never expected):         dropped
+ *     (it is addressed to the NAT host itself); with expired state: the pair is
+ *     deleted and the packet passed (pass_stale_flow)
+ *   - SNAT with no free port after PORT_PROBES tries:             dropped (drop_no_port)
+ *   - a full flow table:                                          dropped (drop_table_full)
+ *   - a checksum helper failing (never expected):                 dropped
  * ICMP error messages are translated in their outer header only (a static mapping).
  *
- * Defines: MAX_STATIC (static mappings), MAX_FLOWS (SNAT flow table entries),
+ * Defines: MAX_STATIC (static mappings), MAX_FLOWS (SNAT flows, each two entries),
  * PORT_PROBES (ports tried for a new flow).
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 #include "parsing_helpers.h"
 #include "counters.h"
+#include "csum_helpers.h"
 #include "nat.h"
 
 #ifndef MAX_STATIC
@@ -66,16 +79,8 @@
 #define ETH_LEN 14
 #define IP_LEN 20
 #define L4_OFF (ETH_LEN + IP_LEN) /* options are never translated: L4 is at a fixed offset */
-#define IP_CSUM_OFF (ETH_LEN + offsetof(struct iphdr, check))
-#define IP_SRC_OFF (ETH_LEN + offsetof(struct iphdr, saddr))
-#define IP_DST_OFF (ETH_LEN + offsetof(struct iphdr, daddr))
-#define TCP_CSUM_OFF (L4_OFF + offsetof(struct tcphdr, check))
-#define UDP_CSUM_OFF (L4_OFF + offsetof(struct udphdr, check))
-#define ICMP_CSUM_OFF (L4_OFF + offsetof(struct icmphdr, checksum))
-#define ICMP_ID_OFF (L4_OFF + offsetof(struct icmphdr, un.echo.id))
-#define SPORT_OFF (L4_OFF + 0)
-#define DPORT_OFF (L4_OFF + 2)
 #define PULL_LEN (L4_OFF + sizeof(struct tcphdr))
+#define E2BIG 7
 
 struct nat_config {
     u32 snat_addr;   /* network byte order; 0: source NAT off */
@@ -83,6 +88,7 @@ struct nat_config {
     u32 inside_mask; /* network byte order */
     u16 port_min;    /* host byte order, inclusive */
     u16 port_max;
+    u32 timeout[NAT_TIMEOUT_MAX]; /* jiffies, enum nat_timeout */
 };
 
 struct static_value {
@@ -90,8 +96,9 @@ struct static_value {
     u32 slot; /* index into mapping_counters */
 };
 
-/* A flow as one side sees it; ports in network byte order. ICMP echo: sport = identifier,
- * dport = 0 (outbound key) / sport = 0, dport = translated identifier (inbound key). */
+/* A flow as one direction's packets carry it; ports in network byte order. ICMP echo:
+ * sport = identifier, dport = 0 (outbound key) / sport = 0, dport = translated
+ * identifier (inbound key). */
 struct nat_flow_key {
     u32 src;
     u32 dst;
@@ -101,22 +108,17 @@ struct nat_flow_key {
     u8 pad[3];
 };
 
-struct flow_value {
-    u32 nat_addr;
-    u16 nat_port; /* network byte order */
-    u16 pad;
-    u64 created_ns;
-    u64 last_ns;
-    u64 out_packets;
-    u64 out_bytes;
-    u64 in_packets;
-    u64 in_bytes;
-};
-
-struct reverse_value {
-    u32 addr;  /* inside address */
-    u16 port;  /* inside port / echo identifier, network byte order */
-    u16 pad;
+/* One direction of a flow: where its packets are translated to (snat_out: the SNAT
+ * address and port; snat_in: the inside address and port), and its own use. */
+struct nat_entry {
+    u32 addr;     /* network byte order */
+    u16 port;     /* network byte order */
+    u8 closing;   /* TCP: a FIN or RST went this way */
+    u8 pad;
+    u64 created;  /* jiffies */
+    u64 last;     /* jiffies of the last packet this way */
+    u64 packets;
+    u64 bytes;
 };
 
 struct mapping_counter {
@@ -130,8 +132,8 @@ BPF_ARRAY(config, struct nat_config, 1);
 BPF_HASH(static_out, u32, struct static_value, MAX_STATIC); /* inside -> outside */
 BPF_HASH(static_in, u32, struct static_value, MAX_STATIC);  /* outside -> inside */
 BPF_PERCPU_ARRAY(mapping_counters, struct mapping_counter, MAX_STATIC);
-BPF_TABLE("lru_hash", struct nat_flow_key, struct flow_value, snat_out, MAX_FLOWS);
-BPF_TABLE("lru_hash", struct nat_flow_key, struct reverse_value, snat_in, MAX_FLOWS);
+BPF_HASH(snat_out, struct nat_flow_key, struct nat_entry, MAX_FLOWS);
+BPF_HASH(snat_in, struct nat_flow_key, struct nat_entry, MAX_FLOWS);
 PKT_COUNTERS(stats, NAT_OUTCOME_MAX);
 
 static __always_inline int outcome(u32 which, u64 len, int verdict)
@@ -151,18 +153,17 @@ struct pkt {
     u8 has_l4;   /* the L4 header the protocol needs is within the packet */
     u8 options;  /* IHL > 5 */
     u8 fragment; /* MF set or a non-zero offset */
+    u8 fin_rst;  /* TCP: FIN or RST set */
+    u8 ttl;
+    u8 tos;
+    u16 tot_len; /* host byte order */
 };
 
-/* 0: an IPv4 packet to consider; else the outcome to count and pass. */
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+/* 0: an IPv4 packet to consider; else the outcome to count and pass. DATA..DATA_END:
+ * the linear part of a frame of LEN bytes. */
+static __always_inline int parse_frame(void *data, void *data_end, u32 len, struct pkt *p)
 {
-    if (skb->len < ETH_LEN)
-        return NAT_PASS_MALFORMED + 1;
-    if ((void *)(long)skb->data + PULL_LEN > (void *)(long)skb->data_end && skb->len > skb->data_end - skb->data)
-        bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
-
-    void *data_end = (void *)(long)skb->data_end;
-    struct hdr_cursor nh = {.pos = (void *)(long)skb->data};
+    struct hdr_cursor nh = {.pos = data};
     struct ethhdr *eth;
     int eth_proto = parse_ethhdr(&nh, data_end, &eth);
     if (eth_proto < 0)
@@ -176,16 +177,16 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
         return NAT_PASS_MALFORMED + 1;
     u32 ihl = ip->ihl;
     u32 tot = ntohs(ip->tot_len);
-    if (ip->version != 4 || ihl < 5 || tot < ihl * 4 || tot + ETH_LEN > skb->len)
+    if (ip->version != 4 || ihl < 5 || tot < ihl * 4 || tot + ETH_LEN > len)
         return NAT_PASS_MALFORMED + 1;
+    p->ttl = ip->ttl;
+    p->tos = ip->tos;
+    p->tot_len = tot;
     p->saddr = ip->saddr;
     p->daddr = ip->daddr;
     p->proto = ip->protocol;
     p->options = ihl > 5;
     p->fragment = (ip->frag_off & htons(0x3fff)) != 0;
-    p->has_l4 = 0;
-    p->sport = p->dport = 0;
-    p->icmp_type = 0xff;
     if (p->options || p->fragment)
         return 0;
     /* no options: the cursor is at L4_OFF; the L4 header must fit the frame and the
@@ -196,6 +197,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
         if (th && l4len >= sizeof(*th)) {
             p->sport = th->source;
             p->dport = th->dest;
+            p->fin_rst = th->fin | th->rst;
             p->has_l4 = 1;
         }
     } else if (p->proto == IPPROTO_UDP) {
@@ -216,40 +218,125 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
     return 0;
 }
 
-/* Rewrite the source (outbound) or destination (inbound) address, and fix the IPv4
- * checksum and the L4 checksum that covers it through the pseudo header. */
-static __always_inline int rewrite_addr(struct __sk_buff *skb, u8 proto, int inbound, u32 from, u32 to)
+/* Two 16-bit one's-complement values are the same number (0x0000 and 0xffff are both zero). */
+static __always_inline int csum_same(u16 a, u16 b)
 {
-    if (proto == IPPROTO_TCP) {
-        if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF, from, to, BPF_F_PSEUDO_HDR | sizeof(to)))
-            return -1;
-    } else if (proto == IPPROTO_UDP) {
-        if (bpf_l4_csum_replace(skb, UDP_CSUM_OFF, from, to, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(to)))
-            return -1;
-    }
-    if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, from, to, sizeof(to)))
-        return -1;
-    return bpf_skb_store_bytes(skb, inbound ? IP_DST_OFF : IP_SRC_OFF, &to, sizeof(to), 0);
+    return a == b || (u16)(a + b) == 0xffff && (a == 0 || b == 0);
 }
 
-/* Rewrite a port (TCP/UDP source or destination) or the ICMP echo identifier. */
-static __always_inline int rewrite_port(struct __sk_buff *skb, u8 proto, int dst, u16 from, u16 to)
+/* The one's-complement difference that changing the 32-bit field FROM to TO makes. */
+static __always_inline u32 diff4(u32 from, u32 to)
 {
-    int off;
-    if (proto == IPPROTO_TCP) {
-        off = dst ? DPORT_OFF : SPORT_OFF;
-        if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF, from, to, sizeof(to)))
-            return -1;
+    return (u16)~(from >> 16) + (u16)~from + (to >> 16) + (u16)to;
+}
+
+static __always_inline u32 diff2(u16 from, u16 to)
+{
+    return (u16)~from + to;
+}
+
+/* 0: an IPv4 packet to consider; else the outcome to count and pass. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+    if (skb->len < ETH_LEN)
+        return NAT_PASS_MALFORMED + 1;
+    if ((void *)(long)skb->data + PULL_LEN > (void *)(long)skb->data_end && skb->len > skb->data_end - skb->data)
+        bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
+    return parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, p);
+}
+
+/* Rewrite the source (outbound) or destination (inbound) address and, unless PORT_OFF
+ * is 0, the port at PORT_OFF (a TCP/UDP source or destination port, or the ICMP echo
+ * identifier) from PORT_FROM to PORT_TO; fix every checksum these cover. Direct packet
+ * access, and one helper call for a TCP/UDP checksum (see the header comment).
+ * Returns 0, or -1 when the packet is not as parsed or a helper failed. */
+static __always_inline int rewrite(struct __sk_buff *skb, u8 proto, int inbound, u32 from, u32 to,
+                                   u32 port_off, u16 port_from, u16 port_to)
+{
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    struct iphdr *ip = data + ETH_LEN;
+    if ((void *)(ip + 1) > data_end)
+        return -1;
+    /* the pseudo-header sum before the rewrite: what a partial TCP/UDP checksum holds */
+    u16 seed = csum_fold((ip->saddr >> 16) + (ip->saddr & 0xffff) + (ip->daddr >> 16) + (ip->daddr & 0xffff) +
+                         htons(proto) + htons(ntohs(ip->tot_len) - IP_LEN));
+    if (inbound)
+        ip->daddr = to;
+    else
+        ip->saddr = to;
+    csum_replace4(&ip->check, from, to);
+
+    u32 csum_off;
+    if (proto == IPPROTO_ICMP) {
+        if (port_off) {
+            struct icmphdr *ih = data + L4_OFF;
+            if ((void *)(ih + 1) > data_end)
+                return -1;
+            ih->un.echo.id = port_to;
+            csum_replace2(&ih->checksum, port_from, port_to);
+        }
+        return 0;
+    } else if (proto == IPPROTO_TCP) {
+        csum_off = L4_OFF + offsetof(struct tcphdr, check);
     } else if (proto == IPPROTO_UDP) {
-        off = dst ? DPORT_OFF : SPORT_OFF;
-        if (bpf_l4_csum_replace(skb, UDP_CSUM_OFF, from, to, BPF_F_MARK_MANGLED_0 | sizeof(to)))
-            return -1;
+        csum_off = L4_OFF + offsetof(struct udphdr, check);
     } else {
-        off = ICMP_ID_OFF;
-        if (bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, from, to, sizeof(to)))
-            return -1;
+        return 0;
     }
-    return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
+    u16 *ports = data + L4_OFF;
+    u16 *csum = data + csum_off;
+    if ((void *)(ports + 2) > data_end || (void *)(csum + 1) > data_end)
+        return -1;
+    if (port_off)
+        ports[port_off == L4_OFF + 2] = port_to;
+    u16 before = *csum;
+    if (proto == IPPROTO_UDP && before == 0) {
+        /* no checksum: nothing covers the address or the port; a receive checksum of the
+         * whole packet (CHECKSUM_COMPLETE) gains the port's change */
+        if (inbound && port_off)
+            bpf_csum_update(skb, diff2(port_from, port_to));
+        return 0;
+    }
+    if (!csum_same(before, seed)) {
+        /* not the pseudo-header sum, so not a partial checksum: a full one, updated here */
+        csum_replace4(csum, from, to);
+        if (port_off)
+            csum_replace2(csum, port_from, port_to);
+        if (proto == IPPROTO_UDP && *csum == 0)
+            *csum = 0xffff;
+        /* the L4 checksum lost the address's change: so did a receive checksum of the
+         * whole packet (CHECKSUM_COMPLETE; no-op otherwise). Only received packets have one. */
+        if (inbound)
+            bpf_csum_update(skb, diff4(to, from));
+        return 0;
+    }
+    /* the field holds what a partial checksum holds (or, once in 65536, a full checksum
+     * happens to): the helper knows which, and updates the field and skb->csum */
+    u32 d = diff4(from, to);
+    u64 flags = BPF_F_PSEUDO_HDR | (proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0);
+    if (bpf_l4_csum_replace(skb, csum_off, 0, d, flags))
+        return -1;
+    if (!port_off || port_from == port_to)
+        return 0;
+    /* what the helper did shows the kind of checksum: a partial one (the pseudo-header
+     * sum) gained the difference, a full one lost it; only a full one covers the port */
+    data = (void *)(long)skb->data;
+    data_end = (void *)(long)skb->data_end;
+    csum = data + csum_off;
+    if ((void *)(csum + 1) > data_end)
+        return -1;
+    if (csum_fold(d) == 0xffff) {
+        /* an address change that sums to nothing: the field cannot tell, ask the helper */
+        return bpf_l4_csum_replace(skb, csum_off, port_from, port_to,
+                                   (proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0) | sizeof(port_to)) ? -1 : 0;
+    }
+    if (csum_same(*csum, csum_fold((u32)before + d)))
+        return 0; /* partial */
+    csum_replace2(csum, port_from, port_to);
+    if (proto == IPPROTO_UDP && *csum == 0)
+        *csum = 0xffff;
+    return 0;
 }
 
 static __always_inline int translatable_static(struct pkt *p)
@@ -289,160 +376,466 @@ static __always_inline struct nat_config *begin(struct __sk_buff *skb, struct pk
     return cfg;
 }
 
+static __always_inline u32 timeout_of(struct nat_config *cfg, u8 proto, u8 closing)
+{
+    u32 i = proto == IPPROTO_TCP ? (closing ? NAT_TIMEOUT_TCP_CLOSING : NAT_TIMEOUT_TCP_ESTABLISHED)
+                                 : proto == IPPROTO_UDP ? NAT_TIMEOUT_UDP : NAT_TIMEOUT_ICMP;
+    if (i >= NAT_TIMEOUT_MAX)
+        return 0;
+    return cfg->timeout[i];
+}
+
+/* Use of one direction's entry E by a packet of LEN bytes at NOW. */
+static __always_inline void touch(struct nat_entry *e, u64 now, u64 len, u8 fin_rst)
+{
+    if (e->last != now)
+        e->last = now;
+    if (fin_rst && !e->closing)
+        e->closing = 1;
+    __sync_fetch_and_add(&e->packets, 1);
+    __sync_fetch_and_add(&e->bytes, len);
+}
+
+/* E (one direction) looks idle past its timeout: expired only if its partner, found
+ * under PARTNER_KEY in the other table, is idle too. 1: expired (both entries deleted);
+ * 0: alive (E refreshed from its partner). Runs only when E looks expired. */
+static __always_inline int expired(struct nat_config *cfg, u8 proto, struct nat_entry *e, u64 now,
+                                   struct nat_flow_key *own_key, struct nat_flow_key *partner_key, int outbound)
+{
+    struct nat_entry *o = outbound ? snat_in.lookup(partner_key) : snat_out.lookup(partner_key);
+    if (o && now - o->last <= timeout_of(cfg, proto, o->closing | e->closing)) {
+        e->last = o->last;
+        return 0;
+    }
+    if (outbound) {
+        snat_in.delete(partner_key);
+        snat_out.delete(own_key);
+    } else {
+        snat_out.delete(partner_key);
+        snat_in.delete(own_key);
+    }
+    return 1;
+}
+
+/* Outbound SNAT of an established flow; 1 when done (translated or dropped, *verdict
+ * set), 0 when there is no live flow for the packet. */
+static __always_inline int snat_established(struct __sk_buff *skb, struct nat_config *cfg, struct pkt *p,
+                                            struct nat_flow_key *key, u64 now, int *verdict)
+{
+    u64 len = skb->len;
+    struct nat_entry *fv = snat_out.lookup(key);
+    if (!fv)
+        return 0;
+    u32 nat_addr = fv->addr;
+    u16 nat_port = fv->port;
+    if (now - fv->last > timeout_of(cfg, p->proto, fv->closing | p->fin_rst)) {
+        struct nat_flow_key rkey = {.src = p->daddr, .dst = nat_addr, .dport = nat_port, .proto = p->proto};
+        if (p->proto != IPPROTO_ICMP)
+            rkey.sport = p->dport;
+        if (expired(cfg, p->proto, fv, now, key, &rkey, 1))
+            return 0;
+    }
+    touch(fv, now, len, p->fin_rst);
+    u32 port_off = p->proto == IPPROTO_ICMP ? L4_OFF + offsetof(struct icmphdr, un.echo.id) : L4_OFF;
+    if (rewrite(skb, p->proto, 0, p->saddr, nat_addr, port_off, p->sport, nat_port))
+        *verdict = outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+    else
+        *verdict = outcome(NAT_OUT_SNAT, len, TC_ACT_OK);
+    return 1;
+}
+
+/* A new SNAT flow: claim a port (its snat_in entry), then the snat_out entry. */
+static __always_inline int snat_new(struct __sk_buff *skb, struct nat_config *cfg, struct pkt *p,
+                                    struct nat_flow_key *key, u64 now)
+{
+    u64 len = skb->len;
+    u32 lo = cfg->port_min, hi = cfg->port_max;
+    if (hi < lo)
+        return outcome(NAT_DROP_NO_PORT, len, TC_ACT_SHOT);
+    u32 nat_addr = cfg->snat_addr;
+    struct nat_flow_key rkey = {.src = p->daddr, .dst = nat_addr, .proto = p->proto};
+    if (p->proto != IPPROTO_ICMP)
+        rkey.sport = p->dport;
+    struct nat_entry rev = {.addr = p->saddr, .port = p->sport, .created = now, .last = now};
+    u32 range = hi - lo + 1;
+    u32 start = bpf_get_prandom_u32() % range;
+    int found = 0;
+    for (int i = 0; i < PORT_PROBES; i++) {
+        u32 cand = lo + (start + i) % range;
+        rkey.dport = htons((u16)cand);
+        long err = snat_in.insert(&rkey, &rev);
+        if (err == 0) {
+            found = 1;
+            break;
+        }
+        if (err == -E2BIG)
+            return outcome(NAT_DROP_TABLE_FULL, len, TC_ACT_SHOT);
+    }
+    if (!found)
+        return outcome(NAT_DROP_NO_PORT, len, TC_ACT_SHOT);
+    u16 nat_port = rkey.dport;
+    struct nat_entry nv = {.addr = nat_addr, .port = nat_port, .closing = p->fin_rst, .created = now, .last = now,
+                           .packets = 1, .bytes = len};
+    if (snat_out.insert(key, &nv)) {
+        /* full, or another CPU created this flow a moment ago: give the port back */
+        snat_in.delete(&rkey);
+        return outcome(NAT_DROP_TABLE_FULL, len, TC_ACT_SHOT);
+    }
+    u32 port_off = p->proto == IPPROTO_ICMP ? L4_OFF + offsetof(struct icmphdr, un.echo.id) : L4_OFF;
+    if (rewrite(skb, p->proto, 0, p->saddr, nat_addr, port_off, p->sport, nat_port))
+        return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+    return outcome(NAT_OUT_SNAT_NEW, len, TC_ACT_OK);
+}
+
+static __always_inline int snat_protocol(struct pkt *p, u8 echo_type)
+{
+    return p->has_l4 && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP ||
+                         (p->proto == IPPROTO_ICMP && p->icmp_type == echo_type));
+}
+
 int nat_egress(struct __sk_buff *skb)
 {
-    struct pkt p = {};
+    struct pkt p = {.icmp_type = 0xff};
     u64 len = skb->len;
     int verdict = TC_ACT_OK;
     struct nat_config *cfg = begin(skb, &p, &verdict);
     if (!cfg)
         return verdict;
 
+    /* an established SNAT flow first: one lookup (a host with a static mapping never
+     * has SNAT flows: the control plane removes them when it adds the mapping) */
+    int inside = cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net;
+    struct nat_flow_key key = {.src = p.saddr, .dst = p.daddr, .sport = p.sport, .proto = p.proto};
+    if (p.proto != IPPROTO_ICMP)
+        key.dport = p.dport;
+    u64 now = bpf_jiffies64();
+    int snat_ok = inside && !p.options && !p.fragment && snat_protocol(&p, ICMP_ECHO);
+    if (snat_ok && snat_established(skb, cfg, &p, &key, now, &verdict))
+        return verdict;
+
     struct static_value *st = static_out.lookup(&p.saddr);
-    int snat = !st && cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net;
-    if (!st && !snat)
+    if (!st && !inside)
         return outcome(NAT_PASS_NO_RULE, len, TC_ACT_OK);
     if (p.options)
         return outcome(NAT_DROP_OPTIONS, len, TC_ACT_SHOT);
     if (p.fragment)
         return outcome(NAT_DROP_FRAGMENT, len, TC_ACT_SHOT);
-
     if (st) {
         if (!translatable_static(&p))
             return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
         u32 slot = st->slot;
-        if (rewrite_addr(skb, p.proto, 0, p.saddr, st->addr))
+        if (rewrite(skb, p.proto, 0, p.saddr, st->addr, 0, 0, 0))
             return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
         count_mapping(slot, len, 0);
         return outcome(NAT_OUT_STATIC, len, TC_ACT_OK);
     }
-
-    /* source NAT */
-    if (!p.has_l4 || !(p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP ||
-                       (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHO)))
+    if (!snat_ok)
         return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
-    u16 orig_port = p.sport;
-    struct nat_flow_key key = {.src = p.saddr, .dst = p.daddr, .sport = p.sport, .proto = p.proto};
-    if (p.proto != IPPROTO_ICMP)
-        key.dport = p.dport;
-    u32 nat_addr = cfg->snat_addr;
-    u64 now = bpf_ktime_get_ns();
-    u16 nat_port;
-    int stat = NAT_OUT_SNAT;
-    struct nat_flow_key rkey = {.src = p.daddr, .dst = nat_addr, .proto = p.proto};
-    struct reverse_value rev = {.addr = p.saddr, .port = orig_port};
-
-    struct flow_value *fv = snat_out.lookup(&key);
-    if (fv) {
-        nat_port = fv->nat_port;
-        nat_addr = fv->nat_addr;
-        rkey.dst = nat_addr;
-        if (p.proto == IPPROTO_ICMP) {
-            rkey.dport = nat_port;
-        } else {
-            rkey.sport = p.dport;
-            rkey.dport = nat_port;
-        }
-        if (!snat_in.lookup(&rkey)) /* evicted: restore the way back */
-            snat_in.update(&rkey, &rev);
-        fv->last_ns = now;
-        __sync_fetch_and_add(&fv->out_packets, 1);
-        __sync_fetch_and_add(&fv->out_bytes, len);
-    } else {
-        u32 lo = cfg->port_min, hi = cfg->port_max;
-        if (hi < lo)
-            return outcome(NAT_DROP_NO_PORT, len, TC_ACT_SHOT);
-        u32 range = hi - lo + 1;
-        u32 start = bpf_get_prandom_u32() % range;
-        int found = 0;
-        if (p.proto != IPPROTO_ICMP)
-            rkey.sport = p.dport;
-        for (int i = 0; i < PORT_PROBES; i++) {
-            u32 cand = lo + (start + i) % range;
-            rkey.dport = htons((u16)cand);
-            if (snat_in.insert(&rkey, &rev) == 0) {
-                found = 1;
-                break;
-            }
-        }
-        if (!found)
-            return outcome(NAT_DROP_NO_PORT, len, TC_ACT_SHOT);
-        nat_port = rkey.dport;
-        struct flow_value nv = {.nat_addr = nat_addr, .nat_port = nat_port, .created_ns = now, .last_ns = now,
-                                .out_packets = 1, .out_bytes = len};
-        if (snat_out.insert(&key, &nv)) {
-            snat_in.delete(&rkey);
-            return outcome(NAT_DROP_TABLE_FULL, len, TC_ACT_SHOT);
-        }
-        stat = NAT_OUT_SNAT_NEW;
-    }
-    if (rewrite_addr(skb, p.proto, 0, p.saddr, nat_addr))
-        return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
-    if (nat_port != orig_port && rewrite_port(skb, p.proto, 0, orig_port, nat_port))
-        return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
-    return outcome(stat, len, TC_ACT_OK);
+    return snat_new(skb, cfg, &p, &key, now);
 }
 
 int nat_ingress(struct __sk_buff *skb)
 {
-    struct pkt p = {};
+    struct pkt p = {.icmp_type = 0xff};
     u64 len = skb->len;
     int verdict = TC_ACT_OK;
     struct nat_config *cfg = begin(skb, &p, &verdict);
     if (!cfg)
         return verdict;
 
-    struct static_value *st = static_in.lookup(&p.daddr);
-    if (st) {
-        if (p.options)
-            return outcome(NAT_DROP_OPTIONS, len, TC_ACT_SHOT);
-        if (p.fragment)
-            return outcome(NAT_DROP_FRAGMENT, len, TC_ACT_SHOT);
-        if (!translatable_static(&p))
-            return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
-        u32 slot = st->slot;
-        if (rewrite_addr(skb, p.proto, 1, p.daddr, st->addr))
+    /* the SNAT address is never a static mapping's outside address (the control plane
+     * refuses it), so a packet to it is a flow's or the NAT host's own */
+    if (cfg->snat_addr && p.daddr == cfg->snat_addr) {
+        if (p.options || p.fragment)
+            return outcome(NAT_PASS_OPTIONS_OR_FRAGMENT, len, TC_ACT_OK);
+        if (!snat_protocol(&p, ICMP_ECHOREPLY))
+            return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);
+        struct nat_flow_key rkey = {.src = p.saddr, .dst = p.daddr, .proto = p.proto};
+        u16 nat_port;
+        u32 port_off;
+        if (p.proto == IPPROTO_ICMP) {
+            nat_port = p.sport; /* the identifier */
+            port_off = L4_OFF + offsetof(struct icmphdr, un.echo.id);
+        } else {
+            nat_port = p.dport;
+            rkey.sport = p.sport;
+            port_off = L4_OFF + 2;
+        }
+        rkey.dport = nat_port;
+        struct nat_entry *rev = snat_in.lookup(&rkey);
+        if (!rev)
+            return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);
+        u32 in_addr = rev->addr;
+        u16 in_port = rev->port;
+        u64 now = bpf_jiffies64();
+        if (now - rev->last > timeout_of(cfg, p.proto, rev->closing | p.fin_rst)) {
+            struct nat_flow_key key = {.src = in_addr, .dst = p.saddr, .sport = in_port, .proto = p.proto};
+            if (p.proto != IPPROTO_ICMP)
+                key.dport = p.sport;
+            if (expired(cfg, p.proto, rev, now, &rkey, &key, 0))
+                return outcome(NAT_PASS_STALE_FLOW, len, TC_ACT_OK);
+        }
+        touch(rev, now, len, p.fin_rst);
+        if (rewrite(skb, p.proto, 1, p.daddr, in_addr, port_off, nat_port, in_port))
             return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
-        count_mapping(slot, len, 1);
-        return outcome(NAT_IN_STATIC, len, TC_ACT_OK);
+        return outcome(NAT_IN_SNAT, len, TC_ACT_OK);
     }
-    if (!cfg->snat_addr || p.daddr != cfg->snat_addr)
-        return outcome(NAT_PASS_NO_RULE, len, TC_ACT_OK);
-    if (p.options || p.fragment)
-        return outcome(NAT_PASS_OPTIONS_OR_FRAGMENT, len, TC_ACT_OK);
-    if (!p.has_l4 || !(p.proto == IPPROTO_TCP || p.proto == IPPROTO_UDP ||
-                       (p.proto == IPPROTO_ICMP && p.icmp_type == ICMP_ECHOREPLY)))
-        return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);
 
-    struct nat_flow_key rkey = {.src = p.saddr, .dst = p.daddr, .proto = p.proto};
-    u16 nat_port;
-    if (p.proto == IPPROTO_ICMP) {
-        nat_port = p.sport; /* the identifier */
-        rkey.dport = nat_port;
+    struct static_value *st = static_in.lookup(&p.daddr);
+    if (!st)
+        return outcome(NAT_PASS_NO_RULE, len, TC_ACT_OK);
+    if (p.options)
+        return outcome(NAT_DROP_OPTIONS, len, TC_ACT_SHOT);
+    if (p.fragment)
+        return outcome(NAT_DROP_FRAGMENT, len, TC_ACT_SHOT);
+    if (!translatable_static(&p))
+        return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
+    u32 slot = st->slot;
+    if (rewrite(skb, p.proto, 1, p.daddr, st->addr, 0, 0, 0))
+        return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+    count_mapping(slot, len, 1);
+    return outcome(NAT_IN_STATIC, len, TC_ACT_OK);
+}
+
+/* ------------------------------------------------------------------ the XDP fast path
+ * xdp_nat_outbound (XDP on each inside port) and xdp_nat_inbound (XDP on the outside
+ * port) translate packets of established SNAT flows and of static mappings with the
+ * same maps as the tc programs above, forward them with the kernel's own route and
+ * neighbour (bpf_fib_lookup) and send them out with bpf_redirect, never touching the
+ * stack. Everything else goes up with XDP_PASS, untouched, counted by why (enum
+ * nat_xdp_outcome, `xdp_stats`): there the tc NAT translates it as before (a new flow
+ * is created there, its next packets take this path), or the kernel answers it (TTL
+ * exceeded, fragmentation needed, no neighbour yet: the kernel resolves it, and the
+ * next packet finds it). xdp_route is the same forwarding with no translation: the
+ * fast path's own baseline. XDP sees frames, not skbs: TCP/UDP checksums are updated
+ * as full checksums (a sender's partial checksum offload must be off on a veth testbed).
+ */
+PKT_COUNTERS(xdp_stats, NAT_XDP_OUTCOME_MAX);
+
+static __always_inline int xdp_outcome(u32 which, u64 len, int verdict)
+{
+    pkt_count(xdp_stats.lookup(&which), len);
+    return verdict;
+}
+
+/* Rewrite an address, and a port if PORT_OFF, with every checksum updated in place. */
+static __always_inline int xdp_rewrite(void *data, void *data_end, u8 proto, int inbound, u32 from, u32 to,
+                                       u32 port_off, u16 port_from, u16 port_to)
+{
+    struct iphdr *ip = data + ETH_LEN;
+    if ((void *)(ip + 1) > data_end)
+        return -1;
+    if (inbound)
+        ip->daddr = to;
+    else
+        ip->saddr = to;
+    csum_replace4(&ip->check, from, to);
+    if (proto == IPPROTO_ICMP) {
+        struct icmphdr *ih = data + L4_OFF;
+        if ((void *)(ih + 1) > data_end)
+            return -1;
+        if (port_off) {
+            ih->un.echo.id = port_to;
+            csum_replace2(&ih->checksum, port_from, port_to);
+        }
+        return 0;
+    }
+    u32 csum_off = proto == IPPROTO_TCP ? L4_OFF + offsetof(struct tcphdr, check)
+                                        : L4_OFF + offsetof(struct udphdr, check);
+    u16 *ports = data + L4_OFF;
+    u16 *csum = data + csum_off;
+    if ((void *)(ports + 2) > data_end || (void *)(csum + 1) > data_end)
+        return -1;
+    if (port_off)
+        ports[port_off == L4_OFF + 2] = port_to;
+    if (proto == IPPROTO_UDP && *csum == 0)
+        return 0;
+    csum_replace4(csum, from, to);
+    if (port_off)
+        csum_replace2(csum, port_from, port_to);
+    if (proto == IPPROTO_UDP && *csum == 0)
+        *csum = 0xffff;
+    return 0;
+}
+
+/* Where the kernel would send a packet to DST (from SRC) arriving on IFINDEX: 0 and
+ * FIB filled (egress ifindex, MACs), or the outcome to pass the packet up with. */
+static __always_inline int xdp_route_of(struct xdp_md *ctx, struct pkt *p, u32 src, u32 dst,
+                                        struct bpf_fib_lookup *fib)
+{
+    fib->family = 2; /* AF_INET */
+    fib->tos = p->tos;
+    fib->l4_protocol = p->proto;
+    fib->tot_len = p->tot_len;
+    fib->ifindex = ctx->ingress_ifindex;
+    fib->ipv4_src = src;
+    fib->ipv4_dst = dst;
+    int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+    if (rc == BPF_FIB_LKUP_RET_SUCCESS)
+        return 0;
+    if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+        return NAT_XDP_PASS_NO_NEIGH + 1;
+    if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+        return NAT_XDP_PASS_FRAG_NEEDED + 1;
+    return NAT_XDP_PASS_LOCAL + 1;
+}
+
+/* Forward a translated frame as the FIB said: TTL - 1, MACs, out of the egress port. */
+static __always_inline int xdp_forward(void *data, void *data_end, struct bpf_fib_lookup *fib)
+{
+    struct ethhdr *eth = data;
+    struct iphdr *ip = data + ETH_LEN;
+    if ((void *)(ip + 1) > data_end)
+        return XDP_ABORTED;
+    /* the TTL shares a 16-bit word with the protocol: the checksum loses 0x0100 */
+    u16 old = *(u16 *)&ip->ttl;
+    ip->ttl--;
+    csum_replace2(&ip->check, old, *(u16 *)&ip->ttl);
+    __builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+    return bpf_redirect(fib->ifindex, 0);
+}
+
+/* Parse for the fast path: 0 and P filled, or the outcome to pass with. */
+static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    int r = parse_frame(data, data_end, data_end - data, p);
+    if (r == NAT_PASS_NOT_IPV4 + 1)
+        return NAT_XDP_PASS_NOT_IPV4 + 1;
+    if (r || p->options || p->fragment || p->ttl <= 1 || !p->has_l4)
+        return NAT_XDP_PASS_UNUSUAL + 1;
+    return 0;
+}
+
+int xdp_nat_outbound(struct xdp_md *ctx)
+{
+    struct pkt p = {.icmp_type = 0xff};
+    u64 len = ctx->data_end - ctx->data;
+    int r = xdp_parse(ctx, &p);
+    if (r)
+        return xdp_outcome(r - 1, len, XDP_PASS);
+    u32 zero = 0;
+    struct nat_config *cfg = config.lookup(&zero);
+    if (!cfg)
+        return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
+    struct bpf_fib_lookup fib = {};
+    u64 now = bpf_jiffies64();
+    u32 to, port_off = 0, slot = 0;
+    u16 port_to = 0;
+    int which;
+    if (cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net && snat_protocol(&p, ICMP_ECHO)) {
+        struct nat_flow_key key = {.src = p.saddr, .dst = p.daddr, .sport = p.sport, .proto = p.proto};
+        if (p.proto != IPPROTO_ICMP)
+            key.dport = p.dport;
+        struct nat_entry *fv = snat_out.lookup(&key);
+        if (fv) {
+            if (now - fv->last > timeout_of(cfg, p.proto, fv->closing | p.fin_rst))
+                return xdp_outcome(NAT_XDP_PASS_EXPIRED, len, XDP_PASS);
+            to = fv->addr;
+            port_to = fv->port;
+            port_off = p.proto == IPPROTO_ICMP ? L4_OFF + offsetof(struct icmphdr, un.echo.id) : L4_OFF;
+            r = xdp_route_of(ctx, &p, to, p.daddr, &fib);
+            if (r)
+                return xdp_outcome(r - 1, len, XDP_PASS);
+            touch(fv, now, len, p.fin_rst);
+            which = NAT_XDP_OUT_SNAT;
+            goto translate;
+        }
+    }
+    struct static_value *st = static_out.lookup(&p.saddr);
+    if (!st) {
+        int inside = cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net;
+        return xdp_outcome(inside ? NAT_XDP_PASS_NO_FLOW : NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
+    }
+    to = st->addr;
+    slot = st->slot;
+    r = xdp_route_of(ctx, &p, to, p.daddr, &fib);
+    if (r)
+        return xdp_outcome(r - 1, len, XDP_PASS);
+    count_mapping(slot, len, 0);
+    which = NAT_XDP_OUT_STATIC;
+translate:;
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (xdp_rewrite(data, data_end, p.proto, 0, p.saddr, to, port_off, p.sport, port_to))
+        return XDP_ABORTED;
+    return xdp_outcome(which, len, xdp_forward(data, data_end, &fib));
+}
+
+int xdp_nat_inbound(struct xdp_md *ctx)
+{
+    struct pkt p = {.icmp_type = 0xff};
+    u64 len = ctx->data_end - ctx->data;
+    int r = xdp_parse(ctx, &p);
+    if (r)
+        return xdp_outcome(r - 1, len, XDP_PASS);
+    u32 zero = 0;
+    struct nat_config *cfg = config.lookup(&zero);
+    if (!cfg)
+        return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
+    struct bpf_fib_lookup fib = {};
+    u32 to, port_off = 0;
+    u16 port_from = 0, port_to = 0;
+    int which;
+    if (cfg->snat_addr && p.daddr == cfg->snat_addr) {
+        if (!snat_protocol(&p, ICMP_ECHOREPLY))
+            return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
+        struct nat_flow_key rkey = {.src = p.saddr, .dst = p.daddr, .proto = p.proto};
+        if (p.proto == IPPROTO_ICMP) {
+            port_from = p.sport;
+            port_off = L4_OFF + offsetof(struct icmphdr, un.echo.id);
+        } else {
+            port_from = p.dport;
+            rkey.sport = p.sport;
+            port_off = L4_OFF + 2;
+        }
+        rkey.dport = port_from;
+        struct nat_entry *rev = snat_in.lookup(&rkey);
+        if (!rev)
+            return xdp_outcome(NAT_XDP_PASS_NO_FLOW, len, XDP_PASS);
+        u64 now = bpf_jiffies64();
+        if (now - rev->last > timeout_of(cfg, p.proto, rev->closing | p.fin_rst))
+            return xdp_outcome(NAT_XDP_PASS_EXPIRED, len, XDP_PASS);
+        to = rev->addr;
+        port_to = rev->port;
+        r = xdp_route_of(ctx, &p, p.saddr, to, &fib);
+        if (r)
+            return xdp_outcome(r - 1, len, XDP_PASS);
+        touch(rev, now, len, p.fin_rst);
+        which = NAT_XDP_IN_SNAT;
     } else {
-        nat_port = p.dport;
-        rkey.sport = p.sport;
-        rkey.dport = nat_port;
+        struct static_value *st = static_in.lookup(&p.daddr);
+        if (!st)
+            return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
+        to = st->addr;
+        u32 slot = st->slot;
+        r = xdp_route_of(ctx, &p, p.saddr, to, &fib);
+        if (r)
+            return xdp_outcome(r - 1, len, XDP_PASS);
+        count_mapping(slot, len, 1);
+        which = NAT_XDP_IN_STATIC;
     }
-    struct reverse_value *rev = snat_in.lookup(&rkey);
-    if (!rev)
-        return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);
-    u32 in_addr = rev->addr;
-    u16 in_port = rev->port;
-    struct nat_flow_key key = {.src = in_addr, .dst = p.saddr, .sport = in_port, .proto = p.proto};
-    if (p.proto != IPPROTO_ICMP)
-        key.dport = p.sport;
-    struct flow_value *fv = snat_out.lookup(&key);
-    if (!fv || fv->nat_port != nat_port || fv->nat_addr != p.daddr) {
-        snat_in.delete(&rkey);
-        return outcome(NAT_PASS_STALE_FLOW, len, TC_ACT_OK);
-    }
-    fv->last_ns = bpf_ktime_get_ns();
-    __sync_fetch_and_add(&fv->in_packets, 1);
-    __sync_fetch_and_add(&fv->in_bytes, len);
-    if (rewrite_addr(skb, p.proto, 1, p.daddr, in_addr))
-        return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
-    if (in_port != nat_port && rewrite_port(skb, p.proto, p.proto != IPPROTO_ICMP, nat_port, in_port))
-        return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
-    return outcome(NAT_IN_SNAT, len, TC_ACT_OK);
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (xdp_rewrite(data, data_end, p.proto, 1, p.daddr, to, port_off, port_from, port_to))
+        return XDP_ABORTED;
+    return xdp_outcome(which, len, xdp_forward(data, data_end, &fib));
+}
+
+int xdp_route(struct xdp_md *ctx)
+{
+    struct pkt p = {.icmp_type = 0xff};
+    u64 len = ctx->data_end - ctx->data;
+    int r = xdp_parse(ctx, &p);
+    if (r)
+        return xdp_outcome(r - 1, len, XDP_PASS);
+    struct bpf_fib_lookup fib = {};
+    r = xdp_route_of(ctx, &p, p.saddr, p.daddr, &fib);
+    if (r)
+        return xdp_outcome(r - 1, len, XDP_PASS);
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    return xdp_outcome(NAT_XDP_ROUTED, len, xdp_forward(data, data_end, &fib));
 }

@@ -9,6 +9,7 @@ import collections
 import os
 import random
 import struct
+import time
 
 import pytest
 
@@ -27,6 +28,7 @@ REMOTES = ["198.51.100.2", "198.51.100.3", "203.0.113.7"]
 OTHER = ["192.0.2.1", "10.30.0.5", "198.51.100.1", "198.51.100.50"]
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
+LONG = {"tcp_established": 36000, "tcp_closing": 36000, "udp": 36000, "icmp": 36000}
 FUZZ_PACKETS = int(os.environ.get("LABKIT_NAT_FUZZ", "12000"))
 SEED = int(os.environ.get("LABKIT_NAT_FUZZ_SEED", "20261125"))
 
@@ -35,7 +37,8 @@ SEED = int(os.environ.get("LABKIT_NAT_FUZZ_SEED", "20261125"))
 def nat():
     from labkit.dataplanes.nat import Nat
 
-    with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, PORTS) as n:
+    # timeouts far beyond the run: the model keeps flows for ever (expiry has its own tests)
+    with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, PORTS, timeouts=LONG) as n:
         for inside, outside in STATIC.items():
             n.add_mapping(inside, outside)
         yield n
@@ -248,17 +251,61 @@ def test_port_exhaustion_is_counted_and_dropped():
         assert st["no_port_drops"] == 1 and st["entries"] == 1
 
 
-def test_lru_table_stays_bounded():
-    """More flows than the table holds: the table stays at its capacity, new flows keep
-    being translated, and the evictions are reported."""
+def test_full_table_refuses_new_flows_and_keeps_live_ones():
+    """More flows than the table holds: the flows beyond it are dropped and counted, the
+    live ones keep being translated (none is evicted); once they expire, the sweep frees
+    the table for new flows."""
     from labkit.dataplanes.nat import Nat
 
     with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, (20000, 29999), max_flows=64) as n:
         eg = n.egress_function()
-        for i in range(400):
-            f = packets.build(packets.FrameSpec(MAC_A, MAC_B, f"10.20.{1 + i // 200}.{2 + i % 200}",
-                                                "198.51.100.2", "udp", 1000 + i, 53, 64))
-            dropped, out = run_one(eg, f)
-            assert not dropped and packets.parse(out).src_ip == SNAT
+
+        def frame(i):
+            return packets.build(packets.FrameSpec(MAC_A, MAC_B, f"10.20.{1 + i // 200}.{2 + i % 200}",
+                                                   "198.51.100.2", "udp", 1000 + i, 53, 64))
+
+        first_port = None
+        for i in range(100):
+            dropped, out = run_one(eg, frame(i))
+            assert dropped == (i >= 64), i
+            if i == 0:
+                first_port = packets.parse(out).sport
         st = n.flow_table()
-        assert st["entries"] <= 64 and st["created"] == 400 and st["evicted_or_stale"] >= 336
+        assert st["entries"] == 64 and st["full"] and st["table_full_drops"] == 36 and st["created"] == 64
+        dropped, out = run_one(eg, frame(0))  # a live flow: still translated, same port
+        assert not dropped and packets.parse(out).sport == first_port
+        assert n.stats()["out_snat"]["packets"] == 1
+        n.set_timeouts(udp=0.1)
+        time.sleep(0.4)
+        assert n.sweep() == 64 and n.flow_table()["entries"] == 0
+        assert len(n._maps["snat_in"].items()) == 0
+        dropped, out = run_one(eg, frame(99))
+        assert not dropped and n.flow_table()["entries"] == 1
+
+
+def test_idle_flow_expires_on_lookup_and_reply_state_goes_with_it():
+    """A flow idle past its timeout is expired by the next packet that meets it: outbound,
+    the packet starts a new flow; inbound, the reply is handed to the host (pass_stale_flow)
+    and both entries are gone. A flow with traffic in either direction stays."""
+    from labkit.dataplanes.nat import Nat
+
+    with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, (20000, 29999), timeouts={"udp": 0.3}) as n:
+        eg, ig = n.egress_function(), n.ingress_function()
+        out = packets.build(packets.FrameSpec(MAC_A, MAC_B, "10.20.1.2", "198.51.100.2", "udp", 5000, 53, 64))
+        port = packets.parse(run_one(eg, out)[1]).sport
+        reply = packets.build(packets.FrameSpec(MAC_B, MAC_A, "198.51.100.2", SNAT, "udp", 53, port, 64))
+        for _ in range(4):  # replies alone keep the flow alive, beyond the timeout
+            time.sleep(0.15)
+            dropped, back = run_one(ig, reply)
+            assert not dropped and packets.parse(back).dst_ip == "10.20.1.2"
+        assert n.stats()["in_snat"]["packets"] == 4
+        time.sleep(0.5)
+        dropped, back = run_one(ig, reply)  # idle both ways: expired on this lookup
+        assert not dropped and packets.parse(back).dst_ip == SNAT
+        assert n.stats()["pass_stale_flow"]["packets"] == 1 and n.flow_table()["entries"] == 0
+        assert len(n._maps["snat_in"].items()) == 0
+        run_one(eg, out)
+        time.sleep(0.5)
+        run_one(eg, out)  # outbound after the timeout: a new flow
+        assert n.stats()["out_snat_new"]["packets"] == 3 and n.flow_table()["entries"] == 1
+        assert len(n._maps["snat_in"].items()) == 1

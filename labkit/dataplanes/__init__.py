@@ -2,7 +2,8 @@
 loads it, fills its maps and reads its counters here.
 
 - `drop_filter` (bpf/drop_filter.c): the XDP/tc drop filter with rules in maps;
-- `nat` (bpf/nat.c) and its reference model `nat_model`: the eBPF NAT;
+- `nat` (bpf/nat.c) and its reference model `nat_model`, its input checks and clock
+  `nat_input`: the eBPF NAT at tc; `xdp_nat`: its XDP fast path over the same maps;
 - `xdp_fwd` (bpf/xdp_fwd.c): a port pair forwarded at XDP or tc, l2fwd's MAC rewrite;
 - `xdp_gen` (bpf/xdp_gen.c): the in-kernel generator's program and template;
 - `softirq_clock` (bpf/softirq_time.c): exact softirq time per vector;

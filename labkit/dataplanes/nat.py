@@ -12,25 +12,29 @@ while the program runs.
             nat.stats()      # every outcome of the program, counted (passes and drops too)
 
 Every change is checked before a map is written: an address outside the configured
-networks, a mapping that overlaps another, an empty or inverted port range raise an
-`InputError` and leave the maps as they were; a full mapping table raises `TableFull`.
-A full SNAT flow table is an LRU: the oldest flows make room, which `flow_table()`
-reports (entries, capacity, flows created and evicted), as does the `drop_table_full`
-and `drop_no_port` count of `stats()`.
+networks, a mapping that overlaps another, an empty or inverted port range, a timeout
+of zero or below raise an `InputError` and leave the maps as they were; a full mapping
+table raises `TableFull`.
+
+Flows expire: a flow idle in both directions for longer than its protocol's timeout
+(`timeouts`, seconds: TCP established, TCP after a FIN or RST, UDP, ICMP) is removed
+when a packet meets it, and by `sweep()`. A full flow table refuses new flows (counted
+as `drop_table_full`) and never evicts a live one; `flow_table()` reports entries,
+capacity, flows created and expired, and the drops.
 """
 from __future__ import annotations
 
 import ctypes
 import ipaddress
 import socket
-import struct
-import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 from labkit import bpf
 from labkit.errors import InputError, LabkitError
 from labkit.dataplanes.nat_model import OUTCOMES
+from labkit.dataplanes.nat_input import (TIMEOUTS, _address, _be32, _from_be16, _from_be32, _host_in, _network,
+                                         check_port_range, check_timeouts, jiffies_now, kernel_hz)
 
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 DEFAULT_PORT_RANGE = (20000, 29999)
@@ -67,60 +71,6 @@ class Flow:
     idle_s: float
 
 
-def _be32(addr: ipaddress.IPv4Address) -> int:
-    """An IPv4 address as the u32 the program compares (network byte order in memory)."""
-    return struct.unpack("=I", addr.packed)[0]
-
-
-def _from_be32(value: int) -> str:
-    return str(ipaddress.IPv4Address(struct.pack("=I", value & 0xFFFFFFFF)))
-
-
-def _be16(port: int) -> int:
-    return struct.unpack("=H", struct.pack("!H", port))[0]
-
-
-def _from_be16(value: int) -> int:
-    return struct.unpack("!H", struct.pack("=H", value & 0xFFFF))[0]
-
-
-def check_port_range(port_range) -> tuple[int, int]:
-    try:
-        lo, hi = port_range
-    except (TypeError, ValueError):
-        raise InputError(f"port range {port_range!r}: give two ports (first, last), e.g. (20000, 29999)") from None
-    for p in (lo, hi):
-        if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535:
-            raise InputError(f"port range {port_range!r}: ports are whole numbers 1..65535")
-    if hi < lo:
-        raise InputError(f"port range {lo}-{hi} is inverted: the first port must not exceed the last")
-    return lo, hi
-
-
-def _network(value, what: str) -> ipaddress.IPv4Network:
-    try:
-        net = ipaddress.IPv4Network(value, strict=False)
-    except (ValueError, TypeError):
-        raise InputError(f"{what} {value!r} is not an IPv4 network like '10.20.0.0/16'") from None
-    if net.prefixlen > 30:
-        raise InputError(f"{what} {net} is too small for hosts: use a prefix of /30 or shorter")
-    return net
-
-
-def _address(value, what: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(value)
-    except (ValueError, TypeError):
-        raise InputError(f"{what} {value!r} is not an IPv4 address like '10.20.1.2'") from None
-
-
-def _host_in(addr: ipaddress.IPv4Address, net: ipaddress.IPv4Network, what: str, net_name: str) -> None:
-    if addr not in net:
-        raise InputError(f"{what} {addr} is outside the {net_name} {net}: use an address in it")
-    if addr in (net.network_address, net.broadcast_address):
-        raise InputError(f"{what} {addr} is the network or broadcast address of {net}: use a host address")
-
-
 class Nat:
     """The loaded NAT program and its maps. A context manager: exit unloads the program
     (and with it every map); `attach()` puts it on an interface."""
@@ -129,7 +79,7 @@ class Nat:
 
     def __init__(self, inside_network: str, outside_network: str, snat_address: str | None = None,
                  port_range=DEFAULT_PORT_RANGE, *, max_static: int = 256, max_flows: int = 65536,
-                 port_probes: int = 32):
+                 port_probes: int = 32, timeouts: dict | None = None):
         self.inside_network = _network(inside_network, "inside network")
         self.outside_network = _network(outside_network, "outside network")
         if self.inside_network.overlaps(self.outside_network):
@@ -140,6 +90,7 @@ class Nat:
             self.snat_address = _address(snat_address, "SNAT address")
             _host_in(self.snat_address, self.outside_network, "SNAT address", "outside network")
         self.port_range = check_port_range(port_range)
+        self.timeouts = check_timeouts(timeouts)
         for name, value, top in (("max_static", max_static, 65536), ("max_flows", max_flows, 1 << 22),
                                  ("port_probes", port_probes, 256)):
             if not isinstance(value, int) or not 1 <= value <= top:
@@ -150,6 +101,7 @@ class Nat:
             self._maps = {n: self.program.map(n) for n in
                           ("config", "static_out", "static_in", "mapping_counters", "snat_out", "snat_in", "stats")}
             self._flows_created_cleared = 0  # flows created before the last clear_flows()
+            self.swept = 0  # flows the sweep removed
             self._write_config()
         except BaseException:
             self.program.close()
@@ -191,7 +143,16 @@ class Nat:
         leaf.inside_net = _be32(self.inside_network.network_address)
         leaf.inside_mask = _be32(self.inside_network.netmask)
         leaf.port_min, leaf.port_max = self.port_range
+        hz = kernel_hz()
+        for i, name in enumerate(TIMEOUTS):
+            leaf.timeout[i] = max(1, round(self.timeouts[name] * hz))
         t[ctypes.c_int(0)] = leaf
+
+    def set_timeouts(self, **seconds) -> None:
+        """Change flow timeouts (seconds), e.g. set_timeouts(udp=30): all checked first."""
+        new = check_timeouts({**self.timeouts, **seconds})
+        self.timeouts = new
+        self._write_config()
 
     def set_port_range(self, first: int, last: int) -> None:
         """The ports new SNAT flows get (existing flows keep theirs)."""
@@ -219,6 +180,7 @@ class Nat:
             "inside_network": str(ipaddress.IPv4Network((_from_be32(leaf.inside_net), _from_be32(leaf.inside_mask)))),
             "port_range": (leaf.port_min, leaf.port_max),
             "outside_network": str(self.outside_network),
+            "timeouts": {n: leaf.timeout[i] / kernel_hz() for i, n in enumerate(TIMEOUTS)},
         }
 
     # ------------------------------------------------------------ static mappings
@@ -253,6 +215,9 @@ class Nat:
         t_out, t_in, counters = self._maps["static_out"], self._maps["static_in"], self._maps["mapping_counters"]
         ncpu = len(counters[ctypes.c_int(slot)])
         counters[ctypes.c_int(slot)] = (counters.Leaf * ncpu)()  # fresh counters for a fresh mapping
+        # the program looks an established SNAT flow up before the static mappings: a host
+        # with a mapping has none (its flows end here), and neither does its outside address
+        self._drop_flows(lambda k, v: k.src == _be32(ins) or v.addr == _be32(out))
         # inbound first: a reply to the new address can only be translated once outbound
         # traffic goes out under it; undone if the second write fails
         t_in[t_in.Key(_be32(out))] = t_in.Leaf(_be32(ins), slot)
@@ -291,17 +256,72 @@ class Nat:
         return out
 
     # ------------------------------------------------------------ flows
-    def flows(self) -> list[Flow]:
-        """Live SNAT flows, each with its packet and byte counters in both directions."""
-        now = time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
-        out = []
+    def _pairs(self):
+        """(out key, out entry, in key, in entry or None) of every SNAT flow."""
+        t_in = self._maps["snat_in"]
         for k, v in self._maps["snat_out"].items():
             icmp = k.proto == socket.IPPROTO_ICMP
+            rk = t_in.Key(k.dst, v.addr, 0 if icmp else k.dport, v.port, k.proto)
+            try:
+                rv = t_in[rk]
+            except KeyError:
+                rv = None
+            yield k, v, rk, rv
+
+    def _drop_flows(self, which) -> int:
+        """Delete the SNAT flows (both entries) for which WHICH(out key, out entry) holds."""
+        t_out, t_in = self._maps["snat_out"], self._maps["snat_in"]
+        n = 0
+        for k, v, rk, rv in list(self._pairs()):
+            if which(k, v):
+                for t, key in ((t_in, rk), (t_out, k)):
+                    try:
+                        del t[key]
+                    except KeyError:
+                        pass
+                n += 1
+        return n
+
+    def flows(self) -> list[Flow]:
+        """Live SNAT flows, each with its packet and byte counters in both directions;
+        ages and idle times in seconds (idle: since the last packet either way)."""
+        now, hz = jiffies_now(), kernel_hz()
+        out = []
+        for k, v, _, rv in self._pairs():
+            icmp = k.proto == socket.IPPROTO_ICMP
+            last = max(v.last, rv.last) if rv is not None else v.last
             out.append(Flow(PROTOCOLS.get(k.proto, str(k.proto)), _from_be32(k.src), _from_be16(k.sport),
-                            _from_be32(k.dst), 0 if icmp else _from_be16(k.dport), _from_be32(v.nat_addr),
-                            _from_be16(v.nat_port), v.out_packets, v.out_bytes, v.in_packets, v.in_bytes,
-                            max(0.0, (now - v.created_ns) / 1e9), max(0.0, (now - v.last_ns) / 1e9)))
+                            _from_be32(k.dst), 0 if icmp else _from_be16(k.dport), _from_be32(v.addr),
+                            _from_be16(v.port), v.packets, v.bytes, rv.packets if rv else 0, rv.bytes if rv else 0,
+                            max(0.0, (now - v.created) / hz), max(0.0, (now - last) / hz)))
         return sorted(out, key=lambda f: (f.inside, f.proto, f.inside_port, f.remote, f.remote_port))
+
+    def sweep(self) -> int:
+        """Remove every flow idle in both directions past its timeout (what the program
+        does lazily when a packet meets one); returns how many. Call it periodically."""
+        now, hz = jiffies_now(), kernel_hz()
+
+        def idle(k, v):
+            rv = self._maps["snat_in"].get(self._maps["snat_in"].Key(
+                k.dst, v.addr, 0 if k.proto == socket.IPPROTO_ICMP else k.dport, v.port, k.proto))
+            last = max(v.last, rv.last) if rv is not None else v.last
+            closing = v.closing or (rv is not None and rv.closing)
+            name = {6: "tcp_closing" if closing else "tcp_established", 17: "udp"}.get(k.proto, "icmp")
+            return now - last > self.timeouts[name] * hz
+
+        n = self._drop_flows(idle)
+        # an inbound entry whose outbound partner is gone (never left by the program)
+        t_in, t_out = self._maps["snat_in"], self._maps["snat_out"]
+        partners = {(k.dst, v.addr, 0 if k.proto == socket.IPPROTO_ICMP else k.dport, v.port, k.proto)
+                    for k, v in t_out.items()}
+        for rk, _ in list(t_in.items()):
+            if (rk.src, rk.dst, rk.sport, rk.dport, rk.proto) not in partners:
+                try:
+                    del t_in[rk]
+                except KeyError:
+                    pass
+        self.swept += n
+        return n
 
     def flows_table(self):
         """flows() as a pandas DataFrame (one row per flow)."""
@@ -311,13 +331,15 @@ class Nat:
         return pd.DataFrame([asdict(f) for f in self.flows()], columns=cols)
 
     def flow_table(self) -> dict:
-        """How full the SNAT flow table is, and how many flows it had to evict for room."""
+        """How full the SNAT flow table is, how many flows were created and have ended
+        (expired, swept or removed), and how many new flows found no port or no room."""
         live = len(self._maps["snat_out"].items())
-        created = self.stats()["out_snat_new"]["packets"] - self._flows_created_cleared
+        stats = self.stats()
+        created = stats["out_snat_new"]["packets"] - self._flows_created_cleared
         return {"entries": live, "capacity": self.max_flows, "full": live >= self.max_flows,
-                "created": created, "evicted_or_stale": max(0, created - live),
-                "no_port_drops": self.stats()["drop_no_port"]["packets"],
-                "table_full_drops": self.stats()["drop_table_full"]["packets"]}
+                "created": created, "evicted_or_stale": max(0, created - live), "swept": self.swept,
+                "no_port_drops": stats["drop_no_port"]["packets"],
+                "table_full_drops": stats["drop_table_full"]["packets"]}
 
     def clear_flows(self) -> None:
         """Forget every SNAT flow (both directions): new packets start new flows."""

@@ -5,10 +5,15 @@ from contextlib import ExitStack, contextmanager
 from labkit.testbed import hosts, netfilter
 from labkit.testbed import topology
 from labkit.errors import InputError
+from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.nat import Nat
+from labkit.dataplanes.xdp_nat import XdpNat, XdpRouter
 
 
 VARIANTS = ["routing", "ebpf", "iptables"]
+#: every variant the testbed can set up: `tc_nat` is `ebpf` under its new name; `xdp_nat`
+#: the XDP fast path over the tc NAT; `xdp_routing` its forwarding alone (no NAT)
+ALL_VARIANTS = ["routing", "xdp_routing", "tc_nat", "xdp_nat", "iptables", "ebpf"]
 
 
 OFFLOADS = ("mixed", "off", "on")
@@ -54,7 +59,8 @@ def spec(clients: int = 2, offloads: str = "mixed") -> topology.TopologySpec:
 class NatLab:
     """The built testbed with forwarding and routes in place. A context manager: exit
     removes everything (the namespaces take their sysctls, routes and addresses along).
-    NAT variants are context managers on top: `ebpf(nat)`, `iptables()`, `routing()`."""
+    NAT variants are context managers on top: `ebpf(nat)` (the tc NAT), `xdp_nat(nat)`,
+    `iptables()`, `routing()`, `xdp_routing()`."""
 
     def __init__(self, clients: int = 2, offloads: str = "mixed"):
         self.spec = spec(clients, offloads)
@@ -120,6 +126,54 @@ class NatLab:
             yield nat
 
     @contextmanager
+    def senders_full_checksums(self):
+        """Checksum offload off on the clients' and the server's ports while in the `with`:
+        XDP sees frames, not skbs, and updates checksums as full ones."""
+        ends = [(self.client(i), self.client_iface(i).name) for i in range(1, self.clients + 1)]
+        ends.append((self.server, self.server_iface.name))
+        changed = []
+        try:
+            for host, name in ends:
+                if "tx-checksumming: on" in host.run(["ethtool", "-k", name], timeout=10).stdout:
+                    host.run(["ethtool", "-K", name, "tx", "off"], timeout=10)
+                    changed.append((host, name))
+            yield
+        finally:
+            for host, name in changed:
+                host.run(["ethtool", "-K", name, "tx", "on"], check=False, timeout=10)
+
+    @contextmanager
+    def xdp_peers(self, mode: str = "native"):
+        """The one-line XDP_PASS program on the ports facing the NAT host (the clients' and
+        the server's): a frame redirected into a veth is only delivered when its peer has one."""
+        from labkit import bpf
+
+        with Minimal() as m, ExitStack() as stack:
+            for i in range(1, self.clients + 1):
+                stack.enter_context(bpf.attach_xdp(self.client_iface(i), m.pass_(), mode))
+            stack.enter_context(bpf.attach_xdp(self.server_iface, m.pass_(), mode))
+            yield
+
+    @contextmanager
+    def xdp_nat(self, nat: Nat, mode: str = "native"):
+        """The tc NAT (slow path: new flows, everything unusual) plus the XDP fast path."""
+        nat.clear_flows()
+        fast = XdpNat(nat)
+        fast.clear_stats()
+        inside = [self.inside(i) for i in range(1, self.clients + 1)]
+        with self.senders_full_checksums(), self.xdp_peers(mode), nat.attach(self.outside), \
+                fast.attach(inside, self.outside, mode):
+            yield fast
+
+    @contextmanager
+    def xdp_routing(self, mode: str = "native"):
+        """No NAT, forwarding at XDP (the server routes the inside network back)."""
+        ports = [self.inside(i) for i in range(1, self.clients + 1)] + [self.outside]
+        with self.routing(), self.senders_full_checksums(), self.xdp_peers(mode), XdpRouter() as router, \
+                router.attach(ports, mode):
+            yield router
+
+    @contextmanager
     def iptables(self, target: str = "MASQUERADE"):
         args = ["-s", INSIDE_NET, "-o", self.outside.name, "-j", target]
         if target == "SNAT":
@@ -130,8 +184,12 @@ class NatLab:
     def variant(self, name: str, nat: Nat | None = None, iptables_target: str = "MASQUERADE"):
         if name == "routing":
             return self.routing()
-        if name == "ebpf":
+        if name in ("ebpf", "tc_nat"):
             return self.ebpf(nat)
+        if name == "xdp_nat":
+            return self.xdp_nat(nat)
+        if name == "xdp_routing":
+            return self.xdp_routing()
         if name == "iptables":
             return self.iptables(iptables_target)
-        raise InputError(f"variant {name!r}: choose from {VARIANTS}")
+        raise InputError(f"variant {name!r}: choose from {ALL_VARIANTS}")
