@@ -2,8 +2,10 @@
 root namespace by the test, standing in for two cabled NICs) are used as they are, and
 everything labkit changed on them (addresses, XDP, clsact, iptables rules) is undone, also
 after a crash, by `labkit clean` from the run's registry."""
+import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import textwrap
@@ -73,6 +75,9 @@ def test_clean_undoes_a_killed_run_on_real_interfaces(cabled):
     prefix = proc.stdout.readline().strip()
     assert prefix.startswith("lk"), proc.stderr.read()
     assert _state(b) == {"xdp": True, "inet": True, "clsact": True}
+    # A power cut: the run's watcher goes too, so only `labkit clean` can undo the run.
+    watcher = json.loads((runs.REGISTRY_DIR / f"{prefix}.json").read_text())["watchdog"]
+    os.kill(watcher, signal.SIGKILL)
     proc.kill()
     proc.wait(10)
     assert (runs.REGISTRY_DIR / f"{prefix}.json").exists()
