@@ -294,17 +294,21 @@ def test_stopping_a_batch_undoes_the_running_experiment(sig, tmp_path):
         pytest.skip("needs root")
     from labkit import cleanup
 
-    before = set(cleanup.labkit_namespaces())
-    env = dict(os.environ, LABKIT_DATA_DIR=str(tmp_path / "data"), LABKIT_REPORTS_DIR=str(tmp_path / "reports"))
+    # its own run registry folder: the run it starts is found there, not confused with
+    # testbeds other work on this machine builds meanwhile
+    registry = tmp_path / "run"
+    env = dict(os.environ, LABKIT_DATA_DIR=str(tmp_path / "data"), LABKIT_REPORTS_DIR=str(tmp_path / "reports"),
+               LABKIT_RUNTIME_DIR=str(registry))
     proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", "01-xdp-drop", "--no-progress",
                              "-p", "sizes", "[64]", "-p", "trials", "5", "-p", "count", "3000000"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not set(cleanup.labkit_namespaces()) - before:
+        deadline, new = time.monotonic() + 60, set()
+        while time.monotonic() < deadline and not new:
+            prefixes = {f.stem for f in registry.glob("lk*.json")}
+            new = {n for n in cleanup.labkit_namespaces() if n[:6] in prefixes}
             time.sleep(0.2)
-        new = set(cleanup.labkit_namespaces()) - before
         assert new, "the experiment never built its testbed"
         time.sleep(1.0)
         proc.send_signal(sig)
