@@ -29,7 +29,7 @@ from labkit.errors import InputError
 
 #: The fast path's outcomes, the index of `xdp_stats` (enum nat_xdp_outcome of bpf/include/nat.h).
 OUTCOMES = bpf.enum_names("nat.h", "nat_xdp_outcome", "NAT_XDP_")
-FORWARDED = {"out_static", "out_snat", "in_static", "in_snat", "routed"}
+FORWARDED = {"out_static", "out_snat", "in_static", "in_snat", "routed"}  # the rest: pass_*
 
 
 def _attach_all(stack: ExitStack, ifaces, fn, mode: str) -> None:

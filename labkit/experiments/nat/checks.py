@@ -163,9 +163,10 @@ def tcp_transfer(lab: NatLab, i: int, nbytes: int = 512 * 1024, port: int = 7778
     return result
 
 
-def check_correctness(lab: NatLab, nat: Nat) -> list[dict]:
-    """Run the correctness checks with the eBPF NAT attached; one dict per check
-    (check, ok, detail). Nothing is asserted here: the caller decides."""
+def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict]:
+    """Run the correctness checks with the eBPF NAT attached as VARIANT ('ebpf' or
+    'tc_nat': the tc NAT; 'xdp_nat': the XDP fast path over it); one dict per check
+    (check, ok, detail, offloads, variant). Nothing is asserted here: the caller decides."""
     checks = []
 
     def add(name, ok, detail):
@@ -174,7 +175,7 @@ def check_correctness(lab: NatLab, nat: Nat) -> list[dict]:
     verify_capture = lab.offloads in ("mixed", "off")
     watched = [lab.server] + [lab.client(i) for i in range(1, lab.clients + 1)]
     before = {h.name: snmp(h) for h in watched}
-    with lab.ebpf(nat), capture(lab.server, lab.server_iface.name) as captured:
+    with lab.variant(variant, nat) as path, capture(lab.server, lab.server_iface.name) as captured:
         # ping from every client
         for i in range(1, lab.clients + 1):
             cp = lab.client(i).run(["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER], check=False, timeout=20)
@@ -236,6 +237,7 @@ def check_correctness(lab: NatLab, nat: Nat) -> list[dict]:
         finally:
             nat.remove_mapping(client_addr(1))
         stats = nat.stats()
+        fast = path.stats() if variant == "xdp_nat" else None
     frames = captured()
     after = {h.name: snmp(h) for h in watched}
     # what the server's wire saw
@@ -256,6 +258,15 @@ def check_correctness(lab: NatLab, nat: Nat) -> list[dict]:
     add("program outcomes: nothing dropped as untranslatable",
         all(stats[k]["packets"] == 0 for k in ("drop_no_port", "drop_table_full", "drop_rewrite_failed")),
         ", ".join(f"{k}={v['packets']}" for k, v in stats.items() if v["packets"]))
+    if fast is not None:
+        add("XDP fast path: flows translated and forwarded at XDP both ways",
+            all(fast[k]["packets"] > 0 for k in ("out_snat", "in_snat", "out_static", "in_static")),
+            ", ".join(f"{k}={v['packets']}" for k, v in fast.items() if v["packets"]))
+        add("XDP fast path: new flows went up to the tc NAT", fast["pass_no_flow"]["packets"] > 0
+            and stats["out_snat_new"]["packets"] > 0,
+            f"passed up for want of a flow: {fast['pass_no_flow']['packets']}; created by the tc NAT: "
+            f"{stats['out_snat_new']['packets']}")
     for c in checks:
         c["offloads"] = lab.offloads
+        c["variant"] = variant
     return checks
