@@ -204,9 +204,10 @@ def _interpret_sweep(sweep) -> list[str]:
             index="target", columns="measure", values="value", aggfunc="mean")
         if "received_pps" not in pts:
             continue
-        targets = pts[pts.index >= 0]
-        kept = targets[targets["received_pps"] >= 0.99 * targets.index.to_series()]
-        text = (f"{v} received 99% or more of every target up to {kept.index.max() / 1e6:.2f} Mpps" if len(kept)
+        targets = pts[pts.index >= 0].sort_index()
+        ok = (targets["received_pps"] >= 0.99 * targets.index.to_series()).cummin()  # up to the first shortfall
+        kept = targets[ok]
+        text = (f"{v} received 99% or more of each target up to {kept.index.max() / 1e6:.2f} Mpps" if len(kept)
                 else f"{v} fell short already at {targets.index.min() / 1e6:.2f} Mpps" if len(targets) else v)
         if -1.0 in pts.index:
             full = pts.loc[-1.0]

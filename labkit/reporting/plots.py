@@ -151,16 +151,18 @@ def load_curve(rows, y: str = "received_pps", ax=None, title: str | None = None)
     from sweep rows (labkit.measure.loadsweep; ``result.part("sweep")``): the canonical
     picture for comparing packet processors. A target the testbed could not offer shows as
     a point below the diagonal (the sweep counts the shortfall as loss); the full-speed
-    point (no target) sits at the rate the generator reached. The band is min..max over the
-    point's trials."""
+    point (no target) is a star at the rate the generator reached. The band is min..max
+    over the point's trials."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 4))
     pts = sweep_points(rows, y)
-    pts["x"] = pts["target"].fillna(pts["offered"])
-    for v in dict.fromkeys(pts["variant"]):
-        t = pts[pts["variant"] == v].sort_values("x")
-        line = ax.plot(t["x"] / 1e6, t["mean"] / 1e6, marker="o", label=v)[0]
-        ax.fill_between(t["x"] / 1e6, t["min"] / 1e6, t["max"] / 1e6, color=line.get_color(), alpha=0.2)
+    for i, v in enumerate(dict.fromkeys(pts["variant"])):
+        t = pts[(pts["variant"] == v) & pts["target"].notna()].sort_values("target")
+        line = ax.plot(t["target"] / 1e6, t["mean"] / 1e6, marker="o", label=v)[0]
+        ax.fill_between(t["target"] / 1e6, t["min"] / 1e6, t["max"] / 1e6, color=line.get_color(), alpha=0.2)
+        full = pts[(pts["variant"] == v) & pts["target"].isna()]
+        ax.scatter(full["offered"] / 1e6, full["mean"] / 1e6, marker="*", s=120, color=line.get_color(), zorder=3,
+                   label="full speed (at the rate reached)" if i == 0 else None)
     lim = max(ax.get_xlim()[1], ax.get_ylim()[1])
     ax.plot([0, lim], [0, lim], linestyle=":", color="grey", label="received = offered")
     ax.set_xlabel("target offered rate (full speed: the rate reached), Mpps")
