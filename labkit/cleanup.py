@@ -94,14 +94,28 @@ def run_processes() -> list[tuple[int, str]]:
     return out
 
 
-def clean(include_live: bool = False, log=print) -> dict:
+#: what `clean` logs for one item of each kind it removed
+SINGULAR = {"namespaces": "namespace", "links": "link", "foreign": "change on a foreign interface",
+            "iptables": "iptables rule", "processes": "process", "dpdk": "DPDK runtime directory"}
+
+
+def clean(include_live: bool = False, log=print, student: str | None = "caller") -> dict:
     """Remove what crashed labkit runs left behind, found by the labkit prefix only.
 
-    Runs whose process is still alive are left alone unless ``include_live``.
-    Returns what was removed, by kind."""
+    Runs whose process is still alive are left alone unless ``include_live``. On a class
+    machine (LABKIT_STUDENT=s07, labkit.teaching) only that student's runs are touched: those
+    whose namespaces or links carry the slot; ``student=None`` (or an empty LABKIT_STUDENT)
+    means everyone's. Returns what was removed, by kind."""
     require_root("labkit clean")
     live = set() if include_live else live_prefixes()
-    return _undo(leftovers(include_live), lambda run: run not in live, log)
+    found = leftovers(include_live)
+    student = os.environ.get("LABKIT_STUDENT") if student == "caller" else student
+    mine = {n[:6] for n in found["namespaces"] + found["links"] if n[7:].startswith(student or "")}
+    if student:
+        run_of_pid = dict(run_processes())
+        key = {"registries": lambda f: f.stem, "iptables": lambda r: r[2], "processes": lambda p: run_of_pid.get(p, "")}
+        found = {k: [x for x in v if key.get(k, _run_of)(x)[:6] in mine] for k, v in found.items()}
+    return _undo(found, lambda run: run not in live and (not student or run in mine), log)
 
 
 def clean_run(prefix: str, log=print) -> dict:
@@ -172,7 +186,7 @@ def _undo(found: dict, dpdk_run_gone, log) -> dict:
         reg.unlink(missing_ok=True)
     for kind, items in removed.items():
         for item in items:
-            log(f"removed {kind[:-1] if kind.endswith('s') else kind}: {item}")
+            log(f"removed {SINGULAR.get(kind, kind)}: {item}")
     return removed
 
 
