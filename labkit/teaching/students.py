@@ -76,6 +76,25 @@ def _is_bpffs(path: Path) -> bool:
         return False
 
 
+def pin_map(table, name: str, student: str | None = None) -> Path:
+    """Pin a map (a bcc table) as NAME in this student's bpffs folder; its path. The pin
+    outlives the program: another process opens it by path. `clear_pins` removes it."""
+    import ctypes
+
+    from labkit import bpf
+
+    if not name or "/" in name or name.startswith("."):
+        raise InputError(f"pin name {name!r}: a plain file name, e.g. 'counters'")
+    path = bpffs_dir(student) / name
+    lib = bpf.libbpf()
+    lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    if lib.bpf_obj_pin(table.map_fd, str(path).encode()) != 0:
+        err = ctypes.get_errno()
+        raise InputError(f"pinning {name} at {path} failed: {os.strerror(err)}"
+                         + (" (a pin of that name exists: clear_pins() first)" if err == 17 else ""))
+    return path
+
+
 def clear_pins(student: str | None = None) -> list[str]:
     """Remove this student's pinned objects (and nobody else's); their names."""
     path = bpffs_dir(student, create=False)

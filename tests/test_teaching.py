@@ -1,0 +1,227 @@
+"""labkit.teaching and labkit.verifier on real programs: the verifier's and the compiler's
+words reach Python with a hint, the %%bpf cell reads an nbgrader starter as C, checks say
+expected against actual and fail when they should, and students on one machine keep to
+their own names, pinned maps, clean-up and measurement turns."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from labkit import bpf, cleanup, verifier
+from labkit.errors import InputError, LabkitError
+from labkit.teaching import checks, frames, live, magic, students
+
+UNSAFE = """#include <linux/if_ether.h>
+int xdp_main(struct xdp_md *ctx) {
+    struct ethhdr *eth = (void *)(long)ctx->data;
+    if (eth->h_proto == bpf_htons(ETH_P_IP))
+        return XDP_DROP;
+    return XDP_PASS;
+}"""
+
+SAFE = """#include <linux/if_ether.h>
+int xdp_main(struct xdp_md *ctx) {
+    void *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = (void *)(long)ctx->data;
+    if ((void *)(eth + 1) > data_end)
+        return XDP_PASS;
+    if (eth->h_proto == bpf_htons(ETH_P_IP))
+        return XDP_DROP;
+    return XDP_PASS;
+}"""
+
+
+def test_verifier_refusal_carries_log_instructions_and_hint(tmp_path):
+    src = tmp_path / "unsafe.c"
+    src.write_text(UNSAFE)
+    with bpf.Program(str(src)) as prog:
+        with pytest.raises(LabkitError) as info:
+            prog.function("xdp_main")
+    err = verifier.error_of(info.value)
+    assert isinstance(err, verifier.VerifierError)
+    assert "invalid access to packet" in err.message
+    assert "processed" in err.log and any(l.startswith("; ") for l in err.instructions)
+    assert "data_end" in err.hint
+    assert err.message in str(info.value)
+
+
+def test_compile_error_names_the_line(tmp_path):
+    src = tmp_path / "typo.c"
+    src.write_text("int xdp_main(struct xdp_md *ctx) { return XDP_DROPP; }")
+    with pytest.raises(LabkitError) as info:
+        bpf.Program(str(src))
+    err = verifier.error_of(info.value)
+    assert isinstance(err, verifier.CompileError)
+    assert any("XDP_DROPP" in e for e in err.errors)
+    assert err.hint and "not declared" in err.hint
+
+
+def test_hints_keyed_on_common_messages():
+    assert "NULL" in verifier.hint_for("R0 invalid mem access 'map_value_or_null'")
+    assert "loop" in verifier.hint_for("back-edge from insn 12 to 9")
+    assert verifier.hint_for("something nobody has seen") is None
+
+
+def test_bpf_cell_keeps_program_and_reads_the_nbgrader_stub():
+    ns = {}
+    starter = SAFE.replace("    if (eth->h_proto == bpf_htons(ETH_P_IP))\n        return XDP_DROP;\n",
+                           "    # YOUR CODE HERE\n    raise NotImplementedError()\n")
+    prog = magic.bpf_cell("prog", starter, ns)
+    try:
+        assert ns["prog"] is prog and prog.ok and prog.kind == "xdp"
+        assert "/* YOUR CODE HERE */" in prog.source
+        with pytest.raises(checks.CheckFailed) as info:
+            checks.xdp(prog, [checks.Case("IPv4", frames.udp(), "XDP_DROP"), checks.Case("ARP", frames.arp(), "XDP_PASS")],
+                       hint="the hint")
+        text = str(info.value)
+        assert "expected XDP_DROP" in text and "got XDP_PASS" in text and "hint: the hint" in text and "1 of 2 wrong" in text
+        solved = magic.bpf_cell("prog", SAFE, ns)
+        assert checks.xdp(solved, [checks.Case("IPv4", frames.udp(), "XDP_DROP"), checks.Case("ARP", frames.arp(), "XDP_PASS")])
+        assert prog.program is None  # the replaced program was unloaded
+    finally:
+        for p in ns.values():
+            p.close()
+
+
+def test_refused_cell_reports_instead_of_raising(capsys):
+    ns = {}
+    prog = magic.bpf_cell("bad", UNSAFE, ns)
+    try:
+        assert not prog.ok
+        out = capsys.readouterr().out
+        assert "the verifier refused xdp_main" in out and "<- cell line 4" in out
+        with pytest.raises(checks.CheckFailed, match="did not load"):
+            checks.xdp(prog, [checks.Case("IPv4", frames.udp(), "XDP_DROP")])
+    finally:
+        prog.close()
+
+
+def test_rewritten_bytes_are_shown_field_by_field():
+    a, b = frames.udp(), bytearray(frames.udp())
+    b[22] -= 1
+    assert frames.describe_diff(a, bytes(b)) == ["IPv4 TTL (bytes 22..22): expected 40, got 3f"]
+
+
+def test_names_carry_the_slot_within_the_limit():
+    with students.as_student("s42"):
+        assert live.host_name("snd") == "s42snd"
+        with live.testbed() as topo:
+            names = [i.name for pair in topo.links for i in pair]
+            assert all("-s42" in n and len(n) <= 15 for n in names), names
+    with pytest.raises(InputError):
+        students.check_slot("student7")
+
+
+def test_pinned_maps_are_per_student(tmp_path):
+    ns = {}
+    prog = magic.bpf_cell("pins", "BPF_ARRAY(m, u64, 1);\nint xdp_main(struct xdp_md *ctx) { return XDP_PASS; }", ns)
+    try:
+        paths = []
+        for s in ("s61", "s62"):
+            paths.append(students.pin_map(prog.map("m"), "m", student=s))
+            assert paths[-1].parent.name == s
+        assert all(p.exists() for p in paths)
+        students.clear_pins("s61")
+        assert not paths[0].exists() and paths[1].exists()
+    finally:
+        students.clear_pins("s61"), students.clear_pins("s62")
+        prog.close()
+
+
+def test_measurement_lock_is_machine_wide_and_functional_checks_do_not_wait(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from labkit.teaching import students\n"
+        "with students.measurement_turn(log=None):\n"
+        "    print('held', flush=True); sys.stdin.readline()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "LABKIT_STUDENT": "s71"})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        told = []
+        with pytest.raises(InputError, match="busy"):
+            with students.measurement_turn(timeout_s=0.5, log=told.append):
+                pass
+        assert told and "s71" in told[0]
+        # a functional check needs no lock
+        ns = {}
+        prog = magic.bpf_cell("p", SAFE, ns)
+        try:
+            assert checks.xdp(prog, [checks.Case("IPv4", frames.udp(), "XDP_DROP")])
+        finally:
+            prog.close()
+    finally:
+        holder.communicate("go\n", timeout=30)
+    with students.measurement_turn(timeout_s=30, log=None) as turn:
+        assert turn.waited_s >= 0
+
+
+def _testbed_process(student: str) -> subprocess.Popen:
+    code = ("import sys; from labkit.teaching import live\n"
+            "with live.testbed():\n    print('up', flush=True); sys.stdin.readline()\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "LABKIT_STUDENT": student})
+    assert p.stdout.readline().strip() == "up"
+    return p
+
+
+def _namespaces(student: str) -> list[str]:
+    return sorted(n for n in os.listdir("/run/netns") if f"-{student}" in n) if os.path.isdir("/run/netns") else []
+
+
+def test_clean_touches_only_the_callers_runs(monkeypatch):
+    one, two = _testbed_process("s81"), _testbed_process("s82")
+    try:
+        assert len(_namespaces("s81")) == 2 and len(_namespaces("s82")) == 2
+        monkeypatch.setenv("LABKIT_STUDENT", "s81")
+        removed = cleanup.clean(include_live=True, log=lambda m: None)
+        assert sorted(removed["namespaces"]) == _namespaces("s81") or not _namespaces("s81")
+        assert _namespaces("s81") == [] and len(_namespaces("s82")) == 2
+    finally:
+        for p in (one, two):
+            try:
+                p.communicate("go\n", timeout=60)
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGTERM)
+                p.wait(30)
+    assert _namespaces("s82") == []
+
+
+LABS = Path(__file__).resolve().parents[1] / "labs" / "source"
+
+
+def _run_as(student: str, notebook: Path, workdir: Path, out: dict):
+    nb = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(nb, kernel_name="labkit", timeout=600, allow_errors=True,
+                            resources={"metadata": {"path": str(workdir)}})
+    try:
+        client.execute(env={**os.environ, "LABKIT_STUDENT": student, "LABKIT_SMOKE": "1"})
+    except Exception as exc:  # reported by the test below with the student's name
+        out[student] = [f"{type(exc).__name__}: {exc}"]
+        return
+    out[student] = [f"cell {i}: {o['ename']}: {o['evalue'][:300]}" for i, c in enumerate(nb.cells)
+                    for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+@pytest.mark.parametrize("lesson", ["01-testbed/01-testbed.ipynb", "03-maps/03-maps.ipynb"])
+def test_two_students_run_a_lesson_at_once(lesson, tmp_path):
+    """Both pass: lesson 1 checks that each sees only their own namespaces while the other's
+    testbed may be up; lesson 3 sends traffic on both testbeds, measured or not."""
+    out, threads = {}, []
+    for s in ("s11", "s12"):
+        (tmp_path / s).mkdir()
+        threads.append(threading.Thread(target=_run_as, args=(s, LABS / lesson, tmp_path / s, out)))
+    for t in threads:
+        t.start()
+        time.sleep(0.5)
+    for t in threads:
+        t.join(900)
+    assert set(out) == {"s11", "s12"}
+    assert out == {"s11": [], "s12": []}, out
