@@ -23,7 +23,8 @@ def test_every_experiment_declares_itself_and_is_found():
     assert set(MODULES) <= set(found)
     for m in found:
         assert (NOTEBOOKS_DIR / f"{m.NOTEBOOK}.ipynb").exists(), m.NOTEBOOK
-        assert dataclasses.is_dataclass(m.Params) and callable(m.run)
+        if m in MODULES:  # program_costs declares its notebook only: it has no testbed to parameterise
+            assert dataclasses.is_dataclass(m.Params) and callable(m.run)
         if hasattr(m, "VIEW"):
             assert m.VIEW.experiment == m.EXPERIMENT and m.VIEW.notebook == m.NOTEBOOK
     assert [v.experiment for v in experiments.views()][:3] == ["xdp_drop", "l2fwd", "nat"]

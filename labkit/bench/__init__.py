@@ -24,7 +24,8 @@ def main(smoke: bool = False) -> int:
                      cost_trials=3 if smoke else 10, smoke=False)
     print("== XDP drop at 64 bytes ==")
     print(r.headline().to_string(index=False))
-    cpu = r.table[r.table["measure"] == "cpu_ns_per_pkt"].groupby("variant")["value"].mean()
+    trials = r.part("trial")  # the fixed-count trials only, not the sweeps and searches
+    cpu = trials[trials["measure"] == "cpu_ns_per_pkt"].groupby("variant")["value"].mean()
     if {"xdp_native", "iptables_raw"} <= set(cpu.index):
         print(f"\nCPU per packet, xdp_native / iptables_raw: {cpu['xdp_native'] / cpu['iptables_raw']:.2f}")
     if {"xdp_generic", "iptables_raw"} <= set(cpu.index):

@@ -47,6 +47,8 @@ from labkit.dataplanes.xdp_gen import GenProgram, GenSink, vary_mask
 from labkit.errors import InputError
 
 SRC_MAC, DST_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+EXPERIMENT = "program_costs"
+NOTEBOOK = "04-comparison"  # the notebook that measures and shows these costs
 ENTRY = re.compile(r"^\s*int\s+(\w+)\s*\(\s*struct\s+(xdp_md|__sk_buff)\s*\*", re.M)
 KINDS = {"xdp_md": "xdp", "__sk_buff": "tc"}
 TC_ACTIONS = {-1: "TC_ACT_UNSPEC", 0: "TC_ACT_OK", 1: "TC_ACT_RECLASSIFY", 2: "TC_ACT_SHOT", 3: "TC_ACT_PIPE",

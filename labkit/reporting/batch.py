@@ -150,6 +150,8 @@ def execute(nb: Path, parameters: dict, out_dir: Path, data_dir: Path | None = N
     executed = out_dir / nb.name
     declared = _declared_parameters(nb)
     params = {k: v for k, v in parameters_for(nb, parameters).items() if k in declared}
+    if not progress and "progress" in declared:
+        params.setdefault("progress", False)  # --no-progress: the experiment's own bars too
     before = set(results.list_runs(None, data_dir))
     t0 = time.monotonic()
     ok, error = True, ""
@@ -233,10 +235,10 @@ def _declared_parameters(nb: Path) -> dict:
 def _experiment_params(stem: str):
     """The Params dataclass of the experiment notebook STEM runs, or None (04-comparison
     and other notebooks: their parameters cell is their whole declaration)."""
-    from labkit.experiments import l2fwd, nat, xdp_drop
+    from labkit import experiments
 
-    for module in (xdp_drop, l2fwd, nat):
-        if getattr(module, "NOTEBOOK", None) == stem:
+    for module in experiments.declared():
+        if module.NOTEBOOK == stem and isinstance(getattr(module, "Params", None), type):
             return module.Params
     return None
 
