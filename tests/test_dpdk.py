@@ -132,3 +132,72 @@ def test_testpmd_sends_the_count_asked(pair):
     assert off.packets == 5_003 and off.bytes == 5_003 * 128 and off.pps > 0
     assert got >= 5_003  # the receiver saw them all (plus any stray frame of the namespace)
     assert not dpdk.runtime_dirs(pair.run.prefix)
+
+
+# ---------------------------------------------------------------- net_af_xdp ports
+def test_af_xdp_options_refused_before_running(fwd_topo, binary):
+    d0, d1 = fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")
+    with pytest.raises(InputError, match="net_af_xdp has no option 'framecnt'"):
+        dpdk.Port.af_xdp(d0, framecnt=4096)
+    with pytest.raises(InputError, match="busy_budget=-1"):
+        dpdk.Port.af_xdp(d0, busy_budget=-1)
+    with pytest.raises(InputError, match="ring size 1000"):
+        dpdk.L2fwd(fwd_topo.host("dut"), [dpdk.Port.af_xdp(d0), dpdk.Port.af_xdp(d1)],
+                   app=dpdk.L2fwdOptions(ring_size=1000))
+    with bpf.load("xdp_minimal") as prog, bpf.attach_xdp(d0, prog.function("xdp_pass_bare"), "native"):
+        with pytest.raises(InputError, match="already has an XDP program"):
+            dpdk.L2fwd(fwd_topo.host("dut"), [dpdk.Port.af_xdp(d0), dpdk.Port.af_xdp(d1)])
+    assert not dpdk.dpdk_processes(fwd_topo.run.prefix)
+
+
+def test_l2fwd_over_af_xdp_forwards_in_copy_mode(fwd_topo, binary, capture):
+    snd, rcv = fwd_topo.iface("snd"), fwd_topo.iface("rcv")
+    d0, d1 = fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")
+    dut = fwd_topo.host("dut")
+    cap = capture(rcv)
+    ports = [dpdk.Port.af_xdp(d0, busy_budget=0), dpdk.Port.af_xdp(d1, busy_budget=0)]
+    with dpdk.L2fwd(dut, ports, dpdk.EalOptions(lcores="1"),
+                    dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=2, ring_size=2048)) as fwd:
+        prefix = fwd.prefix
+        assert "-ring2048" in str(fwd.binary) or "ring2048" in str(fwd.binary.parent.parent)
+        assert fwd.socket_modes() == {f"af_xdp:{d0.name}": "copy", f"af_xdp:{d1.name}": "copy"}  # veth: no zero-copy
+        assert set(fwd.xdp_programs) == {d0.name, d1.name} and all(fwd.xdp_programs.values())
+        assert dpdk.xsk_sockets(dut) == 2, "one AF_XDP socket per port"
+        before = fwd.next_stats()
+        spec = traffic.TrafficSpec.between(snd, d0, count=N, size=64, rate_pps=20_000)
+        spec.dst_ip = rcv.address
+        assert traffic.generator("trafgen", snd).send(spec).packets == N
+        frames = cap.udp_from(cap.frames(N), snd)
+        after = fwd.next_stats()
+    assert len(frames) == N, f"{len(frames)} of {N} frames arrived over net_af_xdp"
+    assert all(f[0:6] == bytes.fromhex("020000000001") for f in frames)
+    assert after[0].received - before[0].received == N and after[1].sent - before[1].sent == N
+    assert not bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED") and not bpf.xdp_state(d1).get("IFLA_XDP_ATTACHED")
+    assert dpdk.xsk_sockets(dut) == 0
+    assert not dpdk.dpdk_processes(prefix) and not dpdk.runtime_dirs(prefix)
+
+
+def test_killed_l2fwd_leaves_no_xdp_program(fwd_topo, binary):
+    import signal
+
+    d0, d1 = fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")
+    with dpdk.L2fwd(fwd_topo.host("dut"), [dpdk.Port.af_xdp(d0), dpdk.Port.af_xdp(d1)]) as fwd:
+        prefix = fwd.prefix
+        fwd.proc.send_signal(signal.SIGKILL)  # no chance to close its ports
+        fwd.proc.wait(10)
+        assert bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED"), "the killed driver left its program"
+    assert dpdk.xsk_sockets(fwd_topo.host("dut")) == 0
+    assert not bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED") and not bpf.xdp_state(d1).get("IFLA_XDP_ATTACHED")
+    assert not dpdk.dpdk_processes(prefix) and not dpdk.runtime_dirs(prefix)
+
+
+def test_busy_poll_settings_are_restored(fwd_topo):
+    dut = fwd_topo.host("dut")
+    d0 = fwd_topo.iface("dut", "snd")
+    path = f"/sys/class/net/{d0.name}/gro_flush_timeout"
+    old = dut.read(path).strip()
+    with pytest.raises(RuntimeError):
+        with dpdk.BusyPollSettings(dut, [d0.name]):
+            assert dut.read(path).strip() == "200000"
+            raise RuntimeError("boom")
+    assert dut.read(path).strip() == old

@@ -14,7 +14,8 @@ The poster's command line is expressible as it was written:
     eal, app = dpdk.parse_command_line("-c 1 -n 1 -- -q 1 -p 1")
 
 Ports are virtual by default: `net_af_packet` on a veth (no hugepages, no PCI), or
-`net_af_xdp` when asked; real ports are PCI addresses with a DPDK-capable driver bound,
+`net_af_xdp` (an AF_XDP socket and the driver's XDP program; `afxdp` says how it is
+tuned: busy polling, copy or zero-copy, ring sizes); real ports are PCI addresses with a DPDK-capable driver bound,
 and then hugepages are used. Every input is checked before anything runs (port mask
 against the ports given, queues per lcore against the lcores, PCI addresses against
 /sys/bus/pci), with an error that says what to change.
@@ -27,9 +28,11 @@ ports), then SIGTERM, then SIGKILL, and is always reaped.
 from __future__ import annotations
 
 # The package's public names, where `dpdk.X` finds them; one module per concern:
-# build (the l2fwd example), options (ports, EAL and l2fwd options), runtime (file
+# build (the l2fwd example), afxdp (net_af_xdp ports), options (ports, EAL and l2fwd options), runtime (file
 # prefixes, runtime directories, processes), l2fwd (running it, statistics, resources).
-from labkit.dpdk.build import EXAMPLES_DIR, L2FWD_BUILD_DIR, STAMP_NAME, build_l2fwd, dpdk_version, l2fwd_status
+from labkit.dpdk.afxdp import AF_XDP_DEVARGS, BusyPollSettings, socket_mode, xsk_sockets
+from labkit.dpdk.build import (EXAMPLES_DIR, L2FWD_BUILD_DIR, RING_SIZES, STAMP_NAME, build_dir_for, build_l2fwd,
+                               dpdk_version, l2fwd_status)
 from labkit.dpdk.l2fwd import L2fwd, PortStats, Resources, parse_stats
 from labkit.dpdk.options import (PCI_RE, PORT_KINDS, EalOptions, L2fwdOptions, Port, check_pci_address,
                                  hugepages, l2fwd_mac, parse_command_line)
@@ -40,4 +43,4 @@ __all__ = ["EXAMPLES_DIR", "STAMP_NAME", "L2FWD_BUILD_DIR", "build_l2fwd", "dpdk
            "Resources", "parse_stats", "PCI_RE", "PORT_KINDS", "EalOptions", "L2fwdOptions", "Port",
            "check_pci_address", "hugepages", "l2fwd_mac", "parse_command_line", "RUNTIME_BASES",
            "clean_runtime_dirs", "dpdk_processes", "file_prefix", "remove_runtime_dir", "runtime_dirs",
-           "stale_runtime_dirs"]
+           "stale_runtime_dirs", "AF_XDP_DEVARGS", "BusyPollSettings", "socket_mode", "xsk_sockets", "RING_SIZES", "build_dir_for"]

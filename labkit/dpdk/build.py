@@ -4,11 +4,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from labkit import BUILD_DIR
-from labkit.errors import LabkitError, MissingDependency
+from labkit.errors import InputError, LabkitError, MissingDependency
 
 L2FWD_BUILD_DIR = BUILD_DIR / "l2fwd"
 EXAMPLES_DIR = Path(os.environ.get("LABKIT_DPDK_EXAMPLES", "/usr/share/dpdk/examples"))
@@ -35,13 +36,49 @@ def _stamp(version: str, source: Path) -> str:
     return f"{version} {digest}\n"
 
 
+#: descriptors per port queue that l2fwd's source sets (RX_DESC_DEFAULT, TX_DESC_DEFAULT)
+L2FWD_RING_DEFAULT = 1024
+RING_SIZES = (256, 512, 1024, 2048, 4096, 8192)
+
+
+def check_ring_size(ring_size) -> int:
+    """A descriptor count l2fwd can be built with: a power of two 256..8192 (AF_XDP rings
+    must be powers of two), or an InputError."""
+    if ring_size is None:
+        return L2FWD_RING_DEFAULT
+    if isinstance(ring_size, bool) or not isinstance(ring_size, int) or ring_size not in RING_SIZES:
+        raise InputError(f"ring size {ring_size!r}: one of {', '.join(map(str, RING_SIZES))} descriptors per queue")
+    return ring_size
+
+
+def build_dir_for(ring_size: int | None = None) -> Path:
+    """Where l2fwd with RING_SIZE descriptors per queue is built (the default: build/l2fwd)."""
+    n = check_ring_size(ring_size)
+    return L2FWD_BUILD_DIR if n == L2FWD_RING_DEFAULT else L2FWD_BUILD_DIR.with_name(f"l2fwd-ring{n}")
+
+
+def _set_ring_size(main_c: Path, n: int) -> None:
+    """l2fwd's descriptor counts are constants of its source: set both to N in the copy."""
+    text = main_c.read_text()
+    for name in ("RX_DESC_DEFAULT", "TX_DESC_DEFAULT"):
+        text, k = re.subn(rf"^#define {name} \d+$", f"#define {name} {n}", text, flags=re.M)
+        if k != 1:
+            raise LabkitError(f"l2fwd's source at {main_c} has no `#define {name}`: its ring size cannot be set "
+                              "(DPDK's example changed); use ring_size=None")
+    main_c.write_text(text)
+
+
 def build_l2fwd(*, force: bool = False, examples_dir: Path | str | None = None,
-                build_dir: Path | str | None = None, pkg_config: str = "pkg-config") -> Path:
+                build_dir: Path | str | None = None, pkg_config: str = "pkg-config",
+                ring_size: int | None = None) -> Path:
     """Build DPDK's l2fwd example from the installed sources into `build/l2fwd/` (outside
     git) and return the binary. A stamp holds DPDK's version and the source's hash: the
-    build is redone only when either changes (or with FORCE). Concurrent callers take turns."""
+    build is redone only when either changes (or with FORCE). Concurrent callers take turns.
+    RING_SIZE: descriptors per RX and TX queue (l2fwd's own is 1024), built apart in
+    `build/l2fwd-ringN/`: for AF_XDP ports it is the size of the socket's rings."""
     examples = Path(examples_dir or EXAMPLES_DIR)
-    target = Path(build_dir or L2FWD_BUILD_DIR)
+    ring = check_ring_size(ring_size)
+    target = Path(build_dir or build_dir_for(ring))
     source = examples / "l2fwd"
     version = dpdk_version(pkg_config)
     if not (source / "main.c").is_file():
@@ -50,7 +87,7 @@ def build_l2fwd(*, force: bool = False, examples_dir: Path | str | None = None,
             "/usr/share/dpdk/examples): run `sudo make setup`")
     binary = target / "build" / "l2fwd"
     stamp_file = target / STAMP_NAME
-    want = _stamp(version, source / "main.c")
+    want = _stamp(version, source / "main.c") + (f"ring {ring}\n" if ring != L2FWD_RING_DEFAULT else "")
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".l2fwd-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -58,6 +95,8 @@ def build_l2fwd(*, force: bool = False, examples_dir: Path | str | None = None,
             return binary
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(source, target)
+        if ring != L2FWD_RING_DEFAULT:
+            _set_ring_size(target / "main.c", ring)
         env = dict(os.environ, PKGCONF=pkg_config)
         cp = subprocess.run(["make", "-C", str(target), "shared"], capture_output=True, text=True, timeout=300, env=env)
         (target / "build.log").write_text(cp.stdout + cp.stderr)

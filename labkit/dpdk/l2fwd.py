@@ -7,7 +7,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from labkit.errors import InputError, LabkitError
-from labkit.dpdk.build import L2FWD_BUILD_DIR, _read, build_l2fwd
+from labkit.dpdk.afxdp import remove_pmd_programs, socket_mode, xdp_program_id
+from labkit.dpdk.build import _read, build_dir_for, build_l2fwd
 from labkit.dpdk.options import EalOptions, L2fwdOptions, PORT_KINDS, Port, check_pci_address, hugepages
 from labkit.dpdk.runtime import file_prefix, remove_runtime_dir
 
@@ -83,6 +84,7 @@ class L2fwd:
         self._t0 = None
         self._final: Resources | None = None
         self._output = ""
+        self.xdp_programs: dict = {}  # {ifname: id} of the programs net_af_xdp ports attached
         self.validate()
 
     # ---- checks, before anything runs
@@ -111,9 +113,18 @@ class L2fwd:
             if not ipr.link_lookup(ifname=name):
                 names = sorted(l.get_attr("IFLA_IFNAME") for l in ipr.get_links())
                 raise InputError(f"interface {name!r} does not exist on {self.host}; interfaces there: {', '.join(names)}")
+        if any(p.kind == "af_xdp" and p.name == name for p in self.ports):
+            prog = xdp_program_id(self.host, name)
+            if prog is not None:
+                raise InputError(f"{name} on {self.host} already has an XDP program (id {prog}): a net_af_xdp port "
+                                 "attaches its own; detach it first, or run `labkit clean` if a crashed run left it")
+
+    def socket_modes(self) -> dict:
+        """{port: 'copy' | 'zero-copy' | 'unknown'} of the net_af_xdp ports."""
+        return {str(p): socket_mode(self.host, p.name, dict(p.devargs)) for p in self.ports if p.kind == "af_xdp"}
 
     def argv(self, prefix: str = "PREFIX") -> list[str]:
-        binary = str(self.binary or L2FWD_BUILD_DIR / "build" / "l2fwd")
+        binary = str(self.binary or build_dir_for(self.app.ring_size) / "build" / "l2fwd")
         return [binary, *self.eal.args(self.ports, prefix), "--", *self.app.args(len(self.eal.lcore_ids()))]
 
     # ---- running
@@ -121,13 +132,14 @@ class L2fwd:
         if self.proc is not None:
             return self
         if self.binary is None:
-            self.binary = build_l2fwd()
+            self.binary = build_l2fwd(ring_size=self.app.ring_size)
         self.prefix = self.eal.file_prefix or file_prefix("l2fwd")
         self._hp0 = hugepages()
         self._t0 = time.monotonic()
         self.proc = self.host.spawn(self.argv(self.prefix), name="l2fwd")
         try:
             self._wait_ready()
+            self.xdp_programs = {p.name: xdp_program_id(self.host, p.name) for p in self.ports if p.kind == "af_xdp"}
         except BaseException:
             self.stop()
             raise
@@ -211,6 +223,12 @@ class L2fwd:
                 proc.close()
             except Exception:
                 pass
+        if self.xdp_programs:  # closed ports took theirs off; a killed l2fwd leaves them
+            try:
+                remove_pmd_programs(self.host, self.xdp_programs)
+            except Exception:
+                pass  # the namespace is gone
+            self.xdp_programs = {}
         if self.prefix:
             remove_runtime_dir(self.prefix)
         return rc

@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from labkit.errors import InputError
-from labkit.dpdk.build import _read
+from labkit.dpdk.build import _read, check_ring_size
 
 
 #: drivers a PCI device can be bound to for DPDK to drive it (mlx5 works with its kernel driver)
@@ -35,6 +35,11 @@ class Port:
 
     @classmethod
     def af_xdp(cls, iface, **devargs) -> "Port":
+        """net_af_xdp on IFACE; DEVARGS such as busy_budget=0 (busy polling off), force_copy=1
+        (see labkit.dpdk.afxdp)."""
+        from labkit.dpdk.afxdp import check_devargs
+
+        check_devargs(devargs)
         return cls("af_xdp", getattr(iface, "name", iface), tuple(sorted(devargs.items())))
 
     @classmethod
@@ -174,6 +179,7 @@ class L2fwdOptions:
     mac_updating: bool = True  # rewrite dst MAC to 02:00:00:00:00:<tx port> and src to the tx port's
     promiscuous: bool = False  # -P
     portmap: list | None = None  # --portmap pairs, e.g. [(0, 1)]
+    ring_size: int | None = None  # descriptors per RX/TX queue (l2fwd's own: 1024; built apart)
 
     def ports_in_mask(self) -> list[int]:
         return [i for i in range(int(self.portmask).bit_length()) if int(self.portmask) >> i & 1]
@@ -196,6 +202,7 @@ class L2fwdOptions:
                     f"{len(enabled)} port(s) in the mask but {nlcores} lcore(s) x {q} queue(s) per lcore serve only "
                     f"{q * nlcores}: l2fwd would exit with 'Not enough cores'. Use queues_per_lcore="
                     f"{-(-len(enabled) // nlcores)} (-q), or give more lcores")
+        check_ring_size(self.ring_size)
         if not isinstance(self.stats_period_s, int) or not (0 <= self.stats_period_s < 86400):
             raise InputError(f"statistics period {self.stats_period_s!r}: whole seconds 0..86399 (l2fwd's -T)")
         if self.portmap:
