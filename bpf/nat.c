@@ -79,7 +79,10 @@
 #define ETH_LEN 14
 #define IP_LEN 20
 #define L4_OFF (ETH_LEN + IP_LEN) /* options are never translated: L4 is at a fixed offset */
-#define PULL_LEN (L4_OFF + sizeof(struct tcphdr))
+/* what parsing needs linear: up to the TCP checksum embedded in an ICMP error */
+#define INNER_IP_OFF (L4_OFF + 8)
+#define INNER_L4_OFF (INNER_IP_OFF + IP_LEN)
+#define PULL_LEN (INNER_L4_OFF + 18)
 #define E2BIG 7
 
 struct nat_config {
@@ -534,6 +537,88 @@ int nat_egress(struct __sk_buff *skb)
     return snat_new(skb, cfg, &p, &key, now);
 }
 
+/* An ICMP error (destination unreachable, time exceeded, parameter problem) about a
+ * packet a SNAT flow sent: the embedded header is that packet as it left (source: the
+ * SNAT address and port). Outer destination, embedded source address and port (or echo
+ * identifier) become the inside host's again, with the outer IPv4, embedded IPv4,
+ * embedded L4 (where the message carries it) and ICMP checksums updated: the inside
+ * host sees the error about the packet it sent. 1: handled (*verdict set); 0: not one. */
+static __always_inline int icmp_error_in(struct __sk_buff *skb, struct pkt *p, int *verdict)
+{
+    u64 len = skb->len;
+    if (p->proto != IPPROTO_ICMP || !p->has_l4 || !(p->icmp_type == ICMP_DEST_UNREACH ||
+        p->icmp_type == ICMP_TIME_EXCEEDED || p->icmp_type == ICMP_PARAMETERPROB))
+        return 0;
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    struct icmphdr *ih = data + L4_OFF;
+    struct iphdr *in = data + INNER_IP_OFF;
+    u16 *l4 = data + INNER_L4_OFF; /* embedded ports / echo type+code, checksum, id */
+    if ((void *)(l4 + 4) > data_end || p->tot_len < IP_LEN + 8 + IP_LEN + 8)
+        return 0;
+    if (in->version != 4 || in->ihl != 5 || in->saddr != p->daddr || (in->frag_off & htons(0x1fff)))
+        return 0;
+    u8 proto = in->protocol;
+    struct nat_flow_key rkey = {.src = in->daddr, .dst = in->saddr, .proto = proto};
+    u16 nat_port;
+    if (proto == IPPROTO_ICMP) {
+        nat_port = l4[2];
+        rkey.dport = nat_port;
+    } else if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+        nat_port = l4[0];
+        rkey.sport = l4[1];
+        rkey.dport = nat_port;
+    } else {
+        return 0;
+    }
+    struct nat_entry *rev = snat_in.lookup(&rkey);
+    if (!rev)
+        return 0;
+    u32 from = p->daddr, to = rev->addr;
+    u16 to_port = rev->port;
+    /* the outer header (the ICMP checksum does not cover it) */
+    struct iphdr *ip = data + ETH_LEN;
+    if ((void *)(ip + 1) > data_end)
+        return 0;
+    ip->daddr = to;
+    csum_replace4(&ip->check, from, to);
+    /* the embedded header: its source address and its checksum change by opposite
+     * amounts, which leaves the ICMP checksum as it was */
+    in->saddr = to;
+    csum_replace4(&in->check, from, to);
+    /* the embedded port or identifier, and the embedded L4 checksum that covers it (and,
+     * for TCP/UDP, the address through the pseudo header); the ICMP checksum follows both */
+    u16 *l4csum = 0;
+    u32 msg_len = p->tot_len - IP_LEN - 8 - IP_LEN; /* embedded L4 bytes the message carries */
+    if (proto == IPPROTO_ICMP) {
+        l4[2] = to_port;
+        l4csum = &l4[1];
+    } else {
+        l4[0] = to_port;
+        if (proto == IPPROTO_UDP) {
+            l4csum = &l4[3];
+        } else if (msg_len >= 18) {
+            l4csum = (void *)l4 + 16;
+            if ((void *)(l4csum + 1) > data_end)
+                l4csum = 0;
+        }
+    }
+    csum_replace2(&ih->checksum, nat_port, to_port);
+    if (l4csum && !(proto == IPPROTO_UDP && *l4csum == 0)) {
+        u16 old = *l4csum;
+        if (proto != IPPROTO_ICMP)
+            csum_replace4(l4csum, from, to);
+        csum_replace2(l4csum, nat_port, to_port);
+        if (proto == IPPROTO_UDP && *l4csum == 0)
+            *l4csum = 0xffff;
+        csum_replace2(&ih->checksum, old, *l4csum);
+    }
+    /* every change above is matched by its checksum's: the packet's sum is unchanged, so
+     * a receive checksum of the whole packet (CHECKSUM_COMPLETE) still holds */
+    *verdict = outcome(NAT_IN_ICMP_ERROR, len, TC_ACT_OK);
+    return 1;
+}
+
 int nat_ingress(struct __sk_buff *skb)
 {
     struct pkt p = {.icmp_type = 0xff};
@@ -548,6 +633,8 @@ int nat_ingress(struct __sk_buff *skb)
     if (cfg->snat_addr && p.daddr == cfg->snat_addr) {
         if (p.options || p.fragment)
             return outcome(NAT_PASS_OPTIONS_OR_FRAGMENT, len, TC_ACT_OK);
+        if (icmp_error_in(skb, &p, &verdict))
+            return verdict;
         if (!snat_protocol(&p, ICMP_ECHOREPLY))
             return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);
         struct nat_flow_key rkey = {.src = p.saddr, .dst = p.daddr, .proto = p.proto};

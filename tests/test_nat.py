@@ -93,6 +93,40 @@ def test_port_range_and_snat_address_changes(nat):
     assert nat.mappings() == []
 
 
+@pytest.mark.parametrize("timeouts, words", [
+    ({"udp": 0}, "more than 0"), ({"tcp_closing": -5}, "more than 0"), ({"udp": "10"}, "more than 0"),
+    ({"sctp": 10}, "unknown"), ([1, 2], "a dict"),
+])
+def test_bad_timeouts_are_refused_before_loading(timeouts, words, monkeypatch):
+    def no_load(*a, **k):
+        raise AssertionError("the program was loaded before the input was checked")
+
+    monkeypatch.setattr(bpf, "load", no_load)
+    with pytest.raises(InputError, match=words):
+        Nat(INSIDE, OUTSIDE, SNAT, timeouts=timeouts)
+
+
+def test_bad_timeout_change_leaves_the_configuration(nat):
+    before = maps_snapshot(nat)
+    with pytest.raises(InputError, match="more than 0"):
+        nat.set_timeouts(udp=0)
+    assert maps_snapshot(nat) == before
+    nat.set_timeouts(udp=60)
+    assert nat.config()["timeouts"]["udp"] == pytest.approx(60)
+    nat.set_timeouts(udp=120)
+
+
+def test_snat_address_not_on_the_outside_interface_is_refused():
+    """Attaching a NAT whose SNAT address the outside port does not have: refused, nothing
+    attached (no clsact qdisc), the maps untouched."""
+    with nat_testbed.NatLab(1, "off") as lab, Nat(INSIDE, OUTSIDE, "198.51.100.77") as n:
+        before = maps_snapshot(n)
+        with pytest.raises(InputError, match="not an address of the outside interface"):
+            n.attach(lab.outside)
+        qd = lab.topo.host("nat").run(["tc", "qdisc", "show", "dev", lab.outside.name]).stdout
+        assert "clsact" not in qd and maps_snapshot(n) == before
+
+
 def test_full_mapping_table_is_reported():
     with Nat(INSIDE, OUTSIDE, SNAT, max_static=2) as n:
         n.add_mapping("10.20.1.2", "198.51.100.10")

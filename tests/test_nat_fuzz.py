@@ -86,6 +86,24 @@ def fragment(f: bytearray, rng) -> bytearray:
     return f
 
 
+def icmp_error(rng, remote: str, sent: bytes) -> bytearray:
+    """An ICMP error from REMOTE about SENT (a frame as the NAT let it out): destination
+    unreachable, time exceeded or parameter problem, carrying SENT's IPv4 header and 8 to
+    all of its payload bytes, as routers and hosts do."""
+    ip = sent[14:]
+    tot = struct.unpack("!H", ip[2:4])[0]
+    keep = ip[:min(tot, 20 + rng.choice([8, 8, 20, 28, 64, 548]))]
+    icmp = bytearray(bytes([rng.choice([3, 3, 11, 12]), rng.choice([0, 1, 3, 4])]) + b"\0\0"
+                     + (b"\0\0\x05\xdc" if rng.random() < 0.3 else b"\0\0\0\0") + keep)
+    icmp[2:4] = struct.pack("!H", packets.checksum(bytes(icmp)))
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), rng.randrange(65536), 0, 64, 1, 0,
+                                bytes(map(int, remote.split("."))), bytes(map(int, SNAT.split(".")))))
+    hdr[10:12] = struct.pack("!H", packets.checksum(bytes(hdr)))
+    eth = bytes.fromhex(MAC_A.replace(":", "")) + bytes.fromhex(MAC_B.replace(":", "")) + b"\x08\x00"
+    f = bytearray(eth + hdr + icmp)
+    return f + bytes(max(0, 60 - len(f)))
+
+
 def mangle(f: bytearray, rng) -> bytes:
     """One of the ways a frame can be malformed or unusual."""
     kind = rng.randrange(12)
@@ -149,6 +167,7 @@ def test_fuzz_matches_model(nat):
     before = nat.stats()
     counts = collections.Counter()
     translated_replies = []  # (remote, nat port, proto, remote port) seen leaving
+    sent = []  # frames as the NAT let them out
     checked = malformed = 0
     failures = []
 
@@ -179,6 +198,16 @@ def test_fuzz_matches_model(nat):
             if got and got[0].outcome.startswith("out_snat"):
                 p = packets.parse(got[1])
                 translated_replies.append((p.dst_ip, p.sport, p.proto, p.dport))
+                sent.append(got[1])
+        elif r < 0.46 and sent:  # an ICMP error about a packet that left translated
+            out = rng.choice(sent)
+            f = icmp_error(rng, packets.parse(out).dst_ip, out)
+            if rng.random() < 0.15:
+                frame = mangle(f, rng)
+                if injectable(frame):
+                    check("in", frame, "malformed icmp error")
+            else:
+                check("in", bytes(f), "icmp error")
         elif r < 0.65 and translated_replies:  # a reply to a translated flow
             remote, nat_port, proto, rport = rng.choice(translated_replies)
             if proto == 1:
@@ -211,7 +240,7 @@ def test_fuzz_matches_model(nat):
     # the run covered every outcome the rules can produce without a full table
     for outcome in ("out_static", "out_snat_new", "out_snat", "in_static", "in_snat", "pass_not_ipv4",
                     "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_options_or_fragment",
-                    "drop_options", "drop_fragment", "drop_protocol"):
+                    "drop_options", "drop_fragment", "drop_protocol", "in_icmp_error"):
         assert counts[outcome] > 0, f"the fuzz run never produced {outcome}: widen it"
     print(f"\nfuzz: {checked} frames checked against the model ({malformed} malformed), seed {SEED}: "
           + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))

@@ -22,6 +22,7 @@ enum nat_outcome {
     NAT_DROP_NO_PORT,
     NAT_DROP_TABLE_FULL,
     NAT_DROP_REWRITE_FAILED,
+    NAT_IN_ICMP_ERROR, /* an ICMP error about a SNAT flow: outer and embedded headers translated */
     NAT_OUTCOME_MAX, /* the number of outcomes, not one of them */
 };
 

@@ -71,6 +71,12 @@ class Flow:
     idle_s: float
 
 
+def interface_addresses(iface) -> set[str]:
+    """The IPv4 addresses configured on IFACE (in its host's namespace)."""
+    with iface.host.ipr() as ipr:
+        return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET, index=iface.ifindex)}
+
+
 class Nat:
     """The loaded NAT program and its maps. A context manager: exit unloads the program
     (and with it every map); `attach()` puts it on an interface."""
@@ -125,7 +131,15 @@ class Nat:
 
     def attach(self, outside_iface) -> ExitStack:
         """Attach the NAT to the NAT host's outside port: tc ingress (inbound translation)
-        and egress (outbound). Use in a `with`; exit removes both (the clsact qdisc)."""
+        and egress (outbound). Use in a `with`; exit removes both (the clsact qdisc).
+        The SNAT address must be one of the port's own addresses (replies are addressed to
+        it, and the NAT host answers ARP for it): checked before anything is attached."""
+        if self.snat_address is not None:
+            have = interface_addresses(outside_iface)
+            if str(self.snat_address) not in have:
+                raise InputError(f"SNAT address {self.snat_address} is not an address of the outside interface "
+                                 f"{outside_iface.name} (it has {', '.join(sorted(have)) or 'none'}): add it "
+                                 "there, or choose one of its addresses")
         stack = ExitStack()
         try:
             stack.enter_context(bpf.attach_tc(outside_iface, self.ingress_function(), "ingress"))

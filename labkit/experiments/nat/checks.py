@@ -163,6 +163,65 @@ def tcp_transfer(lab: NatLab, i: int, nbytes: int = 512 * 1024, port: int = 7778
     return result
 
 
+BEYOND = "203.0.113.7"  # an address one router past the server (for time exceeded)
+
+
+def udp_port_unreachable(lab: NatLab, sport: int = 40002, dport: int = 9999) -> dict:
+    """Every client sends from the same source port to a closed port of the server on a
+    connected UDP socket; the server's port unreachable must come back, through the NAT,
+    to that client (Linux reports it as ECONNREFUSED). {client: 'refused' | what happened}."""
+    got = {}
+    socks = {}
+    try:
+        for i in range(1, lab.clients + 1):
+            socks[i] = _udp_socket(lab.client(i), sport)
+            socks[i].settimeout(2.0)
+            socks[i].connect((SERVER, dport))
+        for i, s in socks.items():
+            try:
+                s.send(b"anyone there?")
+                s.recv(2048)
+                got[i] = "an answer"
+            except ConnectionRefusedError:
+                got[i] = "refused"
+            except socket.timeout:
+                got[i] = "nothing within 2 s"
+    finally:
+        for s in socks.values():
+            s.close()
+    return got
+
+
+@contextmanager
+def router_beyond_server(lab: NatLab):
+    """The server as a router towards BEYOND's network (the NAT routes it to the server),
+    so that a packet whose TTL ends there draws a time exceeded from beyond the NAT."""
+    srv, nat_host = lab.server, lab.topo.host("nat")
+    srv.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], timeout=10)
+    try:
+        with topology.route(nat_host, "203.0.113.0/24", SERVER), topology.route(srv, "203.0.113.0/24", NAT_OUTSIDE):
+            yield
+    finally:
+        srv.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"], check=False, timeout=10)
+
+
+def icmp_error_checks(lab: NatLab, add) -> int:
+    """ICMP errors from beyond the NAT reach the inside host they concern. Returns the
+    server's InHdrErrors it caused on purpose (the router's count of expired TTLs)."""
+    got = udp_port_unreachable(lab)
+    add("ICMP: port unreachable reaches the client that sent (same source port on every client)",
+        all(v == "refused" for v in got.values()), "; ".join(f"c{i}: {v}" for i, v in got.items()))
+    with router_beyond_server(lab):
+        before = snmp(lab.server).get(("Ip", "InHdrErrors"), 0)
+        cp = lab.client(1).run(["ping", "-c", "1", "-t", "2", "-W", "2", BEYOND], check=False, timeout=20)
+        expired = snmp(lab.server).get(("Ip", "InHdrErrors"), 0) - before
+    add("ICMP: time exceeded from beyond the NAT reaches the client",
+        f"From {SERVER}" in cp.stdout and "Time to live exceeded" in cp.stdout,
+        (cp.stdout.strip().splitlines() or [cp.stderr])[min(1, len(cp.stdout.strip().splitlines()) - 1)]
+        if cp.stdout.strip() else cp.stderr)
+    return expired
+
+
 def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict]:
     """Run the correctness checks with the eBPF NAT attached as VARIANT ('ebpf' or
     'tc_nat': the tc NAT; 'xdp_nat': the XDP fast path over it); one dict per check
@@ -200,6 +259,7 @@ def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict
                 + (f", error {r['error']}" if "error" in r else ""))
             add(f"TCP: c{i} seen as the SNAT address", (r.get("peer") or ("",))[0] == NAT_OUTSIDE,
                 f"server saw {r.get('peer')}")
+        ttl_expired = icmp_error_checks(lab, add)
         # flow table
         flows = nat.flows()
         udp = [f for f in flows if f.proto == "udp" and f.inside_port == 40000]
@@ -252,6 +312,7 @@ def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict
             f"{len(inbound) - len(bad)}/{len(inbound)} packets with valid IPv4 and TCP/UDP/ICMP checksums")
     errors = {h: {f"{p}:{n}": after[h].get((p, n), 0) - before[h].get((p, n), 0) for p, n in CSUM_COUNTERS}
               for h in before}
+    errors[lab.server.name]["Ip:InHdrErrors"] -= ttl_expired  # the time-exceeded check's own
     add("kernel checksum error counters stay 0 (server and clients)",
         all(v == 0 for e in errors.values() for v in e.values()),
         "; ".join(f"{h}: " + ", ".join(f"{k}={v}" for k, v in e.items() if v) or f"{h}: 0" for h, e in errors.items()))
