@@ -90,14 +90,15 @@ def report(title: str, rows: list[tuple[str, str, str, bool]], hints: list[str],
     return True
 
 
-def xdp(prog, cases: list[Case], hint: str | None = None, title: str | None = None) -> bool:
+def xdp(prog, cases: list[Case], hint: str | None = None, title: str | None = None, ctx=None) -> bool:
     """Run PROG (a `%%bpf` program; XDP or tc) on each case's frame; compare the action and,
-    where given, the frame it leaves."""
+    where given, the frame it leaves. CTX: an XDP context (`bpf.XdpMd(ingress_ifindex=...)`)
+    for programs that look at where the frame came in (bpf_fib_lookup)."""
     fn, kind = _function(prog)
     rows, hints, details = [], [], []
     for case in cases:
         try:
-            res = bpf.test_run(fn, case.frame)
+            res = bpf.test_run(fn, case.frame, ctx=_fresh(ctx))
         except LabkitError as exc:
             rows.append((case.name, case.action or "a verdict", f"error: {exc}", False))
             hints.append(case.hint or hint)
@@ -119,6 +120,16 @@ def xdp(prog, cases: list[Case], hint: str | None = None, title: str | None = No
                 hints.append(case.hint or hint)
     return report(title or f"{len(cases)} frames through {getattr(fn, 'name', b'program')!s}".replace("b'", "").replace("'", ""),
                   rows, hints, details)
+
+
+def _fresh(ctx):
+    """A copy of CTX for one frame (the test run fills in data_end from the frame)."""
+    if ctx is None:
+        return None
+    copy = type(ctx).from_buffer_copy(ctx)
+    if hasattr(copy, "data_end"):
+        copy.data_end = 0
+    return copy
 
 
 def values(title: str, expected: dict, actual: dict, hint: str | None = None) -> bool:
@@ -170,7 +181,7 @@ def loaded(prog, title: str = "the program loads") -> bool:
 
 
 def _show(v) -> str:
-    if isinstance(v, int) and not isinstance(v, bool) and v > 255:
+    if isinstance(v, int) and not isinstance(v, bool) and 255 < v <= 0xFFFF:  # checksums, ports
         return f"{v} (0x{v:x})"
     if isinstance(v, (bytes, bytearray)):
         return v.hex(" ")

@@ -23,7 +23,7 @@ from labkit.teaching import students
 from labkit.teaching.students import host_name
 from labkit.testbed import topology
 
-__all__ = ["testbed", "send", "measure_rate", "smoke", "host_name", "Rate"]
+__all__ = ["testbed", "router", "send", "measure_rate", "smoke", "host_name", "Rate"]
 
 
 def smoke() -> bool:
@@ -37,12 +37,23 @@ def testbed(roles=("snd", "rcv"), **pair_options) -> topology.Topology:
     return topology.Topology(topology.pair(a, b, **pair_options))
 
 
+def router() -> topology.Topology:
+    """This student's three-host testbed (`with` it): ``<slot>snd`` (10.11.0.1) -- ``<slot>fwd``
+    (10.11.0.254 | 10.12.0.254, forwarding IPv4) -- ``<slot>rcv`` (10.12.0.2), with routes."""
+    snd, fwd, rcv = host_name("snd"), host_name("fwd"), host_name("rcv")
+    return topology.Topology(topology.TopologySpec(
+        hosts=[snd, fwd, rcv],
+        links=[topology.LinkSpec(snd, fwd, "10.11.0.1/24", "10.11.0.254/24"),
+               topology.LinkSpec(fwd, rcv, "10.12.0.254/24", "10.12.0.2/24")],
+        forwarding=[fwd], routes=[(snd, "default", "10.11.0.254"), (rcv, "default", "10.12.0.254")]))
+
+
 def sender(topo):
     return topo.iface(topo.spec.hosts[0])
 
 
 def receiver(topo):
-    return topo.iface(topo.spec.hosts[1])
+    return topo.iface(topo.spec.hosts[-1])
 
 
 def send(topo, count: int = 10_000, size: int = 64, rate_pps: float | None = None, flows: int = 1,
@@ -50,6 +61,9 @@ def send(topo, count: int = 10_000, size: int = 64, rate_pps: float | None = Non
     """Send COUNT frames from the sender to the receiver (blocks; bounded in time)."""
     spec = traffic.TrafficSpec.between(sender(topo), receiver(topo), size=size, count=count, rate_pps=rate_pps,
                                        flows=flows, proto=proto, dport=dport, timeout_s=60)
+    hosts = topo.spec.hosts
+    if len(hosts) == 3:  # the router testbed: frames go to the router's MAC, addressed to the receiver
+        spec.dst_mac = topo.iface(hosts[1], hosts[0]).mac
     spec.validate()
     with traffic.generator(generator, sender(topo)) as gen:
         return gen.send(spec)
