@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+from labkit import ovs
 from labkit.testbed.runs import NETNS_DIR, PREFIX_RE, REGISTRY_DIR, RULE_COMMENT, RUN_ENV, live_prefixes, require_root
 from labkit.testbed.hosts import kill_pids, pids_in_netns
 
@@ -69,6 +70,7 @@ def leftovers(include_live: bool = False, prefix: str | None = None) -> dict:
         "registries": registries,
         "iptables": [r for r in _labkit_iptables_rules() if mine(r[2])],
         "processes": [pid for pid, run in run_processes() if mine(run)],
+        "ovs": [d.name for d in ovs.switch_dirs() if mine(d.name)],  # a run's own Open vSwitch
     }
 
 
@@ -96,7 +98,8 @@ def run_processes() -> list[tuple[int, str]]:
 
 #: what `clean` logs for one item of each kind it removed
 SINGULAR = {"namespaces": "namespace", "links": "link", "foreign": "change on a foreign interface",
-            "iptables": "iptables rule", "processes": "process", "dpdk": "DPDK runtime directory"}
+            "iptables": "iptables rule", "processes": "process", "dpdk": "DPDK runtime directory",
+            "ovs": "Open vSwitch of a run"}
 
 
 def clean(include_live: bool = False, log=print, student: str | None = "caller") -> dict:
@@ -181,6 +184,9 @@ def _undo(found: dict, dpdk_run_gone, log) -> dict:
                        and dpdk_run_gone(_run_of(os.path.basename(d)))]
     for d in removed["dpdk"]:
         runtime.remove_runtime_dir(os.path.basename(d))
+    removed["ovs"] = list(found.get("ovs", []))  # its daemons (if alive) stopped, its folder removed
+    for name in removed["ovs"]:
+        ovs.remove_dir(ovs.OVS_DIR / name)
     # the registry goes last: while it is there, the run is not fully undone
     for reg in found["registries"]:
         reg.unlink(missing_ok=True)
@@ -234,3 +240,34 @@ def _undo_foreign(rec: dict) -> None:
                 ipr.addr("del", index=idx[0], address=rec["address"], prefixlen=rec["prefixlen"])
             except Exception:
                 pass
+
+
+def clean_hosts(inventory, include_live: bool = False, log=print) -> dict:
+    """`clean` on every host of INVENTORY (an Ansible YAML inventory file), each through
+    a session of its own: what a crashed or cut-off run left on a remote host is undone
+    there. Returns {host: what was removed, by kind, or the reason it could not be reached}."""
+    from labkit.testbed import inventory as inv
+    from labkit.testbed.remote import HostUnreachable, RemoteHost
+
+    parsed = inv.parse(inventory)
+    out = {}
+    for name, host in parsed.hosts.items():
+        try:
+            with RemoteHost(**host.connection(parsed)) as remote:
+                out[name] = remote.call(clean_here, include_live)
+        except HostUnreachable as exc:
+            out[name] = f"unreachable: {exc}"
+        if isinstance(out[name], str):
+            log(f"{name}: {out[name]}")
+        for kind, items in (out[name] if isinstance(out[name], dict) else {}).items():
+            for item in items:
+                log(f"{name}: removed {SINGULAR.get(kind, kind)}: {item}")
+    return out
+
+
+def clean_here(include_live: bool = False) -> dict:
+    """`clean` on this host, its result as plain text (called on remote hosts by
+    `clean_hosts`; the calling session's own run is live, so it is left alone)."""
+    removed = clean(include_live=include_live, log=lambda msg: None, student=None)
+    return {kind: [str(x) for x in items] for kind, items in removed.items()}
+

@@ -47,6 +47,7 @@ PACKAGES=(
     python3-bpfcc libbpfcc bpfcc-tools libbpf1
     iproute2 iptables ethtool netsniff-ng iputils-ping tcpdump iperf3
     dpdk dpdk-dev libdpdk-dev dpdk-doc     # dpdk-doc ships /usr/share/dpdk/examples
+    openvswitch-switch                     # Open vSwitch's userspace datapath (its own daemons per run)
     pkg-config make gcc python3-venv
     kmod                                   # modprobe: the kernel's pktgen where it is a module
     chromium                               # the reports are checked in a real headless browser

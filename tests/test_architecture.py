@@ -16,7 +16,7 @@ LAYERS = [
     ["labkit.testbed.runs", "labkit.testbed.signals"],
     ["labkit.testbed.hosts", "labkit.bpf", "labkit.verifier"],
     ["labkit.testbed"],
-    ["labkit.dpdk", "labkit.dataplanes"],
+    ["labkit.dpdk", "labkit.dataplanes", "labkit.ovs"],
     ["labkit.traffic"],
     ["labkit.measure"],
     ["labkit.results"],
