@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from labkit import ovs
 from labkit.testbed.runs import NETNS_DIR, PREFIX_RE, REGISTRY_DIR, RULE_COMMENT, RUN_ENV, live_prefixes, require_root
@@ -190,6 +191,7 @@ def _undo(found: dict, dpdk_run_gone, log) -> dict:
     # the registry goes last: while it is there, the run is not fully undone
     for reg in found["registries"]:
         reg.unlink(missing_ok=True)
+        shutil.rmtree(reg.with_name(f"{reg.stem}-bpf"), ignore_errors=True)  # a remote session's BPF sources
     for kind, items in removed.items():
         for item in items:
             log(f"removed {SINGULAR.get(kind, kind)}: {item}")

@@ -51,6 +51,7 @@ PACKAGES=(
     pkg-config make gcc python3-venv
     kmod                                   # modprobe: the kernel's pktgen where it is a module
     chromium                               # the reports are checked in a real headless browser
+    openssh-server ansible-core            # remote hosts (mitogen over SSH) and `labkit provision`
 )
 
 headers_present() {

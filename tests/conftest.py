@@ -162,6 +162,18 @@ def fwd_topo():
 
 
 @pytest.fixture
+def remote_hosts(tmp_path):
+    """Three "remote hosts": sshd in each of three namespaces, reached over management veths
+    with keys made for this test (tests/remote_hosts.py); all torn down afterwards."""
+    if os.geteuid() != 0 or not os.path.exists("/usr/sbin/sshd"):
+        pytest.skip("needs root and Debian's openssh-server (`sudo make setup`)")
+    from remote_hosts import NamespaceHosts
+
+    with NamespaceHosts(tmp_path, 3) as hosts:
+        yield hosts
+
+
+@pytest.fixture
 def capture():
     """capture(iface): an AF_PACKET socket on IFACE (tests/capture.py), closed afterwards."""
     from capture import Capture

@@ -14,8 +14,8 @@ PACKAGE = Path(labkit.__file__).parent
 LAYERS = [
     ["labkit", "labkit.errors", "labkit.addresses", "labkit.progress", "labkit.references", "labkit.packets"],
     ["labkit.testbed.runs", "labkit.testbed.signals"],
-    ["labkit.testbed.hosts", "labkit.bpf", "labkit.verifier"],
-    ["labkit.testbed"],
+    ["labkit.testbed.hosts", "labkit.bpf", "labkit.verifier", "labkit.testbed.remote", "labkit.testbed.remote_agent"],
+    ["labkit.testbed", "labkit.testbed.inventory"],
     ["labkit.dpdk", "labkit.dataplanes", "labkit.ovs"],
     ["labkit.traffic"],
     ["labkit.measure"],
