@@ -210,10 +210,12 @@ def _run_as(student: str, notebook: Path, workdir: Path, out: dict):
                     for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
-@pytest.mark.parametrize("lesson", ["01-testbed/01-testbed.ipynb", "03-maps/03-maps.ipynb"])
+@pytest.mark.parametrize("lesson", ["01-testbed/01-testbed.ipynb", "03-maps/03-maps.ipynb",
+                                    "09-measuring/09-measuring.ipynb"])
 def test_two_students_run_a_lesson_at_once(lesson, tmp_path):
     """Both pass: lesson 1 checks that each sees only their own namespaces while the other's
-    testbed may be up; lesson 3 sends traffic on both testbeds, measured or not."""
+    testbed may be up; lesson 3 sends traffic on both testbeds at once; lesson 9 measures,
+    each trial waiting for the machine-wide measurement lock."""
     out, threads = {}, []
     for s in ("s11", "s12"):
         (tmp_path / s).mkdir()
