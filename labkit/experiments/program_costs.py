@@ -15,6 +15,8 @@ configured" path:
   the test run only computes the verdict, nothing is sent);
 - xdp_gen.c: the generator with 64 flows (per-frame source-port and checksum rewrite,
   XDP_TX), and the sink (count per flow, XDP_DROP), loaded separately as in use;
+- latency.c: the probe sender (template restored, stamped, XDP_TX) and the sink with a
+  probe frame (delay histogrammed, XDP_DROP);
 - nat.c: source NAT of an established flow outbound, and its reply inbound. The NAT
   rewrites the frame it is given, so a repeated run would measure the already-translated
   frame (which takes the "no rule" path): these two are measured one run per system
@@ -40,6 +42,7 @@ from typing import Callable
 
 from labkit import BPF_DIR, bpf, packets
 from labkit.dataplanes.drop_filter import DropFilter
+from labkit.dataplanes.latency import LatencyProbe
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_fwd import XdpForwarder
@@ -150,8 +153,17 @@ def _setup_xdp_minimal(stack: ExitStack, frame: bytes):
             (bare.program, Scenario("xdp_minimal", "xdp_pass_bare", "xdp", "bare (baseline)", frame, "XDP_PASS"))]
 
 
+def _setup_latency(stack: ExitStack, frame: bytes):
+    probe = stack.enter_context(LatencyProbe.on_loopback())
+    return [(probe.program, Scenario("latency", "lat_probe", "xdp", "probe: headers restored, stamped", probe.frame,
+                                     "XDP_TX")),
+            (probe.program, Scenario("latency", "lat_sink", "xdp", "sink: a probe's delay histogrammed", probe.frame,
+                                     "XDP_DROP"))]
+
+
 SETUPS: dict[str, Callable] = {"drop_filter": _setup_drop_filter, "xdp_fwd": _setup_xdp_fwd,
-                               "xdp_gen": _setup_xdp_gen, "nat": _setup_nat, "xdp_minimal": _setup_xdp_minimal}
+                               "xdp_gen": _setup_xdp_gen, "nat": _setup_nat, "xdp_minimal": _setup_xdp_minimal,
+                               "latency": _setup_latency}
 
 
 def _default(stack: ExitStack, source: str, entries, frame: bytes):

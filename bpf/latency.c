@@ -1,0 +1,135 @@
+/* One-way latency probes. Control plane: labkit/dataplanes/latency.py (loads it, fills
+ * lat_template, sends probes with BPF_PROG_RUN in live-frames mode, reads the histogram).
+ *
+ * All hosts of the testbed share one kernel and so one clock: the sender stamps each
+ * probe with bpf_ktime_get_ns() as it goes out, the sink reads the same clock as the
+ * probe arrives, and the difference is the one-way delay through whatever forwards in
+ * between (generator's transmit, the device under test, delivery to the sink's XDP hook).
+ *
+ * lat_probe (sender): run with BPF_PROG_RUN, BPF_F_TEST_XDP_LIVE_FRAMES and a context
+ * whose ingress_ifindex is PROBE_IFINDEX (-D define): restores the frame's first
+ * LAT_TEMPLATE bytes from lat_template (a forwarder may have rewritten the recycled page),
+ * writes a sequence number and the send time after LAT_MAGIC, and returns XDP_TX. Any
+ * other packet passes.
+ *
+ * lat_sink (receiver, attached with XDP): a UDP frame to LAT_PORT whose payload starts
+ * with LAT_MAGIC is a probe: its delay goes into the log-linear histogram lat_hist
+ * (bpf/include/latency.h says how buckets are laid out) and the largest delay into
+ * lat_counts[LAT_MAX_NS]. Everything else is counted as LAT_OTHER. Every frame is then
+ * dropped (SINK_VERDICT, -D define, default XDP_DROP): the sink is the end of the path.
+ */
+#include <uapi/linux/bpf.h>
+#include "parsing_helpers.h"
+#include "latency.h"
+
+#ifndef PROBE_IFINDEX
+#define PROBE_IFINDEX 0
+#endif
+#ifndef SINK_VERDICT
+#define SINK_VERDICT XDP_DROP
+#endif
+
+struct lat_template {
+    u8 bytes[LAT_TEMPLATE];
+};
+
+struct lat_probe_hdr {
+    u32 magic;   /* LAT_MAGIC */
+    u32 seq;     /* per-CPU sequence of the sender */
+    u64 sent_ns; /* bpf_ktime_get_ns() at send */
+};
+
+BPF_ARRAY(lat_template, struct lat_template, 1);
+BPF_PERCPU_ARRAY(lat_seq, u32, 1);
+BPF_PERCPU_ARRAY(lat_counts, u64, LAT_COUNTS);
+BPF_PERCPU_ARRAY(lat_hist, u64, LAT_BUCKETS);
+
+int lat_probe(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    u32 zero = 0, sent = LAT_SENT;
+    if (ctx->ingress_ifindex != PROBE_IFINDEX)
+        return XDP_PASS;
+    struct lat_template *tpl = lat_template.lookup(&zero);
+    if (!tpl || data + LAT_TEMPLATE > data_end)
+        return XDP_ABORTED;
+    __builtin_memcpy(data, tpl->bytes, LAT_TEMPLATE);
+    struct lat_probe_hdr *h = data + LAT_PAYLOAD;
+    u32 *seq = lat_seq.lookup(&zero);
+    if (seq) {
+        h->seq = *seq;
+        *seq += 1;
+    }
+    u64 *n = lat_counts.lookup(&sent);
+    if (n)
+        *n += 1;
+    h->sent_ns = bpf_ktime_get_ns(); /* last: as close to the transmit as the program gets */
+    return XDP_TX;
+}
+
+/* floor(log2(v)) for v >= 1, without loops */
+static __always_inline u32 log2_u64(u64 v)
+{
+    u32 r = 0;
+    if (v >> 32) { v >>= 32; r += 32; }
+    if (v >> 16) { v >>= 16; r += 16; }
+    if (v >> 8) { v >>= 8; r += 8; }
+    if (v >> 4) { v >>= 4; r += 4; }
+    if (v >> 2) { v >>= 2; r += 2; }
+    if (v >> 1) { r += 1; }
+    return r;
+}
+
+static __always_inline u32 lat_bucket(u64 d)
+{
+    if (d < (1 << LAT_SUB_BITS))
+        return d;
+    u32 e = log2_u64(d);
+    u32 sub = (d >> (e - LAT_SUB_BITS)) & ((1 << LAT_SUB_BITS) - 1);
+    u32 idx = ((e - LAT_SUB_BITS + 1) << LAT_SUB_BITS) | sub;
+    return idx < LAT_BUCKETS ? idx : LAT_BUCKETS - 1;
+}
+
+static __always_inline void lat_inc(u32 slot)
+{
+    u64 *n = lat_counts.lookup(&slot);
+    if (n)
+        *n += 1;
+}
+
+int lat_sink(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    u64 now = bpf_ktime_get_ns();
+    struct hdr_cursor nh = {.pos = data};
+    struct ethhdr *eth;
+    struct iphdr *ip;
+    struct udphdr *udp;
+    if (parse_ethhdr(&nh, data_end, &eth) != htons(ETH_P_IP) || parse_iphdr(&nh, data_end, &ip) != IPPROTO_UDP
+        || parse_udphdr(&nh, data_end, &udp) < (int)sizeof(struct lat_probe_hdr) || udp->dest != htons(LAT_PORT))
+        goto other;
+    struct lat_probe_hdr *h = CURSOR_TAKE(&nh, data_end, struct lat_probe_hdr);
+    if (!h || h->magic != LAT_MAGIC)
+        goto other;
+    u64 sent = h->sent_ns;
+    if (sent > now) {
+        lat_inc(LAT_CLOCK_BACK);
+        return SINK_VERDICT;
+    }
+    u64 d = now - sent;
+    u32 idx = lat_bucket(d);
+    u64 *b = lat_hist.lookup(&idx);
+    if (b)
+        *b += 1;
+    lat_inc(LAT_PROBES);
+    u32 slot = LAT_MAX_NS;
+    u64 *mx = lat_counts.lookup(&slot);
+    if (mx && d > *mx)
+        *mx = d;
+    return SINK_VERDICT;
+other:
+    lat_inc(LAT_OTHER);
+    return SINK_VERDICT;
+}

@@ -1,0 +1,250 @@
+"""The control plane of bpf/latency.c: one-way latency probes and their histogram.
+
+    with LatencyProbe(topo.iface("snd"), dst_mac=rcv.mac, dst_ip="10.11.0.2") as probe, \\
+            probe.peer_ready(), bpf.attach_xdp(rcv, probe.sink(), "native"):
+        probe.send(2000, rate_pps=1000)           # probes, paced, from the sender
+        dist = probe.distribution()               # p50/p90/p99/p99.9/max (ns), counts
+        probe.cdf()                               # [(delay ns, fraction <= it)]
+
+The sender's program stamps each probe with the kernel's clock as it leaves (BPF_PROG_RUN
+in live-frames mode, one frame per call, paced from userspace); the sink's program on
+the receiver reads the same clock as the probe arrives, and counts the difference into
+a log-linear histogram (8 buckets per power of two: a percentile is read as its bucket's
+middle, within 6.25% of the true value; the maximum is exact). Every host of the testbed
+is a namespace of one kernel, so both ends share one clock and no synchronisation is
+needed. Frames that are not probes (background load) are counted and dropped alike, so
+the sink can end the path for load and probes at once.
+
+`under_load(load, ...)` sends the probes while LOAD (a callable that sends background
+traffic, e.g. a generator's `send` at a fixed rate) runs in another thread.
+
+A veth delivers XDP frames only to a peer in NAPI mode: `peer_ready()` attaches the bare
+XDP_PASS program to the sender's peer for the measurement where nothing native is there
+(and takes it off after), as the in-kernel generator does for its own sends.
+"""
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+import threading
+import time
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+from labkit import BPF_DIR, bpf, packets
+from labkit.dataplanes.minimal import Minimal
+from labkit.dataplanes.xdp_gen import can_transmit_xdp, thread_in_netns
+from labkit.errors import InputError, LabkitError
+
+SOURCE = "latency"
+HEADER = BPF_DIR / "include" / "latency.h"
+_F = bpf.enum_values(HEADER, "latency_frame")
+_H = bpf.enum_values(HEADER, "latency_hist")
+_C = bpf.enum_values(HEADER, "latency_counts")
+PORT, MAGIC, PAYLOAD, TEMPLATE = _F["LAT_PORT"], _F["LAT_MAGIC"], _F["LAT_PAYLOAD"], _F["LAT_TEMPLATE"]
+SUB_BITS, BUCKETS = _H["LAT_SUB_BITS"], _H["LAT_BUCKETS"]
+COUNTS = {name[4:].lower(): v for name, v in _C.items() if name != "LAT_COUNTS"}  # probes, other, ...
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+MAX_RATE = 100_000  # probes per second: above it the probes are load, not a probe
+
+
+def bucket_bounds(idx: int) -> tuple[int, int]:
+    """[low, high) in ns of histogram bucket IDX (the layout of bpf/include/latency.h)."""
+    sub = 1 << SUB_BITS
+    if idx < sub:
+        return idx, idx + 1
+    e = (idx >> SUB_BITS) + SUB_BITS - 1
+    width = 1 << (e - SUB_BITS)
+    low = (sub + (idx & (sub - 1))) * width
+    return low, low + width
+
+
+def bucket_of(ns: int) -> int:
+    """The bucket a delay of NS nanoseconds lands in (what the sink computes)."""
+    if ns < (1 << SUB_BITS):
+        return int(ns)
+    e = int(ns).bit_length() - 1
+    idx = ((e - SUB_BITS + 1) << SUB_BITS) | ((int(ns) >> (e - SUB_BITS)) & ((1 << SUB_BITS) - 1))
+    return min(idx, BUCKETS - 1)
+
+
+def percentiles(hist, max_ns: int | None = None, qs=PERCENTILES) -> dict:
+    """{'p50_ns': .., 'p90_ns': .., 'p99_ns': .., 'p99.9_ns': .., 'max_ns': .., 'probes': n}
+    from a histogram (counts per bucket): each percentile is the middle of the bucket that
+    holds its rank; NaN with no probes."""
+    total = int(sum(hist))
+    out = {"probes": total}
+    if total == 0:
+        out.update({f"p{q:g}_ns": float("nan") for q in qs})
+        out["max_ns"] = float("nan")
+        return out
+    cum, i, ranks = 0, 0, sorted(qs)
+    for q in ranks:
+        need = max(1, -(-q * total // 100))  # the nearest-rank definition
+        while cum + hist[i] < need:
+            cum += hist[i]
+            i += 1
+        lo, hi = bucket_bounds(i)
+        out[f"p{q:g}_ns"] = (lo + hi - 1) / 2
+    last = max(j for j, n in enumerate(hist) if n)
+    out["max_ns"] = float(max_ns) if max_ns else float(sum(bucket_bounds(last)) / 2)
+    return out
+
+
+def cdf(hist) -> list[tuple[float, float]]:
+    """[(bucket's upper bound in ns, fraction of probes at or below it)] for non-empty buckets."""
+    total = sum(hist)
+    out, cum = [], 0
+    for i, n in enumerate(hist):
+        if n:
+            cum += n
+            out.append((float(bucket_bounds(i)[1]), cum / total))
+    return out
+
+
+class LatencyProbe:
+    """bpf/latency.c loaded for SENDER (a topology interface: probes leave through it),
+    addressed to DST_MAC/DST_IP. Context manager: exit unloads it."""
+
+    def __init__(self, sender, *, dst_mac: str, dst_ip: str, src_ip: str | None = None, size: int = 64):
+        if not isinstance(size, int) or not TEMPLATE <= size <= 1514:
+            raise InputError(f"probe size {size!r}: {TEMPLATE}..1514 bytes (the probe's headers take {TEMPLATE})")
+        self.sender, self.size = sender, size
+        spec = packets.FrameSpec(sender.mac, dst_mac, src_ip or sender.address or "10.11.0.1", dst_ip,
+                                 proto="udp", sport=PORT, dport=PORT, size=size)
+        spec.validate()
+        self.frame = probe_frame(spec)
+        self.program = bpf.load(SOURCE, PROBE_IFINDEX=sender.ifindex)
+        self._minimal = None
+        try:
+            self.fn = self.program.function("lat_probe", "xdp")
+            tpl = self.program.map("lat_template")
+            tpl[ctypes.c_int(0)] = tpl.Leaf((ctypes.c_uint8 * TEMPLATE)(*self.frame[:TEMPLATE]))
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def on_loopback(cls) -> "LatencyProbe":
+        """Loaded for this namespace's loopback, a test run's default ingress: BPF_PROG_TEST_RUN
+        of the probe program then takes its sending path (costs, checks on crafted frames)."""
+        return cls(SimpleNamespace(name="lo", ifindex=socket.if_nametoindex("lo"), mac="02:00:00:00:00:0a",
+                                   address="10.11.0.1", peer=None, host=SimpleNamespace(netns=None)),
+                   dst_mac="02:00:00:00:00:0b", dst_ip="10.11.0.2")
+
+    def sink(self):
+        """The sink program, to attach to the receiving interface."""
+        return self.program.function("lat_sink", "xdp")
+
+    @contextmanager
+    def peer_ready(self):
+        """The sender's veth peer able to receive XDP frames while inside (see the module
+        docstring); nothing is changed where it already can."""
+        peer = getattr(self.sender, "peer", None)
+        if peer is None or can_transmit_xdp(self.sender) is not False:
+            yield
+            return
+        if bpf.xdp_state(peer).get("IFLA_XDP_ATTACHED"):
+            raise LabkitError(f"{peer.name} has a generic XDP program, so the sender's XDP frames cannot reach it: "
+                              "attach the data path's program in native mode for latency probes")
+        if self._minimal is None:
+            self._minimal = Minimal()
+        with bpf.attach_xdp(peer, self._minimal.pass_(), "native"):
+            yield
+
+    def send(self, count: int, rate_pps: float = 1000.0, timeout_s: float = 60.0, stop=None) -> int:
+        """COUNT probes at RATE_PPS, one per system call; returns how many were sent."""
+        if not isinstance(count, int) or count < 1:
+            raise InputError(f"probe count {count!r}: at least 1")
+        if not 0 < rate_pps <= MAX_RATE:
+            raise InputError(f"probe rate {rate_pps!r}: 0 < rate <= {MAX_RATE} per second (probes, not load)")
+        ctx = bpf.XdpMd(data=0, data_end=len(self.frame), ingress_ifindex=self.sender.ifindex)
+        sent, t0 = 0, time.monotonic()
+        deadline = t0 + timeout_s
+        with thread_in_netns(self.sender.host.netns):
+            while sent < count and time.monotonic() < deadline and not (stop and stop.is_set()):
+                due = t0 + sent / rate_pps
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                bpf.test_run(self.fn, self.frame, repeat=1, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES)
+                sent += 1
+        return sent
+
+    # ---- reading
+    def counts(self) -> dict:
+        """{probes, other, clock_back, sent, max_ns} summed over CPUs (max_ns: the largest)."""
+        table = self.program.map("lat_counts")
+        out = {}
+        for name, slot in COUNTS.items():
+            vals = [int(v) for v in table[ctypes.c_int(slot)]]
+            out[name] = max(vals) if name == "max_ns" else sum(vals)
+        return out
+
+    def histogram(self) -> list[int]:
+        """Probes per bucket (summed over CPUs), BUCKETS long."""
+        table = self.program.map("lat_hist")
+        return [int(sum(int(v) for v in table[ctypes.c_int(i)])) for i in range(BUCKETS)]
+
+    def distribution(self) -> dict:
+        """Percentiles (ns) and counts of the probes since the last `reset`."""
+        c = self.counts()
+        out = percentiles(self.histogram(), c["max_ns"])
+        out.update({"sent": c["sent"], "other": c["other"], "clock_back": c["clock_back"]})
+        return out
+
+    def cdf(self) -> list[tuple[float, float]]:
+        return cdf(self.histogram())
+
+    def reset(self) -> None:
+        for name in ("lat_hist", "lat_counts", "lat_seq"):
+            self.program.map(name).clear()
+
+    def under_load(self, load, count: int, rate_pps: float = 1000.0, warmup_s: float = 0.2) -> dict:
+        """Probe while LOAD() runs in another thread (started WARMUP_S before the probes);
+        the distribution of those probes, and what LOAD returned as 'load'. LOAD should
+        last longer than the probes (count / rate_pps seconds)."""
+        box, stop = {}, threading.Event()
+
+        def work():
+            try:
+                box["load"] = load()
+            except BaseException as exc:
+                box["error"] = exc
+
+        self.reset()
+        t = threading.Thread(target=work, name="labkit-latency-load", daemon=True)
+        t.start()
+        try:
+            time.sleep(warmup_s)
+            self.send(count, rate_pps, stop=stop)
+        finally:
+            t.join(120)
+        if "error" in box:
+            raise box["error"]
+        out = self.distribution()
+        out["load"] = box.get("load")
+        return out
+
+    def close(self) -> None:
+        for attr in ("_minimal", "program"):
+            owned = getattr(self, attr, None)
+            setattr(self, attr, None)
+            if owned is not None:
+                owned.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def probe_frame(spec: packets.FrameSpec) -> bytes:
+    """A probe: SPEC's frame with LAT_MAGIC opening its UDP payload and no UDP checksum
+    (the sender rewrites the stamp on every send; forwarders do not check it)."""
+    frame = bytearray(packets.build(spec))
+    frame[PAYLOAD - 2:PAYLOAD] = b"\0\0"  # UDP checksum: none
+    frame[PAYLOAD:PAYLOAD + 4] = struct.pack("=I", MAGIC)
+    return bytes(frame)

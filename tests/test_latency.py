@@ -1,0 +1,141 @@
+"""Latency probes for real: bpf/latency.c stamps probes as the sender's program sends them
+and histograms their one-way delay at the sink's XDP hook; the bucket layout in Python
+is the one the program uses; percentiles and the CDF read from the histogram; probes
+under background load; bad input refused; nothing left attached."""
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import pytest
+
+from labkit import bpf, traffic
+from labkit.dataplanes import latency
+from labkit.errors import InputError
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
+
+
+# ---------------------------------------------------------------- the histogram's layout
+def test_buckets_are_log_linear_and_contiguous():
+    assert [latency.bucket_bounds(i) for i in range(9)][:8] == [(i, i + 1) for i in range(8)]
+    prev_high = 0
+    for i in range(latency.BUCKETS):
+        lo, hi = latency.bucket_bounds(i)
+        assert lo == prev_high, f"bucket {i} starts at {lo}, the previous ended at {prev_high}"
+        if lo >= 8:
+            assert (hi - lo) * 8 <= lo, "each bucket is at most 1/8 of its lower bound wide"
+        prev_high = hi
+    for ns in (0, 1, 7, 8, 9, 15, 16, 1000, 12_345, 10**6, 3 * 10**9):
+        lo, hi = latency.bucket_bounds(latency.bucket_of(ns))
+        assert lo <= ns < hi
+
+
+def test_percentiles_and_cdf_from_a_histogram():
+    hist = [0] * latency.BUCKETS
+    b1, b2 = latency.bucket_of(10_000), latency.bucket_of(1_000_000)
+    hist[b1], hist[b2] = 990, 10
+    d = latency.percentiles(hist, max_ns=1_050_000)
+    lo1, hi1 = latency.bucket_bounds(b1)
+    lo2, hi2 = latency.bucket_bounds(b2)
+    assert lo1 <= d["p50_ns"] < hi1 and lo1 <= d["p90_ns"] < hi1 and lo1 <= d["p99_ns"] < hi1
+    assert lo2 <= d["p99.9_ns"] < hi2 and d["max_ns"] == 1_050_000 and d["probes"] == 1000
+    c = latency.cdf(hist)
+    assert c == [(float(hi1), 0.99), (float(hi2), 1.0)]
+    empty = latency.percentiles([0] * latency.BUCKETS)
+    assert empty["probes"] == 0 and empty["p50_ns"] != empty["p50_ns"]  # NaN
+
+
+# ---------------------------------------------------------------- the programs, on crafted frames
+def test_sink_histograms_probes_and_counts_the_rest(pair):
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+        sink = probe.sink()
+        frame = bytearray(probe.frame)
+        stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - 5_000_000  # sent 5 ms ago (bpf_ktime_get_ns's clock)
+        frame[latency._F["LAT_STAMP"]:latency._F["LAT_STAMP"] + 8] = struct.pack("=Q", stamp)
+        assert bpf.test_run(sink, bytes(frame)).action == "XDP_DROP"
+        hist = probe.histogram()
+        (idx,) = [i for i, n in enumerate(hist) if n]
+        lo, hi = latency.bucket_bounds(idx)
+        assert hi > 5_000_000 and lo < 5_000_000 + 10**9, "the delay lands in the bucket Python expects"
+        assert probe.counts()["max_ns"] >= 5_000_000
+        future = bytearray(frame)
+        future[latency._F["LAT_STAMP"]:latency._F["LAT_STAMP"] + 8] = struct.pack("=Q", 2**63)
+        bpf.test_run(sink, bytes(future))
+        other = bytearray(frame)
+        other[latency.PAYLOAD:latency.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
+        bpf.test_run(sink, bytes(other))
+        c = probe.counts()
+        assert (c["probes"], c["clock_back"], c["other"]) == (1, 1, 1)
+        probe.reset()
+        assert probe.counts()["probes"] == 0 and sum(probe.histogram()) == 0
+
+
+def test_probe_program_stamps_and_transmits(pair):
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+        # a context naming another interface (loopback): the probe program leaves the packet alone
+        res = bpf.test_run(probe.fn, probe.frame, ctx=bpf.XdpMd(ingress_ifindex=1))
+        assert res.action == "XDP_PASS" and probe.counts()["sent"] == 0
+    with latency.LatencyProbe.on_loopback() as lo_probe:
+        # the same program loaded for loopback, run on loopback: restored, stamped, transmitted
+        t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        res = bpf.test_run(lo_probe.fn, b"\xff" * len(lo_probe.frame), ctx=bpf.XdpMd(ingress_ifindex=1))
+        t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        assert res.action == "XDP_TX" and lo_probe.counts()["sent"] == 1
+        out = res.data_out
+        assert out[:latency.PAYLOAD + 4] == lo_probe.frame[:latency.PAYLOAD + 4], "headers restored from the template"
+        stamp = struct.unpack_from("=Q", out, latency._F["LAT_STAMP"])[0]
+        assert t0 <= stamp <= t1, "stamped with the kernel's monotonic clock during the run"
+
+
+
+# ---------------------------------------------------------------- probes on real veths
+def test_probes_cross_a_veth_and_are_histogrammed(pair):
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+        with bpf.attach_xdp(rcv, probe.sink(), "native"), probe.peer_ready():
+            assert probe.send(500, rate_pps=2000) == 500
+            time.sleep(0.1)
+            d = probe.distribution()
+            c = probe.cdf()
+    assert d["sent"] == 500 and d["probes"] == 500 and d["clock_back"] == 0
+    assert 0 < d["p50_ns"] <= d["p90_ns"] <= d["p99_ns"] <= d["p99.9_ns"]
+    assert d["max_ns"] >= latency.bucket_bounds(latency.bucket_of(int(d["p99.9_ns"])))[0]
+    assert c[-1][1] == 1.0 and all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(c, c[1:]))
+    assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
+
+
+def test_probes_under_background_load(pair):
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    gen = traffic.generator("xdp", snd, peer="none")
+    load = traffic.TrafficSpec.between(snd, rcv, size=64, count=100_000, rate_pps=100_000)
+    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+        # the sink is native XDP on the peer: the generator's frames are delivered to it
+        with bpf.attach_xdp(rcv, probe.sink(), "native"), probe.peer_ready():
+            d = probe.under_load(lambda: gen.send(load), count=300, rate_pps=1000)
+    gen.close()
+    assert d["probes"] == 300 and d["load"].packets == 100_000
+    assert d["other"] >= 50_000, "the background frames reached the sink while it ran"
+    assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
+
+
+def test_peer_ready_attaches_only_while_inside(pair):
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+        with probe.peer_ready():
+            assert bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED") == "xdp"
+        assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
+
+
+def test_bad_input_is_refused(pair):
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    with pytest.raises(InputError, match="probe size"):
+        latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, size=60)
+    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+        with pytest.raises(InputError, match="probe rate"):
+            probe.send(10, rate_pps=1e6)
+        with pytest.raises(InputError, match="probe count"):
+            probe.send(0)
