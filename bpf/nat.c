@@ -37,15 +37,24 @@
  * field, and the port's share is added directly when the checksum is a full one. A UDP
  * checksum of 0 ("none") stays 0.
  *
+ * IPv4 options are carried: the L4 header is read after the header's real length. A
+ * fragmented datagram is translated fragment by fragment: a static mapping needs no state
+ * (every fragment gets the address; the first one's L4 checksum, which covers the whole
+ * datagram, is updated incrementally); a SNAT flow's first fragment (it has the ports)
+ * is translated as its flow, and the address it got is remembered under its source,
+ * destination, identifier and protocol (`frags`, an LRU) for the later fragments.
+ * An ICMP error (destination unreachable, time exceeded, parameter problem) to the SNAT
+ * address about a packet a flow sent is translated back to the inside host, its embedded
+ * header too (see icmp_error_in).
+ *
  * What is not translated, by rule (each outcome, enum nat_outcome, counted in `stats`):
  *   - not IPv4 (ARP, IPv6, ...):                                  passed unchanged
  *   - malformed IPv4 (truncated, version != 4, IHL < 5, total
  *     length beyond the frame or too short for its L4 header):   passed unchanged
  *     (the kernel's own IPv4 checks drop it)
  *   - no rule concerns the packet's address:                      passed unchanged
- *   - a packet a rule concerns that carries IP options or is a
- *     fragment:                                                   dropped
- *     (except inbound to the SNAT address, which is passed: it may be the NAT host's own)
+ *   - a later fragment whose first fragment was not seen first:   outbound dropped
+ *     (drop_fragment), inbound to the SNAT address passed (pass_fragment)
  *   - a protocol a rule cannot translate (static: other than TCP/UDP/ICMP; SNAT
  *     outbound: other than TCP/UDP/ICMP echo request):           dropped
  *   - inbound to the SNAT address with no flow state:             passed unchanged
@@ -54,10 +63,10 @@
  *   - SNAT with no free port after PORT_PROBES tries:             dropped (drop_no_port)
  *   - a full flow table:                                          dropped (drop_table_full)
  *   - a checksum helper failing (never expected):                 dropped
- * ICMP error messages are translated in their outer header only (a static mapping).
+ * ICMP errors to a static mapping's address are translated in their outer header only.
  *
  * Defines: MAX_STATIC (static mappings), MAX_FLOWS (SNAT flows, each two entries),
- * PORT_PROBES (ports tried for a new flow).
+ * PORT_PROBES (ports tried for a new flow), FRAG_ENTRIES (datagrams in flight remembered).
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -72,17 +81,20 @@
 #ifndef MAX_FLOWS
 #define MAX_FLOWS 65536
 #endif
+#ifndef FRAG_ENTRIES
+#define FRAG_ENTRIES 4096
+#endif
 #ifndef PORT_PROBES
 #define PORT_PROBES 32
 #endif
 
 #define ETH_LEN 14
 #define IP_LEN 20
-#define L4_OFF (ETH_LEN + IP_LEN) /* options are never translated: L4 is at a fixed offset */
+#define L4_OFF (ETH_LEN + IP_LEN) /* where L4 starts without IPv4 options (ICMP errors, XDP) */
 /* what parsing needs linear: up to the TCP checksum embedded in an ICMP error */
 #define INNER_IP_OFF (L4_OFF + 8)
 #define INNER_L4_OFF (INNER_IP_OFF + IP_LEN)
-#define PULL_LEN (INNER_L4_OFF + 18)
+#define PULL_LEN (ETH_LEN + 60 + sizeof(struct tcphdr)) /* 60: the longest IPv4 header */
 #define E2BIG 7
 
 struct nat_config {
@@ -139,6 +151,18 @@ BPF_HASH(snat_out, struct nat_flow_key, struct nat_entry, MAX_FLOWS);
 BPF_HASH(snat_in, struct nat_flow_key, struct nat_entry, MAX_FLOWS);
 PKT_COUNTERS(stats, NAT_OUTCOME_MAX);
 
+/* Fragments: the first one of a SNAT datagram (it has the ports) is translated as its
+ * flow; its source, destination, identifier and protocol are remembered with the address
+ * it got, for the later ones (no ports), which arrive within moments, or never. */
+struct nat_frag_key {
+    u32 src;
+    u32 dst;
+    u16 id;
+    u8 proto;
+    u8 pad;
+};
+BPF_TABLE("lru_hash", struct nat_frag_key, u32, frags, FRAG_ENTRIES);
+
 static __always_inline int outcome(u32 which, u64 len, int verdict)
 {
     pkt_count(stats.lookup(&which), len);
@@ -156,14 +180,19 @@ struct pkt {
     u8 has_l4;   /* the L4 header the protocol needs is within the packet */
     u8 options;  /* IHL > 5 */
     u8 fragment; /* MF set or a non-zero offset */
+    u8 later;    /* a fragment other than the first (no L4 header) */
     u8 fin_rst;  /* TCP: FIN or RST set */
     u8 ttl;
     u8 tos;
+    u8 pad;
     u16 tot_len; /* host byte order */
+    u16 l4off;   /* where the L4 header starts in the frame: after the IPv4 options */
+    u16 ip_id;   /* network byte order */
 };
 
 /* 0: an IPv4 packet to consider; else the outcome to count and pass. DATA..DATA_END:
- * the linear part of a frame of LEN bytes. */
+ * the linear part of a frame of LEN bytes. The L4 header is read after the header's
+ * real length (options included); a later fragment has none. */
 static __always_inline int parse_frame(void *data, void *data_end, u32 len, struct pkt *p)
 {
     struct hdr_cursor nh = {.pos = data};
@@ -173,8 +202,6 @@ static __always_inline int parse_frame(void *data, void *data_end, u32 len, stru
         return NAT_PASS_MALFORMED + 1;
     if (eth_proto != htons(ETH_P_IP))
         return NAT_PASS_NOT_IPV4 + 1;
-    /* the fixed header only: a packet with options is never translated, so its L4
-     * header is not needed (and IHL, total length are checked against the rules here) */
     struct iphdr *ip = CURSOR_TAKE(&nh, data_end, struct iphdr);
     if (!ip)
         return NAT_PASS_MALFORMED + 1;
@@ -182,19 +209,23 @@ static __always_inline int parse_frame(void *data, void *data_end, u32 len, stru
     u32 tot = ntohs(ip->tot_len);
     if (ip->version != 4 || ihl < 5 || tot < ihl * 4 || tot + ETH_LEN > len)
         return NAT_PASS_MALFORMED + 1;
+    if (skip_ip_options(&nh, data_end, ip) < 0)
+        return NAT_PASS_MALFORMED + 1; /* the options run past the frame */
     p->ttl = ip->ttl;
     p->tos = ip->tos;
     p->tot_len = tot;
+    p->ip_id = ip->id;
     p->saddr = ip->saddr;
     p->daddr = ip->daddr;
     p->proto = ip->protocol;
     p->options = ihl > 5;
     p->fragment = (ip->frag_off & htons(0x3fff)) != 0;
-    if (p->options || p->fragment)
+    p->later = (ip->frag_off & htons(0x1fff)) != 0;
+    p->l4off = ETH_LEN + ihl * 4;
+    if (p->later)
         return 0;
-    /* no options: the cursor is at L4_OFF; the L4 header must fit the frame and the
-     * IPv4 total length */
-    u32 l4len = tot - IP_LEN;
+    /* the L4 header must fit the frame and the IPv4 total length */
+    u32 l4len = tot - ihl * 4;
     if (p->proto == IPPROTO_TCP) {
         struct tcphdr *th = CURSOR_TAKE(&nh, data_end, struct tcphdr);
         if (th && l4len >= sizeof(*th)) {
@@ -221,6 +252,16 @@ static __always_inline int parse_frame(void *data, void *data_end, u32 len, stru
     return 0;
 }
 
+/* 0: an IPv4 packet to consider; else the outcome to count and pass. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+    if (skb->len < ETH_LEN)
+        return NAT_PASS_MALFORMED + 1;
+    if ((void *)(long)skb->data + PULL_LEN > (void *)(long)skb->data_end && skb->len > skb->data_end - skb->data)
+        bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
+    return parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, p);
+}
+
 /* Two 16-bit one's-complement values are the same number (0x0000 and 0xffff are both zero). */
 static __always_inline int csum_same(u16 a, u16 b)
 {
@@ -238,42 +279,41 @@ static __always_inline u32 diff2(u16 from, u16 to)
     return (u16)~from + to;
 }
 
-/* 0: an IPv4 packet to consider; else the outcome to count and pass. */
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
-{
-    if (skb->len < ETH_LEN)
-        return NAT_PASS_MALFORMED + 1;
-    if ((void *)(long)skb->data + PULL_LEN > (void *)(long)skb->data_end && skb->len > skb->data_end - skb->data)
-        bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
-    return parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, p);
-}
+/* Which port a rewrite changes. */
+enum { PORT_NONE = 0, PORT_SRC, PORT_DST, PORT_ICMP_ID };
 
-/* Rewrite the source (outbound) or destination (inbound) address and, unless PORT_OFF
- * is 0, the port at PORT_OFF (a TCP/UDP source or destination port, or the ICMP echo
- * identifier) from PORT_FROM to PORT_TO; fix every checksum these cover. Direct packet
- * access, and one helper call for a TCP/UDP checksum (see the header comment).
+/* Rewrite the source (outbound) or destination (inbound) address of P's packet and the
+ * port WHICH (unless PORT_NONE) from PORT_FROM to PORT_TO; fix every checksum these
+ * cover. Direct packet access; a TCP/UDP checksum that may be partial takes one helper
+ * call (see the header comment). A later fragment has only its IPv4 header changed.
  * Returns 0, or -1 when the packet is not as parsed or a helper failed. */
-static __always_inline int rewrite(struct __sk_buff *skb, u8 proto, int inbound, u32 from, u32 to,
-                                   u32 port_off, u16 port_from, u16 port_to)
+static __always_inline int rewrite(struct __sk_buff *skb, struct pkt *p, int inbound, u32 from, u32 to,
+                                   int which, u16 port_from, u16 port_to)
 {
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
     struct iphdr *ip = data + ETH_LEN;
     if ((void *)(ip + 1) > data_end)
         return -1;
+    u8 proto = p->proto;
+    u32 l4off = p->l4off;
+    if (l4off > ETH_LEN + 60)
+        return -1;
     /* the pseudo-header sum before the rewrite: what a partial TCP/UDP checksum holds */
     u16 seed = csum_fold((ip->saddr >> 16) + (ip->saddr & 0xffff) + (ip->daddr >> 16) + (ip->daddr & 0xffff) +
-                         htons(proto) + htons(ntohs(ip->tot_len) - IP_LEN));
+                         htons(proto) + htons(p->tot_len - (l4off - ETH_LEN)));
     if (inbound)
         ip->daddr = to;
     else
         ip->saddr = to;
     csum_replace4(&ip->check, from, to);
+    if (p->later)
+        return 0;
 
     u32 csum_off;
     if (proto == IPPROTO_ICMP) {
-        if (port_off) {
-            struct icmphdr *ih = data + L4_OFF;
+        if (which) {
+            struct icmphdr *ih = data + l4off;
             if ((void *)(ih + 1) > data_end)
                 return -1;
             ih->un.echo.id = port_to;
@@ -281,30 +321,30 @@ static __always_inline int rewrite(struct __sk_buff *skb, u8 proto, int inbound,
         }
         return 0;
     } else if (proto == IPPROTO_TCP) {
-        csum_off = L4_OFF + offsetof(struct tcphdr, check);
+        csum_off = l4off + offsetof(struct tcphdr, check);
     } else if (proto == IPPROTO_UDP) {
-        csum_off = L4_OFF + offsetof(struct udphdr, check);
+        csum_off = l4off + offsetof(struct udphdr, check);
     } else {
         return 0;
     }
-    u16 *ports = data + L4_OFF;
+    u16 *ports = data + l4off;
     u16 *csum = data + csum_off;
     if ((void *)(ports + 2) > data_end || (void *)(csum + 1) > data_end)
         return -1;
-    if (port_off)
-        ports[port_off == L4_OFF + 2] = port_to;
+    if (which)
+        ports[which == PORT_DST] = port_to;
     u16 before = *csum;
     if (proto == IPPROTO_UDP && before == 0) {
         /* no checksum: nothing covers the address or the port; a receive checksum of the
          * whole packet (CHECKSUM_COMPLETE) gains the port's change */
-        if (inbound && port_off)
+        if (inbound && which)
             bpf_csum_update(skb, diff2(port_from, port_to));
         return 0;
     }
     if (!csum_same(before, seed)) {
         /* not the pseudo-header sum, so not a partial checksum: a full one, updated here */
         csum_replace4(csum, from, to);
-        if (port_off)
+        if (which)
             csum_replace2(csum, port_from, port_to);
         if (proto == IPPROTO_UDP && *csum == 0)
             *csum = 0xffff;
@@ -320,12 +360,14 @@ static __always_inline int rewrite(struct __sk_buff *skb, u8 proto, int inbound,
     u64 flags = BPF_F_PSEUDO_HDR | (proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0);
     if (bpf_l4_csum_replace(skb, csum_off, 0, d, flags))
         return -1;
-    if (!port_off || port_from == port_to)
+    if (!which || port_from == port_to)
         return 0;
     /* what the helper did shows the kind of checksum: a partial one (the pseudo-header
      * sum) gained the difference, a full one lost it; only a full one covers the port */
     data = (void *)(long)skb->data;
     data_end = (void *)(long)skb->data_end;
+    if (csum_off > ETH_LEN + 60 + 16)
+        return -1;
     csum = data + csum_off;
     if ((void *)(csum + 1) > data_end)
         return -1;
@@ -344,7 +386,7 @@ static __always_inline int rewrite(struct __sk_buff *skb, u8 proto, int inbound,
 
 static __always_inline int translatable_static(struct pkt *p)
 {
-    return (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_ICMP) && p->has_l4;
+    return (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_ICMP) && (p->has_l4 || p->later);
 }
 
 static __always_inline void count_mapping(u32 slot, u64 len, int inbound)
@@ -420,6 +462,20 @@ static __always_inline int expired(struct nat_config *cfg, u8 proto, struct nat_
     return 1;
 }
 
+/* A first fragment was translated to ADDR: its later fragments (same source,
+ * destination, identifier, protocol) will be too. */
+static __always_inline void remember_fragment(struct pkt *p, u32 addr)
+{
+    struct nat_frag_key fk = {.src = p->saddr, .dst = p->daddr, .id = p->ip_id, .proto = p->proto};
+    frags.update(&fk, &addr);
+}
+
+static __always_inline u32 *fragment_of(struct pkt *p)
+{
+    struct nat_frag_key fk = {.src = p->saddr, .dst = p->daddr, .id = p->ip_id, .proto = p->proto};
+    return frags.lookup(&fk);
+}
+
 /* Outbound SNAT of an established flow; 1 when done (translated or dropped, *verdict
  * set), 0 when there is no live flow for the packet. */
 static __always_inline int snat_established(struct __sk_buff *skb, struct nat_config *cfg, struct pkt *p,
@@ -439,8 +495,9 @@ static __always_inline int snat_established(struct __sk_buff *skb, struct nat_co
             return 0;
     }
     touch(fv, now, len, p->fin_rst);
-    u32 port_off = p->proto == IPPROTO_ICMP ? L4_OFF + offsetof(struct icmphdr, un.echo.id) : L4_OFF;
-    if (rewrite(skb, p->proto, 0, p->saddr, nat_addr, port_off, p->sport, nat_port))
+    if (p->fragment)
+        remember_fragment(p, nat_addr);
+    if (rewrite(skb, p, 0, p->saddr, nat_addr, p->proto == IPPROTO_ICMP ? PORT_ICMP_ID : PORT_SRC, p->sport, nat_port))
         *verdict = outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
     else
         *verdict = outcome(NAT_OUT_SNAT, len, TC_ACT_OK);
@@ -484,8 +541,9 @@ static __always_inline int snat_new(struct __sk_buff *skb, struct nat_config *cf
         snat_in.delete(&rkey);
         return outcome(NAT_DROP_TABLE_FULL, len, TC_ACT_SHOT);
     }
-    u32 port_off = p->proto == IPPROTO_ICMP ? L4_OFF + offsetof(struct icmphdr, un.echo.id) : L4_OFF;
-    if (rewrite(skb, p->proto, 0, p->saddr, nat_addr, port_off, p->sport, nat_port))
+    if (p->fragment)
+        remember_fragment(p, nat_addr);
+    if (rewrite(skb, p, 0, p->saddr, nat_addr, p->proto == IPPROTO_ICMP ? PORT_ICMP_ID : PORT_SRC, p->sport, nat_port))
         return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
     return outcome(NAT_OUT_SNAT_NEW, len, TC_ACT_OK);
 }
@@ -512,25 +570,31 @@ int nat_egress(struct __sk_buff *skb)
     if (p.proto != IPPROTO_ICMP)
         key.dport = p.dport;
     u64 now = bpf_jiffies64();
-    int snat_ok = inside && !p.options && !p.fragment && snat_protocol(&p, ICMP_ECHO);
+    int snat_ok = inside && snat_protocol(&p, ICMP_ECHO);
     if (snat_ok && snat_established(skb, cfg, &p, &key, now, &verdict))
         return verdict;
 
     struct static_value *st = static_out.lookup(&p.saddr);
     if (!st && !inside)
         return outcome(NAT_PASS_NO_RULE, len, TC_ACT_OK);
-    if (p.options)
-        return outcome(NAT_DROP_OPTIONS, len, TC_ACT_SHOT);
-    if (p.fragment)
-        return outcome(NAT_DROP_FRAGMENT, len, TC_ACT_SHOT);
     if (st) {
+        /* stateless: every fragment of a datagram gets the same address */
         if (!translatable_static(&p))
             return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
         u32 slot = st->slot;
-        if (rewrite(skb, p.proto, 0, p.saddr, st->addr, 0, 0, 0))
+        if (rewrite(skb, &p, 0, p.saddr, st->addr, PORT_NONE, 0, 0))
             return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
         count_mapping(slot, len, 0);
         return outcome(NAT_OUT_STATIC, len, TC_ACT_OK);
+    }
+    if (p.later) {
+        /* a later fragment: the address its first fragment got, if that went first */
+        u32 *addr = fragment_of(&p);
+        if (!addr)
+            return outcome(NAT_DROP_FRAGMENT, len, TC_ACT_SHOT);
+        if (rewrite(skb, &p, 0, p.saddr, *addr, PORT_NONE, 0, 0))
+            return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+        return outcome(NAT_OUT_FRAGMENT, len, TC_ACT_OK);
     }
     if (!snat_ok)
         return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
@@ -546,7 +610,7 @@ int nat_egress(struct __sk_buff *skb)
 static __always_inline int icmp_error_in(struct __sk_buff *skb, struct pkt *p, int *verdict)
 {
     u64 len = skb->len;
-    if (p->proto != IPPROTO_ICMP || !p->has_l4 || !(p->icmp_type == ICMP_DEST_UNREACH ||
+    if (p->proto != IPPROTO_ICMP || !p->has_l4 || p->options || p->fragment || !(p->icmp_type == ICMP_DEST_UNREACH ||
         p->icmp_type == ICMP_TIME_EXCEEDED || p->icmp_type == ICMP_PARAMETERPROB))
         return 0;
     void *data = (void *)(long)skb->data;
@@ -631,22 +695,28 @@ int nat_ingress(struct __sk_buff *skb)
     /* the SNAT address is never a static mapping's outside address (the control plane
      * refuses it), so a packet to it is a flow's or the NAT host's own */
     if (cfg->snat_addr && p.daddr == cfg->snat_addr) {
-        if (p.options || p.fragment)
-            return outcome(NAT_PASS_OPTIONS_OR_FRAGMENT, len, TC_ACT_OK);
+        if (p.later) {
+            u32 *addr = fragment_of(&p);
+            if (!addr)
+                return outcome(NAT_PASS_FRAGMENT, len, TC_ACT_OK);
+            if (rewrite(skb, &p, 1, p.daddr, *addr, PORT_NONE, 0, 0))
+                return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
+            return outcome(NAT_IN_FRAGMENT, len, TC_ACT_OK);
+        }
         if (icmp_error_in(skb, &p, &verdict))
             return verdict;
         if (!snat_protocol(&p, ICMP_ECHOREPLY))
             return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);
         struct nat_flow_key rkey = {.src = p.saddr, .dst = p.daddr, .proto = p.proto};
         u16 nat_port;
-        u32 port_off;
+        int which;
         if (p.proto == IPPROTO_ICMP) {
             nat_port = p.sport; /* the identifier */
-            port_off = L4_OFF + offsetof(struct icmphdr, un.echo.id);
+            which = PORT_ICMP_ID;
         } else {
             nat_port = p.dport;
             rkey.sport = p.sport;
-            port_off = L4_OFF + 2;
+            which = PORT_DST;
         }
         rkey.dport = nat_port;
         struct nat_entry *rev = snat_in.lookup(&rkey);
@@ -663,7 +733,9 @@ int nat_ingress(struct __sk_buff *skb)
                 return outcome(NAT_PASS_STALE_FLOW, len, TC_ACT_OK);
         }
         touch(rev, now, len, p.fin_rst);
-        if (rewrite(skb, p.proto, 1, p.daddr, in_addr, port_off, nat_port, in_port))
+        if (p.fragment)
+            remember_fragment(&p, in_addr);
+        if (rewrite(skb, &p, 1, p.daddr, in_addr, which, nat_port, in_port))
             return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
         return outcome(NAT_IN_SNAT, len, TC_ACT_OK);
     }
@@ -671,14 +743,10 @@ int nat_ingress(struct __sk_buff *skb)
     struct static_value *st = static_in.lookup(&p.daddr);
     if (!st)
         return outcome(NAT_PASS_NO_RULE, len, TC_ACT_OK);
-    if (p.options)
-        return outcome(NAT_DROP_OPTIONS, len, TC_ACT_SHOT);
-    if (p.fragment)
-        return outcome(NAT_DROP_FRAGMENT, len, TC_ACT_SHOT);
     if (!translatable_static(&p))
         return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
     u32 slot = st->slot;
-    if (rewrite(skb, p.proto, 1, p.daddr, st->addr, 0, 0, 0))
+    if (rewrite(skb, &p, 1, p.daddr, st->addr, PORT_NONE, 0, 0))
         return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
     count_mapping(slot, len, 1);
     return outcome(NAT_IN_STATIC, len, TC_ACT_OK);

@@ -65,8 +65,8 @@ def test_python_names_equal_the_headers_enums():
     assert nat_model.OUTCOMES == bpf.enum_names("nat.h", "nat_outcome", "NAT_") == [
         "out_static", "out_snat_new", "out_snat", "in_static", "in_snat",
         "pass_not_ipv4", "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_stale_flow",
-        "pass_options_or_fragment", "drop_options", "drop_fragment", "drop_protocol",
-        "drop_no_port", "drop_table_full", "drop_rewrite_failed", "in_icmp_error"]
+        "pass_fragment", "drop_fragment", "drop_protocol",
+        "drop_no_port", "drop_table_full", "drop_rewrite_failed", "in_icmp_error", "out_fragment", "in_fragment"]
     assert xdp_gen.VARY == {"sport": 1, "dport": 2, "src_ip": 4, "dst_ip": 8}
     l4 = bpf.enum_values("xdp_gen.h", "xdp_gen_l4")
     assert set(xdp_gen.L4.values()) == set(l4.values())

@@ -104,6 +104,26 @@ def icmp_error(rng, remote: str, sent: bytes) -> bytearray:
     return f + bytes(max(0, 60 - len(f)))
 
 
+def first_fragment(f: bytearray) -> bytearray:
+    """F as the first fragment of a longer datagram (MF set, offset 0)."""
+    f[20:22] = struct.pack("!H", 0x2000)
+    _fix_ip_csum(f)
+    return f
+
+
+def later_fragment(first: bytes, rng) -> bytearray:
+    """A later fragment of FIRST's datagram: the same addresses, identifier and protocol,
+    an offset past the first, some payload (and no L4 header)."""
+    payload = bytes(rng.randrange(256) for _ in range(rng.choice([8, 16, 64, 400])))
+    ihl = (first[14] & 0x0F) * 4
+    hdr = bytearray(first[14:14 + ihl])
+    hdr[2:4] = struct.pack("!H", ihl + len(payload))
+    hdr[6:8] = struct.pack("!H", rng.randrange(1, 1000) | (0x2000 if rng.random() < 0.5 else 0))
+    f = bytearray(first[:14]) + hdr + payload
+    _fix_ip_csum(f)
+    return f + bytes(max(0, 60 - len(f)))
+
+
 def mangle(f: bytearray, rng) -> bytes:
     """One of the ways a frame can be malformed or unusual."""
     kind = rng.randrange(12)
@@ -199,7 +219,26 @@ def test_fuzz_matches_model(nat):
                 p = packets.parse(got[1])
                 translated_replies.append((p.dst_ip, p.sport, p.proto, p.dport))
                 sent.append(got[1])
-        elif r < 0.46 and sent:  # an ICMP error about a packet that left translated
+        elif r < 0.50 and sent:  # a fragmented datagram out, and one back, first fragment first (mostly)
+            proto = rng.choice(["udp", "tcp", "icmp"])
+            src, dst = rng.choice(INSIDE_HOSTS), rng.choice(REMOTES)
+            f = valid(rng, src, dst, proto, rng.randrange(1, 65536), rng.choice([53, 80]))
+            if rng.random() < 0.3:
+                f = with_options(f, rng)
+            first = first_fragment(f)
+            got = check("out", bytes(first), "first fragment") if rng.random() < 0.9 else None
+            check("out", bytes(later_fragment(first, rng)), "later fragment")
+            if got and got[0].outcome.startswith("out_snat"):
+                p = packets.parse(got[1])
+                if proto == "icmp":
+                    back = valid(rng, dst, SNAT, "icmp", p.sport, 0, icmp_type=0)
+                else:
+                    back = valid(rng, dst, SNAT, proto, p.dport, p.sport)
+                back = first_fragment(back)
+                if rng.random() < 0.9:
+                    check("in", bytes(back), "first fragment back")
+                check("in", bytes(later_fragment(back, rng)), "later fragment back")
+        elif r < 0.56 and sent:  # an ICMP error about a packet that left translated
             out = rng.choice(sent)
             f = icmp_error(rng, packets.parse(out).dst_ip, out)
             if rng.random() < 0.15:
@@ -208,18 +247,18 @@ def test_fuzz_matches_model(nat):
                     check("in", frame, "malformed icmp error")
             else:
                 check("in", bytes(f), "icmp error")
-        elif r < 0.65 and translated_replies:  # a reply to a translated flow
+        elif r < 0.70 and translated_replies:  # a reply to a translated flow
             remote, nat_port, proto, rport = rng.choice(translated_replies)
             if proto == 1:
                 f = valid(rng, remote, SNAT, "icmp", nat_port, 0, icmp_type=0)
             else:
                 f = valid(rng, remote, SNAT, {6: "tcp", 17: "udp"}[proto], rport, nat_port)
             check("in", bytes(f), "reply")
-        elif r < 0.72:  # inbound to a static mapping's outside address, or the SNAT address with no flow
+        elif r < 0.76:  # inbound to a static mapping's outside address, or the SNAT address with no flow
             dst = rng.choice(list(STATIC.values()) + [SNAT])
             f = valid(rng, rng.choice(REMOTES), dst, icmp_type=rng.choice([None, 0, 8, 3]))
             check("in", bytes(f), "inbound")
-        elif r < 0.77:  # addresses no rule concerns
+        elif r < 0.80:  # addresses no rule concerns
             f = valid(rng, rng.choice(OTHER + REMOTES), rng.choice(OTHER + REMOTES))
             check(rng.choice(["in", "out"]), bytes(f), "unrelated")
         else:  # malformed or unusual, in either direction
@@ -239,8 +278,8 @@ def test_fuzz_matches_model(nat):
     assert program == {k: counts.get(k, 0) for k in OUTCOMES}, "the program's outcome counters disagree with the model"
     # the run covered every outcome the rules can produce without a full table
     for outcome in ("out_static", "out_snat_new", "out_snat", "in_static", "in_snat", "pass_not_ipv4",
-                    "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_options_or_fragment",
-                    "drop_options", "drop_fragment", "drop_protocol", "in_icmp_error"):
+                    "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_fragment",
+                    "drop_fragment", "drop_protocol", "in_icmp_error", "out_fragment", "in_fragment"):
         assert counts[outcome] > 0, f"the fuzz run never produced {outcome}: widen it"
     print(f"\nfuzz: {checked} frames checked against the model ({malformed} malformed), seed {SEED}: "
           + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))

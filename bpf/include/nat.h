@@ -15,14 +15,15 @@ enum nat_outcome {
     NAT_PASS_NO_RULE,
     NAT_PASS_NO_FLOW,
     NAT_PASS_STALE_FLOW,
-    NAT_PASS_OPTIONS_OR_FRAGMENT,
-    NAT_DROP_OPTIONS,
-    NAT_DROP_FRAGMENT,
+    NAT_PASS_FRAGMENT,  /* a later fragment to the SNAT address whose first was not seen */
+    NAT_DROP_FRAGMENT,  /* a later fragment from inside whose first was not seen */
     NAT_DROP_PROTOCOL,
     NAT_DROP_NO_PORT,
     NAT_DROP_TABLE_FULL,
     NAT_DROP_REWRITE_FAILED,
     NAT_IN_ICMP_ERROR, /* an ICMP error about a SNAT flow: outer and embedded headers translated */
+    NAT_OUT_FRAGMENT,  /* a later fragment, translated as its first fragment was */
+    NAT_IN_FRAGMENT,
     NAT_OUTCOME_MAX, /* the number of outcomes, not one of them */
 };
 

@@ -23,14 +23,15 @@ from labkit.errors import InputError
 #: The program's outcomes, in the order of its `stats` map: enum nat_outcome of
 #: bpf/include/nat.h ("out_static", "out_snat_new", ..., "drop_rewrite_failed").
 OUTCOMES = enum_names("nat.h", "nat_outcome", "NAT_")
-TRANSLATED = {"out_static", "out_snat_new", "out_snat", "in_static", "in_snat", "in_icmp_error"}
+TRANSLATED = {"out_static", "out_snat_new", "out_snat", "in_static", "in_snat", "in_icmp_error", "out_fragment",
+              "in_fragment"}
 TCP, UDP, ICMP = 6, 17, 1
 ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
 ICMP_ERRORS = (3, 11, 12)  # destination unreachable, time exceeded, parameter problem
 ETH, IP = 14, 20
 L4 = ETH + IP
-#: Offsets of the checksum fields (in the frame) per protocol.
-L4_CSUM = {TCP: L4 + 16, UDP: L4 + 6, ICMP: L4 + 2}
+#: Offsets of the checksum fields in the L4 header, per protocol.
+L4_CSUM = {TCP: 16, UDP: 6, ICMP: 2}
 L4_HDR = {TCP: 20, UDP: 8, ICMP: 8}
 
 
@@ -60,6 +61,9 @@ class Packet:
     sport: int = 0  # TCP/UDP source port; ICMP echo identifier
     dport: int = 0
     icmp_type: int | None = None
+    l4: int = L4  # where the L4 header starts in the frame (after the IPv4 options)
+    later: bool = False  # a fragment other than the first: no L4 header
+    ip_id: int = 0
 
 
 def parse(frame: bytes) -> Packet:
@@ -75,17 +79,20 @@ def parse(frame: bytes) -> Packet:
         return Packet("pass_malformed")
     p = Packet(None, _ip(frame[ETH + 12:ETH + 16]), _ip(frame[ETH + 16:ETH + 20]), frame[ETH + 9], tot)
     p.options = ihl > 5
-    p.fragment = (struct.unpack("!H", frame[ETH + 6:ETH + 8])[0] & 0x3FFF) != 0
-    if p.options or p.fragment:
+    frag = struct.unpack("!H", frame[ETH + 6:ETH + 8])[0]
+    p.fragment, p.later = (frag & 0x3FFF) != 0, (frag & 0x1FFF) != 0
+    p.ip_id = struct.unpack("!H", frame[ETH + 4:ETH + 6])[0]
+    p.l4 = l4 = ETH + ihl * 4
+    if p.later:
         return p
     need = L4_HDR.get(p.proto)
-    if need is not None and tot - IP >= need:
+    if need is not None and tot - ihl * 4 >= need:
         p.has_l4 = True
         if p.proto == ICMP:
-            p.icmp_type = frame[L4]
-            p.sport = struct.unpack("!H", frame[L4 + 4:L4 + 6])[0]
+            p.icmp_type = frame[l4]
+            p.sport = struct.unpack("!H", frame[l4 + 4:l4 + 6])[0]
         else:
-            p.sport, p.dport = struct.unpack("!HH", frame[L4:L4 + 4])
+            p.sport, p.dport = struct.unpack("!HH", frame[l4:l4 + 4])
     return p
 
 
@@ -121,6 +128,9 @@ class NatModel:
         self.flows: dict[tuple, tuple[int, int]] = {}
         #: (remote, nat addr, remote port or 0, nat port, proto) -> (inside, inside port)
         self.reverse: dict[tuple, tuple[int, int]] = {}
+        #: (source, destination, IP identifier, proto) of a translated first fragment -> the
+        #: address it got (outbound: the SNAT address; inbound: the inside host)
+        self.frags: dict[tuple, int] = {}
 
     # ------------------------------------------------------------ outbound
     def outbound(self, frame: bytes, observed: bytes | None = None) -> Expected:
@@ -133,36 +143,39 @@ class NatModel:
         snat = st is None and self.snat and ipaddress.IPv4Address(p.saddr) in self.inside
         if st is None and not snat:
             return Expected("pass_no_rule", frame)
-        if p.options:
-            return Expected("drop_options", None)
-        if p.fragment:
-            return Expected("drop_fragment", None)
-        if st is not None:
-            if not (p.proto in (TCP, UDP, ICMP) and p.has_l4):
+        if st is not None:  # stateless: every fragment gets the address
+            if not (p.proto in (TCP, UDP, ICMP) and (p.has_l4 or p.later)):
                 return Expected("drop_protocol", None)
             return self._rewrite(frame, p, "out_static", src=st)
+        if p.later:  # the address its first fragment got, if that came first
+            fk = (p.saddr, p.daddr, p.ip_id, p.proto)
+            if fk not in self.frags:
+                return Expected("drop_fragment", None)
+            return self._rewrite(frame, p, "out_fragment", src=self.frags[fk])
         if not p.has_l4 or not (p.proto in (TCP, UDP) or (p.proto == ICMP and p.icmp_type == ICMP_ECHO)):
             return Expected("drop_protocol", None)
         key = (p.saddr, p.daddr, p.sport, 0 if p.proto == ICMP else p.dport, p.proto)
         if key in self.flows:
             nat_addr, nat_port = self.flows[key]
-            rkey = (p.daddr, nat_addr, 0 if p.proto == ICMP else p.dport, nat_port, p.proto)
+            outcome = "out_snat"
+        else:
+            nat_addr, nat_port = self.snat, self._choose_port(p, observed)
+            rkey = (p.daddr, self.snat, 0 if p.proto == ICMP else p.dport, nat_port, p.proto)
+            self.flows[key] = (self.snat, nat_port)
             self.reverse[rkey] = (p.saddr, p.sport)
-            return self._rewrite(frame, p, "out_snat", src=nat_addr, sport=nat_port)
-        nat_port = self._choose_port(p, observed)
-        rkey = (p.daddr, self.snat, 0 if p.proto == ICMP else p.dport, nat_port, p.proto)
-        self.flows[key] = (self.snat, nat_port)
-        self.reverse[rkey] = (p.saddr, p.sport)
-        return self._rewrite(frame, p, "out_snat_new", src=self.snat, sport=nat_port)
+            outcome = "out_snat_new"
+        if p.fragment:
+            self.frags[(p.saddr, p.daddr, p.ip_id, p.proto)] = nat_addr
+        return self._rewrite(frame, p, outcome, src=nat_addr, sport=nat_port)
 
     def _choose_port(self, p: Packet, observed: bytes | None) -> int:
         rport = 0 if p.proto == ICMP else p.dport
         free = lambda port: (p.daddr, self.snat, rport, port, p.proto) not in self.reverse  # noqa: E731
         if observed is None:
             return next(x for x in range(self.port_min, self.port_max + 1) if free(x))
-        if len(observed) < L4 + 6:
+        if len(observed) < p.l4 + 6:
             raise ModelMismatch("a new SNAT flow's packet came out truncated")
-        off = L4 + 4 if p.proto == ICMP else L4
+        off = p.l4 + 4 if p.proto == ICMP else p.l4
         port = struct.unpack("!H", observed[off:off + 2])[0]
         if not self.port_min <= port <= self.port_max:
             raise ModelMismatch(f"new flow got port {port}, outside the range {self.port_min}-{self.port_max}")
@@ -176,40 +189,38 @@ class NatModel:
         p = parse(frame)
         if p.outcome:
             return Expected(p.outcome, frame)
-        st = self.static_in.get(p.daddr)
-        if st is not None:
-            if p.options:
-                return Expected("drop_options", None)
+        if self.snat and p.daddr == self.snat:
+            if p.later:
+                fk = (p.saddr, p.daddr, p.ip_id, p.proto)
+                if fk not in self.frags:
+                    return Expected("pass_fragment", frame)
+                return self._rewrite(frame, p, "in_fragment", dst=self.frags[fk])
+            if p.proto == ICMP and p.icmp_type in ICMP_ERRORS and not p.options and not p.fragment:
+                exp = self._icmp_error(frame, p)
+                if exp is not None:
+                    return exp
+            if not p.has_l4 or not (p.proto in (TCP, UDP) or (p.proto == ICMP and p.icmp_type == ICMP_ECHO_REPLY)):
+                return Expected("pass_no_flow", frame)
+            if p.proto == ICMP:
+                rkey = (p.saddr, p.daddr, 0, p.sport, p.proto)
+            else:
+                rkey = (p.saddr, p.daddr, p.sport, p.dport, p.proto)
+            if rkey not in self.reverse:
+                return Expected("pass_no_flow", frame)
+            inside, in_port = self.reverse[rkey]
             if p.fragment:
-                return Expected("drop_fragment", None)
-            if not (p.proto in (TCP, UDP, ICMP) and p.has_l4):
-                return Expected("drop_protocol", None)
-            return self._rewrite(frame, p, "in_static", dst=st)
-        if not self.snat or p.daddr != self.snat:
+                self.frags[(p.saddr, p.daddr, p.ip_id, p.proto)] = inside
+            if p.proto == ICMP:
+                return self._rewrite(frame, p, "in_snat", dst=inside, sport=in_port)
+            return self._rewrite(frame, p, "in_snat", dst=inside, dport=in_port)
+        st = self.static_in.get(p.daddr)
+        if st is None:
             return Expected("pass_no_rule", frame)
-        if p.options or p.fragment:
-            return Expected("pass_options_or_fragment", frame)
-        if p.proto == ICMP and p.icmp_type in ICMP_ERRORS:
-            exp = self._icmp_error(frame, p)
-            if exp is not None:
-                return exp
-        if not p.has_l4 or not (p.proto in (TCP, UDP) or (p.proto == ICMP and p.icmp_type == ICMP_ECHO_REPLY)):
-            return Expected("pass_no_flow", frame)
-        if p.proto == ICMP:
-            rkey, nat_port = (p.saddr, p.daddr, 0, p.sport, p.proto), p.sport
-        else:
-            rkey, nat_port = (p.saddr, p.daddr, p.sport, p.dport, p.proto), p.dport
-        if rkey not in self.reverse:
-            return Expected("pass_no_flow", frame)
-        inside, in_port = self.reverse[rkey]
-        key = (inside, p.saddr, in_port, 0 if p.proto == ICMP else p.sport, p.proto)
-        if self.flows.get(key) != (p.daddr, nat_port):
-            del self.reverse[rkey]
-            return Expected("pass_stale_flow", frame)
-        if p.proto == ICMP:
-            return self._rewrite(frame, p, "in_snat", dst=inside, sport=in_port)
-        return self._rewrite(frame, p, "in_snat", dst=inside, dport=in_port)
+        if not (p.proto in (TCP, UDP, ICMP) and (p.has_l4 or p.later)):
+            return Expected("drop_protocol", None)
+        return self._rewrite(frame, p, "in_static", dst=st)
 
+    # ------------------------------------------------------------ ICMP errors
     def _icmp_error(self, frame: bytes, p: Packet) -> Expected | None:
         """An ICMP error about a packet a SNAT flow sent (the embedded header is that packet
         as it left): outer destination, embedded source and port back to the inside host's,
@@ -265,34 +276,33 @@ class NatModel:
     # ------------------------------------------------------------ rewriting
     def _rewrite(self, frame: bytes, p: Packet, outcome: str, *, src=None, dst=None, sport=None, dport=None) -> Expected:
         out = bytearray(frame)
-        end = ETH + p.tot_len
+        end, l4 = ETH + p.tot_len, p.l4
         pseudo_in = self._pseudo(frame, p)
-        l4_err = ip_err = None
-        csum_off = L4_CSUM.get(p.proto)
-        udp_none = p.proto == UDP and frame[csum_off:csum_off + 2] == b"\0\0"
-        if csum_off is not None:
-            # the input's error: 0 (mod 0xFFFF) for a packet whose checksum verifies
-            l4_err = _sum16(pseudo_in + frame[L4:end])
-        ip_err = _sum16(frame[ETH:L4])
+        ip_err = _sum16(frame[ETH:l4])
+        csum_off = None if p.later or p.proto not in L4_CSUM else l4 + L4_CSUM[p.proto]
+        udp_none = p.proto == UDP and csum_off is not None and frame[csum_off:csum_off + 2] == b"\0\0"
+        # the input's error: 0 (mod 0xFFFF) for a packet whose checksum verifies (a first
+        # fragment's never does alone: its error is what the rest of the datagram adds)
+        l4_err = _sum16(pseudo_in + frame[l4:end]) if csum_off is not None else None
         if src is not None:
             out[ETH + 12:ETH + 16] = struct.pack("!I", src)
         if dst is not None:
             out[ETH + 16:ETH + 20] = struct.pack("!I", dst)
         if p.proto == ICMP:
             if sport is not None:
-                out[L4 + 4:L4 + 6] = struct.pack("!H", sport)
+                out[l4 + 4:l4 + 6] = struct.pack("!H", sport)
         else:
             if sport is not None:
-                out[L4:L4 + 2] = struct.pack("!H", sport)
+                out[l4:l4 + 2] = struct.pack("!H", sport)
             if dport is not None:
-                out[L4 + 2:L4 + 4] = struct.pack("!H", dport)
+                out[l4 + 2:l4 + 4] = struct.pack("!H", dport)
         fields = [(ETH + 10, False)]
-        # IPv4 header checksum: from scratch, plus the input's error
+        # IPv4 header checksum (options included): from scratch, plus the input's error
         out[ETH + 10:ETH + 12] = b"\0\0"
-        out[ETH + 10:ETH + 12] = struct.pack("!H", (ip_err - _sum16(bytes(out[ETH:L4]))) % 0xFFFF)
+        out[ETH + 10:ETH + 12] = struct.pack("!H", (ip_err - _sum16(bytes(out[ETH:l4]))) % 0xFFFF)
         if csum_off is not None and not udp_none:
             out[csum_off:csum_off + 2] = b"\0\0"
-            others = _sum16(self._pseudo(bytes(out), p) + bytes(out[L4:end]))
+            others = _sum16(self._pseudo(bytes(out), p) + bytes(out[l4:end]))
             value = (l4_err - others) % 0xFFFF
             if p.proto == UDP and value == 0:
                 value = 0xFFFF  # 0 means "no checksum" in UDP
@@ -304,7 +314,7 @@ class NatModel:
     def _pseudo(frame: bytes, p: Packet) -> bytes:
         if p.proto not in (TCP, UDP):
             return b""  # the ICMP checksum covers the message only
-        return frame[ETH + 12:ETH + 20] + struct.pack("!BBH", 0, p.proto, p.tot_len - IP)
+        return frame[ETH + 12:ETH + 20] + struct.pack("!BBH", 0, p.proto, p.tot_len - (p.l4 - ETH))
 
     # ------------------------------------------------------------ comparing
     @staticmethod
