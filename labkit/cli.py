@@ -14,6 +14,9 @@
   labkit bench [--smoke]      the benchmark: drop rates at 64 bytes, program costs, generators
   labkit clean [--all]        remove what crashed runs left (namespaces, links, XDP, rules)
   labkit doctor               what is installed, what is missing for which experiment
+  labkit watch [IFACE|NETNS:IFACE|RUN ...] [-i SECONDS] [-n LINES]
+        per-second rx/tx packets and bits, drops and attached XDP programs' counters
+        (default: every interface of the live labkit runs)
 """
 from __future__ import annotations
 
@@ -94,6 +97,12 @@ def cmd_doctor(args) -> int:
     return doctor.main()
 
 
+def cmd_watch(args) -> int:
+    from labkit.measure import watch
+
+    return watch.main(args.targets, args.interval, args.count)
+
+
 def main(argv=None) -> int:
     parser = _Parser(prog="labkit", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -112,6 +121,11 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_clean)
     p = sub.add_parser("doctor", help="what is installed and what each experiment needs")
     p.set_defaults(fn=cmd_doctor)
+    p = sub.add_parser("watch", help="per-second rates of interfaces and their XDP programs' counters")
+    p.add_argument("targets", nargs="*", help="IFACE, NETNS:IFACE or a run prefix lkXXXX (default: live runs)")
+    p.add_argument("-i", "--interval", type=float, default=1.0, help="seconds per line (default 1)")
+    p.add_argument("-n", "--count", type=int, default=None, help="stop after this many lines")
+    p.set_defaults(fn=cmd_watch)
     args = parser.parse_args(argv)
     from labkit.errors import LabkitError
 
