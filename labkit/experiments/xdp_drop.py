@@ -27,7 +27,7 @@ from labkit.testbed import runs
 from labkit.dataplanes import softirq_clock
 from labkit import measure
 from labkit import addresses
-from labkit.testbed import topology
+from labkit.testbed import inventory, topology
 from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
 from labkit.errors import InputError
 from labkit.dataplanes.drop_filter import DropFilter
@@ -70,6 +70,7 @@ class Params:
     point_s: float = 0.5  # seconds of traffic per sweep/search point
     progress: bool = True  # a text progress bar on stderr
     smoke: bool = False
+    inventory: str | None = None  # an Ansible YAML inventory: sender and receiver on other machines
 
     def validate(self) -> "Params":
         # the values as given are checked first (types, then ranges); smoke shortens after
@@ -89,6 +90,11 @@ class Params:
             raise InputError(f"cpu_loads {self.cpu_loads}: positive rates in packets per second")
         if self.sweep_steps < 0 or self.point_s <= 0:
             raise InputError("sweep_steps must be >= 0 and point_s > 0")
+        if self.inventory is not None:
+            if self.sender_if or self.receiver_if:
+                raise InputError("inventory with sender_if/receiver_if: name the interfaces in the inventory "
+                                 "(labkit_interface of the sender and the receiver), not both")
+            inventory.parse(self.inventory).require(HOST_ROLES)
         if self.smoke:
             smoke_clamp(self, SMOKE)
         return self
@@ -100,6 +106,8 @@ def run(data_dir=None, **kwargs) -> Result:
     them), 'cpu_at_load', 'test_run' (rows of the program cost), 'costs' (one row per
     program and trial)."""
     p = Params(**kwargs).validate()
+    if p.inventory is not None:
+        return _run_across_hosts(p, data_dir)
     runs.require_root("the XDP drop experiment")
     spec = topology.pair(sender_if=p.sender_if, receiver_if=p.receiver_if)
     spec.validate()
@@ -169,6 +177,52 @@ def _load_tests(p: Params, gen, tspec, topo, rcv, filt, clock, rs) -> None:
                 rows += [dict(r, kind="cpu_at_load") for r in
                          loadsweep.cpu_at_loads(trial, p.cpu_loads, variant=variant, size=tspec.size)]
     loadsweep.add_to(rs, rows)
+
+
+HOST_ROLES = ("sender", "receiver")  # what an inventory must name for this experiment
+
+
+def _run_across_hosts(p: Params, data_dir) -> Result:
+    """The side-by-side trials with the generator on the inventory's sender host and each
+    variant on its receiver host (load sweeps and program costs stay on one machine)."""
+    from labkit.experiments import across_hosts
+
+    tools = {"sender": across_hosts.GENERATOR_TOOLS.get(p.generator, []), "receiver": ["python:bcc", "iptables"]}
+    with across_hosts.Testbed(p.inventory, HOST_ROLES, tools) as bed:
+        snd, rcv = across_hosts.end(bed, "sender"), across_hosts.end(bed, "receiver")
+        rs = results.ResultSet(EXPERIMENT, _jsonable(p), runs.Run().prefix, data_dir)
+        specs = {size: traffic.TrafficSpec(snd.mac, p.dst_mac or rcv.mac, snd.address or "10.11.0.1",
+                                           rcv.address or "10.11.0.2", size=size, count=p.count, flows=p.flows,
+                                           rate_pps=p.rate_pps, timeout_s=p.timeout_s).validate() for size in p.sizes}
+        with across_hosts.RemoteGenerator(snd, p.generator) as gen:
+            def measure_one(variant, size, trial):
+                with rcv.host.hold(f"{__name__}:receiver_variant", rcv.ifname, variant, p.rule) as processed:
+                    return measure.run_trial(lambda: gen.send(specs[size]), processed, size=size,
+                                             probes={"snd": snd.counters, "rcv": rcv.counters},
+                                             offered_probe=("snd", "tx_packets"))
+
+            trial_loop(p.variants, p.trials, measure_one,
+                       lambda v, size, t, m: rs.add_measurement(v, t, m, generator=gen.name, flows=p.flows, kind="trial"),
+                       sizes=p.sizes, label=EXPERIMENT, show=p.progress)
+        for r in rs.rows:  # the CPU this machine measured is neither host's: blank rather than misread
+            if "cpu" in r["measure"] or "softirq" in r["measure"]:
+                r["value"] = float("nan")
+        rs.caveat(f"across hosts ({snd.host.name} -> {rcv.host.name}): rates only (CPU is not measured across "
+                  "hosts), and load sweeps, searches and program costs were not run")
+        run_dir = rs.save(bed, {"generator": gen.name, "rule": RULES[p.rule]})
+    return Result(EXPERIMENT, rs.table, interpret(rs.table, None), rs.caveats, run_dir, p, {}, headline_of=headline)
+
+
+@contextmanager
+def receiver_variant(ifname: str, variant: str, rule: str):
+    """On the receiver host of an inventory run: VARIANT set up on IFNAME (the drop filter
+    compiled by this host's bcc); yields its counter. Undone on exit."""
+    from labkit.experiments.across_hosts import local_interface
+
+    with DropFilter() as filt:
+        _rule(filt, rule)
+        with _variant(variant, None, local_interface(ifname), filt, rule) as processed:
+            yield processed
 
 
 def search_table(rows):

@@ -1,0 +1,116 @@
+"""Experiments across machines: the sender on one host, the receiver on another, named by
+an inventory (`labkit.testbed.inventory`).
+
+An experiment given ``inventory=PATH`` keeps its trial loop here, on the controlling
+machine, and puts each piece where it belongs: the generator runs on the sender host,
+the receiver's variant (an XDP program, a tc filter, an iptables rule) is set up on the
+receiver host by that host's own bcc and kernel, and the counters are read on each. The
+pieces are context managers held open on their host for as long as the local `with`
+lasts (`RemoteHost.hold`), so a variant is undone there on any exit, and a host lost
+mid-run leaves a registered session that `labkit clean --inventory` undoes.
+
+    with Testbed(path, ("sender", "receiver"), tools=...) as bed:
+        snd, rcv = end(bed, "sender"), end(bed, "receiver")
+        with RemoteGenerator(snd, "trafgen") as gen:
+            gen.send(TrafficSpec(...))
+
+The far-side functions (`generator`, `local_interface`, `describe`) import nothing a
+provisioned host lacks.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+from labkit import traffic
+from labkit.testbed import remote_agent
+from labkit.testbed.inventory import Testbed
+
+__all__ = ["Testbed", "End", "end", "RemoteGenerator", "GENERATOR_TOOLS"]
+
+#: what the sender host needs for each generator (commands, or python:module)
+GENERATOR_TOOLS = {"trafgen": ["trafgen"], "xdp": ["python:bcc"], "testpmd": ["dpdk-testpmd"],
+                   "pktgen": ["modprobe"], "auto": []}
+
+
+@dataclass
+class End:
+    """One end of the data plane on a remote host: its interface and addresses."""
+
+    role: str
+    host: object  # remote.RemoteHost
+    ifname: str
+    mac: str
+    address: str | None
+
+    def counters(self) -> dict:
+        """The interface's kernel counters, read on its host."""
+        return self.host.call(remote_agent.link_counters, self.ifname)
+
+
+def end(bed: Testbed, role: str) -> End:
+    host, ifname = bed.host(role), bed.interface(role)
+    d = host.call(describe, ifname)
+    return End(role, host, ifname, d["mac"], d["address"])
+
+
+class RemoteGenerator:
+    """A traffic generator (a labkit.traffic backend) running on the sender's host."""
+
+    def __init__(self, sender: End, name: str = "auto", **options):
+        self.sender = sender
+        self._held = sender.host.hold("labkit.experiments.across_hosts:generator", sender.ifname, name, options)
+        self.name = name
+
+    def __enter__(self) -> "RemoteGenerator":
+        self._held.__enter__()
+        self.name = self._held("backend")
+        return self
+
+    def send(self, spec: traffic.TrafficSpec) -> traffic.Offered:
+        return traffic.Offered(**self._held("send", spec.validate().as_dict()))
+
+    def __exit__(self, *exc):
+        return self._held.__exit__(*exc)
+
+
+# ---------------------------------------------------------------- on the far host
+def describe(ifname: str) -> dict:
+    iface = local_interface(ifname)
+    return {"mac": iface.mac, "address": iface.address, "prefixlen": iface.prefixlen, "ifindex": iface.ifindex}
+
+
+def local_interface(ifname: str):
+    """IFNAME of this host as a topology.Interface (real: what labkit attaches to it is
+    recorded in this host's run registry, for `labkit clean`)."""
+    from labkit.testbed.hosts import ROOT_HOST
+    from labkit.testbed.topology import Interface
+
+    with ROOT_HOST.ipr() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            from labkit.errors import InputError
+
+            raise InputError(f"no interface {ifname!r} on this host: fix labkit_interface in the inventory")
+        link = ipr.link("get", index=idx[0])[0]
+        addrs = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx[0], family=2)]
+    ip, pfx = addrs[0] if addrs else (None, None)
+    return Interface(ROOT_HOST, ifname, idx[0], link.get_attr("IFLA_ADDRESS"), ip, pfx, real=True)
+
+
+class _Sender:
+    def __init__(self, gen):
+        self.gen = gen
+
+    def backend(self) -> str:
+        return self.gen.name
+
+    def send(self, spec: dict) -> dict:
+        return asdict(self.gen.send(traffic.TrafficSpec(**spec)))
+
+
+@contextmanager
+def generator(ifname: str, name: str, options: dict):
+    """On the sender host: the generator NAME on IFNAME, closed on exit."""
+    with traffic.generator(name, local_interface(ifname), **options) as gen:
+        yield _Sender(gen)

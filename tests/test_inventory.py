@@ -1,0 +1,138 @@
+"""Inventories (Ansible's YAML format): parsed and checked before any host is changed; and
+the drop experiment with its sender and receiver on two "hosts" (sshd in namespaces,
+tests/remote_hosts.py), reached over SSH with mitogen."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from labkit.errors import InputError, MissingDependency
+from labkit.testbed import inventory, runs
+from labkit.testbed.remote import HostUnreachable
+
+pytest.importorskip("mitogen")
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "inventory.yml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+GOOD = """\
+all:
+  vars:
+    labkit_known_hosts: /etc/ssh/ssh_known_hosts
+  hosts:
+    gen1: {ansible_host: 192.0.2.1, ansible_user: lab, labkit_interface: enp1s0}
+    dut1: {ansible_host: 192.0.2.2, labkit_interface: enp2s0, labkit_bastion: gen1}
+  children:
+    sender: {hosts: {gen1: }}
+    receiver:
+      vars: {labkit_pci: "0000:41:00.1"}
+      hosts: {dut1: }
+"""
+
+
+def test_a_good_inventory_reads_as_ansible_would(tmp_path):
+    inv = inventory.parse(write(tmp_path, GOOD))
+    assert inv.roles == {"sender": "gen1", "receiver": "dut1"}
+    inv.require(("sender", "receiver"))
+    dut = inv.role("receiver").connection(inv)
+    assert dut["hostname"] == "192.0.2.2" and dut["user"] == "root" and dut["known_hosts"] == "/etc/ssh/ssh_known_hosts"
+    assert dut["bastion"]["hostname"] == "192.0.2.1" and dut["bastion"]["user"] == "lab"
+    assert inv.role("receiver").vars["labkit_pci"] == "0000:41:00.1"  # group vars reach the host
+    assert inv.role("sender").connection(inv)["user"] == "lab"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("all: [\n", r"not valid YAML.*line"),
+    ("- a\n- b\n", r"top level must be a mapping `all:`"),
+    ("all:\n  hosts: {a: {}}\n  children:\n    sender: {hosts: {a: }}\n    sender: {hosts: {a: }}\n",
+     r"'sender' is given twice \(first on line 4\)"),
+    ("all:\n  hosts: {a: {}, b: {}}\n  children:\n    sender: {hosts: {a: , b: }}\n",
+     r"role sender has 2 hosts \(a, b\)"),
+    ("all:\n  hosts: {a: {}, b: {}}\n  children:\n    sender: {hosts: {a: }}\n    lab:\n      children:\n"
+     "        sender: {hosts: {b: }}\n", r"role sender is named twice \(hosts a and b\)"),
+    ("all:\n  hosts: {a: {}}\n  children:\n    sender: {host: {a: }}\n", r"group sender has \['host'\]"),
+])
+def test_malformed_inventories_are_refused_saying_what_to_fix(tmp_path, text, message):
+    with pytest.raises(InputError, match=message):
+        inventory.parse(write(tmp_path, text))
+
+
+def test_what_an_experiment_needs_is_checked(tmp_path):
+    inv = inventory.parse(write(tmp_path, GOOD))
+    with pytest.raises(InputError, match=r"no host has the role 'dut': add `dut: \{hosts: \{HOST: \}\}`"):
+        inv.require(("sender", "dut"))
+    inv.hosts["dut1"].vars.pop("labkit_interface")
+    with pytest.raises(InputError, match=r"host dut1 \(role receiver\) names no data-plane interface"):
+        inv.require(("sender", "receiver"))
+    with pytest.raises(InputError, match=r"inventory .*nosuch.yml does not exist"):
+        inventory.parse(tmp_path / "nosuch.yml")
+
+
+def test_the_drop_experiment_checks_its_inventory_first(tmp_path):
+    from labkit.experiments import xdp_drop
+
+    path = write(tmp_path, GOOD.replace("receiver:", "dut:"))
+    with pytest.raises(InputError, match="no host has the role 'receiver'"):
+        xdp_drop.Params(inventory=str(path)).validate()
+    with pytest.raises(InputError, match="name the interfaces in the inventory"):
+        xdp_drop.Params(inventory=str(write(tmp_path, GOOD)), receiver_if="lo", sender_if="lo").validate()
+
+
+def sessions() -> set:
+    """Remote sessions open on this machine's "hosts": each brought its BPF sources along."""
+    return set(runs.REGISTRY_DIR.glob("lk*-bpf")) if runs.REGISTRY_DIR.is_dir() else set()
+
+
+def test_hosts_are_checked_before_any_is_changed(remote_hosts, tmp_path):
+    roles = ("sender", "receiver")
+    bad_if = remote_hosts.inventory({"sender": "h1", "receiver": "h2"}, hostvars={"h2": {"labkit_interface": "eth9"}})
+    before = sessions()
+    with pytest.raises(InputError, match=r"interface 'eth9' does not exist on host h2 \(role receiver\); "
+                                         r"interfaces there: .*mgmt0.*fix labkit_interface"):
+        with inventory.Testbed(bad_if, roles):
+            pytest.fail("the body must not run")
+    lacking = remote_hosts.inventory({"sender": "h1", "receiver": "h2"})
+    with pytest.raises(MissingDependency, match=r"host h1 \(role sender\) lacks no-such-tool: run `labkit provision"):
+        with inventory.Testbed(lacking, roles, tools={"sender": ["ip", "no-such-tool"]}):
+            pytest.fail("the body must not run")
+    down = remote_hosts.inventory({"sender": "h1", "receiver": "h2"},
+                                  hostvars={"h2": {"ansible_host": "10.250.255.254"}})
+    with pytest.raises(HostUnreachable, match=r"host h2 .*check that the host is up"):
+        with inventory.Testbed(down, roles):
+            pytest.fail("the body must not run")
+    assert sessions() == before, "every session opened for the checks was closed"
+
+
+def test_drop_experiment_across_two_hosts(remote_hosts, data_dir):
+    """01-xdp-drop with the sender on h1 and the receiver on h2: trafgen runs on h1, each
+    variant is set up on h2 (the drop filter compiled by h2's bcc), over their data-plane veth."""
+    from labkit.experiments import xdp_drop
+
+    path = remote_hosts.inventory({"sender": "h1", "receiver": "h2"})
+    rcv_if = remote_hosts.data_if[("h2", "h1")]
+    res = xdp_drop.run(data_dir=data_dir, inventory=str(path), smoke=True, generator="trafgen", count=2000,
+                       variants=["iptables_raw", "xdp_generic", "xdp_native"], progress=False)
+    t = res.table
+    processed = t[t["measure"] == "processed_pps"].set_index("variant")["value"]
+    assert set(processed.index) == {"iptables_raw", "xdp_generic", "xdp_native"}
+    assert (processed > 0).all(), "every variant on h2 counted the packets h1 sent"
+    offered = t[t["measure"] == "offered_pps"]["value"]
+    assert (offered > 0).all()
+    meta = json.loads((res.run_dir / "metadata.json").read_text())
+    hosts = meta["topology"]["hosts"]
+    assert {h["role"] for h in hosts.values()} == {"sender", "receiver"}
+    assert hosts["h2"]["interface"] == rcv_if and hosts["h2"]["facts"]["nics"][rcv_if]["driver"] == "veth"
+    assert hosts["h1"]["facts"]["kernel"] and hosts["h1"]["facts"]["versions"]["bcc"]
+    assert any("across hosts (h1 -> h2)" in c for c in res.caveats)
+    assert t[t["measure"] == "cpu_ns_per_pkt"]["value"].isna().all(), "no CPU figure pretends to be a host's"
+    assert len(res.headline()) == 3 and "processed the most" in res.interpretation
+    # nothing stays on the receiver: no XDP program, no iptables rule
+    h2 = remote_hosts.host("h2")
+    assert "xdp" not in h2.run(["ip", "link", "show", rcv_if]).stdout
+    assert "labkit:" not in h2.run(["iptables-save", "-t", "raw"]).stdout
