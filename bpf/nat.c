@@ -104,6 +104,7 @@ struct nat_config {
     u16 port_min;    /* host byte order, inclusive */
     u16 port_max;
     u32 timeout[NAT_TIMEOUT_MAX]; /* jiffies, enum nat_timeout */
+    u32 fib_refresh; /* jiffies the XDP fast path trusts a flow's remembered route; 0: never */
 };
 
 struct static_value {
@@ -134,6 +135,13 @@ struct nat_entry {
     u64 last;     /* jiffies of the last packet this way */
     u64 packets;
     u64 bytes;
+    /* the XDP fast path's route for this direction, from the kernel's FIB at fib_at */
+    u64 fib_at;       /* jiffies */
+    u32 fib_ifindex;  /* egress port; 0: none yet */
+    u16 fib_len;      /* the longest packet (IPv4 total length) the lookup allowed */
+    u16 fib_pad;
+    u8 fib_dmac[6];
+    u8 fib_smac[6];
 };
 
 struct mapping_counter {
@@ -835,6 +843,32 @@ static __always_inline int xdp_route_of(struct xdp_md *ctx, struct pkt *p, u32 s
     return NAT_XDP_PASS_LOCAL + 1;
 }
 
+/* The route of a flow's direction E: remembered from the last lookup while it is younger
+ * than cfg->fib_refresh and the packet no longer than the lookup allowed (the MTU check),
+ * else looked up again (and remembered). What xdp_route_of returns. */
+static __always_inline int xdp_route_cached(struct xdp_md *ctx, struct nat_config *cfg, struct pkt *p,
+                                            struct nat_entry *e, u32 src, u32 dst, u64 now,
+                                            struct bpf_fib_lookup *fib)
+{
+    u32 refresh = cfg->fib_refresh;
+    int fresh = refresh && e->fib_ifindex && now - e->fib_at <= refresh;
+    if (fresh && p->tot_len <= e->fib_len) {
+        fib->ifindex = e->fib_ifindex;
+        __builtin_memcpy(fib->dmac, e->fib_dmac, ETH_ALEN);
+        __builtin_memcpy(fib->smac, e->fib_smac, ETH_ALEN);
+        return 0;
+    }
+    int r = xdp_route_of(ctx, p, src, dst, fib);
+    if (r || !refresh)
+        return r;
+    e->fib_len = fresh && e->fib_ifindex == fib->ifindex && e->fib_len > p->tot_len ? e->fib_len : p->tot_len;
+    e->fib_ifindex = fib->ifindex;
+    __builtin_memcpy(e->fib_dmac, fib->dmac, ETH_ALEN);
+    __builtin_memcpy(e->fib_smac, fib->smac, ETH_ALEN);
+    e->fib_at = now;
+    return 0;
+}
+
 /* Forward a translated frame as the FIB said: TTL - 1, MACs, out of the egress port. */
 static __always_inline int xdp_forward(void *data, void *data_end, struct bpf_fib_lookup *fib)
 {
@@ -891,7 +925,7 @@ int xdp_nat_outbound(struct xdp_md *ctx)
             to = fv->addr;
             port_to = fv->port;
             port_off = p.proto == IPPROTO_ICMP ? L4_OFF + offsetof(struct icmphdr, un.echo.id) : L4_OFF;
-            r = xdp_route_of(ctx, &p, to, p.daddr, &fib);
+            r = xdp_route_cached(ctx, cfg, &p, fv, to, p.daddr, now, &fib);
             if (r)
                 return xdp_outcome(r - 1, len, XDP_PASS);
             touch(fv, now, len, p.fin_rst);
@@ -955,7 +989,7 @@ int xdp_nat_inbound(struct xdp_md *ctx)
             return xdp_outcome(NAT_XDP_PASS_EXPIRED, len, XDP_PASS);
         to = rev->addr;
         port_to = rev->port;
-        r = xdp_route_of(ctx, &p, p.saddr, to, &fib);
+        r = xdp_route_cached(ctx, cfg, &p, rev, p.saddr, to, now, &fib);
         if (r)
             return xdp_outcome(r - 1, len, XDP_PASS);
         touch(rev, now, len, p.fin_rst);

@@ -85,7 +85,7 @@ class Nat:
 
     def __init__(self, inside_network: str, outside_network: str, snat_address: str | None = None,
                  port_range=DEFAULT_PORT_RANGE, *, max_static: int = 256, max_flows: int = 65536,
-                 port_probes: int = 32, timeouts: dict | None = None):
+                 port_probes: int = 32, timeouts: dict | None = None, fib_cache_s: float = 1.0):
         self.inside_network = _network(inside_network, "inside network")
         self.outside_network = _network(outside_network, "outside network")
         if self.inside_network.overlaps(self.outside_network):
@@ -97,6 +97,10 @@ class Nat:
             _host_in(self.snat_address, self.outside_network, "SNAT address", "outside network")
         self.port_range = check_port_range(port_range)
         self.timeouts = check_timeouts(timeouts)
+        if isinstance(fib_cache_s, bool) or not isinstance(fib_cache_s, (int, float)) or not 0 <= fib_cache_s <= 60:
+            raise InputError(f"fib_cache_s {fib_cache_s!r}: seconds 0..60 that the XDP fast path trusts a flow's "
+                             "remembered route and next hop (0: a FIB lookup for every packet)")
+        self.fib_cache_s = float(fib_cache_s)
         for name, value, top in (("max_static", max_static, 65536), ("max_flows", max_flows, 1 << 22),
                                  ("port_probes", port_probes, 256)):
             if not isinstance(value, int) or not 1 <= value <= top:
@@ -160,6 +164,7 @@ class Nat:
         hz = kernel_hz()
         for i, name in enumerate(TIMEOUTS):
             leaf.timeout[i] = max(1, round(self.timeouts[name] * hz))
+        leaf.fib_refresh = round(self.fib_cache_s * hz)
         t[ctypes.c_int(0)] = leaf
 
     def set_timeouts(self, **seconds) -> None:
