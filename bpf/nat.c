@@ -769,8 +769,11 @@ int nat_ingress(struct __sk_buff *skb)
  * nat_xdp_outcome, `xdp_stats`): there the tc NAT translates it as before (a new flow
  * is created there, its next packets take this path), or the kernel answers it (TTL
  * exceeded, fragmentation needed, no neighbour yet: the kernel resolves it, and the
- * next packet finds it). xdp_route is the same forwarding with no translation: the
- * fast path's own baseline. XDP sees frames, not skbs: TCP/UDP checksums are updated
+ * next packet finds it). Each flow direction remembers the route and next hop of its last
+ * lookup for nat_config.fib_refresh jiffies (and for packets no longer than that lookup
+ * allowed: the MTU check stays), so an established flow pays one hash lookup and no FIB
+ * lookup. xdp_route is the same forwarding with no translation and no flow state (a FIB
+ * lookup per packet): the fast path's own baseline. XDP sees frames, not skbs: TCP/UDP checksums are updated
  * as full checksums (a sender's partial checksum offload must be off on a veth testbed).
  */
 PKT_COUNTERS(xdp_stats, NAT_XDP_OUTCOME_MAX);

@@ -97,8 +97,8 @@ class Nat:
             _host_in(self.snat_address, self.outside_network, "SNAT address", "outside network")
         self.port_range = check_port_range(port_range)
         self.timeouts = check_timeouts(timeouts)
-        if isinstance(fib_cache_s, bool) or not isinstance(fib_cache_s, (int, float)) or not 0 <= fib_cache_s <= 60:
-            raise InputError(f"fib_cache_s {fib_cache_s!r}: seconds 0..60 that the XDP fast path trusts a flow's "
+        if isinstance(fib_cache_s, bool) or not isinstance(fib_cache_s, (int, float)) or not 0 <= fib_cache_s <= 10 ** 7:
+            raise InputError(f"fib_cache_s {fib_cache_s!r}: seconds 0..10^7 that the XDP fast path trusts a flow's "
                              "remembered route and next hop (0: a FIB lookup for every packet)")
         self.fib_cache_s = float(fib_cache_s)
         for name, value, top in (("max_static", max_static, 65536), ("max_flows", max_flows, 1 << 22),

@@ -67,6 +67,25 @@ class XdpNat:
         """{outcome: {'packets', 'bytes'}} of the fast path, summed over CPUs."""
         return _stats(self.program)
 
+    def remember_route(self, ifindex: int, smac: str, dmac: str) -> int:
+        """Give every flow (both directions) the route IFINDEX with these MACs, as if the
+        fast path had just looked it up: for test runs (BPF_PROG_TEST_RUN), where no FIB
+        of a testbed applies. Returns how many entries it set."""
+        from labkit.dataplanes.nat_input import jiffies_now
+
+        now, n = jiffies_now(), 0
+        for name in ("snat_out", "snat_in"):
+            t = self.program.map(name)
+            for k, v in list(t.items()):
+                v.fib_at, v.fib_ifindex, v.fib_len = now, ifindex, 0xFFFF
+                for i, b in enumerate(bytes.fromhex(smac.replace(":", ""))):
+                    v.fib_smac[i] = b
+                for i, b in enumerate(bytes.fromhex(dmac.replace(":", ""))):
+                    v.fib_dmac[i] = b
+                t[k] = v
+                n += 1
+        return n
+
     def clear_stats(self) -> None:
         t = self.program.map("xdp_stats")
         for i in range(len(t)):

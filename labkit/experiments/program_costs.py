@@ -17,7 +17,9 @@ configured" path:
   XDP_TX), and the sink (count per flow, XDP_DROP), loaded separately as in use;
 - latency.c: the probe sender (template restored, stamped, XDP_TX) and the sink with a
   probe frame (delay histogrammed, XDP_DROP);
-- nat.c: source NAT of an established flow outbound, and its reply inbound. The NAT
+- nat.c: source NAT of an established flow outbound, and its reply inbound, at tc and at
+  XDP (the XDP fast path with the flow's route remembered; xdp_route with this
+  namespace's FIB, whatever it holds). The NAT
   rewrites the frame it is given, so a repeated run would measure the already-translated
   frame (which takes the "no rule" path): these two are measured one run per system
   call (`method` = "single"), averaged over many calls, which adds the timer reads and a
@@ -46,6 +48,7 @@ from labkit.dataplanes.latency import LatencyProbe
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_fwd import XdpForwarder
+from labkit.dataplanes.xdp_nat import XdpNat
 from labkit.dataplanes.xdp_gen import GenProgram, GenSink, vary_mask
 from labkit.errors import InputError
 
@@ -136,15 +139,26 @@ NAT_INSIDE, NAT_SERVER, NAT_SNAT = "10.20.1.2", "198.51.100.2", "198.51.100.1"
 
 
 def _setup_nat(stack: ExitStack, frame: bytes):
-    nat = stack.enter_context(Nat("10.20.0.0/16", "198.51.100.0/24", NAT_SNAT))
+    # routes remembered for the whole measurement (see below)
+    nat = stack.enter_context(Nat("10.20.0.0/16", "198.51.100.0/24", NAT_SNAT, fib_cache_s=10 ** 6))
     out = udp_frame(NAT_INSIDE, NAT_SERVER, 40000, 53)
     first = bpf.test_run(nat.egress_function(), out)  # creates the flow: later runs are "established"
     translated = packets.parse(first.data_out)
     reply = udp_frame(NAT_SERVER, NAT_SNAT, 53, translated.sport)
+    # the XDP fast path's working path: the flow's route remembered (a test run has no
+    # testbed FIB to look it up in), so it translates and redirects
+    XdpNat(nat).remember_route(socket.if_nametoindex("lo"), SRC_MAC, DST_MAC)
+    fast = "SNAT, established flow, route remembered"
     return [(nat.program, Scenario("nat", "nat_egress", "tc", "SNAT, established flow (outbound)", out, "TC_ACT_OK",
                                    "single")),
             (nat.program, Scenario("nat", "nat_ingress", "tc", "SNAT, established flow (reply)", reply, "TC_ACT_OK",
-                                   "single"))]
+                                   "single")),
+            (nat.program, Scenario("nat", "xdp_nat_outbound", "xdp", fast + " (outbound)", out, "XDP_REDIRECT",
+                                   "single")),
+            (nat.program, Scenario("nat", "xdp_nat_inbound", "xdp", fast + " (reply)", reply, "XDP_REDIRECT",
+                                   "single")),
+            (nat.program, Scenario("nat", "xdp_route", "xdp", "FIB lookup in this namespace (its routes decide the "
+                                   "verdict)", out))]
 
 
 def _setup_xdp_minimal(stack: ExitStack, frame: bytes):
