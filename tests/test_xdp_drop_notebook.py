@@ -62,7 +62,7 @@ def test_bad_experiment_parameters(params, message):
     before = set(cleanup.labkit_namespaces())
     with pytest.raises(InputError, match=message):
         xdp_drop.run(smoke=True, **params)
-    assert set(cleanup.labkit_namespaces()) == before
+    assert not set(cleanup.labkit_namespaces()) - before  # none of its own (others may come and go)
 
 
 def test_sweep_search_and_cpu_at_load_on_every_variant():
