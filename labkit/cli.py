@@ -12,7 +12,11 @@
         LABKIT_REPORTS_DIR and LABKIT_DATA_DIR put reports and tables elsewhere.
   labkit run NOTEBOOK [...]   the same for the notebooks named (at least one)
   labkit bench [--smoke]      the benchmark: drop rates at 64 bytes, program costs, generators
-  labkit clean [--all]        remove what crashed runs left (namespaces, links, XDP, rules)
+  labkit clean [--all] [--inventory INVENTORY]
+                              remove what crashed runs left (namespaces, links, XDP, rules),
+                              on every host of INVENTORY too
+  labkit provision INVENTORY [--check]
+                              make the inventory's hosts ready (deploy/site.yml, with Ansible)
   labkit doctor               what is installed, what is missing for which experiment
   labkit watch [IFACE|NETNS:IFACE|RUN ...] [-i SECONDS] [-n LINES]
         per-second rx/tx packets and bits, drops and attached XDP programs' counters
@@ -79,9 +83,18 @@ def cmd_run(args) -> int:
 def cmd_clean(args) -> int:
     from labkit import cleanup
 
+    if args.inventory:
+        cleanup.clean_hosts(args.inventory, include_live=args.all)
     removed = cleanup.clean(include_live=args.all)
     if not any(removed.values()):
         print("nothing to clean: no leftovers of labkit runs")
+    return 0
+
+
+def cmd_provision(args) -> int:
+    from labkit import provision
+
+    provision.provision(args.inventory, check=args.check)
     return 0
 
 
@@ -118,7 +131,12 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("clean", help="remove leftovers of crashed runs (labkit prefix only)")
     p.add_argument("--all", action="store_true", help="also runs whose process is still alive")
+    p.add_argument("--inventory", metavar="INVENTORY", help="also on every host of this Ansible YAML inventory")
     p.set_defaults(fn=cmd_clean)
+    p = sub.add_parser("provision", help="make an inventory's hosts ready (deploy/site.yml through ansible-runner)")
+    p.add_argument("inventory", metavar="INVENTORY", help="an Ansible YAML inventory (docs/remote-hosts.md)")
+    p.add_argument("--check", action="store_true", help="Ansible's check mode: say what would change, change nothing")
+    p.set_defaults(fn=cmd_provision)
     p = sub.add_parser("doctor", help="what is installed and what each experiment needs")
     p.set_defaults(fn=cmd_doctor)
     p = sub.add_parser("watch", help="per-second rates of interfaces and their XDP programs' counters")

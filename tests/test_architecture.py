@@ -22,7 +22,7 @@ LAYERS = [
     ["labkit.results"],
     ["labkit.experiments"],
     ["labkit.widgets", "labkit.cleanup", "labkit.teaching"],
-    ["labkit.reporting", "labkit.bench", "labkit.doctor", "labkit.watchdog"],
+    ["labkit.reporting", "labkit.bench", "labkit.doctor", "labkit.watchdog", "labkit.provision"],
     ["labkit.cli", "labkit.__main__"],
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,34 @@ def test_drop_experiment_across_two_hosts(remote_hosts, data_dir):
     h2 = remote_hosts.host("h2")
     assert "xdp" not in h2.run(["ip", "link", "show", rcv_if]).stdout
     assert "labkit:" not in h2.run(["iptables-save", "-t", "raw"]).stdout
+
+
+def test_provisioning_in_check_mode_changes_nothing(remote_hosts, tmp_path, capsys):
+    """deploy/site.yml through ansible-runner against the namespace hosts, in check mode;
+    tuning only where the inventory asks for it (h2: hugepages)."""
+    pytest.importorskip("ansible_runner")
+    from labkit import cli
+
+    path = remote_hosts.inventory({"sender": "h1", "receiver": "h2"}, hostvars={"h2": {"labkit_hugepages": 16}})
+    sysctl = Path("/etc/sysctl.d/80-labkit-hugepages.conf")
+    before = sysctl.exists(), Path("/opt/labkit").exists()
+    assert cli.main(["provision", str(path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "h1: " in out and "h2: " in out and "would change" in out
+    assert (sysctl.exists(), Path("/opt/labkit").exists()) == before, "check mode changed the host"
+    from labkit import provision
+
+    outcome = {(h, t): o for h, t, o in provision.provision(path, check=True, log=lambda m: None)["events"]}
+    hugepages = "hugepages for DPDK, now and after a reboot"
+    assert outcome[("h2", hugepages)] == "changed" and outcome[("h1", hugepages)] == "skipped"
+    assert all(outcome[(h, "NICs bound to vfio-pci for DPDK")] == "skipped" for h in ("h1", "h2")), "off by default"
+
+
+def test_provisioning_names_the_host_it_cannot_reach(remote_hosts):
+    pytest.importorskip("ansible_runner")
+    from labkit import provision
+
+    path = remote_hosts.inventory({"sender": "h1", "receiver": "h2"}, hostvars={"h2": {"ansible_host": "10.250.255.254"}})
+    with pytest.raises(provision.ProvisionFailed, match=r"host h2: unreachable"):
+        provision.provision(path, check=True, log=lambda m: None)
+
