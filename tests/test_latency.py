@@ -139,3 +139,27 @@ def test_bad_input_is_refused(pair):
             probe.send(10, rate_pps=1e6)
         with pytest.raises(InputError, match="probe count"):
             probe.send(0)
+
+
+# ---------------------------------------------------------------- a profile: NDR, no load, fractions of it
+def test_profile_over_a_veth_at_no_load_and_half_its_no_drop_rate(pair):
+    from labkit.measure import latency as profiles
+
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    gen = traffic.generator("xdp", snd, peer="none")
+    spec = traffic.TrafficSpec.between(snd, rcv, size=64, count=50_000)
+    with pytest.raises(InputError, match="fractions of the no-drop rate"):
+        profiles.check([0.5, 1.5], 100, 1000.0, 0.001)
+    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe, \
+            bpf.attach_xdp(rcv, probe.sink(), "native"):
+        prof = profiles.profile(probe, gen, spec, lambda: rcv.stats()["rx_packets"], loads=[0.5], probes=200,
+                                probe_rate=1000, ndr_seconds=0.2, ndr_iterations=4)
+    gen.close()
+    assert prof.ndr_pps > 0 and [p.fraction for p in prof.points] == [0.0, 0.5]
+    idle, loaded = prof.points
+    assert idle.distribution["probes"] == 200 and loaded.distribution["probes"] == 200
+    assert idle.load_pps == 0 and loaded.load_pps > 0.3 * prof.ndr_pps
+    m = loaded.measures()
+    assert m["lat_p50_ns"][0] <= m["lat_p99_ns"][0] <= m["lat_max_ns"][0] and m["lat_probes"][0] == 200
+    assert loaded.cdf[-1][1] == 1.0
+    assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
