@@ -71,6 +71,26 @@ def test_hints_keyed_on_common_messages():
     assert verifier.hint_for("something nobody has seen") is None
 
 
+def test_a_loop_without_a_bound_gets_the_loop_hint():
+    ns = {}
+    prog = magic.bpf_cell("scan", """int xdp_main(struct xdp_md *ctx) {
+    unsigned char *p = (void *)(long)ctx->data;
+    unsigned char *end = (void *)(long)ctx->data_end;
+    #pragma nounroll
+    for (;;) {
+        if (p + 1 > end || *p == 0xff)
+            break;
+        p++;
+    }
+    return p == end ? XDP_PASS : XDP_DROP;
+}""", ns)
+    try:
+        assert isinstance(prog.refused, verifier.VerifierError)
+        assert "loop" in prog.refused.hint, prog.refused.explain()
+    finally:
+        prog.close()
+
+
 def test_bpf_cell_keeps_program_and_reads_the_nbgrader_stub():
     ns = {}
     starter = SAFE.replace("    if (eth->h_proto == bpf_htons(ETH_P_IP))\n        return XDP_DROP;\n",
