@@ -254,9 +254,21 @@ class OvsSwitch:
                 d[f"{direction}_{'packets' if k == 'pkts' else 'dropped' if k == 'drop' else k}"] = int(v)
         return out
 
-    def pmd_cpu_seconds(self) -> float:
-        """CPU time of ovs-vswitchd (all its threads, the PMD threads included)."""
-        return self.procs[1].cpu_seconds() if len(self.procs) > 1 else float("nan")
+    def cpu_seconds(self) -> float:
+        """CPU time of both daemons so far (all threads: ovs-vswitchd's PMD threads included)."""
+        return sum(p.cpu_seconds() for p in self.procs) if self.procs else float("nan")
+
+    def rss_mb(self) -> float:
+        """Resident memory of both daemons now, in MB."""
+        total = 0
+        for p in self.procs:
+            try:
+                for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total / 1024
 
     def _log_tail(self) -> str:
         try:

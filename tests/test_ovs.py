@@ -74,6 +74,7 @@ def test_switch_forwards_with_mac_rewrite(fwd_topo, capture, port_type):
         frames = cap.udp_from(cap.frames(N), snd)
         stats = sw.port_stats()
         assert "n_packets=" in sw.flows()
+        assert sw.cpu_seconds() > 0 and sw.rss_mb() > 1, "both daemons' CPU time and memory are read"
     if port_type == "afxdp":
         assert len(frames) == N, f"{len(frames)} of {N} frames went through OVS ({port_type} ports)"
     else:
