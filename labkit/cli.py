@@ -11,6 +11,9 @@
         declare before anything runs: a mistake is one line on stderr and exit code 2.
         LABKIT_REPORTS_DIR and LABKIT_DATA_DIR put reports and tables elsewhere.
   labkit run NOTEBOOK [...]   the same for the notebooks named (at least one)
+        --cluster ADDRESS (or --scheduler-file FILE) runs them on Dask workers, one per testbed,
+        and brings the executed notebooks and data/ runs back here; --cluster local:N makes
+        N namespace testbeds on this machine (labkit.reporting.cluster)
   labkit bench [--smoke]      the benchmark: drop rates at 64 bytes, program costs, generators
   labkit clean [--all] [--inventory INVENTORY]
                               remove what crashed runs left (namespaces, links, XDP, rules),
@@ -47,6 +50,11 @@ def _params_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="a failed notebook's traceback too, not only its one-line error")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run the notebooks on a Dask cluster (tcp://HOST:8786), one at a time per testbed; "
+                        "local:N for N namespace testbeds on this machine")
+    p.add_argument("--scheduler-file", metavar="FILE", help="the Dask cluster whose scheduler wrote FILE")
+    p.add_argument("--testbed", metavar="NAME", help="with --cluster: only on the worker of testbed NAME")
 
 
 def cmd_report(args) -> int:
@@ -57,6 +65,13 @@ def cmd_report(args) -> int:
     # every mistake in the request is found here, before root is needed or a kernel starts
     params = batch.load_parameters(args.parameters_file, args.parameter)
     batch.check(args.notebooks or None, params, smoke=args.smoke)
+    if args.cluster or args.scheduler_file:  # the workers need root, not this machine
+        from labkit.reporting import cluster
+
+        done = cluster.run_all(args.notebooks or None, params, REPORTS_DIR, DATA_DIR, address=args.cluster,
+                               scheduler_file=args.scheduler_file, testbed=args.testbed, smoke=args.smoke,
+                               verbose=args.verbose)
+        return _summary(done, REPORTS_DIR)
     runs.require_root("running experiments")
     try:
         done = batch.run_all(args.notebooks or None, params, REPORTS_DIR, DATA_DIR, smoke=args.smoke,
@@ -64,8 +79,12 @@ def cmd_report(args) -> int:
     finally:
         # a kernel killed outright cannot undo what it made: remove what dead runs left
         cleanup.clean(log=lambda msg: print(f"labkit {args.command}: {msg}", file=sys.stderr))
+    return _summary(done, REPORTS_DIR)
+
+
+def _summary(done, reports_dir) -> int:
     failed = [r.name for r in done if not r.ok]
-    print(f"reports in {REPORTS_DIR}/index.html: {len(done) - len(failed)} ok, {len(failed)} failed"
+    print(f"reports in {reports_dir}/index.html: {len(done) - len(failed)} ok, {len(failed)} failed"
           + (f" ({', '.join(failed)})" if failed else ""))
     return 1 if failed else 0
 
