@@ -92,6 +92,10 @@ def test_instructor_version_passes_every_test(lesson, tmp_path):
         nb = execute(path, tmp_path, allow_errors=True)
         failed = [(i, e["ename"], e["evalue"][:800]) for i, c in enumerate(nb.cells) for e in errors(c)]
         assert not failed, f"{lesson}: the solution fails: {failed}"
+        # a value shown by a graded cell would be read by nbgrader as partial credit
+        valued = [nbgrader_meta(c)["grade_id"] for c in nb.cells if is_graded_test(c)
+                  and any(o.get("output_type") == "execute_result" for o in c.get("outputs", []))]
+        assert not valued, f"{lesson}: graded cells that show a value (nbgrader reads it as the score): {valued}"
 
 
 @pytest.mark.parametrize("lesson", LESSONS)
@@ -112,3 +116,32 @@ def test_student_version_fails_each_graded_test_and_runs_to_the_end(lesson, cour
         assert not crashed, f"{lesson}: the starter notebook fails outside its graded tests: {crashed}"
         graded = [c for c in nb.cells if is_graded_test(c)]
         assert all("CheckFailed" in {e["ename"] for e in errors(c)} or errors(c) for c in graded)
+
+
+def test_nbgrader_grades_a_starter_zero_and_the_solution_full(tmp_path):
+    """The instructor guide's grading round on one lesson: generate (with a gradebook),
+    collect two submissions, autograde, export. The untouched starter scores 0, the
+    instructor's solution (standing in for a student who solved everything) full marks."""
+    lesson = "02-first-xdp"
+    shutil.copytree(LABS / "source" / lesson, tmp_path / "source" / lesson)
+    shutil.copy(LABS / "nbgrader_config.py", tmp_path / "nbgrader_config.py")
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "LABKIT_SMOKE": "1",
+           "LABKIT_GRADEBOOK": f"sqlite:///{tmp_path / 'gradebook.db'}"}
+
+    def nbgrader(*args):
+        cp = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+        assert cp.returncode == 0, f"nbgrader {' '.join(args)}:\n{cp.stdout}\n{cp.stderr}"
+
+    nbgrader("generate_assignment", lesson, "--force")
+    for student, origin in (("starter", tmp_path / "release"), ("solved", tmp_path / "source")):
+        (tmp_path / "submitted" / student / lesson).mkdir(parents=True)
+        shutil.copy(origin / lesson / f"{lesson}.ipynb", tmp_path / "submitted" / student / lesson)
+        nbgrader("db", "student", "add", student)
+    nbgrader("autograde", lesson, "--force")
+    nbgrader("export")
+    import csv
+
+    rows = {r["student_id"]: r for r in csv.DictReader((tmp_path / "grades.csv").open())}
+    assert float(rows["starter"]["score"]) == 0.0, rows["starter"]
+    assert float(rows["solved"]["score"]) == float(rows["solved"]["max_score"]) > 0, rows["solved"]

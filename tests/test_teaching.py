@@ -105,7 +105,7 @@ def test_bpf_cell_keeps_program_and_reads_the_nbgrader_stub():
         text = str(info.value)
         assert "expected XDP_DROP" in text and "got XDP_PASS" in text and "hint: the hint" in text and "1 of 2 wrong" in text
         solved = magic.bpf_cell("prog", SAFE, ns)
-        assert checks.xdp(solved, [checks.Case("IPv4", frames.udp(), "XDP_DROP"), checks.Case("ARP", frames.arp(), "XDP_PASS")])
+        checks.xdp(solved, [checks.Case("IPv4", frames.udp(), "XDP_DROP"), checks.Case("ARP", frames.arp(), "XDP_PASS")])
         assert prog.program is None  # the replaced program was unloaded
     finally:
         for p in ns.values():
@@ -174,7 +174,7 @@ def test_measurement_lock_is_machine_wide_and_functional_checks_do_not_wait(tmp_
         ns = {}
         prog = magic.bpf_cell("p", SAFE, ns)
         try:
-            assert checks.xdp(prog, [checks.Case("IPv4", frames.udp(), "XDP_DROP")])
+            checks.xdp(prog, [checks.Case("IPv4", frames.udp(), "XDP_DROP")])
         finally:
             prog.close()
     finally:

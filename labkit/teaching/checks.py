@@ -1,6 +1,7 @@
 """Exercise checks a student can read: each runs the student's work, prints expected against
 actual, and on failure raises `CheckFailed` (an AssertionError, so nbgrader counts the
-test cell as failed) with a hint.
+test cell as failed) with a hint. On success they return nothing, so nbgrader gives the
+cell its full points.
 
     checks.xdp(prog, [
         checks.Case("UDP to port 9", frames.udp(dport=9), "XDP_DROP"),
@@ -70,7 +71,7 @@ def _table(rows: list[tuple[str, str, str, bool]]) -> list[str]:
     return [f"  {n:<{w0}}  expected {e:<{w1}}  got {a:<{w2}}  {'ok' if ok else 'WRONG'}" for n, e, a, ok in rows]
 
 
-def report(title: str, rows: list[tuple[str, str, str, bool]], hints: list[str], details: list[str] = ()) -> bool:
+def report(title: str, rows: list[tuple[str, str, str, bool]], hints: list[str], details: list[str] = ()) -> None:
     """Print a check's table; raise CheckFailed (with the same text) when a row is wrong."""
     lines = [f"check: {title}"] + _table(rows) + [f"    {d}" for d in details]
     failed = [r for r in rows if not r[3]]
@@ -87,10 +88,11 @@ def report(title: str, rows: list[tuple[str, str, str, bool]], hints: list[str],
     print(text)
     if failed:
         raise CheckFailed(text)
-    return True
+    # Nothing returned on success: a value would show as the test cell's result, which
+    # nbgrader would read as partial credit.
 
 
-def xdp(prog, cases: list[Case], hint: str | None = None, title: str | None = None, ctx=None) -> bool:
+def xdp(prog, cases: list[Case], hint: str | None = None, title: str | None = None, ctx=None) -> None:
     """Run PROG (a `%%bpf` program; XDP or tc) on each case's frame; compare the action and,
     where given, the frame it leaves. CTX: an XDP context (`bpf.XdpMd(ingress_ifindex=...)`)
     for programs that look at where the frame came in (bpf_fib_lookup)."""
@@ -132,13 +134,13 @@ def _fresh(ctx):
     return copy
 
 
-def values(title: str, expected: dict, actual: dict, hint: str | None = None) -> bool:
+def values(title: str, expected: dict, actual: dict, hint: str | None = None) -> None:
     """Compare named values (counters, fields): every key of EXPECTED must be in ACTUAL and equal."""
     rows = [(str(k), str(v), str(actual.get(k, "missing")), actual.get(k, object()) == v) for k, v in expected.items()]
     return report(title, rows, [hint])
 
 
-def function(title: str, fn: Callable, cases: list[tuple[str, tuple, object]], hint: str | None = None) -> bool:
+def function(title: str, fn: Callable, cases: list[tuple[str, tuple, object]], hint: str | None = None) -> None:
     """Call a student's Python function FN on each case's arguments and compare its result:
     CASES are (name, args, expected)."""
     rows, hints = [], []
@@ -160,19 +162,19 @@ def function(title: str, fn: Callable, cases: list[tuple[str, tuple, object]], h
     return report(title, rows, hints)
 
 
-def within(title: str, value: float, low: float, high: float, unit: str = "", hint: str | None = None) -> bool:
+def within(title: str, value: float, low: float, high: float, unit: str = "", hint: str | None = None) -> None:
     """A measured or computed VALUE must lie in [LOW, HIGH] (a range, never a timing to the ns)."""
     ok = value is not None and low <= value <= high
     return report(title, [(title, f"{low:g}..{high:g} {unit}".strip(), f"{value:g} {unit}".strip()
                            if isinstance(value, (int, float)) else repr(value), ok)], [hint])
 
 
-def true(title: str, condition: bool, expected: str, actual: str, hint: str | None = None) -> bool:
+def true(title: str, condition: bool, expected: str, actual: str, hint: str | None = None) -> None:
     """A yes/no check with words for what was expected and what was seen."""
     return report(title, [(title, expected, actual, bool(condition))], [hint])
 
 
-def loaded(prog, title: str = "the program loads") -> bool:
+def loaded(prog, title: str = "the program loads") -> None:
     """The `%%bpf` program was accepted by the compiler and the verifier."""
     if getattr(prog, "refused", None) is not None:
         print(f"check: {title}\n  " + prog.explain().replace("\n", "\n  "))
