@@ -562,6 +562,110 @@ static __always_inline int snat_protocol(struct pkt *p, u8 echo_type)
                          (p->proto == IPPROTO_ICMP && p->icmp_type == echo_type));
 }
 
+/* An ICMP error (destination unreachable, time exceeded, parameter problem) about a
+ * packet of a SNAT flow; the embedded header is that packet as its receiver got it.
+ * Inbound (to the SNAT address, from beyond): the embedded packet left with the SNAT
+ * address and port as its source: outer destination, embedded source address and port
+ * (or echo identifier) become the inside host's again. Outbound (from an inside host,
+ * about a packet it was sent through the NAT; TCP and UDP): outer source, embedded
+ * destination address and port become the SNAT address and port, as the remote knows
+ * them. The outer IPv4, embedded IPv4, embedded L4 (where the message carries it) and
+ * ICMP checksums are updated: the error is about the packet as its reader knows it.
+ * 1: handled (*verdict set); 0: not such an error. */
+static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p, int outbound, int *verdict)
+{
+    u64 len = skb->len;
+    if (p->proto != IPPROTO_ICMP || !p->has_l4 || p->options || p->fragment || !(p->icmp_type == ICMP_DEST_UNREACH ||
+        p->icmp_type == ICMP_TIME_EXCEEDED || p->icmp_type == ICMP_PARAMETERPROB))
+        return 0;
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    struct icmphdr *ih = data + L4_OFF;
+    struct iphdr *in = data + INNER_IP_OFF;
+    u16 *l4 = data + INNER_L4_OFF; /* embedded ports / echo type+code, checksum, id */
+    if ((void *)(l4 + 4) > data_end || p->tot_len < IP_LEN + 8 + IP_LEN + 8)
+        return 0;
+    u32 ours = outbound ? in->daddr : in->saddr; /* the embedded address the NAT rewrites */
+    if (in->version != 4 || in->ihl != 5 || ours != (outbound ? p->saddr : p->daddr) ||
+        (in->frag_off & htons(0x1fff)))
+        return 0;
+    u8 proto = in->protocol;
+    struct nat_flow_key k = {.proto = proto};
+    int slot; /* which u16 of the embedded L4 header is the port the NAT rewrites */
+    if (proto == IPPROTO_ICMP && !outbound) {
+        slot = 2;
+    } else if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+        slot = outbound;
+        k.sport = l4[1 - slot];
+    } else {
+        return 0;
+    }
+    u16 from_port = slot == 2 ? l4[2] : slot ? l4[1] : l4[0];
+    k.src = outbound ? ours : in->daddr;
+    k.dst = outbound ? in->saddr : ours;
+    if (outbound) {
+        k.sport = from_port;
+        k.dport = l4[0];
+    } else {
+        k.dport = from_port;
+    }
+    struct nat_entry *e = outbound ? snat_out.lookup(&k) : snat_in.lookup(&k);
+    if (!e)
+        return 0;
+    u32 from = ours, to = e->addr;
+    u16 to_port = e->port;
+    struct iphdr *ip = data + ETH_LEN;
+    if ((void *)(ip + 1) > data_end)
+        return 0;
+    /* the outer header (the ICMP checksum does not cover it) */
+    if (outbound)
+        ip->saddr = to;
+    else
+        ip->daddr = to;
+    csum_replace4(&ip->check, from, to);
+    /* the embedded address and its checksum change by opposite amounts: the ICMP
+     * checksum stays as it was */
+    if (outbound)
+        in->daddr = to;
+    else
+        in->saddr = to;
+    csum_replace4(&in->check, from, to);
+    /* the embedded port, and the embedded L4 checksum that covers it (and, for TCP/UDP,
+     * the address through the pseudo header): the ICMP checksum follows both */
+    u16 *l4csum = 0;
+    u32 msg_len = p->tot_len - IP_LEN - 8 - IP_LEN; /* embedded L4 bytes the message carries */
+    if (slot == 2) {
+        l4[2] = to_port;
+        l4csum = &l4[1];
+    } else {
+        if (slot)
+            l4[1] = to_port;
+        else
+            l4[0] = to_port;
+        if (proto == IPPROTO_UDP) {
+            l4csum = &l4[3];
+        } else if (msg_len >= 18) {
+            l4csum = (void *)l4 + 16;
+            if ((void *)(l4csum + 1) > data_end)
+                l4csum = 0;
+        }
+    }
+    csum_replace2(&ih->checksum, from_port, to_port);
+    if (l4csum && !(proto == IPPROTO_UDP && *l4csum == 0)) {
+        u16 old = *l4csum;
+        if (proto != IPPROTO_ICMP)
+            csum_replace4(l4csum, from, to);
+        csum_replace2(l4csum, from_port, to_port);
+        if (proto == IPPROTO_UDP && *l4csum == 0)
+            *l4csum = 0xffff;
+        csum_replace2(&ih->checksum, old, *l4csum);
+    }
+    /* every change above is matched by its checksum's: the packet's sum is unchanged, so
+     * a receive checksum of the whole packet (CHECKSUM_COMPLETE) still holds */
+    *verdict = outcome(outbound ? NAT_OUT_ICMP_ERROR : NAT_IN_ICMP_ERROR, len, TC_ACT_OK);
+    return 1;
+}
+
 int nat_egress(struct __sk_buff *skb)
 {
     struct pkt p = {.icmp_type = 0xff};
@@ -604,91 +708,12 @@ int nat_egress(struct __sk_buff *skb)
             return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
         return outcome(NAT_OUT_FRAGMENT, len, TC_ACT_OK);
     }
-    if (!snat_ok)
+    if (!snat_ok) {
+        if (icmp_error(skb, &p, 1, &verdict))
+            return verdict;
         return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
+    }
     return snat_new(skb, cfg, &p, &key, now);
-}
-
-/* An ICMP error (destination unreachable, time exceeded, parameter problem) about a
- * packet a SNAT flow sent: the embedded header is that packet as it left (source: the
- * SNAT address and port). Outer destination, embedded source address and port (or echo
- * identifier) become the inside host's again, with the outer IPv4, embedded IPv4,
- * embedded L4 (where the message carries it) and ICMP checksums updated: the inside
- * host sees the error about the packet it sent. 1: handled (*verdict set); 0: not one. */
-static __always_inline int icmp_error_in(struct __sk_buff *skb, struct pkt *p, int *verdict)
-{
-    u64 len = skb->len;
-    if (p->proto != IPPROTO_ICMP || !p->has_l4 || p->options || p->fragment || !(p->icmp_type == ICMP_DEST_UNREACH ||
-        p->icmp_type == ICMP_TIME_EXCEEDED || p->icmp_type == ICMP_PARAMETERPROB))
-        return 0;
-    void *data = (void *)(long)skb->data;
-    void *data_end = (void *)(long)skb->data_end;
-    struct icmphdr *ih = data + L4_OFF;
-    struct iphdr *in = data + INNER_IP_OFF;
-    u16 *l4 = data + INNER_L4_OFF; /* embedded ports / echo type+code, checksum, id */
-    if ((void *)(l4 + 4) > data_end || p->tot_len < IP_LEN + 8 + IP_LEN + 8)
-        return 0;
-    if (in->version != 4 || in->ihl != 5 || in->saddr != p->daddr || (in->frag_off & htons(0x1fff)))
-        return 0;
-    u8 proto = in->protocol;
-    struct nat_flow_key rkey = {.src = in->daddr, .dst = in->saddr, .proto = proto};
-    u16 nat_port;
-    if (proto == IPPROTO_ICMP) {
-        nat_port = l4[2];
-        rkey.dport = nat_port;
-    } else if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
-        nat_port = l4[0];
-        rkey.sport = l4[1];
-        rkey.dport = nat_port;
-    } else {
-        return 0;
-    }
-    struct nat_entry *rev = snat_in.lookup(&rkey);
-    if (!rev)
-        return 0;
-    u32 from = p->daddr, to = rev->addr;
-    u16 to_port = rev->port;
-    /* the outer header (the ICMP checksum does not cover it) */
-    struct iphdr *ip = data + ETH_LEN;
-    if ((void *)(ip + 1) > data_end)
-        return 0;
-    ip->daddr = to;
-    csum_replace4(&ip->check, from, to);
-    /* the embedded header: its source address and its checksum change by opposite
-     * amounts, which leaves the ICMP checksum as it was */
-    in->saddr = to;
-    csum_replace4(&in->check, from, to);
-    /* the embedded port or identifier, and the embedded L4 checksum that covers it (and,
-     * for TCP/UDP, the address through the pseudo header); the ICMP checksum follows both */
-    u16 *l4csum = 0;
-    u32 msg_len = p->tot_len - IP_LEN - 8 - IP_LEN; /* embedded L4 bytes the message carries */
-    if (proto == IPPROTO_ICMP) {
-        l4[2] = to_port;
-        l4csum = &l4[1];
-    } else {
-        l4[0] = to_port;
-        if (proto == IPPROTO_UDP) {
-            l4csum = &l4[3];
-        } else if (msg_len >= 18) {
-            l4csum = (void *)l4 + 16;
-            if ((void *)(l4csum + 1) > data_end)
-                l4csum = 0;
-        }
-    }
-    csum_replace2(&ih->checksum, nat_port, to_port);
-    if (l4csum && !(proto == IPPROTO_UDP && *l4csum == 0)) {
-        u16 old = *l4csum;
-        if (proto != IPPROTO_ICMP)
-            csum_replace4(l4csum, from, to);
-        csum_replace2(l4csum, nat_port, to_port);
-        if (proto == IPPROTO_UDP && *l4csum == 0)
-            *l4csum = 0xffff;
-        csum_replace2(&ih->checksum, old, *l4csum);
-    }
-    /* every change above is matched by its checksum's: the packet's sum is unchanged, so
-     * a receive checksum of the whole packet (CHECKSUM_COMPLETE) still holds */
-    *verdict = outcome(NAT_IN_ICMP_ERROR, len, TC_ACT_OK);
-    return 1;
 }
 
 int nat_ingress(struct __sk_buff *skb)
@@ -711,7 +736,7 @@ int nat_ingress(struct __sk_buff *skb)
                 return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
             return outcome(NAT_IN_FRAGMENT, len, TC_ACT_OK);
         }
-        if (icmp_error_in(skb, &p, &verdict))
+        if (icmp_error(skb, &p, 0, &verdict))
             return verdict;
         if (!snat_protocol(&p, ICMP_ECHOREPLY))
             return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);

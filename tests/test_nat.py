@@ -215,3 +215,74 @@ def test_experiment_smoke(tmp_path):
     mbps = r.table[r.table["measure"] == "tcp_mbps"].groupby("variant")["value"].mean()
     assert (mbps > 0).all()
     assert "eBPF NAT" in r.interpretation and "checks passed" in r.interpretation
+
+
+def _unusual_frames(src_mac: str, dst_mac: str) -> dict:
+    """Frames from inside host c1 to the server that are unusual or malformed."""
+    import struct
+
+    from labkit import packets
+
+    src, dst = nat_testbed.client_addr(1), nat_testbed.SERVER
+
+    def fix(f: bytearray) -> bytes:
+        ihl = (f[14] & 0x0F) * 4
+        f[24:26] = b"\0\0"
+        f[24:26] = struct.pack("!H", packets.checksum(bytes(f[14:14 + ihl])))
+        return bytes(f)
+
+    udp = bytearray(packets.build(packets.FrameSpec(src_mac, dst_mac, src, dst, "udp", 45000, 9, 200)))
+    opts = bytearray(udp[:34] + bytes([1, 1, 1, 0]) + udp[34:])  # NOP NOP NOP EOL
+    opts[14], opts[16:18] = 0x46, struct.pack("!H", struct.unpack("!H", udp[16:18])[0] + 4)
+    first = bytearray(udp)
+    first[20:22] = struct.pack("!H", 0x2000)
+    first[18:20] = b"\x12\x34"
+    later = bytearray(first[:34] + bytes(64))
+    later[16:18], later[20:22] = struct.pack("!H", 84), struct.pack("!H", 0x0010)
+    orphan = bytearray(later)
+    orphan[18:20] = b"\x56\x78"
+    bad_l4 = bytearray(udp)
+    bad_l4[40] ^= 0x5A
+    gre = bytearray(udp)
+    gre[23] = 47
+    short_tcp = bytearray(packets.build(packets.FrameSpec(src_mac, dst_mac, src, dst, "tcp", 45001, 80, 60)))
+    short_tcp[16:18] = struct.pack("!H", 30)  # a TCP header cut to 10 bytes
+    bad_ip = bytearray(udp)
+    bad_ip[24] ^= 0x33
+    return {"options": fix(opts), "first fragment": fix(first), "later fragment": fix(later),
+            "orphan fragment": fix(orphan), "bad UDP checksum": bytes(bad_l4), "GRE": fix(gre),
+            "truncated TCP": fix(short_tcp), "bad IPv4 checksum": bytes(bad_ip)}
+
+
+@pytest.mark.parametrize("variant", ["ebpf", "xdp_nat"])
+def test_unusual_packets_from_inside_never_leak_an_inside_address(nat, variant):
+    """IP options, fragments (one whose first never came), bad checksums, a protocol the
+    NAT cannot translate, a truncated header, sent raw from inside: whatever reaches the
+    server's wire carries the SNAT address, never an inside one; and what the NAT can
+    carry (options, both fragments) arrives."""
+    import socket
+
+    from labkit import packets
+
+    nat.clear()
+    with nat_testbed.NatLab(1, "off") as lab, lab.variant(variant, nat), \
+            nat_checks.capture(lab.server, lab.server_iface.name, "ip") as got:
+        lab.client(1).run(["ping", "-c", "1", "-W", "2", nat_testbed.SERVER], check=False, timeout=10)
+        frames = _unusual_frames(lab.client_iface(1).mac, lab.inside(1).mac)
+        with lab.client(1).entered():
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        try:
+            s.bind((lab.client_iface(1).name, 0))
+            for f in frames.values():
+                s.send(f)
+        finally:
+            s.close()
+        time.sleep(0.5)
+        stats = nat.stats()
+    seen = [packets.parse(f) for f in got()]
+    leaked = [p for p in seen if p.src_ip and p.src_ip.startswith("10.20.")]
+    assert not leaked, [(p.src_ip, p.dst_ip, p.proto) for p in leaked]
+    ports = [p for p in seen if p.src_ip == SNAT and p.proto == 17]
+    assert len(ports) >= 3, f"options packet, bad-checksum packet and first fragment should arrive: {len(ports)}"
+    assert stats["out_fragment"]["packets"] >= 1 and stats["drop_fragment"]["packets"] >= 1, stats
+    assert stats["drop_protocol"]["packets"] >= 1, stats  # GRE from an inside host

@@ -9,11 +9,13 @@ import collections
 import os
 import random
 import struct
+import sys
 import time
 
 import pytest
 
 from labkit import bpf, packets
+from labkit.errors import InputError
 from labkit.dataplanes.nat_model import OUTCOMES, ModelMismatch, NatModel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
@@ -86,8 +88,8 @@ def fragment(f: bytearray, rng) -> bytearray:
     return f
 
 
-def icmp_error(rng, remote: str, sent: bytes) -> bytearray:
-    """An ICMP error from REMOTE about SENT (a frame as the NAT let it out): destination
+def icmp_error(rng, remote: str, sent: bytes, to: str = SNAT) -> bytearray:
+    """An ICMP error from REMOTE to TO about SENT (a frame as the NAT let it out): destination
     unreachable, time exceeded or parameter problem, carrying SENT's IPv4 header and 8 to
     all of its payload bytes, as routers and hosts do."""
     ip = sent[14:]
@@ -97,7 +99,7 @@ def icmp_error(rng, remote: str, sent: bytes) -> bytearray:
                      + (b"\0\0\x05\xdc" if rng.random() < 0.3 else b"\0\0\0\0") + keep)
     icmp[2:4] = struct.pack("!H", packets.checksum(bytes(icmp)))
     hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), rng.randrange(65536), 0, 64, 1, 0,
-                                bytes(map(int, remote.split("."))), bytes(map(int, SNAT.split(".")))))
+                                bytes(map(int, remote.split("."))), bytes(map(int, to.split(".")))))
     hdr[10:12] = struct.pack("!H", packets.checksum(bytes(hdr)))
     eth = bytes.fromhex(MAC_A.replace(":", "")) + bytes.fromhex(MAC_B.replace(":", "")) + b"\x08\x00"
     f = bytearray(eth + hdr + icmp)
@@ -188,6 +190,7 @@ def test_fuzz_matches_model(nat):
     counts = collections.Counter()
     translated_replies = []  # (remote, nat port, proto, remote port) seen leaving
     sent = []  # frames as the NAT let them out
+    received = []  # replies as the NAT let them in
     checked = malformed = 0
     failures = []
 
@@ -238,7 +241,14 @@ def test_fuzz_matches_model(nat):
                 if rng.random() < 0.9:
                     check("in", bytes(back), "first fragment back")
                 check("in", bytes(later_fragment(back, rng)), "later fragment back")
-        elif r < 0.56 and sent:  # an ICMP error about a packet that left translated
+        elif r < 0.53 and received:  # an inside host's ICMP error about a reply it got
+            back = rng.choice(received)
+            p = packets.parse(back)
+            f = icmp_error(rng, p.dst_ip, back, to=p.src_ip)
+            frame = bytes(f) if rng.random() < 0.9 else mangle(f, rng)
+            if injectable(frame):
+                check("out", frame, "icmp error from inside")
+        elif r < 0.57 and sent:  # an ICMP error about a packet that left translated
             out = rng.choice(sent)
             f = icmp_error(rng, packets.parse(out).dst_ip, out)
             if rng.random() < 0.15:
@@ -253,7 +263,9 @@ def test_fuzz_matches_model(nat):
                 f = valid(rng, remote, SNAT, "icmp", nat_port, 0, icmp_type=0)
             else:
                 f = valid(rng, remote, SNAT, {6: "tcp", 17: "udp"}[proto], rport, nat_port)
-            check("in", bytes(f), "reply")
+            got = check("in", bytes(f), "reply")
+            if got and got[0].outcome == "in_snat" and proto != 1:
+                received.append(got[1])
         elif r < 0.76:  # inbound to a static mapping's outside address, or the SNAT address with no flow
             dst = rng.choice(list(STATIC.values()) + [SNAT])
             f = valid(rng, rng.choice(REMOTES), dst, icmp_type=rng.choice([None, 0, 8, 3]))
@@ -279,7 +291,7 @@ def test_fuzz_matches_model(nat):
     # the run covered every outcome the rules can produce without a full table
     for outcome in ("out_static", "out_snat_new", "out_snat", "in_static", "in_snat", "pass_not_ipv4",
                     "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_fragment",
-                    "drop_fragment", "drop_protocol", "in_icmp_error", "out_fragment", "in_fragment"):
+                    "drop_fragment", "drop_protocol", "in_icmp_error", "out_fragment", "in_fragment", "out_icmp_error"):
         assert counts[outcome] > 0, f"the fuzz run never produced {outcome}: widen it"
     print(f"\nfuzz: {checked} frames checked against the model ({malformed} malformed), seed {SEED}: "
           + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
@@ -349,6 +361,34 @@ def test_full_table_refuses_new_flows_and_keeps_live_ones():
         assert len(n._maps["snat_in"].items()) == 0
         dropped, out = run_one(eg, frame(99))
         assert not dropped and n.flow_table()["entries"] == 1
+
+
+def test_the_sweeper_removes_idle_flows_in_the_background():
+    from labkit.dataplanes.nat import Nat
+
+    with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, (20000, 29999), timeouts={"udp": 0.2, "icmp": 0.2}) as n:
+        eg = n.egress_function()
+        for i in range(5):
+            run_one(eg, packets.build(packets.FrameSpec(MAC_A, MAC_B, "10.20.1.2", "198.51.100.2", "udp",
+                                                        3000 + i, 53, 64)))
+        assert n.flow_table()["entries"] == 5
+        with n.sweeping(every_s=0.1):
+            deadline = time.monotonic() + 5
+            while n.flow_table()["entries"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert n.flow_table()["entries"] == 0 and n.swept == 5
+        assert len(n._maps["snat_in"].items()) == 0
+        with pytest.raises(InputError):
+            with n.sweeping(every_s=0):
+                pass
+
+
+@pytest.mark.slow
+def test_fuzz_matches_model_long(nat, monkeypatch):
+    """The same comparison over 120,000 frames (another seed)."""
+    monkeypatch.setattr(sys.modules[__name__], "FUZZ_PACKETS", 120_000)
+    monkeypatch.setattr(sys.modules[__name__], "SEED", SEED + 1)
+    test_fuzz_matches_model(nat)
 
 
 def test_idle_flow_expires_on_lookup_and_reply_state_goes_with_it():

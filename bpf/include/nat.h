@@ -24,6 +24,7 @@ enum nat_outcome {
     NAT_IN_ICMP_ERROR, /* an ICMP error about a SNAT flow: outer and embedded headers translated */
     NAT_OUT_FRAGMENT,  /* a later fragment, translated as its first fragment was */
     NAT_IN_FRAGMENT,
+    NAT_OUT_ICMP_ERROR, /* an inside host's ICMP error about a packet of its SNAT flow */
     NAT_OUTCOME_MAX, /* the number of outcomes, not one of them */
 };
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import socket
-from contextlib import ExitStack
+import threading
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 
 from labkit import bpf
@@ -359,6 +360,29 @@ class Nat:
                 "created": created, "evicted_or_stale": max(0, created - live), "swept": self.swept,
                 "no_port_drops": stats["drop_no_port"]["packets"],
                 "table_full_drops": stats["drop_table_full"]["packets"]}
+
+    @contextmanager
+    def sweeping(self, every_s: float = 1.0):
+        """Sweep expired flows every EVERY_S seconds in a background thread while in the
+        `with` (the program expires flows lazily only when a packet meets them)."""
+        if isinstance(every_s, bool) or not isinstance(every_s, (int, float)) or not 0.01 <= every_s <= 3600:
+            raise InputError(f"every_s {every_s!r}: seconds 0.01..3600 between sweeps")
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(every_s):
+                try:
+                    self.sweep()
+                except Exception:  # the program was unloaded under us: nothing left to sweep
+                    return
+
+        t = threading.Thread(target=loop, name="nat-sweeper", daemon=True)
+        t.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            t.join(5)
 
     def clear_flows(self) -> None:
         """Forget every SNAT flow (both directions): new packets start new flows."""

@@ -24,7 +24,7 @@ from labkit.errors import InputError
 #: bpf/include/nat.h ("out_static", "out_snat_new", ..., "drop_rewrite_failed").
 OUTCOMES = enum_names("nat.h", "nat_outcome", "NAT_")
 TRANSLATED = {"out_static", "out_snat_new", "out_snat", "in_static", "in_snat", "in_icmp_error", "out_fragment",
-              "in_fragment"}
+              "in_fragment", "out_icmp_error"}
 TCP, UDP, ICMP = 6, 17, 1
 ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
 ICMP_ERRORS = (3, 11, 12)  # destination unreachable, time exceeded, parameter problem
@@ -152,6 +152,10 @@ class NatModel:
             if fk not in self.frags:
                 return Expected("drop_fragment", None)
             return self._rewrite(frame, p, "out_fragment", src=self.frags[fk])
+        if p.proto == ICMP and p.icmp_type in ICMP_ERRORS and not p.options and not p.fragment:
+            exp = self._icmp_error(frame, p, outbound=True)
+            if exp is not None:
+                return exp
         if not p.has_l4 or not (p.proto in (TCP, UDP) or (p.proto == ICMP and p.icmp_type == ICMP_ECHO)):
             return Expected("drop_protocol", None)
         key = (p.saddr, p.daddr, p.sport, 0 if p.proto == ICMP else p.dport, p.proto)
@@ -221,49 +225,57 @@ class NatModel:
         return self._rewrite(frame, p, "in_static", dst=st)
 
     # ------------------------------------------------------------ ICMP errors
-    def _icmp_error(self, frame: bytes, p: Packet) -> Expected | None:
-        """An ICMP error about a packet a SNAT flow sent (the embedded header is that packet
-        as it left): outer destination, embedded source and port back to the inside host's,
-        every checksum with it. None: not one the NAT knows (handled as any other ICMP)."""
+    def _icmp_error(self, frame: bytes, p: Packet, outbound: bool = False) -> Expected | None:
+        """An ICMP error about a packet of a SNAT flow, the embedded header that packet as
+        its receiver got it. Inbound: it left with the SNAT address and port as source, which
+        become the inside host's again (outer destination too). Outbound (TCP/UDP): the
+        inside host's error names itself as the packet's destination, which becomes the SNAT
+        address and port (outer source too). Every checksum follows. None: not such an error."""
         inner, l4 = L4 + 8, L4 + 8 + IP
         if len(frame) < l4 + 8 or p.tot_len < IP + 8 + IP + 8:
             return None
-        if frame[inner] != 0x45 or _ip(frame[inner + 12:inner + 16]) != p.daddr:
+        if frame[inner] != 0x45 or struct.unpack("!H", frame[inner + 6:inner + 8])[0] & 0x1FFF:
             return None
-        if struct.unpack("!H", frame[inner + 6:inner + 8])[0] & 0x1FFF:
+        at = inner + (16 if outbound else 12)  # the embedded address the NAT rewrites
+        ours = _ip(frame[at:at + 4])
+        if ours != (p.saddr if outbound else p.daddr):
             return None
-        proto, remote = frame[inner + 9], _ip(frame[inner + 16:inner + 20])
-        if proto == ICMP:
-            nat_port = struct.unpack("!H", frame[l4 + 4:l4 + 6])[0]
-            rkey, port_at, csum_at = (remote, p.daddr, 0, nat_port, ICMP), l4 + 4, l4 + 2
+        proto, theirs = frame[inner + 9], _ip(frame[inner + (12 if outbound else 16):][:4])
+        if proto == ICMP and not outbound:
+            port_at, csum_at = l4 + 4, l4 + 2
         elif proto in (TCP, UDP):
-            nat_port, rport = struct.unpack("!HH", frame[l4:l4 + 4])
-            rkey, port_at = (remote, p.daddr, rport, nat_port, proto), l4
+            port_at = l4 + (2 if outbound else 0)
             csum_at = l4 + 6 if proto == UDP else (l4 + 16 if p.tot_len - 2 * IP - 8 >= 18 else None)
         else:
             return None
-        if rkey not in self.reverse:
+        from_port = struct.unpack("!H", frame[port_at:port_at + 2])[0]
+        if outbound:
+            rport = struct.unpack("!H", frame[l4:l4 + 2])[0]
+            found = self.flows.get((ours, theirs, from_port, rport, proto))
+        else:
+            rport = 0 if proto == ICMP else struct.unpack("!H", frame[l4 + 2:l4 + 4])[0]
+            found = self.reverse.get((theirs, ours, rport, from_port, proto))
+        if found is None:
             return None
-        inside, in_port = self.reverse[rkey]
+        to, to_port = found
         out = bytearray(frame)
         end = ETH + p.tot_len
-        icmp_err = _sum16(frame[L4:end])
-        ip_err = _sum16(frame[ETH:L4])
-        inner_err = _sum16(frame[inner:l4])
-        out[ETH + 16:ETH + 20] = struct.pack("!I", inside)
-        out[inner + 12:inner + 16] = struct.pack("!I", inside)
-        out[port_at:port_at + 2] = struct.pack("!H", in_port)
+        icmp_err, ip_err, inner_err = _sum16(frame[L4:end]), _sum16(frame[ETH:L4]), _sum16(frame[inner:l4])
+        outer_at = ETH + (12 if outbound else 16)
+        out[outer_at:outer_at + 4] = struct.pack("!I", to)
+        out[at:at + 4] = struct.pack("!I", to)
+        out[port_at:port_at + 2] = struct.pack("!H", to_port)
         fields = [(ETH + 10, False), (inner + 10, False), (L4 + 2, False)]
-        for at, region, err in ((ETH + 10, (ETH, L4), ip_err), (inner + 10, (inner, l4), inner_err)):
-            out[at:at + 2] = b"\0\0"
-            out[at:at + 2] = struct.pack("!H", (err - _sum16(bytes(out[region[0]:region[1]]))) % 0xFFFF)
+        for csum, (lo, hi), err in ((ETH + 10, (ETH, L4), ip_err), (inner + 10, (inner, l4), inner_err)):
+            out[csum:csum + 2] = b"\0\0"
+            out[csum:csum + 2] = struct.pack("!H", (err - _sum16(bytes(out[lo:hi]))) % 0xFFFF)
         old = struct.unpack("!H", frame[csum_at:csum_at + 2])[0] if csum_at is not None else 0
         if csum_at is not None and not (proto == UDP and old == 0):
             # the embedded L4 checksum, cut short with its packet: updated, not recomputed
             # (RFC 1624): it loses what its address (TCP/UDP) and port gained
-            s_ = (~old & 0xFFFF) + (nat_port ^ 0xFFFF) + in_port
+            s_ = (~old & 0xFFFF) + (from_port ^ 0xFFFF) + to_port
             if proto != ICMP:
-                s_ += _sum16(struct.pack("!I", inside)) + (0xFFFF - _sum16(struct.pack("!I", p.daddr)))
+                s_ += _sum16(struct.pack("!I", to)) + (0xFFFF - _sum16(struct.pack("!I", ours)))
             new = (~(s_ % 0xFFFF)) & 0xFFFF
             if proto == UDP and new == 0:
                 new = 0xFFFF
@@ -271,7 +283,7 @@ class NatModel:
             fields.append((csum_at, proto == UDP))
         out[L4 + 2:L4 + 4] = b"\0\0"
         out[L4 + 2:L4 + 4] = struct.pack("!H", (icmp_err - _sum16(bytes(out[L4:end]))) % 0xFFFF)
-        return Expected("in_icmp_error", bytes(out), fields)
+        return Expected("out_icmp_error" if outbound else "in_icmp_error", bytes(out), fields)
 
     # ------------------------------------------------------------ rewriting
     def _rewrite(self, frame: bytes, p: Packet, outcome: str, *, src=None, dst=None, sport=None, dport=None) -> Expected:

@@ -2,13 +2,11 @@
 one function each; `check_correctness` runs them all against a NAT.
 """
 from __future__ import annotations
-import hashlib
 import ipaddress
 import os
 import socket
 import struct
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from labkit import packets
@@ -18,6 +16,9 @@ from labkit.testbed import topology
 from labkit.errors import LabkitError
 from labkit.dataplanes.nat import Nat
 from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, NatLab, SERVER, STATIC_OUTSIDE, client_addr
+from labkit.experiments.nat.exchanges import (BEYOND, _udp_socket, router_beyond_server, tcp_many, tcp_transfer,
+                                              udp_exchange, udp_fragmented, udp_port_unreachable,
+                                              udp_port_unreachable_from_inside)
 
 
 @contextmanager
@@ -77,163 +78,15 @@ def snmp(host: hosts.Host) -> dict:
 CSUM_COUNTERS = (("Ip", "InHdrErrors"), ("Udp", "InCsumErrors"), ("Tcp", "InCsumErrors"), ("Icmp", "InCsumErrors"))
 
 
-def _udp_socket(host: hosts.Host, port: int) -> socket.socket:
-    with host.entered():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.settimeout(3.0)
-    return s
-
-
-def udp_exchange(lab: NatLab, sport: int = 40000, dport: int = 7777) -> dict:
-    """Every client sends one datagram from the same source port; the server echoes each
-    to whoever it saw. Returns what the server saw and what each client got back."""
-    seen, got = {}, {}
-    srv = _udp_socket(lab.server, dport)
-    socks = {}
-    try:
-        for i in range(1, lab.clients + 1):
-            socks[i] = _udp_socket(lab.client(i), sport)
-        for i, s in socks.items():
-            s.sendto(f"hello from c{i}".encode(), (SERVER, dport))
-            try:
-                data, peer = srv.recvfrom(2048)
-            except socket.timeout:  # never arrived (or the server's kernel refused it)
-                continue
-            seen[data.decode()] = peer
-            srv.sendto(b"echo: " + data, peer)
-        for i, s in socks.items():
-            try:
-                got[i] = s.recvfrom(2048)[0].decode()
-            except socket.timeout:
-                got[i] = None
-    finally:
-        srv.close()
-        for s in socks.values():
-            s.close()
-    return {"seen": seen, "got": got}
-
-
-def tcp_transfer(lab: NatLab, i: int, nbytes: int = 512 * 1024, port: int = 7778) -> dict:
-    """Client i sends NBYTES over TCP to the server; the server hashes what arrives."""
-    with lab.server.entered():
-        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", port))
-    ls.listen(1)
-    ls.settimeout(5.0)
-    payload = os.urandom(nbytes)
-    result = {}
-
-    def serve():
-        try:
-            conn, peer = ls.accept()
-            conn.settimeout(10.0)
-            h, n = hashlib.sha256(), 0
-            while True:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                h.update(chunk)
-                n += len(chunk)
-            conn.close()
-            result.update(peer=peer, sha256=h.hexdigest(), bytes=n)
-        except OSError as exc:
-            result["error"] = str(exc)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        with lab.client(i).entered():
-            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        c.settimeout(10.0)
-        try:
-            c.connect((SERVER, port))
-            c.sendall(payload)
-            c.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            result["error"] = f"client: {exc}"
-        finally:
-            c.close()
-        t.join(15)
-    finally:
-        ls.close()
-    result["sent_sha256"] = hashlib.sha256(payload).hexdigest()
-    return result
-
-
-def udp_fragmented(lab: NatLab, size: int = 4000, sport: int = 40003, dport: int = 7780) -> dict:
-    """c1 sends one UDP datagram of SIZE bytes (beyond the 1500-byte MTU: it leaves in
-    fragments), the server echoes it; what each side got, and from whom."""
-    payload = os.urandom(size)
-    srv = _udp_socket(lab.server, dport)
-    c = _udp_socket(lab.client(1), sport)
-    out = {"sent": len(payload)}
-    try:
-        c.sendto(payload, (SERVER, dport))
-        try:
-            data, peer = srv.recvfrom(65535)
-            out.update(server_got=len(data), server_intact=data == payload, server_saw=peer)
-            srv.sendto(data, peer)
-            back, _ = c.recvfrom(65535)
-            out.update(client_got=len(back), client_intact=back == payload)
-        except socket.timeout:
-            pass
-    finally:
-        srv.close()
-        c.close()
-    return out
-
-
-BEYOND = "203.0.113.7"  # an address one router past the server (for time exceeded)
-
-
-def udp_port_unreachable(lab: NatLab, sport: int = 40002, dport: int = 9999) -> dict:
-    """Every client sends from the same source port to a closed port of the server on a
-    connected UDP socket; the server's port unreachable must come back, through the NAT,
-    to that client (Linux reports it as ECONNREFUSED). {client: 'refused' | what happened}."""
-    got = {}
-    socks = {}
-    try:
-        for i in range(1, lab.clients + 1):
-            socks[i] = _udp_socket(lab.client(i), sport)
-            socks[i].settimeout(2.0)
-            socks[i].connect((SERVER, dport))
-        for i, s in socks.items():
-            try:
-                s.send(b"anyone there?")
-                s.recv(2048)
-                got[i] = "an answer"
-            except ConnectionRefusedError:
-                got[i] = "refused"
-            except socket.timeout:
-                got[i] = "nothing within 2 s"
-    finally:
-        for s in socks.values():
-            s.close()
-    return got
-
-
-@contextmanager
-def router_beyond_server(lab: NatLab):
-    """The server as a router towards BEYOND's network (the NAT routes it to the server),
-    so that a packet whose TTL ends there draws a time exceeded from beyond the NAT."""
-    srv, nat_host = lab.server, lab.topo.host("nat")
-    srv.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], timeout=10)
-    try:
-        with topology.route(nat_host, "203.0.113.0/24", SERVER), topology.route(srv, "203.0.113.0/24", NAT_OUTSIDE):
-            yield
-    finally:
-        srv.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"], check=False, timeout=10)
-
-
 def icmp_error_checks(lab: NatLab, add) -> int:
     """ICMP errors from beyond the NAT reach the inside host they concern. Returns the
     server's InHdrErrors it caused on purpose (the router's count of expired TTLs)."""
     got = udp_port_unreachable(lab)
     add("ICMP: port unreachable reaches the client that sent (same source port on every client)",
         all(v == "refused" for v in got.values()), "; ".join(f"c{i}: {v}" for i, v in got.items()))
+    back = udp_port_unreachable_from_inside(lab)
+    add("ICMP: an inside host's port unreachable reaches the server, about the address it knows",
+        back == "refused", f"the server's connected socket: {back}")
     with router_beyond_server(lab):
         before = snmp(lab.server).get(("Ip", "InHdrErrors"), 0)
         cp = lab.client(1).run(["ping", "-c", "1", "-t", "2", "-W", "2", BEYOND], check=False, timeout=20)
@@ -283,6 +136,13 @@ def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict
             add(f"TCP: c{i} seen as the SNAT address", (r.get("peer") or ("",))[0] == NAT_OUTSIDE,
                 f"server saw {r.get('peer')}")
         ttl_expired = icmp_error_checks(lab, add)
+        many = tcp_many(lab)
+        add(f"TCP: {many.get('want')} concurrent connections, every client from the same source ports",
+            "error" not in many and many["got"] == many["want"] and many["sources"] == {NAT_OUTSIDE}
+            and many["outside_ports"] == many["want"] and many["intact"],
+            f"{many.get('got')} of {many.get('want')} arrived; sources {sorted(many.get('sources', []))}; "
+            f"{many.get('outside_ports')} distinct outside ports; messages intact: {many.get('intact')}"
+            + (f"; error: {many['error']}" if "error" in many else ""))
         # fragments and IPv4 options
         big = udp_fragmented(lab)
         add("UDP: a datagram beyond the MTU arrives whole, both ways (fragments translated)",
