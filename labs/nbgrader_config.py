@@ -11,9 +11,14 @@ c.CourseDirectory.source_directory = "source"
 c.CourseDirectory.release_directory = "release"
 # The gradebook lives beside the course unless the instructor puts it elsewhere.
 c.CourseDirectory.db_url = os.environ.get("LABKIT_GRADEBOOK", "sqlite:///" + os.path.join(here, "gradebook.db"))
-# Solution regions in C cells (`// BEGIN SOLUTION`) get the same Python stub as Python
-# cells; the %%bpf magic reads that stub as the C comment /* YOUR CODE HERE */.
+# Solution regions in C cells (`// BEGIN SOLUTION`) first get the same Python stub as
+# Python cells; the next step, labkit's CStubs, turns it into the C comment
+# /* YOUR CODE HERE */ in %%bpf cells.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+from nbgrader.converters import GenerateAssignment  # noqa: E402
+from labkit.teaching.release import with_c_stubs  # noqa: E402
+
+c.GenerateAssignment.preprocessors = with_c_stubs(GenerateAssignment.class_traits()["preprocessors"].default())
 c.ClearSolutions.begin_solution_delimeter = "BEGIN SOLUTION"
 c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
 c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"

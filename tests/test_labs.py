@@ -82,6 +82,11 @@ def test_release_holds_no_solutions_and_no_hidden_tests(course):
             text = path.read_text()
             for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
                 assert marker not in text, f"{path.name} still has {marker!r}"
+            for cell in nbformat.read(path, as_version=4).cells:
+                if cell.cell_type == "code" and cell.source.startswith("%%bpf"):
+                    assert "NotImplementedError" not in cell.source, f"{path.name}: a Python stub in C:\n{cell.source}"
+                    if nbgrader_meta(cell).get("solution"):
+                        assert "/* YOUR CODE HERE */" in cell.source, f"{path.name}: no C stub in\n{cell.source}"
     source_text = (LABS / "source" / LESSONS[1]).glob("*.ipynb")
     assert any("BEGIN SOLUTION" in p.read_text() for p in source_text)
 

@@ -5,7 +5,8 @@
 - `magic`: the ``%%bpf`` cell magic (C in a cell, compiled and loaded by bcc, kept in a name);
 - `frames`: crafted frames, the awkward ones included (truncated, IP options, VLAN, ARP);
 - `checks`: exercise checks that print expected against actual with a hint;
-- `live`: a student's testbed and measurements with traffic, for the measuring lessons.
+- `live`: a student's testbed and measurements with traffic, for the measuring lessons;
+- `release`: the step `make labs` adds to nbgrader's (C stubs in `%%bpf` cells).
 
 In a notebook, ``%load_ext labkit.teaching`` registers the magic.
 """

@@ -15,9 +15,10 @@ A cell the compiler or verifier refuses raises nothing: the cell prints why (the
 verifier's message, the instructions it checked with your source lines, a hint) and the
 name holds a `CellProgram` whose `refused` says why, which the checks report.
 
-A starter cell made by nbgrader has its solution replaced by nbgrader's Python stub; the
-magic reads those two lines as the C comment ``/* YOUR CODE HERE */``, so a starter
-compiles and runs (and fails its checks) until the student writes the code.
+A starter cell made by `make labs` has its solution replaced by ``/* YOUR CODE HERE */``
+(`labkit.teaching.release`); should it hold nbgrader's Python stub instead, the magic reads
+those two lines as that comment, so a starter compiles and runs (and fails its checks)
+until the student writes the code.
 """
 from __future__ import annotations
 
@@ -41,7 +42,11 @@ def from_stub(source: str) -> str:
     out = []
     for line in source.split("\n"):
         key = line.strip()
-        out.append(line.replace(key, _STUB[key]) if key in _STUB else line)
+        if key in _STUB:
+            if _STUB[key]:
+                out.append(line.replace(key, _STUB[key]))
+        else:
+            out.append(line)
     return "\n".join(out)
 
 
