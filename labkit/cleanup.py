@@ -64,7 +64,7 @@ def leftovers(include_live: bool = False, prefix: str | None = None) -> dict:
         mine = lambda name: bool(PREFIX_RE.match(name)) and _run_of(name) not in live  # noqa: E731
     registries = []
     if REGISTRY_DIR.is_dir():
-        registries = [f for f in REGISTRY_DIR.glob("lk*.json") if mine(f.stem)]
+        registries = [f for f in REGISTRY_DIR.glob("lk*.json") if mine(f.stem) and _same_netns(f)]
     return {
         "namespaces": [n for n in labkit_namespaces() if mine(n)],
         "links": [n for n in labkit_root_links() if mine(n)],
@@ -73,6 +73,20 @@ def leftovers(include_live: bool = False, prefix: str | None = None) -> dict:
         "processes": [pid for pid, run in run_processes() if mine(run)],
         "ovs": [d.name for d in ovs.switch_dirs() if mine(d.name)],  # a run's own Open vSwitch
     }
+
+
+def _same_netns(registry) -> bool:
+    """Whether REGISTRY's changes were made in this network namespace, or in one that is
+    gone (a remote host's session records its own: a "host" that is a namespace of this
+    machine is cleaned from inside it, by `clean_hosts`)."""
+    try:
+        netns = json.loads(registry.read_text()).get("netns")
+    except (OSError, ValueError):
+        return True
+    if netns is None or netns == os.readlink("/proc/self/ns/net"):
+        return True
+    named = {os.stat(p).st_ino for p in NETNS_DIR.iterdir()} if NETNS_DIR.is_dir() else set()
+    return int(re.sub(r"\D", "", netns) or 0) not in named
 
 
 def run_processes() -> list[tuple[int, str]]:

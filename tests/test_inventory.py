@@ -168,3 +168,31 @@ def test_provisioning_names_the_host_it_cannot_reach(remote_hosts):
     with pytest.raises(provision.ProvisionFailed, match=r"host h2: unreachable"):
         provision.provision(path, check=True, log=lambda m: None)
 
+
+
+def test_a_host_lost_mid_run_is_named_the_others_undone_and_clean_finishes_it(remote_hosts):
+    """The receiver's session dies with an XDP program attached on h2 and a generator open
+    on h1: the next call names h2; leaving the testbed closes h1 (its session undone); the
+    program stays on h2 until `labkit clean --inventory` undoes it there."""
+    import os
+    import signal
+
+    from labkit import cleanup
+    from labkit.experiments import across_hosts
+
+    path = remote_hosts.inventory({"sender": "h1", "receiver": "h2"})
+    rcv_if = remote_hosts.data_if[("h2", "h1")]
+    h2 = remote_hosts.host("h2")
+    with pytest.raises(HostUnreachable, match=r"host h2 .*connection was lost.*labkit clean --inventory"):
+        with across_hosts.Testbed(path, ("sender", "receiver")) as bed:
+            snd, rcv = across_hosts.end(bed, "sender"), across_hosts.end(bed, "receiver")
+            sender_session = runs.REGISTRY_DIR / f"{snd.host.prefix}.json"
+            with across_hosts.RemoteGenerator(snd, "trafgen"):
+                with rcv.host.hold("labkit.experiments.xdp_drop:receiver_variant", rcv_if, "xdp_generic", "udp") as n:
+                    assert "xdpgeneric" in h2.run(["ip", "link", "show", rcv_if]).stdout
+                    os.kill(rcv.host.call(os.getpid), signal.SIGKILL)  # as when h2's network goes
+                    n()
+    assert not sender_session.exists(), "h1's session was closed and undone"
+    assert "xdpgeneric" in h2.run(["ip", "link", "show", rcv_if]).stdout, "h2 could not be reached to undo it"
+    cleanup.clean_hosts(path, log=lambda msg: None)
+    assert "xdp" not in h2.run(["ip", "link", "show", rcv_if]).stdout, "clean --inventory detached it on h2"

@@ -26,11 +26,12 @@ def served_from() -> dict:
     """Where the far side got labkit and pyroute2 from (mitogen serves them: 'master:...')."""
     import sys
 
+    import bcc
     import pyroute2
 
     import labkit
 
-    return {"labkit": labkit.__file__, "pyroute2": pyroute2.__file__, "python": sys.executable}
+    return {"labkit": labkit.__file__, "pyroute2": pyroute2.__file__, "python": sys.executable, "bcc": bcc.__file__}
 
 
 def gone(pid: int, timeout: float = 10) -> bool:
@@ -51,6 +52,7 @@ def test_run_spawn_and_call_on_the_far_host(remote_hosts):
         served = host.call(served_from)
         assert served["labkit"].startswith("master:") and served["pyroute2"].startswith("master:"), served
         assert served["python"] == "/usr/bin/python3"
+        assert served["bcc"].startswith("/usr/lib/python3/dist-packages/"), "bcc is the host's own"
         ifname = remote_hosts.data_if[("h1", "h2")]
         assert ifname in host.run(["ip", "-o", "link"]).stdout
         assert host.call(interface_exists, ifname) and not host.call(interface_exists, "nosuch0")

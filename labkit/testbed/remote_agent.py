@@ -30,6 +30,7 @@ def session_open(runtime_dir: str | None, sources: dict) -> str:
 
     runs.require_root("a remote labkit session")
     run = runs.Run()
+    run._state["netns"] = os.readlink("/proc/self/ns/net")  # where its changes are undone
     bpf_dir = runs.REGISTRY_DIR / f"{run.prefix}-bpf"
     for rel, text in sources.items():
         path = bpf_dir / rel
