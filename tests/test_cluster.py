@@ -78,3 +78,12 @@ def test_two_notebooks_on_two_testbeds_come_back_here(client, tmp_path):
     batch = json.loads((reports / "batch.json").read_text())
     assert {e["name"] for e in batch["notebooks"]} == {"01-xdp-drop", "04-comparison"}
     assert (reports / "index.html").exists()
+
+
+def test_the_command_line_names_a_missing_scheduler(tmp_path, capsys):
+    from labkit import cli
+
+    assert cli.main(["run", "01-xdp-drop", "--smoke", "--scheduler-file", str(tmp_path / "none.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"scheduler file {tmp_path / 'none.json'} does not exist" in err and "dask scheduler --scheduler-file" in err
+

@@ -177,7 +177,7 @@ def test_a_host_lost_mid_run_is_named_the_others_undone_and_clean_finishes_it(re
     import os
     import signal
 
-    from labkit import cleanup
+    from labkit import cli
     from labkit.experiments import across_hosts
 
     path = remote_hosts.inventory({"sender": "h1", "receiver": "h2"})
@@ -194,5 +194,5 @@ def test_a_host_lost_mid_run_is_named_the_others_undone_and_clean_finishes_it(re
                     n()
     assert not sender_session.exists(), "h1's session was closed and undone"
     assert "xdpgeneric" in h2.run(["ip", "link", "show", rcv_if]).stdout, "h2 could not be reached to undo it"
-    cleanup.clean_hosts(path, log=lambda msg: None)
+    assert cli.main(["clean", "--inventory", str(path)]) == 0
     assert "xdp" not in h2.run(["ip", "link", "show", rcv_if]).stdout, "clean --inventory detached it on h2"
