@@ -92,6 +92,29 @@ def test_host_key_is_checked(remote_hosts, tmp_path):
         RemoteHost(**remote_hosts.spec("h1", identity_file=str(stranger))).connect()
 
 
+def parents() -> list:
+    """The names of this process's parent, grandparent and great-grandparent."""
+    out, pid = [], os.getpid()
+    for _ in range(3):
+        pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        out.append(open(f"/proc/{pid}/comm").read().strip())
+    return out
+
+
+def test_sudo_on_the_far_side(remote_hosts):
+    """sudo=True (a login that is not root) puts sudo between sshd and labkit's Python;
+    where the host has no sudo, the error says so."""
+    import shutil
+
+    host = RemoteHost(**remote_hosts.spec("h1", sudo=True))
+    if shutil.which("sudo"):  # the namespace hosts share this machine's programs
+        with host:
+            assert "sudo" in host.call(parents)
+    else:
+        with pytest.raises(HostUnreachable, match=r"host h1 .*sudo is not installed there"):
+            host.connect()
+
+
 def test_unreachable_host_names_itself(remote_hosts):
     spec = remote_hosts.spec("h1", hostname="10.250.255.254", connect_timeout=3)  # nobody there
     with pytest.raises(HostUnreachable, match=r"host h1 .*sshd"):

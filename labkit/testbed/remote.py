@@ -133,6 +133,8 @@ class RemoteHost:
         elif "permission denied" in low or "password" in low or "authentication" in low:
             fix = (f"the key {self.identity_file or '(ssh default)'} is not accepted for {self.user}: add its .pub "
                    "to the host's authorized_keys, or set ansible_ssh_private_key_file")
+        elif "sudo" in low and "no such file" in low:
+            fix = "sudo is not installed there: install it (Debian package sudo), or log in as root"
         elif "sudo" in low:
             fix = f"{self.user} cannot sudo without a password there: allow it in sudoers, or log in as root"
         else:

@@ -121,6 +121,8 @@ def release(key: int) -> None:
 def facts(interfaces: list) -> dict:
     import platform
 
+    import labkit
+
     def out(argv):
         try:
             return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -141,7 +143,7 @@ def facts(interfaces: list) -> dict:
         bcc_version = None
     return {"hostname": platform.node(), "kernel": platform.release(), "kernel_version": platform.version(),
             "machine": platform.machine(), "cpu_model": cpu, "cpus": os.cpu_count(), "nics": nics,
-            "versions": {"python": platform.python_version(), "bcc": bcc_version,
+            "versions": {"python": platform.python_version(), "bcc": bcc_version, "labkit": labkit.__version__,
                          "dpdk": out(["pkg-config", "--modversion", "libdpdk"]),
                          "trafgen": (out(["trafgen", "-v"]) or "").splitlines()[0:1],
                          "pktgen": os.path.exists("/proc/net/pktgen") or bool(out(["modinfo", "-n", "pktgen"]))}}
