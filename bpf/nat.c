@@ -785,6 +785,37 @@ int nat_ingress(struct __sk_buff *skb)
     return outcome(NAT_IN_STATIC, len, TC_ACT_OK);
 }
 
+/* Hairpinning (an inside host reaching another through an outside address of the NAT) is
+ * refused: a packet from the inside network to a static mapping's outside address, or
+ * to the SNAT address and a port of the SNAT range. (To other ports of the SNAT address
+ * it is the NAT host's own traffic.) */
+static __always_inline int hairpin(struct nat_config *cfg, struct pkt *p)
+{
+    if ((p->saddr & cfg->inside_mask) != cfg->inside_net)
+        return 0;
+    if (cfg->snat_addr && p->daddr == cfg->snat_addr) {
+        if (!p->has_l4 || p->proto == IPPROTO_ICMP)
+            return 0;
+        u16 port = ntohs(p->dport);
+        return port >= cfg->port_min && port <= cfg->port_max;
+    }
+    return static_in.lookup(&p->daddr) != 0;
+}
+
+/* nat_hairpin (tc ingress of the inside ports, optional): drops and counts hairpinning;
+ * everything else passes uncounted. */
+int nat_hairpin(struct __sk_buff *skb)
+{
+    struct pkt p = {.icmp_type = 0xff};
+    if (parse(skb, &p))
+        return TC_ACT_OK;
+    u32 zero = 0;
+    struct nat_config *cfg = config.lookup(&zero);
+    if (!cfg || !hairpin(cfg, &p))
+        return TC_ACT_OK;
+    return outcome(NAT_DROP_HAIRPIN, skb->len, TC_ACT_SHOT);
+}
+
 /* ------------------------------------------------------------------ the XDP fast path
  * xdp_nat_outbound (XDP on each inside port) and xdp_nat_inbound (XDP on the outside
  * port) translate packets of established SNAT flows and of static mappings with the
@@ -961,6 +992,8 @@ int xdp_nat_outbound(struct xdp_md *ctx)
             goto translate;
         }
     }
+    if (hairpin(cfg, &p))
+        return xdp_outcome(NAT_XDP_DROP_HAIRPIN, len, XDP_DROP);
     struct static_value *st = static_out.lookup(&p.saddr);
     if (!st) {
         int inside = cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net;

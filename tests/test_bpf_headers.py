@@ -67,7 +67,7 @@ def test_python_names_equal_the_headers_enums():
         "pass_not_ipv4", "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_stale_flow",
         "pass_fragment", "drop_fragment", "drop_protocol",
         "drop_no_port", "drop_table_full", "drop_rewrite_failed", "in_icmp_error", "out_fragment", "in_fragment",
-        "out_icmp_error"]
+        "out_icmp_error", "drop_hairpin"]
     assert xdp_gen.VARY == {"sport": 1, "dport": 2, "src_ip": 4, "dst_ip": 8}
     l4 = bpf.enum_values("xdp_gen.h", "xdp_gen_l4")
     assert set(xdp_gen.L4.values()) == set(l4.values())

@@ -25,6 +25,7 @@ enum nat_outcome {
     NAT_OUT_FRAGMENT,  /* a later fragment, translated as its first fragment was */
     NAT_IN_FRAGMENT,
     NAT_OUT_ICMP_ERROR, /* an inside host's ICMP error about a packet of its SNAT flow */
+    NAT_DROP_HAIRPIN,   /* nat_hairpin: an inside host to an outside address of the NAT (refused) */
     NAT_OUTCOME_MAX, /* the number of outcomes, not one of them */
 };
 
@@ -58,6 +59,7 @@ enum nat_xdp_outcome {
     NAT_XDP_PASS_LOCAL,     /* the kernel's FIB: not forwarded (a local address, no route, ...) */
     NAT_XDP_PASS_NO_NEIGH,  /* the next hop's MAC is not known yet: the kernel resolves it */
     NAT_XDP_PASS_FRAG_NEEDED, /* beyond the egress MTU: the kernel answers */
+    NAT_XDP_DROP_HAIRPIN,   /* an inside host to an outside address of the NAT: refused */
     NAT_XDP_OUTCOME_MAX,    /* the number of outcomes, not one of them */
 };
 

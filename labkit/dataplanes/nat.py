@@ -134,10 +134,27 @@ class Nat:
     def ingress_function(self):
         return self.program.function("nat_ingress", "tc")
 
-    def attach(self, outside_iface) -> ExitStack:
+    def hairpin_function(self):
+        return self.program.function("nat_hairpin", "tc")
+
+    def guard(self, inside_ifaces) -> ExitStack:
+        """`nat_hairpin` at tc ingress of INSIDE_IFACES: hairpinning refused and counted
+        (drop_hairpin). Use in a `with`; exit removes it."""
+        stack = ExitStack()
+        try:
+            for iface in inside_ifaces:
+                stack.enter_context(bpf.attach_tc(iface, self.hairpin_function(), "ingress"))
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    def attach(self, outside_iface, inside_ifaces=()) -> ExitStack:
         """Attach the NAT to the NAT host's outside port: tc ingress (inbound translation)
         and egress (outbound). Use in a `with`; exit removes both (the clsact qdisc).
-        The SNAT address must be one of the port's own addresses (replies are addressed to
+        With INSIDE_IFACES, `nat_hairpin` at their tc ingress refuses hairpinning (an inside
+        host to a static mapping's outside address, or to the SNAT address and a port of
+        the range), counted as `drop_hairpin`. The SNAT address must be one of the port's own addresses (replies are addressed to
         it, and the NAT host answers ARP for it): checked before anything is attached."""
         if self.snat_address is not None:
             have = interface_addresses(outside_iface)
@@ -149,6 +166,8 @@ class Nat:
         try:
             stack.enter_context(bpf.attach_tc(outside_iface, self.ingress_function(), "ingress"))
             stack.enter_context(bpf.attach_tc(outside_iface, self.egress_function(), "egress"))
+            if inside_ifaces:
+                stack.enter_context(self.guard(inside_ifaces))
         except BaseException:
             stack.close()
             raise

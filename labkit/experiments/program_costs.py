@@ -149,6 +149,8 @@ def _setup_nat(stack: ExitStack, frame: bytes):
     # testbed FIB to look it up in), so it translates and redirects
     XdpNat(nat).remember_route(socket.if_nametoindex("lo"), SRC_MAC, DST_MAC)
     fast = "SNAT, established flow, route remembered"
+    nat.add_mapping("10.20.9.9", "198.51.100.99")
+    hairpin = udp_frame("10.20.2.2", "198.51.100.99", 40000, 53)  # to another inside host's outside address
     return [(nat.program, Scenario("nat", "nat_egress", "tc", "SNAT, established flow (outbound)", out, "TC_ACT_OK",
                                    "single")),
             (nat.program, Scenario("nat", "nat_ingress", "tc", "SNAT, established flow (reply)", reply, "TC_ACT_OK",
@@ -157,6 +159,8 @@ def _setup_nat(stack: ExitStack, frame: bytes):
                                    "single")),
             (nat.program, Scenario("nat", "xdp_nat_inbound", "xdp", fast + " (reply)", reply, "XDP_REDIRECT",
                                    "single")),
+            (nat.program, Scenario("nat", "nat_hairpin", "tc", "hairpinning refused (inside ports)", hairpin,
+                                   "TC_ACT_SHOT")),
             (nat.program, Scenario("nat", "xdp_route", "xdp", "FIB lookup in this namespace (its routes decide the "
                                    "verdict)", out))]
 

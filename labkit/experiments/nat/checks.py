@@ -8,7 +8,7 @@ import socket
 import struct
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from labkit import packets
 from labkit.testbed import hosts
 from labkit import measure
@@ -98,6 +98,31 @@ def icmp_error_checks(lab: NatLab, add) -> int:
     return expired
 
 
+def hairpin_check(lab: NatLab, nat: Nat, variant: str, path, add) -> None:
+    """c2 reaching c1 through c1's static outside address, and through the SNAT address
+    and a port of the range: refused and counted (the tc NAT with its inside guard; the
+    XDP fast path's inside program refuses it itself)."""
+    if lab.clients < 2:
+        return
+    inside = [lab.inside(i) for i in range(1, lab.clients + 1)]
+    counted = (lambda: path.stats()["drop_hairpin"]["packets"]) if variant == "xdp_nat" else \
+        (lambda: nat.stats()["drop_hairpin"]["packets"])
+    with ExitStack() as stack:
+        if variant != "xdp_nat":
+            stack.enter_context(nat.guard(inside))
+        before = counted()
+        cp = lab.client(2).run(["ping", "-c", "1", "-W", "1", STATIC_OUTSIDE], check=False, timeout=10)
+        s = _udp_socket(lab.client(2), 40005)
+        try:
+            s.sendto(b"hairpin?", (NAT_OUTSIDE, nat.port_range[0]))
+        finally:
+            s.close()
+        time.sleep(0.2)
+        n = counted() - before
+    add("hairpinning refused and counted (c2 to c1's outside address, and to the SNAT address's port range)",
+        cp.returncode != 0 and n >= 2, f"ping {'failed' if cp.returncode else 'ANSWERED'}; drop_hairpin +{n}")
+
+
 def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict]:
     """Run the correctness checks with the eBPF NAT attached as VARIANT ('ebpf' or
     'tc_nat': the tc NAT; 'xdp_nat': the XDP fast path over it); one dict per check
@@ -183,6 +208,7 @@ def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict
                     srv.close()
                 add("static: c1's traffic leaves as its outside address", peer is not None and peer[0] == STATIC_OUTSIDE
                     and peer[1] == 40001, f"server saw {peer} (ports are kept)")
+                hairpin_check(lab, nat, variant, path, add)
             m = {x.inside: x for x in nat.mappings()}.get(client_addr(1))
             add("static: mapping counted both ways", m is not None and m.out_packets > 0 and m.in_packets > 0,
                 f"{m}")

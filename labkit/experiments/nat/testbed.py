@@ -120,9 +120,12 @@ class NatLab:
             yield None
 
     @contextmanager
-    def ebpf(self, nat: Nat):
+    def ebpf(self, nat: Nat, hairpin_guard: bool = False):
+        """The tc NAT on the outside port (and, with HAIRPIN_GUARD, nat_hairpin on the
+        inside ports: the XDP variant's inside program does that anyway)."""
         nat.clear_flows()
-        with nat.attach(self.outside):
+        inside = [self.inside(i) for i in range(1, self.clients + 1)] if hairpin_guard else []
+        with nat.attach(self.outside, inside):
             yield nat
 
     @contextmanager
