@@ -62,7 +62,8 @@ def test_new_drop_lab_closes_the_old_one(drop_lab):
 
 
 def test_stopped_drop_lab_refuses_everything_and_creates_nothing(drop_lab):
-    from labkit.widgets.drop import DropLabWidget, LabStopped
+    from labkit.widgets.drop import DropLabWidget
+    from labkit.testbed.live import LabStopped
 
     lab = drop_lab()
     ui = DropLabWidget(lab)
@@ -170,7 +171,7 @@ def test_new_nat_lab_closes_the_old_one_and_its_widgets(nat_lab):
 
 
 def test_nat_lab_after_stop_refuses_and_creates_nothing(nat_lab):
-    from labkit.experiments.nat.live import LabStopped
+    from labkit.testbed.live import LabStopped
     from labkit.widgets.nat import MappingEditor
 
     lab = nat_lab(clients=1)

@@ -19,31 +19,23 @@ prefix that is not one) leaves the active rules exactly as they were.
 """
 from __future__ import annotations
 
-import atexit
 import ipaddress
 import threading
 import time
 
 from labkit import traffic
 from labkit.testbed import topology
-from labkit.errors import InputError, LabkitError
+from labkit.errors import InputError
+from labkit.testbed.live import LabStopped, LiveLab
 from labkit.dataplanes.drop_filter import PROTOCOLS, DropFilter
 
 HOOKS = {"XDP native": ("xdp", "native"), "XDP generic": ("xdp", "generic"), "tc ingress": ("tc", "ingress")}
 NO_PROTO = "(none)"
 
 
-class LabStopped(LabkitError):
-    """The lab was stopped or replaced: its testbed is gone."""
-
-
-_live: "DropLab | None" = None
-_live_lock = threading.Lock()
-
-
 def live_lab() -> "DropLab | None":
     """The drop lab live in this kernel, if any."""
-    return _live
+    return DropLab.live()
 
 
 def parse_ports(text: str) -> list[int]:
@@ -72,26 +64,15 @@ def parse_source(text: str) -> str | None:
         raise InputError(f"source prefix {text!r} is not an IPv4 prefix like '10.11.0.0/24'") from None
 
 
-class DropLab:
+class DropLab(LiveLab):
     def __init__(self, hook: str = "XDP generic", generator: str = "trafgen", sender_if=None, receiver_if=None):
-        global _live
         if hook not in HOOKS:
             raise InputError(f"hook {hook!r}: choose one of {list(HOOKS)}")
-        self.closed = True  # until built: close() and the exit handler have nothing to do
-        self.stop_reason = ""
-        self._lock = threading.RLock()
-        self._listeners: list = []
-        self.replaced = None  # the run prefix of the lab this one closed, if any
-        with _live_lock:
-            old, _live = _live, None
-        if old is not None and not old.closed:
-            self.replaced = old.prefix
-            old.close("replaced: the lab's cell was run again, and a new lab took its place")
+        self._replace_live()
         self.rules = {"drop_all": False, "proto": None, "ports": [], "source": None}
         self.topo = topology.Topology(topology.pair(sender_if=sender_if, receiver_if=receiver_if))
         self.topo.__enter__()
         try:
-            self.prefix = self.topo.run.prefix
             self.filter = DropFilter()
             self.snd, self.rcv = self.topo.iface("snd"), self.topo.iface("rcv")
             self.gen = traffic.generator(generator, self.snd)
@@ -101,20 +82,7 @@ class DropLab:
         except BaseException:
             self.topo.close()
             raise
-        self.closed = False
-        with _live_lock:
-            _live = self
-        self._at_exit = lambda: self.close("closed as the kernel shut down")
-        atexit.register(self._at_exit)
-
-    # ---- state
-    def _check_open(self) -> None:
-        if self.closed:
-            raise LabStopped(f"the lab is stopped ({self.stop_reason}); run its cell again for a new one")
-
-    def on_close(self, fn) -> None:
-        """Call fn(reason) when the lab closes (the widget disables its controls)."""
-        self._listeners.append(fn)
+        self._went_live(self.topo.run.prefix)
 
     # ---- hook
     def _attach(self, hook: str) -> None:
@@ -128,8 +96,8 @@ class DropLab:
         hook is refused, the filter goes back where it was and the error is raised."""
         if hook not in HOOKS:
             raise InputError(f"hook {hook!r}: choose one of {list(HOOKS)}")
-        with self._lock:
-            self._check_open()
+        with self.lock:
+            self.check_open()
             if hook == self.hook:
                 return
             old = self.hook
@@ -156,8 +124,8 @@ class DropLab:
             new["ports"] = parse_ports(ports) if isinstance(ports, str) else parse_ports(" ".join(map(str, ports)))
         if source is not None:
             new["source"] = parse_source(source)
-        with self._lock:
-            self._check_open()
+        with self.lock:
+            self.check_open()
             if new != self.rules:
                 f = self.filter
                 f.clear()
@@ -173,8 +141,8 @@ class DropLab:
             return self.filter.rules()
 
     def active_rules(self) -> dict:
-        with self._lock:
-            self._check_open()
+        with self.lock:
+            self.check_open()
             return self.filter.rules()
 
     # ---- traffic and counters
@@ -183,14 +151,14 @@ class DropLab:
             raise InputError(f"burst of {count} packets: choose 1..100000000")
         if not 0 <= int(dport) <= 65535:
             raise InputError(f"destination port {dport} is out of range 0..65535")
-        self._check_open()
+        self.check_open()
         spec = traffic.TrafficSpec.between(self.snd, self.rcv, count=int(count), dport=int(dport), size=size, proto=proto)
         return self.gen.send(spec)
 
     def counter_rows(self) -> list[dict]:
         """The filter's per-verdict counters and the receiver's link counter."""
-        with self._lock:
-            self._check_open()
+        with self.lock:
+            self.check_open()
             rows = [{"verdict": k, **v} for k, v in self.filter.counters().items()]
             st = self.rcv.stats()
         rows.append({"verdict": "receiver link rx", "packets": st["rx_packets"], "bytes": st["rx_bytes"]})
@@ -202,30 +170,14 @@ class DropLab:
         return pd.DataFrame(self.counter_rows())
 
     # ---- teardown
-    def close(self, reason: str = "stopped") -> None:
-        """Remove the testbed and programs; harmless twice. REASON is shown by the widget."""
-        global _live
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            self.stop_reason = reason
-            try:
-                if self.attachment is not None:
-                    self.attachment.detach()
-                self.gen.close()
-                self.filter.close()
-            finally:
-                self.topo.close()
-                atexit.unregister(self._at_exit)
-                with _live_lock:
-                    if _live is self:
-                        _live = None
-        for fn in self._listeners:
-            try:
-                fn(reason)
-            except Exception:  # a widget that can no longer be updated must not stop the close
-                pass
+    def _teardown(self) -> None:
+        try:
+            if self.attachment is not None:
+                self.attachment.detach()
+            self.gen.close()
+            self.filter.close()
+        finally:
+            self.topo.close()
 
     def widget(self):
         """The controls: hook, rules, a burst, and the live counters."""

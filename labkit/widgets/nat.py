@@ -19,7 +19,8 @@ import threading
 import time
 from contextlib import contextmanager
 
-from labkit.experiments.nat.live import LabStopped, live_for
+from labkit.experiments.nat.live import live_for
+from labkit.testbed.live import LabStopped
 from labkit.widgets.controls import describe, disable_all, status_html, table_html as _table_html
 from labkit.widgets.controls import widgets as _widgets
 
