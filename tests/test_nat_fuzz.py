@@ -417,3 +417,24 @@ def test_idle_flow_expires_on_lookup_and_reply_state_goes_with_it():
         run_one(eg, out)  # outbound after the timeout: a new flow
         assert n.stats()["out_snat_new"]["packets"] == 3 and n.flow_table()["entries"] == 1
         assert len(n._maps["snat_in"].items()) == 1
+
+
+def test_tcp_flow_closing_after_fin_gets_the_short_timeout():
+    """A FIN marks the flow closing: flows() says so, with the closing timeout, and the
+    flow expires after that (not the established one)."""
+    from labkit.dataplanes.nat import Nat
+
+    with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, (20000, 29999),
+             timeouts={"tcp_established": 3600, "tcp_closing": 0.2}) as n:
+        eg = n.egress_function()
+        syn = bytearray(packets.build(packets.FrameSpec(MAC_A, MAC_B, "10.20.1.2", "198.51.100.2", "tcp", 5100, 80, 64)))
+        run_one(eg, bytes(syn))
+        (flow,) = n.flows()
+        assert (flow.state, flow.timeout_s) == ("active", 3600)
+        fin = bytearray(syn)
+        fin[47] |= 0x01  # FIN
+        run_one(eg, bytes(fin))
+        (flow,) = n.flows()
+        assert (flow.state, flow.timeout_s) == ("closing", 0.2)
+        time.sleep(0.5)
+        assert n.sweep() == 1 and n.flows() == []

@@ -70,6 +70,8 @@ class Flow:
     in_bytes: int
     age_s: float
     idle_s: float
+    state: str = "active"  # "closing": TCP after a FIN or RST (the shorter timeout applies)
+    timeout_s: float = 0.0  # the timeout that applies to it now
 
 
 def interface_addresses(iface) -> set[str]:
@@ -329,10 +331,13 @@ class Nat:
         for k, v, _, rv in self._pairs():
             icmp = k.proto == socket.IPPROTO_ICMP
             last = max(v.last, rv.last) if rv is not None else v.last
+            closing = bool(v.closing or (rv is not None and rv.closing))
+            name = {6: "tcp_closing" if closing else "tcp_established", 17: "udp"}.get(k.proto, "icmp")
             out.append(Flow(PROTOCOLS.get(k.proto, str(k.proto)), _from_be32(k.src), _from_be16(k.sport),
                             _from_be32(k.dst), 0 if icmp else _from_be16(k.dport), _from_be32(v.addr),
                             _from_be16(v.port), v.packets, v.bytes, rv.packets if rv else 0, rv.bytes if rv else 0,
-                            max(0.0, (now - v.created) / hz), max(0.0, (now - last) / hz)))
+                            max(0.0, (now - v.created) / hz), max(0.0, (now - last) / hz),
+                            "closing" if closing else "active", self.timeouts[name]))
         return sorted(out, key=lambda f: (f.inside, f.proto, f.inside_port, f.remote, f.remote_port))
 
     def sweep(self) -> int:
