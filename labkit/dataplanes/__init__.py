@@ -9,3 +9,21 @@ loads it, fills its maps and reads its counters here.
 - `softirq_clock` (bpf/softirq_time.c): exact softirq time per vector;
 - `minimal` (bpf/xdp_minimal.c): bare programs, the baselines of program costs.
 """
+
+
+class ControlPlane:
+    """What every control plane here shares: it owns one loaded program
+    (`self.program`, from `labkit.bpf.load`); `close()` unloads it with its maps, and the
+    control plane is a context manager that closes on exit."""
+
+    program = None
+
+    def close(self) -> None:
+        if self.program is not None:
+            self.program.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

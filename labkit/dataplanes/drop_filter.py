@@ -14,6 +14,7 @@ import ipaddress
 
 from labkit import bpf
 from labkit.errors import InputError
+from labkit.dataplanes import ControlPlane
 
 HEADER = "drop_filter.h"  # bpf/include/drop_filter.h: the program's enums, the one source of these names
 #: Verdicts, the index of the `counters` map: "pass", "drop_all", "drop_proto", ...
@@ -23,7 +24,7 @@ RULE_ALL, RULE_PROTO, RULE_PORT, RULE_SRC = (_RULES[f"DF_RULE_{k}"] for k in ("A
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "icmpv6": 58, "sctp": 132}
 
 
-class DropFilter:
+class DropFilter(ControlPlane):
     SOURCE = "drop_filter"
 
     def __init__(self):
@@ -34,14 +35,6 @@ class DropFilter:
         self._ports: set[int] = set()
 
     # ---- lifecycle
-    def close(self):
-        self.program.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def xdp_function(self):
         return self.program.function("xdp_filter", "xdp")

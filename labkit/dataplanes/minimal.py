@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 from labkit import bpf
+from labkit.dataplanes import ControlPlane
 
 SOURCE = "xdp_minimal"
 PROGRAMS = ("xdp_drop_bare", "xdp_pass_bare")
 
 
-class Minimal:
+class Minimal(ControlPlane):
     """bpf/xdp_minimal.c loaded. Context manager: exit unloads it."""
 
     def __init__(self):
@@ -30,11 +31,3 @@ class Minimal:
         """The bare XDP_PASS program (puts a veth peer in NAPI mode)."""
         return self.program.function("xdp_pass_bare", "xdp")
 
-    def close(self) -> None:
-        self.program.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

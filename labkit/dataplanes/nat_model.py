@@ -146,6 +146,10 @@ class NatModel:
         if st is not None:  # stateless: every fragment gets the address
             if not (p.proto in (TCP, UDP, ICMP) and (p.has_l4 or p.later)):
                 return Expected("drop_protocol", None)
+            if p.proto == ICMP and p.icmp_type in ICMP_ERRORS and not p.options and not p.fragment:
+                exp = self._icmp_error(frame, p, outbound=True, static_to=st)
+                if exp is not None:
+                    return exp
             return self._rewrite(frame, p, "out_static", src=st)
         if p.later:  # the address its first fragment got, if that came first
             fk = (p.saddr, p.daddr, p.ip_id, p.proto)
@@ -222,15 +226,22 @@ class NatModel:
             return Expected("pass_no_rule", frame)
         if not (p.proto in (TCP, UDP, ICMP) and (p.has_l4 or p.later)):
             return Expected("drop_protocol", None)
+        if p.proto == ICMP and p.icmp_type in ICMP_ERRORS and not p.options and not p.fragment:
+            exp = self._icmp_error(frame, p, static_to=st)
+            if exp is not None:
+                return exp
         return self._rewrite(frame, p, "in_static", dst=st)
 
     # ------------------------------------------------------------ ICMP errors
-    def _icmp_error(self, frame: bytes, p: Packet, outbound: bool = False) -> Expected | None:
+    def _icmp_error(self, frame: bytes, p: Packet, outbound: bool = False, static_to: int | None = None
+                    ) -> Expected | None:
         """An ICMP error about a packet of a SNAT flow, the embedded header that packet as
         its receiver got it. Inbound: it left with the SNAT address and port as source, which
         become the inside host's again (outer destination too). Outbound (TCP/UDP): the
         inside host's error names itself as the packet's destination, which becomes the SNAT
-        address and port (outer source too). Every checksum follows. None: not such an error."""
+        address and port (outer source too). Through a static mapping (STATIC_TO: the other
+        side's address) only the addresses change, outcome in_static / out_static. Every
+        checksum follows. None: not such an error."""
         inner, l4 = L4 + 8, L4 + 8 + IP
         if len(frame) < l4 + 8 or p.tot_len < IP + 8 + IP + 8:
             return None
@@ -241,22 +252,26 @@ class NatModel:
         if ours != (p.saddr if outbound else p.daddr):
             return None
         proto, theirs = frame[inner + 9], _ip(frame[inner + (12 if outbound else 16):][:4])
-        if proto == ICMP and not outbound:
-            port_at, csum_at = l4 + 4, l4 + 2
-        elif proto in (TCP, UDP):
-            port_at = l4 + (2 if outbound else 0)
-            csum_at = l4 + 6 if proto == UDP else (l4 + 16 if p.tot_len - 2 * IP - 8 >= 18 else None)
-        else:
+        if proto not in (TCP, UDP, ICMP):
             return None
-        from_port = struct.unpack("!H", frame[port_at:port_at + 2])[0]
-        if outbound:
-            rport = struct.unpack("!H", frame[l4:l4 + 2])[0]
-            found = self.flows.get((ours, theirs, from_port, rport, proto))
+        csum_at = {ICMP: l4 + 2, UDP: l4 + 6}.get(proto, l4 + 16 if p.tot_len - 2 * IP - 8 >= 18 else None)
+        if static_to is not None:
+            port_at, from_port, found = None, 0, (static_to, 0)
+            if proto == ICMP:
+                csum_at = None  # an echo's checksum covers no address
         else:
-            rport = 0 if proto == ICMP else struct.unpack("!H", frame[l4 + 2:l4 + 4])[0]
-            found = self.reverse.get((theirs, ours, rport, from_port, proto))
-        if found is None:
-            return None
+            if proto == ICMP and outbound:
+                return None
+            port_at = l4 + 4 if proto == ICMP else l4 + (2 if outbound else 0)
+            from_port = struct.unpack("!H", frame[port_at:port_at + 2])[0]
+            if outbound:
+                rport = struct.unpack("!H", frame[l4:l4 + 2])[0]
+                found = self.flows.get((ours, theirs, from_port, rport, proto))
+            else:
+                rport = 0 if proto == ICMP else struct.unpack("!H", frame[l4 + 2:l4 + 4])[0]
+                found = self.reverse.get((theirs, ours, rport, from_port, proto))
+            if found is None:
+                return None
         to, to_port = found
         out = bytearray(frame)
         end = ETH + p.tot_len
@@ -264,7 +279,10 @@ class NatModel:
         outer_at = ETH + (12 if outbound else 16)
         out[outer_at:outer_at + 4] = struct.pack("!I", to)
         out[at:at + 4] = struct.pack("!I", to)
-        out[port_at:port_at + 2] = struct.pack("!H", to_port)
+        if port_at is not None:
+            out[port_at:port_at + 2] = struct.pack("!H", to_port)
+        else:
+            to_port = from_port
         fields = [(ETH + 10, False), (inner + 10, False), (L4 + 2, False)]
         for csum, (lo, hi), err in ((ETH + 10, (ETH, L4), ip_err), (inner + 10, (inner, l4), inner_err)):
             out[csum:csum + 2] = b"\0\0"
@@ -283,6 +301,8 @@ class NatModel:
             fields.append((csum_at, proto == UDP))
         out[L4 + 2:L4 + 4] = b"\0\0"
         out[L4 + 2:L4 + 4] = struct.pack("!H", (icmp_err - _sum16(bytes(out[L4:end]))) % 0xFFFF)
+        if static_to is not None:
+            return Expected("out_static" if outbound else "in_static", bytes(out), fields)
         return Expected("out_icmp_error" if outbound else "in_icmp_error", bytes(out), fields)
 
     # ------------------------------------------------------------ rewriting

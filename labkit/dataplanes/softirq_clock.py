@@ -3,6 +3,7 @@ from a BPF program on the softirq tracepoints. The receive path's CPU cost (NET_
 is read from it around every trial (see `labkit.measure`).
 """
 from __future__ import annotations
+from labkit.dataplanes import ControlPlane
 
 
 NET_RX = 3  # softirq vector numbers (include/linux/interrupt.h)
@@ -11,7 +12,7 @@ NET_RX = 3  # softirq vector numbers (include/linux/interrupt.h)
 NET_TX = 2
 
 
-class SoftirqClock:
+class SoftirqClock(ControlPlane):
     """Exact softirq time per vector, from a BPF program on the softirq tracepoints.
     A context manager: exit detaches it."""
 
@@ -27,11 +28,3 @@ class SoftirqClock:
         per_cpu = self.program.map("ns")[ctypes.c_int(vec)]
         return sum(int(v) for v in per_cpu) / 1e9
 
-    def close(self):
-        self.program.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

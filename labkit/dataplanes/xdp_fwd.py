@@ -5,13 +5,14 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from labkit import bpf
 from labkit.errors import InputError
+from labkit.dataplanes import ControlPlane
 
 #: The program's counters, the index of its `counters` map (enum xdp_fwd_counter of
 #: bpf/include/xdp_fwd.h): "redirected", "no_entry", "short", "refused".
 COUNTERS = bpf.enum_names("xdp_fwd.h", "xdp_fwd_counter", "FWD_")
 
 
-class XdpForwarder:
+class XdpForwarder(ControlPlane):
     """bpf/xdp_fwd.c loaded, its maps filled for a port pair: frames arriving on one port
     leave by the other, with l2fwd's MAC rewrite. Attach with `attach_xdp()` /
     `attach_tc()` (context managers)."""
@@ -20,12 +21,12 @@ class XdpForwarder:
         if ports is not None and len(ports) != 2:
             raise InputError("the XDP forwarder pairs exactly two ports")
         self.ports = ports or []
-        self.prog = bpf.load("xdp_fwd", MAC_UPDATING=int(bool(mac_updating)))
+        self.program = bpf.load("xdp_fwd", MAC_UPDATING=int(bool(mac_updating)))
         try:
             if ports:
                 self._fill(ports)
         except BaseException:
-            self.prog.close()
+            self.program.close()
             raise
 
     @classmethod
@@ -38,7 +39,7 @@ class XdpForwarder:
         """Frames arriving on IN_IFINDEX leave by port OUT_PORT (the devmap slot, which
         holds OUT_IFINDEX) with source MAC OUT_MAC. A devmap resolves ifindexes in the
         namespace of whoever updates it: call this from inside the ports' namespace."""
-        port_of, tx = self.prog.map("port_of"), self.prog.map("tx_ports")
+        port_of, tx = self.program.map("port_of"), self.program.map("tx_ports")
         entry = port_of.Leaf()
         entry.out_port = out_port
         entry.out_ifindex = out_ifindex
@@ -54,12 +55,12 @@ class XdpForwarder:
                 self.forward(iface.ifindex, out, ports[out].ifindex, ports[out].mac)
 
     def counters(self) -> dict:
-        sums = bpf.percpu_sum(self.prog.map("counters"))
+        sums = bpf.percpu_sum(self.program.map("counters"))
         return {n: int(sums.get(i, 0)) for i, n in enumerate(COUNTERS)}
 
     @contextmanager
     def attach_xdp(self, mode: str = "native"):
-        fn = self.prog.function("xdp_l2fwd", "xdp")
+        fn = self.program.function("xdp_l2fwd", "xdp")
         with ExitStack() as stack:
             for iface in self.ports:
                 stack.enter_context(bpf.attach_xdp(iface, fn, mode))
@@ -67,17 +68,9 @@ class XdpForwarder:
 
     @contextmanager
     def attach_tc(self):
-        fn = self.prog.function("tc_l2fwd", "tc")
+        fn = self.program.function("tc_l2fwd", "tc")
         with ExitStack() as stack:
             for iface in self.ports:
                 stack.enter_context(bpf.attach_tc(iface, fn, "ingress"))
             yield self
 
-    def close(self) -> None:
-        self.prog.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -43,6 +43,7 @@ from contextlib import contextmanager
 
 from labkit import bpf
 from labkit.errors import InputError, LabkitError
+from labkit.dataplanes import ControlPlane
 
 HEADER = "xdp_gen.h"
 #: option `vary`: which fields move with the flow index (enum xdp_gen_vary):
@@ -300,7 +301,7 @@ class GenProgram:
         self.close()
 
 
-class GenSink:
+class GenSink(ControlPlane):
     """bpf/xdp_gen.c's sink: counts frames and bytes per CPU and frames per flow, then
     returns VERDICT (1 XDP_DROP, 2 XDP_PASS). Attach `function()` to the receiver."""
 
@@ -326,11 +327,3 @@ class GenSink:
             out[key] = int(v.value)
         return out
 
-    def close(self) -> None:
-        self.program.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -121,8 +121,8 @@ def _setup_xdp_fwd(stack: ExitStack, frame: bytes):
     for ifindex in {0, lo}:  # tc's test run reports ingress_ifindex 0 unless a context says otherwise
         fwd.forward(ifindex, 1, lo, "02:00:00:00:00:0c")
     label = "port entry: redirect (MAC rewrite)"
-    return [(fwd.prog, Scenario("xdp_fwd", "xdp_l2fwd", "xdp", label, frame, "XDP_REDIRECT")),
-            (fwd.prog, Scenario("xdp_fwd", "tc_l2fwd", "tc", label, frame, "TC_ACT_REDIRECT"))]
+    return [(fwd.program, Scenario("xdp_fwd", "xdp_l2fwd", "xdp", label, frame, "XDP_REDIRECT")),
+            (fwd.program, Scenario("xdp_fwd", "tc_l2fwd", "tc", label, frame, "TC_ACT_REDIRECT"))]
 
 
 def _setup_xdp_gen(stack: ExitStack, frame: bytes):
