@@ -63,7 +63,7 @@
  *   - SNAT with no free port after PORT_PROBES tries:             dropped (drop_no_port)
  *   - a full flow table:                                          dropped (drop_table_full)
  *   - a checksum helper failing (never expected):                 dropped
- * ICMP errors to a static mapping's address are translated in their outer header only.
+ * ICMP errors through a static mapping have their embedded header translated too.
  *
  * Defines: MAX_STATIC (static mappings), MAX_FLOWS (SNAT flows, each two entries),
  * PORT_PROBES (ports tried for a new flow), FRAG_ENTRIES (datagrams in flight remembered).
@@ -572,7 +572,8 @@ static __always_inline int snat_protocol(struct pkt *p, u8 echo_type)
  * them. The outer IPv4, embedded IPv4, embedded L4 (where the message carries it) and
  * ICMP checksums are updated: the error is about the packet as its reader knows it.
  * 1: handled (*verdict set); 0: not such an error. */
-static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p, int outbound, int *verdict)
+static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p, int outbound, u32 static_to,
+                                      int *verdict)
 {
     u64 len = skb->len;
     if (p->proto != IPPROTO_ICMP || !p->has_l4 || p->options || p->fragment || !(p->icmp_type == ICMP_DEST_UNREACH ||
@@ -590,30 +591,34 @@ static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p, int 
         (in->frag_off & htons(0x1fff)))
         return 0;
     u8 proto = in->protocol;
-    struct nat_flow_key k = {.proto = proto};
-    int slot; /* which u16 of the embedded L4 header is the port the NAT rewrites */
-    if (proto == IPPROTO_ICMP && !outbound) {
-        slot = 2;
-    } else if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
-        slot = outbound;
-        k.sport = l4[1 - slot];
-    } else {
+    if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP)
         return 0;
+    u32 from = ours, to = static_to;
+    int slot = -1; /* which u16 of the embedded L4 header is the port the NAT rewrites */
+    u16 from_port = 0, to_port = 0;
+    if (!static_to) {
+        if (proto == IPPROTO_ICMP && outbound)
+            return 0;
+        slot = proto == IPPROTO_ICMP ? 2 : outbound;
+        from_port = slot == 2 ? l4[2] : slot ? l4[1] : l4[0];
+        struct nat_flow_key k = {.proto = proto};
+        if (outbound) {
+            k.src = ours;
+            k.dst = in->saddr;
+            k.sport = from_port;
+            k.dport = l4[0];
+        } else {
+            k.src = in->daddr;
+            k.dst = ours;
+            k.sport = slot == 2 ? 0 : l4[1];
+            k.dport = from_port;
+        }
+        struct nat_entry *e = outbound ? snat_out.lookup(&k) : snat_in.lookup(&k);
+        if (!e)
+            return 0;
+        to = e->addr;
+        to_port = e->port;
     }
-    u16 from_port = slot == 2 ? l4[2] : slot ? l4[1] : l4[0];
-    k.src = outbound ? ours : in->daddr;
-    k.dst = outbound ? in->saddr : ours;
-    if (outbound) {
-        k.sport = from_port;
-        k.dport = l4[0];
-    } else {
-        k.dport = from_port;
-    }
-    struct nat_entry *e = outbound ? snat_out.lookup(&k) : snat_in.lookup(&k);
-    if (!e)
-        return 0;
-    u32 from = ours, to = e->addr;
-    u16 to_port = e->port;
     struct iphdr *ip = data + ETH_LEN;
     if ((void *)(ip + 1) > data_end)
         return 0;
@@ -630,39 +635,43 @@ static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p, int 
     else
         in->saddr = to;
     csum_replace4(&in->check, from, to);
-    /* the embedded port, and the embedded L4 checksum that covers it (and, for TCP/UDP,
-     * the address through the pseudo header): the ICMP checksum follows both */
+    /* the embedded port (SNAT), and the embedded L4 checksum that covers it and (TCP/UDP)
+     * the address through the pseudo header: the ICMP checksum follows both */
     u16 *l4csum = 0;
     u32 msg_len = p->tot_len - IP_LEN - 8 - IP_LEN; /* embedded L4 bytes the message carries */
-    if (slot == 2) {
+    if (slot == 2)
         l4[2] = to_port;
-        l4csum = &l4[1];
-    } else {
-        if (slot)
-            l4[1] = to_port;
-        else
-            l4[0] = to_port;
-        if (proto == IPPROTO_UDP) {
-            l4csum = &l4[3];
-        } else if (msg_len >= 18) {
-            l4csum = (void *)l4 + 16;
-            if ((void *)(l4csum + 1) > data_end)
-                l4csum = 0;
-        }
+    else if (slot == 1)
+        l4[1] = to_port;
+    else if (slot == 0)
+        l4[0] = to_port;
+    if (proto == IPPROTO_ICMP) {
+        if (slot == 2)
+            l4csum = &l4[1];
+    } else if (proto == IPPROTO_UDP) {
+        l4csum = &l4[3];
+    } else if (msg_len >= 18) {
+        l4csum = (void *)l4 + 16;
+        if ((void *)(l4csum + 1) > data_end)
+            l4csum = 0;
     }
-    csum_replace2(&ih->checksum, from_port, to_port);
+    if (slot >= 0)
+        csum_replace2(&ih->checksum, from_port, to_port);
     if (l4csum && !(proto == IPPROTO_UDP && *l4csum == 0)) {
         u16 old = *l4csum;
         if (proto != IPPROTO_ICMP)
             csum_replace4(l4csum, from, to);
-        csum_replace2(l4csum, from_port, to_port);
+        if (slot >= 0)
+            csum_replace2(l4csum, from_port, to_port);
         if (proto == IPPROTO_UDP && *l4csum == 0)
             *l4csum = 0xffff;
         csum_replace2(&ih->checksum, old, *l4csum);
     }
     /* every change above is matched by its checksum's: the packet's sum is unchanged, so
      * a receive checksum of the whole packet (CHECKSUM_COMPLETE) still holds */
-    *verdict = outcome(outbound ? NAT_OUT_ICMP_ERROR : NAT_IN_ICMP_ERROR, len, TC_ACT_OK);
+    u32 which = static_to ? (outbound ? NAT_OUT_STATIC : NAT_IN_STATIC)
+                          : (outbound ? NAT_OUT_ICMP_ERROR : NAT_IN_ICMP_ERROR);
+    *verdict = outcome(which, len, TC_ACT_OK);
     return 1;
 }
 
@@ -694,6 +703,10 @@ int nat_egress(struct __sk_buff *skb)
         if (!translatable_static(&p))
             return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
         u32 slot = st->slot;
+        if (icmp_error(skb, &p, 1, st->addr, &verdict)) { /* its embedded header too */
+            count_mapping(slot, len, 0);
+            return verdict;
+        }
         if (rewrite(skb, &p, 0, p.saddr, st->addr, PORT_NONE, 0, 0))
             return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
         count_mapping(slot, len, 0);
@@ -709,7 +722,7 @@ int nat_egress(struct __sk_buff *skb)
         return outcome(NAT_OUT_FRAGMENT, len, TC_ACT_OK);
     }
     if (!snat_ok) {
-        if (icmp_error(skb, &p, 1, &verdict))
+        if (icmp_error(skb, &p, 1, 0, &verdict))
             return verdict;
         return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
     }
@@ -736,7 +749,7 @@ int nat_ingress(struct __sk_buff *skb)
                 return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
             return outcome(NAT_IN_FRAGMENT, len, TC_ACT_OK);
         }
-        if (icmp_error(skb, &p, 0, &verdict))
+        if (icmp_error(skb, &p, 0, 0, &verdict))
             return verdict;
         if (!snat_protocol(&p, ICMP_ECHOREPLY))
             return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);
@@ -779,6 +792,10 @@ int nat_ingress(struct __sk_buff *skb)
     if (!translatable_static(&p))
         return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
     u32 slot = st->slot;
+    if (icmp_error(skb, &p, 0, st->addr, &verdict)) { /* its embedded header too */
+        count_mapping(slot, len, 1);
+        return verdict;
+    }
     if (rewrite(skb, &p, 1, p.daddr, st->addr, PORT_NONE, 0, 0))
         return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
     count_mapping(slot, len, 1);
@@ -944,6 +961,13 @@ static __always_inline int xdp_forward(void *data, void *data_end, struct bpf_fi
     return bpf_redirect(fib->ifindex, 0);
 }
 
+/* What the fast path translates through a static mapping: TCP, UDP, ICMP echo (an ICMP
+ * error carries an embedded header to translate too: the tc NAT does that). */
+static __always_inline int xdp_static_ok(struct pkt *p)
+{
+    return p->proto != IPPROTO_ICMP || p->icmp_type == ICMP_ECHO || p->icmp_type == ICMP_ECHOREPLY;
+}
+
 /* Parse for the fast path: 0 and P filled, or the outcome to pass with. */
 static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
 {
@@ -999,6 +1023,8 @@ int xdp_nat_outbound(struct xdp_md *ctx)
         int inside = cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net;
         return xdp_outcome(inside ? NAT_XDP_PASS_NO_FLOW : NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
     }
+    if (!xdp_static_ok(&p)) /* an ICMP error: its embedded header is the tc NAT's work */
+        return xdp_outcome(NAT_XDP_PASS_UNUSUAL, len, XDP_PASS);
     to = st->addr;
     slot = st->slot;
     r = xdp_route_of(ctx, &p, to, p.daddr, &fib);
@@ -1059,6 +1085,8 @@ int xdp_nat_inbound(struct xdp_md *ctx)
         struct static_value *st = static_in.lookup(&p.daddr);
         if (!st)
             return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
+        if (!xdp_static_ok(&p))
+            return xdp_outcome(NAT_XDP_PASS_UNUSUAL, len, XDP_PASS);
         to = st->addr;
         u32 slot = st->slot;
         r = xdp_route_of(ctx, &p, p.saddr, to, &fib);

@@ -222,6 +222,8 @@ def test_fuzz_matches_model(nat):
                 p = packets.parse(got[1])
                 translated_replies.append((p.dst_ip, p.sport, p.proto, p.dport))
                 sent.append(got[1])
+            elif got and got[0].outcome == "out_static" and rng.random() < 0.3:
+                sent.append(got[1])
         elif r < 0.50 and sent:  # a fragmented datagram out, and one back, first fragment first (mostly)
             proto = rng.choice(["udp", "tcp", "icmp"])
             src, dst = rng.choice(INSIDE_HOSTS), rng.choice(REMOTES)
@@ -250,7 +252,7 @@ def test_fuzz_matches_model(nat):
                 check("out", frame, "icmp error from inside")
         elif r < 0.57 and sent:  # an ICMP error about a packet that left translated
             out = rng.choice(sent)
-            f = icmp_error(rng, packets.parse(out).dst_ip, out)
+            f = icmp_error(rng, packets.parse(out).dst_ip, out, to=packets.parse(out).src_ip)
             if rng.random() < 0.15:
                 frame = mangle(f, rng)
                 if injectable(frame):
@@ -269,7 +271,9 @@ def test_fuzz_matches_model(nat):
         elif r < 0.76:  # inbound to a static mapping's outside address, or the SNAT address with no flow
             dst = rng.choice(list(STATIC.values()) + [SNAT])
             f = valid(rng, rng.choice(REMOTES), dst, icmp_type=rng.choice([None, 0, 8, 3]))
-            check("in", bytes(f), "inbound")
+            got = check("in", bytes(f), "inbound")
+            if got and got[0].outcome == "in_static":
+                received.append(got[1])
         elif r < 0.80:  # addresses no rule concerns
             f = valid(rng, rng.choice(OTHER + REMOTES), rng.choice(OTHER + REMOTES))
             check(rng.choice(["in", "out"]), bytes(f), "unrelated")

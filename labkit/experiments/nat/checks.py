@@ -18,7 +18,7 @@ from labkit.dataplanes.nat import Nat
 from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, NatLab, SERVER, STATIC_OUTSIDE, client_addr
 from labkit.experiments.nat.exchanges import (BEYOND, _udp_socket, router_beyond_server, tcp_many, tcp_transfer,
                                               udp_exchange, udp_fragmented, udp_port_unreachable,
-                                              udp_port_unreachable_from_inside)
+                                              udp_port_unreachable_from_inside, udp_refused)
 
 
 @contextmanager
@@ -209,6 +209,9 @@ def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict
                 add("static: c1's traffic leaves as its outside address", peer is not None and peer[0] == STATIC_OUTSIDE
                     and peer[1] == 40001, f"server saw {peer} (ports are kept)")
                 hairpin_check(lab, nat, variant, path, add)
+                got = udp_refused(lab.client(1), 40006, 9998)
+                add("static: port unreachable back to c1 with its embedded header translated", got == "refused",
+                    f"c1's connected socket: {got}")
             m = {x.inside: x for x in nat.mappings()}.get(client_addr(1))
             add("static: mapping counted both ways", m is not None and m.out_packets > 0 and m.in_packets > 0,
                 f"{m}")

@@ -247,3 +247,22 @@ def udp_port_unreachable_from_inside(lab: NatLab, sport: int = 40004, dport: int
     finally:
         c.close()
         srv.close()
+
+
+def udp_refused(host: hosts.Host, sport: int, dport: int) -> str:
+    """One datagram from HOST to a closed port of the server on a connected socket:
+    'refused' when the port unreachable came back and the kernel matched it to the socket
+    (which it does only when the error's embedded header is the packet as HOST sent it)."""
+    s = _udp_socket(host, sport)
+    s.settimeout(2.0)
+    try:
+        s.connect((SERVER, dport))
+        s.send(b"anyone there?")
+        s.recv(2048)
+        return "an answer"
+    except ConnectionRefusedError:
+        return "refused"
+    except socket.timeout:
+        return "nothing within 2 s"
+    finally:
+        s.close()
