@@ -108,7 +108,7 @@ class Nat:
                                  ("port_probes", port_probes, 256)):
             if not isinstance(value, int) or not 1 <= value <= top:
                 raise InputError(f"{name} {value!r}: a whole number 1..{top}")
-        self.max_static, self.max_flows = max_static, max_flows
+        self.max_static, self.max_flows, self.port_probes = max_static, max_flows, port_probes
         self.program = bpf.load(self.SOURCE, MAX_STATIC=max_static, MAX_FLOWS=max_flows, PORT_PROBES=port_probes)
         try:
             self._maps = {n: self.program.map(n) for n in
@@ -436,4 +436,4 @@ class Nat:
         from labkit.dataplanes.nat_model import NatModel
 
         return NatModel(str(self.inside_network), str(self.snat_address) if self.snat_address else None,
-                        self.port_range, {m.inside: m.outside for m in self.mappings()})
+                        self.port_range, {m.inside: m.outside for m in self.mappings()}, self.port_probes)

@@ -115,13 +115,15 @@ class ModelMismatch(AssertionError):
 
 class NatModel:
     def __init__(self, inside_network: str, snat_address: str | None, port_range: tuple[int, int],
-                 static: dict | None = None):
+                 static: dict | None = None, port_probes: int = 32):
         try:
             self.inside = ipaddress.IPv4Network(inside_network)
         except ValueError as exc:
             raise InputError(f"inside network {inside_network!r}: {exc}") from None
         self.snat = _ip(snat_address) if snat_address else 0
         self.port_min, self.port_max = port_range
+        #: a new flow tries this many consecutive ports (from a random one, wrapping round)
+        self.port_probes = port_probes
         self.static_out = {_ip(i): _ip(o) for i, o in (static or {}).items()}
         self.static_in = {o: i for i, o in self.static_out.items()}
         #: (inside, remote, inside port, remote port or 0, proto) -> (nat addr, nat port)
@@ -167,6 +169,8 @@ class NatModel:
             nat_addr, nat_port = self.flows[key]
             outcome = "out_snat"
         else:
+            if observed is None and self._no_port_possible(p):
+                return Expected("drop_no_port", None)
             nat_addr, nat_port = self.snat, self._choose_port(p, observed)
             rkey = (p.daddr, self.snat, 0 if p.proto == ICMP else p.dport, nat_port, p.proto)
             self.flows[key] = (self.snat, nat_port)
@@ -175,6 +179,21 @@ class NatModel:
         if p.fragment:
             self.frags[(p.saddr, p.daddr, p.ip_id, p.proto)] = nat_addr
         return self._rewrite(frame, p, outcome, src=nat_addr, sport=nat_port)
+
+    def _no_port_possible(self, p: Packet) -> bool:
+        """Could a new flow find no port? Only if some run of port_probes consecutive ports
+        of the range (wrapping round) is all taken for this remote: the program starts at a
+        random one, so which run it met is its choice; this checks the choice was possible."""
+        rport = 0 if p.proto == ICMP else p.dport
+        span = self.port_max - self.port_min + 1
+        taken = [(p.daddr, self.snat, rport, self.port_min + i, p.proto) in self.reverse for i in range(span)]
+        need = min(self.port_probes, span)
+        run = 0
+        for t in taken + taken[:need - 1]:
+            run = run + 1 if t else 0
+            if run >= need:
+                return True
+        return False
 
     def _choose_port(self, p: Packet, observed: bytes | None) -> int:
         rport = 0 if p.proto == ICMP else p.dport
