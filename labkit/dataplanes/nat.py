@@ -413,6 +413,7 @@ class Nat:
         self._flows_created_cleared = self.stats()["out_snat_new"]["packets"]
         self._maps["snat_out"].clear()
         self._maps["snat_in"].clear()
+        self.program.map("frags").clear()  # fragments in flight belong to the flows
 
     def clear(self) -> None:
         """Forget all state: flows, static mappings and every counter (config stays)."""
