@@ -1,0 +1,42 @@
+"""The NAT experiment's new-flow trial: how fast each NAT sets flows up. Every packet
+c1 sends has a source port of its own, so each is the first packet of a new flow: the
+eBPF NATs claim a port and insert a flow pair per packet, netfilter creates a connection
+tracking entry and its NAT binding per packet, plain routing just forwards (the
+baseline). Packets forwarded per second is the new-flow rate; CPU time per packet the
+cost of setting one flow up.
+
+All flows go to one server port, so each takes a port of the SNAT range: keep `count`
+below the range's size (the experiment keeps it within 80% of it, where a new flow's
+random probe of PORT_PROBES ports practically always finds one free).
+"""
+from __future__ import annotations
+
+from labkit import measure, traffic
+from labkit.errors import InputError
+from labkit.experiments.nat.testbed import NatLab, SERVER, client_addr
+
+FIRST_SPORT = 1024
+
+
+def check(count: int, generator: str) -> None:
+    """A new-flow count this testbed and generator can send as distinct flows."""
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 65535 - FIRST_SPORT:
+        raise InputError(f"new_flows {count!r}: 0 (skip the new-flow trial) .. {65535 - FIRST_SPORT} "
+                         "(one source port per flow)")
+    if count and generator == "trafgen" and count > 200:
+        raise InputError(f"new_flows {count}: trafgen varies one byte of the port (at most 200 flows); "
+                         "use generator='xdp' or 'auto'")
+
+
+def new_flow_trial(lab: NatLab, generator: str, count: int, clock, timeout_s: float = 60.0) -> measure.Measurement:
+    """COUNT packets from c1, each from a source port of its own (one sending CPU, so the
+    sequence of flows is walked once): COUNT new flows through the variant in place."""
+    src, nat_in, out, srv = lab.client_iface(1), lab.inside(1), lab.outside, lab.server_iface
+    spec = traffic.TrafficSpec(src.mac, nat_in.mac, client_addr(1), SERVER, size=64, count=count, flows=count,
+                               sport=FIRST_SPORT, dport=9, timeout_s=timeout_s, cpus=1).validate()
+    with traffic.generator(generator, src) as gen:
+        out_probe = measure.link_probe(out, ethtool=False)
+        return measure.run_trial(lambda: gen.send(spec), lambda: out_probe()["tx_packets"], size=64,
+                                 probes={"client": measure.link_probe(src), "nat_in": measure.link_probe(nat_in),
+                                         "nat_out": measure.link_probe(out), "srv": measure.link_probe(srv)},
+                                 offered_probe=("client", "tx_packets"), clock=clock)
