@@ -525,11 +525,15 @@ static __always_inline int snat_new(struct __sk_buff *skb, struct nat_config *cf
     if (p->proto != IPPROTO_ICMP)
         rkey.sport = p->dport;
     struct nat_entry rev = {.addr = p->saddr, .port = p->sport, .created = now, .last = now};
+    /* PORT_PROBES ports drawn at random (one random seed, then a linear congruential
+     * sequence): independent draws, unlike consecutive ports, do not pile flows up in
+     * runs that make the next probes fail as the range fills */
     u32 range = hi - lo + 1;
-    u32 start = bpf_get_prandom_u32() % range;
+    u32 x = bpf_get_prandom_u32();
     int found = 0;
     for (int i = 0; i < PORT_PROBES; i++) {
-        u32 cand = lo + (start + i) % range;
+        x = x * 1103515245 + 12345;
+        u32 cand = lo + (x >> 8) % range;
         rkey.dport = htons((u16)cand);
         long err = snat_in.insert(&rkey, &rev);
         if (err == 0) {

@@ -122,7 +122,7 @@ class NatModel:
             raise InputError(f"inside network {inside_network!r}: {exc}") from None
         self.snat = _ip(snat_address) if snat_address else 0
         self.port_min, self.port_max = port_range
-        #: a new flow tries this many consecutive ports (from a random one, wrapping round)
+        #: a new flow tries this many ports drawn at random
         self.port_probes = port_probes
         self.static_out = {_ip(i): _ip(o) for i, o in (static or {}).items()}
         self.static_in = {o: i for i, o in self.static_out.items()}
@@ -181,19 +181,12 @@ class NatModel:
         return self._rewrite(frame, p, outcome, src=nat_addr, sport=nat_port)
 
     def _no_port_possible(self, p: Packet) -> bool:
-        """Could a new flow find no port? Only if some run of port_probes consecutive ports
-        of the range (wrapping round) is all taken for this remote: the program starts at a
-        random one, so which run it met is its choice; this checks the choice was possible."""
+        """Could a new flow find no port? The program tries port_probes ports drawn at
+        random: all of them can be taken as soon as any port is taken for this remote (how
+        likely is the program's luck; that it was possible is what the model checks)."""
         rport = 0 if p.proto == ICMP else p.dport
-        span = self.port_max - self.port_min + 1
-        taken = [(p.daddr, self.snat, rport, self.port_min + i, p.proto) in self.reverse for i in range(span)]
-        need = min(self.port_probes, span)
-        run = 0
-        for t in taken + taken[:need - 1]:
-            run = run + 1 if t else 0
-            if run >= need:
-                return True
-        return False
+        return any((p.daddr, self.snat, rport, port, p.proto) in self.reverse
+                   for port in range(self.port_min, self.port_max + 1))
 
     def _choose_port(self, p: Packet, observed: bytes | None) -> int:
         rport = 0 if p.proto == ICMP else p.dport
