@@ -156,6 +156,16 @@ def test_correctness_with_real_traffic(nat, offloads):
     assert ("capture: every checksum the server got verifies" in names) == (offloads == "off")
 
 
+def test_the_same_traffic_checks_pass_through_iptables():
+    """The correctness checks are the same for every NAT variant: netfilter's passes them
+    too (its flow state is conntrack's, not checked here)."""
+    with nat_testbed.NatLab(2, "off") as lab:
+        checks = nat_checks.check_correctness(lab, None, "iptables")
+    failed = [f"{c['check']}: {c['detail']}" for c in checks if not c["ok"]]
+    assert not failed, "\n".join(failed)
+    assert not any(c["check"].startswith(("flow table", "static", "program outcomes")) for c in checks)
+
+
 def test_iptables_variant_translates_and_cleans_up():
     with nat_testbed.NatLab(1, "off") as lab:
         with lab.iptables("MASQUERADE") as rule, nat_checks.capture(lab.server, lab.server_iface.name, "icmp") as got:

@@ -123,11 +123,60 @@ def hairpin_check(lab: NatLab, nat: Nat, variant: str, path, add) -> None:
         cp.returncode != 0 and n >= 2, f"ping {'failed' if cp.returncode else 'ANSWERED'}; drop_hairpin +{n}")
 
 
-def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict]:
-    """Run the correctness checks with the eBPF NAT attached as VARIANT ('ebpf' or
-    'tc_nat': the tc NAT; 'xdp_nat': the XDP fast path over it); one dict per check
-    (check, ok, detail, offloads, variant). Nothing is asserted here: the caller decides."""
+def ebpf_state_checks(lab: NatLab, nat: Nat, variant: str, path, add) -> None:
+    """What only the eBPF NAT exposes: its flow table, a static mapping added and removed
+    while it runs (with its counters), hairpinning refused and counted."""
+    # flow table
+    flows = nat.flows()
+    udp = [f for f in flows if f.proto == "udp" and f.inside_port == 40000]
+    add("flow table: one UDP flow per client, counted both ways",
+        len(udp) == lab.clients and all(f.out_packets >= 1 and f.in_packets >= 1 for f in udp),
+        f"{len(flows)} flows; UDP port-40000 flows: "
+        + ", ".join(f"{f.inside}:{f.inside_port}->{f.nat_port} out {f.out_packets} in {f.in_packets}" for f in udp))
+    icmp = [f for f in flows if f.proto == "icmp"]
+    add("flow table: ICMP echo flows, identifiers translated", len(icmp) >= lab.clients,
+        ", ".join(f"{f.inside} id {f.inside_port}->{f.nat_port}" for f in icmp))
+    # static 1:1 mapping, both directions
+    nat.add_mapping(client_addr(1), STATIC_OUTSIDE)
+    try:
+        with topology.address(lab.topo.host("nat"), lab.outside.name, f"{STATIC_OUTSIDE}/32"):
+            cp = lab.server.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", STATIC_OUTSIDE], check=False, timeout=20)
+            add("static: server reaches c1 at its outside address", cp.returncode == 0,
+                cp.stdout.strip().splitlines()[-2] if cp.stdout else cp.stderr)
+            srv = _udp_socket(lab.server, 7779)
+            try:
+                c = _udp_socket(lab.client(1), 40001)
+                try:
+                    c.sendto(b"static", (SERVER, 7779))
+                    _, peer = srv.recvfrom(2048)
+                except socket.timeout:
+                    peer = None
+                finally:
+                    c.close()
+            finally:
+                srv.close()
+            add("static: c1's traffic leaves as its outside address", peer is not None and peer[0] == STATIC_OUTSIDE
+                and peer[1] == 40001, f"server saw {peer} (ports are kept)")
+            hairpin_check(lab, nat, variant, path, add)
+            got = udp_refused(lab.client(1), 40006, 9998)
+            add("static: port unreachable back to c1 with its embedded header translated", got == "refused",
+                f"c1's connected socket: {got}")
+        m = {x.inside: x for x in nat.mappings()}.get(client_addr(1))
+        add("static: mapping counted both ways", m is not None and m.out_packets > 0 and m.in_packets > 0,
+            f"{m}")
+    finally:
+        nat.remove_mapping(client_addr(1))
+
+
+def check_correctness(lab: NatLab, nat: Nat | None, variant: str = "ebpf",
+                      iptables_target: str = "MASQUERADE") -> list[dict]:
+    """Run the correctness checks through the NAT VARIANT ('ebpf' or 'tc_nat': the tc NAT;
+    'xdp_nat': the XDP fast path over it; 'iptables': netfilter's NAT, NAT unused); one
+    dict per check (check, ok, detail, offloads, variant). The traffic checks are the same
+    for every variant; the eBPF NAT's own state (flows, mappings, counters) is checked
+    where there is one. Nothing is asserted here: the caller decides."""
     checks = []
+    nat_ebpf = variant != "iptables"
 
     def add(name, ok, detail):
         checks.append({"check": name, "ok": bool(ok), "detail": detail})
@@ -135,7 +184,7 @@ def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict
     verify_capture = lab.offloads in ("mixed", "off")
     watched = [lab.server] + [lab.client(i) for i in range(1, lab.clients + 1)]
     before = {h.name: snmp(h) for h in watched}
-    with lab.variant(variant, nat) as path, capture(lab.server, lab.server_iface.name) as captured:
+    with lab.variant(variant, nat, iptables_target) as path, capture(lab.server, lab.server_iface.name) as captured:
         # ping from every client
         for i in range(1, lab.clients + 1):
             cp = lab.client(i).run(["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER], check=False, timeout=20)
@@ -177,47 +226,9 @@ def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict
         cp = lab.client(1).run(["ping", "-R", "-c", "2", "-i", "0.2", "-W", "2", SERVER], check=False, timeout=20)
         add("IPv4 options carried: ping with record route", cp.returncode == 0 and "RR:" in cp.stdout,
             (cp.stdout.strip().splitlines() or [cp.stderr])[-1])
-        # flow table
-        flows = nat.flows()
-        udp = [f for f in flows if f.proto == "udp" and f.inside_port == 40000]
-        add("flow table: one UDP flow per client, counted both ways",
-            len(udp) == lab.clients and all(f.out_packets >= 1 and f.in_packets >= 1 for f in udp),
-            f"{len(flows)} flows; UDP port-40000 flows: "
-            + ", ".join(f"{f.inside}:{f.inside_port}->{f.nat_port} out {f.out_packets} in {f.in_packets}" for f in udp))
-        icmp = [f for f in flows if f.proto == "icmp"]
-        add("flow table: ICMP echo flows, identifiers translated", len(icmp) >= lab.clients,
-            ", ".join(f"{f.inside} id {f.inside_port}->{f.nat_port}" for f in icmp))
-        # static 1:1 mapping, both directions
-        nat.add_mapping(client_addr(1), STATIC_OUTSIDE)
-        try:
-            with topology.address(lab.topo.host("nat"), lab.outside.name, f"{STATIC_OUTSIDE}/32"):
-                cp = lab.server.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", STATIC_OUTSIDE], check=False, timeout=20)
-                add("static: server reaches c1 at its outside address", cp.returncode == 0,
-                    cp.stdout.strip().splitlines()[-2] if cp.stdout else cp.stderr)
-                srv = _udp_socket(lab.server, 7779)
-                try:
-                    c = _udp_socket(lab.client(1), 40001)
-                    try:
-                        c.sendto(b"static", (SERVER, 7779))
-                        _, peer = srv.recvfrom(2048)
-                    except socket.timeout:
-                        peer = None
-                    finally:
-                        c.close()
-                finally:
-                    srv.close()
-                add("static: c1's traffic leaves as its outside address", peer is not None and peer[0] == STATIC_OUTSIDE
-                    and peer[1] == 40001, f"server saw {peer} (ports are kept)")
-                hairpin_check(lab, nat, variant, path, add)
-                got = udp_refused(lab.client(1), 40006, 9998)
-                add("static: port unreachable back to c1 with its embedded header translated", got == "refused",
-                    f"c1's connected socket: {got}")
-            m = {x.inside: x for x in nat.mappings()}.get(client_addr(1))
-            add("static: mapping counted both ways", m is not None and m.out_packets > 0 and m.in_packets > 0,
-                f"{m}")
-        finally:
-            nat.remove_mapping(client_addr(1))
-        stats = nat.stats()
+        if nat_ebpf:
+            ebpf_state_checks(lab, nat, variant, path, add)
+        stats = nat.stats() if nat_ebpf else None
         fast = path.stats() if variant == "xdp_nat" else None
     frames = captured()
     after = {h.name: snmp(h) for h in watched}
@@ -244,9 +255,10 @@ def check_correctness(lab: NatLab, nat: Nat, variant: str = "ebpf") -> list[dict
     add("kernel checksum error counters stay 0 (server and clients)",
         all(v == 0 for e in errors.values() for v in e.values()),
         "; ".join(f"{h}: " + ", ".join(f"{k}={v}" for k, v in e.items() if v) or f"{h}: 0" for h, e in errors.items()))
-    add("program outcomes: nothing dropped as untranslatable",
-        all(stats[k]["packets"] == 0 for k in ("drop_no_port", "drop_table_full", "drop_rewrite_failed")),
-        ", ".join(f"{k}={v['packets']}" for k, v in stats.items() if v["packets"]))
+    if stats is not None:
+        add("program outcomes: nothing dropped as untranslatable",
+            all(stats[k]["packets"] == 0 for k in ("drop_no_port", "drop_table_full", "drop_rewrite_failed")),
+            ", ".join(f"{k}={v['packets']}" for k, v in stats.items() if v["packets"]))
     if fast is not None:
         add("XDP fast path: flows translated and forwarded at XDP both ways",
             all(fast[k]["packets"] > 0 for k in ("out_snat", "in_snat", "out_static", "in_static")),
