@@ -9,8 +9,10 @@ Entering starts an `ovsdb-server` and an `ovs-vswitchd` of this switch alone, in
 host's namespace: their database, sockets, pid files and logs live in a folder of the
 run (`/run/labkit/ovs/<run prefix>-ovsN`), and every command is pointed there
 (`OVS_RUNDIR`, `OVS_DBDIR`, `OVS_LOGDIR`, `--db`), so a system OVS, if there is one, is
-never touched. The bridge uses the userspace datapath (`datapath_type=netdev`): this
-kernel has no openvswitch module, and the userspace datapath needs none. Its ports are
+never touched. The bridge uses the userspace datapath (`datapath="netdev"`) by default: it
+needs no kernel module. `datapath="system"` asks for the kernel datapath instead, where
+the kernel has the openvswitch module (`kernel_datapath()` says whether it does; this
+testbed's kernel does not, and asking for it there is refused before anything starts). Its ports are
 `system` ports (the kernel hands frames to OVS over packet sockets) or, where OVS was
 built with AF_XDP (Debian's is), `afxdp` ports (an XDP program redirects the queue into
 an AF_XDP socket that a polling PMD thread reads), in `xdp_mode` 'native' or 'generic'.
@@ -37,6 +39,7 @@ SCHEMA = Path(os.environ.get("LABKIT_OVS_SCHEMA", "/usr/share/openvswitch/vswitc
 TOOLS = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl")
 PORT_TYPES = ("system", "afxdp")
 XDP_MODES = ("native", "generic")  # native-with-zerocopy needs a NIC with XSK zero-copy
+DATAPATHS = ("netdev", "system")  # userspace; the kernel's openvswitch module
 _counter = itertools.count()
 _lock = threading.Lock()
 
@@ -60,6 +63,19 @@ def _version() -> str:
         return out.split()[3] if len(out.split()) > 3 else "?"
     except (OSError, subprocess.TimeoutExpired):
         return "?"
+
+
+def kernel_datapath() -> tuple[bool, str]:
+    """(True, '') where the kernel has Open vSwitch's datapath (the openvswitch module loaded,
+    or loadable), else (False, why)."""
+    if Path("/sys/module/openvswitch").exists():
+        return True, ""
+    release = os.uname().release
+    mods = Path("/lib/modules") / release
+    found = list(mods.rglob("openvswitch.ko*")) if mods.is_dir() else []
+    if found:
+        return True, f"openvswitch module not loaded yet ({found[0].name}; `modprobe openvswitch`)"
+    return False, f"kernel {release} has no openvswitch module (CONFIG_OPENVSWITCH)"
 
 
 def require() -> None:
@@ -103,10 +119,11 @@ class OvsSwitch:
     ovs-vswitchd; a context manager (see the module docstring)."""
 
     def __init__(self, host, ports: list, *, port_type: str = "system", xdp_mode: str = "native",
-                 pmd_cpus: str | None = None, bridge: str | None = None, ready_timeout: float = 30.0):
+                 datapath: str = "netdev", pmd_cpus: str | None = None, bridge: str | None = None,
+                 ready_timeout: float = 30.0):
         self.host = host
         self.ports = [getattr(p, "name", p) for p in ports]
-        self.port_type, self.xdp_mode, self.pmd_cpus = port_type, xdp_mode, pmd_cpus
+        self.port_type, self.xdp_mode, self.pmd_cpus, self.datapath = port_type, xdp_mode, pmd_cpus, datapath
         self.ready_timeout = ready_timeout
         run = runs.current_run()
         self.prefix = run.prefix if run is not None else "lk" + os.urandom(2).hex()
@@ -121,6 +138,14 @@ class OvsSwitch:
 
     # ---- checks, before anything runs
     def validate(self) -> None:
+        if self.datapath not in DATAPATHS:
+            raise InputError(f"OVS datapath {self.datapath!r}: choose 'netdev' (userspace) or 'system' (kernel module)")
+        if self.datapath == "system":
+            ok, why = kernel_datapath()
+            if not ok:
+                raise InputError(f"OVS's kernel datapath is not available: {why}; use datapath='netdev'")
+            if self.port_type == "afxdp":
+                raise InputError("afxdp ports belong to the userspace datapath: use datapath='netdev'")
         if self.port_type not in PORT_TYPES:
             raise InputError(f"OVS port type {self.port_type!r}: choose one of {PORT_TYPES}")
         if self.xdp_mode not in XDP_MODES:
@@ -182,7 +207,7 @@ class OvsSwitch:
                  f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log"], name="ovs-vswitchd", env=self.env))
             self._wait_for(d / "ovs-vswitchd.ctl", "ovs-vswitchd")
             self.bridge_made = True
-            self.vsctl("add-br", self.bridge, "--", "set", "bridge", self.bridge, "datapath_type=netdev")
+            self.vsctl("add-br", self.bridge, "--", "set", "bridge", self.bridge, f"datapath_type={self.datapath}")
             for i, name in enumerate(self.ports):
                 extra = []
                 if self.port_type == "afxdp":

@@ -101,6 +101,11 @@ def test_bad_input_is_refused_before_anything_starts(fwd_topo):
         ovs.OvsSwitch(dut, [d0, d1], bridge="a-very-long-bridge")
     with pytest.raises(InputError, match="pmd_cpus"):
         ovs.OvsSwitch(dut, [d0, d1], pmd_cpus="0x100")
+    with pytest.raises(InputError, match="datapath 'kernel'"):
+        ovs.OvsSwitch(dut, [d0, d1], datapath="kernel")
+    if not ovs.kernel_datapath()[0]:  # this testbed's kernel: no openvswitch module
+        with pytest.raises(InputError, match="no openvswitch module.*datapath='netdev'"):
+            ovs.OvsSwitch(dut, [d0, d1], datapath="system")
     assert not ovs.switch_dirs(fwd_topo.run.prefix)
 
 
