@@ -11,7 +11,9 @@ the XDP programs attached to them, like nicstat or xdp-bench's per-second lines.
 
 Each line is one interface over one interval: rx and tx packets per second and bits per
 second (from the kernel's 64-bit link counters), receive and transmit drops per second,
-and the XDP program attached (name and id) with the rates of its counters. A program's
+the driver's own drop counters from `ethtool -S` (a veth's: frames its ring or an XDP
+redirect could not take, `ring`, apart from frames an XDP program dropped on purpose,
+`xdp_drop`; these never reach the link counters), and the XDP program attached (name and id) with the rates of its counters. A program's
 counters are its small per-CPU arrays (`BPF_PERCPU_ARRAY`, at most MAX_SLOTS slots of one
 or two 64-bit numbers, as bpf/include/counters.h makes them), summed over CPUs and read
 through the kernel's map ids, so any program labkit attached shows its counters without
@@ -164,6 +166,23 @@ class Sample:
     prog_id: int | None = None
     prog_name: str = ""
     counters: dict = field(default_factory=dict)
+    driver: dict = field(default_factory=dict)  # ring_drops, xdp_drops summed over queues (ethtool -S)
+
+
+def driver_drops(target: Target) -> dict:
+    """{'ring_drops': n, 'xdp_drops': n} from the driver's `ethtool -S` counters (summed over
+    queues; {} where ethtool or the counters are missing)."""
+    cp = Host("watch", target.netns).run(["ethtool", "-S", target.name], check=False, timeout=10)
+    if cp.returncode != 0:
+        return {}
+    out = {"ring_drops": 0, "xdp_drops": 0}
+    for line in cp.stdout.splitlines()[1:]:
+        name, _, value = line.rpartition(":")
+        name = name.strip()
+        if "drop" not in name or not value.strip().isdigit():
+            continue
+        out["xdp_drops" if "xdp" in name else "ring_drops"] += int(value)
+    return out
 
 
 def sample(target: Target) -> Sample | None:
@@ -175,7 +194,7 @@ def sample(target: Target) -> Sample | None:
         link = ipr.link("get", index=idx[0])[0]
     stats = dict(link.get_attr("IFLA_STATS64") or {})
     xdp = dict((link.get_attr("IFLA_XDP") or {}).get("attrs", []))
-    s = Sample(target, time.monotonic(), stats)
+    s = Sample(target, time.monotonic(), stats, driver=driver_drops(target))
     if xdp.get("IFLA_XDP_ATTACHED"):
         s.prog_id = xdp.get("IFLA_XDP_PROG_ID")
         if s.prog_id:
@@ -193,6 +212,7 @@ def rate_row(a: Sample, b: Sample) -> dict:
     row = {"iface": str(b.target), "seconds": dt, "rx_pps": r("rx_packets"), "tx_pps": r("tx_packets"),
            "rx_bps": r("rx_bytes") * 8, "tx_bps": r("tx_bytes") * 8,
            "rx_drop_ps": r("rx_dropped") + r("rx_missed_errors"), "tx_drop_ps": r("tx_dropped"),
+           **{f"{k[:-1]}_ps": max(0, v - a.driver.get(k, 0)) / dt for k, v in b.driver.items()},
            "xdp": f"{b.prog_name}#{b.prog_id}" if b.prog_id else "", "counters": {}}
     if b.prog_id and b.prog_id == a.prog_id:
         row["counters"] = {k: max(0, v - a.counters.get(k, 0)) / dt for k, v in b.counters.items()}
@@ -229,6 +249,14 @@ def _si(v: float, unit: str) -> str:
     return f"{v:6.0f} {unit}"
 
 
+def _per_s(v: float) -> str:
+    """A count per second, compact: 0/s, 812/s, 46.8k/s, 1.25M/s."""
+    for scale, prefix in ((1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:.3g}{prefix}/s"
+    return f"{v:.0f}/s"
+
+
 def format_rows(rows: list[dict], clock: str | None = None) -> str:
     """One line per interface, as `labkit watch` prints them."""
     clock = clock or time.strftime("%H:%M:%S")
@@ -237,10 +265,12 @@ def format_rows(rows: list[dict], clock: str | None = None) -> str:
     for r in rows:
         line = (f"{clock} {r['iface']:<{width}}  rx {_si(r['rx_pps'], 'pps')} {_si(r['rx_bps'], 'b/s')}"
                 f"  tx {_si(r['tx_pps'], 'pps')} {_si(r['tx_bps'], 'b/s')}"
-                f"  drop rx {r['rx_drop_ps']:.0f}/s tx {r['tx_drop_ps']:.0f}/s")
+                f"  drop rx {_per_s(r['rx_drop_ps'])} tx {_per_s(r['tx_drop_ps'])}")
+        if "ring_drop_ps" in r:
+            line += f" ring {_per_s(r['ring_drop_ps'])} xdp_drop {_per_s(r['xdp_drop_ps'])}"
         if r["xdp"]:
             busy = {k: v for k, v in r["counters"].items() if v}
-            line += f"  xdp {r['xdp']}" + ("".join(f" {k} {_si(v, '/s').strip()}" for k, v in busy.items()))
+            line += f"  xdp {r['xdp']}" + "".join(f" {k} {_per_s(v)}" for k, v in busy.items())
         lines.append(line)
     return "\n".join(lines)
 
