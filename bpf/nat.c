@@ -1,7 +1,8 @@
 /* The eBPF NAT: IPv4 static 1:1 mappings and source NAT with port translation,
- * at tc clsact on the NAT host's OUTSIDE port (labkit/dataplanes/nat.py is the control
- * plane, labkit/dataplanes/nat_model.py the reference model the fuzz test compares
- * against; the outcome names of both come from bpf/include/nat.h).
+ * at tc clsact on the NAT host's OUTSIDE port, and its XDP fast path (labkit/dataplanes/
+ * nat.py and xdp_nat.py are the control plane, labkit/dataplanes/nat_model.py the
+ * reference model the fuzz test compares the tc programs against; the outcome names of
+ * all of them come from bpf/include/nat.h).
  *
  *   nat_egress  (outside port, egress; after routing, like netfilter POSTROUTING):
  *       source rewritten: a static mapping's inside address -> its outside address;
@@ -29,13 +30,21 @@
  * when a lookup meets it, and by the control plane's sweep.
  *
  * Fast path, established flows: the packet is parsed and rewritten by direct packet
- * access, the IPv4 checksum and (for ICMP) the ICMP checksum updated in place
- * (csum_helpers.h); TCP and UDP pay one bpf_l4_csum_replace for the address, because
- * only that helper knows whether the skb carries a partial checksum (CHECKSUM_PARTIAL,
- * veth checksum offload: the field then holds the pseudo-header sum, which the address
- * changes and the port does not). Which one it was shows in what the helper did to the
- * field, and the port's share is added directly when the checksum is a full one. A UDP
- * checksum of 0 ("none") stays 0.
+ * access, every checksum updated in place (csum_helpers.h), no helper call. One thing
+ * tc cannot see without a helper is whether the skb carries a partial checksum
+ * (CHECKSUM_PARTIAL, veth checksum offload: the field then holds the pseudo-header sum,
+ * which the address changes and the port does not). A partial checksum always equals
+ * that sum; a full one only once in 65536: a field that differs from it is a full
+ * checksum, updated here; a field that equals it takes one bpf_l4_csum_replace for the
+ * address (the helper knows), and what the helper did to the field says which it was,
+ * so the port's share is added directly when it was a full one. Inbound, a received
+ * checksum of the whole packet (CHECKSUM_COMPLETE, NICs) is kept in step with one
+ * bpf_csum_update (a no-op otherwise). A UDP checksum of 0 ("none") stays 0.
+ *
+ * The XDP fast path (xdp_nat_outbound, xdp_nat_inbound, below) translates established
+ * flows and static mappings over the same maps before the stack sees them, and hands
+ * the rest up to these programs; nat_hairpin (tc ingress of the inside ports, optional)
+ * refuses hairpinning.
  *
  * IPv4 options are carried: the L4 header is read after the header's real length. A
  * fragmented datagram is translated fragment by fragment: a static mapping needs no state
@@ -45,7 +54,8 @@
  * destination, identifier and protocol (`frags`, an LRU) for the later fragments.
  * An ICMP error (destination unreachable, time exceeded, parameter problem) to the SNAT
  * address about a packet a flow sent is translated back to the inside host, its embedded
- * header too (see icmp_error_in).
+ * header too; so is an inside host's ICMP error about a packet it got through a flow,
+ * outbound (see icmp_error).
  *
  * What is not translated, by rule (each outcome, enum nat_outcome, counted in `stats`):
  *   - not IPv4 (ARP, IPv6, ...):                                  passed unchanged
