@@ -4,17 +4,21 @@ while the program runs.
 
     with Nat(inside_network="10.20.0.0/16", outside_network="198.51.100.0/24",
              snat_address="198.51.100.1", port_range=(20000, 29999)) as nat:
-        with nat.attach(topo.iface("nat", "srv")):      # tc ingress + egress of the outside port
+        with nat.attach(topo.iface("nat", "srv"), inside_ifaces), nat.sweeping(every_s=1.0):
+            # tc ingress + egress of the outside port; the hairpin guard on the inside ports
             nat.add_mapping("10.20.1.2", "198.51.100.10")
             ...
-            nat.flows()      # live SNAT flows with packet/byte counters, both directions
+            nat.flows()      # live SNAT flows: counters both directions, age, idle time, state
             nat.mappings()   # static mappings with their counters
             nat.stats()      # every outcome of the program, counted (passes and drops too)
+
+The XDP fast path over the same maps is `labkit.dataplanes.xdp_nat.XdpNat(nat)`.
 
 Every change is checked before a map is written: an address outside the configured
 networks, a mapping that overlaps another, an empty or inverted port range, a timeout
 of zero or below raise an `InputError` and leave the maps as they were; a full mapping
-table raises `TableFull`.
+table raises `TableFull`; attaching with a SNAT address the outside port does not have
+raises `InputError` before anything is attached.
 
 Flows expire: a flow idle in both directions for longer than its protocol's timeout
 (`timeouts`, seconds: TCP established, TCP after a FIN or RST, UDP, ICMP) is removed
