@@ -93,3 +93,75 @@ def test_fast_path_programs_detach_on_exit(nat):
         assert not bpf.xdp_state(lab.outside).get("IFLA_XDP_ATTACHED")
         assert not bpf.xdp_state(lab.server_iface).get("IFLA_XDP_ATTACHED")
     assert isinstance(XdpNat(nat).stats(), dict)
+
+
+def test_fast_path_translates_exactly_as_the_tc_nat():
+    """Established flows (TCP, UDP, ICMP echo; random sizes and ports, a UDP checksum of 0
+    now and then), translated by the XDP programs (BPF_PROG_TEST_RUN, each flow's route
+    remembered) and by the tc programs: the same frame, but for what forwarding changes
+    (TTL - 1 with its IPv4 checksum, the MACs of the route)."""
+    import random
+    import socket
+    import struct
+
+    from labkit import bpf
+
+    rng = random.Random(20261126)
+    mac_a, mac_b = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+    smac, dmac = "02:00:00:00:00:1c", "02:00:00:00:00:1d"
+    with Nat(INSIDE, OUTSIDE, SNAT, (20000, 29999), fib_cache_s=10 ** 6) as n:
+        eg, ig = n.egress_function(), n.ingress_function()
+        xo, xi = XdpNat(n).outbound_function(), XdpNat(n).inbound_function()
+        lo = socket.if_nametoindex("lo")
+        frames = []
+        for i in range(150):
+            proto = rng.choice(["udp", "tcp", "icmp"])
+            f = bytearray(packets.build(packets.FrameSpec(mac_a, mac_b, f"10.20.{rng.randrange(1, 9)}.2", SERVER, proto,
+                                                          rng.randrange(1, 65536), rng.choice([53, 80, 443]),
+                                                          rng.choice([60, 64, 200, 1000, 1514]))))
+            if proto == "udp" and rng.random() < 0.1:
+                f[40:42] = b"\0\0"
+            frames.append(bytes(f))
+            bpf.test_run(eg, bytes(f))  # the tc NAT sets the flow up
+        XdpNat(n).remember_route(lo, smac, dmac)
+
+        def forwarded(tc_out: bytes) -> bytes:
+            """TC_OUT as forwarding would send it: TTL - 1, its checksum, the route's MACs."""
+            f = bytearray(tc_out)
+            f[0:6], f[6:12] = packets.mac_bytes(dmac), packets.mac_bytes(smac)
+            f[22] -= 1
+            f[24:26] = b"\0\0"
+            f[24:26] = struct.pack("!H", packets.checksum(bytes(f[14:34])))
+            return bytes(f)
+
+        def same(a: bytes, b: bytes) -> bool:  # checksums compared as one's-complement numbers
+            if len(a) != len(b):
+                return False
+            diff = [i for i in range(len(a)) if a[i] != b[i]]
+            return all(i in (24, 25, 36, 37, 50, 51) and {a[i & ~1:(i & ~1) + 2], b[i & ~1:(i & ~1) + 2]} <=
+                       {b"\0\0", b"\xff\xff"} for i in diff)
+
+        replies = []
+        for f in frames:
+            x = bpf.test_run(xo, f, ctx=bpf.XdpMd(ingress_ifindex=lo))
+            t = bpf.test_run(eg, f)
+            assert x.action == "XDP_REDIRECT", x.action
+            assert same(x.data_out, forwarded(t.data_out)), (f.hex(), x.data_out.hex(), t.data_out.hex())
+            p = packets.parse(t.data_out)
+            if p.proto == 1:
+                replies.append(packets.build(packets.FrameSpec(mac_b, mac_a, SERVER, SNAT, "icmp", p.sport, 0, 64)))
+            else:
+                replies.append(packets.build(packets.FrameSpec(mac_b, mac_a, SERVER, SNAT, {6: "tcp", 17: "udp"}[p.proto],
+                                                               p.dport, p.sport, rng.choice([60, 300]))))
+        for r in replies:
+            if r[34] == 8:  # an echo request built above: make it the reply it stands for
+                r = bytearray(r)
+                r[34], r[36:38] = 0, b"\0\0"
+                r[36:38] = struct.pack("!H", packets.checksum(bytes(r[34:])))
+                r = bytes(r)
+            x = bpf.test_run(xi, r, ctx=bpf.XdpMd(ingress_ifindex=lo))
+            t = bpf.test_run(ig, r)
+            assert x.action == "XDP_REDIRECT", (x.action, XdpNat(n).stats())
+            assert same(x.data_out, forwarded(t.data_out)), (r.hex(), x.data_out.hex(), t.data_out.hex())
+        st = XdpNat(n).stats()
+        assert st["out_snat"]["packets"] == len(frames) and st["in_snat"]["packets"] == len(replies)
