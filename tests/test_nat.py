@@ -127,6 +127,17 @@ def test_snat_address_not_on_the_outside_interface_is_refused():
         assert "clsact" not in qd and maps_snapshot(n) == before
 
 
+def test_mapping_an_address_the_outside_port_lacks_is_refused_while_attached(nat):
+    nat.clear()
+    with nat_testbed.NatLab(1, "off") as lab, nat.attach(lab.outside):
+        before = maps_snapshot(nat)
+        with pytest.raises(InputError, match="not an address of the outside interface"):
+            nat.add_mapping("10.20.1.2", "198.51.100.77")
+        assert maps_snapshot(nat) == before
+    nat.add_mapping("10.20.1.2", "198.51.100.77")  # detached: nothing to check against
+    nat.clear()
+
+
 def test_full_mapping_table_is_reported():
     with Nat(INSIDE, OUTSIDE, SNAT, max_static=2) as n:
         n.add_mapping("10.20.1.2", "198.51.100.10")

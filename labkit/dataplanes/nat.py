@@ -17,8 +17,9 @@ The XDP fast path over the same maps is `labkit.dataplanes.xdp_nat.XdpNat(nat)`.
 Every change is checked before a map is written: an address outside the configured
 networks, a mapping that overlaps another, an empty or inverted port range, a timeout
 of zero or below raise an `InputError` and leave the maps as they were; a full mapping
-table raises `TableFull`; attaching with a SNAT address the outside port does not have
-raises `InputError` before anything is attached.
+table raises `TableFull`; attaching with a SNAT address the outside port does not have,
+or (while attached) mapping an outside address the port does not have, raises
+`InputError` before anything is attached or written.
 
 Flows expire: a flow idle in both directions for longer than its protocol's timeout
 (`timeouts`, seconds: TCP established, TCP after a FIN or RST, UDP, ICMP) is removed
@@ -118,6 +119,7 @@ class Nat:
             self._maps = {n: self.program.map(n) for n in
                           ("config", "static_out", "static_in", "mapping_counters", "snat_out", "snat_in", "stats")}
             self._flows_created_cleared = 0  # flows created before the last clear_flows()
+            self._outside = None  # the outside port while attached
             self.swept = 0  # flows the sweep removed
             self._write_config()
         except BaseException:
@@ -170,6 +172,8 @@ class Nat:
                                  "there, or choose one of its addresses")
         stack = ExitStack()
         try:
+            self._outside = outside_iface
+            stack.callback(setattr, self, "_outside", None)
             stack.enter_context(bpf.attach_tc(outside_iface, self.ingress_function(), "ingress"))
             stack.enter_context(bpf.attach_tc(outside_iface, self.egress_function(), "egress"))
             if inside_ifaces:
@@ -246,6 +250,9 @@ class Nat:
         if self.snat_address is not None and out == self.snat_address:
             raise InputError(f"outside address {out} is the SNAT address, shared by every inside host: "
                              "map another outside address")
+        if self._outside is not None and str(out) not in interface_addresses(self._outside):
+            raise InputError(f"outside address {out} is not an address of the outside interface {self._outside.name}, "
+                             "so nothing would reach the mapping: add the address there first")
         by_inside, by_outside = self._static_inside(), self._static_outside()
         if ins in by_inside:
             raise InputError(f"inside host {ins} already has a static mapping (to {by_inside[ins][0]}): "

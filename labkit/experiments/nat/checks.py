@@ -136,10 +136,10 @@ def ebpf_state_checks(lab: NatLab, nat: Nat, variant: str, path, add) -> None:
     icmp = [f for f in flows if f.proto == "icmp"]
     add("flow table: ICMP echo flows, identifiers translated", len(icmp) >= lab.clients,
         ", ".join(f"{f.inside} id {f.inside_port}->{f.nat_port}" for f in icmp))
-    # static 1:1 mapping, both directions
-    nat.add_mapping(client_addr(1), STATIC_OUTSIDE)
-    try:
-        with topology.address(lab.topo.host("nat"), lab.outside.name, f"{STATIC_OUTSIDE}/32"):
+    # static 1:1 mapping, both directions (its outside address on the outside port first)
+    with topology.address(lab.topo.host("nat"), lab.outside.name, f"{STATIC_OUTSIDE}/32"):
+        nat.add_mapping(client_addr(1), STATIC_OUTSIDE)
+        try:
             cp = lab.server.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", STATIC_OUTSIDE], check=False, timeout=20)
             add("static: server reaches c1 at its outside address", cp.returncode == 0,
                 cp.stdout.strip().splitlines()[-2] if cp.stdout else cp.stderr)
@@ -161,11 +161,11 @@ def ebpf_state_checks(lab: NatLab, nat: Nat, variant: str, path, add) -> None:
             got = udp_refused(lab.client(1), 40006, 9998)
             add("static: port unreachable back to c1 with its embedded header translated", got == "refused",
                 f"c1's connected socket: {got}")
-        m = {x.inside: x for x in nat.mappings()}.get(client_addr(1))
-        add("static: mapping counted both ways", m is not None and m.out_packets > 0 and m.in_packets > 0,
-            f"{m}")
-    finally:
-        nat.remove_mapping(client_addr(1))
+            m = {x.inside: x for x in nat.mappings()}.get(client_addr(1))
+            add("static: mapping counted both ways", m is not None and m.out_packets > 0 and m.in_packets > 0,
+                f"{m}")
+        finally:
+            nat.remove_mapping(client_addr(1))
 
 
 def check_correctness(lab: NatLab, nat: Nat | None, variant: str = "ebpf",
