@@ -63,6 +63,7 @@ class NatLab:
     `iptables()`, `routing()`, `xdp_routing()`."""
 
     def __init__(self, clients: int = 2, offloads: str = "mixed"):
+        self._server_peer = None  # the server port's XDP_PASS program, while the XDP variants run
         self.spec = spec(clients, offloads)
         self.clients, self.offloads = clients, offloads
         self.topo: topology.Topology | None = None
@@ -154,8 +155,27 @@ class NatLab:
         with Minimal() as m, ExitStack() as stack:
             for i in range(1, self.clients + 1):
                 stack.enter_context(bpf.attach_xdp(self.client_iface(i), m.pass_(), mode))
-            stack.enter_context(bpf.attach_xdp(self.server_iface, m.pass_(), mode))
+            self._server_peer = stack.enter_context(bpf.attach_xdp(self.server_iface, m.pass_(), mode))
+            stack.callback(setattr, self, "_server_peer", None)
             yield
+
+    @contextmanager
+    def server_sink(self):
+        """The server drops what reaches it at XDP (native) while in the `with`: a flood's
+        CPU time is then the generator's and the NAT host's, not the server's stack's
+        (which answers a flood to a closed port with ICMP). Every variant alike."""
+        from labkit import bpf
+
+        peer = getattr(self, "_server_peer", None)
+        with Minimal() as m:
+            if peer is not None:
+                peer.detach()
+            try:
+                with bpf.attach_xdp(self.server_iface, m.drop(), "native"):
+                    yield
+            finally:
+                if peer is not None:
+                    peer.attach()
 
     @contextmanager
     def xdp_nat(self, nat: Nat, mode: str = "native"):
