@@ -121,9 +121,10 @@ def udp_fragmented(lab: NatLab, size: int = 4000, sport: int = 40003, dport: int
     return out
 
 
-def tcp_many(lab: NatLab, per_client: int = 250, first_port: int = 50000, port: int = 7781) -> dict:
+def tcp_many(lab: NatLab, per_client: int = 250, first_port: int = 12000, port: int = 7781) -> dict:
     """PER_CLIENT TCP connections from every client at once, each client using the same
-    source ports FIRST_PORT.. as the others; each sends its client and port. What the
+    source ports FIRST_PORT.. as the others (below the kernel's ephemeral range, which
+    the other checks' connections draw from); each sends its client and port. What the
     server saw: connections, their sources, and whether every message came intact."""
     with lab.server.entered():
         ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
