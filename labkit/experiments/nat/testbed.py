@@ -10,7 +10,7 @@ from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_nat import XdpNat, XdpRouter
 
 
-VARIANTS = ["routing", "ebpf", "iptables"]
+VARIANTS = ["routing", "xdp_routing", "tc_nat", "xdp_nat", "iptables"]
 #: every variant the testbed can set up: `tc_nat` is `ebpf` under its new name; `xdp_nat`
 #: the XDP fast path over the tc NAT; `xdp_routing` its forwarding alone (no NAT)
 ALL_VARIANTS = ["routing", "xdp_routing", "tc_nat", "xdp_nat", "iptables", "ebpf"]
