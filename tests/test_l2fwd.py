@@ -13,7 +13,7 @@ import pytest
 
 from labkit import bpf, traffic
 from labkit import cleanup
-from labkit import dpdk
+from labkit import dpdk, ovs
 from labkit.errors import InputError
 from labkit.dataplanes import xdp_fwd
 from labkit.experiments import l2fwd
@@ -73,6 +73,46 @@ def test_kernel_variants_forward(fwd_topo, name):
                     and l.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") == "bridge"]
 
 
+@pytest.mark.parametrize("name", ["dpdk_l2fwd_afxdp", "ovs_afxdp", "ovs"])
+def test_user_space_variants_forward(fwd_topo, name):
+    if name in l2fwd.OVS_VARIANTS and not ovs.status()[0]:
+        pytest.skip(ovs.status()[1])
+    rcv, dut = fwd_topo.iface("rcv"), fwd_topo.host("dut")
+    snd, d0 = fwd_topo.iface("snd"), fwd_topo.iface("dut", "snd")
+    p = l2fwd.Params(variants=[name])
+    with bpf.load("xdp_minimal") as bare, bpf.attach_xdp(rcv, bare.function("xdp_drop_bare"), "native"):
+        with l2fwd.variant(name, fwd_topo, p, None, None) as setup:
+            c0 = setup.own_counters()
+            r0 = rcv.stats()["rx_packets"]
+            spec = traffic.TrafficSpec.between(snd, d0, count=N, size=64, rate_pps=20_000)
+            spec.dst_ip = rcv.address
+            offered = traffic.generator("trafgen", snd).send(spec)
+            time.sleep(0.3)
+            got = rcv.stats()["rx_packets"] - r0
+            c1 = setup.own_counters()
+            notes = dict(setup.notes)
+            assert setup.own_cpu() > 0
+    assert offered.packets == N
+    if name == "ovs":  # system ports lose frames between polls (see the variant's caveat)
+        assert 0 < got <= N and c1["ovs_tx_port1"] - c0["ovs_tx_port1"] >= got
+    else:
+        assert got >= N * 0.99, f"{name}: {got} of {N} arrived"
+    if name == "dpdk_l2fwd_afxdp":
+        assert set(notes["af_xdp_socket_mode"].values()) == {"copy"} and notes["ring_size"] == p.dpdk_afxdp_ring
+        assert c1["l2fwd_tx_port1"] - c0["l2fwd_tx_port1"] == got
+    assert dpdk.xsk_sockets(dut) == 0 and not bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED")
+    assert not ovs.switch_dirs(fwd_topo.run.prefix) and not dpdk.dpdk_processes(fwd_topo.run.prefix)
+
+
+def test_missing_ovs_leaves_the_others_running(monkeypatch):
+    monkeypatch.setattr(ovs, "SCHEMA", ovs.SCHEMA.with_name("no-such-schema"))  # a broken installation
+    r = l2fwd.run(smoke=True, variants=["xdp_redirect", "ovs_afxdp"], baseline=False, latency=False)
+    fwd = r.table[(r.table["measure"] == "processed_pkts")]
+    assert set(fwd["variant"]) == {"xdp_redirect"} and (fwd["value"] > 0).all()
+    assert any(c.startswith("not run: ") and "openvswitch" in c and c.endswith("[ovs_afxdp]") for c in r.caveats), \
+        r.caveats
+
+
 def test_params_refused_before_kernel():
     with pytest.raises(InputError, match="variants"):
         l2fwd.run(variants=["dpdk", "bridge"])
@@ -80,6 +120,14 @@ def test_params_refused_before_kernel():
         l2fwd.run(variants=["dpdk_l2fwd"], dpdk_queues_per_lcore=1)
     with pytest.raises(InputError, match="xdp_mode"):
         l2fwd.run(xdp_mode="fast")
+    with pytest.raises(InputError, match="ovs_xdp_mode"):
+        l2fwd.run(ovs_xdp_mode="native-with-zerocopy")
+    with pytest.raises(InputError, match="fractions of the no-drop rate"):
+        l2fwd.run(latency_loads=[0.5, 2])
+    with pytest.raises(InputError, match="ring size"):
+        l2fwd.run(dpdk_afxdp_ring=1000)
+    with pytest.raises(InputError, match="busy_budget"):
+        l2fwd.run(dpdk_afxdp_busy_budget=-1)
 
 
 def test_smoke_run_forwards_and_leaves_nothing(tmp_path):
@@ -91,8 +139,18 @@ def test_smoke_run_forwards_and_leaves_nothing(tmp_path):
     assert (r.run_dir / "results.csv").exists() and (r.run_dir / "metadata.json").exists()
     assert "dpdk_l2fwd" in r.interpretation and "busy polling" in r.interpretation
     assert r.resources.set_index("variant").loc["dpdk_l2fwd", "dpdk_idle_busy_cores"] > 0.3
+    # latency: every forwarder probed with no load; the L2 table has a row per variant
+    lat = r.latency
+    assert set(lat[lat["load_fraction"] == 0]["variant"]) == set(l2fwd.VARIANTS)
+    assert (lat[lat["load_fraction"] == 0]["probes"] > 0).all() and "One-way latency" in r.interpretation
+    assert {"forwarded_mpps", "idle_busy_cores", "own_idle_busy_cores", "rss_mb",
+            "p50_us (no load)"} <= set(r.overview.columns)
+    assert set(r.latency_cdf["variant"]) == set(l2fwd.VARIANTS)
+    assert "over AF_XDP forwarded" in r.interpretation
+    assert any(c.startswith("net_af_xdp sockets ran in copy mode on af_xdp:") for c in r.caveats), r.caveats
     prefix = r.run_dir.name.rsplit("-", 1)[1]
     assert not dpdk.dpdk_processes(prefix) and not dpdk.runtime_dirs(prefix)
+    assert not ovs.switch_dirs(prefix), "no Open vSwitch of the run is left"
     assert not [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]
 
 

@@ -1,4 +1,5 @@
-"""The L2 forwarding experiment: DPDK l2fwd vs XDP redirect vs the Linux bridge (vs tc redirect).
+"""The L2 forwarding experiment: DPDK l2fwd (over af_packet and AF_XDP) vs XDP redirect vs the
+Linux bridge vs tc redirect vs Open vSwitch's userspace datapath, in rate, CPU and latency.
 
 Topology: sender ``snd`` -> device under test ``dut`` with two ports (``dut0`` from the
 sender, ``dut1`` to the receiver) -> receiver ``rcv``. The DUT's ports carry no address.
@@ -6,6 +7,14 @@ On the same topology, in one run, one variant at a time (in rotating order per t
 
 - ``dpdk_l2fwd``: DPDK's l2fwd over net_af_packet ports on dut0/dut1, one polling lcore,
   MAC updating on (dst 02:00:00:00:00:01, src the egress port's MAC);
+- ``dpdk_l2fwd_afxdp``: the same l2fwd over net_af_xdp ports (an AF_XDP socket per port,
+  copy mode on veths), tuned as DPDK's guide says: rings of ``dpdk_afxdp_ring`` descriptors,
+  preferred busy polling (``busy_budget``, with the interfaces' NAPI deferral set for the
+  run), the lcore away from the generator's CPU;
+- ``ovs`` / ``ovs_afxdp``: Open vSwitch's userspace datapath (its own ovsdb-server and
+  ovs-vswitchd for the run, labkit.ovs) with one flow dut0 -> dut1 and the same MAC
+  rewrite, over ``system`` ports (packet sockets) or ``afxdp`` ports (a PMD thread polling
+  AF_XDP sockets, pinned by ``ovs_pmd_cpus``);
 - ``xdp_redirect``: bpf/xdp_fwd.c on dut0 and dut1, redirecting through a devmap with the
   same MAC rewrite;
 - ``bridge``: a Linux bridge over dut0 and dut1;
@@ -23,7 +32,10 @@ Measured per trial, variant and frame size: offered (the generator's own rate),
 forwarded at the receiver (``processed_*``), lost and where (generator -> DUT -> receiver
 counters), CPU of the whole machine per forwarded packet, the DUT's share of it against the
 baseline, and for DPDK its own process's CPU, memory and hugepages; per variant once, the
-CPU it burns with no traffic at all (``idle_busy_cores``).
+CPU it burns with no traffic at all (``idle_busy_cores``). With ``latency`` on, per trial
+and forwarder at the smallest frame size: its no-drop rate and the one-way latency of
+probes (bpf/latency.c; the receiver's sink is then the probe sink) with no load and with
+background load at ``latency_loads`` of that rate (labkit.measure.latency).
 """
 from __future__ import annotations
 
@@ -38,14 +50,18 @@ from labkit.dataplanes import softirq_clock
 from labkit import measure
 from labkit.testbed import topology
 from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
-from labkit import dpdk
-from labkit.errors import InputError
+from labkit import dpdk, ovs
+from labkit.dataplanes.latency import LatencyProbe
+from labkit.measure import latency as latency_profile
+from labkit.errors import InputError, LabkitError
+from labkit.experiments import l2fwd_views as views
 from labkit.dataplanes.xdp_fwd import XdpForwarder
 from labkit.testbed.bridge import Bridge
 
 EXPERIMENT = "l2fwd"
 NOTEBOOK = "02-l2-forwarding"  # the notebook that runs this experiment
-VARIANTS = ["dpdk_l2fwd", "xdp_redirect", "bridge", "tc_redirect"]
+VARIANTS = ["dpdk_l2fwd", "dpdk_l2fwd_afxdp", "xdp_redirect", "bridge", "tc_redirect", "ovs", "ovs_afxdp"]
+DPDK_VARIANTS, OVS_VARIANTS = ("dpdk_l2fwd", "dpdk_l2fwd_afxdp"), ("ovs", "ovs_afxdp")
 BASELINE = "baseline_sink"
 RECEIVER_MAC = dpdk.l2fwd_mac(1)  # what l2fwd writes for frames leaving port 1
 SENDER_ADDR, RECEIVER_ADDR = "10.11.0.1/24", "10.11.0.2/24"
@@ -56,7 +72,8 @@ VIEW = View(EXPERIMENT, "L2 forwarding", NOTEBOOK, cpu="dut_cpu_ns_per_pkt",
             select=(("kind", ("trial", None)),),
             references=((references.XDP_PAPER_DPDK_DROP, ("dpdk_l2fwd",), "pps"),))
 #: a smoke run: one size, one trial, few packets, a short idle window (see smoke_clamp)
-SMOKE = {"sizes": 1, "trials": 1, "count": 20_000, "idle_s": 0.5}
+plot_latency_cdf = views.plot_latency_cdf  # the notebook's latency CDF
+SMOKE = {"sizes": 1, "trials": 1, "count": 20_000, "idle_s": 0.5, "latency_probes": 200, "ndr_iterations": 5}
 
 
 @dataclass
@@ -64,7 +81,7 @@ class Params:
     sizes: list = field(default_factory=lambda: [64, 512, 1500])
     trials: int = 3
     count: int = 200_000
-    variants: list = field(default_factory=lambda: ["dpdk_l2fwd", "xdp_redirect", "bridge", "tc_redirect"])
+    variants: list = field(default_factory=lambda: list(VARIANTS))
     baseline: bool = True  # measure the baseline sink too (needed for DUT CPU per packet)
     generator: str = "auto"  # the in-kernel generator where it works, else trafgen
     xdp_mode: str = "native"  # XDP mode of xdp_redirect on the DUT ports
@@ -72,9 +89,19 @@ class Params:
     dpdk_memory_mb: int = 512  # l2fwd's -m
     dpdk_queues_per_lcore: int | None = None  # -q; None: enough for the lcores
     dpdk_framecnt: int = 4096  # frames in each net_af_packet ring (the PMD's default 512 overflows under load)
+    dpdk_afxdp_ring: int = 4096  # descriptors per AF_XDP ring (l2fwd is built with it; its own is 1024)
+    dpdk_afxdp_busy_budget: int = 64  # net_af_xdp busy_budget (DPDK's default; 0: no busy polling)
+    ovs_xdp_mode: str = "native"  # xdp-mode of Open vSwitch's afxdp ports: native or generic
+    ovs_pmd_cpus: str = "0x2"  # CPU mask of Open vSwitch's PMD threads (CPU 1: away from the generator)
     mac_updating: bool = True
     idle_s: float = 1.0  # the no-traffic window per variant (busy-polling cost)
     timeout_s: float = 60.0
+    latency: bool = True  # one-way latency per forwarder at the smallest size (no load, then latency_loads)
+    latency_loads: list = field(default_factory=lambda: [0.5, 0.9])  # background, fractions of the no-drop rate
+    latency_probes: int = 2000  # probes per latency point
+    latency_probe_rate: float = 2000.0  # probes per second
+    ndr_loss: float = 0.001  # loss ratio that still counts as no drop in the no-drop-rate search
+    ndr_iterations: int = 8  # trials of that search (binary search steps)
     progress: bool = True  # a text progress bar on stderr
     smoke: bool = False
 
@@ -87,12 +114,19 @@ class Params:
             raise InputError(f"xdp_mode {self.xdp_mode!r}: choose 'native' or 'generic'")
         if self.idle_s < 0:
             raise InputError("idle_s must be >= 0 (0 skips the no-traffic window)")
-        if "dpdk_l2fwd" in self.variants:
+        if set(DPDK_VARIANTS) & set(self.variants):
             # everything about l2fwd that can be checked without the kernel
             eal = dpdk.EalOptions(lcores=self.dpdk_lcores, memory_mb=self.dpdk_memory_mb)
             eal.lcore_ids()
-            dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=self.dpdk_queues_per_lcore).validate(
-                2, len(eal.lcore_ids()))
+            dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=self.dpdk_queues_per_lcore,
+                              ring_size=self.dpdk_afxdp_ring).validate(2, len(eal.lcore_ids()))
+            dpdk.Port.af_xdp("x", busy_budget=self.dpdk_afxdp_busy_budget)
+        if self.ovs_xdp_mode not in ovs.XDP_MODES:
+            raise InputError(f"ovs_xdp_mode {self.ovs_xdp_mode!r}: choose one of {ovs.XDP_MODES}")
+        if self.latency:
+            latency_profile.check(self.latency_loads, self.latency_probes, self.latency_probe_rate, self.ndr_loss)
+            if not 1 <= self.ndr_iterations <= 30:
+                raise InputError(f"ndr_iterations {self.ndr_iterations}: 1..30 steps of the search")
         if self.smoke:
             smoke_clamp(self, SMOKE)
         return self
@@ -117,6 +151,8 @@ class Setup:
         self.name = name
         self.l2fwd = None
         self.fwd = None
+        self.ovs = None
+        self.notes = {}  # how it was set up, for the run's metadata (e.g. AF_XDP copy or zero-copy)
 
     def own_counters(self) -> dict:
         if self.l2fwd is not None:
@@ -126,24 +162,49 @@ class Setup:
         if self.fwd is not None:
             c = self.fwd.counters()
             return {"prog_redirected": c["redirected"], "prog_refused": c["refused"]}
+        if self.ovs is not None:
+            st = self.ovs.port_stats()
+            p0, p1 = self.ovs.ports
+            return {"ovs_rx_port0": st[p0].get("rx_packets", 0), "ovs_tx_port1": st[p1].get("tx_packets", 0),
+                    "ovs_dropped": sum(v for s_ in st.values() for k, v in s_.items() if k.endswith("_dropped"))}
         return {}
 
     def own_cpu(self) -> float | None:
-        return self.l2fwd.proc.cpu_seconds() if self.l2fwd is not None else None
+        """CPU seconds of the forwarder's own processes (DPDK's l2fwd, Open vSwitch's daemons)."""
+        if self.l2fwd is not None:
+            return self.l2fwd.proc.cpu_seconds()
+        return self.ovs.cpu_seconds() if self.ovs is not None else None
 
 
 @contextmanager
 def variant(name: str, topo, p: Params, fwd: XdpForwarder | None, sink_fn):
     d0, d1 = topo.iface("dut", "snd"), topo.iface("dut", "rcv")
     s = Setup(name)
-    if name == "dpdk_l2fwd":
+    if name in DPDK_VARIANTS:
+        afxdp = name == "dpdk_l2fwd_afxdp"
         eal = dpdk.EalOptions(lcores=p.dpdk_lcores, memory_mb=p.dpdk_memory_mb)
-        app = dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=p.dpdk_queues_per_lcore,
-                                stats_period_s=1, mac_updating=p.mac_updating)
-        with dpdk.L2fwd(topo.host("dut"), [dpdk.Port.af_packet(d0, framecnt=p.dpdk_framecnt),
-                                                dpdk.Port.af_packet(d1, framecnt=p.dpdk_framecnt)], eal, app) as l2:
-            s.l2fwd = l2
+        app = dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=p.dpdk_queues_per_lcore, stats_period_s=1,
+                                mac_updating=p.mac_updating, ring_size=p.dpdk_afxdp_ring if afxdp else None)
+        ports = ([dpdk.Port.af_xdp(d, busy_budget=p.dpdk_afxdp_busy_budget) for d in (d0, d1)] if afxdp
+                 else [dpdk.Port.af_packet(d, framecnt=p.dpdk_framecnt) for d in (d0, d1)])
+        with ExitStack() as st:
+            if afxdp and p.dpdk_afxdp_busy_budget:  # preferred busy polling needs NAPI deferral on the ports
+                st.enter_context(dpdk.BusyPollSettings(topo.host("dut"), [d0.name, d1.name]))
+            s.l2fwd = l2 = st.enter_context(dpdk.L2fwd(topo.host("dut"), ports, eal, app))
+            if afxdp:
+                s.notes = {"af_xdp_socket_mode": l2.socket_modes(), "ring_size": p.dpdk_afxdp_ring,
+                           "busy_budget": p.dpdk_afxdp_busy_budget}
             l2.next_stats()  # its statistics run before traffic starts
+            yield s
+    elif name in OVS_VARIANTS:
+        port_type = "afxdp" if name == "ovs_afxdp" else "system"
+        with ovs.OvsSwitch(topo.host("dut"), [d0, d1], port_type=port_type, xdp_mode=p.ovs_xdp_mode,
+                           pmd_cpus=p.ovs_pmd_cpus) as sw:
+            macs = {"set_dst": RECEIVER_MAC, "set_src": d1.mac} if p.mac_updating else {}
+            sw.forward(0, 1, **macs)
+            s.ovs, s.notes = sw, {"ovs_port_type": port_type, "ovs_version": ovs.status()[1]}
+            if port_type == "afxdp":
+                s.notes["ovs_xdp_mode"] = p.ovs_xdp_mode
             yield s
     elif name == "xdp_redirect":
         with fwd.attach_xdp(p.xdp_mode):
@@ -172,9 +233,12 @@ def run(data_dir=None, **kwargs) -> Result:
     runs.require_root("the L2 forwarding experiment")
     if "dpdk_l2fwd" in p.variants:
         dpdk.build_l2fwd()  # before any namespace: a missing DPDK fails early
+    if "dpdk_l2fwd_afxdp" in p.variants:
+        dpdk.build_l2fwd(ring_size=p.dpdk_afxdp_ring)
     sp = spec()
     sp.validate()
-    order_all = ([BASELINE] if p.baseline else []) + list(p.variants)
+    skipped = {v: ovs.status()[1] for v in OVS_VARIANTS if v in p.variants and not ovs.status()[0]}
+    order_all = ([BASELINE] if p.baseline else []) + [v for v in p.variants if v not in skipped]
     with topology.Topology(sp) as topo:
         snd, rcv = topo.iface("snd"), topo.iface("rcv")
         d0, d1 = topo.iface("dut", "snd"), topo.iface("dut", "rcv")
@@ -183,7 +247,9 @@ def run(data_dir=None, **kwargs) -> Result:
         with ExitStack() as stack:
             bare = stack.enter_context(bpf.load("xdp_minimal"))
             sink_fn = bare.function("xdp_drop_bare")
-            stack.enter_context(bpf.attach_xdp(rcv, sink_fn, "native"))
+            probe = (stack.enter_context(LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address))
+                     if p.latency else None)
+            stack.enter_context(bpf.attach_xdp(rcv, probe.sink() if probe else sink_fn, "native"))
             fwd = None
             if {"xdp_redirect", "tc_redirect"} & set(p.variants):
                 fwd = stack.enter_context(XdpForwarder([d0, d1], p.mac_updating))
@@ -194,31 +260,59 @@ def run(data_dir=None, **kwargs) -> Result:
                      for size in p.sizes}
             for s in specs.values():
                 s.validate()
+            for name in [v for v in order_all if v in OVS_VARIANTS + ("dpdk_l2fwd_afxdp",)]:
+                try:  # a forwarder that cannot start here is left out; the others still run
+                    with variant(name, topo, p, fwd, sink_fn):
+                        pass
+                except LabkitError as exc:
+                    skipped[name] = str(exc).splitlines()[0]
+                    order_all.remove(name)
+            notes, cdfs = {}, []
 
             def measure_one(name, size, trial):
                 with variant(name, topo, p, fwd, sink_fn) as setup:
+                    notes[name] = setup.notes
                     if p.idle_s > 0 and name not in {r["variant"] for r in resources}:
                         resources.append(_idle(name, setup, p.idle_s, rs))
-                    return _trial(name, setup, gen, specs[size], snd, d0, d1, rcv, clock)
+                    m, extra = _trial(name, setup, gen, specs[size], snd, d0, d1, rcv, clock)
+                    prof = None
+                    if probe is not None and name != BASELINE and size == min(p.sizes):
+                        prof = latency_profile.profile(
+                            probe, gen, specs[size], lambda: rcv.stats()["rx_packets"], loads=p.latency_loads,
+                            probes=p.latency_probes, probe_rate=p.latency_probe_rate, ndr_loss=p.ndr_loss,
+                            ndr_seconds=0.2 if p.smoke else 0.5, ndr_iterations=p.ndr_iterations)
+                    return m, extra, prof
 
             def record(name, size, trial, measured):
-                m, extra = measured
+                m, extra, prof = measured
                 rs.add_measurement(name, trial, m, generator=gen.name, kind="trial")
                 rs.add(name, trial, size, extra, m.flags, generator=gen.name, kind="trial")
+                if prof is not None:
+                    cdfs.extend(views.record_latency(rs, name, trial, size, prof, generator=gen.name))
 
             # the baseline sink shows the generator's full speed; forwarders that kept up with it at
             # that speed are marked generator-limited by the loop
             trial_loop(order_all, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
         _dut_cpu(rs)
         _caveats(rs, p, gen.name)
-        run_dir = rs.save(topo, {"generator": gen.name, "receiver_sink": "xdp_drop_bare (native) on rcv0",
-                                 "resources": resources})
+        for name, why in skipped.items():
+            rs.caveat(f"not run: {why}", name)
+        modes = notes.get("dpdk_l2fwd_afxdp", {}).get("af_xdp_socket_mode")
+        if modes:  # copy or zero-copy, as the kernel offered it on each port
+            rs.caveat("net_af_xdp sockets ran in " + ", ".join(f"{m} mode on {k}" for k, m in modes.items()),
+                      "dpdk_l2fwd_afxdp")
+        sink = "lat_sink (bpf/latency.c)" if probe else "xdp_drop_bare"
+        run_dir = rs.save(topo, {"generator": gen.name, "receiver_sink": f"{sink} (native) on rcv0",
+                                 "resources": resources, "variant_setup": notes, "skipped_variants": skipped})
     table = rs.table
     import pandas as pd
 
     res = pd.DataFrame(resources)
-    return Result(EXPERIMENT, table, interpret(table, res), rs.caveats, run_dir, p, {"resources": res},
-                  headline_of=headline)
+    lat = views.latency_summary(table)
+    parts = {"resources": res, "latency": lat, "latency_cdf": pd.DataFrame(cdfs),
+             "overview": views.overview(headline(table), res, lat)}
+    return Result(EXPERIMENT, table, interpret(table, res) + views.interpret_latency(lat, table), rs.caveats,
+                  run_dir, p, parts, headline_of=headline)
 
 
 def _trial(name, setup, gen, tspec, snd, d0, d1, rcv, clock):
@@ -234,14 +328,15 @@ def _trial(name, setup, gen, tspec, snd, d0, d1, rcv, clock):
     own1 = setup.own_counters()
     extra = {k: (own1[k] - own0.get(k, 0), "packets") for k in own1}
     if cpu0 is not None:
-        own = cpu1 - cpu0
-        extra["dpdk_cpu_s"] = (own, "s")
-        extra["dpdk_cpu_ns_per_pkt"] = (own / m.processed * 1e9 if m.processed else float("nan"), "ns/packet")
-    if setup.l2fwd is not None:
-        l2rx = extra["l2fwd_rx_port0"][0]
-        extra["lost_before_dut_pkts"] = (max(0, m.offered.packets - l2rx), "packets")
-        extra["lost_in_dut_pkts"] = (max(0, l2rx - extra["l2fwd_tx_port1"][0]), "packets")
-        extra["lost_after_dut_pkts"] = (max(0, extra["l2fwd_tx_port1"][0] - m.processed), "packets")
+        own, who = cpu1 - cpu0, "dpdk" if setup.l2fwd is not None else "ovs"
+        extra[f"{who}_cpu_s"] = (own, "s")
+        extra[f"{who}_cpu_ns_per_pkt"] = (own / m.processed * 1e9 if m.processed else float("nan"), "ns/packet")
+    if setup.l2fwd is not None or setup.ovs is not None:
+        rx, tx = (extra["l2fwd_rx_port0"][0], extra["l2fwd_tx_port1"][0]) if setup.l2fwd is not None else \
+            (extra["ovs_rx_port0"][0], extra["ovs_tx_port1"][0])
+        extra["lost_before_dut_pkts"] = (max(0, m.offered.packets - rx), "packets")
+        extra["lost_in_dut_pkts"] = (max(0, rx - tx), "packets")
+        extra["lost_after_dut_pkts"] = (max(0, tx - m.processed), "packets")
     return m, extra
 
 
@@ -259,12 +354,16 @@ def _idle(name, setup, seconds, rs) -> dict:
                     "rss_mb": r.rss_mb, "memory_mb_reserved": r.memory_mb, "hugepages": r.hugepages,
                     "hugepages_used": r.hugepages_used})
     else:
-        row.update({"dpdk_idle_busy_cores": 0.0, "lcores": 0, "rss_mb": 0.0, "memory_mb_reserved": 0,
-                    "hugepages": False, "hugepages_used": 0})
-    measures = {"idle_busy_cores": (busy, "cores")}
+        row.update({"dpdk_idle_busy_cores": 0.0, "lcores": 0, "rss_mb": setup.ovs.rss_mb() if setup.ovs else 0.0,
+                    "memory_mb_reserved": 0, "hugepages": False, "hugepages_used": 0})
+    own = setup.own_cpu()  # the forwarder's own processes (DPDK's lcore, OVS's PMD and main threads)
+    row["own_idle_busy_cores"] = (own - own0) / seconds if own is not None else 0.0
+    measures = {"idle_busy_cores": (busy, "cores"), "own_idle_busy_cores": (row["own_idle_busy_cores"], "cores")}
     if setup.l2fwd is not None:
         measures.update({"dpdk_idle_busy_cores": (row["dpdk_idle_busy_cores"], "cores"),
                          "dpdk_rss_mb": (row["rss_mb"], "MB"), "dpdk_hugepages_used": (row["hugepages_used"], "pages")})
+    elif setup.ovs is not None:
+        measures["ovs_rss_mb"] = (row["rss_mb"], "MB")
     rs.add(name, 0, None, measures, kind="idle")
     return row
 
@@ -279,7 +378,8 @@ def _dut_cpu(rs) -> None:
     if t.empty or BASELINE not in set(t["variant"]):
         return
     per = t[t["measure"] == "cpu_ns_per_pkt"].set_index(["variant", "trial", "size"])["value"]
-    own = t[t["measure"] == "dpdk_cpu_ns_per_pkt"].set_index(["variant", "trial", "size"])["value"]
+    own = t[t["measure"].isin(["dpdk_cpu_ns_per_pkt", "ovs_cpu_ns_per_pkt"])].set_index(
+        ["variant", "trial", "size"])["value"]
     for (v, trial, size), value in per.items():
         if v == BASELINE:
             continue
@@ -300,7 +400,8 @@ def headline(table):
 def summary_view(summary):
     """The summary with the columns a reader looks at first, in reading order."""
     cols = ["variant", "size", "offered_pps", "processed_pps", "processed_mbps", "loss_ratio",
-            "dut_cpu_ns_per_pkt", "system_cpu_ns_per_pkt", "dpdk_cpu_ns_per_pkt", "lost_before_dut_pkts",
+            "dut_cpu_ns_per_pkt", "system_cpu_ns_per_pkt", "dpdk_cpu_ns_per_pkt", "ovs_cpu_ns_per_pkt",
+            "lost_before_dut_pkts",
             "lost_in_dut_pkts", "lost_after_dut_pkts"]
     s = summary[summary["size"].notna()] if "size" in summary.columns else summary
     return s[[c for c in cols if c in s.columns]].reset_index(drop=True)
@@ -309,14 +410,18 @@ def summary_view(summary):
 def _caveats(rs, p: Params, generator: str) -> None:
     rs.caveat("namespace testbed: generator, DUT and sink share this machine's 2 CPUs; compare variants as "
               "ratios within this run, not as NIC numbers")
+    sink = "lat_sink (bpf/latency.c: probes histogrammed, the rest counted)" if p.latency else "xdp_drop_bare"
     rs.caveat("XDP_REDIRECT into a veth delivers only when the egress veth's peer has an XDP program: the "
-              "receiver runs xdp_drop_bare (native) as its sink in every variant")
-    if "dpdk_l2fwd" in p.variants:
-        rs.caveat("DPDK runs over net_af_packet on the veths (no PMD for veth, no hugepages): l2fwd's packets "
-                  "still cross the kernel's packet sockets, so this is DPDK's cost on virtual ports, not on a NIC")
+              f"receiver runs {sink} (native) as its sink in every variant")
+    for v in [v for v in p.variants if v in views.PORT_CAVEATS]:
+        rs.caveat(views.PORT_CAVEATS[v], v)
+    if set(DPDK_VARIANTS + OVS_VARIANTS) & set(p.variants):
+        rs.caveat(f"the polling threads run on CPU(s) {p.dpdk_lcores} (l2fwd) and mask {p.ovs_pmd_cpus} (OVS PMD), "
+                  f"the {generator} generator on CPU 0, where the DUT's receive softirq for its frames runs too; "
+                  "every other process of this machine shares both CPUs")
     rs.caveat("DUT CPU per packet = NET_RX softirq time per forwarded packet minus the baseline sink's (delivery "
-              "into the DUT's first port), plus DPDK's own process time; it includes the receiver's bare XDP drop "
-              "(tens of ns), the same for every variant")
+              "into the DUT's first port), plus the own process time of DPDK or Open vSwitch; it includes the "
+              "receiver's XDP sink (tens of ns), the same for every variant")
 
 
 def interpret(table, resources) -> str:
@@ -341,8 +446,8 @@ def interpret(table, resources) -> str:
     cpu = table[(table["measure"] == "dut_cpu_ns_per_pkt") & (table["size"] == size)].groupby("variant")["value"].mean()
     if len(cpu):
         lines.append("DUT CPU per forwarded packet (receive-path softirq time beyond the baseline sink's, plus "
-                     "DPDK's own process time): " + ", ".join(f"{v} {c:.0f} ns" for v, c in cpu.sort_values().items())
-                     + ".")
+                     "DPDK's or Open vSwitch's own process time): "
+                     + ", ".join(f"{v} {c:.0f} ns" for v, c in cpu.sort_values().items()) + ".")
         if "dpdk_l2fwd" in cpu.index:
             lines.append("DPDK's CPU per packet is mostly polling: its lcore is busy whether packets come or not, "
                          "so its cost per packet falls as the offered rate rises and is worst at low load.")
@@ -366,4 +471,4 @@ def interpret(table, resources) -> str:
                          f"{int(d['memory_mb_reserved'])} MB reserved, and used {int(d['hugepages_used'])} hugepages "
                          f"({'hugepages on' if d['hugepages'] else 'run with --no-huge'}). The XDP and kernel "
                          "variants need no dedicated core, reservation or hugepages: the poster's conclusion, measured.")
-    return "\n".join(lines)
+    return "\n".join(lines + views.interpret_ports(table, resources, BASELINE))

@@ -1,0 +1,194 @@
+"""The L2 forwarding experiment's latency rows and the tables and sentences read from them
+(labkit/experiments/l2fwd.py runs the experiment; this is what it records and shows of
+latency, and the one table that puts every forwarder's numbers side by side).
+
+- `record_latency`: a variant's latency profile (its no-drop rate, then the probes' delay
+  with no load and at fractions of that rate) as rows of kind 'latency', one per load, and
+  its CDF points for the plot;
+- `latency_summary`: per variant and load, the mean and spread over trials of p50, p90,
+  p99, p99.9 and max (microseconds) and the no-drop rate;
+- `overview`: forwarded Mpps, DUT CPU per packet, idle cost, memory, and p50/p99 at no
+  load and at each load fraction, one row per variant;
+- `interpret_latency`: the sentences about latency, each number from its variant's rows.
+"""
+from __future__ import annotations
+
+LOAD = "load_fraction"
+PCTS = ("p50", "p90", "p99", "p99.9", "max")
+
+
+def record_latency(rs, variant: str, trial: int, size, prof, **extra) -> list[dict]:
+    """Rows of PROF (measure.latency.Profile) into RS; the CDF points, for the plot."""
+    rs.add(variant, trial, size, {"ndr_pps": (prof.ndr_pps, "pps")}, ["generator-limited"] if prof.generator_limited
+           else [], kind="latency", **{LOAD: None}, **extra)
+    cdf = []
+    for pt in prof.points:
+        rs.add(variant, trial, size, pt.measures(), kind="latency", **{LOAD: pt.fraction}, **extra)
+        cdf += [{"variant": variant, "trial": trial, LOAD: pt.fraction, "delay_us": ns / 1e3, "fraction": f}
+                for ns, f in pt.cdf]
+    for note in prof.notes:
+        rs.caveat(note, variant)
+    return cdf
+
+
+def _lat_rows(table):
+    if "kind" not in table.columns:
+        return table.iloc[0:0]
+    return table[table["kind"] == "latency"]
+
+
+def latency_summary(table):
+    """One row per variant and load: no-drop rate, background rate, and for each percentile
+    its mean over trials with min and max (microseconds), probes received."""
+    import pandas as pd
+
+    t = _lat_rows(table)
+    if t.empty:
+        return pd.DataFrame(columns=["variant", LOAD])
+    ndr = t[t["measure"] == "ndr_pps"].groupby("variant")["value"].mean()
+    pts = t[t[LOAD].notna()]
+    rows = []
+    for (v, f), g in pts.groupby(["variant", LOAD], sort=False):
+        row = {"variant": v, LOAD: f, "ndr_mpps": ndr.get(v, float("nan")) / 1e6}
+        by = g.groupby("measure")["value"]
+        row["load_mpps"] = by.mean().get("lat_load_pps", float("nan")) / 1e6
+        for q in PCTS:
+            vals = g[g["measure"] == f"lat_{q}_ns"]["value"] / 1e3
+            row[f"{q}_us"], row[f"{q}_us_min"], row[f"{q}_us_max"] = vals.mean(), vals.min(), vals.max()
+        row["probes"] = by.sum().get("lat_probes", 0)
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["variant", LOAD]).reset_index(drop=True)
+
+
+def overview(headline, resources, lat):
+    """The L2 table: per variant at the smallest size, forwarded Mpps, DUT CPU per packet,
+    cores busy with no traffic (the machine's, and the forwarder's own processes'), the
+    forwarder's resident memory, and p50/p99 latency
+    (microseconds) at no load and at each load fraction of its no-drop rate."""
+    import pandas as pd
+
+    if headline is None or headline.empty:
+        return pd.DataFrame()
+    h = headline[headline["size"] == headline["size"].min()].set_index("variant")
+    out = pd.DataFrame(index=h.index)
+    out["forwarded_mpps"] = h["processed_pps"] / 1e6
+    if "dut_cpu_ns_per_pkt" in h.columns:
+        out["dut_cpu_ns_per_pkt"] = h["dut_cpu_ns_per_pkt"]
+    if resources is not None and len(resources):
+        r = resources.set_index("variant")
+        out["idle_busy_cores"] = r["idle_busy_cores"].reindex(out.index)  # the whole machine's, other work too
+        if "own_idle_busy_cores" in r.columns:
+            out["own_idle_busy_cores"] = r["own_idle_busy_cores"].reindex(out.index)  # the forwarder's processes
+        out["rss_mb"] = r["rss_mb"].reindex(out.index)
+    if lat is not None and len(lat):
+        out["ndr_mpps"] = lat.groupby("variant")["ndr_mpps"].first().reindex(out.index)
+        for f, g in lat.groupby(LOAD):
+            label = "no load" if f == 0 else f"{f:.0%} NDR"
+            g = g.set_index("variant")
+            out[f"p50_us ({label})"] = g["p50_us"].reindex(out.index)
+            out[f"p99_us ({label})"] = g["p99_us"].reindex(out.index)
+    return out.reset_index()
+
+
+def interpret_latency(lat, table) -> str:
+    """Sentences about latency: who is fastest at no load, how the tail grows under load."""
+    if lat is None or lat.empty:
+        return ""
+    idle = lat[lat[LOAD] == 0].set_index("variant")
+    if idle.empty or idle["p50_us"].isna().all():
+        return ""
+    order = idle["p50_us"].sort_values()
+    parts = [f"{v} {idle.loc[v, 'p50_us']:.1f} µs (p99 {idle.loc[v, 'p99_us']:.1f}, trials "
+             f"{idle.loc[v, 'p50_us_min']:.1f}–{idle.loc[v, 'p50_us_max']:.1f})" for v in order.index]
+    lines = ["\nOne-way latency with no load (probes at a low rate, median p50): " + "; ".join(parts) + "."]
+    top = lat[LOAD].max()
+    if top > 0:
+        hi = lat[lat[LOAD] == top].set_index("variant")
+        grow = [f"{v} p99 {hi.loc[v, 'p99_us']:.1f} µs at {hi.loc[v, 'load_mpps']:.3f} Mpps"
+                for v in order.index if v in hi.index and hi.loc[v, "p99_us"] == hi.loc[v, "p99_us"]]
+        if grow:
+            lines.append(f"Under background load at {top:.0%} of each forwarder's own no-drop rate: "
+                         + "; ".join(grow) + ". Each forwarder is loaded to its own rate, so a slow one is "
+                         "probed under a light absolute load.")
+    polled = [v for v in order.index if v in PORT_CAVEATS and v != "ovs"]
+    if polled:
+        lines.append(f"The polling forwarders ({', '.join(polled)}) wait for their thread to run: on two shared CPUs "
+                     "a polling thread that the scheduler has set aside delays every packet that arrives meanwhile "
+                     "(and l2fwd holds a lone packet up to its 100 µs transmit drain), which sets their tail here; "
+                     "on isolated cores it would not. The kernel forwarders run in the receiving softirq.")
+    return "\n".join(lines)
+
+
+#: what each forwarder's ports are, said beside its numbers
+PORT_CAVEATS = {
+    "dpdk_l2fwd": "DPDK runs over net_af_packet on the veths (no PMD for veth, no hugepages): l2fwd's packets still "
+                  "cross the kernel's packet sockets, so this is DPDK's cost on virtual ports, not on a NIC",
+    "dpdk_l2fwd_afxdp": "DPDK runs over net_af_xdp on the veths: an XDP program redirects each port's frames into an "
+                        "AF_XDP socket, which a veth serves in copy mode only (it has no zero-copy), and l2fwd's "
+                        "transmit is a system call per burst that builds an skb per frame; with a NIC driver that has "
+                        "XSK zero-copy neither copy happens",
+    "ovs": "Open vSwitch's userspace datapath over system ports: it reads and writes the veths through packet "
+           "sockets from its main thread, which loses frames in the socket between polls (OVS documents system "
+           "ports on the userspace datapath as a testing path)",
+    "ovs_afxdp": "Open vSwitch's userspace datapath over afxdp ports: a PMD thread polls AF_XDP sockets (copy mode "
+                 "on veths), the OVS counterpart of DPDK over AF_XDP; no openvswitch kernel module is used",
+}
+
+
+def interpret_ports(table, resources, baseline: str) -> list[str]:
+    """Sentences comparing port types: DPDK over AF_XDP against af_packet (rate, where the
+    packets were lost), Open vSwitch against the others, idle cost of polling forwarders."""
+    rates = table[(table["measure"] == "processed_pps") & (table["variant"] != baseline)]
+    if rates.empty:
+        return []
+    size = rates["size"].min()
+    at = rates[rates["size"] == size].groupby("variant")["value"]
+    mean, lo, hi = at.mean(), at.min(), at.max()
+    lines = []
+    if {"dpdk_l2fwd", "dpdk_l2fwd_afxdp"} <= set(mean.index) and mean["dpdk_l2fwd"] > 0:
+        t = table[(table["size"] == size) & (table["kind"] == "trial")]
+        lost = t[t["measure"] == "lost_before_dut_pkts"].groupby("variant")["value"].sum()
+        off = t[t["measure"] == "offered_pkts"].groupby("variant")["value"].sum()
+        share = {v: lost.get(v, 0) / off[v] if off.get(v) else float("nan") for v in ("dpdk_l2fwd", "dpdk_l2fwd_afxdp")}
+        lines.append(f"DPDK l2fwd over AF_XDP forwarded {mean['dpdk_l2fwd_afxdp'] / mean['dpdk_l2fwd']:.2f}× its "
+                     f"rate over af_packet at {int(size)} bytes ({mean['dpdk_l2fwd_afxdp'] / 1e6:.3f} Mpps, trials "
+                     f"{lo['dpdk_l2fwd_afxdp'] / 1e6:.3f}–{hi['dpdk_l2fwd_afxdp'] / 1e6:.3f}, against "
+                     f"{mean['dpdk_l2fwd'] / 1e6:.3f}, trials {lo['dpdk_l2fwd'] / 1e6:.3f}–{hi['dpdk_l2fwd'] / 1e6:.3f}); "
+                     f"offered packets lost before l2fwd saw them: AF_XDP {share['dpdk_l2fwd_afxdp']:.0%}, af_packet "
+                     f"{share['dpdk_l2fwd']:.0%}. Both transmit through the kernel (an skb per frame into the "
+                     "receiving veth), which bounds both on veths.")
+    for v in ("ovs_afxdp", "ovs"):
+        if v in mean.index:
+            best = mean.drop(v).idxmax() if len(mean) > 1 else v
+            lines.append(f"Open vSwitch ({'afxdp' if v == 'ovs_afxdp' else 'system'} ports) forwarded "
+                         f"{mean[v] / 1e6:.3f} Mpps (trials {lo[v] / 1e6:.3f}–{hi[v] / 1e6:.3f}), "
+                         f"{mean[v] / mean[best]:.2f}× {best}.")
+    if resources is not None and len(resources) and "own_idle_busy_cores" in resources.columns:
+        r = resources.set_index("variant")
+        polling = [f"{v} {r.loc[v, 'own_idle_busy_cores']:.2f} cores ({r.loc[v, 'rss_mb']:.0f} MB resident)"
+                   for v in r.index if v in PORT_CAVEATS]
+        if polling:
+            lines.append("Idle cost of the user-space forwarders' own processes (polling with no traffic): "
+                         + ", ".join(polling) + ".")
+    return lines
+
+
+def plot_latency_cdf(cdf, trial: int = 0):
+    """The probes' delay CDF per forwarder, one panel per load (no load, then each fraction
+    of the no-drop rate), log time axis; TRIAL's probes. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    loads = sorted(cdf[LOAD].unique()) if len(cdf) else [0.0]
+    fig, axes = plt.subplots(1, len(loads), figsize=(5 * len(loads), 3.6), sharey=True, squeeze=False)
+    for ax, f in zip(axes[0], loads):
+        g = cdf[(cdf[LOAD] == f) & (cdf["trial"] == trial)] if len(cdf) else cdf
+        for v, gv in g.groupby("variant"):
+            ax.step(gv["delay_us"], gv["fraction"], where="post", label=v)
+        ax.set_xscale("log")
+        ax.set_xlabel("one-way delay (µs)")
+        ax.set_title("no load" if f == 0 else f"background at {f:.0%} of its no-drop rate")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("fraction of probes")
+    axes[0][-1].legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    return fig
