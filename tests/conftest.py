@@ -71,7 +71,7 @@ def own_leftovers(prefix: str) -> list[str]:
     return [n for n in cleanup.labkit_namespaces() + cleanup.labkit_root_links() if n.startswith(prefix)]
 
 
-TOOLS = {"trafgen", "dpdk-testpmd", "l2fwd", "iperf3", "tcpdump", "pktgen", "dpdk-pktgen"}
+TOOLS = {"trafgen", "dpdk-testpmd", "l2fwd", "iperf3", "tcpdump", "pktgen", "dpdk-pktgen", "ovsdb-server", "ovs-vswitchd"}
 
 
 def _tool_processes() -> set:
