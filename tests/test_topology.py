@@ -205,3 +205,18 @@ def test_routes_forwarding_and_extra_addresses_through_netlink():
         assert a.run(["ping", "-c1", "-W1", "10.32.0.9"], check=False).returncode != 0
     with pytest.raises(InputError, match="route"):
         topology.TopologySpec(hosts=["a"], routes=[("x", "default", "10.0.0.1")]).validate()
+
+
+def test_a_zombie_owner_counts_as_dead():
+    """A run whose process was killed but not yet reaped (a zombie) is a dead run to
+    `labkit clean` and the registry, not a live one."""
+    proc = subprocess.Popen([PY, "-c", "pass"])
+    stat = f"/proc/{proc.pid}/stat"
+    deadline = time.monotonic() + 10
+    while open(stat).read().rsplit(")", 1)[1].split()[0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not runs._pid_alive(proc.pid)
+        assert runs._pid_alive(os.getpid())
+    finally:
+        proc.wait()

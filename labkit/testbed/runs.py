@@ -213,13 +213,19 @@ def run_scope():
 
 # ---------------------------------------------------------------- leftovers and clean
 def _pid_alive(pid: int) -> bool:
+    """Whether PID is a running process: a zombie (dead, not yet reaped by its parent, as a
+    killed notebook kernel is for a moment) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True
-    return True
+    return state not in ("Z", "X")
 
 
 def process_start(pid: int) -> int | None:
