@@ -254,7 +254,7 @@ def check_correctness(lab: NatLab, nat: Nat | None, variant: str = "ebpf",
     errors[lab.server.name]["Ip:InHdrErrors"] -= ttl_expired  # the time-exceeded check's own
     add("kernel checksum error counters stay 0 (server and clients)",
         all(v == 0 for e in errors.values() for v in e.values()),
-        "; ".join(f"{h}: " + ", ".join(f"{k}={v}" for k, v in e.items() if v) or f"{h}: 0" for h, e in errors.items()))
+        "; ".join(f"{h}: " + (", ".join(f"{k}={v}" for k, v in e.items() if v) or "all 0") for h, e in errors.items()))
     if stats is not None:
         add("program outcomes: nothing dropped as untranslatable",
             all(stats[k]["packets"] == 0 for k in ("drop_no_port", "drop_table_full", "drop_rewrite_failed")),
