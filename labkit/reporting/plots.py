@@ -51,11 +51,14 @@ def bars_of(ax) -> list:
 
 
 def grouped_bars(table, measure: str, *, ax=None, title: str | None = None, offered_measure: str | None = None,
-                 variants: list | None = None, log: bool = False, stat: str = "mean"):
+                 variants: list | None = None, log: bool = False, stat: str = "mean",
+                 xlabel: str = "frame size", group_label=None):
     """Bars of MEASURE per packet size (groups) and variant (bars): the STAT (mean or
     median) of its rows with min..max error bars and each row as a dot. With
     OFFERED_MEASURE, the mean offered rate of each bar's rows is drawn as a black tick.
-    TABLE holds the rows of one part of a run (see `one_part`)."""
+    TABLE holds the rows of one part of a run (see `one_part`). XLABEL and GROUP_LABEL (a
+    function of the size) name the groups where they are not frame sizes (e.g. TCP
+    streams). The legend sits beside the axes, so it never covers a bar."""
     table = one_part(table, [measure, offered_measure])
     t, sizes, found = _groups(table, measure)
     variants = [v for v in (variants or found) if v in found]
@@ -82,14 +85,16 @@ def grouped_bars(table, measure: str, *, ax=None, title: str | None = None, offe
             ax.scatter(xs, om, marker="_", s=300, color="k", zorder=4,
                        label="offered" if i == 0 else None)
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{int(s)} B" if isinstance(s, (int, float, np.integer, np.floating)) else str(s) for s in sizes])
-    ax.set_xlabel("frame size")
+    name = group_label or (lambda s: f"{int(s)} B" if isinstance(s, (int, float, np.integer, np.floating)) else str(s))
+    ax.set_xticklabels([name(s) for s in sizes])
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(label)
     if log:
         ax.set_yscale("log")
     ax.set_title(title or measure)
     ax.grid(axis="y", alpha=0.3, zorder=0)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.figure.tight_layout()
     return ax
 
 
