@@ -210,3 +210,22 @@ def test_refused_mapping_leaves_the_table(nat_lab):
     editor.first.value, editor.last.value = 30000, 20000
     editor.set_ports.click()
     assert "refused" in editor.message.value and lab.nat.port_range == (20000, 29999)
+
+
+def test_nat_lab_shows_each_path_and_the_flows_state(nat_lab):
+    """The NAT lab runs the XDP fast path over the tc NAT: after traffic, the flow view
+    shows each flow's state, age and expiry, and the packets of each path by outcome, the
+    fast path's among them (established flows are translated at XDP)."""
+    from labkit.widgets import nat as nat_widgets
+
+    live = nat_lab()
+    assert live.fast is not None
+    live.traffic()
+    live.traffic()  # the second exchange meets established flows
+    flows = nat_widgets.flows_html(live.nat)
+    assert "state" in flows and "expires in s" in flows and "active" in flows
+    paths = nat_widgets.paths_html(live.nat)
+    assert "XDP fast path" in paths and "tc NAT (slow path)" in paths
+    fast = {k: v["packets"] for k, v in live.fast.stats().items() if v["packets"]}
+    assert fast, "the fast path handled no packet"
+    assert any(k in paths for k in fast)

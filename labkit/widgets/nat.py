@@ -43,11 +43,23 @@ def mappings_html(nat) -> str:
     return _table_html(rows, "no static mappings")
 
 
+def paths_html(nat) -> str:
+    """Which path handled the packets: the XDP fast path's outcomes (when the lab runs it)
+    beside the tc NAT's, each with its packet count; outcomes that never happened are left out."""
+    live = live_for(nat)
+    paths = [("XDP fast path", live.fast.stats())] if live is not None and getattr(live, "fast", None) else []
+    paths.append(("tc NAT (slow path)" if paths else "tc NAT", nat.stats()))
+    rows = [{"path": name, "outcome": outcome, "packets": c["packets"]}
+            for name, stats in paths for outcome, c in stats.items() if c["packets"]]
+    return _table_html(rows, "no packets yet")
+
+
 def flows_html(nat, limit: int = 50) -> str:
     flows = nat.flows()
     rows = [{"proto": f.proto, "inside": f"{f.inside}:{f.inside_port}", "remote": f"{f.remote}:{f.remote_port}",
-             "as": f"{f.nat_address}:{f.nat_port}", "out pkts": f.out_packets, "in pkts": f.in_packets,
-             "out bytes": f.out_bytes, "in bytes": f.in_bytes, "idle s": f"{f.idle_s:.1f}"}
+             "as": f"{f.nat_address}:{f.nat_port}", "state": f.state, "out pkts": f.out_packets,
+             "in pkts": f.in_packets, "out bytes": f.out_bytes, "in bytes": f.in_bytes, "age s": f"{f.age_s:.1f}",
+             "idle s": f"{f.idle_s:.1f}", "expires in s": f"{max(0.0, f.timeout_s - f.idle_s):.0f}"}
             for f in sorted(flows, key=lambda f: f.idle_s)[:limit]]
     t = nat.flow_table()
     head = (f"<b>{t['entries']}</b> flows of {t['capacity']}"
@@ -201,7 +213,8 @@ class FlowView:
     def refresh(self) -> None:
         try:
             with _using(self.nat):
-                self.html.value = flows_html(self.nat, self.limit) + f"<br><small>as of {time.strftime('%H:%M:%S')}</small>"
+                self.html.value = (flows_html(self.nat, self.limit) + "<br><b>Packets by path and outcome</b><br>"
+                                   + paths_html(self.nat) + f"<br><small>as of {time.strftime('%H:%M:%S')}</small>")
         except LabStopped:
             self._stop.set()
         except Exception as exc:

@@ -26,8 +26,9 @@ def live_for(nat) -> "LiveNat | None":
 
 
 class LiveNat(LiveLab):
-    """The testbed with the eBPF NAT attached, kept up across notebook cells for the
-    mapping editor and the live flow table, until `close()` (also at interpreter exit;
+    """The testbed with the eBPF NAT attached (its XDP fast path over the tc NAT, unless
+    `fast_path=False`), kept up across notebook cells for the mapping editor and the live
+    flow table (which shows each path's counters), until `close()` (also at interpreter exit;
     after a killed kernel, `labkit clean` removes what is left).
 
         live = LiveNat(clients=2)
@@ -38,13 +39,17 @@ class LiveNat(LiveLab):
 
     NAME = "NAT lab"
 
-    def __init__(self, clients: int = 2, offloads: str = "mixed", port_range=(20000, 29999)):
+    def __init__(self, clients: int = 2, offloads: str = "mixed", port_range=(20000, 29999), fast_path: bool = True):
         self._replace_live()
         self._stack = ExitStack()
+        self.fast = None  # the XDP fast path (labkit.dataplanes.xdp_nat.XdpNat), when it runs
         try:
             self.nat = self._stack.enter_context(Nat(INSIDE_NET, OUTSIDE_NET, NAT_OUTSIDE, tuple(port_range)))
             self.lab = self._stack.enter_context(NatLab(clients, offloads))
-            self._stack.enter_context(self.lab.ebpf(self.nat))
+            if fast_path:  # established flows at XDP, the tc NAT for new flows and anything unusual
+                self.fast = self._stack.enter_context(self.lab.xdp_nat(self.nat))
+            else:
+                self._stack.enter_context(self.lab.ebpf(self.nat))
             # the static mappings' outside addresses are answered by the NAT's outside port
             for i in range(1, MAX_CLIENTS + 1):
                 self._stack.enter_context(topology.address(self.lab.topo.host("nat"), self.lab.outside.name,
