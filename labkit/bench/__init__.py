@@ -3,7 +3,10 @@
 1. XDP drop at 64 bytes: every drop variant, several trials, offered rate beside each
    figure; the XDP-vs-iptables ratio of CPU per packet; the filter's BPF_PROG_TEST_RUN cost
    against a bare `return XDP_DROP` (goal: at most 1.3x).
-2. The traffic generators side by side into the same native-XDP drop receiver, where the
+2. The eBPF NAT at 64 bytes, 16 flows: the XDP fast path and the tc NAT against iptables NAT
+   and plain routing (goals: xdp_nat at least 4x iptables' rate at at most 0.25x its CPU per
+   packet; the tc NAT's cost beyond routing at most 0.5x iptables'), and new flows per second.
+3. The traffic generators side by side into the same native-XDP drop receiver, where the
    generator benchmark module is present.
 
 Numbers go to data/ like any run; the summary is printed. Never a pass/fail timing test.
@@ -39,6 +42,7 @@ def main(smoke: bool = False) -> int:
             print(f"  {name}: {c.loc[name, 'mean'] / bare:.2f}x the bare program")
     print("\n" + r.interpretation)
     print(f"\ntable: {r.run_dir}")
+    nat_ratios(smoke)
     try:
         from labkit.bench import generators as bench_generators
     except ImportError:
@@ -52,3 +56,29 @@ def main(smoke: bool = False) -> int:
     print("\n== Generators into a native-XDP drop receiver, 64 bytes ==")
     print(bench_generators.summary(g).to_string(index=False))
     return 0
+
+
+def nat_ratios(smoke: bool = False) -> None:
+    """The NAT's goals as ratios measured in one run (rotating order, several trials)."""
+    from labkit.experiments import nat
+
+    r = nat.run(variants=["routing", "tc_nat", "xdp_nat", "iptables"], trials=2 if smoke else 5,
+                udp_count=100_000 if smoke else 1_000_000, new_flows=2000 if smoke else 8000, checks=False,
+                tcp_seconds=1.0 if smoke else 3.0)
+    udp = r.part("udp")
+    stats = udp.groupby(["measure", "variant"])["value"].agg(["mean", "min", "max"])
+    print("\n== eBPF NAT, 64-byte UDP, 16 flows ==")
+    print(r.headline().to_string(index=False))
+    pps, cpu = stats.loc["processed_pps"]["mean"], stats.loc["cpu_ns_per_pkt"]["mean"]
+    if {"xdp_nat", "iptables"} <= set(pps.index):
+        print(f"\nxdp_nat / iptables: {pps['xdp_nat'] / pps['iptables']:.2f}x the rate (goal >= 4), "
+              f"{cpu['xdp_nat'] / cpu['iptables']:.2f}x the CPU per packet (goal <= 0.25)")
+    if {"tc_nat", "iptables", "routing"} <= set(cpu.index):
+        extra_tc, extra_ipt = cpu["tc_nat"] - cpu["routing"], cpu["iptables"] - cpu["routing"]
+        print(f"CPU per packet beyond routing: tc_nat {extra_tc:.0f} ns, iptables {extra_ipt:.0f} ns: "
+              f"{extra_tc / extra_ipt:.2f}x (goal <= 0.5)")
+    new = r.part("newflow")
+    if len(new):
+        rate = new[new["measure"] == "processed_pps"].groupby("variant")["value"].mean()
+        print("new flows per second: " + ", ".join(f"{v} {x / 1e3:.0f}k" for v, x in rate.items()))
+    print(f"table: {r.run_dir}")
