@@ -112,6 +112,10 @@ def remove_dir(folder: Path) -> None:
                     break
                 time.sleep(0.5)
     shutil.rmtree(folder, ignore_errors=True)
+    try:
+        Path(folder).parent.rmdir()  # the runs' OVS folder goes with its last switch
+    except OSError:
+        pass  # another run's switch still lives there
 
 
 class OvsSwitch:
