@@ -41,6 +41,7 @@ from labkit.errors import InputError, LabkitError
 from labkit.dataplanes.nat_model import OUTCOMES
 from labkit.dataplanes.nat_input import (TIMEOUTS, _address, _be32, _from_be16, _from_be32, _host_in, _network,
                                          check_port_range, check_timeouts, jiffies_now, kernel_hz)
+from labkit.dataplanes import ControlPlane
 
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 DEFAULT_PORT_RANGE = (20000, 29999)
@@ -85,7 +86,7 @@ def interface_addresses(iface) -> set[str]:
         return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET, index=iface.ifindex)}
 
 
-class Nat:
+class Nat(ControlPlane):
     """The loaded NAT program and its maps. A context manager: exit unloads the program
     (and with it every map); `attach()` puts it on an interface."""
 
@@ -127,14 +128,6 @@ class Nat:
             raise
 
     # ------------------------------------------------------------ lifecycle
-    def close(self) -> None:
-        self.program.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def egress_function(self):
         return self.program.function("nat_egress", "tc")

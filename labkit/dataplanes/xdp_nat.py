@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 
 from labkit import bpf
 from labkit.errors import InputError
+from labkit.dataplanes import ControlPlane
 
 #: The fast path's outcomes, the index of `xdp_stats` (enum nat_xdp_outcome of bpf/include/nat.h).
 OUTCOMES = bpf.enum_names("nat.h", "nat_xdp_outcome", "NAT_XDP_")
@@ -92,7 +93,7 @@ class XdpNat:
             t[t.Key(i)] = (t.Leaf * len(t[t.Key(i)]))()
 
 
-class XdpRouter:
+class XdpRouter(ControlPlane):
     """`xdp_route`: the XDP forwarding of the fast path with no translation (the routing
     baseline of the XDP NAT). Loads bpf/nat.c with an empty configuration."""
 
@@ -112,15 +113,6 @@ class XdpRouter:
 
     def stats(self) -> dict:
         return _stats(self.program)
-
-    def close(self) -> None:
-        self.program.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _stats(program) -> dict:
