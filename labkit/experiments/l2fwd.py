@@ -48,7 +48,7 @@ from labkit import parameters
 from labkit.testbed import runs
 from labkit.dataplanes import softirq_clock
 from labkit import measure
-from labkit.testbed import topology
+from labkit.testbed import inventory, topology
 from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
 from labkit import dpdk, ovs
 from labkit.dataplanes.latency import LatencyProbe
@@ -63,6 +63,7 @@ NOTEBOOK = "02-l2-forwarding"  # the notebook that runs this experiment
 VARIANTS = ["dpdk_l2fwd", "dpdk_l2fwd_afxdp", "xdp_redirect", "bridge", "tc_redirect", "ovs", "ovs_afxdp"]
 DPDK_VARIANTS, OVS_VARIANTS = ("dpdk_l2fwd", "dpdk_l2fwd_afxdp"), ("ovs", "ovs_afxdp")
 BASELINE = "baseline_sink"
+HOST_ROLES = ("sender", "dut", "receiver")  # what an inventory must name for this experiment
 RECEIVER_MAC = dpdk.l2fwd_mac(1)  # what l2fwd writes for frames leaving port 1
 SENDER_ADDR, RECEIVER_ADDR = "10.11.0.1/24", "10.11.0.2/24"
 #: how the comparison and the index show this experiment: the DUT's CPU beyond the baseline sink,
@@ -104,6 +105,7 @@ class Params:
     ndr_iterations: int = 8  # trials of that search (binary search steps)
     progress: bool = True  # a text progress bar on stderr
     smoke: bool = False
+    inventory: str | None = None  # an Ansible YAML inventory: sender, DUT and receiver on other machines
 
     def validate(self) -> "Params":
         # the values as given are checked first (types, then ranges); smoke shortens after
@@ -127,6 +129,8 @@ class Params:
             latency_profile.check(self.latency_loads, self.latency_probes, self.latency_probe_rate, self.ndr_loss)
             if not 1 <= self.ndr_iterations <= 30:
                 raise InputError(f"ndr_iterations {self.ndr_iterations}: 1..30 steps of the search")
+        if self.inventory is not None:
+            inventory.parse(self.inventory).require(HOST_ROLES)
         if self.smoke:
             smoke_clamp(self, SMOKE)
         return self
@@ -230,6 +234,9 @@ def run(data_dir=None, **kwargs) -> Result:
     'trial' (the side-by-side trials), 'idle' (rows of the no-traffic window), 'resources'
     (what each variant takes from the machine: the poster's conclusion, measured)."""
     p = Params(**kwargs).validate()
+    if p.inventory is not None:
+        from labkit.experiments import l2fwd_hosts
+        return l2fwd_hosts.run(p, data_dir)
     runs.require_root("the L2 forwarding experiment")
     if "dpdk_l2fwd" in p.variants:
         dpdk.build_l2fwd()  # before any namespace: a missing DPDK fails early
@@ -425,50 +432,5 @@ def _caveats(rs, p: Params, generator: str) -> None:
 
 
 def interpret(table, resources) -> str:
-    """Sentences computed from the data: which forwarder was fastest at the smallest frames,
-    by what ratio, at what DUT CPU per packet, who limited the run, and what DPDK cost idle."""
-    rates = table[(table["measure"] == "processed_pps") & (table["variant"] != BASELINE)]
-    if rates.empty:
-        return "No forwarding rates were measured."
-    size = rates["size"].min()
-    at = rates[rates["size"] == size].groupby("variant")["value"].agg(["mean", "min", "max"]).sort_values(
-        "mean", ascending=False)
-    off = table[(table["measure"] == "offered_pps") & (table["size"] == size)].groupby("variant")["value"].mean()
-    best, worst = at.index[0], at.index[-1]
-    lines = [f"At {int(size)}-byte frames, {best} forwarded the most: {at.loc[best, 'mean'] / 1e6:.3f} Mpps "
-             f"(trials {at.loc[best, 'min'] / 1e6:.3f}–{at.loc[best, 'max'] / 1e6:.3f}; offered "
-             f"{off.get(best, float('nan')) / 1e6:.3f} Mpps)"
-             + (f", {at.loc[best, 'mean'] / at.loc[worst, 'mean']:.2f}× {worst} ({at.loc[worst, 'mean'] / 1e6:.3f} Mpps)."
-                if at.loc[worst, "mean"] > 0 else f"; {worst} forwarded nothing.")]
-    parts = [f"{v} {at.loc[v, 'mean'] / 1e6:.3f} of {off.get(v, float('nan')) / 1e6:.3f} Mpps offered"
-             for v in at.index]
-    lines.append("Forwarded vs offered: " + "; ".join(parts) + ".")
-    cpu = table[(table["measure"] == "dut_cpu_ns_per_pkt") & (table["size"] == size)].groupby("variant")["value"].mean()
-    if len(cpu):
-        lines.append("DUT CPU per forwarded packet (receive-path softirq time beyond the baseline sink's, plus "
-                     "DPDK's or Open vSwitch's own process time): "
-                     + ", ".join(f"{v} {c:.0f} ns" for v, c in cpu.sort_values().items()) + ".")
-        if "dpdk_l2fwd" in cpu.index:
-            lines.append("DPDK's CPU per packet is mostly polling: its lcore is busy whether packets come or not, "
-                         "so its cost per packet falls as the offered rate rises and is worst at low load.")
-    fl = table[(table["measure"] == "processed_pps") & (table["size"] == size) & (table["variant"] != BASELINE)]
-    limited = sorted(set(fl[fl["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]["variant"]))
-    lossy = sorted(set(fl[fl["flags"].str.contains(measure.LOSS_BEFORE_HOOK, na=False)]["variant"]))
-    if limited:
-        lines.append(f"Generator-limited (forwarded ≥98% of offered): {', '.join(limited)}: their rate is the "
-                     "generator's, a lower bound; compare their CPU per packet instead.")
-    if lossy:
-        lines.append(f"Lost more than 1% of offered: {', '.join(lossy)} (see the lost_* and lost_at:* measures).")
-    if resources is not None and len(resources):
-        r = resources.set_index("variant")
-        if "dpdk_l2fwd" in r.index:
-            d = r.loc["dpdk_l2fwd"]
-            others = [v for v in r.index if v not in ("dpdk_l2fwd", BASELINE)]
-            other_idle = ", ".join(f"{v} {r.loc[v, 'idle_busy_cores']:.2f}" for v in others)
-            lines.append(f"With no traffic at all, DPDK l2fwd kept {d['dpdk_idle_busy_cores']:.2f} of its "
-                         f"{int(d['lcores'])} lcore(s) busy polling (machine busy {d['idle_busy_cores']:.2f} cores; "
-                         f"other variants: {other_idle} cores), held {d['rss_mb']:.0f} MB resident of "
-                         f"{int(d['memory_mb_reserved'])} MB reserved, and used {int(d['hugepages_used'])} hugepages "
-                         f"({'hugepages on' if d['hugepages'] else 'run with --no-huge'}). The XDP and kernel "
-                         "variants need no dedicated core, reservation or hugepages: the poster's conclusion, measured.")
-    return "\n".join(lines + views.interpret_ports(table, resources, BASELINE))
+    """Sentences computed from the data (`l2fwd_views.interpret_rates`)."""
+    return views.interpret_rates(table, resources, BASELINE)

@@ -10,8 +10,11 @@ latency, and the one table that puts every forwarder's numbers side by side).
 - `overview`: forwarded Mpps, DUT CPU per packet, idle cost, memory, and p50/p99 at no
   load and at each load fraction, one row per variant;
 - `interpret_latency`: the sentences about latency, each number from its variant's rows.
+- `interpret_rates`: the sentences about rates, CPU, losses and idle cost.
 """
 from __future__ import annotations
+
+from labkit import measure
 
 LOAD = "load_fraction"
 PCTS = ("p50", "p90", "p99", "p99.9", "max")
@@ -192,3 +195,53 @@ def plot_latency_cdf(cdf, trial: int = 0):
     axes[0][-1].legend(fontsize="small", loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def interpret_rates(table, resources, baseline: str) -> str:
+    """Sentences computed from the data: which forwarder was fastest at the smallest frames,
+    by what ratio, at what DUT CPU per packet, who limited the run, and what DPDK cost idle."""
+    rates = table[(table["measure"] == "processed_pps") & (table["variant"] != baseline)]
+    if rates.empty:
+        return "No forwarding rates were measured."
+    size = rates["size"].min()
+    at = rates[rates["size"] == size].groupby("variant")["value"].agg(["mean", "min", "max"]).sort_values(
+        "mean", ascending=False)
+    off = table[(table["measure"] == "offered_pps") & (table["size"] == size)].groupby("variant")["value"].mean()
+    best, worst = at.index[0], at.index[-1]
+    lines = [f"At {int(size)}-byte frames, {best} forwarded the most: {at.loc[best, 'mean'] / 1e6:.3f} Mpps "
+             f"(trials {at.loc[best, 'min'] / 1e6:.3f}–{at.loc[best, 'max'] / 1e6:.3f}; offered "
+             f"{off.get(best, float('nan')) / 1e6:.3f} Mpps)"
+             + (f", {at.loc[best, 'mean'] / at.loc[worst, 'mean']:.2f}× {worst} ({at.loc[worst, 'mean'] / 1e6:.3f} Mpps)."
+                if at.loc[worst, "mean"] > 0 else f"; {worst} forwarded nothing.")]
+    parts = [f"{v} {at.loc[v, 'mean'] / 1e6:.3f} of {off.get(v, float('nan')) / 1e6:.3f} Mpps offered"
+             for v in at.index]
+    lines.append("Forwarded vs offered: " + "; ".join(parts) + ".")
+    cpu = table[(table["measure"] == "dut_cpu_ns_per_pkt") & (table["size"] == size)].groupby("variant")["value"].mean()
+    if len(cpu):
+        lines.append("DUT CPU per forwarded packet (receive-path softirq time beyond the baseline sink's, plus "
+                     "DPDK's or Open vSwitch's own process time): "
+                     + ", ".join(f"{v} {c:.0f} ns" for v, c in cpu.sort_values().items()) + ".")
+        if "dpdk_l2fwd" in cpu.index:
+            lines.append("DPDK's CPU per packet is mostly polling: its lcore is busy whether packets come or not, "
+                         "so its cost per packet falls as the offered rate rises and is worst at low load.")
+    fl = table[(table["measure"] == "processed_pps") & (table["size"] == size) & (table["variant"] != baseline)]
+    limited = sorted(set(fl[fl["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]["variant"]))
+    lossy = sorted(set(fl[fl["flags"].str.contains(measure.LOSS_BEFORE_HOOK, na=False)]["variant"]))
+    if limited:
+        lines.append(f"Generator-limited (forwarded ≥98% of offered): {', '.join(limited)}: their rate is the "
+                     "generator's, a lower bound; compare their CPU per packet instead.")
+    if lossy:
+        lines.append(f"Lost more than 1% of offered: {', '.join(lossy)} (see the lost_* and lost_at:* measures).")
+    if resources is not None and len(resources):
+        r = resources.set_index("variant")
+        if "dpdk_l2fwd" in r.index:
+            d = r.loc["dpdk_l2fwd"]
+            others = [v for v in r.index if v not in ("dpdk_l2fwd", baseline)]
+            other_idle = ", ".join(f"{v} {r.loc[v, 'idle_busy_cores']:.2f}" for v in others)
+            lines.append(f"With no traffic at all, DPDK l2fwd kept {d['dpdk_idle_busy_cores']:.2f} of its "
+                         f"{int(d['lcores'])} lcore(s) busy polling (machine busy {d['idle_busy_cores']:.2f} cores; "
+                         f"other variants: {other_idle} cores), held {d['rss_mb']:.0f} MB resident of "
+                         f"{int(d['memory_mb_reserved'])} MB reserved, and used {int(d['hugepages_used'])} hugepages "
+                         f"({'hugepages on' if d['hugepages'] else 'run with --no-huge'}). The XDP and kernel "
+                         "variants need no dedicated core, reservation or hugepages: the poster's conclusion, measured.")
+    return "\n".join(lines + interpret_ports(table, resources, baseline))

@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from labkit import bpf, results, traffic
 from labkit import parameters
 from labkit.testbed import hosts
-from labkit.testbed import runs
+from labkit.testbed import inventory, runs
 from labkit.dataplanes import softirq_clock
 from labkit import measure
 from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
@@ -67,6 +67,7 @@ from labkit.experiments.nat.testbed import VARIANTS, spec, INSIDE_NET, NAT_OUTSI
 
 #: variants that translate (the correctness checks run through each)
 NAT_VARIANTS = ("tc_nat", "xdp_nat", "iptables")
+HOST_ROLES = ("sender", "dut", "receiver")  # what an inventory must name: client, NAT, server
 #: names of earlier runs: read as today's
 ALIASES = {"ebpf": "tc_nat"}
 #: the eBPF programs whose own time the run reads, per variant: (program, kind) by role
@@ -108,6 +109,7 @@ class Params:
     timeout_s: float = 60.0
     progress: bool = True  # a text progress bar on stderr
     smoke: bool = False
+    inventory: str | None = None  # an Ansible YAML inventory: client (sender), NAT (dut), server (receiver)
 
     def validate(self) -> "Params":
         # the values as given are checked first (types, then ranges); smoke shortens after
@@ -130,6 +132,8 @@ class Params:
             raise InputError(f"new_flows {self.new_flows}: all go to one server port, so each takes a port of "
                              f"the SNAT range {self.port_range[0]}-{self.port_range[1]}; keep it at most {room} "
                              "(80% of the range), or widen port_range")
+        if self.inventory is not None:
+            inventory.parse(self.inventory).require(HOST_ROLES)
         if self.smoke:
             smoke_clamp(self, SMOKE)
         return self
@@ -143,6 +147,9 @@ def run(data_dir=None, **kwargs) -> Result:
     import pandas as pd
 
     p = Params(**kwargs).validate()
+    if p.inventory is not None:
+        from labkit.experiments.nat import hosts as across
+        return across.run(p, data_dir)
     runs.require_root("the eBPF NAT experiment")
     for tool, pkg in (("ping", "iputils-ping"), ("tcpdump", "tcpdump"), ("iperf3", "iperf3")):
         hosts.which(tool, pkg)
