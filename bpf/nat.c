@@ -995,6 +995,49 @@ static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
     return 0;
 }
 
+/* A flow entry E found for this packet: still live, its route (cached), its use counted.
+ * 0 and FIB filled, or the outcome to pass the packet up with. */
+static __always_inline int xdp_flow(struct xdp_md *ctx, struct nat_config *cfg, struct pkt *p,
+                                    struct nat_entry *e, u32 src, u32 dst, u64 len,
+                                    struct bpf_fib_lookup *fib)
+{
+    u64 now = bpf_jiffies64();
+    if (now - e->last > timeout_of(cfg, p->proto, e->closing | p->fin_rst))
+        return NAT_XDP_PASS_EXPIRED + 1;
+    int r = xdp_route_cached(ctx, cfg, p, e, src, dst, now, fib);
+    if (r)
+        return r;
+    touch(e, now, len, p->fin_rst);
+    return 0;
+}
+
+/* A static 1:1 mapping ST for this packet: what the fast path translates, its route, its
+ * use counted. 0 and FIB filled, or the outcome to pass the packet up with. */
+static __always_inline int xdp_static(struct xdp_md *ctx, struct pkt *p, struct static_value *st, int inbound,
+                                      u64 len, struct bpf_fib_lookup *fib)
+{
+    if (!xdp_static_ok(p)) /* an ICMP error: its embedded header is the tc NAT's work */
+        return NAT_XDP_PASS_UNUSUAL + 1;
+    int r = inbound ? xdp_route_of(ctx, p, p->saddr, st->addr, fib) : xdp_route_of(ctx, p, st->addr, p->daddr, fib);
+    if (r)
+        return r;
+    count_mapping(st->slot, len, inbound);
+    return 0;
+}
+
+/* Translate the frame (FROM -> TO, and the port at PORT_OFF) and forward it as FIB says;
+ * counted as WHICH. */
+static __always_inline int xdp_translate(struct xdp_md *ctx, struct pkt *p, int inbound, u32 from, u32 to,
+                                         u32 port_off, u16 port_from, u16 port_to,
+                                         struct bpf_fib_lookup *fib, int which, u64 len)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (xdp_rewrite(data, data_end, p->proto, inbound, from, to, port_off, port_from, port_to))
+        return XDP_ABORTED;
+    return xdp_outcome(which, len, xdp_forward(data, data_end, fib));
+}
+
 int xdp_nat_outbound(struct xdp_md *ctx)
 {
     struct pkt p = {.icmp_type = 0xff};
@@ -1007,51 +1050,31 @@ int xdp_nat_outbound(struct xdp_md *ctx)
     if (!cfg)
         return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
     struct bpf_fib_lookup fib = {};
-    u64 now = bpf_jiffies64();
-    u32 to, port_off = 0, slot = 0;
-    u16 port_to = 0;
-    int which;
-    if (cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net && snat_protocol(&p, ICMP_ECHO)) {
+    int inside = cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net;
+    if (inside && snat_protocol(&p, ICMP_ECHO)) {
         struct nat_flow_key key = {.src = p.saddr, .dst = p.daddr, .sport = p.sport, .proto = p.proto};
         if (p.proto != IPPROTO_ICMP)
             key.dport = p.dport;
         struct nat_entry *fv = snat_out.lookup(&key);
         if (fv) {
-            if (now - fv->last > timeout_of(cfg, p.proto, fv->closing | p.fin_rst))
-                return xdp_outcome(NAT_XDP_PASS_EXPIRED, len, XDP_PASS);
-            to = fv->addr;
-            port_to = fv->port;
-            port_off = p.proto == IPPROTO_ICMP ? L4_OFF + offsetof(struct icmphdr, un.echo.id) : L4_OFF;
-            r = xdp_route_cached(ctx, cfg, &p, fv, to, p.daddr, now, &fib);
+            u32 to = fv->addr;
+            u16 port_to = fv->port;
+            r = xdp_flow(ctx, cfg, &p, fv, to, p.daddr, len, &fib);
             if (r)
                 return xdp_outcome(r - 1, len, XDP_PASS);
-            touch(fv, now, len, p.fin_rst);
-            which = NAT_XDP_OUT_SNAT;
-            goto translate;
+            u32 port_off = p.proto == IPPROTO_ICMP ? L4_OFF + offsetof(struct icmphdr, un.echo.id) : L4_OFF;
+            return xdp_translate(ctx, &p, 0, p.saddr, to, port_off, p.sport, port_to, &fib, NAT_XDP_OUT_SNAT, len);
         }
     }
     if (hairpin(cfg, &p))
         return xdp_outcome(NAT_XDP_DROP_HAIRPIN, len, XDP_DROP);
     struct static_value *st = static_out.lookup(&p.saddr);
-    if (!st) {
-        int inside = cfg->snat_addr && (p.saddr & cfg->inside_mask) == cfg->inside_net;
+    if (!st)
         return xdp_outcome(inside ? NAT_XDP_PASS_NO_FLOW : NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
-    }
-    if (!xdp_static_ok(&p)) /* an ICMP error: its embedded header is the tc NAT's work */
-        return xdp_outcome(NAT_XDP_PASS_UNUSUAL, len, XDP_PASS);
-    to = st->addr;
-    slot = st->slot;
-    r = xdp_route_of(ctx, &p, to, p.daddr, &fib);
+    r = xdp_static(ctx, &p, st, 0, len, &fib);
     if (r)
         return xdp_outcome(r - 1, len, XDP_PASS);
-    count_mapping(slot, len, 0);
-    which = NAT_XDP_OUT_STATIC;
-translate:;
-    void *data = (void *)(long)ctx->data;
-    void *data_end = (void *)(long)ctx->data_end;
-    if (xdp_rewrite(data, data_end, p.proto, 0, p.saddr, to, port_off, p.sport, port_to))
-        return XDP_ABORTED;
-    return xdp_outcome(which, len, xdp_forward(data, data_end, &fib));
+    return xdp_translate(ctx, &p, 0, p.saddr, st->addr, 0, 0, 0, &fib, NAT_XDP_OUT_STATIC, len);
 }
 
 int xdp_nat_inbound(struct xdp_md *ctx)
@@ -1066,13 +1089,12 @@ int xdp_nat_inbound(struct xdp_md *ctx)
     if (!cfg)
         return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
     struct bpf_fib_lookup fib = {};
-    u32 to, port_off = 0;
-    u16 port_from = 0, port_to = 0;
-    int which;
     if (cfg->snat_addr && p.daddr == cfg->snat_addr) {
         if (!snat_protocol(&p, ICMP_ECHOREPLY))
             return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
         struct nat_flow_key rkey = {.src = p.saddr, .dst = p.daddr, .proto = p.proto};
+        u16 port_from;
+        u32 port_off;
         if (p.proto == IPPROTO_ICMP) {
             port_from = p.sport;
             port_off = L4_OFF + offsetof(struct icmphdr, un.echo.id);
@@ -1085,35 +1107,20 @@ int xdp_nat_inbound(struct xdp_md *ctx)
         struct nat_entry *rev = snat_in.lookup(&rkey);
         if (!rev)
             return xdp_outcome(NAT_XDP_PASS_NO_FLOW, len, XDP_PASS);
-        u64 now = bpf_jiffies64();
-        if (now - rev->last > timeout_of(cfg, p.proto, rev->closing | p.fin_rst))
-            return xdp_outcome(NAT_XDP_PASS_EXPIRED, len, XDP_PASS);
-        to = rev->addr;
-        port_to = rev->port;
-        r = xdp_route_cached(ctx, cfg, &p, rev, p.saddr, to, now, &fib);
+        u32 to = rev->addr;
+        u16 port_to = rev->port;
+        r = xdp_flow(ctx, cfg, &p, rev, p.saddr, to, len, &fib);
         if (r)
             return xdp_outcome(r - 1, len, XDP_PASS);
-        touch(rev, now, len, p.fin_rst);
-        which = NAT_XDP_IN_SNAT;
-    } else {
-        struct static_value *st = static_in.lookup(&p.daddr);
-        if (!st)
-            return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
-        if (!xdp_static_ok(&p))
-            return xdp_outcome(NAT_XDP_PASS_UNUSUAL, len, XDP_PASS);
-        to = st->addr;
-        u32 slot = st->slot;
-        r = xdp_route_of(ctx, &p, p.saddr, to, &fib);
-        if (r)
-            return xdp_outcome(r - 1, len, XDP_PASS);
-        count_mapping(slot, len, 1);
-        which = NAT_XDP_IN_STATIC;
+        return xdp_translate(ctx, &p, 1, p.daddr, to, port_off, port_from, port_to, &fib, NAT_XDP_IN_SNAT, len);
     }
-    void *data = (void *)(long)ctx->data;
-    void *data_end = (void *)(long)ctx->data_end;
-    if (xdp_rewrite(data, data_end, p.proto, 1, p.daddr, to, port_off, port_from, port_to))
-        return XDP_ABORTED;
-    return xdp_outcome(which, len, xdp_forward(data, data_end, &fib));
+    struct static_value *st = static_in.lookup(&p.daddr);
+    if (!st)
+        return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
+    r = xdp_static(ctx, &p, st, 1, len, &fib);
+    if (r)
+        return xdp_outcome(r - 1, len, XDP_PASS);
+    return xdp_translate(ctx, &p, 1, p.daddr, st->addr, 0, 0, 0, &fib, NAT_XDP_IN_STATIC, len);
 }
 
 int xdp_route(struct xdp_md *ctx)
