@@ -52,6 +52,7 @@ PACKAGES=(
     kmod                                   # modprobe: the kernel's pktgen where it is a module
     chromium                               # the reports are checked in a real headless browser
     openssh-server ansible-core            # remote hosts (mitogen over SSH) and `labkit provision`
+    sudo                                   # remote hosts whose login is not root (and their test)
 )
 
 headers_present() {

@@ -95,7 +95,8 @@ class NamespaceHosts:
             config.write_text("\n".join([
                 "Port 22", f"ListenAddress {addr_ns}", *(f"ListenAddress {a}" for a in self.data_addresses[name]),
                 f"HostKey {key}",
-                f"AuthorizedKeysFile {self.folder / 'authorized_keys'}", f"PidFile {self.folder / name}.pid",
+                f"AuthorizedKeysFile {self.folder / 'authorized_keys'} .ssh/authorized_keys",  # the latter: a test's own users
+                f"PidFile {self.folder / name}.pid",
                 "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no", "Subsystem sftp internal-sftp", "LogLevel ERROR", ""]))
             host.spawn([SSHD, "-D", "-e", "-f", str(config)], name=f"sshd-{name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -113,6 +114,77 @@ def test_sudo_on_the_far_side(remote_hosts):
     else:
         with pytest.raises(HostUnreachable, match=r"host h1 .*sudo is not installed there"):
             host.connect()
+
+
+@pytest.fixture
+def login_user(remote_hosts):
+    """A throwaway user of this machine (the namespace hosts share its users): a home in a
+    temporary folder with the test's login key in .ssh/authorized_keys, no password (key
+    logins only); `allow_sudo()` writes its sudoers drop-in. The user, its home and the
+    drop-in go on every exit path."""
+    import secrets
+    import shutil
+    import subprocess
+    import tempfile
+
+    if not shutil.which("sudo") or not shutil.which("useradd"):
+        pytest.skip("needs sudo and useradd (`sudo make setup` installs sudo)")
+    name = f"lktest{secrets.token_hex(3)}"
+    home = Path(tempfile.mkdtemp(prefix=f"labkit-home-{name}-"))  # sshd reads its keys as the user
+    sudoers = Path(f"/etc/sudoers.d/labkit-test-{name}")
+
+    class User:
+        def allow_sudo(self):
+            text = f"{name} ALL=(ALL) NOPASSWD: ALL\n"
+            sudoers.write_text(text)
+            sudoers.chmod(0o440)
+            subprocess.run(["visudo", "-cqf", str(sudoers)], check=True)
+
+    user = User()
+    user.name, user.home, user.sudoers = name, home, sudoers
+    try:
+        # -p '*': no password, but not a locked account (sshd refuses those even with a key)
+        subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-p", "*", name], check=True)
+        (home / ".ssh").mkdir()
+        (home / ".ssh" / "authorized_keys").write_text((remote_hosts.folder / "id_login.pub").read_text())
+        for path in (home, home / ".ssh", home / ".ssh" / "authorized_keys"):
+            shutil.chown(path, name)
+        yield user
+    finally:
+        sudoers.unlink(missing_ok=True)
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # its sessions' processes only
+        subprocess.run(["userdel", name], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+    assert subprocess.run(["id", name], capture_output=True).returncode != 0, f"user {name} is still there"
+    assert not sudoers.exists()
+
+
+def xdp_attached(host, ifname: str) -> bool:
+    return "xdp" in host.run(["ip", "-d", "link", "show", ifname]).stdout.split("\n", 1)[0]
+
+
+def test_login_that_is_not_root_runs_labkit_as_root_through_sudo(remote_hosts, login_user):
+    """A real login that is not root (ansible_user: USER, passwordless sudo in sudoers):
+    labkit's far side runs as root through sudo, and an XDP program attaches there; without
+    the sudoers entry the connection fails with the fix named."""
+    spec = remote_hosts.spec("h1", user=login_user.name)
+    refused = rf"host h1 \({login_user.name}@.*password is required.*{login_user.name} cannot sudo without a password there: "
+    with pytest.raises(HostUnreachable, match=refused + "allow it in sudoers"):
+        RemoteHost(**spec).connect()
+    login_user.allow_sudo()
+    h1, ifname = remote_hosts.host("h1"), remote_hosts.data_if[("h1", "h2")]
+    with RemoteHost(**spec) as host:
+        assert host.sudo, "a login that is not root goes through sudo by default"
+        assert host.call(os.getuid) == 0 and host.call(os.geteuid) == 0
+        assert host.call(os.getenv, "SUDO_USER") == login_user.name, "sudo was entered as the login user"
+        assert "sudo" in host.call(parents)
+        assert host.run(["id", "-u"]).stdout.strip() == "0", "commands run as root too"
+        with host.hold("labkit.experiments.xdp_drop:receiver_variant", ifname, "xdp_generic", "udp"):
+            assert xdp_attached(h1, ifname), "the XDP program attached on the far host"
+        assert not xdp_attached(h1, ifname)
+        registry = runs.REGISTRY_DIR / f"{host.prefix}.json"
+        assert registry.exists()
+    assert not registry.exists()
 
 
 def test_unreachable_host_names_itself(remote_hosts):

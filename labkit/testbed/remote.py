@@ -130,13 +130,14 @@ class RemoteHost:
         if "host key" in low or "hostkey" in low:
             fix = (f"its host key is not in {self.known_hosts or '~/.ssh/known_hosts'}: check the key's fingerprint "
                    f"on the host, then add it (ssh-keyscan -p {self.port} {self.hostname} >> known_hosts)")
+        elif "sudo" in low and "no such file" in low:
+            fix = "sudo is not installed there: install it (Debian package sudo), or log in as root"
+        elif "sudo" in low:  # before the key's case: sudo's own complaint names a password too
+            fix = (f"{self.user} cannot sudo without a password there: allow it in sudoers (a file "
+                   f"/etc/sudoers.d/labkit holding `{self.user} ALL=(ALL) NOPASSWD: ALL`, mode 0440), or log in as root")
         elif "permission denied" in low or "password" in low or "authentication" in low:
             fix = (f"the key {self.identity_file or '(ssh default)'} is not accepted for {self.user}: add its .pub "
                    "to the host's authorized_keys, or set ansible_ssh_private_key_file")
-        elif "sudo" in low and "no such file" in low:
-            fix = "sudo is not installed there: install it (Debian package sudo), or log in as root"
-        elif "sudo" in low:
-            fix = f"{self.user} cannot sudo without a password there: allow it in sudoers, or log in as root"
         else:
             fix = "check that the host is up, sshd listens there, and ansible_host/ansible_port are right"
         return HostUnreachable(f"{self}: {text}; {fix}")
