@@ -75,6 +75,32 @@ def test_what_an_experiment_needs_is_checked(tmp_path):
         inventory.parse(tmp_path / "nosuch.yml")
 
 
+def test_a_two_port_dut_names_both_interfaces(tmp_path):
+    """A DUT forwards between two ports: `labkit_interfaces: [IN, OUT]`; one interface, a
+    malformed list or a conflicting labkit_interface is refused naming the host and the fix."""
+    three = GOOD.replace("receiver:\n      vars", "dut:\n      vars").replace(
+        "    dut1: {ansible_host: 192.0.2.2, labkit_interface: enp2s0, labkit_bastion: gen1}\n",
+        "    dut1: {ansible_host: 192.0.2.2, labkit_interfaces: [enp2s0, enp3s0], labkit_bastion: gen1}\n"
+        "    rx1: {ansible_host: 192.0.2.3, labkit_interface: enp1s0}\n") + "    receiver: {hosts: {rx1: }}\n"
+    inv = inventory.parse(write(tmp_path, three))
+    inv.require(("sender", "dut", "receiver"), two_interfaces=("dut",))
+    assert inv.role("dut").interfaces == ["enp2s0", "enp3s0"] and inv.role("dut").interface == "enp2s0"
+    assert inv.role("receiver").interfaces == ["enp1s0"]
+    one = inventory.parse(write(tmp_path, three.replace("labkit_interfaces: [enp2s0, enp3s0]", "labkit_interface: enp2s0")))
+    one.require(("sender", "dut", "receiver"))  # an experiment that uses one port of it
+    with pytest.raises(InputError, match=r"host dut1 \(role dut\) names one data-plane interface \(enp2s0\) but "
+                                         r"forwards between two: set labkit_interfaces: \[IN, OUT\] under all.hosts.dut1"):
+        one.require(("sender", "dut", "receiver"), two_interfaces=("dut",))
+    for bad, message in (("[enp2s0, enp2s0]", "must be a list of one or two distinct"),
+                         ("[a, b, c]", "must be a list of one or two distinct"), ("enp2s0", "must be a list")):
+        inv = inventory.parse(write(tmp_path, three.replace("[enp2s0, enp3s0]", bad)))
+        with pytest.raises(InputError, match=rf"host dut1: labkit_interfaces .*{message}"):
+            inv.require(("sender", "dut", "receiver"), two_interfaces=("dut",))
+    clash = inventory.parse(write(tmp_path, three.replace("labkit_bastion: gen1}", "labkit_bastion: gen1, labkit_interface: x}")))
+    with pytest.raises(InputError, match=r"labkit_interface 'x' is not the first of labkit_interfaces"):
+        clash.require(("dut",), two_interfaces=("dut",))
+
+
 def test_the_drop_experiment_checks_its_inventory_first(tmp_path):
     from labkit.experiments import xdp_drop
 

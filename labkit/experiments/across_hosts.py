@@ -48,8 +48,9 @@ class End:
         return self.host.call(remote_agent.link_counters, self.ifname)
 
 
-def end(bed: Testbed, role: str) -> End:
-    host, ifname = bed.host(role), bed.interface(role)
+def end(bed: Testbed, role: str, ifname: str | None = None) -> End:
+    """ROLE's end of the data plane (IFNAME: one of a two-port host's, default its first)."""
+    host, ifname = bed.host(role), ifname or bed.interface(role)
     d = host.call(describe, ifname)
     return End(role, host, ifname, d["mac"], d["address"])
 

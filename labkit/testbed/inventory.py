@@ -15,18 +15,28 @@ one host:
           labkit_interface: enp65s0f0              # the data-plane interface
         dut1:
           ansible_host: 192.0.2.2
-          labkit_interface: enp65s0f1
+          labkit_interfaces: [enp65s0f1, enp65s0f2] # two ports: in (from the sender), out (to the receiver)
           labkit_pci: "0000:41:00.1"               # for DPDK driver binding (deploy/site.yml)
           labkit_bastion: gen1                     # reached through gen1
+        rx1:
+          ansible_host: 192.0.2.3
+          labkit_interface: enp65s0f0
       children:
         sender:   {hosts: {gen1: }}
-        receiver: {hosts: {dut1: }}
+        dut:      {hosts: {dut1: }}
+        receiver: {hosts: {rx1: }}
 
 Variables merge as Ansible merges them: `all.vars`, then each group's `vars`, then the
 host's own. `parse` checks the file itself (YAML, shape, a key or role named twice, a
 role with two hosts); `Inventory.require` checks it against what an experiment needs
-(its roles, an interface on each); `Testbed` connects, and checks every host (reachable,
-its interface there, the tools the experiment needs) before anything is changed on any.
+(its roles, an interface on each, two on a role that forwards between two ports);
+`Testbed` connects, and checks every host (reachable, its interfaces there, the tools the
+experiment needs) before anything is changed on any.
+
+A host that sits between two others (the DUT of 02 or 03) names two data-plane
+interfaces, `labkit_interfaces: [IN, OUT]`: IN faces the sender, OUT the receiver. A host
+with one names it as `labkit_interface` (or as a list of one); `interface` is then the
+first of the list either way.
 """
 from __future__ import annotations
 
@@ -46,8 +56,23 @@ class InventoryHost:
     groups: list = field(default_factory=list)
 
     @property
+    def interfaces(self) -> list:
+        """The host's data-plane interfaces: `labkit_interfaces` (in, out), else [labkit_interface]."""
+        many, one = self.vars.get("labkit_interfaces"), self.vars.get("labkit_interface")
+        if many is None:
+            return [str(one)] if one else []
+        if not isinstance(many, list) or not 1 <= len(many) <= 2 or not all(isinstance(i, str) and i for i in many) \
+                or len(set(many)) != len(many):
+            raise InputError(f"host {self.name}: labkit_interfaces {many!r} must be a list of one or two distinct "
+                             "interface names, e.g. [enp1s0f0, enp1s0f1] (in from the sender, out to the receiver)")
+        if one and one != many[0]:
+            raise InputError(f"host {self.name}: labkit_interface {one!r} is not the first of labkit_interfaces "
+                             f"{many}: keep only labkit_interfaces")
+        return list(many)
+
+    @property
     def interface(self) -> str | None:
-        return self.vars.get("labkit_interface")
+        return (self.interfaces or [None])[0]
 
     def connection(self, inventory: "Inventory") -> dict:
         """The keyword arguments of remote.RemoteHost for this host."""
@@ -86,13 +111,24 @@ class Inventory:
                              f"under all.children (roles now: {', '.join(self.roles) or 'none'})")
         return self.hosts[self.roles[role]]
 
-    def require(self, roles, interface: bool = True) -> None:
-        """Every one of ROLES has a host (and, with INTERFACE, that host a labkit_interface)."""
+    def require(self, roles, interface: bool = True, two_interfaces=()) -> None:
+        """Every one of ROLES has a host (and, with INTERFACE, that host a labkit_interface;
+        the hosts of the roles in TWO_INTERFACES two of them, `labkit_interfaces: [IN, OUT]`)."""
         for role in roles:
             h = self.role(role)
-            if interface and not h.interface:
+            try:
+                have = h.interfaces
+            except InputError as exc:
+                raise InputError(f"{self.path}: {exc}") from None
+            if interface and not have:
+                fix = ("labkit_interfaces: [IN, OUT] (from the sender, to the receiver)" if role in two_interfaces
+                       else "labkit_interface")
                 raise InputError(f"{self.path}: host {h.name} (role {role}) names no data-plane interface: "
-                                 f"set labkit_interface under all.hosts.{h.name}")
+                                 f"set {fix} under all.hosts.{h.name}")
+            if interface and role in two_interfaces and len(have) != 2:
+                raise InputError(f"{self.path}: host {h.name} (role {role}) names one data-plane interface "
+                                 f"({have[0]}) but forwards between two: set labkit_interfaces: [IN, OUT] under "
+                                 f"all.hosts.{h.name} (IN from the sender, OUT to the receiver)")
         used = [self.roles[r] for r in roles]
         twice = sorted({h for h in used if used.count(h) > 1})
         if twice:
@@ -180,11 +216,11 @@ class Testbed:
     body runs; leaving it closes every host's session (what a session changed there is
     undone, on every host that can still be reached)."""
 
-    def __init__(self, inventory, roles, tools: dict | None = None):
+    def __init__(self, inventory, roles, tools: dict | None = None, two_interfaces=()):
         self.inventory = inventory if isinstance(inventory, Inventory) else parse(inventory)
         self.roles = list(roles)
         self.tools = tools or {}
-        self.inventory.require(self.roles)
+        self.inventory.require(self.roles, two_interfaces=two_interfaces)
         self.hosts: dict = {}  # role -> RemoteHost
         self._stack: ExitStack | None = None
 
@@ -207,10 +243,12 @@ class Testbed:
         from labkit.testbed import remote_agent
 
         h, host = self.inventory.role(role), self.hosts[role]
-        if not host.call(remote_agent.interface_exists, h.interface):
-            have = host.run(["ls", "/sys/class/net"], check=False).stdout.split()
-            raise InputError(f"{self.inventory.path}: interface {h.interface!r} does not exist on host {h.name} "
-                             f"(role {role}); interfaces there: {', '.join(have)}: fix labkit_interface")
+        for ifname in h.interfaces:
+            if not host.call(remote_agent.interface_exists, ifname):
+                have = host.run(["ls", "/sys/class/net"], check=False).stdout.split()
+                key = "labkit_interfaces" if "labkit_interfaces" in h.vars else "labkit_interface"
+                raise InputError(f"{self.inventory.path}: interface {ifname!r} does not exist on host {h.name} "
+                                 f"(role {role}); interfaces there: {', '.join(have)}: fix {key}")
         missing = host.call(remote_agent.tools_missing, list(self.tools.get(role, ())))
         if missing:
             raise MissingDependency(f"host {h.name} (role {role}) lacks {', '.join(missing)}: run "
@@ -231,14 +269,20 @@ class Testbed:
     def interface(self, role: str) -> str:
         return self.inventory.role(role).interface
 
+    def interfaces(self, role: str) -> list:
+        """ROLE's data-plane interfaces: [IN, OUT] on a host with two."""
+        return self.inventory.role(role).interfaces
+
     def metadata(self) -> dict:
         """Every host's kernel, CPU, NIC driver and versions, for the run's metadata."""
         out = {"inventory": str(self.inventory.path), "hosts": {}}
         for role, host in self.hosts.items():
             try:
-                facts = host.facts([self.interface(role)])
+                facts = host.facts(self.interfaces(role))
             except Exception as exc:  # metadata never crashes a run
                 facts = f"unavailable: {exc}"
-            out["hosts"][host.name] = {"role": role, "address": host.hostname, "interface": self.interface(role),
+            ifs = self.interfaces(role)
+            out["hosts"][host.name] = {"role": role, "address": host.hostname,
+                                       "interface": ifs[0] if len(ifs) == 1 else ifs,
                                        "session": host.prefix, "facts": facts}
         return out
