@@ -56,6 +56,40 @@ def spec(clients: int = 2, offloads: str = "mixed") -> topology.TopologySpec:
                                  routes=[(f"c{i}", "default", f"10.20.{i}.1") for i in range(1, clients + 1)])
 
 
+@contextmanager
+def on_nat_host(name: str, host, inside: list, outside, nat: Nat | None = None, iptables_target: str = "MASQUERADE",
+                inside_net: str = INSIDE_NET, snat_address: str = NAT_OUTSIDE, mode: str = "native",
+                hairpin_guard: bool = False):
+    """Variant NAME on the NAT host's own ports (INSIDE: its inside Interfaces, OUTSIDE its
+    outside one), on HOST: what NatLab sets up in its `nat` namespace and an inventory's
+    DUT on its interfaces. The other hosts' part (the server's route back for the routing
+    variants; for the XDP ones, XDP_PASS on the ports facing the NAT host and full checksums
+    from the senders) is not in here. NAT: the loaded tc NAT for `tc_nat` and `xdp_nat`."""
+    if name == "routing":
+        yield None
+    elif name in ("ebpf", "tc_nat"):
+        nat.clear_flows()
+        with nat.attach(outside, inside if hairpin_guard else []):
+            yield nat
+    elif name == "xdp_nat":
+        nat.clear_flows()
+        fast = XdpNat(nat)
+        fast.clear_stats()
+        with nat.attach(outside), fast.attach(inside, outside, mode):
+            yield fast
+    elif name == "xdp_routing":
+        with XdpRouter() as router, router.attach(list(inside) + [outside], mode):
+            yield router
+    elif name == "iptables":
+        args = ["-s", inside_net, "-o", outside.name, "-j", iptables_target]
+        if iptables_target == "SNAT":
+            args += ["--to-source", snat_address]
+        with netfilter.rule(host, "nat", "POSTROUTING", *args) as rule:
+            yield rule
+    else:
+        raise InputError(f"variant {name!r}: choose from {ALL_VARIANTS}")
+
+
 class NatLab:
     """The built testbed with forwarding and routes in place. A context manager: exit
     removes everything (the namespaces take their sysctls, routes and addresses along).
@@ -101,6 +135,9 @@ class NatLab:
     def inside(self, i: int) -> topology.Interface:
         return self.topo.iface("nat", f"c{i}")
 
+    def _insides(self) -> list:
+        return [self.inside(i) for i in range(1, self.clients + 1)]
+
     @property
     def outside(self) -> topology.Interface:
         return self.topo.iface("nat", "srv")
@@ -124,10 +161,9 @@ class NatLab:
     def ebpf(self, nat: Nat, hairpin_guard: bool = False):
         """The tc NAT on the outside port (and, with HAIRPIN_GUARD, nat_hairpin on the
         inside ports: the XDP variant's inside program does that anyway)."""
-        nat.clear_flows()
-        inside = [self.inside(i) for i in range(1, self.clients + 1)] if hairpin_guard else []
-        with nat.attach(self.outside, inside):
-            yield nat
+        with on_nat_host("tc_nat", self.topo.host("nat"), self._insides(), self.outside, nat,
+                         hairpin_guard=hairpin_guard) as v:
+            yield v
 
     @contextmanager
     def senders_full_checksums(self):
@@ -180,28 +216,20 @@ class NatLab:
     @contextmanager
     def xdp_nat(self, nat: Nat, mode: str = "native"):
         """The tc NAT (slow path: new flows, everything unusual) plus the XDP fast path."""
-        nat.clear_flows()
-        fast = XdpNat(nat)
-        fast.clear_stats()
-        inside = [self.inside(i) for i in range(1, self.clients + 1)]
-        with self.senders_full_checksums(), self.xdp_peers(mode), nat.attach(self.outside), \
-                fast.attach(inside, self.outside, mode):
+        with self.senders_full_checksums(), self.xdp_peers(mode), \
+                on_nat_host("xdp_nat", self.topo.host("nat"), self._insides(), self.outside, nat, mode=mode) as fast:
             yield fast
 
     @contextmanager
     def xdp_routing(self, mode: str = "native"):
         """No NAT, forwarding at XDP (the server routes the inside network back)."""
-        ports = [self.inside(i) for i in range(1, self.clients + 1)] + [self.outside]
-        with self.routing(), self.senders_full_checksums(), self.xdp_peers(mode), XdpRouter() as router, \
-                router.attach(ports, mode):
+        with self.routing(), self.senders_full_checksums(), self.xdp_peers(mode), \
+                on_nat_host("xdp_routing", self.topo.host("nat"), self._insides(), self.outside, mode=mode) as router:
             yield router
 
     @contextmanager
     def iptables(self, target: str = "MASQUERADE"):
-        args = ["-s", INSIDE_NET, "-o", self.outside.name, "-j", target]
-        if target == "SNAT":
-            args += ["--to-source", NAT_OUTSIDE]
-        with netfilter.rule(self.topo.host("nat"), "nat", "POSTROUTING", *args) as rule:
+        with on_nat_host("iptables", self.topo.host("nat"), self._insides(), self.outside, iptables_target=target) as rule:
             yield rule
 
     def variant(self, name: str, nat: Nat | None = None, iptables_target: str = "MASQUERADE"):
