@@ -229,3 +229,89 @@ def test_nat_lab_shows_each_path_and_the_flows_state(nat_lab):
     fast = {k: v["packets"] for k, v in live.fast.stats().items() if v["packets"]}
     assert fast, "the fast path handled no packet"
     assert any(k in paths for k in fast)
+
+
+# ---------------------------------------------------------------- the live rate plot
+def lab_threads(*widgets_) -> list:
+    """The background threads of these widgets (refreshes and plots) still alive."""
+    out = []
+    for ui in widgets_:
+        for t in (getattr(ui, "ticker", None), getattr(ui, "plot", None)):
+            ticker = getattr(t, "ticker", t)
+            if ticker is not None and ticker.thread.is_alive():
+                out.append(ticker.thread.name)
+    return out
+
+
+def wait_for(cond, what: str, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_drop_lab_plot_follows_real_traffic_and_stops_with_the_lab(drop_lab):
+    """The plot samples as `labkit watch` does: after a burst the receiver's plotted rx rate
+    and the filter's pass rate are above 0, a port rule shows as drop_port per second; a
+    stopped lab leaves no refresh or plot thread and every control disabled."""
+    import threading
+
+    from labkit.widgets.drop import DropLabWidget
+
+    lab = drop_lab()
+    ui = DropLabWidget(lab)
+    rcv = lab.rcv.name.split("-", 1)[1]
+    assert ui.plot.widget in ui.box.children and ui.plot.running
+    wait_for(lambda: ui.plot.draws >= 1, "the plot never drew")
+    assert ui.plot.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    o = lab.send(300_000, 7)  # long enough to span at least one whole sampling second
+    wait_for(lambda: max(ui.plot.series(f"{rcv} rx"), default=0) > 0,
+             f"the plotted rx rate stayed 0 after {o.packets} packets: {ui.plot.shown()}")
+    wait_for(lambda: max(ui.plot.series("xdp_filter: pass"), default=0) > 0, "the filter's pass rate is not plotted")
+    assert f"{rcv} rx" in ui.plot.shown() and "rates at" in ui.plot.text.value
+    ui.port.value = "9"
+    lab.send(300_000, 9)
+    wait_for(lambda: max(ui.plot.series("xdp_filter: drop_port"), default=0) > 0, "drop_port per second not plotted")
+
+    ui.stop.click()
+    assert lab.closed and not ui.plot.running
+    assert lab_threads(ui) == [], "a refresh or plot thread outlived the lab"
+    assert not [t for t in threading.enumerate() if t.name in ("lk-rateplot", "droplab-counters")]
+    assert all(c.disabled for c in ui.controls) and "stopped" in ui.message.value
+    draws = ui.plot.draws
+    ui.plot.tick()  # a stale tick samples nothing from a closed lab
+    assert ui.plot.draws == draws
+
+
+def test_rerun_stops_the_old_widgets_plot(drop_lab):
+    from labkit.widgets.drop import DropLabWidget
+
+    first = drop_lab()
+    old = DropLabWidget(first)
+    second = drop_lab()
+    assert first.closed and lab_threads(old) == [] and all(c.disabled for c in old.controls)
+    new = DropLabWidget(second)
+    assert new.plot.running
+    new.plot.stop()
+    new.plot.stop()  # harmless twice
+    assert "lk-rateplot" not in lab_threads(new)
+
+
+def test_nat_lab_plot_shows_the_nat_ports_and_stops(nat_lab):
+    from labkit.widgets.nat import FlowView, MappingEditor
+
+    live = nat_lab(clients=1)
+    editor, view = MappingEditor(live.nat), FlowView(live.nat)
+    assert view.plot is not None and view.plot.widget in view.widget.children
+    outside = live.lab.outside.name.split("-", 1)[1]
+
+    def seen():
+        live.traffic()
+        return max(view.plot.series(f"{outside} tx"), default=0) > 0
+
+    wait_for(seen, f"the NAT's outside port never showed a tx rate: {view.plot.shown()}", seconds=90)
+    view.stop()  # the live view's stop button stops the plot too
+    assert lab_threads(view) == [] and view.refresh_button.disabled is False
+    editor.stop.click()
+    assert lab_threads(editor, view) == []
+    assert all(c.disabled for c in editor.controls) and view.refresh_button.disabled

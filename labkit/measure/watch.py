@@ -219,27 +219,48 @@ def rate_row(a: Sample, b: Sample) -> dict:
     return row
 
 
+class Sampler:
+    """Rates of TARGETS from one step to the next: each `step()` samples every interface
+    and returns one row per interface (see `rate_row`) over the time since the previous
+    step. `rates()` (`labkit watch`) and the labs' live plot (labkit.widgets.rateplot) both
+    step one, so a rate is computed in one place. An interface that disappears is left out
+    from then on."""
+
+    def __init__(self, targets: list[Target]):
+        self.targets = list(targets)
+        self.prev = {t: sample(t) for t in self.targets}
+
+    def step(self) -> list[dict]:
+        rows = []
+        for t in self.targets:
+            if self.prev.get(t) is None:
+                continue
+            cur = sample(t)
+            if cur is not None:
+                rows.append(rate_row(self.prev[t], cur))
+            self.prev[t] = cur
+        return rows
+
+
+def check_interval(interval: float) -> None:
+    if not 0.05 <= interval <= 3600:
+        raise InputError(f"interval {interval!r}: 0.05..3600 seconds")
+
+
 def rates(targets: list[Target], interval: float = 1.0, count: int | None = None):
     """Yield, every INTERVAL seconds, one row per interface (see `rate_row`); COUNT lines
     (None: until interrupted). An interface that disappears is left out from then on."""
-    if not 0.05 <= interval <= 3600:
-        raise InputError(f"interval {interval!r}: 0.05..3600 seconds")
+    check_interval(interval)
     if count is not None and count < 1:
         raise InputError(f"count {count!r}: at least 1 line")
-    prev = {t: sample(t) for t in targets}
+    sampler = Sampler(targets)
     done = 0
     next_t = time.monotonic() + interval
     while count is None or done < count:
         time.sleep(max(0.0, next_t - time.monotonic()))
         next_t += interval
-        rows = []
-        for t in targets:
-            cur = sample(t)
-            if cur is not None and prev.get(t) is not None:
-                rows.append(rate_row(prev[t], cur))
-            prev[t] = cur
         done += 1
-        yield rows
+        yield sampler.step()
 
 
 def _si(v: float, unit: str) -> str:
@@ -249,7 +270,7 @@ def _si(v: float, unit: str) -> str:
     return f"{v:6.0f} {unit}"
 
 
-def _per_s(v: float) -> str:
+def per_s(v: float) -> str:
     """A count per second, compact: 0/s, 812/s, 46.8k/s, 1.25M/s."""
     for scale, prefix in ((1e6, "M"), (1e3, "k")):
         if v >= scale:
@@ -265,12 +286,12 @@ def format_rows(rows: list[dict], clock: str | None = None) -> str:
     for r in rows:
         line = (f"{clock} {r['iface']:<{width}}  rx {_si(r['rx_pps'], 'pps')} {_si(r['rx_bps'], 'b/s')}"
                 f"  tx {_si(r['tx_pps'], 'pps')} {_si(r['tx_bps'], 'b/s')}"
-                f"  drop rx {_per_s(r['rx_drop_ps'])} tx {_per_s(r['tx_drop_ps'])}")
+                f"  drop rx {per_s(r['rx_drop_ps'])} tx {per_s(r['tx_drop_ps'])}")
         if "ring_drop_ps" in r:
-            line += f" ring {_per_s(r['ring_drop_ps'])} xdp_drop {_per_s(r['xdp_drop_ps'])}"
+            line += f" ring {per_s(r['ring_drop_ps'])} xdp_drop {per_s(r['xdp_drop_ps'])}"
         if r["xdp"]:
             busy = {k: v for k, v in r["counters"].items() if v}
-            line += f"  xdp {r['xdp']}" + "".join(f" {k} {_per_s(v)}" for k, v in busy.items())
+            line += f"  xdp {r['xdp']}" + "".join(f" {k} {per_s(v)}" for k, v in busy.items())
         lines.append(line)
     return "\n".join(lines)
 

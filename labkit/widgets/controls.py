@@ -1,10 +1,13 @@
-"""What the live labs' widgets share: status lines, tables of counters, and turning every
-control off with the reason when a lab stops. ipywidgets is imported only when a widget is
-built, so the labs themselves work (and are tested) without it.
+"""What the live labs' widgets share: status lines, tables of counters, the background
+refresh (`Ticker`), and what every widget does when its lab stops (`lab_stopped`: stop
+its refreshes, turn every control off with the reason, say why). ipywidgets is imported
+only when a widget is built, so the labs themselves work (and are tested) without it.
 """
 from __future__ import annotations
 
 import html
+import threading
+from contextlib import contextmanager
 
 from labkit.errors import LabkitError
 
@@ -39,6 +42,54 @@ def disable_all(controls, reason: str) -> None:
         c.disabled = True
         if hasattr(c, "tooltip"):
             c.tooltip = reason
+
+
+@contextmanager
+def holding(lab):
+    """Hold LAB's lock (a `testbed.live.LiveLab`) and refuse with `LabStopped` once it is
+    closed: what a widget's refresh does before it reads the lab's kernel state."""
+    with lab.lock:
+        lab.check_open()
+        yield
+
+
+def lab_stopped(reason: str, *, name: str, controls, show, tickers=(),
+                gone: str = "namespaces, links and programs are removed") -> str:
+    """What a widget does when its lab closes: stop its TICKERS (refreshes, the live plot),
+    disable every control with the reason as its tooltip, and SHOW the reason (a function
+    of the message, in red). Returns the message."""
+    for t in tickers:
+        t.stop()
+    why = f"{name} {reason}: {gone}; run the cell again for a new lab"
+    disable_all(controls, why)
+    show(why)
+    return why
+
+
+class Ticker:
+    """Call FN every INTERVAL seconds on a daemon thread named NAME until `stop()`, or until
+    FN returns False. `stop()` wakes and joins the thread (unless called from it), so a
+    stopped ticker leaves no thread behind; stopping twice is harmless."""
+
+    def __init__(self, fn, interval: float, name: str):
+        self.fn, self.interval = fn, interval
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name=name)
+        self.thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive() and not self._stop.is_set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.fn() is False:
+                self._stop.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)
 
 
 def describe(exc: BaseException) -> str:

@@ -20,7 +20,6 @@ prefix that is not one) leaves the active rules exactly as they were.
 from __future__ import annotations
 
 import ipaddress
-import threading
 import time
 
 from labkit import traffic
@@ -187,10 +186,15 @@ class DropLab(LiveLab):
 class DropLabWidget:
     """The drop lab's controls. Text fields (port, source) apply on Enter or when they lose
     focus; a refused value is put back to the active rule and the reason is shown in red.
-    The counters refresh every `interval` seconds while the lab is live."""
+    The counters refresh every `interval` seconds while the lab is live, and the live plot
+    below them (labkit.widgets.rateplot) shows the sender's and receiver's per-second rates
+    and the filter's verdicts per second over the last minute."""
 
     def __init__(self, lab: DropLab, interval: float = 1.0):
-        from labkit.widgets.controls import widgets
+        from labkit.measure.watch import Target
+        from labkit.dataplanes.drop_filter import VERDICTS
+        from labkit.widgets.controls import Ticker, holding, widgets
+        from labkit.widgets.rateplot import RatePlot
 
         w = widgets()
         self.lab, self.interval = lab, interval
@@ -218,9 +222,12 @@ class DropLabWidget:
             c.add_class(cls)
         self.controls = [self.hook, self.drop_all, self.proto, self.port, self.src, self.count, self.dport,
                          self.send, self.stop]
+        self.plot = RatePlot([Target(i.netns, i.name) for i in (lab.snd, lab.rcv)],
+                             names={f"counters[{i}]": v for i, v in enumerate(VERDICTS)},
+                             guard=lambda: holding(lab), interval=interval, title="drop lab")
         self.box = w.VBox([w.HBox([self.hook, self.drop_all]), w.HBox([self.proto, self.port, self.src]),
                            w.HBox([self.count, self.dport, self.send, self.stop]),
-                           self.message, self.state, self.table])
+                           self.message, self.state, self.table, self.plot.widget])
         self.box.add_class("lk-droplab")
 
         self.hook.observe(self._on_hook, names="value")
@@ -236,8 +243,9 @@ class DropLabWidget:
                 if lab.replaced else f"lab live (run {lab.prefix})")
         self.say(note)
         self.refresh()
-        self._stop = threading.Event()
-        threading.Thread(target=self._loop, daemon=True, name="droplab-counters").start()
+        self.ticker = Ticker(self.refresh, interval, name="droplab-counters")
+        if lab.closed:  # closed while the widget was being built
+            self._on_closed(lab.stop_reason)
 
     # ---- display
     def say(self, text: str, ok: bool = True) -> None:
@@ -245,29 +253,25 @@ class DropLabWidget:
 
         self.message.value = status_html(text, ok)
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Show the lab's counters and rules now; False once the lab is stopped."""
         from labkit.widgets.controls import describe, table_html
 
         lab = self.lab
         if lab.closed:
-            return
+            return False
         try:
             rows = lab.counter_rows()
             rules = lab.active_rules()
         except LabStopped:
-            return
+            return False
         except Exception as exc:
             self.state.value = f"<i>counters unavailable: {describe(exc)}</i>"
-            return
+            return True
         self.state.value = (f"run <b>{lab.prefix}</b> &nbsp; hook: <b>{lab.hook}</b> &nbsp; active rules: "
                             f"<code class='lk-rules'>{rules}</code> &nbsp; counters at {time.strftime('%H:%M:%S')}")
         self.table.value = table_html(rows, "no counters")
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.lab.closed:
-                return
-            self.refresh()
+        return True
 
     # ---- actions
     def _put_back(self, control, value) -> None:
@@ -332,10 +336,8 @@ class DropLabWidget:
             self.say(f"stopping met an error: {describe(exc)}; `labkit clean` removes what is left", ok=False)
 
     def _on_closed(self, reason: str) -> None:
-        from labkit.widgets.controls import disable_all
+        from labkit.widgets.controls import lab_stopped
 
-        self._stop.set()
-        why = f"lab {reason}: namespaces, links and programs are removed; run the cell again for a new lab"
-        disable_all(self.controls, why)
-        self.say(why, ok=False)
+        lab_stopped(reason, name="lab", controls=self.controls, show=lambda why: self.say(why, ok=False),
+                    tickers=[t for t in (getattr(self, "ticker", None), self.plot) if t is not None])
         self.state.value = f"<i>run {self.lab.prefix} is closed; the counters below are its last</i>"

@@ -4,7 +4,7 @@ maps. ipywidgets is imported only when a widget is built.
 
     from labkit.widgets import nat as nat_widgets
     nat_widgets.mapping_editor(nat)     # add / remove mappings, set the port range
-    nat_widgets.flow_view(nat)          # flow table, refreshed every second while shown
+    nat_widgets.flow_view(nat)          # flow table and a live rate plot, refreshed every second
 
 Every change goes through the control plane, so invalid input shows its error message in
 the widget and leaves the maps unchanged. When the NAT comes from a `LiveNat` (the
@@ -15,13 +15,12 @@ says why: nothing reads a closed NAT's maps or touches the kernel again.
 from __future__ import annotations
 
 import html
-import threading
 import time
 from contextlib import contextmanager
 
 from labkit.experiments.nat.live import live_for
 from labkit.testbed.live import LabStopped
-from labkit.widgets.controls import describe, disable_all, status_html, table_html as _table_html
+from labkit.widgets.controls import Ticker, describe, lab_stopped, status_html, table_html as _table_html
 from labkit.widgets.controls import widgets as _widgets
 
 
@@ -105,7 +104,7 @@ class MappingEditor:
         self.add.on_click(self._on_add)
         self.remove.on_click(self._on_remove)
         self.set_ports.on_click(self._on_ports)
-        self._stop = threading.Event()
+        self.ticker = None
         if self.live is not None:
             note = f"NAT lab live (run {self.live.prefix})"
             if self.live.replaced:
@@ -115,23 +114,22 @@ class MappingEditor:
             if self.live.closed:
                 self._on_closed(self.live.stop_reason)
         self.refresh()
-        threading.Thread(target=self._loop, daemon=True, name="nat-mappings").start()
+        if not (self.live is not None and self.live.closed):
+            self.ticker = Ticker(self.refresh, interval, name="nat-mappings")
 
     def say(self, text: str, ok: bool = True) -> None:
         self.message.value = status_html(text, ok)
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Show the mappings now; False once the lab is stopped."""
         try:
             with _using(self.nat):
                 self.table.value = mappings_html(self.nat) + f"<br><small>counters at {time.strftime('%H:%M:%S')}</small>"
         except LabStopped:
-            self._stop.set()
+            return False
         except Exception as exc:
             self.table.value = f"<i>mapping table unavailable: {html.escape(describe(exc))}</i>"
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.refresh()
+        return True
 
     def _act(self, what, done: str | None = None) -> None:
         try:
@@ -168,10 +166,8 @@ class MappingEditor:
             self.say(f"stopping met an error: {describe(exc)}; `labkit clean` removes what is left", ok=False)
 
     def _on_closed(self, reason: str) -> None:
-        self._stop.set()
-        why = f"NAT lab {reason}: namespaces, links and programs are removed; run the cell again for a new lab"
-        disable_all(self.controls, why)
-        self.say(why, ok=False)
+        lab_stopped(reason, name="NAT lab", controls=self.controls, show=lambda why: self.say(why, ok=False),
+                    tickers=[self.ticker] if self.ticker is not None else [])
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -186,7 +182,9 @@ def mapping_editor(nat) -> MappingEditor:
 
 class FlowView:
     """The flow table as HTML, refreshed every `interval` seconds by a background thread
-    until `stop()` (or the Stop button), or until the lab it shows is closed."""
+    until `stop()` (or the Stop button), or until the lab it shows is closed. For a lab's
+    NAT, a live plot (labkit.widgets.rateplot) follows: the NAT host's ports' per-second
+    rates and the XDP fast path's outcomes per second over the last minute."""
 
     def __init__(self, nat, interval: float = 1.0, limit: int = 50):
         w = _widgets()
@@ -199,46 +197,64 @@ class FlowView:
         self.refresh_button.add_class("lk-refresh")
         self.button.on_click(lambda _: self.stop())
         self.refresh_button.on_click(lambda _: self.refresh())
-        self.widget = w.VBox([w.HBox([self.refresh_button, self.button]), self.html])
+        self.plot = self.ticker = None
+        if self.live is not None and not self.live.closed:
+            self.plot = _rate_plot(self.live, interval)
+        self.widget = w.VBox([w.HBox([self.refresh_button, self.button]), self.html]
+                             + ([self.plot.widget] if self.plot is not None else []))
         self.widget.add_class("lk-flowview")
-        self._stop = threading.Event()
         self.refresh()
         if self.live is not None:
             self.live.on_close(self._on_closed)
-            if self.live.closed:
-                self._on_closed(self.live.stop_reason)
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="nat-flow-view")
-        self._thread.start()
+        if not (self.live is not None and self.live.closed):
+            self.ticker = Ticker(self.refresh, interval, name="nat-flow-view")
+        if self.live is not None and self.live.closed:
+            self._on_closed(self.live.stop_reason)
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
+        """Show the flow table now; False once the lab is stopped."""
         try:
             with _using(self.nat):
                 self.html.value = (flows_html(self.nat, self.limit) + "<br><b>Packets by path and outcome</b><br>"
                                    + paths_html(self.nat) + f"<br><small>as of {time.strftime('%H:%M:%S')}</small>")
         except LabStopped:
-            self._stop.set()
+            return False
         except Exception as exc:
             self.html.value = f"<i>flow table unavailable: {html.escape(describe(exc))}</i>"
+        return True
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.refresh()
+    def _tickers(self) -> list:
+        return [t for t in (self.ticker, self.plot) if t is not None]
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop the live view (the flow table and the plot); Refresh still updates the table."""
+        for t in self._tickers():
+            t.stop()
         self.button.disabled = True
         self.button.tooltip = "the live view is stopped: Refresh still updates it"
 
     def _on_closed(self, reason: str) -> None:
-        self._stop.set()
-        why = f"NAT lab {reason}: the flow table is gone; run the cell again for a new lab"
-        disable_all([self.button, self.refresh_button], why)
-        self.html.value = status_html(why, ok=False) + "<br>" + self.html.value
+        lab_stopped(reason, name="NAT lab", controls=[self.button, self.refresh_button], tickers=self._tickers(),
+                    show=lambda why: setattr(self.html, "value", status_html(why, ok=False) + "<br>" + self.html.value),
+                    gone="the flow table is gone")
 
     def _ipython_display_(self):
         from IPython.display import display
 
         display(self.widget)
+
+
+def _rate_plot(live, interval: float):
+    """The NAT lab's live plot: the NAT host's inside and outside ports."""
+    from labkit.dataplanes.xdp_nat import OUTCOMES
+    from labkit.measure.watch import Target
+    from labkit.widgets.controls import holding
+    from labkit.widgets.rateplot import RatePlot
+
+    lab = live.lab
+    ports = [lab.inside(i) for i in range(1, lab.clients + 1)] + [lab.outside]
+    return RatePlot([Target(p.netns, p.name) for p in ports], interval=interval, title="NAT host's ports",
+                    names={f"xdp_stats[{i}]": o for i, o in enumerate(OUTCOMES)}, guard=lambda: holding(live))
 
 
 def flow_view(nat, interval: float = 1.0, limit: int = 50) -> FlowView:
