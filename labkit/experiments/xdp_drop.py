@@ -12,7 +12,10 @@ load meets, one variant at a time, in one run:
 
 Each variant is measured for several trials and packet sizes, in rotating order so drift
 on a shared machine spreads over all of them. Besides the rates, the filter's own cost per
-packet is measured with BPF_PROG_TEST_RUN next to a bare `return XDP_DROP` program.
+packet is measured with BPF_PROG_TEST_RUN next to a bare `return XDP_DROP` program. With
+``latency`` on, the one-way latency of the traffic each variant lets through, with no load
+and under a flood it drops (`xdp_drop_latency`); the load tests' tables and sentences are
+in `xdp_drop_views`.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from labkit.testbed import inventory, topology
 from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
 from labkit.errors import InputError
 from labkit.dataplanes.drop_filter import DropFilter
+from labkit.experiments import xdp_drop_latency as latency
+from labkit.experiments import xdp_drop_views as views
 
 EXPERIMENT = "xdp_drop"
 NOTEBOOK = "01-xdp-drop"  # the notebook that runs this experiment
@@ -44,7 +49,12 @@ VIEW = View(EXPERIMENT, "Packet drop", NOTEBOOK, select=(("kind", ("trial", None
                         (references.POSTER_XDP_DROP, ("xdp_native", "xdp_generic"), "Mbit/s")))
 #: a smoke run: one size, one trial, few packets, a two-point sweep, no search (see smoke_clamp)
 SMOKE = {"sizes": 1, "trials": 1, "count": 20_000, "cost_repeat": 100_000, "cost_trials": 2,
-         "sweep_steps": 2, "loss_thresholds": 0, "cpu_loads": 0, "point_s": 0.1}
+         "sweep_steps": 2, "loss_thresholds": 0, "cpu_loads": 0, "point_s": 0.1,
+         "latency_loads": 1, "latency_probes": 200}
+plot_latency_cdf = latency.plot_cdf  # the notebook's latency CDF
+# the load tests' table and sentences (xdp_drop_views), as the notebook calls them
+search_table, load_interpretation, LOAD_KINDS, _interpret_load = (
+    views.search_table, views.load_interpretation, views.LOAD_KINDS, views._interpret_load)
 
 
 @dataclass
@@ -68,6 +78,10 @@ class Params:
     loss_thresholds: list = field(default_factory=lambda: [0.0, 0.005])  # NDR and PDR 0.5%; []: no search
     cpu_loads: list = field(default_factory=lambda: [0.5e6, 1e6, 2e6])  # pps; []: none
     point_s: float = 0.5  # seconds of traffic per sweep/search point
+    latency: bool = True  # one-way latency of what each variant lets through (no load, then latency_loads)
+    latency_loads: list = field(default_factory=lambda: [0.5, 0.9])  # flood, fractions of each variant's no-drop rate
+    latency_probes: int = 2000  # probes per latency point
+    latency_probe_rate: float = 4000.0  # probes per second
     progress: bool = True  # a text progress bar on stderr
     smoke: bool = False
     inventory: str | None = None  # an Ansible YAML inventory: sender and receiver on other machines
@@ -90,6 +104,8 @@ class Params:
             raise InputError(f"cpu_loads {self.cpu_loads}: positive rates in packets per second")
         if self.sweep_steps < 0 or self.point_s <= 0:
             raise InputError("sweep_steps must be >= 0 and point_s > 0")
+        if self.latency:
+            latency.check(self.latency_loads, self.latency_probes, self.latency_probe_rate)
         if self.inventory is not None:
             if self.sender_if or self.receiver_if:
                 raise InputError("inventory with sender_if/receiver_if: name the interfaces in the inventory "
@@ -148,11 +164,23 @@ def run(data_dir=None, **kwargs) -> Result:
                     tspec.dst_mac = addresses.check_mac(p.dst_mac)
                 _load_tests(p, gen, tspec, topo, rcv, filt, clock, rs)
         costs = _program_costs(filt, snd, rcv, p, rs)
+        why_not = latency.not_measured(p)
+        cdf = latency.measure_all(p, rs, rs.table) if p.latency and not why_not else []
+        if why_not:
+            rs.caveat(why_not)
         _caveats(rs, p, gen.name)
         run_dir = rs.save(topo, {"generator": gen.name, "rule": RULES[p.rule]})
+    return _result(rs, p, run_dir, costs, cdf)
+
+
+def _result(rs, p: Params, run_dir, costs, cdf) -> Result:
+    import pandas as pd
+
     table = rs.table
-    return Result(EXPERIMENT, table, interpret(table, costs), rs.caveats, run_dir, p, {"costs": costs},
-                  headline_of=headline)
+    lat = latency.summary(table)
+    text = "\n".join(t for t in (interpret(table, costs), latency.interpret(lat)) if t)
+    return Result(EXPERIMENT, table, text, rs.caveats, run_dir, p,
+                  {"costs": costs, "latency": lat, "latency_cdf": pd.DataFrame(cdf)}, headline_of=headline)
 
 
 def _load_tests(p: Params, gen, tspec, topo, rcv, filt, clock, rs) -> None:
@@ -209,8 +237,10 @@ def _run_across_hosts(p: Params, data_dir) -> Result:
                 r["value"] = float("nan")
         rs.caveat(f"across hosts ({snd.host.name} -> {rcv.host.name}): rates only (CPU is not measured across "
                   "hosts), and load sweeps, searches and program costs were not run")
+        if latency.not_measured(p):
+            rs.caveat(latency.not_measured(p))
         run_dir = rs.save(bed, {"generator": gen.name, "rule": RULES[p.rule]})
-    return Result(EXPERIMENT, rs.table, interpret(rs.table, None), rs.caveats, run_dir, p, {}, headline_of=headline)
+    return _result(rs, p, run_dir, None, [])
 
 
 @contextmanager
@@ -223,80 +253,6 @@ def receiver_variant(ifname: str, variant: str, rule: str):
         _rule(filt, rule)
         with _variant(variant, None, local_interface(ifname), filt, rule) as processed:
             yield processed
-
-
-def search_table(rows):
-    """NDR/PDR per variant from search rows (or a whole table): median and spread of the
-    searches, and whether the generator was the limit."""
-    import pandas as pd
-
-    if rows is not None and "kind" in rows.columns:
-        rows = rows[rows["kind"] == "search"]
-    if rows is None or rows.empty:
-        return pd.DataFrame()
-    g = rows.groupby(["variant", "measure"])
-    out = g["value"].agg(["median", "min", "max", "count"]) / [1e6, 1e6, 1e6, 1]
-    out.columns = ["Mpps (median)", "min", "max", "searches"]
-    out["generator-limited"] = g["generator_limited"].agg(lambda v: bool(v.astype(bool).any()))
-    return out.reset_index()
-
-
-LOAD_KINDS = ("sweep", "search", "cpu_at_load")
-
-
-def load_interpretation(table, kind: str | None = None) -> str:
-    """The sentences about one part of the load tests (KIND: 'sweep', 'search' or
-    'cpu_at_load'; all of them when None), computed from TABLE."""
-    lines = _interpret_load(table, (kind,) if kind else LOAD_KINDS)
-    return "\n".join(lines) if lines else f"No {kind or 'load test'} rows in this run."
-
-
-def _interpret_sweep(sweep) -> list[str]:
-    parts = []
-    for v, g in sweep.groupby("variant", sort=False):
-        pts = g.assign(target=g["target_pps"].fillna(-1.0)).pivot_table(
-            index="target", columns="measure", values="value", aggfunc="mean")
-        if "received_pps" not in pts:
-            continue
-        targets = pts[pts.index >= 0].sort_index()
-        ok = (targets["received_pps"] >= 0.99 * targets.index.to_series()).cummin()  # up to the first shortfall
-        kept = targets[ok]
-        text = (f"{v} received 99% or more of each target up to {kept.index.max() / 1e6:.2f} Mpps" if len(kept)
-                else f"{v} fell short already at {targets.index.min() / 1e6:.2f} Mpps" if len(targets) else v)
-        if -1.0 in pts.index:
-            full = pts.loc[-1.0]
-            text += f" and {full['received_pps'] / 1e6:.2f} of {full.get('offered_pps', float('nan')) / 1e6:.2f} Mpps at full speed"
-        parts.append(text)
-    if not parts:
-        return []
-    size = sweep["size"].min()
-    return [f"Offered-load sweep ({int(size)}-byte frames, one set of targets for all): " + "; ".join(parts) + "."]
-
-
-def _interpret_load(table, kinds=LOAD_KINDS) -> list[str]:
-    lines = []
-    if "kind" not in table.columns:
-        return lines
-    if "sweep" in kinds:
-        lines += _interpret_sweep(table[table["kind"] == "sweep"])
-    for name, label in (("ndr_pps", "No-drop rate (NDR)"), ("pdr_pps", "Partial-drop rate (PDR)")):
-        found = table[(table["kind"] == "search") & (table["measure"] == name)]
-        if found.empty or "search" not in kinds:
-            continue
-        med = found.groupby("variant")["value"].median().sort_values(ascending=False)
-        lim = set(found[found["generator_limited"].astype(bool)]["variant"]) if "generator_limited" in found else set()
-        th = found["threshold"].iloc[0] if "threshold" in found else 0
-        lines.append(f"{label}, loss <= {th:.1%}, binary search up to the generator's maximum (a target the testbed "
-                     f"could not offer within {loadsweep.RATE_TOLERANCE:.0%} counts as loss): " + ", ".join(
-                         f"{v} {r / 1e6:.2f} Mpps" + (" (generator-limited)" if v in lim else "") for v, r in med.items())
-                     + ".")
-    cpu = table[(table["kind"] == "cpu_at_load") & (table["measure"] == "net_rx_cores")]
-    if len(cpu) and "cpu_at_load" in kinds:
-        load = cpu["target_pps"].min()
-        at = cpu[cpu["target_pps"] == load].groupby("variant")["value"].mean().sort_values()
-        lines.append(f"At a fixed {load / 1e6:.1f} Mpps, the receive path kept " + ", ".join(
-            f"{v} {c:.2f}" for v, c in at.items()) + " CPU cores busy.")
-    return lines
 
 
 def _jsonable(p: Params) -> dict:

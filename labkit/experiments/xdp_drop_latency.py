@@ -1,0 +1,226 @@
+"""One-way latency through 01-xdp-drop's receivers: how much does dropping a flood at XDP,
+at tc or in iptables delay the traffic that still gets through?
+
+A drop program ends the path of what it matches, so latency is measured for what each
+variant lets through. The testbed gets a third host for it:
+
+    lsnd --(flood + probes)--> lrcv (the variant on its ingress; forwards IPv4) --> lsink
+
+- the **flood** is the experiment's own traffic (UDP to rcv's address, destination port
+  `traffic.TrafficSpec.dport`, 9), at fractions of each variant's own no-drop rate; each
+  variant drops it where it always does: ``stack`` at UDP (no listener), ``iptables_raw``
+  in raw PREROUTING, ``tc`` and ``xdp_*`` in the drop filter (bpf/drop_filter.c). The
+  rule here is "drop UDP to the flood's port" whatever the experiment's ``rule`` is,
+  since "drop UDP" (or everything) would drop the probes too;
+- the **probes** (bpf/latency.c, `dataplanes.latency.LatencyProbe`: UDP to port 7,
+  stamped by the sender's XDP program as they leave) pass the variant's hook, are routed
+  by rcv to the sink, and the sink's XDP program histograms their delay. Every probe
+  crosses the same path in every variant: receive on rcv, the variant's hook, IP
+  forwarding, a veth, the sink. What differs is what the flood costs beside them.
+
+The probes are XDP frames, which a veth delivers only to a peer in NAPI mode: for
+``stack``, ``iptables_raw`` and ``tc``, a bare native XDP_PASS program sits on rcv's
+receiving veth while the probes run (`LatencyProbe.peer_ready`, as the in-kernel
+generator does for its sends); ``xdp_native`` has its own filter there; ``xdp_generic``
+cannot have a native program beside it, so GRO is turned on for it instead (NAPI without
+a program). Every variant thus runs everywhere; the caveats say what each one pays for
+the probes' delivery.
+
+    cdf = xdp_drop_latency.measure(p, rs, search_rows)   # rows of kind 'latency' into rs
+    lat = xdp_drop_latency.summary(rs.table)             # percentiles with spread, per variant and load
+    xdp_drop_latency.interpret(lat)                      # the sentences
+
+The no-drop rate each load is a fraction of comes from the experiment's own NDR search
+(kind 'search', loss 0) where it ran, else from a short search here.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+
+from labkit import bpf, measure, progress, traffic
+from labkit.dataplanes.drop_filter import DropFilter
+from labkit.dataplanes.latency import LatencyProbe
+from labkit.errors import InputError
+from labkit.experiments import rotated
+from labkit.experiments import l2fwd_views as views
+from labkit.measure import latency as latency_profile
+from labkit.testbed import netfilter, topology
+
+LOAD = views.LOAD
+SENDER_ADDR, RECEIVER_ADDR = "10.11.0.1/24", "10.11.0.2/24"
+FORWARD_ADDR, SINK_ADDR = "10.12.0.1/24", "10.12.0.2/24"
+FLOOD_PORT = traffic.TrafficSpec.dport  # the generator's default destination port: what the filters drop
+NDR_LOSS = 0.001  # the short search's "no drop" (the experiment's own search uses 0)
+#: what each variant pays so that the probes (XDP frames) reach rcv's veth at all
+DELIVERY = {
+    "stack": "a bare native XDP_PASS program on rcv's veth (probe delivery)",
+    "iptables_raw": "a bare native XDP_PASS program on rcv's veth (probe delivery)",
+    "tc": "a bare native XDP_PASS program on rcv's veth (probe delivery)",
+    "xdp_generic": "GRO turned on on rcv's veth (probe delivery beside a generic program)",
+    "xdp_native": "nothing: its own native filter puts the veth in NAPI mode",
+}
+
+
+def check(loads, probes, probe_rate) -> None:
+    """The latency parameters, before the kernel is touched."""
+    latency_profile.check(loads, probes, probe_rate, NDR_LOSS)
+
+
+def not_measured(p) -> str | None:
+    """Why latency is not measured in this run (None: it is)."""
+    if not p.latency:
+        return None
+    if p.inventory is not None:
+        return "latency was not measured across hosts (its probe sink needs the namespace testbed's shared clock)"
+    if p.sender_if or p.receiver_if:
+        return ("latency was not measured on real interfaces: the probes need a sink host behind the receiver "
+                "and one clock at both ends (the namespace testbed)")
+    return None
+
+
+def spec() -> topology.TopologySpec:
+    """snd -> rcv -> sink; rcv forwards, so what its hook lets through reaches the sink. The
+    hosts are named lsnd, lrcv and lsink, so that they live beside the experiment's own pair
+    (a run's namespaces share its prefix)."""
+    return topology.TopologySpec(
+        hosts=["lsnd", "lrcv", "lsink"],
+        links=[topology.LinkSpec("lsnd", "lrcv", SENDER_ADDR, RECEIVER_ADDR),
+               topology.LinkSpec("lrcv", "lsink", FORWARD_ADDR, SINK_ADDR)],
+        forwarding=["lrcv"])
+
+
+@contextmanager
+def _gro_on(iface):
+    """GRO on IFACE while inside (NAPI mode for a veth with no native program)."""
+    iface.host.run(["ethtool", "-K", iface.name, "gro", "on"], timeout=10)
+    try:
+        yield
+    finally:
+        iface.host.run(["ethtool", "-K", iface.name, "gro", "off"], check=False, timeout=10)
+
+
+@contextmanager
+def _neighbour(host, ip: str, mac: str, dev: str):
+    """A permanent neighbour entry (the sink answers no ARP: its XDP program drops all)."""
+    host.run(["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"], timeout=10)
+    try:
+        yield
+    finally:
+        host.run(["ip", "neigh", "del", ip, "dev", dev], check=False, timeout=10)
+
+
+@contextmanager
+def variant(name: str, rcv, filt: DropFilter):
+    """VARIANT on rcv's ingress, dropping UDP to FLOOD_PORT; yields its drop counter."""
+    if name == "stack":
+        probe = measure.snmp_probe(rcv.host, fields=(("Udp", "NoPorts"), ("Udp", "InDatagrams"), ("Udp", "InErrors")))
+        yield lambda: sum(probe().values())
+    elif name == "iptables_raw":
+        with netfilter.rule(rcv.host, "raw", "PREROUTING", "-i", rcv.name, "-p", "udp", "--dport", str(FLOOD_PORT),
+                            "-j", "DROP") as r:
+            yield lambda: r.counters()["packets"]
+    elif name == "tc":
+        with filt.attach_tc(rcv):
+            yield filt.dropped
+    elif name == "xdp_generic":
+        with _gro_on(rcv), filt.attach_xdp(rcv, "generic"):
+            yield filt.dropped
+    elif name == "xdp_native":
+        with filt.attach_xdp(rcv, "native"):
+            yield filt.dropped
+    else:
+        raise InputError(f"unknown variant {name!r}")
+
+
+def search_ndr(search_rows) -> dict:
+    """{variant: no-drop rate (pps)}: the median of the experiment's NDR searches (loss 0)."""
+    if search_rows is None or not len(search_rows) or "measure" not in search_rows.columns:
+        return {}
+    t = search_rows[search_rows["measure"] == "ndr_pps"]
+    if "threshold" in t.columns:
+        t = t[t["threshold"].fillna(0) == 0]
+    return {v: float(x) for v, x in t.groupby("variant")["value"].median().items() if x > 0}
+
+
+def measure_all(p, rs, search_rows=None) -> list[dict]:
+    """Every variant of P, every trial (rotated), at the smallest size: the probes with no
+    load and under the flood at each of P.latency_loads of the variant's no-drop rate.
+    Rows of kind 'latency' go into RS; returns the CDF points for the plot."""
+    size = min(p.sizes)
+    ndr = search_ndr(search_rows)
+    sp = spec()
+    sp.validate()
+    cdfs = []
+    with topology.Topology(sp) as topo, ExitStack() as stack:
+        snd, rcv = topo.iface("lsnd"), topo.iface("lrcv", "lsnd")
+        out, sink = topo.iface("lrcv", "lsink"), topo.iface("lsink")
+        filt = stack.enter_context(DropFilter())
+        filt.clear()
+        filt.drop_port(FLOOD_PORT)
+        probe = stack.enter_context(LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=sink.address))
+        stack.enter_context(_neighbour(rcv.host, sink.address, sink.mac, out.name))
+        stack.enter_context(bpf.attach_xdp(sink, probe.sink(), "native"))
+        gen = stack.enter_context(traffic.generator(p.generator, snd))
+        flood = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
+                                            timeout_s=p.timeout_s).validate()
+        steps = [(t, v) for t in range(p.trials) for v in rotated(p.variants, t)]
+        for trial, name in progress.iterate(steps, "latency", p.progress, unit="variant"):
+            with variant(name, rcv, filt) as dropped:
+                prof = latency_profile.profile(
+                    probe, gen, flood, dropped, loads=p.latency_loads, probes=p.latency_probes,
+                    probe_rate=p.latency_probe_rate, ndr_loss=NDR_LOSS, ndr_seconds=0.2 if p.smoke else 0.5,
+                    ndr_iterations=4 if p.smoke else 6, ndr_pps=ndr.get(name))
+            cdfs += views.record_latency(rs, name, trial, size, prof, generator=gen.name)
+    source = "the experiment's NDR search (loss 0)" if ndr else f"a short search here (loss <= {NDR_LOSS:.1%})"
+    rs.caveat(f"latency: probes (UDP port 7) pass each variant's hook on rcv, are forwarded to a sink host and "
+              f"histogrammed there; the flood (UDP port {FLOOD_PORT}) is dropped by the variant under a port rule, at "
+              f"fractions of the variant's own no-drop rate from {source}")
+    for name in p.variants:
+        rs.caveat(f"latency probes reach rcv through {DELIVERY[name]}", name)
+    return cdfs
+
+
+def summary(table):
+    """Per variant and load: percentiles (µs) with min and max over trials, no-drop rate and
+    background load (Mpps), probes received."""
+    return views.latency_summary(table)
+
+
+def interpret(lat) -> str:
+    """Sentences computed from SUMMARY: the fastest at no load, and per variant how the
+    tail of what passes grew under the flood it dropped."""
+    if lat is None or not len(lat):
+        return ""
+    idle = lat[lat[LOAD] == 0].set_index("variant")
+    if idle.empty or idle["p50_us"].isna().all():
+        return ""
+    order = idle["p50_us"].sort_values().index
+    parts = [f"{v} p50 {idle.loc[v, 'p50_us']:.1f} µs (trials {idle.loc[v, 'p50_us_min']:.1f}–"
+             f"{idle.loc[v, 'p50_us_max']:.1f}), p99 {idle.loc[v, 'p99_us']:.1f}" for v in order]
+    lines = ["One-way latency of the traffic each variant lets through (probes forwarded by the receiver to a "
+             "sink), with no flood: " + "; ".join(parts) + "."]
+    top = lat[LOAD].max()
+    if top > 0:
+        hi = lat[lat[LOAD] == top].set_index("variant")
+        grow = {v: hi.loc[v, "p99_us"] / idle.loc[v, "p99_us"] for v in order
+                if v in hi.index and hi.loc[v, "p99_us"] == hi.loc[v, "p99_us"] and idle.loc[v, "p99_us"] > 0}
+        if grow:
+            ranked = sorted(grow, key=lambda v: hi.loc[v, "p99_us"])
+            lines.append(f"Under a flood the variant drops, at {top:.0%} of its own no-drop rate: " + "; ".join(
+                f"{v} p99 {hi.loc[v, 'p99_us']:.1f} µs (trials {hi.loc[v, 'p99_us_min']:.1f}–"
+                f"{hi.loc[v, 'p99_us_max']:.1f}; {grow[v]:.1f}× its no-load p99) beside "
+                f"{hi.loc[v, 'load_mpps']:.2f} Mpps dropped" for v in ranked) + ".")
+            best, worst = ranked[0], ranked[-1]
+            if best != worst and hi.loc[best, "p99_us"] > 0:
+                lines.append(f"Passing traffic waited least behind a flood dropped by {best} and most behind one "
+                             f"dropped by {worst} ({hi.loc[worst, 'p99_us'] / hi.loc[best, 'p99_us']:.1f}× the p99). "
+                             "Each variant is flooded at its own rate, so a variant with a higher no-drop rate "
+                             "carries a heavier flood here: compare p99 together with the Mpps beside it.")
+    return "\n".join(lines)
+
+
+def plot_cdf(cdf, trial: int = 0):
+    """The probes' delay CDF per variant, one panel per load (`l2fwd_views.plot_latency_cdf`)."""
+    import pandas as pd
+
+    return views.plot_latency_cdf(cdf if isinstance(cdf, pd.DataFrame) else pd.DataFrame(cdf), trial)
