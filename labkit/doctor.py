@@ -1,6 +1,8 @@
 """`labkit doctor`: what this machine has, what is missing, and which experiment needs it.
-Every check is tried for real where it can be (an XDP attach on a throw-away veth pair),
-and a failing check never stops the others."""
+Every check is tried for real where it can be (an XDP attach on a throw-away veth pair;
+an Open vSwitch of its own opening `system` and `afxdp` ports on throw-away veths, as the
+`ovs` and `ovs_afxdp` variants of 02 do; an AF_XDP socket for DPDK's net_af_xdp), a
+failing one says what to install or fix, and a failing check never stops the others."""
 from __future__ import annotations
 
 import os
@@ -100,6 +102,80 @@ def _xdp_on_veth():
     return all("yes" in r for r in results), ", ".join(results)
 
 
+def _ovs_installed():
+    from labkit import ovs
+
+    ok, detail = ovs.status()
+    if ok:
+        kernel, why = ovs.kernel_datapath()
+        detail += ("; kernel datapath also there" if kernel else
+                   f"; no kernel datapath ({why}): the variants use the userspace one, which needs none")
+    return ok, detail
+
+
+def _ovs_ports(port_type: str):
+    """Start a switch of the run's own with PORT_TYPE ports on a throw-away veth pair (the
+    `ovs` variant's `system` ports, or `ovs_afxdp`'s `afxdp`), then remove it all."""
+    def f():
+        from labkit import ovs
+        from labkit.testbed import topology
+
+        ok, version = ovs.status()
+        if not ok:
+            return False, version
+        try:
+            spec = topology.TopologySpec(hosts=["a", "sw", "b"], links=[topology.LinkSpec("a", "sw"),
+                                                                         topology.LinkSpec("sw", "b")])
+            with topology.Topology(spec) as topo:
+                ports = [topo.iface("sw", "a").name, topo.iface("sw", "b").name]
+                with ovs.OvsSwitch(topo.host("sw"), ports, port_type=port_type, ready_timeout=20):
+                    pass
+        except Exception as exc:
+            hint = {"afxdp": "this Open vSwitch cannot open AF_XDP ports: Debian's openvswitch-switch is built "
+                             "with AF_XDP (`apt-get install openvswitch-switch`); the kernel needs CONFIG_XDP_SOCKETS",
+                    "system": "Open vSwitch is installed but its userspace datapath did not start: "
+                              "see the daemon's log above, and reinstall openvswitch-switch"}[port_type]
+            return False, f"{str(exc).splitlines()[0]} -- {hint}"
+        return True, f"{version}: a netdev bridge opened {port_type} ports on throw-away veths"
+    return f
+
+
+def _af_xdp_sockets():
+    """The kernel makes AF_XDP sockets (CONFIG_XDP_SOCKETS)."""
+    import socket
+
+    try:
+        socket.socket(44, socket.SOCK_RAW).close()  # AF_XDP
+    except OSError as exc:
+        return False, f"the kernel refuses AF_XDP sockets ({exc.strerror}): it needs CONFIG_XDP_SOCKETS=y"
+    return True, "the kernel makes AF_XDP sockets"
+
+
+def _dpdk_af_xdp():
+    """DPDK's net_af_xdp driver is installed and its libraries resolve."""
+    import subprocess
+
+    from labkit.dpdk.build import dpdk_version
+    from labkit.errors import MissingDependency
+
+    try:
+        version = dpdk_version()
+    except MissingDependency as exc:
+        return False, str(exc)
+    libdir = subprocess.run(["pkg-config", "--variable=libdir", "libdpdk"], capture_output=True, text=True).stdout.strip()
+    found = sorted(Path(libdir or "/usr/lib").glob("dpdk/pmds-*/librte_net_af_xdp.so*")) + \
+        sorted(Path(libdir or "/usr/lib").glob("librte_net_af_xdp.so*"))
+    if not found:
+        return False, (f"DPDK {version} has no net_af_xdp driver (librte_net_af_xdp): install Debian's "
+                       "librte-net-af-xdp23 (or dpdk), or build DPDK with libxdp/libbpf")
+    ldd = subprocess.run(["ldd", str(found[0])], capture_output=True, text=True)
+    missing = [l.split()[0] for l in ldd.stdout.splitlines() if "not found" in l]
+    if missing:
+        return False, f"{found[0]} needs {', '.join(missing)}: install them (Debian: libxdp1 libbpf1)"
+    ok, why = _af_xdp_sockets()
+    return (ok, f"DPDK {version}, {found[0]}; {why}")
+
+
 def checks() -> list[tuple[str, bool, str]]:
     out = [_check("root", _root), _check("bcc (python3-bpfcc) + kernel headers", _bcc),
            _check("libbpf (BPF_PROG_TEST_RUN)", _libbpf), _check("kernel BTF", _btf),
@@ -111,8 +187,12 @@ def checks() -> list[tuple[str, bool, str]]:
         out.append(_check(tool, _tool(tool, pkg)))
     out.append(_check("DPDK (libdpdk)", _dpdk))
     out.append(_check("DPDK l2fwd built", _l2fwd))
+    out.append(_check("DPDK net_af_xdp (dpdk_l2fwd_afxdp)", _dpdk_af_xdp))
+    out.append(_check("Open vSwitch installed", _ovs_installed))
     if os.geteuid() == 0:
         out.append(_check("XDP on veth (native, generic)", _xdp_on_veth))
+        out.append(_check("Open vSwitch system ports (ovs)", _ovs_ports("system")))
+        out.append(_check("Open vSwitch afxdp ports (ovs_afxdp)", _ovs_ports("afxdp")))
     return out
 
 
@@ -120,6 +200,9 @@ NEEDS = {
     "01-xdp-drop": ["root", "bcc (python3-bpfcc) + kernel headers", "libbpf (BPF_PROG_TEST_RUN)", "iptables", "ethtool",
                     "XDP on veth (native, generic)"],
     "02-l2-forwarding": ["root", "bcc (python3-bpfcc) + kernel headers", "DPDK (libdpdk)", "DPDK l2fwd built"],
+    "02-l2-forwarding ovs": ["root", "Open vSwitch installed", "Open vSwitch system ports (ovs)"],
+    "02-l2-forwarding ovs_afxdp": ["root", "Open vSwitch installed", "Open vSwitch afxdp ports (ovs_afxdp)"],
+    "02-l2-forwarding dpdk_l2fwd_afxdp": ["root", "DPDK l2fwd built", "DPDK net_af_xdp (dpdk_l2fwd_afxdp)"],
     "03-ebpf-nat": ["root", "bcc (python3-bpfcc) + kernel headers", "iptables", "iperf3", "tcpdump", "ping"],
     "report browser check": ["chromium"],
 }
