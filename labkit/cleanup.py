@@ -256,6 +256,11 @@ def _undo_foreign(rec: dict) -> None:
                 ipr.addr("del", index=idx[0], address=rec["address"], prefixlen=rec["prefixlen"])
             except Exception:
                 pass
+        elif kind == "route":  # an inventory run's route on a client or server (experiments.nat.hosts)
+            try:
+                ipr.route("del", dst=rec["dst"], dst_len=rec["dst_len"], gateway=rec["gateway"], oif=idx[0])
+            except Exception:
+                pass
 
 
 def clean_hosts(inventory, include_live: bool = False, log=print) -> dict:

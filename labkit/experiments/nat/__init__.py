@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, field
 
 from labkit import bpf, results, traffic
 from labkit import parameters
-from labkit.testbed import hosts
+from labkit.testbed.hosts import which  # (not `hosts`: that name is the submodule nat.hosts)
 from labkit.testbed import inventory, runs
 from labkit.dataplanes import softirq_clock
 from labkit import measure
@@ -152,7 +152,7 @@ def run(data_dir=None, **kwargs) -> Result:
         return across.run(p, data_dir)
     runs.require_root("the eBPF NAT experiment")
     for tool, pkg in (("ping", "iputils-ping"), ("tcpdump", "tcpdump"), ("iperf3", "iperf3")):
-        hosts.which(tool, pkg)
+        which(tool, pkg)
     checks, flows = [], pd.DataFrame()
     with ExitStack() as stack:
         nat = stack.enter_context(Nat(INSIDE_NET, OUTSIDE_NET, NAT_OUTSIDE, tuple(p.port_range)))

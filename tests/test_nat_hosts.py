@@ -1,0 +1,76 @@
+"""03-ebpf-nat across hosts, for real: three namespace "hosts" running sshd
+(tests/remote_hosts.py): the client h1, the NAT h2 with two data-plane veths (towards h1,
+the inside; towards h3, the outside), the server h3."""
+from __future__ import annotations
+
+import pytest
+
+from labkit.errors import InputError
+from labkit.experiments import nat
+
+pytest.importorskip("mitogen")
+
+ROLES = {"sender": "h1", "dut": "h2", "receiver": "h3"}
+
+
+def nat_inventory(hosts, dut_interfaces=None):
+    inside, outside = hosts.data_if[("h2", "h1")], hosts.data_if[("h2", "h3")]
+    ifs = dut_interfaces if dut_interfaces is not None else [inside, outside]
+    return hosts.inventory(ROLES, hostvars={"h2": {"labkit_interface": ifs[0], "labkit_interfaces": ifs}})
+
+
+def host_state(hosts, name: str) -> dict:
+    """What a run could leave on a host: XDP or clsact on its links, iptables rules, routes,
+    checksum offload changed."""
+    h = hosts.host(name)
+    return {"links": [line.split(" link/")[0] for line in h.run(["ip", "-o", "-d", "link"]).stdout.splitlines()
+                      if "xdp" in line or "clsact" in line],
+            "qdiscs": [q for q in h.run(["tc", "qdisc", "show"]).stdout.splitlines() if "clsact" in q],
+            "rules": [r for t in ("raw", "nat") for r in h.run(["iptables-save", "-t", t]).stdout.splitlines()
+                      if r.startswith("-A")],
+            "routes": h.run(["ip", "route"]).stdout.splitlines(),
+            "tx_checksumming": [h.run(["ethtool", "-k", i]).stdout.count("tx-checksumming: on")
+                                for (a, _), i in sorted(hosts.data_if.items()) if a == name]}
+
+
+def test_nat_across_three_hosts(remote_hosts, data_dir):
+    """Through tc_nat, xdp_nat and iptables on h2: the server h3 counts translated packets
+    (from the SNAT address) and the checks pass; nothing is left on any host afterwards."""
+    remote_hosts.host("h2").run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])  # a NAT host routes
+    inventory = nat_inventory(remote_hosts)
+    before = {n: host_state(remote_hosts, n) for n in ROLES.values()}
+    snat = remote_hosts.data_addresses["h2"][1]  # h2's address towards h3
+    result = nat.run(inventory=str(inventory), variants=["tc_nat", "xdp_nat", "iptables"], smoke=True,
+                     progress=False, udp_count=20_000, data_dir=data_dir)
+    t = result.table
+    udp = t[t["kind"] == "udp"]
+    for v in ("tc_nat", "xdp_nat", "iptables"):
+        got = udp[(udp["variant"] == v) & (udp["measure"] == "processed_pkts")]["value"]
+        assert len(got) == 1 and got.iloc[0] > 0, f"{v}: no translated packet counted at the server"
+        other = udp[(udp["variant"] == v) & (udp["measure"] == "server_other_source")]["value"]
+        assert other.iloc[0] == 0, f"{v}: packets reached the server from another source than {snat}"
+    checks = result.parts["checks"]
+    assert set(checks["variant"]) == {"tc_nat", "xdp_nat", "iptables"}
+    assert checks["ok"].all(), checks[~checks["ok"]].to_string()
+    exchange = checks[checks["check"] == "udp_exchange"]["detail"]
+    assert all(f"source {snat} " in d for d in exchange), list(exchange)
+    assert udp[udp["measure"].str.contains("cpu")]["value"].isna().all(), "CPU is blank across hosts"
+    assert any("across hosts" in c for c in result.caveats)
+    assert {n: host_state(remote_hosts, n) for n in ROLES.values()} == before, "the run left state on a host"
+
+
+def test_dut_with_one_interface_is_refused_before_any_change(remote_hosts, data_dir):
+    remote_hosts.host("h2").run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    inventory = nat_inventory(remote_hosts, [remote_hosts.data_if[("h2", "h1")]])
+    before = {n: host_state(remote_hosts, n) for n in ROLES.values()}
+    with pytest.raises(InputError, match=r"h2 \(role dut\).*labkit_interfaces: \[IN, OUT\]"):
+        nat.run(inventory=str(inventory), variants=["tc_nat"], smoke=True, progress=False, data_dir=data_dir)
+    assert {n: host_state(remote_hosts, n) for n in ROLES.values()} == before
+
+
+def test_dut_that_does_not_forward_is_refused_before_any_change(remote_hosts, data_dir):
+    inventory = nat_inventory(remote_hosts)
+    before = {n: host_state(remote_hosts, n) for n in ROLES.values()}
+    with pytest.raises(InputError, match=r"h2 \(role dut\) does not forward IPv4.*ip_forward=1"):
+        nat.run(inventory=str(inventory), variants=["tc_nat"], smoke=True, progress=False, data_dir=data_dir)
+    assert {n: host_state(remote_hosts, n) for n in ROLES.values()} == before
