@@ -74,3 +74,29 @@ def test_dut_that_does_not_forward_is_refused_before_any_change(remote_hosts, da
     with pytest.raises(InputError, match=r"h2 \(role dut\) does not forward IPv4.*ip_forward=1"):
         nat.run(inventory=str(inventory), variants=["tc_nat"], smoke=True, progress=False, data_dir=data_dir)
     assert {n: host_state(remote_hosts, n) for n in ROLES.values()} == before
+
+
+def test_route_of_a_lost_session_is_removed_by_clean(remote_hosts):
+    """The client's route to the server is recorded in the session's registry on the
+    client: when the session dies, `labkit clean --inventory` removes it."""
+    import os
+    import signal
+
+    from labkit import cleanup
+    from labkit.testbed.remote import HostUnreachable, RemoteHost
+
+    inventory = nat_inventory(remote_hosts)
+    server, inside = remote_hosts.data_addresses["h3"][0], remote_hosts.data_addresses["h2"][0]
+    h1, ifname = remote_hosts.host("h1"), remote_hosts.data_if[("h1", "h2")]
+    host = RemoteHost(**remote_hosts.spec("h1")).connect()
+    try:
+        host.hold("labkit.experiments.nat.hosts:route", ifname, server, inside).__enter__()
+        assert f"{server} via {inside}" in h1.run(["ip", "route"]).stdout
+        os.kill(host.call(os.getpid), signal.SIGKILL)  # the session dies with its route in place
+        with pytest.raises(HostUnreachable):
+            host.run(["true"])
+    finally:
+        host.close()
+    assert f"{server} via {inside}" in h1.run(["ip", "route"]).stdout
+    cleanup.clean_hosts(inventory, log=lambda msg: None)
+    assert f"{server} via {inside}" not in h1.run(["ip", "route"]).stdout
