@@ -201,3 +201,43 @@ def test_busy_poll_settings_are_restored(fwd_topo):
             assert dut.read(path).strip() == "200000"
             raise RuntimeError("boom")
     assert dut.read(path).strip() == old
+
+
+# ---------------------------------------------------------------- testpmd over net_af_xdp
+def test_testpmd_afxdp_sends_and_leaves_nothing(pair):
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    ok, why = traffic.backends_status()["testpmd_afxdp"]
+    if not ok:
+        pytest.skip(why)
+    gen = traffic.generator("testpmd_afxdp", snd)
+    with bpf.load("xdp_minimal") as prog, bpf.attach_xdp(rcv, prog.function("xdp_drop_bare"), "native"):
+        r0, t0 = rcv.stats()["rx_packets"], snd.stats()["tx_packets"]
+        off = gen.send(traffic.TrafficSpec.between(snd, rcv, count=5_003, size=128))
+        time.sleep(0.3)
+        got, sent = rcv.stats()["rx_packets"] - r0, snd.stats()["tx_packets"] - t0
+    assert 0 < off.packets <= 5_003 and off.pps > 0
+    assert off.packets == sent, "what the generator reports is what the interface transmitted"
+    assert got >= off.packets > 0, "the receiver counted what was sent"
+    assert any("copy mode" in n for n in off.notes), off.notes  # a veth has no AF_XDP zero-copy
+    assert not bpf.xdp_state(snd).get("IFLA_XDP_ATTACHED"), "the driver's XDP program is gone"
+    assert dpdk.xsk_sockets(pair.host("snd")) == 0
+    assert not dpdk.runtime_dirs(pair.run.prefix) and not dpdk.dpdk_processes(pair.run.prefix)
+
+
+def test_testpmd_afxdp_bad_options_refused(pair):
+    snd = pair.iface("snd")
+    if not traffic.backends_status()["testpmd_afxdp"][0]:
+        pytest.skip("testpmd_afxdp cannot run here")
+    with pytest.raises(InputError, match="no option.*'framecnt'"):
+        traffic.generator("testpmd_afxdp", snd, framecnt=4096)
+    with pytest.raises(InputError, match="busy_budget=-1"):
+        traffic.generator("testpmd_afxdp", snd, busy_budget=-1)
+    with pytest.raises(InputError, match="no option.*'colour'"):
+        traffic.generator("testpmd", snd, colour="red")
+    gen = traffic.generator("testpmd_afxdp", snd, busy_budget=0)
+    spec = traffic.TrafficSpec.between(snd, pair.iface("rcv"), count=10)
+    with bpf.load("xdp_minimal") as prog, bpf.attach_xdp(snd, prog.function("xdp_pass_bare"), "native"):
+        with pytest.raises(InputError, match="already has an XDP program"):
+            gen.send(spec)
+        assert bpf.xdp_state(snd).get("IFLA_XDP_ATTACHED"), "someone else's program stays"
+    assert not dpdk.dpdk_processes(pair.run.prefix) and dpdk.xsk_sockets(pair.host("snd")) == 0

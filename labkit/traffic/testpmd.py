@@ -1,5 +1,18 @@
 """DPDK's testpmd as a generator, over a virtual AF_PACKET port on the sending interface
-(no hugepages, no PCI), an AF_XDP port (`af_xdp=True`), or a real DPDK port (`pci=`).
+(no hugepages, no PCI), an AF_XDP port (backend "testpmd_afxdp"), or a real DPDK port (`pci=`).
+
+    gen = traffic.generator("testpmd_afxdp", topo.iface("snd"))   # net_af_xdp on snd0
+    gen.send(spec).notes     # says copy or zero-copy, as the interface offered it
+
+Backend "testpmd_afxdp": testpmd's port is `net_af_xdp` on the sending interface. Its
+mbufs are the AF_XDP socket's memory, so a frame testpmd builds is handed to the kernel
+without a copy by DPDK; on a veth (copy mode) the kernel then builds an skb per frame, on
+a NIC with XSK zero-copy the NIC reads the frame where testpmd wrote it. Options besides
+`mode`, `lcores`, `memory_mb`, `hugepages`: the net_af_xdp arguments (`busy_budget`,
+`force_copy`, ... see labkit.dpdk.afxdp), checked before anything runs. The driver
+attaches an XDP program to the sending interface while testpmd runs (so the interface
+must have none) and removes it when testpmd quits; if testpmd had to be killed, labkit
+takes it off.
 
 Modes (option `mode`):
 
@@ -27,12 +40,15 @@ import tempfile
 import time
 
 from labkit import dpdk
+from labkit.dpdk.afxdp import remove_pmd_programs, xdp_program_id
 from labkit.errors import InputError
 from labkit.traffic import Generator, Offered, TrafficSpec, register
 
 BINARIES = ("dpdk-testpmd", "testpmd")
 MAX_BURST = 512
 MODES = ("txonly", "flowgen")
+#: the options every testpmd backend takes (keywords of `traffic.generator(name, iface, ...)`)
+OPTIONS = ("mode", "lcores", "memory_mb", "hugepages")
 
 
 def testpmd_binary() -> str | None:
@@ -59,14 +75,20 @@ class Testpmd(Generator):
             return True, ""
         return False, "dpdk-testpmd is not installed (Debian package dpdk): run `sudo make setup`"
 
+    #: options of this backend beyond OPTIONS
+    extra_options = ("pci", "af_xdp")
+
     def __init__(self, iface, **options):
         super().__init__(iface, **options)
+        unknown = sorted(set(options) - set(OPTIONS) - set(self.extra_options))
+        if unknown:
+            raise InputError(f"the {self.name} generator has no option(s) {unknown}: it takes "
+                             f"{', '.join(OPTIONS + self.extra_options)}")
         mode = options.get("mode", "txonly")
         if mode not in MODES:
             raise InputError(f"testpmd mode {mode!r}: choose one of {MODES}")
         self.mode = mode
-        self.port = (dpdk.Port.pci(dpdk.check_pci_address(options["pci"])) if options.get("pci")
-                     else dpdk.Port.af_xdp(iface) if options.get("af_xdp") else dpdk.Port.af_packet(iface))
+        self.port = self._port(iface, options)
         default_lcores = "0,1" if (os.cpu_count() or 1) > 1 else "0"
         self.eal = dpdk.EalOptions(lcores=str(options.get("lcores", default_lcores)),
                                    memory_mb=int(options.get("memory_mb", 1024)),
@@ -75,6 +97,11 @@ class Testpmd(Generator):
         if len(self.eal.lcore_ids()) < 2 and (os.cpu_count() or 1) > 1:
             raise InputError("testpmd needs two lcores (one runs its command line, one forwards): e.g. lcores='0,1'")
         self.last_output = ""
+
+    def _port(self, iface, options) -> "dpdk.Port":
+        if options.get("pci"):
+            return dpdk.Port.pci(dpdk.check_pci_address(options["pci"]))
+        return dpdk.Port.af_xdp(iface) if options.get("af_xdp") else dpdk.Port.af_packet(iface)
 
     def eal_args(self, prefix: str) -> list[str]:
         return self.eal.args([self.port], prefix)
@@ -89,13 +116,20 @@ class Testpmd(Generator):
             notes.append("txonly-multi-flow varies the UDP source port per packet as testpmd does it, not exactly "
                          f"{spec.flows} flows")
         prefix = dpdk.file_prefix("tpmd")
-        try:
-            if self.mode == "txonly":
-                packets, nbytes, seconds, cpu = self._txonly(spec, prefix, notes)
-            else:
-                packets, nbytes, seconds, cpu = self._flowgen(spec, prefix, notes)
-        finally:
-            dpdk.remove_runtime_dir(prefix)
+        with _AfXdpPortGuard(self.iface, self.port, notes) as guard:
+            try:
+                if self.mode == "txonly":
+                    packets, nbytes, seconds, cpu = self._txonly(spec, prefix, notes)
+                else:
+                    packets, nbytes, seconds, cpu = self._flowgen(spec, prefix, notes)
+            finally:
+                dpdk.remove_runtime_dir(prefix)
+        if guard.transmitted is not None and guard.transmitted < packets:
+            # what reached the wire, not what testpmd queued: copy-mode transmit can drop in the kernel
+            notes.append(f"testpmd queued {packets} frames on its AF_XDP socket; the kernel transmitted "
+                         f"{guard.transmitted} on {self.iface.name}: the rest were dropped in the socket's "
+                         "transmit (copy mode), never sent")
+            packets, nbytes = guard.transmitted, guard.transmitted * spec.size
         return Offered(self.name, packets, nbytes, seconds, cpu_seconds=cpu, notes=notes)
 
     def _common(self, spec: TrafficSpec) -> list[str]:
@@ -171,6 +205,67 @@ class Testpmd(Generator):
         if not sent:
             notes.append(f"testpmd sent nothing; its output:\n{out[-1500:]}")
         return sent, sent * spec.size, elapsed, cpu
+
+
+@register
+class TestpmdAfXdp(Testpmd):
+    """testpmd over a net_af_xdp port on the sending interface (see the module docstring)."""
+
+    name = "testpmd_afxdp"
+    description = "DPDK testpmd txonly over a net_af_xdp port (AF_XDP socket; copy mode on veth)"
+    extra_options = tuple(dpdk.AF_XDP_DEVARGS)
+
+    @classmethod
+    def available(cls):
+        ok, why = Testpmd.available()
+        if not ok:
+            return ok, why
+        if not _xdp_sockets_in_kernel():
+            return False, "this kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS): use 'testpmd' (net_af_packet)"
+        return True, ""
+
+    def _port(self, iface, options) -> "dpdk.Port":
+        return dpdk.Port.af_xdp(iface, **{k: v for k, v in options.items() if k in dpdk.AF_XDP_DEVARGS})
+
+
+def _xdp_sockets_in_kernel() -> bool:
+    try:
+        with open("/proc/net/protocols") as f:
+            return any(line.split()[:1] == ["XDP"] for line in f)
+    except OSError:
+        return False
+
+
+class _AfXdpPortGuard:
+    """Around one testpmd run over a net_af_xdp port: the interface must have no XDP program
+    before (InputError); the mode (copy or zero-copy) goes into NOTES; `transmitted` is the
+    interface's own count of frames sent meanwhile; an XDP program the driver left (testpmd
+    killed) is taken off afterwards. Nothing for other port kinds."""
+
+    def __init__(self, iface, port, notes: list):
+        self.iface, self.host, self.port, self.notes = iface, iface.host, port, notes
+        self.transmitted, self._tx0 = None, None
+
+    def __enter__(self):
+        if self.port.kind == "af_xdp":
+            self._tx0 = self.iface.stats()["tx_packets"]
+            prog = xdp_program_id(self.host, self.port.name)
+            if prog is not None:
+                raise InputError(f"{self.port.name} already has an XDP program (id {prog}): testpmd's net_af_xdp port "
+                                 "attaches its own; detach it, or use the 'testpmd' (net_af_packet) generator")
+            mode = dpdk.socket_mode(self.host, self.port.name, dict(self.port.devargs))
+            self.notes.append(f"net_af_xdp port on {self.port.name} in {mode} mode")
+        return self
+
+    def __exit__(self, *exc):
+        if self.port.kind == "af_xdp":
+            try:
+                self.transmitted = self.iface.stats()["tx_packets"] - self._tx0
+            except Exception:
+                pass  # the interface is gone: nothing to count
+            prog = xdp_program_id(self.host, self.port.name)
+            if prog is not None and remove_pmd_programs(self.host, {self.port.name: prog}):
+                self.notes.append(f"testpmd left its XDP program on {self.port.name}: labkit removed it")
 
 
 _NIC_RE = re.compile(r"#+ NIC statistics for port (\d+)\s+#+(.*?)#{20,}", re.S)
