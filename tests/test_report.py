@@ -320,3 +320,90 @@ def test_stopping_a_batch_undoes_the_running_experiment(sig, tmp_path):
     assert "stopped by signal" in out
     assert (tmp_path / "reports" / "batch.json").exists(), "the batch wrote where LABKIT_REPORTS_DIR points"
     assert not set(cleanup.labkit_namespaces()) & new, "the interrupted run left its namespaces"
+
+
+# ---------------------------------------------------------------- latency and testbeds
+def _testbed_run(data_dir, experiment, rates: dict, p99_us: dict, where=None):
+    """A run of EXPERIMENT with trial rates {variant: [pps per trial]} and latency rows (no
+    load and 90% of the no-drop rate; p99 {variant: [µs with no load, µs at 90%]} in each of
+    two trials), measured on WHERE: None (this machine's namespaces), ('cluster', worker,
+    host) or ('inventory', {host: role})."""
+    class Bed:  # what an inventory run's testbed records (labkit.testbed.inventory)
+        def __init__(self, hosts):
+            self.hosts = hosts
+
+        def metadata(self):
+            return {"inventory": "/lab/hosts.yml", "hosts": {h: {"role": r} for h, r in self.hosts.items()}}
+
+    rs = results.ResultSet(experiment, {"variants": list(rates), "smoke": False, "trials": 2}, data_dir=data_dir)
+    for variant, trials in rates.items():
+        for trial, v in enumerate(trials):
+            rs.add(variant, trial, 64, {"processed_pps": (v, "pps"), "offered_pps": (max(trials), "pps")}, kind="trial")
+            rs.add(variant, trial, 64, {"ndr_pps": (v, "pps")}, kind="latency", load_fraction=None)
+            for f, p99 in zip((0.0, 0.9), p99_us[variant]):
+                p99 = p99 * (1 + 0.1 * trial)  # a spread over the two trials
+                rs.add(variant, trial, 64, {"lat_p50_ns": (p99 * 200, "ns"), "lat_p99_ns": (p99 * 1e3, "ns"),
+                                            "lat_max_ns": (p99 * 2e3, "ns"), "lat_probes": (100, "packets"),
+                                            "lat_load_pps": (f * v, "pps")}, kind="latency", load_fraction=f)
+    path = rs.save(Bed(where[1]) if where and where[0] == "inventory" else None)
+    if where and where[0] == "cluster":  # as labkit.reporting.cluster marks what a worker ran
+        meta = json.loads((path / "metadata.json").read_text())
+        meta.update(testbed=where[1], worker_host=where[2])
+        (path / "metadata.json").write_text(json.dumps(meta))
+    return path
+
+
+def _three_testbeds(data_dir):
+    here = _testbed_run(data_dir, "xdp_drop", {"xdp_native": [2e6, 2.2e6], "tc": [1e6, 1.1e6]},
+                        {"xdp_native": [5, 20], "tc": [6, 40]})
+    worker = _testbed_run(data_dir, "xdp_drop", {"xdp_native": [9e6, 9.2e6], "tc": [4e6, 4.1e6]},
+                          {"xdp_native": [50, 200], "tc": [60, 400]}, ("cluster", "tb2", "lab2"))
+    hosts = _testbed_run(data_dir, "xdp_drop", {"xdp_native": [20e6, 21e6], "tc": [7e6, 7.1e6]},
+                         {"xdp_native": [2, 3], "tc": [3, 4]}, ("inventory", {"gen1": "sender", "dut1": "receiver"}))
+    fwd = _testbed_run(data_dir, "l2fwd", {"xdp_redirect": [3e6, 3.1e6], "bridge": [1e6, 1.2e6]},
+                       {"xdp_redirect": [7, 30], "bridge": [9, 90]})
+    return here, worker, hosts, fwd
+
+
+def test_overview_shows_latency_of_every_experiment_and_keeps_testbeds_apart(tmp_path):
+    here, worker, hosts, fwd = _three_testbeds(tmp_path)
+    index = compare.runs(tmp_path).set_index("run_id")
+    assert index.loc[here.name, "testbed"].startswith("namespace testbed on ")
+    assert index.loc[worker.name, "testbed"].startswith("Dask worker tb2 on lab2")
+    assert index.loc[hosts.name, "testbed"] == "hosts dut1 (receiver), gen1 (sender)"
+    ov = compare.overview(tmp_path)
+    drop = ov.summary[(ov.summary["experiment"] == "Packet drop") & (ov.summary["variant"] == "xdp_native")]
+    # one row per testbed, each its own run's numbers: never averaged together
+    got = dict(zip(drop["run"], drop["Mpps"]))
+    assert got == {here.name: pytest.approx(2.1), worker.name: pytest.approx(9.1), hosts.name: pytest.approx(20.5)}
+    assert drop["testbed"].nunique() == 3
+    lat = ov.latency
+    assert set(lat["experiment"]) == {"Packet drop", "L2 forwarding"}  # found in the data, for both
+    p99 = lat[(lat["variant"] == "xdp_native") & (lat["load_fraction"] == 0.9)].set_index("run")
+    assert p99.loc[here.name, "p99_us"] == pytest.approx(21.0)  # (20 + 22) / 2, its own two trials
+    assert p99.loc[worker.name, "p99_us"] == pytest.approx(210.0)
+    assert p99.loc[hosts.name, "p99_us_min"] == pytest.approx(3.0) and p99.loc[hosts.name, "p99_us_max"] == pytest.approx(3.3)
+    wide = compare.latency_view.wide(lat)
+    assert {"p50 µs (no load)", "p99 µs (no load)", "p50 µs (90% NDR)", "p99 µs (90% NDR)"} <= set(wide.columns)
+    assert len(wide) == 2 * 3 + 2  # per run and variant: three testbeds of drop, one of forwarding
+    text = ov.interpretation
+    assert "L2 forwarding latency" in text and "Packet drop latency" in text
+    assert "Dask worker tb2" in text and "hosts dut1 (receiver)" in text
+    # two testbeds are never a before/after pair
+    assert compare.latest_pair("xdp_drop", tmp_path) is None
+
+
+def test_index_shows_latency_and_every_testbed_from_its_own_run(tmp_path):
+    from labkit.reporting import index
+
+    data, out = tmp_path / "data", tmp_path / "reports"
+    here, worker, hosts, fwd = _three_testbeds(data)
+    page = index.write_index([], out, data).read_text()
+    assert "p99 µs (90% NDR)" in page and "p50 µs (no load)" in page  # the latency table
+    assert "L2 forwarding latency" in page and "Packet drop latency" in page
+    assert "Other testbeds, each from its own run" in page
+    assert "Dask worker tb2 on lab2" in page and "hosts dut1 (receiver), gen1 (sender)" in page
+    # each testbed's headline is its own run's rate: 9.1 (worker), 20.5 (inventory), 2.1 (here)
+    assert "9.100 Mpps" in page and "20.500 Mpps" in page and "2.100 Mpps" in page
+    for run in (here, worker, hosts, fwd):
+        assert run.name in page

@@ -1,9 +1,10 @@
 """Comparisons across runs: every run in data/, from this machine or others, keyed by its
-metadata (experiment, host, CPU, kernel, commit, parameters).
+metadata (experiment, host, CPU, kernel, testbed, commit, parameters).
 
     runs = compare.runs()                      # one row per run in data/, what it is and where from
     ov = compare.overview()                    # per experiment: the run(s) to show, rates and CPU
     ov.summary, ov.missing, ov.warnings, ov.references, ov.interpretation
+    ov.latency                                 # p50..max per run, variant and load, where a run measured it
     diff = compare.compare_runs(before, after) # two runs (paths or run ids), one call
     diff.table[diff.table["beyond_spread"]]    # differences larger than trial-to-trial spread
     print(diff)
@@ -20,6 +21,14 @@ experiment by name (`labkit.experiments.views()` finds them). Which run is shown
 experiment and machine (host, CPU model, kernel), the latest run that is not a smoke run
 and has two or more trials, else the latest full run, else the latest smoke run, marked
 as such.
+
+Testbeds. Every run carries the testbed it was measured on, read from its metadata
+(`testbeds.testbed_of`: this machine's namespace testbed, an inventory's hosts, a Dask
+cluster's worker); runs are picked per machine *and* testbed, and every row of the
+summary and of the latency table names its run and testbed, so two testbeds' numbers are
+shown side by side and never averaged together. Latency (one-way, p50/p99 at no load and
+under load) is shown for every experiment whose runs recorded rows of kind 'latency'
+(`reporting.latency`), found in the data, not by name.
 """
 from __future__ import annotations
 
@@ -30,7 +39,9 @@ from pathlib import Path
 from labkit import experiments, results
 from labkit.errors import InputError
 from labkit.experiments import View
+from labkit.reporting import latency as latency_view
 from labkit.reporting.standing import reference_table
+from labkit.reporting.testbeds import testbed_of
 
 FLAG_WARNINGS = {
     "generator-limited": "generator-limited: the variant processed (nearly) all the generator offered, so its rate "
@@ -78,14 +89,14 @@ def runs(data_dir: Path | None = None, experiment: str | None = None):
             measured, trials, error = [], 0, f"{type(exc).__name__}: {exc}"
         rows.append({
             "experiment": path.parent.name, "run_id": path.name, "time_utc": meta.get("time_utc", ""),
-            "machine": machine_of(meta), "host": meta.get("host"), "kernel": meta.get("kernel"),
+            "machine": machine_of(meta), "testbed": testbed_of(meta), "host": meta.get("host"), "kernel": meta.get("kernel"),
             "cpu_model": meta.get("cpu_model"), "commit": (git.get("commit") or "?")[:10],
             "dirty": bool(git.get("dirty")), "smoke": bool(params.get("smoke")), "trials": trials,
             "format_version": meta.get("format_version", "?"),
             "requested": list(params.get("variants") or []), "measured": measured,
             "caveats": list(meta.get("caveats") or []), "unreadable": error, "path": path,
         })
-    cols = ["experiment", "run_id", "time_utc", "machine", "host", "kernel", "cpu_model", "commit", "dirty", "smoke", "trials",
+    cols = ["experiment", "run_id", "time_utc", "machine", "testbed", "host", "kernel", "cpu_model", "commit", "dirty", "smoke", "trials",
             "format_version", "requested", "measured", "caveats", "unreadable", "path"]
     return pd.DataFrame(rows, columns=cols).sort_values(["experiment", "time_utc", "run_id"]).reset_index(drop=True)
 
@@ -107,13 +118,14 @@ def find_run(run, data_dir: Path | None = None) -> results.Run:
 
 
 def pick(index, experiment: str, per_machine: bool = True):
-    """The rows of INDEX (from `runs()`) to show for EXPERIMENT: per machine, the latest
-    full run with two or more trials (a spread to show), else the latest full run, else
-    the latest smoke run."""
+    """The rows of INDEX (from `runs()`) to show for EXPERIMENT: per machine and testbed, the
+    latest full run with two or more trials (a spread to show), else the latest full run,
+    else the latest smoke run."""
     t = index[(index["experiment"] == experiment) & (index["unreadable"] == "")]
     if t.empty:
         return t
-    groups = t.groupby("machine", sort=False) if per_machine else [(None, t)]
+    keys = ["machine", "testbed"] if "testbed" in t.columns else ["machine"]
+    groups = t.groupby(keys, sort=False) if per_machine else [(None, t)]
     chosen = []
     for _, g in groups:
         full = g[~g["smoke"]]
@@ -148,6 +160,7 @@ def experiment_table(view: View, chosen, size=None):
             t = t[t["size"] == at]
         t = t[t["measure"].isin([view.rate, view.cpu, "offered_pps", "processed_mbps"])].copy()
         t["run"], t["machine"], t["smoke"] = run_label(row), row["machine"], row["smoke"]
+        t["testbed"] = row.get("testbed", "?")
         frames.append(t)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=results.COLUMNS + ["run"])
 
@@ -182,6 +195,7 @@ class Overview:
     warnings: list = field(default_factory=list)  # (experiment, run, text)
     references: object = None
     interpretation: str = ""
+    latency: object = None  # reporting.latency.for_runs of every experiment's chosen runs
 
     def plot_table(self, experiment: str):
         """Tidy rows of EXPERIMENT's chosen runs, one plot group per run."""
@@ -206,7 +220,7 @@ def overview(data_dir: Path | None = None, include_smoke: bool = True, per_machi
     index = runs(data_dir)
     if not include_smoke:
         index = index[~index["smoke"]]
-    chosen, tables, missing, warnings, rows = {}, {}, [], [], []
+    chosen, tables, missing, warnings, rows, lat = {}, {}, [], [], [], []
     views = {v.experiment: v for v in experiments.views()}
     for view in views.values():
         pick_ = pick(index, view.experiment, per_machine)
@@ -237,9 +251,12 @@ def overview(data_dir: Path | None = None, include_smoke: bool = True, per_machi
                 for f in fl:
                     warnings.append((view.experiment, run["run_id"], f"{v}: {FLAG_WARNINGS.get(f, f)}"))
             rows += _summary_rows(view, t, run)
+        lat.append(latency_view.for_runs(view, pick_, run_label))
     summary = pd.DataFrame(rows)
     refs = reference_table(tables, views.values())
-    ov = Overview(index, chosen, tables, summary, views, missing, warnings, refs)
+    ov = Overview(index, chosen, tables, summary, views, missing, warnings, refs,
+                  latency=pd.concat([x for x in lat if len(x)], ignore_index=True) if any(len(x) for x in lat)
+                  else latency_view.summary(pd.DataFrame()))
     ov.interpretation = interpret(ov)
     return ov
 
@@ -253,7 +270,8 @@ def _summary_rows(view: View, t, run) -> list:
         c = t[(t["variant"] == v) & (t["measure"] == view.cpu)]["value"].dropna()
         o = t[(t["variant"] == v) & (t["measure"] == "offered_pps")]["value"].dropna()
         rows.append({
-            "experiment": view.title, "run": run_label(run), "machine": run["machine"], "variant": v,
+            "experiment": view.title, "run": run_label(run), "machine": run["machine"],
+            "testbed": run.get("testbed", "?"), "variant": v,
             "size": t["size"].dropna().iloc[0] if t["size"].notna().any() else None,
             "offered Mpps": o.mean() / 1e6 if len(o) else float("nan"),
             "Mpps": r.mean() / 1e6, "Mpps min": r.min() / 1e6, "Mpps max": r.max() / 1e6,
@@ -383,12 +401,14 @@ def metadata_diff(a: dict, b: dict):
 
 def latest_pair(experiment: str, data_dir: Path | None = None, machine: str | None = None):
     """The two latest full (not smoke) runs of EXPERIMENT, on one machine (the latest
-    run's, or MACHINE), oldest first; None when there are fewer than two."""
+    run's, or MACHINE) and testbed, oldest first; None when there are fewer than two."""
     t = runs(data_dir, experiment)
     t = t[(~t["smoke"]) & (t["unreadable"] == "")]
     if len(t) and machine is None:
         machine = t.iloc[-1]["machine"]
     t = t[t["machine"] == machine]
+    if len(t):  # and on the latest run's testbed: two testbeds are never a before/after
+        t = t[t["testbed"] == t.iloc[-1]["testbed"]]
     if len(t) < 2:
         return None
     return t.iloc[-2]["path"], t.iloc[-1]["path"]
@@ -404,7 +424,8 @@ def interpret(ov: Overview) -> str:
         for run, r in g.groupby("run", sort=False):
             r = r.sort_values("Mpps", ascending=False)
             best, worst = r.iloc[0], r.iloc[-1]
-            text = (f"{title} ({run}): {best['variant']} processed the most, {best['Mpps']:.3f} Mpps "
+            where = f", {best['testbed']}" if "testbed" in r.columns else ""
+            text = (f"{title} ({run}{where}): {best['variant']} processed the most, {best['Mpps']:.3f} Mpps "
                     f"(trials {best['Mpps min']:.3f}–{best['Mpps max']:.3f})")
             if len(r) > 1 and worst["Mpps"] > 0:
                 text += f", {best['Mpps'] / worst['Mpps']:.2f}× {worst['variant']}"
@@ -417,6 +438,7 @@ def interpret(ov: Overview) -> str:
             if limited:
                 text += f"; generator-limited (rate is a lower bound): {', '.join(limited)}"
             lines.append(text + ".")
+    lines += latency_view.interpret(ov.latency)
     refs = ov.references
     for _, x in (refs.iterrows() if refs is not None else ()):
         if x["measured"] == x["measured"] and "pps" in x["unit"]:

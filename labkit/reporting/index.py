@@ -1,5 +1,11 @@
 """reports/index.html: the page a person opens first. The environment, every notebook with
 its status and report, one headline figure per experiment, and the warnings that matter.
+
+Per experiment the page shows the run of this batch (or the latest one), naming its
+testbed (`testbeds.testbed_of`: this machine's namespaces, an inventory's hosts, a Dask
+worker); where the run measured latency (rows of kind 'latency', `reporting.latency`),
+p50/p99 with no load and under load; and where data/ holds runs of the experiment from
+other testbeds, one line per testbed, each from its own run (never averaged together).
 """
 from __future__ import annotations
 import base64
@@ -104,18 +110,69 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
         except Exception as exc:  # a run this labkit cannot draw still gets its section
             ov_rows, img = [], f'<p class="warn">could not draw this run: {_esc(exc)}</p>'
         line = _headline(ov_rows, view)
+        lat_html = _latency_block(view, chosen)
+        others = _other_testbeds(view, rows, run)
         notes = _run_warnings(view, run, table)
         for level, text in notes:
             if level == "warn":
                 warnings.append(("warn", f"{view.title}: {text}"))
         items = "".join(f'<li class="{lvl}">{_esc(t)}</li>' for lvl, t in notes)
         sections.append(
-            f"{head}<p>{_esc(line)}</p>{img}"
+            f"{head}<p>{_esc(line)}</p>{img}{lat_html}"
             f'<p class="note">run <code>{_esc(run["run_id"])}</code> from {_esc(origin)}, '
-            f'{_esc(run["machine"])}, commit {_esc(run["commit"])}{" (smoke run)" if run["smoke"] else ""}. '
-            f'{link}</p>' + (f"<ul>{items}</ul>" if items else ""))
+            f'{_esc(run["machine"])}, testbed: {_esc(run.get("testbed", "?"))}, commit {_esc(run["commit"])}'
+            f'{" (smoke run)" if run["smoke"] else ""}. {link}</p>' + others + (f"<ul>{items}</ul>" if items else ""))
     sections.append(_program_cost_section(index, batch, out_dir, warnings))
     return "\n".join(s for s in sections if s), warnings
+
+
+def _table_html(df) -> str:
+    head = "".join(f"<th>{_esc(c)}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(f'{v:.1f}' if isinstance(v, float) else v)}</td>" for v in r) + "</tr>"
+                   for r in df.itertuples(index=False))
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _latency_block(view, chosen) -> str:
+    """One-way latency of the shown run, where it measured any: a sentence and p50/p99 (µs)
+    per variant with no load and at each load."""
+    from labkit.reporting import latency
+
+    try:
+        lat = latency.for_runs(view, chosen)
+    except Exception as exc:
+        return f'<p class="warn">could not read latency: {_esc(exc)}</p>'
+    if lat.empty:
+        return ""
+    text = " ".join(latency.interpret(lat))
+    table = latency.wide(lat).drop(columns=["experiment", "run", "testbed"], errors="ignore")
+    return f"<p>{_esc(text)}</p>{_table_html(table)}"
+
+
+def _other_testbeds(view, rows, shown) -> str:
+    """A line per other testbed with runs of this experiment: its own latest run's headline
+    (rates, and latency where measured); '' when the shown run's testbed is the only one."""
+    from labkit.reporting import compare, latency
+
+    picked = compare.pick(rows, view.experiment, per_machine=True)
+    if picked.empty or "testbed" not in picked.columns:
+        return ""
+    picked = picked[picked["run_id"] != shown["run_id"]]
+    if picked.empty:
+        return ""
+    items = []
+    for i in range(len(picked)):
+        run = picked.iloc[i]
+        try:
+            t = compare.experiment_table(view, picked.iloc[[i]])
+            text = _headline(compare._summary_rows(view, t, run), view)
+            lat = latency.interpret(latency.for_runs(view, picked.iloc[[i]]))
+            text += (" " + " ".join(lat)) if lat else ""
+        except Exception as exc:
+            text = f"unreadable: {exc}"
+        items.append(f"<li><b>{_esc(run['testbed'])}</b> ({_esc(run['machine'])}, run <code>{_esc(run['run_id'])}</code>"
+                     f"{', smoke' if run['smoke'] else ''}): {_esc(text)}</li>")
+    return f'<p class="note">Other testbeds, each from its own run:</p><ul>{"".join(items)}</ul>'
 
 
 def _program_cost_section(index, batch, out_dir, warnings) -> str:
