@@ -32,6 +32,9 @@ host `srv` on the outside network 198.51.100.0/24. The NAT host's outside addres
    flows up (netfilter pays a conntrack entry per flow).
    The eBPF programs' own time per packet is read from the kernel's BPF run-time
    statistics (BPF_ENABLE_STATS) in a separate trial, so it does not tax the others.
+3. Beyond the goal point (`sweep`, `tcp`): UDP at each of ``udp_sizes`` and each of
+   ``flow_counts`` distinct source ports (kind ``udp_sweep``), and TCP with
+   ``tcp_streams`` concurrent connections (kind ``tcp_streams``), per variant.
 
 `offloads` is recorded with every row:
 - ``mixed`` (default): veth checksum offload on at the clients and the server, off on the
@@ -46,9 +49,7 @@ not skbs, and updates checksums as full ones; a NIC never hands XDP a partial ch
 from __future__ import annotations
 
 import ctypes
-import json
 import os
-import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
@@ -61,7 +62,7 @@ from labkit import measure
 from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
 from labkit.errors import InputError, LabkitError
 from labkit.dataplanes.nat import Nat, check_port_range
-from labkit.experiments.nat import newflows
+from labkit.experiments.nat import newflows, sweep, tcp
 from labkit.experiments.nat.checks import check_correctness
 from labkit.experiments.nat.testbed import VARIANTS, spec, INSIDE_NET, NAT_OUTSIDE, NatLab, OUTSIDE_NET, SERVER, client_addr
 
@@ -79,7 +80,8 @@ NOTEBOOK = "03-ebpf-nat"  # the notebook that runs this experiment
 #: how the comparison and the index show this experiment: small-packet UDP
 VIEW = View(EXPERIMENT, "NAT (small-packet UDP)", NOTEBOOK, select=(("kind", ("udp",)),))
 #: a smoke run: one trial, few packets, one second of TCP (see smoke_clamp)
-SMOKE = {"trials": 1, "udp_count": 30_000, "tcp_seconds": 1.0, "new_flows": 2000}
+SMOKE = {"trials": 1, "udp_count": 30_000, "tcp_seconds": 1.0, "new_flows": 2000, "udp_sizes": 2, "flow_counts": 2,
+         "sweep_count": 20_000, "sweep_trials": 1, "tcp_streams": 4}
 
 
 # ---------------------------------------------------------------- captures
@@ -101,7 +103,12 @@ class Params:
     new_flows: int = 8000  # new-flow trial: packets, each a flow of its own (0: none)
     server_sink: bool = True  # the server drops the floods at XDP: their CPU time is the NAT host's
     generator: str = "auto"  # the in-kernel generator where it works, else trafgen
+    udp_sizes: list = field(default_factory=lambda: list(sweep.UDP_SIZES))  # sweep: frame sizes at udp_flows
+    flow_counts: list = field(default_factory=lambda: list(sweep.FLOW_COUNTS))  # sweep: source ports at udp_size
+    sweep_count: int = 131_072  # sweep: packets per point (65536 flows: two packets each)
+    sweep_trials: int = 1  # sweep: trials per point
     tcp_seconds: float = 3.0
+    tcp_streams: int = 32  # TCP with this many concurrent connections beside the one stream (0: none)
     iptables_target: str = "MASQUERADE"
     port_range: list = field(default_factory=lambda: [20000, 29999])
     checks: bool = True
@@ -127,6 +134,8 @@ class Params:
             raise InputError(f"iptables_target {self.iptables_target!r}: MASQUERADE or SNAT")
         self.port_range = list(check_port_range(tuple(self.port_range)))
         newflows.check(self.new_flows, self.generator)
+        sweep.check(self.udp_sizes, self.flow_counts, self.sweep_count, self.sweep_trials, self.generator)
+        tcp.check_streams(self.tcp_streams)
         room = int(0.8 * (self.port_range[1] - self.port_range[0] + 1))
         if self.new_flows > room:
             raise InputError(f"new_flows {self.new_flows}: all go to one server port, so each takes a port of "
@@ -136,12 +145,13 @@ class Params:
             inventory.parse(self.inventory).require(HOST_ROLES)
         if self.smoke:
             smoke_clamp(self, SMOKE)
+        sweep.check_count(self.sweep_count, self.flow_counts)
         return self
 
 
 def run(data_dir=None, **kwargs) -> Result:
     """Run the experiment; keyword arguments are the fields of `Params`. The Result's parts:
-    'udp' and 'tcp' (the side-by-side trials), 'prog' (the programs' own time), 'check'
+    'udp' and 'tcp' (the side-by-side trials), 'udp_sweep' and 'tcp_streams' (see `sweep`), 'prog' (the programs' own time), 'check'
     (rows of the checks), 'checks' (correctness checks: check, ok, detail, offloads),
     'flows' (the flow table at the end of the checks)."""
     import pandas as pd
@@ -177,7 +187,9 @@ def run(data_dir=None, **kwargs) -> Result:
                 with lab.variant(variant, nat, p.iptables_target):
                     _warm_up(lab)
                     m = _udp_trial(lab, p, clock)
-                    _tcp_trial(lab, p, variant, trial, rs, clock)
+                    for n in (1, p.tcp_streams) if p.tcp_streams else (1,):
+                        tcp.tcp_trial(lab, variant, trial, rs, clock, seconds=p.tcp_seconds, offloads=p.offloads,
+                                      streams=n)
                     if p.new_flows:
                         with lab.server_sink() if p.server_sink else nullcontext():
                             nf = newflows.new_flow_trial(lab, p.generator, p.new_flows, clock, p.timeout_s)
@@ -188,6 +200,7 @@ def run(data_dir=None, **kwargs) -> Result:
             rs.add_measurement(variant, trial, m, kind="udp", offloads=p.offloads, flows=p.udp_flows)
 
         trial_loop(p.variants, p.trials, measure_one, record, sizes=[p.udp_size], label=EXPERIMENT, show=p.progress)
+        sweep.run(p, nat, clock, rs, _warm_up)
         for v in [v for v in p.variants if v in PROGRAMS] if p.prog_stats else []:
             with NatLab(p.clients, p.offloads) as lab, lab.variant(v, nat):
                 _warm_up(lab)
@@ -221,43 +234,6 @@ def _udp_trial(lab: NatLab, p: Params, clock) -> measure.Measurement:
                                       "nat_out": measure.link_probe(out), "srv": measure.link_probe(srv)},
                               offered_probe=("client", "tx_packets"), clock=clock)
     return m
-
-
-def _iperf(lab: NatLab, seconds: float, port: int = 5201):
-    """One iperf3 TCP stream c1 -> srv; the client's completed process."""
-    with lab.server.spawn(["iperf3", "-s", "-1", "-p", str(port)], name="iperf3-server") as server:
-        deadline = time.monotonic() + 5
-        while "listening" not in server.output().lower() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return lab.client(1).run(["iperf3", "-c", SERVER, "-p", str(port), "-t", str(seconds), "-J"],
-                                 check=False, timeout=seconds + 30)
-
-
-def _tcp_trial(lab: NatLab, p: Params, variant: str, trial: int, rs: results.ResultSet, clock) -> None:
-    out0 = lab.outside.stats()
-    c0, s0 = measure.cpu_times(), clock.seconds()
-    cp = _iperf(lab, p.tcp_seconds)
-    c1, s1 = measure.cpu_times(), clock.seconds()
-    out1 = lab.outside.stats()
-    try:
-        res = json.loads(cp.stdout)
-        end = res["end"]
-        bps = end["sum_received"]["bits_per_second"]
-        nbytes = end["sum_received"]["bytes"]
-        secs = end["sum_received"]["seconds"]
-    except (ValueError, KeyError) as exc:
-        raise LabkitError(f"iperf3 through the {variant} NAT failed: {cp.stdout[-800:]}{cp.stderr[-400:]}") from exc
-    cpu = c1 - c0
-    kb = nbytes / 1000
-    rs.add(variant, trial, 1514, {
-        "tcp_mbps": (bps / 1e6, "Mbit/s"),
-        "tcp_bytes": (nbytes, "bytes"),
-        "tcp_seconds": (secs, "s"),
-        "tcp_nat_out_skbs": (out1["tx_packets"] - out0["tx_packets"], "packets"),
-        "tcp_cpu_busy_s": (cpu.busy, "s"),
-        "tcp_cpu_ns_per_kb": (cpu.busy / kb * 1e9 if kb else float("nan"), "ns/kB"),
-        "tcp_net_rx_ns_per_kb": ((s1 - s0) / kb * 1e9 if kb else float("nan"), "ns/kB"),
-    }, kind="tcp", offloads=p.offloads, flows=1)
 
 
 @contextmanager
@@ -459,6 +435,8 @@ def interpret(table, checks) -> str:
             _ratio(cpu.loc["xdp_nat", "mean"], cpu.loc["iptables", "mean"])
         lines.append(f"Goals: xdp_nat at {rate:.2f}× iptables' rate (goal ≥ 4×: {'met' if rate >= 4 else 'not met'}) "
                      f"and {c:.2f}× its CPU per packet (goal ≤ 0.25×: {'met' if c <= 0.25 else 'not met'}).")
+    more = sweep.interpret(table)
+    lines += [more] if more else []
     return "\n".join(lines) if lines else "Nothing was measured."
 
 

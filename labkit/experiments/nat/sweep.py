@@ -1,0 +1,315 @@
+"""The NAT experiment's sweep: small-packet UDP beyond the goal point, per variant, at
+several frame sizes (``udp_sizes``, at the goal's flow count ``udp_flows``) and several
+flow counts (``flow_counts`` distinct source ports, at the goal's frame size
+``udp_size``). Rows of kind ``udp_sweep``, with ``size`` and ``flows`` columns: processed
+and offered packets per second, NET_RX CPU time per packet (the softirq clock the goal
+trial uses), the generator-limited flag, and what the NAT did with the flows
+(``flows_set_up``: flows it translated; ``refused_pkts``: packets it dropped for want of
+a port or of room in its table).
+
+How it is kept cheap and fair. Each variant gets one freshly built testbed and one
+generator for all its points (building and compiling cost seconds; nothing of that is
+measured); before every point the NAT's flows are forgotten (the eBPF NAT's flow maps
+cleared, netfilter's connection tracking table flushed), so every point starts from an
+empty table, as a fresh testbed would. Points run in the same order for every variant;
+variants rotate per trial. One trial of ``sweep_count`` packets per point by default.
+
+Many flows. Flow f (0..N-1) is source port ``first_sport(N) + f``: from 1024, or for
+N beyond 64512 from 65536 - N (65536 flows use every port, 0 included). Only a
+generator that varies the whole port can send them: the in-kernel ``xdp`` generator
+(and the kernel's ``pktgen``); ``trafgen`` varies one byte (at most 256 flows),
+``testpmd`` does not send an exact number of flows. `check` refuses the rest.
+
+The port space. Every flow goes to one server port, so each needs a port of its own
+from the SNAT address's range (``port_range``, 10000 ports by default). Both kinds of
+NAT face the same range: the eBPF NATs take ports from it, and the sweep's netfilter
+rule maps UDP into it too (``--to-ports``; the goal trial's rule keeps source ports
+where it can). A flow count beyond the range cannot be translated whole: the flows
+that get no port are refused (the eBPF NAT drops their packets after PORT_PROBES
+tries, counted as ``drop_no_port``; netfilter finds no unique tuple, and conntrack
+drops the packet at confirmation, counted in its ``insert_failed`` statistic),
+and every packet of a refused flow tries again. The rates at such a point are
+therefore those of a NAT out of ports, said so in a caveat and in the interpretation.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+
+from labkit import measure, traffic
+from labkit.errors import InputError
+from labkit.experiments import rotated
+from labkit.packets import check_size
+from labkit.testbed import netfilter
+from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, NatLab, SERVER, client_addr
+
+KIND = "udp_sweep"
+UDP_SIZES = [64, 512, 1500]
+FLOW_COUNTS = [1, 16, 1024, 65536]
+FIRST_SPORT = 1024
+#: flows each generator can send as distinct source ports (a backend not named: one)
+FLOW_CAPACITY = {"xdp": 65536, "pktgen": 65536, "trafgen": 256}
+EBPF_NATS = ("tc_nat", "xdp_nat")
+
+
+def generator_name(generator: str) -> str:
+    """The backend GENERATOR names: 'auto' is the first of traffic.PREFERENCE that can run here."""
+    if generator != "auto":
+        return generator
+    status = traffic.backends_status()
+    return next((n for n in traffic.PREFERENCE if status.get(n, (False, ""))[0]), "auto")
+
+
+def first_sport(flows: int) -> int:
+    """The first source port of FLOWS consecutive ones."""
+    return FIRST_SPORT if FIRST_SPORT + flows - 1 <= 65535 else 65536 - flows
+
+
+def check(udp_sizes, flow_counts, count, trials, generator: str) -> None:
+    """Sweep parameters this testbed and generator can run (raised before the kernel is touched)."""
+    for name, value in (("udp_sizes", udp_sizes), ("flow_counts", flow_counts)):
+        if not isinstance(value, list) or any(not isinstance(v, int) or isinstance(v, bool) for v in value):
+            raise InputError(f"{name} {value!r}: a list of whole numbers ([] for none)")
+        if len(set(value)) != len(value):
+            raise InputError(f"{name} {value!r}: each at most once")
+    for s in udp_sizes:
+        check_size(s)
+    bad = [f for f in flow_counts if not 1 <= f <= 65536]
+    if bad:
+        raise InputError(f"flow_counts {bad}: 1..65536 distinct source ports")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1000 <= count <= 50_000_000:
+        raise InputError(f"sweep_count {count!r}: packets per sweep point, 1000..50000000")
+    if not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= 20:
+        raise InputError(f"sweep_trials {trials!r}: 1..20 trials per sweep point")
+    name = generator_name(generator)
+    top = FLOW_CAPACITY.get(name, 1)
+    many = [f for f in flow_counts if f > top]
+    if many:
+        why = "varies one byte of the source port" if name == "trafgen" else "sends no exact number of source ports"
+        raise InputError(f"flow_counts {many}: the {name!r} generator {why} (at most {top} flows); use "
+                         "generator='xdp' (or 'auto' where it picks xdp) or keep flow_counts at most " + str(top))
+
+
+def check_count(count: int, flow_counts: list) -> None:
+    """Every flow sends at least once per point."""
+    if flow_counts and count < max(flow_counts):
+        raise InputError(f"sweep_count {count}: below the largest flow count {max(flow_counts)}, so some flows "
+                         "would send nothing; send at least that many packets per point")
+
+
+def points(udp_sizes: list, flow_counts: list, size: int, flows: int) -> list[tuple[int, int]]:
+    """(size, flows) of every sweep point: the sizes at FLOWS, the flow counts at SIZE, each once."""
+    return list(dict.fromkeys([(s, flows) for s in udp_sizes] + [(size, f) for f in flow_counts]))
+
+
+# ---------------------------------------------------------------- running it
+@contextmanager
+def _variant(lab: NatLab, variant: str, nat, port_range, target: str):
+    """The variant as the goal trial sets it up, except netfilter's NAT, which maps UDP into
+    PORT_RANGE as the eBPF NATs do (everything else as the goal trial's rule)."""
+    if variant != "iptables":
+        with lab.variant(variant, nat):
+            yield
+        return
+    host, base = lab.topo.host("nat"), ["-s", INSIDE_NET, "-o", lab.outside.name]
+    lo, hi = port_range
+    to = ["--to-ports", f"{lo}-{hi}"] if target == "MASQUERADE" else ["--to-source", f"{NAT_OUTSIDE}:{lo}-{hi}"]
+    rest = ["--to-source", NAT_OUTSIDE] if target == "SNAT" else []
+    with netfilter.rule(host, "nat", "POSTROUTING", *base, "-j", target, *rest), \
+            netfilter.rule(host, "nat", "POSTROUTING", *base, "-p", "udp", "-j", target, *to):  # inserted first
+        yield
+
+
+@contextmanager
+def _conntrack(lab: NatLab):
+    """pyroute2's Conntrack in the NAT host's namespace, used there: it opens its netlink
+    socket on first use, so every call must happen inside the namespace."""
+    from pyroute2 import Conntrack
+
+    with lab.topo.host("nat").entered():
+        ct = Conntrack()
+        try:
+            yield ct
+        finally:
+            ct.close()
+
+
+def _forget_flows(lab: NatLab, variant: str, nat) -> None:
+    """An empty flow table before a point, as on a fresh testbed."""
+    if variant in EBPF_NATS:
+        nat.clear_flows()
+    elif variant == "iptables":
+        with _conntrack(lab) as ct:
+            ct.flush()
+
+
+def _nat_counters(lab: NatLab, variant: str, nat) -> dict:
+    """{'flows_set_up': n, 'refused_pkts': n} so far (differences over a point count)."""
+    if variant in EBPF_NATS:
+        st = nat.stats()
+        return {"flows_set_up": st["out_snat_new"]["packets"],
+                "refused_pkts": st["drop_no_port"]["packets"] + st["drop_table_full"]["packets"]}
+    if variant == "iptables":
+        with _conntrack(lab) as ct:
+            refused = sum(s.get("insert_failed", 0) for s in ct.stat())  # its "drop" counts them again
+            return {"flows_set_up": ct.count(), "refused_pkts": refused}
+    return {}
+
+
+def _point(lab: NatLab, gen, variant: str, nat, size: int, flows: int, count: int, clock, timeout_s: float):
+    src, nat_in, out, srv = lab.client_iface(1), lab.inside(1), lab.outside, lab.server_iface
+    spec = traffic.TrafficSpec(src.mac, nat_in.mac, client_addr(1), SERVER, size=size, count=count, flows=flows,
+                               sport=first_sport(flows), dport=9, timeout_s=timeout_s).validate()
+    _forget_flows(lab, variant, nat)
+    before = _nat_counters(lab, variant, nat)
+    out_probe = measure.link_probe(out, ethtool=False)
+    m = measure.run_trial(lambda: gen.send(spec), lambda: out_probe()["tx_packets"], size=size,
+                          probes={"client": measure.link_probe(src), "nat_in": measure.link_probe(nat_in),
+                                  "nat_out": measure.link_probe(out), "srv": measure.link_probe(srv)},
+                          offered_probe=("client", "tx_packets"), clock=clock)
+    after = _nat_counters(lab, variant, nat)
+    if variant == "iptables":  # a flushed table: what is in it now was set up by this point
+        after["flows_set_up"], before["flows_set_up"] = after["flows_set_up"], 0
+    return m, {k: after[k] - before[k] for k in after}
+
+
+def run(p, nat, clock, rs, warm_up) -> None:
+    """Every sweep point of Params P for every variant of P, into the ResultSet RS; NAT is
+    the loaded eBPF NAT, CLOCK the softirq clock, WARM_UP(lab) resolves neighbours."""
+    pts = points(p.udp_sizes, p.flow_counts, p.udp_size, p.udp_flows)
+    if not pts:
+        return
+    from labkit import progress
+
+    with progress.bar(len(pts) * p.sweep_trials * len(p.variants), "nat sweep points", p.progress) as bar:
+        for trial in range(p.sweep_trials):
+            done = {}
+            for variant in rotated(p.variants, trial):
+                with NatLab(p.clients, p.offloads) as lab, _variant(lab, variant, nat, p.port_range, p.iptables_target):
+                    warm_up(lab)
+                    with ExitStack() as stack:
+                        gen = stack.enter_context(traffic.generator(p.generator, lab.client_iface(1)))
+                        if p.server_sink:
+                            stack.enter_context(lab.server_sink())
+                        for size, flows in pts:
+                            done[variant, size, flows] = _point(lab, gen, variant, nat, size, flows, p.sweep_count,
+                                                                clock, p.timeout_s)
+                            bar.update()
+            for size, flows in pts:
+                measure.mark_generator_limited([done[v, size, flows][0] for v in p.variants])
+                for v in p.variants:
+                    m, counted = done[v, size, flows]
+                    extra = dict(kind=KIND, offloads=p.offloads, flows=flows)
+                    rs.add_measurement(v, trial, m, **extra)
+                    units = {"flows_set_up": "flows", "refused_pkts": "packets"}
+                    rs.add(v, trial, size, {k: (n, units[k]) for k, n in counted.items()}, m.flags, **extra)
+    caveats(rs, p)
+
+
+def caveats(rs, p) -> None:
+    lo, hi = p.port_range
+    rs.caveat(f"UDP sweep: {p.sweep_trials} trial(s) of {p.sweep_count} packets per point, each variant's points on "
+              "one testbed with its NAT's flows forgotten before each point; netfilter mapped UDP into the port "
+              f"range {lo}-{hi} as the eBPF NATs do (the goal trial's rule keeps source ports where it can)")
+    over = [f for f in p.flow_counts if f > hi - lo + 1]
+    if over:
+        rs.caveat(f"UDP sweep: {', '.join(map(str, over))} flows exceed the {hi - lo + 1} ports of one SNAT address's "
+                  "range: the NATs refused the flows beyond it (their packets dropped, each trying again), so the "
+                  "rates there are those of a NAT out of ports (see flows_set_up and refused_pkts)")
+
+
+# ---------------------------------------------------------------- reading it
+def rows(table):
+    """The sweep's rows of TABLE (none if it ran no sweep)."""
+    if table is None or "kind" not in table.columns:
+        return table.iloc[0:0] if table is not None else table
+    return table[table["kind"] == KIND]
+
+
+def _goal(t, column: str):
+    """The most frequent value of COLUMN among T's rows of the other axis of the sweep."""
+    return t[column].mode().iloc[0] if len(t) else None
+
+
+def by_size(table, flows: int | None = None):
+    """Sweep rows at one flow count (the goal's), grouped by frame size (for plots.grouped_bars)."""
+    t = rows(table)
+    if not len(t):
+        return t
+    flows = flows if flows is not None else _goal(t, "flows")
+    return t[t["flows"] == flows]
+
+
+def by_flows(table, size: int | None = None):
+    """Sweep rows at one frame size (the goal's), with the flow count in the ``size`` column,
+    so plots.grouped_bars groups them by flow count (``group_label=flows_label``)."""
+    t = rows(table)
+    if not len(t):
+        return t
+    size = size if size is not None else _goal(t, "size")
+    return t[t["size"] == size].assign(size=lambda d: d["flows"])
+
+
+def flows_label(n) -> str:
+    return f"{int(n)} flows"
+
+
+def _means(t, measure_: str, key: str):
+    return t[t["measure"] == measure_].groupby(["variant", key])["value"].agg(["mean", "min", "max"])
+
+
+def _sentence(t, key: str, unit: str, a: str = "xdp_nat", b: str = "iptables") -> str | None:
+    pps, cpu = _means(t, "processed_pps", key), _means(t, "cpu_ns_per_pkt", key)
+    keys = sorted(set(t[key]))
+    if not {a, b} <= set(t["variant"]):
+        return None
+    parts = []
+    for k in keys:
+        try:
+            ra = pps.loc[(a, k), "mean"] / pps.loc[(b, k), "mean"]
+            rc = cpu.loc[(a, k), "mean"] / cpu.loc[(b, k), "mean"]
+        except (KeyError, ZeroDivisionError):
+            continue
+        parts.append(f"{int(k)}{unit if k != 1 else unit.rstrip('s')}: {ra:.2f}× the rate, {rc:.2f}× the CPU per packet")
+    return f"{a} against {b} by {'frame size' if key == 'size' else 'flow count'}: " + "; ".join(parts) + "." \
+        if parts else None
+
+
+def interpret(table) -> str:
+    """Sentences computed from the sweep's rows and the many-connections TCP rows of TABLE."""
+    lines = []
+    t = rows(table)
+    if len(t):
+        s, f = by_size(table), by_flows(table).assign(size=lambda d: d["flows"])
+        for sub, key, unit in ((s, "size", " B"), (f, "flows", " flows")):
+            for a in ("xdp_nat", "tc_nat"):
+                line = _sentence(sub, key, unit, a)
+                if line:
+                    lines.append("Sweep: " + line)
+        pps = _means(f, "processed_pps", "flows")
+        lo_, hi_ = (min(f["flows"]), max(f["flows"])) if len(f) else (None, None)
+        if lo_ is not None and lo_ != hi_:
+            kept = [f"{v} {pps.loc[(v, hi_), 'mean'] / pps.loc[(v, lo_), 'mean']:.0%}"
+                    for v in dict.fromkeys(f["variant"]) if (v, hi_) in pps.index and (v, lo_) in pps.index]
+            lines.append(f"From {int(lo_)} to {int(hi_)} flows each variant keeps this share of its rate: "
+                         + ", ".join(kept) + ".")
+        setup = f[f["measure"] == "flows_set_up"].groupby(["variant", "flows"])["value"].mean()
+        refused = f[f["measure"] == "refused_pkts"].groupby(["variant", "flows"])["value"].mean()
+        short = [(v, n) for (v, n), got in setup.items() if got < 0.99 * n]
+        if short:
+            lines.append("Flows beyond the port range were refused: " + "; ".join(
+                f"{v} at {int(n)} flows set up {setup[(v, n)]:.0f} and refused {refused.get((v, n), float('nan')):.0f} "
+                "packets" for v, n in short) + ".")
+        lim = t[(t["measure"] == "processed_pps") & t["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]
+        if len(lim):
+            lines.append("Generator-limited sweep points (rates are lower bounds): " + ", ".join(
+                f"{r.variant} {int(r.size)} B/{int(r.flows)} flows" for r in lim.itertuples()) + ".")
+    tcp = table[table["kind"] == "tcp_streams"] if "kind" in table.columns else table.iloc[0:0]
+    mb, ck = _means(tcp, "tcp_mbps", "flows"), _means(tcp, "tcp_net_rx_ns_per_kb", "flows")
+    if len(mb):
+        n = int(mb.index[0][1])
+        base = mb.loc[("iptables", n), "mean"] if ("iptables", n) in mb.index else float("nan")
+        lines.append(f"TCP with {n} concurrent connections (iperf3 -P; mean, min–max over trials): " + ", ".join(
+            f"{v} {r['mean']:.0f} Mbit/s ({r['min']:.0f}–{r['max']:.0f}"
+            + (f", {r['mean'] / base:.2f}× iptables" if v != "iptables" and base == base else "")
+            + f"; {ck.loc[(v, k), 'mean']:.0f} ns NET_RX per kB)" for (v, k), r in mb.iterrows()) + ".")
+    return "\n".join(lines)
