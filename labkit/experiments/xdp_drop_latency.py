@@ -53,10 +53,10 @@ FLOOD_PORT = traffic.TrafficSpec.dport  # the generator's default destination po
 NDR_LOSS = 0.001  # the short search's "no drop" (the experiment's own search uses 0)
 #: what each variant pays so that the probes (XDP frames) reach rcv's veth at all
 DELIVERY = {
-    "stack": "a bare native XDP_PASS program on rcv's veth (probe delivery)",
-    "iptables_raw": "a bare native XDP_PASS program on rcv's veth (probe delivery)",
-    "tc": "a bare native XDP_PASS program on rcv's veth (probe delivery)",
-    "xdp_generic": "GRO turned on on rcv's veth (probe delivery beside a generic program)",
+    "stack": "a bare native XDP_PASS program on the receiver's veth (probe delivery)",
+    "iptables_raw": "a bare native XDP_PASS program on the receiver's veth (probe delivery)",
+    "tc": "a bare native XDP_PASS program on the receiver's veth (probe delivery)",
+    "xdp_generic": "GRO turned on on the receiver's veth (probe delivery beside a generic program)",
     "xdp_native": "nothing: its own native filter puts the veth in NAPI mode",
 }
 
@@ -172,11 +172,11 @@ def measure_all(p, rs, search_rows=None) -> list[dict]:
                     ndr_iterations=4 if p.smoke else 6, ndr_pps=ndr.get(name))
             cdfs += views.record_latency(rs, name, trial, size, prof, generator=gen.name)
     source = "the experiment's NDR search (loss 0)" if ndr else f"a short search here (loss <= {NDR_LOSS:.1%})"
-    rs.caveat(f"latency: probes (UDP port 7) pass each variant's hook on rcv, are forwarded to a sink host and "
-              f"histogrammed there; the flood (UDP port {FLOOD_PORT}) is dropped by the variant under a port rule, at "
+    rs.caveat(f"latency: probes (UDP port 7) pass each variant's hook on the receiver, which forwards them to a sink host "
+              f"that histograms them; the flood (UDP port {FLOOD_PORT}) is dropped by the variant under a port rule, at "
               f"fractions of the variant's own no-drop rate from {source}")
     for name in p.variants:
-        rs.caveat(f"latency probes reach rcv through {DELIVERY[name]}", name)
+        rs.caveat(f"latency probes reach the receiver through {DELIVERY[name]}", name)
     return cdfs
 
 

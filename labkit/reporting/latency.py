@@ -128,6 +128,7 @@ def plot(lat, title: str = "one-way latency"):
     dot on each; log scale. One run's rows (LAT of one run). Returns the axes."""
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib import ticker
 
     variants = list(dict.fromkeys(lat["variant"]))
     loads = sorted(lat[LOAD].unique())
@@ -142,6 +143,9 @@ def plot(lat, title: str = "one-way latency"):
         ax.plot(pos, g["p50_us"], "k.", markersize=7, label="p50" if i == 0 else None)
     ax.set_xticks(x, variants, rotation=20, ha="right")
     ax.set_yscale("log")
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_ylabel("one-way delay (µs)")
     ax.set_title(title)
     ax.grid(True, axis="y", which="both", alpha=0.3)
