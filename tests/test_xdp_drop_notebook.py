@@ -1,6 +1,6 @@
 """The XDP drop experiment end to end: the notebook runs headlessly through papermill in
-smoke mode and writes its table and HTML; the table holds every variant with real rates;
-nothing is left behind."""
+smoke mode and writes its table and HTML; the table holds every variant with real rates
+and latency; nothing is left behind."""
 import json
 
 import pytest
@@ -31,6 +31,12 @@ def test_notebook_runs_headless_and_writes_table_and_html(tmp_path):
     assert set(rates["variant"]) == set(xdp_drop.VARIANTS)
     assert (rates["value"] > 0).all()
     assert r.metadata["parameters"]["smoke"] is True
+    # latency of what each variant lets through, clamped by smoke to one load and few probes
+    lat = r.table[r.table["kind"] == "latency"]
+    assert set(lat["variant"]) == set(xdp_drop.VARIANTS)
+    assert set(lat["load_fraction"].dropna()) == {0.0, 0.5}
+    assert (lat[lat["measure"] == "lat_probes"]["value"] > 0).all()
+    assert "One-way latency of the traffic each variant lets through" in html
     assert not [n for n in cleanup.labkit_namespaces() if n[:6] not in runs.live_prefixes()]
 
 

@@ -186,6 +186,22 @@ def summary(table):
     return views.latency_summary(table)
 
 
+def table(lat):
+    """SUMMARY for reading: per variant and load, the flood reached (Mpps), p50 and p99 (µs,
+    mean over trials, with min..max), p99.9 and max, probes received."""
+    import pandas as pd
+
+    if lat is None or not len(lat):
+        return pd.DataFrame()
+    rng = lambda q: [f"{a:.1f}..{b:.1f}" for a, b in zip(lat[f"{q}_us_min"], lat[f"{q}_us_max"])]  # noqa: E731
+    return pd.DataFrame({
+        "variant": lat["variant"], "load": ["no load" if not f else f"{f:.0%} of NDR" for f in lat[LOAD]],
+        "NDR Mpps": lat["ndr_mpps"].round(3), "flood Mpps": lat["load_mpps"].round(3),
+        "p50 µs": lat["p50_us"].round(1), "p50 min..max": rng("p50"),
+        "p99 µs": lat["p99_us"].round(1), "p99 min..max": rng("p99"),
+        "p99.9 µs": lat["p99.9_us"].round(1), "max µs": lat["max_us"].round(1), "probes": lat["probes"].astype(int)})
+
+
 def interpret(lat) -> str:
     """Sentences computed from SUMMARY: the fastest at no load, and per variant how the
     tail of what passes grew under the flood it dropped."""
@@ -208,8 +224,9 @@ def interpret(lat) -> str:
             ranked = sorted(grow, key=lambda v: hi.loc[v, "p99_us"])
             lines.append(f"Under a flood the variant drops, at {top:.0%} of its own no-drop rate: " + "; ".join(
                 f"{v} p99 {hi.loc[v, 'p99_us']:.1f} µs (trials {hi.loc[v, 'p99_us_min']:.1f}–"
-                f"{hi.loc[v, 'p99_us_max']:.1f}; {grow[v]:.1f}× its no-load p99) beside "
-                f"{hi.loc[v, 'load_mpps']:.2f} Mpps dropped" for v in ranked) + ".")
+                f"{hi.loc[v, 'p99_us_max']:.1f}; {grow[v]:.1f}× its no-load p99) beside a flood of "
+                f"{hi.loc[v, 'load_mpps']:.2f} Mpps" + _short(hi.loc[v, "load_mpps"], top * hi.loc[v, "ndr_mpps"])
+                for v in ranked) + ".")
             best, worst = ranked[0], ranked[-1]
             if best != worst and hi.loc[best, "p99_us"] > 0:
                 lines.append(f"Passing traffic waited least behind a flood dropped by {best} and most behind one "
@@ -219,8 +236,20 @@ def interpret(lat) -> str:
     return "\n".join(lines)
 
 
-def plot_cdf(cdf, trial: int = 0):
-    """The probes' delay CDF per variant, one panel per load (`l2fwd_views.plot_latency_cdf`)."""
-    import pandas as pd
+def _short(reached: float, target: float) -> str:
+    """' (target T: the generator fell short)' where the flood reached under 90% of its target."""
+    return f" (target {target:.2f}: the generator fell short)" if reached < 0.9 * target else ""
 
-    return views.plot_latency_cdf(cdf if isinstance(cdf, pd.DataFrame) else pd.DataFrame(cdf), trial)
+
+def plot_cdf(cdf, trial: int = 0):
+    """The probes' delay CDF per variant, one panel per load (`l2fwd_views.plot_latency_cdf`,
+    titled for a flood the variant drops, plain tick labels). Returns the figure."""
+    import pandas as pd
+    from matplotlib import ticker
+
+    fig = views.plot_latency_cdf(cdf if isinstance(cdf, pd.DataFrame) else pd.DataFrame(cdf), trial)
+    for ax in fig.axes:
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_title(ax.get_title().replace("background", "a flood it drops,"))
+    return fig
