@@ -99,6 +99,8 @@ def test_l2fwd_forwards_with_mac_rewrite_and_counts(fwd_topo, binary, capture):
         frames = cap.udp_from(cap.frames(N), snd)
         after = fwd.next_stats()
         res = fwd.resources()
+        drops = fwd.socket_drops()  # the packet sockets' counters, kept as running totals
+    assert drops.get("packet_drops") == 0 == drops["socket_dropped"], drops
     rx, tx = after[0].received - before[0].received, after[1].sent - before[1].sent
     assert len(frames) == N, f"{len(frames)} of {N} frames arrived at the receiver (l2fwd: rx {rx}, tx {tx})"
     assert all(f[0:6] == bytes.fromhex("020000000001") for f in frames), "dst MAC is l2fwd's 02:00:00:00:00:01"
@@ -169,6 +171,10 @@ def test_l2fwd_over_af_xdp_forwards_in_copy_mode(fwd_topo, binary, capture):
         assert traffic.generator("trafgen", snd).send(spec).packets == N
         frames = cap.udp_from(cap.frames(N), snd)
         after = fwd.next_stats()
+        drops = fwd.socket_drops()  # the kernel's counters of l2fwd's AF_XDP sockets
+    assert {"xsk_rx_dropped", "xsk_fill_ring_empty", "xsk_rx_ring_full", "socket_dropped"} <= set(drops), drops
+    assert drops["socket_dropped"] == 0, f"at 20 kpps no frame is dropped at the socket: {drops}"
+    assert fwd.socket_drops() == {}, "nothing to read once l2fwd has stopped"
     assert len(frames) == N, f"{len(frames)} of {N} frames arrived over net_af_xdp"
     assert all(f[0:6] == bytes.fromhex("020000000001") for f in frames)
     assert after[0].received - before[0].received == N and after[1].sent - before[1].sent == N

@@ -6,8 +6,11 @@
 2. The eBPF NAT at 64 bytes, 16 flows: the XDP fast path and the tc NAT against iptables NAT
    and plain routing (goals: xdp_nat at least 4x iptables' rate at at most 0.25x its CPU per
    packet; the tc NAT's cost beyond routing at most 0.5x iptables'), and new flows per second.
-3. The traffic generators side by side into the same native-XDP drop receiver, where the
-   generator benchmark module is present.
+3. L2 forwarding at 64 bytes: DPDK l2fwd over AF_XDP against af_packet, the ratio per trial
+   with its spread (goal: at least 2.5x), beside XDP redirect (labkit.bench.l2fwd).
+4. The traffic generators side by side into the same native-XDP drop receiver (xdp,
+   trafgen, testpmd over af_packet and over AF_XDP), where the generator benchmark module
+   is present.
 
 Numbers go to data/ like any run; the summary is printed. Never a pass/fail timing test.
 """
@@ -43,6 +46,9 @@ def main(smoke: bool = False) -> int:
     print("\n" + r.interpretation)
     print(f"\ntable: {r.run_dir}")
     nat_ratios(smoke)
+    from labkit.bench import l2fwd as bench_l2fwd
+
+    print("\n" + "\n".join(bench_l2fwd.main(smoke)))
     try:
         from labkit.bench import generators as bench_generators
     except ImportError:

@@ -2,8 +2,8 @@
 
     df = bench_generators.run(smoke=False)     # a tidy pandas DataFrame, also printed by `make bench`
 
-Part "generators": at 64 bytes, the in-kernel generator ("xdp"), trafgen and testpmd
-txonly each send into the same native-XDP drop receiver (labkit.filter.DropFilter,
+Part "generators": at 64 bytes, the in-kernel generator ("xdp"), trafgen, testpmd
+txonly over net_af_packet ("testpmd") and over net_af_xdp ("testpmd_afxdp") each send into the same native-XDP drop receiver (labkit.filter.DropFilter,
 drop-all, which counts what it drops), several trials each, interleaved. Per trial:
 offered_pps (the generator's own count over its own time), received (the receiver's
 count) and received_pps.
@@ -53,7 +53,7 @@ def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
         gens = {}
         status = traffic.backends_status()
         try:
-            for name in ("xdp", "trafgen", "testpmd"):
+            for name in ("xdp", "trafgen", "testpmd", "testpmd_afxdp"):
                 ok, why = status.get(name, (False, "backend not present"))
                 if not ok:
                     rows.append(_row("generators", name, "xdp_drop_native", 0, "unavailable", float("nan"), "", why))

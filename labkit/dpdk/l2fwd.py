@@ -11,6 +11,7 @@ from labkit.dpdk.afxdp import remove_pmd_programs, socket_mode, xdp_program_id
 from labkit.dpdk.build import _read, build_dir_for, build_l2fwd
 from labkit.dpdk.options import EalOptions, L2fwdOptions, PORT_KINDS, Port, check_pci_address, hugepages
 from labkit.dpdk.runtime import file_prefix, remove_runtime_dir
+from labkit.dpdk.sockets import socket_drops
 
 
 @dataclass
@@ -85,6 +86,7 @@ class L2fwd:
         self._final: Resources | None = None
         self._output = ""
         self.xdp_programs: dict = {}  # {ifname: id} of the programs net_af_xdp ports attached
+        self._packet_totals = {"tp_packets": 0, "tp_drops": 0}  # packet sockets' counters reset when read
         self.validate()
 
     # ---- checks, before anything runs
@@ -189,6 +191,29 @@ class L2fwd:
                 raise LabkitError(f"l2fwd has exited ({self.proc.returncode}):\n{_tail(self.output())}")
             time.sleep(0.05)
         raise LabkitError(f"l2fwd printed no statistics within the wait:\n{_tail(self.output())}")
+
+    def socket_drops(self) -> dict:
+        """Cumulative kernel drop counters of l2fwd's sockets (labkit.dpdk.sockets): for
+        net_af_xdp ports 'xsk_rx_dropped' (of which 'xsk_fill_ring_empty': l2fwd had not
+        returned buffers), 'xsk_rx_ring_full', 'xsk_tx_invalid'; for net_af_packet ports
+        'packet_drops' (the ring had no room); 'socket_dropped' the sum of what never reached
+        l2fwd. {} where the kernel does not say."""
+        if not self.running:
+            return {}
+        d = socket_drops(self.proc.pid)
+        out = {}
+        if "xsk" in d:
+            x = d["xsk"]
+            out.update({"xsk_rx_dropped": x["rx_dropped"], "xsk_fill_ring_empty": x["rx_fill_ring_empty_descs"],
+                        "xsk_rx_ring_full": x["rx_ring_full"], "xsk_tx_invalid": x["tx_invalid_descs"]})
+        if "packet" in d:
+            for k in self._packet_totals:  # the kernel reset them when read: keep the running totals
+                self._packet_totals[k] += d["packet"][k]
+            out["packet_drops"] = self._packet_totals["tp_drops"]
+        if out:
+            out["socket_dropped"] = out.get("xsk_rx_dropped", 0) + out.get("xsk_rx_ring_full", 0) + \
+                out.get("packet_drops", 0)
+        return out
 
     def resources(self) -> Resources:
         """CPU time, memory and hugepages of the running (or finished) l2fwd."""

@@ -162,7 +162,7 @@ class Setup:
         if self.l2fwd is not None:
             st = self.l2fwd.next_stats()
             return {"l2fwd_rx_port0": st[0].received, "l2fwd_tx_port1": st[1].sent,
-                    "l2fwd_dropped": sum(s.dropped for s in st.values())}
+                    "l2fwd_dropped": sum(s.dropped for s in st.values()), **self.l2fwd.socket_drops()}
         if self.fwd is not None:
             c = self.fwd.counters()
             return {"prog_redirected": c["redirected"], "prog_refused": c["refused"]}
@@ -195,9 +195,7 @@ def variant(name: str, topo, p: Params, fwd: XdpForwarder | None, sink_fn):
             if afxdp and p.dpdk_afxdp_busy_budget:  # preferred busy polling needs NAPI deferral on the ports
                 st.enter_context(dpdk.BusyPollSettings(topo.host("dut"), [d0.name, d1.name]))
             s.l2fwd = l2 = st.enter_context(dpdk.L2fwd(topo.host("dut"), ports, eal, app))
-            if afxdp:
-                s.notes = {"af_xdp_socket_mode": l2.socket_modes(), "ring_size": p.dpdk_afxdp_ring,
-                           "busy_budget": p.dpdk_afxdp_busy_budget}
+            s.notes = _dpdk_setup(l2, p, afxdp, d0)
             l2.next_stats()  # its statistics run before traffic starts
             yield s
     elif name in OVS_VARIANTS:
@@ -304,10 +302,12 @@ def run(data_dir=None, **kwargs) -> Result:
         _caveats(rs, p, gen.name)
         for name, why in skipped.items():
             rs.caveat(f"not run: {why}", name)
-        modes = notes.get("dpdk_l2fwd_afxdp", {}).get("af_xdp_socket_mode")
-        if modes:  # copy or zero-copy, as the kernel offered it on each port
-            rs.caveat("net_af_xdp sockets ran in " + ", ".join(f"{m} mode on {k}" for k, m in modes.items()),
-                      "dpdk_l2fwd_afxdp")
+        ax = notes.get("dpdk_l2fwd_afxdp", {})
+        if ax.get("af_xdp_socket_mode"):  # copy or zero-copy, as the kernel offered it on each port
+            rs.caveat("net_af_xdp sockets ran in " + ", ".join(f"{m} mode on {k}" for k, m in
+                                                              ax["af_xdp_socket_mode"].items())
+                      + f" (driver's XDP program: {ax.get('xdp_hook')}); rings of {ax.get('ring_size')} descriptors, "
+                      f"busy_budget {ax.get('busy_budget')}, lcore {ax.get('lcores')}", "dpdk_l2fwd_afxdp")
         sink = "lat_sink (bpf/latency.c)" if probe else "xdp_drop_bare"
         run_dir = rs.save(topo, {"generator": gen.name, "receiver_sink": f"{sink} (native) on rcv0",
                                  "resources": resources, "variant_setup": notes, "skipped_variants": skipped})
@@ -320,6 +320,22 @@ def run(data_dir=None, **kwargs) -> Result:
              "overview": views.overview(headline(table), res, lat)}
     return Result(EXPERIMENT, table, interpret(table, res) + views.interpret_latency(lat, table), rs.caveats,
                   run_dir, p, parts, headline_of=headline)
+
+
+def _dpdk_setup(l2, p: Params, afxdp: bool, d0) -> dict:
+    """How l2fwd was tuned, for the run's metadata: ports and their options, lcore, burst,
+    and for AF_XDP the socket mode (copy or zero-copy), the XDP hook the driver attached,
+    ring size, busy polling and the NAPI settings it needs."""
+    notes = {"ports": [str(x) for x in l2.ports], "port_options": {str(x): dict(x.devargs) for x in l2.ports},
+             "lcores": p.dpdk_lcores, "burst": 32, "stats_period_s": l2.app.stats_period_s,
+             "mac_updating": p.mac_updating, "memory_mb": p.dpdk_memory_mb, "hugepages": False}
+    if afxdp:
+        notes.update({"af_xdp_socket_mode": l2.socket_modes(), "xdp_hook": bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED"),
+                      "ring_size": p.dpdk_afxdp_ring, "busy_budget": p.dpdk_afxdp_busy_budget,
+                      "napi_settings": dict(dpdk.BUSY_POLL_SETTINGS) if p.dpdk_afxdp_busy_budget else {}})
+    else:
+        notes.update({"framecnt": p.dpdk_framecnt, "qdisc_bypass": "driver default (on)"})
+    return notes
 
 
 def _trial(name, setup, gen, tspec, snd, d0, d1, rcv, clock):
@@ -408,7 +424,7 @@ def summary_view(summary):
     """The summary with the columns a reader looks at first, in reading order."""
     cols = ["variant", "size", "offered_pps", "processed_pps", "processed_mbps", "loss_ratio",
             "dut_cpu_ns_per_pkt", "system_cpu_ns_per_pkt", "dpdk_cpu_ns_per_pkt", "ovs_cpu_ns_per_pkt",
-            "lost_before_dut_pkts",
+            "lost_before_dut_pkts", "socket_dropped",
             "lost_in_dut_pkts", "lost_after_dut_pkts"]
     s = summary[summary["size"].notna()] if "size" in summary.columns else summary
     return s[[c for c in cols if c in s.columns]].reset_index(drop=True)

@@ -1,0 +1,51 @@
+"""`make bench`, L2 forwarding: DPDK l2fwd over net_af_xdp against net_af_packet at 64 bytes,
+in one run with interleaved trials (the issue's goal: at least 2.5x), beside XDP redirect.
+
+    lines = bench_l2fwd.main(smoke=False)      # printed by `make bench`
+
+Per trial the two DPDK variants run back to back (rotating order), so their ratio is taken
+trial by trial: the mean ratio and its spread over trials, each variant's forwarded rate,
+what was lost before l2fwd saw it, and l2fwd's own CPU per forwarded packet. The
+interpretation of the run (`l2fwd_views.interpret_ports`) says what bounds each.
+"""
+from __future__ import annotations
+
+VARIANTS = ["dpdk_l2fwd", "dpdk_l2fwd_afxdp", "xdp_redirect"]
+
+
+def ratios(table):
+    """Per trial at the smallest size: dpdk_l2fwd_afxdp's forwarded rate over dpdk_l2fwd's,
+    as a pandas Series indexed by trial (empty if either is missing)."""
+    import pandas as pd
+
+    t = table[(table["measure"] == "processed_pps") & (table["kind"] == "trial")]
+    if t.empty:
+        return pd.Series(dtype=float)
+    t = t[t["size"] == t["size"].min()].pivot_table(index="trial", columns="variant", values="value")
+    if not {"dpdk_l2fwd", "dpdk_l2fwd_afxdp"} <= set(t.columns):
+        return pd.Series(dtype=float)
+    return (t["dpdk_l2fwd_afxdp"] / t["dpdk_l2fwd"]).dropna()
+
+
+def summary(table):
+    """Mean, min and max over trials of the measures the ratio is read with, per variant."""
+    ms = ["offered_pps", "processed_pps", "lost_before_dut_pkts", "socket_dropped", "lost_in_dut_pkts", "dpdk_cpu_ns_per_pkt",
+          "dut_cpu_ns_per_pkt"]
+    t = table[table["measure"].isin(ms) & (table["kind"] == "trial")]
+    return t.groupby(["variant", "measure"])["value"].agg(["mean", "min", "max", "count"]).reset_index()
+
+
+def main(smoke: bool = False, trials: int | None = None) -> list[str]:
+    """Run the comparison and return the lines `make bench` prints."""
+    from labkit.experiments import l2fwd
+
+    r = l2fwd.run(variants=VARIANTS, sizes=[64], trials=trials or (2 if smoke else 5),
+                  count=100_000 if smoke else 1_000_000, latency=False, idle_s=0.5, progress=False)
+    rt = ratios(r.table)
+    lines = ["== L2 forwarding at 64 bytes: DPDK l2fwd over AF_XDP vs af_packet ==",
+             summary(r.table).to_string(index=False)]
+    if len(rt):
+        lines.append(f"\nl2fwd AF_XDP / af_packet forwarded rate: {rt.mean():.2f}x (trials {rt.min():.2f}-{rt.max():.2f}, "
+                     f"{len(rt)} trials; goal >= 2.5)")
+    lines += ["", r.interpretation, f"table: {r.run_dir}"]
+    return lines
