@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from labkit.experiments.nat.testbed import SERVER
 from labkit.testbed import runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,6 +237,15 @@ def counters(page) -> dict:
     return rows
 
 
+def plot_image(page, scope: str, old: str | None = None) -> str:
+    """The src of the live plot under SCOPE once it shows a decoded, non-empty image (other
+    than OLD, when given: a new drawing; an unchanged drawing is not sent again)."""
+    img = f"{scope} .lk-rateplot img"
+    page.wait_for_function("([s, old]) => { const i = document.querySelector(s); return i && i.complete"
+                           " && i.naturalWidth > 100 && i.getAttribute('src') !== old; }", arg=[img, old])
+    return page.locator(img).first.get_attribute("src")
+
+
 def prefix_of(page, selector: str) -> str:
     return re.search(r"run (lk[0-9a-f]{4})", text(page, selector)).group(1)
 
@@ -251,9 +261,14 @@ def test_drop_lab_in_jupyterlab(server, page):
     for sel in (".lk-hook select", ".lk-port input", ".lk-src input", "button.lk-send", "button.lk-stop"):
         assert page.locator(sel).is_enabled(), f"{sel} is not enabled in a live lab"
 
-    # a burst shows in the counters
+    # the live plot draws; a burst shows in the counters, and in the plot (a new drawing) and its
+    # rates (the receiver's rx, the filter's pass)
+    drawn = plot_image(page, ".lk-droplab")
     before = counters(page)
     page.locator("button.lk-send").click()
+    wait_text(page, ".lk-droplab .lk-rates", r"rcv0 rx [0-9.]+k?/s.*filter: pass [0-9.]+k?/s")
+    plot_image(page, ".lk-droplab", old=drawn)
+    page.locator(".lk-droplab").screenshot(path=str(server.tmp / "drop-lab-live.png"))  # to look at
     wait_text(page, ".lk-message", r"sent \d+ packets")
     page.wait_for_function("(n) => { const t = document.querySelector('.lk-counters'); return t &&"
                            " /pass\\s+(\\d+)/.test(t.innerText) && +t.innerText.match(/pass\\s+(\\d+)/)[1] >= n; }",
@@ -309,6 +324,10 @@ def test_drop_lab_in_jupyterlab(server, page):
     page.wait_for_selector(".lk-count [disabled]", state="attached")  # the burst slider
     assert "run the cell again" in page.locator("button.lk-send").get_attribute("title")
     assert_nothing_left([first, second], set())
+    # the stopped lab's plot keeps its last image and draws no more
+    stopped_src = page.locator(".lk-droplab .lk-rateplot img").last.get_attribute("src")
+    page.wait_for_timeout(2500)
+    assert page.locator(".lk-droplab .lk-rateplot img").last.get_attribute("src") == stopped_src
 
     server.shutdown_kernel("drop.ipynb")
     wait_gone(pid)
@@ -329,6 +348,14 @@ def test_nat_lab_in_jupyterlab(server, page):
     assert "10.20.1.2" in flows
     stamp = re.search(r"as of (\S+)", flows).group(1)
     page.wait_for_function("(s) => !document.querySelector('.lk-flows').innerText.includes('as of ' + s)", arg=stamp)
+    # the live plot of the NAT host's ports draws; pings from a client (as from a shell beside
+    # the notebook) show in its rates and a new drawing
+    drawn = plot_image(page, ".lk-flowview")
+    subprocess.run(["ip", "netns", "exec", f"{first}-c1", "ping", "-c", "8", "-i", "0.25", "-W", "2", SERVER],
+                   capture_output=True, timeout=60)
+    wait_text(page, ".lk-flowview .lk-rates", r"rates at \S+: .*(rx|tx) [1-9][0-9.]*k?/s")
+    plot_image(page, ".lk-flowview", old=drawn)
+    page.locator(".lk-flowview").screenshot(path=str(server.tmp / "nat-lab-live.png"))
 
     # a mapping, then refused ones: the table stays as it was, the reason in red
     page.locator(".lk-inside input").fill("10.20.1.2")

@@ -267,11 +267,11 @@ def test_drop_lab_plot_follows_real_traffic_and_stops_with_the_lab(drop_lab):
     o = lab.send(300_000, 7)  # long enough to span at least one whole sampling second
     wait_for(lambda: max(ui.plot.series(f"{rcv} rx"), default=0) > 0,
              f"the plotted rx rate stayed 0 after {o.packets} packets: {ui.plot.shown()}")
-    wait_for(lambda: max(ui.plot.series("xdp_filter: pass"), default=0) > 0, "the filter's pass rate is not plotted")
+    wait_for(lambda: max(ui.plot.series("filter: pass"), default=0) > 0, "the filter's pass rate is not plotted")
     assert f"{rcv} rx" in ui.plot.shown() and "rates at" in ui.plot.text.value
     ui.port.value = "9"
     lab.send(300_000, 9)
-    wait_for(lambda: max(ui.plot.series("xdp_filter: drop_port"), default=0) > 0, "drop_port per second not plotted")
+    wait_for(lambda: max(ui.plot.series("filter: drop_port"), default=0) > 0, "drop_port per second not plotted")
 
     ui.stop.click()
     assert lab.closed and not ui.plot.running
@@ -307,9 +307,12 @@ def test_nat_lab_plot_shows_the_nat_ports_and_stops(nat_lab):
 
     def seen():
         live.traffic()
-        return max(view.plot.series(f"{outside} tx"), default=0) > 0
+        return (max(view.plot.series(f"{outside} tx"), default=0) > 0
+                and any(n.startswith("fast path: ") for n in view.plot.shown()))
 
-    wait_for(seen, f"the NAT's outside port never showed a tx rate: {view.plot.shown()}", seconds=90)
+    wait_for(seen, f"the NAT's outside port or its fast path never showed a rate: {view.plot.shown()}", seconds=90)
+    # the fast path's programs on the inside and outside ports share one map: its outcomes once
+    assert not [n for n in view.plot.shown() if n.startswith("xdp_nat")], view.plot.shown()
     view.stop()  # the live view's stop button stops the plot too
     assert lab_threads(view) == [] and view.refresh_button.disabled is False
     editor.stop.click()

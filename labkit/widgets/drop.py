@@ -223,7 +223,7 @@ class DropLabWidget:
         self.controls = [self.hook, self.drop_all, self.proto, self.port, self.src, self.count, self.dport,
                          self.send, self.stop]
         self.plot = RatePlot([Target(i.netns, i.name) for i in (lab.snd, lab.rcv)],
-                             names={f"counters[{i}]": v for i, v in enumerate(VERDICTS)},
+                             names={f"counters[{i}]": f"filter: {v}" for i, v in enumerate(VERDICTS)},
                              guard=lambda: holding(lab), interval=interval, title="drop lab")
         self.box = w.VBox([w.HBox([self.hook, self.drop_all]), w.HBox([self.proto, self.port, self.src]),
                            w.HBox([self.count, self.dport, self.send, self.stop]),

@@ -254,7 +254,7 @@ def _rate_plot(live, interval: float):
     lab = live.lab
     ports = [lab.inside(i) for i in range(1, lab.clients + 1)] + [lab.outside]
     return RatePlot([Target(p.netns, p.name) for p in ports], interval=interval, title="NAT host's ports",
-                    names={f"xdp_stats[{i}]": o for i, o in enumerate(OUTCOMES)}, guard=lambda: holding(live))
+                    names={f"xdp_stats[{i}]": f"fast path: {o}" for i, o in enumerate(OUTCOMES)}, guard=lambda: holding(live))
 
 
 def flow_view(nat, interval: float = 1.0, limit: int = 50) -> FlowView:

@@ -2,7 +2,7 @@
 attached XDP programs' counters of a lab's interfaces over the last WINDOW seconds, the
 numbers `labkit watch` prints, from the same sampler (`labkit.measure.watch.Sampler`).
 
-    plot = RatePlot(targets, names={"counters[0]": "pass"}, guard=lambda: holding(lab))
+    plot = RatePlot(targets, names={"counters[0]": "filter: pass"}, guard=lambda: holding(lab))
     display(plot.widget)   # the latest rates as a line of text, the plot as a PNG image
     plot.stop()            # the lab's widget does it when the lab closes
 
@@ -10,8 +10,9 @@ Each second a background thread (a `controls.Ticker`) takes one step of the samp
 holding GUARD (the lab's lock; `LabStopped` from it ends the plot, so nothing samples a
 closed lab's namespaces), then draws. A series is drawn where it was not zero somewhere in
 the window: `<iface> rx`, `<iface> tx`, `<iface> drops` (link and driver ring drops),
-`<iface> xdp_drop` (frames an XDP program dropped, as the driver counts them) and, once
-per program, its counters by NAMES ({'map[slot]': name}; unnamed ones keep `map[slot]`).
+`<iface> xdp_drop` (frames an XDP program dropped, as the driver counts them) and the
+attached programs' counters: those NAMES names ({'map[slot]': label}) under their label,
+once even where several ports' programs share the map; others as `<program>: map[slot]`.
 
 matplotlib draws off-screen (its Agg canvas, no pyplot state, one figure reused) into a
 PNG shown by an `ipywidgets.Image`: JupyterLab shows each new one, and a notebook saved with
@@ -48,7 +49,7 @@ def series_of(rows: list[dict], names: dict | None = None) -> dict:
             programs.add(r["xdp"])
             prog = r["xdp"].split("#")[0]
             for k, v in r["counters"].items():
-                out[f"{prog}: {names.get(k, k)}"] = v
+                out.setdefault(names[k] if k in names else f"{prog}: {k}", v)
     return out
 
 
@@ -123,10 +124,11 @@ class RatePlot:
         x = [t - now for t, _ in self.history]
         shown = self.shown()
         for name in shown:
-            style = ("--" if name.endswith(("drops", "xdp_drop")) else ":" if ": " in name else "-")
+            style = "--" if name.endswith(("drops", "xdp_drop")) else ":" if ": " in name else "-"
             ax.plot(x, self.series(name), style, label=name, linewidth=1.6)
         ax.set_xlim(-self.window, 0)
-        ax.set_ylim(bottom=0)
+        top = max((max(self.series(n)) for n in shown), default=0)
+        ax.set_ylim(0, max(10.0, top * 1.1))
         ax.set_xlabel("seconds ago")
         ax.set_ylabel("per second")
         ax.yaxis.set_major_formatter(EngFormatter())
@@ -141,7 +143,7 @@ class RatePlot:
         self._figure.savefig(buf, format="png")
         self.image.value = buf.getvalue()
         last = self.history[-1][1] if self.history else {}
-        busy = ", ".join(f"{k} {watch.per_s(v)}" for k, v in last.items() if v > 0) or "no traffic"
+        busy = ", ".join(f"{k} {watch.per_s(v)}" for k, v in last.items() if v >= 0.5) or "no traffic"
         self.text.value = f"rates at {time.strftime('%H:%M:%S')}: {html.escape(busy)}"
         self.draws += 1
 
