@@ -4,11 +4,13 @@ on h3; and inventories refused before any host is changed."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
 import labkit
-from labkit.errors import InputError
+from labkit.errors import InputError, LabkitError
 from labkit.testbed import runs
 
 pytest.importorskip("mitogen")
@@ -16,9 +18,18 @@ pytest.importorskip("mitogen")
 ROLES = {"sender": "h1", "dut": "h2", "receiver": "h3"}
 
 
-def sessions() -> set:
-    """Remote sessions open on this machine's "hosts": each brought its BPF sources along."""
-    return set(runs.REGISTRY_DIR.glob("lk*-bpf")) if runs.REGISTRY_DIR.is_dir() else set()
+def sessions(hosts) -> set:
+    """labkit sessions registered on these "hosts" (the registry says in which network
+    namespace a remote session runs), and the processes running in them besides sshd."""
+    spaces = {f"net:[{os.stat(f'/run/netns/{hosts.host(n).netns}').st_ino}]" for n in ("h1", "h2", "h3")}
+    found = set()
+    for f in runs.REGISTRY_DIR.glob("lk*.json") if runs.REGISTRY_DIR.is_dir() else ():
+        try:
+            if json.loads(f.read_text()).get("netns") in spaces:
+                found.add(f.name)
+        except (OSError, ValueError):
+            pass
+    return found | {f"{n}:{p}" for n in ("h1", "h2", "h3") for p in processes(hosts, n) - {"sshd"}}
 
 
 def dut_ports(hosts) -> list:
@@ -39,6 +50,18 @@ def host_state(hosts) -> dict:
     return out
 
 
+def processes(hosts, name: str) -> set:
+    """Names of the processes running in host NAME's network namespace."""
+    out = set()
+    for pid in subprocess.run(["ip", "netns", "pids", hosts.host(name).netns], capture_output=True,
+                              text=True).stdout.split():
+        try:
+            out.add(open(f"/proc/{pid}/comm").read().strip())
+        except OSError:
+            pass
+    return out
+
+
 def test_l2fwd_across_three_hosts(remote_hosts, data_dir):
     from labkit import dpdk
     from labkit.experiments import l2fwd
@@ -47,7 +70,8 @@ def test_l2fwd_across_three_hosts(remote_hosts, data_dir):
     if dpdk.l2fwd_status()[0]:
         variants.append("dpdk_l2fwd")
     path = inventory(remote_hosts)
-    before, open_before = host_state(remote_hosts), sessions()
+    before = host_state(remote_hosts)
+    assert not sessions(remote_hosts)
     res = l2fwd.run(data_dir=data_dir, inventory=str(path), smoke=True, generator="trafgen", count=5000,
                     variants=variants, idle_s=0.2, progress=False)
     t = res.table
@@ -73,14 +97,16 @@ def test_l2fwd_across_three_hosts(remote_hosts, data_dir):
     assert hosts["h2"]["interface"] == dut_ports(remote_hosts)
     # every host's state is undone: no XDP program, bridge, qdisc, promisc or process left
     assert host_state(remote_hosts) == before
-    assert not sessions() - open_before, "every host's session was closed"
-    assert "l2fwd" not in remote_hosts.host("h2").run(["ps", "-eo", "comm"]).stdout
+    assert not sessions(remote_hosts), "every host's session was closed, its processes stopped"
 
 
 def test_an_inventory_the_dut_cannot_serve_is_refused_before_any_change(remote_hosts, data_dir):
+    """A DUT naming one port, a port that is not on it, or where l2fwd cannot be built: refused
+    naming the host and the fix, with nothing changed on any host."""
     from labkit.experiments import l2fwd
 
-    before, open_before = host_state(remote_hosts), sessions()
+    before = host_state(remote_hosts)
+    assert not sessions(remote_hosts)
     one = remote_hosts.inventory(ROLES)  # h2 names only its port towards h1
     with pytest.raises(InputError, match=r"host h2 \(role dut\) names one data-plane interface .* but forwards "
                                          r"between two: set labkit_interfaces: \[IN, OUT\] under all.hosts.h2"):
@@ -90,5 +116,14 @@ def test_an_inventory_the_dut_cannot_serve_is_refused_before_any_change(remote_h
                                          r"there: .*fix labkit_interfaces"):
         l2fwd.run(data_dir=data_dir, inventory=str(absent), smoke=True, variants=["bridge"], generator="trafgen",
                   progress=False)
-    assert host_state(remote_hosts) == before and not sessions() - open_before
-    assert not list(data_dir.glob("l2fwd/*")) or all((d / "metadata.json").exists() for d in data_dir.glob("l2fwd/*"))
+    blocked = data_dir / "not-a-folder"
+    blocked.write_text("")
+    unbuildable = inventory(remote_hosts, labkit_build_dir=str(blocked / "build"))
+    from labkit import dpdk
+
+    fix = (r"building DPDK's l2fwd in .*not-a-folder/build there failed: .*set labkit_build_dir of h2"
+           if dpdk.l2fwd_status()[0] else r".*install DPDK there")
+    with pytest.raises(LabkitError, match=r"host h2 \(role dut\) cannot run dpdk_l2fwd: " + fix):
+        l2fwd.run(data_dir=data_dir, inventory=str(unbuildable), smoke=True, variants=["bridge", "dpdk_l2fwd"],
+                  generator="trafgen", progress=False)
+    assert host_state(remote_hosts) == before and not sessions(remote_hosts)

@@ -128,16 +128,24 @@ def _check_dut(dut, name: str, p, build_dir: str) -> dict:
         rings = sorted({None if v == "dpdk_l2fwd" else p.dpdk_afxdp_ring for v in wanted}, key=str)
         try:
             dut.call(build_l2fwd_here, build_dir, rings)
-        except LabkitError as exc:
+        except MissingDependency as exc:
             raise MissingDependency(f"host {name} (role dut) cannot run {', '.join(wanted)}: "
-                                    f"{str(exc).splitlines()[0]}; install DPDK there (labkit provision INVENTORY), "
+                                    f"{_first_line(exc)}; install DPDK there (`labkit provision INVENTORY`), "
                                     "or leave those variants out") from None
+        except LabkitError as exc:
+            raise LabkitError(f"host {name} (role dut) cannot run {', '.join(wanted)}: building DPDK's l2fwd in "
+                              f"{build_dir} there failed: {_first_line(exc)}; set labkit_build_dir of {name} to a "
+                              "folder root can write, or leave those variants out") from None
     skipped = {}
     if set(OVS_VARIANTS) & set(p.variants):
         ok, why = dut.call(ovs.status)
         if not ok:
             skipped.update({v: f"host {name}: {why}" for v in OVS_VARIANTS if v in p.variants})
     return skipped
+
+
+def _first_line(exc) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _trial(name, setup, gen, tspec, snd, d0, d1, rcv, baseline):
