@@ -169,3 +169,35 @@ def test_notebook_runs_headless_in_smoke_mode(tmp_path):
     assert not dpdk.dpdk_processes(prefix), "no DPDK process of the notebook remains"
     assert not dpdk.runtime_dirs(prefix), "nothing left in DPDK's runtime directory"
     assert not [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]
+
+
+def test_dpdk_ports_compared_with_tunings_and_socket_losses_recorded(tmp_path):
+    """The two DPDK variants side by side: each run records how l2fwd was tuned (AF_XDP copy
+    or zero-copy, the driver's XDP hook, rings, busy polling, lcore; af_packet's frames),
+    the kernel's drop counters of l2fwd's sockets per trial, and the interpretation says
+    whether the AF_XDP goal is met and where the packets were lost; make bench's ratio
+    reads the same rows."""
+    import json
+
+    from labkit.bench import l2fwd as bench_l2fwd
+
+    r = l2fwd.run(smoke=True, variants=list(l2fwd.DPDK_VARIANTS), baseline=False, latency=False,
+                  progress=False)
+    meta = json.loads((r.run_dir / "metadata.json").read_text())
+    setup = json.dumps(meta)  # wherever collect_metadata nests the run's extra fields
+    assert '"af_xdp_socket_mode"' in setup and '"copy"' in setup and '"xdp_hook": "xdp"' in setup
+    assert '"busy_budget": 64' in setup and '"ring_size": 4096' in setup and '"framecnt": 4096' in setup
+    t = r.table
+    sock = t[(t["measure"] == "socket_dropped") & (t["kind"] == "trial")]
+    assert set(sock["variant"]) == set(l2fwd.DPDK_VARIANTS) and (sock["value"] >= 0).all()
+    fill = t[t["measure"] == "xsk_fill_ring_empty"]
+    assert set(fill["variant"]) == {"dpdk_l2fwd_afxdp"}
+    before = t[t["measure"] == "lost_before_dut_pkts"].set_index(["variant", "trial"])["value"]
+    for (v, trial), n in sock.set_index(["variant", "trial"])["value"].items():
+        assert n <= before[(v, trial)] + 64, "drops at l2fwd's sockets are part of the loss before it"
+    assert "goal of 2.5×" in r.interpretation and "socket counters" in r.interpretation
+    ratios = bench_l2fwd.ratios(t)
+    assert len(ratios) == 1 and (ratios > 0).all()  # smoke: one trial
+    prefix = r.run_dir.name.rsplit("-", 1)[1]
+    assert not dpdk.dpdk_processes(prefix) and not dpdk.runtime_dirs(prefix)
+    assert not [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]
