@@ -152,7 +152,8 @@ def login_user(remote_hosts):
         yield user
     finally:
         sudoers.unlink(missing_ok=True)
-        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)  # its sessions' processes only
+        for pid in subprocess.run(["pgrep", "-u", name], capture_output=True, text=True).stdout.split():
+            os.kill(int(pid), signal.SIGKILL)  # what its sessions still run (this test's own)
         subprocess.run(["userdel", name], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
     assert subprocess.run(["id", name], capture_output=True).returncode != 0, f"user {name} is still there"

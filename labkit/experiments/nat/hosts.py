@@ -80,7 +80,7 @@ def run(p, data_dir=None):
                     after = counter("counts")
                 other = (after["all"] - before["all"]) - (after["expected"] - before["expected"])
                 rs.add(variant, trial, size, {"server_other_source": (other, "packets")}, kind="udp",
-                       offloads="as on the hosts", flows=p.udp_flows)
+                       offloads="as on the hosts", flows=p.udp_flows, generator=gen.name)
                 return m
 
             trial_loop(p.variants, p.trials, measure_one,
@@ -103,7 +103,10 @@ def run(p, data_dir=None):
         run_dir = rs.save(bed, {"generator": gen.name, "checks": checks, "nat": lab.addresses(p)})
     table = rs.table
     checks_df = pd.DataFrame(checks, columns=["variant", "check", "ok", "detail", "offloads"])
-    return Result(experiment.EXPERIMENT, table, experiment.interpret(table, checks_df), rs.caveats, run_dir, p,
+    text = experiment.interpret(table, checks_df)  # its sentences about CPU have no numbers here: left out
+    text = "\n".join([line for line in text.splitlines() if "nan" not in line]
+                      + ["CPU per packet: not measured across hosts (see the caveats)."])
+    return Result(experiment.EXPERIMENT, table, text, rs.caveats, run_dir, p,
                   {"checks": checks_df, "flows": pd.DataFrame()}, headline_of=experiment.headline)
 
 
