@@ -80,3 +80,14 @@ def test_latency_is_said_to_be_left_out_where_it_cannot_run():
 def test_smoke_clamps_latency():
     p = xdp_drop.Params(smoke=True).validate()
     assert p.latency_loads == [0.5] and p.latency_probes == 200
+
+
+def test_no_percentile_is_read_above_the_exact_maximum():
+    from labkit.dataplanes import latency as probes
+
+    hist = [0] * probes.BUCKETS
+    b = probes.bucket_of(25_000)
+    lo, hi = probes.bucket_bounds(b)
+    hist[b] = 200  # every probe in one bucket, the slowest at its low edge
+    d = probes.percentiles(hist, max_ns=lo)
+    assert d["p50_ns"] <= d["p99_ns"] <= d["p99.9_ns"] <= d["max_ns"] == lo

@@ -72,7 +72,7 @@ def bucket_of(ns: int) -> int:
 def percentiles(hist, max_ns: int | None = None, qs=PERCENTILES) -> dict:
     """{'p50_ns': .., 'p90_ns': .., 'p99_ns': .., 'p99.9_ns': .., 'max_ns': .., 'probes': n}
     from a histogram (counts per bucket): each percentile is the middle of the bucket that
-    holds its rank; NaN with no probes."""
+    holds its rank (at most the maximum); NaN with no probes."""
     total = int(sum(hist))
     out = {"probes": total}
     if total == 0:
@@ -89,6 +89,8 @@ def percentiles(hist, max_ns: int | None = None, qs=PERCENTILES) -> dict:
         out[f"p{q:g}_ns"] = (lo + hi - 1) / 2
     last = max(j for j, n in enumerate(hist) if n)
     out["max_ns"] = float(max_ns) if max_ns else float(sum(bucket_bounds(last)) / 2)
+    for q in ranks:  # a bucket's middle can lie above the exact maximum in the same bucket
+        out[f"p{q:g}_ns"] = min(out[f"p{q:g}_ns"], out["max_ns"])
     return out
 
 
