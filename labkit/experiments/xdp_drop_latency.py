@@ -6,7 +6,7 @@ variant lets through. The testbed gets a third host for it:
 
     lsnd --(flood + probes)--> lrcv (the variant on its ingress; forwards IPv4) --> lsink
 
-- the **flood** is the experiment's own traffic (UDP to rcv's address, destination port
+- the **flood** is the experiment's own traffic (UDP to the receiver's address, destination port
   `traffic.TrafficSpec.dport`, 9), at fractions of each variant's own no-drop rate; each
   variant drops it where it always does: ``stack`` at UDP (no listener), ``iptables_raw``
   in raw PREROUTING, ``tc`` and ``xdp_*`` in the drop filter (bpf/drop_filter.c). The
@@ -23,10 +23,12 @@ The probes are XDP frames, which a veth delivers only to a peer in NAPI mode: fo
 receiving veth while the probes run (`LatencyProbe.peer_ready`, as the in-kernel
 generator does for its sends); ``xdp_native`` has its own filter there; ``xdp_generic``
 cannot have a native program beside it, so GRO is turned on for it instead (NAPI without
-a program). Every variant thus runs everywhere; the caveats say what each one pays for
-the probes' delivery.
+a program). Latency thus makes sense for all five variants, each measured; the caveats
+say what each one pays for the probes' delivery. It does not on real interfaces or across
+an inventory's hosts (no sink host behind the receiver, no shared clock): `not_measured`
+says so, as a caveat of the run.
 
-    cdf = xdp_drop_latency.measure(p, rs, search_rows)   # rows of kind 'latency' into rs
+    cdf = xdp_drop_latency.measure_all(p, rs, search_rows)   # rows of kind 'latency' into rs
     lat = xdp_drop_latency.summary(rs.table)             # percentiles with spread, per variant and load
     xdp_drop_latency.interpret(lat)                      # the sentences
 
