@@ -30,7 +30,8 @@ def check_streams(streams) -> None:
 
 def iperf(lab: NatLab, seconds: float, port: int = 5201, streams: int = 1):
     """iperf3 TCP c1 -> srv with STREAMS parallel connections; the client's completed process."""
-    with lab.server.spawn(["iperf3", "-s", "-1", "-p", str(port)], name="iperf3-server") as server:
+    # --forceflush: its "listening" line reaches the pipe at once, not when the buffer fills
+    with lab.server.spawn(["iperf3", "-s", "-1", "-p", str(port), "--forceflush"], name="iperf3-server") as server:
         deadline = time.monotonic() + 5
         while "listening" not in server.output().lower() and time.monotonic() < deadline:
             time.sleep(0.05)
