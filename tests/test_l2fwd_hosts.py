@@ -72,7 +72,7 @@ def test_l2fwd_across_three_hosts(remote_hosts, data_dir):
     path = inventory(remote_hosts)
     before = host_state(remote_hosts)
     assert not sessions(remote_hosts)
-    res = l2fwd.run(data_dir=data_dir, inventory=str(path), smoke=True, generator="trafgen", count=5000,
+    res = l2fwd.run(data_dir=data_dir, inventory=str(path), smoke=True, count=5000,  # generator auto: trafgen
                     variants=variants, idle_s=0.2, progress=False)
     t = res.table
     trials = t[t["kind"] == "trial"]
@@ -89,6 +89,7 @@ def test_l2fwd_across_three_hosts(remote_hosts, data_dir):
         assert (rx > 0).all(), "l2fwd on h2 counted the frames itself"
     assert any("across hosts (h1 -> h2 -> h3)" in c for c in res.caveats)
     assert any("latency not measured across hosts" in c for c in res.caveats)
+    assert any("generator auto across hosts: trafgen" in c for c in res.caveats)
     assert set(res.resources["variant"]) == set(variants) | {l2fwd.BASELINE}
     assert len(res.headline()) == len(variants) + 1 and res.interpretation
     meta = json.loads((res.run_dir / "metadata.json").read_text())

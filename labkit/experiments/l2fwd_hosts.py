@@ -15,7 +15,8 @@ The trial loop stays on the controlling machine, as in the local run. For each t
 - the DUT host holds the trial's variant (`dut_variant`): the local run's own set-up
   (`l2fwd.variant`: the XDP/tc forwarder, the bridge, DPDK's l2fwd over af_packet or AF_XDP
   ports, Open vSwitch) over the DUT's real ports, undone there when the trial ends;
-- the sender host's generator (`across_hosts.RemoteGenerator`) offers the frames.
+- the sender host's generator (`across_hosts.RemoteGenerator`) offers the frames (trafgen
+  for `auto`: the in-kernel generator needs an XDP program on its veth peer, another host here).
 
 DPDK's l2fwd is built on the DUT host itself, against its own DPDK, in
 `labkit_build_dir` (default /var/cache/labkit/build) before any host is changed; a DUT
@@ -60,7 +61,8 @@ def run(p, data_dir=None):
     ex = importlib.import_module(type(p).__module__)  # labkit.experiments.l2fwd
     inv = inventory.parse(p.inventory)
     inv.require(ex.HOST_ROLES, two_interfaces=("dut",))
-    generator_tools = across_hosts.GENERATOR_TOOLS.get(p.generator, [])
+    generator = "trafgen" if p.generator == "auto" else p.generator  # xdpgen needs its veth peer on its host
+    generator_tools = across_hosts.GENERATOR_TOOLS.get(generator, [])
     tools = {"sender": generator_tools, "dut": ["python:bcc"], "receiver": ["python:bcc"]}
     dut_name = inv.role("dut").name
     build_dir = str(inv.role("dut").vars.get("labkit_build_dir") or DEFAULT_BUILD_DIR)
@@ -80,7 +82,7 @@ def run(p, data_dir=None):
         notes, resources = {}, []
         with ExitStack() as stack:
             stack.enter_context(rcv.host.hold(f"{__name__}:receiver_sink", rcv.ifname))
-            gen = stack.enter_context(across_hosts.RemoteGenerator(snd, p.generator))
+            gen = stack.enter_context(across_hosts.RemoteGenerator(snd, generator))
             time.sleep(0.2)
 
             def measure_one(name, size, trial):
@@ -181,6 +183,9 @@ def _caveats(rs, p, port_caveats: dict, snd, dut, rcv, skipped: dict, notes: dic
     rs.caveat(f"across hosts ({snd.host.name} -> {dut.name} -> {rcv.host.name}): rates and losses from each host's "
               "counters; the whole-machine CPU columns are empty (this machine's CPU is neither host's), DPDK's and "
               "OVS's own process time was read on the DUT")
+    if p.generator == "auto":
+        rs.caveat("generator auto across hosts: trafgen (the in-kernel generator needs an XDP program on its veth "
+                  "peer, which is on another host here); name generator=xdp to use it from a NIC")
     if p.latency:
         rs.caveat("latency not measured across hosts: a one-way delay needs the sender's and the receiver's "
                   "timestamps on one clock, which separate machines do not share")
