@@ -12,7 +12,10 @@ a NIC with XSK zero-copy the NIC reads the frame where testpmd wrote it. Options
 `force_copy`, ... see labkit.dpdk.afxdp), checked before anything runs. The driver
 attaches an XDP program to the sending interface while testpmd runs (so the interface
 must have none) and removes it when testpmd quits; if testpmd had to be killed, labkit
-takes it off.
+takes it off. What is reported as sent is the interface's own transmit count, not what
+testpmd queued: on a veth with `--no-huge` memory, the kernel refused about half of the
+frames testpmd queued, counting them as invalid transmit descriptors of the socket
+(`XDP_STATISTICS` tx_invalid_descs, see labkit.dpdk.sockets); a note gives both counts.
 
 Modes (option `mode`):
 
@@ -127,8 +130,8 @@ class Testpmd(Generator):
         if guard.transmitted is not None and guard.transmitted < packets:
             # what reached the wire, not what testpmd queued: copy-mode transmit can drop in the kernel
             notes.append(f"testpmd queued {packets} frames on its AF_XDP socket; the kernel transmitted "
-                         f"{guard.transmitted} on {self.iface.name}: the rest were dropped in the socket's "
-                         "transmit (copy mode), never sent")
+                         f"{guard.transmitted} on {self.iface.name}: the kernel refused the rest in the socket's "
+                         "transmit, they were never sent")
             packets, nbytes = guard.transmitted, guard.transmitted * spec.size
         return Offered(self.name, packets, nbytes, seconds, cpu_seconds=cpu, notes=notes)
 
