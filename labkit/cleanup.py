@@ -256,6 +256,8 @@ def _undo_foreign(rec: dict) -> None:
                 ipr.addr("del", index=idx[0], address=rec["address"], prefixlen=rec["prefixlen"])
             except Exception:
                 pass
+        elif kind == "promisc":  # an inventory run's receiver (experiments.l2fwd_hosts)
+            ipr.link("set", index=idx[0], flags=0, change=0x100)
         elif kind == "route":  # an inventory run's route on a client or server (experiments.nat.hosts)
             try:
                 ipr.route("del", dst=rec["dst"], dst_len=rec["dst_len"], gateway=rec["gateway"], oif=idx[0])

@@ -128,3 +128,29 @@ def test_an_inventory_the_dut_cannot_serve_is_refused_before_any_change(remote_h
         l2fwd.run(data_dir=data_dir, inventory=str(unbuildable), smoke=True, variants=["bridge", "dpdk_l2fwd"],
                   generator="trafgen", progress=False)
     assert host_state(remote_hosts) == before and not sessions(remote_hosts)
+
+
+def test_a_lost_receiver_sink_is_undone_by_clean(remote_hosts):
+    """The receiver's session dies holding the sink: its XDP program and promiscuous mode
+    stay on h3 until `labkit clean --inventory` undoes both there."""
+    import signal
+
+    from labkit import cli
+    from labkit.experiments import across_hosts
+    from labkit.testbed.remote import HostUnreachable
+
+    path = inventory(remote_hosts)
+    rcv_if = remote_hosts.data_if[("h3", "h2")]
+    h3 = remote_hosts.host("h3")
+    with pytest.raises(HostUnreachable, match=r"host h3 .*connection was lost"):
+        with across_hosts.Testbed(path, ("receiver",)) as bed:
+            rcv = across_hosts.end(bed, "receiver")
+            with rcv.host.hold("labkit.experiments.l2fwd_hosts:receiver_sink", rcv_if):
+                shown = h3.run(["ip", "link", "show", rcv_if]).stdout
+                assert "PROMISC" in shown and "xdp" in shown
+                os.kill(rcv.host.call(os.getpid), signal.SIGKILL)
+                rcv.counters()
+    assert "PROMISC" in h3.run(["ip", "link", "show", rcv_if]).stdout, "h3 could not be reached to undo it"
+    assert cli.main(["clean", "--inventory", str(path)]) == 0
+    shown = h3.run(["ip", "link", "show", rcv_if]).stdout
+    assert "PROMISC" not in shown and "xdp" not in shown, "clean --inventory undid both on h3"

@@ -289,17 +289,42 @@ def dut_variant(experiment: str, in_if: str, out_if: str, name: str, params: dic
 @contextmanager
 def receiver_sink(ifname: str):
     """On the receiver: a bare XDP drop program (native) on IFNAME, which is in promiscuous
-    mode meanwhile (as it was after). Undone on exit."""
+    mode meanwhile (recorded in the session for `labkit clean`; as it was after). Undone on exit."""
     from labkit import bpf
     from labkit.experiments.across_hosts import local_interface
-    from labkit.testbed.hosts import ROOT_HOST
 
     iface = local_interface(ifname)
     with ExitStack() as stack:
         fn = stack.enter_context(bpf.load("xdp_minimal")).function("xdp_drop_bare")
-        flags = int(open(f"/sys/class/net/{ifname}/flags").read(), 16)
-        if not flags & 0x100:  # IFF_PROMISC
-            ROOT_HOST.run(["ip", "link", "set", ifname, "promisc", "on"])
-            stack.callback(ROOT_HOST.run, ["ip", "link", "set", ifname, "promisc", "off"], check=False)
+        stack.enter_context(_promiscuous(iface))
         stack.enter_context(bpf.attach_xdp(iface, fn, "native"))
         yield None
+
+
+IFF_PROMISC = 0x100
+
+
+@contextmanager
+def _promiscuous(iface):
+    """IFACE in promiscuous mode (unless it was already), recorded as a foreign change."""
+    from labkit.testbed import runs, signals
+    from labkit.testbed.hosts import netlink
+
+    with netlink() as ipr:
+        if ipr.link("get", index=iface.ifindex)[0]["flags"] & IFF_PROMISC:
+            yield
+            return
+    record, run = {"kind": "promisc", "ifname": iface.name}, runs.current_run()
+    with signals.deferred_signals():
+        if run is not None:
+            run.note_foreign(record)
+        with netlink() as ipr:
+            ipr.link("set", index=iface.ifindex, flags=IFF_PROMISC, change=IFF_PROMISC)
+    try:
+        yield
+    finally:
+        with signals.deferred_signals():
+            with netlink() as ipr:
+                ipr.link("set", index=iface.ifindex, flags=0, change=IFF_PROMISC)
+            if run is not None:
+                run.forget_foreign(record)
