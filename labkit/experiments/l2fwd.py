@@ -10,7 +10,9 @@ On the same topology, in one run, one variant at a time (in rotating order per t
 - ``dpdk_l2fwd_afxdp``: the same l2fwd over net_af_xdp ports (an AF_XDP socket per port,
   copy mode on veths), tuned as DPDK's guide says: rings of ``dpdk_afxdp_ring`` descriptors,
   preferred busy polling (``busy_budget``, with the interfaces' NAPI deferral set for the
-  run), the lcore away from the generator's CPU;
+  run), the lcore away from the generator's CPU; how it was tuned goes into the run's
+  metadata (``variant_setup``), and the kernel's drop counters of l2fwd's sockets into the
+  rows (``socket_dropped``: lost at the socket before l2fwd saw the packet);
 - ``ovs`` / ``ovs_afxdp``: Open vSwitch's userspace datapath (its own ovsdb-server and
   ovs-vswitchd for the run, labkit.ovs) with one flow dut0 -> dut1 and the same MAC
   rewrite, over ``system`` ports (packet sockets) or ``afxdp`` ports (a PMD thread polling

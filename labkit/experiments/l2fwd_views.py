@@ -128,8 +128,9 @@ PORT_CAVEATS = {
                   "cross the kernel's packet sockets, so this is DPDK's cost on virtual ports, not on a NIC",
     "dpdk_l2fwd_afxdp": "DPDK runs over net_af_xdp on the veths: an XDP program redirects each port's frames into an "
                         "AF_XDP socket, which a veth serves in copy mode only (it has no zero-copy), and l2fwd's "
-                        "transmit is a system call per burst that builds an skb per frame; with a NIC driver that has "
-                        "XSK zero-copy neither copy happens",
+                        "transmit is a system call per burst that builds an skb per frame; preferred busy polling finds "
+                        "no NAPI of its own to poll on a veth; with a NIC driver that has XSK zero-copy neither copy "
+                        "happens",
     "ovs": "Open vSwitch's userspace datapath over system ports: it reads and writes the veths through packet "
            "sockets from its main thread, which loses frames in the socket between polls (OVS documents system "
            "ports on the userspace datapath as a testing path)",
