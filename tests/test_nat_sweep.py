@@ -113,3 +113,20 @@ def test_the_error_names_what_to_do():
     with pytest.raises(InputError) as e:
         tcp.check_streams(500)
     assert "iperf3" in str(e.value)
+
+
+def test_conntrack_is_read_and_flushed_inside_a_running_event_loop():
+    """As in a Jupyter kernel executing a cell: pyroute2's own loop must still run."""
+    import asyncio
+
+    from labkit.experiments.nat.testbed import NatLab, SERVER
+
+    async def cell():
+        with NatLab(1, "off") as lab, sweep._variant(lab, "iptables", None, (20000, 20099), "MASQUERADE"):
+            lab.client(1).run(["ping", "-c", "1", "-W", "2", SERVER], check=False, timeout=10)
+            seen = sweep._nat_counters(lab, "iptables", None)["flows_set_up"]
+            sweep._forget_flows(lab, "iptables", None)
+            return seen, sweep._nat_counters(lab, "iptables", None)["flows_set_up"]
+
+    seen, after = asyncio.run(cell())
+    assert seen >= 1 and after == 0

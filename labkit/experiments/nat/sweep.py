@@ -122,15 +122,23 @@ def _variant(lab: NatLab, variant: str, nat, port_range, target: str):
 @contextmanager
 def _conntrack(lab: NatLab):
     """pyroute2's Conntrack in the NAT host's namespace, used there: it opens its netlink
-    socket on first use, so every call must happen inside the namespace."""
+    socket on first use, so every call must happen inside the namespace. Like
+    hosts.netlink, it lifts a Jupyter kernel's running-loop mark while it works (pyroute2's
+    synchronous API drives an asyncio loop of its own)."""
+    import asyncio.events
     from pyroute2 import Conntrack
 
-    with lab.topo.host("nat").entered():
-        ct = Conntrack()
-        try:
-            yield ct
-        finally:
-            ct.close()
+    running = asyncio.events._get_running_loop()
+    asyncio.events._set_running_loop(None)
+    try:
+        with lab.topo.host("nat").entered():
+            ct = Conntrack()
+            try:
+                yield ct
+            finally:
+                ct.close()
+    finally:
+        asyncio.events._set_running_loop(running)
 
 
 def _forget_flows(lab: NatLab, variant: str, nat) -> None:
@@ -250,7 +258,7 @@ def by_flows(table, size: int | None = None):
 
 
 def flows_label(n) -> str:
-    return f"{int(n)} flows"
+    return f"{int(n)} flow" + ("" if int(n) == 1 else "s")
 
 
 def _means(t, measure_: str, key: str):
@@ -302,7 +310,7 @@ def interpret(table) -> str:
         lim = t[(t["measure"] == "processed_pps") & t["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]
         if len(lim):
             lines.append("Generator-limited sweep points (rates are lower bounds): " + ", ".join(
-                f"{r.variant} {int(r.size)} B/{int(r.flows)} flows" for r in lim.itertuples()) + ".")
+                f"{r.variant} {int(r.size)} B/{flows_label(r.flows)}" for r in lim.itertuples()) + ".")
     tcp = table[table["kind"] == "tcp_streams"] if "kind" in table.columns else table.iloc[0:0]
     mb, ck = _means(tcp, "tcp_mbps", "flows"), _means(tcp, "tcp_net_rx_ns_per_kb", "flows")
     if len(mb):
