@@ -50,8 +50,15 @@ class Target:
 
 
 def _links(netns: str | None) -> list[str]:
-    with Host("watch", netns).ipr() as ipr:
-        return [l.get_attr("IFLA_IFNAME") for l in ipr.get_links()]
+    """The interface names of NETNS (None: the root namespace); [] for a namespace removed
+    meanwhile (another run's, finishing while it is listed)."""
+    try:
+        with Host("watch", netns).ipr() as ipr:
+            return [l.get_attr("IFLA_IFNAME") for l in ipr.get_links()]
+    except Exception:
+        if netns is not None and not (NETNS_DIR / netns).exists():
+            return []
+        raise
 
 
 def _namespaces() -> list[str]:

@@ -69,8 +69,8 @@ class RatePlot:
         self.image.add_class("lk-rateplot-image")
         self.widget = w.VBox([self.text, self.image])
         self.widget.add_class("lk-rateplot")
-        self.draws = 0
-        self._figure = None
+        self.draws = 0  # images drawn (an empty window is drawn once, not again each second)
+        self._figure, self._drawn_busy = None, False
         with self.guard():
             self.sampler = watch.Sampler(targets)
         self.ticker = Ticker(self.tick, interval, name="lk-rateplot")
@@ -119,10 +119,16 @@ class RatePlot:
     def draw(self) -> None:
         from matplotlib.ticker import EngFormatter
 
+        shown = self.shown()
+        last = self.history[-1][1] if self.history else {}
+        busy = ", ".join(f"{k} {watch.per_s(v)}" for k, v in last.items() if v >= 0.5) or "no traffic"
+        self.text.value = f"rates at {time.strftime('%H:%M:%S')}: {html.escape(busy)}"
+        if not shown and self.draws and not self._drawn_busy:
+            return  # an empty window again: the image it would draw is the one shown
+        self._drawn_busy = bool(shown)
         ax = self._axes()
         now = self.history[-1][0] if self.history else time.monotonic()
         x = [t - now for t, _ in self.history]
-        shown = self.shown()
         for name in shown:
             style = "--" if name.endswith(("drops", "xdp_drop")) else ":" if ": " in name else "-"
             ax.plot(x, self.series(name), style, label=name, linewidth=1.6)
@@ -142,9 +148,6 @@ class RatePlot:
         buf = io.BytesIO()
         self._figure.savefig(buf, format="png")
         self.image.value = buf.getvalue()
-        last = self.history[-1][1] if self.history else {}
-        busy = ", ".join(f"{k} {watch.per_s(v)}" for k, v in last.items() if v >= 0.5) or "no traffic"
-        self.text.value = f"rates at {time.strftime('%H:%M:%S')}: {html.escape(busy)}"
         self.draws += 1
 
     # ---- life
