@@ -247,3 +247,21 @@ def test_testpmd_afxdp_bad_options_refused(pair):
             gen.send(spec)
         assert bpf.xdp_state(snd).get("IFLA_XDP_ATTACHED"), "someone else's program stays"
     assert not dpdk.dpdk_processes(pair.run.prefix) and dpdk.xsk_sockets(pair.host("snd")) == 0
+
+
+def test_testpmd_afxdp_takes_off_a_program_the_driver_left(pair):
+    """testpmd killed before it closed its port leaves the driver's XDP program on the
+    sending interface: the generator's guard takes it off after the run and says so."""
+    from labkit.traffic.testpmd import _AfXdpPortGuard
+
+    snd = pair.iface("snd")
+    notes = []
+    with bpf.load("xdp_minimal") as prog:
+        with _AfXdpPortGuard(snd, dpdk.Port.af_xdp(snd), notes) as guard:
+            # stands in for the program a killed testpmd's net_af_xdp port leaves behind
+            with bpf.attach_xdp(snd, prog.function("xdp_pass_bare"), "native"):
+                assert bpf.xdp_state(snd).get("IFLA_XDP_ATTACHED")
+                guard.__exit__(None, None, None)
+                assert not bpf.xdp_state(snd).get("IFLA_XDP_ATTACHED"), "the left program is gone"
+    assert any("labkit removed it" in n for n in notes), notes
+    assert not bpf.xdp_state(snd).get("IFLA_XDP_ATTACHED")
