@@ -263,6 +263,8 @@ def _undo_foreign(rec: dict) -> None:
                 ipr.route("del", dst=rec["dst"], dst_len=rec["dst_len"], gateway=rec["gateway"], oif=idx[0])
             except Exception:
                 pass
+        elif kind == "offload":  # a checksum offload an inventory run turned off (experiments.nat.hosts)
+            subprocess.run(["ethtool", "-K", rec["ifname"], rec["feature"], "on"], capture_output=True, timeout=10)
 
 
 def clean_hosts(inventory, include_live: bool = False, log=print) -> dict:

@@ -76,9 +76,10 @@ def test_dut_that_does_not_forward_is_refused_before_any_change(remote_hosts, da
     assert {n: host_state(remote_hosts, n) for n in ROLES.values()} == before
 
 
-def test_route_of_a_lost_session_is_removed_by_clean(remote_hosts):
-    """The client's route to the server is recorded in the session's registry on the
-    client: when the session dies, `labkit clean --inventory` removes it."""
+def test_what_a_lost_session_changed_on_the_client_is_undone_by_clean(remote_hosts):
+    """The client's route to the server, and for the XDP variants its veth's XDP_PASS
+    program and checksum offload, are recorded in the session's registry on the client:
+    when the session dies, `labkit clean --inventory` undoes them."""
     import os
     import signal
 
@@ -90,8 +91,12 @@ def test_route_of_a_lost_session_is_removed_by_clean(remote_hosts):
     h1, ifname = remote_hosts.host("h1"), remote_hosts.data_if[("h1", "h2")]
     host = RemoteHost(**remote_hosts.spec("h1")).connect()
     try:
+        offload = h1.run(["ethtool", "-k", ifname]).stdout.count("tx-checksumming: on")
         host.hold("labkit.experiments.nat.hosts:route", ifname, server, inside).__enter__()
+        host.hold("labkit.experiments.nat.hosts:xdp_end", ifname).__enter__()
         assert f"{server} via {inside}" in h1.run(["ip", "route"]).stdout
+        assert "xdp" in h1.run(["ip", "-o", "link", "show", ifname]).stdout
+        assert h1.run(["ethtool", "-k", ifname]).stdout.count("tx-checksumming: on") == 0
         os.kill(host.call(os.getpid), signal.SIGKILL)  # the session dies with its route in place
         with pytest.raises(HostUnreachable):
             host.run(["true"])
@@ -100,3 +105,5 @@ def test_route_of_a_lost_session_is_removed_by_clean(remote_hosts):
     assert f"{server} via {inside}" in h1.run(["ip", "route"]).stdout
     cleanup.clean_hosts(inventory, log=lambda msg: None)
     assert f"{server} via {inside}" not in h1.run(["ip", "route"]).stdout
+    assert "xdp" not in h1.run(["ip", "-o", "link", "show", ifname]).stdout
+    assert h1.run(["ethtool", "-k", ifname]).stdout.count("tx-checksumming: on") == offload == 1

@@ -259,24 +259,32 @@ def route(ifname: str, dst: str, gateway: str):
 @contextmanager
 def xdp_end(ifname: str):
     """On the client or the server for the XDP variants: where IFNAME is a veth, an
-    XDP_PASS program on it and its tx checksum offload off (XDP updates full checksums)."""
+    XDP_PASS program on it and its tx checksum offload off (XDP updates full checksums),
+    both recorded in the session for `labkit clean`."""
     from labkit import bpf
     from labkit.dataplanes.minimal import Minimal
     from labkit.experiments.across_hosts import local_interface
+    from labkit.testbed import runs, signals
     from labkit.testbed.hosts import ROOT_HOST
 
     if "driver: veth" not in ROOT_HOST.run(["ethtool", "-i", ifname], check=False, timeout=10).stdout:
         yield "not a veth"
         return
     offload = "tx-checksumming: on" in ROOT_HOST.run(["ethtool", "-k", ifname], timeout=10).stdout
+    rec, run = {"kind": "offload", "ifname": ifname, "feature": "tx"}, runs.current_run()
     with Minimal() as m, bpf.attach_xdp(local_interface(ifname), m.pass_(), "native"):
         try:
             if offload:
-                ROOT_HOST.run(["ethtool", "-K", ifname, "tx", "off"], timeout=10)
+                with signals.deferred_signals():
+                    ROOT_HOST.run(["ethtool", "-K", ifname, "tx", "off"], timeout=10)
+                    if run:
+                        run.note_foreign(rec)  # `labkit clean` turns it back on
             yield "veth"
         finally:
             if offload:
                 ROOT_HOST.run(["ethtool", "-K", ifname, "tx", "on"], check=False, timeout=10)
+                if run:
+                    run.forget_foreign(rec)
 
 
 class _Counts:
