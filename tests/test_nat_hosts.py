@@ -59,12 +59,16 @@ def test_nat_across_three_hosts(remote_hosts, data_dir):
     assert {n: host_state(remote_hosts, n) for n in ROLES.values()} == before, "the run left state on a host"
 
 
-def test_dut_with_one_interface_is_refused_before_any_change(remote_hosts, data_dir):
+def test_dut_with_one_interface_or_crossed_ones_is_refused_before_any_change(remote_hosts, data_dir):
     remote_hosts.host("h2").run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     inventory = nat_inventory(remote_hosts, [remote_hosts.data_if[("h2", "h1")]])
     before = {n: host_state(remote_hosts, n) for n in ROLES.values()}
     with pytest.raises(InputError, match=r"h2 \(role dut\).*labkit_interfaces: \[IN, OUT\]"):
         nat.run(inventory=str(inventory), variants=["tc_nat"], smoke=True, progress=False, data_dir=data_dir)
+    swapped = nat_inventory(remote_hosts, [remote_hosts.data_if[("h2", "h3")], remote_hosts.data_if[("h2", "h1")]])
+    with pytest.raises(InputError, match=r"h1's address 10\.11\.0\.1 .* is not on the NAT's inside network "
+                                         r"10\.11\.1\.0/24 \(h2\)"):
+        nat.run(inventory=str(swapped), variants=["tc_nat"], smoke=True, progress=False, data_dir=data_dir)
     assert {n: host_state(remote_hosts, n) for n in ROLES.values()} == before
 
 
