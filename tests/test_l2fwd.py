@@ -186,7 +186,8 @@ def test_dpdk_ports_compared_with_tunings_and_socket_losses_recorded(tmp_path):
     meta = json.loads((r.run_dir / "metadata.json").read_text())
     setup = json.dumps(meta)  # wherever collect_metadata nests the run's extra fields
     assert '"af_xdp_socket_mode"' in setup and '"copy"' in setup and '"xdp_hook": "xdp"' in setup
-    assert '"busy_budget": 64' in setup and '"ring_size": 4096' in setup and '"framecnt": 4096' in setup
+    assert '"busy_budget": 0' in setup and '"napi_settings": {}' in setup  # off on veths by default
+    assert '"ring_size": 4096' in setup and '"framecnt": 4096' in setup
     t = r.table
     sock = t[(t["measure"] == "socket_dropped") & (t["kind"] == "trial")]
     assert set(sock["variant"]) == set(l2fwd.DPDK_VARIANTS) and (sock["value"] >= 0).all()

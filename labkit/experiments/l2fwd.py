@@ -9,8 +9,11 @@ On the same topology, in one run, one variant at a time (in rotating order per t
   MAC updating on (dst 02:00:00:00:00:01, src the egress port's MAC);
 - ``dpdk_l2fwd_afxdp``: the same l2fwd over net_af_xdp ports (an AF_XDP socket per port,
   copy mode on veths), tuned as DPDK's guide says: rings of ``dpdk_afxdp_ring`` descriptors,
-  preferred busy polling (``busy_budget``, with the interfaces' NAPI deferral set for the
-  run), the lcore away from the generator's CPU; how it was tuned goes into the run's
+  the lcore away from the generator's CPU, preferred busy polling where it helps
+  (``dpdk_afxdp_busy_budget``, with the interfaces' NAPI deferral set for the run; off by
+  default: on a veth the driver's busy poll finds no NAPI of its own to run, and the NAPI
+  deferral it needs leaves the veth's NAPI waiting for it, so skb senders such as trafgen
+  stall); how it was tuned goes into the run's
   metadata (``variant_setup``), and the kernel's drop counters of l2fwd's sockets into the
   rows (``socket_dropped``: lost at the socket before l2fwd saw the packet);
 - ``ovs`` / ``ovs_afxdp``: Open vSwitch's userspace datapath (its own ovsdb-server and
@@ -93,7 +96,7 @@ class Params:
     dpdk_queues_per_lcore: int | None = None  # -q; None: enough for the lcores
     dpdk_framecnt: int = 4096  # frames in each net_af_packet ring (the PMD's default 512 overflows under load)
     dpdk_afxdp_ring: int = 4096  # descriptors per AF_XDP ring (l2fwd is built with it; its own is 1024)
-    dpdk_afxdp_busy_budget: int = 64  # net_af_xdp busy_budget (DPDK's default; 0: no busy polling)
+    dpdk_afxdp_busy_budget: int = 0  # net_af_xdp busy_budget; 0 (off) on veths: it polls nothing there and stalls them; 64 on a NIC
     ovs_xdp_mode: str = "native"  # xdp-mode of Open vSwitch's afxdp ports: native or generic
     ovs_pmd_cpus: str = "0x2"  # CPU mask of Open vSwitch's PMD threads (CPU 1: away from the generator)
     mac_updating: bool = True
