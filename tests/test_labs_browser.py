@@ -342,7 +342,9 @@ def test_drop_lab_in_jupyterlab(server, page):
     page.wait_for_selector(".lk-count [disabled]", state="attached")  # the burst slider
     assert "run the cell again" in page.locator("button.lk-send").get_attribute("title")
     assert_nothing_left([first, second], set())
-    # the stopped lab's plot keeps its last image and draws no more
+    # the stopped lab's plot keeps its last image, says so, and draws no more
+    wait_text(page, ".lk-droplab .lk-rates", "live plot stopped at")
+    plot_image(page, ".lk-droplab")
     stopped_src = page.locator(".lk-droplab .lk-rateplot img").last.get_attribute("src")
     page.wait_for_timeout(2500)
     assert page.locator(".lk-droplab .lk-rateplot img").last.get_attribute("src") == stopped_src

@@ -278,6 +278,7 @@ def test_drop_lab_plot_follows_real_traffic_and_stops_with_the_lab(drop_lab):
     assert lab_threads(ui) == [], "a refresh or plot thread outlived the lab"
     assert not [t for t in threading.enumerate() if t.name in ("lk-rateplot", "droplab-counters")]
     assert all(c.disabled for c in ui.controls) and "stopped" in ui.message.value
+    assert "live plot stopped" in ui.plot.text.value  # the last image stays, and says it is the last
     draws = ui.plot.draws
     ui.plot.tick()  # a stale tick samples nothing from a closed lab
     assert ui.plot.draws == draws

@@ -70,9 +70,10 @@ class RatePlot:
         self.widget = w.VBox([self.text, self.image])
         self.widget.add_class("lk-rateplot")
         self.draws = 0  # images drawn (an empty window is drawn once, not again each second)
-        self._figure, self._drawn_busy = None, False
+        self._figure, self._drawn_busy, self._stopped = None, False, False
         with self.guard():
             self.sampler = watch.Sampler(targets)
+        self.draw()  # the empty axes at once, never a broken image
         self.ticker = Ticker(self.tick, interval, name="lk-rateplot")
 
     # ---- data
@@ -87,6 +88,9 @@ class RatePlot:
             self.text.value = f"<i>rates unavailable: {html.escape(describe(exc))}</i>"
             return True
         self.history.append((time.monotonic(), series_of(rows, self.names)))
+        last = self.history[-1][1]
+        busy = ", ".join(f"{k} {watch.per_s(v)}" for k, v in last.items() if v >= 0.5) or "no traffic"
+        self.text.value = f"rates at {time.strftime('%H:%M:%S')}: {html.escape(busy)}"
         self.draw()
         return True
 
@@ -120,9 +124,6 @@ class RatePlot:
         from matplotlib.ticker import EngFormatter
 
         shown = self.shown()
-        last = self.history[-1][1] if self.history else {}
-        busy = ", ".join(f"{k} {watch.per_s(v)}" for k, v in last.items() if v >= 0.5) or "no traffic"
-        self.text.value = f"rates at {time.strftime('%H:%M:%S')}: {html.escape(busy)}"
         if not shown and self.draws and not self._drawn_busy:
             return  # an empty window again: the image it would draw is the one shown
         self._drawn_busy = bool(shown)
@@ -156,5 +157,10 @@ class RatePlot:
         return self.ticker.running
 
     def stop(self) -> None:
-        """Stop sampling and drawing (the last plot stays); joins the thread. Harmless twice."""
-        self.ticker.stop()
+        """Stop sampling and drawing (the last plot stays, and says so); joins the thread.
+        Harmless twice."""
+        if not self._stopped:
+            self._stopped = True
+            self.ticker.stop()
+            self.text.value = (f"<i>the live plot stopped at {time.strftime('%H:%M:%S')}; "
+                               f"it shows the {self.window} s before</i>")
