@@ -128,7 +128,8 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
 
 def _table_html(df) -> str:
     head = "".join(f"<th>{_esc(c)}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(f'{v:.1f}' if isinstance(v, float) else v)}</td>" for v in r) + "</tr>"
+    cell = lambda v: ("—" if v != v else f"{v:.1f}") if isinstance(v, float) else v  # noqa: E731
+    body = "".join("<tr>" + "".join(f"<td>{_esc(cell(v))}</td>" for v in r) + "</tr>"
                    for r in df.itertuples(index=False))
     return f"<table><tr>{head}</tr>{body}</table>"
 

@@ -145,7 +145,8 @@ def plot(lat, title: str = "one-way latency"):
     ax.set_yscale("log")
     plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(plain if hi < 20 * lo else ticker.NullFormatter())  # minor labels: narrow ranges only
     ax.set_ylabel("one-way delay (µs)")
     ax.set_title(title)
     ax.grid(True, axis="y", which="both", alpha=0.3)
