@@ -158,7 +158,8 @@ def _other_testbeds(view, rows, shown) -> str:
     picked = compare.pick(rows, view.experiment, per_machine=True)
     if picked.empty or "testbed" not in picked.columns:
         return ""
-    picked = picked[picked["run_id"] != shown["run_id"]]
+    same = (picked["testbed"] == shown.get("testbed")) & (picked["machine"] == shown["machine"])
+    picked = picked[~same & (picked["run_id"] != shown["run_id"])]  # the shown run's testbed is above
     if picked.empty:
         return ""
     items = []
