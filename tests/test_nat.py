@@ -236,6 +236,10 @@ def test_experiment_smoke(tmp_path):
     mbps = r.table[r.table["measure"] == "tcp_mbps"].groupby("variant")["value"].mean()
     assert (mbps > 0).all()
     assert "eBPF NAT" in r.interpretation and "checks passed" in r.interpretation
+    # smoke keeps the sweep (two sizes, two flow counts) and the many-connections TCP trial, small
+    swept = r.part("udp_sweep")
+    assert set(swept["variant"]) == set(experiment.VARIANTS) and set(swept["flows"]) == {1, 16}
+    assert set(r.part("tcp_streams")["flows"]) == {experiment.SMOKE["tcp_streams"]}
 
 
 def _unusual_frames(src_mac: str, dst_mac: str) -> dict:
