@@ -130,3 +130,12 @@ def test_conntrack_is_read_and_flushed_inside_a_running_event_loop():
 
     seen, after = asyncio.run(cell())
     assert seen >= 1 and after == 0
+
+
+def test_runs_before_the_sweep_read_without_sweep_sentences():
+    """A table of an earlier run (no sweep rows, no flows column) gives no sweep sentences."""
+    import pandas as pd
+
+    old = pd.DataFrame([{"variant": "tc_nat", "kind": "udp", "measure": "processed_pps", "value": 1e5,
+                         "size": 64, "flags": ""}])
+    assert sweep.interpret(old) == "" and len(sweep.by_size(old)) == 0 and len(sweep.by_flows(old)) == 0

@@ -106,7 +106,7 @@ class Params:
     udp_sizes: list = field(default_factory=lambda: list(sweep.UDP_SIZES))  # sweep: frame sizes at udp_flows
     flow_counts: list = field(default_factory=lambda: list(sweep.FLOW_COUNTS))  # sweep: source ports at udp_size
     sweep_count: int = 131_072  # sweep: packets per point (65536 flows: two packets each)
-    sweep_trials: int = 1  # sweep: trials per point
+    sweep_trials: int = 2  # sweep: trials per point (min..max spread)
     tcp_seconds: float = 3.0
     tcp_streams: int = 32  # TCP with this many concurrent connections beside the one stream (0: none)
     iptables_target: str = "MASQUERADE"

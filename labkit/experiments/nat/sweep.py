@@ -12,7 +12,8 @@ generator for all its points (building and compiling cost seconds; nothing of th
 measured); before every point the NAT's flows are forgotten (the eBPF NAT's flow maps
 cleared, netfilter's connection tracking table flushed), so every point starts from an
 empty table, as a fresh testbed would. Points run in the same order for every variant;
-variants rotate per trial. One trial of ``sweep_count`` packets per point by default.
+variants rotate per trial. Two trials of ``sweep_count`` packets per point by default
+(the spread of each point is their min..max).
 
 Many flows. Flow f (0..N-1) is source port ``first_sport(N) + f``: from 1024, or for
 N beyond 64512 from 65536 - N (65536 flows use every port, 0 included). Only a
@@ -286,7 +287,7 @@ def interpret(table) -> str:
     """Sentences computed from the sweep's rows and the many-connections TCP rows of TABLE."""
     lines = []
     t = rows(table)
-    if len(t):
+    if len(t) and "flows" in t.columns:
         s, f = by_size(table), by_flows(table).assign(size=lambda d: d["flows"])
         for sub, key, unit in ((s, "size", " B"), (f, "flows", " flows")):
             for a in ("xdp_nat", "tc_nat"):
@@ -310,10 +311,11 @@ def interpret(table) -> str:
         lim = t[(t["measure"] == "processed_pps") & t["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]
         if len(lim):
             lines.append("Generator-limited sweep points (rates are lower bounds): " + ", ".join(
-                f"{r.variant} {int(r.size)} B/{flows_label(r.flows)}" for r in lim.itertuples()) + ".")
-    tcp = table[table["kind"] == "tcp_streams"] if "kind" in table.columns else table.iloc[0:0]
-    mb, ck = _means(tcp, "tcp_mbps", "flows"), _means(tcp, "tcp_net_rx_ns_per_kb", "flows")
-    if len(mb):
+                f"{r.variant} {int(r.size)} B/{flows_label(r.flows)}"
+                for r in lim.drop_duplicates(["variant", "size", "flows"]).itertuples()) + ".")
+    tcp = table[table["kind"] == "tcp_streams"] if {"kind", "flows"} <= set(table.columns) else table.iloc[0:0]
+    if len(tcp):
+        mb, ck = _means(tcp, "tcp_mbps", "flows"), _means(tcp, "tcp_net_rx_ns_per_kb", "flows")
         n = int(mb.index[0][1])
         base = mb.loc[("iptables", n), "mean"] if ("iptables", n) in mb.index else float("nan")
         lines.append(f"TCP with {n} concurrent connections (iperf3 -P; mean, min–max over trials): " + ", ".join(
