@@ -240,6 +240,14 @@ def test_experiment_smoke(tmp_path):
     swept = r.part("udp_sweep")
     assert set(swept["variant"]) == set(experiment.VARIANTS) and set(swept["flows"]) == {1, 16}
     assert set(r.part("tcp_streams")["flows"]) == {experiment.SMOKE["tcp_streams"]}
+    # the programs' own time: as read, and net of the statistics' floor (a bare program's reading)
+    prog = r.part("prog")
+    raw = prog[prog["measure"].str.startswith("prog_ns_per_pkt:")]["value"].to_numpy()
+    own = prog[prog["measure"].str.startswith("prog_own_ns_per_pkt:")]["value"].to_numpy()
+    floor = prog[prog["measure"] == "prog_stats_floor_ns"]["value"]
+    assert len(raw) == len(own) == 4 and (floor > 0).all(), prog.to_string()
+    assert (own > 0).all() and (own < raw).all(), prog.to_string()
+    assert "goal ≤ 100 ns each" in r.interpretation
 
 
 def _unusual_frames(src_mac: str, dst_mac: str) -> dict:

@@ -83,11 +83,8 @@ def nat_ratios(smoke: bool = False) -> None:
         extra_tc, extra_ipt = cpu["tc_nat"] - cpu["routing"], cpu["iptables"] - cpu["routing"]
         print(f"CPU per packet beyond routing: tc_nat {extra_tc:.0f} ns, iptables {extra_ipt:.0f} ns: "
               f"{extra_tc / extra_ipt:.2f}x (goal <= 0.5)")
-    prog = r.table[r.table["measure"].str.startswith("prog_ns_per_pkt:")]
-    if len(prog):
-        print("each program's own time (BPF run-time statistics, their clock reads included): " + ", ".join(
-            f"{m.split(':', 1)[1]} {v:.0f} ns" for m, v in zip(prog["measure"], prog["value"]))
-            + " (goal <= 100 ns each)")
+    for line in nat.progtime.sentences(r.table):
+        print(line)
     new = r.part("newflow")
     if len(new):
         rate = new[new["measure"] == "processed_pps"].groupby("variant")["value"].mean()

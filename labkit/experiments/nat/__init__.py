@@ -48,21 +48,19 @@ not skbs, and updates checksums as full ones; a NIC never hands XDP a partial ch
 """
 from __future__ import annotations
 
-import ctypes
-import os
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 
-from labkit import bpf, results, traffic
+from labkit import results, traffic
 from labkit import parameters
 from labkit.testbed.hosts import which  # (not `hosts`: that name is the submodule nat.hosts)
 from labkit.testbed import inventory, runs
 from labkit.dataplanes import softirq_clock
 from labkit import measure
 from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
-from labkit.errors import InputError, LabkitError
+from labkit.errors import InputError
 from labkit.dataplanes.nat import Nat, check_port_range
-from labkit.experiments.nat import newflows, sweep, tcp
+from labkit.experiments.nat import newflows, progtime, sweep, tcp
 from labkit.experiments.nat.checks import check_correctness
 from labkit.experiments.nat.testbed import VARIANTS, spec, INSIDE_NET, NAT_OUTSIDE, NatLab, OUTSIDE_NET, SERVER, client_addr
 
@@ -204,7 +202,7 @@ def run(data_dir=None, **kwargs) -> Result:
         for v in [v for v in p.variants if v in PROGRAMS] if p.prog_stats else []:
             with NatLab(p.clients, p.offloads) as lab, lab.variant(v, nat):
                 _warm_up(lab)
-                _program_time(lab, nat, v, p, rs)
+                progtime.measure(lab, nat, PROGRAMS[v], p, v, rs)
         for c in checks:
             rs.add(c["variant"], 0, None, {f"check:{c['check']}": (1.0 if c["ok"] else 0.0, "pass")}, kind="check",
                    offloads=p.offloads)
@@ -234,61 +232,6 @@ def _udp_trial(lab: NatLab, p: Params, clock) -> measure.Measurement:
                                       "nat_out": measure.link_probe(out), "srv": measure.link_probe(srv)},
                               offered_probe=("client", "tx_packets"), clock=clock)
     return m
-
-
-@contextmanager
-def bpf_run_time_stats():
-    """Turn on the kernel's BPF run-time statistics (BPF_ENABLE_STATS) while in the `with`;
-    the kernel turns them off again when the last holder closes its descriptor, so this
-    never clobbers another user's setting (unlike the kernel.bpf_stats_enabled sysctl)."""
-    lib = bpf.libbpf()
-    lib.bpf_enable_stats.argtypes = [ctypes.c_int]
-    lib.bpf_enable_stats.restype = ctypes.c_int
-    fd = lib.bpf_enable_stats(0)  # BPF_STATS_RUN_TIME
-    if fd < 0:
-        raise LabkitError(f"BPF_ENABLE_STATS failed ({os.strerror(-fd)})")
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
-def prog_run_stats(fn) -> tuple[int, int]:
-    """(run_time_ns, run_cnt) of a loaded program, from its fdinfo."""
-    vals = {}
-    for line in open(f"/proc/self/fdinfo/{fn.fd}"):
-        k, _, v = line.partition(":")
-        vals[k.strip()] = v.strip()
-    return int(vals.get("run_time_ns", 0)), int(vals.get("run_cnt", 0))
-
-
-def _program_time(lab: NatLab, nat: Nat, variant: str, p: Params, rs: results.ResultSet) -> None:
-    """The eBPF programs' own time per packet on the real path (kernel BPF statistics),
-    each under a flood of its own: the outbound program under c1's UDP load, the inbound
-    one under the server's UDP load back to one of those flows (its SNAT address and port)."""
-    src, nat_in, srv = lab.client_iface(1), lab.inside(1), lab.server_iface
-    count = max(10_000, p.udp_count // 2)
-    out_spec = traffic.TrafficSpec(src.mac, nat_in.mac, client_addr(1), SERVER, size=p.udp_size, count=count,
-                                   flows=p.udp_flows, sport=1024, dport=9, timeout_s=p.timeout_s).validate()
-    (out_name, out_fn), (in_name, in_fn) = [(n, nat.program.function(f, k)) for n, (f, k) in PROGRAMS[variant].items()]
-    windows = {}
-    with bpf_run_time_stats():
-        with traffic.generator(p.generator, src) as gen:
-            before = prog_run_stats(out_fn)
-            gen.send(out_spec)  # UDP out: the outbound program translates every packet
-            windows[out_name] = (before, prog_run_stats(out_fn))
-        flow = next((f for f in nat.flows() if f.proto == "udp" and f.inside_port == 1024), None)
-        if flow is not None:
-            in_spec = traffic.TrafficSpec(srv.mac, lab.outside.mac, SERVER, flow.nat_address, size=p.udp_size,
-                                          count=count, sport=9, dport=flow.nat_port, timeout_s=p.timeout_s).validate()
-            with traffic.generator(p.generator, srv) as gen:
-                before = prog_run_stats(in_fn)
-                gen.send(in_spec)  # UDP back to one flow: the inbound program translates every packet
-                windows[in_name] = (before, prog_run_stats(in_fn))
-    for name, (b, a) in windows.items():
-        dt, dn = a[0] - b[0], a[1] - b[1]
-        rs.add(variant, 0, p.udp_size, {f"prog_ns_per_pkt:{name}": (dt / dn if dn else float("nan"), "ns/packet"),
-                                        f"prog_runs:{name}": (dn, "packets")}, kind="prog", offloads=p.offloads)
 
 
 def _caveats(rs: results.ResultSet, p: Params) -> None:
@@ -425,12 +368,7 @@ def interpret(table, checks) -> str:
             lines.append(f"TCP (iperf3, one stream): {v} {e['mean']:.0f} Mbit/s ({e['min']:.0f}–{e['max']:.0f}) vs "
                          f"iptables {i['mean']:.0f} Mbit/s ({i['min']:.0f}–{i['max']:.0f}): "
                          f"{_ratio(e['mean'], i['mean']):.2f}×.")
-    prog = table[table["measure"].str.startswith("prog_ns_per_pkt:")]
-    if len(prog):
-        lines.append("The eBPF programs' own time per packet on the real path (BPF run-time statistics, which add "
-                     "their own clock reads): " + ", ".join(
-                         f"{m.split(':', 1)[1]} {v:.0f} ns" for m, v in zip(prog["measure"], prog["value"]))
-                     + f"; goal ≤ 100 ns each: {'met' if prog['value'].max() <= 100 else 'not met'}.")
+    lines += progtime.sentences(table)
     if {"xdp_nat", "iptables"} <= set(cpu.index):
         rate, c = _ratio(pps.loc["xdp_nat", "mean"], pps.loc["iptables", "mean"]), \
             _ratio(cpu.loc["xdp_nat", "mean"], cpu.loc["iptables", "mean"])
