@@ -139,3 +139,23 @@ def test_runs_before_the_sweep_read_without_sweep_sentences():
     old = pd.DataFrame([{"variant": "tc_nat", "kind": "udp", "measure": "processed_pps", "value": 1e5,
                          "size": 64, "flags": ""}])
     assert sweep.interpret(old) == "" and len(sweep.by_size(old)) == 0 and len(sweep.by_flows(old)) == 0
+
+
+@pytest.mark.parametrize("xdp_routing_mbps, says", [(4800.0, True), (6600.0, False)])
+def test_xdp_tcp_gap_is_explained_only_when_the_xdp_path_itself_is_slower(xdp_routing_mbps, says):
+    """The sentence on TCP through the XDP path appears when xdp_routing (no NAT) carries
+    less than 0.9x routing, and quotes both variants' own numbers."""
+    import pandas as pd
+
+    rows = []
+    for v, mbps, ns in (("routing", 6700.0, 1000.0), ("xdp_routing", xdp_routing_mbps, 1400.0),
+                        ("xdp_nat", 4500.0, 1460.0), ("iptables", 7200.0, 1050.0)):
+        for trial, f in enumerate((0.98, 1.02)):
+            rows += [{"variant": v, "trial": trial, "kind": "tcp_streams", "flows": 32, "size": 1514, "flags": "",
+                      "measure": "tcp_mbps", "value": mbps * f},
+                     {"variant": v, "trial": trial, "kind": "tcp_streams", "flows": 32, "size": 1514, "flags": "",
+                      "measure": "tcp_net_rx_ns_per_kb", "value": ns}]
+    text = sweep.interpret(pd.DataFrame(rows))
+    assert ("TCP through the XDP path is slower" in text) is says
+    if says:
+        assert f"xdp_routing {xdp_routing_mbps:.0f} Mbit/s vs routing 6700" in text and "+60 ns" in text
