@@ -159,3 +159,17 @@ def test_xdp_tcp_gap_is_explained_only_when_the_xdp_path_itself_is_slower(xdp_ro
     assert ("TCP through the XDP path is slower" in text) is says
     if says:
         assert f"xdp_routing {xdp_routing_mbps:.0f} Mbit/s vs routing 6700" in text and "+60 ns" in text
+
+
+def test_the_goal_point_is_the_runs_own_not_a_guess():
+    """With one size and three flow counts every flow count is as frequent as the other:
+    by_size still takes the goal trial's flow count (16), by_flows its size."""
+    import pandas as pd
+
+    def row(kind, size, flows):
+        return {"variant": "tc_nat", "trial": 0, "kind": kind, "size": size, "flows": flows, "flags": "",
+                "measure": "processed_pps", "value": 1e5}
+    table = pd.DataFrame([row("udp", 64, 16)] + [row(sweep.KIND, 64, n) for n in (1, 16, 1024)])
+    assert set(sweep.by_size(table)["flows"]) == {16}
+    assert set(sweep.by_flows(table)["size"]) == {1, 16, 1024}
+    assert set(sweep.by_size(table.assign(flows=table["flows"].where(table["kind"] != "udp", 1)))["flows"]) == {1}

@@ -234,8 +234,14 @@ def rows(table):
     return table[table["kind"] == KIND]
 
 
-def _goal(t, column: str):
-    """The most frequent value of COLUMN among T's rows of the other axis of the sweep."""
+def _goal(table, t, column: str):
+    """The goal trial's COLUMN (its size or flow count: the run's udp_size / udp_flows, on
+    its rows of kind 'udp'); for a table without them, the most frequent value among the
+    sweep's rows T."""
+    if {"kind", column} <= set(table.columns):
+        goal = table[table["kind"] == "udp"][column].dropna()
+        if len(goal):
+            return goal.iloc[0]
     return t[column].mode().iloc[0] if len(t) else None
 
 
@@ -244,7 +250,7 @@ def by_size(table, flows: int | None = None):
     t = rows(table)
     if not len(t):
         return t
-    flows = flows if flows is not None else _goal(t, "flows")
+    flows = flows if flows is not None else _goal(table, t, "flows")
     return t[t["flows"] == flows]
 
 
@@ -254,7 +260,7 @@ def by_flows(table, size: int | None = None):
     t = rows(table)
     if not len(t):
         return t
-    size = size if size is not None else _goal(t, "size")
+    size = size if size is not None else _goal(table, t, "size")
     return t[t["size"] == size].assign(size=lambda d: d["flows"])
 
 
