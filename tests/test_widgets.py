@@ -319,3 +319,56 @@ def test_nat_lab_plot_shows_the_nat_ports_and_stops(nat_lab):
     editor.stop.click()
     assert lab_threads(editor, view) == []
     assert all(c.disabled for c in editor.controls) and view.refresh_button.disabled
+
+
+def test_widgets_built_over_a_closed_lab_show_it_stopped_and_start_no_thread(drop_lab, nat_lab):
+    """A lab closed before its widget is built (say, by a rerun elsewhere): the widget is
+    built without an exception, shows the lab stopped, every control disabled, and neither
+    a refresh nor the live plot leaves a thread; the plot samples nothing."""
+    import threading
+
+    from labkit.widgets.drop import DropLabWidget
+    from labkit.widgets.nat import _rate_plot
+
+    lab = drop_lab()
+    lab.close()
+    ui = DropLabWidget(lab)
+    assert all(c.disabled for c in ui.controls) and "stopped" in ui.message.value
+    assert ui.plot.sampler is None and not ui.plot.running and "already stopped" in ui.plot.text.value
+    assert ui.plot.image.value[:8] == b"\x89PNG\r\n\x1a\n"  # the empty axes, not a broken image
+    assert lab_threads(ui) == []
+    ui.plot.tick()  # a stale tick: nothing to sample, no error
+    assert_gone(lab.prefix)
+
+    live = nat_lab(clients=1)
+    live.close()
+    plot = _rate_plot(live, 1.0)  # the NAT view's plot, built as the lab closes under it
+    assert plot.sampler is None and not plot.running and plot.ticker is None
+    plot.stop()  # harmless
+    assert not [t for t in threading.enumerate() if t.name in ("lk-rateplot", "droplab-counters")]
+
+
+def test_ticker_stop_says_when_a_stuck_refresh_outlives_it():
+    """A refresh that does not return (a netlink call stuck in the kernel) keeps its thread
+    past stop(): stop() says so (a warning, False) instead of claiming it is gone; once the
+    call returns the thread ends without calling again."""
+    import threading
+
+    from labkit.widgets.controls import Ticker
+
+    entered, release, calls = threading.Event(), threading.Event(), []
+
+    def stuck():
+        calls.append(1)
+        entered.set()
+        release.wait()
+        return True
+
+    t = Ticker(stuck, 0.01, name="lk-test-stuck")
+    assert entered.wait(30), "the ticker never called its function"
+    with pytest.warns(RuntimeWarning, match="lk-test-stuck is still in a refresh"):
+        assert t.stop(timeout=0.05) is False
+    release.set()
+    t.thread.join(30)
+    assert not t.thread.is_alive() and calls == [1]
+    assert t.stop() is True  # stopping again: harmless, and now true

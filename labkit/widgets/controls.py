@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import threading
+import warnings
 from contextlib import contextmanager
 
 from labkit.errors import LabkitError
@@ -68,8 +69,11 @@ def lab_stopped(reason: str, *, name: str, controls, show, tickers=(),
 
 class Ticker:
     """Call FN every INTERVAL seconds on a daemon thread named NAME until `stop()`, or until
-    FN returns False. `stop()` wakes and joins the thread (unless called from it), so a
-    stopped ticker leaves no thread behind; stopping twice is harmless."""
+    FN returns False. `stop()` wakes the thread and joins it for at most TIMEOUT seconds
+    (unless called from it): a call of FN already under way is not interrupted, so a
+    refresh stuck in the kernel (a netlink call that does not return) keeps the thread
+    past `stop()`; it then ends after that call, without calling FN again, and `stop()`
+    warns and returns False. Stopping twice is harmless."""
 
     def __init__(self, fn, interval: float, name: str):
         self.fn, self.interval = fn, interval
@@ -86,10 +90,18 @@ class Ticker:
             if self.fn() is False:
                 self._stop.set()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the ticker; True once its thread has ended (or is the caller), False (with a
+        warning) where a call of FN still runs after TIMEOUT seconds."""
         self._stop.set()
-        if self.thread is not threading.current_thread():
-            self.thread.join(timeout)
+        if self.thread is threading.current_thread():
+            return True
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            warnings.warn(f"thread {self.thread.name} is still in a refresh {timeout:g} s after stop(): it ends "
+                          "when that call returns and calls nothing more", RuntimeWarning, stacklevel=2)
+            return False
+        return True
 
 
 def describe(exc: BaseException) -> str:

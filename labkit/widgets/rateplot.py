@@ -8,7 +8,8 @@ numbers `labkit watch` prints, from the same sampler (`labkit.measure.watch.Samp
 
 Each second a background thread (a `controls.Ticker`) takes one step of the sampler while
 holding GUARD (the lab's lock; `LabStopped` from it ends the plot, so nothing samples a
-closed lab's namespaces), then draws. A series is drawn where it was not zero somewhere in
+closed lab's namespaces), then draws. A plot built over a lab that is already closed starts
+stopped: no sampler, no thread, an empty image that says so. A series is drawn where it was not zero somewhere in
 the window: `<iface> rx`, `<iface> tx`, `<iface> drops` (link and driver ring drops),
 `<iface> xdp_drop` (frames an XDP program dropped, as the driver counts them) and the
 attached programs' counters: those NAMES names ({'map[slot]': label}) under their label,
@@ -71,10 +72,17 @@ class RatePlot:
         self.widget.add_class("lk-rateplot")
         self.draws = 0  # images drawn (an empty window is drawn once, not again each second)
         self._figure, self._drawn_busy, self._stopped = None, False, False
-        with self.guard():
-            self.sampler = watch.Sampler(targets)
+        self.sampler, self.ticker = None, None
+        try:
+            with self.guard():
+                self.sampler = watch.Sampler(targets)
+        except LabStopped:  # the lab closed before (or while) the plot was built: it starts stopped
+            pass
         self.draw()  # the empty axes at once, never a broken image
-        self.ticker = Ticker(self.tick, interval, name="lk-rateplot")
+        if self.sampler is None:
+            self.stop()
+        else:
+            self.ticker = Ticker(self.tick, interval, name="lk-rateplot")
 
     # ---- data
     def tick(self) -> bool:
@@ -154,13 +162,16 @@ class RatePlot:
     # ---- life
     @property
     def running(self) -> bool:
-        return self.ticker.running
+        return self.ticker is not None and self.ticker.running
 
     def stop(self) -> None:
         """Stop sampling and drawing (the last plot stays, and says so); joins the thread.
         Harmless twice."""
         if not self._stopped:
             self._stopped = True
+            if self.ticker is None:  # never started: the lab was closed when the plot was built
+                self.text.value = "<i>no live plot: the lab was already stopped</i>"
+                return
             self.ticker.stop()
             self.text.value = (f"<i>the live plot stopped at {time.strftime('%H:%M:%S')}; "
                                f"it shows the {self.window} s before</i>")
