@@ -140,17 +140,6 @@ def _ovs_ports(port_type: str):
     return f
 
 
-def _af_xdp_sockets():
-    """The kernel makes AF_XDP sockets (CONFIG_XDP_SOCKETS)."""
-    import socket
-
-    try:
-        socket.socket(44, socket.SOCK_RAW).close()  # AF_XDP
-    except OSError as exc:
-        return False, f"the kernel refuses AF_XDP sockets ({exc.strerror}): it needs CONFIG_XDP_SOCKETS=y"
-    return True, "the kernel makes AF_XDP sockets"
-
-
 def _dpdk_af_xdp():
     """DPDK's net_af_xdp driver is installed and its libraries resolve."""
     import subprocess
@@ -172,7 +161,9 @@ def _dpdk_af_xdp():
     missing = [l.split()[0] for l in ldd.stdout.splitlines() if "not found" in l]
     if missing:
         return False, f"{found[0]} needs {', '.join(missing)}: install them (Debian: libxdp1 libbpf1)"
-    ok, why = _af_xdp_sockets()
+    from labkit.traffic.testpmd import af_xdp_sockets
+
+    ok, why = af_xdp_sockets()
     return (ok, f"DPDK {version}, {found[0]}; {why}")
 
 

@@ -185,7 +185,7 @@ def measure_all(p, rs, search_rows=None) -> list[dict]:
 def summary(table):
     """Per variant and load: percentiles (µs) with min and max over trials, no-drop rate and
     background load (Mpps), probes received."""
-    return views.latency_summary(table)
+    return latency_profile.summary(table)
 
 
 def table(lat):

@@ -6,6 +6,7 @@ fractions of the data path's own no-drop rate.
     prof.ndr_pps                      # the no-drop rate found (RFC 2544 binary search)
     prof.points                       # one LatencyPoint per load: percentiles, counts, CDF
     rs.add(variant, trial, 64, point.measures(), kind="latency", load_fraction=point.fraction)
+    latency.summary(table)            # per variant and load: percentiles (µs) with min..max over trials
 
 The probes come from `dataplanes.latency.LatencyProbe` (stamped by the sender's XDP
 program, histogrammed by the sink's), whose sink must be the receiver's XDP program; the
@@ -95,3 +96,40 @@ def profile(probe, gen, spec, received, *, loads=(0.5, 0.9), probes: int = 2000,
             time.sleep(0.05)
             points.append(LatencyPoint(float(f), float(getattr(offered, "pps", float("nan"))), d, probe.cdf()))
     return Profile(float(ndr_pps), limited, points, notes)
+
+
+#: the kind of the rows a profile is recorded as, and the column that holds a point's load
+KIND, LOAD = "latency", "load_fraction"
+
+
+def load_label(fraction) -> str:
+    return "no load" if not fraction else f"{fraction:.0%} NDR"
+
+
+def summary(table):
+    """Per variant and load of one run's TABLE (its rows of kind 'latency'): each
+    percentile's mean over trials with min and max (µs), the background load and no-drop
+    rate (Mpps), probes received, trials. The one reading of latency rows, whichever
+    experiment recorded them."""
+    import pandas as pd
+
+    cols = ["variant", LOAD, "load", "ndr_mpps", "load_mpps", "probes", "trials"]
+    if "kind" not in table.columns or LOAD not in table.columns:
+        return pd.DataFrame(columns=cols)
+    t = table[table["kind"] == KIND]
+    if t.empty:
+        return pd.DataFrame(columns=cols)
+    ndr = t[t["measure"] == "ndr_pps"].groupby("variant")["value"].mean()
+    out = []
+    for (v, f), g in t[t[LOAD].notna()].groupby(["variant", LOAD], sort=False):
+        row = {"variant": v, LOAD: float(f), "load": load_label(f), "ndr_mpps": ndr.get(v, float("nan")) / 1e6,
+               "load_mpps": g[g["measure"] == "lat_load_pps"]["value"].mean() / 1e6,
+               "probes": g[g["measure"] == "lat_probes"]["value"].sum(), "trials": g["trial"].nunique()}
+        for q in PERCENTILE_MEASURES:
+            q = q[:-3]  # p50_ns -> p50
+            vals = g[g["measure"] == f"lat_{q}_ns"]["value"].dropna() / 1e3
+            row[f"{q}_us"], row[f"{q}_us_min"], row[f"{q}_us_max"] = vals.mean(), vals.min(), vals.max()
+        out.append(row)
+    if not out:
+        return pd.DataFrame(columns=cols)
+    return pd.DataFrame(out).sort_values(["variant", LOAD]).reset_index(drop=True)

@@ -18,43 +18,13 @@ trials of one run.
 from __future__ import annotations
 
 from labkit import results
+from labkit.measure import latency
 
-KIND = "latency"
-LOAD = "load_fraction"
-PCTS = ("p50", "p90", "p99", "p99.9", "max")
+KIND, LOAD = latency.KIND, latency.LOAD
 
-
-def rows_of(table):
-    """The latency rows of TABLE (none when it has no 'kind' or 'load_fraction' column)."""
-    if "kind" not in table.columns or LOAD not in table.columns:
-        return table.iloc[0:0]
-    return table[table["kind"] == KIND]
-
-
-def load_label(fraction) -> str:
-    return "no load" if not fraction else f"{fraction:.0%} NDR"
-
-
-def summary(table):
-    """Per variant and load of one run's TABLE: each percentile's mean over trials with min
-    and max (µs), the background load and no-drop rate (Mpps), probes received, trials."""
-    import pandas as pd
-
-    t = rows_of(table)
-    cols = ["variant", LOAD, "load", "ndr_mpps", "load_mpps", "probes", "trials"]
-    if t.empty:
-        return pd.DataFrame(columns=cols)
-    ndr = t[t["measure"] == "ndr_pps"].groupby("variant")["value"].mean()
-    out = []
-    for (v, f), g in t[t[LOAD].notna()].groupby(["variant", LOAD], sort=False):
-        row = {"variant": v, LOAD: float(f), "load": load_label(f), "ndr_mpps": ndr.get(v, float("nan")) / 1e6,
-               "load_mpps": g[g["measure"] == "lat_load_pps"]["value"].mean() / 1e6,
-               "probes": g[g["measure"] == "lat_probes"]["value"].sum(), "trials": g["trial"].nunique()}
-        for q in PCTS:
-            vals = g[g["measure"] == f"lat_{q}_ns"]["value"].dropna() / 1e3
-            row[f"{q}_us"], row[f"{q}_us_min"], row[f"{q}_us_max"] = vals.mean(), vals.min(), vals.max()
-        out.append(row)
-    return pd.DataFrame(out).sort_values(["variant", LOAD]).reset_index(drop=True)
+load_label = latency.load_label
+#: per variant and load of one run's table (`labkit.measure.latency.summary`)
+summary = latency.summary
 
 
 def for_runs(view, chosen, labels=None):
