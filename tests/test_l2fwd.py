@@ -202,3 +202,81 @@ def test_dpdk_ports_compared_with_tunings_and_socket_losses_recorded(tmp_path):
     prefix = r.run_dir.name.rsplit("-", 1)[1]
     assert not dpdk.dpdk_processes(prefix) and not dpdk.runtime_dirs(prefix)
     assert not [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]
+
+
+# ---------------------------------------------------------------- the DPDK ports' sentences, from hand-built tables
+def _ports_table(sock_a: float, sock_p: float, lost_a: float = 400_000, lost_p: float = 600_000,
+                 xsk_rx_dropped: float = 300_000, xsk_rx_ring_full: float = 100_000, fill: float = 200_000,
+                 cpu: bool = True, trials: int = 2):
+    """A table as l2fwd.run records it, for the two DPDK variants at 64 bytes (no kernel):
+    per trial 1 M offered, AF_XDP forwarding 0.6 Mpps and af_packet 0.3 (0.25 in trial 1)."""
+    import pandas as pd
+
+    rows = []
+    per_trial = {"dpdk_l2fwd_afxdp": {"offered_pkts": 1e6, "offered_pps": 1e6, "processed_pps": 6e5,
+                                      "lost_before_dut_pkts": lost_a, "socket_dropped": sock_a,
+                                      "xsk_rx_dropped": xsk_rx_dropped, "xsk_rx_ring_full": xsk_rx_ring_full,
+                                      "xsk_fill_ring_empty": fill, "dpdk_cpu_ns_per_pkt": 1500.0},
+                 "dpdk_l2fwd": {"offered_pkts": 1e6, "offered_pps": 1e6, "processed_pps": 3e5,
+                                "lost_before_dut_pkts": lost_p, "socket_dropped": sock_p, "packet_drops": sock_p,
+                                "dpdk_cpu_ns_per_pkt": 3000.0}}
+    for trial in range(trials):
+        for v, ms in per_trial.items():
+            for m, val in ms.items():
+                if m == "dpdk_cpu_ns_per_pkt" and not cpu:
+                    continue
+                if m == "processed_pps" and v == "dpdk_l2fwd" and trial == 1:
+                    val = 2.5e5
+                rows.append({"experiment": "l2fwd", "run_id": "test", "trial": trial, "variant": v, "size": 64,
+                             "measure": m, "value": val, "unit": "", "flags": "", "kind": "trial"})
+    return pd.DataFrame(rows)
+
+
+def _ports(table, caveats=(), lcores=None) -> str:
+    from labkit.experiments import l2fwd_views as views
+
+    return "\n".join(views.interpret_ports(table, None, l2fwd.BASELINE, caveats, lcores))
+
+
+VETH_CAVEATS = [f"{l2fwd.views.PORT_CAVEATS[v]} [{v}]" for v in ("dpdk_l2fwd", "dpdk_l2fwd_afxdp")]
+
+
+def test_backlog_claimed_only_where_socket_drops_are_the_loss_before_l2fwd():
+    both = _ports(_ports_table(sock_a=390_000, sock_p=590_000))  # within 10% of what was lost before l2fwd
+    assert "socket counters" in both and "in both the losses before the DUT are l2fwd's own backlog" in both
+    far = _ports(_ports_table(sock_a=40_000, sock_p=60_000))  # the sockets account for a tenth of it
+    assert "socket counters" in far and "backlog" not in far
+    one = _ports(_ports_table(sock_a=400_000, sock_p=60_000))
+    assert "in both" not in one and "over AF_XDP that is the loss before l2fwd (its own backlog)" in one
+    assert "over af_packet the sockets account for 6% of the 60% lost before it" in one
+
+
+def test_fill_ring_share_counts_every_drop_at_the_af_xdp_socket():
+    """xsk_fill_ring_empty is a share of all the socket's drops: rx_dropped and rx_ring_full."""
+    text = _ports(_ports_table(sock_a=400_000, sock_p=600_000, xsk_rx_dropped=300_000, xsk_rx_ring_full=100_000,
+                               fill=200_000))
+    assert "(50% of those because its fill ring was empty" in text  # 200k of 300k + 100k, not of 300k
+    none = _ports(_ports_table(sock_a=0, sock_p=0, lost_a=0, lost_p=0, xsk_rx_dropped=0, xsk_rx_ring_full=0, fill=0))
+    assert "of those because" not in none and "backlog" not in none  # no drops: no share of them, no claim
+
+
+def test_veth_paragraph_only_on_veths_with_the_runs_lcores():
+    t = _ports_table(sock_a=390_000, sock_p=590_000)
+    nic = _ports(t, caveats=["net_af_xdp sockets ran in zero-copy mode on ens1f0 [dpdk_l2fwd_afxdp]"], lcores="3")
+    assert "What bounds both" not in nic and "perf" not in nic and "CPU 1" not in nic
+    assert "What bounds both" not in _ports(t)  # nothing recorded about the ports: no claim about veths
+    veth = _ports(t, caveats=VETH_CAVEATS, lcores="5")
+    assert "What bounds both on these veths is l2fwd's lcore on CPU(s) 5" in veth and "CPU 1" not in veth
+    assert "1500 ns over AF_XDP and 3000 ns over af_packet" in veth
+    assert "What bounds both" not in _ports(_ports_table(390_000, 590_000, cpu=False), VETH_CAVEATS, "1")
+
+
+def test_ratio_per_trial_is_one_function_for_the_interpretation_and_bench():
+    from labkit.bench import l2fwd as bench_l2fwd
+    from labkit.experiments import l2fwd_views as views
+
+    t = _ports_table(sock_a=390_000, sock_p=590_000)
+    r = views.trial_ratios(t)
+    assert list(r.round(2)) == [2.0, 2.4] and list(bench_l2fwd.ratios(t)) == list(r)
+    assert "per trial 2.00–2.40" in _ports(t)
+    assert views.trial_ratios(t[t["variant"] == "dpdk_l2fwd"]).empty

@@ -15,16 +15,11 @@ VARIANTS = ["dpdk_l2fwd", "dpdk_l2fwd_afxdp", "xdp_redirect"]
 
 def ratios(table):
     """Per trial at the smallest size: dpdk_l2fwd_afxdp's forwarded rate over dpdk_l2fwd's,
-    as a pandas Series indexed by trial (empty if either is missing)."""
-    import pandas as pd
+    as a pandas Series indexed by trial (`l2fwd_views.trial_ratios`, which the
+    interpretation reads too)."""
+    from labkit.experiments import l2fwd_views
 
-    t = table[(table["measure"] == "processed_pps") & (table["kind"] == "trial")]
-    if t.empty:
-        return pd.Series(dtype=float)
-    t = t[t["size"] == t["size"].min()].pivot_table(index="trial", columns="variant", values="value")
-    if not {"dpdk_l2fwd", "dpdk_l2fwd_afxdp"} <= set(t.columns):
-        return pd.Series(dtype=float)
-    return (t["dpdk_l2fwd_afxdp"] / t["dpdk_l2fwd"]).dropna()
+    return l2fwd_views.trial_ratios(table)
 
 
 def summary(table):

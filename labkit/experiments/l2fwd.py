@@ -323,8 +323,8 @@ def run(data_dir=None, **kwargs) -> Result:
     lat = views.latency_summary(table)
     parts = {"resources": res, "latency": lat, "latency_cdf": pd.DataFrame(cdfs),
              "overview": views.overview(headline(table), res, lat)}
-    return Result(EXPERIMENT, table, interpret(table, res) + views.interpret_latency(lat, table), rs.caveats,
-                  run_dir, p, parts, headline_of=headline)
+    text = interpret(table, res, rs.caveats, p.dpdk_lcores) + views.interpret_latency(lat, table)
+    return Result(EXPERIMENT, table, text, rs.caveats, run_dir, p, parts, headline_of=headline)
 
 
 def _dpdk_setup(l2, p: Params, afxdp: bool, d0) -> dict:
@@ -452,6 +452,7 @@ def _caveats(rs, p: Params, generator: str) -> None:
               "receiver's XDP sink (tens of ns), the same for every variant")
 
 
-def interpret(table, resources) -> str:
-    """Sentences computed from the data (`l2fwd_views.interpret_rates`)."""
-    return views.interpret_rates(table, resources, BASELINE)
+def interpret(table, resources, caveats=(), lcores=None) -> str:
+    """Sentences computed from the data (`l2fwd_views.interpret_rates`); CAVEATS (the run's)
+    say whether its ports were veths, LCORES where l2fwd polled."""
+    return views.interpret_rates(table, resources, BASELINE, caveats, lcores)

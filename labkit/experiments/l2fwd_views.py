@@ -15,9 +15,9 @@ latency, and the one table that puts every forwarder's numbers side by side).
 from __future__ import annotations
 
 from labkit import measure
+from labkit.measure import latency
 
-LOAD = "load_fraction"
-PCTS = ("p50", "p90", "p99", "p99.9", "max")
+LOAD = latency.LOAD
 
 
 def record_latency(rs, variant: str, trial: int, size, prof, **extra) -> list[dict]:
@@ -34,33 +34,9 @@ def record_latency(rs, variant: str, trial: int, size, prof, **extra) -> list[di
     return cdf
 
 
-def _lat_rows(table):
-    if "kind" not in table.columns:
-        return table.iloc[0:0]
-    return table[table["kind"] == "latency"]
-
-
-def latency_summary(table):
-    """One row per variant and load: no-drop rate, background rate, and for each percentile
-    its mean over trials with min and max (microseconds), probes received."""
-    import pandas as pd
-
-    t = _lat_rows(table)
-    if t.empty:
-        return pd.DataFrame(columns=["variant", LOAD])
-    ndr = t[t["measure"] == "ndr_pps"].groupby("variant")["value"].mean()
-    pts = t[t[LOAD].notna()]
-    rows = []
-    for (v, f), g in pts.groupby(["variant", LOAD], sort=False):
-        row = {"variant": v, LOAD: f, "ndr_mpps": ndr.get(v, float("nan")) / 1e6}
-        by = g.groupby("measure")["value"]
-        row["load_mpps"] = by.mean().get("lat_load_pps", float("nan")) / 1e6
-        for q in PCTS:
-            vals = g[g["measure"] == f"lat_{q}_ns"]["value"] / 1e3
-            row[f"{q}_us"], row[f"{q}_us_min"], row[f"{q}_us_max"] = vals.mean(), vals.min(), vals.max()
-        row["probes"] = by.sum().get("lat_probes", 0)
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values(["variant", LOAD]).reset_index(drop=True)
+#: per variant and load: the no-drop rate, the background rate, each percentile's mean over
+#: trials with min and max (µs), probes received (`labkit.measure.latency.summary`)
+latency_summary = latency.summary
 
 
 def overview(headline, resources, lat):
@@ -139,9 +115,10 @@ PORT_CAVEATS = {
 }
 
 
-def interpret_ports(table, resources, baseline: str) -> list[str]:
+def interpret_ports(table, resources, baseline: str, caveats=(), lcores=None) -> list[str]:
     """Sentences comparing port types: DPDK over AF_XDP against af_packet (rate, where the
-    packets were lost), Open vSwitch against the others, idle cost of polling forwarders."""
+    packets were lost; what bounds both only where CAVEATS say the ports were veths, with
+    l2fwd's LCORES), Open vSwitch against the others, idle cost of polling forwarders."""
     rates = table[(table["measure"] == "processed_pps") & (table["variant"] != baseline)]
     if rates.empty:
         return []
@@ -150,7 +127,7 @@ def interpret_ports(table, resources, baseline: str) -> list[str]:
     mean, lo, hi = at.mean(), at.min(), at.max()
     lines = []
     if {"dpdk_l2fwd", "dpdk_l2fwd_afxdp"} <= set(mean.index) and mean["dpdk_l2fwd"] > 0:
-        lines += _dpdk_ports(table, size, mean, lo, hi)
+        lines += _dpdk_ports(table, size, mean, lo, hi, caveats, lcores)
     for v in ("ovs_afxdp", "ovs"):
         if v in mean.index:
             best = mean.drop(v).idxmax() if len(mean) > 1 else v
@@ -169,11 +146,37 @@ def interpret_ports(table, resources, baseline: str) -> list[str]:
 
 #: the issue's goal for DPDK over AF_XDP against af_packet, forwarded rate at 64 bytes
 AFXDP_GOAL = 2.5
+#: socket drops within this share of the loss before l2fwd: that loss is l2fwd's own backlog
+BACKLOG_TOLERANCE = 0.10
 
 
-def _dpdk_ports(table, size, mean, lo, hi) -> list[str]:
+def trial_ratios(table, size=None):
+    """Per trial at SIZE (default the smallest): dpdk_l2fwd_afxdp's forwarded rate over
+    dpdk_l2fwd's, a pandas Series indexed by trial (empty if either is missing). The one
+    reading of that ratio: the interpretation and `make bench` both take it from here."""
+    import pandas as pd
+
+    t = table[(table["measure"] == "processed_pps") & (table["kind"] == "trial")] if "kind" in table.columns \
+        else table.iloc[0:0]
+    if t.empty:
+        return pd.Series(dtype=float)
+    t = t[t["size"] == (t["size"].min() if size is None else size)]
+    per = t.pivot_table(index="trial", columns="variant", values="value")
+    if not {"dpdk_l2fwd", "dpdk_l2fwd_afxdp"} <= set(per.columns):
+        return pd.Series(dtype=float)
+    return (per["dpdk_l2fwd_afxdp"] / per["dpdk_l2fwd"]).dropna()
+
+
+def on_veths(caveats) -> bool:
+    """Whether CAVEATS (a run's) say its DPDK ports were the namespace testbed's veths: the
+    port caveats are recorded only there."""
+    marks = [PORT_CAVEATS["dpdk_l2fwd"], PORT_CAVEATS["dpdk_l2fwd_afxdp"]]
+    return any(str(c).startswith(m) for c in caveats or () for m in marks)
+
+
+def _dpdk_ports(table, size, mean, lo, hi, caveats=(), lcores=None) -> list[str]:
     """DPDK over AF_XDP against af_packet: the ratio (per trial where both ran), the goal,
-    where the packets were lost, and what bounds each, from the rows of this run."""
+    where the packets were lost, and, on veths (CAVEATS say so), what bounds each there."""
     t = table[(table["size"] == size) & (table["kind"] == "trial")]
     by = t.groupby(["measure", "variant"])["value"]
     tot, avg = by.sum(), by.mean()
@@ -183,8 +186,7 @@ def _dpdk_ports(table, size, mean, lo, hi) -> list[str]:
         return float(s.get((m, v), float("nan")))
 
     share = {v: get(tot, "lost_before_dut_pkts", v) / get(tot, "offered_pkts", v) for v in (a, p)}
-    per = t[t["measure"] == "processed_pps"].pivot_table(index="trial", columns="variant", values="value")
-    r = (per[a] / per[p]).dropna()
+    r = trial_ratios(table, size)
     ratio = mean[a] / mean[p]
     spread = f", per trial {r.min():.2f}–{r.max():.2f}" if len(r) > 1 else ""
     goal = "meets" if ratio >= AFXDP_GOAL else "misses"
@@ -195,25 +197,37 @@ def _dpdk_ports(table, size, mean, lo, hi) -> list[str]:
              f"af_packet {share[p]:.0%} of {get(avg, 'offered_pps', p) / 1e6:.2f} Mpps offered."]
     sock = {v: get(tot, "socket_dropped", v) / get(tot, "offered_pkts", v) for v in (a, p)}
     if sock[a] == sock[a] and sock[p] == sock[p]:
-        fill = get(tot, "xsk_fill_ring_empty", a) / max(1.0, get(tot, "xsk_rx_dropped", a))
-        lines.append(f"The kernel's own socket counters say where: {sock[a]:.0%} of the offered packets were dropped at "
-                     f"l2fwd's AF_XDP socket ({fill:.0%} of those because its fill ring was empty: l2fwd had not yet "
-                     f"returned the buffers, it did not keep up) and {sock[p]:.0%} at its packet socket (ring full), so "
-                     "in both the losses before the DUT are l2fwd's own backlog, not the veth's.")
+        xsk = get(tot, "xsk_rx_dropped", a) + get(tot, "xsk_rx_ring_full", a)  # what the AF_XDP socket dropped
+        fill = get(tot, "xsk_fill_ring_empty", a) / xsk if xsk > 0 else float("nan")
+        why = (f" ({fill:.0%} of those because its fill ring was empty: l2fwd had not yet returned the buffers, "
+               "it did not keep up)") if fill == fill else ""
+        text = (f"The kernel's own socket counters say where: {sock[a]:.0%} of the offered packets were dropped at "
+                f"l2fwd's AF_XDP socket{why} and {sock[p]:.0%} at its packet socket (ring full)")
+        backlog = [v for v in (a, p) if share[v] > 0 and abs(sock[v] - share[v]) <= BACKLOG_TOLERANCE * share[v]]
+        if backlog == [a, p]:
+            text += ", so in both the losses before the DUT are l2fwd's own backlog, not the veth's"
+        elif backlog:
+            other = p if backlog == [a] else a
+            text += (f"; over {'AF_XDP' if backlog == [a] else 'af_packet'} that is the loss before l2fwd (its own "
+                     f"backlog), over {'AF_XDP' if other == a else 'af_packet'} the sockets account for "
+                     f"{sock[other]:.0%} of the {share[other]:.0%} lost before it, the rest was lost elsewhere")
+        lines.append(text + ".")
     ca, cp = get(avg, "dpdk_cpu_ns_per_pkt", a), get(avg, "dpdk_cpu_ns_per_pkt", p)
-    if ca == ca and cp == cp and ca > 0:
+    if ca == ca and cp == cp and ca > 0 and on_veths(caveats):
+        where = f"l2fwd's lcore on CPU(s) {lcores}" if lcores not in (None, "") else "l2fwd's lcore"
         lines.append(
-            f"What bounds both is l2fwd's lcore on CPU 1 (it polls, so its CPU per forwarded packet, {ca:.0f} ns over "
+            f"What bounds both on these veths is {where} (it polls, so its CPU per forwarded packet, {ca:.0f} ns over "
             f"AF_XDP and {cp:.0f} ns over af_packet, is the time it was given over what it forwarded, not its work "
             "per packet). On a veth both port types transmit the same way: a system call per burst, an skb "
             "built per frame and handed to the veth, and the receiving veth's NAPI (which converts that skb for its "
-            "XDP program, copying it) runs inside the same call on l2fwd's CPU; profiled on this machine (perf), "
-            "the transmit call took about three quarters of l2fwd's time over AF_XDP, half of it the receiver's "
-            "NAPI. AF_XDP saves only the receive side (an XDP redirect and one copy into the socket instead of an "
-            "skb and a packet-socket copy), and that side runs on the generator's CPU 0 in both, which is why the "
-            "af_packet variant is offered less: its skbs are built in the generator's softirq. The lcore also shares "
-            "CPU 1 with every other process of the machine. With a NIC (zero-copy AF_XDP, the NIC's own transmit) "
-            "neither copy nor skb happens, and the ratio is not bounded this way.")
+            "XDP program, copying it) runs inside the same call on l2fwd's CPU; a perf profile of such a run on a "
+            "machine of this kind (not this run's measurement) put the transmit call at about three quarters of "
+            "l2fwd's time over AF_XDP, half of it the receiver's NAPI. AF_XDP saves only the receive side (an XDP "
+            "redirect and one copy into the socket instead of an skb and a packet-socket copy), and that side runs "
+            "on the generator's CPU in both, which is why the af_packet variant is offered less: its skbs are built "
+            "in the generator's softirq. The lcore also shares its CPU with every other process of the machine. "
+            "With a NIC (zero-copy AF_XDP, the NIC's own transmit) neither copy nor skb happens, and the ratio is "
+            "not bounded this way.")
     return lines
 
 
@@ -238,9 +252,10 @@ def plot_latency_cdf(cdf, trial: int = 0):
     return fig
 
 
-def interpret_rates(table, resources, baseline: str) -> str:
+def interpret_rates(table, resources, baseline: str, caveats=(), lcores=None) -> str:
     """Sentences computed from the data: which forwarder was fastest at the smallest frames,
-    by what ratio, at what DUT CPU per packet, who limited the run, and what DPDK cost idle."""
+    by what ratio, at what DUT CPU per packet, who limited the run, and what DPDK cost idle.
+    CAVEATS (the run's) and LCORES (l2fwd's) go to `interpret_ports`."""
     rates = table[(table["measure"] == "processed_pps") & (table["variant"] != baseline)]
     if rates.empty:
         return "No forwarding rates were measured."
@@ -285,4 +300,4 @@ def interpret_rates(table, resources, baseline: str) -> str:
                          f"{int(d['memory_mb_reserved'])} MB reserved, and used {int(d['hugepages_used'])} hugepages "
                          f"({'hugepages on' if d['hugepages'] else 'run with --no-huge'}). The XDP and kernel "
                          "variants need no dedicated core, reservation or hugepages: the poster's conclusion, measured.")
-    return "\n".join(lines + interpret_ports(table, resources, baseline))
+    return "\n".join(lines + interpret_ports(table, resources, baseline, caveats, lcores))
