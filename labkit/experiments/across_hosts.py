@@ -26,11 +26,24 @@ from labkit import traffic
 from labkit.testbed import remote_agent
 from labkit.testbed.inventory import Testbed
 
-__all__ = ["Testbed", "End", "end", "RemoteGenerator", "GENERATOR_TOOLS"]
+__all__ = ["Testbed", "End", "end", "RemoteGenerator", "GENERATOR_TOOLS", "LOCAL_CPU", "blank_local_cpu"]
 
 #: what the sender host needs for each generator (commands, or python:module)
 GENERATOR_TOOLS = {"trafgen": ["trafgen"], "xdp": ["python:bcc"], "testpmd": ["dpdk-testpmd"],
                    "pktgen": ["modprobe"], "auto": []}
+#: the measures `measure.run_trial` takes from the controlling machine's CPU, which across
+#: hosts is neither the sender's nor the receiver's (a DUT's own process time, read there,
+#: is not among them)
+LOCAL_CPU = ("cpu_busy_s", "cpu_softirq_s", "net_rx_softirq_s", "generator_cpu_s", "receiver_cpu_s",
+             "cpu_ns_per_pkt", "system_cpu_ns_per_pkt")
+
+
+def blank_local_cpu(rows: list[dict]) -> None:
+    """Blank (NaN) every value of ROWS (a ResultSet's) measured from this machine's CPU:
+    across hosts it is no host's, so it is left empty rather than misread."""
+    for r in rows:
+        if r["measure"] in LOCAL_CPU:
+            r["value"] = float("nan")
 
 
 @dataclass

@@ -46,9 +46,6 @@ from labkit.errors import LabkitError, MissingDependency
 #: where the DUT builds DPDK's l2fwd, unless its inventory sets labkit_build_dir
 DEFAULT_BUILD_DIR = "/var/cache/labkit/build"
 DPDK_VARIANTS, OVS_VARIANTS = ("dpdk_l2fwd", "dpdk_l2fwd_afxdp"), ("ovs", "ovs_afxdp")
-#: measures of the controlling machine's CPU, which is neither host's: left empty
-LOCAL_CPU = ("cpu_busy_s", "cpu_softirq_s", "net_rx_softirq_s", "generator_cpu_s", "receiver_cpu_s",
-             "cpu_ns_per_pkt", "system_cpu_ns_per_pkt")
 
 
 def run(p, data_dir=None):
@@ -108,9 +105,7 @@ def run(p, data_dir=None):
                 rs.add(name, trial, size, extra, m.flags, generator=gen.name, kind="trial")
 
             trial_loop(order, p.trials, measure_one, record, sizes=p.sizes, label=ex.EXPERIMENT, show=p.progress)
-        for r in rs.rows:  # this machine's CPU is neither host's: blank rather than misread
-            if r["measure"] in LOCAL_CPU:
-                r["value"] = float("nan")
+        across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is neither host's
         veth = "driver: veth" in dut.run(["ethtool", "-i", in_if], check=False).stdout
         _caveats(rs, p, views.PORT_CAVEATS if veth else {}, snd, dut, rcv, skipped, notes)
         run_dir = rs.save(bed, {"generator": gen.name, "receiver_sink": f"xdp_drop_bare (native) on {rcv.ifname}",
@@ -313,24 +308,18 @@ IFF_PROMISC = 0x100
 @contextmanager
 def _promiscuous(iface):
     """IFACE in promiscuous mode (unless it was already), recorded as a foreign change."""
-    from labkit.testbed import runs, signals
+    from labkit.testbed import runs
     from labkit.testbed.hosts import netlink
 
     with netlink() as ipr:
-        if ipr.link("get", index=iface.ifindex)[0]["flags"] & IFF_PROMISC:
-            yield
-            return
-    record, run = {"kind": "promisc", "ifname": iface.name}, runs.current_run()
-    with signals.deferred_signals():
-        if run is not None:
-            run.note_foreign(record)
-        with netlink() as ipr:
-            ipr.link("set", index=iface.ifindex, flags=IFF_PROMISC, change=IFF_PROMISC)
-    try:
+        already = bool(ipr.link("get", index=iface.ifindex)[0]["flags"] & IFF_PROMISC)
+    if already:
         yield
-    finally:
-        with signals.deferred_signals():
-            with netlink() as ipr:
-                ipr.link("set", index=iface.ifindex, flags=0, change=IFF_PROMISC)
-            if run is not None:
-                run.forget_foreign(record)
+        return
+
+    def promisc(on: bool):
+        with netlink() as ipr:
+            ipr.link("set", index=iface.ifindex, flags=IFF_PROMISC if on else 0, change=IFF_PROMISC)
+
+    with runs.foreign_change({"kind": "promisc", "ifname": iface.name}, lambda: promisc(True), lambda: promisc(False)):
+        yield

@@ -232,9 +232,7 @@ def _run_across_hosts(p: Params, data_dir) -> Result:
             trial_loop(p.variants, p.trials, measure_one,
                        lambda v, size, t, m: rs.add_measurement(v, t, m, generator=gen.name, flows=p.flows, kind="trial"),
                        sizes=p.sizes, label=EXPERIMENT, show=p.progress)
-        for r in rs.rows:  # the CPU this machine measured is neither host's: blank rather than misread
-            if "cpu" in r["measure"] or "softirq" in r["measure"]:
-                r["value"] = float("nan")
+        across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is neither host's
         rs.caveat(f"across hosts ({snd.host.name} -> {rcv.host.name}): rates only (CPU is not measured across "
                   "hosts), and load sweeps, searches and program costs were not run")
         if latency.not_measured(p):

@@ -4,12 +4,16 @@
         ...
         r.counters()  # {'packets': n, 'bytes': b}
 
-Every rule carries the comment ``labkit:<run prefix>`` so `labkit clean` can find one a
-crashed run left in the root namespace (rules inside a labkit namespace go with it).
+Every rule carries the comment ``labkit:<run prefix>:<n>``, unique to the rule: `labkit
+clean` finds one a crashed run left in the root namespace by its run prefix (rules inside
+a labkit namespace go with it), and `counters()` reads this rule's line and no other, even
+where two rules match alike (a counting rule in front of a dropping one).
 Rules are inserted at the top of their chain, so they see packets first.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import re
 
 from labkit.testbed import runs
@@ -18,6 +22,7 @@ from labkit.errors import InputError
 from labkit.testbed.hosts import Host, which
 
 TABLES = {"raw", "mangle", "nat", "filter", "security"}
+_serial = itertools.count(1)
 
 
 class Rule:
@@ -29,7 +34,8 @@ class Rule:
         self.host, self.table, self.chain = host, table, chain
         self.binary = "ip6tables" if ipv6 else "iptables"
         run = runs.current_run()
-        self.tag = f"{runs.RULE_COMMENT}{run.prefix if run else 'lk0000'}"
+        # the run's prefix (what `labkit clean` reads), then this process and rule: unique
+        self.tag = f"{runs.RULE_COMMENT}{run.prefix if run else 'lk0000'}:{os.getpid()}.{next(_serial)}"
         self.args = [str(a) for a in args] + ["-m", "comment", "--comment", self.tag]
         self.added = False
 
@@ -52,7 +58,7 @@ class Rule:
         """Packets and bytes this rule has matched (from `iptables -L -v -x`)."""
         out = self.host.run([self.binary, "-w", "-t", self.table, "-L", self.chain, "-v", "-x", "-n"], timeout=30).stdout
         for line in out.splitlines():
-            if self.tag in line:
+            if f"/* {self.tag} */" in line:
                 fields = line.split()
                 return {"packets": int(fields[0]), "bytes": int(fields[1])}
         raise RuntimeError(f"rule {self.tag} not found in {self.table}/{self.chain} on {self.host}")

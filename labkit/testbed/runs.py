@@ -211,6 +211,32 @@ def run_scope():
                 _current_run = None
 
 
+@contextmanager
+def foreign_change(record: dict, do, undo):
+    """A change to an object the run does not own (a route, an offload, promiscuous mode on
+    a real interface): RECORD is noted in the run's registry before DO makes the change, so
+    a run killed in between leaves `labkit clean` something to undo (undoing a change that
+    never happened is harmless); on exit UNDO reverts it and the record is forgotten. A DO
+    that fails forgets its record and undoes nothing (what it met may not be ours)."""
+    run = current_run()
+    with deferred_signals():
+        if run is not None:
+            run.note_foreign(record)
+        try:
+            do()
+        except BaseException:
+            if run is not None:
+                run.forget_foreign(record)
+            raise
+    try:
+        yield
+    finally:
+        with deferred_signals():
+            undo()  # if this fails the record stays, for `labkit clean`
+            if run is not None:
+                run.forget_foreign(record)
+
+
 # ---------------------------------------------------------------- leftovers and clean
 def _pid_alive(pid: int) -> bool:
     """Whether PID is a running process: a zombie (dead, not yet reaped by its parent, as a

@@ -305,10 +305,11 @@ def _spread(s) -> str:
     return f"{s['mean'] / 1e6:.3f} Mpps ({s['min'] / 1e6:.3f}–{s['max'] / 1e6:.3f})"
 
 
-def interpret(table, checks) -> str:
+def interpret(table, checks, cpu: bool = True) -> str:
     """Sentences computed from the data: correctness per variant, then the fast path and
     the tc NAT against iptables and against their routing baselines, new flows, TCP, the
-    programs' own time, and the issue's goals met or not."""
+    programs' own time, and the issue's goals met or not. CPU=False (across hosts, where
+    CPU is not measured) leaves out every clause about CPU and keeps the rest."""
     table = canonical(table)
     lines = []
     if checks is not None and len(checks):
@@ -325,7 +326,8 @@ def interpret(table, checks) -> str:
         t = table[(table["measure"] == measure_) & ((kind == k) if kind is not None else True)]
         return t.groupby("variant")["value"].agg(["mean", "min", "max"])
 
-    pps, cpu, tcp = means("processed_pps"), means("cpu_ns_per_pkt"), means("tcp_mbps", "tcp")
+    pps, tcp = means("processed_pps"), means("tcp_mbps", "tcp")
+    cpu = means("cpu_ns_per_pkt") if cpu else pps.iloc[:0]  # no CPU: no variant has any
     have = set(pps.index)
     label = {"tc_nat": "eBPF NAT", "xdp_nat": "eBPF NAT with its XDP fast path"}
     for nat_, base in (("tc_nat", "routing"), ("xdp_nat", "xdp_routing")):
@@ -337,9 +339,11 @@ def interpret(table, checks) -> str:
                 ce, ci = cpu.loc[nat_, "mean"], cpu.loc["iptables", "mean"]
                 lines.append(f"  NET_RX CPU per packet (all CPUs): {nat_} {ce:.0f} ns vs iptables {ci:.0f} ns "
                              f"({_ratio(ce, ci):.2f}×).")
-        if {nat_, base} <= set(cpu.index):
-            lines.append(f"  {nat_} against its baseline {base}: {cpu.loc[nat_, 'mean'] - cpu.loc[base, 'mean']:+.0f} ns "
-                         f"of NET_RX per packet, {_ratio(pps.loc[nat_, 'mean'], pps.loc[base, 'mean']):.0%} of its rate.")
+        if {nat_, base} <= have:
+            ns = (f"{cpu.loc[nat_, 'mean'] - cpu.loc[base, 'mean']:+.0f} ns of NET_RX per packet, "
+                  if {nat_, base} <= set(cpu.index) else "")
+            lines.append(f"  {nat_} against its baseline {base}: {ns}"
+                         f"{_ratio(pps.loc[nat_, 'mean'], pps.loc[base, 'mean']):.0%} of its rate.")
     if {"tc_nat", "iptables", "routing"} <= have:
         r = pps.loc["routing", "mean"]
         lines.append(f"Against plain forwarding ({r / 1e6:.3f} Mpps): tc_nat keeps {_ratio(pps.loc['tc_nat', 'mean'], r):.0%}, "
@@ -356,7 +360,8 @@ def interpret(table, checks) -> str:
         lines.append("Generator-limited in some trials (" + ", ".join(
             f"{v}: {pps.loc[v, 'mean'] / 1e6:.3f} of {offered.get(v, float('nan')) / 1e6:.3f} Mpps offered"
             for v in sorted(set(limited["variant"])) if v in pps.index) + "): the variant forwarded (nearly) all "
-            "that was offered, so those rates are lower bounds; CPU per packet is the better comparison.")
+            "that was offered, so those rates are lower bounds" + ("; CPU per packet is the better comparison."
+                                                                  if len(cpu) else "."))
     new = means("processed_pps", "newflow")
     if "iptables" in new.index:
         lines.append("New flows per second (every packet a new flow): " + ", ".join(
@@ -369,11 +374,13 @@ def interpret(table, checks) -> str:
                          f"iptables {i['mean']:.0f} Mbit/s ({i['min']:.0f}–{i['max']:.0f}): "
                          f"{_ratio(e['mean'], i['mean']):.2f}×.")
     lines += progtime.sentences(table)
-    if {"xdp_nat", "iptables"} <= set(cpu.index):
-        rate, c = _ratio(pps.loc["xdp_nat", "mean"], pps.loc["iptables", "mean"]), \
-            _ratio(cpu.loc["xdp_nat", "mean"], cpu.loc["iptables", "mean"])
-        lines.append(f"Goals: xdp_nat at {rate:.2f}× iptables' rate (goal ≥ 4×: {'met' if rate >= 4 else 'not met'}) "
-                     f"and {c:.2f}× its CPU per packet (goal ≤ 0.25×: {'met' if c <= 0.25 else 'not met'}).")
+    if {"xdp_nat", "iptables"} <= have:
+        rate = _ratio(pps.loc["xdp_nat", "mean"], pps.loc["iptables", "mean"])
+        goals = f"Goals: xdp_nat at {rate:.2f}× iptables' rate (goal ≥ 4×: {'met' if rate >= 4 else 'not met'})"
+        if {"xdp_nat", "iptables"} <= set(cpu.index):
+            c = _ratio(cpu.loc["xdp_nat", "mean"], cpu.loc["iptables", "mean"])
+            goals += f" and {c:.2f}× its CPU per packet (goal ≤ 0.25×: {'met' if c <= 0.25 else 'not met'})"
+        lines.append(goals + ".")
     more = sweep.interpret(table)
     lines += [more] if more else []
     return "\n".join(lines) if lines else "Nothing was measured."

@@ -13,10 +13,12 @@ What labkit changes, each held open on its host for as long as the local `with` 
 `labkit clean --inventory`:
 - on the client, a route to the server's address through IN (unless it routes so already);
 - on the DUT, each variant on IN and OUT (`testbed.on_nat_host`, as the one-machine lab);
-- on the server, two iptables rules in the raw table counting UDP to the flood's port:
-  from the expected source (the SNAT address; the client's own for `routing` and
-  `xdp_routing`, which also get the server's route back through OUT) counted and
-  dropped, and from any source counted: translated packets are those of the first;
+- on the server, two iptables rules in the raw table counting UDP to the flood's port,
+  each read by its own comment: from the expected source (the SNAT address; the
+  client's own for `routing` and `xdp_routing`, which also get the server's route back
+  through OUT) counted and dropped, and from any source counted. Translated packets are
+  those of the first (`processed_pkts`); the second's count less the first's is what
+  came from any other source (`server_other_source`: untranslated or wrongly rewritten);
 - for the XDP variants, where the client's or the server's port is a veth, an XDP_PASS
   program there (a frame redirected into a veth is delivered only when its peer has one)
   and full checksums (tx checksum offload off) while they run.
@@ -87,9 +89,7 @@ def run(p, data_dir=None):
                        lambda v, size, t, m: rs.add_measurement(v, t, m, kind="udp", offloads="as on the hosts",
                                                                 flows=p.udp_flows, generator=gen.name),
                        sizes=[p.udp_size], label=experiment.EXPERIMENT, show=p.progress)
-        for r in rs.rows:  # the CPU this machine measured is neither host's: blank rather than misread
-            if "cpu" in r["measure"] or "softirq" in r["measure"] or "net_rx" in r["measure"]:
-                r["value"] = float("nan")
+        across_hosts.blank_local_cpu(rs.rows)
         for c in checks:
             rs.add(c["variant"], 0, None, {f"check:{c['check']}": (1.0 if c["ok"] else 0.0, "pass")}, kind="check",
                    offloads=c["offloads"])
@@ -103,9 +103,8 @@ def run(p, data_dir=None):
         run_dir = rs.save(bed, {"generator": gen.name, "checks": checks, "nat": lab.addresses(p)})
     table = rs.table
     checks_df = pd.DataFrame(checks, columns=["variant", "check", "ok", "detail", "offloads"])
-    text = experiment.interpret(table, checks_df)  # its sentences about CPU have no numbers here: left out
-    text = "\n".join([line for line in text.splitlines() if "nan" not in line]
-                      + ["CPU per packet: not measured across hosts (see the caveats)."])
+    text = (experiment.interpret(table, checks_df, cpu=False)  # CPU is blank here: its clauses left out
+            + "\nCPU per packet: not measured across hosts (see the caveats).")
     return Result(experiment.EXPERIMENT, table, text, rs.caveats, run_dir, p,
                   {"checks": checks_df, "flows": pd.DataFrame()}, headline_of=experiment.headline)
 
@@ -224,7 +223,7 @@ def dut_variant(inside_if: str, outside_if: str, variant: str, port_range: list,
 def route(ifname: str, dst: str, gateway: str):
     """On a client or a server: DST/32 through GATEWAY on IFNAME while in the `with`,
     unless the host routes it so already; recorded in the session for `labkit clean`."""
-    from labkit.testbed import runs, signals
+    from labkit.testbed import runs
     from labkit.testbed.hosts import ROOT_HOST
 
     with ROOT_HOST.ipr() as ipr:
@@ -237,23 +236,21 @@ def route(ifname: str, dst: str, gateway: str):
     if present:
         yield "present"
         return
-    rec = {"kind": "route", "ifname": ifname, "dst": dst, "dst_len": 32, "gateway": gateway}
-    run = runs.current_run()
-    with signals.deferred_signals(), ROOT_HOST.ipr() as ipr:
-        ipr.route("add", dst=dst, dst_len=32, gateway=gateway, oif=idx)
-        if run:
-            run.note_foreign(rec)
-    try:
-        yield "added"
-    finally:
+    def add():
+        with ROOT_HOST.ipr() as ipr:
+            ipr.route("add", dst=dst, dst_len=32, gateway=gateway, oif=idx)
+
+    def delete():
         with ROOT_HOST.ipr() as ipr:
             try:
                 ipr.route("del", dst=dst, dst_len=32, gateway=gateway, oif=idx)
             except Exception as exc:  # the link, and with it the route, may be gone
                 if getattr(exc, "code", None) not in (3, 19):
                     raise
-        if run:
-            run.forget_foreign(rec)
+
+    rec = {"kind": "route", "ifname": ifname, "dst": dst, "dst_len": 32, "gateway": gateway}
+    with runs.foreign_change(rec, add, delete):
+        yield "added"
 
 
 @contextmanager
@@ -264,27 +261,22 @@ def xdp_end(ifname: str):
     from labkit import bpf
     from labkit.dataplanes.minimal import Minimal
     from labkit.experiments.across_hosts import local_interface
-    from labkit.testbed import runs, signals
+    from labkit.testbed import runs
     from labkit.testbed.hosts import ROOT_HOST
 
     if "driver: veth" not in ROOT_HOST.run(["ethtool", "-i", ifname], check=False, timeout=10).stdout:
         yield "not a veth"
         return
     offload = "tx-checksumming: on" in ROOT_HOST.run(["ethtool", "-k", ifname], timeout=10).stdout
-    rec, run = {"kind": "offload", "ifname": ifname, "feature": "tx"}, runs.current_run()
-    with Minimal() as m, bpf.attach_xdp(local_interface(ifname), m.pass_(), "native"):
-        try:
-            if offload:
-                with signals.deferred_signals():
-                    ROOT_HOST.run(["ethtool", "-K", ifname, "tx", "off"], timeout=10)
-                    if run:
-                        run.note_foreign(rec)  # `labkit clean` turns it back on
-            yield "veth"
-        finally:
-            if offload:
-                ROOT_HOST.run(["ethtool", "-K", ifname, "tx", "on"], check=False, timeout=10)
-                if run:
-                    run.forget_foreign(rec)
+    with ExitStack() as stack:
+        m = stack.enter_context(Minimal())
+        stack.enter_context(bpf.attach_xdp(local_interface(ifname), m.pass_(), "native"))
+        if offload:  # `labkit clean` turns it back on
+            stack.enter_context(runs.foreign_change(
+                {"kind": "offload", "ifname": ifname, "feature": "tx"},
+                lambda: ROOT_HOST.run(["ethtool", "-K", ifname, "tx", "off"], timeout=10),
+                lambda: ROOT_HOST.run(["ethtool", "-K", ifname, "tx", "on"], check=False, timeout=10)))
+        yield "veth"
 
 
 class _Counts:
