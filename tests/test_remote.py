@@ -152,12 +152,27 @@ def login_user(remote_hosts):
         yield user
     finally:
         sudoers.unlink(missing_ok=True)
-        for pid in subprocess.run(["pgrep", "-u", name], capture_output=True, text=True).stdout.split():
-            os.kill(int(pid), signal.SIGKILL)  # what its sessions still run (this test's own)
-        subprocess.run(["userdel", name], capture_output=True)
+        # what its sessions still run (this test's own): killed, then waited for (bounded), since
+        # userdel refuses a user whose processes are still exiting ("currently used by process")
+        deadline, pids = time.monotonic() + 30, ["?"]
+        while pids and time.monotonic() < deadline:
+            pids = subprocess.run(["pgrep", "-u", name], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if pids:
+                time.sleep(0.1)
+        gone = subprocess.run(["userdel", name], capture_output=True, text=True)
+        if gone.returncode not in (0, 6):  # 6: no such user (useradd itself failed)
+            gone = subprocess.run(["userdel", "-f", name], capture_output=True, text=True)
         shutil.rmtree(home, ignore_errors=True)
+    assert not pids, f"processes of user {name} outlived SIGKILL for 30 s: {pids}"
+    assert gone.returncode in (0, 6), f"userdel {name} failed ({gone.returncode}): {gone.stderr.strip()}"
     assert subprocess.run(["id", name], capture_output=True).returncode != 0, f"user {name} is still there"
-    assert not sudoers.exists()
+    assert not home.exists(), f"the home {home} of user {name} is still there"
+    assert not sudoers.exists(), f"the sudoers drop-in {sudoers} is still there"
 
 
 def xdp_attached(host, ifname: str) -> bool:
