@@ -35,16 +35,18 @@ def host_state(hosts, name: str) -> dict:
 
 def test_nat_across_three_hosts(remote_hosts, data_dir):
     """Through tc_nat, xdp_nat and iptables on h2: the server h3 counts translated packets
-    (from the SNAT address) and the checks pass; nothing is left on any host afterwards."""
+    (from the SNAT address), none from another source, and the checks pass; through
+    routing it counts the client's own; the interpretation keeps its rate sentences with
+    no CPU clause; nothing is left on any host afterwards."""
     remote_hosts.host("h2").run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])  # a NAT host routes
     inventory = nat_inventory(remote_hosts)
     before = {n: host_state(remote_hosts, n) for n in ROLES.values()}
     snat = remote_hosts.data_addresses["h2"][1]  # h2's address towards h3
-    result = nat.run(inventory=str(inventory), variants=["tc_nat", "xdp_nat", "iptables"], smoke=True,
+    result = nat.run(inventory=str(inventory), variants=["tc_nat", "xdp_nat", "iptables", "routing"], smoke=True,
                      progress=False, udp_count=20_000, data_dir=data_dir)
     t = result.table
     udp = t[t["kind"] == "udp"]
-    for v in ("tc_nat", "xdp_nat", "iptables"):
+    for v in ("tc_nat", "xdp_nat", "iptables", "routing"):  # routing: expected from the client itself
         got = udp[(udp["variant"] == v) & (udp["measure"] == "processed_pkts")]["value"]
         assert len(got) == 1 and got.iloc[0] > 0, f"{v}: no translated packet counted at the server"
         other = udp[(udp["variant"] == v) & (udp["measure"] == "server_other_source")]["value"]
@@ -56,6 +58,9 @@ def test_nat_across_three_hosts(remote_hosts, data_dir):
     assert all(f"source {snat} " in d for d in exchange), list(exchange)
     assert udp[udp["measure"].str.contains("cpu")]["value"].isna().all(), "CPU is blank across hosts"
     assert any("across hosts" in c for c in result.caveats)
+    text = result.interpretation
+    assert "tc_nat against its baseline routing: " in text and "Goals: xdp_nat at " in text, text
+    assert "nan" not in text and "CPU per packet: not measured across hosts" in text, text
     assert {n: host_state(remote_hosts, n) for n in ROLES.values()} == before, "the run left state on a host"
 
 
