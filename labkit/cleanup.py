@@ -146,6 +146,26 @@ def clean_run(prefix: str, log=print) -> dict:
     return _undo(leftovers(prefix=prefix), lambda run: run == prefix, log)
 
 
+def clean_dead_runs(log=print) -> dict:
+    """Undo each run registered in this registry whose process is gone, and nothing else:
+    what a batch's kernels killed outright left (their watchers normally undo it first).
+    Unlike `clean`, it never removes what no registry here names, so it cannot take a
+    testbed from a run that keeps its registry elsewhere (another LABKIT_RUNTIME_DIR).
+    Returns what was removed, by kind."""
+    from labkit.testbed.runs import owner_alive
+
+    removed: dict = {}
+    for reg in sorted(REGISTRY_DIR.glob("lk*.json")) if REGISTRY_DIR.is_dir() else []:
+        try:
+            state = json.loads(reg.read_text())
+        except (OSError, ValueError):
+            continue
+        if PREFIX_RE.match(reg.stem) and len(reg.stem) == 6 and not owner_alive(state):
+            for kind, items in clean_run(reg.stem, log=log).items():
+                removed.setdefault(kind, []).extend(items)
+    return removed
+
+
 def _undo(found: dict, dpdk_run_gone, log) -> dict:
     """Remove FOUND (from `leftovers`): processes first, then what they used."""
     from pyroute2 import netns

@@ -77,8 +77,9 @@ def cmd_report(args) -> int:
         done = batch.run_all(args.notebooks or None, params, REPORTS_DIR, DATA_DIR, smoke=args.smoke,
                              progress=not args.no_progress, verbose=args.verbose)
     finally:
-        # a kernel killed outright cannot undo what it made: remove what dead runs left
-        cleanup.clean(log=lambda msg: print(f"labkit {args.command}: {msg}", file=sys.stderr))
+        # a kernel killed outright cannot undo what it made: remove what its dead runs left
+        # (runs registered here only: another run's testbed on this machine is never touched)
+        cleanup.clean_dead_runs(log=lambda msg: print(f"labkit {args.command}: {msg}", file=sys.stderr))
     return _summary(done, REPORTS_DIR)
 
 

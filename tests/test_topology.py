@@ -1,6 +1,7 @@
 """Topology build and teardown leave nothing behind: on success, on an exception, on
 SIGTERM; a crashed run's leftovers are found and removed by `labkit clean`; bad input is
 refused before the kernel is touched."""
+import ast
 import json
 import os
 import signal
@@ -220,3 +221,26 @@ def test_a_zombie_owner_counts_as_dead():
         assert runs._pid_alive(os.getpid())
     finally:
         proc.wait()
+
+
+def test_a_batch_clean_with_its_own_registry_spares_other_runs(tmp_path):
+    """What `labkit run` / `labkit report` do at their end (`clean_dead_runs`) undoes the
+    dead runs of their own registry and never a live testbed registered elsewhere (before,
+    a batch with its own LABKIT_RUNTIME_DIR removed every other run's namespaces)."""
+    env = dict(os.environ, LABKIT_RUNTIME_DIR=str(tmp_path / "run"))
+    proc = subprocess.Popen([PY, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    dead = _child_prefix(proc)
+    watcher = json.loads((tmp_path / "run" / f"{dead}.json").read_text())["watchdog"]
+    os.kill(watcher, signal.SIGKILL)  # nothing else undoes it: the clean below must
+    proc.kill()
+    proc.wait(10)
+    assert own_leftovers(dead)
+    with topology.Topology(topology.pair()) as topo:  # alive, in this process's registry
+        cp = subprocess.run([PY, "-c", "from labkit import cleanup; print(sorted(cleanup.clean_dead_runs("
+                             "log=lambda m: None).get('namespaces', [])))"], capture_output=True, text=True,
+                            env=env, timeout=60)
+        assert cp.returncode == 0, cp.stderr
+        assert len(own_leftovers(topo.run.prefix)) == 2, "another registry's live run was touched"
+        assert topo.host("snd").run(["ping", "-c1", "-W2", "10.11.0.2"], check=False).returncode == 0
+    assert own_leftovers(dead) == [] and all(n.startswith(dead) for n in ast.literal_eval(cp.stdout))
+    assert not (tmp_path / "run" / f"{dead}.json").exists()
