@@ -29,7 +29,10 @@ def session_open(runtime_dir: str | None, sources: dict) -> str:
     from labkit.testbed import runs
 
     runs.require_root("a remote labkit session")
-    run = runs.Run()
+    # No watcher here: it would be a process of its own needing labkit installed on this host,
+    # which only serves it through the session. A lost session is undone by `labkit clean
+    # --inventory` (its registry stays until then).
+    run = runs.Run(watchdog=False)
     run._state["netns"] = os.readlink("/proc/self/ns/net")  # where its changes are undone
     bpf_dir = runs.REGISTRY_DIR / f"{run.prefix}-bpf"
     for rel, text in sources.items():

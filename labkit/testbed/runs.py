@@ -47,11 +47,20 @@ def require_root(what: str = "this") -> None:
         )
 
 
+def _unused_prefix() -> str:
+    """A run prefix no registered run here has (the names of two runs must never meet)."""
+    for _ in range(1000):
+        prefix = "lk" + secrets.token_hex(2)
+        if not (REGISTRY_DIR / f"{prefix}.json").exists():
+            return prefix
+    return prefix
+
+
 class Run:
     """One labkit run: a prefix for names and a registry file for crash clean-up."""
 
-    def __init__(self, prefix: str | None = None):
-        self.prefix = prefix or "lk" + secrets.token_hex(2)
+    def __init__(self, prefix: str | None = None, watchdog: bool = True):
+        self.prefix = prefix or _unused_prefix()
         if not PREFIX_RE.match(self.prefix) or len(self.prefix) != 6:
             raise ValueError(f"run prefix {self.prefix!r} must be 'lk' + 4 hex digits")
         self.path = REGISTRY_DIR / f"{self.prefix}.json"
@@ -60,6 +69,7 @@ class Run:
         self._state = {"pid": self.pid, "start": process_start(self.pid), "started": time.time(), "foreign": []}
         self._written = False
         self._watchdog_pipe: int | None = None  # write end; a byte on it tells the watcher the run closed
+        self.watchdog = watchdog  # start a watcher when first written (see _start_watchdog)
 
     def _is_owner(self) -> bool:
         """Whether this process owns the run: a forked helper (pyroute2 forks to work in a
@@ -75,7 +85,7 @@ class Run:
         tmp.replace(self.path)
         first = not self._written and self._watchdog_pipe is None
         self._written = True
-        if first:
+        if first and self.watchdog:
             self._start_watchdog()
 
     def _start_watchdog(self) -> None:
