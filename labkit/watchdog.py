@@ -18,8 +18,9 @@ then sleeps in `poll()` on two things:
   writes to it when it closes the run normally, and the watcher exits at once.
 
 It also exits when the registry file disappears (the run was cleaned by hand). What it
-undid is logged to ``watchdog.log`` beside the registry files, under /run, which a reboot
-empties: the watcher never outlives the machine's boot and leaves nothing of its own.
+undid is logged to `LOG` (/var/log/labkit/watchdog.log, or LABKIT_WATCHDOG_LOG), kept apart
+from the run registries so that /run/labkit holds only runs; the watcher never outlives the
+machine's boot.
 """
 from __future__ import annotations
 
@@ -29,11 +30,14 @@ import select
 import signal
 import sys
 import time
+from pathlib import Path
 
 from labkit.testbed.runs import PREFIX_RE, REGISTRY_DIR
 
 #: how often the watcher looks whether the registry file is still there (seconds)
 RECHECK = 1.0
+#: what the watchers undid, one line each (not under /run/labkit, which holds only run registries)
+LOG = Path(os.environ.get("LABKIT_WATCHDOG_LOG", "/var/log/labkit/watchdog.log"))
 
 
 def _registry(prefix: str) -> dict | None:
@@ -47,7 +51,8 @@ def _registry(prefix: str) -> dict | None:
 
 def _log(line: str) -> None:
     try:
-        with open(REGISTRY_DIR / "watchdog.log", "a") as f:
+        LOG.parent.mkdir(parents=True, exist_ok=True)
+        with open(LOG, "a") as f:
             f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + line + "\n")
     except OSError:
         pass

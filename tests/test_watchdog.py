@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cleanup
+from labkit import cleanup, watchdog
 from labkit.dpdk import runtime
 from labkit.testbed import runs, topology
 from conftest import needs_root
@@ -300,8 +300,8 @@ def test_a_run_that_ends_normally_leaves_no_watcher(cabled, tmp_path):
         time.sleep(0.1)
     assert held(prefix, cabled) == {}
     assert not _alive(watcher)
-    assert not (runs.REGISTRY_DIR / "watchdog.log").exists() or \
-        prefix not in (runs.REGISTRY_DIR / "watchdog.log").read_text()  # it undid nothing
+    assert not (watchdog.LOG).exists() or \
+        prefix not in (watchdog.LOG).read_text()  # it undid nothing
 
 
 def test_the_watcher_is_in_a_session_of_its_own_and_no_child_of_the_owner():
@@ -366,7 +366,7 @@ def test_two_runs_one_killed_the_other_is_untouched_and_finishes(tmp_path):
         while held(survivor, pairs[1]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert held(survivor, pairs[1]) == {}
-        log = runs.REGISTRY_DIR / "watchdog.log"
+        log = watchdog.LOG
         assert survivor not in log.read_text() and victim in log.read_text()
     finally:
         for p in procs:

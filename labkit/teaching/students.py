@@ -32,7 +32,8 @@ SLOT_RE = re.compile(r"^s\d{2}$")
 #: used when no slot is set (one person on their own machine)
 DEFAULT_SLOT = "s00"
 BPFFS = Path(os.environ.get("LABKIT_BPFFS", "/sys/fs/bpf"))
-LOCK_PATH = Path(os.environ.get("LABKIT_MEASURE_LOCK", str(runs.REGISTRY_DIR / "measure.lock")))
+#: the machine-wide measurement lock: in the system's lock folder, not among the run registries
+LOCK_PATH = Path(os.environ.get("LABKIT_MEASURE_LOCK", "/run/lock/labkit-measure.lock"))
 
 
 def check_slot(slot: str) -> str:
