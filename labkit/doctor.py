@@ -1,5 +1,7 @@
 """`labkit doctor`: what this machine has, what is missing, and which experiment needs it.
-Every check is tried for real where it can be (an XDP attach on a throw-away veth pair;
+Every kernel facility is shown as labkit.capabilities probed it (tried for real: what was
+refused, the errno, the likely causes and what labkit uses instead). Every check is tried
+for real where it can be (an XDP attach on a throw-away veth pair;
 an Open vSwitch of its own opening `system` and `afxdp` ports on throw-away veths, as the
 `ovs` and `ovs_afxdp` variants of 02 do; an AF_XDP socket for DPDK's net_af_xdp), a
 failing one says what to install or fix, and a failing check never stops the others."""
@@ -10,7 +12,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from labkit import BUILD_DIR
+from labkit import BUILD_DIR, capabilities
 
 
 def _check(name, fn):
@@ -46,20 +48,11 @@ def _libbpf():
     return True, "bpf_prog_test_run_opts found"
 
 
-def _kernel_version():
-    major, minor = (int(x) for x in platform.release().split(".")[:2])
-    return major, minor
-
-
-def _live_frames():
-    v = _kernel_version()
-    return (v >= (5, 18), f"kernel {platform.release()}: BPF_PROG_RUN live frames need 5.18+")
-
-
-def _pktgen():
-    from labkit.traffic.pktgen import KernelPktgen
-
-    return KernelPktgen.available()
+def _facility(name):
+    def f():
+        p = capabilities.probe(name)
+        return p.ok, (p.reason if p.ok else p.message().split(": ", 1)[1])
+    return f
 
 
 def _dpdk():
@@ -86,20 +79,10 @@ def _btf():
 
 
 def _xdp_on_veth():
-    """Attach a bare XDP program to a throw-away veth in both modes."""
-    from labkit import bpf
-    from labkit.testbed import topology
-
-    results = []
-    with topology.Topology(topology.pair()) as topo, bpf.load("xdp_minimal") as prog:
-        fn = prog.function("xdp_pass_bare")
-        for mode in ("native", "generic"):
-            try:
-                with bpf.attach_xdp(topo.iface("rcv"), fn, mode):
-                    results.append(f"{mode}: yes")
-            except Exception as exc:
-                results.append(f"{mode}: no ({exc})")
-    return all("yes" in r for r in results), ", ".join(results)
+    """A bare XDP program attached to a throw-away veth in both modes (the probes')."""
+    probes = [capabilities.probe(m) for m in ("xdp_native", "xdp_generic")]
+    return all(p.ok for p in probes), ", ".join(
+        f"{p.name.split('_')[1]}: {'yes' if p.ok else 'no (' + p.reason + ')'}" for p in probes)
 
 
 def _ovs_installed():
@@ -140,6 +123,16 @@ def _ovs_ports(port_type: str):
     return f
 
 
+@capabilities.register("ovs", "Open vSwitch's userspace datapath (the ovs variants of 02)",
+                       causes="Open vSwitch not installed (Debian package openvswitch-switch), or its daemons refused",
+                       instead="nothing: the ovs variants are skipped")
+def _ovs_probe() -> str:
+    ok, detail = _ovs_ports("system")()
+    if not ok:
+        raise RuntimeError(detail)
+    return detail
+
+
 def _dpdk_af_xdp():
     """DPDK's net_af_xdp driver is installed and its libraries resolve."""
     import subprocess
@@ -170,8 +163,8 @@ def _dpdk_af_xdp():
 def checks() -> list[tuple[str, bool, str]]:
     out = [_check("root", _root), _check("bcc (python3-bpfcc) + kernel headers", _bcc),
            _check("libbpf (BPF_PROG_TEST_RUN)", _libbpf), _check("kernel BTF", _btf),
-           _check("bpffs", _bpffs), _check("BPF_PROG_RUN live frames (in-kernel generator)", _live_frames),
-           _check("kernel pktgen", _pktgen)]
+           _check("bpffs", _bpffs), _check("BPF_PROG_RUN live frames (in-kernel generator)", _facility("live_frames")),
+           _check("kernel pktgen", _facility("pktgen"))]
     for tool, pkg in (("ip", "iproute2"), ("tc", "iproute2"), ("iptables", "iptables"), ("ethtool", "ethtool"),
                       ("trafgen", "netsniff-ng"), ("dpdk-testpmd", "dpdk"), ("iperf3", "iperf3"),
                       ("tcpdump", "tcpdump"), ("ping", "iputils-ping"), ("chromium", "chromium")):
@@ -205,6 +198,15 @@ def main() -> int:
     print(f"labkit doctor on {platform.node()}, kernel {platform.release()}, {os.cpu_count()} CPUs\n")
     for name, ok, detail in results:
         print(f"  {'ok ' if ok else 'NO '} {name:<{width}}  {detail}")
+    print("\nkernel facilities (each tried for real once; LABKIT_REFUSE=name,... treats names as refused):")
+    for name in sorted(capabilities.KNOWN):
+        p = capabilities.probe(name)
+        print(f"  {'ok ' if p.ok else 'NO '} {name:<17} {p.reason}")
+        if not p.ok:
+            if p.causes and not p.forced:
+                print(f"  {'':<21} likely causes: {p.causes}")
+            if p.instead:
+                print(f"  {'':<21} labkit uses instead: {p.instead}")
     from labkit.traffic import backends_status
 
     print("\ntraffic generators:")

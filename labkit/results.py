@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labkit import DATA_DIR, ROOT, __version__
+from labkit import DATA_DIR, ROOT, __version__, capabilities
 
 FORMAT_VERSION = 1
 COLUMNS = ["experiment", "run_id", "trial", "variant", "size", "measure", "value", "unit", "flags"]
@@ -156,6 +156,8 @@ def collect_metadata(params: dict | None = None, topology=None, extra: dict | No
         "sysctls": _try(_sysctls),
         "parameters": params or {},
         "notebook": os.environ.get("LABKIT_NOTEBOOK"),  # set by `labkit report` for the notebook's kernel
+        # which kernel facilities were probed (answer, reason) and which backend served each purpose
+        "facilities": _try(capabilities.record),
     }
     if topology is not None:
         meta["topology"] = _try(topology.metadata)

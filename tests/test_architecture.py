@@ -12,11 +12,11 @@ PACKAGE = Path(labkit.__file__).parent
 
 #: Lowest first. A module may import from its own layer or any layer below.
 LAYERS = [
-    ["labkit", "labkit.errors", "labkit.addresses", "labkit.progress", "labkit.references", "labkit.packets"],
+    ["labkit", "labkit.errors", "labkit.capabilities", "labkit.addresses", "labkit.progress", "labkit.references", "labkit.packets"],
     ["labkit.testbed.runs", "labkit.testbed.signals"],
     ["labkit.testbed.hosts", "labkit.bpf", "labkit.verifier", "labkit.testbed.remote", "labkit.testbed.remote_agent"],
     ["labkit.testbed", "labkit.testbed.inventory"],
-    ["labkit.dpdk", "labkit.dataplanes", "labkit.ovs"],
+    ["labkit.dpdk", "labkit.dataplanes", "labkit.ovs", "labkit.probes"],
     ["labkit.traffic"],
     ["labkit.measure"],
     ["labkit.results"],

@@ -29,10 +29,11 @@ def test_line_rate_and_speeds():
         xdpgen.parse_speed("fast")
 
 
-def test_old_kernel_names_the_fallbacks():
-    ok, why = xdpgen.live_frames_supported("5.15.0-91-generic")
-    assert not ok and "5.18" in why and "trafgen" in why and "testpmd" in why and "pktgen" in why
-    assert xdpgen.live_frames_supported("6.1.0")[0]
+def test_refused_live_frames_name_the_reason_and_the_fallbacks(monkeypatch):
+    monkeypatch.setenv("LABKIT_REFUSE", "live_frames")
+    ok, why = xdpgen.XdpGenerator.available()
+    assert not ok and "LABKIT_REFUSE" in why and "live-frames" in why
+    assert "trafgen" in why and "testpmd" in why and "xdp_loop" in why
 
 
 def test_rate_above_link_speed_is_refused():

@@ -109,7 +109,7 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
             img = f'<figure><img src="{fig}" alt="{_esc(view.title)}: packets per second per variant"></figure>'
         except Exception as exc:  # a run this labkit cannot draw still gets its section
             ov_rows, img = [], f'<p class="warn">could not draw this run: {_esc(exc)}</p>'
-        line = _headline(ov_rows, view)
+        line = _headline(ov_rows, view) + _served_by(run)
         lat_html = _latency_block(view, chosen)
         others = _other_testbeds(view, rows, run)
         notes = _run_warnings(view, run, table)
@@ -220,6 +220,24 @@ def _headline(rows: list, view) -> str:
         text += (f"; {view.cpu_label}: {cpu[0]['variant']} {cpu[0]['CPU ns/pkt']:.0f} ns to "
                  f"{cpu[-1]['variant']} {cpu[-1]['CPU ns/pkt']:.0f} ns")
     return text + "."
+
+
+def _served_by(run) -> str:
+    """' Fed by …': which backend served each purpose of the run (its metadata's record of
+    choices), or the generator it names; '' for a run that recorded neither."""
+    import json
+
+    from labkit import capabilities
+
+    try:
+        meta = json.loads((Path(run["path"]) / "metadata.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    fac = meta.get("facilities")
+    line = capabilities.summary_line(fac) if isinstance(fac, dict) else ""
+    if not line and meta.get("generator"):
+        line = f"load generator: {meta['generator']}"
+    return f" Served by: {line}." if line else ""
 
 
 def _run_warnings(view, run, table) -> list:

@@ -15,6 +15,7 @@ import ipaddress
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
+from labkit import capabilities
 from labkit.errors import InputError, MissingDependency
 from labkit.packets import FrameSpec, check_size
 from labkit.addresses import check_ip, check_mac
@@ -141,23 +142,36 @@ class Generator(ABC):
         self.close()
 
 
-def generator(name: str, iface, **options) -> Generator:
-    """The backend NAME ('trafgen', 'pktgen', 'testpmd', ... or 'auto') on IFACE."""
+def choose(name: str = "auto", purpose: str = "load generator") -> str:
+    """The backend NAME stands for: itself, or for 'auto' the first of PREFERENCE that can
+    run here (each backend's `available()`, which asks labkit.capabilities' probes, never a
+    version number). The choice and why are recorded for the run's metadata under PURPOSE."""
     _load_backends()
-    if name == "auto":
-        reasons = []
-        for cand in PREFERENCE:
-            cls = BACKENDS.get(cand)
-            if cls is None:
-                continue
-            ok, why = cls.available()
-            if ok:
-                return cls(iface, **options)
-            reasons.append(f"{cand}: {why}")
-        raise MissingDependency("no traffic generator can run here:\n  " + "\n  ".join(reasons))
-    if name not in BACKENDS:
-        raise InputError(f"traffic generator {name!r}: choose one of {sorted(BACKENDS)} or 'auto'")
-    return BACKENDS[name](iface, **options)
+    if name != "auto":
+        if name not in BACKENDS:
+            raise InputError(f"traffic generator {name!r}: choose one of {sorted(BACKENDS)} or 'auto'")
+        capabilities.chose(purpose, name, "asked for by name")
+        return name
+    reasons = []
+    for cand in PREFERENCE:
+        cls = BACKENDS.get(cand)
+        if cls is None:
+            continue
+        ok, why = cls.available()
+        if ok:
+            skipped = ", ".join(r.split(":")[0] for r in reasons)
+            capabilities.chose(purpose, cand, "the fastest that works here" + (f" ({skipped} refused: "
+                               + "; ".join(reasons) + ")" if reasons else ""))
+            return cand
+        reasons.append(f"{cand}: {why}")
+    raise MissingDependency("no traffic generator can run here:\n  " + "\n  ".join(reasons))
+
+
+def generator(name: str, iface, purpose: str = "load generator", **options) -> Generator:
+    """The backend NAME ('xdp', 'xdp_loop', 'trafgen', 'pktgen', 'testpmd', or 'auto': the
+    first of PREFERENCE that works here) on IFACE; PURPOSE names what it serves in the run's
+    record of choices."""
+    return BACKENDS[choose(name, purpose)](iface, **options)
 
 
 def backends_status() -> dict[str, tuple[bool, str]]:
@@ -168,7 +182,8 @@ def backends_status() -> dict[str, tuple[bool, str]]:
 def _load_backends():
     from labkit.traffic import pktgen, testpmd, trafgen  # noqa: F401
 
-    try:
-        from labkit.traffic import xdpgen  # noqa: F401
-    except ImportError:
-        pass
+    for backend in ("xdpgen", "xdploop"):
+        try:
+            __import__(f"labkit.traffic.{backend}")
+        except ImportError:
+            pass

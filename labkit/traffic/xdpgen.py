@@ -54,20 +54,20 @@ are reported in notes, never hidden. `Offered.per_cpu` has one dict per thread
 which include the softirq work the kernel runs on their CPU (on a veth: the receiver's
 NAPI poll, when it runs on the same CPU).
 
-Kernel before 5.18 (no live frames): `available()` says so and names trafgen, testpmd
-and pktgen, which `traffic.generator("auto", ...)` then falls back to.
+Where live frames are refused (every kernel before 5.18, containers, security policies;
+`capabilities.probe("live_frames")` tries it once), `available()` says so with the reason
+and names the other backends, which `traffic.generator("auto", ...)` then falls back to.
 """
 from __future__ import annotations
 
 import os
-import platform
 import re
 import socket
 import threading
 import time
 from contextlib import ExitStack
 
-from labkit import bpf
+from labkit import bpf, capabilities
 from labkit.dataplanes.xdp_gen import (MAX_BATCH, MAX_FRAME, VARY, GenProgram, can_transmit_xdp, link_kind,
                                        thread_in_netns, vary_mask, xmit_counters)
 from labkit.testbed import signals
@@ -75,8 +75,8 @@ from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.packets import build
 from labkit.traffic import Generator, Offered, TrafficSpec, register
 
-MIN_KERNEL = (5, 18)
-FALLBACKS = "use another backend: 'trafgen' (netsniff-ng), 'testpmd' (DPDK txonly) or 'pktgen' (kernel module)"
+FALLBACKS = ("use another backend: 'xdp_loop' (an XDP loop, no live frames), 'trafgen' (netsniff-ng), "
+             "'testpmd' (DPDK txonly) or 'pktgen' (kernel module); 'auto' picks the first that works here")
 PEER_MODES = ("auto", "xdp_pass", "gro", "none")
 #: preamble (7) + start delimiter (1) + FCS (4) + inter-frame gap (12): bytes on the wire
 #: per frame besides `size` (which excludes the FCS)
@@ -134,17 +134,12 @@ def target_rate(spec: TrafficSpec, link_speed=None, line_fraction=None) -> float
 
 
 # ---------------------------------------------------------------- kernel support
-def kernel_version(release: str | None = None) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", release or platform.release())
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
-def live_frames_supported(release: str | None = None) -> tuple[bool, str]:
-    have = kernel_version(release)
-    if have < MIN_KERNEL:
-        return False, (f"kernel {'.'.join(map(str, have))} has no BPF_PROG_RUN live-frames mode "
-                       f"(needs {MIN_KERNEL[0]}.{MIN_KERNEL[1]}+): {FALLBACKS}")
-    return True, ""
+def live_frames() -> tuple[bool, str]:
+    """Whether this process may run BPF_PROG_RUN in live-frames mode, as tried for real
+    (labkit.capabilities: refused on kernels before 5.18, in containers, under security
+    policies, or through LABKIT_REFUSE), with the reason and the fallbacks when not."""
+    p = capabilities.probe("live_frames")
+    return (True, "") if p.ok else (False, f"{p.message()} ({FALLBACKS})")
 
 
 # ---------------------------------------------------------------- the peer requirement
@@ -213,7 +208,7 @@ class XdpGenerator(Generator):
 
     @classmethod
     def available(cls):
-        ok, why = live_frames_supported()
+        ok, why = live_frames()
         if not ok:
             return False, why
         if os.geteuid() != 0:

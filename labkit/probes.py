@@ -1,0 +1,148 @@
+"""The attempts behind labkit.capabilities: each facility tried for real, once.
+
+Every attempt does what labkit would do with the facility, on throw-away objects (a
+program that drops, a veth pair in namespaces of its own, a DPDK port on a null device)
+and undoes it; it returns a short note of what worked, or raises with the kernel's errno.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+
+from labkit import bpf, capabilities
+from labkit.errors import LabkitError
+from labkit.testbed import topology
+
+ROOT_CAUSES = ("a container without full privileges, a security policy (LSM, lockdown) or missing "
+               "capabilities (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+GENERATORS = "the 'xdp_loop' generator (an XDP loop seeded by AF_PACKET), else 'trafgen' or 'testpmd'"
+
+
+def _refused(exc: LabkitError) -> OSError:
+    err = getattr(exc, "errno", None)
+    if err is None:
+        import re
+        m = re.search(r"errno (\d+)", str(exc))
+        err = int(m.group(1)) if m else None
+    return OSError(err, str(exc)) if err else OSError(str(exc))
+
+
+@capabilities.register("test_run", "BPF_PROG_TEST_RUN (a program's own cost, the course's checks)",
+                       causes=ROOT_CAUSES, instead="nothing: program costs and the course's checks are skipped")
+def test_run() -> str:
+    with bpf.load("xdp_minimal") as prog:
+        res = bpf.test_run(prog.function("xdp_drop_bare", "xdp"), bytes(64), repeat=10)
+    if res.action != "XDP_DROP":
+        raise LabkitError(f"a program returning XDP_DROP ran as {res.action}")
+    return f"ran a bare XDP_DROP program ({res.duration_ns} ns per run)"
+
+
+@capabilities.register(
+    "live_frames", "BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES: the 'xdp' generator, latency probes)",
+    causes=f"a kernel before 5.18 (no such mode: EINVAL), {ROOT_CAUSES} (EPERM)",
+    instead=f"{GENERATORS} for load; AF_PACKET probes stamped by a tc egress program for latency")
+def live_frames() -> str:
+    with bpf.load("xdp_minimal") as prog:
+        ctx = bpf.XdpMd(data=0, data_end=64, ingress_ifindex=socket.if_nametoindex("lo"))
+        try:
+            bpf.test_run(prog.function("xdp_drop_bare", "xdp"), bytes(64), repeat=64, ctx=ctx,
+                         flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64)
+        except LabkitError as exc:
+            raise _refused(exc) from None
+    return "ran a bare XDP_DROP program on 64 live frames"
+
+
+def _attach_on_pair(mode: str) -> str:
+    with topology.Topology(topology.pair()) as topo, bpf.load("xdp_minimal") as prog:
+        with bpf.attach_xdp(topo.iface("rcv"), prog.function("xdp_pass_bare", "xdp"), mode):
+            pass
+    return f"attached an XDP program in {mode} mode to a throw-away veth"
+
+
+@capabilities.register("xdp_native", "native XDP on a veth (the xdp_native variants, XDP frames into a receiver)",
+                       causes=f"a kernel without veth XDP support, {ROOT_CAUSES}",
+                       instead="generic XDP (XDP_FLAGS_SKB_MODE) where a variant allows it")
+def xdp_native() -> str:
+    return _attach_on_pair("native")
+
+
+@capabilities.register("xdp_generic", "generic XDP (the xdp_generic variants)", causes=ROOT_CAUSES,
+                       instead="nothing: the generic XDP variants are skipped")
+def xdp_generic() -> str:
+    return _attach_on_pair("generic")
+
+
+@capabilities.register("tc_clsact", "tc programs on a clsact qdisc (tc variants, the tc NAT, stamped latency probes)",
+                       causes=f"a kernel without CONFIG_NET_CLS_BPF or CONFIG_NET_SCH_INGRESS, {ROOT_CAUSES}",
+                       instead="nothing: the tc variants are skipped")
+def tc_clsact() -> str:
+    with topology.Topology(topology.pair()) as topo, bpf.load("xdp_minimal") as prog:
+        with bpf.attach_tc(topo.iface("snd"), prog.function("tc_pass_bare", "tc"), "egress"):
+            pass
+    return "attached a tc program to a clsact qdisc on a throw-away veth"
+
+
+@capabilities.register("af_xdp", "AF_XDP sockets (DPDK's net_af_xdp, Open vSwitch afxdp ports)",
+                       causes="a kernel without CONFIG_XDP_SOCKETS, or a policy refusing the socket family",
+                       instead="net_af_packet ports (DPDK) and system ports (Open vSwitch)", needs_root=False)
+def af_xdp() -> str:
+    socket.socket(getattr(socket, "AF_XDP", 44), socket.SOCK_RAW).close()
+    return "opened an AF_XDP socket"
+
+
+@capabilities.register("iptables", "iptables (the iptables variants, netfilter NAT)",
+                       causes="iptables not installed (Debian package iptables), or a kernel without netfilter",
+                       instead="nothing: the iptables variants are skipped")
+def iptables() -> str:
+    tool = shutil.which("iptables")
+    if not tool:
+        raise FileNotFoundError("iptables is not installed (Debian package iptables)")
+    with topology.Topology(topology.TopologySpec(hosts=["a"], links=[])) as topo:
+        host = topo.host("a")
+        rule = ["PREROUTING", "-p", "udp", "--dport", "9", "-j", "DROP"]
+        host.run([tool, "-t", "raw", "-A", *rule], timeout=20)
+        host.run([tool, "-t", "raw", "-D", *rule], timeout=20)
+    return f"added and removed a raw-table rule in a throw-away namespace ({tool})"
+
+
+@capabilities.register("pktgen", "the kernel's pktgen (/proc/net/pktgen)",
+                       causes="a kernel built without CONFIG_NET_PKTGEN, or no module to load",
+                       instead=GENERATORS)
+def pktgen() -> str:
+    if not os.path.isdir("/proc/net/pktgen"):
+        try:
+            subprocess.run(["modprobe", "pktgen"], capture_output=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    if not os.path.isdir("/proc/net/pktgen"):
+        raise FileNotFoundError("no /proc/net/pktgen, and `modprobe pktgen` found no module")
+    return "/proc/net/pktgen is there"
+
+
+@capabilities.register("dpdk_vdev", "DPDK's EAL with virtual devices and no hugepages (l2fwd, testpmd)",
+                       causes="DPDK not installed (Debian packages dpdk dpdk-dev), or memory locking refused",
+                       instead="nothing: the DPDK variants and the testpmd generator are skipped")
+def dpdk_vdev() -> str:
+    tool = shutil.which("dpdk-testpmd")
+    if not tool:
+        raise FileNotFoundError("dpdk-testpmd is not installed (Debian package dpdk)")
+    cpu = min(os.sched_getaffinity(0))
+    cp = subprocess.run([tool, f"--lcores=0@{cpu},1@{cpu}", "--no-huge", "--no-pci", "-m", "256",
+                         f"--file-prefix=lkprobe{os.getpid()}", "--vdev=net_null0", "--log-level=lib.eal:error",
+                         "--", "--total-num-mbufs=2048"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                        timeout=60)
+    if cp.returncode != 0:
+        last = [l for l in (cp.stdout + cp.stderr).splitlines() if l.strip()][-2:]
+        raise LabkitError(f"dpdk-testpmd on a null device exited {cp.returncode}: {' | '.join(last)}")
+    return "dpdk-testpmd started a null device without hugepages"
+
+
+@capabilities.register("devmap_broadcast", "XDP redirect with a devmap broadcast (the 'xdp_loop' generator)",
+                       causes=f"a kernel before 5.13 (no BPF_F_BROADCAST), {ROOT_CAUSES}",
+                       instead="'trafgen' or 'testpmd'")
+def devmap_broadcast() -> str:
+    from labkit.dataplanes import xdp_loop  # noqa: PLC0415  (the generator's own control plane)
+
+    return xdp_loop.devmap_broadcast_probe()
