@@ -43,7 +43,7 @@ report: setup ## Run every experiment notebook headlessly: HTML in reports/, tab
 	$(PY) -m labkit report $(NOTEBOOKS) $(ARGS)
 
 test: setup ## Run the test suite (real namespaces, XDP and generators; as root)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=10 $(PYTEST_ARGS)
 
 bench: setup ## Run the benchmarks
 	$(PY) -m labkit bench $(ARGS)

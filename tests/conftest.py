@@ -58,6 +58,35 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo
 
 
 @pytest.fixture
+def live_frames():
+    """Skips the test, naming the probe's reason, where BPF_PROG_RUN live frames are refused
+    (kernels before 5.18, containers, security policies, LABKIT_REFUSE=live_frames): the
+    fallback paths are tested apart, under `refuse`. Elsewhere the test runs."""
+    from labkit import capabilities
+
+    p = capabilities.probe("live_frames")
+    if not p.ok:
+        pytest.skip(f"live frames refused here: {p.reason}")
+    return p
+
+
+@pytest.fixture
+def refuse(monkeypatch):
+    """refuse("live_frames", ...): labkit (this process, and the labkit commands and notebook
+    kernels a test starts, which inherit the environment) treats those facilities as refused,
+    exactly as if their probes had failed; undone after the test."""
+    from labkit import capabilities
+
+    def set_refused(*names):
+        monkeypatch.setenv("LABKIT_REFUSE", ",".join(names))
+        capabilities.forget()
+
+    yield set_refused
+    monkeypatch.delenv("LABKIT_REFUSE", raising=False)
+    capabilities.forget()
+
+
+@pytest.fixture
 def pair():
     """A built sender/receiver veth pair (10.11.0.1 -> 10.11.0.2), torn down afterwards."""
     if os.geteuid() != 0:

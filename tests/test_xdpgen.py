@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from labkit import bpf, packets, traffic
+from labkit import bpf, capabilities, packets, traffic
 from labkit.testbed import netfilter
-from labkit.errors import InputError
+from labkit.errors import InputError, MissingDependency
 from labkit.testbed.topology import Interface
 from labkit.traffic import TrafficSpec
 from labkit.traffic import xdpgen
@@ -68,13 +68,27 @@ def nothing_attached(topo):
 
 
 # ---------------------------------------------------------------- real
+@pytest.mark.usefixtures("live_frames")
 @needs_root
 def test_auto_prefers_the_xdp_generator(pair):
     with traffic.generator("auto", pair.iface("snd")) as gen:
         assert gen.name == "xdp"
+    assert capabilities.choices()["load generator"]["backend"] == "xdp"
     nothing_attached(pair)
 
 
+@needs_root
+def test_auto_falls_back_where_live_frames_are_refused(pair, refuse):
+    refuse("live_frames")
+    with traffic.generator("auto", pair.iface("snd")) as gen:
+        assert gen.name != "xdp"
+    choice = capabilities.choices()["load generator"]
+    assert choice["backend"] == gen.name and "xdp: " in choice["why"] and "LABKIT_REFUSE" in choice["why"]
+    with pytest.raises(MissingDependency, match="live-frames mode .* refused here"):
+        traffic.generator("xdp", pair.iface("snd"))
+
+
+@pytest.mark.usefixtures("live_frames")
 @needs_root
 @pytest.mark.parametrize("size", [64, 1500])
 @pytest.mark.parametrize("cpus", [1, 2])
@@ -97,6 +111,7 @@ def test_count_asked_is_count_received(pair, size, cpus):
     nothing_attached(pair)
 
 
+@pytest.mark.usefixtures("live_frames")
 @needs_root
 def test_flows_vary_per_packet(pair):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
@@ -110,6 +125,7 @@ def test_flows_vary_per_packet(pair):
     assert sum(seen.values()) == 50_000 and set(seen.values()) == {50}
 
 
+@pytest.mark.usefixtures("live_frames")
 @needs_root
 def test_rewritten_frames_have_valid_checksums(pair):
     """The program's incremental checksum updates, checked in Python on its output
@@ -150,6 +166,7 @@ def test_rewritten_frames_have_valid_checksums(pair):
             assert (sport, dport) == (65520 + f, 1 + f)
 
 
+@pytest.mark.usefixtures("live_frames")
 @needs_root
 def test_frames_are_accepted_by_the_stack(pair):
     """XDP_PASS receiver (attached by the generator): iptables counts every frame, and a
@@ -197,6 +214,7 @@ def test_frames_are_accepted_by_the_stack(pair):
     nothing_attached(pair)
 
 
+@pytest.mark.usefixtures("live_frames")
 @needs_root
 def test_rate_control_holds_a_modest_target(pair):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
@@ -214,6 +232,7 @@ def test_rate_control_holds_a_modest_target(pair):
     assert wall >= seconds * 0.95
 
 
+@pytest.mark.usefixtures("live_frames")
 @needs_root
 def test_bad_input_is_refused_and_nothing_stays_attached(pair):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
@@ -239,6 +258,7 @@ def test_bad_input_is_refused_and_nothing_stays_attached(pair):
     nothing_attached(pair)
 
 
+@pytest.mark.usefixtures("live_frames")
 def test_frames_survive_a_receiver_that_rewrites_them_in_place():
     """A router rewrites each frame in place (MACs, TTL); the kernel recycles the page for
     the next frame, so the generator must restore its headers every time: all arrive."""
@@ -260,6 +280,7 @@ def test_frames_survive_a_receiver_that_rewrites_them_in_place():
             assert srv.stats()["rx_packets"] - before == 20_000
 
 
+@pytest.mark.usefixtures("live_frames")
 def test_two_cpus_into_two_queues_lose_nothing_at_full_speed():
     """One veth queue per sending CPU: no shared XDP ring, so nothing is refused even
     unpaced, and the receiver's counter sees exactly the count asked."""
