@@ -17,6 +17,9 @@ from labkit.testbed import topology
 
 ROOT_CAUSES = ("a container without full privileges, a security policy (LSM, lockdown) or missing "
                "capabilities (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+#: the throw-away hosts' names: of their own, so that a probe never meets a testbed the
+#: same run holds (its links carry the run's prefix too)
+PAIR = ("psnd", "prcv")
 GENERATORS = "the 'xdp_loop' generator (an XDP loop seeded by AF_PACKET), else 'trafgen' or 'testpmd'"
 
 
@@ -55,8 +58,8 @@ def live_frames() -> str:
 
 
 def _attach_on_pair(mode: str) -> str:
-    with topology.Topology(topology.pair()) as topo, bpf.load("xdp_minimal") as prog:
-        with bpf.attach_xdp(topo.iface("rcv"), prog.function("xdp_pass_bare", "xdp"), mode):
+    with topology.Topology(topology.pair(*PAIR)) as topo, bpf.load("xdp_minimal") as prog:
+        with bpf.attach_xdp(topo.iface(PAIR[1]), prog.function("xdp_pass_bare", "xdp"), mode):
             pass
     return f"attached an XDP program in {mode} mode to a throw-away veth"
 
@@ -78,8 +81,8 @@ def xdp_generic() -> str:
                        causes=f"a kernel without CONFIG_NET_CLS_BPF or CONFIG_NET_SCH_INGRESS, {ROOT_CAUSES}",
                        instead="nothing: the tc variants are skipped")
 def tc_clsact() -> str:
-    with topology.Topology(topology.pair()) as topo, bpf.load("xdp_minimal") as prog:
-        with bpf.attach_tc(topo.iface("snd"), prog.function("tc_pass_bare", "tc"), "egress"):
+    with topology.Topology(topology.pair(*PAIR)) as topo, bpf.load("xdp_minimal") as prog:
+        with bpf.attach_tc(topo.iface(PAIR[0]), prog.function("tc_pass_bare", "tc"), "egress"):
             pass
     return "attached a tc program to a clsact qdisc on a throw-away veth"
 
@@ -99,8 +102,8 @@ def iptables() -> str:
     tool = shutil.which("iptables")
     if not tool:
         raise FileNotFoundError("iptables is not installed (Debian package iptables)")
-    with topology.Topology(topology.TopologySpec(hosts=["a"], links=[])) as topo:
-        host = topo.host("a")
+    with topology.Topology(topology.TopologySpec(hosts=[PAIR[0]], links=[])) as topo:
+        host = topo.host(PAIR[0])
         rule = ["PREROUTING", "-p", "udp", "--dport", "9", "-j", "DROP"]
         host.run([tool, "-t", "raw", "-A", *rule], timeout=20)
         host.run([tool, "-t", "raw", "-D", *rule], timeout=20)
