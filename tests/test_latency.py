@@ -1,7 +1,11 @@
 """Latency probes for real: bpf/latency.c stamps probes as the sender's program sends them
 and histograms their one-way delay at the sink's XDP hook; the bucket layout in Python
 is the one the program uses; percentiles and the CDF read from the histogram; probes
-under background load; bad input refused; nothing left attached."""
+under background load; bad input refused; nothing left attached.
+
+The tests on real veths run twice (`sent_by`): with live frames (skipped where the
+capability probe says they are refused) and with AF_PACKET probes stamped at tc egress,
+reached as labkit reaches it on a machine that refuses live frames (LABKIT_REFUSE)."""
 from __future__ import annotations
 
 import os
@@ -10,11 +14,39 @@ import time
 
 import pytest
 
-from labkit import bpf, traffic
+from labkit import bpf, capabilities, traffic
 from labkit.dataplanes import latency
-from labkit.errors import InputError
+from labkit.errors import InputError, MissingDependency
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
+
+
+@pytest.fixture(params=[latency.LIVE_FRAMES, latency.AF_PACKET])
+def sent_by(request, monkeypatch):
+    """How the probes of the test are sent: live frames where the probe allows them (else
+    skipped, naming why), or AF_PACKET + tc with live frames refused through LABKIT_REFUSE."""
+    capabilities.forget()
+    if request.param == latency.AF_PACKET:
+        refused = {n for n in os.environ.get(capabilities.ENV, "").split(",") if n}
+        monkeypatch.setenv(capabilities.ENV, ",".join(sorted(refused | {"live_frames"})))
+    else:
+        live = capabilities.probe("live_frames")
+        if not live.ok:
+            pytest.skip(f"live frames refused here: {live.reason}")
+    yield request.param
+    capabilities.forget()
+
+
+def load_generator(snd, method: str):
+    """Background load that needs what METHOD needs: the in-kernel generator beside live
+    frames, trafgen where they are refused."""
+    return traffic.generator("xdp", snd, peer="none") if method == latency.LIVE_FRAMES else \
+        traffic.generator("trafgen", snd)
+
+
+def qdisc_kinds(iface) -> set:
+    with iface.host.ipr() as ipr:
+        return {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(iface.ifindex)}
 
 
 # ---------------------------------------------------------------- the histogram's layout
@@ -91,11 +123,37 @@ def test_probe_program_stamps_and_transmits(pair):
         assert t0 <= stamp <= t1, "stamped with the kernel's monotonic clock during the run"
 
 
+def test_tc_stamp_program_stamps_probes_and_passes_everything(pair):
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    seq_at = latency.PAYLOAD + 4
+    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+        stamp = probe.program.function("lat_stamp", "tc")
+        stamps = []
+        for i in range(2):
+            t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            res = bpf.test_run(stamp, probe.frame)
+            t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            out = res.data_out
+            assert res.retval == 0, "TC_ACT_OK: the probe goes on"
+            assert out[:seq_at] == probe.frame[:seq_at] and out[latency._F["LAT_STAMP"] + 8:] == \
+                probe.frame[latency._F["LAT_STAMP"] + 8:], "only the sequence number and the stamp change"
+            stamps.append(struct.unpack_from("=IQ", out, seq_at))
+            assert t0 <= stamps[-1][1] <= t1, "stamped with the kernel's monotonic clock as it passed"
+        assert stamps[1][0] == stamps[0][0] + 1 or stamps[1][0] == 0, "a sequence number per probe (per CPU)"
+        assert probe.counts()["sent"] == 2
+        other = bytearray(probe.frame)
+        other[latency.PAYLOAD:latency.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
+        res = bpf.test_run(stamp, bytes(other))
+        assert res.retval == 0 and res.data_out == bytes(other), "other packets pass untouched"
+        assert probe.counts()["sent"] == 2
+
+
 
 # ---------------------------------------------------------------- probes on real veths
-def test_probes_cross_a_veth_and_are_histogrammed(pair):
+def test_probes_cross_a_veth_and_are_histogrammed(pair, sent_by):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+        assert probe.method == sent_by
         with bpf.attach_xdp(rcv, probe.sink(), "native"), probe.peer_ready():
             assert probe.send(500, rate_pps=2000) == 500
             time.sleep(0.1)
@@ -106,28 +164,64 @@ def test_probes_cross_a_veth_and_are_histogrammed(pair):
     assert d["max_ns"] >= latency.bucket_bounds(latency.bucket_of(int(d["p99.9_ns"])))[0]
     assert c[-1][1] == 1.0 and all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(c, c[1:]))
     assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
+    assert "clsact" not in qdisc_kinds(snd), "the stamping program is taken off after the probes"
 
 
-def test_probes_under_background_load(pair):
+def test_probes_under_background_load(pair, sent_by):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    gen = traffic.generator("xdp", snd, peer="none")
+    gen = load_generator(snd, sent_by)
     load = traffic.TrafficSpec.between(snd, rcv, size=64, count=100_000, rate_pps=100_000)
     with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         # the sink is native XDP on the peer: the generator's frames are delivered to it
         with bpf.attach_xdp(rcv, probe.sink(), "native"), probe.peer_ready():
             d = probe.under_load(lambda: gen.send(load), count=300, rate_pps=1000)
     gen.close()
-    assert d["probes"] == 300 and d["load"].packets == 100_000
+    assert d["probes"] == d["sent"] == 300 and d["clock_back"] == 0 and d["p50_ns"] > 0
+    assert d["load"].packets == 100_000
     assert d["other"] >= 50_000, "the background frames reached the sink while it ran"
     assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
+    assert "clsact" not in qdisc_kinds(snd)
 
 
-def test_peer_ready_attaches_only_while_inside(pair):
+def test_peer_ready_attaches_only_while_inside_and_only_for_xdp_frames(pair, sent_by):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         with probe.peer_ready():
-            assert bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED") == "xdp"
+            want = "xdp" if sent_by == latency.LIVE_FRAMES else None  # AF_PACKET's skbs need no NAPI peer
+            assert bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED") == want
         assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
+
+
+def test_where_live_frames_are_refused_probes_go_by_af_packet_stamped_at_tc_egress(pair, monkeypatch):
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    capabilities.forget()
+    monkeypatch.setenv(capabilities.ENV, "live_frames")
+    try:
+        with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+            assert probe.method == latency.AF_PACKET
+            choice = capabilities.choices()[latency.PURPOSE]
+            assert choice["backend"] == latency.AF_PACKET and "live frames refused" in choice["why"]
+            with bpf.attach_xdp(rcv, probe.sink(), "native"):
+                # the load's thread looks at the sender while the probes run: the stamper is on its egress
+                d = probe.under_load(lambda: _wait_for(lambda: "clsact" in qdisc_kinds(snd), 20), count=1000,
+                                     rate_pps=1000, warmup_s=0)
+            assert d["load"], "lat_stamp sat on the sender's egress while the probes were sent"
+            assert d["probes"] == d["sent"] == 1000 and d["clock_back"] == 0 and d["other"] == 0
+            assert 0 < d["p50_ns"] <= d["p99_ns"] <= d["max_ns"]
+            assert "clsact" not in qdisc_kinds(snd), "and taken off after"
+            with pytest.raises(MissingDependency, match="live-frames mode"):
+                latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, method=latency.LIVE_FRAMES)
+    finally:
+        capabilities.forget()
+
+
+def _wait_for(cond, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def test_bad_input_is_refused(pair):
@@ -139,14 +233,16 @@ def test_bad_input_is_refused(pair):
             probe.send(10, rate_pps=1e6)
         with pytest.raises(InputError, match="probe count"):
             probe.send(0)
+    with pytest.raises(InputError, match="probe method"):
+        latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, method="raw_socket")
 
 
 # ---------------------------------------------------------------- a profile: NDR, no load, fractions of it
-def test_profile_over_a_veth_at_no_load_and_half_its_no_drop_rate(pair):
+def test_profile_over_a_veth_at_no_load_and_half_its_no_drop_rate(pair, sent_by):
     from labkit.measure import latency as profiles
 
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    gen = traffic.generator("xdp", snd, peer="none")
+    gen = load_generator(snd, sent_by)
     spec = traffic.TrafficSpec.between(snd, rcv, size=64, count=50_000)
     with pytest.raises(InputError, match="fractions of the no-drop rate"):
         profiles.check([0.5, 1.5], 100, 1000.0, 0.001)
@@ -155,7 +251,7 @@ def test_profile_over_a_veth_at_no_load_and_half_its_no_drop_rate(pair):
         prof = profiles.profile(probe, gen, spec, lambda: rcv.stats()["rx_packets"], loads=[0.5], probes=200,
                                 probe_rate=1000, ndr_seconds=0.2, ndr_iterations=4)
     gen.close()
-    assert prof.ndr_pps > 0 and [p.fraction for p in prof.points] == [0.0, 0.5]
+    assert prof.ndr_pps > 0 and [p.fraction for p in prof.points] == [0.0, 0.5] and prof.probe_method == sent_by
     idle, loaded = prof.points
     assert idle.distribution["probes"] == 200 and loaded.distribution["probes"] == 200
     assert idle.load_pps == 0 and loaded.load_pps > 0.3 * prof.ndr_pps

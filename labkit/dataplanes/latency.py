@@ -6,11 +6,11 @@
         dist = probe.distribution()               # p50/p90/p99/p99.9/max (ns), counts
         probe.cdf()                               # [(delay ns, fraction <= it)]
 
-The sender's program stamps each probe with the kernel's clock as it leaves (BPF_PROG_RUN
-in live-frames mode, one frame per call, paced from userspace); the sink's program on
-the receiver reads the same clock as the probe arrives, and counts the difference into
-a log-linear histogram (8 buckets per power of two: a percentile is read as its bucket's
-middle, within 6.25% of the true value; the maximum is exact). Every host of the testbed
+The sender's program stamps each probe with the kernel's clock as it leaves (how it
+leaves is below); the sink's program on the receiver reads the same clock as the probe
+arrives, and counts the difference into a log-linear histogram (8 buckets per power of
+two: a percentile is read as its bucket's middle, within 6.25% of the true value; the
+maximum is exact). Every host of the testbed
 is a namespace of one kernel, so both ends share one clock and no synchronisation is
 needed. Frames that are not probes (background load) are counted and dropped alike, so
 the sink can end the path for load and probes at once.
@@ -18,13 +18,24 @@ the sink can end the path for load and probes at once.
 `under_load(load, ...)` sends the probes while LOAD (a callable that sends background
 traffic, e.g. a generator's `send` at a fixed rate) runs in another thread.
 
-A veth delivers XDP frames only to a peer in NAPI mode: `peer_ready()` attaches the bare
-XDP_PASS program to the sender's peer for the measurement where nothing native is there
-(and takes it off after), as the in-kernel generator does for its own sends.
+How a probe leaves (`probe.method`, chosen once per probe from
+`capabilities.probe("live_frames")` and recorded as the run's "latency probes" choice;
+`METHODS` says each in words):
+- ``live_frames``: lat_probe run with BPF_PROG_RUN in live-frames mode, one frame per call,
+  paced from userspace; the probe leaves as an XDP frame. A veth delivers XDP frames only
+  to a peer in NAPI mode: `peer_ready()` attaches the bare XDP_PASS program to the sender's
+  peer for the measurement where nothing native is there (and takes it off after), as the
+  in-kernel generator does for its own sends.
+- ``af_packet+tc``, where live frames are refused: an AF_PACKET socket in the sender's
+  namespace sends the probe frame, and lat_stamp on the sender's tc egress (a clsact qdisc
+  attached only while probes are sent) stamps it as it leaves, with the header lat_probe
+  writes. The probe crosses the sender's qdisc and reaches the peer as a socket buffer, so
+  `peer_ready()` changes nothing.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import socket
 import struct
 import threading
@@ -32,7 +43,7 @@ import time
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from labkit import BPF_DIR, bpf, packets
+from labkit import BPF_DIR, bpf, capabilities, packets
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.xdp_gen import can_transmit_xdp, thread_in_netns
 from labkit.errors import InputError, LabkitError
@@ -47,6 +58,24 @@ SUB_BITS, BUCKETS = _H["LAT_SUB_BITS"], _H["LAT_BUCKETS"]
 COUNTS = {name[4:].lower(): v for name, v in _C.items() if name != "LAT_COUNTS"}  # probes, other, ...
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 MAX_RATE = 100_000  # probes per second: above it the probes are load, not a probe
+LIVE_FRAMES, AF_PACKET = "live_frames", "af_packet+tc"
+#: how probes can be sent (`LatencyProbe.method`), in words for tables and interpretations
+METHODS = {
+    LIVE_FRAMES: "sent and stamped by an XDP program run with BPF_PROG_RUN in live-frames mode",
+    AF_PACKET: "sent with AF_PACKET and stamped at the sender's tc egress",
+}
+PURPOSE = "latency probes"  # the name of the choice in a run's metadata
+
+
+def choose_method() -> str:
+    """How probes are sent in this process: live frames where the probe allows them, else
+    AF_PACKET stamped at tc egress; recorded as the run's choice."""
+    live = capabilities.probe("live_frames")
+    if live.ok:
+        capabilities.chose(PURPOSE, LIVE_FRAMES, "BPF_PROG_RUN live frames work here")
+        return LIVE_FRAMES
+    capabilities.chose(PURPOSE, AF_PACKET, f"live frames refused: {live.reason}")
+    return AF_PACKET
 
 
 def bucket_bounds(idx: int) -> tuple[int, int]:
@@ -107,12 +136,20 @@ def cdf(hist) -> list[tuple[float, float]]:
 
 class LatencyProbe:
     """bpf/latency.c loaded for SENDER (a topology interface: probes leave through it),
-    addressed to DST_MAC/DST_IP. Context manager: exit unloads it."""
+    addressed to DST_MAC/DST_IP. METHOD (one of METHODS) forces how probes are sent; by
+    default the capability probe decides at the first use. Context manager: exit unloads it."""
 
-    def __init__(self, sender, *, dst_mac: str, dst_ip: str, src_ip: str | None = None, size: int = 64):
+    def __init__(self, sender, *, dst_mac: str, dst_ip: str, src_ip: str | None = None, size: int = 64,
+                 method: str | None = None):
         if not isinstance(size, int) or not TEMPLATE <= size <= 1514:
             raise InputError(f"probe size {size!r}: {TEMPLATE}..1514 bytes (the probe's headers take {TEMPLATE})")
-        self.sender, self.size = sender, size
+        if method is not None and method not in METHODS:
+            raise InputError(f"probe method {method!r}: choose one of {', '.join(METHODS)} (or None: the probe decides)")
+        if method == LIVE_FRAMES:
+            capabilities.require("live_frames")
+        if method is not None:
+            capabilities.chose(PURPOSE, method, "asked for by the caller")
+        self.sender, self.size, self._method = sender, size, method
         spec = packets.FrameSpec(sender.mac, dst_mac, src_ip or sender.address or "10.11.0.1", dst_ip,
                                  proto="udp", sport=PORT, dport=PORT, size=size)
         spec.validate()
@@ -135,16 +172,23 @@ class LatencyProbe:
                                    address="10.11.0.1", peer=None, host=SimpleNamespace(netns=None)),
                    dst_mac="02:00:00:00:00:0b", dst_ip="10.11.0.2")
 
+    @property
+    def method(self) -> str:
+        """How this probe's frames are sent and stamped (a key of METHODS), decided once."""
+        if self._method is None:
+            self._method = choose_method()
+        return self._method
+
     def sink(self):
         """The sink program, to attach to the receiving interface."""
         return self.program.function("lat_sink", "xdp")
 
     @contextmanager
     def peer_ready(self):
-        """The sender's veth peer able to receive XDP frames while inside (see the module
-        docstring); nothing is changed where it already can."""
+        """The sender's veth peer able to receive the probes while inside (see the module
+        docstring); nothing is changed where it already can, or where probes are not XDP frames."""
         peer = getattr(self.sender, "peer", None)
-        if peer is None or can_transmit_xdp(self.sender) is not False:
+        if self.method != LIVE_FRAMES or peer is None or can_transmit_xdp(self.sender) is not False:
             yield
             return
         if bpf.xdp_state(peer).get("IFLA_XDP_ATTACHED"):
@@ -156,23 +200,56 @@ class LatencyProbe:
             yield
 
     def send(self, count: int, rate_pps: float = 1000.0, timeout_s: float = 60.0, stop=None) -> int:
-        """COUNT probes at RATE_PPS, one per system call; returns how many were sent."""
+        """COUNT probes at RATE_PPS, one per system call, the way `method` says; returns
+        how many were sent."""
         if not isinstance(count, int) or count < 1:
             raise InputError(f"probe count {count!r}: at least 1")
         if not 0 < rate_pps <= MAX_RATE:
             raise InputError(f"probe rate {rate_pps!r}: 0 < rate <= {MAX_RATE} per second (probes, not load)")
-        ctx = bpf.XdpMd(data=0, data_end=len(self.frame), ingress_ifindex=self.sender.ifindex)
-        sent, t0 = 0, time.monotonic()
-        deadline = t0 + timeout_s
-        with thread_in_netns(self.sender.host.netns):
-            while sent < count and time.monotonic() < deadline and not (stop and stop.is_set()):
-                due = t0 + sent / rate_pps
-                delay = due - time.monotonic()
+        sending = {LIVE_FRAMES: self._live_frames, AF_PACKET: self._af_packet}[self.method]
+        tried = sent = 0
+        with sending() as send_one:
+            t0 = time.monotonic()
+            deadline = t0 + timeout_s
+            while tried < count and time.monotonic() < deadline and not (stop and stop.is_set()):
+                delay = t0 + tried / rate_pps - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                bpf.test_run(self.fn, self.frame, repeat=1, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES)
-                sent += 1
+                sent += send_one()
+                tried += 1
         return sent
+
+    @contextmanager
+    def _live_frames(self):
+        """One probe per call: lat_probe run with BPF_PROG_RUN in live-frames mode."""
+        ctx = bpf.XdpMd(data=0, data_end=len(self.frame), ingress_ifindex=self.sender.ifindex)
+
+        def send_one() -> bool:
+            bpf.test_run(self.fn, self.frame, repeat=1, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES)
+            return True
+
+        with thread_in_netns(self.sender.host.netns):
+            yield send_one
+
+    @contextmanager
+    def _af_packet(self):
+        """One probe per call: the frame sent with AF_PACKET out of the sender, stamped by
+        lat_stamp on its tc egress (attached while inside)."""
+        stamp = self.program.function("lat_stamp", "tc")
+        with bpf.attach_tc(self.sender, stamp, "egress"), thread_in_netns(self.sender.host.netns), \
+                socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
+            sock.bind((self.sender.name, 0))
+
+            def send_one() -> bool:
+                try:
+                    return sock.send(self.frame) == len(self.frame)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOBUFS, errno.EAGAIN):  # the sender's queue is full: lost
+                        return False
+                    raise LabkitError(f"sending a latency probe with AF_PACKET on {self.sender.name} failed: {exc}") \
+                        from exc
+
+            yield send_one
 
     # ---- reading
     def counts(self) -> dict:

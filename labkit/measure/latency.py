@@ -22,6 +22,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
+from labkit.dataplanes.latency import METHODS
 from labkit.errors import InputError
 from labkit.measure import loadsweep
 
@@ -53,6 +54,7 @@ class Profile:
     generator_limited: bool
     points: list  # LatencyPoint, no load first
     notes: list = field(default_factory=list)
+    probe_method: str = ""  # how the probes were sent (dataplanes.latency.METHODS)
 
 
 def check(loads, probes: int, probe_rate: float, ndr_loss: float) -> None:
@@ -95,7 +97,7 @@ def profile(probe, gen, spec, received, *, loads=(0.5, 0.9), probes: int = 2000,
             offered = d.pop("load", None)
             time.sleep(0.05)
             points.append(LatencyPoint(float(f), float(getattr(offered, "pps", float("nan"))), d, probe.cdf()))
-    return Profile(float(ndr_pps), limited, points, notes)
+    return Profile(float(ndr_pps), limited, points, notes, getattr(probe, "method", ""))
 
 
 #: the kind of the rows a profile is recorded as, and the column that holds a point's load
@@ -104,6 +106,15 @@ KIND, LOAD = "latency", "load_fraction"
 
 def load_label(fraction) -> str:
     return "no load" if not fraction else f"{fraction:.0%} NDR"
+
+
+def sent_by(lat) -> str:
+    """How the probes behind SUMMARY were sent, in words for an interpretation ('' where
+    its rows do not say)."""
+    if lat is None or "probe_method" not in getattr(lat, "columns", ()):
+        return ""
+    methods = sorted({m for ms in lat["probe_method"].dropna() for m in str(ms).split(", ") if m})
+    return " or ".join(METHODS.get(m, m) for m in methods)
 
 
 def summary(table):
@@ -125,6 +136,8 @@ def summary(table):
         row = {"variant": v, LOAD: float(f), "load": load_label(f), "ndr_mpps": ndr.get(v, float("nan")) / 1e6,
                "load_mpps": g[g["measure"] == "lat_load_pps"]["value"].mean() / 1e6,
                "probes": g[g["measure"] == "lat_probes"]["value"].sum(), "trials": g["trial"].nunique()}
+        if "probe_method" in g.columns:  # rows recorded before probes could be sent two ways lack it
+            row["probe_method"] = ", ".join(sorted(set(g["probe_method"].dropna())))
         for q in PERCENTILE_MEASURES:
             q = q[:-3]  # p50_ns -> p50
             vals = g[g["measure"] == f"lat_{q}_ns"]["value"].dropna() / 1e3
