@@ -16,9 +16,9 @@
  *   flows > 1: the program rewrites, per frame, the fields named in `gen_config.vary` to
  *                  base + f, where f = 0, 1, .., flows-1, 0, .. comes from a per-CPU
  *                  sequence, and updates the IPv4 header and L4 checksums incrementally
- *                  (RFC 1624, bpf/include/csum_helpers.h) from the restored template
- *                  values. The vary bits, L4 kinds and template sizes are the enums of
- *                  bpf/include/xdp_gen.h, which Python reads.
+ *                  (bpf/include/gen_flows.h, shared with bpf/xdp_loop.c) from the restored
+ *                  template values. The vary bits, L4 kinds and template sizes are the
+ *                  enums of bpf/include/xdp_gen.h, which Python reads.
  * Frames are laid out as labkit.packets builds them: Ethernet, then IPv4 without
  * options or IPv6 without extension headers, then UDP, TCP or ICMP (ICMP: the echo
  * identifier stands in for the source port).
@@ -32,6 +32,7 @@
 #include "counters.h"
 #include "csum_helpers.h"
 #include "xdp_gen.h"
+#include "gen_flows.h"
 
 #ifndef SINK_VERDICT
 #define SINK_VERDICT XDP_DROP
@@ -39,17 +40,6 @@
 #ifndef SINK_MAX_FLOWS
 #define SINK_MAX_FLOWS 65536
 #endif
-
-struct gen_config {
-    u32 flows;  /* distinct flows, >= 1 */
-    u32 vary;   /* VARY_* bits */
-    u32 ipv6;   /* 0: IPv4, 1: IPv6 */
-    u32 l4;     /* L4_* */
-    u32 sport;  /* base values, host byte order */
-    u32 dport;
-    u32 src;    /* IPv4 address or last 32 bits of the IPv6 address */
-    u32 dst;
-};
 
 struct gen_template {
     u8 bytes[HDR_COPY];
@@ -91,75 +81,8 @@ int xdp_gen(struct xdp_md *ctx)
     if (f >= cfg->flows)
         f = 0;
 
-    /* the frame is laid out as labkit.packets builds it: fixed offsets, no options */
-    struct hdr_cursor nh = {.pos = data};
-    u32 *saddr, *daddr;
-    u16 *ipcsum = 0;
-    if (!CURSOR_TAKE(&nh, data_end, struct ethhdr))
+    if (gen_rewrite_flow(data, data_end, cfg, f) < 0)
         return XDP_ABORTED;
-    if (cfg->ipv6) {
-        struct ipv6hdr *ip6 = CURSOR_TAKE(&nh, data_end, struct ipv6hdr);
-        if (!ip6)
-            return XDP_ABORTED;
-        saddr = (u32 *)&ip6->saddr + 3;
-        daddr = (u32 *)&ip6->daddr + 3;
-    } else {
-        struct iphdr *ip = CURSOR_TAKE(&nh, data_end, struct iphdr);
-        if (!ip)
-            return XDP_ABORTED;
-        saddr = &ip->saddr;
-        daddr = &ip->daddr;
-        ipcsum = &ip->check;
-    }
-    u16 *l4 = nh.pos;
-    /* the L4 checksum: UDP word 3, TCP word 8, ICMP word 1 */
-    if ((void *)(l4 + 4) > data_end)
-        return XDP_ABORTED;
-    u16 *l4csum;
-    if (cfg->l4 == L4_UDP)
-        l4csum = l4 + 3;
-    else if (cfg->l4 == L4_TCP) {
-        if ((void *)(l4 + 9) > data_end)
-            return XDP_ABORTED;
-        l4csum = l4 + 8;
-    } else
-        l4csum = l4 + 1;
-    u32 pseudo = cfg->l4 != L4_ICMP;
-    /* UDP over IPv4 may carry no checksum (0): then there is nothing to update */
-    u32 has_l4csum = !(cfg->l4 == L4_UDP && !cfg->ipv6 && *l4csum == 0);
-
-    if (cfg->vary & VARY_SRC_IP) {
-        u32 old = *saddr, new = htonl(cfg->src + f);
-        *saddr = new;
-        if (ipcsum)
-            csum_replace4(ipcsum, old, new);
-        if (pseudo && has_l4csum)
-            csum_replace4(l4csum, old, new);
-    }
-    if (cfg->vary & VARY_DST_IP) {
-        u32 old = *daddr, new = htonl(cfg->dst + f);
-        *daddr = new;
-        if (ipcsum)
-            csum_replace4(ipcsum, old, new);
-        if (pseudo && has_l4csum)
-            csum_replace4(l4csum, old, new);
-    }
-    if (cfg->vary & VARY_SPORT) {
-        /* UDP/TCP source port; ICMP echo identifier (word 2) */
-        u16 *port = (cfg->l4 >= L4_ICMP) ? l4 + 2 : l4;
-        u16 old = *port, new = htons((u16)(cfg->sport + f));
-        *port = new;
-        if (has_l4csum)
-            csum_replace2(l4csum, old, new);
-    }
-    if ((cfg->vary & VARY_DPORT) && cfg->l4 < L4_ICMP) {
-        u16 old = l4[1], new = htons((u16)(cfg->dport + f));
-        l4[1] = new;
-        if (has_l4csum)
-            csum_replace2(l4csum, old, new);
-    }
-    if (cfg->l4 == L4_UDP && has_l4csum && *l4csum == 0)
-        *l4csum = 0xffff; /* a computed UDP checksum of 0 is sent as all ones */
     return XDP_TX;
 }
 

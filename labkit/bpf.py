@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
 import re
@@ -25,7 +26,7 @@ from pathlib import Path
 from labkit import BPF_DIR
 from labkit.testbed import runs
 from labkit.testbed import signals
-from labkit.errors import InputError, LabkitError, MissingDependency
+from labkit.errors import InputError, LabkitError, MissingDependency, Refused
 from labkit import verifier  # fd 2 captured around compile and load: errors carry the log
 
 #: Shared C headers (parsing, counters, checksums) and each program's enums: on every
@@ -445,9 +446,30 @@ def test_run(fn_or_fd, data: bytes, *, repeat: int = 1, ctx: ctypes.Structure | 
     rc = libbpf().bpf_prog_test_run_opts(fd, ctypes.byref(opts))
     if rc != 0:
         err = ctypes.get_errno() or -rc
+        if flags & BPF_F_TEST_XDP_LIVE_FRAMES and err in LIVE_FRAMES_REFUSALS:
+            raise live_frames_refused(err)
         raise LabkitError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)} (errno {err})")
     out = buf_out.raw[: opts.data_size_out] if buf_out is not None else b""
     return TestRunResult(opts.retval, opts.duration, out, repeat)
+
+
+#: errnos with which a kernel refuses BPF_PROG_RUN in live-frames mode: the likely reasons, most likely first
+_CONTAINER, _POLICY, _OLD = "a container", "a security policy such as lockdown or an LSM", "a kernel before 5.18"
+LIVE_FRAMES_REFUSALS = {
+    errno.EPERM: (_CONTAINER, _POLICY, "missing capabilities (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)", _OLD),
+    errno.EINVAL: (f"{_OLD} (no live-frames mode)", "a call that does not fit live frames (an XDP program, "
+                   "no other flag, batch_size at most 256)", _CONTAINER, _POLICY),
+    errno.EOPNOTSUPP: (f"{_OLD}, or one built without it", _CONTAINER, _POLICY),
+}
+
+
+def live_frames_refused(err: int) -> Refused:
+    """The error for BPF_PROG_RUN in live-frames mode refused with ERR: what, why, what instead."""
+    return Refused(f"BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES) was refused: {os.strerror(err)} "
+                   f"({errno.errorcode.get(err, err)})\n  likely reasons: "
+                   + "; ".join(LIVE_FRAMES_REFUSALS.get(err, LIVE_FRAMES_REFUSALS[errno.EPERM]))
+                   + "\n  instead: choose another generator: generator='trafgen', 'xdp_loop' or 'testpmd', or 'auto', "
+                   "which picks one that works here (`labkit doctor` shows what this machine refuses)", err)
 
 
 def program_cost_ns(fn, packet: bytes, repeat: int = 1_000_000, trials: int = 5) -> list[float]:

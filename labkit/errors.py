@@ -13,6 +13,15 @@ class MissingDependency(LabkitError, RuntimeError):
     """A tool, package or kernel feature an experiment needs is not on this machine."""
 
 
+class Refused(LabkitError, RuntimeError):
+    """The kernel refused something labkit asked of it. `errno` is the kernel's answer; the
+    message says what was refused, the likely reasons, and what to choose instead."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
 class NotRoot(LabkitError, PermissionError):
     """The operation needs root (CAP_NET_ADMIN / CAP_BPF / CAP_SYS_ADMIN)."""
 

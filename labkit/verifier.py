@@ -25,6 +25,8 @@ carries the log, the failing instructions and a hint:
 """
 from __future__ import annotations
 
+import ctypes
+import errno as errno_mod
 import os
 import re
 import sys
@@ -44,10 +46,10 @@ HINTS = [
     (r"map_value_or_null|_or_null",
      "a map lookup can return NULL (no such key) and the program used the result without "
      "checking: `if (!value) return XDP_PASS;` right after bpf_map_lookup_elem()."),
-    (r"back-edge|infinite loop|loop is not bounded|BPF program is too large|jump out of range|"
-     r"The sequence of \d+ jumps is too complex",
-     "the verifier could not prove a loop ends. Give it a constant bound (`for (int i = 0; i < 8; i++)`), "
-     "break out early inside it, or unroll it (`#pragma unroll`)."),
+    (r"back-edge|infinite loop|loop is not bounded|too large\. Processed|BPF program is too large|"
+     r"jump out of range|The sequence of \d+ jumps is too complex|the verifier gave up",
+     "the verifier could not prove a loop ends: bound your loop. Give it a constant bound "
+     "(`for (int i = 0; i < 8; i++)`), break out early inside it, or unroll it (`#pragma unroll`)."),
     (r"unbounded min value|unbounded memory access|min value is negative|value is outside of the allowed memory range",
      "an offset the program adds to a pointer has no proven bounds. Clamp it first (`if (off > 64) return XDP_DROP;`, "
      "or `off &= 0x3f;`) so the verifier knows its range, then bounds-check the result against data_end."),
@@ -77,7 +79,16 @@ HINTS = [
 #: they come from (`; if (x) @ file.c:9`)
 _INSN = re.compile(r"^\d+: \(|^; ")
 _NOISE = re.compile(r"^(processed \d+ insns|verification time|stack depth|HINT:|bpf: Failed to load|"
-                    r"libbpf:|Failed to load|\s*$)")
+                    r"bpf: log_buf size|bpf: .*too large \(\d+ insns\)|libbpf:|Failed to load|\s*$)")
+#: a verifier log is there: instructions, or the statistics line every log ends with
+_HAS_LOG = re.compile(r"^\d+: \(|^processed \d+ insns|too large\. Processed \d+ insn", re.M)
+#: the verifier stopped because the program took too many steps to check, not because a step was wrong
+_GAVE_UP = re.compile(r"too large\. Processed \d+ insn|The sequence of \d+ jumps is too complex")
+_PROCESSED = re.compile(r"[Pp]rocessed (\d+) insn")
+#: log levels of a second load that keeps the log: instructions and the refusal; the refusal and
+#: statistics alone (a kernel before 6.4 keeps a log's head, so a long walk can push the refusal out)
+_RETRY_LEVELS = (1, 4)
+_LOG_SIZE = 1 << 20
 
 
 def hint_for(text: str) -> str | None:
@@ -145,14 +156,18 @@ class CompileError(LabkitError):
 class VerifierError(LabkitError):
     """The verifier refused a program. `log` is its whole log, `message` the line that says
     why, `instructions` the last instructions it checked before giving up, `hint` a
-    sentence about the usual cause (None when no hint matches)."""
+    sentence about the usual cause (None when no hint matches), `errno` what the kernel
+    returned (E2BIG: the verifier gave up after `processed` instructions)."""
 
-    def __init__(self, function: str, where: str, log: str, cause: str = ""):
-        self.function, self.where, self.log, self.cause = function, where, log, cause
+    def __init__(self, function: str, where: str, log: str, cause: str = "", errno: int | None = None):
+        self.function, self.where, self.log, self.cause, self.errno = function, where, log, cause, errno
         lines = [l.rstrip() for l in log.splitlines()]
         last = max((i for i, l in enumerate(lines) if _INSN.match(l)), default=-1)
-        said = [l for l in lines[last + 1:] if not _NOISE.match(l)]
-        self.message = "; ".join(said[:3]) or cause or "no verifier log was printed"
+        said = "; ".join([l for l in lines[last + 1:] if not _NOISE.match(l)][:3])
+        self.processed = _processed(log)
+        self.message = said or cause or "no verifier log was printed"
+        if errno == errno_mod.E2BIG or _GAVE_UP.search(log):
+            self.message = gave_up(self.processed) + (f" ({said})" if said else "")
         self.instructions = [l for l in lines[: last + 1] if _INSN.match(l)][-6:]
         self.hint = hint_for(self.message) or hint_for(log)
         super().__init__(self.explain())
@@ -167,6 +182,18 @@ class VerifierError(LabkitError):
         return "\n".join(out)
 
 
+def gave_up(processed: int | None) -> str:
+    """What E2BIG from a load means: the verifier stopped walking the program, on every kernel
+    (bcc calls it "Program too large (N insns)", counting the program's own instructions)."""
+    steps = f"{processed:,} instructions" if processed else "too many instructions (E2BIG)"
+    return f"the verifier gave up after processing {steps}"
+
+
+def _processed(log: str) -> int | None:
+    counts = [int(n) for n in _PROCESSED.findall(log)]
+    return max(counts) if counts else None
+
+
 def compile(factory, where: str, **kwargs):
     """FACTORY(**KWARGS) (bcc.BPF) with fd 2 captured; CompileError with clang's words on failure."""
     with captured_stderr() as cap:
@@ -178,13 +205,58 @@ def compile(factory, where: str, **kwargs):
 
 
 def load_func(bpf, name: str, prog_type, where: str):
-    """bpf.load_func(NAME, PROG_TYPE) with fd 2 captured; VerifierError with the log on failure."""
+    """bpf.load_func(NAME, PROG_TYPE) with fd 2 captured; VerifierError with the log on failure.
+    Where bcc printed no verifier log (it prints its own "Program too large" for E2BIG), the
+    program is loaded once more with a log buffer, so the refusal carries the verifier's words."""
     with captured_stderr() as cap:
         try:
             return bpf.load_func(name, prog_type)
         except Exception as exc:
-            failure = exc
-    raise VerifierError(name, where, cap.text, str(failure)) from failure
+            failure, err = exc, _errno_of(exc)
+    log = cap.text
+    if not _HAS_LOG.search(log):
+        log = "\n".join(t for t in (log.rstrip(), kernel_log(bpf, name, prog_type)) if t)
+    raise VerifierError(name, where, log, str(failure), err) from failure
+
+
+def kernel_log(bpf, name: str, prog_type) -> str:
+    """The verifier's log of loading NAME of bcc module BPF again, with a log buffer
+    (its tail where long); "" where the log says nothing or the load now succeeds."""
+    from bcc import libbcc
+
+    lib, mod, fn = libbcc.lib, bpf.module, name.encode() if isinstance(name, str) else name
+    text = ""
+    if not lib.bpf_function_start(mod, fn):
+        return text
+    for level in _RETRY_LEVELS:
+        buf = ctypes.create_string_buffer(_LOG_SIZE)
+        with captured_stderr():  # bcc prints the log too: the refusal carries it once
+            fd = lib.bcc_func_load(mod, prog_type, fn, lib.bpf_function_start(mod, fn),
+                                   lib.bpf_function_size(mod, fn), lib.bpf_module_license(mod),
+                                   lib.bpf_module_kern_version(mod), level, buf, _LOG_SIZE, None, -1)
+        if fd >= 0:
+            os.close(fd)
+            return ""
+        text = buf.value.decode(errors="replace")
+        if _refusal(text):
+            return text
+    return text
+
+
+def _refusal(log: str) -> bool:
+    """LOG has a line after its last instruction that says why (not only statistics)."""
+    lines = log.splitlines()
+    last = max((i for i, l in enumerate(lines) if _INSN.match(l)), default=-1)
+    return any(not _NOISE.match(l) for l in lines[last + 1:])
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    """The errno of bcc's failed load: its ctypes errno, or the one its message names."""
+    err = ctypes.get_errno()
+    text = str(exc)
+    if err and (os.strerror(err) in text or "super-user" in text):
+        return err
+    return next((code for code in sorted(errno_mod.errorcode) if os.strerror(code) in text), None)
 
 
 def error_of(exc: BaseException) -> "VerifierError | CompileError | None":

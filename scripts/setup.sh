@@ -129,6 +129,17 @@ else
     fi
 fi
 
+# -------------------------------------------------------------------- tracefs
+# The softirq clock tells the xdp_loop generator's own NAPI polls from the receiver's by
+# the napi:napi_poll tracepoint, whose format bcc reads from tracefs.
+if [ ! -d /sys/kernel/tracing/events ] && [ ! -d /sys/kernel/debug/tracing/events ]; then
+    if mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null; then
+        say "mounted tracefs on /sys/kernel/tracing"
+    else
+        warn "could not mount tracefs on /sys/kernel/tracing (CPU per packet fed by xdp_loop then includes the loop)"
+    fi
+fi
+
 # -------------------------------------------------------------------- bpffs
 if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
     if mount -t bpf bpf /sys/fs/bpf 2>/dev/null; then

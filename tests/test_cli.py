@@ -60,6 +60,7 @@ FILES = {
     "unknown.yaml": ("nosuch: 1\n", "has no parameter 'nosuch'"),
     "list.yaml": ("- 1\n- 2\n", "holds a mapping of NAME: VALUE"),
     "value.yaml": ("01-xdp-drop:\n  count: many\n", "count 'many': expected a whole number"),
+    "latin1.yaml": (b"trials: 3\n# caf\xe9\n", "is not UTF-8 text (byte 0xe9 on line 2): save it as UTF-8"),
 }
 
 
@@ -102,7 +103,7 @@ def test_a_bad_parameters_file_is_one_line_and_exit_2(name, tmp_path):
     text, hint = FILES[name]
     f = tmp_path / "in" / name
     f.parent.mkdir()
-    f.write_text(text)
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
     before = set(cleanup.labkit_namespaces())
     assert_refused(labkit(["run", "01-xdp-drop", "-f", str(f)], tmp_path), hint, tmp_path, before)
     assert_refused(labkit(["run", "01-xdp-drop", "-f", str(tmp_path / "none.yaml")], tmp_path),

@@ -209,3 +209,96 @@ def test_result_tables_in_the_results_format_agree_with_interpretation():
     head = xdp_drop.headline(rs.table).set_index("variant")
     text = xdp_drop.interpret(rs.table, None)
     assert f"{head.loc['xdp_native', 'processed Mpps']:.2f} of {head.loc['xdp_native', 'offered Mpps']:.2f} Mpps offered" in text
+
+
+# ---------------------------------------------------------------- a part missing, and what fed the run
+def meta_of(feed, skipped=None, generator="trafgen"):
+    """A run's metadata as results.collect_metadata and the experiments write it."""
+    return {"generator": generator, "feed": {"generator": generator, "receiver_got": feed},
+            "skipped_parts": skipped or {},
+            "facilities": {"probes": {"live_frames": {"ok": False, "reason": "refused through LABKIT_REFUSE"}},
+                           "choices": {"load generator": {"backend": generator, "why": "the fastest that works "
+                                                          "here (xdp refused: a long reason)"},
+                                       "latency probes": {"backend": "af_packet+tc", "why": "live frames refused"}}}}
+
+
+DROP = {"stack": [(0.40e6, 0.20e6, 2400, "")], "iptables_raw": [(0.41e6, 0.30e6, 1200, "")],
+        "xdp_generic": [(0.42e6, 0.31e6, 1150, "")], "xdp_native": [(0.42e6, 0.33e6, 1090, "")]}
+
+
+def test_drop_interpretation_says_a_socket_buffer_feed_shows_no_native_advantage():
+    skb = pd.DataFrame(rows("xdp_drop", "trial", DROP, feed=experiments.FEED_SKB))
+    text = xdp_drop.interpret(skb, None, meta_of(experiments.FEED_SKB))
+    first = text.splitlines()[0]
+    assert first.startswith("Fed by the trafgen generator; the receiver got socket buffers")
+    assert "load generator: trafgen (the fastest that works here)" in first and "a long reason" not in first
+    assert "latency probes: af_packet+tc" in first
+    assert "native XDP there runs its slow path" in text and "about the skb path" in text
+    assert "xdp_native vs iptables_raw: 1.10× the rate (socket-buffer feed: the skb path)." in text
+    assert "cannot show in this run" in text
+    # the feed read from the table's own rows when the metadata is not at hand
+    assert "native XDP there runs its slow path" in xdp_drop.interpret(skb, None)
+    xdp = pd.DataFrame(rows("xdp_drop", "trial", DROP, feed=experiments.FEED_XDP))
+    text = xdp_drop.interpret(xdp, None, meta_of(experiments.FEED_XDP, generator="xdp_loop"))
+    assert "the receiver got XDP frames" in text and "slow path" not in text and "skb path" not in text
+
+
+def test_fed_by_leaves_out_a_skipped_parts_backend_and_says_it_was_skipped():
+    line = experiments.fed_by(meta_of(experiments.FEED_SKB, {"latency": "latency = False"}))
+    assert "af_packet+tc" not in line and "latency: not measured (latency = False)" in line
+    assert "\n" not in line
+    assert experiments.fed_by({}).startswith("Fed by the unrecorded generator")
+
+
+def test_feed_is_measured_from_the_senders_xdp_xmit_counter():
+    from labkit import traffic
+
+    def trial(xmit):
+        offered = traffic.Offered("g", packets=1000, bytes=64_000, seconds=1.0)
+        probes = {"snd": {"tx_packets": 1000, "ethtool:tx_queue_0_xdp_xmit": xmit, "ethtool:rx_queue_0_drops": 0}}
+        return measure.Measurement(offered, 1000, 64, measure.cpu_times(), probes)
+
+    feed = experiments.Feed("g")
+    assert feed.metadata()["receiver_got"] == "not measured"
+    assert feed.add(trial(1000)) == experiments.FEED_XDP and feed.add(trial(0)) == experiments.FEED_SKB
+    assert feed.add(trial(0)) == experiments.FEED_SKB and feed.kind == experiments.FEED_SKB
+    meta = feed.metadata()
+    assert meta["trials"] == {experiments.FEED_XDP: 1, experiments.FEED_SKB: 2} and "1000 of 3000" in meta["how"]
+    no_counter = measure.Measurement(trial(0).offered, 1000, 64, measure.cpu_times(), {"snd": {"tx_packets": 1}})
+    assert experiments.Feed("g").add(no_counter) is None
+    assert experiments.Feed("g", real_interfaces=True).add(no_counter) == experiments.FEED_WIRE
+
+
+def test_drop_parts_switched_off_are_named_and_their_views_read_empty():
+    p = xdp_drop.Params(smoke=True, latency=False, cost_trials=0, sweep_steps=0).validate()
+    off = xdp_drop.switched_off(p)
+    assert set(off) == {"sweep", "search", "cpu_at_load", "program costs", "latency"}
+    assert off["latency"] == "latency = False, in a smoke run"
+    table = pd.DataFrame(rows("xdp_drop", "trial", DROP))
+    assert xdp_drop.search_table(table).empty
+    assert xdp_drop.load_interpretation(table, "sweep") == "No sweep rows in this run."
+    lat = xdp_drop.latency.summary(table)
+    assert lat.empty and xdp_drop.latency.interpret(lat) == "" and xdp_drop.latency.table(lat).empty
+    costs = pd.DataFrame(columns=["variant", "trial", "value"])
+    assert "Program cost" not in xdp_drop.interpret(table, costs)
+    assert xdp_drop.plot_latency_cdf(pd.DataFrame()).axes  # a figure that says there is nothing
+
+
+def test_l2fwd_views_read_a_run_without_latency_idle_cost_or_baseline():
+    from labkit.experiments import l2fwd_views
+
+    spec = {"xdp_redirect": [(0.30e6, 0.29e6, 900, "")], "bridge": [(0.25e6, 0.20e6, 1300, "")]}
+    table = pd.DataFrame(rows("l2fwd", "trial", spec, feed=experiments.FEED_SKB))
+    none = pd.DataFrame()
+    lat = l2fwd_views.latency_summary(table)
+    assert lat.empty and l2fwd_views.interpret_latency(lat, table) == ""
+    over = l2fwd_views.overview(l2fwd.headline(table), none, lat)
+    assert set(over["variant"]) == {"xdp_redirect", "bridge"} and "p50_us (no load)" not in over.columns
+    assert "forwarded the most" in l2fwd.interpret(table, none)
+    fig = l2fwd.plot_latency_cdf(pd.DataFrame())  # what `latency False` used to fail in, with KeyError 'variant'
+    assert fig.axes
+    line = l2fwd_views.fed_by(meta_of(experiments.FEED_SKB, {"latency": "latency = False"}), table)
+    assert "xdp_redirect's native program on dut0 then runs the veth's slow path" in line
+    assert "xdp_redirect" not in l2fwd_views.fed_by(meta_of(experiments.FEED_XDP), table)
+    p = l2fwd.Params(latency=False, idle_s=0, baseline=False).validate()
+    assert set(l2fwd.switched_off(p)) == {"latency", "idle cost", "DUT CPU per packet"}

@@ -171,6 +171,39 @@ def test_notebook_runs_headless_in_smoke_mode(tmp_path):
     assert not [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]
 
 
+def test_notebook_runs_with_live_frames_refused_and_only_latency_on(tmp_path, monkeypatch):
+    """Live frames refused (LABKIT_REFUSE) and the optional parts off but latency (no
+    baseline sink, so no DUT CPU per packet; no idle window): the notebook runs to the end,
+    says what was left out, and records the generator, the feed and the probes' backend."""
+    from labkit import experiments, results
+    from labkit.reporting import batch
+
+    monkeypatch.setenv("LABKIT_REFUSE", "live_frames")
+    data = tmp_path / "data"
+    params = {"smoke": True, "variants": ["xdp_redirect", "bridge"], "baseline": False, "idle_s": 0.0,
+              "progress": False}
+    run = batch.execute(batch.notebooks(["02-l2-forwarding"])[0], params, out_dir=tmp_path, data_dir=data,
+                        progress=False)
+    assert run.ok, run.error
+    r = results.load_run(results.list_runs("l2fwd", data)[0])
+    meta = r.metadata
+    assert meta["facilities"]["probes"]["live_frames"]["ok"] is False
+    assert set(meta["skipped_parts"]) == {"idle cost", "DUT CPU per packet"}
+    assert not (r.table["measure"] == "dut_cpu_ns_per_pkt").any() and "idle" not in set(r.table["kind"])
+    skb = meta["generator"] not in ("xdp", "xdp_loop")  # the backends that put XDP frames into the veth
+    assert meta["feed"]["receiver_got"] == (experiments.FEED_SKB if skb else experiments.FEED_XDP), meta["feed"]
+    lat = r.table[(r.table["kind"] == "latency") & (r.table["measure"] == "lat_probes")]
+    assert set(lat["variant"]) == set(params["variants"]) and (lat["value"] > 0).all()
+    html = run.html.read_text()
+    for said in ("no DUT CPU per packet in this run", "no idle cost in this run", "forwarded the most",
+                 f"Fed by the {meta['generator']} generator", "latency probes: "):
+        assert said in html, said
+    assert ("xdp_redirect&#x27;s native program on dut0 then runs the veth&#x27;s slow path" in html
+            or "xdp_redirect's native program on dut0 then runs the veth's slow path" in html) == skb
+    prefix = r.path.name.rsplit("-", 1)[1]
+    assert not [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]
+
+
 def test_dpdk_ports_compared_with_tunings_and_socket_losses_recorded(tmp_path):
     """The two DPDK variants side by side: each run records how l2fwd was tuned (AF_XDP copy
     or zero-copy, the driver's XDP hook, rings, busy polling, lcore; af_packet's frames),

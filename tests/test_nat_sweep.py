@@ -25,7 +25,7 @@ def _values(table, measure: str):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """One run through tc_nat, xdp_nat and iptables: two sizes, two flow counts (one beyond
-    what trafgen can vary, and beyond a 200-port SNAT range), TCP with 4 connections."""
+    a byte of the source port, and beyond a 200-port SNAT range), TCP with 4 connections."""
     r = experiment.run(data_dir=tmp_path_factory.mktemp("data"), variants=["tc_nat", "xdp_nat", "iptables"],
                        udp_sizes=[64, 512], flow_counts=[1, 300], port_range=[20000, 20199], tcp_streams=4, **QUICK)
     return r
@@ -85,7 +85,8 @@ def test_sweep_helpers_for_plots(swept):
     (dict(udp_sizes=[64, 64]), "each at most once"),
     (dict(flow_counts=[0, 16]), "1..65536"),
     (dict(flow_counts=[70000]), "1..65536"),
-    (dict(flow_counts=[1, 1024], generator="trafgen"), "varies one byte"),
+    (dict(flow_counts=[1, 1024], generator="testpmd"), "at most 1 distinct source port"),
+    (dict(new_flows=2000, generator="testpmd"), "new_flows 2000: the 'testpmd' generator sends at most 1"),
     (dict(flow_counts=[65536], sweep_count=10_000), "below the largest flow count"),
     (dict(sweep_count=10), "sweep_count"),
     (dict(sweep_trials=0), "sweep_trials"),
@@ -108,8 +109,8 @@ def test_bad_sweep_input_is_refused_before_any_namespace(kwargs, words, monkeypa
 
 def test_the_error_names_what_to_do():
     with pytest.raises(InputError) as e:
-        sweep.check([64], [4096], 10_000, 1, "trafgen")
-    assert "generator='xdp'" in str(e.value)
+        sweep.check([64], [4096], 10_000, 1, "testpmd")
+    assert "every port: pktgen, trafgen, xdp" in str(e.value) and "keep flow_counts within it" in str(e.value)
     with pytest.raises(InputError) as e:
         tcp.check_streams(500)
     assert "iperf3" in str(e.value)

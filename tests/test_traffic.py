@@ -44,6 +44,38 @@ def test_trafgen_flows_vary_the_source_port(pair):
     assert seen == set(range(1024, 1032))
 
 
+def test_trafgen_sends_every_source_port_once_per_flows_frames(pair):
+    """65,536 flows (every UDP source port, 0 included) in 65,536 frames from one CPU: a UDP
+    socket at the receiver (which drops a datagram whose checksum is wrong) gets each port
+    exactly once, so each frame is a new flow, as the NAT's new-flow trial and its sweep need."""
+    import collections
+    import socket
+
+    snd, rcv = pair.iface("snd"), pair.iface("rcv")
+    with UdpSink(pair.host("rcv")) as sink:
+        sink.sock.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)  # SO_RCVBUFFORCE: hold them all
+        offered = traffic.generator("trafgen", snd).send(
+            traffic.TrafficSpec.between(snd, rcv, count=65536, flows=65536, sport=0, cpus=1))
+        ports = collections.Counter(_source_ports(sink.sock))
+    assert offered.packets == 65536
+    assert len(ports) == 65536 and set(ports.values()) == {1}, \
+        f"{sum(ports.values())} datagrams, {len(ports)} ports, most repeated {ports.most_common(3)}"
+
+
+def _source_ports(sock, quiet_s: float = 0.5) -> list[int]:
+    """The source port of every datagram SOCK (non-blocking) holds, until none comes for QUIET_S."""
+    import time
+
+    ports, last = [], time.monotonic()
+    while time.monotonic() - last < quiet_s:
+        try:
+            ports.append(sock.recvfrom(2048)[1][1])
+            last = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.01)
+    return ports
+
+
 def test_measurement_agrees_with_kernel_counters(pair):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     gen = traffic.generator("trafgen", snd)
@@ -97,8 +129,9 @@ def test_unknown_generator_and_too_many_trafgen_flows(pair):
     with pytest.raises(InputError, match="choose one of"):
         traffic.generator("nosuch", pair.iface("snd"))
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    with pytest.raises(InputError, match="at most 256 flows"):
-        traffic.generator("trafgen", snd).send(traffic.TrafficSpec.between(snd, rcv, count=10, flows=1000))
+    with pytest.raises(InputError, match="run past port 65535"):
+        traffic.generator("trafgen", snd).send(traffic.TrafficSpec.between(snd, rcv, count=10, flows=1000,
+                                                                           sport=65000))
 
 
 def test_kernel_pktgen_says_clearly_when_missing(pair):

@@ -5,11 +5,12 @@ import json
 
 import pytest
 
-from labkit import results
+from labkit import experiments, results
 from labkit import cleanup
 from labkit.testbed import runs
 from labkit.reporting import batch
 from labkit.experiments import xdp_drop
+from labkit.measure import loadsweep
 from labkit.errors import InputError
 from conftest import needs_root
 
@@ -37,6 +38,36 @@ def test_notebook_runs_headless_and_writes_table_and_html(tmp_path):
     assert set(lat["load_fraction"].dropna()) == {0.0, 0.5}
     assert (lat[lat["measure"] == "lat_probes"]["value"] > 0).all()
     assert "One-way latency of the traffic each variant lets through" in html
+    assert not [n for n in cleanup.labkit_namespaces() if n[:6] not in runs.live_prefixes()]
+
+
+def test_notebook_runs_with_live_frames_refused_and_only_latency_on(tmp_path, monkeypatch):
+    """Live frames refused (LABKIT_REFUSE, as where BPF_PROG_RUN's live-frames mode is not
+    allowed) and every optional part off but latency, whose probes then go without live
+    frames: the notebook runs to the end, says what was left out, and records which
+    generator fed the receiver and as what (XDP frames or socket buffers)."""
+    monkeypatch.setenv("LABKIT_REFUSE", "live_frames")
+    data = tmp_path / "data"
+    params = {"smoke": True, "variants": ["iptables_raw", "xdp_native"], "sweep_steps": 0, "cost_trials": 0,
+              "progress": False}
+    run = batch.execute(batch.notebooks(["01-xdp-drop"])[0], params, out_dir=tmp_path, data_dir=data, progress=False)
+    assert run.ok, run.error
+    r = results.load_run(results.list_runs("xdp_drop", data)[0])
+    meta = r.metadata
+    assert meta["facilities"]["probes"]["live_frames"]["ok"] is False
+    assert set(meta["skipped_parts"]) == {"sweep", "search", "cpu_at_load", "program costs"}
+    assert set(r.table["kind"]) == {"trial", "latency"}  # the parts switched off left no rows
+    skb = meta["generator"] not in ("xdp", "xdp_loop")  # the backends that put XDP frames into the veth
+    assert meta["feed"]["receiver_got"] == (experiments.FEED_SKB if skb else experiments.FEED_XDP), meta["feed"]
+    assert set(r.table[r.table["kind"] == "trial"]["feed"]) == {meta["feed"]["receiver_got"]}
+    lat = r.table[(r.table["kind"] == "latency") & (r.table["measure"] == "lat_probes")]
+    assert set(lat["variant"]) == set(params["variants"]) and (lat["value"] > 0).all()
+    html = run.html.read_text()
+    for said in ("no sweep in this run", "no NDR/PDR search in this run", "no fixed-load CPU measurement",
+                 "no program costs in this run", f"Fed by the {meta['generator']} generator",
+                 "latency probes: ", "One-way latency of the traffic each variant lets through"):
+        assert said in html, said
+    assert ("runs its slow path" in html) == skb  # no XDP-native advantage claimed from socket buffers
     assert not [n for n in cleanup.labkit_namespaces() if n[:6] not in runs.live_prefixes()]
 
 
@@ -85,6 +116,11 @@ def test_sweep_search_and_cpu_at_load_on_every_variant():
     load = r.part("cpu_at_load")
     cores = load[load["measure"] == "net_rx_cores"]
     assert set(cores["variant"]) == set(xdp_drop.VARIANTS) and (cores["value"] >= 0).all()
-    offered = load[load["measure"] == "offered_pps"]["value"]
-    assert ((offered > 150_000) & (offered < 250_000)).all()  # paced near the fixed load
+    assert (load["target_pps"] == 200_000).all()
+    # at the fixed load, or short of it (a generator that cannot reach it here, as trafgen on a busy
+    # machine): a shortfall beyond the tolerance is counted as loss, never hidden
+    pts = load.pivot_table(index="variant", columns="measure", values="value")
+    assert (pts["offered_pps"] > 0).all()
+    short = 1 - pts["received_pps"] / 200_000
+    assert (pts["loss_ratio"][short > loadsweep.RATE_TOLERANCE] >= short[short > loadsweep.RATE_TOLERANCE] - 1e-9).all()
     assert "PDR" in r.interpretation or "No-drop" in r.interpretation or "partial" in r.interpretation.lower()

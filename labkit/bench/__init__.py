@@ -9,8 +9,8 @@
 3. L2 forwarding at 64 bytes: DPDK l2fwd over AF_XDP against af_packet, the ratio per trial
    with its spread (goal: at least 2.5x), beside XDP redirect (labkit.bench.l2fwd).
 4. The traffic generators side by side into the same native-XDP drop receiver (xdp,
-   trafgen, testpmd over af_packet and over AF_XDP), where the generator benchmark module
-   is present.
+   xdp_loop, trafgen, testpmd over af_packet and over AF_XDP), one line each with its
+   ratio to trafgen, where the generator benchmark module is present.
 
 Numbers go to data/ like any run; the summary is printed. Never a pass/fail timing test.
 """
@@ -61,6 +61,7 @@ def main(smoke: bool = False) -> int:
     print(f"\ntable: {rs.save()}")
     print("\n== Generators into a native-XDP drop receiver, 64 bytes ==")
     print(bench_generators.summary(g).to_string(index=False))
+    print("\n".join(bench_generators.lines(g)))
     return 0
 
 

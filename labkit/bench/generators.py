@@ -2,14 +2,17 @@
 
     df = bench_generators.run(smoke=False)     # a tidy pandas DataFrame, also printed by `make bench`
 
-Part "generators": at 64 bytes, the in-kernel generator ("xdp"), trafgen, testpmd
-txonly over net_af_packet ("testpmd") and over net_af_xdp ("testpmd_afxdp") each send into the same native-XDP drop receiver (labkit.filter.DropFilter,
-drop-all, which counts what it drops), several trials each, interleaved. Per trial:
-offered_pps (the generator's own count over its own time), received (the receiver's
-count) and received_pps.
+Part "generators": at 64 bytes, the in-kernel generator ("xdp", live frames), the loop
+of XDP programs ("xdp_loop", no live frames), trafgen, testpmd txonly over net_af_packet
+("testpmd") and over net_af_xdp ("testpmd_afxdp") each send into the same native-XDP drop
+receiver (labkit.filter.DropFilter, drop-all, which counts what it drops), several
+trials each, interleaved. Per trial: offered_pps (the generator's own count over its own
+time), received (the receiver's count) and received_pps. `lines` says it in one line per
+generator: the median received rate (min..max) and its ratio to trafgen's median.
 
 Part "receivers": XDP drop (native) against iptables raw-table DROP, both fed at full
-speed by the in-kernel generator, so the receiver is what saturates. The iptables
+speed by the fastest generator of part one that delivers XDP frames ("xdp" or
+"xdp_loop"), so the receiver is what saturates. The iptables
 receiver has no XDP program of its own, so the generator attaches an XDP_PASS program to
 the receiving veth for the send (a caveat, in `notes`). received_pps of each and their
 ratio is the figure trafgen could not show.
@@ -29,6 +32,9 @@ from labkit.dataplanes.drop_filter import DropFilter
 from labkit.traffic import TrafficSpec
 
 SIZE = 64
+GENERATORS = ("xdp", "xdp_loop", "trafgen", "testpmd", "testpmd_afxdp")
+#: the generators whose frames reach the receiver as XDP frames, and so can feed part two
+XDP_FEEDS = ("xdp", "xdp_loop")
 
 
 def _row(part, generator, variant, trial, measure, value, unit, notes=""):
@@ -53,7 +59,7 @@ def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
         gens = {}
         status = traffic.backends_status()
         try:
-            for name in ("xdp", "trafgen", "testpmd", "testpmd_afxdp"):
+            for name in GENERATORS:
                 ok, why = status.get(name, (False, "backend not present"))
                 if not ok:
                     rows.append(_row("generators", name, "xdp_drop_native", 0, "unavailable", float("nan"), "", why))
@@ -64,22 +70,23 @@ def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
                 filt.drop_all()
                 for t in range(trials):
                     for name, gen in gens.items():
-                        n = count if name == "xdp" else count // 3  # the slower ones: same order of seconds
+                        n = count if name in XDP_FEEDS else count // 3  # the slower ones: same order of seconds
                         spec = TrafficSpec.between(snd, rcv, size=SIZE, count=n, timeout_s=30)
                         offered, got = _send(gen, spec, filt.dropped)
                         rows += _generator_rows(name, t, offered, got)
-            # ---- XDP drop vs iptables raw drop, fed by the in-kernel generator
-            gen = gens.get("xdp")
+            # ---- XDP drop vs iptables raw drop, fed by the fastest generator of XDP frames
+            feed = fastest(pd.DataFrame(rows), XDP_FEEDS)
+            gen = gens.get(feed)
             if gen is not None:
                 spec = TrafficSpec.between(snd, rcv, size=SIZE, count=count)
                 for t in range(trials):
                     with DropFilter() as filt, filt.attach_xdp(rcv, "native"):
                         filt.drop_all()
                         offered, got = _send(gen, spec, filt.dropped)
-                    rows += _receiver_rows("xdp_drop_native", t, offered, got)
+                    rows += _receiver_rows(feed, "xdp_drop_native", t, offered, got)
                     with netfilter.rule(topo.host("rcv"), "raw", "PREROUTING", "-i", rcv.name, "-j", "DROP") as r:
                         offered, got = _send(gen, spec, lambda: r.counters()["packets"])
-                    rows += _receiver_rows("iptables_raw_drop", t, offered, got)
+                    rows += _receiver_rows(feed, "iptables_raw_drop", t, offered, got)
         finally:
             for g in gens.values():
                 g.close()
@@ -119,12 +126,44 @@ def _generator_rows(name, t, offered, got):
                  got / offered.seconds if offered.seconds else float("nan"), "pps")]
 
 
-def _receiver_rows(variant, t, offered, got):
+def _receiver_rows(feed, variant, t, offered, got):
     notes = "; ".join(offered.notes)
-    return [_row("receivers", "xdp", variant, t, "offered_pps", offered.pps, "pps", notes),
-            _row("receivers", "xdp", variant, t, "received", got, "packets"),
-            _row("receivers", "xdp", variant, t, "received_pps", got / offered.seconds, "pps"),
-            _row("receivers", "xdp", variant, t, "loss_ratio", 1 - got / offered.packets, "ratio")]
+    return [_row("receivers", feed, variant, t, "offered_pps", offered.pps, "pps", notes),
+            _row("receivers", feed, variant, t, "received", got, "packets"),
+            _row("receivers", feed, variant, t, "received_pps", got / offered.seconds, "pps"),
+            _row("receivers", feed, variant, t, "loss_ratio", 1 - got / offered.packets, "ratio")]
+
+
+def _received_pps(df: pd.DataFrame) -> pd.Series:
+    """Each generator's received_pps trials into the drop receiver (part "generators")."""
+    return df[(df["part"] == "generators") & (df["measure"] == "received_pps")].groupby("generator")["value"]
+
+
+def fastest(df: pd.DataFrame, among=GENERATORS) -> str | None:
+    """The generator among AMONG with the highest median received rate, None if none ran."""
+    medians = _received_pps(df).median()
+    medians = medians[[g for g in medians.index if g in among]]
+    return None if medians.empty else str(medians.idxmax())
+
+
+def lines(df: pd.DataFrame) -> list[str]:
+    """One line per generator: `generator NAME: X.XX Mpps into xdp drop, R.RRx trafgen`
+    (median received rate over the trials, their min..max), or `unavailable: REASON`."""
+    grouped = _received_pps(df)
+    stats = grouped.agg(["median", "min", "max"])
+    base = stats["median"].get("trafgen")
+    out = []
+    for name in df["generator"].unique():
+        if name in stats.index:
+            m = stats.loc[name]
+            ratio = f"{m['median'] / base:.2f}x trafgen" if base else "trafgen unavailable"
+            out.append(f"generator {name}: {m['median'] / 1e6:.2f} Mpps into xdp drop, {ratio} "
+                       f"(median of {int(grouped.count()[name])}, {m['min'] / 1e6:.2f}..{m['max'] / 1e6:.2f})")
+        else:
+            why = df[(df["generator"] == name) & (df["measure"] == "unavailable")]["notes"]
+            if len(why):
+                out.append(f"generator {name}: unavailable: {why.iloc[0]}")
+    return out
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -139,3 +178,4 @@ if __name__ == "__main__":
     df = run(smoke="--smoke" in sys.argv)
     pd.set_option("display.width", 200)
     print(summary(df).to_string(index=False))
+    print("\n".join(lines(df)))

@@ -6,6 +6,7 @@ loads it, fills its maps and reads its counters here.
   `nat_input`: the eBPF NAT at tc; `xdp_nat`: its XDP fast path over the same maps;
 - `xdp_fwd` (bpf/xdp_fwd.c): a port pair forwarded at XDP or tc, l2fwd's MAC rewrite;
 - `xdp_gen` (bpf/xdp_gen.c): the in-kernel generator's program and template;
+- `xdp_loop` (bpf/xdp_loop.c): the loop of XDP programs that generates without live frames;
 - `softirq_clock` (bpf/softirq_time.c): exact softirq time per vector;
 - `minimal` (bpf/xdp_minimal.c): bare programs, the baselines of program costs;
 - `latency` (bpf/latency.c): one-way latency probes stamped at the sender, histogrammed at the sink.

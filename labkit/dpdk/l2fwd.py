@@ -10,7 +10,7 @@ from labkit.errors import InputError, LabkitError
 from labkit.dpdk.afxdp import remove_pmd_programs, socket_mode, xdp_program_id
 from labkit.dpdk.build import _read, build_dir_for, build_l2fwd
 from labkit.dpdk.options import EalOptions, L2fwdOptions, PORT_KINDS, Port, check_pci_address, hugepages
-from labkit.dpdk.runtime import file_prefix, remove_runtime_dir
+from labkit.dpdk.runtime import file_prefix, locked_memory_hint, remove_runtime_dir
 from labkit.dpdk.sockets import socket_drops
 
 
@@ -271,6 +271,8 @@ def _tail(out: str, n: int = 15) -> str:
 
 
 def _hint(out: str) -> str:
+    if locked_memory_hint(out):
+        return locked_memory_hint(out)
     if "Not enough cores" in out:
         return "\n-> more ports than lcores x queues per lcore: raise queues_per_lcore (-q) or give more lcores"
     if "Invalid portmask" in out:

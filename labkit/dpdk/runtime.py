@@ -4,6 +4,8 @@ its process has stopped; what dead runs left is found here for `labkit clean`.
 from __future__ import annotations
 import itertools
 import os
+import re
+import resource
 import shutil
 import threading
 from pathlib import Path
@@ -71,3 +73,17 @@ def dpdk_processes(prefix: str = "lk") -> list[int]:
             if a == b"--file-prefix" and argv[i + 1].decode(errors="replace").startswith(prefix):
                 pids.append(int(entry))
     return pids
+
+
+def locked_memory_hint(out: str) -> str:
+    """Where a DPDK program's output OUT shows its packet buffers refused for locked memory
+    (AF_XDP's umem, AF_PACKET's mmap'ed rings), what to do; "" otherwise. A process without
+    CAP_IPC_LOCK is held to RLIMIT_MEMLOCK, and raising that above its hard limit needs
+    CAP_SYS_RESOURCE, which containers and some CI machines do not give."""
+    if "Failed to create umem" not in out and not re.search(r"mmap failed.*Resource temporarily unavailable", out):
+        return ""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft // 1024} KiB"
+    return ("\n-> the packet buffers need locked memory: a process without CAP_IPC_LOCK may lock only "
+            f"RLIMIT_MEMLOCK ({limit} here). Run with CAP_IPC_LOCK, or raise the limit (`ulimit -l unlimited`; "
+            "above the hard limit that needs CAP_SYS_RESOURCE)")

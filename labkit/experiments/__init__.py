@@ -9,7 +9,10 @@ What every experiment shares lives here:
   (drift on a shared machine spreads over all of them), a progress bar, and the
   generator-limited mark set across the variants of one trial;
 - `Result`: what ``run`` returns, the same for every experiment;
-- `View`: how an experiment appears in the comparison and on the index page.
+- `View`: how an experiment appears in the comparison and on the index page;
+- `Feed`: whether a run's receiver got XDP frames or socket buffers, measured per trial, and
+  `fed_by`: the one line an interpretation starts with (generator, feed, the backend that
+  served each purpose, the parts that were skipped).
 
 An experiment module declares ``EXPERIMENT`` (its data/ directory), ``NOTEBOOK`` (the
 notebook that runs it) and ``VIEW``; `declared()` finds every such module, so adding an
@@ -140,6 +143,113 @@ class Result:
 
 #: parts that may have no rows in a run (a sweep or search turned off)
 PART_KINDS = ("trial", "sweep", "search", "cpu_at_load", "test_run", "idle", "udp", "tcp", "prog", "check")
+
+
+# ---------------------------------------------------------------- what fed a run
+FEED_XDP, FEED_SKB = "XDP frames", "socket buffers"
+FEED_WIRE = "frames from the wire (real interfaces: native XDP runs in the receiving driver)"
+#: what the receiver's hook sees with each feed (said beside the numbers)
+FEED_MEANS = {
+    FEED_XDP: "the frames reach the receiving veth through its peer's ndo_xdp_xmit, so native XDP there runs on "
+              "them before any skb is built (its fast path)",
+    FEED_SKB: "the frames reach the receiving veth as skbs, so native XDP there runs its slow path (the skb is "
+              "built first and converted for the program), not XDP's driver-level fast path",
+}
+
+
+class Feed:
+    """What a run's receiver got from its generator, measured in every trial rather than
+    assumed from the generator's name: frames a veth transmits through `ndo_xdp_xmit` (as
+    the live-frames and XDP-loop generators send them) show in its own `ethtool -S`
+    counter `tx_queue_N_xdp_xmit`; frames sent from a socket (trafgen, testpmd, pktgen) do
+    not, and arrive as socket buffers. On real interfaces the receiver's driver builds
+    what it hands on from the wire, whoever sent it."""
+
+    def __init__(self, generator: str, real_interfaces: bool = False):
+        self.generator = generator
+        self.real_interfaces = real_interfaces
+        self.seen: dict[str, int] = {}  # feed -> trials
+        self.xdp_xmit = self.offered = 0
+
+    def add(self, m, sender: str = "snd") -> str | None:
+        """The feed of Measurement M (None where the sender's counters cannot say)."""
+        if self.real_interfaces:
+            kind = FEED_WIRE
+        else:
+            deltas = m.probes.get(sender) or {}
+            xmit = [v for k, v in deltas.items() if k.startswith("ethtool:") and k.endswith("_xdp_xmit")]
+            if not xmit or not m.offered.packets:
+                return None
+            self.xdp_xmit += sum(xmit)
+            self.offered += m.offered.packets
+            kind = FEED_XDP if sum(xmit) >= 0.5 * m.offered.packets else FEED_SKB
+        self.seen[kind] = self.seen.get(kind, 0) + 1
+        return kind
+
+    @property
+    def kind(self) -> str | None:
+        """The feed of most trials (None: not measured)."""
+        return max(self.seen, key=self.seen.get) if self.seen else None
+
+    def metadata(self) -> dict:
+        """What the run's metadata keeps under "feed"."""
+        if not self.seen:
+            return {"generator": self.generator, "receiver_got": "not measured",
+                    "how": "the sender's interface has no tx_queue_N_xdp_xmit counter (ethtool -S)"}
+        how = ("real interfaces" if self.real_interfaces else
+               f"the sending veth's tx_queue_N_xdp_xmit counted {self.xdp_xmit} of {self.offered} frames offered")
+        out = {"generator": self.generator, "receiver_got": self.kind, "how": how, "trials": dict(self.seen)}
+        if self.kind in FEED_MEANS:
+            out["means"] = FEED_MEANS[self.kind]
+        return out
+
+
+def table_feed(table) -> str | None:
+    """The feed the trial rows of TABLE record (their ``feed`` column), or None."""
+    if table is None or "feed" not in table.columns:
+        return None
+    t = table[table["kind"] == "trial"] if "kind" in table.columns else table
+    found = t["feed"].dropna()
+    found = found[found.astype(str) != ""]
+    return found.mode().iloc[0] if len(found) else None
+
+
+def _short_why(why: str, most: int = 90) -> str:
+    """A choice's reason up to its first parenthesis (the full one stays in the metadata)."""
+    why = why.split(" (", 1)[0].strip()
+    return why if len(why) <= most else why[:most - 1].rstrip() + "…"
+
+
+def saved_metadata(run_dir) -> dict:
+    """The metadata a run saved with its table (results.ResultSet.save)."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(run_dir) / "metadata.json").read_text())
+
+
+def fed_by(meta: dict | None, skipped: dict | None = None) -> str:
+    """One line from a run's metadata: which generator fed it and as what, which backend
+    served each purpose (the probes' `capabilities.summary_line`), and the parts SKIPPED
+    ({part: why}; default the metadata's "skipped_parts")."""
+    from labkit import capabilities
+
+    meta = meta or {}
+    feed = meta.get("feed") or {}
+    line = (f"Fed by the {meta.get('generator') or feed.get('generator') or 'unrecorded'} generator; "
+            f"the receiver got {feed.get('receiver_got', 'frames of an unrecorded form')}")
+    skipped = meta.get("skipped_parts", {}) if skipped is None else skipped
+    fac = meta.get("facilities")
+    if isinstance(fac, dict):
+        # a choice kept in this process for a part this run did not measure is not this run's
+        choices = {k: {**v, "why": _short_why(v.get("why", ""))} for k, v in (fac.get("choices") or {}).items()
+                   if not any(part in k for part in skipped)}
+        used = capabilities.summary_line({**fac, "choices": choices})
+        if used:
+            line += f"; {used}"
+    for part, why in skipped.items():
+        line += f"; {part}: not measured ({why})"
+    return line + "."
 
 
 # ---------------------------------------------------------------- how an experiment is shown

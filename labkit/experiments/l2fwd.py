@@ -54,11 +54,11 @@ from labkit.testbed import runs
 from labkit.dataplanes import softirq_clock
 from labkit import measure
 from labkit.testbed import inventory, topology
-from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
+from labkit.experiments import Feed, Result, View, check_run_shape, saved_metadata, smoke_clamp, trial_loop
 from labkit import dpdk, ovs
 from labkit.dataplanes.latency import LatencyProbe
 from labkit.measure import latency as latency_profile
-from labkit.errors import InputError, LabkitError
+from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.experiments import l2fwd_views as views
 from labkit.dataplanes.xdp_fwd import XdpForwarder
 from labkit.testbed.bridge import Bridge
@@ -253,17 +253,17 @@ def run(data_dir=None, **kwargs) -> Result:
         snd, rcv = topo.iface("snd"), topo.iface("rcv")
         d0, d1 = topo.iface("dut", "snd"), topo.iface("dut", "rcv")
         rs = results.ResultSet(EXPERIMENT, asdict(p), topo.run.prefix, data_dir)
-        resources = []
+        resources, off = [], switched_off(p)
         with ExitStack() as stack:
             bare = stack.enter_context(bpf.load("xdp_minimal"))
             sink_fn = bare.function("xdp_drop_bare")
-            probe = (stack.enter_context(LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address))
-                     if p.latency else None)
+            probe = _latency_probe(stack, p, snd, rcv, off)
             stack.enter_context(bpf.attach_xdp(rcv, probe.sink() if probe else sink_fn, "native"))
             fwd = None
             if {"xdp_redirect", "tc_redirect"} & set(p.variants):
                 fwd = stack.enter_context(XdpForwarder([d0, d1], p.mac_updating))
             gen = stack.enter_context(traffic.generator(p.generator, snd))
+            feed = Feed(gen.name)
             clock = stack.enter_context(softirq_clock.SoftirqClock())
             time.sleep(0.2)
             specs = {size: traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, timeout_s=p.timeout_s)
@@ -295,8 +295,9 @@ def run(data_dir=None, **kwargs) -> Result:
 
             def record(name, size, trial, measured):
                 m, extra, prof = measured
-                rs.add_measurement(name, trial, m, generator=gen.name, kind="trial")
-                rs.add(name, trial, size, extra, m.flags, generator=gen.name, kind="trial")
+                f = feed.add(m)
+                rs.add_measurement(name, trial, m, generator=gen.name, kind="trial", feed=f)
+                rs.add(name, trial, size, extra, m.flags, generator=gen.name, kind="trial", feed=f)
                 if prof is not None:
                     cdfs.extend(views.record_latency(rs, name, trial, size, prof, generator=gen.name))
 
@@ -304,7 +305,7 @@ def run(data_dir=None, **kwargs) -> Result:
             # that speed are marked generator-limited by the loop
             trial_loop(order_all, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
         _dut_cpu(rs)
-        _caveats(rs, p, gen.name)
+        _caveats(rs, p, gen.name, probe is not None, feed.kind)
         for name, why in skipped.items():
             rs.caveat(f"not run: {why}", name)
         ax = notes.get("dpdk_l2fwd_afxdp", {})
@@ -315,7 +316,8 @@ def run(data_dir=None, **kwargs) -> Result:
                       f"busy_budget {ax.get('busy_budget')}, lcore {ax.get('lcores')}", "dpdk_l2fwd_afxdp")
         sink = "lat_sink (bpf/latency.c)" if probe else "xdp_drop_bare"
         run_dir = rs.save(topo, {"generator": gen.name, "receiver_sink": f"{sink} (native) on rcv0",
-                                 "resources": resources, "variant_setup": notes, "skipped_variants": skipped})
+                                 "resources": resources, "variant_setup": notes, "skipped_variants": skipped,
+                                 "feed": feed.metadata(), "skipped_parts": off})
     table = rs.table
     import pandas as pd
 
@@ -323,8 +325,28 @@ def run(data_dir=None, **kwargs) -> Result:
     lat = views.latency_summary(table)
     parts = {"resources": res, "latency": lat, "latency_cdf": pd.DataFrame(cdfs),
              "overview": views.overview(headline(table), res, lat)}
-    text = interpret(table, res, rs.caveats, p.dpdk_lcores) + views.interpret_latency(lat, table)
+    text = (views.fed_by(saved_metadata(run_dir), table) + "\n" + interpret(table, res, rs.caveats, p.dpdk_lcores)
+            + views.interpret_latency(lat, table))
     return Result(EXPERIMENT, table, text, rs.caveats, run_dir, p, parts, headline_of=headline)
+
+
+def switched_off(p: Params) -> dict:
+    """{part: why} for the optional parts P leaves out."""
+    off = {"latency": (not p.latency, "latency = False"), "idle cost": (not p.idle_s, "idle_s = 0"),
+           "DUT CPU per packet": (not p.baseline, "baseline = False: no baseline sink to subtract")}
+    return {part: why for part, (is_off, why) in off.items() if is_off}
+
+
+def _latency_probe(stack: ExitStack, p: Params, snd, rcv, off: dict):
+    """The latency probe (entered into STACK) where latency is on and probes can be sent
+    here; else None, the reason in OFF."""
+    if not p.latency:
+        return None
+    try:
+        return stack.enter_context(LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address))
+    except MissingDependency as exc:
+        off["latency"] = str(exc).splitlines()[0]
+        return None
 
 
 def _dpdk_setup(l2, p: Params, afxdp: bool, d0) -> dict:
@@ -422,23 +444,15 @@ def headline(table):
     at first, in reading order."""
     if "kind" in table.columns:
         table = table[table["kind"].isin(["trial"]) | table["kind"].isna()]
-    return summary_view(results.wide(results.summarize(table)))
+    return views.summary_view(results.wide(results.summarize(table)))
 
 
-def summary_view(summary):
-    """The summary with the columns a reader looks at first, in reading order."""
-    cols = ["variant", "size", "offered_pps", "processed_pps", "processed_mbps", "loss_ratio",
-            "dut_cpu_ns_per_pkt", "system_cpu_ns_per_pkt", "dpdk_cpu_ns_per_pkt", "ovs_cpu_ns_per_pkt",
-            "lost_before_dut_pkts", "socket_dropped",
-            "lost_in_dut_pkts", "lost_after_dut_pkts"]
-    s = summary[summary["size"].notna()] if "size" in summary.columns else summary
-    return s[[c for c in cols if c in s.columns]].reset_index(drop=True)
-
-
-def _caveats(rs, p: Params, generator: str) -> None:
+def _caveats(rs, p: Params, generator: str, probed: bool, feed: str | None) -> None:
     rs.caveat("namespace testbed: generator, DUT and sink share this machine's 2 CPUs; compare variants as "
               "ratios within this run, not as NIC numbers")
-    sink = "lat_sink (bpf/latency.c: probes histogrammed, the rest counted)" if p.latency else "xdp_drop_bare"
+    if feed == views.FEED_SKB and "xdp_redirect" in p.variants and p.xdp_mode == "native":
+        rs.caveat(views.SKB_FEED_NOTE, "xdp_redirect")
+    sink = "lat_sink (bpf/latency.c: probes histogrammed, the rest counted)" if probed else "xdp_drop_bare"
     rs.caveat("XDP_REDIRECT into a veth delivers only when the egress veth's peer has an XDP program: the "
               f"receiver runs {sink} (native) as its sink in every variant")
     for v in [v for v in p.variants if v in views.PORT_CAVEATS]:

@@ -10,18 +10,47 @@ latency, and the one table that puts every forwarder's numbers side by side).
 - `overview`: forwarded Mpps, DUT CPU per packet, idle cost, memory, and p50/p99 at no
   load and at each load fraction, one row per variant;
 - `interpret_latency`: the sentences about latency, each number from its variant's rows.
-- `interpret_rates`: the sentences about rates, CPU, losses and idle cost.
+- `interpret_rates`: the sentences about rates, CPU, losses and idle cost;
+- `fed_by`: the line saying which generator fed the run, as what, and what was skipped;
+- `summary_view`: the headline's columns in reading order.
 """
 from __future__ import annotations
 
 from labkit import measure
+from labkit.experiments import FEED_SKB, fed_by as _fed_by, table_feed
 from labkit.measure import latency
 
 LOAD = latency.LOAD
+#: what a socket-buffer feed means for the XDP forwarder (its native program on the DUT's first port)
+SKB_FEED_NOTE = (f"the DUT got {FEED_SKB} from the generator: xdp_redirect's native program on dut0 then runs the "
+                 "veth's slow path (the skb is built first and converted for the program), so its rate and CPU "
+                 "here are those of the skb path, not of XDP frames")
+
+
+def fed_by(meta: dict | None, table=None) -> str:
+    """The run's generator, feed, backends and skipped parts in one line (META, its metadata),
+    and where the DUT got socket buffers and xdp_redirect ran, what that means for it."""
+    line = _fed_by(meta)
+    feed = ((meta or {}).get("feed") or {}).get("receiver_got") or table_feed(table)
+    if feed == FEED_SKB and table is not None and "xdp_redirect" in set(table["variant"]):
+        line += f" Note: {SKB_FEED_NOTE}."
+    return line
+
+
+def summary_view(summary):
+    """The summary with the columns a reader looks at first, in reading order."""
+    cols = ["variant", "size", "offered_pps", "processed_pps", "processed_mbps", "loss_ratio",
+            "dut_cpu_ns_per_pkt", "system_cpu_ns_per_pkt", "dpdk_cpu_ns_per_pkt", "ovs_cpu_ns_per_pkt",
+            "lost_before_dut_pkts", "socket_dropped",
+            "lost_in_dut_pkts", "lost_after_dut_pkts"]
+    s = summary[summary["size"].notna()] if "size" in summary.columns else summary
+    return s[[c for c in cols if c in s.columns]].reset_index(drop=True)
 
 
 def record_latency(rs, variant: str, trial: int, size, prof, **extra) -> list[dict]:
     """Rows of PROF (measure.latency.Profile) into RS; the CDF points, for the plot."""
+    if prof.probe_method:
+        extra = {"probe_method": prof.probe_method, **extra}
     rs.add(variant, trial, size, {"ndr_pps": (prof.ndr_pps, "pps")}, ["generator-limited"] if prof.generator_limited
            else [], kind="latency", **{LOAD: None}, **extra)
     cdf = []
@@ -79,7 +108,9 @@ def interpret_latency(lat, table) -> str:
     order = idle["p50_us"].sort_values()
     parts = [f"{v} {idle.loc[v, 'p50_us']:.1f} µs (p99 {idle.loc[v, 'p99_us']:.1f}, trials "
              f"{idle.loc[v, 'p50_us_min']:.1f}–{idle.loc[v, 'p50_us_max']:.1f})" for v in order.index]
-    lines = ["\nOne-way latency with no load (probes at a low rate, median p50): " + "; ".join(parts) + "."]
+    how = latency.sent_by(lat)
+    lines = [f"\nOne-way latency with no load (probes at a low rate{', ' + how if how else ''}, median p50): "
+             + "; ".join(parts) + "."]
     top = lat[LOAD].max()
     if top > 0:
         hi = lat[lat[LOAD] == top].set_index("variant")
@@ -233,13 +264,19 @@ def _dpdk_ports(table, size, mean, lo, hi, caveats=(), lcores=None) -> list[str]
 
 def plot_latency_cdf(cdf, trial: int = 0):
     """The probes' delay CDF per forwarder, one panel per load (no load, then each fraction
-    of the no-drop rate), log time axis; TRIAL's probes. Returns the figure."""
+    of the no-drop rate), log time axis; TRIAL's probes. Returns the figure; with no probes
+    in CDF (latency off or skipped), one empty panel that says so."""
     import matplotlib.pyplot as plt
 
-    loads = sorted(cdf[LOAD].unique()) if len(cdf) else [0.0]
+    if cdf is None or not len(cdf) or not {"variant", "trial", LOAD, "delay_us", "fraction"} <= set(cdf.columns):
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.text(0.5, 0.5, "no latency probes in this run", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    loads = sorted(cdf[LOAD].unique())
     fig, axes = plt.subplots(1, len(loads), figsize=(5 * len(loads), 3.6), sharey=True, squeeze=False)
     for ax, f in zip(axes[0], loads):
-        g = cdf[(cdf[LOAD] == f) & (cdf["trial"] == trial)] if len(cdf) else cdf
+        g = cdf[(cdf[LOAD] == f) & (cdf["trial"] == trial)]
         for v, gv in g.groupby("variant"):
             ax.step(gv["delay_us"], gv["fraction"], where="post", label=v)
         ax.set_xscale("log")

@@ -15,8 +15,9 @@ configured" path:
   the test run only computes the verdict, nothing is sent);
 - xdp_gen.c: the generator with 64 flows (per-frame source-port and checksum rewrite,
   XDP_TX), and the sink (count per flow, XDP_DROP), loaded separately as in use;
-- latency.c: the probe sender (template restored, stamped, XDP_TX) and the sink with a
-  probe frame (delay histogrammed, XDP_DROP);
+- latency.c: the probe sender (template restored, stamped, XDP_TX), its tc egress
+  counterpart (stamped, TC_ACT_OK) and the sink with a probe frame (delay histogrammed,
+  XDP_DROP);
 - nat.c: source NAT of an established flow outbound, and its reply inbound, at tc and at
   XDP (the XDP fast path with the flow's route remembered; xdp_route with this
   namespace's FIB, whatever it holds). The NAT
@@ -175,6 +176,8 @@ def _setup_latency(stack: ExitStack, frame: bytes):
     probe = stack.enter_context(LatencyProbe.on_loopback())
     return [(probe.program, Scenario("latency", "lat_probe", "xdp", "probe: headers restored, stamped", probe.frame,
                                      "XDP_TX")),
+            (probe.program, Scenario("latency", "lat_stamp", "tc", "probe stamped at tc egress (no live frames)",
+                                     probe.frame, "TC_ACT_OK")),
             (probe.program, Scenario("latency", "lat_sink", "xdp", "sink: a probe's delay histogrammed", probe.frame,
                                      "XDP_DROP"))]
 

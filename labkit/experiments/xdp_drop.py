@@ -15,7 +15,11 @@ on a shared machine spreads over all of them. Besides the rates, the filter's ow
 packet is measured with BPF_PROG_TEST_RUN next to a bare `return XDP_DROP` program. With
 ``latency`` on, the one-way latency of the traffic each variant lets through, with no load
 and under a flood it drops (`xdp_drop_latency`); the load tests' tables and sentences are
-in `xdp_drop_views`.
+in `xdp_drop_views`. Whether the receiver got XDP frames or socket buffers from the
+generator is measured in every trial (`experiments.Feed`): with socket buffers native XDP
+on a veth runs its slow path, and the interpretation says its ratios are about that path.
+Each optional part (sweep, search, CPU at fixed loads, program costs, latency) can be
+switched off, and one that cannot run here is skipped with its reason; the rest stands.
 """
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ from labkit.dataplanes import softirq_clock
 from labkit import measure
 from labkit import addresses
 from labkit.testbed import inventory, topology
-from labkit.experiments import Result, View, check_run_shape, smoke_clamp, trial_loop
-from labkit.errors import InputError
+from labkit.experiments import FEED_MEANS, FEED_SKB, Feed, Result, View, check_run_shape, fed_by, saved_metadata, \
+    smoke_clamp, table_feed, trial_loop
+from labkit.errors import InputError, MissingDependency
 from labkit.dataplanes.drop_filter import DropFilter
 from labkit.experiments import xdp_drop_latency as latency
 from labkit.experiments import xdp_drop_views as views
@@ -41,6 +46,9 @@ EXPERIMENT = "xdp_drop"
 NOTEBOOK = "01-xdp-drop"  # the notebook that runs this experiment
 VARIANTS = ["stack", "iptables_raw", "tc", "xdp_generic", "xdp_native"]
 RULES = {"udp": "drop UDP (iptables -p udp, filter protocol rule)", "all": "drop everything"}
+SKB_PATH = "socket-buffer feed: the skb path"  # beside each XDP ratio of a run fed socket buffers
+SKB_MEANS = (f"with this feed {FEED_MEANS[FEED_SKB]}: the native vs generic and vs iptables ratios here are "
+             "about the skb path.")
 #: how the comparison and the index show this experiment: only the fixed-count trials, since
 #: sweeps and searches (kind sweep/search/cpu_at_load) are other questions and would blur the spread
 VIEW = View(EXPERIMENT, "Packet drop", NOTEBOOK, select=(("kind", ("trial", None)),),
@@ -71,7 +79,7 @@ class Params:
     receiver_if: str | None = None
     dst_mac: str | None = None  # real interfaces: the receiver's MAC if the sender is elsewhere
     cost_repeat: int = 1_000_000
-    cost_trials: int = 5
+    cost_trials: int = 5  # 0: the program costs are not measured
     timeout_s: float = 60.0
     # offered-load sweep, NDR/PDR search and CPU at fixed loads, at the smallest size
     sweep_steps: int = 6  # rates from 10% of the generator's maximum up to it; 0: no sweep
@@ -104,6 +112,9 @@ class Params:
             raise InputError(f"cpu_loads {self.cpu_loads}: positive rates in packets per second")
         if self.sweep_steps < 0 or self.point_s <= 0:
             raise InputError("sweep_steps must be >= 0 and point_s > 0")
+        if self.cost_trials < 0 or self.cost_repeat < 1:
+            raise InputError(f"cost_trials {self.cost_trials}, cost_repeat {self.cost_repeat}: cost_trials >= 0 "
+                             "(0: no program costs) and cost_repeat >= 1")
         if self.latency:
             latency.check(self.latency_loads, self.latency_probes, self.latency_probe_rate)
         if self.inventory is not None:
@@ -135,6 +146,7 @@ def run(data_dir=None, **kwargs) -> Result:
                              "name the local sending interface with sender_if")
         _rule(filt, p.rule)
         gen = traffic.generator(p.generator, snd)
+        feed = Feed(gen.name, real_interfaces=bool(p.receiver_if))
         specs = {}
         for size in p.sizes:
             specs[size] = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
@@ -152,7 +164,7 @@ def run(data_dir=None, **kwargs) -> Result:
                     offered_probe=("snd", "tx_packets"), clock=clock)
 
         def record(variant, size, trial, m):
-            rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial")
+            rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial", feed=feed.add(m))
 
         with gen:
             trial_loop(p.variants, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
@@ -164,13 +176,36 @@ def run(data_dir=None, **kwargs) -> Result:
                     tspec.dst_mac = addresses.check_mac(p.dst_mac)
                 _load_tests(p, gen, tspec, topo, rcv, filt, clock, rs)
         costs = _program_costs(filt, snd, rcv, p, rs)
-        why_not = latency.not_measured(p)
-        cdf = latency.measure_all(p, rs, rs.table) if p.latency and not why_not else []
-        if why_not:
-            rs.caveat(why_not)
-        _caveats(rs, p, gen.name)
-        run_dir = rs.save(topo, {"generator": gen.name, "rule": RULES[p.rule]})
+        skipped = switched_off(p)
+        cdf = _latency(p, rs, skipped)
+        _caveats(rs, p, feed.kind)
+        run_dir = rs.save(topo, {"generator": gen.name, "rule": RULES[p.rule], "feed": feed.metadata(),
+                                 "skipped_parts": skipped})
     return _result(rs, p, run_dir, costs, cdf)
+
+
+def switched_off(p: Params) -> dict:
+    """{part: why} for the optional parts P leaves out (a smoke run leaves some out)."""
+    smoke = ", in a smoke run" if p.smoke else ""
+    off = {"sweep": (not p.sweep_steps, "sweep_steps = 0"), "search": (not p.loss_thresholds, "loss_thresholds = []"),
+           "cpu_at_load": (not p.cpu_loads, "cpu_loads = []"), "program costs": (not p.cost_trials, "cost_trials = 0"),
+           "latency": (not p.latency, "latency = False")}
+    return {part: why + smoke for part, (is_off, why) in off.items() if is_off}
+
+
+def _latency(p: Params, rs, skipped: dict) -> list:
+    """The latency part where it can run here (its CDF points); where it cannot, the reason
+    goes into SKIPPED and the caveats, and the rest of the run stands."""
+    why = latency.not_measured(p)
+    if p.latency and not why:
+        try:
+            return latency.measure_all(p, rs, rs.table)
+        except MissingDependency as exc:
+            why = f"latency was not measured: {str(exc).splitlines()[0]}"
+    if why:
+        skipped["latency"] = why.removeprefix("latency was not measured").lstrip(": ")
+        rs.caveat(why)
+    return []
 
 
 def _result(rs, p: Params, run_dir, costs, cdf) -> Result:
@@ -178,16 +213,25 @@ def _result(rs, p: Params, run_dir, costs, cdf) -> Result:
 
     table = rs.table
     lat = latency.summary(table)
-    text = "\n".join(t for t in (interpret(table, costs), latency.interpret(lat)) if t)
+    text = "\n".join(t for t in (interpret(table, costs, saved_metadata(run_dir)), latency.interpret(lat)) if t)
     return Result(EXPERIMENT, table, text, rs.caveats, run_dir, p,
                   {"costs": costs, "latency": lat, "latency_cdf": pd.DataFrame(cdf)}, headline_of=headline)
 
 
+def _fastest_fed(table, size, variants) -> str:
+    """The variant the generator reached its highest offered rate into, in this run's trials
+    at SIZE: the receiver that slows the generator least, whatever the generator and its feed."""
+    t = table[(table["kind"] == "trial") & (table["measure"] == "offered_pps") & (table["size"] == size)]
+    rates = t.groupby("variant")["value"].mean().dropna()
+    return rates.idxmax() if len(rates) else variants[-1]
+
+
 def _load_tests(p: Params, gen, tspec, topo, rcv, filt, clock, rs) -> None:
     """The offered-load sweep (one common set of target rates for every variant, up to the
-    generator's maximum into the cheapest receiver), NDR/PDR search and CPU at fixed loads."""
+    generator's maximum into the receiver it reached its highest rate into in the trials),
+    NDR/PDR search and CPU at fixed loads."""
     rows = []
-    with _variant(p.variants[-1] if "xdp_native" not in p.variants else "xdp_native", topo, rcv, filt, p.rule) as cnt:
+    with _variant(_fastest_fed(rs.table, tspec.size, p.variants), topo, rcv, filt, p.rule) as cnt:
         top = loadsweep.generator_trial(gen, tspec, cnt, seconds=p.point_s, clock=clock, settle_s=0.05)(None).offered_pps
     rates = loadsweep.sweep_rates(top, p.sweep_steps) if p.sweep_steps else []
     for variant in progress.iterate(p.variants, "sweeps and searches", p.progress, unit="variant"):
@@ -237,7 +281,10 @@ def _run_across_hosts(p: Params, data_dir) -> Result:
                   "hosts), and load sweeps, searches and program costs were not run")
         if latency.not_measured(p):
             rs.caveat(latency.not_measured(p))
-        run_dir = rs.save(bed, {"generator": gen.name, "rule": RULES[p.rule]})
+        skipped = {**switched_off(p), **{part: "across hosts" for part in ("sweep", "search", "cpu_at_load",
+                                                                            "program costs", "latency")}}
+        run_dir = rs.save(bed, {"generator": gen.name, "rule": RULES[p.rule], "skipped_parts": skipped,
+                                "feed": {"generator": gen.name, "receiver_got": "not measured (across hosts)"}})
     return _result(rs, p, run_dir, None, [])
 
 
@@ -292,6 +339,8 @@ def _program_costs(filt: DropFilter, snd, rcv, p: Params, rs: results.ResultSet)
     drop-all) next to a bare `return XDP_DROP`, measured now, in the same run."""
     import pandas as pd
 
+    if not p.cost_trials:
+        return pd.DataFrame(columns=["variant", "trial", "value"])
     frame = packets.build(packets.FrameSpec(snd.mac, rcv.mac, snd.address or "10.11.0.1",
                                             rcv.address or "10.11.0.2", size=64))
     rows = []
@@ -313,14 +362,13 @@ def _program_costs(filt: DropFilter, snd, rcv, p: Params, rs: results.ResultSet)
     return pd.DataFrame(rows)
 
 
-def _caveats(rs: results.ResultSet, p: Params, generator: str) -> None:
+def _caveats(rs: results.ResultSet, p: Params, feed: str | None) -> None:
     if p.receiver_if:
         return
     rs.caveat("namespace testbed: sender and receiver share this machine's 2 CPUs, so rates are relative, "
               "not NIC numbers")
-    if generator != "xdp":
-        rs.caveat(f"the {generator} generator sends from a socket on this host, so packets reach the receiving veth "
-                  "as skbs: native XDP on a veth is then not faster than generic (no driver fast path)")
+    if feed == FEED_SKB:
+        rs.caveat(f"the receiver got {FEED_SKB}: {SKB_MEANS}")
     lossy = {r["variant"] for r in rs.rows if r["measure"] == "processed_pps" and measure.LOSS_BEFORE_HOOK in r["flags"]}
     if "xdp_native" in lossy:
         rs.caveat("native XDP on a veth lost part of the flood in the veth's own ring before the program ran "
@@ -353,30 +401,42 @@ def headline(table):
     return out.reset_index().sort_values(["size", "processed Mpps"], ascending=[True, False]).reset_index(drop=True)
 
 
-def interpret(table, costs) -> str:
-    """A few sentences computed from the data: which variant dropped fastest, by what
-    ratio, how CPU per packet compares, what limited the run, and where the search found
-    each variant's no-drop rate."""
+def interpret(table, costs, meta: dict | None = None) -> str:
+    """A few sentences computed from the data: which generator fed the run and as what (from
+    META, the run's metadata, where given), which variant dropped fastest, by what ratio,
+    how CPU per packet compares, what limited the run, and where the search found each
+    variant's no-drop rate. Where the receiver got socket buffers, the XDP comparisons say
+    they are about the skb path."""
     full = table
+    head = [fed_by(meta)] if meta is not None else []
+    feed = ((meta or {}).get("feed") or {}).get("receiver_got") or table_feed(table)
+    skb = feed == FEED_SKB
     table = table[table["kind"] == "trial"] if "kind" in table.columns else table
     rates = table[table["measure"] == "processed_pps"]
     if rates.empty:
-        return "No rates were measured."
+        return "\n".join(head + ["No rates were measured."])
     size = rates["size"].min()
     at = rates[rates["size"] == size].groupby("variant")["value"].agg(["mean", "min", "max"])
     at = at.sort_values("mean", ascending=False)
     best, worst = at.index[0], at.index[-1]
-    lines = [f"At {int(size)}-byte frames, {best} processed the most: {at.loc[best, 'mean'] / 1e6:.2f} Mpps "
-             f"(trials {at.loc[best, 'min'] / 1e6:.2f}–{at.loc[best, 'max'] / 1e6:.2f}), "
-             f"{at.loc[best, 'mean'] / at.loc[worst, 'mean']:.2f}× {worst} ({at.loc[worst, 'mean'] / 1e6:.2f} Mpps)."]
+    lines = head + [f"At {int(size)}-byte frames, {best} processed the most: {at.loc[best, 'mean'] / 1e6:.2f} "
+                    f"Mpps (trials {at.loc[best, 'min'] / 1e6:.2f}–{at.loc[best, 'max'] / 1e6:.2f}), "
+                    f"{at.loc[best, 'mean'] / at.loc[worst, 'mean']:.2f}× {worst} "
+                    f"({at.loc[worst, 'mean'] / 1e6:.2f} Mpps)."]
+    path = f" ({SKB_PATH})" if skb else ""
     for a, b in (("xdp_native", "iptables_raw"), ("xdp_generic", "iptables_raw"), ("xdp_native", "stack")):
         if a in at.index and b in at.index:
-            lines.append(f"{a} vs {b}: {at.loc[a, 'mean'] / at.loc[b, 'mean']:.2f}× the rate.")
+            lines.append(f"{a} vs {b}: {at.loc[a, 'mean'] / at.loc[b, 'mean']:.2f}× the rate{path}.")
+    if skb and {"xdp_native", "xdp_generic"} & set(at.index):
+        lines.append(f"The receiver got {FEED_SKB}: {SKB_MEANS} An XDP-native advantage over generic XDP, tc or "
+                     "iptables cannot show in this run; a generator that delivers XDP frames (generator xdp or "
+                     "xdp_loop, where they can run) can show it.")
     cpu = table[(table["measure"] == "cpu_ns_per_pkt") & (table["size"] == size)].groupby("variant")["value"].mean()
     if "iptables_raw" in cpu and any(v in cpu for v in ("xdp_native", "xdp_generic")):
         xdp = "xdp_native" if "xdp_native" in cpu else "xdp_generic"
         lines.append(f"CPU per packet on the receiving side: {xdp} {cpu[xdp]:.0f} ns, iptables_raw "
-                     f"{cpu['iptables_raw']:.0f} ns ({cpu[xdp] / cpu['iptables_raw']:.2f}× iptables).")
+                     f"{cpu['iptables_raw']:.0f} ns ({cpu[xdp] / cpu['iptables_raw']:.2f}× iptables"
+                     + (f"; {SKB_PATH})." if skb else ")."))
     flags = table[(table["measure"] == "processed_pps") & (table["size"] == size)]
     limited = sorted(set(flags[flags["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]["variant"]))
     lossy = sorted(set(flags[flags["flags"].str.contains(measure.LOSS_BEFORE_HOOK, na=False)]["variant"]))
@@ -401,5 +461,6 @@ def interpret(table, costs) -> str:
         lines.append(f"For scale: {ref.label} {ref.value / 1e6:.0f} Mpps per core on bare metal; this run: "
                      f"{at.loc['xdp_native', 'mean'] / 1e6:.2f} Mpps, "
                      f"{at.loc['xdp_native', 'mean'] * size * 8 / 1e6:.0f} Mbit/s "
-                     f"(the poster reported {references.POSTER_XDP_DROP.value:.0f} Mbit/s).")
+                     f"(the poster reported {references.POSTER_XDP_DROP.value:.0f} Mbit/s)"
+                     + (f"; fed {FEED_SKB}, so not XDP's fast path." if skb else "."))
     return "\n".join(lines)

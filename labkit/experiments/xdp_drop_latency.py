@@ -23,9 +23,11 @@ The probes are XDP frames, which a veth delivers only to a peer in NAPI mode: fo
 receiving veth while the probes run (`LatencyProbe.peer_ready`, as the in-kernel
 generator does for its sends); ``xdp_native`` has its own filter there; ``xdp_generic``
 cannot have a native program beside it, so GRO is turned on for it instead (NAPI without
-a program). Latency thus makes sense for all five variants, each measured; the caveats
-say what each one pays for the probes' delivery. It does not on real interfaces or across
-an inventory's hosts (no sink host behind the receiver, no shared clock): `not_measured`
+a program). Where live frames are refused, the probes are sent with AF_PACKET and stamped
+at the sender's tc egress instead: they arrive as socket buffers and need none of this
+(the XDP_PASS program is then not attached). Latency thus makes sense for all five
+variants, each measured; the caveats say what each one pays for the probes' delivery.
+It does not on real interfaces or across an inventory's hosts (no sink host behind the receiver, no shared clock): `not_measured`
 says so, as a caveat of the run.
 
     cdf = xdp_drop_latency.measure_all(p, rs, search_rows)   # rows of kind 'latency' into rs
@@ -41,7 +43,7 @@ from contextlib import ExitStack, contextmanager
 
 from labkit import bpf, measure, progress, traffic
 from labkit.dataplanes.drop_filter import DropFilter
-from labkit.dataplanes.latency import LatencyProbe
+from labkit.dataplanes.latency import LIVE_FRAMES, LatencyProbe
 from labkit.errors import InputError
 from labkit.experiments import rotated
 from labkit.experiments import l2fwd_views as views
@@ -53,14 +55,17 @@ SENDER_ADDR, RECEIVER_ADDR = "10.11.0.1/24", "10.11.0.2/24"
 FORWARD_ADDR, SINK_ADDR = "10.12.0.1/24", "10.12.0.2/24"
 FLOOD_PORT = traffic.TrafficSpec.dport  # the generator's default destination port: what the filters drop
 NDR_LOSS = 0.001  # the short search's "no drop" (the experiment's own search uses 0)
+PASS_PROGRAM = "a bare native XDP_PASS program on the receiver's veth (probe delivery)"  # peer_ready's
 #: what each variant pays so that the probes (XDP frames) reach rcv's veth at all
 DELIVERY = {
-    "stack": "a bare native XDP_PASS program on the receiver's veth (probe delivery)",
-    "iptables_raw": "a bare native XDP_PASS program on the receiver's veth (probe delivery)",
-    "tc": "a bare native XDP_PASS program on the receiver's veth (probe delivery)",
+    "stack": PASS_PROGRAM,
+    "iptables_raw": PASS_PROGRAM,
+    "tc": PASS_PROGRAM,
     "xdp_generic": "GRO turned on on the receiver's veth (probe delivery beside a generic program)",
     "xdp_native": "nothing: its own native filter puts the veth in NAPI mode",
 }
+#: instead of PASS_PROGRAM for probes sent with AF_PACKET (live frames refused)
+SKB_DELIVERY = "nothing: AF_PACKET probes arrive as socket buffers, which need no XDP program on the receiver's veth"
 
 
 def check(loads, probes, probe_rate) -> None:
@@ -178,7 +183,8 @@ def measure_all(p, rs, search_rows=None) -> list[dict]:
               f"that histograms them; the flood (UDP port {FLOOD_PORT}) is dropped by the variant under a port rule, at "
               f"fractions of the variant's own no-drop rate from {source}")
     for name in p.variants:
-        rs.caveat(f"latency probes reach the receiver through {DELIVERY[name]}", name)
+        how = SKB_DELIVERY if probe.method != LIVE_FRAMES and DELIVERY[name] == PASS_PROGRAM else DELIVERY[name]
+        rs.caveat(f"latency probes reach the receiver through {how}", name)
     return cdfs
 
 
@@ -215,8 +221,9 @@ def interpret(lat) -> str:
     order = idle["p50_us"].sort_values().index
     parts = [f"{v} p50 {idle.loc[v, 'p50_us']:.1f} µs (trials {idle.loc[v, 'p50_us_min']:.1f}–"
              f"{idle.loc[v, 'p50_us_max']:.1f}), p99 {idle.loc[v, 'p99_us']:.1f}" for v in order]
-    lines = ["One-way latency of the traffic each variant lets through (probes forwarded by the receiver to a "
-             "sink), with no flood: " + "; ".join(parts) + "."]
+    how = latency_profile.sent_by(lat)
+    lines = [f"One-way latency of the traffic each variant lets through (probes {how + ', ' if how else ''}"
+             "forwarded by the receiver to a sink), with no flood: " + "; ".join(parts) + "."]
     top = lat[LOAD].max()
     if top > 0:
         hi = lat[lat[LOAD] == top].set_index("variant")

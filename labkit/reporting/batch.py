@@ -76,7 +76,11 @@ def load_parameters(files=(), pairs=()) -> dict:
         if not path.is_file():
             raise InputError(f"parameters file {f} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            raise InputError(f"parameters file {f} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}): "
+                             "save it as UTF-8") from None
         except yaml.YAMLError as exc:
             raise InputError(f"parameters file {f} is not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(data, dict):

@@ -111,6 +111,7 @@ class Rate:
     seconds: float
     cpu_s: float
     waited_s: float = 0.0
+    generator: str = ""  # the backend that offered the frames (which one `auto` chose here)
 
     @property
     def offered_pps(self) -> float:
@@ -140,4 +141,5 @@ def measure_rate(topo, processed, count: int | None = None, size: int = 64, rate
         time.sleep(0.05)  # let the last frames through the receiver
         after, cpu1 = processed(), measure.cpu_times()
     busy = (cpu1 - cpu0).busy
-    return Rate(offered.packets, after - before, offered.seconds or (time.monotonic() - t0), busy, turn.waited_s)
+    return Rate(offered.packets, after - before, offered.seconds or (time.monotonic() - t0), busy, turn.waited_s,
+                offered.generator)

@@ -22,7 +22,7 @@ from labkit.addresses import check_ip, check_mac
 
 BACKENDS: dict[str, type["Generator"]] = {}
 #: The order `generator("auto", ...)` tries backends in.
-PREFERENCE = ["xdp", "trafgen", "pktgen", "testpmd"]
+PREFERENCE = ["xdp", "xdp_loop", "trafgen", "pktgen", "testpmd"]
 
 
 def register(cls):

@@ -44,6 +44,7 @@ import time
 
 from labkit import dpdk
 from labkit.dpdk.afxdp import remove_pmd_programs, xdp_program_id
+from labkit.dpdk.runtime import locked_memory_hint
 from labkit.errors import InputError
 from labkit.traffic import Generator, Offered, TrafficSpec, register
 
@@ -169,7 +170,8 @@ class Testpmd(Generator):
         self.last_output = out
         stats = port_stats(out)
         if not stats:
-            raise RuntimeError(f"testpmd printed no port statistics; its output:\n{out[-2000:]}")
+            raise RuntimeError(f"testpmd printed no port statistics; its output:\n{out[-2000:]}"
+                               + locked_memory_hint(out))
         last = stats[-1]
         packets, nbytes = last["TX-packets"], last["TX-bytes"]
         if last.get("TX-errors"):

@@ -50,7 +50,7 @@ def run(p, data_dir=None):
     import pandas as pd
 
     from labkit import measure, results, traffic
-    from labkit.experiments import Result, across_hosts, nat as experiment, trial_loop
+    from labkit.experiments import Result, across_hosts, nat as experiment, saved_metadata, trial_loop
     from labkit.testbed import remote_agent, runs
 
     generator = "trafgen" if p.generator == "auto" else p.generator  # xdpgen needs its veth peer here
@@ -100,13 +100,16 @@ def run(p, data_dir=None):
         if p.generator == "auto":
             rs.caveat(f"generator auto across hosts: {generator} (the in-kernel generator needs its veth peer, "
                       "which is on another host)")
-        run_dir = rs.save(bed, {"generator": gen.name, "checks": checks, "nat": lab.addresses(p)})
+        skipped = {**{part: "across hosts: it runs on one machine only" for part in experiment.PARTS
+                      if part != "correctness checks"}, **experiment.switched_off(p)}
+        run_dir = rs.save(bed, {"generator": gen.name, "checks": checks, "nat": lab.addresses(p),
+                                "skipped_parts": skipped})
     table = rs.table
     checks_df = pd.DataFrame(checks, columns=["variant", "check", "ok", "detail", "offloads"])
-    text = (experiment.interpret(table, checks_df, cpu=False)  # CPU is blank here: its clauses left out
+    text = (experiment.interpret(table, checks_df, cpu=False, meta=saved_metadata(run_dir))  # CPU blank: left out
             + "\nCPU per packet: not measured across hosts (see the caveats).")
     return Result(experiment.EXPERIMENT, table, text, rs.caveats, run_dir, p,
-                  {"checks": checks_df, "flows": pd.DataFrame()}, headline_of=experiment.headline)
+                  experiment.parts(table, checks_df, pd.DataFrame(), skipped), headline_of=experiment.headline)
 
 
 class HostsLab:

@@ -8,24 +8,37 @@ cost of setting one flow up.
 All flows go to one server port, so each takes a port of the SNAT range: keep `count`
 below the range's size (the experiment keeps it within 80% of it, where a new flow's
 random probe of PORT_PROBES ports practically always finds one free).
+
+Any generator that sends every source port once per `count` frames can feed it
+(`sweep.FLOW_CAPACITY`): with ``auto`` the one the capability probes pick here; where that
+one cannot send so many ports, the run leaves the trial out and says why (`unavailable`).
 """
 from __future__ import annotations
 
 from labkit import measure, traffic
 from labkit.errors import InputError
+from labkit.experiments.nat import sweep
 from labkit.experiments.nat.testbed import NatLab, SERVER, client_addr
 
+PART = "new flows"  # the part's name in the run's record of choices and of skipped parts
 FIRST_SPORT = 1024
 
 
 def check(count: int, generator: str) -> None:
-    """A new-flow count this testbed and generator can send as distinct flows."""
+    """A new-flow count this testbed and a generator named in GENERATOR can send as distinct
+    flows ('auto': checked when the run starts, see `unavailable`)."""
     if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 65535 - FIRST_SPORT:
         raise InputError(f"new_flows {count!r}: 0 (skip the new-flow trial) .. {65535 - FIRST_SPORT} "
                          "(one source port per flow)")
-    if count and generator == "trafgen" and count > 200:
-        raise InputError(f"new_flows {count}: trafgen varies one byte of the port (at most 200 flows); "
-                         "use generator='xdp' or 'auto'")
+    if count and generator != "auto":
+        many, why = sweep.too_many([count], generator, PART)
+        if many:
+            raise InputError(f"new_flows {count}: {why}; use one of those generators (or 'auto'), or fewer new flows")
+
+
+def unavailable(count: int, generator: str) -> str:
+    """Why the new-flow trial of COUNT flows cannot run here ('' when it can, or is off)."""
+    return sweep.too_many([count], generator, PART)[1] if count else ""
 
 
 def new_flow_trial(lab: NatLab, generator: str, count: int, clock, timeout_s: float = 60.0) -> measure.Measurement:
@@ -34,7 +47,7 @@ def new_flow_trial(lab: NatLab, generator: str, count: int, clock, timeout_s: fl
     src, nat_in, out, srv = lab.client_iface(1), lab.inside(1), lab.outside, lab.server_iface
     spec = traffic.TrafficSpec(src.mac, nat_in.mac, client_addr(1), SERVER, size=64, count=count, flows=count,
                                sport=FIRST_SPORT, dport=9, timeout_s=timeout_s, cpus=1).validate()
-    with traffic.generator(generator, src) as gen:
+    with traffic.generator(generator, src, PART) as gen:
         out_probe = measure.link_probe(out, ethtool=False)
         return measure.run_trial(lambda: gen.send(spec), lambda: out_probe()["tx_packets"], size=64,
                                  probes={"client": measure.link_probe(src), "nat_in": measure.link_probe(nat_in),

@@ -16,6 +16,8 @@ from labkit import bpf, traffic
 from labkit.errors import LabkitError
 from labkit.experiments.nat.testbed import SERVER, client_addr
 
+PART = "programs' own time"  # the part's name in the run's record of choices and of skipped parts
+
 
 @contextmanager
 def bpf_run_time_stats():
@@ -54,7 +56,7 @@ def measure(lab, nat, programs: dict, p, variant: str, rs) -> None:
     (out_name, out_fn), (in_name, in_fn) = [(n, nat.program.function(f, k)) for n, (f, k) in programs.items()]
     windows = {}
     with bpf_run_time_stats():
-        with traffic.generator(p.generator, src) as gen:
+        with traffic.generator(p.generator, src, PART) as gen:
             before = prog_run_stats(out_fn)
             gen.send(out_spec)  # UDP out: the outbound program translates every packet
             windows[out_name] = (before, prog_run_stats(out_fn))
@@ -62,7 +64,7 @@ def measure(lab, nat, programs: dict, p, variant: str, rs) -> None:
         if flow is not None:
             in_spec = traffic.TrafficSpec(srv.mac, lab.outside.mac, SERVER, flow.nat_address, size=p.udp_size,
                                           count=count, sport=9, dport=flow.nat_port, timeout_s=p.timeout_s).validate()
-            with traffic.generator(p.generator, srv) as gen:
+            with traffic.generator(p.generator, srv, PART) as gen:
                 before = prog_run_stats(in_fn)
                 gen.send(in_spec)  # UDP back to one flow: the inbound program translates every packet
                 windows[in_name] = (before, prog_run_stats(in_fn))

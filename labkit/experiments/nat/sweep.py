@@ -16,10 +16,13 @@ variants rotate per trial. Two trials of ``sweep_count`` packets per point by de
 (the spread of each point is their min..max).
 
 Many flows. Flow f (0..N-1) is source port ``first_sport(N) + f``: from 1024, or for
-N beyond 64512 from 65536 - N (65536 flows use every port, 0 included). Only a
-generator that varies the whole port can send them: the in-kernel ``xdp`` generator
-(and the kernel's ``pktgen``); ``trafgen`` varies one byte (at most 256 flows),
-``testpmd`` does not send an exact number of flows. `check` refuses the rest.
+N beyond 64512 from 65536 - N (65536 flows use every port, 0 included). A generator
+that walks the whole port can send them (`FLOW_CAPACITY`: the in-kernel ``xdp``
+generator, ``trafgen`` with one sending CPU, the kernel's ``pktgen``); ``testpmd`` does
+not send an exact number of flows. With a generator named in ``generator``, `check`
+refuses flow counts beyond it; with ``auto`` (the generator the capability probes pick
+here, `capacity`) the flow counts beyond it are left out of the run and said so
+(`beyond`).
 
 The port space. Every flow goes to one server port, so each needs a port of its own
 from the SNAT address's range (``port_range``, 10000 ports by default). Both kinds of
@@ -37,7 +40,7 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 
 from labkit import measure, traffic
-from labkit.errors import InputError
+from labkit.errors import InputError, MissingDependency
 from labkit.experiments import rotated
 from labkit.packets import check_size
 from labkit.testbed import netfilter
@@ -47,17 +50,34 @@ KIND = "udp_sweep"
 UDP_SIZES = [64, 512, 1500]
 FLOW_COUNTS = [1, 16, 1024, 65536]
 FIRST_SPORT = 1024
-#: flows each generator can send as distinct source ports (a backend not named: one)
-FLOW_CAPACITY = {"xdp": 65536, "pktgen": 65536, "trafgen": 256}
+#: flows each generator can send as distinct source ports, each once per `flows` frames
+#: (a backend not named: one)
+FLOW_CAPACITY = {"xdp": 65536, "xdp_loop": 65536, "pktgen": 65536, "trafgen": 65536}
 EBPF_NATS = ("tc_nat", "xdp_nat")
+PURPOSE = "UDP sweep"  # what the sweep's generator serves, in the run's record of choices
 
 
-def generator_name(generator: str) -> str:
-    """The backend GENERATOR names: 'auto' is the first of traffic.PREFERENCE that can run here."""
-    if generator != "auto":
-        return generator
-    status = traffic.backends_status()
-    return next((n for n in traffic.PREFERENCE if status.get(n, (False, ""))[0]), "auto")
+def generator_name(generator: str, purpose: str = PURPOSE) -> str:
+    """The backend GENERATOR stands for: itself, or for 'auto' the one traffic.choose picks
+    here by the capability probes ('none' where no generator can run: the run says why)."""
+    try:
+        return traffic.choose(generator, purpose)
+    except MissingDependency:
+        return "none"
+
+
+def capacity(generator: str, purpose: str = PURPOSE) -> tuple[str, int]:
+    """(backend, how many distinct source ports it sends) for GENERATOR ('auto' resolved)."""
+    name = generator_name(generator, purpose)
+    return name, FLOW_CAPACITY.get(name, 1)
+
+
+def too_many(flows: list, generator: str, purpose: str = PURPOSE) -> tuple[list, str]:
+    """The flow counts of FLOWS that GENERATOR cannot send as distinct source ports, and why."""
+    name, top = capacity(generator, purpose)
+    many = [f for f in flows if f > top]
+    return many, (f"the {name!r} generator sends at most {top} distinct source port{'s' if top > 1 else ''} "
+                  f"(generators that send every port: {', '.join(sorted(FLOW_CAPACITY))})" if many else "")
 
 
 def first_sport(flows: int) -> int:
@@ -66,7 +86,9 @@ def first_sport(flows: int) -> int:
 
 
 def check(udp_sizes, flow_counts, count, trials, generator: str) -> None:
-    """Sweep parameters this testbed and generator can run (raised before the kernel is touched)."""
+    """Sweep parameters this testbed and generator can run (raised before the kernel is
+    touched). With generator 'auto' flow counts beyond what it picks here are not refused:
+    the run leaves them out (`beyond`)."""
     for name, value in (("udp_sizes", udp_sizes), ("flow_counts", flow_counts)):
         if not isinstance(value, list) or any(not isinstance(v, int) or isinstance(v, bool) for v in value):
             raise InputError(f"{name} {value!r}: a list of whole numbers ([] for none)")
@@ -81,13 +103,21 @@ def check(udp_sizes, flow_counts, count, trials, generator: str) -> None:
         raise InputError(f"sweep_count {count!r}: packets per sweep point, 1000..50000000")
     if not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= 20:
         raise InputError(f"sweep_trials {trials!r}: 1..20 trials per sweep point")
-    name = generator_name(generator)
-    top = FLOW_CAPACITY.get(name, 1)
-    many = [f for f in flow_counts if f > top]
-    if many:
-        why = "varies one byte of the source port" if name == "trafgen" else "sends no exact number of source ports"
-        raise InputError(f"flow_counts {many}: the {name!r} generator {why} (at most {top} flows); use "
-                         "generator='xdp' (or 'auto' where it picks xdp) or keep flow_counts at most " + str(top))
+    if generator != "auto" and flow_counts:
+        many, why = too_many(flow_counts, generator)
+        if many:
+            raise InputError(f"flow_counts {many}: {why}; keep flow_counts within it, or use one of those "
+                             "generators (or 'auto')")
+
+
+def beyond(flow_counts: list, generator: str) -> dict:
+    """{part: why} where the generator ('auto' resolved) cannot send some of FLOW_COUNTS here
+    ({} when it can send them all)."""
+    many, why = too_many(flow_counts, generator)
+    if not many:
+        return {}
+    every = len(many) == len(flow_counts)
+    return {"UDP sweep by flow count" if every else f"UDP sweep at {', '.join(map(str, many))} flows": why}
 
 
 def check_count(count: int, flow_counts: list) -> None:
@@ -181,10 +211,12 @@ def _point(lab: NatLab, gen, variant: str, nat, size: int, flows: int, count: in
     return m, {k: after[k] - before[k] for k in after}
 
 
-def run(p, nat, clock, rs, warm_up) -> None:
+def run(p, nat, clock, rs, warm_up, flow_counts: list | None = None) -> None:
     """Every sweep point of Params P for every variant of P, into the ResultSet RS; NAT is
-    the loaded eBPF NAT, CLOCK the softirq clock, WARM_UP(lab) resolves neighbours."""
-    pts = points(p.udp_sizes, p.flow_counts, p.udp_size, p.udp_flows)
+    the loaded eBPF NAT, CLOCK the softirq clock, WARM_UP(lab) resolves neighbours.
+    FLOW_COUNTS (default P's) are the flow counts this run sweeps."""
+    flow_counts = p.flow_counts if flow_counts is None else flow_counts
+    pts = points(p.udp_sizes, flow_counts, p.udp_size, p.udp_flows)
     if not pts:
         return
     from labkit import progress
@@ -196,7 +228,7 @@ def run(p, nat, clock, rs, warm_up) -> None:
                 with NatLab(p.clients, p.offloads) as lab, _variant(lab, variant, nat, p.port_range, p.iptables_target):
                     warm_up(lab)
                     with ExitStack() as stack:
-                        gen = stack.enter_context(traffic.generator(p.generator, lab.client_iface(1)))
+                        gen = stack.enter_context(traffic.generator(p.generator, lab.client_iface(1), PURPOSE))
                         if p.server_sink:
                             stack.enter_context(lab.server_sink())
                         for size, flows in pts:
@@ -211,15 +243,15 @@ def run(p, nat, clock, rs, warm_up) -> None:
                     rs.add_measurement(v, trial, m, **extra)
                     units = {"flows_set_up": "flows", "refused_pkts": "packets"}
                     rs.add(v, trial, size, {k: (n, units[k]) for k, n in counted.items()}, m.flags, **extra)
-    caveats(rs, p)
+    caveats(rs, p, flow_counts)
 
 
-def caveats(rs, p) -> None:
+def caveats(rs, p, flow_counts: list) -> None:
     lo, hi = p.port_range
     rs.caveat(f"UDP sweep: {p.sweep_trials} trial(s) of {p.sweep_count} packets per point, each variant's points on "
               "one testbed with its NAT's flows forgotten before each point; netfilter mapped UDP into the port "
               f"range {lo}-{hi} as the eBPF NATs do (the goal trial's rule keeps source ports where it can)")
-    over = [f for f in p.flow_counts if f > hi - lo + 1]
+    over = [f for f in flow_counts if f > hi - lo + 1]
     if over:
         rs.caveat(f"UDP sweep: {', '.join(map(str, over))} flows exceed the {hi - lo + 1} ports of one SNAT address's "
                   "range: the NATs refused the flows beyond it (their packets dropped, each trying again), so the "

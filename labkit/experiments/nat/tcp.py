@@ -35,7 +35,7 @@ def iperf(lab: NatLab, seconds: float, port: int = 5201, streams: int = 1):
         deadline = time.monotonic() + 5
         while "listening" not in server.output().lower() and time.monotonic() < deadline:
             time.sleep(0.05)
-        argv = ["iperf3", "-c", SERVER, "-p", str(port), "-t", str(seconds), "-J"]
+        argv = ["iperf3", "-c", SERVER, "-p", str(port), "-t", str(max(1, round(seconds))), "-J"]  # whole seconds
         if streams > 1:
             argv += ["-P", str(streams)]
         return lab.client(1).run(argv, check=False, timeout=seconds + 30)
