@@ -82,8 +82,7 @@ def refuse(monkeypatch):
         capabilities.forget()
 
     yield set_refused
-    monkeypatch.delenv("LABKIT_REFUSE", raising=False)
-    capabilities.forget()
+    capabilities.forget()  # monkeypatch then restores the environment
 
 
 @pytest.fixture
