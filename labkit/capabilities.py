@@ -160,6 +160,13 @@ def forget() -> None:
         _choices.clear()
 
 
+def begin_run() -> None:
+    """A new run starts: forget the choices of backends made so far in this process (the
+    probes' answers stay: the machine has not changed)."""
+    with _lock:
+        _choices.clear()
+
+
 def chose(purpose: str, backend: str, why: str = "") -> None:
     """Record that BACKEND serves PURPOSE in this process (and why), for the run's metadata."""
     with _lock:

@@ -48,7 +48,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
-from labkit import bpf, references, results, traffic
+from labkit import bpf, capabilities, references, results, traffic
 from labkit import parameters
 from labkit.testbed import runs
 from labkit.dataplanes import softirq_clock
@@ -237,6 +237,7 @@ def run(data_dir=None, **kwargs) -> Result:
     'trial' (the side-by-side trials), 'idle' (rows of the no-traffic window), 'resources'
     (what each variant takes from the machine: the poster's conclusion, measured)."""
     p = Params(**kwargs).validate()
+    capabilities.begin_run()  # this run's choices of backends, not an earlier run's in this process
     if p.inventory is not None:
         from labkit.experiments import l2fwd_hosts
         return l2fwd_hosts.run(p, data_dir)

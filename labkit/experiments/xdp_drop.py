@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
-from labkit import bpf, packets, parameters, progress, references, results, traffic
+from labkit import bpf, capabilities, packets, parameters, progress, references, results, traffic
 from labkit.measure import loadsweep
 from labkit.testbed import netfilter
 from labkit.testbed import runs
@@ -133,6 +133,7 @@ def run(data_dir=None, **kwargs) -> Result:
     them), 'cpu_at_load', 'test_run' (rows of the program cost), 'costs' (one row per
     program and trial)."""
     p = Params(**kwargs).validate()
+    capabilities.begin_run()  # this run's choices of backends, not an earlier run's in this process
     if p.inventory is not None:
         return _run_across_hosts(p, data_dir)
     runs.require_root("the XDP drop experiment")

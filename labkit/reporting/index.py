@@ -223,21 +223,20 @@ def _headline(rows: list, view) -> str:
 
 
 def _served_by(run) -> str:
-    """' Fed by …': which backend served each purpose of the run (its metadata's record of
-    choices), or the generator it names; '' for a run that recorded neither."""
+    """' Fed by …': which generator fed the run and as what (XDP frames or socket buffers),
+    which backend served each purpose and the parts it skipped (its metadata), or '' for a
+    run that recorded none of it."""
     import json
 
-    from labkit import capabilities
+    from labkit.experiments import fed_by
 
     try:
         meta = json.loads((Path(run["path"]) / "metadata.json").read_text())
     except (OSError, ValueError, KeyError, TypeError):
         return ""
-    fac = meta.get("facilities")
-    line = capabilities.summary_line(fac) if isinstance(fac, dict) else ""
-    if not line and meta.get("generator"):
-        line = f"load generator: {meta['generator']}"
-    return f" Served by: {line}." if line else ""
+    if not any(meta.get(k) for k in ("generator", "feed", "facilities")):
+        return ""
+    return " " + fed_by(meta)
 
 
 def _run_warnings(view, run, table) -> list:

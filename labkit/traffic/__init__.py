@@ -159,9 +159,9 @@ def choose(name: str = "auto", purpose: str = "load generator") -> str:
             continue
         ok, why = cls.available()
         if ok:
-            skipped = ", ".join(r.split(":")[0] for r in reasons)
-            capabilities.chose(purpose, cand, "the fastest that works here" + (f" ({skipped} refused: "
-                               + "; ".join(reasons) + ")" if reasons else ""))
+            refused = ", ".join(r.split(":")[0] for r in reasons)
+            capabilities.chose(purpose, cand, "the fastest that works here" + (
+                f", after {refused} refused ({'; '.join(reasons)})" if reasons else ""))
             return cand
         reasons.append(f"{cand}: {why}")
     raise MissingDependency("no traffic generator can run here:\n  " + "\n  ".join(reasons))

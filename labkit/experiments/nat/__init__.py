@@ -51,7 +51,7 @@ from __future__ import annotations
 from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 
-from labkit import results, traffic
+from labkit import capabilities, results, traffic
 from labkit import parameters
 from labkit.testbed.hosts import which  # (not `hosts`: that name is the submodule nat.hosts)
 from labkit.testbed import inventory, runs
@@ -161,6 +161,7 @@ def run(data_dir=None, **kwargs) -> Result:
     import pandas as pd
 
     p = Params(**kwargs).validate()
+    capabilities.begin_run()  # this run's choices of backends, not an earlier run's in this process
     if p.inventory is not None:
         from labkit.experiments.nat import hosts as across
         return across.run(p, data_dir)
