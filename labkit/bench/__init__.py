@@ -62,6 +62,7 @@ def main(smoke: bool = False) -> int:
     print("\n== Generators into a native-XDP drop receiver, 64 bytes ==")
     print(bench_generators.summary(g).to_string(index=False))
     print("\n".join(bench_generators.lines(g)))
+    print("\n".join(bench_generators.receiver_lines(g)))
     return 0
 
 

@@ -12,10 +12,12 @@ generator: the median received rate (min..max) and its ratio to trafgen's median
 
 Part "receivers": XDP drop (native) against iptables raw-table DROP, both fed at full
 speed by the fastest generator of part one that delivers XDP frames ("xdp" or
-"xdp_loop"), so the receiver is what saturates. The iptables
-receiver has no XDP program of its own, so the generator attaches an XDP_PASS program to
-the receiving veth for the send (a caveat, in `notes`). received_pps of each and their
-ratio is the figure trafgen could not show.
+"xdp_loop"). The iptables receiver has no XDP program of its own, so the generator attaches
+an XDP_PASS program to the receiving veth for the send (a caveat, in `notes`). Per trial:
+received_pps, loss_ratio and the receive path's CPU per packet (NET_RX softirq time, the
+loop generator's own polls left out: dataplanes.softirq_clock). `receiver_lines` says
+it: a receiver that lost nothing kept up with its generator, so its rate is flagged as
+generator-limited and no ratio of rates is quoted; the ratio of CPU per packet is.
 
 Columns: part, generator, variant, trial, size, measure, value, unit, notes.
 """
@@ -29,6 +31,7 @@ from labkit.testbed import netfilter
 from labkit import traffic
 from labkit.testbed import topology
 from labkit.dataplanes.drop_filter import DropFilter
+from labkit.dataplanes.softirq_clock import SoftirqClock
 from labkit.traffic import TrafficSpec
 
 SIZE = 64
@@ -79,14 +82,14 @@ def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
             gen = gens.get(feed)
             if gen is not None:
                 spec = TrafficSpec.between(snd, rcv, size=SIZE, count=count)
-                for t in range(trials):
-                    with DropFilter() as filt, filt.attach_xdp(rcv, "native"):
-                        filt.drop_all()
-                        offered, got = _send(gen, spec, filt.dropped)
-                    rows += _receiver_rows(feed, "xdp_drop_native", t, offered, got)
-                    with netfilter.rule(topo.host("rcv"), "raw", "PREROUTING", "-i", rcv.name, "-j", "DROP") as r:
-                        offered, got = _send(gen, spec, lambda: r.counters()["packets"])
-                    rows += _receiver_rows(feed, "iptables_raw_drop", t, offered, got)
+                with SoftirqClock() as clock:
+                    for t in range(trials):
+                        with DropFilter() as filt, filt.attach_xdp(rcv, "native"):
+                            filt.drop_all()
+                            rows += _receiver_rows(feed, "xdp_drop_native", t, *_timed(gen, spec, filt.dropped, clock))
+                        with netfilter.rule(topo.host("rcv"), "raw", "PREROUTING", "-i", rcv.name, "-j", "DROP") as r:
+                            rows += _receiver_rows(feed, "iptables_raw_drop", t,
+                                                   *_timed(gen, spec, lambda: r.counters()["packets"], clock))
         finally:
             for g in gens.values():
                 g.close()
@@ -126,12 +129,56 @@ def _generator_rows(name, t, offered, got):
                  got / offered.seconds if offered.seconds else float("nan"), "pps")]
 
 
-def _receiver_rows(feed, variant, t, offered, got):
+def _timed(gen, spec, received, clock):
+    """One send: what was offered, what the receiver counted, and the receive path's NET_RX
+    time (the generator's own polls left out, where the clock can tell them apart)."""
+    s0 = clock.seconds()
+    offered, got = _send(gen, spec, received)
+    return offered, got, clock.seconds() - s0
+
+
+def _receiver_rows(feed, variant, t, offered, got, net_rx_s):
     notes = "; ".join(offered.notes)
     return [_row("receivers", feed, variant, t, "offered_pps", offered.pps, "pps", notes),
             _row("receivers", feed, variant, t, "received", got, "packets"),
             _row("receivers", feed, variant, t, "received_pps", got / offered.seconds, "pps"),
-            _row("receivers", feed, variant, t, "loss_ratio", 1 - got / offered.packets, "ratio")]
+            _row("receivers", feed, variant, t, "loss_ratio", 1 - got / offered.packets, "ratio"),
+            _row("receivers", feed, variant, t, "cpu_ns_per_pkt", net_rx_s * 1e9 / got if got else float("nan"),
+                 "ns/packet")]
+
+
+#: a receiver that lost less than this share kept up with its generator: its rate is the
+#: generator's, not the receiver's
+KEPT_UP = 0.01
+
+
+def receiver_lines(df: pd.DataFrame) -> list[str]:
+    """XDP drop against iptables raw, fed by one generator: each one's rate (flagged where
+    the generator limited it, and then no ratio of rates is quoted) and the ratio of their
+    receive CPU per packet, with the goal."""
+    d = df[df["part"] == "receivers"]
+    if d.empty:
+        return ["receivers: not measured (no generator of XDP frames works here)"]
+    med = d.groupby(["variant", "measure"])["value"].median()
+    feed = d["generator"].iloc[0]
+    out, limited = [], []
+    for v in ("xdp_drop_native", "iptables_raw_drop"):
+        kept_up = med.get((v, "loss_ratio"), 1.0) < KEPT_UP
+        limited += [v] if kept_up else []
+        out.append(f"receiver {v} fed by {feed}: {med.get((v, 'received_pps'), float('nan')) / 1e6:.2f} Mpps"
+                   + (" (generator-limited: it lost nothing, so this is the generator's rate)" if kept_up else
+                      f" (lost {med.get((v, 'loss_ratio'), float('nan')):.0%}: the receiver's limit)")
+                   + f", {med.get((v, 'cpu_ns_per_pkt'), float('nan')):.0f} ns receive CPU per packet")
+    if not limited:
+        ratio = med[("xdp_drop_native", "received_pps")] / med[("iptables_raw_drop", "received_pps")]
+        out.append(f"XDP native drop / iptables raw: {ratio:.2f}x the rate (both receivers saturated)")
+    else:
+        out.append("XDP native drop / iptables raw: no ratio of rates (" + ", ".join(limited)
+                   + " generator-limited); compare their CPU per packet")
+    cpu = med.get(("xdp_drop_native", "cpu_ns_per_pkt")), med.get(("iptables_raw_drop", "cpu_ns_per_pkt"))
+    if all(c and c == c for c in cpu):
+        out.append(f"receive CPU per packet, XDP native drop / iptables raw: {cpu[0] / cpu[1]:.2f}x (goal <= 0.25)")
+    return out
 
 
 def _received_pps(df: pd.DataFrame) -> pd.Series:
