@@ -15,6 +15,11 @@ int xdp_pass_bare(struct xdp_md *ctx)
     return XDP_PASS;
 }
 
+int xdp_tx_bare(struct xdp_md *ctx)
+{
+    return XDP_TX; /* the live-frames probe: sent back out of the context's ingress interface */
+}
+
 int tc_pass_bare(struct __sk_buff *skb)
 {
     return 0; /* TC_ACT_OK */

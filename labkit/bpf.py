@@ -27,6 +27,7 @@ from labkit import BPF_DIR
 from labkit.testbed import runs
 from labkit.testbed import signals
 from labkit.errors import InputError, LabkitError, MissingDependency, Refused
+from labkit import capabilities
 from labkit import verifier  # fd 2 captured around compile and load: errors carry the log
 
 #: Shared C headers (parsing, counters, checksums) and each program's enums: on every
@@ -447,7 +448,8 @@ def test_run(fn_or_fd, data: bytes, *, repeat: int = 1, ctx: ctypes.Structure | 
     if rc != 0:
         err = ctypes.get_errno() or -rc
         if flags & BPF_F_TEST_XDP_LIVE_FRAMES and err in LIVE_FRAMES_REFUSALS:
-            raise live_frames_refused(err)
+            exc = live_frames_refused(err)  # a refusal (not a malformed call) is kept: later choices avoid it
+            raise capabilities.refused("live_frames", exc) if err != errno.EINVAL else exc
         raise LabkitError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)} (errno {err})")
     out = buf_out.raw[: opts.data_size_out] if buf_out is not None else b""
     return TestRunResult(opts.retval, opts.duration, out, repeat)

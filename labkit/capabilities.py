@@ -141,6 +141,16 @@ def _try(fac: Facility) -> Probe:
     return Probe(fac.name, True, note or "tried: works")
 
 
+def refused(name: str, exc: Exception) -> Exception:
+    """Facility NAME was refused in real use (EXC, carrying `errno`), whatever its probe
+    said: kept as its answer, so that every later automatic choice avoids it. Returns EXC."""
+    fac = FACILITIES.get(name)
+    with _lock:
+        _cache[name] = Probe(name, False, f"refused in use: {str(exc).splitlines()[0]}", getattr(exc, "errno", None),
+                             fac.causes if fac else "", fac.instead if fac else "")
+    return exc
+
+
 def available(name: str) -> bool:
     return probe(name).ok
 

@@ -51,7 +51,8 @@ def _libbpf():
 def _facility(name):
     def f():
         p = capabilities.probe(name)
-        return p.ok, (p.reason if p.ok else p.message().split(": ", 1)[1])
+        return p.ok, p.reason if p.ok else "; ".join(
+            x for x in (p.reason, p.causes and f"likely causes: {p.causes}", p.instead and f"instead: {p.instead}") if x)
     return f
 
 

@@ -13,9 +13,10 @@ class MissingDependency(LabkitError, RuntimeError):
     """A tool, package or kernel feature an experiment needs is not on this machine."""
 
 
-class Refused(LabkitError, RuntimeError):
+class Refused(MissingDependency):
     """The kernel refused something labkit asked of it. `errno` is the kernel's answer; the
-    message says what was refused, the likely reasons, and what to choose instead."""
+    message says what was refused, the likely reasons, and what to choose instead. A
+    MissingDependency: what catches a missing facility to skip a part catches this too."""
 
     def __init__(self, message: str, errno: int | None = None):
         super().__init__(message)

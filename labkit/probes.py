@@ -11,7 +11,9 @@ import shutil
 import socket
 import subprocess
 
-from labkit import bpf, capabilities
+from labkit import bpf, capabilities, packets
+from labkit.dataplanes.xdp_gen import in_netns, xmit_counters
+from labkit.dpdk.runtime import file_prefix, remove_runtime_dir
 from labkit.errors import LabkitError
 from labkit.testbed import topology
 
@@ -21,15 +23,6 @@ ROOT_CAUSES = ("a container without full privileges, a security policy (LSM, loc
 #: same run holds (its links carry the run's prefix too)
 PAIR = ("psnd", "prcv")
 GENERATORS = "the 'xdp_loop' generator (an XDP loop seeded by AF_PACKET), else 'trafgen' or 'testpmd'"
-
-
-def _refused(exc: LabkitError) -> OSError:
-    err = getattr(exc, "errno", None)
-    if err is None:
-        import re
-        m = re.search(r"errno (\d+)", str(exc))
-        err = int(m.group(1)) if m else None
-    return OSError(err, str(exc)) if err else OSError(str(exc))
 
 
 @capabilities.register("test_run", "BPF_PROG_TEST_RUN (a program's own cost, the course's checks)",
@@ -43,18 +36,26 @@ def test_run() -> str:
 
 
 @capabilities.register(
-    "live_frames", "BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES: the 'xdp' generator, latency probes)",
+    "live_frames", "BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES), which the 'xdp' generator and "
+    "latency probes use",
     causes=f"a kernel before 5.18 (no such mode: EINVAL), {ROOT_CAUSES} (EPERM)",
     instead=f"{GENERATORS} for load; AF_PACKET probes stamped by a tc egress program for latency")
 def live_frames() -> str:
-    with bpf.load("xdp_minimal") as prog:
-        ctx = bpf.XdpMd(data=0, data_end=64, ingress_ifindex=socket.if_nametoindex("lo"))
-        try:
-            bpf.test_run(prog.function("xdp_drop_bare", "xdp"), bytes(64), repeat=64, ctx=ctx,
-                         flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64)
-        except LabkitError as exc:
-            raise _refused(exc) from None
-    return "ran a bare XDP_DROP program on 64 live frames"
+    """What the generator does: an XDP_TX program run in live-frames mode from a thread in
+    the sender's namespace, its frames out of a veth into a peer running native XDP; the
+    sender's ndo_xdp_xmit counter must show them."""
+    with topology.Topology(topology.pair(*PAIR)) as topo, bpf.load("xdp_minimal") as prog:
+        snd, rcv = topo.iface(PAIR[0]), topo.iface(PAIR[1])
+        with bpf.attach_xdp(rcv, prog.function("xdp_drop_bare", "xdp"), "native"):
+            before = xmit_counters(snd)[0]
+            ctx = bpf.XdpMd(data=0, data_end=64, ingress_ifindex=snd.ifindex)
+            frame = packets.build(packets.FrameSpec(snd.mac, rcv.mac, "10.11.0.1", "10.11.0.2", size=64))
+            in_netns(snd.host.netns, lambda: bpf.test_run(prog.function("xdp_tx_bare", "xdp"), frame, repeat=64,
+                                                         ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=64))
+            sent = xmit_counters(snd)[0] - before
+    if sent < 64:
+        raise LabkitError(f"64 live frames ran, {sent} left the veth (its XDP transmit counted them)")
+    return "sent 64 live frames (XDP_TX) out of a throw-away veth into a native XDP peer"
 
 
 def _attach_on_pair(mode: str) -> str:
@@ -132,10 +133,14 @@ def dpdk_vdev() -> str:
     if not tool:
         raise FileNotFoundError("dpdk-testpmd is not installed (Debian package dpdk)")
     cpu = min(os.sched_getaffinity(0))
-    cp = subprocess.run([tool, f"--lcores=0@{cpu},1@{cpu}", "--no-huge", "--no-pci", "-m", "256",
-                         f"--file-prefix=lkprobe{os.getpid()}", "--vdev=net_null0", "--log-level=lib.eal:error",
-                         "--", "--total-num-mbufs=2048"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                        timeout=60)
+    prefix = file_prefix("probe")
+    try:
+        cp = subprocess.run([tool, f"--lcores=0@{cpu},1@{cpu}", "--no-huge", "--no-pci", "-m", "256",
+                             f"--file-prefix={prefix}", "--vdev=net_null0", "--log-level=lib.eal:error",
+                             "--", "--total-num-mbufs=2048"], stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=60)
+    finally:
+        remove_runtime_dir(prefix)
     if cp.returncode != 0:
         last = [l for l in (cp.stdout + cp.stderr).splitlines() if l.strip()][-2:]
         raise LabkitError(f"dpdk-testpmd on a null device exited {cp.returncode}: {' | '.join(last)}")

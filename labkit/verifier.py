@@ -39,6 +39,10 @@ from labkit.errors import LabkitError
 #: (pattern of the verifier's or compiler's message, what usually causes it and the fix).
 #: The first match wins, so the specific ones come first.
 HINTS = [
+    (r"refused it with E2BIG",
+     "either the program is longer than the kernel allows (split it, e.g. with tail calls), or the verifier "
+     "walked more instructions than it will: usually a loop it cannot prove ends. If there is a loop, bound your "
+     "loop with a constant (`for (int i = 0; i < 8; i++)`)."),
     (r"invalid access to packet|outside of the packet|invalid access to packet, off",
      "the program reads packet bytes it has not proven are there. Before touching a header, "
      "compare its end with data_end: `if ((void *)(eth + 1) > data_end) return XDP_DROP;`. "
@@ -166,8 +170,12 @@ class VerifierError(LabkitError):
         said = "; ".join([l for l in lines[last + 1:] if not _NOISE.match(l)][:3])
         self.processed = _processed(log)
         self.message = said or cause or "no verifier log was printed"
-        if errno == errno_mod.E2BIG or _GAVE_UP.search(log):
+        if _GAVE_UP.search(log):  # the log says so: the verifier stopped walking the program
             self.message = gave_up(self.processed) + (f" ({said})" if said else "")
+        elif errno == errno_mod.E2BIG:  # E2BIG alone: too large a program, or too long a walk
+            self.message = ("the kernel refused it with E2BIG, too many instructions: a program longer than "
+                            "the kernel allows, or more than the verifier walks; its log did not say which"
+                            + (f" ({said})" if said else ""))
         self.instructions = [l for l in lines[: last + 1] if _INSN.match(l)][-6:]
         self.hint = hint_for(self.message) or hint_for(log)
         super().__init__(self.explain())

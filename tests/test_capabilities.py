@@ -10,15 +10,16 @@ import sys
 
 import pytest
 
-from labkit import capabilities, results
-from labkit.errors import InputError, MissingDependency
+from labkit import capabilities, results, traffic
+from labkit.errors import InputError, MissingDependency, Refused
 
 from conftest import ROOT, needs_root
 
 
 @needs_root
 @pytest.mark.parametrize("name", ["test_run", "xdp_native", "xdp_generic", "tc_clsact", "iptables", "af_xdp"])
-def test_facilities_this_testbed_needs_are_tried_and_work(name):
+def test_facilities_this_testbed_needs_are_tried_and_work(name, monkeypatch):
+    monkeypatch.delenv("LABKIT_REFUSE", raising=False)
     capabilities.forget()
     p = capabilities.probe(name)
     assert p.ok, p.message()
@@ -28,7 +29,8 @@ def test_facilities_this_testbed_needs_are_tried_and_work(name):
 
 
 @needs_root
-def test_live_frames_is_answered_from_a_real_attempt_with_errno_and_fallbacks():
+def test_live_frames_is_answered_from_a_real_attempt_with_errno_and_fallbacks(monkeypatch):
+    monkeypatch.delenv("LABKIT_REFUSE", raising=False)
     capabilities.forget()
     p = capabilities.probe("live_frames")
     if p.ok:
@@ -38,7 +40,8 @@ def test_live_frames_is_answered_from_a_real_attempt_with_errno_and_fallbacks():
         assert "5.18" in p.causes and "trafgen" in p.instead
 
 
-def test_a_missing_kernel_module_is_a_refusal_with_its_reason():
+def test_a_missing_kernel_module_is_a_refusal_with_its_reason(monkeypatch):
+    monkeypatch.delenv("LABKIT_REFUSE", raising=False)
     capabilities.forget()
     p = capabilities.probe("pktgen")
     if os.path.isdir("/proc/net/pktgen"):
@@ -93,3 +96,17 @@ def test_doctor_shows_each_probe_and_a_refusal_with_what_labkit_uses_instead():
     assert "LABKIT_REFUSE" in line
     assert "labkit uses instead:" in out.split(line, 1)[1].splitlines()[1]
     assert any(l.strip().startswith("ok") and " xdp_native " in l for l in out.splitlines())
+
+
+@needs_root
+def test_a_refusal_met_in_use_is_kept_and_later_choices_avoid_it(monkeypatch):
+    monkeypatch.delenv("LABKIT_REFUSE", raising=False)
+    capabilities.forget()
+    try:
+        capabilities.refused("live_frames", Refused("BPF_PROG_RUN in live-frames mode was refused", errno.EPERM))
+        p = capabilities.probe("live_frames")
+        assert not p.ok and p.errno == errno.EPERM and p.reason.startswith("refused in use")
+        assert traffic.choose("auto") != "xdp"
+        assert "xdp refused" in capabilities.choices()["load generator"]["why"]
+    finally:
+        capabilities.forget()

@@ -46,7 +46,7 @@ from types import SimpleNamespace
 from labkit import BPF_DIR, bpf, capabilities, packets
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.xdp_gen import can_transmit_xdp, thread_in_netns
-from labkit.errors import InputError, LabkitError
+from labkit.errors import InputError, LabkitError, MissingDependency
 
 SOURCE = "latency"
 HEADER = BPF_DIR / "include" / "latency.h"
@@ -74,6 +74,10 @@ def choose_method() -> str:
     if live.ok:
         capabilities.chose(PURPOSE, LIVE_FRAMES, "BPF_PROG_RUN live frames work here")
         return LIVE_FRAMES
+    tc = capabilities.probe("tc_clsact")
+    if not tc.ok:
+        raise MissingDependency(f"latency probes cannot be sent here: live frames are refused ({live.reason}) and so "
+                                f"are tc programs, which stamp the fallback's probes ({tc.reason})")
     capabilities.chose(PURPOSE, AF_PACKET, f"live frames refused: {live.reason}")
     return AF_PACKET
 

@@ -35,8 +35,13 @@ class SoftirqClock(ControlPlane):
     def __init__(self):
         from labkit import bpf
 
+        from labkit import capabilities
+
         self.separates_generator = tracefs_events().is_dir()
         self.program = bpf.load("softirq_time", **({"GEN_LOOP": 1} if self.separates_generator else {}))
+        capabilities.chose("receive CPU", "NET_RX softirq time", "the xdp_loop generator's own polls left out"
+                           if self.separates_generator else "tracefs is not mounted: an xdp_loop generator's own "
+                           "polls are counted as the receiver's (`sudo make setup` mounts it)")
 
     def seconds(self, vec: int = NET_RX) -> float:
         """Softirq time of VEC so far, summed over CPUs, in seconds; for NET_RX without the

@@ -3,10 +3,9 @@ it as a module (`modprobe pktgen`); kernels built without CONFIG_NET_PKTGEN do n
 and this backend then says so and names the alternatives."""
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 
+from labkit import capabilities
 from labkit.traffic import Generator, Offered, TrafficSpec, register
 
 PROC = "/proc/net/pktgen"
@@ -19,15 +18,8 @@ class KernelPktgen(Generator):
 
     @classmethod
     def available(cls):
-        if not os.path.isdir(PROC):
-            try:
-                subprocess.run(["modprobe", "pktgen"], capture_output=True, timeout=20)
-            except (OSError, subprocess.TimeoutExpired):
-                pass  # no modprobe (Debian package kmod): the check below says what is missing
-        if os.path.isdir(PROC):
-            return True, ""
-        return False, ("this kernel has no pktgen (no /proc/net/pktgen, and `modprobe pktgen` found no module: "
-                       "the kernel was built without CONFIG_NET_PKTGEN); use the 'xdp' or 'trafgen' generator")
+        p = capabilities.probe("pktgen")  # /proc/net/pktgen, after a `modprobe pktgen`
+        return (True, "") if p.ok else (False, p.message())
 
     def _write(self, path: str, command: str) -> None:
         # pktgen's files are per network namespace: write them from the sending host.

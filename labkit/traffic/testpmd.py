@@ -42,7 +42,7 @@ import shutil
 import tempfile
 import time
 
-from labkit import dpdk
+from labkit import capabilities, dpdk
 from labkit.dpdk.afxdp import remove_pmd_programs, xdp_program_id
 from labkit.dpdk.runtime import locked_memory_hint
 from labkit.errors import InputError
@@ -75,9 +75,10 @@ class Testpmd(Generator):
 
     @classmethod
     def available(cls):
-        if testpmd_binary():
-            return True, ""
-        return False, "dpdk-testpmd is not installed (Debian package dpdk): run `sudo make setup`"
+        if not testpmd_binary():
+            return False, "dpdk-testpmd is not installed (Debian package dpdk): run `sudo make setup`"
+        p = capabilities.probe("dpdk_vdev")
+        return (True, "") if p.ok else (False, p.message())
 
     #: options of this backend beyond OPTIONS
     extra_options = ("pci", "af_xdp")
@@ -235,15 +236,10 @@ class TestpmdAfXdp(Testpmd):
 
 
 def af_xdp_sockets() -> tuple[bool, str]:
-    """Whether this kernel makes AF_XDP sockets (CONFIG_XDP_SOCKETS), and a sentence saying
-    so: one is opened and closed. The one check of it (`labkit doctor` asks it too)."""
-    import socket
-
-    try:
-        socket.socket(getattr(socket, "AF_XDP", 44), socket.SOCK_RAW).close()
-    except OSError as exc:
-        return False, f"the kernel refuses AF_XDP sockets ({exc.strerror}): it needs CONFIG_XDP_SOCKETS=y"
-    return True, "the kernel makes AF_XDP sockets"
+    """Whether this process may make AF_XDP sockets, and a sentence saying so (the `af_xdp`
+    probe of labkit.capabilities: one is opened and closed; `labkit doctor` asks it too)."""
+    p = capabilities.probe("af_xdp")
+    return (True, "the kernel makes AF_XDP sockets") if p.ok else (False, p.message())
 
 
 class _AfXdpPortGuard:
