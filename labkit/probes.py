@@ -19,9 +19,7 @@ from labkit.testbed import topology
 
 ROOT_CAUSES = ("a container without full privileges, a security policy (LSM, lockdown) or missing "
                "capabilities (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
-#: the throw-away hosts' names: of their own, so that a probe never meets a testbed the
-#: same run holds (its links carry the run's prefix too)
-PAIR = ("psnd", "prcv")
+PAIR = topology.PROBE_HOSTS
 GENERATORS = "the 'xdp_loop' generator (an XDP loop seeded by AF_PACKET), else 'trafgen' or 'testpmd'"
 
 

@@ -247,8 +247,8 @@ def devmap_broadcast_probe() -> str:
     from labkit.testbed import topology
 
     # host names of its own: a probe may be asked inside a topology of the same run
-    with topology.Topology(topology.pair("dmbsnd", "dmbrcv")) as topo, Minimal() as minimal:
-        snd, rcv = topo.iface("dmbsnd"), topo.iface("dmbrcv")
+    with topology.Topology(topology.pair(*topology.PROBE_HOSTS)) as topo, Minimal() as minimal:
+        snd, rcv = (topo.iface(h) for h in topology.PROBE_HOSTS)
         with bpf.attach_xdp(rcv, minimal.drop(), "native"), Loop(snd) as loop:
             loop.configure()
             loop.grant(PROBE_FRAMES)

@@ -451,6 +451,11 @@ def _del_addr(host, idx, ip, pfx, run, rec):
     run.forget_foreign(rec)
 
 
+#: the hosts of the throw-away pairs on which capability probes try a facility
+#: (labkit.probes): names no testbed uses, so a probe never meets a run's own testbed
+PROBE_HOSTS = ("psnd", "prcv")
+
+
 def pair(sender: str = "snd", receiver: str = "rcv", *, sender_addr="10.11.0.1/24", receiver_addr="10.11.0.2/24",
          mtu: int = 1500, sender_if: str | None = None, receiver_if: str | None = None,
          offloads: dict | None = None, ipv6: bool = False, queues: int = 1) -> TopologySpec:
