@@ -236,6 +236,20 @@ then
     say "registered Jupyter kernel 'labkit' (Python (labkit)) in .venv/share/jupyter/kernels"
 fi
 
+# --------------------------------------------------------- JupyterLab settings
+# Defaults for every JupyterLab started from .venv (`make lab`, the students' servers):
+# no "Jupyter news?" pop-up over the outputs, no update check. Students' servers also
+# hide nbgrader's instructor UI through labs/student-config (labs/README.md).
+OVERRIDES="$VENV/share/jupyter/lab/settings/overrides.json"
+OVERRIDES_JSON='{
+  "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}
+}'
+if [ "$(cat "$OVERRIDES" 2>/dev/null)" != "$OVERRIDES_JSON" ]; then
+    mkdir -p "$(dirname "$OVERRIDES")"
+    printf '%s\n' "$OVERRIDES_JSON" > "$OVERRIDES"
+    say "JupyterLab settings: news and update checks off ($OVERRIDES)"
+fi
+
 # ------------------------------------------------------------- DPDK l2fwd
 # labkit.dpdk.build_l2fwd builds the example into build/l2fwd/ once, and again only
 # when the DPDK version or the example's source changes (its own stamp).

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -62,6 +63,18 @@ def test_notebooks_in_git_carry_no_outputs():
              for i, c in enumerate(nbformat.read(p, as_version=4).cells)
              if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count"))]
     assert not dirty, f"notebooks with outputs (clear them before committing): {dirty}"
+
+
+def test_notebooks_open_unmodified_in_jupyterlab():
+    """JupyterLab adds cell ids (nbformat 4.5) and the kernel's language_info to a notebook
+    that lacks them, and the student sees it as modified just by opening it."""
+    lacking = []
+    for p in LABS.glob("source/*/*.ipynb"):
+        nb = nbformat.read(p, as_version=4)
+        if nb.nbformat_minor < 5 or not all(c.get("id") for c in nb.cells) \
+                or "version" not in nb.metadata.get("language_info", {}):
+            lacking.append(p.name)
+    assert not lacking, f"notebooks without cell ids or the kernel's language_info: {lacking}"
 
 
 def test_every_lesson_has_graded_exercises():
@@ -150,3 +163,162 @@ def test_nbgrader_grades_a_starter_zero_and_the_solution_full(tmp_path):
     rows = {r["student_id"]: r for r in csv.DictReader((tmp_path / "grades.csv").open())}
     assert float(rows["starter"]["score"]) == 0.0, rows["starter"]
     assert float(rows["solved"]["score"]) == float(rows["solved"]["max_score"]) > 0, rows["solved"]
+
+
+# ------------------------------------------------ every stated rule fails a wrong answer
+@dataclass(frozen=True)
+class Wrong:
+    """An answer that breaks one RULE an exercise states: the solution cell GRADE_ID with OLD
+    replaced by NEW. The exercise's checks (visible and hidden) must fail it."""
+
+    lesson: str
+    grade_id: str
+    rule: str
+    old: str
+    new: str
+
+
+WRONG = [
+    # lesson 2, exercise 1 (the rule on frames shorter than 14 bytes cannot be tested: see
+    # test_xdp_never_sees_a_frame_shorter_than_an_ethernet_header)
+    Wrong("02-first-xdp", "l02_ipv4", "IPv4 frames are dropped (EtherType in network byte order)",
+          "eth->h_proto == bpf_htons(ETH_P_IP)", "eth->h_proto == ETH_P_IP"),
+    Wrong("02-first-xdp", "l02_ipv4", "IPv6 and ARP pass", "    // END SOLUTION\n    return XDP_PASS;",
+          "    // END SOLUTION\n    return XDP_DROP;"),
+    Wrong("02-first-xdp", "l02_ipv4", "VLAN-tagged frames pass", "eth->h_proto == bpf_htons(ETH_P_IP))",
+          "eth->h_proto == bpf_htons(ETH_P_IP) || eth->h_proto == bpf_htons(ETH_P_8021Q))"),
+    Wrong("02-first-xdp", "l02_ipv4", "the Ethernet header is checked before it is read",
+          "    if ((void *)(eth + 1) > data_end)\n        return XDP_PASS;\n", ""),
+    Wrong("02-first-xdp", "l02_null", "the first frame creates the entry with 1", "u64 first = 1;", "u64 first = 0;"),
+    Wrong("02-first-xdp", "l02_null", "a missing entry is created (not just passed over)",
+          "        seen.update(&key, &first);\n", ""),
+    # lesson 3, exercise 1
+    Wrong("03-maps", "l03_count", "counted by iph->protocol", "u32 key = iph->protocol;", "u32 key = iph->ttl;"),
+    Wrong("03-maps", "l03_count", "non-IPv4 frames are not counted",
+          "    if (eth->h_proto != bpf_htons(ETH_P_IP))\n        return XDP_PASS;\n", ""),
+    Wrong("03-maps", "l03_count", "every frame passes",
+          "    if (eth->h_proto != bpf_htons(ETH_P_IP))\n        return XDP_PASS;",
+          "    if (eth->h_proto != bpf_htons(ETH_P_IP))\n        return XDP_DROP;"),
+    # lesson 4
+    Wrong("04-parsing", "l04_parse", "port 7777 in network byte order", "bpf_htons(BLOCKED_PORT)", "BLOCKED_PORT"),
+    Wrong("04-parsing", "l04_parse", "only UDP is blocked", "    if (iph->protocol != IPPROTO_UDP)\n        return XDP_PASS;\n", ""),
+    Wrong("04-parsing", "l04_parse", "the UDP header starts ihl * 4 bytes in", "(void *)iph + hlen", "(void *)(iph + 1)"),
+    Wrong("04-parsing", "l04_parse", "a cut IPv4 header is dropped",
+          "if ((void *)(iph + 1) > data_end)\n        return XDP_DROP;", "if ((void *)(iph + 1) > data_end)\n        return XDP_PASS;"),
+    Wrong("04-parsing", "l04_parse", "a cut UDP header is dropped",
+          "if ((void *)(udp + 1) > data_end)\n        return XDP_DROP;", "if ((void *)(udp + 1) > data_end)\n        return XDP_PASS;"),
+    Wrong("04-parsing", "l04_parse", "an IHL below 5 is dropped", "    if (hlen < sizeof(*iph))\n        return XDP_DROP;\n", ""),
+    Wrong("04-parsing", "l04_parse", "the destination port, not the source", "udp->dest ==", "udp->source =="),
+    # lesson 5
+    Wrong("05-rewrite", "l05_sum", "the checksum field counts as zero", 'h = header[:10] + b"\\0\\0" + header[12:]', "h = header"),
+    Wrong("05-rewrite", "l05_incr", "carries are folded", "    while s >> 16:\n        s = (s & 0xFFFF) + (s >> 16)\n", ""),
+    Wrong("05-rewrite", "l05_tx", "MAC addresses swapped", "    __builtin_memcpy(eth->h_source, mac, ETH_ALEN);\n", ""),
+    Wrong("05-rewrite", "l05_tx", "IP addresses swapped", "    iph->daddr = addr;\n", ""),
+    Wrong("05-rewrite", "l05_tx", "UDP ports swapped", "    udp->dest = port;\n", ""),
+    Wrong("05-rewrite", "l05_tx", "TTL decremented", "    iph->ttl -= 1;\n", ""),
+    Wrong("05-rewrite", "l05_tx", "IPv4 checksum updated", "    iph->check = bpf_htons(~sum & 0xffff);\n", ""),
+    Wrong("05-rewrite", "l05_tx", "the frame goes back out (XDP_TX)", "    return XDP_TX;", "    return XDP_PASS;"),
+    # lesson 6, exercise 1 (the routing table and neighbours of a live router testbed)
+    Wrong("06-redirect", "l06_router", "tot_len in host order", "fib.tot_len = bpf_ntohs(iph->tot_len);",
+          "fib.tot_len = iph->tot_len;"),
+    Wrong("06-redirect", "l06_router", "the TTL is decremented", "        ip_decrease_ttl(iph);\n", ""),
+    Wrong("06-redirect", "l06_router", "MACs from the lookup", "        __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);\n", ""),
+    Wrong("06-redirect", "l06_router", "redirected frames counted in stats[0]", "        count(0);\n", ""),
+    # lesson 7, exercise 1
+    Wrong("07-tc-vs-xdp", "l07_tc", "only UDP is dropped", " || iph->protocol != IPPROTO_UDP", ""),
+    Wrong("07-tc-vs-xdp", "l07_tc", "the UDP header starts ihl * 4 bytes in", "(void *)iph + iph->ihl * 4", "(void *)(iph + 1)"),
+    Wrong("07-tc-vs-xdp", "l07_tc", "a cut UDP header goes on",
+          "if ((void *)(udp + 1) > data_end)\n        return TC_ACT_OK;", "if ((void *)(udp + 1) > data_end)\n        return TC_ACT_SHOT;"),
+    Wrong("07-tc-vs-xdp", "l07_tc", "an IHL below 5 goes on", " || iph->ihl < 5", ""),
+    # lesson 8
+    Wrong("08-nat", "l08_nat", "the IPv4 checksum is fixed", "    bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, to, sizeof(to));\n", ""),
+    # (BPF_F_PSEUDO_HDR only matters for a checksum the device finishes, CHECKSUM_PARTIAL: with
+    # offloads off, as in the lesson, leaving it out changes nothing a check could see)
+    Wrong("08-nat", "l08_nat", "the UDP checksum is fixed",
+          "    bpf_l4_csum_replace(skb, UDP_CSUM_OFF, old, to, BPF_F_PSEUDO_HDR | sizeof(to));\n", ""),
+    Wrong("08-nat", "l08_nat", "translations counted in nat_count[0]", "        __sync_fetch_and_add(n, 1);\n", ""),
+    Wrong("08-nat", "l08_rules", "rules in network byte order", "table.Key(as_be32(inside))] = table.Leaf(as_be32(outside))",
+          "table.Key(int(ipaddress.IPv4Address(inside)))] = table.Leaf(int(ipaddress.IPv4Address(outside)))"),
+    Wrong("08-nat", "l08_rules", "removing a missing rule is no error",
+          "    try:\n        del table[table.Key(as_be32(inside))]\n    except KeyError:\n        pass",
+          "    del table[table.Key(as_be32(inside))]"),
+    # lesson 9, exercises 1 and 2 (exercise 3 needs measured trials)
+    Wrong("09-measuring", "l09_ndr", "loss at most the threshold", "1 - r / o <= loss + 1e-12", "1 - r / o < loss"),
+    Wrong("09-measuring", "l09_ndr", "points in any order", "return max(ok) if ok else None", "return ok[-1] if ok else None"),
+    Wrong("09-measuring", "l09_ndr", "None when no point qualifies", "return max(ok) if ok else None", "return max(ok, default=0)"),
+    Wrong("09-measuring", "l09_spread", "relative spread over the median", "(max(values) - min(values)) / m",
+          "(max(values) - min(values)) / statistics.mean(values)"),
+]
+#: what must run again after a lesson's solution cell, before its test (state the test relies on)
+REPLAY = {"06-redirect": "fill_devmap(router)"}
+
+
+def _wrong_answers_notebook(lesson: str):
+    """The lesson's instructor notebook up to its last test with wrong answers, then for each
+    wrong answer: the exercise's solution cells (one of them broken) and its test cell again.
+    Returns the notebook and {index of a repeated test cell: the Wrong it judges}."""
+    nb = nbformat.read(next((LABS / "source" / lesson).glob("*.ipynb")), as_version=4)
+    wrongs = [w for w in WRONG if w.lesson == lesson]
+    by_id = {nbgrader_meta(c).get("grade_id"): i for i, c in enumerate(nb.cells)}
+    tests = [i for i, c in enumerate(nb.cells) if is_graded_test(c)]
+
+    def exercise(grade_id):
+        """(solution cell indices, test cell index) of the exercise the solution GRADE_ID belongs to."""
+        sol = by_id[grade_id]
+        test = min(t for t in tests if t > sol)
+        start = max([t for t in tests if t < sol], default=-1)
+        return [i for i in range(start + 1, test) if nbgrader_meta(nb.cells[i]).get("solution")], test
+
+    last = max(exercise(w.grade_id)[1] for w in wrongs)
+    cells = [nbformat.v4.new_code_cell(c.source) for c in nb.cells[:last + 1] if c.cell_type == "code"]
+    judged = {}
+    for w in wrongs:
+        solutions, test = exercise(w.grade_id)
+        for i in solutions:
+            src = nb.cells[i].source
+            if i == by_id[w.grade_id]:
+                assert src.count(w.old) == 1, f"{lesson} {w.grade_id}: {w.old!r} is not in the solution once"
+                src = src.replace(w.old, w.new)
+            cells.append(nbformat.v4.new_code_cell(src))
+        if lesson in REPLAY:
+            cells.append(nbformat.v4.new_code_cell(REPLAY[lesson]))
+        judged[len(cells)] = w
+        cells.append(nbformat.v4.new_code_cell(nb.cells[test].source))
+    cells.append(nbformat.v4.new_code_cell('if "lab" in globals():\n    lab.close()'))
+    out = nbformat.v4.new_notebook(cells=cells, metadata=nb.metadata)
+    return out, judged
+
+
+@pytest.mark.parametrize("lesson", sorted({w.lesson for w in WRONG}))
+def test_each_stated_rule_fails_an_answer_that_breaks_it(lesson, tmp_path):
+    """The real solution passes its checks, and each wrong answer (one rule broken) fails them."""
+    nb, judged = _wrong_answers_notebook(lesson)
+    path = tmp_path / f"{lesson}-wrong.ipynb"
+    nbformat.write(nb, path)
+    ran = execute(path, tmp_path, allow_errors=True)
+    first = min(judged)
+    failed = [(i, e["ename"], e["evalue"][:500]) for i, c in enumerate(ran.cells[:first]) for e in errors(c)]
+    assert not failed, f"{lesson}: the solution fails before the wrong answers are tried: {failed}"
+    passed = [w.rule for i, w in judged.items() if not errors(ran.cells[i])]  # nbgrader fails a cell on any error
+    assert not passed, f"{lesson}: answers breaking these rules pass the checks: {passed}"
+    crashed = [(i, errors(c)[0]["ename"]) for i, c in enumerate(ran.cells) if i not in judged and i >= first and errors(c)]
+    assert not crashed, f"{lesson}: cells other than the checks failed: {crashed}"
+
+
+def test_xdp_never_sees_a_frame_shorter_than_an_ethernet_header():
+    """Why lesson 2's rule on frames shorter than 14 bytes has no test case: the kernel
+    refuses to run XDP on one. Should a kernel ever accept it, add the case to the lesson."""
+    from bcc import BPF
+
+    from labkit import bpf
+    from labkit.errors import LabkitError
+    from labkit.teaching import frames
+
+    prog = BPF(text="int xdp_main(struct xdp_md *ctx) { return XDP_PASS; }")
+    try:
+        fn = prog.load_func("xdp_main", BPF.XDP)
+        assert bpf.test_run(fn, frames.udp()[:14]).retval == 2
+        with pytest.raises(LabkitError, match="Invalid argument"):
+            bpf.test_run(fn, frames.udp()[:13])
+    finally:
+        prog.cleanup()

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from labkit.testbed import runs
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 JUPYTER = Path(sys.executable).parent / "jupyter"
+STUDENT_CONFIG = ROOT / "labs" / "student-config"
 TIMEOUT_MS = 180_000  # building a lab compiles BPF on a shared 2-core machine: be generous
 
 pytestmark = [
@@ -76,21 +78,31 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path):
+    """JupyterLab on a free port of 127.0.0.1 with a token, serving TMP/root. The live labs'
+    notebooks go there unless STUDENT_VIEW: then the caller puts released lessons there, and
+    the server runs as a student's does (labs/README.md: labs/student-config, and nothing
+    on the command line that the set-up's settings should do themselves)."""
+
+    def __init__(self, tmp: Path, student_view: bool = False):
         self.root = tmp / "root"
         self.root.mkdir()
-        _write_notebook(self.root / "drop.ipynb", "01-xdp-drop.ipynb")
-        _write_notebook(self.root / "nat.ipynb", "03-ebpf-nat.ipynb")
         self.port, self.token = _free_port(), os.urandom(16).hex()
         env = dict(os.environ, LABKIT_DATA_DIR=str(tmp / "data"), LABKIT_REPORTS_DIR=str(tmp / "reports"),
                    JUPYTER_CONFIG_DIR=str(tmp / "jupyter-config"), JUPYTER_RUNTIME_DIR=str(tmp / "jupyter-runtime"),
                    JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"), IPYTHONDIR=str(tmp / "ipython"),
                    MPLCONFIGDIR=str(tmp / "mpl"))
+        args = []
+        if student_view:
+            env["JUPYTER_CONFIG_PATH"] = str(STUDENT_CONFIG)
+        else:
+            _write_notebook(self.root / "drop.ipynb", "01-xdp-drop.ipynb")
+            _write_notebook(self.root / "nat.ipynb", "03-ebpf-nat.ipynb")
+            args = ["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
         self.log = open(tmp / "jupyter.log", "w")
         self.proc = subprocess.Popen(
             [str(JUPYTER), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={self.port}",
              f"--ServerApp.token={self.token}", f"--ServerApp.root_dir={self.root}", "--ServerApp.port_retries=0",
-             "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+             *args],
             cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
         while True:
@@ -106,7 +118,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}/{path}?token={self.token}"
 
     def api(self, method: str, path: str):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/api/{path}", method=method,
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/{'' if path.startswith('/') else 'api/'}{path.lstrip('/')}",
+                                     method=method,
                                      headers={"Authorization": f"token {self.token}"})
         with urllib.request.urlopen(req, timeout=30) as r:
             body = r.read()
@@ -138,8 +151,8 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-@pytest.fixture
-def page(server, request):
+@contextlib.contextmanager
+def _browser_page(shots: Path, name: str):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -150,8 +163,14 @@ def page(server, request):
         finally:
             # the page as it was at the end (on a failure: where it stopped), beside the server's log
             with contextlib.suppress(Exception):
-                pg.screenshot(path=str(server.tmp / f"{request.node.name}.png"), full_page=True)
+                pg.screenshot(path=str(shots / f"{name}.png"), full_page=True)
             browser.close()
+
+
+@pytest.fixture
+def page(server, request):
+    with _browser_page(server.tmp, request.node.name) as pg:
+        yield pg
 
 
 # ---------------------------------------------------------------- what the kernel holds
@@ -419,3 +438,49 @@ def test_nat_lab_in_jupyterlab(server, page):
     server.shutdown_kernel("nat.ipynb")
     wait_gone(pid)
     assert_nothing_left([first, second, third], progs)
+
+
+# ---------------------------------------------------------------- the course as a student sees it
+@pytest.fixture(scope="module")
+def student_server(tmp_path_factory):
+    """A student's JupyterLab (labs/README.md) serving lesson 2 as nbgrader releases it."""
+    tmp = tmp_path_factory.mktemp("student-view")
+    shutil.copytree(ROOT / "labs" / "source" / "02-first-xdp", tmp / "course" / "source" / "02-first-xdp")
+    shutil.copy(ROOT / "labs" / "nbgrader_config.py", tmp / "course")
+    env = {**os.environ, "PATH": f"{JUPYTER.parent}:{os.environ.get('PATH', '')}"}
+    cp = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "02-first-xdp", "--no-db", "--force"],
+                        cwd=tmp / "course", env=env, capture_output=True, text=True, timeout=600)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    srv = Server(tmp, student_view=True)
+    shutil.copy(tmp / "course" / "release" / "02-first-xdp" / "02-first-xdp.ipynb", srv.root)
+    srv.tmp = tmp
+    yield srv
+    srv.stop()
+
+
+def test_the_student_view_has_no_instructor_ui_no_news_and_opens_unmodified(student_server, request):
+    """No nbgrader menu, Validate button or Create Assignment panel, no formgrader behind
+    the server, no "Jupyter news?" pop-up, and a lesson that opens (kernel started) without
+    becoming "modified"."""
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        student_server.api("GET", "/formgrader")
+    with _browser_page(student_server.tmp, request.node.name) as page:
+        page.goto(student_server.url("lab/tree/02-first-xdp.ipynb"))
+        page.wait_for_selector(".jp-Notebook .jp-Cell")
+        deadline = time.monotonic() + 120
+        while not [s for s in student_server.api("GET", "sessions") if s["kernel"]["execution_state"] == "idle"]:
+            assert time.monotonic() < deadline, "the lesson's kernel did not start"
+            time.sleep(0.5)
+        page.wait_for_timeout(5_000)  # time for a news toast, and for the kernel's info to reach the notebook
+        _assert_student_view(page)
+
+
+def _assert_student_view(page) -> None:
+    menus = page.locator(".lm-MenuBar-itemLabel").all_inner_texts()
+    assert "Run" in menus and "Nbgrader" not in menus, menus
+    tabs = page.locator(".lm-TabBar-tab").evaluate_all("ts => ts.map(t => t.title || t.innerText)")
+    assert not [t for t in tabs if "Create Assignment" in t], tabs
+    assert page.get_by_text("Validate", exact=True).count() == 0
+    assert page.get_by_text(re.compile("Jupyter news", re.I)).count() == 0
+    assert page.locator(".jp-Notebook .jp-Cell").count() > 5
+    assert page.locator(".lm-TabBar-tab.jp-mod-dirty").count() == 0, "the lesson shows as modified just by opening it"
