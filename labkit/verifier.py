@@ -45,18 +45,21 @@ HINTS = [
      "loop with a constant (`for (int i = 0; i < 8; i++)`)."),
     (r"invalid access to packet|outside of the packet|invalid access to packet, off",
      "the program reads packet bytes it has not proven are there. Before touching a header, "
-     "compare its end with data_end: `if ((void *)(eth + 1) > data_end) return XDP_DROP;`. "
-     "The check must be on the same pointer (or one derived from it) that you then read."),
+     "compare its end with data_end, `if ((void *)(eth + 1) > data_end) return ...;`, returning the verdict "
+     "your exercise asks for frames too short for that header. The check must be on the same pointer "
+     "(or one derived from it) that you then read."),
     (r"map_value_or_null|_or_null",
      "a map lookup can return NULL (no such key) and the program used the result without "
-     "checking: `if (!value) return XDP_PASS;` right after bpf_map_lookup_elem()."),
+     "checking. Right after the lookup, test it (`if (!value) { ... }`) and in that branch do what a missing "
+     "entry means in your exercise (create it with update(), or leave without touching *value); "
+     "use *value only after the test."),
     (r"back-edge|infinite loop|loop is not bounded|too large\. Processed|BPF program is too large|"
      r"jump out of range|The sequence of \d+ jumps is too complex|the verifier gave up",
      "the verifier could not prove a loop ends: bound your loop. Give it a constant bound "
      "(`for (int i = 0; i < 8; i++)`), break out early inside it, or unroll it (`#pragma unroll`)."),
     (r"unbounded min value|unbounded memory access|min value is negative|value is outside of the allowed memory range",
-     "an offset the program adds to a pointer has no proven bounds. Clamp it first (`if (off > 64) return XDP_DROP;`, "
-     "or `off &= 0x3f;`) so the verifier knows its range, then bounds-check the result against data_end."),
+     "an offset the program adds to a pointer has no proven bounds. Clamp it first (`if (off > 64) return ...;` "
+     "with your exercise's verdict, or `off &= 0x3f;`) so the verifier knows its range, then bounds-check the result against data_end."),
     (r"R0 !read_ok",
      "the function can end without a return value: every path needs `return XDP_...;`."),
     (r"invalid (indirect )?read from stack|invalid indirect access to stack",
@@ -265,6 +268,60 @@ def _errno_of(exc: BaseException) -> int | None:
     if err and (os.strerror(err) in text or "super-user" in text):
         return err
     return next((code for code in sorted(errno_mod.errorcode) if os.strerror(code) in text), None)
+
+
+#: a source line in the verifier's log, placed in bcc's rewritten copy of the source: `; CODE @ main.c:N`
+_SOURCE_REF = re.compile(r"^(\s*); (.*?) @ \S+:(\d+)$")
+#: a compiler diagnostic's place: `/virtual/main.c:4:12: error: ...` (the source as written)
+_DIAGNOSTIC_REF = re.compile(r"\S*/main\.c:(\d+):(\d+): ")
+
+
+def source_lines(text: str, source: str, log: str = "", before: int = 0, label: str = "line") -> str:
+    """TEXT (an `explain()`) with each place bcc names turned into the user's own line of SOURCE
+    and its number as the user's editor shows it (BEFORE: lines the editor shows above SOURCE,
+    1 for a `%%bpf` cell). The verifier's `; CODE @ main.c:N` lines come from bcc's rewrite of
+    the source (`seen.lookup(&key)` reads `bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, -1), &key)`,
+    and the numbers are shifted): lines found as written in LOG (the whole log) anchor the shift."""
+    lines = source.split("\n")
+    anchors = _anchors(log or text, lines)
+    out = []
+    for row in text.split("\n"):
+        m = _SOURCE_REF.match(row)
+        if m is None:
+            out.append(_DIAGNOSTIC_REF.sub(lambda d: f"{label} {int(d.group(1)) + before}, column {d.group(2)}: ", row))
+            continue
+        if not m.group(2).strip():
+            continue  # bcc's own code, no line of the source
+        i = _source_line(m.group(2).strip(), int(m.group(3)), lines, anchors)
+        out.append(f"{m.group(1)}; {lines[i - 1].strip()}    <- {label} {i + before}" if i else row)
+    return "\n".join(out)
+
+
+def _anchors(log: str, lines: list[str]) -> dict[int, int]:
+    """{line in bcc's copy: its shift} for the log's source lines that are one line of the source as written."""
+    out = {}
+    for row in log.split("\n"):
+        m = _SOURCE_REF.match(row)
+        if m and m.group(2).strip():
+            hits = [i for i, l in enumerate(lines, 1) if l.strip() == m.group(2).strip()]
+            if len(hits) == 1:
+                out[int(m.group(3))] = int(m.group(3)) - hits[0]
+    return out
+
+
+def _source_line(code: str, n: int, lines: list[str], anchors: dict[int, int]) -> int | None:
+    """The number (from 1) of the source line that line N of bcc's copy (reading CODE) comes from."""
+    near = [anchors[k] for k in sorted(anchors, key=lambda k: (k > n, abs(k - n)))]
+    guess = n - near[0] if near else None
+    hits = [i for i, l in enumerate(lines, 1) if l.strip() == code]
+    if hits:
+        return min(hits, key=lambda i: abs(i - guess)) if guess else hits[0]
+    if guess is None:
+        return None
+    # a line bcc rewrote: the nearby line that starts most like it (`u64 *value = ...`)
+    around = [i for i in range(guess - 2, guess + 3) if 1 <= i <= len(lines) and lines[i - 1].strip()]
+    return max(around, key=lambda i: (len(os.path.commonprefix([lines[i - 1].strip(), code])), -abs(i - guess)),
+               default=None)
 
 
 def error_of(exc: BaseException) -> "VerifierError | CompileError | None":

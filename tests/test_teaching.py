@@ -130,11 +130,120 @@ def test_refused_cell_reports_instead_of_raising(capsys):
     try:
         assert not prog.ok
         out = capsys.readouterr().out
-        assert "the verifier refused xdp_main" in out and "<- cell line 4" in out
+        # the line as the editor numbers it: `%%bpf bad` is line 1, the read of h_proto line 5
+        assert "the verifier refused xdp_main" in out and "<- cell line 5" in out
         with pytest.raises(checks.CheckFailed, match="did not load"):
             checks.xdp(prog, [checks.Case("IPv4", frames.udp(), "XDP_DROP")])
     finally:
         prog.close()
+
+
+def _lesson_cell(lesson: str, first_line: str) -> str:
+    """The source of the cell of LESSON (labs/source) that starts with FIRST_LINE."""
+    nb = nbformat.read(LABS / lesson, as_version=4)
+    return next(c.source for c in nb.cells if c.source.startswith(first_line))
+
+
+def _without_solution(source: str) -> str:
+    return re.sub(r"\n *// BEGIN SOLUTION.*?// END SOLUTION", "", source, flags=re.S)
+
+
+def _editor_line(cell: str, text: str) -> int:
+    """The line of CELL (magic line included, as the editor numbers it) holding TEXT."""
+    return next(i for i, line in enumerate(cell.split("\n"), 1) if text in line)
+
+
+def test_a_refusal_shows_the_students_own_lines_with_the_editors_numbers():
+    cell = _without_solution(_lesson_cell("02-first-xdp/02-first-xdp.ipynb", "%%bpf counter"))
+    line, _, body = cell.partition("\n")
+    ns = {}
+    prog = magic.bpf_cell(line.split()[1], body, ns)
+    try:
+        text = prog.explain()
+        assert "map_value_or_null" in text and "bpf_pseudo_fd" not in text, text
+        assert f"; u64 *value = seen.lookup(&key);    <- cell line {_editor_line(cell, 'seen.lookup')}" in text, text
+        assert "@ main.c" not in text and "return XDP_PASS;`" not in prog.refused.hint
+    finally:
+        prog.close()
+    typo = "%%bpf typo\n#include <linux/if_ether.h>\nint xdp_main(struct xdp_md *ctx) {\n    return XDP_DROPP;\n}"
+    prog = magic.bpf_cell("typo", typo.partition("\n")[2], ns)
+    assert "cell line 4, column 12: error: use of undeclared identifier 'XDP_DROPP'" in prog.explain(), prog.explain()
+
+
+def test_the_stub_keeps_the_editors_line_numbers():
+    starter = "int xdp_main(struct xdp_md *ctx) {\n    # YOUR CODE HERE\n    raise NotImplementedError()\n    return XDP_PASS;\n}"
+    assert magic.from_stub(starter).split("\n")[3] == "    return XDP_PASS;"
+
+
+def test_hints_name_the_check_and_leave_the_verdict_to_the_exercise():
+    """Lesson 02 passes frames too short for a header, lesson 04 drops them; a missing map
+    entry is created in lesson 02's counter: no hint may prescribe one verdict."""
+    for message in ("invalid access to packet, off=12 size=2", "R0 invalid mem access 'map_value_or_null'",
+                    "R2 unbounded memory access, make sure to bounds check any such access"):
+        hint = verifier.hint_for(message)
+        assert hint and not re.search(r"return XDP_(PASS|DROP)", hint), (message, hint)
+    assert "data_end" in verifier.hint_for("invalid access to packet") and "NULL" in verifier.hint_for("map_value_or_null")
+
+
+def test_rerunning_an_unchanged_cell_reuses_its_program_with_fresh_maps():
+    cell = _lesson_cell("02-first-xdp/02-first-xdp.ipynb", "%%bpf counter")
+    body = cell.partition("\n")[2]
+    ns = {}
+    try:
+        first = magic.bpf_cell("counter", body, ns)
+        fd = first.fn.fd
+        for _ in range(3):
+            first.run(frames.udp())
+        again = magic.bpf_cell("counter", body, ns)
+        assert first.program is None and again.fn.fd == fd  # not compiled again
+        assert len(again.map("seen")) == 0  # the maps as a fresh load has them
+        for _ in range(2):
+            again.run(frames.udp())
+        assert {k.value: v.value for k, v in again.map("seen").items()} == {0: 2}
+        other = magic.bpf_cell("other", body, ns)  # never share a map with a cell that holds it
+        twin = magic.CellProgram("counter", body)
+        try:
+            assert twin.fn.fd != fd and other.fn.fd != fd
+        finally:
+            twin.close()
+        changed = magic.bpf_cell("counter", body.replace("XDP_PASS", "XDP_DROP"), ns)
+        assert changed.fn.fd != fd and changed.run(frames.udp()).action == "XDP_DROP"
+        refused = magic.bpf_cell("counter", _without_solution(cell).partition("\n")[2], ns)
+        assert refused.refused is magic.bpf_cell("counter", _without_solution(cell).partition("\n")[2], ns).refused
+    finally:
+        for p in ns.values():
+            p.close()
+
+
+def _notebook_outputs(cells: list[str], workdir: Path) -> list[list[dict]]:
+    """Run CELLS in a labkit kernel; the outputs of each."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, kernel_name="labkit", timeout=300, allow_errors=True,
+                   resources={"metadata": {"path": str(workdir)}}).execute()
+    return [c.outputs for c in nb.cells]
+
+
+def test_in_a_notebook_a_wrong_answer_reads_as_a_verdict_and_the_loop_example_as_a_refusal(tmp_path):
+    loop = _lesson_cell("04-parsing/04-parsing.ipynb", "%%bpf scan_unbounded")
+    outputs = _notebook_outputs([
+        "%load_ext labkit.teaching\nfrom labkit.teaching import checks, frames",
+        "%%bpf ipv4_drop\nint xdp_main(struct xdp_md *ctx) {\n    return XDP_PASS;\n}",
+        'checks.xdp(ipv4_drop, [checks.Case("IPv4 / UDP", frames.udp(), "XDP_DROP"),\n'
+        '                       checks.Case("ARP", frames.arp(), "XDP_PASS")], hint="compare eth->h_proto")',
+        loop,
+    ], tmp_path)
+    check = outputs[2]
+    # the cell fails (nbgrader grades on the error) and shows the verdict alone, once
+    assert [o["output_type"] for o in check] == ["error"] and check[0]["ename"] == "CheckFailed", check
+    shown = "\n".join(check[0]["traceback"])
+    assert shown.count("expected XDP_DROP") == 1 and shown.count("hint: compare eth->h_proto") == 1, shown
+    assert "1 of 2 wrong" in shown and "Traceback" not in shown and "checks.py" not in shown, shown
+    # lesson 04's unbounded loop: the verifier's reason, the loop hint, the editor's line
+    refusal = "".join(o.get("text", "") for o in outputs[3])
+    assert "bound your loop" in refusal and "the verifier gave up after processing" in refusal or \
+        re.search(r"back-edge|infinite loop", refusal), refusal
+    assert "too large (" not in refusal, refusal
+    assert f"<- cell line {_editor_line(loop, 'return p == end')}" in refusal, refusal
 
 
 def test_rewritten_bytes_are_shown_field_by_field():

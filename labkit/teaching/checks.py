@@ -1,7 +1,8 @@
-"""Exercise checks a student can read: each runs the student's work, prints expected against
-actual, and on failure raises `CheckFailed` (an AssertionError, so nbgrader counts the
-test cell as failed) with a hint. On success they return nothing, so nbgrader gives the
-cell its full points.
+"""Exercise checks a student can read: each runs the student's work and shows expected against
+actual. On success they print the table and return nothing, so nbgrader gives the cell its
+full points. On failure they raise `CheckFailed` (an AssertionError, so nbgrader counts the
+test cell as failed) whose message is the table and a hint; in a notebook it shows as that
+verdict alone, once, with no traceback.
 
     checks.xdp(prog, [
         checks.Case("UDP to port 9", frames.udp(dport=9), "XDP_DROP"),
@@ -33,7 +34,12 @@ TC_ACTIONS = {-1: "TC_ACT_UNSPEC", 0: "TC_ACT_OK", 1: "TC_ACT_RECLASSIFY", 2: "T
 
 
 class CheckFailed(LabkitError, AssertionError):
-    """An exercise's check failed; the message says what was expected, what came, and a hint."""
+    """An exercise's check failed; the message says what was expected, what came, and a hint.
+    IPython shows what `_render_traceback_` returns instead of a traceback: a wrong answer
+    reads as a verdict, not as a crash of labkit, and the cell still fails."""
+
+    def _render_traceback_(self) -> list[str]:
+        return str(self).split("\n")
 
 
 @dataclass
@@ -72,7 +78,7 @@ def _table(rows: list[tuple[str, str, str, bool]]) -> list[str]:
 
 
 def report(title: str, rows: list[tuple[str, str, str, bool]], hints: list[str], details: list[str] = ()) -> None:
-    """Print a check's table; raise CheckFailed (with the same text) when a row is wrong."""
+    """Print a check's table, or raise CheckFailed with it when a row is wrong."""
     lines = [f"check: {title}"] + _table(rows) + [f"    {d}" for d in details]
     failed = [r for r in rows if not r[3]]
     if failed:
@@ -85,9 +91,9 @@ def report(title: str, rows: list[tuple[str, str, str, bool]], hints: list[str],
     else:
         lines.append(f"  all {len(rows)} right")
     text = "\n".join(lines)
-    print(text)
     if failed:
         raise CheckFailed(text)
+    print(text)
     # Nothing returned on success: a value would show as the test cell's result, which
     # nbgrader would read as partial credit.
 
@@ -177,8 +183,7 @@ def true(title: str, condition: bool, expected: str, actual: str, hint: str | No
 def loaded(prog, title: str = "the program loads") -> None:
     """The `%%bpf` program was accepted by the compiler and the verifier."""
     if getattr(prog, "refused", None) is not None:
-        print(f"check: {title}\n  " + prog.explain().replace("\n", "\n  "))
-        raise CheckFailed(f"{title}: no\n{prog.explain()}")
+        raise CheckFailed(f"check: {title}: no\n  " + prog.explain().replace("\n", "\n  "))
     return report(title, [(title, "accepted", "accepted", True)], [])
 
 
