@@ -57,7 +57,7 @@ _BUDGET = bpf.enum_values(HEADER, "xdp_loop_budget")
 NEXT, LIMIT = _BUDGET["LOOP_NEXT"], _BUDGET["LOOP_LIMIT"]
 PORTS_MAX = bpf.enum_values(HEADER, "xdp_loop_ports")["LOOP_PORTS_MAX"]
 #: how long frames still in the loop may take to die out once the limit is reached
-SETTLE_S = 0.002
+SETTLE_S = 0.0005
 _numbers = itertools.count()
 
 

@@ -53,7 +53,7 @@ from labkit.traffic.xdpgen import PEER_MODES, XdpGenerator, parse_speed
 
 SEED = 32  # frames in the loop: more only lose frames in its 256-frame rings
 MAX_FRAME = 3400  # a frame must fit one page with the veth's XDP head- and tailroom
-CHUNK_SECONDS = 0.005  # paced: one budget step is this much of the schedule
+CHUNK_SECONDS = 0.01  # paced: one budget step is this much of the schedule
 POLL_S = 0.002  # how often a send looks at the loop's index
 STALL_S = 0.02  # a loop whose index did not move for this long has died: seed it again
 FALLBACKS = "use 'trafgen' (netsniff-ng) or 'testpmd' (DPDK txonly) instead"
