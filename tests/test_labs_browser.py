@@ -484,3 +484,86 @@ def _assert_student_view(page) -> None:
     assert page.get_by_text(re.compile("Jupyter news", re.I)).count() == 0
     assert page.locator(".jp-Notebook .jp-Cell").count() > 5
     assert page.locator(".lm-TabBar-tab.jp-mod-dirty").count() == 0, "the lesson shows as modified just by opening it"
+
+
+LESSON_02 = ROOT / "labs" / "source" / "02-first-xdp" / "02-first-xdp.ipynb"
+
+
+def _exercise_1() -> tuple[str, str, str]:
+    """Lesson 2's Exercise 1 from the instructor's version: the answer cell with its solution
+    in place (markers dropped), the same answer with IPv6 dropped too (it compiles, and one
+    visible case, IPv6 / UDP, gets the wrong verdict), and the check cell's hint."""
+    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
+             for c in json.loads(LESSON_02.read_text())["cells"]}
+    right = "\n".join(line for line in cells["l02_ipv4"].splitlines() if "SOLUTION" not in line)
+    drop_ipv4 = "if (eth->h_proto == bpf_htons(ETH_P_IP))"
+    assert drop_ipv4 in right, "lesson 2's Exercise 1 solution changed: update this test's wrong answer"
+    wrong = right.replace(drop_ipv4, drop_ipv4[:-1] + " || eth->h_proto == bpf_htons(ETH_P_IPV6))")
+    hint = re.search(r'hint="([^"]+)"', cells["l02_ipv4_test"]).group(1)
+    return right, wrong, hint
+
+
+def _type_into(page, cell, source: str) -> None:
+    """Replace CELL's text with SOURCE, as a paste would (no auto-indent or bracket closing)."""
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text(source)
+    page.keyboard.press("Escape")  # back to command mode, the cell still selected
+
+
+def _save(page, server, notebook: str) -> dict:
+    """Save NOTEBOOK as the user does (Ctrl+S); its graded and answer cells on disk, by nbgrader id."""
+    page.keyboard.press("Control+s")
+    page.wait_for_function("() => !document.querySelector('.lm-TabBar-tab.jp-mod-dirty')")
+    cells = json.loads((server.root / notebook).read_text())["cells"]
+    return {c["metadata"]["nbgrader"]["grade_id"]: c for c in cells if "nbgrader" in c["metadata"]}
+
+
+def test_a_wrong_answer_shows_its_verdict_once_and_fails_the_cell(student_server, request):
+    """Released lesson 2, Exercise 1, in a student's JupyterLab: a compiling answer with one
+    wrong verdict makes the check cell show the table and the hint once, with no traceback,
+    as an error output, saved as the `CheckFailed` error nbgrader grades on; the right answer
+    in the same cell passes the check with no error."""
+    right, wrong, hint = _exercise_1()
+    lesson = "answers/02-first-xdp.ipynb"  # a copy of its own: the lesson beside it stays as released
+    (student_server.root / "answers").mkdir()
+    shutil.copy(student_server.root / "02-first-xdp.ipynb", student_server.root / lesson)
+    with _browser_page(student_server.tmp, request.node.name) as page:
+        page.goto(student_server.url(f"lab/tree/{lesson}") + "&reset")  # this lesson alone, no tabs restored
+        page.wait_for_selector(".jp-Notebook .jp-Cell")
+        assert page.locator(".jp-NotebookPanel").count() == 1
+        answer = page.locator(".jp-Notebook .jp-CodeCell", has_text="%%bpf ipv4_drop")
+        check = page.locator(".jp-Notebook .jp-CodeCell", has_text="checks.xdp(ipv4_drop")
+        _type_into(page, answer, wrong)
+        check.locator(".jp-InputPrompt").click()
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Above Selected Cell", exact=True).click()
+        check.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Control+Enter")
+        check.locator(".jp-OutputArea-output", has_text="1 of 4 wrong").wait_for()
+
+        out = check.locator(".jp-OutputArea-output")
+        assert out.count() == 1, out.all_inner_texts()
+        shown = out.inner_text()
+        assert re.search(r"IPv6 / UDP\s+expected XDP_PASS\s+got XDP_DROP\s+WRONG", shown), shown
+        for once in ("check: 4 frames through xdp_main", "IPv6 / UDP", "WRONG", f"hint: {hint}", "1 of 4 wrong"):
+            assert shown.count(once) == 1, f"{once!r} is shown {shown.count(once)} times:\n{shown}"
+        for crash in ("Traceback", "checks.py", "CheckFailed", "File \""):
+            assert crash not in shown, shown
+        assert out.get_attribute("data-mime-type") == "application/vnd.jupyter.stderr"
+
+        saved = _save(page, student_server, lesson)
+        outputs = saved["l02_ipv4_test"]["outputs"]
+        assert [(o["output_type"], o.get("ename")) for o in outputs] == [("error", "CheckFailed")], outputs
+        assert "Traceback" not in "\n".join(outputs[0]["traceback"])
+        assert "".join(saved["l02_ipv4"]["source"]).strip() == wrong.strip(), "the answer cell does not hold what was typed"
+
+        _type_into(page, answer, right)
+        page.keyboard.press("Control+Enter")  # the answer cell, then the check
+        check.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Control+Enter")
+        check.locator(".jp-OutputArea-output", has_text="all 4 right").wait_for()
+        assert check.locator(".jp-OutputArea-output").count() == 1
+        assert check.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
+        outputs = _save(page, student_server, lesson)["l02_ipv4_test"]["outputs"]
+        assert [o["output_type"] for o in outputs] == ["stream"], outputs
