@@ -65,7 +65,8 @@ def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
             for name in GENERATORS:
                 ok, why = status.get(name, (False, "backend not present"))
                 if not ok:
-                    rows.append(_row("generators", name, "xdp_drop_native", 0, "unavailable", float("nan"), "", why))
+                    rows.append(_row("generators", name, "xdp_drop_native", 0, "unavailable", float("nan"), "",
+                                     why.split("; ")[0]))  # the reason; doctor has the rest
                     continue
                 gens[name] = traffic.generator(name, snd)
             # ---- generators into a native XDP drop receiver
@@ -166,7 +167,8 @@ def receiver_lines(df: pd.DataFrame) -> list[str]:
         kept_up = med.get((v, "loss_ratio"), 1.0) < KEPT_UP
         limited += [v] if kept_up else []
         out.append(f"receiver {v} fed by {feed}: {med.get((v, 'received_pps'), float('nan')) / 1e6:.2f} Mpps"
-                   + (" (generator-limited: it lost nothing, so this is the generator's rate)" if kept_up else
+                   + (" (lost nothing: generator-limited, the rate generator and receiver reached together on "
+                      "shared CPUs, not the receiver's limit)" if kept_up else
                       f" (lost {med.get((v, 'loss_ratio'), float('nan')):.0%}: the receiver's limit)")
                    + f", {med.get((v, 'cpu_ns_per_pkt'), float('nan')):.0f} ns receive CPU per packet")
     if not limited:
@@ -174,7 +176,7 @@ def receiver_lines(df: pd.DataFrame) -> list[str]:
         out.append(f"XDP native drop / iptables raw: {ratio:.2f}x the rate (both receivers saturated)")
     else:
         out.append("XDP native drop / iptables raw: no ratio of rates (" + ", ".join(limited)
-                   + " generator-limited); compare their CPU per packet")
+                   + " generator-limited: lost nothing); compare their CPU per packet")
     cpu = med.get(("xdp_drop_native", "cpu_ns_per_pkt")), med.get(("iptables_raw_drop", "cpu_ns_per_pkt"))
     if all(c and c == c for c in cpu):
         out.append(f"receive CPU per packet, XDP native drop / iptables raw: {cpu[0] / cpu[1]:.2f}x (goal <= 0.25)")
