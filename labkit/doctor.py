@@ -126,7 +126,7 @@ def _ovs_ports(port_type: str):
 
 @capabilities.register("ovs", "Open vSwitch's userspace datapath (the ovs variants of 02)",
                        causes="Open vSwitch not installed (Debian package openvswitch-switch), or its daemons refused",
-                       instead="nothing: the ovs variants are skipped")
+                       instead="none: the ovs variants cannot run")
 def _ovs_probe() -> str:
     ok, detail = _ovs_ports("system")()
     if not ok:

@@ -24,7 +24,9 @@ GENERATORS = "the 'xdp_loop' generator (an XDP loop seeded by AF_PACKET), else '
 
 
 @capabilities.register("test_run", "BPF_PROG_TEST_RUN (a program's own cost, the course's checks)",
-                       causes=ROOT_CAUSES, instead="nothing: program costs and the course's checks are skipped")
+                       causes=ROOT_CAUSES,
+                       instead="none: 01 skips its program costs; the NAT's program times and the course's checks "
+                               "cannot run")
 def test_run() -> str:
     with bpf.load("xdp_minimal") as prog:
         res = bpf.test_run(prog.function("xdp_drop_bare", "xdp"), bytes(64), repeat=10)
@@ -65,20 +67,22 @@ def _attach_on_pair(mode: str) -> str:
 
 @capabilities.register("xdp_native", "native XDP on a veth (the xdp_native variants, XDP frames into a receiver)",
                        causes=f"a kernel without veth XDP support, {ROOT_CAUSES}",
-                       instead="generic XDP (XDP_FLAGS_SKB_MODE) where a variant allows it")
+                       instead="none for the xdp_native variants; 'auto' leaves out the generators of XDP frames "
+                               "(xdp, xdp_loop)")
 def xdp_native() -> str:
     return _attach_on_pair("native")
 
 
 @capabilities.register("xdp_generic", "generic XDP (the xdp_generic variants)", causes=ROOT_CAUSES,
-                       instead="nothing: the generic XDP variants are skipped")
+                       instead="none: the xdp_generic variants cannot run")
 def xdp_generic() -> str:
     return _attach_on_pair("generic")
 
 
 @capabilities.register("tc_clsact", "tc programs on a clsact qdisc (tc variants, the tc NAT, stamped latency probes)",
                        causes=f"a kernel without CONFIG_NET_CLS_BPF or CONFIG_NET_SCH_INGRESS, {ROOT_CAUSES}",
-                       instead="nothing: the tc variants are skipped")
+                       instead="none: the tc variants and the tc NAT cannot run; latency probes are skipped "
+                               "where live frames are refused too")
 def tc_clsact() -> str:
     with topology.Topology(topology.pair(*PAIR)) as topo, bpf.load("xdp_minimal") as prog:
         with bpf.attach_tc(topo.iface(PAIR[0]), prog.function("tc_pass_bare", "tc"), "egress"):
@@ -96,7 +100,7 @@ def af_xdp() -> str:
 
 @capabilities.register("iptables", "iptables (the iptables variants, netfilter NAT)",
                        causes="iptables not installed (Debian package iptables), or a kernel without netfilter",
-                       instead="nothing: the iptables variants are skipped")
+                       instead="none: the iptables variants cannot run")
 def iptables() -> str:
     tool = shutil.which("iptables")
     if not tool:
@@ -125,7 +129,7 @@ def pktgen() -> str:
 
 @capabilities.register("dpdk_vdev", "DPDK's EAL with virtual devices and no hugepages (l2fwd, testpmd)",
                        causes="DPDK not installed (Debian packages dpdk dpdk-dev), or memory locking refused",
-                       instead="nothing: the DPDK variants and the testpmd generator are skipped")
+                       instead="none for the DPDK variants; 'auto' leaves out the testpmd generators")
 def dpdk_vdev() -> str:
     tool = shutil.which("dpdk-testpmd")
     if not tool:
