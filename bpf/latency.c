@@ -1,4 +1,4 @@
-/* One-way latency probes. Control plane: labkit/dataplanes/latency.py (loads it, fills
+/* One-way latency probes. Control plane: labkit/dataplanes/latency_probe.py (loads it, fills
  * lat_template, sends probes with BPF_PROG_RUN in live-frames mode, or with AF_PACKET where
  * live frames are refused, and reads the histogram).
  *

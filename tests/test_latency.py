@@ -15,18 +15,18 @@ import time
 import pytest
 
 from labkit import bpf, capabilities, traffic
-from labkit.dataplanes import latency
+from labkit.dataplanes import latency_probe
 from labkit.errors import InputError, MissingDependency
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 
 
-@pytest.fixture(params=[latency.LIVE_FRAMES, latency.AF_PACKET])
+@pytest.fixture(params=[latency_probe.LIVE_FRAMES, latency_probe.AF_PACKET])
 def sent_by(request, monkeypatch):
     """How the probes of the test are sent: live frames where the probe allows them (else
     skipped, naming why), or AF_PACKET + tc with live frames refused through LABKIT_REFUSE."""
     capabilities.forget()
-    if request.param == latency.AF_PACKET:
+    if request.param == latency_probe.AF_PACKET:
         refused = {n for n in os.environ.get(capabilities.ENV, "").split(",") if n}
         monkeypatch.setenv(capabilities.ENV, ",".join(sorted(refused | {"live_frames"})))
     else:
@@ -40,7 +40,7 @@ def sent_by(request, monkeypatch):
 def load_generator(snd, method: str):
     """Background load that needs what METHOD needs: the in-kernel generator beside live
     frames, trafgen where they are refused."""
-    return traffic.generator("xdp", snd, peer="none") if method == latency.LIVE_FRAMES else \
+    return traffic.generator("xdp", snd, peer="none") if method == latency_probe.LIVE_FRAMES else \
         traffic.generator("trafgen", snd)
 
 
@@ -51,53 +51,53 @@ def qdisc_kinds(iface) -> set:
 
 # ---------------------------------------------------------------- the histogram's layout
 def test_buckets_are_log_linear_and_contiguous():
-    assert [latency.bucket_bounds(i) for i in range(9)][:8] == [(i, i + 1) for i in range(8)]
+    assert [latency_probe.bucket_bounds(i) for i in range(9)][:8] == [(i, i + 1) for i in range(8)]
     prev_high = 0
-    for i in range(latency.BUCKETS):
-        lo, hi = latency.bucket_bounds(i)
+    for i in range(latency_probe.BUCKETS):
+        lo, hi = latency_probe.bucket_bounds(i)
         assert lo == prev_high, f"bucket {i} starts at {lo}, the previous ended at {prev_high}"
         if lo >= 8:
             assert (hi - lo) * 8 <= lo, "each bucket is at most 1/8 of its lower bound wide"
         prev_high = hi
     for ns in (0, 1, 7, 8, 9, 15, 16, 1000, 12_345, 10**6, 3 * 10**9):
-        lo, hi = latency.bucket_bounds(latency.bucket_of(ns))
+        lo, hi = latency_probe.bucket_bounds(latency_probe.bucket_of(ns))
         assert lo <= ns < hi
 
 
 def test_percentiles_and_cdf_from_a_histogram():
-    hist = [0] * latency.BUCKETS
-    b1, b2 = latency.bucket_of(10_000), latency.bucket_of(1_000_000)
+    hist = [0] * latency_probe.BUCKETS
+    b1, b2 = latency_probe.bucket_of(10_000), latency_probe.bucket_of(1_000_000)
     hist[b1], hist[b2] = 990, 10
-    d = latency.percentiles(hist, max_ns=1_050_000)
-    lo1, hi1 = latency.bucket_bounds(b1)
-    lo2, hi2 = latency.bucket_bounds(b2)
+    d = latency_probe.percentiles(hist, max_ns=1_050_000)
+    lo1, hi1 = latency_probe.bucket_bounds(b1)
+    lo2, hi2 = latency_probe.bucket_bounds(b2)
     assert lo1 <= d["p50_ns"] < hi1 and lo1 <= d["p90_ns"] < hi1 and lo1 <= d["p99_ns"] < hi1
     assert lo2 <= d["p99.9_ns"] < hi2 and d["max_ns"] == 1_050_000 and d["probes"] == 1000
-    c = latency.cdf(hist)
+    c = latency_probe.cdf(hist)
     assert c == [(float(hi1), 0.99), (float(hi2), 1.0)]
-    empty = latency.percentiles([0] * latency.BUCKETS)
+    empty = latency_probe.percentiles([0] * latency_probe.BUCKETS)
     assert empty["probes"] == 0 and empty["p50_ns"] != empty["p50_ns"]  # NaN
 
 
 # ---------------------------------------------------------------- the programs, on crafted frames
 def test_sink_histograms_probes_and_counts_the_rest(pair):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+    with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         sink = probe.sink()
         frame = bytearray(probe.frame)
         stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - 5_000_000  # sent 5 ms ago (bpf_ktime_get_ns's clock)
-        frame[latency._F["LAT_STAMP"]:latency._F["LAT_STAMP"] + 8] = struct.pack("=Q", stamp)
+        frame[latency_probe._F["LAT_STAMP"]:latency_probe._F["LAT_STAMP"] + 8] = struct.pack("=Q", stamp)
         assert bpf.test_run(sink, bytes(frame)).action == "XDP_DROP"
         hist = probe.histogram()
         (idx,) = [i for i, n in enumerate(hist) if n]
-        lo, hi = latency.bucket_bounds(idx)
+        lo, hi = latency_probe.bucket_bounds(idx)
         assert hi > 5_000_000 and lo < 5_000_000 + 10**9, "the delay lands in the bucket Python expects"
         assert probe.counts()["max_ns"] >= 5_000_000
         future = bytearray(frame)
-        future[latency._F["LAT_STAMP"]:latency._F["LAT_STAMP"] + 8] = struct.pack("=Q", 2**63)
+        future[latency_probe._F["LAT_STAMP"]:latency_probe._F["LAT_STAMP"] + 8] = struct.pack("=Q", 2**63)
         bpf.test_run(sink, bytes(future))
         other = bytearray(frame)
-        other[latency.PAYLOAD:latency.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
+        other[latency_probe.PAYLOAD:latency_probe.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
         bpf.test_run(sink, bytes(other))
         c = probe.counts()
         assert (c["probes"], c["clock_back"], c["other"]) == (1, 1, 1)
@@ -107,26 +107,26 @@ def test_sink_histograms_probes_and_counts_the_rest(pair):
 
 def test_probe_program_stamps_and_transmits(pair):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+    with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         # a context naming another interface (loopback): the probe program leaves the packet alone
         res = bpf.test_run(probe.fn, probe.frame, ctx=bpf.XdpMd(ingress_ifindex=1))
         assert res.action == "XDP_PASS" and probe.counts()["sent"] == 0
-    with latency.LatencyProbe.on_loopback() as lo_probe:
+    with latency_probe.LatencyProbe.on_loopback() as lo_probe:
         # the same program loaded for loopback, run on loopback: restored, stamped, transmitted
         t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         res = bpf.test_run(lo_probe.fn, b"\xff" * len(lo_probe.frame), ctx=bpf.XdpMd(ingress_ifindex=1))
         t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         assert res.action == "XDP_TX" and lo_probe.counts()["sent"] == 1
         out = res.data_out
-        assert out[:latency.PAYLOAD + 4] == lo_probe.frame[:latency.PAYLOAD + 4], "headers restored from the template"
-        stamp = struct.unpack_from("=Q", out, latency._F["LAT_STAMP"])[0]
+        assert out[:latency_probe.PAYLOAD + 4] == lo_probe.frame[:latency_probe.PAYLOAD + 4], "headers restored from the template"
+        stamp = struct.unpack_from("=Q", out, latency_probe._F["LAT_STAMP"])[0]
         assert t0 <= stamp <= t1, "stamped with the kernel's monotonic clock during the run"
 
 
 def test_tc_stamp_program_stamps_probes_and_passes_everything(pair):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    seq_at = latency.PAYLOAD + 4
-    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+    seq_at = latency_probe.PAYLOAD + 4
+    with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         stamp = probe.program.function("lat_stamp", "tc")
         stamps = []
         for i in range(2):
@@ -135,14 +135,14 @@ def test_tc_stamp_program_stamps_probes_and_passes_everything(pair):
             t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             out = res.data_out
             assert res.retval == 0, "TC_ACT_OK: the probe goes on"
-            assert out[:seq_at] == probe.frame[:seq_at] and out[latency._F["LAT_STAMP"] + 8:] == \
-                probe.frame[latency._F["LAT_STAMP"] + 8:], "only the sequence number and the stamp change"
+            assert out[:seq_at] == probe.frame[:seq_at] and out[latency_probe._F["LAT_STAMP"] + 8:] == \
+                probe.frame[latency_probe._F["LAT_STAMP"] + 8:], "only the sequence number and the stamp change"
             stamps.append(struct.unpack_from("=IQ", out, seq_at))
             assert t0 <= stamps[-1][1] <= t1, "stamped with the kernel's monotonic clock as it passed"
         assert stamps[1][0] == stamps[0][0] + 1 or stamps[1][0] == 0, "a sequence number per probe (per CPU)"
         assert probe.counts()["sent"] == 2
         other = bytearray(probe.frame)
-        other[latency.PAYLOAD:latency.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
+        other[latency_probe.PAYLOAD:latency_probe.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
         res = bpf.test_run(stamp, bytes(other))
         assert res.retval == 0 and res.data_out == bytes(other), "other packets pass untouched"
         assert probe.counts()["sent"] == 2
@@ -152,7 +152,7 @@ def test_tc_stamp_program_stamps_probes_and_passes_everything(pair):
 # ---------------------------------------------------------------- probes on real veths
 def test_probes_cross_a_veth_and_are_histogrammed(pair, sent_by):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+    with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         assert probe.method == sent_by
         with bpf.attach_xdp(rcv, probe.sink(), "native"), probe.peer_ready():
             assert probe.send(500, rate_pps=2000) == 500
@@ -161,7 +161,7 @@ def test_probes_cross_a_veth_and_are_histogrammed(pair, sent_by):
             c = probe.cdf()
     assert d["sent"] == 500 and d["probes"] == 500 and d["clock_back"] == 0
     assert 0 < d["p50_ns"] <= d["p90_ns"] <= d["p99_ns"] <= d["p99.9_ns"]
-    assert d["max_ns"] >= latency.bucket_bounds(latency.bucket_of(int(d["p99.9_ns"])))[0]
+    assert d["max_ns"] >= latency_probe.bucket_bounds(latency_probe.bucket_of(int(d["p99.9_ns"])))[0]
     assert c[-1][1] == 1.0 and all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(c, c[1:]))
     assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
     assert "clsact" not in qdisc_kinds(snd), "the stamping program is taken off after the probes"
@@ -171,7 +171,7 @@ def test_probes_under_background_load(pair, sent_by):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     gen = load_generator(snd, sent_by)
     load = traffic.TrafficSpec.between(snd, rcv, size=64, count=100_000, rate_pps=100_000)
-    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+    with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         # the sink is native XDP on the peer: the generator's frames are delivered to it
         with bpf.attach_xdp(rcv, probe.sink(), "native"), probe.peer_ready():
             d = probe.under_load(lambda: gen.send(load), count=300, rate_pps=1000)
@@ -185,9 +185,9 @@ def test_probes_under_background_load(pair, sent_by):
 
 def test_peer_ready_attaches_only_while_inside_and_only_for_xdp_frames(pair, sent_by):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+    with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         with probe.peer_ready():
-            want = "xdp" if sent_by == latency.LIVE_FRAMES else None  # AF_PACKET's skbs need no NAPI peer
+            want = "xdp" if sent_by == latency_probe.LIVE_FRAMES else None  # AF_PACKET's skbs need no NAPI peer
             assert bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED") == want
         assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
 
@@ -197,10 +197,10 @@ def test_where_live_frames_are_refused_probes_go_by_af_packet_stamped_at_tc_egre
     capabilities.forget()
     monkeypatch.setenv(capabilities.ENV, "live_frames")
     try:
-        with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
-            assert probe.method == latency.AF_PACKET
-            choice = capabilities.choices()[latency.PURPOSE]
-            assert choice["backend"] == latency.AF_PACKET and "live frames refused" in choice["why"]
+        with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+            assert probe.method == latency_probe.AF_PACKET
+            choice = capabilities.choices()[latency_probe.PURPOSE]
+            assert choice["backend"] == latency_probe.AF_PACKET and "live frames refused" in choice["why"]
             with bpf.attach_xdp(rcv, probe.sink(), "native"):
                 # the load's thread looks at the sender while the probes run: the stamper is on its egress
                 d = probe.under_load(lambda: _wait_for(lambda: "clsact" in qdisc_kinds(snd), 20), count=1000,
@@ -210,7 +210,7 @@ def test_where_live_frames_are_refused_probes_go_by_af_packet_stamped_at_tc_egre
             assert 0 < d["p50_ns"] <= d["p99_ns"] <= d["max_ns"]
             assert "clsact" not in qdisc_kinds(snd), "and taken off after"
             with pytest.raises(MissingDependency, match="live-frames mode"):
-                latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, method=latency.LIVE_FRAMES)
+                latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, method=latency_probe.LIVE_FRAMES)
     finally:
         capabilities.forget()
 
@@ -227,26 +227,26 @@ def _wait_for(cond, seconds: float) -> bool:
 def test_bad_input_is_refused(pair):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     with pytest.raises(InputError, match="probe size"):
-        latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, size=60)
-    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
+        latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, size=60)
+    with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         with pytest.raises(InputError, match="probe rate"):
             probe.send(10, rate_pps=1e6)
         with pytest.raises(InputError, match="probe count"):
             probe.send(0)
     with pytest.raises(InputError, match="probe method"):
-        latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, method="raw_socket")
+        latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, method="raw_socket")
 
 
 # ---------------------------------------------------------------- a profile: NDR, no load, fractions of it
 def test_profile_over_a_veth_at_no_load_and_half_its_no_drop_rate(pair, sent_by):
-    from labkit.measure import latency as profiles
+    from labkit.measure import latency_profile as profiles
 
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     gen = load_generator(snd, sent_by)
     spec = traffic.TrafficSpec.between(snd, rcv, size=64, count=50_000)
     with pytest.raises(InputError, match="fractions of the no-drop rate"):
         profiles.check([0.5, 1.5], 100, 1000.0, 0.001)
-    with latency.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe, \
+    with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe, \
             bpf.attach_xdp(rcv, probe.sink(), "native"):
         prof = profiles.profile(probe, gen, spec, lambda: rcv.stats()["rx_packets"], loads=[0.5], probes=200,
                                 probe_rate=1000, ndr_seconds=0.2, ndr_iterations=4)

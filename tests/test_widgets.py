@@ -63,7 +63,7 @@ def test_new_drop_lab_closes_the_old_one(drop_lab):
 
 def test_stopped_drop_lab_refuses_everything_and_creates_nothing(drop_lab):
     from labkit.widgets.drop import DropLabWidget
-    from labkit.testbed.live import LabStopped
+    from labkit.testbed.livelab import LabStopped
 
     lab = drop_lab()
     ui = DropLabWidget(lab)
@@ -136,7 +136,7 @@ def test_refused_hook_keeps_the_filter_where_it_was(drop_lab):
 # ---------------------------------------------------------------- the NAT lab
 @pytest.fixture
 def nat_lab():
-    from labkit.experiments.nat.live import LiveNat
+    from labkit.experiments.nat.live_nat import LiveNat
 
     labs = []
 
@@ -151,7 +151,7 @@ def nat_lab():
 
 
 def test_new_nat_lab_closes_the_old_one_and_its_widgets(nat_lab):
-    from labkit.experiments.nat import live
+    from labkit.experiments.nat import live_nat as live
     from labkit.widgets.nat import FlowView, MappingEditor
 
     first = nat_lab(clients=1)
@@ -171,7 +171,7 @@ def test_new_nat_lab_closes_the_old_one_and_its_widgets(nat_lab):
 
 
 def test_nat_lab_after_stop_refuses_and_creates_nothing(nat_lab):
-    from labkit.testbed.live import LabStopped
+    from labkit.testbed.livelab import LabStopped
     from labkit.widgets.nat import MappingEditor
 
     lab = nat_lab(clients=1)

@@ -83,7 +83,7 @@ def test_smoke_clamps_latency():
 
 
 def test_no_percentile_is_read_above_the_exact_maximum():
-    from labkit.dataplanes import latency as probes
+    from labkit.dataplanes import latency_probe as probes
 
     hist = [0] * probes.BUCKETS
     b = probes.bucket_of(25_000)

@@ -1,4 +1,4 @@
-/* What bpf/latency.c and its control plane (labkit/dataplanes/latency.py) share. */
+/* What bpf/latency.c and its control plane (labkit/dataplanes/latency_probe.py) share. */
 #ifndef LABKIT_LATENCY_H
 #define LABKIT_LATENCY_H
 

@@ -40,7 +40,7 @@ baseline, and for DPDK its own process's CPU, memory and hugepages; per variant 
 CPU it burns with no traffic at all (``idle_busy_cores``). With ``latency`` on, per trial
 and forwarder at the smallest frame size: its no-drop rate and the one-way latency of
 probes (bpf/latency.c; the receiver's sink is then the probe sink) with no load and with
-background load at ``latency_loads`` of that rate (labkit.measure.latency).
+background load at ``latency_loads`` of that rate (labkit.measure.latency_profile).
 """
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ from labkit import measure
 from labkit.testbed import inventory, topology
 from labkit.experiments import Feed, Result, View, check_run_shape, saved_metadata, smoke_clamp, trial_loop
 from labkit import dpdk, ovs
-from labkit.dataplanes.latency import LatencyProbe
-from labkit.measure import latency as latency_profile
+from labkit.dataplanes.latency_probe import LatencyProbe
+from labkit.measure import latency_profile as latency_profile
 from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.experiments import l2fwd_views as views
 from labkit.dataplanes.xdp_fwd import XdpForwarder

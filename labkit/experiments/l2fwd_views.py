@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from labkit import measure
 from labkit.experiments import FEED_SKB, fed_by as _fed_by, table_feed
-from labkit.measure import latency
+from labkit.measure import latency_profile as latency
 
 LOAD = latency.LOAD
 #: what a socket-buffer feed means for the XDP forwarder (its native program on the DUT's first port)
@@ -64,7 +64,7 @@ def record_latency(rs, variant: str, trial: int, size, prof, **extra) -> list[di
 
 
 #: per variant and load: the no-drop rate, the background rate, each percentile's mean over
-#: trials with min and max (µs), probes received (`labkit.measure.latency.summary`)
+#: trials with min and max (µs), probes received (`labkit.measure.latency_profile.summary`)
 latency_summary = latency.summary
 
 

@@ -45,7 +45,7 @@ from typing import Callable
 
 from labkit import BPF_DIR, bpf, packets
 from labkit.dataplanes.drop_filter import DropFilter
-from labkit.dataplanes.latency import LatencyProbe
+from labkit.dataplanes.latency_probe import LatencyProbe
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_fwd import XdpForwarder

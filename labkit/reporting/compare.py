@@ -39,7 +39,7 @@ from pathlib import Path
 from labkit import experiments, results
 from labkit.errors import InputError
 from labkit.experiments import View
-from labkit.reporting import latency as latency_view
+from labkit.reporting import latency_view
 from labkit.reporting.standing import reference_table
 from labkit.reporting.testbeds import testbed_of
 

@@ -137,7 +137,7 @@ def _table_html(df) -> str:
 def _latency_block(view, chosen) -> str:
     """One-way latency of the shown run, where it measured any: a sentence and p50/p99 (µs)
     per variant with no load and at each load."""
-    from labkit.reporting import latency
+    from labkit.reporting import latency_view as latency
 
     try:
         lat = latency.for_runs(view, chosen)
@@ -153,7 +153,8 @@ def _latency_block(view, chosen) -> str:
 def _other_testbeds(view, rows, shown) -> str:
     """A line per other testbed with runs of this experiment: its own latest run's headline
     (rates, and latency where measured); '' when the shown run's testbed is the only one."""
-    from labkit.reporting import compare, latency
+    from labkit.reporting import compare
+    from labkit.reporting import latency_view as latency
 
     picked = compare.pick(rows, view.experiment, per_machine=True)
     if picked.empty or "testbed" not in picked.columns:

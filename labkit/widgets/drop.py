@@ -25,7 +25,7 @@ import time
 from labkit import traffic
 from labkit.testbed import topology
 from labkit.errors import InputError
-from labkit.testbed.live import LabStopped, LiveLab
+from labkit.testbed.livelab import LabStopped, LiveLab
 from labkit.dataplanes.drop_filter import PROTOCOLS, DropFilter
 
 HOOKS = {"XDP native": ("xdp", "native"), "XDP generic": ("xdp", "generic"), "tc ingress": ("tc", "ingress")}

@@ -28,7 +28,7 @@ import time
 from collections import deque
 
 from labkit.measure import watch
-from labkit.testbed.live import LabStopped
+from labkit.testbed.livelab import LabStopped
 from labkit.widgets.controls import Ticker, describe, widgets
 
 WINDOW = 60  # seconds of history shown

@@ -1,6 +1,6 @@
 """Latency across runs, read the same way whichever experiment measured it.
 
-An experiment that measures one-way latency (`labkit.measure.latency`) records rows of
+An experiment that measures one-way latency (`labkit.measure.latency_profile`) records rows of
 kind ``latency``: per variant, trial and load (column ``load_fraction``: 0 with no load,
 else the background load as a fraction of the variant's no-drop rate) the measures
 ``lat_p50_ns`` .. ``lat_max_ns``, ``lat_probes`` and ``lat_load_pps``, and one ``ndr_pps``
@@ -18,12 +18,12 @@ trials of one run.
 from __future__ import annotations
 
 from labkit import results
-from labkit.measure import latency
+from labkit.measure import latency_profile as latency
 
 KIND, LOAD = latency.KIND, latency.LOAD
 
 load_label = latency.load_label
-#: per variant and load of one run's table (`labkit.measure.latency.summary`)
+#: per variant and load of one run's table (`labkit.measure.latency_profile.summary`)
 summary = latency.summary
 
 

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 
 from labkit.testbed import topology
 from labkit.dataplanes.nat import Nat
-from labkit.testbed.live import LiveLab
+from labkit.testbed.livelab import LiveLab
 from labkit.experiments.nat.checks import udp_exchange
 from labkit.experiments.nat.testbed import INSIDE_NET, MAX_CLIENTS, NAT_OUTSIDE, NatLab, OUTSIDE_NET, SERVER
 

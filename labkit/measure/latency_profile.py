@@ -22,7 +22,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from labkit.dataplanes.latency import METHODS
+from labkit.dataplanes.latency_probe import METHODS
 from labkit.errors import InputError
 from labkit.measure import loadsweep
 
