@@ -21,7 +21,7 @@ STRIP_FLAGS := --ClearOutputPreprocessor.enabled=True \
     --ClearMetadataPreprocessor.enabled=True --ClearMetadataPreprocessor.clear_cell_metadata=False \
     --ClearMetadataPreprocessor.preserve_nb_metadata_mask=kernelspec
 
-.PHONY: help setup report test bench lab labs clean-kernel doctor clean strip-notebooks
+.PHONY: help setup report test lint bench lab labs clean-kernel doctor clean strip-notebooks
 
 help: ## List the targets
 	@echo "labkit: XDP / eBPF / DPDK packet-processing workbench"
@@ -42,8 +42,12 @@ setup: ## Install and check everything (apt packages, headers link, bpffs, .venv
 report: setup ## Run every experiment notebook headlessly: HTML in reports/, tables in data/
 	$(PY) -m labkit report $(NOTEBOOKS) $(ARGS)
 
-test: setup ## Run the test suite (real namespaces, XDP and generators; as root)
+test: setup lint ## Run the linter, then the test suite (real namespaces, XDP and generators; as root)
 	$(PY) -m pytest -q --durations=10 $(PYTEST_ARGS)
+
+lint: ## Check the code with ruff (lint and format; pyproject.toml): `ruff format .` fixes the format
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench: setup ## Run the benchmarks
 	$(PY) -m labkit bench $(ARGS)

@@ -187,6 +187,14 @@ static __always_inline int outcome(u32 which, u64 len, int verdict)
     return verdict;
 }
 
+/* The helpers below that may decide a packet is not theirs return 0 to go on, or 1 with
+ * the outcome to count it as in *WHY: `return pass_as(NAT_PASS_MALFORMED, why);`. */
+static __always_inline int pass_as(u32 outcome, u32 *why)
+{
+    *why = outcome;
+    return 1;
+}
+
 /* What a parsed IPv4 packet looks like to the NAT. */
 struct pkt {
     u32 saddr;
@@ -208,27 +216,28 @@ struct pkt {
     u16 ip_id;   /* network byte order */
 };
 
-/* 0: an IPv4 packet to consider; else the outcome to count and pass. DATA..DATA_END:
- * the linear part of a frame of LEN bytes. The L4 header is read after the header's
- * real length (options included); a later fragment has none. */
-static __always_inline int parse_frame(void *data, void *data_end, u32 len, struct pkt *p)
+/* 0: an IPv4 packet to consider (P filled); 1: not one, *WHY the outcome (enum
+ * nat_outcome) to count and pass it with. DATA..DATA_END: the linear part of a frame of
+ * LEN bytes. The L4 header is read after the header's real length (options included);
+ * a later fragment has none. */
+static __always_inline int parse_frame(void *data, void *data_end, u32 len, struct pkt *p, u32 *why)
 {
     struct hdr_cursor nh = {.pos = data};
     struct ethhdr *eth;
     int eth_proto = parse_ethhdr(&nh, data_end, &eth);
     if (eth_proto < 0)
-        return NAT_PASS_MALFORMED + 1;
+        return pass_as(NAT_PASS_MALFORMED, why);
     if (eth_proto != htons(ETH_P_IP))
-        return NAT_PASS_NOT_IPV4 + 1;
+        return pass_as(NAT_PASS_NOT_IPV4, why);
     struct iphdr *ip = CURSOR_TAKE(&nh, data_end, struct iphdr);
     if (!ip)
-        return NAT_PASS_MALFORMED + 1;
+        return pass_as(NAT_PASS_MALFORMED, why);
     u32 ihl = ip->ihl;
     u32 tot = ntohs(ip->tot_len);
     if (ip->version != 4 || ihl < 5 || tot < ihl * 4 || tot + ETH_LEN > len)
-        return NAT_PASS_MALFORMED + 1;
+        return pass_as(NAT_PASS_MALFORMED, why);
     if (skip_ip_options(&nh, data_end, ip) < 0)
-        return NAT_PASS_MALFORMED + 1; /* the options run past the frame */
+        return pass_as(NAT_PASS_MALFORMED, why); /* the options run past the frame */
     p->ttl = ip->ttl;
     p->tos = ip->tos;
     p->tot_len = tot;
@@ -270,14 +279,14 @@ static __always_inline int parse_frame(void *data, void *data_end, u32 len, stru
     return 0;
 }
 
-/* 0: an IPv4 packet to consider; else the outcome to count and pass. */
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+/* parse_frame for an skb: 0 and P filled, or 1 and *WHY the outcome to count and pass. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, u32 *why)
 {
     if (skb->len < ETH_LEN)
-        return NAT_PASS_MALFORMED + 1;
+        return pass_as(NAT_PASS_MALFORMED, why);
     if ((void *)(long)skb->data + PULL_LEN > (void *)(long)skb->data_end && skb->len > skb->data_end - skb->data)
         bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
-    return parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, p);
+    return parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, p, why);
 }
 
 /* Two 16-bit one's-complement values are the same number (0x0000 and 0xffff are both zero). */
@@ -297,17 +306,35 @@ static __always_inline u32 diff2(u16 from, u16 to)
     return (u16)~from + to;
 }
 
+/* Which way a packet crosses the NAT: out (from the inside; its source is translated)
+ * or in (to an outside address of the NAT; its destination is). */
+enum direction { DIR_OUT = 0, DIR_IN };
+
 /* Which port a rewrite changes. */
 enum { PORT_NONE = 0, PORT_SRC, PORT_DST, PORT_ICMP_ID };
 
-/* Rewrite the source (outbound) or destination (inbound) address of P's packet and the
- * port WHICH (unless PORT_NONE) from PORT_FROM to PORT_TO; fix every checksum these
- * cover. Direct packet access; a TCP/UDP checksum that may be partial takes one helper
- * call (see the header comment). A later fragment has only its IPv4 header changed.
- * Returns 0, or -1 when the packet is not as parsed or a helper failed. */
-static __always_inline int rewrite(struct __sk_buff *skb, struct pkt *p, int inbound, u32 from, u32 to,
-                                   int which, u16 port_from, u16 port_to)
+/* One packet's translation, every field named where it is made:
+ *     &(struct translation){.dir = DIR_IN, .from = p.daddr, .to = st->addr}
+ * The address DIR changes (the source out, the destination in) goes FROM -> TO; the port
+ * PORT (PORT_NONE: none) goes PORT_FROM -> PORT_TO. Addresses and ports in network byte order. */
+struct translation {
+    u32 from;
+    u32 to;
+    u16 port_from;
+    u16 port_to;
+    u8 dir;  /* enum direction */
+    u8 port; /* PORT_NONE, PORT_SRC, PORT_DST or PORT_ICMP_ID */
+};
+
+/* Rewrite P's packet as T says and fix every checksum the changes cover. Direct packet
+ * access; a TCP/UDP checksum that may be partial takes one helper call (see the header
+ * comment). A later fragment has only its IPv4 header changed. Returns 0, or -1 when
+ * the packet is not as parsed or a helper failed. */
+static __always_inline int rewrite(struct __sk_buff *skb, struct pkt *p, const struct translation *t)
 {
+    int inbound = t->dir == DIR_IN, which = t->port;
+    u32 from = t->from, to = t->to;
+    u16 port_from = t->port_from, port_to = t->port_to;
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
     struct iphdr *ip = data + ETH_LEN;
@@ -407,12 +434,12 @@ static __always_inline int translatable_static(struct pkt *p)
     return (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_ICMP) && (p->has_l4 || p->later);
 }
 
-static __always_inline void count_mapping(u32 slot, u64 len, int inbound)
+static __always_inline void count_mapping(u32 slot, u64 len, enum direction dir)
 {
     struct mapping_counter *m = mapping_counters.lookup(&slot);
     if (!m)
         return;
-    if (inbound) {
+    if (dir == DIR_IN) {
         m->in_packets++;
         m->in_bytes += len;
     } else {
@@ -427,9 +454,9 @@ static __always_inline void count_mapping(u32 slot, u64 len, int inbound)
 static __always_inline struct nat_config *begin(struct __sk_buff *skb, struct pkt *p, int *verdict)
 {
     u64 len = skb->len;
-    int r = parse(skb, p);
-    if (r) {
-        *verdict = outcome(r - 1, len, TC_ACT_OK);
+    u32 why;
+    if (parse(skb, p, &why)) {
+        *verdict = outcome(why, len, TC_ACT_OK);
         return 0;
     }
     u32 zero = 0;
@@ -459,12 +486,14 @@ static __always_inline void touch(struct nat_entry *e, u64 now, u64 len, u8 fin_
     __sync_fetch_and_add(&e->bytes, len);
 }
 
-/* E (one direction) looks idle past its timeout: expired only if its partner, found
- * under PARTNER_KEY in the other table, is idle too. 1: expired (both entries deleted);
- * 0: alive (E refreshed from its partner). Runs only when E looks expired. */
+/* E (the entry of direction DIR) looks idle past its timeout: expired only if its
+ * partner, found under PARTNER_KEY in the other table, is idle too. 1: expired (both
+ * entries deleted); 0: alive (E refreshed from its partner). Runs only when E looks expired. */
 static __always_inline int expired(struct nat_config *cfg, u8 proto, struct nat_entry *e, u64 now,
-                                   struct nat_flow_key *own_key, struct nat_flow_key *partner_key, int outbound)
+                                   struct nat_flow_key *own_key, struct nat_flow_key *partner_key,
+                                   enum direction dir)
 {
+    int outbound = dir == DIR_OUT;
     struct nat_entry *o = outbound ? snat_in.lookup(partner_key) : snat_out.lookup(partner_key);
     if (o && now - o->last <= timeout_of(cfg, proto, o->closing | e->closing)) {
         e->last = o->last;
@@ -509,13 +538,15 @@ static __always_inline int snat_established(struct __sk_buff *skb, struct nat_co
         struct nat_flow_key rkey = {.src = p->daddr, .dst = nat_addr, .dport = nat_port, .proto = p->proto};
         if (p->proto != IPPROTO_ICMP)
             rkey.sport = p->dport;
-        if (expired(cfg, p->proto, fv, now, key, &rkey, 1))
+        if (expired(cfg, p->proto, fv, now, key, &rkey, DIR_OUT))
             return 0;
     }
     touch(fv, now, len, p->fin_rst);
     if (p->fragment)
         remember_fragment(p, nat_addr);
-    if (rewrite(skb, p, 0, p->saddr, nat_addr, p->proto == IPPROTO_ICMP ? PORT_ICMP_ID : PORT_SRC, p->sport, nat_port))
+    if (rewrite(skb, p, &(struct translation){.dir = DIR_OUT, .from = p->saddr, .to = nat_addr,
+                                              .port = p->proto == IPPROTO_ICMP ? PORT_ICMP_ID : PORT_SRC,
+                                              .port_from = p->sport, .port_to = nat_port}))
         *verdict = outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
     else
         *verdict = outcome(NAT_OUT_SNAT, len, TC_ACT_OK);
@@ -565,7 +596,9 @@ static __always_inline int snat_new(struct __sk_buff *skb, struct nat_config *cf
     }
     if (p->fragment)
         remember_fragment(p, nat_addr);
-    if (rewrite(skb, p, 0, p->saddr, nat_addr, p->proto == IPPROTO_ICMP ? PORT_ICMP_ID : PORT_SRC, p->sport, nat_port))
+    if (rewrite(skb, p, &(struct translation){.dir = DIR_OUT, .from = p->saddr, .to = nat_addr,
+                                              .port = p->proto == IPPROTO_ICMP ? PORT_ICMP_ID : PORT_SRC,
+                                              .port_from = p->sport, .port_to = nat_port}))
         return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
     return outcome(NAT_OUT_SNAT_NEW, len, TC_ACT_OK);
 }
@@ -585,10 +618,11 @@ static __always_inline int snat_protocol(struct pkt *p, u8 echo_type)
  * destination address and port become the SNAT address and port, as the remote knows
  * them. The outer IPv4, embedded IPv4, embedded L4 (where the message carries it) and
  * ICMP checksums are updated: the error is about the packet as its reader knows it.
- * 1: handled (*verdict set); 0: not such an error. */
-static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p, int outbound, u32 static_to,
+ * DIR: which of the two. 1: handled (*verdict set); 0: not such an error. */
+static __always_inline int icmp_error(struct __sk_buff *skb, struct pkt *p, enum direction dir, u32 static_to,
                                       int *verdict)
 {
+    int outbound = dir == DIR_OUT;
     u64 len = skb->len;
     if (p->proto != IPPROTO_ICMP || !p->has_l4 || p->options || p->fragment || !(p->icmp_type == ICMP_DEST_UNREACH ||
         p->icmp_type == ICMP_TIME_EXCEEDED || p->icmp_type == ICMP_PARAMETERPROB))
@@ -717,13 +751,13 @@ int nat_egress(struct __sk_buff *skb)
         if (!translatable_static(&p))
             return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
         u32 slot = st->slot;
-        if (icmp_error(skb, &p, 1, st->addr, &verdict)) { /* its embedded header too */
-            count_mapping(slot, len, 0);
+        if (icmp_error(skb, &p, DIR_OUT, st->addr, &verdict)) { /* its embedded header too */
+            count_mapping(slot, len, DIR_OUT);
             return verdict;
         }
-        if (rewrite(skb, &p, 0, p.saddr, st->addr, PORT_NONE, 0, 0))
+        if (rewrite(skb, &p, &(struct translation){.dir = DIR_OUT, .from = p.saddr, .to = st->addr}))
             return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
-        count_mapping(slot, len, 0);
+        count_mapping(slot, len, DIR_OUT);
         return outcome(NAT_OUT_STATIC, len, TC_ACT_OK);
     }
     if (p.later) {
@@ -731,12 +765,12 @@ int nat_egress(struct __sk_buff *skb)
         u32 *addr = fragment_of(&p);
         if (!addr)
             return outcome(NAT_DROP_FRAGMENT, len, TC_ACT_SHOT);
-        if (rewrite(skb, &p, 0, p.saddr, *addr, PORT_NONE, 0, 0))
+        if (rewrite(skb, &p, &(struct translation){.dir = DIR_OUT, .from = p.saddr, .to = *addr}))
             return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
         return outcome(NAT_OUT_FRAGMENT, len, TC_ACT_OK);
     }
     if (!snat_ok) {
-        if (icmp_error(skb, &p, 1, 0, &verdict))
+        if (icmp_error(skb, &p, DIR_OUT, 0, &verdict))
             return verdict;
         return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
     }
@@ -759,11 +793,11 @@ int nat_ingress(struct __sk_buff *skb)
             u32 *addr = fragment_of(&p);
             if (!addr)
                 return outcome(NAT_PASS_FRAGMENT, len, TC_ACT_OK);
-            if (rewrite(skb, &p, 1, p.daddr, *addr, PORT_NONE, 0, 0))
+            if (rewrite(skb, &p, &(struct translation){.dir = DIR_IN, .from = p.daddr, .to = *addr}))
                 return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
             return outcome(NAT_IN_FRAGMENT, len, TC_ACT_OK);
         }
-        if (icmp_error(skb, &p, 0, 0, &verdict))
+        if (icmp_error(skb, &p, DIR_IN, 0, &verdict))
             return verdict;
         if (!snat_protocol(&p, ICMP_ECHOREPLY))
             return outcome(NAT_PASS_NO_FLOW, len, TC_ACT_OK);
@@ -789,13 +823,14 @@ int nat_ingress(struct __sk_buff *skb)
             struct nat_flow_key key = {.src = in_addr, .dst = p.saddr, .sport = in_port, .proto = p.proto};
             if (p.proto != IPPROTO_ICMP)
                 key.dport = p.sport;
-            if (expired(cfg, p.proto, rev, now, &rkey, &key, 0))
+            if (expired(cfg, p.proto, rev, now, &rkey, &key, DIR_IN))
                 return outcome(NAT_PASS_STALE_FLOW, len, TC_ACT_OK);
         }
         touch(rev, now, len, p.fin_rst);
         if (p.fragment)
             remember_fragment(&p, in_addr);
-        if (rewrite(skb, &p, 1, p.daddr, in_addr, which, nat_port, in_port))
+        if (rewrite(skb, &p, &(struct translation){.dir = DIR_IN, .from = p.daddr, .to = in_addr, .port = which,
+                                                   .port_from = nat_port, .port_to = in_port}))
             return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
         return outcome(NAT_IN_SNAT, len, TC_ACT_OK);
     }
@@ -806,13 +841,13 @@ int nat_ingress(struct __sk_buff *skb)
     if (!translatable_static(&p))
         return outcome(NAT_DROP_PROTOCOL, len, TC_ACT_SHOT);
     u32 slot = st->slot;
-    if (icmp_error(skb, &p, 0, st->addr, &verdict)) { /* its embedded header too */
-        count_mapping(slot, len, 1);
+    if (icmp_error(skb, &p, DIR_IN, st->addr, &verdict)) { /* its embedded header too */
+        count_mapping(slot, len, DIR_IN);
         return verdict;
     }
-    if (rewrite(skb, &p, 1, p.daddr, st->addr, PORT_NONE, 0, 0))
+    if (rewrite(skb, &p, &(struct translation){.dir = DIR_IN, .from = p.daddr, .to = st->addr}))
         return outcome(NAT_DROP_REWRITE_FAILED, len, TC_ACT_SHOT);
-    count_mapping(slot, len, 1);
+    count_mapping(slot, len, DIR_IN);
     return outcome(NAT_IN_STATIC, len, TC_ACT_OK);
 }
 
@@ -838,7 +873,8 @@ static __always_inline int hairpin(struct nat_config *cfg, struct pkt *p)
 int nat_hairpin(struct __sk_buff *skb)
 {
     struct pkt p = {.icmp_type = 0xff};
-    if (parse(skb, &p))
+    u32 why;
+    if (parse(skb, &p, &why))
         return TC_ACT_OK;
     u32 zero = 0;
     struct nat_config *cfg = config.lookup(&zero);
@@ -871,10 +907,13 @@ static __always_inline int xdp_outcome(u32 which, u64 len, int verdict)
     return verdict;
 }
 
-/* Rewrite an address, and a port if PORT_OFF, with every checksum updated in place. */
-static __always_inline int xdp_rewrite(void *data, void *data_end, u8 proto, int inbound, u32 from, u32 to,
-                                       u32 port_off, u16 port_from, u16 port_to)
+/* Rewrite the frame as T says, every checksum updated in place (no options: the L4
+ * header at L4_OFF). */
+static __always_inline int xdp_rewrite(void *data, void *data_end, u8 proto, const struct translation *t)
 {
+    int inbound = t->dir == DIR_IN, which = t->port;
+    u32 from = t->from, to = t->to;
+    u16 port_from = t->port_from, port_to = t->port_to;
     struct iphdr *ip = data + ETH_LEN;
     if ((void *)(ip + 1) > data_end)
         return -1;
@@ -887,7 +926,7 @@ static __always_inline int xdp_rewrite(void *data, void *data_end, u8 proto, int
         struct icmphdr *ih = data + L4_OFF;
         if ((void *)(ih + 1) > data_end)
             return -1;
-        if (port_off) {
+        if (which) {
             ih->un.echo.id = port_to;
             csum_replace2(&ih->checksum, port_from, port_to);
         }
@@ -899,12 +938,12 @@ static __always_inline int xdp_rewrite(void *data, void *data_end, u8 proto, int
     u16 *csum = data + csum_off;
     if ((void *)(ports + 2) > data_end || (void *)(csum + 1) > data_end)
         return -1;
-    if (port_off)
-        ports[port_off == L4_OFF + 2] = port_to;
+    if (which)
+        ports[which == PORT_DST] = port_to;
     if (proto == IPPROTO_UDP && *csum == 0)
         return 0;
     csum_replace4(csum, from, to);
-    if (port_off)
+    if (which)
         csum_replace2(csum, port_from, port_to);
     if (proto == IPPROTO_UDP && *csum == 0)
         *csum = 0xffff;
@@ -912,9 +951,10 @@ static __always_inline int xdp_rewrite(void *data, void *data_end, u8 proto, int
 }
 
 /* Where the kernel would send a packet to DST (from SRC) arriving on IFINDEX: 0 and
- * FIB filled (egress ifindex, MACs), or the outcome to pass the packet up with. */
+ * FIB filled (egress ifindex, MACs), or 1 and *WHY the outcome (enum nat_xdp_outcome)
+ * to pass the packet up with. */
 static __always_inline int xdp_route_of(struct xdp_md *ctx, struct pkt *p, u32 src, u32 dst,
-                                        struct bpf_fib_lookup *fib)
+                                        struct bpf_fib_lookup *fib, u32 *why)
 {
     fib->family = 2; /* AF_INET */
     fib->tos = p->tos;
@@ -927,10 +967,10 @@ static __always_inline int xdp_route_of(struct xdp_md *ctx, struct pkt *p, u32 s
     if (rc == BPF_FIB_LKUP_RET_SUCCESS)
         return 0;
     if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-        return NAT_XDP_PASS_NO_NEIGH + 1;
+        return pass_as(NAT_XDP_PASS_NO_NEIGH, why);
     if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
-        return NAT_XDP_PASS_FRAG_NEEDED + 1;
-    return NAT_XDP_PASS_LOCAL + 1;
+        return pass_as(NAT_XDP_PASS_FRAG_NEEDED, why);
+    return pass_as(NAT_XDP_PASS_LOCAL, why);
 }
 
 /* The route of a flow's direction E: remembered from the last lookup while it is younger
@@ -938,7 +978,7 @@ static __always_inline int xdp_route_of(struct xdp_md *ctx, struct pkt *p, u32 s
  * else looked up again (and remembered). What xdp_route_of returns. */
 static __always_inline int xdp_route_cached(struct xdp_md *ctx, struct nat_config *cfg, struct pkt *p,
                                             struct nat_entry *e, u32 src, u32 dst, u64 now,
-                                            struct bpf_fib_lookup *fib)
+                                            struct bpf_fib_lookup *fib, u32 *why)
 {
     u32 refresh = cfg->fib_refresh;
     int fresh = refresh && e->fib_ifindex && now - e->fib_at <= refresh;
@@ -948,9 +988,10 @@ static __always_inline int xdp_route_cached(struct xdp_md *ctx, struct nat_confi
         __builtin_memcpy(fib->smac, e->fib_smac, ETH_ALEN);
         return 0;
     }
-    int r = xdp_route_of(ctx, p, src, dst, fib);
-    if (r || !refresh)
-        return r;
+    if (xdp_route_of(ctx, p, src, dst, fib, why))
+        return 1;
+    if (!refresh)
+        return 0;
     e->fib_len = fresh && e->fib_ifindex == fib->ifindex && e->fib_len > p->tot_len ? e->fib_len : p->tot_len;
     e->fib_ifindex = fib->ifindex;
     __builtin_memcpy(e->fib_dmac, fib->dmac, ETH_ALEN);
@@ -982,58 +1023,55 @@ static __always_inline int xdp_static_ok(struct pkt *p)
     return p->proto != IPPROTO_ICMP || p->icmp_type == ICMP_ECHO || p->icmp_type == ICMP_ECHOREPLY;
 }
 
-/* Parse for the fast path: 0 and P filled, or the outcome to pass with. */
-static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p)
+/* Parse for the fast path: 0 and P filled, or 1 and *WHY the outcome to pass with. */
+static __always_inline int xdp_parse(struct xdp_md *ctx, struct pkt *p, u32 *why)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
-    int r = parse_frame(data, data_end, data_end - data, p);
-    if (r == NAT_PASS_NOT_IPV4 + 1)
-        return NAT_XDP_PASS_NOT_IPV4 + 1;
-    if (r || p->options || p->fragment || p->ttl <= 1 || !p->has_l4)
-        return NAT_XDP_PASS_UNUSUAL + 1;
+    u32 parsed_why;
+    if (parse_frame(data, data_end, data_end - data, p, &parsed_why))
+        return pass_as(parsed_why == NAT_PASS_NOT_IPV4 ? NAT_XDP_PASS_NOT_IPV4 : NAT_XDP_PASS_UNUSUAL, why);
+    if (p->options || p->fragment || p->ttl <= 1 || !p->has_l4)
+        return pass_as(NAT_XDP_PASS_UNUSUAL, why);
     return 0;
 }
 
 /* A flow entry E found for this packet: still live, its route (cached), its use counted.
- * 0 and FIB filled, or the outcome to pass the packet up with. */
+ * 0 and FIB filled, or 1 and *WHY the outcome to pass the packet up with. */
 static __always_inline int xdp_flow(struct xdp_md *ctx, struct nat_config *cfg, struct pkt *p,
                                     struct nat_entry *e, u32 src, u32 dst, u64 len,
-                                    struct bpf_fib_lookup *fib)
+                                    struct bpf_fib_lookup *fib, u32 *why)
 {
     u64 now = bpf_jiffies64();
     if (now - e->last > timeout_of(cfg, p->proto, e->closing | p->fin_rst))
-        return NAT_XDP_PASS_EXPIRED + 1;
-    int r = xdp_route_cached(ctx, cfg, p, e, src, dst, now, fib);
-    if (r)
-        return r;
+        return pass_as(NAT_XDP_PASS_EXPIRED, why);
+    if (xdp_route_cached(ctx, cfg, p, e, src, dst, now, fib, why))
+        return 1;
     touch(e, now, len, p->fin_rst);
     return 0;
 }
 
-/* A static 1:1 mapping ST for this packet: what the fast path translates, its route, its
- * use counted. 0 and FIB filled, or the outcome to pass the packet up with. */
-static __always_inline int xdp_static(struct xdp_md *ctx, struct pkt *p, struct static_value *st, int inbound,
-                                      u64 len, struct bpf_fib_lookup *fib)
+/* A static 1:1 mapping ST for this packet going DIR: what the fast path translates, its
+ * route, its use counted. 0 and FIB filled, or 1 and *WHY the outcome to pass the packet up with. */
+static __always_inline int xdp_static(struct xdp_md *ctx, struct pkt *p, struct static_value *st,
+                                      enum direction dir, u64 len, struct bpf_fib_lookup *fib, u32 *why)
 {
     if (!xdp_static_ok(p)) /* an ICMP error: its embedded header is the tc NAT's work */
-        return NAT_XDP_PASS_UNUSUAL + 1;
-    int r = inbound ? xdp_route_of(ctx, p, p->saddr, st->addr, fib) : xdp_route_of(ctx, p, st->addr, p->daddr, fib);
-    if (r)
-        return r;
-    count_mapping(st->slot, len, inbound);
+        return pass_as(NAT_XDP_PASS_UNUSUAL, why);
+    if (dir == DIR_IN ? xdp_route_of(ctx, p, p->saddr, st->addr, fib, why)
+                      : xdp_route_of(ctx, p, st->addr, p->daddr, fib, why))
+        return 1;
+    count_mapping(st->slot, len, dir);
     return 0;
 }
 
-/* Translate the frame (FROM -> TO, and the port at PORT_OFF) and forward it as FIB says;
- * counted as WHICH. */
-static __always_inline int xdp_translate(struct xdp_md *ctx, struct pkt *p, int inbound, u32 from, u32 to,
-                                         u32 port_off, u16 port_from, u16 port_to,
+/* Translate the frame as T says and forward it as FIB says; counted as WHICH. */
+static __always_inline int xdp_translate(struct xdp_md *ctx, struct pkt *p, const struct translation *t,
                                          struct bpf_fib_lookup *fib, int which, u64 len)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
-    if (xdp_rewrite(data, data_end, p->proto, inbound, from, to, port_off, port_from, port_to))
+    if (xdp_rewrite(data, data_end, p->proto, t))
         return XDP_ABORTED;
     return xdp_outcome(which, len, xdp_forward(data, data_end, fib));
 }
@@ -1042,9 +1080,9 @@ int xdp_nat_outbound(struct xdp_md *ctx)
 {
     struct pkt p = {.icmp_type = 0xff};
     u64 len = ctx->data_end - ctx->data;
-    int r = xdp_parse(ctx, &p);
-    if (r)
-        return xdp_outcome(r - 1, len, XDP_PASS);
+    u32 why;
+    if (xdp_parse(ctx, &p, &why))
+        return xdp_outcome(why, len, XDP_PASS);
     u32 zero = 0;
     struct nat_config *cfg = config.lookup(&zero);
     if (!cfg)
@@ -1059,11 +1097,12 @@ int xdp_nat_outbound(struct xdp_md *ctx)
         if (fv) {
             u32 to = fv->addr;
             u16 port_to = fv->port;
-            r = xdp_flow(ctx, cfg, &p, fv, to, p.daddr, len, &fib);
-            if (r)
-                return xdp_outcome(r - 1, len, XDP_PASS);
-            u32 port_off = p.proto == IPPROTO_ICMP ? L4_OFF + offsetof(struct icmphdr, un.echo.id) : L4_OFF;
-            return xdp_translate(ctx, &p, 0, p.saddr, to, port_off, p.sport, port_to, &fib, NAT_XDP_OUT_SNAT, len);
+            if (xdp_flow(ctx, cfg, &p, fv, to, p.daddr, len, &fib, &why))
+                return xdp_outcome(why, len, XDP_PASS);
+            struct translation t = {.dir = DIR_OUT, .from = p.saddr, .to = to,
+                                    .port = p.proto == IPPROTO_ICMP ? PORT_ICMP_ID : PORT_SRC,
+                                    .port_from = p.sport, .port_to = port_to};
+            return xdp_translate(ctx, &p, &t, &fib, NAT_XDP_OUT_SNAT, len);
         }
     }
     if (hairpin(cfg, &p))
@@ -1071,19 +1110,19 @@ int xdp_nat_outbound(struct xdp_md *ctx)
     struct static_value *st = static_out.lookup(&p.saddr);
     if (!st)
         return xdp_outcome(inside ? NAT_XDP_PASS_NO_FLOW : NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
-    r = xdp_static(ctx, &p, st, 0, len, &fib);
-    if (r)
-        return xdp_outcome(r - 1, len, XDP_PASS);
-    return xdp_translate(ctx, &p, 0, p.saddr, st->addr, 0, 0, 0, &fib, NAT_XDP_OUT_STATIC, len);
+    if (xdp_static(ctx, &p, st, DIR_OUT, len, &fib, &why))
+        return xdp_outcome(why, len, XDP_PASS);
+    struct translation t = {.dir = DIR_OUT, .from = p.saddr, .to = st->addr};
+    return xdp_translate(ctx, &p, &t, &fib, NAT_XDP_OUT_STATIC, len);
 }
 
 int xdp_nat_inbound(struct xdp_md *ctx)
 {
     struct pkt p = {.icmp_type = 0xff};
     u64 len = ctx->data_end - ctx->data;
-    int r = xdp_parse(ctx, &p);
-    if (r)
-        return xdp_outcome(r - 1, len, XDP_PASS);
+    u32 why;
+    if (xdp_parse(ctx, &p, &why))
+        return xdp_outcome(why, len, XDP_PASS);
     u32 zero = 0;
     struct nat_config *cfg = config.lookup(&zero);
     if (!cfg)
@@ -1094,14 +1133,14 @@ int xdp_nat_inbound(struct xdp_md *ctx)
             return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
         struct nat_flow_key rkey = {.src = p.saddr, .dst = p.daddr, .proto = p.proto};
         u16 port_from;
-        u32 port_off;
+        int port;
         if (p.proto == IPPROTO_ICMP) {
-            port_from = p.sport;
-            port_off = L4_OFF + offsetof(struct icmphdr, un.echo.id);
+            port_from = p.sport; /* the identifier */
+            port = PORT_ICMP_ID;
         } else {
             port_from = p.dport;
             rkey.sport = p.sport;
-            port_off = L4_OFF + 2;
+            port = PORT_DST;
         }
         rkey.dport = port_from;
         struct nat_entry *rev = snat_in.lookup(&rkey);
@@ -1109,31 +1148,31 @@ int xdp_nat_inbound(struct xdp_md *ctx)
             return xdp_outcome(NAT_XDP_PASS_NO_FLOW, len, XDP_PASS);
         u32 to = rev->addr;
         u16 port_to = rev->port;
-        r = xdp_flow(ctx, cfg, &p, rev, p.saddr, to, len, &fib);
-        if (r)
-            return xdp_outcome(r - 1, len, XDP_PASS);
-        return xdp_translate(ctx, &p, 1, p.daddr, to, port_off, port_from, port_to, &fib, NAT_XDP_IN_SNAT, len);
+        if (xdp_flow(ctx, cfg, &p, rev, p.saddr, to, len, &fib, &why))
+            return xdp_outcome(why, len, XDP_PASS);
+        struct translation t = {.dir = DIR_IN, .from = p.daddr, .to = to, .port = port,
+                                .port_from = port_from, .port_to = port_to};
+        return xdp_translate(ctx, &p, &t, &fib, NAT_XDP_IN_SNAT, len);
     }
     struct static_value *st = static_in.lookup(&p.daddr);
     if (!st)
         return xdp_outcome(NAT_XDP_PASS_NO_RULE, len, XDP_PASS);
-    r = xdp_static(ctx, &p, st, 1, len, &fib);
-    if (r)
-        return xdp_outcome(r - 1, len, XDP_PASS);
-    return xdp_translate(ctx, &p, 1, p.daddr, st->addr, 0, 0, 0, &fib, NAT_XDP_IN_STATIC, len);
+    if (xdp_static(ctx, &p, st, DIR_IN, len, &fib, &why))
+        return xdp_outcome(why, len, XDP_PASS);
+    struct translation t = {.dir = DIR_IN, .from = p.daddr, .to = st->addr};
+    return xdp_translate(ctx, &p, &t, &fib, NAT_XDP_IN_STATIC, len);
 }
 
 int xdp_route(struct xdp_md *ctx)
 {
     struct pkt p = {.icmp_type = 0xff};
     u64 len = ctx->data_end - ctx->data;
-    int r = xdp_parse(ctx, &p);
-    if (r)
-        return xdp_outcome(r - 1, len, XDP_PASS);
+    u32 why;
+    if (xdp_parse(ctx, &p, &why))
+        return xdp_outcome(why, len, XDP_PASS);
     struct bpf_fib_lookup fib = {};
-    r = xdp_route_of(ctx, &p, p.saddr, p.daddr, &fib);
-    if (r)
-        return xdp_outcome(r - 1, len, XDP_PASS);
+    if (xdp_route_of(ctx, &p, p.saddr, p.daddr, &fib, &why))
+        return xdp_outcome(why, len, XDP_PASS);
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     return xdp_outcome(NAT_XDP_ROUTED, len, xdp_forward(data, data_end, &fib));

@@ -1,8 +1,13 @@
 """labkit: measure fast packet processing on Linux (XDP, eBPF, DPDK, the kernel stack).
 
-The core, in the order imports point (never upwards):
-hosts -> topology -> bpf -> traffic -> measure -> results; experiments compose them,
-plots draws them, report and cli drive notebooks.
+Its layers, bottom first; imports point down, never up (docs/architecture.md says what
+each owns, tests/test_architecture.py checks it):
+  paths (here), errors, capabilities, addresses, packets -> testbed.runs, testbed.signals
+  -> testbed.hosts and remote hosts, bpf, bpf_enums, verifier -> testbed (topology,
+  netfilter, bridge, livelab, inventory) -> dataplanes, dpdk, probes, ovs -> traffic
+  -> measure -> results -> experiments -> widgets, teaching, cleanup -> reporting, bench,
+  doctor, watchdog, provision -> cli.
+Experiments compose the core; reporting and the command line read what experiments declare.
 """
 import os
 from pathlib import Path

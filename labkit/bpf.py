@@ -13,13 +13,11 @@ inside the interface's namespace.
 """
 from __future__ import annotations
 
-import ast
 import ctypes
 import ctypes.util
 import errno
 import os
 import platform
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +30,16 @@ from labkit import verifier  # fd 2 captured around compile and load: errors car
 
 #: Shared C headers (parsing, counters, checksums) and each program's enums: on every
 #: program's include path.
-INCLUDE_DIR = BPF_DIR / "include"
+
+
+def source_dir() -> Path:
+    """Where programs compile from: the project's bpf/, or a remote session's copy of it
+    (LABKIT_BPF_DIR, set by the session on that host)."""
+    return Path(os.environ.get("LABKIT_BPF_DIR") or BPF_DIR)
+
+
+def include_dir() -> Path:
+    return source_dir() / "include"
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
@@ -74,13 +81,13 @@ class Program:
     def __init__(self, source: str, defines: dict | None = None, cflags: list[str] | None = None):
         path = Path(source)
         if not path.suffix:
-            path = BPF_DIR / f"{source}.c"
+            path = source_dir() / f"{source}.c"
         if not path.is_file():
-            have = sorted(p.stem for p in BPF_DIR.glob("*.c"))
-            raise InputError(f"no eBPF source {path}: programs in {BPF_DIR}: {', '.join(have)}")
+            have = sorted(p.stem for p in source_dir().glob("*.c"))
+            raise InputError(f"no eBPF source {path}: programs in {source_dir()}: {', '.join(have)}")
         self.source = path
         self.defines = dict(defines or {})
-        flags = [f"-I{INCLUDE_DIR}", f"-I{path.parent}"] + list(cflags or [])
+        flags = [f"-I{include_dir()}", f"-I{path.parent}"] + list(cflags or [])
         for name, value in self.defines.items():
             if not str(name).isidentifier():
                 raise InputError(f"define {name!r} is not a C identifier")
@@ -119,74 +126,6 @@ class Program:
 
     def __exit__(self, *exc):
         self.close()
-
-
-# ---------------------------------------------------------------- enums shared with C
-_ENUM_OPS = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load, ast.Add, ast.Sub,
-             ast.Mult, ast.LShift, ast.RShift, ast.BitOr, ast.BitAnd, ast.USub, ast.Invert)
-
-
-def _enum_value(expr: str, known: dict, where: str) -> int:
-    """An enumerator's explicit value: integer literals (decimal, hex, with u/l suffixes),
-    earlier enumerators and + - * << >> | & ~ between them."""
-    text = re.sub(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]*\b", r"\1", expr.strip())
-    try:
-        tree = ast.parse(text, mode="eval")
-    except SyntaxError:
-        raise InputError(f"{where}: cannot read the value {expr!r}") from None
-    for node in ast.walk(tree):
-        if not isinstance(node, _ENUM_OPS) or (isinstance(node, ast.Name) and node.id not in known):
-            raise InputError(f"{where}: cannot read the value {expr!r} (only integers, earlier "
-                             "enumerators and + - * << >> | & ~)")
-    return int(eval(compile(tree, where, "eval"), {"__builtins__": {}}, dict(known)))
-
-
-def enum_values(header, enum: str) -> dict[str, int]:
-    """{enumerator: value} of `enum ENUM {...}` in HEADER (a path, or a name in
-    bpf/include/ such as "nat.h"), in the order written: implicit values count on from the
-    previous one as in C; comments are ignored."""
-    path = Path(header)
-    if not path.is_absolute() and not path.exists():
-        path = INCLUDE_DIR / header
-    if not path.is_file():
-        raise InputError(f"no C header {path}: headers in {INCLUDE_DIR}: "
-                         f"{', '.join(sorted(p.name for p in INCLUDE_DIR.glob('*.h')))}")
-    text = re.sub(r"/\*.*?\*/|//[^\n]*", " ", path.read_text(), flags=re.S)
-    m = re.search(r"\benum\s+" + re.escape(enum) + r"\s*\{(.*?)\}", text, re.S)
-    if not m:
-        raise InputError(f"{path.name} has no `enum {enum} {{...}}`")
-    values, nxt = {}, 0
-    for item in (i.strip() for i in m.group(1).split(",")):
-        if not item:
-            continue
-        name, _, expr = (part.strip() for part in item.partition("="))
-        if not name.isidentifier():
-            raise InputError(f"{path.name}, enum {enum}: cannot read the enumerator {item!r}")
-        value = _enum_value(expr, values, f"{path.name}, enum {enum}, {name}") if expr else nxt
-        values[name] = value
-        nxt = value + 1
-    return values
-
-
-def enum_names(header, enum: str, prefix: str = "") -> list[str]:
-    """The enumerators of ENUM, which index a counter map, as Python names: PREFIX
-    stripped, lower case, in value order (list index == value). A last enumerator ending
-    in `_MAX` is the count, not a name. The values must run 0, 1, 2, ...
-
-        enum_names("nat.h", "nat_outcome", "NAT_")  # ['out_static', 'out_snat_new', ...]
-    """
-    values = enum_values(header, enum)
-    items = list(values.items())
-    if items and items[-1][0].endswith("_MAX"):
-        items.pop()
-    items.sort(key=lambda kv: kv[1])
-    if [v for _, v in items] != list(range(len(items))):
-        raise InputError(f"enum {enum} in {header}: values {[v for _, v in items]} are not 0, 1, 2, ..: "
-                         "use enum_values() for bit sets and sparse values")
-    wrong = [n for n, _ in items if not n.startswith(prefix)]
-    if wrong:
-        raise InputError(f"enum {enum} in {header}: {wrong} do not start with {prefix!r}")
-    return [n[len(prefix):].lower() for n, _ in items]
 
 
 def load(source: str, **defines) -> Program:
@@ -258,7 +197,7 @@ class XdpAttachment:
                 ipr.link("set", index=self.iface.ifindex,
                          xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", self.flags)]})
             except Exception as exc:
-                if getattr(exc, "code", None) not in (19,):  # the link is already gone
+                if getattr(exc, "code", None) != errno.ENODEV:  # the link is already gone
                     raise
         self.attached = False
         if self._record:
@@ -310,7 +249,7 @@ class TcAttachment:
             try:
                 ipr.tc("del", "clsact", self.iface.ifindex)
             except Exception as exc:
-                if getattr(exc, "code", None) not in (2, 19, 22):
+                if getattr(exc, "code", None) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):  # no qdisc, no link
                     raise
         self._own_qdisc = False
         if self._record:

@@ -307,6 +307,8 @@ def clean_hosts(inventory, include_live: bool = False, log=print) -> dict:
         for kind, items in (out[name] if isinstance(out[name], dict) else {}).items():
             for item in items:
                 log(f"{name}: removed {SINGULAR.get(kind, kind)}: {item}")
+        if isinstance(out[name], dict) and not any(out[name].values()):
+            log(f"{name}: checked, nothing left behind")
     return out
 
 

@@ -139,7 +139,12 @@ class Parsed:
     sport: int | None = None
     dport: int | None = None
     ip_checksum_ok: bool | None = None
+    #: None where one frame cannot tell: not IPv4, or an IPv4 fragment (the checksum covers
+    #: the whole datagram)
     l4_checksum_ok: bool | None = None
+    #: an IPv4 fragment (more fragments follow, or a non-zero offset); only the first
+    #: (offset 0) carries the ports
+    fragment: bool | None = None
 
 
 def _fmt_mac(b: bytes) -> str:
@@ -147,7 +152,10 @@ def _fmt_mac(b: bytes) -> str:
 
 
 def parse(frame: bytes) -> Parsed:
-    """Parse an Ethernet/IPv4 frame and check its checksums (None where not applicable)."""
+    """Parse an Ethernet/IPv4 frame and check its checksums (None where not applicable).
+    A frame too short for its Ethernet header parses with only what it holds."""
+    if len(frame) < ETH_HLEN:
+        return Parsed(_fmt_mac(frame[0:6]), _fmt_mac(frame[6:12]), 0)
     p = Parsed(_fmt_mac(frame[0:6]), _fmt_mac(frame[6:12]), struct.unpack("!H", frame[12:14])[0])
     if p.ethertype != ETH_P_IP or len(frame) < 34:
         return p
@@ -158,14 +166,19 @@ def parse(frame: bytes) -> Parsed:
     p.dst_ip = str(ipaddress.IPv4Address(ip[16:20]))
     p.proto = ip[9]
     p.ip_checksum_ok = checksum(ip[:ihl]) == 0
+    flags_offset = struct.unpack("!H", ip[6:8])[0]
+    p.fragment = bool(flags_offset & 0x3FFF)  # MF, or an offset
+    if flags_offset & 0x1FFF:
+        return p  # a later fragment: no L4 header
     seg = ip[ihl:total]
+    whole = not p.fragment  # a first fragment's L4 checksum covers the whole datagram
     if p.proto in (6, 17) and len(seg) >= 4:
         p.sport, p.dport = struct.unpack("!HH", seg[:4])
         if p.proto == 17 and len(seg) >= 8 and seg[6:8] == b"\0\0":
             p.l4_checksum_ok = True  # UDP over IPv4: checksum 0 means "none"
-        else:
+        elif whole:
             p.l4_checksum_ok = checksum(_pseudo(p.src_ip, p.dst_ip, p.proto, len(seg)) + seg) == 0
     elif p.proto == 1 and len(seg) >= 8:
         p.sport = struct.unpack("!H", seg[4:6])[0]  # echo identifier
-        p.l4_checksum_ok = checksum(seg) == 0
+        p.l4_checksum_ok = checksum(seg) == 0 if whole else None
     return p

@@ -71,6 +71,18 @@ def live_frames():
 
 
 @pytest.fixture
+def loop_here():
+    """Skips the test, naming the probe's reason, where a loop of XDP programs (the xdp_loop
+    generator) cannot run: native XDP or a devmap broadcast refused."""
+    from labkit import capabilities
+
+    for facility in ("xdp_native", "devmap_broadcast"):
+        p = capabilities.probe(facility)
+        if not p.ok:
+            pytest.skip(f"{facility} refused here: {p.reason}")
+
+
+@pytest.fixture
 def refuse(monkeypatch):
     """refuse("live_frames", ...): labkit (this process, and the labkit commands and notebook
     kernels a test starts, which inherit the environment) treats those facilities as refused,
@@ -92,6 +104,32 @@ def pair():
         pytest.skip("needs root")
     with topology.Topology(topology.pair()) as topo:
         yield topo
+
+
+@pytest.fixture
+def cabled():
+    """Two 'real' interfaces joined back to back in the root namespace (a veth pair made by
+    the test, standing in for two cabled NICs): their names; deleted afterwards."""
+    import secrets
+    import subprocess
+
+    a, b = f"rif{secrets.token_hex(2)}a", f"rif{secrets.token_hex(2)}b"
+    subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
+    try:
+        yield a, b
+    finally:
+        subprocess.run(["ip", "link", "del", a], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def nat():
+    """The NAT of the NAT testbed (its inside and outside networks, SNAT address, ports
+    20000-29999), loaded once per test module and unloaded after it."""
+    from labkit.dataplanes.nat import Nat
+    from labkit.experiments.nat import testbed as nat_testbed
+
+    with Nat(nat_testbed.INSIDE_NET, nat_testbed.OUTSIDE_NET, nat_testbed.NAT_OUTSIDE, (20000, 29999)) as n:
+        yield n
 
 
 def own_leftovers(prefix: str) -> list[str]:
@@ -203,13 +241,14 @@ def remote_hosts(tmp_path):
 
 @pytest.fixture
 def capture():
-    """capture(iface): an AF_PACKET socket on IFACE (tests/capture.py), closed afterwards."""
-    from capture import Capture
+    """capture(iface): tcpdump on IFACE keeping the frames that arrive there
+    (labkit.measure.capture), stopped afterwards."""
+    from labkit.measure.capture import Capture
 
     opened = []
 
     def open_on(iface):
-        opened.append(Capture(iface))
+        opened.append(Capture(iface.host, iface.name, inbound=True, snaplen=2048))  # whole frames of a burst
         return opened[-1]
 
     yield open_on

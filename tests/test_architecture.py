@@ -14,12 +14,12 @@ PACKAGE = Path(labkit.__file__).parent
 LAYERS = [
     ["labkit", "labkit.errors", "labkit.capabilities", "labkit.addresses", "labkit.progress", "labkit.references", "labkit.packets"],
     ["labkit.testbed.runs", "labkit.testbed.signals"],
-    ["labkit.testbed.hosts", "labkit.bpf", "labkit.verifier", "labkit.testbed.remote", "labkit.testbed.remote_agent"],
+    ["labkit.testbed.hosts", "labkit.bpf", "labkit.bpf_enums", "labkit.verifier", "labkit.testbed.remote", "labkit.testbed.remote_agent"],
     ["labkit.testbed", "labkit.testbed.inventory"],
     ["labkit.dpdk", "labkit.dataplanes", "labkit.ovs", "labkit.probes"],
     ["labkit.traffic"],
-    ["labkit.measure"],
-    ["labkit.results"],
+    ["labkit.measure", "labkit.measure.capture"],
+    ["labkit.results", "labkit.reporting.plots"],
     ["labkit.experiments"],
     ["labkit.widgets", "labkit.cleanup", "labkit.teaching"],
     ["labkit.reporting", "labkit.bench", "labkit.doctor", "labkit.watchdog", "labkit.provision"],
@@ -120,3 +120,30 @@ def test_no_module_grows_past_its_concern():
     """No module over about 450 lines: a bigger one holds more than one concern."""
     big = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > 480}
     assert not big, f"modules over 480 lines (split them by concern): {big}"
+
+
+def test_no_module_assigns_to_another_modules_names():
+    """Configuration travels as arguments (or the process environment), never by one module
+    reassigning another's globals: no `other_module.NAME = ...` (nor `+=`, nor a subscript of
+    it) anywhere in labkit/, for any module imported from labkit."""
+    found = []
+    for mod, path in sorted(modules().items()):
+        tree = ast.parse(path.read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {(a.asname or a.name).split(".")[0] if not a.asname else a.asname
+                             for a in node.names if a.name.startswith("labkit")}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("labkit"):
+                imported |= {a.asname or a.name for a in node.names}
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                for e in ast.walk(target):
+                    base = e.value if isinstance(e, (ast.Attribute, ast.Subscript)) else None
+                    while isinstance(base, (ast.Attribute, ast.Subscript)):
+                        base = base.value
+                    if isinstance(e, ast.Attribute) and isinstance(base, ast.Name) and base.id in imported:
+                        found.append(f"{mod}:{node.lineno}: {ast.unparse(target)}")
+    assert not found, "modules assigning to another module's names:\n" + "\n".join(sorted(set(found)))

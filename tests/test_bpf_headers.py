@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from labkit import BPF_DIR, bpf, packets
+from labkit import BPF_DIR, bpf, bpf_enums, packets
 from labkit.dataplanes import drop_filter, nat_model, xdp_fwd, xdp_gen
 from labkit.errors import InputError
 from conftest import needs_root
@@ -30,48 +30,48 @@ def test_enum_reader_handles_explicit_values_expressions_and_comments(tmp_path):
             T_BOTH = T_TEN | T_BIT, T_LAST = 100u,
         };
     """)
-    assert bpf.enum_values(h, "things") == {"T_ZERO": 0, "T_ONE": 1, "T_TEN": 10, "T_ELEVEN": 11, "T_BIT": 16,
+    assert bpf_enums.enum_values(h, "things") == {"T_ZERO": 0, "T_ONE": 1, "T_TEN": 10, "T_ELEVEN": 11, "T_BIT": 16,
                                              "T_BOTH": 26, "T_LAST": 100}
-    assert bpf.enum_values(h, "other") == {"O_A": 7}
+    assert bpf_enums.enum_values(h, "other") == {"O_A": 7}
 
 
 def test_enum_names_are_dense_lower_case_without_prefix_or_count(tmp_path):
     h = tmp_path / "c.h"
     h.write_text("enum c { C_FIRST_ONE = 0, C_SECOND, /* comment, with a comma */ C_THIRD, C_MAX };")
-    assert bpf.enum_names(h, "c", "C_") == ["first_one", "second", "third"]
+    assert bpf_enums.enum_names(h, "c", "C_") == ["first_one", "second", "third"]
     h.write_text("enum c { C_A = 1, C_B = 2 };")
     with pytest.raises(InputError, match="not 0, 1, 2"):
-        bpf.enum_names(h, "c", "C_")
+        bpf_enums.enum_names(h, "c", "C_")
     with pytest.raises(InputError, match="no `enum nosuch"):
-        bpf.enum_values(h, "nosuch")
+        bpf_enums.enum_values(h, "nosuch")
     with pytest.raises(InputError, match="no C header"):
-        bpf.enum_values("nosuch.h", "c")
+        bpf_enums.enum_values("nosuch.h", "c")
     h.write_text("enum c { C_A = sizeof(int) };")
     with pytest.raises(InputError, match="cannot read the value"):
-        bpf.enum_values(h, "c")
+        bpf_enums.enum_values(h, "c")
 
 
 # ---------------------------------------------------------------- each program's names
 def test_python_names_equal_the_headers_enums():
     """The names results and counters carry: the header's enums, exactly (a change in the
     header that renames one changes the results format, and must show up here)."""
-    assert drop_filter.VERDICTS == bpf.enum_names("drop_filter.h", "drop_filter_verdict", "DF_") == \
+    assert drop_filter.VERDICTS == bpf_enums.enum_names("drop_filter.h", "drop_filter_verdict", "DF_") == \
         ["pass", "drop_all", "drop_proto", "drop_port", "drop_src"]
-    rules = bpf.enum_values("drop_filter.h", "drop_filter_rule")
+    rules = bpf_enums.enum_values("drop_filter.h", "drop_filter_rule")
     assert (drop_filter.RULE_ALL, drop_filter.RULE_PROTO, drop_filter.RULE_PORT, drop_filter.RULE_SRC) == \
         (rules["DF_RULE_ALL"], rules["DF_RULE_PROTO"], rules["DF_RULE_PORT"], rules["DF_RULE_SRC"]) == (1, 2, 4, 8)
-    assert xdp_fwd.COUNTERS == bpf.enum_names("xdp_fwd.h", "xdp_fwd_counter", "FWD_") == \
+    assert xdp_fwd.COUNTERS == bpf_enums.enum_names("xdp_fwd.h", "xdp_fwd_counter", "FWD_") == \
         ["redirected", "no_entry", "short", "refused"]
-    assert nat_model.OUTCOMES == bpf.enum_names("nat.h", "nat_outcome", "NAT_") == [
+    assert nat_model.OUTCOMES == bpf_enums.enum_names("nat.h", "nat_outcome", "NAT_") == [
         "out_static", "out_snat_new", "out_snat", "in_static", "in_snat",
         "pass_not_ipv4", "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_stale_flow",
         "pass_fragment", "drop_fragment", "drop_protocol",
         "drop_no_port", "drop_table_full", "drop_rewrite_failed", "in_icmp_error", "out_fragment", "in_fragment",
         "out_icmp_error", "drop_hairpin"]
     assert xdp_gen.VARY == {"sport": 1, "dport": 2, "src_ip": 4, "dst_ip": 8}
-    l4 = bpf.enum_values("xdp_gen.h", "xdp_gen_l4")
+    l4 = bpf_enums.enum_values("xdp_gen.h", "xdp_gen_l4")
     assert set(xdp_gen.L4.values()) == set(l4.values())
-    assert xdp_gen.TEMPLATE_BYTES == bpf.enum_values("xdp_gen.h", "xdp_gen_template")["HDR_COPY"]
+    assert xdp_gen.TEMPLATE_BYTES == bpf_enums.enum_values("xdp_gen.h", "xdp_gen_template")["HDR_COPY"]
 
 
 def test_programs_share_the_headers_and_repeat_none_of_them():

@@ -3,7 +3,6 @@ the drop experiment with its sender and receiver on two "hosts" (sshd in namespa
 tests/remote_hosts.py), reached over SSH with mitogen."""
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
@@ -136,29 +135,38 @@ def test_hosts_are_checked_before_any_is_changed(remote_hosts, tmp_path):
     assert sessions() == before, "every session opened for the checks was closed"
 
 
-def test_drop_experiment_across_two_hosts(remote_hosts, data_dir):
-    """01-xdp-drop with the sender on h1 and the receiver on h2: trafgen runs on h1, each
-    variant is set up on h2 (the drop filter compiled by h2's bcc), over their data-plane veth."""
-    from labkit.experiments import xdp_drop
+def test_drop_notebook_across_two_hosts(remote_hosts, tmp_path):
+    """01-xdp-drop, the notebook end to end, with the sender on h1 and the receiver on h2:
+    trafgen runs on h1, each variant is set up on h2 (the drop filter compiled by h2's bcc),
+    over their data-plane veth; the report says what was not measured across hosts."""
+    from labkit import results
+    from labkit.reporting import batch
 
     path = remote_hosts.inventory({"sender": "h1", "receiver": "h2"})
     rcv_if = remote_hosts.data_if[("h2", "h1")]
-    res = xdp_drop.run(data_dir=data_dir, inventory=str(path), smoke=True, generator="trafgen", count=2000,
-                       variants=["iptables_raw", "xdp_generic", "xdp_native"], progress=False)
+    params = {"inventory": str(path), "smoke": True, "generator": "trafgen", "count": 2000, "progress": False,
+              "variants": ["iptables_raw", "xdp_generic", "xdp_native"]}
+    run = batch.execute(batch.notebooks(["01-xdp-drop"])[0], params, out_dir=tmp_path, data_dir=tmp_path / "data",
+                        progress=False)
+    assert run.ok, run.error
+    res = results.load_run(results.list_runs("xdp_drop", tmp_path / "data")[0])
+    html = run.html.read_text()
+    for part in ("program costs", "sweep", "NDR/PDR search", "fixed-load CPU measurement", "latency"):
+        assert f"no {part} in this run: across hosts" in html, part
     t = res.table
     processed = t[t["measure"] == "processed_pps"].set_index("variant")["value"]
     assert set(processed.index) == {"iptables_raw", "xdp_generic", "xdp_native"}
     assert (processed > 0).all(), "every variant on h2 counted the packets h1 sent"
     offered = t[t["measure"] == "offered_pps"]["value"]
     assert (offered > 0).all()
-    meta = json.loads((res.run_dir / "metadata.json").read_text())
+    meta = res.metadata
     hosts = meta["topology"]["hosts"]
     assert {h["role"] for h in hosts.values()} == {"sender", "receiver"}
     assert hosts["h2"]["interface"] == rcv_if and hosts["h2"]["facts"]["nics"][rcv_if]["driver"] == "veth"
     assert hosts["h1"]["facts"]["kernel"] and hosts["h1"]["facts"]["versions"]["bcc"]
-    assert any("across hosts (h1 -> h2)" in c for c in res.caveats)
+    assert "across hosts (h1 -&gt; h2)" in html or "across hosts (h1 -> h2)" in html
     assert t[t["measure"] == "cpu_ns_per_pkt"]["value"].isna().all(), "no CPU figure pretends to be a host's"
-    assert len(res.headline()) == 3 and "processed the most" in res.interpretation
+    assert "processed the most" in html and set(meta["skipped_parts"]) >= {"sweep", "latency", "program costs"}
     # nothing stays on the receiver: no XDP program, no iptables rule
     h2 = remote_hosts.host("h2")
     assert "xdp" not in h2.run(["ip", "link", "show", rcv_if]).stdout
@@ -196,7 +204,7 @@ def test_provisioning_names_the_host_it_cannot_reach(remote_hosts):
 
 
 
-def test_a_host_lost_mid_run_is_named_the_others_undone_and_clean_finishes_it(remote_hosts):
+def test_a_host_lost_mid_run_is_named_the_others_undone_and_clean_finishes_it(remote_hosts, capsys):
     """The receiver's session dies with an XDP program attached on h2 and a generator open
     on h1: the next call names h2; leaving the testbed closes h1 (its session undone); the
     program stays on h2 until `labkit clean --inventory` undoes it there."""
@@ -205,6 +213,7 @@ def test_a_host_lost_mid_run_is_named_the_others_undone_and_clean_finishes_it(re
 
     from labkit import cli
     from labkit.experiments import across_hosts
+    from labkit.experiments.xdp_drop_receiver import drop_receiver
 
     path = remote_hosts.inventory({"sender": "h1", "receiver": "h2"})
     rcv_if = remote_hosts.data_if[("h2", "h1")]
@@ -214,11 +223,16 @@ def test_a_host_lost_mid_run_is_named_the_others_undone_and_clean_finishes_it(re
             snd, rcv = across_hosts.end(bed, "sender"), across_hosts.end(bed, "receiver")
             sender_session = runs.REGISTRY_DIR / f"{snd.host.prefix}.json"
             with across_hosts.RemoteGenerator(snd, "trafgen"):
-                with rcv.host.hold("labkit.experiments.xdp_drop:receiver_variant", rcv_if, "xdp_generic", "udp") as n:
+                with bed.hold("receiver", drop_receiver, "udp") as receiver:
+                    receiver("use", "xdp_generic")
                     assert "xdpgeneric" in h2.run(["ip", "link", "show", rcv_if]).stdout
                     os.kill(rcv.host.call(os.getpid), signal.SIGKILL)  # as when h2's network goes
-                    n()
+                    receiver("processed")
     assert not sender_session.exists(), "h1's session was closed and undone"
     assert "xdpgeneric" in h2.run(["ip", "link", "show", rcv_if]).stdout, "h2 could not be reached to undo it"
+    capsys.readouterr()
     assert cli.main(["clean", "--inventory", str(path)]) == 0
+    said = capsys.readouterr().out
+    named = {line.split(":")[0] for line in said.splitlines()}
+    assert {"h1", "h2", "h3"} <= named and "h2: removed " in said, said  # each host checked is named
     assert "xdp" not in h2.run(["ip", "link", "show", rcv_if]).stdout, "clean --inventory detached it on h2"

@@ -12,17 +12,12 @@ from labkit import bpf
 from labkit.errors import InputError
 from labkit.experiments import nat as experiment
 from labkit.experiments.nat import checks as nat_checks, testbed as nat_testbed
+from labkit.measure.capture import capture
 from labkit.dataplanes.nat import Nat, TableFull
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 
 INSIDE, OUTSIDE, SNAT = nat_testbed.INSIDE_NET, nat_testbed.OUTSIDE_NET, nat_testbed.NAT_OUTSIDE
-
-
-@pytest.fixture(scope="module")
-def nat():
-    with Nat(INSIDE, OUTSIDE, SNAT, (20000, 29999)) as n:
-        yield n
 
 
 def maps_snapshot(n: Nat) -> dict:
@@ -163,6 +158,8 @@ def test_correctness_with_real_traffic(nat, offloads):
     failed = [f"{c['check']}: {c['detail']}" for c in checks if not c["ok"]]
     assert not failed, "\n".join(failed)
     names = {c["check"] for c in checks}
+    assert all(c.keys() == {"check", "ok", "detail", "offloads", "variant"} for c in checks)
+    assert {(c["variant"], c["offloads"]) for c in checks} == {("tc_nat", offloads)}  # the default: the tc NAT
     assert "UDP: same inside port, distinct outside ports" in names
     assert ("capture: every checksum the server got verifies" in names) == (offloads == "off")
 
@@ -179,7 +176,7 @@ def test_the_same_traffic_checks_pass_through_iptables():
 
 def test_iptables_variant_translates_and_cleans_up():
     with nat_testbed.NatLab(1, "off") as lab:
-        with lab.iptables("MASQUERADE") as rule, nat_checks.capture(lab.server, lab.server_iface.name, "icmp") as got:
+        with lab.iptables("MASQUERADE") as rule, capture(lab.server, lab.server_iface.name, "icmp") as got:
             cp = lab.client(1).run(["ping", "-c", "2", "-i", "0.2", "-W", "2", nat_testbed.SERVER], check=False)
             assert cp.returncode == 0, cp.stdout + cp.stderr
             assert rule.counters()["packets"] >= 1
@@ -287,7 +284,7 @@ def _unusual_frames(src_mac: str, dst_mac: str) -> dict:
             "truncated TCP": fix(short_tcp), "bad IPv4 checksum": bytes(bad_ip)}
 
 
-@pytest.mark.parametrize("variant", ["ebpf", "xdp_nat"])
+@pytest.mark.parametrize("variant", ["tc_nat", "xdp_nat"])
 def test_unusual_packets_from_inside_never_leak_an_inside_address(nat, variant):
     """IP options, fragments (one whose first never came), bad checksums, a protocol the
     NAT cannot translate, a truncated header, sent raw from inside: whatever reaches the
@@ -299,7 +296,7 @@ def test_unusual_packets_from_inside_never_leak_an_inside_address(nat, variant):
 
     nat.clear()
     with nat_testbed.NatLab(1, "off") as lab, lab.variant(variant, nat), \
-            nat_checks.capture(lab.server, lab.server_iface.name, "ip") as got:
+            capture(lab.server, lab.server_iface.name, "ip") as got:
         lab.client(1).run(["ping", "-c", "1", "-W", "2", nat_testbed.SERVER], check=False, timeout=10)
         frames = _unusual_frames(lab.client_iface(1).mac, lab.inside(1).mac)
         with lab.client(1).entered():

@@ -36,7 +36,9 @@ SEED = int(os.environ.get("LABKIT_NAT_FUZZ_SEED", "20261125"))
 
 
 @pytest.fixture(scope="module")
-def nat():
+def fuzz_nat():
+    """The NAT the fuzzing compares with its model: ports PORTS, the STATIC mappings, and
+    timeouts far beyond the run."""
     from labkit.dataplanes.nat import Nat
 
     # timeouts far beyond the run: the model keeps flows for ever (expiry has its own tests)
@@ -181,12 +183,12 @@ def run_one(fn, frame: bytes):
     return res.retval == TC_ACT_SHOT, res.data_out
 
 
-def test_fuzz_matches_model(nat):
+def test_fuzz_matches_model(fuzz_nat):
     rng = random.Random(SEED)
-    model = nat.model()
-    egress, ingress = nat.egress_function(), nat.ingress_function()
-    nat.clear_flows()
-    before = nat.stats()
+    model = fuzz_nat.model()
+    egress, ingress = fuzz_nat.egress_function(), fuzz_nat.ingress_function()
+    fuzz_nat.clear_flows()
+    before = fuzz_nat.stats()
     counts = collections.Counter()
     translated_replies = []  # (remote, nat port, proto, remote port) seen leaving
     sent = []  # frames as the NAT let them out
@@ -289,7 +291,7 @@ def test_fuzz_matches_model(nat):
                 malformed += 1
 
     assert not failures, f"{len(failures)} frames differ from the model:\n" + "\n".join(failures)
-    after = nat.stats()
+    after = fuzz_nat.stats()
     program = {k: after[k]["packets"] - before[k]["packets"] for k in OUTCOMES}
     assert program == {k: counts.get(k, 0) for k in OUTCOMES}, "the program's outcome counters disagree with the model"
     # the run covered every outcome the rules can produce without a full table
@@ -301,11 +303,11 @@ def test_fuzz_matches_model(nat):
           + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 
 
-def test_same_inside_port_gets_distinct_outside_ports(nat):
+def test_same_inside_port_gets_distinct_outside_ports(fuzz_nat):
     """Two inside hosts, same source port, same remote: two different translated ports,
     and each reply goes back to its own host."""
-    nat.clear_flows()
-    eg, ig = nat.egress_function(), nat.ingress_function()
+    fuzz_nat.clear_flows()
+    eg, ig = fuzz_nat.egress_function(), fuzz_nat.ingress_function()
     ports = {}
     for host in ("10.20.1.2", "10.20.2.2", "10.20.3.2"):
         f = packets.build(packets.FrameSpec(MAC_A, MAC_B, host, "198.51.100.2", "udp", 5555, 53, 64))
@@ -388,11 +390,11 @@ def test_the_sweeper_removes_idle_flows_in_the_background():
 
 
 @pytest.mark.slow
-def test_fuzz_matches_model_long(nat, monkeypatch):
+def test_fuzz_matches_model_long(fuzz_nat, monkeypatch):
     """The same comparison over 120,000 frames (another seed)."""
     monkeypatch.setattr(sys.modules[__name__], "FUZZ_PACKETS", 120_000)
     monkeypatch.setattr(sys.modules[__name__], "SEED", SEED + 1)
-    test_fuzz_matches_model(nat)
+    test_fuzz_matches_model(fuzz_nat)
 
 
 def test_idle_flow_expires_on_lookup_and_reply_state_goes_with_it():

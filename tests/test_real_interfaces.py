@@ -4,13 +4,10 @@ everything labkit changed on them (addresses, XDP, clsact, iptables rules) is un
 after a crash, by `labkit clean` from the run's registry."""
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import textwrap
-
-import pytest
 
 from labkit import cleanup
 from labkit.testbed import runs
@@ -18,17 +15,6 @@ from labkit.experiments import xdp_drop
 from conftest import needs_root
 
 pytestmark = needs_root
-
-
-@pytest.fixture
-def cabled():
-    """Two 'real' interfaces joined back to back, in the root namespace."""
-    a, b = f"rif{secrets.token_hex(2)}a", f"rif{secrets.token_hex(2)}b"
-    subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
-    try:
-        yield a, b
-    finally:
-        subprocess.run(["ip", "link", "del", a], capture_output=True)
 
 
 def _state(ifname):

@@ -195,7 +195,9 @@ def test_login_that_is_not_root_runs_labkit_as_root_through_sudo(remote_hosts, l
         assert host.call(os.getenv, "SUDO_USER") == login_user.name, "sudo was entered as the login user"
         assert "sudo" in host.call(parents)
         assert host.run(["id", "-u"]).stdout.strip() == "0", "commands run as root too"
-        with host.hold("labkit.experiments.xdp_drop:receiver_variant", ifname, "xdp_generic", "udp"):
+        with host.hold("labkit.testbed.bed:on_interface", "labkit.experiments.xdp_drop_receiver:drop_receiver",
+                       ifname, "udp") as receiver:
+            receiver("use", "xdp_generic")
             assert xdp_attached(h1, ifname), "the XDP program attached on the far host"
         assert not xdp_attached(h1, ifname)
         registry = runs.REGISTRY_DIR / f"{host.prefix}.json"

@@ -167,17 +167,6 @@ def owner_of(prefix: str) -> int:
 
 
 @pytest.fixture
-def cabled():
-    """Two 'real' interfaces joined back to back in the root namespace (made by the test)."""
-    a, b = f"wdg{secrets.token_hex(2)}a", f"wdg{secrets.token_hex(2)}b"
-    subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
-    try:
-        yield a, b
-    finally:
-        subprocess.run(["ip", "link", "del", a], capture_output=True)
-
-
-@pytest.fixture
 def env(tmp_path):
     return dict(os.environ, LABKIT_DATA_DIR=str(tmp_path / "data"), LABKIT_REPORTS_DIR=str(tmp_path / "reports"))
 

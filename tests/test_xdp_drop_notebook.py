@@ -63,8 +63,8 @@ def test_notebook_runs_with_live_frames_refused_and_only_latency_on(tmp_path, mo
     lat = r.table[(r.table["kind"] == "latency") & (r.table["measure"] == "lat_probes")]
     assert set(lat["variant"]) == set(params["variants"]) and (lat["value"] > 0).all()
     html = run.html.read_text()
-    for said in ("no sweep in this run", "no NDR/PDR search in this run", "no fixed-load CPU measurement",
-                 "no program costs in this run", f"Fed by the {meta['generator']} generator",
+    for said in ("no sweep in this run: sweep_steps = 0", "no NDR/PDR search in this run", "no fixed-load CPU measurement",
+                 "no program costs in this run: cost_trials = 0", f"Fed by the {meta['generator']} generator",
                  "latency probes: ", "One-way latency of the traffic each variant lets through"):
         assert said in html, said
     assert ("runs its slow path" in html) == skb  # no XDP-native advantage claimed from socket buffers

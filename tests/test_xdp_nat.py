@@ -10,17 +10,12 @@ from labkit import packets
 from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_nat import OUTCOMES, XdpNat
 from labkit.experiments.nat import checks as nat_checks, testbed as nat_testbed
+from labkit.measure.capture import capture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 
 INSIDE, OUTSIDE, SNAT, SERVER = (nat_testbed.INSIDE_NET, nat_testbed.OUTSIDE_NET, nat_testbed.NAT_OUTSIDE,
                                  nat_testbed.SERVER)
-
-
-@pytest.fixture(scope="module")
-def nat():
-    with Nat(INSIDE, OUTSIDE, SNAT, (20000, 29999)) as n:
-        yield n
 
 
 def test_correctness_through_the_fast_path(nat):
@@ -60,7 +55,7 @@ def test_state_is_shared_with_the_tc_nat(nat):
     """A flow created by the tc NAT (slow path) is the flow the fast path translates: the
     same translated port, and its counters in the same flow table."""
     with nat_testbed.NatLab(1, "off") as lab, lab.xdp_nat(nat) as fast, \
-            nat_checks.capture(lab.server, lab.server_iface.name, "udp") as got:
+            capture(lab.server, lab.server_iface.name, "udp") as got:
         ex = nat_checks.udp_exchange(lab, sport=41000, dport=7777)
         ex2 = nat_checks.udp_exchange(lab, sport=41000, dport=7777)
         assert ex["got"][1] and ex2["got"][1]
@@ -74,7 +69,7 @@ def test_state_is_shared_with_the_tc_nat(nat):
 
 def test_xdp_routing_forwards_without_translation():
     with nat_testbed.NatLab(1, "off") as lab, lab.xdp_routing() as router, \
-            nat_checks.capture(lab.server, lab.server_iface.name, "icmp") as got:
+            capture(lab.server, lab.server_iface.name, "icmp") as got:
         cp = lab.client(1).run(["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER], check=False, timeout=20)
         assert cp.returncode == 0, cp.stdout + cp.stderr
         st = router.stats()

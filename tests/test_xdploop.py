@@ -21,15 +21,6 @@ from labkit.traffic import TrafficSpec
 from conftest import needs_root
 
 
-@pytest.fixture
-def loop_here():
-    """Skips, naming the probe's reason, where a loop of XDP programs cannot run."""
-    for facility in ("xdp_native", "devmap_broadcast"):
-        p = capabilities.probe(facility)
-        if not p.ok:
-            pytest.skip(f"{facility} refused here: {p.reason}")
-
-
 def loop_links(host) -> list[str]:
     """The loop's veths still present in HOST's namespace."""
     with host.ipr() as ipr:

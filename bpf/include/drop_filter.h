@@ -1,5 +1,5 @@
 /* What bpf/drop_filter.c and its control plane (labkit/dataplanes/drop_filter.py) share:
- * the Python names come from these enums (labkit.bpf.enum_names), nowhere else. */
+ * the Python names come from these enums (labkit.bpf_enums.enum_names), nowhere else. */
 #ifndef LABKIT_DROP_FILTER_H
 #define LABKIT_DROP_FILTER_H
 

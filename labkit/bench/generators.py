@@ -5,7 +5,7 @@
 Part "generators": at 64 bytes, the in-kernel generator ("xdp", live frames), the loop
 of XDP programs ("xdp_loop", no live frames), trafgen, testpmd txonly over net_af_packet
 ("testpmd") and over net_af_xdp ("testpmd_afxdp") each send into the same native-XDP drop
-receiver (labkit.filter.DropFilter, drop-all, which counts what it drops), several
+receiver (labkit.dataplanes.drop_filter.DropFilter, drop-all, which counts what it drops), several
 trials each, interleaved. Per trial: offered_pps (the generator's own count over its own
 time), received (the receiver's count) and received_pps. `lines` says it in one line per
 generator: the median received rate (min..max) and its ratio to trafgen's median.

@@ -12,15 +12,22 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 
-from labkit import bpf
+from labkit import bpf, bpf_enums
 from labkit.errors import InputError
-from labkit.dataplanes import ControlPlane
+from labkit.dataplanes import ControlPlane, read_when_needed
 
 HEADER = "drop_filter.h"  # bpf/include/drop_filter.h: the program's enums, the one source of these names
-#: Verdicts, the index of the `counters` map: "pass", "drop_all", "drop_proto", ...
-VERDICTS = bpf.enum_names(HEADER, "drop_filter_verdict", "DF_")
-_RULES = bpf.enum_values(HEADER, "drop_filter_rule")
-RULE_ALL, RULE_PROTO, RULE_PORT, RULE_SRC = (_RULES[f"DF_RULE_{k}"] for k in ("ALL", "PROTO", "PORT", "SRC"))
+
+
+def _header() -> dict:
+    """VERDICTS, the index of the `counters` map ("pass", "drop_all", "drop_proto", ...),
+    and the rule bits RULE_ALL, RULE_PROTO, RULE_PORT, RULE_SRC."""
+    rules = bpf_enums.enum_values(HEADER, "drop_filter_rule")
+    return {"VERDICTS": bpf_enums.enum_names(HEADER, "drop_filter_verdict", "DF_"),
+            **{f"RULE_{k}": rules[f"DF_RULE_{k}"] for k in ("ALL", "PROTO", "PORT", "SRC")}}
+
+
+header, __getattr__ = read_when_needed(_header)
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "icmpv6": 58, "sctp": 132}
 
 
@@ -60,7 +67,7 @@ class DropFilter(ControlPlane):
 
     def drop_all(self, on: bool = True) -> None:
         """Drop every packet (the XDP fast-drop of the experiment)."""
-        self._set_bit(RULE_ALL, on)
+        self._set_bit(header().RULE_ALL, on)
 
     def drop_proto(self, proto) -> None:
         """Drop an IP protocol, by name ('udp') or number (17)."""
@@ -68,7 +75,7 @@ class DropFilter(ControlPlane):
         t = self._maps["proto_rules"]
         t[t.Key(num)] = t.Leaf(1)
         self._protos.add(num)
-        self._set_bit(RULE_PROTO, True)
+        self._set_bit(header().RULE_PROTO, True)
 
     def drop_port(self, port: int) -> None:
         """Drop UDP and TCP packets to destination port PORT."""
@@ -77,7 +84,7 @@ class DropFilter(ControlPlane):
         t = self._maps["port_rules"]
         t[t.Key(port)] = t.Leaf(1)
         self._ports.add(port)
-        self._set_bit(RULE_PORT, True)
+        self._set_bit(header().RULE_PORT, True)
 
     def drop_src(self, prefix: str) -> None:
         """Drop IPv4 packets from source PREFIX, e.g. '10.11.0.0/24'."""
@@ -88,13 +95,13 @@ class DropFilter(ControlPlane):
         t = self._maps["src_rules"]
         key = t.Key(net.prefixlen, int.from_bytes(net.network_address.packed, "little"))
         t[key] = t.Leaf(1)
-        self._set_bit(RULE_SRC, True)
+        self._set_bit(header().RULE_SRC, True)
 
     def remove_port(self, port: int) -> None:
         t = self._maps["port_rules"]
         t[t.Key(port)] = t.Leaf(0)
         self._ports.discard(port)
-        self._set_bit(RULE_PORT, bool(self._ports))
+        self._set_bit(header().RULE_PORT, bool(self._ports))
 
     def clear(self) -> None:
         """Remove every rule: everything passes."""
@@ -109,7 +116,7 @@ class DropFilter(ControlPlane):
     def rules(self) -> dict:
         """The rules as the maps hold them (protocols and ports: the entries set to 1 among
         those this filter wrote; sources: the trie's prefixes)."""
-        out = {"drop_all": bool(self._active() & RULE_ALL)}
+        out = {"drop_all": bool(self._active() & header().RULE_ALL)}
         out["protocols"] = sorted(k for k in self._protos if self._maps["proto_rules"][ctypes.c_int(k)].value)
         out["ports"] = sorted(k for k in self._ports if self._maps["port_rules"][ctypes.c_int(k)].value)
         out["sources"] = sorted(
@@ -131,7 +138,7 @@ class DropFilter(ControlPlane):
     def counters(self) -> dict:
         """{verdict: {'packets': n, 'bytes': b}} summed over CPUs."""
         raw = bpf.percpu_sum(self._maps["counters"])
-        return {VERDICTS[k]: v for k, v in sorted(raw.items())}
+        return {header().VERDICTS[k]: v for k, v in sorted(raw.items())}
 
     def total(self) -> int:
         """Packets the program has seen, all verdicts."""

@@ -43,19 +43,26 @@ import time
 from contextlib import contextmanager
 from types import SimpleNamespace
 
-from labkit import BPF_DIR, bpf, capabilities, packets
+from labkit import bpf, bpf_enums, capabilities, packets
+from labkit.dataplanes import read_when_needed
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.xdp_gen import can_transmit_xdp, thread_in_netns
 from labkit.errors import InputError, LabkitError, MissingDependency
 
-SOURCE = "latency"
-HEADER = BPF_DIR / "include" / "latency.h"
-_F = bpf.enum_values(HEADER, "latency_frame")
-_H = bpf.enum_values(HEADER, "latency_hist")
-_C = bpf.enum_values(HEADER, "latency_counts")
-PORT, MAGIC, PAYLOAD, TEMPLATE = _F["LAT_PORT"], _F["LAT_MAGIC"], _F["LAT_PAYLOAD"], _F["LAT_TEMPLATE"]
-SUB_BITS, BUCKETS = _H["LAT_SUB_BITS"], _H["LAT_BUCKETS"]
-COUNTS = {name[4:].lower(): v for name, v in _C.items() if name != "LAT_COUNTS"}  # probes, other, ...
+SOURCE, HEADER = "latency", "latency.h"
+
+
+def _header() -> dict:
+    """bpf/include/latency.h: the frame's layout (_F, its enum; PORT, MAGIC, PAYLOAD,
+    TEMPLATE), the histogram's (SUB_BITS, BUCKETS) and COUNTS, the slots of `lat_counts` by
+    name (probes, other, ...)."""
+    f, h, c = (bpf_enums.enum_values(HEADER, e) for e in ("latency_frame", "latency_hist", "latency_counts"))
+    return {"_F": f, **{k[4:]: f[k] for k in ("LAT_PORT", "LAT_MAGIC", "LAT_PAYLOAD", "LAT_TEMPLATE")},
+            "SUB_BITS": h["LAT_SUB_BITS"], "BUCKETS": h["LAT_BUCKETS"],
+            "COUNTS": {name[4:].lower(): v for name, v in c.items() if name != "LAT_COUNTS"}}
+
+
+header, __getattr__ = read_when_needed(_header)
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 MAX_RATE = 100_000  # probes per second: above it the probes are load, not a probe
 LIVE_FRAMES, AF_PACKET = "live_frames", "af_packet+tc"
@@ -84,22 +91,24 @@ def choose_method() -> str:
 
 def bucket_bounds(idx: int) -> tuple[int, int]:
     """[low, high) in ns of histogram bucket IDX (the layout of bpf/include/latency.h)."""
-    sub = 1 << SUB_BITS
+    bits = header().SUB_BITS
+    sub = 1 << bits
     if idx < sub:
         return idx, idx + 1
-    e = (idx >> SUB_BITS) + SUB_BITS - 1
-    width = 1 << (e - SUB_BITS)
+    e = (idx >> bits) + bits - 1
+    width = 1 << (e - bits)
     low = (sub + (idx & (sub - 1))) * width
     return low, low + width
 
 
 def bucket_of(ns: int) -> int:
     """The bucket a delay of NS nanoseconds lands in (what the sink computes)."""
-    if ns < (1 << SUB_BITS):
+    bits = header().SUB_BITS
+    if ns < (1 << bits):
         return int(ns)
     e = int(ns).bit_length() - 1
-    idx = ((e - SUB_BITS + 1) << SUB_BITS) | ((int(ns) >> (e - SUB_BITS)) & ((1 << SUB_BITS) - 1))
-    return min(idx, BUCKETS - 1)
+    idx = ((e - bits + 1) << bits) | ((int(ns) >> (e - bits)) & ((1 << bits) - 1))
+    return min(idx, header().BUCKETS - 1)
 
 
 def percentiles(hist, max_ns: int | None = None, qs=PERCENTILES) -> dict:
@@ -145,8 +154,10 @@ class LatencyProbe:
 
     def __init__(self, sender, *, dst_mac: str, dst_ip: str, src_ip: str | None = None, size: int = 64,
                  method: str | None = None):
-        if not isinstance(size, int) or not TEMPLATE <= size <= 1514:
-            raise InputError(f"probe size {size!r}: {TEMPLATE}..1514 bytes (the probe's headers take {TEMPLATE})")
+        h = header()
+        if not isinstance(size, int) or not h.TEMPLATE <= size <= 1514:
+            raise InputError(f"probe size {size!r}: {h.TEMPLATE}..1514 bytes "
+                             f"(the probe's headers take {h.TEMPLATE})")
         if method is not None and method not in METHODS:
             raise InputError(f"probe method {method!r}: choose one of {', '.join(METHODS)} (or None: the probe decides)")
         if method == LIVE_FRAMES:
@@ -155,7 +166,7 @@ class LatencyProbe:
             capabilities.chose(PURPOSE, method, "asked for by the caller")
         self.sender, self.size, self._method = sender, size, method
         spec = packets.FrameSpec(sender.mac, dst_mac, src_ip or sender.address or "10.11.0.1", dst_ip,
-                                 proto="udp", sport=PORT, dport=PORT, size=size)
+                                 proto="udp", sport=h.PORT, dport=h.PORT, size=size)
         spec.validate()
         self.frame = probe_frame(spec)
         self.program = bpf.load(SOURCE, PROBE_IFINDEX=sender.ifindex)
@@ -163,7 +174,7 @@ class LatencyProbe:
         try:
             self.fn = self.program.function("lat_probe", "xdp")
             tpl = self.program.map("lat_template")
-            tpl[ctypes.c_int(0)] = tpl.Leaf((ctypes.c_uint8 * TEMPLATE)(*self.frame[:TEMPLATE]))
+            tpl[ctypes.c_int(0)] = tpl.Leaf((ctypes.c_uint8 * h.TEMPLATE)(*self.frame[:h.TEMPLATE]))
         except BaseException:
             self.close()
             raise
@@ -260,7 +271,7 @@ class LatencyProbe:
         """{probes, other, clock_back, sent, max_ns} summed over CPUs (max_ns: the largest)."""
         table = self.program.map("lat_counts")
         out = {}
-        for name, slot in COUNTS.items():
+        for name, slot in header().COUNTS.items():
             vals = [int(v) for v in table[ctypes.c_int(slot)]]
             out[name] = max(vals) if name == "max_ns" else sum(vals)
         return out
@@ -268,7 +279,7 @@ class LatencyProbe:
     def histogram(self) -> list[int]:
         """Probes per bucket (summed over CPUs), BUCKETS long."""
         table = self.program.map("lat_hist")
-        return [int(sum(int(v) for v in table[ctypes.c_int(i)])) for i in range(BUCKETS)]
+        return [int(sum(int(v) for v in table[ctypes.c_int(i)])) for i in range(header().BUCKETS)]
 
     def distribution(self) -> dict:
         """Percentiles (ns) and counts of the probes since the last `reset`."""
@@ -327,7 +338,7 @@ class LatencyProbe:
 def probe_frame(spec: packets.FrameSpec) -> bytes:
     """A probe: SPEC's frame with LAT_MAGIC opening its UDP payload and no UDP checksum
     (the sender rewrites the stamp on every send; forwarders do not check it)."""
-    frame = bytearray(packets.build(spec))
-    frame[PAYLOAD - 2:PAYLOAD] = b"\0\0"  # UDP checksum: none
-    frame[PAYLOAD:PAYLOAD + 4] = struct.pack("=I", MAGIC)
+    frame, h = bytearray(packets.build(spec)), header()
+    frame[h.PAYLOAD - 2:h.PAYLOAD] = b"\0\0"  # UDP checksum: none
+    frame[h.PAYLOAD:h.PAYLOAD + 4] = struct.pack("=I", h.MAGIC)
     return bytes(frame)

@@ -38,10 +38,11 @@ from dataclasses import asdict, dataclass
 
 from labkit import bpf
 from labkit.errors import InputError, LabkitError
-from labkit.dataplanes.nat_model import OUTCOMES
-from labkit.dataplanes.nat_input import (TIMEOUTS, _address, _be32, _from_be16, _from_be32, _host_in, _network,
-                                         check_port_range, check_timeouts, jiffies_now, kernel_hz)
-from labkit.dataplanes import ControlPlane
+from labkit.dataplanes import ControlPlane, nat_checks, nat_model
+from labkit.dataplanes.jiffies import jiffies_now, kernel_hz
+from labkit.dataplanes.nat_checks import (check_address as _address, check_host_in as _host_in,
+                                          check_network as _network, check_port_range, check_timeouts)
+from labkit.dataplanes.nat_encoding import be32 as _be32, from_be16 as _from_be16, from_be32 as _from_be32
 
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 DEFAULT_PORT_RANGE = (20000, 29999)
@@ -185,7 +186,7 @@ class Nat(ControlPlane):
         leaf.inside_mask = _be32(self.inside_network.netmask)
         leaf.port_min, leaf.port_max = self.port_range
         hz = kernel_hz()
-        for i, name in enumerate(TIMEOUTS):
+        for i, name in enumerate(nat_checks.header().TIMEOUTS):
             leaf.timeout[i] = max(1, round(self.timeouts[name] * hz))
         leaf.fib_refresh = round(self.fib_cache_s * hz)
         t[ctypes.c_int(0)] = leaf
@@ -222,7 +223,7 @@ class Nat(ControlPlane):
             "inside_network": str(ipaddress.IPv4Network((_from_be32(leaf.inside_net), _from_be32(leaf.inside_mask)))),
             "port_range": (leaf.port_min, leaf.port_max),
             "outside_network": str(self.outside_network),
-            "timeouts": {n: leaf.timeout[i] / kernel_hz() for i, n in enumerate(TIMEOUTS)},
+            "timeouts": {n: leaf.timeout[i] / kernel_hz() for i, n in enumerate(nat_checks.header().TIMEOUTS)},
         }
 
     # ------------------------------------------------------------ static mappings
@@ -434,7 +435,7 @@ class Nat(ControlPlane):
     def stats(self) -> dict:
         """{outcome: {'packets': n, 'bytes': b}} for every outcome of the program, summed over CPUs."""
         raw = bpf.percpu_sum(self._maps["stats"])
-        return {OUTCOMES[k]: raw.get(k, {"packets": 0, "bytes": 0}) for k in range(len(OUTCOMES))}
+        return {o: raw.get(k, {"packets": 0, "bytes": 0}) for k, o in enumerate(nat_model.header().OUTCOMES)}
 
     def model(self):
         """A NatModel with this NAT's configuration and static mappings (no flows)."""

@@ -17,12 +17,14 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from labkit.bpf import enum_names
+from labkit.bpf_enums import enum_names
+from labkit.dataplanes import read_when_needed
 from labkit.errors import InputError
 
-#: The program's outcomes, in the order of its `stats` map: enum nat_outcome of
+
+#: OUTCOMES, the program's outcomes, in the order of its `stats` map: enum nat_outcome of
 #: bpf/include/nat.h ("out_static", "out_snat_new", ..., "drop_rewrite_failed").
-OUTCOMES = enum_names("nat.h", "nat_outcome", "NAT_")
+header, __getattr__ = read_when_needed(lambda: {"OUTCOMES": enum_names("nat.h", "nat_outcome", "NAT_")})
 TRANSLATED = {"out_static", "out_snat_new", "out_snat", "in_static", "in_snat", "in_icmp_error", "out_fragment",
               "in_fragment", "out_icmp_error"}
 TCP, UDP, ICMP = 6, 17, 1

@@ -3,13 +3,14 @@ l2fwd's MAC rewrite (frames arriving on one port leave by the other, through a d
 """
 from __future__ import annotations
 from contextlib import ExitStack, contextmanager
-from labkit import bpf
+from labkit import bpf, bpf_enums
 from labkit.errors import InputError
-from labkit.dataplanes import ControlPlane
+from labkit.dataplanes import ControlPlane, read_when_needed
 
-#: The program's counters, the index of its `counters` map (enum xdp_fwd_counter of
+
+#: COUNTERS, the index of the program's `counters` map (enum xdp_fwd_counter of
 #: bpf/include/xdp_fwd.h): "redirected", "no_entry", "short", "refused".
-COUNTERS = bpf.enum_names("xdp_fwd.h", "xdp_fwd_counter", "FWD_")
+header, __getattr__ = read_when_needed(lambda: {"COUNTERS": bpf_enums.enum_names("xdp_fwd.h", "xdp_fwd_counter", "FWD_")})
 
 
 class XdpForwarder(ControlPlane):
@@ -56,7 +57,7 @@ class XdpForwarder(ControlPlane):
 
     def counters(self) -> dict:
         sums = bpf.percpu_sum(self.program.map("counters"))
-        return {n: int(sums.get(i, 0)) for i, n in enumerate(COUNTERS)}
+        return {n: int(sums.get(i, 0)) for i, n in enumerate(header().COUNTERS)}
 
     @contextmanager
     def attach_xdp(self, mode: str = "native"):

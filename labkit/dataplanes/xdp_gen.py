@@ -28,7 +28,7 @@ caller's network namespace, so a sending thread enters the interface's namespace
 interface can transmit XDP frames now, and `xmit_counters` what it refused.
 
 The vary bits, the L4 kinds and the template's size are the enums of
-bpf/include/xdp_gen.h: the names below are read from it, never repeated here.
+bpf/include/xdp_gen.h: `header()` reads them from it, never repeated here.
 """
 from __future__ import annotations
 
@@ -41,20 +41,26 @@ import struct
 import threading
 from contextlib import contextmanager
 
-from labkit import bpf
+from labkit import bpf, bpf_enums
 from labkit.errors import InputError, LabkitError
-from labkit.dataplanes import ControlPlane
+from labkit.dataplanes import ControlPlane, read_when_needed
 
 HEADER = "xdp_gen.h"
-#: option `vary`: which fields move with the flow index (enum xdp_gen_vary):
-#: {"sport": 1, "dport": 2, "src_ip": 4, "dst_ip": 8}
-VARY = {name[len("VARY_"):].lower(): v for name, v in bpf.enum_values(HEADER, "xdp_gen_vary").items()}
-_L4 = bpf.enum_values(HEADER, "xdp_gen_l4")
-#: gen_config.l4 per (protocol, IP version): which checksum the rewrite updates (enum xdp_gen_l4)
-L4 = {("udp", 4): _L4["L4_UDP"], ("udp", 6): _L4["L4_UDP"], ("tcp", 4): _L4["L4_TCP"], ("tcp", 6): _L4["L4_TCP"],
-      ("icmp", 4): _L4["L4_ICMP"], ("icmp", 6): _L4["L4_ICMPV6"]}
-#: HDR_COPY: the frame's first bytes, restored from the template on every run
-TEMPLATE_BYTES = bpf.enum_values(HEADER, "xdp_gen_template")["HDR_COPY"]
+
+
+def _header() -> dict:
+    """VARY, option `vary`'s bits, which fields move with the flow index (enum xdp_gen_vary:
+    {"sport": 1, "dport": 2, "src_ip": 4, "dst_ip": 8}); L4, gen_config.l4 per (protocol, IP
+    version): which checksum the rewrite updates (enum xdp_gen_l4); TEMPLATE_BYTES (HDR_COPY):
+    the frame's first bytes, restored from the template on every run."""
+    l4 = bpf_enums.enum_values(HEADER, "xdp_gen_l4")
+    return {"VARY": {name[len("VARY_"):].lower(): v for name, v in bpf_enums.enum_values(HEADER, "xdp_gen_vary").items()},
+            "L4": {("udp", 4): l4["L4_UDP"], ("udp", 6): l4["L4_UDP"], ("tcp", 4): l4["L4_TCP"],
+                   ("tcp", 6): l4["L4_TCP"], ("icmp", 4): l4["L4_ICMP"], ("icmp", 6): l4["L4_ICMPV6"]},
+            "TEMPLATE_BYTES": bpf_enums.enum_values(HEADER, "xdp_gen_template")["HDR_COPY"]}
+
+
+header, __getattr__ = read_when_needed(_header)
 MAX_FRAME = 3400  # a live frame lives in one 4 KiB page beside headroom and skb_shared_info
 MAX_BATCH = 256  # TEST_XDP_MAX_BATCH in the kernel
 NETDEV_XDP_ACT_NDO_XMIT = 4
@@ -62,16 +68,16 @@ NETDEV_XDP_ACT_NDO_XMIT = 4
 
 def vary_mask(vary) -> int:
     """The gen_config.vary bits of VARY: a name or names among VARY's keys."""
-    names = (vary,) if isinstance(vary, str) else tuple(vary)
-    if not names or any(n not in VARY for n in names):
-        raise InputError(f"vary {vary!r}: name one or more of {sorted(VARY)}")
+    names, bits = (vary,) if isinstance(vary, str) else tuple(vary), header().VARY
+    if not names or any(n not in bits for n in names):
+        raise InputError(f"vary {vary!r}: name one or more of {sorted(bits)}")
     mask = 0
     for n in names:
-        mask |= VARY[n]
+        mask |= bits[n]
     return mask
 
 
-def _low32(addr: str) -> int:
+def low32(addr: str) -> int:
     """An IPv4 address, or the last 32 bits of an IPv6 one, as a host-order number."""
     return int.from_bytes(ipaddress.ip_address(addr).packed[-4:], "big")
 
@@ -264,20 +270,22 @@ class GenProgram:
             self.close()
             raise
 
-    def configure(self, frame: bytes, *, flows: int = 1, vary: int = VARY["sport"], version: int = 4,
+    def configure(self, frame: bytes, *, flows: int = 1, vary: int | None = None, version: int = 4,
                   proto: str = "udp", sport: int = 0, dport: int = 0, src_ip: str = "0.0.0.0",
                   dst_ip: str = "0.0.0.0") -> None:
         """The template (FRAME's headers) and the flow configuration for the next runs:
         FLOWS flows moving the fields of VARY (bits, see vary_mask) from the base values
-        SPORT, DPORT, SRC_IP, DST_IP. The per-CPU flow sequences restart at flow 0."""
-        if (proto, version) not in L4:
-            raise InputError(f"protocol {proto!r} over IPv{version}: the generator sends {sorted(L4)}")
+        SPORT, DPORT, SRC_IP, DST_IP (VARY None: the source port). The per-CPU flow sequences
+        restart at flow 0."""
+        h = header()
+        if (proto, version) not in h.L4:
+            raise InputError(f"protocol {proto!r} over IPv{version}: the generator sends {sorted(h.L4)}")
         table = self.program.map("gen_config")
-        table[ctypes.c_int(0)] = table.Leaf(flows, vary, int(version == 6), L4[(proto, version)],
-                                            sport, dport, _low32(src_ip), _low32(dst_ip))
+        table[ctypes.c_int(0)] = table.Leaf(flows, h.VARY["sport"] if vary is None else vary, int(version == 6),
+                                            h.L4[(proto, version)], sport, dport, low32(src_ip), low32(dst_ip))
         tpl = self.program.map("gen_template")
-        head = frame[:TEMPLATE_BYTES].ljust(TEMPLATE_BYTES, b"\0")
-        tpl[ctypes.c_int(0)] = tpl.Leaf((ctypes.c_uint8 * TEMPLATE_BYTES)(*head))
+        head = frame[:h.TEMPLATE_BYTES].ljust(h.TEMPLATE_BYTES, b"\0")
+        tpl[ctypes.c_int(0)] = tpl.Leaf((ctypes.c_uint8 * h.TEMPLATE_BYTES)(*head))
         self.program.map("gen_seq").clear()
 
     def context(self, frame: bytes) -> bpf.XdpMd:

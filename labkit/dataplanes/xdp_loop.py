@@ -46,26 +46,22 @@ import socket
 import time
 from contextlib import ExitStack
 
-from labkit import bpf
-from labkit.dataplanes.xdp_gen import L4, in_netns
+from labkit import bpf, bpf_enums
+from labkit.dataplanes import read_when_needed, xdp_gen
+from labkit.dataplanes.xdp_gen import in_netns, low32
 from labkit.errors import InputError, LabkitError
 from labkit.testbed import runs, signals
 
 SOURCE = "xdp_loop"
 HEADER = "xdp_loop.h"
-_BUDGET = bpf.enum_values(HEADER, "xdp_loop_budget")
-NEXT, LIMIT = _BUDGET["LOOP_NEXT"], _BUDGET["LOOP_LIMIT"]
-PORTS_MAX = bpf.enum_values(HEADER, "xdp_loop_ports")["LOOP_PORTS_MAX"]
+
+
+#: NEXT and LIMIT, the budget map's slots, and PORTS_MAX, the devmap's size (LOOP_ dropped)
+header, __getattr__ = read_when_needed(lambda: {k[5:]: v for e in ("xdp_loop_budget", "xdp_loop_ports")
+                                                for k, v in bpf_enums.enum_values(HEADER, e).items()})
 #: how long frames still in the loop may take to die out once the limit is reached
 SETTLE_S = 0.0005
 _numbers = itertools.count()
-
-
-def _low32(addr: str) -> int:
-    """An IPv4 address, or the last 32 bits of an IPv6 one, as a host-order number."""
-    import ipaddress
-
-    return int.from_bytes(ipaddress.ip_address(addr).packed[-4:], "big")
 
 
 class Loop:
@@ -73,8 +69,8 @@ class Loop:
     Context manager: exit removes the loop's links with their programs, and unloads them."""
 
     def __init__(self, out, *, threaded: bool = False, copies: int = 1):
-        if not isinstance(copies, int) or not 1 <= copies <= PORTS_MAX - 1:
-            raise InputError(f"copies {copies!r}: copies per round towards the receiver, 1..{PORTS_MAX - 1}")
+        if not isinstance(copies, int) or not 1 <= copies <= header().PORTS_MAX - 1:
+            raise InputError(f"copies {copies!r}: copies per round towards the receiver, 1..{header().PORTS_MAX - 1}")
         self.out, self.host = out, out.host
         self.threaded, self.copies = threaded, copies
         self.a = self.b = None
@@ -153,16 +149,17 @@ class Loop:
                   dport: int = 0, src_ip: str = "0.0.0.0", dst_ip: str = "0.0.0.0") -> None:
         """FLOWS flows moving the fields of VARY (bits, dataplanes.xdp_gen.vary_mask) from
         the base values; the index restarts at 0 and nothing may be sent until `grant`."""
-        if (proto, version) not in L4:
-            raise InputError(f"protocol {proto!r} over IPv{version}: the loop sends {sorted(L4)}")
+        l4 = xdp_gen.header().L4
+        if (proto, version) not in l4:
+            raise InputError(f"protocol {proto!r} over IPv{version}: the loop sends {sorted(l4)}")
         if flows > 1 and self.copies > 1:
             raise InputError(f"{flows} flows with copies={self.copies}: the copies of one round carry one flow, "
                              "so every flow would be sent several times; use copies=1 for more than one flow")
         table = self.program.map("gen_config")
-        table[ctypes.c_int(0)] = table.Leaf(flows, vary, int(version == 6), L4[(proto, version)],
-                                            sport, dport, _low32(src_ip), _low32(dst_ip))
-        self._set(LIMIT, 0)
-        self._set(NEXT, 0)
+        table[ctypes.c_int(0)] = table.Leaf(flows, vary, int(version == 6), l4[(proto, version)],
+                                            sport, dport, low32(src_ip), low32(dst_ip))
+        self._set(header().LIMIT, 0)
+        self._set(header().NEXT, 0)
 
     def _set(self, slot: int, value: int) -> None:
         self.program.map("loop_budget")[ctypes.c_int(slot)] = ctypes.c_uint64(value)
@@ -172,20 +169,20 @@ class Loop:
 
     def next_index(self) -> int:
         """Indices taken so far: frames sent, plus those dropped for being over the limit."""
-        return self._get(NEXT)
+        return self._get(header().NEXT)
 
     def limit(self) -> int:
-        return self._get(LIMIT)
+        return self._get(header().LIMIT)
 
     def grant(self, limit: int) -> None:
         """Let the loop send frames up to index LIMIT (a running loop carries on)."""
-        self._set(LIMIT, limit)
+        self._set(header().LIMIT, limit)
 
     def stop(self) -> None:
         """No more frames: the limit drops to the index reached, and the loop dies out (a
         frame or two taken between reading the index and writing the limit still leave,
         uncounted by `settled`)."""
-        self._set(LIMIT, min(self.limit(), self.next_index()))
+        self._set(header().LIMIT, min(self.limit(), self.next_index()))
 
     def settled(self) -> int:
         """The frames sent, once the loop has died out at its limit. Frames that raced past
@@ -201,7 +198,7 @@ class Loop:
             if now == seen:
                 break
             seen = now
-        self._set(NEXT, limit)
+        self._set(header().NEXT, limit)
         return limit
 
     def seed(self, frame: bytes, frames: int) -> int:

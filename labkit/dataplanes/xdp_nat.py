@@ -24,12 +24,14 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 
-from labkit import bpf
+from labkit import bpf, bpf_enums
 from labkit.errors import InputError
-from labkit.dataplanes import ControlPlane
+from labkit.dataplanes import ControlPlane, read_when_needed
+from labkit.dataplanes.jiffies import jiffies_now
 
-#: The fast path's outcomes, the index of `xdp_stats` (enum nat_xdp_outcome of bpf/include/nat.h).
-OUTCOMES = bpf.enum_names("nat.h", "nat_xdp_outcome", "NAT_XDP_")
+
+#: OUTCOMES, the fast path's outcomes, the index of `xdp_stats` (enum nat_xdp_outcome of bpf/include/nat.h).
+header, __getattr__ = read_when_needed(lambda: {"OUTCOMES": bpf_enums.enum_names("nat.h", "nat_xdp_outcome", "NAT_XDP_")})
 FORWARDED = {"out_static", "out_snat", "in_static", "in_snat", "routed"}  # the rest: pass_*
 
 
@@ -72,8 +74,6 @@ class XdpNat:
         """Give every flow (both directions) the route IFINDEX with these MACs, as if the
         fast path had just looked it up: for test runs (BPF_PROG_TEST_RUN), where no FIB
         of a testbed applies. Returns how many entries it set."""
-        from labkit.dataplanes.nat_input import jiffies_now
-
         now, n = jiffies_now(), 0
         for name in ("snat_out", "snat_in"):
             t = self.program.map(name)
@@ -117,4 +117,4 @@ class XdpRouter(ControlPlane):
 
 def _stats(program) -> dict:
     raw = bpf.percpu_sum(program.map("xdp_stats"))
-    return {OUTCOMES[k]: raw.get(k, {"packets": 0, "bytes": 0}) for k in range(len(OUTCOMES))}
+    return {o: raw.get(k, {"packets": 0, "bytes": 0}) for k, o in enumerate(header().OUTCOMES)}

@@ -11,7 +11,7 @@ from pathlib import Path
 from labkit import BUILD_DIR
 from labkit.errors import InputError, LabkitError, MissingDependency
 
-L2FWD_BUILD_DIR = BUILD_DIR / "l2fwd"
+L2FWD_BUILD_DIR = BUILD_DIR / "l2fwd"  # the default; a remote session builds in its own (LABKIT_L2FWD_BUILD_DIR)
 EXAMPLES_DIR = Path(os.environ.get("LABKIT_DPDK_EXAMPLES", "/usr/share/dpdk/examples"))
 
 
@@ -54,7 +54,13 @@ def check_ring_size(ring_size) -> int:
 def build_dir_for(ring_size: int | None = None) -> Path:
     """Where l2fwd with RING_SIZE descriptors per queue is built (the default: build/l2fwd)."""
     n = check_ring_size(ring_size)
-    return L2FWD_BUILD_DIR if n == L2FWD_RING_DEFAULT else L2FWD_BUILD_DIR.with_name(f"l2fwd-ring{n}")
+    home = l2fwd_build_dir()
+    return home if n == L2FWD_RING_DEFAULT else home.with_name(f"l2fwd-ring{n}")
+
+
+def l2fwd_build_dir() -> Path:
+    """Where l2fwd is built: build/l2fwd, or LABKIT_L2FWD_BUILD_DIR (a remote session's)."""
+    return Path(os.environ.get("LABKIT_L2FWD_BUILD_DIR") or L2FWD_BUILD_DIR)
 
 
 def _set_ring_size(main_c: Path, n: int) -> None:
@@ -122,6 +128,6 @@ def l2fwd_status() -> tuple[bool, str]:
         return False, str(exc)
     if not (EXAMPLES_DIR / "l2fwd" / "main.c").is_file():
         return False, f"l2fwd sources missing at {EXAMPLES_DIR / 'l2fwd'} (Debian package dpdk-doc)"
-    built = _read(L2FWD_BUILD_DIR / STAMP_NAME) or ""
+    built = _read(l2fwd_build_dir() / STAMP_NAME) or ""
     state = "built" if built.startswith(version + " ") else "not built yet (built on first use)"
-    return True, f"DPDK {version}, l2fwd {state} in {L2FWD_BUILD_DIR}"
+    return True, f"DPDK {version}, l2fwd {state} in {l2fwd_build_dir()}"

@@ -129,6 +129,16 @@ class Result:
             return self.table.iloc[0:0]  # a part this run did not measure: no rows
         raise KeyError(f"{self.experiment} has no part {kind!r}: choose from {self.kinds}")
 
+    def not_measured(self, part: str) -> str:
+        """Why PART has nothing in this run, in one line: the reason the run recorded among
+        its skipped parts (switched off, cannot run here, across hosts)."""
+        try:
+            why = (saved_metadata(self.run_dir).get("skipped_parts") or {}).get(part)
+        except (OSError, TypeError, ValueError):
+            why = None
+        label = {"search": "NDR/PDR search", "cpu_at_load": "fixed-load CPU measurement"}.get(part, part)
+        return f"no {label} in this run: {why or 'not measured (see the caveats)'}"
+
     @property
     def trials(self):
         """The side-by-side trial rows."""

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 from labkit import traffic
 from labkit.testbed import remote_agent
+from labkit.testbed.bed import describe, local_interface
 from labkit.testbed.inventory import Testbed
 
 __all__ = ["Testbed", "End", "end", "RemoteGenerator", "GENERATOR_TOOLS", "LOCAL_CPU", "blank_local_cpu"]
@@ -88,30 +89,16 @@ class RemoteGenerator:
         return self._held.__exit__(*exc)
 
 
+def open_generator(bed, name: str, role: str = "sender"):
+    """The generator NAME on ROLE's end of BED: in this process where the host is this
+    machine, else on that host (a `RemoteGenerator`). Enter it; leaving undoes it."""
+    iface = bed.end(role)
+    if bed.local:
+        return traffic.generator(name, iface)
+    return RemoteGenerator(End(role, iface.host, iface.name, iface.mac, iface.address), name)
+
+
 # ---------------------------------------------------------------- on the far host
-def describe(ifname: str) -> dict:
-    iface = local_interface(ifname)
-    return {"mac": iface.mac, "address": iface.address, "prefixlen": iface.prefixlen, "ifindex": iface.ifindex}
-
-
-def local_interface(ifname: str):
-    """IFNAME of this host as a topology.Interface (real: what labkit attaches to it is
-    recorded in this host's run registry, for `labkit clean`)."""
-    from labkit.testbed.hosts import ROOT_HOST
-    from labkit.testbed.topology import Interface
-
-    with ROOT_HOST.ipr() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            from labkit.errors import InputError
-
-            raise InputError(f"no interface {ifname!r} on this host: fix labkit_interface in the inventory")
-        link = ipr.link("get", index=idx[0])[0]
-        addrs = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx[0], family=2)]
-    ip, pfx = addrs[0] if addrs else (None, None)
-    return Interface(ROOT_HOST, ifname, idx[0], link.get_attr("IFLA_ADDRESS"), ip, pfx, real=True)
-
-
 class _Sender:
     def __init__(self, gen):
         self.gen = gen

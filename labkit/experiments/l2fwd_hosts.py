@@ -206,11 +206,12 @@ def _caveats(rs, p, port_caveats: dict, snd, dut, rcv, skipped: dict, notes: dic
 def build_l2fwd_here(build_dir: str, rings: list) -> list:
     """On the DUT: DPDK's l2fwd built in BUILD_DIR for each ring size of RINGS (None:
     l2fwd's own); this session's l2fwd runs use those builds."""
+    import os
     from pathlib import Path
 
     from labkit.dpdk import build
 
-    build.L2FWD_BUILD_DIR = Path(build_dir) / "l2fwd"  # this host's session only
+    os.environ["LABKIT_L2FWD_BUILD_DIR"] = str(Path(build_dir) / "l2fwd")  # this host's session only
     return [str(build.build_l2fwd(ring_size=r)) for r in rings]
 
 

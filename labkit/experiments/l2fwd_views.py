@@ -263,30 +263,10 @@ def _dpdk_ports(table, size, mean, lo, hi, caveats=(), lcores=None) -> list[str]
 
 
 def plot_latency_cdf(cdf, trial: int = 0):
-    """The probes' delay CDF per forwarder, one panel per load (no load, then each fraction
-    of the no-drop rate), log time axis; TRIAL's probes. Returns the figure; with no probes
-    in CDF (latency off or skipped), one empty panel that says so."""
-    import matplotlib.pyplot as plt
+    """The probes' delay CDF per forwarder, one panel per load (`reporting.plots.latency_cdf`)."""
+    from labkit.reporting import plots
 
-    if cdf is None or not len(cdf) or not {"variant", "trial", LOAD, "delay_us", "fraction"} <= set(cdf.columns):
-        fig, ax = plt.subplots(figsize=(5, 1.5))
-        ax.text(0.5, 0.5, "no latency probes in this run", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
-    loads = sorted(cdf[LOAD].unique())
-    fig, axes = plt.subplots(1, len(loads), figsize=(5 * len(loads), 3.6), sharey=True, squeeze=False)
-    for ax, f in zip(axes[0], loads):
-        g = cdf[(cdf[LOAD] == f) & (cdf["trial"] == trial)]
-        for v, gv in g.groupby("variant"):
-            ax.step(gv["delay_us"], gv["fraction"], where="post", label=v)
-        ax.set_xscale("log")
-        ax.set_xlabel("one-way delay (µs)")
-        ax.set_title("no load" if f == 0 else f"background at {f:.0%} of its no-drop rate")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("fraction of probes")
-    axes[0][-1].legend(fontsize="small", loc="lower right")
-    fig.tight_layout()
-    return fig
+    return plots.latency_cdf(cdf, trial)
 
 
 def interpret_rates(table, resources, baseline: str, caveats=(), lcores=None) -> str:

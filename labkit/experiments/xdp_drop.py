@@ -23,28 +23,28 @@ switched off, and one that cannot run here is skipped with its reason; the rest 
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-
 
 from labkit import bpf, capabilities, packets, parameters, progress, references, results, traffic
 from labkit.measure import loadsweep
-from labkit.testbed import netfilter
 from labkit.testbed import runs
 from labkit.dataplanes import softirq_clock
 from labkit import measure
 from labkit import addresses
 from labkit.testbed import inventory, topology
+from labkit.testbed.testbeds import testbed_for
+from labkit.experiments import across_hosts
 from labkit.experiments import FEED_MEANS, FEED_SKB, Feed, Result, View, check_run_shape, fed_by, saved_metadata, \
     smoke_clamp, table_feed, trial_loop
 from labkit.errors import InputError, MissingDependency
 from labkit.dataplanes.drop_filter import DropFilter
+from labkit.experiments.xdp_drop_receiver import VARIANTS, drop_receiver, set_rule
 from labkit.experiments import xdp_drop_latency as latency
 from labkit.experiments import xdp_drop_views as views
 
 EXPERIMENT = "xdp_drop"
 NOTEBOOK = "01-xdp-drop"  # the notebook that runs this experiment
-VARIANTS = ["stack", "iptables_raw", "tc", "xdp_generic", "xdp_native"]
 RULES = {"udp": "drop UDP (iptables -p udp, filter protocol rule)", "all": "drop everything"}
 SKB_PATH = "socket-buffer feed: the skb path"  # beside each XDP ratio of a run fed socket buffers
 SKB_MEANS = (f"with this feed {FEED_MEANS[FEED_SKB]}: the native vs generic and vs iptables ratios here are "
@@ -59,6 +59,11 @@ VIEW = View(EXPERIMENT, "Packet drop", NOTEBOOK, select=(("kind", ("trial", None
 SMOKE = {"sizes": 1, "trials": 1, "count": 20_000, "cost_repeat": 100_000, "cost_trials": 2,
          "sweep_steps": 2, "loss_thresholds": 0, "cpu_loads": 0, "point_s": 0.1,
          "latency_loads": 1, "latency_probes": 200}
+#: the testbed's roles: where each is, on the namespace pair
+ROLES = {"sender": ("snd", None), "receiver": ("rcv", None)}
+#: the parts run only where every host is this machine (they read its CPU or run here)
+LOCAL_PARTS = ("sweep", "search", "cpu_at_load", "program costs", "latency")
+ACROSS_HOSTS = "across hosts (measured only on the namespace testbed or this machine's interfaces)"
 plot_latency_cdf = latency.plot_cdf  # the notebook's latency CDF
 # the load tests' table and sentences (xdp_drop_views), as the notebook calls them
 search_table, load_interpretation, LOAD_KINDS, _interpret_load = (
@@ -121,7 +126,7 @@ class Params:
             if self.sender_if or self.receiver_if:
                 raise InputError("inventory with sender_if/receiver_if: name the interfaces in the inventory "
                                  "(labkit_interface of the sender and the receiver), not both")
-            inventory.parse(self.inventory).require(HOST_ROLES)
+            inventory.parse(self.inventory).require(list(ROLES))
         if self.smoke:
             smoke_clamp(self, SMOKE)
         return self
@@ -131,58 +136,57 @@ def run(data_dir=None, **kwargs) -> Result:
     """Run the experiment; keyword arguments are the fields of `Params`. The Result's parts:
     'trial' (the side-by-side trials), 'sweep', 'search' (NDR/PDR; `search_table` reads
     them), 'cpu_at_load', 'test_run' (rows of the program cost), 'costs' (one row per
-    program and trial)."""
+    program and trial). The testbed is the namespace pair (or real interfaces), or the
+    inventory's sender and receiver hosts: the same run on either."""
     p = Params(**kwargs).validate()
     capabilities.begin_run()  # this run's choices of backends, not an earlier run's in this process
-    if p.inventory is not None:
-        return _run_across_hosts(p, data_dir)
-    runs.require_root("the XDP drop experiment")
-    spec = topology.pair(sender_if=p.sender_if, receiver_if=p.receiver_if)
-    spec.validate()
-    with topology.Topology(spec) as topo, DropFilter() as filt, softirq_clock.SoftirqClock() as clock:
-        snd, rcv = topo.iface("snd") if p.sender_if or not p.receiver_if else None, topo.iface("rcv")
-        rs = results.ResultSet(EXPERIMENT, _jsonable(p), topo.run.prefix, data_dir)
-        if snd is None:
-            raise InputError("receiver_if without sender_if: traffic must come from another machine; "
-                             "name the local sending interface with sender_if")
-        _rule(filt, p.rule)
-        specs = {}
-        for size in p.sizes:
-            specs[size] = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
-                                                      rate_pps=p.rate_pps, timeout_s=p.timeout_s)
-            if p.dst_mac:
-                specs[size].dst_mac = addresses.check_mac(p.dst_mac)
-            specs[size].validate()
-        gen = traffic.generator(p.generator, snd)  # entered below at once: closing it undoes what it built
-        feed = Feed(gen.name, real_interfaces=bool(p.receiver_if))
+    if p.inventory is None:
+        runs.require_root("the XDP drop experiment")
+    bed = testbed_for(topology.pair(sender_if=p.sender_if, receiver_if=p.receiver_if), ROLES, p.inventory,
+                      tools={"sender": across_hosts.GENERATOR_TOOLS.get(p.generator, []),
+                             "receiver": ["python:bcc", "iptables"]})
+    with bed, (softirq_clock.SoftirqClock() if bed.local else nullcontext()) as clock:
+        snd, rcv = bed.end("sender"), bed.end("receiver")
+        rs = results.ResultSet(EXPERIMENT, _jsonable(p), bed.prefix, data_dir)
+        specs = {size: _spec(p, snd, rcv, size, p.rate_pps) for size in p.sizes}
+        skipped = {**switched_off(p), **({} if bed.local else dict.fromkeys(LOCAL_PARTS, ACROSS_HOSTS))}
+        with bed.hold("receiver", drop_receiver, p.rule) as receiver, \
+                across_hosts.open_generator(bed, p.generator) as gen:
+            feed = Feed(gen.name, real_interfaces=bool(p.receiver_if) or not bed.local)
+            probes = {"snd": measure.link_probe(snd), "rcv": measure.link_probe(rcv),
+                      "rcv_stack": measure.snmp_probe(rcv.host)}
 
-        def measure_one(variant, size, trial):
-            with _variant(variant, topo, rcv, filt, p.rule) as processed:
-                return measure.run_trial(
-                    lambda: gen.send(specs[size]), processed, size=size,
-                    probes={"snd": measure.link_probe(snd), "rcv": measure.link_probe(rcv),
-                            "rcv_stack": measure.snmp_probe(rcv.host)},
-                    offered_probe=("snd", "tx_packets"), clock=clock)
+            def measure_one(variant, size, trial):
+                with _using(receiver, variant) as processed:
+                    return measure.run_trial(lambda: gen.send(specs[size]), processed, size=size, probes=probes,
+                                             offered_probe=("snd", "tx_packets"), clock=clock)
 
-        def record(variant, size, trial, m):
-            rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial", feed=feed.add(m))
+            def record(variant, size, trial, m):
+                rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial",
+                                   feed=feed.add(m))
 
-        with gen:
             trial_loop(p.variants, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
-            if p.sweep_steps or p.loss_thresholds or p.cpu_loads:
-                size = min(p.sizes)
-                tspec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
-                                                    timeout_s=p.timeout_s)
-                if p.dst_mac:
-                    tspec.dst_mac = addresses.check_mac(p.dst_mac)
-                _load_tests(p, gen, tspec, topo, rcv, filt, clock, rs)
-        skipped = switched_off(p)
-        costs = _program_costs(filt, snd, rcv, p, rs, skipped)
-        cdf = _latency(p, rs, skipped)
-        _caveats(rs, p, feed.kind)
-        run_dir = rs.save(topo, {"generator": gen.name, "rule": RULES[p.rule], "feed": feed.metadata(),
-                                 "skipped_parts": skipped})
+            if bed.local and (p.sweep_steps or p.loss_thresholds or p.cpu_loads):
+                _load_tests(p, gen, _spec(p, snd, rcv, min(p.sizes), None), receiver, clock, rs)
+            costs = _program_costs(receiver.value.filt if bed.local else None, snd, rcv, p, rs, skipped)
+        cdf = _latency(p, rs, skipped) if bed.local else []
+        if bed.local:
+            _caveats(rs, p, feed.kind)
+        else:
+            across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is neither host's
+            rs.caveat(f"across hosts ({snd.host.name} -> {rcv.host.name}): rates only (CPU is not measured across "
+                      "hosts), and load sweeps, searches, program costs and latency were not run")
+        run_dir = rs.save(bed, {"generator": gen.name, "rule": RULES[p.rule], "feed": feed.metadata(),
+                                "skipped_parts": skipped})
     return _result(rs, p, run_dir, costs, cdf)
+
+
+def _spec(p: Params, snd, rcv, size: int, rate_pps) -> traffic.TrafficSpec:
+    spec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows, rate_pps=rate_pps,
+                                       timeout_s=p.timeout_s)
+    if p.dst_mac:
+        spec.dst_mac = addresses.check_mac(p.dst_mac)
+    return spec.validate()
 
 
 def switched_off(p: Params) -> dict:
@@ -227,16 +231,16 @@ def _fastest_fed(table, size, variants) -> str:
     return rates.idxmax() if len(rates) else variants[-1]
 
 
-def _load_tests(p: Params, gen, tspec, topo, rcv, filt, clock, rs) -> None:
+def _load_tests(p: Params, gen, tspec, receiver, clock, rs) -> None:
     """The offered-load sweep (one common set of target rates for every variant, up to the
     generator's maximum into the receiver it reached its highest rate into in the trials),
     NDR/PDR search and CPU at fixed loads."""
     rows = []
-    with _variant(_fastest_fed(rs.table, tspec.size, p.variants), topo, rcv, filt, p.rule) as cnt:
+    with _using(receiver, _fastest_fed(rs.table, tspec.size, p.variants)) as cnt:
         top = loadsweep.generator_trial(gen, tspec, cnt, seconds=p.point_s, clock=clock, settle_s=0.05)(None).offered_pps
     rates = loadsweep.sweep_rates(top, p.sweep_steps) if p.sweep_steps else []
     for variant in progress.iterate(p.variants, "sweeps and searches", p.progress, unit="variant"):
-        with _variant(variant, topo, rcv, filt, p.rule) as processed:
+        with _using(receiver, variant) as processed:
             trial = loadsweep.generator_trial(gen, tspec, processed, seconds=p.point_s, clock=clock, settle_s=0.05)
             if rates:
                 rows += [dict(r, kind="sweep") for r in
@@ -252,96 +256,31 @@ def _load_tests(p: Params, gen, tspec, topo, rcv, filt, clock, rs) -> None:
     loadsweep.add_to(rs, rows)
 
 
-HOST_ROLES = ("sender", "receiver")  # what an inventory must name for this experiment
-
-
-def _run_across_hosts(p: Params, data_dir) -> Result:
-    """The side-by-side trials with the generator on the inventory's sender host and each
-    variant on its receiver host (load sweeps and program costs stay on one machine)."""
-    from labkit.experiments import across_hosts
-
-    tools = {"sender": across_hosts.GENERATOR_TOOLS.get(p.generator, []), "receiver": ["python:bcc", "iptables"]}
-    with across_hosts.Testbed(p.inventory, HOST_ROLES, tools) as bed:
-        snd, rcv = across_hosts.end(bed, "sender"), across_hosts.end(bed, "receiver")
-        rs = results.ResultSet(EXPERIMENT, _jsonable(p), runs.Run().prefix, data_dir)
-        specs = {size: traffic.TrafficSpec(snd.mac, p.dst_mac or rcv.mac, snd.address or "10.11.0.1",
-                                           rcv.address or "10.11.0.2", size=size, count=p.count, flows=p.flows,
-                                           rate_pps=p.rate_pps, timeout_s=p.timeout_s).validate() for size in p.sizes}
-        with across_hosts.RemoteGenerator(snd, p.generator) as gen:
-            def measure_one(variant, size, trial):
-                with rcv.host.hold(f"{__name__}:receiver_variant", rcv.ifname, variant, p.rule) as processed:
-                    return measure.run_trial(lambda: gen.send(specs[size]), processed, size=size,
-                                             probes={"snd": snd.counters, "rcv": rcv.counters},
-                                             offered_probe=("snd", "tx_packets"))
-
-            trial_loop(p.variants, p.trials, measure_one,
-                       lambda v, size, t, m: rs.add_measurement(v, t, m, generator=gen.name, flows=p.flows, kind="trial"),
-                       sizes=p.sizes, label=EXPERIMENT, show=p.progress)
-        across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is neither host's
-        rs.caveat(f"across hosts ({snd.host.name} -> {rcv.host.name}): rates only (CPU is not measured across "
-                  "hosts), and load sweeps, searches and program costs were not run")
-        if latency.not_measured(p):
-            rs.caveat(latency.not_measured(p))
-        skipped = {**switched_off(p), **{part: "across hosts" for part in ("sweep", "search", "cpu_at_load",
-                                                                            "program costs", "latency")}}
-        run_dir = rs.save(bed, {"generator": gen.name, "rule": RULES[p.rule], "skipped_parts": skipped,
-                                "feed": {"generator": gen.name, "receiver_got": "not measured (across hosts)"}})
-    return _result(rs, p, run_dir, None, [])
-
-
-@contextmanager
-def receiver_variant(ifname: str, variant: str, rule: str):
-    """On the receiver host of an inventory run: VARIANT set up on IFNAME (the drop filter
-    compiled by this host's bcc); yields its counter. Undone on exit."""
-    from labkit.experiments.across_hosts import local_interface
-
-    with DropFilter() as filt:
-        _rule(filt, rule)
-        with _variant(variant, None, local_interface(ifname), filt, rule) as processed:
-            yield processed
-
-
 def _jsonable(p: Params) -> dict:
     from dataclasses import asdict
 
     return asdict(p)
 
 
-def _rule(filt: DropFilter, rule: str) -> None:
-    filt.clear()
-    if rule == "all":
-        filt.drop_all()
-    else:
-        filt.drop_proto("udp")
-
-
 @contextmanager
-def _variant(variant: str, topo, rcv, filt: DropFilter, rule: str):
-    """Set VARIANT up on the receiver; yield a function counting packets at its hook."""
-    if variant == "stack":
-        probe = measure.snmp_probe(rcv.host, fields=(("Udp", "NoPorts"), ("Udp", "InDatagrams"), ("Udp", "InErrors")))
-        yield lambda: sum(probe().values())
-    elif variant == "iptables_raw":
-        match = ["-p", "udp"] if rule == "udp" else []
-        with netfilter.rule(rcv.host, "raw", "PREROUTING", "-i", rcv.name, *match, "-j", "DROP") as r:
-            yield lambda: r.counters()["packets"]
-    elif variant == "tc":
-        with filt.attach_tc(rcv):
-            yield filt.dropped
-    elif variant in ("xdp_generic", "xdp_native"):
-        with filt.attach_xdp(rcv, variant.split("_")[1]):
-            yield filt.dropped
-    else:
-        raise InputError(f"unknown variant {variant!r}")
+def _using(receiver, variant: str):
+    """VARIANT set up by RECEIVER (a testbed handle) for one trial; yields its counter."""
+    receiver("use", variant)
+    try:
+        yield lambda: receiver("processed")
+    finally:
+        receiver("off")
 
 
-def _program_costs(filt: DropFilter, snd, rcv, p: Params, rs: results.ResultSet, skipped: dict):
+def _program_costs(filt: DropFilter | None, snd, rcv, p: Params, rs: results.ResultSet, skipped: dict):
     """BPF_PROG_TEST_RUN cost per packet: the filter (with the experiment's rule, and with
     drop-all) next to a bare `return XDP_DROP`, measured now, in the same run; where this
     machine refuses BPF_PROG_TEST_RUN, the part goes into SKIPPED and the rest stands."""
     import pandas as pd
 
     refused = capabilities.probe("test_run")
+    if filt is None:  # the filter is on another host
+        return pd.DataFrame(columns=["variant", "trial", "value"])
     if p.cost_trials and not refused.ok:
         skipped["program costs"] = f"BPF_PROG_TEST_RUN refused here: {refused.reason}"
         rs.caveat(f"program costs were not measured: {skipped['program costs']}")
@@ -358,13 +297,13 @@ def _program_costs(filt: DropFilter, snd, rcv, p: Params, rs: results.ResultSet,
         for trial in range(p.cost_trials):
             for name, fn, rule in progs:  # interleaved, so drift hits all alike
                 if rule:
-                    _rule(filt, rule)
+                    set_rule(filt, rule)
                 res = bpf.test_run(fn, frame, repeat=p.cost_repeat)
                 if res.action != "XDP_DROP":
                     raise AssertionError(f"{name} returned {res.action} on a UDP frame, expected XDP_DROP")
                 rs.add(name, trial, 64, {"prog_ns_per_pkt": (res.duration_ns, "ns/packet")}, kind="test_run")
                 rows.append({"variant": name, "trial": trial, "value": float(res.duration_ns)})
-    _rule(filt, p.rule)
+    set_rule(filt, p.rule)
     return pd.DataFrame(rows)
 
 

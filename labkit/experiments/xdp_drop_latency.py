@@ -49,6 +49,7 @@ from labkit.experiments import rotated
 from labkit.experiments import l2fwd_views as views
 from labkit.measure import latency_profile as latency_profile
 from labkit.testbed import netfilter, topology
+from labkit.traffic.xdpgen import GroOn
 
 LOAD = views.LOAD
 SENDER_ADDR, RECEIVER_ADDR = "10.11.0.1/24", "10.11.0.2/24"
@@ -97,16 +98,6 @@ def spec() -> topology.TopologySpec:
 
 
 @contextmanager
-def _gro_on(iface):
-    """GRO on IFACE while inside (NAPI mode for a veth with no native program)."""
-    iface.host.run(["ethtool", "-K", iface.name, "gro", "on"], timeout=10)
-    try:
-        yield
-    finally:
-        iface.host.run(["ethtool", "-K", iface.name, "gro", "off"], check=False, timeout=10)
-
-
-@contextmanager
 def _neighbour(host, ip: str, mac: str, dev: str):
     """A permanent neighbour entry (the sink answers no ARP: its XDP program drops all)."""
     host.run(["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"], timeout=10)
@@ -130,7 +121,7 @@ def variant(name: str, rcv, filt: DropFilter):
         with filt.attach_tc(rcv):
             yield filt.dropped
     elif name == "xdp_generic":
-        with _gro_on(rcv), filt.attach_xdp(rcv, "generic"):
+        with GroOn(rcv), filt.attach_xdp(rcv, "generic"):  # NAPI mode beside a generic program
             yield filt.dropped
     elif name == "xdp_native":
         with filt.attach_xdp(rcv, "native"):
@@ -188,10 +179,9 @@ def measure_all(p, rs, search_rows=None) -> list[dict]:
     return cdfs
 
 
-def summary(table):
-    """Per variant and load: percentiles (µs) with min and max over trials, no-drop rate and
-    background load (Mpps), probes received."""
-    return latency_profile.summary(table)
+#: per variant and load: percentiles (µs) with min and max over trials, no-drop rate and
+#: background load (Mpps), probes received (`labkit.measure.latency_profile.summary`)
+summary = latency_profile.summary
 
 
 def table(lat):
@@ -251,14 +241,8 @@ def _short(reached: float, target: float) -> str:
 
 
 def plot_cdf(cdf, trial: int = 0):
-    """The probes' delay CDF per variant, one panel per load (`l2fwd_views.plot_latency_cdf`,
-    titled for a flood the variant drops, plain tick labels). Returns the figure."""
-    import pandas as pd
-    from matplotlib import ticker
+    """The probes' delay CDF per variant, one panel per load, titled for a flood the variant
+    drops, plain tick labels (`reporting.plots.latency_cdf`). Returns the figure."""
+    from labkit.reporting import plots
 
-    fig = views.plot_latency_cdf(cdf if isinstance(cdf, pd.DataFrame) else pd.DataFrame(cdf), trial)
-    for ax in fig.axes:
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-        ax.set_title(ax.get_title().replace("background", "a flood it drops,"))
-    return fig
+    return plots.latency_cdf(cdf, trial, loaded="a flood it drops, at {:.0%} of its no-drop rate", plain=True)

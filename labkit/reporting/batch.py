@@ -37,9 +37,10 @@ from pathlib import Path
 
 from labkit import NOTEBOOKS_DIR, parameters as declarations
 from labkit.errors import InputError
+from labkit.reporting import batchfile
+from labkit.reporting.batchfile import NotebookRun
 from labkit.reporting.index import write_index
 from labkit.testbed.signals import interrupts_reach_the_kernel
-from labkit.reporting.index import NotebookRun, _previous_batch
 
 KERNEL = "labkit"
 SECTION = re.compile(r"^\d\d-[\w.-]+$")  # a notebook's name as a parameters section
@@ -118,8 +119,7 @@ def _yaml_problem(exc) -> str:
 def parameters_for(nb: Path, parameters: dict) -> dict:
     """The parameters one notebook gets: the common ones, then its own section."""
     common = {k: v for k, v in parameters.items() if not SECTION.match(str(k))}
-    for key in (nb.stem,):
-        common.update(parameters.get(key) or {})
+    common.update(parameters.get(nb.stem) or {})
     return common
 
 
@@ -328,7 +328,7 @@ def run_all(names, parameters: dict | None, out_dir: Path, data_dir: Path, smoke
             verbose: bool = False) -> list[NotebookRun]:
     """Check the request (`check`: nothing runs if a name or value is wrong), execute the
     chosen notebooks one after the other into OUT_DIR, their tables into DATA_DIR, and
-    write the index page and batch.json there."""
+    write the index page and batch.json (`batchfile`) there."""
     chosen = check(names, parameters or {}, smoke, directory)
     params = dict(parameters or {})
     if smoke:
@@ -348,30 +348,6 @@ def run_all(names, parameters: dict | None, out_dir: Path, data_dir: Path, smoke
                 break
     log(f"{len(runs)} notebooks in {time.monotonic() - t0:.0f} s")
     path = write_index(runs, out_dir, data_dir)
-    write_batch(runs, out_dir)
+    batchfile.write(runs, out_dir)
     log(f"index: {path}")
     return runs
-
-
-def write_batch(runs: list[NotebookRun], out_dir: Path) -> Path:
-    """reports/batch.json: each notebook's status, seconds, parameters and data/ runs. A
-    notebook of an earlier batch that this one did not run keeps its entry, marked
-    `earlier`, so `labkit run ONE` does not make the others' reports disappear."""
-    out = Path(out_dir) / "batch.json"
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    entries = [{"name": r.name, "ok": r.ok, "seconds": round(r.seconds, 1), "error": r.error,
-                "parameters": r.parameters, "runs": [str(p) for p in r.runs],
-                "html": r.html.name if r.html else None, "executed": r.executed.name, "time_utc": now,
-                "earlier": False} for r in runs]
-    done = {r.name for r in runs}
-    for e in _previous_batch(out_dir):
-        if e.get("name") not in done:
-            entries.append(dict(e, earlier=True))
-    entries.sort(key=lambda e: e["name"])
-    out.write_text(json.dumps({"time_utc": now, "notebooks": entries}, indent=2, default=str))
-    return out
-
-
-# ---------------------------------------------------------------- the index page
-
-

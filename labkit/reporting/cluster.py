@@ -32,8 +32,9 @@ from pathlib import Path
 
 from labkit import NOTEBOOKS_DIR
 from labkit.errors import InputError, MissingDependency
-from labkit.reporting import batch
-from labkit.reporting.index import NotebookRun, write_index
+from labkit.reporting import batch, batchfile
+from labkit.reporting.batchfile import NotebookRun
+from labkit.reporting.index import write_index
 
 RESOURCE = "testbed"
 
@@ -99,9 +100,7 @@ def run_notebook(name: str, parameters: dict, progress: bool = False, verbose: b
     work = Path(tempfile.mkdtemp(prefix="labkit-worker-"))
     worker = _worker_name()
     try:
-        start = time.time()
         r = batch.execute(nb, parameters, work / "reports", work / "data", progress, verbose)
-        end = time.time()
         for run in r.runs:  # each run names where it ran
             meta_path = Path(run) / "metadata.json"
             meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -115,7 +114,7 @@ def run_notebook(name: str, parameters: dict, progress: bool = False, verbose: b
         return {"name": r.name, "ok": r.ok, "seconds": r.seconds, "error": r.error, "parameters": r.parameters,
                 "executed": r.executed.name, "html": r.html.name if r.html else None,
                 "runs": [str(Path(p).relative_to(work / "data")) for p in r.runs], "files": files,
-                "testbed": worker, "worker_host": socket.gethostname(), "start": start, "end": end}
+                "testbed": worker, "worker_host": socket.gethostname()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -172,14 +171,14 @@ def run_all(names, parameters: dict | None, out_dir: Path, data_dir: Path, *, ad
         for future in distributed.as_completed(futures):
             result = future.result()
             run = receive(result, out_dir, data_dir)
-            run.testbed, run.interval = result["testbed"], (result["start"], result["end"])
+            run.testbed = result["testbed"]
             log(f"{run.name} on testbed {result['testbed']} ({result['worker_host']}): "
                 f"{'ok' if run.ok else 'FAILED'} in {run.seconds:.0f} s" + (f": {run.error}" if run.error else ""))
             done.append(run)
         done.sort(key=lambda r: r.name)
         log(f"{len(done)} notebooks on the cluster in {time.monotonic() - t0:.0f} s")
         write_index(done, out_dir, data_dir)
-        batch.write_batch(done, out_dir)
+        batchfile.write(done, out_dir)
         return done
     finally:
         if client is None:

@@ -28,7 +28,7 @@ cluster's worker); runs are picked per machine *and* testbed, and every row of t
 summary and of the latency table names its run and testbed, so two testbeds' numbers are
 shown side by side and never averaged together. Latency (one-way, p50/p99 at no load and
 under load) is shown for every experiment whose runs recorded rows of kind 'latency'
-(`reporting.latency`), found in the data, not by name.
+(`reporting.latency_view`), found in the data, not by name.
 """
 from __future__ import annotations
 
@@ -50,11 +50,6 @@ FLAG_WARNINGS = {
     "offered-mismatch": "offered mismatch: the sender's link counter disagrees with the generator's count",
     "unexpected-verdict": "a program returned another verdict than its working path's",
 }
-
-
-def view(experiment: str) -> View:
-    """The View EXPERIMENT declares (`labkit.experiments.view`)."""
-    return experiments.view(experiment)
 
 
 # ---------------------------------------------------------------- the runs in data/
@@ -143,8 +138,7 @@ def headline_size(table, view: View):
 
 
 def run_label(row) -> str:
-    label = f"{row['run_id']}"
-    return label + (" (smoke)" if row.get("smoke") else "")
+    return f"{row['run_id']}" + (" (smoke)" if row.get("smoke") else "")
 
 
 def experiment_table(view: View, chosen, size=None):
@@ -183,6 +177,19 @@ def flags_of(table, measure: str = "processed_pps") -> dict:
     return {v: sorted(f) for v, f in out.items()}
 
 
+def flag_warnings(table) -> list[str]:
+    """'variant: what the flag means' for every flag raised in TABLE's rate rows."""
+    return [f"{v}: {FLAG_WARNINGS.get(f, f)}" for v, flags in flags_of(table).items() for f in flags]
+
+
+def not_run(view: View, run, table) -> list[tuple[str, str]]:
+    """[(variant, why)] for each variant RUN asked for with no VIEW rate in TABLE: why is ': '
+    and the first caveat that names it, else ' (no reason recorded)'."""
+    got = set(table[table["measure"] == view.rate]["variant"])
+    return [(v, next((f": {c}" for c in run["caveats"] if v in c), " (no reason recorded)"))
+            for v in run["requested"] if v not in got and v not in view.exclude]
+
+
 # ---------------------------------------------------------------- the overview
 @dataclass
 class Overview:
@@ -195,7 +202,7 @@ class Overview:
     warnings: list = field(default_factory=list)  # (experiment, run, text)
     references: object = None
     interpretation: str = ""
-    latency: object = None  # reporting.latency.for_runs of every experiment's chosen runs
+    latency: object = None  # reporting.latency_view.for_runs of every experiment's chosen runs
 
     def plot_table(self, experiment: str):
         """Tidy rows of EXPERIMENT's chosen runs, one plot group per run."""
@@ -238,18 +245,9 @@ def overview(data_dir: Path | None = None, include_smoke: bool = True, per_machi
             if run["smoke"]:
                 missing.append(f"{view.title}: only a smoke run from {run['machine']} ({run['run_id']}): "
                                f"one trial of few packets, so no spread; run {view.notebook} with default parameters")
-            asked = [v for v in run["requested"] if v not in view.exclude]
-            got = set(t[t["measure"] == view.rate]["variant"])
-            for v in asked:
-                if v not in got:
-                    why = [c for c in run["caveats"] if v in c]
-                    missing.append(f"{view.title}: variant {v} did not run in {run['run_id']}"
-                                   + (f": {why[0]}" if why else " (no reason recorded)"))
-            for c in run["caveats"]:
-                warnings.append((view.experiment, run["run_id"], c))
-            for v, fl in flags_of(t).items():
-                for f in fl:
-                    warnings.append((view.experiment, run["run_id"], f"{v}: {FLAG_WARNINGS.get(f, f)}"))
+            missing += [f"{view.title}: variant {v} did not run in {run['run_id']}{why}"
+                        for v, why in not_run(view, run, t)]
+            warnings += [(view.experiment, run["run_id"], w) for w in list(run["caveats"]) + flag_warnings(t)]
             rows += _summary_rows(view, t, run)
         lat.append(latency_view.for_runs(view, pick_, run_label))
     summary = pd.DataFrame(rows)

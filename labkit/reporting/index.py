@@ -3,38 +3,18 @@ its status and report, one headline figure per experiment, and the warnings that
 
 Per experiment the page shows the run of this batch (or the latest one), naming its
 testbed (`testbeds.testbed_of`: this machine's namespaces, an inventory's hosts, a Dask
-worker); where the run measured latency (rows of kind 'latency', `reporting.latency`),
+worker); where the run measured latency (rows of kind 'latency', `reporting.latency_view`),
 p50/p99 with no load and under load; and where data/ holds runs of the experiment from
 other testbeds, one line per testbed, each from its own run (never averaged together).
 """
 from __future__ import annotations
 import base64
 import html
-import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from labkit import REPORTS_DIR
-
-
-@dataclass
-class NotebookRun:
-    name: str
-    source: Path
-    executed: Path
-    html: Path | None
-    ok: bool
-    seconds: float
-    error: str = ""
-    parameters: dict = field(default_factory=dict)
-    runs: list = field(default_factory=list)  # data/ run directories the notebook wrote
-
-
-def _previous_batch(out_dir: Path) -> list:
-    try:
-        return list(json.loads((Path(out_dir) / "batch.json").read_text()).get("notebooks", []))
-    except (OSError, ValueError, AttributeError):
-        return []
+from labkit.reporting import batchfile
+from labkit.reporting.batchfile import NotebookRun
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;padding:0 1em;color:#222}
@@ -248,14 +228,8 @@ def _run_warnings(view, run, table) -> list:
     if run["smoke"]:
         out.append(("warn", f"smoke run ({run['run_id']}): one short trial, no spread"))
     if table is not None:
-        got = set(table[table["measure"] == view.rate]["variant"])
-        for v in run["requested"]:
-            if v not in got and v not in view.exclude:
-                why = [c for c in run["caveats"] if v in c]
-                out.append(("warn", f"variant {v} could not run" + (f": {why[0]}" if why else " (no reason recorded)")))
-        for v, flags in compare.flags_of(table).items():
-            for f in flags:
-                out.append(("warn", f"{v}: {compare.FLAG_WARNINGS.get(f, f)}"))
+        out += [("warn", f"variant {v} could not run{why}") for v, why in compare.not_run(view, run, table)]
+        out += [("warn", w) for w in compare.flag_warnings(table)]
     out += [("note", c) for c in run["caveats"]]
     return out
 
@@ -282,7 +256,7 @@ def write_index(runs: list[NotebookRun], out_dir: Path = REPORTS_DIR, data_dir: 
         rows.append(f'<tr class="{status.lower()}"><td>{_esc(r.name)}</td><td class="{status.lower()}">{status}</td>'
                     f"<td>{r.seconds:.0f} s</td><td>{' · '.join(links) or 'no output'}</td><td>{err}</td></tr>")
     done = {r.name for r in runs}
-    for e in _previous_batch(out_dir):
+    for e in batchfile.read(out_dir):
         if e.get("name") in done or not e.get("html") or not (out_dir / e["html"]).exists():
             continue
         status = "ok" if e.get("ok") else "FAILED"

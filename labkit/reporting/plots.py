@@ -213,6 +213,41 @@ def search_rates(rows, ax=None, title: str | None = None):
     return ax
 
 
+def latency_cdf(cdf, trial: int = 0, *, loaded: str = "background at {:.0%} of its no-drop rate",
+                plain: bool = False):
+    """The probes' delay CDF per variant of TRIAL, one panel per load (no load, then each
+    fraction of the no-drop rate: LOADED.format(it)), log time axis (PLAIN: plain ticks). The
+    figure; with no probes in CDF (latency off or skipped), one empty panel that says so."""
+    import pandas as pd
+    from matplotlib import ticker
+
+    from labkit.measure.latency_profile import LOAD
+
+    cdf = cdf if isinstance(cdf, pd.DataFrame) else pd.DataFrame(cdf)
+    if not len(cdf) or not {"variant", "trial", LOAD, "delay_us", "fraction"} <= set(cdf.columns):
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.text(0.5, 0.5, "no latency probes in this run", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    loads = sorted(cdf[LOAD].unique())
+    fig, axes = plt.subplots(1, len(loads), figsize=(5 * len(loads), 3.6), sharey=True, squeeze=False)
+    for ax, f in zip(axes[0], loads):
+        g = cdf[(cdf[LOAD] == f) & (cdf["trial"] == trial)]
+        for v, gv in g.groupby("variant"):
+            ax.step(gv["delay_us"], gv["fraction"], where="post", label=v)
+        ax.set_xscale("log")
+        if plain:
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel("one-way delay (µs)")
+        ax.set_title("no load" if f == 0 else loaded.format(f))
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("fraction of probes")
+    axes[0][-1].legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def to_png(ax_or_fig, dpi: int = 90) -> bytes:
     """The figure as PNG bytes; the figure is closed (pyplot lets it go)."""
     import io

@@ -79,11 +79,6 @@ def with_ip_options(frame: bytes, words: int = 1) -> bytes:
     return frame[:14] + hdr + frame[34:]
 
 
-def field_names(first: int, last: int) -> list[str]:
-    """Names of the LAYOUT fields that bytes FIRST..LAST (inclusive) touch."""
-    return [name for a, b, name in LAYOUT if a <= last and first < b]
-
-
 def describe_diff(expected: bytes, actual: bytes) -> list[str]:
     """Where two frames differ, field by field: 'IPv4 TTL: expected 3f, got 40'."""
     out = []

@@ -17,6 +17,7 @@ reach the others' namespaces. For real isolation, give each student a VM.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -92,7 +93,7 @@ def pin_map(table, name: str, student: str | None = None) -> Path:
     if lib.bpf_obj_pin(table.map_fd, str(path).encode()) != 0:
         err = ctypes.get_errno()
         raise InputError(f"pinning {name} at {path} failed: {os.strerror(err)}"
-                         + (" (a pin of that name exists: clear_pins() first)" if err == 17 else ""))
+                         + (" (a pin of that name exists: clear_pins() first)" if err == errno.EEXIST else ""))
     return path
 
 

@@ -1,6 +1,8 @@
 """A Linux bridge over a host's ports, as a context manager: exit deletes it.
 """
 from __future__ import annotations
+import errno
+
 from labkit.testbed import runs
 from labkit.testbed import signals
 
@@ -35,5 +37,5 @@ class Bridge:
             try:
                 ipr.link("del", index=idx)
             except Exception as e:
-                if getattr(e, "code", None) != 19:
+                if getattr(e, "code", None) != errno.ENODEV:
                     raise

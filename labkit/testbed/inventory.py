@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.errors import InputError, MissingDependency
+from labkit.testbed import runs
+from labkit.testbed.topology import Interface
 
 ROLES = ("sender", "dut", "receiver")
 
@@ -211,10 +213,14 @@ def parse(path) -> Inventory:
 
 
 class Testbed:
-    """The hosts of an inventory that a run uses, connected and checked. Use it in a `with`:
-    every host is reached and checked (interface there, TOOLS there) before the `with`
-    body runs; leaving it closes every host's session (what a session changed there is
-    undone, on every host that can still be reached)."""
+    """The hosts of an inventory that a run uses, connected and checked: a testbed as
+    `labkit.testbed.bed` describes it. Use it in a `with`: every host is reached and
+    checked (interface there, TOOLS there) before the `with` body runs; leaving it closes
+    every host's session (what a session changed there is undone, on every host that can
+    still be reached)."""
+
+    kind = "hosts"
+    local = False  # CPU time read on this machine is no host's
 
     def __init__(self, inventory, roles, tools: dict | None = None, two_interfaces=()):
         self.inventory = inventory if isinstance(inventory, Inventory) else parse(inventory)
@@ -223,6 +229,7 @@ class Testbed:
         self.inventory.require(self.roles, two_interfaces=two_interfaces)
         self.hosts: dict = {}  # role -> RemoteHost
         self._stack: ExitStack | None = None
+        self.prefix = runs.Run(watchdog=False).prefix  # names this run's results, as a topology's prefix does
 
     def __enter__(self) -> "Testbed":
         from labkit.testbed import remote
@@ -266,6 +273,21 @@ class Testbed:
     def host(self, role: str):
         return self.hosts[role]
 
+    def end(self, role: str, port: int = 0) -> "RemoteInterface":
+        """ROLE's data-plane end (PORT: which of a two-port host's), as that host sees it."""
+        from labkit.testbed.bed import describe
+
+        host, ifname = self.hosts[role], self.interfaces(role)[port]
+        d = host.call(describe, ifname)
+        return RemoteInterface(host, ifname, d["ifindex"], d["mac"], d["address"], d["prefixlen"], real=True)
+
+    def hold(self, role: str, factory, *args, port: int = 0):
+        """FACTORY entered on ROLE's host, on its interface, until the `with` ends (bed.hold)."""
+        from labkit.testbed.bed import factory_name
+
+        return self.hosts[role].hold("labkit.testbed.bed:on_interface", factory_name(factory),
+                                     self.interfaces(role)[port], *args)
+
     def interface(self, role: str) -> str:
         return self.inventory.role(role).interface
 
@@ -286,3 +308,12 @@ class Testbed:
                                        "interface": ifs[0] if len(ifs) == 1 else ifs,
                                        "session": host.prefix, "facts": facts}
         return out
+
+
+class RemoteInterface(Interface):
+    """An interface of a remote host: its counters are read there."""
+
+    def stats(self) -> dict:
+        from labkit.testbed import remote_agent
+
+        return self.host.call(remote_agent.link_counters, self.name)

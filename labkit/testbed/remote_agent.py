@@ -20,48 +20,45 @@ _SESSION: dict = {"procs": {}, "held": {}, "run": None, "bpf": None}
 def session_open(runtime_dir: str | None, sources: dict) -> str:
     """Open a labkit run on this host (its registry, under RUNTIME_DIR or /run/labkit),
     and put the BPF sources where labkit.bpf looks. Returns the run prefix."""
+    from contextlib import ExitStack
+    from functools import partial
+
     if runtime_dir:
         os.environ["LABKIT_RUNTIME_DIR"] = runtime_dir  # before labkit.testbed.runs is imported
     os.environ.setdefault("PATH", "/usr/bin:/bin")
     os.environ["PATH"] += ":/usr/local/sbin:/usr/sbin:/sbin"
-    import labkit
-    from labkit import bpf
     from labkit.testbed import runs
 
     runs.require_root("a remote labkit session")
     # No watcher here: it would be a process of its own needing labkit installed on this host,
     # which only serves it through the session. A lost session is undone by `labkit clean
     # --inventory` (its registry stays until then).
-    run = runs.Run(watchdog=False)
-    run._state["netns"] = os.readlink("/proc/self/ns/net")  # where its changes are undone
+    stack = ExitStack()
+    run = stack.enter_context(runs.run_scope(partial(runs.Run, watchdog=False,
+                                                     netns=os.readlink("/proc/self/ns/net"))))
     bpf_dir = runs.REGISTRY_DIR / f"{run.prefix}-bpf"
     for rel, text in sources.items():
         path = bpf_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    labkit.BPF_DIR = bpf.BPF_DIR = bpf_dir
-    bpf.INCLUDE_DIR = bpf_dir / "include"
-    runs._current_run = run.open()  # this interpreter's run: spawned processes and attachments carry it
-    runs._run_users = 1
-    _SESSION.update(run=run, bpf=bpf_dir)
+    os.environ["LABKIT_BPF_DIR"] = str(bpf_dir)  # where labkit.bpf compiles from in this session
+    _SESSION.update(run=stack, bpf=bpf_dir)
     return run.prefix
 
 
 def session_close() -> None:
     import shutil
 
-    from labkit.testbed import runs
-
     for key in list(_SESSION["held"]):
         release(key)
     for pid in list(_SESSION["procs"]):
         proc_close(pid)
-    run = _SESSION["run"]
-    if run is not None:
-        run.close()
-        runs._current_run, runs._run_users = None, 0
+    if _SESSION["run"] is not None:
+        _SESSION["run"].close()  # the session's run: closed, its registry gone
     if _SESSION["bpf"] is not None:
         shutil.rmtree(_SESSION["bpf"], ignore_errors=True)
+    for name in ("LABKIT_BPF_DIR", "LABKIT_L2FWD_BUILD_DIR"):
+        os.environ.pop(name, None)
     _SESSION.update(run=None, bpf=None)
 
 
@@ -176,3 +173,4 @@ def link_counters(ifname: str) -> dict:
     """The kernel's counters of IFNAME (/sys/class/net/IF/statistics), as link probes read them."""
     base = Path(f"/sys/class/net/{ifname}/statistics")
     return {p.name: int(p.read_text()) for p in base.iterdir()}
+

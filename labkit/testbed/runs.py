@@ -59,7 +59,7 @@ def _unused_prefix() -> str:
 class Run:
     """One labkit run: a prefix for names and a registry file for crash clean-up."""
 
-    def __init__(self, prefix: str | None = None, watchdog: bool = True):
+    def __init__(self, prefix: str | None = None, watchdog: bool = True, netns: str | None = None):
         self.prefix = prefix or _unused_prefix()
         if not PREFIX_RE.match(self.prefix) or len(self.prefix) != 6:
             raise ValueError(f"run prefix {self.prefix!r} must be 'lk' + 4 hex digits")
@@ -67,6 +67,8 @@ class Run:
         self._lock = threading.Lock()
         self.pid = os.getpid()
         self._state = {"pid": self.pid, "start": process_start(self.pid), "started": time.time(), "foreign": []}
+        if netns:
+            self._state["netns"] = netns  # the network namespace its changes are undone in
         self._written = False
         self._watchdog_pipe: int | None = None  # write end; a byte on it tells the watcher the run closed
         self.watchdog = watchdog  # start a watcher when first written (see _start_watchdog)
@@ -197,12 +199,13 @@ def current_run() -> Run | None:
 
 
 @contextmanager
-def run_scope():
-    """The process-wide current run, shared by nested topologies; closed by the outermost."""
+def run_scope(make=Run):
+    """The process-wide current run, shared by nested topologies; closed by the outermost.
+    MAKE builds the run when none is current (a remote session's: no watcher, its netns)."""
     global _current_run, _run_users
     with _run_lock:
         if _current_run is None:
-            _current_run = Run().open()
+            _current_run = make().open()
         _run_users += 1
         run = _current_run
     left = True

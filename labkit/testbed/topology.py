@@ -16,6 +16,7 @@ the addresses it added.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 from contextlib import ExitStack, contextmanager
@@ -387,7 +388,7 @@ def route(host: Host, dst: str, via: str):
             try:
                 ipr.route("del", **kw)
             except Exception as exc:  # the link, and with it the route, may be gone
-                if getattr(exc, "code", None) not in (3, 19):
+                if getattr(exc, "code", None) not in (errno.ESRCH, errno.ENODEV):
                     raise
 
 
@@ -407,7 +408,7 @@ def address(host: Host, ifname: str, addr: str):
             try:
                 ipr.addr("del", index=idx[0], address=str(iface.ip), prefixlen=iface.network.prefixlen)
             except Exception as exc:
-                if getattr(exc, "code", None) not in (19, 99):
+                if getattr(exc, "code", None) not in (errno.ENODEV, errno.EADDRNOTAVAIL):
                     raise
 
 
@@ -427,7 +428,7 @@ def _remove_netns(name: str) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        if exc.errno != 2:
+        if exc.errno != errno.ENOENT:
             raise
 
 
@@ -438,7 +439,7 @@ def _delete_link(host: Host, name: str) -> None:
             try:
                 ipr.link("del", index=idx[0])
             except Exception as exc:  # "no such device": the peer went first
-                if getattr(exc, "code", None) != 19:
+                if getattr(exc, "code", None) != errno.ENODEV:
                     raise
 
 

@@ -35,7 +35,7 @@ sends chunks of about 10 ms and sleeps until its schedule (frames sent / rate) c
 up: the rate holds within a few percent over a run where the machine can reach it;
 without a rate it sends as fast as it can. A named `link_speed` ("10G", "25G", 1e9..)
 bounds the rate: asking for more than the line rate of that speed at the frame size
-is an InputError.
+is an InputError (`labkit.traffic.linerate`).
 
 The peer requirement. A veth transmits XDP frames only when its peer runs in NAPI mode,
 i.e. has a native XDP program (or GRO on). Before each send the generator checks the
@@ -61,76 +61,29 @@ and names the other backends, which `traffic.generator("auto", ...)` then falls 
 from __future__ import annotations
 
 import os
-import re
 import socket
 import threading
 import time
 from contextlib import ExitStack
 
 from labkit import bpf, capabilities
-from labkit.dataplanes.xdp_gen import (MAX_BATCH, MAX_FRAME, VARY, GenProgram, can_transmit_xdp, link_kind,
+from labkit.dataplanes.xdp_gen import (MAX_BATCH, MAX_FRAME, GenProgram, can_transmit_xdp, link_kind,
                                        thread_in_netns, vary_mask, xmit_counters)
 from labkit.testbed import signals
 from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.packets import build
 from labkit.traffic import Generator, Offered, TrafficSpec, register
+from labkit.traffic.linerate import line_rate_pps, parse_speed, target_rate  # noqa: F401 (the options' rates)
 
 FALLBACKS = ("use another backend: 'xdp_loop' (an XDP loop, no live frames), 'trafgen' (netsniff-ng), "
              "'testpmd' (DPDK txonly) or 'pktgen' (kernel module); 'auto' picks the first that works here")
 PEER_MODES = ("auto", "xdp_pass", "gro", "none")
-#: preamble (7) + start delimiter (1) + FCS (4) + inter-frame gap (12): bytes on the wire
-#: per frame besides `size` (which excludes the FCS)
-WIRE_OVERHEAD = 24
 CHUNK_SECONDS = 0.005  # at a target rate, one system call sends this much of the schedule
 SHARED_RING_BURST = 128  # paced frames per call when several CPUs send
 MAX_CHUNK = 1 << 18  # frames per system call when unpaced (bounds the reaction to stop/timeout)
 #: Threads per sending CPU, sharing that CPU's schedule (one suffices while the program
 #: stays in the XDP dispatcher; see dataplanes.xdp_gen.DispatcherPin).
 THREADS_PER_CPU = 1
-_SPEED_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:bit|b|bps)?(?:/s)?\s*$")
-
-
-# ---------------------------------------------------------------- rates
-def parse_speed(speed) -> float:
-    """A link speed in bits/s: a number, or '10G', '25Gbit', '100M', '1.5G'."""
-    if isinstance(speed, (int, float)) and not isinstance(speed, bool):
-        value = float(speed)
-    else:
-        m = _SPEED_RE.match(str(speed)) if isinstance(speed, str) else None
-        if not m:
-            raise InputError(f"link speed {speed!r}: write bits per second, e.g. 10e9, '10G', '25Gbit', '100M'")
-        value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2).lower()]
-    if value <= 0:
-        raise InputError(f"link speed {speed!r} must be positive")
-    return value
-
-
-def line_rate_pps(speed, size: int) -> float:
-    """Frames per second of SIZE bytes (without FCS) that a link of SPEED carries at most,
-    counting the preamble, FCS and inter-frame gap: 10G at size 60 (64 bytes on the wire
-    with FCS) is 14.88 Mpps; at size 64, 14.2 Mpps."""
-    return parse_speed(speed) / ((size + WIRE_OVERHEAD) * 8)
-
-
-def target_rate(spec: TrafficSpec, link_speed=None, line_fraction=None) -> float | None:
-    """The rate to hold (pps), or None for as fast as possible; InputError when it is not
-    possible on the named link."""
-    rate = spec.rate_pps
-    if line_fraction is not None:
-        if link_speed is None:
-            raise InputError("line_fraction needs link_speed: name the link's speed, e.g. link_speed='10G'")
-        if not 0 < float(line_fraction) <= 1:
-            raise InputError(f"line_fraction {line_fraction!r}: a fraction of the line rate in (0, 1]")
-        if rate is not None:
-            raise InputError("give either spec.rate_pps or line_fraction, not both")
-        rate = float(line_fraction) * line_rate_pps(link_speed, spec.size)
-    if rate is not None and link_speed is not None:
-        line = line_rate_pps(link_speed, spec.size)
-        if rate > line * 1.000001:
-            raise InputError(
-                f"rate {rate:,.0f} pps is above what a {link_speed} link carries at {spec.size} bytes "
-                f"({line:,.0f} pps with preamble, FCS and gap): ask for at most that, or a line_fraction <= 1")
-    return rate
 
 
 # ---------------------------------------------------------------- kernel support
@@ -143,7 +96,7 @@ def live_frames() -> tuple[bool, str]:
 
 
 # ---------------------------------------------------------------- the peer requirement
-class _GroOn:
+class GroOn:
     """GRO switched on for an interface, back off on exit (harmless twice)."""
 
     def __init__(self, iface):
@@ -181,30 +134,32 @@ class XdpGenerator(Generator):
         self.peer_program = None
         self.last = {}
         super().__init__(iface, **options)
-        self.vary = vary_mask(options.get("vary", "sport"))
-        self.peer_mode = options.get("peer", "auto")
-        if self.peer_mode not in PEER_MODES:
-            raise InputError(f"peer {self.peer_mode!r}: choose one of {PEER_MODES}")
+        self._check_options(iface, options, FALLBACKS)
         self.batch_size = options.get("batch_size", 64)
         if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= MAX_BATCH:
             raise InputError(f"batch_size {self.batch_size!r}: a whole number 1..{MAX_BATCH}")
-        self.link_speed = options.get("link_speed")
-        if self.link_speed is not None:
-            parse_speed(self.link_speed)
-        self.line_fraction = options.get("line_fraction")
         self.pin = bool(options.get("pin", True))
         unknown = set(options) - {"vary", "peer", "link_speed", "line_fraction", "batch_size", "pin"}
         if unknown:
             raise InputError(f"unknown option(s) {sorted(unknown)} for the xdp generator: "
                              "vary, peer, link_speed, line_fraction, batch_size, pin")
-        self.kind = link_kind(iface)
-        if self.kind != "veth":
-            if can_transmit_xdp(iface) is False:
-                raise InputError(
-                    f"{iface.name} on {iface.host} cannot transmit XDP frames (its driver lacks ndo_xdp_xmit; "
-                    f"kind {self.kind or 'device'}): {FALLBACKS}")
         self.gen = GenProgram(iface.ifindex, self.host)  # loaded and parked in the XDP dispatcher
         self.fn, self.pin_note = self.gen.fn, self.gen.pin_note
+
+    def _check_options(self, iface, options: dict, fallbacks: str) -> None:
+        """The options every XDP generator takes (vary, peer, link_speed, line_fraction), and
+        IFACE's kind: a device that is not a veth must be able to transmit XDP frames."""
+        self.vary = vary_mask(options.get("vary", "sport"))
+        self.peer_mode = options.get("peer", "auto")
+        if self.peer_mode not in PEER_MODES:
+            raise InputError(f"peer {self.peer_mode!r}: choose one of {PEER_MODES}")
+        self.link_speed, self.line_fraction = options.get("link_speed"), options.get("line_fraction")
+        if self.link_speed is not None:
+            parse_speed(self.link_speed)
+        self.kind = link_kind(iface)
+        if self.kind != "veth" and can_transmit_xdp(iface) is False:
+            raise InputError(f"{iface.name} on {iface.host} cannot transmit XDP frames (its driver lacks "
+                             f"ndo_xdp_xmit; kind {self.kind or 'device'}): {fallbacks}")
 
     @classmethod
     def available(cls):
@@ -234,13 +189,13 @@ class XdpGenerator(Generator):
             raise InputError(f"count {spec.count} is below cpus {spec.cpus}: every sending CPU needs a frame")
         version = 6 if ":" in spec.src_ip else 4
         if spec.flows > 1:
-            if spec.proto == "icmp" and self.vary & (VARY["dport"]):
+            if spec.proto == "icmp" and self.vary & vary_mask("dport"):
                 raise InputError("ICMP has no destination port: vary 'sport' (the echo identifier) or addresses")
             for field, base in (("sport", spec.sport), ("dport", spec.dport)):
-                if self.vary & VARY[field] and base + spec.flows - 1 > 65535:
+                if self.vary & vary_mask(field) and base + spec.flows - 1 > 65535:
                     raise InputError(f"{spec.flows} flows from {field} {base} run past port 65535")
             for field, addr in (("src_ip", spec.src_ip), ("dst_ip", spec.dst_ip)):
-                if self.vary & VARY[field]:
+                if self.vary & vary_mask(field):
                     low = int.from_bytes(socket.inet_pton(socket.AF_INET6 if version == 6 else socket.AF_INET, addr)[-4:], "big")
                     if low + spec.flows - 1 > 0xFFFFFFFF:
                         raise InputError(f"{spec.flows} flows from {field} {addr} run past the address range")
@@ -316,7 +271,7 @@ class XdpGenerator(Generator):
                     f"{peer.name} for the send, because a veth delivers XDP frames only to a peer in NAPI mode; "
                     "the receiver pays for it (a program run and an skb built from the frame per packet)"]
         # gro
-        stack.enter_context(_GroOn(peer))
+        stack.enter_context(GroOn(peer))
         return [f"caveat: labkit turned GRO on on the receiving veth {peer.name} for the send (NAPI mode, "
                 "needed to deliver XDP frames" + (" beside its generic XDP program" if attached else "") +
                 "); the receiver pays for GRO processing"]

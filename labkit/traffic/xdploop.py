@@ -44,12 +44,12 @@ import time
 from contextlib import ExitStack
 
 from labkit import bpf, capabilities
-from labkit.dataplanes.xdp_gen import can_transmit_xdp, link_kind, vary_mask, xmit_counters
+from labkit.dataplanes.xdp_gen import can_transmit_xdp, xmit_counters
 from labkit.dataplanes.xdp_loop import Loop
 from labkit.errors import InputError, LabkitError
 from labkit.packets import build
 from labkit.traffic import Generator, Offered, TrafficSpec, register
-from labkit.traffic.xdpgen import PEER_MODES, XdpGenerator, parse_speed
+from labkit.traffic.xdpgen import XdpGenerator
 
 SEED = 32  # frames in the loop: more only lose frames in its 256-frame rings
 MAX_FRAME = 3400  # a frame must fit one page with the veth's XDP head- and tailroom
@@ -76,21 +76,11 @@ class XdpLoopGenerator(XdpGenerator):
         if unknown:
             raise InputError(f"unknown option(s) {sorted(unknown)} for the xdp_loop generator: {', '.join(OPTIONS)}")
         Generator.__init__(self, iface, **options)  # availability; the live-frames program is not wanted
-        self.vary = vary_mask(options.get("vary", "sport"))
-        self.peer_mode = options.get("peer", "auto")
-        if self.peer_mode not in PEER_MODES:
-            raise InputError(f"peer {self.peer_mode!r}: choose one of {PEER_MODES}")
+        self._check_options(iface, options, FALLBACKS)
         self.seed_frames = options.get("seed", SEED)
         if not isinstance(self.seed_frames, int) or not 1 <= self.seed_frames <= 256:
             raise InputError(f"seed {self.seed_frames!r}: frames put into the loop, a whole number 1..256")
         self.copies = options.get("copies", 1)  # checked by Loop
-        self.link_speed, self.line_fraction = options.get("link_speed"), options.get("line_fraction")
-        if self.link_speed is not None:
-            parse_speed(self.link_speed)
-        self.kind = link_kind(iface)
-        if self.kind != "veth" and can_transmit_xdp(iface) is False:
-            raise InputError(f"{iface.name} on {iface.host} cannot transmit XDP frames (its driver lacks "
-                             f"ndo_xdp_xmit; kind {self.kind or 'device'}): {FALLBACKS}")
         self.loop = Loop(iface, threaded=bool(options.get("threaded", False)), copies=self.copies).__enter__()
 
     @classmethod
