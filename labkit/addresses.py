@@ -2,10 +2,11 @@
 addresses with a prefix. Each check returns the normalised value or raises InputError.
 """
 from __future__ import annotations
+
 import ipaddress
 import re
-from labkit.errors import InputError
 
+from labkit.errors import InputError
 
 MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 

@@ -21,12 +21,13 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import BPF_DIR
-from labkit.testbed import runs
-from labkit.testbed import signals
+from labkit import (
+    BPF_DIR,
+    capabilities,
+    verifier,  # fd 2 captured around compile and load: errors carry the log
+)
 from labkit.errors import InputError, LabkitError, MissingDependency, Refused
-from labkit import capabilities
-from labkit import verifier  # fd 2 captured around compile and load: errors carry the log
+from labkit.testbed import runs, signals
 
 #: Shared C headers (parsing, counters, checksums) and each program's enums: on every
 #: program's include path.

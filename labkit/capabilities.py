@@ -29,7 +29,7 @@ import errno as errno_mod
 import importlib
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 from labkit.errors import InputError, MissingDependency

@@ -6,14 +6,16 @@ its process and what it changed on interfaces it does not own. Objects whose pre
 belongs to no live labkit process are leftovers.
 """
 from __future__ import annotations
+
 import json
 import os
 import re
 import shutil
 import subprocess
+
 from labkit import ovs
-from labkit.testbed.runs import NETNS_DIR, PREFIX_RE, REGISTRY_DIR, RULE_COMMENT, RUN_ENV, live_prefixes, require_root
 from labkit.testbed.hosts import kill_pids, pids_in_netns
+from labkit.testbed.runs import NETNS_DIR, PREFIX_RE, REGISTRY_DIR, RULE_COMMENT, RUN_ENV, live_prefixes, require_root
 
 
 def labkit_namespaces() -> list[str]:

@@ -59,8 +59,8 @@ def _params_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_report(args) -> int:
     from labkit import DATA_DIR, REPORTS_DIR, cleanup
-    from labkit.testbed import runs
     from labkit.reporting import batch
+    from labkit.testbed import runs
 
     # every mistake in the request is found here, before root is needed or a kernel starts
     params = batch.load_parameters(args.parameters_file, args.parameter)

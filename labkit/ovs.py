@@ -23,6 +23,7 @@ SIGKILL) and removes the folder. The daemons carry the run in their environment 
 folder its prefix: `labkit clean` removes what a crashed run left (`stale_dirs`).
 """
 from __future__ import annotations
+
 import itertools
 import os
 import re
@@ -30,6 +31,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+
 from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.testbed import runs, signals
 from labkit.testbed.hosts import CommandFailed

@@ -16,6 +16,7 @@ c.CourseDirectory.db_url = os.environ.get("LABKIT_GRADEBOOK", "sqlite:///" + os.
 # /* YOUR CODE HERE */ in %%bpf cells.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 from nbgrader.converters import GenerateAssignment  # noqa: E402
+
 from labkit.teaching.release import with_c_stubs  # noqa: E402
 
 c.GenerateAssignment.preprocessors = with_c_stubs(GenerateAssignment.class_traits()["preprocessors"].default())

@@ -8,11 +8,11 @@ import re
 import struct
 
 import pytest
+from conftest import needs_root
 
 from labkit import BPF_DIR, bpf, bpf_enums, packets
 from labkit.dataplanes import drop_filter, nat_model, xdp_fwd, xdp_gen
 from labkit.errors import InputError
-from conftest import needs_root
 
 
 # ---------------------------------------------------------------- the enum reader

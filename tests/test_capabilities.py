@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, needs_root
 
 from labkit import capabilities, results, traffic
 from labkit.errors import InputError, MissingDependency, Refused
-
-from conftest import ROOT, needs_root
 
 
 @needs_root

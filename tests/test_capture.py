@@ -6,11 +6,11 @@ import socket
 import struct
 
 import pytest
+from conftest import needs_root
 
 from labkit import packets
 from labkit.errors import LabkitError
 from labkit.measure.capture import Capture, capture, read_pcap
-from conftest import needs_root
 
 
 def _send_udp(host, dst: str, n: int, dport: int = 9) -> None:

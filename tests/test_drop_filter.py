@@ -2,12 +2,12 @@
 fails while it is attached and works after; rules changed from userspace apply at once;
 nothing stays attached."""
 import pytest
-
-from labkit import bpf, packets, traffic
-from labkit.errors import InputError
-from labkit.dataplanes.drop_filter import DropFilter
 from conftest import needs_root
 from udp_sink import UdpSink
+
+from labkit import bpf, packets, traffic
+from labkit.dataplanes.drop_filter import DropFilter
+from labkit.errors import InputError
 
 pytestmark = needs_root
 N = 2000

@@ -5,10 +5,10 @@ import sys
 import textwrap
 
 import pytest
+from conftest import needs_root
 
 from labkit import bpf
 from labkit.errors import MissingDependency
-from conftest import needs_root
 
 
 @needs_root

@@ -11,11 +11,9 @@ import time
 
 import pytest
 
-from labkit import bpf, traffic
-from labkit import cleanup
-from labkit import dpdk, ovs
-from labkit.errors import InputError
+from labkit import bpf, cleanup, dpdk, ovs, traffic
 from labkit.dataplanes import xdp_fwd
+from labkit.errors import InputError
 from labkit.experiments import l2fwd
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")

@@ -7,14 +7,13 @@ native-XDP drop receiver."""
 from __future__ import annotations
 
 import pytest
+from conftest import needs_root
 
 from labkit import bpf, traffic
-from labkit.measure import loadsweep
-from labkit.errors import InputError
 from labkit.dataplanes.drop_filter import DropFilter
+from labkit.errors import InputError
+from labkit.measure import loadsweep
 from labkit.traffic import TrafficSpec
-
-from conftest import needs_root
 
 
 def capacity_model(capacity: float, top: float):

@@ -9,11 +9,12 @@ import time
 import pytest
 
 from labkit import bpf
+from labkit.dataplanes.nat import Nat, TableFull
 from labkit.errors import InputError
 from labkit.experiments import nat as experiment
-from labkit.experiments.nat import checks as nat_checks, testbed as nat_testbed
+from labkit.experiments.nat import checks as nat_checks
+from labkit.experiments.nat import testbed as nat_testbed
 from labkit.measure.capture import capture
-from labkit.dataplanes.nat import Nat, TableFull
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 

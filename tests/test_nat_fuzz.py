@@ -15,8 +15,8 @@ import time
 import pytest
 
 from labkit import bpf, packets
-from labkit.errors import InputError
 from labkit.dataplanes.nat_model import OUTCOMES, ModelMismatch, NatModel
+from labkit.errors import InputError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 

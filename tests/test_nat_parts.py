@@ -13,8 +13,8 @@ import json
 import os
 
 import pytest
-
 from conftest import needs_root
+
 from labkit import results
 from labkit.experiments import Result, nat
 from labkit.experiments.nat import sweep

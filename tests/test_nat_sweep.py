@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from conftest import own_leftovers
+
 from labkit.errors import InputError
 from labkit.experiments import nat as experiment
 from labkit.experiments.nat import sweep, tcp
@@ -120,7 +120,7 @@ def test_conntrack_is_read_and_flushed_inside_a_running_event_loop():
     """As in a Jupyter kernel executing a cell: pyroute2's own loop must still run."""
     import asyncio
 
-    from labkit.experiments.nat.testbed import NatLab, SERVER
+    from labkit.experiments.nat.testbed import SERVER, NatLab
 
     async def cell():
         with NatLab(1, "off") as lab, sweep._variant(lab, "iptables", None, (20000, 20099), "MASQUERADE"):

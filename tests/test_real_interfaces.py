@@ -9,10 +9,11 @@ import subprocess
 import sys
 import textwrap
 
-from labkit import cleanup
-from labkit.testbed import runs
-from labkit.experiments import xdp_drop
 from conftest import needs_root
+
+from labkit import cleanup
+from labkit.experiments import xdp_drop
+from labkit.testbed import runs
 
 pytestmark = needs_root
 

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from remote_hosts import keypair
 
 from labkit import cleanup
 from labkit.testbed import runs
 from labkit.testbed.hosts import CommandFailed
 from labkit.testbed.remote import HostUnreachable, RemoteHost
 from labkit.testbed.remote_agent import interface_exists, link_counters
-from remote_hosts import keypair
 
 pytest.importorskip("mitogen")
 

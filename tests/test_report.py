@@ -3,22 +3,23 @@ missing said, the index page marking a failed notebook and embedding a figure pe
 experiment, parameters per notebook, and every program in bpf/ costed."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
-import re
 import textwrap
+import time
 
 import nbformat
 import pytest
+from conftest import needs_root
 
 from labkit import results
-from labkit.experiments import program_costs
-from labkit.reporting import batch as report, compare
 from labkit.errors import InputError
+from labkit.experiments import program_costs
+from labkit.reporting import batch as report
+from labkit.reporting import compare
 from labkit.testbed import topology
-from conftest import needs_root
 
 
 def _run(data_dir, experiment, values: dict, params=None, caveats=(), flags=None, unit="pps", measure="processed_pps",

@@ -11,12 +11,11 @@ import textwrap
 import time
 
 import pytest
+from conftest import needs_root, own_leftovers
 
 from labkit import cleanup
-from labkit.testbed import runs
-from labkit.testbed import hosts, topology
 from labkit.errors import InputError, NotRoot
-from conftest import needs_root, own_leftovers
+from labkit.testbed import hosts, runs, topology
 
 pytestmark = needs_root
 PY = sys.executable

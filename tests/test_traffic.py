@@ -1,15 +1,14 @@
 """Generators send the count asked, the measurement's offered/processed figures agree with
 the kernel's counters, and bad traffic parameters are refused before anything is sent."""
 import pytest
-
-from labkit import traffic
-from labkit.dataplanes import softirq_clock
-from labkit import measure
-from labkit.errors import InputError, MissingDependency
-from labkit.dataplanes.drop_filter import DropFilter
-from labkit.traffic.pktgen import KernelPktgen
 from conftest import needs_root
 from udp_sink import UdpSink
+
+from labkit import measure, traffic
+from labkit.dataplanes import softirq_clock
+from labkit.dataplanes.drop_filter import DropFilter
+from labkit.errors import InputError, MissingDependency
+from labkit.traffic.pktgen import KernelPktgen
 
 pytestmark = needs_root
 

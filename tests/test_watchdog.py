@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import needs_root
 
 from labkit import cleanup, watchdog
 from labkit.dpdk import runtime
 from labkit.testbed import runs, topology
-from conftest import needs_root
 
 pytestmark = needs_root
 

@@ -62,8 +62,8 @@ def test_new_drop_lab_closes_the_old_one(drop_lab):
 
 
 def test_stopped_drop_lab_refuses_everything_and_creates_nothing(drop_lab):
-    from labkit.widgets.drop import DropLabWidget
     from labkit.testbed.livelab import LabStopped
+    from labkit.widgets.drop import DropLabWidget
 
     lab = drop_lab()
     ui = DropLabWidget(lab)

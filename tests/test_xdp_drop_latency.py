@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import needs_root
 
 from labkit import cleanup, results
 from labkit.errors import InputError
 from labkit.experiments import xdp_drop, xdp_drop_latency
 from labkit.testbed import runs
-from conftest import needs_root
 
 LATENCY_HOSTS = ("-lsnd", "-lrcv", "-lsink")
 

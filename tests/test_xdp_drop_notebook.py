@@ -4,15 +4,14 @@ and latency; nothing is left behind."""
 import json
 
 import pytest
+from conftest import needs_root
 
-from labkit import experiments, results
-from labkit import cleanup
-from labkit.testbed import runs
-from labkit.reporting import batch
+from labkit import cleanup, experiments, results
+from labkit.errors import InputError
 from labkit.experiments import xdp_drop
 from labkit.measure import loadsweep
-from labkit.errors import InputError
-from conftest import needs_root
+from labkit.reporting import batch
+from labkit.testbed import runs
 
 pytestmark = needs_root
 

@@ -9,7 +9,8 @@ import pytest
 from labkit import packets
 from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_nat import OUTCOMES, XdpNat
-from labkit.experiments.nat import checks as nat_checks, testbed as nat_testbed
+from labkit.experiments.nat import checks as nat_checks
+from labkit.experiments.nat import testbed as nat_testbed
 from labkit.measure.capture import capture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")

@@ -9,15 +9,13 @@ import threading
 import time
 
 import pytest
+from conftest import needs_root
 
 from labkit import bpf, capabilities, packets, traffic
-from labkit.testbed import netfilter
 from labkit.errors import InputError, MissingDependency
+from labkit.testbed import netfilter
 from labkit.testbed.topology import Interface
-from labkit.traffic import TrafficSpec
-from labkit.traffic import xdpgen
-
-from conftest import needs_root
+from labkit.traffic import TrafficSpec, xdpgen
 
 
 # ---------------------------------------------------------------- pure

@@ -11,14 +11,13 @@ import threading
 import time
 
 import pytest
+from conftest import needs_root
 
 from labkit import bpf, capabilities, traffic
 from labkit.dataplanes import xdp_loop
 from labkit.dataplanes.xdp_gen import GenSink, xmit_counters
 from labkit.errors import InputError, MissingDependency
 from labkit.traffic import TrafficSpec
-
-from conftest import needs_root
 
 
 def loop_links(host) -> list[str]:

@@ -27,11 +27,10 @@ import time
 
 import pandas as pd
 
-from labkit.testbed import netfilter
 from labkit import traffic
-from labkit.testbed import topology
 from labkit.dataplanes.drop_filter import DropFilter
 from labkit.dataplanes.softirq_clock import SoftirqClock
+from labkit.testbed import netfilter, topology
 from labkit.traffic import TrafficSpec
 
 SIZE = 64

@@ -13,8 +13,8 @@ import ctypes
 import ipaddress
 
 from labkit import bpf, bpf_enums
-from labkit.errors import InputError
 from labkit.dataplanes import ControlPlane, read_when_needed
+from labkit.errors import InputError
 
 HEADER = "drop_filter.h"  # bpf/include/drop_filter.h: the program's enums, the one source of these names
 

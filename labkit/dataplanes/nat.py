@@ -37,12 +37,16 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 
 from labkit import bpf
-from labkit.errors import InputError, LabkitError
 from labkit.dataplanes import ControlPlane, nat_checks, nat_model
 from labkit.dataplanes.jiffies import jiffies_now, kernel_hz
-from labkit.dataplanes.nat_checks import (check_address as _address, check_host_in as _host_in,
-                                          check_network as _network, check_port_range, check_timeouts)
-from labkit.dataplanes.nat_encoding import be32 as _be32, from_be16 as _from_be16, from_be32 as _from_be32
+from labkit.dataplanes.nat_checks import check_address as _address
+from labkit.dataplanes.nat_checks import check_host_in as _host_in
+from labkit.dataplanes.nat_checks import check_network as _network
+from labkit.dataplanes.nat_checks import check_port_range, check_timeouts
+from labkit.dataplanes.nat_encoding import be32 as _be32
+from labkit.dataplanes.nat_encoding import from_be16 as _from_be16
+from labkit.dataplanes.nat_encoding import from_be32 as _from_be32
+from labkit.errors import InputError, LabkitError
 
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 DEFAULT_PORT_RANGE = (20000, 29999)

@@ -21,7 +21,6 @@ from labkit.bpf_enums import enum_names
 from labkit.dataplanes import read_when_needed
 from labkit.errors import InputError
 
-
 #: OUTCOMES, the program's outcomes, in the order of its `stats` map: enum nat_outcome of
 #: bpf/include/nat.h ("out_static", "out_snat_new", ..., "drop_rewrite_failed").
 header, __getattr__ = read_when_needed(lambda: {"OUTCOMES": enum_names("nat.h", "nat_outcome", "NAT_")})

@@ -9,8 +9,8 @@ loop's polls out: the receive path's cost stays the receiver's, whatever generat
 it. Without tracefs `separates_generator` is False and NET_RX includes the loop's polls.
 """
 from __future__ import annotations
-from labkit.dataplanes import ControlPlane
 
+from labkit.dataplanes import ControlPlane
 
 NET_RX = 3  # softirq vector numbers (include/linux/interrupt.h)
 
@@ -33,9 +33,7 @@ class SoftirqClock(ControlPlane):
     A context manager: exit detaches it."""
 
     def __init__(self):
-        from labkit import bpf
-
-        from labkit import capabilities
+        from labkit import bpf, capabilities
 
         self.separates_generator = tracefs_events().is_dir()
         self.program = bpf.load("softirq_time", **({"GEN_LOOP": 1} if self.separates_generator else {}))

@@ -2,11 +2,12 @@
 l2fwd's MAC rewrite (frames arriving on one port leave by the other, through a devmap).
 """
 from __future__ import annotations
-from contextlib import ExitStack, contextmanager
-from labkit import bpf, bpf_enums
-from labkit.errors import InputError
-from labkit.dataplanes import ControlPlane, read_when_needed
 
+from contextlib import ExitStack, contextmanager
+
+from labkit import bpf, bpf_enums
+from labkit.dataplanes import ControlPlane, read_when_needed
+from labkit.errors import InputError
 
 #: COUNTERS, the index of the program's `counters` map (enum xdp_fwd_counter of
 #: bpf/include/xdp_fwd.h): "redirected", "no_entry", "short", "refused".

@@ -42,8 +42,8 @@ import threading
 from contextlib import contextmanager
 
 from labkit import bpf, bpf_enums
-from labkit.errors import InputError, LabkitError
 from labkit.dataplanes import ControlPlane, read_when_needed
+from labkit.errors import InputError, LabkitError
 
 HEADER = "xdp_gen.h"
 

@@ -25,10 +25,9 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 
 from labkit import bpf, bpf_enums
-from labkit.errors import InputError
 from labkit.dataplanes import ControlPlane, read_when_needed
 from labkit.dataplanes.jiffies import jiffies_now
-
+from labkit.errors import InputError
 
 #: OUTCOMES, the fast path's outcomes, the index of `xdp_stats` (enum nat_xdp_outcome of bpf/include/nat.h).
 header, __getattr__ = read_when_needed(lambda: {"OUTCOMES": bpf_enums.enum_names("nat.h", "nat_xdp_outcome", "NAT_XDP_")})

@@ -19,8 +19,10 @@ The driver removes its XDP program when the port closes (l2fwd does on SIGINT); 
 SIGKILL it stays: `remove_pmd_programs` takes off what the driver left.
 """
 from __future__ import annotations
+
 import os
 from types import SimpleNamespace
+
 from labkit.errors import InputError
 from labkit.testbed import signals
 

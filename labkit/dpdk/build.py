@@ -1,6 +1,7 @@
 """Build DPDK's l2fwd example from Debian's sources, stamped by DPDK version and source hash.
 """
 from __future__ import annotations
+
 import fcntl
 import hashlib
 import os
@@ -8,6 +9,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+
 from labkit import BUILD_DIR
 from labkit.errors import InputError, LabkitError, MissingDependency
 

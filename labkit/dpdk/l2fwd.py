@@ -2,16 +2,18 @@
 accounted, stopped with SIGINT then SIGTERM then SIGKILL, and always reaped.
 """
 from __future__ import annotations
+
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from labkit.errors import InputError, LabkitError
+
 from labkit.dpdk.afxdp import remove_pmd_programs, socket_mode, xdp_program_id
 from labkit.dpdk.build import _read, build_dir_for, build_l2fwd
-from labkit.dpdk.options import EalOptions, L2fwdOptions, PORT_KINDS, Port, check_pci_address, hugepages
+from labkit.dpdk.options import PORT_KINDS, EalOptions, L2fwdOptions, Port, check_pci_address, hugepages
 from labkit.dpdk.runtime import file_prefix, locked_memory_hint, remove_runtime_dir
 from labkit.dpdk.sockets import socket_drops
+from labkit.errors import InputError, LabkitError
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """DPDK ports and options (EAL and l2fwd's own), every one checked before anything runs.
 """
 from __future__ import annotations
+
 import os
 import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from labkit.errors import InputError
-from labkit.dpdk.build import _read, check_ring_size
 
+from labkit.dpdk.build import _read, check_ring_size
+from labkit.errors import InputError
 
 #: drivers a PCI device can be bound to for DPDK to drive it (mlx5 works with its kernel driver)
 DPDK_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio", "mlx5_core", "mlx4_core")

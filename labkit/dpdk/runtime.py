@@ -2,6 +2,7 @@
 its process has stopped; what dead runs left is found here for `labkit clean`.
 """
 from __future__ import annotations
+
 import itertools
 import os
 import re
@@ -9,6 +10,7 @@ import resource
 import shutil
 import threading
 from pathlib import Path
+
 from labkit.testbed import runs
 
 RUNTIME_BASES = ("/var/run/dpdk", "/run/dpdk")

@@ -48,19 +48,15 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
-from labkit import bpf, capabilities, references, results, traffic
-from labkit import parameters
-from labkit.testbed import runs
+from labkit import bpf, capabilities, dpdk, measure, ovs, parameters, references, results, traffic
 from labkit.dataplanes import softirq_clock
-from labkit import measure
-from labkit.testbed import inventory, topology
-from labkit.experiments import Feed, Result, View, check_run_shape, saved_metadata, smoke_clamp, trial_loop
-from labkit import dpdk, ovs
 from labkit.dataplanes.latency_probe import LatencyProbe
-from labkit.measure import latency_profile as latency_profile
-from labkit.errors import InputError, LabkitError, MissingDependency
-from labkit.experiments import l2fwd_views as views
 from labkit.dataplanes.xdp_fwd import XdpForwarder
+from labkit.errors import InputError, LabkitError, MissingDependency
+from labkit.experiments import Feed, Result, View, check_run_shape, saved_metadata, smoke_clamp, trial_loop
+from labkit.experiments import l2fwd_views as views
+from labkit.measure import latency_profile as latency_profile
+from labkit.testbed import inventory, runs, topology
 from labkit.testbed.bridge import Bridge
 
 EXPERIMENT = "l2fwd"

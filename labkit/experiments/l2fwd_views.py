@@ -17,7 +17,8 @@ latency, and the one table that puts every forwarder's numbers side by side).
 from __future__ import annotations
 
 from labkit import measure
-from labkit.experiments import FEED_SKB, fed_by as _fed_by, table_feed
+from labkit.experiments import FEED_SKB, table_feed
+from labkit.experiments import fed_by as _fed_by
 from labkit.measure import latency_profile as latency
 
 LOAD = latency.LOAD

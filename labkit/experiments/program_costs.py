@@ -49,8 +49,8 @@ from labkit.dataplanes.latency_probe import LatencyProbe
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_fwd import XdpForwarder
-from labkit.dataplanes.xdp_nat import XdpNat
 from labkit.dataplanes.xdp_gen import GenProgram, GenSink, vary_mask
+from labkit.dataplanes.xdp_nat import XdpNat
 from labkit.errors import InputError
 
 SRC_MAC, DST_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:0b"

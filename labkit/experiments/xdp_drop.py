@@ -26,22 +26,30 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
-from labkit import bpf, capabilities, packets, parameters, progress, references, results, traffic
-from labkit.measure import loadsweep
-from labkit.testbed import runs
+from labkit import addresses, bpf, capabilities, measure, packets, parameters, progress, references, results, traffic
 from labkit.dataplanes import softirq_clock
-from labkit import measure
-from labkit import addresses
-from labkit.testbed import inventory, topology
-from labkit.testbed.testbeds import testbed_for
-from labkit.experiments import across_hosts
-from labkit.experiments import FEED_MEANS, FEED_SKB, Feed, Result, View, check_run_shape, fed_by, saved_metadata, \
-    smoke_clamp, table_feed, trial_loop
-from labkit.errors import InputError, MissingDependency
 from labkit.dataplanes.drop_filter import DropFilter
-from labkit.experiments.xdp_drop_receiver import VARIANTS, drop_receiver, set_rule
+from labkit.errors import InputError, MissingDependency
+from labkit.experiments import (
+    FEED_MEANS,
+    FEED_SKB,
+    Feed,
+    Result,
+    View,
+    across_hosts,
+    check_run_shape,
+    fed_by,
+    saved_metadata,
+    smoke_clamp,
+    table_feed,
+    trial_loop,
+)
 from labkit.experiments import xdp_drop_latency as latency
 from labkit.experiments import xdp_drop_views as views
+from labkit.experiments.xdp_drop_receiver import VARIANTS, drop_receiver, set_rule
+from labkit.measure import loadsweep
+from labkit.testbed import inventory, runs, topology
+from labkit.testbed.testbeds import testbed_for
 
 EXPERIMENT = "xdp_drop"
 NOTEBOOK = "01-xdp-drop"  # the notebook that runs this experiment

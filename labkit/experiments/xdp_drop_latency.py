@@ -45,8 +45,8 @@ from labkit import bpf, measure, progress, traffic
 from labkit.dataplanes.drop_filter import DropFilter
 from labkit.dataplanes.latency_probe import LIVE_FRAMES, LatencyProbe
 from labkit.errors import InputError
-from labkit.experiments import rotated
 from labkit.experiments import l2fwd_views as views
+from labkit.experiments import rotated
 from labkit.measure import latency_profile as latency_profile
 from labkit.testbed import netfilter, topology
 from labkit.traffic.xdpgen import GroOn

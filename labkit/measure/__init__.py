@@ -30,6 +30,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
 from labkit.dataplanes.softirq_clock import SoftirqClock
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

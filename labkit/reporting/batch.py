@@ -35,7 +35,8 @@ import re
 import time
 from pathlib import Path
 
-from labkit import NOTEBOOKS_DIR, parameters as declarations
+from labkit import NOTEBOOKS_DIR
+from labkit import parameters as declarations
 from labkit.errors import InputError
 from labkit.reporting import batchfile
 from labkit.reporting.batchfile import NotebookRun

@@ -8,14 +8,15 @@ p50/p99 with no load and under load; and where data/ holds runs of the experimen
 other testbeds, one line per testbed, each from its own run (never averaged together).
 """
 from __future__ import annotations
+
 import base64
 import html
 import time
 from pathlib import Path
+
 from labkit import REPORTS_DIR
 from labkit.reporting import batchfile
 from labkit.reporting.batchfile import NotebookRun
-
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;padding:0 1em;color:#222}
 td,th{padding:.3em .6em;text-align:left;vertical-align:top} table{border-collapse:collapse}
@@ -159,8 +160,8 @@ def _other_testbeds(view, rows, shown) -> str:
 
 
 def _program_cost_section(index, batch, out_dir, warnings) -> str:
-    from labkit.reporting import plots
     from labkit import results
+    from labkit.reporting import plots
 
     rows = index[index["experiment"] == "program_costs"]
     if rows.empty:

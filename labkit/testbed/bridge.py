@@ -1,10 +1,10 @@
 """A Linux bridge over a host's ports, as a context manager: exit deletes it.
 """
 from __future__ import annotations
+
 import errno
 
-from labkit.testbed import runs
-from labkit.testbed import signals
+from labkit.testbed import runs, signals
 
 
 class Bridge:

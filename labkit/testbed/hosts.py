@@ -31,6 +31,7 @@ def netlink(netns: str | None = None):
     cell. The cell's code is synchronous and that loop cannot run meanwhile, so the mark
     is lifted for the duration and put back after."""
     import asyncio.events
+
     from pyroute2 import IPRoute
 
     running = asyncio.events._get_running_loop()

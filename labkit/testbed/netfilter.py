@@ -16,9 +16,8 @@ import itertools
 import os
 import re
 
-from labkit.testbed import runs
-from labkit.testbed import signals
 from labkit.errors import InputError
+from labkit.testbed import runs, signals
 from labkit.testbed.hosts import Host, which
 
 TABLES = {"raw", "mangle", "nat", "filter", "security"}

@@ -36,6 +36,7 @@ from typing import Sequence
 from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.testbed import remote_agent as agent
 
+
 class HostUnreachable(LabkitError):
     """A remote host could not be reached, or the connection to it was lost."""
 

@@ -3,12 +3,13 @@ context manager, signals held while a few kernel calls must happen together, and
 Ctrl-C/SIGTERM forwarded to a child process group (a notebook's kernel).
 """
 from __future__ import annotations
+
 import os
 import signal
 import threading
 from contextlib import contextmanager
-from labkit.errors import Terminated
 
+from labkit.errors import Terminated
 
 _sig_users = 0
 

@@ -22,12 +22,10 @@ import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
-from labkit.testbed import runs
-from labkit.testbed import signals
-from labkit.errors import InputError
-from labkit.testbed.hosts import Host
 from labkit.addresses import check_interface, check_ip, check_mac
-from labkit.testbed.hosts import kill_pids, pids_in_netns
+from labkit.errors import InputError
+from labkit.testbed import runs, signals
+from labkit.testbed.hosts import Host, kill_pids, pids_in_netns
 
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9]*$")
 

@@ -16,9 +16,9 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
 from labkit import capabilities
+from labkit.addresses import check_ip, check_mac
 from labkit.errors import InputError, MissingDependency
 from labkit.packets import FrameSpec, check_size
-from labkit.addresses import check_ip, check_mac
 
 BACKENDS: dict[str, type["Generator"]] = {}
 #: The order `generator("auto", ...)` tries backends in.

@@ -67,11 +67,19 @@ import time
 from contextlib import ExitStack
 
 from labkit import bpf, capabilities
-from labkit.dataplanes.xdp_gen import (MAX_BATCH, MAX_FRAME, GenProgram, can_transmit_xdp, link_kind,
-                                       thread_in_netns, vary_mask, xmit_counters)
-from labkit.testbed import signals
+from labkit.dataplanes.xdp_gen import (
+    MAX_BATCH,
+    MAX_FRAME,
+    GenProgram,
+    can_transmit_xdp,
+    link_kind,
+    thread_in_netns,
+    vary_mask,
+    xmit_counters,
+)
 from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.packets import build
+from labkit.testbed import signals
 from labkit.traffic import Generator, Offered, TrafficSpec, register
 from labkit.traffic.linerate import line_rate_pps, parse_speed, target_rate  # noqa: F401 (the options' rates)
 

@@ -23,10 +23,10 @@ import ipaddress
 import time
 
 from labkit import traffic
-from labkit.testbed import topology
-from labkit.errors import InputError
-from labkit.testbed.livelab import LabStopped, LiveLab
 from labkit.dataplanes.drop_filter import PROTOCOLS, DropFilter
+from labkit.errors import InputError
+from labkit.testbed import topology
+from labkit.testbed.livelab import LabStopped, LiveLab
 
 HOOKS = {"XDP native": ("xdp", "native"), "XDP generic": ("xdp", "generic"), "tc ingress": ("tc", "ingress")}
 NO_PROTO = "(none)"
@@ -191,8 +191,8 @@ class DropLabWidget:
     and the filter's verdicts per second over the last minute."""
 
     def __init__(self, lab: DropLab, interval: float = 1.0):
-        from labkit.measure.watch import Target
         from labkit.dataplanes.drop_filter import VERDICTS
+        from labkit.measure.watch import Target
         from labkit.widgets.controls import Ticker, holding, widgets
         from labkit.widgets.rateplot import RatePlot
 

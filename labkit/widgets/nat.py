@@ -20,7 +20,8 @@ from contextlib import contextmanager
 
 from labkit.experiments.nat.live_nat import live_for
 from labkit.testbed.livelab import LabStopped
-from labkit.widgets.controls import Ticker, describe, lab_stopped, status_html, table_html as _table_html
+from labkit.widgets.controls import Ticker, describe, lab_stopped, status_html
+from labkit.widgets.controls import table_html as _table_html
 from labkit.widgets.controls import widgets as _widgets
 
 

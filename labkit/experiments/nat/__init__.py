@@ -51,21 +51,36 @@ from __future__ import annotations
 from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 
-from labkit import capabilities, results, traffic
-from labkit import parameters
-from labkit.testbed.hosts import which  # (not `hosts`: that name is the submodule nat.hosts)
-from labkit.testbed import inventory, runs
+from labkit import capabilities, measure, parameters, results, traffic
 from labkit.dataplanes import softirq_clock
-from labkit import measure
-from labkit.experiments import FEED_MEANS, FEED_SKB, Feed, Result, View, check_run_shape, saved_metadata, smoke_clamp, \
-    trial_loop
-from labkit.errors import InputError
 from labkit.dataplanes.nat import Nat, check_port_range
+from labkit.errors import InputError
+from labkit.experiments import (
+    FEED_MEANS,
+    FEED_SKB,
+    Feed,
+    Result,
+    View,
+    check_run_shape,
+    saved_metadata,
+    smoke_clamp,
+    trial_loop,
+)
 from labkit.experiments.nat import newflows, progtime, sweep, tcp
 from labkit.experiments.nat.checks import check_correctness
-from labkit.experiments.nat.views import ALIASES, PARTS, canonical, headline, interpret  # noqa: F401 (nat.X)
-from labkit.experiments.nat.views import kind_of, left_out, shown  # noqa: F401 (read as nat.X)
-from labkit.experiments.nat.testbed import VARIANTS, spec, INSIDE_NET, NAT_OUTSIDE, NatLab, OUTSIDE_NET, SERVER, client_addr
+from labkit.experiments.nat.testbed import (
+    INSIDE_NET,
+    NAT_OUTSIDE,
+    OUTSIDE_NET,
+    SERVER,
+    VARIANTS,
+    NatLab,
+    client_addr,
+    spec,
+)
+from labkit.experiments.nat.views import ALIASES, PARTS, canonical, headline, interpret, kind_of, left_out, shown  # noqa: F401 (nat.X)  # noqa: F401 (read as nat.X)
+from labkit.testbed import inventory, runs
+from labkit.testbed.hosts import which  # (not `hosts`: that name is the submodule nat.hosts)
 
 #: variants that translate (the correctness checks run through each)
 NAT_VARIANTS = ("tc_nat", "xdp_nat", "iptables")

@@ -29,12 +29,21 @@ from typing import Callable, NamedTuple
 
 from labkit import measure, packets
 from labkit.dataplanes.nat import Nat
+from labkit.experiments.nat.exchanges import (
+    BEYOND,
+    _udp_socket,
+    router_beyond_server,
+    tcp_many,
+    tcp_transfer,
+    udp_exchange,
+    udp_fragmented,
+    udp_port_unreachable,
+    udp_port_unreachable_from_inside,
+    udp_refused,
+)
+from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, SERVER, STATIC_OUTSIDE, NatLab, client_addr
 from labkit.measure.capture import capture
 from labkit.testbed import topology
-from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, NatLab, SERVER, STATIC_OUTSIDE, client_addr
-from labkit.experiments.nat.exchanges import (BEYOND, _udp_socket, router_beyond_server, tcp_many, tcp_transfer,
-                                              udp_exchange, udp_fragmented, udp_port_unreachable,
-                                              udp_port_unreachable_from_inside, udp_refused)
 
 #: the kernel counters of checksum and header errors, per host
 CSUM_COUNTERS = (("Ip", "InHdrErrors"), ("Udp", "InCsumErrors"), ("Tcp", "InCsumErrors"), ("Icmp", "InCsumErrors"))

@@ -8,8 +8,8 @@ import socket
 import threading
 from contextlib import contextmanager
 
+from labkit.experiments.nat.testbed import NAT_OUTSIDE, SERVER, NatLab
 from labkit.testbed import hosts, topology
-from labkit.experiments.nat.testbed import NAT_OUTSIDE, NatLab, SERVER
 
 
 def _udp_socket(host: hosts.Host, port: int) -> socket.socket:

@@ -50,7 +50,8 @@ def run(p, data_dir=None):
     import pandas as pd
 
     from labkit import measure, results, traffic
-    from labkit.experiments import Result, across_hosts, nat as experiment, saved_metadata, trial_loop
+    from labkit.experiments import Result, across_hosts, saved_metadata, trial_loop
+    from labkit.experiments import nat as experiment
     from labkit.testbed import remote_agent, runs
 
     generator = "trafgen" if p.generator == "auto" else p.generator  # xdpgen needs its veth peer here

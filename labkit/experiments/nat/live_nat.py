@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from labkit.testbed import topology
 from labkit.dataplanes.nat import Nat
-from labkit.testbed.livelab import LiveLab
 from labkit.experiments.nat.checks import udp_exchange
-from labkit.experiments.nat.testbed import INSIDE_NET, MAX_CLIENTS, NAT_OUTSIDE, NatLab, OUTSIDE_NET, SERVER
+from labkit.experiments.nat.testbed import INSIDE_NET, MAX_CLIENTS, NAT_OUTSIDE, OUTSIDE_NET, SERVER, NatLab
+from labkit.testbed import topology
+from labkit.testbed.livelab import LiveLab
 
 
 def live_lab() -> "LiveNat | None":

@@ -18,7 +18,7 @@ from __future__ import annotations
 from labkit import measure, traffic
 from labkit.errors import InputError
 from labkit.experiments.nat import sweep
-from labkit.experiments.nat.testbed import NatLab, SERVER, client_addr
+from labkit.experiments.nat.testbed import SERVER, NatLab, client_addr
 
 PART = "new flows"  # the part's name in the run's record of choices and of skipped parts
 FIRST_SPORT = 1024

@@ -42,9 +42,9 @@ from contextlib import ExitStack, contextmanager
 from labkit import measure, traffic
 from labkit.errors import InputError, MissingDependency
 from labkit.experiments import rotated
+from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, SERVER, NatLab, client_addr
 from labkit.packets import check_size
 from labkit.testbed import netfilter
-from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, NatLab, SERVER, client_addr
 
 KIND = "udp_sweep"
 UDP_SIZES = [64, 512, 1500]
@@ -157,6 +157,7 @@ def _conntrack(lab: NatLab):
     hosts.netlink, it lifts a Jupyter kernel's running-loop mark while it works (pyroute2's
     synchronous API drives an asyncio loop of its own)."""
     import asyncio.events
+
     from pyroute2 import Conntrack
 
     running = asyncio.events._get_running_loop()

@@ -14,7 +14,7 @@ import time
 
 from labkit import measure, results
 from labkit.errors import InputError, LabkitError
-from labkit.experiments.nat.testbed import NatLab, SERVER
+from labkit.experiments.nat.testbed import SERVER, NatLab
 
 #: iperf3 allows at most 128 parallel streams
 MAX_STREAMS = 128

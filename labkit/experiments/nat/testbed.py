@@ -1,14 +1,14 @@
 """The NAT experiment's testbed: inside clients c1..cN, the NAT host, the server outside.
 """
 from __future__ import annotations
+
 from contextlib import ExitStack, contextmanager
-from labkit.testbed import hosts, netfilter
-from labkit.testbed import topology
-from labkit.errors import InputError
+
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_nat import XdpNat, XdpRouter
-
+from labkit.errors import InputError
+from labkit.testbed import hosts, netfilter, topology
 
 VARIANTS = ["routing", "xdp_routing", "tc_nat", "xdp_nat", "iptables"]
 #: every variant the testbed can set up: `tc_nat` is `ebpf` under its new name; `xdp_nat`
