@@ -278,7 +278,7 @@ def _undo_foreign(rec: dict) -> None:
                 ipr.addr("del", index=idx[0], address=rec["address"], prefixlen=rec["prefixlen"])
             except Exception:
                 pass
-        elif kind == "promisc":  # an inventory run's receiver (experiments.l2fwd_hosts)
+        elif kind == "promisc":  # a receiver on a real interface (experiments.l2fwd_dut)
             ipr.link("set", index=idx[0], flags=0, change=0x100)
         elif kind == "route":  # an inventory run's route on a client or server (experiments.nat.hosts)
             try:

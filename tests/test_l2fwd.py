@@ -14,7 +14,7 @@ import pytest
 from labkit import bpf, cleanup, dpdk, ovs, traffic
 from labkit.dataplanes import xdp_fwd
 from labkit.errors import InputError
-from labkit.experiments import l2fwd
+from labkit.experiments import l2fwd, l2fwd_dut
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 N = 2000
@@ -51,20 +51,12 @@ def test_xdp_redirect_forwards_with_mac_rewrite(fwd_topo, capture):
 @pytest.mark.parametrize("name", ["bridge", "tc_redirect"])
 def test_kernel_variants_forward(fwd_topo, name):
     rcv = fwd_topo.iface("rcv")
-    p = l2fwd.Params(variants=[name])
-    with bpf.load("xdp_minimal") as bare:
-        sink = bare.function("xdp_drop_bare")
-        fwd = xdp_fwd.XdpForwarder([fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")]) \
-            if name == "tc_redirect" else None
-        try:
-            with bpf.attach_xdp(rcv, sink, "native"), l2fwd.variant(name, fwd_topo, p, fwd, sink):
-                r0 = rcv.stats()["rx_packets"]
-                offered = _send(fwd_topo, to_receiver=True)
-                time.sleep(0.2)
-                got = rcv.stats()["rx_packets"] - r0
-        finally:
-            if fwd:
-                fwd.close()
+    ports = [fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")]
+    with l2fwd_dut.receiver_sink(rcv), l2fwd_dut.variant(name, ports, l2fwd._params(l2fwd.Params(variants=[name]))):
+        r0 = rcv.stats()["rx_packets"]
+        offered = _send(fwd_topo, to_receiver=True)
+        time.sleep(0.2)
+        got = rcv.stats()["rx_packets"] - r0
     assert offered.packets == N and got >= N * 0.99, f"{name}: {got} of {N} arrived"
     with fwd_topo.host("dut").ipr() as ipr:
         assert not [l for l in ipr.get_links() if l.get_attr("IFLA_LINKINFO")
@@ -79,7 +71,7 @@ def test_user_space_variants_forward(fwd_topo, name):
     snd, d0 = fwd_topo.iface("snd"), fwd_topo.iface("dut", "snd")
     p = l2fwd.Params(variants=[name])
     with bpf.load("xdp_minimal") as bare, bpf.attach_xdp(rcv, bare.function("xdp_drop_bare"), "native"):
-        with l2fwd.variant(name, fwd_topo, p, None, None) as setup:
+        with l2fwd_dut.variant(name, [d0, fwd_topo.iface("dut", "rcv")], l2fwd._params(p)) as setup:
             c0 = setup.own_counters()
             r0 = rcv.stats()["rx_packets"]
             spec = traffic.TrafficSpec.between(snd, d0, count=N, size=64, rate_pps=20_000)

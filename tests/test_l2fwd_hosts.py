@@ -138,7 +138,7 @@ def test_a_lost_receiver_sink_is_undone_by_clean(remote_hosts):
     import signal
 
     from labkit import cli
-    from labkit.experiments import across_hosts
+    from labkit.experiments import across_hosts, l2fwd_dut
     from labkit.testbed.remote import HostUnreachable
 
     path = inventory(remote_hosts)
@@ -147,7 +147,7 @@ def test_a_lost_receiver_sink_is_undone_by_clean(remote_hosts):
     with pytest.raises(HostUnreachable, match=r"host h3 .*connection was lost"):
         with across_hosts.Testbed(path, ("receiver",)) as bed:
             rcv = across_hosts.end(bed, "receiver")
-            with rcv.host.hold("labkit.experiments.l2fwd_hosts:receiver_sink", rcv_if):
+            with bed.hold("receiver", l2fwd_dut.receiver_sink):
                 shown = h3.run(["ip", "link", "show", rcv_if]).stdout
                 assert "PROMISC" in shown and "xdp" in shown
                 os.kill(rcv.host.call(os.getpid), signal.SIGKILL)

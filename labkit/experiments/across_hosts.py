@@ -91,10 +91,12 @@ class RemoteGenerator:
 
 def open_generator(bed, name: str, role: str = "sender"):
     """The generator NAME on ROLE's end of BED: in this process where the host is this
-    machine, else on that host (a `RemoteGenerator`). Enter it; leaving undoes it."""
+    machine, else on that host (a `RemoteGenerator`; `auto` is trafgen there). Enter it;
+    leaving undoes it."""
     iface = bed.end(role)
     if bed.local:
         return traffic.generator(name, iface)
+    name = "trafgen" if name == "auto" else name  # the in-kernel generators need their veth peer on their host
     return RemoteGenerator(End(role, iface.host, iface.name, iface.mac, iface.address), name)
 
 

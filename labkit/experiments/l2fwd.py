@@ -51,21 +51,33 @@ from dataclasses import asdict, dataclass, field
 from labkit import bpf, capabilities, dpdk, measure, ovs, parameters, references, results, traffic
 from labkit.dataplanes import softirq_clock
 from labkit.dataplanes.latency_probe import LatencyProbe
-from labkit.dataplanes.xdp_fwd import XdpForwarder
 from labkit.errors import InputError, LabkitError, MissingDependency
-from labkit.experiments import Feed, Result, View, check_run_shape, saved_metadata, smoke_clamp, trial_loop
+from labkit.experiments import (
+    Feed,
+    Result,
+    View,
+    across_hosts,
+    check_run_shape,
+    l2fwd_dut,
+    saved_metadata,
+    smoke_clamp,
+    trial_loop,
+)
 from labkit.experiments import l2fwd_views as views
+from labkit.experiments.l2fwd_dut import BASELINE, DPDK_VARIANTS, OVS_VARIANTS, RECEIVER_MAC, VARIANTS
 from labkit.measure import latency_profile as latency_profile
 from labkit.testbed import inventory, runs, topology
-from labkit.testbed.bridge import Bridge
+from labkit.testbed.testbeds import testbed_for
 
 EXPERIMENT = "l2fwd"
 NOTEBOOK = "02-l2-forwarding"  # the notebook that runs this experiment
-VARIANTS = ["dpdk_l2fwd", "dpdk_l2fwd_afxdp", "xdp_redirect", "bridge", "tc_redirect", "ovs", "ovs_afxdp"]
-DPDK_VARIANTS, OVS_VARIANTS = ("dpdk_l2fwd", "dpdk_l2fwd_afxdp"), ("ovs", "ovs_afxdp")
-BASELINE = "baseline_sink"
-HOST_ROLES = ("sender", "dut", "receiver")  # what an inventory must name for this experiment
-RECEIVER_MAC = dpdk.l2fwd_mac(1)  # what l2fwd writes for frames leaving port 1
+#: the testbed's roles: where each is on the namespace topology (the DUT: its port from the
+#: sender, then its port to the receiver)
+ROLES = {"sender": ("snd", None), "dut": [("dut", "snd"), ("dut", "rcv")], "receiver": ("rcv", None)}
+#: where a remote DUT builds DPDK's l2fwd, unless its inventory sets labkit_build_dir
+DEFAULT_BUILD_DIR = "/var/cache/labkit/build"
+ACROSS_HOSTS_CPU = ("across hosts: the receive-path CPU is read on this machine, which is no host's (DPDK's and "
+                    "OVS's own process time is still read on the DUT)")
 SENDER_ADDR, RECEIVER_ADDR = "10.11.0.1/24", "10.11.0.2/24"
 #: how the comparison and the index show this experiment: the DUT's CPU beyond the baseline sink,
 #: since DPDK polls in user space where softirq time would not see it
@@ -131,7 +143,7 @@ class Params:
             if not 1 <= self.ndr_iterations <= 30:
                 raise InputError(f"ndr_iterations {self.ndr_iterations}: 1..30 steps of the search")
         if self.inventory is not None:
-            inventory.parse(self.inventory).require(HOST_ROLES)
+            inventory.parse(self.inventory).require(list(ROLES), two_interfaces=("dut",))
         if self.smoke:
             smoke_clamp(self, SMOKE)
         return self
@@ -145,143 +157,53 @@ def spec() -> topology.TopologySpec:
                topology.LinkSpec("dut", "rcv", None, RECEIVER_ADDR, b_mac=RECEIVER_MAC, a_name="dut1", b_name="rcv0")])
 
 
-# ---------------------------------------------------------------- the XDP/tc forwarder
-
-
-# ---------------------------------------------------------------- one variant, set up
-class Setup:
-    """A variant ready to forward: `extra()` gives its own counters, `cpu()` its own CPU."""
-
-    def __init__(self, name):
-        self.name = name
-        self.l2fwd = None
-        self.fwd = None
-        self.ovs = None
-        self.notes = {}  # how it was set up, for the run's metadata (e.g. AF_XDP copy or zero-copy)
-
-    def own_counters(self) -> dict:
-        if self.l2fwd is not None:
-            st = self.l2fwd.next_stats()
-            return {"l2fwd_rx_port0": st[0].received, "l2fwd_tx_port1": st[1].sent,
-                    "l2fwd_dropped": sum(s.dropped for s in st.values()), **self.l2fwd.socket_drops()}
-        if self.fwd is not None:
-            c = self.fwd.counters()
-            return {"prog_redirected": c["redirected"], "prog_refused": c["refused"]}
-        if self.ovs is not None:
-            st = self.ovs.port_stats()
-            p0, p1 = self.ovs.ports
-            return {"ovs_rx_port0": st[p0].get("rx_packets", 0), "ovs_tx_port1": st[p1].get("tx_packets", 0),
-                    "ovs_dropped": sum(v for s_ in st.values() for k, v in s_.items() if k.endswith("_dropped"))}
-        return {}
-
-    def own_cpu(self) -> float | None:
-        """CPU seconds of the forwarder's own processes (DPDK's l2fwd, Open vSwitch's daemons)."""
-        if self.l2fwd is not None:
-            return self.l2fwd.proc.cpu_seconds()
-        return self.ovs.cpu_seconds() if self.ovs is not None else None
-
-
-@contextmanager
-def variant(name: str, topo, p: Params, fwd: XdpForwarder | None, sink_fn):
-    d0, d1 = topo.iface("dut", "snd"), topo.iface("dut", "rcv")
-    s = Setup(name)
-    if name in DPDK_VARIANTS:
-        afxdp = name == "dpdk_l2fwd_afxdp"
-        eal = dpdk.EalOptions(lcores=p.dpdk_lcores, memory_mb=p.dpdk_memory_mb)
-        app = dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=p.dpdk_queues_per_lcore, stats_period_s=1,
-                                mac_updating=p.mac_updating, ring_size=p.dpdk_afxdp_ring if afxdp else None)
-        ports = ([dpdk.Port.af_xdp(d, busy_budget=p.dpdk_afxdp_busy_budget) for d in (d0, d1)] if afxdp
-                 else [dpdk.Port.af_packet(d, framecnt=p.dpdk_framecnt) for d in (d0, d1)])
-        with ExitStack() as st:
-            if afxdp and p.dpdk_afxdp_busy_budget:  # preferred busy polling needs NAPI deferral on the ports
-                st.enter_context(dpdk.BusyPollSettings(topo.host("dut"), [d0.name, d1.name]))
-            s.l2fwd = l2 = st.enter_context(dpdk.L2fwd(topo.host("dut"), ports, eal, app))
-            s.notes = _dpdk_setup(l2, p, afxdp, d0)
-            l2.next_stats()  # its statistics run before traffic starts
-            yield s
-    elif name in OVS_VARIANTS:
-        port_type = "afxdp" if name == "ovs_afxdp" else "system"
-        with ovs.OvsSwitch(topo.host("dut"), [d0, d1], port_type=port_type, xdp_mode=p.ovs_xdp_mode,
-                           pmd_cpus=p.ovs_pmd_cpus) as sw:
-            macs = {"set_dst": RECEIVER_MAC, "set_src": d1.mac} if p.mac_updating else {}
-            sw.forward(0, 1, **macs)
-            s.ovs, s.notes = sw, {"ovs_port_type": port_type, "ovs_version": ovs.status()[1]}
-            if port_type == "afxdp":
-                s.notes["ovs_xdp_mode"] = p.ovs_xdp_mode
-            yield s
-    elif name == "xdp_redirect":
-        with fwd.attach_xdp(p.xdp_mode):
-            s.fwd = fwd
-            yield s
-    elif name == "tc_redirect":
-        with fwd.attach_tc():
-            s.fwd = fwd
-            yield s
-    elif name == "bridge":
-        with Bridge(topo.host("dut"), [d0, d1]):
-            yield s
-    elif name == BASELINE:
-        with bpf.attach_xdp(d0, sink_fn, "native"):
-            yield s
-    else:
-        raise InputError(f"unknown variant {name!r}")
-
-
 # ---------------------------------------------------------------- the run
 def run(data_dir=None, **kwargs) -> Result:
     """Run the experiment; keyword arguments are the fields of `Params`. The Result's parts:
     'trial' (the side-by-side trials), 'idle' (rows of the no-traffic window), 'resources'
-    (what each variant takes from the machine: the poster's conclusion, measured)."""
+    (what each variant takes from the machine: the poster's conclusion, measured). The
+    testbed is the namespace topology, or the inventory's sender, DUT and receiver hosts."""
     p = Params(**kwargs).validate()
     capabilities.begin_run()  # this run's choices of backends, not an earlier run's in this process
-    if p.inventory is not None:
-        from labkit.experiments import l2fwd_hosts
-        return l2fwd_hosts.run(p, data_dir)
-    runs.require_root("the L2 forwarding experiment")
-    if "dpdk_l2fwd" in p.variants:
-        dpdk.build_l2fwd()  # before any namespace: a missing DPDK fails early
-    if "dpdk_l2fwd_afxdp" in p.variants:
-        dpdk.build_l2fwd(ring_size=p.dpdk_afxdp_ring)
-    sp = spec()
-    sp.validate()
-    skipped = {v: ovs.status()[1] for v in OVS_VARIANTS if v in p.variants and not ovs.status()[0]}
-    order_all = ([BASELINE] if p.baseline else []) + [v for v in p.variants if v not in skipped]
-    with topology.Topology(sp) as topo:
-        snd, rcv = topo.iface("snd"), topo.iface("rcv")
-        d0, d1 = topo.iface("dut", "snd"), topo.iface("dut", "rcv")
-        rs = results.ResultSet(EXPERIMENT, asdict(p), topo.run.prefix, data_dir)
-        resources, off = [], switched_off(p)
+    if p.inventory is None:
+        runs.require_root("the L2 forwarding experiment")
+        l2fwd_dut.build_l2fwd_here(None, _rings(p))  # before any namespace: a missing DPDK fails early
+    tools = {"sender": across_hosts.GENERATOR_TOOLS.get(p.generator, []), "dut": ["python:bcc"],
+             "receiver": ["python:bcc"]}
+    with testbed_for(spec(), ROLES, p.inventory, tools, two_interfaces=("dut",)) as bed:
+        skipped = _unavailable(bed, p)  # before any host is changed
+        snd, d0, d1, rcv = ends = (bed.end("sender"), bed.end("dut", 0), bed.end("dut", 1), bed.end("receiver"))
+        rs = results.ResultSet(EXPERIMENT, asdict(p), bed.prefix, data_dir)
+        resources, off, notes, cdfs = [], switched_off(p), {}, []
+        if not bed.local:
+            off.update({"latency": views.ACROSS_HOSTS_LATENCY, "DUT CPU per packet": ACROSS_HOSTS_CPU})
         with ExitStack() as stack:
-            bare = stack.enter_context(bpf.load("xdp_minimal"))
-            sink_fn = bare.function("xdp_drop_bare")
-            probe = _latency_probe(stack, p, snd, rcv, off)
-            stack.enter_context(bpf.attach_xdp(rcv, probe.sink() if probe else sink_fn, "native"))
-            fwd = None
-            if {"xdp_redirect", "tc_redirect"} & set(p.variants):
-                fwd = stack.enter_context(XdpForwarder([d0, d1], p.mac_updating))
-            gen = stack.enter_context(traffic.generator(p.generator, snd))
-            feed = Feed(gen.name)
-            clock = stack.enter_context(softirq_clock.SoftirqClock())
+            probe = _latency_probe(stack, p, snd, rcv, off) if bed.local else None
+            if probe is not None:
+                stack.enter_context(bpf.attach_xdp(rcv, probe.sink(), "native"))
+            else:
+                stack.enter_context(bed.hold("receiver", l2fwd_dut.receiver_sink))
+            dut = stack.enter_context(bed.hold("dut", l2fwd_dut.dut_side, _params(p), port=None))
+            gen = stack.enter_context(across_hosts.open_generator(bed, p.generator))
+            feed = Feed(gen.name, real_interfaces=not bed.local)
+            clock = stack.enter_context(softirq_clock.SoftirqClock()) if bed.local else None
             time.sleep(0.2)
             specs = {size: traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, timeout_s=p.timeout_s)
-                     for size in p.sizes}
-            for s in specs.values():
-                s.validate()
-            for name in [v for v in order_all if v in OVS_VARIANTS + ("dpdk_l2fwd_afxdp",)]:
+                     .validate() for size in p.sizes}
+            for name in [v for v in p.variants if v in OVS_VARIANTS + ("dpdk_l2fwd_afxdp",) and v not in skipped]:
                 try:  # a forwarder that cannot start here is left out; the others still run
-                    with variant(name, topo, p, fwd, sink_fn):
+                    with _using(dut, name):
                         pass
                 except LabkitError as exc:
-                    skipped[name] = str(exc).splitlines()[0]
-                    order_all.remove(name)
-            notes, cdfs = {}, []
+                    skipped[name] = _at(bed, _first_line(exc))
+            order_all = ([BASELINE] if p.baseline else []) + [v for v in p.variants if v not in skipped]
 
             def measure_one(name, size, trial):
-                with variant(name, topo, p, fwd, sink_fn) as setup:
-                    notes[name] = setup.notes
+                with _using(dut, name):
+                    notes[name] = dut("notes")
                     if p.idle_s > 0 and name not in {r["variant"] for r in resources}:
-                        resources.append(_idle(name, setup, p.idle_s, rs))
-                    m, extra = _trial(name, setup, gen, specs[size], snd, d0, d1, rcv, clock)
+                        resources.append(_idle(rs, dut("idle", p.idle_s)))
+                    m, extra = _trial(name, dut, gen, specs[size], ends, clock)
                     prof = None
                     if probe is not None and name != BASELINE and size == min(p.sizes):
                         prof = latency_profile.profile(
@@ -301,30 +223,87 @@ def run(data_dir=None, **kwargs) -> Result:
             # the baseline sink shows the generator's full speed; forwarders that kept up with it at
             # that speed are marked generator-limited by the loop
             trial_loop(order_all, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
-        _dut_cpu(rs)
-        _caveats(rs, p, gen.name, probe is not None, feed.kind)
+        if bed.local:
+            _dut_cpu(rs)
+            _caveats(rs, p, gen.name, probe is not None, feed.kind)
+        else:
+            across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is neither host's
+            veth = "driver: veth" in bed.host("dut").run(["ethtool", "-i", d0.name], check=False).stdout
+            views.hosts_caveats(rs, p, veth, snd, bed.host("dut"), rcv, skipped)
         for name, why in skipped.items():
             rs.caveat(f"not run: {why}", name)
-        ax = notes.get("dpdk_l2fwd_afxdp", {})
-        if ax.get("af_xdp_socket_mode"):  # copy or zero-copy, as the kernel offered it on each port
-            rs.caveat("net_af_xdp sockets ran in " + ", ".join(f"{m} mode on {k}" for k, m in
-                                                              ax["af_xdp_socket_mode"].items())
-                      + f" (driver's XDP program: {ax.get('xdp_hook')}); rings of {ax.get('ring_size')} descriptors, "
-                      f"busy_budget {ax.get('busy_budget')}, lcore {ax.get('lcores')}", "dpdk_l2fwd_afxdp")
+        _afxdp_caveat(rs, notes.get("dpdk_l2fwd_afxdp", {}))
         sink = "lat_sink (bpf/latency.c)" if probe else "xdp_drop_bare"
-        run_dir = rs.save(topo, {"generator": gen.name, "receiver_sink": f"{sink} (native) on rcv0",
-                                 "resources": resources, "variant_setup": notes, "skipped_variants": skipped,
-                                 "feed": feed.metadata(), "skipped_parts": off})
-    table = rs.table
+        run_dir = rs.save(bed, {"generator": gen.name, "receiver_sink": f"{sink} (native) on {rcv.name}",
+                                "resources": resources, "variant_setup": notes, "skipped_variants": skipped,
+                                "feed": feed.metadata(), "skipped_parts": off, "dut_ports": [d0.name, d1.name]})
+    return _result(rs, p, run_dir, resources, cdfs)
+
+
+def _result(rs, p: Params, run_dir, resources: list, cdfs: list) -> Result:
     import pandas as pd
 
+    table = rs.table
     res = pd.DataFrame(resources)
     lat = views.latency_summary(table)
-    parts = {"resources": res, "latency": lat, "latency_cdf": pd.DataFrame(cdfs),
+    parts = {"resources": res, "latency": lat, "latency_cdf": pd.DataFrame(cdfs, columns=None if cdfs else
+                                                                             ["variant", "trial"]),
              "overview": views.overview(headline(table), res, lat)}
     text = (views.fed_by(saved_metadata(run_dir), table) + "\n" + interpret(table, res, rs.caveats, p.dpdk_lcores)
             + views.interpret_latency(lat, table))
     return Result(EXPERIMENT, table, text, rs.caveats, run_dir, p, parts, headline_of=headline)
+
+
+def _params(p: Params) -> dict:
+    """P as the DUT's side reads it (plain values: a remote session is handed them)."""
+    return {k: v for k, v in asdict(p).items() if k != "inventory"}
+
+
+def _rings(p: Params) -> list:
+    """The l2fwd builds P's DPDK variants need: None (l2fwd's own rings), the AF_XDP ring size."""
+    wanted = [v for v in DPDK_VARIANTS if v in p.variants]
+    return sorted({None if v == "dpdk_l2fwd" else p.dpdk_afxdp_ring for v in wanted}, key=str)
+
+
+def _unavailable(bed, p: Params) -> dict:
+    """{variant: why} for what the DUT cannot run (Open vSwitch missing). A remote DUT
+    builds l2fwd first, against its own DPDK (in its labkit_build_dir); a DUT that cannot
+    is an error naming the host and what to do, before any host is changed."""
+    if not bed.local and _rings(p):
+        wanted = ", ".join(v for v in DPDK_VARIANTS if v in p.variants)
+        build_dir = str(bed.var("dut", "labkit_build_dir") or DEFAULT_BUILD_DIR)
+        try:
+            bed.call("dut", l2fwd_dut.build_l2fwd_here, build_dir, _rings(p))
+        except MissingDependency as exc:
+            raise MissingDependency(f"{bed.where('dut')} (role dut) cannot run {wanted}: {_first_line(exc)}; install DPDK there "
+                                    "(`labkit provision INVENTORY`), or leave those variants out") from None
+        except LabkitError as exc:
+            raise LabkitError(f"{bed.where('dut')} (role dut) cannot run {wanted}: building DPDK's l2fwd in {build_dir} there "
+                              f"failed: {_first_line(exc)}; set labkit_build_dir of {bed.where('dut').split()[-1]} to a folder root can "
+                              "write, or leave those variants out") from None
+    if not set(OVS_VARIANTS) & set(p.variants):
+        return {}
+    ok, why = bed.call("dut", ovs.status)
+    return {} if ok else {v: _at(bed, why) for v in OVS_VARIANTS if v in p.variants}
+
+
+def _at(bed, why: str) -> str:
+    """WHY, prefixed by the DUT's host where it is another ('host h2: ...')."""
+    return f"{bed.where('dut')}: {why}" if bed.where("dut") else why
+
+
+def _first_line(exc) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@contextmanager
+def _using(dut, name: str):
+    """Variant NAME set up on the DUT (a testbed handle of `l2fwd_dut.dut_side`) meanwhile."""
+    dut("use", name)
+    try:
+        yield
+    finally:
+        dut("off")
 
 
 def switched_off(p: Params) -> dict:
@@ -346,73 +325,54 @@ def _latency_probe(stack: ExitStack, p: Params, snd, rcv, off: dict):
         return None
 
 
-def _dpdk_setup(l2, p: Params, afxdp: bool, d0) -> dict:
-    """How l2fwd was tuned, for the run's metadata: ports and their options, lcore, burst,
-    and for AF_XDP the socket mode (copy or zero-copy), the XDP hook the driver attached,
-    ring size, busy polling and the NAPI settings it needs."""
-    notes = {"ports": [str(x) for x in l2.ports], "port_options": {str(x): dict(x.devargs) for x in l2.ports},
-             "lcores": p.dpdk_lcores, "burst": 32, "stats_period_s": l2.app.stats_period_s,
-             "mac_updating": p.mac_updating, "memory_mb": p.dpdk_memory_mb, "hugepages": False}
-    if afxdp:
-        notes.update({"af_xdp_socket_mode": l2.socket_modes(), "xdp_hook": bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED"),
-                      "ring_size": p.dpdk_afxdp_ring, "busy_budget": p.dpdk_afxdp_busy_budget,
-                      "napi_settings": dict(dpdk.BUSY_POLL_SETTINGS) if p.dpdk_afxdp_busy_budget else {}})
-    else:
-        notes.update({"framecnt": p.dpdk_framecnt, "qdisc_bypass": "driver default (on)"})
-    return notes
-
-
-def _trial(name, setup, gen, tspec, snd, d0, d1, rcv, clock):
-    """One variant's measurement and its own extra measures."""
-    own0 = setup.own_counters()
-    cpu0 = setup.own_cpu()
-    processed = (lambda: d0.stats()["rx_packets"]) if name == BASELINE else (lambda: rcv.stats()["rx_packets"])
-    m = measure.run_trial(lambda: gen.send(tspec), processed, size=tspec.size,
+def _trial(name, dut, gen, tspec, ends, clock):
+    """One variant's measurement, each end's counters read on its host, and its own
+    measures: the forwarder's counters and process CPU, losses before, in and after the DUT."""
+    snd, d0, d1, rcv = ends
+    own0, cpu0 = dut("own_counters"), dut("own_cpu")
+    counted = d0 if name == BASELINE else rcv
+    m = measure.run_trial(lambda: gen.send(tspec), lambda: counted.stats()["rx_packets"], size=tspec.size,
                           probes={"snd": measure.link_probe(snd), "dut0": measure.link_probe(d0),
                                   "dut1": measure.link_probe(d1), "rcv": measure.link_probe(rcv)},
                           offered_probe=("snd", "tx_packets"), settle_s=0.1, clock=clock)
-    cpu1 = setup.own_cpu()
-    own1 = setup.own_counters()
+    own1, cpu1, kind = dut("own_counters"), dut("own_cpu"), dut("kind")
     extra = {k: (own1[k] - own0.get(k, 0), "packets") for k in own1}
-    if cpu0 is not None:
-        own, who = cpu1 - cpu0, "dpdk" if setup.l2fwd is not None else "ovs"
-        extra[f"{who}_cpu_s"] = (own, "s")
-        extra[f"{who}_cpu_ns_per_pkt"] = (own / m.processed * 1e9 if m.processed else float("nan"), "ns/packet")
-    if setup.l2fwd is not None or setup.ovs is not None:
-        rx, tx = (extra["l2fwd_rx_port0"][0], extra["l2fwd_tx_port1"][0]) if setup.l2fwd is not None else \
-            (extra["ovs_rx_port0"][0], extra["ovs_tx_port1"][0])
+    if cpu0 is not None and kind:
+        own = cpu1 - cpu0
+        extra[f"{kind}_cpu_s"] = (own, "s")
+        extra[f"{kind}_cpu_ns_per_pkt"] = (own / m.processed * 1e9 if m.processed else float("nan"), "ns/packet")
+    if name != BASELINE:
+        if kind == "dpdk":
+            rx, tx = extra["l2fwd_rx_port0"][0], extra["l2fwd_tx_port1"][0]
+        elif kind == "ovs":
+            rx, tx = extra["ovs_rx_port0"][0], extra["ovs_tx_port1"][0]
+        else:  # the kernel forwarders: the DUT's own link counters
+            rx, tx = m.probes["dut0"].get("rx_packets", 0), m.probes["dut1"].get("tx_packets", 0)
         extra["lost_before_dut_pkts"] = (max(0, m.offered.packets - rx), "packets")
         extra["lost_in_dut_pkts"] = (max(0, rx - tx), "packets")
         extra["lost_after_dut_pkts"] = (max(0, tx - m.processed), "packets")
     return m, extra
 
 
-def _idle(name, setup, seconds, rs) -> dict:
-    """CPU the machine burns in SECONDS with the variant set up and no traffic."""
-    c0 = measure.cpu_times()
-    own0 = setup.own_cpu()
-    time.sleep(seconds)
-    c1 = measure.cpu_times()
-    busy = (c1 - c0).busy / seconds
-    row = {"variant": name, "idle_busy_cores": busy}
-    if setup.l2fwd is not None:
-        r = setup.l2fwd.resources()
-        row.update({"dpdk_idle_busy_cores": (setup.own_cpu() - own0) / seconds, "lcores": r.lcores,
-                    "rss_mb": r.rss_mb, "memory_mb_reserved": r.memory_mb, "hugepages": r.hugepages,
-                    "hugepages_used": r.hugepages_used})
-    else:
-        row.update({"dpdk_idle_busy_cores": 0.0, "lcores": 0, "rss_mb": setup.ovs.rss_mb() if setup.ovs else 0.0,
-                    "memory_mb_reserved": 0, "hugepages": False, "hugepages_used": 0})
-    own = setup.own_cpu()  # the forwarder's own processes (DPDK's lcore, OVS's PMD and main threads)
-    row["own_idle_busy_cores"] = (own - own0) / seconds if own is not None else 0.0
-    measures = {"idle_busy_cores": (busy, "cores"), "own_idle_busy_cores": (row["own_idle_busy_cores"], "cores")}
-    if setup.l2fwd is not None:
+def _idle(rs, row: dict) -> dict:
+    """The rows of ROW (the DUT's busy cores with a variant set up and no traffic)."""
+    measures = {"idle_busy_cores": (row["idle_busy_cores"], "cores"),
+                "own_idle_busy_cores": (row["own_idle_busy_cores"], "cores")}
+    if row["lcores"]:
         measures.update({"dpdk_idle_busy_cores": (row["dpdk_idle_busy_cores"], "cores"),
                          "dpdk_rss_mb": (row["rss_mb"], "MB"), "dpdk_hugepages_used": (row["hugepages_used"], "pages")})
-    elif setup.ovs is not None:
+    elif row["rss_mb"]:
         measures["ovs_rss_mb"] = (row["rss_mb"], "MB")
-    rs.add(name, 0, None, measures, kind="idle")
+    rs.add(row["variant"], 0, None, measures, kind="idle")
     return row
+
+
+def _afxdp_caveat(rs, ax: dict) -> None:
+    if ax.get("af_xdp_socket_mode"):  # copy or zero-copy, as the kernel offered it on each port
+        rs.caveat("net_af_xdp sockets ran in " + ", ".join(f"{m} mode on {k}" for k, m in
+                                                          ax["af_xdp_socket_mode"].items())
+                  + f" (driver's XDP program: {ax.get('xdp_hook')}); rings of {ax.get('ring_size')} descriptors, "
+                  f"busy_budget {ax.get('busy_budget')}, lcore {ax.get('lcores')}", "dpdk_l2fwd_afxdp")
 
 
 def _dut_cpu(rs) -> None:

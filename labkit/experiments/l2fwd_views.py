@@ -130,6 +130,27 @@ def interpret_latency(lat, table) -> str:
     return "\n".join(lines)
 
 
+ACROSS_HOSTS_LATENCY = ("across hosts: a one-way delay needs the sender's and the receiver's timestamps on one "
+                        "clock, which separate machines do not share")
+
+
+def hosts_caveats(rs, p, veth: bool, snd, dut, rcv, skipped=()) -> None:
+    """What a run across hosts says about itself: where each count came from, which
+    columns are empty, which generator `auto` was, where the DUT's ports are veths."""
+    rs.caveat(f"across hosts ({snd.host.name} -> {dut.name} -> {rcv.host.name}): rates and losses from each host's "
+              "counters; the whole-machine CPU columns are empty (this machine's CPU is neither host's), DPDK's and "
+              "OVS's own process time was read on the DUT")
+    if p.generator == "auto":
+        rs.caveat("generator auto across hosts: trafgen (the in-kernel generator needs an XDP program on its veth "
+                  "peer, which is on another host here); name generator=xdp to use it from a NIC")
+    if p.latency:
+        rs.caveat(f"latency not measured {ACROSS_HOSTS_LATENCY}")
+    rs.caveat(f"the receiver ({rcv.host.name}) counts arrivals with a bare XDP drop program (native) on {rcv.name}, "
+              "in promiscuous mode for the run, in every variant")
+    for v in [v for v in p.variants if v in PORT_CAVEATS and veth and v not in skipped]:  # the DUT's ports are veths
+        rs.caveat(PORT_CAVEATS[v], v)
+
+
 #: what each forwarder's ports are, said beside its numbers
 PORT_CAVEATS = {
     "dpdk_l2fwd": "DPDK runs over net_af_packet on the veths (no PMD for veth, no hugepages): l2fwd's packets still "

@@ -50,10 +50,12 @@ def factory_name(factory: Callable) -> str:
 
 
 @contextmanager
-def on_interface(factory: str, ifname: str, *args):
-    """On a remote host: FACTORY entered on this host's interface IFNAME."""
+def on_interface(factory: str, ifname, *args):
+    """On a remote host: FACTORY entered on this host's interface IFNAME (or, for a list
+    of names, on the list of those interfaces)."""
     module, function = factory.split(":", 1)
-    with getattr(importlib.import_module(module), function)(local_interface(ifname), *args) as value:
+    ends = [local_interface(i) for i in ifname] if isinstance(ifname, list) else local_interface(ifname)
+    with getattr(importlib.import_module(module), function)(ends, *args) as value:
         yield value
 
 
@@ -90,10 +92,28 @@ class Namespaces:
     def host(self, role: str):
         return self.end(role).host
 
+    def call(self, role: str, fn: Callable, *args):
+        """FN(*ARGS) where ROLE's host is: here."""
+        return fn(*args)
+
+    def var(self, role: str, name: str, default=None):
+        """A setting of ROLE's host (an inventory's host variable); none here."""
+        return default
+
+    def where(self, role: str) -> str:
+        """Where ROLE is, as a message names it: nowhere but here, so nothing."""
+        return ""
+
+    def ports(self, role: str) -> int:
+        where = self.roles[role]
+        return len(where) if isinstance(where, list) else 1
+
     @contextmanager
-    def hold(self, role: str, factory: Callable, *args, port: int = 0):
+    def hold(self, role: str, factory: Callable, *args, port: int | None = 0):
+        """FACTORY(end, *ARGS) entered for ROLE (PORT None: FACTORY([every end], *ARGS))."""
         factory_name(factory)  # the same rule on every testbed
-        with factory(self.end(role, port), *args) as value:
+        ends = [self.end(role, i) for i in range(self.ports(role))] if port is None else self.end(role, port)
+        with factory(ends, *args) as value:
             yield Handle(value)
 
     def metadata(self) -> dict:

@@ -281,12 +281,25 @@ class Testbed:
         d = host.call(describe, ifname)
         return RemoteInterface(host, ifname, d["ifindex"], d["mac"], d["address"], d["prefixlen"], real=True)
 
-    def hold(self, role: str, factory, *args, port: int = 0):
-        """FACTORY entered on ROLE's host, on its interface, until the `with` ends (bed.hold)."""
+    def hold(self, role: str, factory, *args, port: int | None = 0):
+        """FACTORY entered on ROLE's host, on its interface (PORT None: the list of them),
+        until the `with` ends (bed.hold)."""
         from labkit.testbed.bed import factory_name
 
-        return self.hosts[role].hold("labkit.testbed.bed:on_interface", factory_name(factory),
-                                     self.interfaces(role)[port], *args)
+        ifnames = list(self.interfaces(role)) if port is None else self.interfaces(role)[port]
+        return self.hosts[role].hold("labkit.testbed.bed:on_interface", factory_name(factory), ifnames, *args)
+
+    def call(self, role: str, fn, *args):
+        """FN(*ARGS) on ROLE's host."""
+        return self.hosts[role].call(fn, *args)
+
+    def var(self, role: str, name: str, default=None):
+        """ROLE's host variable NAME in the inventory."""
+        return self.inventory.role(role).vars.get(name, default)
+
+    def where(self, role: str) -> str:
+        """'host NAME': where ROLE is, as a message about what happened there names it."""
+        return f"host {self.inventory.role(role).name}"
 
     def interface(self, role: str) -> str:
         return self.inventory.role(role).interface
