@@ -280,12 +280,12 @@ def _undo_foreign(rec: dict) -> None:
                 pass
         elif kind == "promisc":  # a receiver on a real interface (experiments.l2fwd_dut)
             ipr.link("set", index=idx[0], flags=0, change=0x100)
-        elif kind == "route":  # an inventory run's route on a client or server (experiments.nat.hosts)
+        elif kind == "route":  # an inventory run's route on a client or server (experiments.nat.inventory_lab)
             try:
                 ipr.route("del", dst=rec["dst"], dst_len=rec["dst_len"], gateway=rec["gateway"], oif=idx[0])
             except Exception:
                 pass
-        elif kind == "offload":  # a checksum offload an inventory run turned off (experiments.nat.hosts)
+        elif kind == "offload":  # a checksum offload an inventory run turned off (experiments.nat.inventory_lab)
             subprocess.run(["ethtool", "-K", rec["ifname"], rec["feature"], "on"], capture_output=True, timeout=10)
 
 

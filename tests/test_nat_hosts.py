@@ -10,6 +10,7 @@ from labkit.experiments import nat
 
 pytest.importorskip("mitogen")
 
+ON, LAB = "labkit.testbed.bed:on_interface", "labkit.experiments.nat.inventory_lab"  # what a session holds
 ROLES = {"sender": "h1", "dut": "h2", "receiver": "h3"}
 
 
@@ -101,8 +102,8 @@ def test_what_a_lost_session_changed_on_the_client_is_undone_by_clean(remote_hos
     host = RemoteHost(**remote_hosts.spec("h1")).connect()
     try:
         offload = h1.run(["ethtool", "-k", ifname]).stdout.count("tx-checksumming: on")
-        host.hold("labkit.experiments.nat.hosts:route", ifname, server, inside).__enter__()
-        host.hold("labkit.experiments.nat.hosts:xdp_end", ifname).__enter__()
+        host.hold(ON, f"{LAB}:route", ifname, server, inside).__enter__()
+        host.hold(ON, f"{LAB}:xdp_end", ifname).__enter__()
         assert f"{server} via {inside}" in h1.run(["ip", "route"]).stdout
         assert "xdp" in h1.run(["ip", "-o", "link", "show", ifname]).stdout
         assert h1.run(["ethtool", "-k", ifname]).stdout.count("tx-checksumming: on") == 0
@@ -126,7 +127,7 @@ def test_untranslated_packets_count_as_another_source_not_as_translated(remote_h
     four carry the run's tag and the same match."""
     from contextlib import ExitStack
 
-    from labkit.experiments.nat import hosts as nat_hosts
+    from labkit.experiments.nat import inventory_lab
     from labkit.testbed.remote import RemoteHost
 
     remote_hosts.host("h2").run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
@@ -135,17 +136,17 @@ def test_untranslated_packets_count_as_another_source_not_as_translated(remote_h
     client_if, server_if = remote_hosts.data_if[("h1", "h2")], remote_hosts.data_if[("h3", "h2")]
     dut_ifs = [remote_hosts.data_if[("h2", "h1")], remote_hosts.data_if[("h2", "h3")]]
     before = {n: host_state(remote_hosts, n) for n in ROLES.values()}
-    mod = "labkit.experiments.nat.hosts"
     with ExitStack() as stack:
         h1, h2, h3 = (stack.enter_context(RemoteHost(**remote_hosts.spec(n))) for n in ("h1", "h2", "h3"))
-        stack.enter_context(h1.hold(f"{mod}:route", client_if, server, inside))
-        stack.enter_context(h3.hold(f"{mod}:route", server_if, client, snat))
-        stack.enter_context(h2.hold(f"{mod}:dut_variant", *dut_ifs, "routing", [20000, 29999], "MASQUERADE"))
+        stack.enter_context(h1.hold(ON, f"{LAB}:route", client_if, server, inside))
+        stack.enter_context(h3.hold(ON, f"{LAB}:route", server_if, client, snat))
+        stack.enter_context(h2.hold(ON, f"{LAB}:dut_variant", dut_ifs, "routing", [20000, 29999], "MASQUERADE"))
         # the client's counter drops what it counts: it goes below (rules are inserted at the top)
-        untranslated = stack.enter_context(h3.hold(f"{mod}:server_counter", server_if, client, nat_hosts.FLOOD_PORT))
-        translated = stack.enter_context(h3.hold(f"{mod}:server_counter", server_if, snat, nat_hosts.FLOOD_PORT))
+        port = inventory_lab.FLOOD_PORT
+        untranslated = stack.enter_context(h3.hold(ON, f"{LAB}:server_counter", server_if, client, port))
+        translated = stack.enter_context(h3.hold(ON, f"{LAB}:server_counter", server_if, snat, port))
         h1.run(["ping", "-c", "1", "-W", "2", server], check=False, timeout=10)  # neighbours resolved
-        h1.call(nat_hosts.udp_exchange, server, nat_hosts.FLOOD_PORT, 40001, 10, 0.1)  # nothing echoes: 10 sent
+        h1.call(inventory_lab.echo_exchange, server, port, 40001, 10, 0.1)  # nothing echoes: 10 sent
         seen, own = translated("counts"), untranslated("counts")
     assert seen["expected"] == 0, f"untranslated packets counted as from the SNAT address {snat}: {seen}"
     assert seen["all"] >= 10 and seen["all"] - seen["expected"] >= 10, f"not counted as another source: {seen}"

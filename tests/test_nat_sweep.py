@@ -98,8 +98,10 @@ def test_bad_sweep_input_is_refused_before_any_namespace(kwargs, words, monkeypa
     def built(*a, **k):
         raise AssertionError("the testbed was touched before the input was checked")
 
-    monkeypatch.setattr(experiment, "NatLab", built)
-    monkeypatch.setattr(experiment, "Nat", built)
+    from labkit.experiments.nat import namespace_lab
+
+    monkeypatch.setattr(namespace_lab, "NatLab", built)  # where the run builds its testbed and its NAT
+    monkeypatch.setattr(namespace_lab, "Nat", built)
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     with pytest.raises(InputError, match=words):
         experiment.run(**{**QUICK, **kwargs})

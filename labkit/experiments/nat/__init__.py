@@ -48,46 +48,40 @@ not skbs, and updates checksums as full ones; a NIC never hands XDP a partial ch
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 
-from labkit import capabilities, measure, parameters, results, traffic
-from labkit.dataplanes import softirq_clock
-from labkit.dataplanes.nat import Nat, check_port_range
+from labkit import capabilities, parameters, results, traffic
+from labkit.dataplanes.nat import check_port_range
 from labkit.errors import InputError
 from labkit.experiments import (
-    FEED_MEANS,
-    FEED_SKB,
     Feed,
     Result,
     View,
+    across_hosts,
     check_run_shape,
     saved_metadata,
     smoke_clamp,
     trial_loop,
 )
-from labkit.experiments.nat import newflows, progtime, sweep, tcp
-from labkit.experiments.nat.checks import check_correctness
-from labkit.experiments.nat.testbed import (
-    INSIDE_NET,
-    NAT_OUTSIDE,
-    OUTSIDE_NET,
-    SERVER,
-    VARIANTS,
-    NatLab,
-    client_addr,
-    spec,
+from labkit.experiments.nat import newflows, sweep, tcp
+from labkit.experiments.nat.inventory_lab import ROLES, InventoryNat
+from labkit.experiments.nat.namespace_lab import PROGRAMS, UDP_LOAD, NamespaceNat  # noqa: F401 (read as nat.UDP_LOAD)
+from labkit.experiments.nat.testbed import VARIANTS, spec
+from labkit.experiments.nat.views import (  # noqa: F401 (read as nat.X)
+    ALIASES,
+    PARTS,
+    canonical,
+    headline,
+    interpret,
+    kind_of,
+    left_out,
+    shown,
 )
-from labkit.experiments.nat.views import ALIASES, PARTS, canonical, headline, interpret, kind_of, left_out, shown  # noqa: F401 (nat.X)  # noqa: F401 (read as nat.X)
 from labkit.testbed import inventory, runs
-from labkit.testbed.hosts import which  # (not `hosts`: that name is the submodule nat.hosts)
+from labkit.testbed.hosts import which
 
 #: variants that translate (the correctness checks run through each)
 NAT_VARIANTS = ("tc_nat", "xdp_nat", "iptables")
-HOST_ROLES = ("sender", "dut", "receiver")  # what an inventory must name: client, NAT, server
-#: the eBPF programs whose own time the run reads, per variant: (program, kind) by role
-PROGRAMS = {"tc_nat": {"nat_egress": ("nat_egress", "tc"), "nat_ingress": ("nat_ingress", "tc")},
-            "xdp_nat": {"xdp_nat_outbound": ("xdp_nat_outbound", "xdp"), "xdp_nat_inbound": ("xdp_nat_inbound", "xdp")}}
 
 EXPERIMENT = "nat"
 NOTEBOOK = "03-ebpf-nat"  # the notebook that runs this experiment
@@ -96,16 +90,8 @@ VIEW = View(EXPERIMENT, "NAT (small-packet UDP)", NOTEBOOK, select=(("kind", ("u
 #: a smoke run: one trial, few packets, one second of TCP (see smoke_clamp)
 SMOKE = {"trials": 1, "udp_count": 30_000, "tcp_seconds": 1.0, "new_flows": 2000, "udp_sizes": 2, "flow_counts": 2,
          "sweep_count": 20_000, "sweep_trials": 1, "tcp_streams": 4}
-UDP_LOAD = "UDP load"  # what the goal trial's generator serves, in the run's record of choices
 
 
-# ---------------------------------------------------------------- captures
-
-
-# ---------------------------------------------------------------- correctness
-
-
-# ---------------------------------------------------------------- performance
 @dataclass
 class Params:
     clients: int = 2
@@ -159,7 +145,7 @@ class Params:
                              f"the SNAT range {self.port_range[0]}-{self.port_range[1]}; keep it at most {room} "
                              "(80% of the range), or widen port_range")
         if self.inventory is not None:
-            inventory.parse(self.inventory).require(HOST_ROLES)
+            inventory.parse(self.inventory).require(ROLES, two_interfaces=("dut",))
         if self.smoke:
             smoke_clamp(self, SMOKE)
         sweep.check_count(self.sweep_count, self.flow_counts)
@@ -172,77 +158,55 @@ def run(data_dir=None, **kwargs) -> Result:
     and 'tcp_streams' (see `sweep`), 'prog' (the programs' own time), 'check' (rows of the
     checks), 'checks' (correctness checks: check, ok, detail, offloads), 'flows' (the flow
     table at the end of the checks), 'skipped' (the parts this run left out, and why: an
-    optional part's kind with no rows is an empty table, never an error)."""
+    optional part's kind with no rows is an empty table, never an error). The testbed is
+    namespaces on this machine (`NamespaceNat`) or an inventory's hosts (`InventoryNat`,
+    where the checks are a ping and a UDP exchange and only the UDP trials run)."""
     import pandas as pd
 
     p = Params(**kwargs).validate()
     capabilities.begin_run()  # this run's choices of backends, not an earlier run's in this process
-    if p.inventory is not None:
-        from labkit.experiments.nat import hosts as across
-        return across.run(p, data_dir)
-    runs.require_root("the eBPF NAT experiment")
-    for tool, pkg in (("ping", "iputils-ping"), ("tcpdump", "tcpdump"), ("iperf3", "iperf3")):
-        which(tool, pkg)
-    skipped = skipped_parts(p)
-    new_flows = 0 if "new flows" in skipped else p.new_flows
-    flow_counts = [f for f in p.flow_counts if f not in sweep.too_many(p.flow_counts, p.generator)[0]] \
-        if p.flow_counts else []
-    feed = Feed(sweep.generator_name(p.generator, UDP_LOAD))
-    checks, flows = [], pd.DataFrame()
-    with ExitStack() as stack:
-        nat = stack.enter_context(Nat(INSIDE_NET, OUTSIDE_NET, NAT_OUTSIDE, tuple(p.port_range)))
-        rs = None
-        topo_meta = None
-        for v in [v for v in p.variants if v in NAT_VARIANTS] if p.checks else []:
-            with NatLab(p.clients, p.offloads) as lab:
-                if rs is None:
-                    rs = results.ResultSet(EXPERIMENT, asdict(p), lab.topo.run.prefix, data_dir)
-                    topo_meta = lab.topo.metadata()  # while the testbed exists
-                checks += check_correctness(lab, None if v == "iptables" else nat, v, p.iptables_target)
-                if v == "tc_nat" or (v == "xdp_nat" and flows.empty):
-                    flows = nat.flows_table()
-        clock = stack.enter_context(softirq_clock.SoftirqClock())
+    if p.inventory is None:
+        runs.require_root("the eBPF NAT experiment")
+        for tool, pkg in (("ping", "iputils-ping"), ("tcpdump", "tcpdump"), ("iperf3", "iperf3")):
+            which(tool, pkg)
+    with (NamespaceNat(p) if p.inventory is None else InventoryNat(p)) as lab:
+        cannot = cannot_run(p)
+        skipped = lab.skipped(PARTS, switched_off(p), cannot)
+        new_flows = 0 if "new flows" in skipped else p.new_flows
+        flow_counts = [f for f in p.flow_counts if f not in sweep.too_many(p.flow_counts, p.generator)[0]] \
+            if p.flow_counts else []
+        feed = Feed(lab.generator)
+        checking = "correctness checks" not in skipped
+        checks = lab.check_all([v for v in p.variants if v in NAT_VARIANTS]) if checking else []
+        rs = results.ResultSet(EXPERIMENT, asdict(p), lab.prefix, data_dir)
 
         def measure_one(variant, size, trial):
-            nonlocal rs, topo_meta
-            with NatLab(p.clients, p.offloads) as lab:
-                if rs is None:
-                    rs = results.ResultSet(EXPERIMENT, asdict(p), lab.topo.run.prefix, data_dir)
-                    topo_meta = lab.topo.metadata()
-                with lab.variant(variant, nat, p.iptables_target):
-                    _warm_up(lab)
-                    m = _udp_trial(lab, p, clock, feed)
-                    for n in (1, p.tcp_streams) if p.tcp_streams else (1,):
-                        tcp.tcp_trial(lab, variant, trial, rs, clock, seconds=p.tcp_seconds, offloads=p.offloads,
-                                      streams=n)
-                    if new_flows:
-                        with lab.server_sink() if p.server_sink else nullcontext():
-                            nf = newflows.new_flow_trial(lab, p.generator, new_flows, clock, p.timeout_s)
-                        rs.add_measurement(variant, trial, nf, kind="newflow", offloads=p.offloads, flows=new_flows)
+            with lab.trial(variant) as t:
+                m = t.udp(rs, variant, trial, feed)
+                t.extra(rs, variant, trial, new_flows)
             return m
 
         def record(variant, size, trial, m):
-            rs.add_measurement(variant, trial, m, kind="udp", offloads=p.offloads, flows=p.udp_flows,
-                               generator=m.offered.generator, feed=feed.add(m, "client"))
+            rs.add_measurement(variant, trial, m, kind="udp", offloads=lab.offloads, flows=p.udp_flows,
+                               generator=m.offered.generator or feed.generator, feed=feed.add(m, "client"))
 
         trial_loop(p.variants, p.trials, measure_one, record, sizes=[p.udp_size], label=EXPERIMENT, show=p.progress)
-        sweep.run(p, nat, clock, rs, _warm_up, flow_counts)
-        for v in [v for v in p.variants if v in PROGRAMS] if p.prog_stats else []:
-            with NatLab(p.clients, p.offloads) as lab, lab.variant(v, nat):
-                _warm_up(lab)
-                progtime.measure(lab, nat, PROGRAMS[v], p, v, rs)
+        lab.after_trials(rs, flow_counts)
+        if not lab.local:
+            across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is no host's
         for c in checks:
             rs.add(c["variant"], 0, None, {f"check:{c['check']}": (1.0 if c["ok"] else 0.0, "pass")}, kind="check",
-                   offloads=p.offloads)
-        _caveats(rs, p, new_flows, feed.kind)
-        run_dir = rs.save(None, {"topology": topo_meta, "checks": checks, "generator": feed.generator,
-                                 "feed": feed.metadata(), "skipped_parts": skipped,
-                                 "nat": {"inside": INSIDE_NET, "outside": OUTSIDE_NET, "snat_address": NAT_OUTSIDE,
-                                         "port_range": p.port_range}})
+                   offloads=c["offloads"])
+        lab.caveats(rs, feed.kind, new_flows, cannot)
+        run_dir = rs.save(lab, {"checks": checks, "generator": feed.generator, "feed": feed.metadata(),
+                                "skipped_parts": skipped, "nat": lab.nat_meta()})
     table = rs.table
     checks_df = pd.DataFrame(checks, columns=["variant", "check", "ok", "detail", "offloads"])
-    return Result(EXPERIMENT, table, interpret(table, checks_df, meta=saved_metadata(run_dir)), rs.caveats, run_dir,
-                  p, parts(table, checks_df, flows, skipped), headline_of=headline)
+    text = interpret(table, checks_df, cpu=lab.local, meta=saved_metadata(run_dir))
+    if not lab.local:  # CPU blank: left out
+        text += "\nCPU per packet: not measured across hosts (see the caveats)."
+    return Result(EXPERIMENT, table, text, rs.caveats, run_dir, p, parts(table, checks_df, lab.flows, skipped),
+                  headline_of=headline)
 
 
 def skipped_parts(p: Params) -> dict:
@@ -288,53 +252,3 @@ def parts(table, checks, flows, skipped: dict) -> dict:
                 "skipped": pd.DataFrame([(part, kind_of(part), why) for part, why in skipped.items()],
                                         columns=["part", "kind", "why"])})
     return out
-
-
-def _warm_up(lab: NatLab) -> None:
-    """Resolve neighbours along the path before anything is measured."""
-    for i in range(1, lab.clients + 1):
-        lab.client(i).run(["ping", "-c", "1", "-W", "2", SERVER], check=False, timeout=10)
-
-
-def _udp_trial(lab: NatLab, p: Params, clock, feed: Feed) -> measure.Measurement:
-    src, nat_in, out, srv = lab.client_iface(1), lab.inside(1), lab.outside, lab.server_iface
-    spec_ = traffic.TrafficSpec(src.mac, nat_in.mac, client_addr(1), SERVER, size=p.udp_size, count=p.udp_count,
-                                flows=p.udp_flows, sport=1024, dport=9, timeout_s=p.timeout_s).validate()
-    with traffic.generator(p.generator, src, UDP_LOAD) as gen, \
-            (lab.server_sink() if p.server_sink else nullcontext()):
-        feed.generator = gen.name
-        out_probe = measure.link_probe(out, ethtool=False)
-        m = measure.run_trial(lambda: gen.send(spec_), lambda: out_probe()["tx_packets"], size=p.udp_size,
-                              probes={"client": measure.link_probe(src), "nat_in": measure.link_probe(nat_in),
-                                      "nat_out": measure.link_probe(out), "srv": measure.link_probe(srv)},
-                              offered_probe=("client", "tx_packets"), clock=clock)
-    return m
-
-
-def _caveats(rs: results.ResultSet, p: Params, new_flows: int, feed: str | None) -> None:
-    rs.caveat("namespace testbed: clients, NAT and server share this machine's CPUs; CPU time is the whole "
-              "machine's (the NAT's share is the difference between variants), so compare variants as ratios "
-              "within this run, not as absolute numbers")
-    rs.caveat("each variant ran on a freshly built testbed, so netfilter's connection tracking (hooked into a "
-              "namespace once its NAT table is used) did not tax the variants after it")
-    if {"xdp_nat", "xdp_routing"} & set(p.variants):
-        rs.caveat("the XDP variants turned the senders' checksum offload off while they ran (XDP updates "
-                  "checksums as full ones); on a veth testbed XDP frames are built from skbs by the sender, so "
-                  "native XDP here is no NIC's XDP: compare the variants with each other, not with NIC numbers")
-    if p.server_sink:
-        rs.caveat("the server dropped the UDP floods at XDP (native, every variant alike): their CPU time per packet "
-                  "is the generator's and the NAT host's; with server_sink=False it includes the server's stack "
-                  "(a closed port, answered with ICMP), as in runs before this option")
-    if new_flows:
-        rs.caveat(f"new-flow trial: {new_flows} packets from c1, each from a source port of its own, one "
-                  "sending CPU: packets forwarded per second is the rate at which flows were set up")
-    if feed == FEED_SKB and {"xdp_nat", "xdp_routing"} & set(p.variants):
-        rs.caveat(f"the NAT's inside port got {FEED_SKB} from the generator: {FEED_MEANS[FEED_SKB]}")
-    for part, why in cannot_run(p).items():
-        rs.caveat(f"{part}: not measured: {why}")
-    if p.offloads == "on":
-        rs.caveat("offloads=on: packets carry partial checksums end to end and no receiver verifies them; "
-                  "use offloads='mixed' or 'off' to check checksums")
-
-
-# ---------------------------------------------------------------- interactive use
