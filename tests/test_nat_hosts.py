@@ -3,6 +3,8 @@
 the inside; towards h3, the outside), the server h3."""
 from __future__ import annotations
 
+from html import escape
+
 import pytest
 
 from labkit.errors import InputError
@@ -34,34 +36,47 @@ def host_state(hosts, name: str) -> dict:
                                 for (a, _), i in sorted(hosts.data_if.items()) if a == name]}
 
 
-def test_nat_across_three_hosts(remote_hosts, data_dir):
-    """Through tc_nat, xdp_nat and iptables on h2: the server h3 counts translated packets
-    (from the SNAT address), none from another source, and the checks pass; through
-    routing it counts the client's own; the interpretation keeps its rate sentences with
-    no CPU clause; nothing is left on any host afterwards."""
+def test_nat_notebook_across_three_hosts(remote_hosts, tmp_path):
+    """03-ebpf-nat, the notebook end to end, through tc_nat, xdp_nat and iptables on h2: the
+    server h3 counts translated packets (from the SNAT address), none from another source,
+    and the checks pass; through routing it counts the client's own; the interpretation
+    keeps its rate sentences with no CPU clause; the report says which parts were not
+    measured across hosts; nothing is left on any host afterwards."""
+    import pandas as pd
+
+    from labkit import results
+    from labkit.reporting import batch
+
     remote_hosts.host("h2").run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])  # a NAT host routes
     inventory = nat_inventory(remote_hosts)
     before = {n: host_state(remote_hosts, n) for n in ROLES.values()}
     snat = remote_hosts.data_addresses["h2"][1]  # h2's address towards h3
-    result = nat.run(inventory=str(inventory), variants=["tc_nat", "xdp_nat", "iptables", "routing"], smoke=True,
-                     progress=False, udp_count=20_000, data_dir=data_dir)
-    t = result.table
+    params = {"inventory": str(inventory), "variants": ["tc_nat", "xdp_nat", "iptables", "routing"], "smoke": True,
+              "progress": False, "udp_count": 20_000}
+    run = batch.execute(batch.notebooks(["03-ebpf-nat"])[0], params, out_dir=tmp_path, data_dir=tmp_path / "data",
+                        progress=False)
+    assert run.ok, run.error
+    res, html = results.load_run(results.list_runs("nat", tmp_path / "data")[0]), run.html.read_text()
+    assert "across hosts: it runs on one machine only" in html, "the report names the parts left out across hosts"
+    t = res.table
     udp = t[t["kind"] == "udp"]
     for v in ("tc_nat", "xdp_nat", "iptables", "routing"):  # routing: expected from the client itself
         got = udp[(udp["variant"] == v) & (udp["measure"] == "processed_pkts")]["value"]
         assert len(got) == 1 and got.iloc[0] > 0, f"{v}: no translated packet counted at the server"
         other = udp[(udp["variant"] == v) & (udp["measure"] == "server_other_source")]["value"]
         assert other.iloc[0] == 0, f"{v}: packets reached the server from another source than {snat}"
-    checks = result.parts["checks"]
+    checks = pd.DataFrame(res.metadata["checks"])
     assert set(checks["variant"]) == {"tc_nat", "xdp_nat", "iptables"}
     assert checks["ok"].all(), checks[~checks["ok"]].to_string()
     exchange = checks[checks["check"] == "udp_exchange"]["detail"]
     assert all(f"source {snat} " in d for d in exchange), list(exchange)
     assert udp[udp["measure"].str.contains("cpu")]["value"].isna().all(), "CPU is blank across hosts"
-    assert any("across hosts" in c for c in result.caveats)
-    text = result.interpretation
+    assert any("across hosts" in c for c in res.metadata["caveats"])
+    text = nat.interpret(t, checks, cpu=False, meta=res.metadata)  # what the notebook printed, from the run
     assert "tc_nat against its baseline routing: " in text and "Goals: xdp_nat at " in text, text
-    assert "nan" not in text and "CPU per packet: not measured across hosts" in text, text
+    assert "nan" not in text, text
+    assert escape(text.splitlines()[0], quote=False) in html, "the report shows it"
+    assert "CPU per packet: not measured across hosts" in html
     assert {n: host_state(remote_hosts, n) for n in ROLES.values()} == before, "the run left state on a host"
 
 
