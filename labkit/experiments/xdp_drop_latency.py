@@ -41,12 +41,13 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 
-from labkit import bpf, measure, progress, traffic
+from labkit import bpf, progress, traffic
 from labkit.dataplanes.drop_filter import DropFilter
 from labkit.dataplanes.latency_probe import LIVE_FRAMES, LatencyProbe
 from labkit.errors import InputError
 from labkit.experiments import l2fwd_views as views
 from labkit.experiments import rotated
+from labkit.experiments import xdp_drop_receiver as receiver
 from labkit.measure import latency_profile as latency_profile
 from labkit.testbed import netfilter, topology
 from labkit.traffic.xdpgen import GroOn
@@ -108,26 +109,28 @@ def _neighbour(host, ip: str, mac: str, dev: str):
 
 
 @contextmanager
+def _iptables_flood(rcv, filt: DropFilter, rule: str):
+    with netfilter.rule(rcv.host, "raw", "PREROUTING", "-i", rcv.name, "-p", "udp", "--dport", str(FLOOD_PORT),
+                        "-j", "DROP") as r:
+        yield lambda: r.counters()["packets"]
+
+
+@contextmanager
+def _xdp_generic_napi(rcv, filt: DropFilter, rule: str):
+    with GroOn(rcv), filt.attach_xdp(rcv, "generic"):  # NAPI mode beside a generic program
+        yield filt.dropped
+
+
+#: each variant as the latency part sets it up: the receiver's own set-ups, with iptables
+#: dropping only the flood's port and generic XDP beside GRO
+SETUPS = {**receiver.SETUPS, "iptables_raw": _iptables_flood, "xdp_generic": _xdp_generic_napi}
+
+
 def variant(name: str, rcv, filt: DropFilter):
     """VARIANT on rcv's ingress, dropping UDP to FLOOD_PORT; yields its drop counter."""
-    if name == "stack":
-        probe = measure.snmp_probe(rcv.host, fields=(("Udp", "NoPorts"), ("Udp", "InDatagrams"), ("Udp", "InErrors")))
-        yield lambda: sum(probe().values())
-    elif name == "iptables_raw":
-        with netfilter.rule(rcv.host, "raw", "PREROUTING", "-i", rcv.name, "-p", "udp", "--dport", str(FLOOD_PORT),
-                            "-j", "DROP") as r:
-            yield lambda: r.counters()["packets"]
-    elif name == "tc":
-        with filt.attach_tc(rcv):
-            yield filt.dropped
-    elif name == "xdp_generic":
-        with GroOn(rcv), filt.attach_xdp(rcv, "generic"):  # NAPI mode beside a generic program
-            yield filt.dropped
-    elif name == "xdp_native":
-        with filt.attach_xdp(rcv, "native"):
-            yield filt.dropped
-    else:
+    if name not in SETUPS:
         raise InputError(f"unknown variant {name!r}")
+    return SETUPS[name](rcv, filt, "udp")
 
 
 def search_ndr(search_rows) -> dict:

@@ -242,8 +242,8 @@ def dut_variant(ports, variant: str, port_range: list, iptables_target: str):
         nat = None
         if variant in ("tc_nat", "xdp_nat"):
             nat = stack.enter_context(Nat(inside_net, outside_net, outside.address, tuple(port_range)))
-        stack.enter_context(on_nat_host(variant, inside.host, [inside], outside, nat, iptables_target, inside_net,
-                                        outside.address))
+        stack.enter_context(on_nat_host(variant, inside.host, [inside], outside, nat, iptables_target=iptables_target,
+                                        inside_net=inside_net, snat_address=outside.address))
         yield variant
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.nat import Nat
@@ -56,38 +57,72 @@ def spec(clients: int = 2, offloads: str = "mixed") -> topology.TopologySpec:
                                  routes=[(f"c{i}", "default", f"10.20.{i}.1") for i in range(1, clients + 1)])
 
 
+@dataclass
+class NatHost:
+    """What a variant is set up with on the NAT host: HOST, its INSIDE ports and OUTSIDE
+    port (Interfaces), the loaded tc NAT (for `tc_nat` and `xdp_nat`), and options."""
+
+    host: object
+    inside: list
+    outside: object
+    nat: Nat | None = None
+    iptables_target: str = "MASQUERADE"
+    inside_net: str = INSIDE_NET
+    snat_address: str = NAT_OUTSIDE
+    mode: str = "native"
+    hairpin_guard: bool = False
+
+
 @contextmanager
-def on_nat_host(name: str, host, inside: list, outside, nat: Nat | None = None, iptables_target: str = "MASQUERADE",
-                inside_net: str = INSIDE_NET, snat_address: str = NAT_OUTSIDE, mode: str = "native",
-                hairpin_guard: bool = False):
+def _routing(h: NatHost):
+    yield None
+
+
+@contextmanager
+def _tc_nat(h: NatHost):
+    h.nat.clear_flows()
+    with h.nat.attach(h.outside, h.inside if h.hairpin_guard else []):
+        yield h.nat
+
+
+@contextmanager
+def _xdp_nat(h: NatHost):
+    h.nat.clear_flows()
+    fast = XdpNat(h.nat)
+    fast.clear_stats()
+    with h.nat.attach(h.outside), fast.attach(h.inside, h.outside, h.mode):
+        yield fast
+
+
+@contextmanager
+def _xdp_routing(h: NatHost):
+    with XdpRouter() as router, router.attach(list(h.inside) + [h.outside], h.mode):
+        yield router
+
+
+@contextmanager
+def _iptables(h: NatHost):
+    args = ["-s", h.inside_net, "-o", h.outside.name, "-j", h.iptables_target]
+    if h.iptables_target == "SNAT":
+        args += ["--to-source", h.snat_address]
+    with netfilter.rule(h.host, "nat", "POSTROUTING", *args) as rule:
+        yield rule
+
+
+#: each variant's set-up on the NAT host's own ports (`ebpf`: `tc_nat` under its old name)
+ON_NAT_HOST = {"routing": _routing, "xdp_routing": _xdp_routing, "tc_nat": _tc_nat, "xdp_nat": _xdp_nat,
+               "iptables": _iptables, "ebpf": _tc_nat}
+
+
+def on_nat_host(name: str, host, inside: list, outside, nat: Nat | None = None, **options):
     """Variant NAME on the NAT host's own ports (INSIDE: its inside Interfaces, OUTSIDE its
     outside one), on HOST: what NatLab sets up in its `nat` namespace and an inventory's
-    DUT on its interfaces. The other hosts' part (the server's route back for the routing
-    variants; for the XDP ones, XDP_PASS on the ports facing the NAT host and full checksums
-    from the senders) is not in here. NAT: the loaded tc NAT for `tc_nat` and `xdp_nat`."""
-    if name == "routing":
-        yield None
-    elif name in ("ebpf", "tc_nat"):
-        nat.clear_flows()
-        with nat.attach(outside, inside if hairpin_guard else []):
-            yield nat
-    elif name == "xdp_nat":
-        nat.clear_flows()
-        fast = XdpNat(nat)
-        fast.clear_stats()
-        with nat.attach(outside), fast.attach(inside, outside, mode):
-            yield fast
-    elif name == "xdp_routing":
-        with XdpRouter() as router, router.attach(list(inside) + [outside], mode):
-            yield router
-    elif name == "iptables":
-        args = ["-s", inside_net, "-o", outside.name, "-j", iptables_target]
-        if iptables_target == "SNAT":
-            args += ["--to-source", snat_address]
-        with netfilter.rule(host, "nat", "POSTROUTING", *args) as rule:
-            yield rule
-    else:
+    DUT on its interfaces (OPTIONS: the fields of `NatHost`). The other hosts' part (the
+    server's route back for the routing variants; for the XDP ones, XDP_PASS on the ports
+    facing the NAT host and full checksums from the senders) is not in here."""
+    if name not in ON_NAT_HOST:
         raise InputError(f"variant {name!r}: choose from {ALL_VARIANTS}")
+    return ON_NAT_HOST[name](NatHost(host, inside, outside, nat, **options))
 
 
 class NatLab:
@@ -233,14 +268,15 @@ class NatLab:
             yield rule
 
     def variant(self, name: str, nat: Nat | None = None, iptables_target: str = "MASQUERADE"):
-        if name == "routing":
-            return self.routing()
-        if name in ("ebpf", "tc_nat"):
-            return self.ebpf(nat)
-        if name == "xdp_nat":
-            return self.xdp_nat(nat)
-        if name == "xdp_routing":
-            return self.xdp_routing()
-        if name == "iptables":
-            return self.iptables(iptables_target)
-        raise InputError(f"variant {name!r}: choose from {ALL_VARIANTS}")
+        """Variant NAME on this testbed (with the other hosts' part of it)."""
+        if name not in LAB_VARIANTS:
+            raise InputError(f"variant {name!r}: choose from {ALL_VARIANTS}")
+        return LAB_VARIANTS[name](self, nat, iptables_target)
+
+
+#: each variant on the whole testbed, by name
+LAB_VARIANTS = {"routing": lambda lab, nat, target: lab.routing(),
+                "xdp_routing": lambda lab, nat, target: lab.xdp_routing(),
+                "tc_nat": lambda lab, nat, target: lab.ebpf(nat), "ebpf": lambda lab, nat, target: lab.ebpf(nat),
+                "xdp_nat": lambda lab, nat, target: lab.xdp_nat(nat),
+                "iptables": lambda lab, nat, target: lab.iptables(target)}
