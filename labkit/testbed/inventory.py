@@ -40,13 +40,13 @@ first of the list either way.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.errors import InputError, MissingDependency
 from labkit.testbed import runs
 from labkit.testbed.topology import Interface
+from labkit.testbed.undo import Undoable
 
 ROLES = ("sender", "dut", "receiver")
 
@@ -212,7 +212,7 @@ def parse(path) -> Inventory:
     return Inventory(path, hosts, roles)
 
 
-class Testbed:
+class Testbed(Undoable):
     """The hosts of an inventory that a run uses, connected and checked: a testbed as
     `labkit.testbed.bed` describes it. Use it in a `with`: every host is reached and
     checked (interface there, TOOLS there) before the `with` body runs; leaving it closes
@@ -228,23 +228,16 @@ class Testbed:
         self.tools = tools or {}
         self.inventory.require(self.roles, two_interfaces=two_interfaces)
         self.hosts: dict = {}  # role -> RemoteHost
-        self._stack: ExitStack | None = None
         self.prefix = runs.Run(watchdog=False).prefix  # names this run's results, as a topology's prefix does
 
-    def __enter__(self) -> "Testbed":
+    def _open(self, stack) -> None:
         from labkit.testbed import remote
 
-        self._stack = ExitStack()
-        try:
-            for role in self.roles:
-                h = self.inventory.role(role)
-                self.hosts[role] = self._stack.enter_context(remote.RemoteHost(**h.connection(self.inventory)))
-            for role in self.roles:
-                self._check(role)
-        except BaseException:
-            self.close()
-            raise
-        return self
+        for role in self.roles:
+            h = self.inventory.role(role)
+            self.hosts[role] = stack.enter_context(remote.RemoteHost(**h.connection(self.inventory)))
+        for role in self.roles:
+            self._check(role)
 
     def _check(self, role: str) -> None:
         from labkit.testbed import remote_agent
@@ -260,15 +253,6 @@ class Testbed:
         if missing:
             raise MissingDependency(f"host {h.name} (role {role}) lacks {', '.join(missing)}: run "
                                     f"`labkit provision {self.inventory.path}` (deploy/site.yml installs them)")
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def close(self) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
 
     def host(self, role: str):
         return self.hosts[role]

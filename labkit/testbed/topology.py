@@ -32,6 +32,7 @@ from labkit.testbed.topology_spec import (  # noqa: F401 (read as topology.X)
     check_real_ifname,
     pair,
 )
+from labkit.testbed.undo import Undoable
 
 
 @dataclass
@@ -92,15 +93,15 @@ class Interface:
         return feats
 
 
-class Topology:
-    """A built topology. Use it as a context manager."""
+class Topology(Undoable):
+    """A built topology. Use it as a context manager; leaving it (or `close()`, twice
+    harmless) undoes everything."""
 
     def __init__(self, spec: TopologySpec):
         self.spec = spec
         self.hosts: dict[str, Host] = {}
         self.links: list[tuple[Interface, Interface]] = []
         self.run: runs.Run | None = None
-        self._stack: ExitStack | None = None
 
     # ---- access
     def host(self, name: str) -> Host:
@@ -120,27 +121,13 @@ class Topology:
     # ---- build / teardown
     def __enter__(self) -> "Topology":
         runs.require_root("building a topology")
-        self._stack = ExitStack()
-        stack = self._stack
-        try:
-            stack.enter_context(signals.terminate_as_exception())
-            self.run = stack.enter_context(runs.run_scope())
-            self.spec.validate(len(self.run.prefix))
-            self._build(stack)
-        except BaseException:
-            stack.close()
-            raise
-        return self
+        return super().__enter__()
 
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def close(self) -> None:
-        """Undo everything; harmless to call twice."""
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
+    def _open(self, stack: ExitStack) -> None:
+        stack.enter_context(signals.terminate_as_exception())
+        self.run = stack.enter_context(runs.run_scope())
+        self.spec.validate(len(self.run.prefix))
+        self._build(stack)
 
     def _build(self, stack: ExitStack) -> None:
         from pyroute2 import netns

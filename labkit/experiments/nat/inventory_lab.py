@@ -39,6 +39,7 @@ import threading
 from contextlib import ExitStack, contextmanager
 
 from labkit.errors import InputError
+from labkit.testbed.undo import Undoable
 
 ROLES = ("sender", "dut", "receiver")  # client, NAT, server
 ROUTING = ("routing", "xdp_routing")  # no translation: the server routes the client back
@@ -46,7 +47,7 @@ FLOOD_PORT = 9
 ECHO_PORT, ECHO_SPORT, ECHO_COUNT = 7777, 40000, 5
 
 
-class InventoryNat:
+class InventoryNat(Undoable):
     """The NAT testbed on an inventory's hosts, for Params P: connected, every address read
     and checked before anything changes; the client's route and generator held for the run."""
 
@@ -65,32 +66,18 @@ class InventoryNat:
                  + (["python:bcc"] if xdp else []),
                  "dut": ["python:bcc", "iptables"], "receiver": ["iptables"] + (["python:bcc"] if xdp else [])}
         self.bed = Testbed(p.inventory, ROLES, tools, two_interfaces=("dut",))
-        self.prefix, self.flows, self._stack = self.bed.prefix, None, None
+        self.prefix, self.flows = self.bed.prefix, None
 
-    def __enter__(self) -> "InventoryNat":
+    def _open(self, stack) -> None:
         import pandas as pd
 
         from labkit.experiments import across_hosts
 
-        self._stack = ExitStack()
-        try:
-            self._stack.enter_context(self.bed)
-            self._read_addresses()
-            self._stack.enter_context(self.bed.hold("sender", route, self.server.address, self.inside.address))
-            self.gen = self._stack.enter_context(across_hosts.open_generator(self.bed, self.generator))
-        except BaseException:
-            self.close()
-            raise
+        stack.enter_context(self.bed)
+        self._read_addresses()
+        stack.enter_context(self.bed.hold("sender", route, self.server.address, self.inside.address))
+        self.gen = stack.enter_context(across_hosts.open_generator(self.bed, self.generator))
         self.flows = pd.DataFrame()
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
 
     def _read_addresses(self) -> None:
         bed = self.bed

@@ -11,7 +11,7 @@ programs' own time.
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 
 from labkit import measure, traffic
 from labkit.dataplanes import softirq_clock
@@ -20,6 +20,7 @@ from labkit.experiments.nat import newflows, progtime, sweep, tcp
 from labkit.experiments.nat.checks import check_correctness
 from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, OUTSIDE_NET, SERVER, NatLab, client_addr
 from labkit.testbed import runs
+from labkit.testbed.undo import Undoable
 
 UDP_LOAD = "UDP load"  # what the goal trial's generator serves, in the run's record of choices
 #: the eBPF programs whose own time the run reads, per variant: (program, kind) by role
@@ -27,7 +28,7 @@ PROGRAMS = {"tc_nat": {"nat_egress": ("nat_egress", "tc"), "nat_ingress": ("nat_
             "xdp_nat": {"xdp_nat_outbound": ("xdp_nat_outbound", "xdp"), "xdp_nat_inbound": ("xdp_nat_inbound", "xdp")}}
 
 
-class NamespaceNat:
+class NamespaceNat(Undoable):
     """The NAT testbed on namespaces for Params P, for one run: one run prefix for every
     testbed built in it, the tc NAT, the softirq clock."""
 
@@ -38,26 +39,12 @@ class NamespaceNat:
 
         self.p, self.offloads = p, p.offloads
         self.generator = sweep.generator_name(p.generator, UDP_LOAD)
-        self.flows, self.topo_meta, self._stack = pd.DataFrame(), None, None
+        self.flows, self.topo_meta = pd.DataFrame(), None
 
-    def __enter__(self) -> "NamespaceNat":
-        self._stack = ExitStack()
-        try:
-            self.prefix = self._stack.enter_context(runs.run_scope()).prefix  # every NatLab of the run shares it
-            self.nat = self._stack.enter_context(Nat(INSIDE_NET, OUTSIDE_NET, NAT_OUTSIDE, tuple(self.p.port_range)))
-            self.clock = self._stack.enter_context(softirq_clock.SoftirqClock())
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
+    def _open(self, stack) -> None:
+        self.prefix = stack.enter_context(runs.run_scope()).prefix  # every NatLab of the run shares it
+        self.nat = stack.enter_context(Nat(INSIDE_NET, OUTSIDE_NET, NAT_OUTSIDE, tuple(self.p.port_range)))
+        self.clock = stack.enter_context(softirq_clock.SoftirqClock())
 
     @contextmanager
     def _lab(self):

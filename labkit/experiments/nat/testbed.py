@@ -10,6 +10,7 @@ from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_nat import XdpNat, XdpRouter
 from labkit.errors import InputError
 from labkit.testbed import hosts, netfilter, topology
+from labkit.testbed.undo import Undoable
 
 VARIANTS = ["routing", "xdp_routing", "tc_nat", "xdp_nat", "iptables"]
 #: every variant the testbed can set up: `tc_nat` is `ebpf` under its new name; `xdp_nat`
@@ -125,7 +126,7 @@ def on_nat_host(name: str, host, inside: list, outside, nat: Nat | None = None, 
     return ON_NAT_HOST[name](NatHost(host, inside, outside, nat, **options))
 
 
-class NatLab:
+class NatLab(Undoable):
     """The built testbed with forwarding and routes in place. A context manager: exit
     removes everything (the namespaces take their sysctls, routes and addresses along).
     NAT variants are context managers on top: `ebpf(nat)` (the tc NAT), `xdp_nat(nat)`,
@@ -136,29 +137,14 @@ class NatLab:
         self.spec = spec(clients, offloads)
         self.clients, self.offloads = clients, offloads
         self.topo: topology.Topology | None = None
-        self._stack: ExitStack | None = None
 
-    def __enter__(self) -> "NatLab":
-        self._stack = ExitStack()
-        try:
-            self.topo = self._stack.enter_context(topology.Topology(self.spec))
-            nat = self.topo.host("nat")
-            if self.offloads == "mixed":  # the NAT's ports finish partial checksums in software
-                for i in range(1, self.clients + 1):
-                    nat.run(["ethtool", "-K", self.inside(i).name, "tx", "off"], timeout=10)
-                nat.run(["ethtool", "-K", self.outside.name, "tx", "off"], timeout=10)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
+    def _open(self, stack) -> None:
+        self.topo = stack.enter_context(topology.Topology(self.spec))
+        nat = self.topo.host("nat")
+        if self.offloads == "mixed":  # the NAT's ports finish partial checksums in software
+            for i in range(1, self.clients + 1):
+                nat.run(["ethtool", "-K", self.inside(i).name, "tx", "off"], timeout=10)
+            nat.run(["ethtool", "-K", self.outside.name, "tx", "off"], timeout=10)
 
     # ---- access
     def client(self, i: int) -> hosts.Host:
