@@ -29,9 +29,6 @@ from labkit import (
 from labkit.errors import InputError, LabkitError, MissingDependency, Refused
 from labkit.testbed import runs, signals
 
-#: Shared C headers (parsing, counters, checksums) and each program's enums: on every
-#: program's include path.
-
 
 def source_dir() -> Path:
     """Where programs compile from: the project's bpf/, or a remote session's copy of it
@@ -40,6 +37,8 @@ def source_dir() -> Path:
 
 
 def include_dir() -> Path:
+    """The shared C headers (parsing, counters, checksums) and each program's enums: on
+    every program's include path."""
     return source_dir() / "include"
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2

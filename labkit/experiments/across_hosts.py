@@ -1,21 +1,17 @@
-"""Experiments across machines: the sender on one host, the receiver on another, named by
-an inventory (`labkit.testbed.inventory`).
+"""What experiments share when a testbed's hosts are other machines (an inventory's,
+`labkit.testbed.inventory`): the generator on the sender's host, and which measures are
+left empty because this machine's CPU is no host's.
 
-An experiment given ``inventory=PATH`` keeps its trial loop here, on the controlling
-machine, and puts each piece where it belongs: the generator runs on the sender host,
-the receiver's variant (an XDP program, a tc filter, an iptables rule) is set up on the
-receiver host by that host's own bcc and kernel, and the counters are read on each. The
-pieces are context managers held open on their host for as long as the local `with`
-lasts (`RemoteHost.hold`), so a variant is undone there on any exit, and a host lost
-mid-run leaves a registered session that `labkit clean --inventory` undoes.
+An experiment's one run keeps its trial loop on the controlling machine and holds each
+piece on its host through the testbed (`labkit.testbed.bed`); the generator is the one
+piece an experiment opens through here, the same call on any testbed:
 
-    with Testbed(path, ("sender", "receiver"), tools=...) as bed:
-        snd, rcv = end(bed, "sender"), end(bed, "receiver")
-        with RemoteGenerator(snd, "trafgen") as gen:
-            gen.send(TrafficSpec(...))
+    with open_generator(bed, p.generator) as gen:      # here, or on the sender's host
+        gen.send(TrafficSpec.between(bed.end("sender"), bed.end("receiver"), ...))
 
-The far-side functions (`generator`, `local_interface`, `describe`) import nothing a
-provisioned host lacks.
+`generator_for` names the generator `auto` means there (trafgen: the in-kernel
+generators need their veth peer on their own host). The far-side function `generator`
+imports nothing a provisioned host lacks.
 """
 from __future__ import annotations
 
@@ -96,8 +92,18 @@ def open_generator(bed, name: str, role: str = "sender"):
     iface = bed.end(role)
     if bed.local:
         return traffic.generator(name, iface)
-    name = "trafgen" if name == "auto" else name  # the in-kernel generators need their veth peer on their host
-    return RemoteGenerator(End(role, iface.host, iface.name, iface.mac, iface.address), name)
+    return RemoteGenerator(End(role, iface.host, iface.name, iface.mac, iface.address), generator_for(name, False))
+
+
+def generator_for(name: str, local: bool) -> str:
+    """The generator NAME means on a testbed: across hosts `auto` is trafgen (the in-kernel
+    generators need an XDP program on their veth peer, which is on another host there)."""
+    return "trafgen" if name == "auto" and not local else name
+
+
+#: what a run across hosts says when `auto` became trafgen
+AUTO_ACROSS_HOSTS = ("generator auto across hosts: trafgen (the in-kernel generator needs an XDP program on its "
+                     "veth peer, which is on another host here); name generator=xdp to use it from a NIC")
 
 
 # ---------------------------------------------------------------- on the far host

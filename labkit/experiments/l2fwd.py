@@ -168,7 +168,8 @@ def run(data_dir=None, **kwargs) -> Result:
     if p.inventory is None:
         runs.require_root("the L2 forwarding experiment")
         l2fwd_dut.build_l2fwd_here(None, _rings(p))  # before any namespace: a missing DPDK fails early
-    tools = {"sender": across_hosts.GENERATOR_TOOLS.get(p.generator, []), "dut": ["python:bcc"],
+    tools = {"sender": across_hosts.GENERATOR_TOOLS[across_hosts.generator_for(p.generator, p.inventory is None)],
+             "dut": ["python:bcc"],
              "receiver": ["python:bcc"]}
     with testbed_for(spec(), ROLES, p.inventory, tools, two_interfaces=("dut",)) as bed:
         skipped = _unavailable(bed, p)  # before any host is changed
@@ -236,7 +237,9 @@ def run(data_dir=None, **kwargs) -> Result:
         sink = "lat_sink (bpf/latency.c)" if probe else "xdp_drop_bare"
         run_dir = rs.save(bed, {"generator": gen.name, "receiver_sink": f"{sink} (native) on {rcv.name}",
                                 "resources": resources, "variant_setup": notes, "skipped_variants": skipped,
-                                "feed": feed.metadata(), "skipped_parts": off, "dut_ports": [d0.name, d1.name]})
+                                "feed": feed.metadata(), "skipped_parts": off, "dut_ports": [d0.name, d1.name],
+                                **({} if bed.local else {"dut_build_dir": str(bed.var("dut", "labkit_build_dir")
+                                                                              or DEFAULT_BUILD_DIR)})})
     return _result(rs, p, run_dir, resources, cdfs)
 
 

@@ -141,8 +141,9 @@ def hosts_caveats(rs, p, veth: bool, snd, dut, rcv, skipped=()) -> None:
               "counters; the whole-machine CPU columns are empty (this machine's CPU is neither host's), DPDK's and "
               "OVS's own process time was read on the DUT")
     if p.generator == "auto":
-        rs.caveat("generator auto across hosts: trafgen (the in-kernel generator needs an XDP program on its veth "
-                  "peer, which is on another host here); name generator=xdp to use it from a NIC")
+        from labkit.experiments.across_hosts import AUTO_ACROSS_HOSTS
+
+        rs.caveat(AUTO_ACROSS_HOSTS)
     if p.latency:
         rs.caveat(f"latency not measured {ACROSS_HOSTS_LATENCY}")
     rs.caveat(f"the receiver ({rcv.host.name}) counts arrivals with a bare XDP drop program (native) on {rcv.name}, "

@@ -1,7 +1,7 @@
 """The XDP fast packet drop experiment: where in the receive path is a packet cheapest to drop?
 
-On a sender -> receiver pair (veths in namespaces, or real interfaces), the same offered
-load meets, one variant at a time, in one run:
+On a sender -> receiver pair (veths in namespaces, real interfaces, or an inventory's two
+hosts: the same run), the same offered load meets, one variant at a time:
 
 - ``stack``: no filter; the kernel stack takes the packet up to UDP, which drops it (no
   listener on the port) — the cost of doing nothing special;
@@ -151,7 +151,8 @@ def run(data_dir=None, **kwargs) -> Result:
     if p.inventory is None:
         runs.require_root("the XDP drop experiment")
     bed = testbed_for(topology.pair(sender_if=p.sender_if, receiver_if=p.receiver_if), ROLES, p.inventory,
-                      tools={"sender": across_hosts.GENERATOR_TOOLS.get(p.generator, []),
+                      tools={"sender": across_hosts.GENERATOR_TOOLS[across_hosts.generator_for(p.generator,
+                                                                                               p.inventory is None)],
                              "receiver": ["python:bcc", "iptables"]})
     with bed, (softirq_clock.SoftirqClock() if bed.local else nullcontext()) as clock:
         snd, rcv = bed.end("sender"), bed.end("receiver")
@@ -184,6 +185,8 @@ def run(data_dir=None, **kwargs) -> Result:
             across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is neither host's
             rs.caveat(f"across hosts ({snd.host.name} -> {rcv.host.name}): rates only (CPU is not measured across "
                       "hosts), and load sweeps, searches, program costs and latency were not run")
+            if p.generator == "auto":
+                rs.caveat(across_hosts.AUTO_ACROSS_HOSTS)
         run_dir = rs.save(bed, {"generator": gen.name, "rule": RULES[p.rule], "feed": feed.metadata(),
                                 "skipped_parts": skipped})
     return _result(rs, p, run_dir, costs, cdf)
@@ -286,9 +289,9 @@ def _program_costs(filt: DropFilter | None, snd, rcv, p: Params, rs: results.Res
     machine refuses BPF_PROG_TEST_RUN, the part goes into SKIPPED and the rest stands."""
     import pandas as pd
 
-    refused = capabilities.probe("test_run")
     if filt is None:  # the filter is on another host
         return pd.DataFrame(columns=["variant", "trial", "value"])
+    refused = capabilities.probe("test_run")
     if p.cost_trials and not refused.ok:
         skipped["program costs"] = f"BPF_PROG_TEST_RUN refused here: {refused.reason}"
         rs.caveat(f"program costs were not measured: {skipped['program costs']}")

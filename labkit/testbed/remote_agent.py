@@ -37,12 +37,16 @@ def session_open(runtime_dir: str | None, sources: dict) -> str:
     run = stack.enter_context(runs.run_scope(partial(runs.Run, watchdog=False,
                                                      netns=os.readlink("/proc/self/ns/net"))))
     bpf_dir = runs.REGISTRY_DIR / f"{run.prefix}-bpf"
-    for rel, text in sources.items():
-        path = bpf_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    _SESSION.update(run=stack, bpf=bpf_dir)  # from here on, session_close undoes it all
+    try:
+        for rel, text in sources.items():
+            path = bpf_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    except BaseException:
+        session_close()
+        raise
     os.environ["LABKIT_BPF_DIR"] = str(bpf_dir)  # where labkit.bpf compiles from in this session
-    _SESSION.update(run=stack, bpf=bpf_dir)
     return run.prefix
 
 

@@ -175,9 +175,10 @@ def run(data_dir=None, **kwargs) -> Result:
         new_flows = 0 if "new flows" in skipped else p.new_flows
         flow_counts = [f for f in p.flow_counts if f not in sweep.too_many(p.flow_counts, p.generator)[0]] \
             if p.flow_counts else []
-        feed = Feed(lab.generator)
+        feed = Feed(lab.generator, real_interfaces=not lab.local)
         checking = "correctness checks" not in skipped
-        checks = lab.check_all([v for v in p.variants if v in NAT_VARIANTS]) if checking else []
+        checked = [v for v in p.variants if v in NAT_VARIANTS] if checking else []
+        checks = lab.check_all(checked) if lab.checks_first else []
         rs = results.ResultSet(EXPERIMENT, asdict(p), lab.prefix, data_dir)
 
         def measure_one(variant, size, trial):
@@ -192,6 +193,8 @@ def run(data_dir=None, **kwargs) -> Result:
 
         trial_loop(p.variants, p.trials, measure_one, record, sizes=[p.udp_size], label=EXPERIMENT, show=p.progress)
         lab.after_trials(rs, flow_counts)
+        if not lab.checks_first:
+            checks = lab.check_all(checked)
         if not lab.local:
             across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is no host's
         for c in checks:

@@ -52,6 +52,7 @@ class InventoryNat(Undoable):
     and checked before anything changes; the client's route and generator held for the run."""
 
     local = False
+    checks_first = False  # after the trials: iptables' checks hook connection tracking into the DUT for good
     offloads = "as on the hosts"  # `offloads` is not applied: the hosts' own settings
     clock = None  # this machine's CPU is no host's
 
@@ -119,6 +120,8 @@ class InventoryNat(Undoable):
                   f"{self.server.host.name}): small-packet UDP rates and the checks (ping, a UDP exchange) only; CPU "
                   "is not measured across hosts (blank), the TCP, new-flow, sweep and program-time trials ran on one "
                   "machine only, and `offloads` was not applied (the hosts' own settings)")
+        rs.caveat("the checks ran after the trials: the DUT is not rebuilt between variants, and once netfilter's NAT "
+                  "table is used there, connection tracking stays hooked in and would tax every trial after it")
         if self.p.generator == "auto":
             rs.caveat(f"generator auto across hosts: {self.generator} (the in-kernel generator needs its veth peer, "
                       "which is on another host)")

@@ -33,6 +33,7 @@ class NamespaceNat(Undoable):
     testbed built in it, the tc NAT, the softirq clock."""
 
     local = True
+    checks_first = True  # each on a testbed of its own: nothing stays for the trials
 
     def __init__(self, p):
         import pandas as pd
