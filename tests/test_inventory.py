@@ -220,7 +220,7 @@ def test_a_host_lost_mid_run_is_named_the_others_undone_and_clean_finishes_it(re
     h2 = remote_hosts.host("h2")
     with pytest.raises(HostUnreachable, match=r"host h2 .*connection was lost.*labkit clean --inventory"):
         with across_hosts.Testbed(path, ("sender", "receiver")) as bed:
-            snd, rcv = across_hosts.end(bed, "sender"), across_hosts.end(bed, "receiver")
+            snd, rcv = bed.end("sender"), bed.end("receiver")
             sender_session = runs.REGISTRY_DIR / f"{snd.host.prefix}.json"
             with across_hosts.RemoteGenerator(snd, "trafgen"):
                 with bed.hold("receiver", drop_receiver, "udp") as receiver:

@@ -157,12 +157,12 @@ def test_a_lost_receiver_sink_is_undone_by_clean(remote_hosts):
     h3 = remote_hosts.host("h3")
     with pytest.raises(HostUnreachable, match=r"host h3 .*connection was lost"):
         with across_hosts.Testbed(path, ("receiver",)) as bed:
-            rcv = across_hosts.end(bed, "receiver")
+            rcv = bed.end("receiver")
             with bed.hold("receiver", l2fwd_dut.receiver_sink):
                 shown = h3.run(["ip", "link", "show", rcv_if]).stdout
                 assert "PROMISC" in shown and "xdp" in shown
                 os.kill(rcv.host.call(os.getpid), signal.SIGKILL)
-                rcv.counters()
+                rcv.stats()
     assert "PROMISC" in h3.run(["ip", "link", "show", rcv_if]).stdout, "h3 could not be reached to undo it"
     assert cli.main(["clean", "--inventory", str(path)]) == 0
     shown = h3.run(["ip", "link", "show", rcv_if]).stdout

@@ -16,14 +16,13 @@ imports nothing a provisioned host lacks.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from labkit import traffic
-from labkit.testbed import remote_agent
-from labkit.testbed.bed import describe, local_interface
+from labkit.testbed.bed import local_interface
 from labkit.testbed.inventory import Testbed
 
-__all__ = ["Testbed", "End", "end", "RemoteGenerator", "GENERATOR_TOOLS", "LOCAL_CPU", "blank_local_cpu"]
+__all__ = ["Testbed", "RemoteGenerator", "GENERATOR_TOOLS", "LOCAL_CPU", "blank_local_cpu"]
 
 #: what the sender host needs for each generator (commands, or python:module)
 GENERATOR_TOOLS = {"trafgen": ["trafgen"], "xdp": ["python:bcc"], "testpmd": ["dpdk-testpmd"],
@@ -43,34 +42,13 @@ def blank_local_cpu(rows: list[dict]) -> None:
             r["value"] = float("nan")
 
 
-@dataclass
-class End:
-    """One end of the data plane on a remote host: its interface and addresses."""
-
-    role: str
-    host: object  # remote.RemoteHost
-    ifname: str
-    mac: str
-    address: str | None
-
-    def counters(self) -> dict:
-        """The interface's kernel counters, read on its host."""
-        return self.host.call(remote_agent.link_counters, self.ifname)
-
-
-def end(bed: Testbed, role: str, ifname: str | None = None) -> End:
-    """ROLE's end of the data plane (IFNAME: one of a two-port host's, default its first)."""
-    host, ifname = bed.host(role), ifname or bed.interface(role)
-    d = host.call(describe, ifname)
-    return End(role, host, ifname, d["mac"], d["address"])
-
-
 class RemoteGenerator:
     """A traffic generator (a labkit.traffic backend) running on the sender's host."""
 
-    def __init__(self, sender: End, name: str = "auto", **options):
+    def __init__(self, sender, name: str = "auto", **options):
+        """SENDER: the sender's interface on its host (a testbed's `end("sender")`)."""
         self.sender = sender
-        self._held = sender.host.hold("labkit.experiments.across_hosts:generator", sender.ifname, name, options)
+        self._held = sender.host.hold("labkit.experiments.across_hosts:generator", sender.name, name, options)
         self.name = name
 
     def __enter__(self) -> "RemoteGenerator":
@@ -92,7 +70,7 @@ def open_generator(bed, name: str, role: str = "sender"):
     iface = bed.end(role)
     if bed.local:
         return traffic.generator(name, iface)
-    return RemoteGenerator(End(role, iface.host, iface.name, iface.mac, iface.address), generator_for(name, False))
+    return RemoteGenerator(iface, generator_for(name, False))
 
 
 def generator_for(name: str, local: bool) -> str:
