@@ -14,7 +14,7 @@ PACKAGE = Path(labkit.__file__).parent
 LAYERS = [
     ["labkit", "labkit.errors", "labkit.capabilities", "labkit.addresses", "labkit.progress", "labkit.references", "labkit.packets"],
     ["labkit.testbed.runs", "labkit.testbed.signals"],
-    ["labkit.testbed.hosts", "labkit.bpf", "labkit.bpf_enums", "labkit.verifier", "labkit.testbed.remote", "labkit.testbed.remote_agent"],
+    ["labkit.testbed.hosts", "labkit.bpf", "labkit.bpf_testrun", "labkit.bpf_enums", "labkit.verifier", "labkit.testbed.remote", "labkit.testbed.remote_agent"],
     ["labkit.testbed", "labkit.testbed.inventory"],
     ["labkit.dpdk", "labkit.dataplanes", "labkit.ovs", "labkit.probes"],
     ["labkit.traffic"],

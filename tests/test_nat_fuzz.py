@@ -333,7 +333,7 @@ def test_port_exhaustion_is_counted_and_dropped():
         b = packets.build(packets.FrameSpec(MAC_A, MAC_B, "10.20.2.2", "198.51.100.2", "udp", 1000, 53, 64))
         assert run_one(eg, a)[0] is False
         assert run_one(eg, b)[0] is True
-        st = n.flow_table()
+        st = n.table_use()
         assert st["no_port_drops"] == 1 and st["entries"] == 1
 
 
@@ -356,17 +356,17 @@ def test_full_table_refuses_new_flows_and_keeps_live_ones():
             assert dropped == (i >= 64), i
             if i == 0:
                 first_port = packets.parse(out).sport
-        st = n.flow_table()
+        st = n.table_use()
         assert st["entries"] == 64 and st["full"] and st["table_full_drops"] == 36 and st["created"] == 64
         dropped, out = run_one(eg, frame(0))  # a live flow: still translated, same port
         assert not dropped and packets.parse(out).sport == first_port
         assert n.stats()["out_snat"]["packets"] == 1
         n.set_timeouts(udp=0.1)
         time.sleep(0.4)
-        assert n.sweep() == 64 and n.flow_table()["entries"] == 0
+        assert n.sweep() == 64 and n.table_use()["entries"] == 0
         assert len(n._maps["snat_in"].items()) == 0
         dropped, out = run_one(eg, frame(99))
-        assert not dropped and n.flow_table()["entries"] == 1
+        assert not dropped and n.table_use()["entries"] == 1
 
 
 def test_the_sweeper_removes_idle_flows_in_the_background():
@@ -377,12 +377,12 @@ def test_the_sweeper_removes_idle_flows_in_the_background():
         for i in range(5):
             run_one(eg, packets.build(packets.FrameSpec(MAC_A, MAC_B, "10.20.1.2", "198.51.100.2", "udp",
                                                         3000 + i, 53, 64)))
-        assert n.flow_table()["entries"] == 5
+        assert n.table_use()["entries"] == 5
         with n.sweeping(every_s=0.1):
             deadline = time.monotonic() + 5
-            while n.flow_table()["entries"] and time.monotonic() < deadline:
+            while n.table_use()["entries"] and time.monotonic() < deadline:
                 time.sleep(0.05)
-        assert n.flow_table()["entries"] == 0 and n.swept == 5
+        assert n.table_use()["entries"] == 0 and n.swept == 5
         assert len(n._maps["snat_in"].items()) == 0
         with pytest.raises(InputError):
             with n.sweeping(every_s=0):
@@ -416,12 +416,12 @@ def test_idle_flow_expires_on_lookup_and_reply_state_goes_with_it():
         time.sleep(0.5)
         dropped, back = run_one(ig, reply)  # idle both ways: expired on this lookup
         assert not dropped and packets.parse(back).dst_ip == SNAT
-        assert n.stats()["pass_stale_flow"]["packets"] == 1 and n.flow_table()["entries"] == 0
+        assert n.stats()["pass_stale_flow"]["packets"] == 1 and n.table_use()["entries"] == 0
         assert len(n._maps["snat_in"].items()) == 0
         run_one(eg, out)
         time.sleep(0.5)
         run_one(eg, out)  # outbound after the timeout: a new flow
-        assert n.stats()["out_snat_new"]["packets"] == 3 and n.flow_table()["entries"] == 1
+        assert n.stats()["out_snat_new"]["packets"] == 3 and n.table_use()["entries"] == 1
         assert len(n._maps["snat_in"].items()) == 1
 
 

@@ -10,7 +10,7 @@ from conftest import own_leftovers
 
 from labkit.errors import InputError
 from labkit.experiments import nat as experiment
-from labkit.experiments.nat import sweep, tcp
+from labkit.experiments.nat import sweep, sweep_run, tcp
 
 #: the parts of a run the sweep tests leave out, so they take seconds
 QUICK = dict(smoke=True, checks=False, prog_stats=False, new_flows=0, progress=False)
@@ -125,11 +125,11 @@ def test_conntrack_is_read_and_flushed_inside_a_running_event_loop():
     from labkit.experiments.nat.testbed import SERVER, NatLab
 
     async def cell():
-        with NatLab(1, "off") as lab, sweep._variant(lab, "iptables", None, (20000, 20099), "MASQUERADE"):
+        with NatLab(1, "off") as lab, sweep_run._variant(lab, "iptables", None, (20000, 20099), "MASQUERADE"):
             lab.client(1).run(["ping", "-c", "1", "-W", "2", SERVER], check=False, timeout=10)
-            seen = sweep._nat_counters(lab, "iptables", None)["flows_set_up"]
-            sweep._forget_flows(lab, "iptables", None)
-            return seen, sweep._nat_counters(lab, "iptables", None)["flows_set_up"]
+            seen = sweep_run._nat_counters(lab, "iptables", None)["flows_set_up"]
+            sweep_run._forget_flows(lab, "iptables", None)
+            return seen, sweep_run._nat_counters(lab, "iptables", None)["flows_set_up"]
 
     seen, after = asyncio.run(cell())
     assert seen >= 1 and after == 0

@@ -18,7 +18,7 @@ from labkit import results
 from labkit.errors import InputError
 from labkit.experiments import program_costs
 from labkit.reporting import batch as report
-from labkit.reporting import compare
+from labkit.reporting import compare, summary
 from labkit.testbed import topology
 
 
@@ -81,7 +81,7 @@ def test_compare_runs_lists_the_metadata_that_differs(tmp_path):
 
 # ---------------------------------------------------------------- the overview
 def test_overview_of_an_empty_data_dir_says_what_is_missing(tmp_path):
-    ov = compare.overview(tmp_path)
+    ov = summary.overview(tmp_path)
     assert ov.experiments == []
     for nb in ("01-xdp-drop", "02-l2-forwarding", "03-ebpf-nat"):
         assert any(nb in m for m in ov.missing), nb
@@ -103,7 +103,7 @@ def test_overview_prefers_full_runs_reads_old_formats_and_reports_missing_varian
                                      "l2fwd,x,1,bridge,64,processed_pps,120000,pps\n")
     (old / "metadata.json").write_text(json.dumps({"format_version": 1, "host": "elsewhere", "kernel": "5.15",
                                                    "parameters": {"smoke": True, "variants": ["bridge"]}}))
-    ov = compare.overview(tmp_path)
+    ov = summary.overview(tmp_path)
     assert ov.experiments == ["xdp_drop", "l2fwd"]
     drop = ov.summary[ov.summary["experiment"] == "Packet drop"].set_index("variant")
     assert drop.loc["xdp_native", "run"] == full.name  # the full run, not the newer smoke run
@@ -118,7 +118,7 @@ def test_overview_prefers_full_runs_reads_old_formats_and_reports_missing_varian
     assert refs.loc["XDP paper: XDP drop", "measured"] == pytest.approx(2.1e6)
     assert refs.loc["XDP paper: XDP drop", "per-core equivalent"] == pytest.approx(1e9 / 105)
     assert "xdp_native processed the most" in ov.interpretation
-    counts = compare.run_counts(ov.index).set_index("experiment")
+    counts = summary.run_counts(ov.index).set_index("experiment")
     assert counts.loc["xdp_drop", "runs"] == 2 and counts.loc["xdp_drop", "full runs"] == 1
 
 
@@ -374,7 +374,7 @@ def test_overview_shows_latency_of_every_experiment_and_keeps_testbeds_apart(tmp
     assert index.loc[here.name, "testbed"].startswith("namespace testbed on ")
     assert index.loc[worker.name, "testbed"].startswith("Dask worker tb2 on lab2")
     assert index.loc[hosts.name, "testbed"] == "hosts dut1 (receiver), gen1 (sender)"
-    ov = compare.overview(tmp_path)
+    ov = summary.overview(tmp_path)
     drop = ov.summary[(ov.summary["experiment"] == "Packet drop") & (ov.summary["variant"] == "xdp_native")]
     # one row per testbed, each its own run's numbers: never averaged together
     got = dict(zip(drop["run"], drop["Mpps"]))
@@ -386,7 +386,7 @@ def test_overview_shows_latency_of_every_experiment_and_keeps_testbeds_apart(tmp
     assert p99.loc[here.name, "p99_us"] == pytest.approx(21.0)  # (20 + 22) / 2, its own two trials
     assert p99.loc[worker.name, "p99_us"] == pytest.approx(210.0)
     assert p99.loc[hosts.name, "p99_us_min"] == pytest.approx(3.0) and p99.loc[hosts.name, "p99_us_max"] == pytest.approx(3.3)
-    wide = compare.latency_view.wide(lat)
+    wide = summary.latency_view.wide(lat)
     assert {"p50 µs (no load)", "p99 µs (no load)", "p50 µs (90% NDR)", "p99 µs (90% NDR)"} <= set(wide.columns)
     assert len(wide) == 2 * 3 + 2  # per run and variant: three testbeds of drop, one of forwarding
     text = ov.interpretation

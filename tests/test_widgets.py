@@ -166,7 +166,7 @@ def test_new_nat_lab_closes_the_old_one_and_its_widgets(nat_lab):
     assert_gone(first.prefix)
     second.traffic()
     view2 = FlowView(second.nat)
-    assert second.nat.flow_table()["entries"] >= 1 and "10.20.1.2" in view2.html.value
+    assert second.nat.table_use()["entries"] >= 1 and "10.20.1.2" in view2.html.value
     view2.stop()
 
 

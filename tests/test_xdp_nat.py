@@ -10,6 +10,7 @@ from labkit import packets
 from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_nat import OUTCOMES, XdpNat
 from labkit.experiments.nat import checks as nat_checks
+from labkit.experiments.nat import exchanges
 from labkit.experiments.nat import testbed as nat_testbed
 from labkit.measure.capture import capture
 
@@ -57,8 +58,8 @@ def test_state_is_shared_with_the_tc_nat(nat):
     same translated port, and its counters in the same flow table."""
     with nat_testbed.NatLab(1, "off") as lab, lab.xdp_nat(nat) as fast, \
             capture(lab.server, lab.server_iface.name, "udp") as got:
-        ex = nat_checks.udp_exchange(lab, sport=41000, dport=7777)
-        ex2 = nat_checks.udp_exchange(lab, sport=41000, dport=7777)
+        ex = exchanges.udp_exchange(lab, sport=41000, dport=7777)
+        ex2 = exchanges.udp_exchange(lab, sport=41000, dport=7777)
         assert ex["got"][1] and ex2["got"][1]
         flows = [f for f in nat.flows() if f.inside_port == 41000]
         st = fast.stats()

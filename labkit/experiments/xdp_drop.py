@@ -23,12 +23,11 @@ switched off, and one that cannot run here is skipped with its reason; the rest 
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-from labkit import addresses, bpf, capabilities, measure, packets, parameters, progress, references, results, traffic
+from labkit import addresses, capabilities, measure, parameters, references, results, traffic
 from labkit.dataplanes import softirq_clock
-from labkit.dataplanes.drop_filter import DropFilter
 from labkit.errors import InputError, MissingDependency
 from labkit.experiments import (
     FEED_MEANS,
@@ -45,9 +44,9 @@ from labkit.experiments import (
     trial_loop,
 )
 from labkit.experiments import xdp_drop_latency as latency
+from labkit.experiments import xdp_drop_load as load
 from labkit.experiments import xdp_drop_views as views
-from labkit.experiments.xdp_drop_receiver import VARIANTS, drop_receiver, set_rule
-from labkit.measure import loadsweep
+from labkit.experiments.xdp_drop_receiver import VARIANTS, drop_receiver, using
 from labkit.testbed import inventory, runs, topology
 from labkit.testbed.testbeds import testbed_for
 
@@ -166,7 +165,7 @@ def run(data_dir=None, **kwargs) -> Result:
                       "rcv_stack": measure.snmp_probe(rcv.host)}
 
             def measure_one(variant, size, trial):
-                with _using(receiver, variant) as processed:
+                with using(receiver, variant) as processed:
                     return measure.run_trial(lambda: gen.send(specs[size]), processed, size=size, probes=probes,
                                              offered_probe=("snd", "tx_packets"), clock=clock)
 
@@ -176,8 +175,8 @@ def run(data_dir=None, **kwargs) -> Result:
 
             trial_loop(p.variants, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
             if bed.local and (p.sweep_steps or p.loss_thresholds or p.cpu_loads):
-                _load_tests(p, gen, _spec(p, snd, rcv, min(p.sizes), None), receiver, clock, rs)
-            costs = _program_costs(receiver.value.filt if bed.local else None, snd, rcv, p, rs, skipped)
+                load.load_tests(p, gen, _spec(p, snd, rcv, min(p.sizes), None), receiver, clock, rs)
+            costs = load.program_costs(receiver.value.filt if bed.local else None, snd, rcv, p, rs, skipped)
         cdf = _latency(p, rs, skipped) if bed.local else []
         if bed.local:
             _caveats(rs, p, feed.kind)
@@ -234,88 +233,10 @@ def _result(rs, p: Params, run_dir, costs, cdf) -> Result:
                   {"costs": costs, "latency": lat, "latency_cdf": pd.DataFrame(cdf)}, headline_of=headline)
 
 
-def _fastest_fed(table, size, variants) -> str:
-    """The variant the generator reached its highest offered rate into, in this run's trials
-    at SIZE: the receiver that slows the generator least, whatever the generator and its feed."""
-    t = table[(table["kind"] == "trial") & (table["measure"] == "offered_pps") & (table["size"] == size)]
-    rates = t.groupby("variant")["value"].mean().dropna()
-    return rates.idxmax() if len(rates) else variants[-1]
-
-
-def _load_tests(p: Params, gen, tspec, receiver, clock, rs) -> None:
-    """The offered-load sweep (one common set of target rates for every variant, up to the
-    generator's maximum into the receiver it reached its highest rate into in the trials),
-    NDR/PDR search and CPU at fixed loads."""
-    rows = []
-    with _using(receiver, _fastest_fed(rs.table, tspec.size, p.variants)) as cnt:
-        top = loadsweep.generator_trial(gen, tspec, cnt, seconds=p.point_s, clock=clock, settle_s=0.05)(None).offered_pps
-    rates = loadsweep.sweep_rates(top, p.sweep_steps) if p.sweep_steps else []
-    for variant in progress.iterate(p.variants, "sweeps and searches", p.progress, unit="variant"):
-        with _using(receiver, variant) as processed:
-            trial = loadsweep.generator_trial(gen, tspec, processed, seconds=p.point_s, clock=clock, settle_s=0.05)
-            if rates:
-                rows += [dict(r, kind="sweep") for r in
-                         loadsweep.sweep(trial, variant=variant, size=tspec.size, rates=rates, include_max=True)]
-                rows += [dict(r, kind="sweep", step=len(rates)) for r in
-                         loadsweep.point_rows(trial(None), variant, tspec.size, trial=0)]
-            for threshold in p.loss_thresholds:
-                found = loadsweep.search(trial, loss_threshold=threshold, hi=top, resolution=0.05, max_iterations=8)
-                rows += [dict(r, kind="search") for r in found.rows(variant=variant, size=tspec.size)]
-            if p.cpu_loads:
-                rows += [dict(r, kind="cpu_at_load") for r in
-                         loadsweep.cpu_at_loads(trial, p.cpu_loads, variant=variant, size=tspec.size)]
-    loadsweep.add_to(rs, rows)
-
-
 def _jsonable(p: Params) -> dict:
     from dataclasses import asdict
 
     return asdict(p)
-
-
-@contextmanager
-def _using(receiver, variant: str):
-    """VARIANT set up by RECEIVER (a testbed handle) for one trial; yields its counter."""
-    receiver("use", variant)
-    try:
-        yield lambda: receiver("processed")
-    finally:
-        receiver("off")
-
-
-def _program_costs(filt: DropFilter | None, snd, rcv, p: Params, rs: results.ResultSet, skipped: dict):
-    """BPF_PROG_TEST_RUN cost per packet: the filter (with the experiment's rule, and with
-    drop-all) next to a bare `return XDP_DROP`, measured now, in the same run; where this
-    machine refuses BPF_PROG_TEST_RUN, the part goes into SKIPPED and the rest stands."""
-    import pandas as pd
-
-    if filt is None:  # the filter is on another host
-        return pd.DataFrame(columns=["variant", "trial", "value"])
-    refused = capabilities.probe("test_run")
-    if p.cost_trials and not refused.ok:
-        skipped["program costs"] = f"BPF_PROG_TEST_RUN refused here: {refused.reason}"
-        rs.caveat(f"program costs were not measured: {skipped['program costs']}")
-    if not p.cost_trials or not refused.ok:
-        return pd.DataFrame(columns=["variant", "trial", "value"])
-    frame = packets.build(packets.FrameSpec(snd.mac, rcv.mac, snd.address or "10.11.0.1",
-                                            rcv.address or "10.11.0.2", size=64))
-    rows = []
-    with bpf.load("xdp_minimal") as bare:
-        progs = [("xdp_drop_bare", bare.function("xdp_drop_bare"), None),
-                 (f"xdp_filter (rule: {p.rule})", filt.xdp_function(), p.rule)]
-        if p.rule != "all":
-            progs.append(("xdp_filter (rule: all)", filt.xdp_function(), "all"))
-        for trial in range(p.cost_trials):
-            for name, fn, rule in progs:  # interleaved, so drift hits all alike
-                if rule:
-                    set_rule(filt, rule)
-                res = bpf.test_run(fn, frame, repeat=p.cost_repeat)
-                if res.action != "XDP_DROP":
-                    raise AssertionError(f"{name} returned {res.action} on a UDP frame, expected XDP_DROP")
-                rs.add(name, trial, 64, {"prog_ns_per_pkt": (res.duration_ns, "ns/packet")}, kind="test_run")
-                rows.append({"variant": name, "trial": trial, "value": float(res.duration_ns)})
-    set_rule(filt, p.rule)
-    return pd.DataFrame(rows)
 
 
 def _caveats(rs: results.ResultSet, p: Params, feed: str | None) -> None:

@@ -84,3 +84,13 @@ def drop_receiver(iface, rule: str):
             yield receiver
         finally:
             receiver.off()
+
+
+@contextmanager
+def using(receiver, variant: str):
+    """VARIANT set up by RECEIVER (a testbed handle) for one trial; yields its counter."""
+    receiver("use", variant)
+    try:
+        yield lambda: receiver("processed")
+    finally:
+        receiver("off")

@@ -56,7 +56,7 @@ def _environment() -> list:
 def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path | None):
     """(sections HTML, warnings [(level, text)]) for every experiment with data."""
     from labkit import experiments
-    from labkit.reporting import compare, plots
+    from labkit.reporting import compare, plots, summary
 
     index = compare.runs(data_dir)
     batch = {str(p) for r in runs for p in r.runs}  # program costs: any run of this batch
@@ -84,7 +84,7 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
         table = None
         try:
             table = compare.experiment_table(view, chosen)
-            ov_rows = compare._summary_rows(view, table, run)
+            ov_rows = summary.summary_rows(view, table, run)
             fig = _png(plots.throughput(compare.by_run(table), variants=None,
                                         title=f"{view.title}: Mpps (mean, min..max)"))
             img = f'<figure><img src="{fig}" alt="{_esc(view.title)}: packets per second per variant"></figure>'
@@ -134,7 +134,7 @@ def _latency_block(view, chosen) -> str:
 def _other_testbeds(view, rows, shown) -> str:
     """A line per other testbed with runs of this experiment: its own latest run's headline
     (rates, and latency where measured); '' when the shown run's testbed is the only one."""
-    from labkit.reporting import compare
+    from labkit.reporting import compare, summary
     from labkit.reporting import latency_view as latency
 
     picked = compare.pick(rows, view.experiment, per_machine=True)
@@ -149,7 +149,7 @@ def _other_testbeds(view, rows, shown) -> str:
         run = picked.iloc[i]
         try:
             t = compare.experiment_table(view, picked.iloc[[i]])
-            text = _headline(compare._summary_rows(view, t, run), view)
+            text = _headline(summary.summary_rows(view, t, run), view)
             lat = latency.interpret(latency.for_runs(view, picked.iloc[[i]]))
             text += (" " + " ".join(lat)) if lat else ""
         except Exception as exc:

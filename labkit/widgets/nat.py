@@ -61,7 +61,7 @@ def flows_html(nat, limit: int = 50) -> str:
              "in pkts": f.in_packets, "out bytes": f.out_bytes, "in bytes": f.in_bytes, "age s": f"{f.age_s:.1f}",
              "idle s": f"{f.idle_s:.1f}", "expires in s": f"{max(0.0, f.timeout_s - f.idle_s):.0f}"}
             for f in sorted(flows, key=lambda f: f.idle_s)[:limit]]
-    t = nat.flow_table()
+    t = nat.table_use()
     head = (f"<b>{t['entries']}</b> flows of {t['capacity']}"
             + (" — <b style='color:#b00'>table full: the oldest flows are evicted</b>" if t["full"] else "")
             + f"; {t['created']} created, {t['evicted_or_stale']} evicted or expired"

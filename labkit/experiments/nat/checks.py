@@ -23,20 +23,15 @@ import ipaddress
 import socket
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Callable, NamedTuple
 
 from labkit import measure, packets
 from labkit.dataplanes.nat import Nat
+from labkit.experiments.nat.check_context import CSUM_COUNTERS, CSUM_NAMES, CheckResult, Context, line_of
 from labkit.experiments.nat.exchanges import (
     BEYOND,
     _udp_socket,
     router_beyond_server,
-    tcp_many,
-    tcp_transfer,
-    udp_exchange,
-    udp_fragmented,
     udp_port_unreachable,
     udp_port_unreachable_from_inside,
     udp_refused,
@@ -45,95 +40,11 @@ from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, SERVER, STAT
 from labkit.measure.capture import capture
 from labkit.testbed import topology
 
-#: the kernel counters of checksum and header errors, per host
-CSUM_COUNTERS = (("Ip", "InHdrErrors"), ("Udp", "InCsumErrors"), ("Tcp", "InCsumErrors"), ("Icmp", "InCsumErrors"))
-CSUM_NAMES = [f"{p}:{n}" for p, n in CSUM_COUNTERS]  # as measure.snmp_probe names them
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One check's outcome: NAME, PASSED, what was EXPECTED and what was seen (DETAIL)."""
-
-    name: str
-    passed: bool
-    expected: str
-    detail: str
-
-    def __post_init__(self):
-        object.__setattr__(self, "passed", bool(self.passed))
-
-    def to_dict(self, variant: str, offloads: str) -> dict:
-        """The row the experiment keeps: check, ok, detail, offloads, variant."""
-        return {"check": self.name, "ok": self.passed, "detail": self.detail, "offloads": offloads, "variant": variant}
-
-
-@dataclass
-class Context:
-    """What the checks share: the lab, the NAT and the variant under test, the exchanges'
-    outcomes (each run once, on first use) and what was read around the traffic."""
-
-    lab: NatLab
-    nat: Nat | None
-    variant: str
-    path: object = None  # what the variant's set-up yielded: the XDP fast path for 'xdp_nat'
-    captured: list[packets.Parsed] = field(default_factory=list)  # the server's wire, parsed
-    before: dict = field(default_factory=dict)  # CSUM_COUNTERS per host, before the traffic
-    after: dict = field(default_factory=dict)
-    ttl_expired: int = 0  # the server's InHdrErrors caused on purpose (expired TTLs)
-    stats: dict | None = None  # the eBPF NAT's outcomes, read before the variant went
-    fast: dict | None = None  # the XDP fast path's outcomes
-    _tcp: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def clients(self) -> range:
-        return range(1, self.lab.clients + 1)
-
-    @property
-    def in_ebpf(self) -> bool:
-        """The eBPF NAT translates (it has flows, mappings and counters to check)."""
-        return self.variant != "iptables"
-
-    @cached_property
-    def udp(self) -> dict:
-        return udp_exchange(self.lab)
-
-    @property
-    def udp_peers(self) -> list:
-        return list(self.udp["seen"].values())
-
-    def tcp(self, i: int) -> dict:
-        if i not in self._tcp:
-            self._tcp[i] = tcp_transfer(self.lab, i)
-        return self._tcp[i]
-
-    @cached_property
-    def many(self) -> dict:
-        return tcp_many(self.lab)
-
-    @cached_property
-    def big(self) -> dict:
-        return udp_fragmented(self.lab)
-
-    @cached_property
-    def flows(self) -> list:
-        return self.nat.flows()
-
-    @property
-    def inbound(self) -> list[packets.Parsed]:
-        """What the server's wire carried to the server."""
-        return [p for p in self.captured if p.dst_ip == SERVER]
-
-
-def _line(cp, index: int) -> str:
-    """Line INDEX of a command's output (the nearest there is), or its error output."""
-    lines = cp.stdout.strip().splitlines()
-    return lines[max(-len(lines), min(index, len(lines) - 1))] if lines else cp.stderr.strip()
-
 
 # ---------------------------------------------------------------- while the variant carries traffic
 def ping_reaches_server(cx: Context, i: int) -> CheckResult:
     cp = cx.lab.client(i).run(["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER], check=False, timeout=20)
-    return CheckResult(f"ping c{i} -> server", cp.returncode == 0, "echo replies (ping exits 0)", _line(cp, -2))
+    return CheckResult(f"ping c{i} -> server", cp.returncode == 0, "echo replies (ping exits 0)", line_of(cp, -2))
 
 
 def udp_every_datagram_arrives(cx: Context) -> CheckResult:
@@ -198,7 +109,7 @@ def icmp_time_exceeded(cx: Context) -> CheckResult:
         cx.ttl_expired = hdr_errors().get("Ip:InHdrErrors", 0) - before
     return CheckResult("ICMP: time exceeded from beyond the NAT reaches the client",
                        f"From {SERVER}" in cp.stdout and "Time to live exceeded" in cp.stdout,
-                       f"From {SERVER} ... Time to live exceeded", _line(cp, 1))
+                       f"From {SERVER} ... Time to live exceeded", line_of(cp, 1))
 
 
 def tcp_many_connections(cx: Context) -> CheckResult:
@@ -225,7 +136,7 @@ def udp_fragmented_whole(cx: Context) -> CheckResult:
 def ipv4_options_carried(cx: Context) -> CheckResult:
     cp = cx.lab.client(1).run(["ping", "-R", "-c", "2", "-i", "0.2", "-W", "2", SERVER], check=False, timeout=20)
     return CheckResult("IPv4 options carried: ping with record route", cp.returncode == 0 and "RR:" in cp.stdout,
-                       "replies with a recorded route (RR:)", _line(cp, -1))
+                       "replies with a recorded route (RR:)", line_of(cp, -1))
 
 
 def flow_table_udp(cx: Context) -> CheckResult:
@@ -261,7 +172,7 @@ def static_mapping(cx: Context):
 def static_reaches_c1(cx: Context) -> CheckResult:
     cp = cx.lab.server.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", STATIC_OUTSIDE], check=False, timeout=20)
     return CheckResult("static: server reaches c1 at its outside address", cp.returncode == 0,
-                       f"echo replies from {STATIC_OUTSIDE}", _line(cp, -2))
+                       f"echo replies from {STATIC_OUTSIDE}", line_of(cp, -2))
 
 
 def static_c1_leaves_as_outside(cx: Context) -> CheckResult:

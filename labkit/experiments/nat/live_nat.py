@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 from labkit.dataplanes.nat import Nat
-from labkit.experiments.nat.checks import udp_exchange
+from labkit.experiments.nat.exchanges import udp_exchange
 from labkit.experiments.nat.testbed import INSIDE_NET, MAX_CLIENTS, NAT_OUTSIDE, OUTSIDE_NET, SERVER, NatLab
 from labkit.testbed import topology
 from labkit.testbed.livelab import LiveLab

@@ -16,7 +16,7 @@ from contextlib import contextmanager, nullcontext
 from labkit import measure, traffic
 from labkit.dataplanes import softirq_clock
 from labkit.dataplanes.nat import Nat
-from labkit.experiments.nat import newflows, progtime, sweep, tcp
+from labkit.experiments.nat import newflows, progtime, sweep, sweep_run, tcp
 from labkit.experiments.nat.checks import check_correctness
 from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, OUTSIDE_NET, SERVER, NatLab, client_addr
 from labkit.testbed import runs
@@ -114,7 +114,7 @@ class NamespaceNat(Undoable):
     def after_trials(self, rs, flow_counts: list) -> None:
         """The sweep, then the eBPF programs' own time (a trial of its own per variant)."""
         p = self.p
-        sweep.run(p, self.nat, self.clock, rs, warm_up, flow_counts)
+        sweep_run.run(p, self.nat, self.clock, rs, warm_up, flow_counts)
         for v in [v for v in p.variants if v in PROGRAMS] if p.prog_stats else []:
             with self._lab() as lab, lab.variant(v, self.nat):
                 warm_up(lab)
