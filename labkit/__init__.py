@@ -9,6 +9,7 @@ each owns, tests/test_architecture.py checks it):
   doctor, watchdog, provision -> cli.
 Experiments compose the core; reporting and the command line read what experiments declare.
 """
+
 import os
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """Addresses checked before anything touches the kernel: MACs, IP addresses, interface
 addresses with a prefix. Each check returns the normalised value or raises InputError.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -26,7 +27,9 @@ def check_interface(addr: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interf
     try:
         iface = ipaddress.ip_interface(addr)
     except ValueError:
-        raise InputError(f"address {addr!r} is malformed: write an address with a prefix, e.g. '10.11.0.1/24'") from None
+        raise InputError(
+            f"address {addr!r} is malformed: write an address with a prefix, e.g. '10.11.0.1/24'"
+        ) from None
     if "/" not in str(addr):
         raise InputError(f"address {addr!r} has no prefix length: write e.g. '{addr}/24'")
     return iface

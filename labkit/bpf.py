@@ -11,6 +11,7 @@ Every attachment is a context manager whose exit detaches, on any exit path. Pro
 loaded in labkit's own process and attached by file descriptor, through netlink (pyroute2)
 inside the interface's namespace.
 """
+
 from __future__ import annotations
 
 import errno
@@ -63,6 +64,8 @@ def include_dir() -> Path:
     """The shared C headers (parsing, counters, checksums) and each program's enums: on
     every program's include path."""
     return source_dir() / "include"
+
+
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
@@ -129,7 +132,9 @@ class Program:
         key = (name, kind)
         if key not in self._fns:
             try:
-                self._fns[key] = verifier.load_func(self.bpf, name, getattr(self._bcc.BPF, self.KINDS[kind]), self.source.name)
+                self._fns[key] = verifier.load_func(
+                    self.bpf, name, getattr(self._bcc.BPF, self.KINDS[kind]), self.source.name
+                )
             except Exception as exc:
                 raise LabkitError(f"the verifier or loader refused {name} in {self.source.name}: {exc}") from exc
         return self._fns[key]
@@ -197,12 +202,19 @@ class XdpAttachment:
                         "detach it first, or run `labkit clean` if a crashed run left it"
                     )
                 try:
-                    ipr.link("set", index=self.iface.ifindex,
-                             xdp={"attrs": [("IFLA_XDP_FD", self.fn.fd), ("IFLA_XDP_FLAGS", self.flags)]})
+                    ipr.link(
+                        "set",
+                        index=self.iface.ifindex,
+                        xdp={"attrs": [("IFLA_XDP_FD", self.fn.fd), ("IFLA_XDP_FLAGS", self.flags)]},
+                    )
                 except Exception as exc:
                     raise LabkitError(
                         f"attaching XDP ({self.mode}) to {self.iface.name} on {host} failed: {exc}"
-                        + (" — the driver may not support native XDP; try mode='generic'" if self.mode == "native" else "")
+                        + (
+                            " — the driver may not support native XDP; try mode='generic'"
+                            if self.mode == "native"
+                            else ""
+                        )
                     ) from exc
                 self.attached = True
             if self.iface.real:
@@ -215,8 +227,11 @@ class XdpAttachment:
             return
         with self.iface.host.ipr() as ipr:
             try:
-                ipr.link("set", index=self.iface.ifindex,
-                         xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", self.flags)]})
+                ipr.link(
+                    "set",
+                    index=self.iface.ifindex,
+                    xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", self.flags)]},
+                )
             except Exception as exc:
                 if getattr(exc, "code", None) != errno.ENODEV:  # the link is already gone
                     raise
@@ -256,11 +271,22 @@ class TcAttachment:
                         self._record = {"kind": "clsact", "ifname": self.iface.name}
                         _run_note(self._record)
                 try:
-                    ipr.tc("add-filter", "bpf", self.iface.ifindex, ":1", fd=self.fn.fd, name=self.fn.name,
-                           parent=self.PARENTS[self.direction], classid=1, direct_action=True)
+                    ipr.tc(
+                        "add-filter",
+                        "bpf",
+                        self.iface.ifindex,
+                        ":1",
+                        fd=self.fn.fd,
+                        name=self.fn.name,
+                        parent=self.PARENTS[self.direction],
+                        classid=1,
+                        direct_action=True,
+                    )
                 except Exception as exc:
                     self.detach()
-                    raise LabkitError(f"attaching tc {self.direction} filter to {self.iface.name} failed: {exc}") from exc
+                    raise LabkitError(
+                        f"attaching tc {self.direction} filter to {self.iface.name} failed: {exc}"
+                    ) from exc
         return self
 
     def detach(self) -> None:

@@ -7,6 +7,7 @@ and value exist in one place only, the header its program includes.
 enum_names gives the names of an enum that indexes a counter map (values 0, 1, 2, ...,
 a last `..._MAX` the count); enum_values any enum's values, bit sets and sparse ones too.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,8 +17,23 @@ from pathlib import Path
 from labkit.bpf import include_dir
 from labkit.errors import InputError
 
-_ENUM_OPS = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load, ast.Add, ast.Sub,
-             ast.Mult, ast.LShift, ast.RShift, ast.BitOr, ast.BitAnd, ast.USub, ast.Invert)
+_ENUM_OPS = (
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Constant,
+    ast.Name,
+    ast.Load,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.LShift,
+    ast.RShift,
+    ast.BitOr,
+    ast.BitAnd,
+    ast.USub,
+    ast.Invert,
+)
 
 
 def _enum_value(expr: str, known: dict, where: str) -> int:
@@ -30,8 +46,9 @@ def _enum_value(expr: str, known: dict, where: str) -> int:
         raise InputError(f"{where}: cannot read the value {expr!r}") from None
     for node in ast.walk(tree):
         if not isinstance(node, _ENUM_OPS) or (isinstance(node, ast.Name) and node.id not in known):
-            raise InputError(f"{where}: cannot read the value {expr!r} (only integers, earlier "
-                             "enumerators and + - * << >> | & ~)")
+            raise InputError(
+                f"{where}: cannot read the value {expr!r} (only integers, earlier enumerators and + - * << >> | & ~)"
+            )
     return int(eval(compile(tree, where, "eval"), {"__builtins__": {}}, dict(known)))
 
 
@@ -43,8 +60,10 @@ def enum_values(header, enum: str) -> dict[str, int]:
     if not path.is_absolute() and not path.exists():
         path = include_dir() / header
     if not path.is_file():
-        raise InputError(f"no C header {path}: headers in {include_dir()}: "
-                         f"{', '.join(sorted(p.name for p in include_dir().glob('*.h')))}")
+        raise InputError(
+            f"no C header {path}: headers in {include_dir()}: "
+            f"{', '.join(sorted(p.name for p in include_dir().glob('*.h')))}"
+        )
     text = re.sub(r"/\*.*?\*/|//[^\n]*", " ", path.read_text(), flags=re.S)
     m = re.search(r"\benum\s+" + re.escape(enum) + r"\s*\{(.*?)\}", text, re.S)
     if not m:
@@ -75,9 +94,11 @@ def enum_names(header, enum: str, prefix: str = "") -> list[str]:
         items.pop()
     items.sort(key=lambda kv: kv[1])
     if [v for _, v in items] != list(range(len(items))):
-        raise InputError(f"enum {enum} in {header}: values {[v for _, v in items]} are not 0, 1, 2, ..: "
-                         "use enum_values() for bit sets and sparse values")
+        raise InputError(
+            f"enum {enum} in {header}: values {[v for _, v in items]} are not 0, 1, 2, ..: "
+            "use enum_values() for bit sets and sparse values"
+        )
     wrong = [n for n, _ in items if not n.startswith(prefix)]
     if wrong:
         raise InputError(f"enum {enum} in {header}: {wrong} do not start with {prefix!r}")
-    return [n[len(prefix):].lower() for n, _ in items]
+    return [n[len(prefix) :].lower() for n, _ in items]

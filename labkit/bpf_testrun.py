@@ -1,6 +1,7 @@
 """BPF_PROG_TEST_RUN through libbpf: run a loaded program on a frame without a NIC, or send its
 frames for real in live-frames mode, and measure a program's own cost. `labkit.bpf` re-exports
 these names (lessons call `bpf.test_run`)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -63,7 +64,9 @@ def libbpf():
             try:
                 lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
             except OSError:
-                raise MissingDependency("libbpf.so.1 not found (Debian package libbpf1): run `sudo make setup`") from None
+                raise MissingDependency(
+                    "libbpf.so.1 not found (Debian package libbpf1): run `sudo make setup`"
+                ) from None
         lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
         lib.bpf_prog_test_run_opts.restype = ctypes.c_int
         _libbpf = lib
@@ -82,8 +85,16 @@ class TestRunResult:
         return XDP_ACTIONS.get(self.retval, str(self.retval))
 
 
-def test_run(fn_or_fd, data: bytes, *, repeat: int = 1, ctx: ctypes.Structure | None = None, flags: int = 0,
-             batch_size: int = 0, data_out_size: int | None = None) -> TestRunResult:
+def test_run(
+    fn_or_fd,
+    data: bytes,
+    *,
+    repeat: int = 1,
+    ctx: ctypes.Structure | None = None,
+    flags: int = 0,
+    batch_size: int = 0,
+    data_out_size: int | None = None,
+) -> TestRunResult:
     """Run a loaded program on DATA with BPF_PROG_TEST_RUN (no NIC involved).
 
     With flags=BPF_F_TEST_XDP_LIVE_FRAMES an XDP program's frames really go out
@@ -124,19 +135,26 @@ def test_run(fn_or_fd, data: bytes, *, repeat: int = 1, ctx: ctypes.Structure | 
 _CONTAINER, _POLICY, _OLD = "a container", "a security policy such as lockdown or an LSM", "a kernel before 5.18"
 LIVE_FRAMES_REFUSALS = {
     errno.EPERM: (_CONTAINER, _POLICY, "missing capabilities (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)", _OLD),
-    errno.EINVAL: (f"{_OLD} (no live-frames mode)", "a call that does not fit live frames (an XDP program, "
-                   "no other flag, batch_size at most 256)", _CONTAINER, _POLICY),
+    errno.EINVAL: (
+        f"{_OLD} (no live-frames mode)",
+        "a call that does not fit live frames (an XDP program, no other flag, batch_size at most 256)",
+        _CONTAINER,
+        _POLICY,
+    ),
     errno.EOPNOTSUPP: (f"{_OLD}, or one built without it", _CONTAINER, _POLICY),
 }
 
 
 def live_frames_refused(err: int) -> Refused:
     """The error for BPF_PROG_RUN in live-frames mode refused with ERR: what, why, what instead."""
-    return Refused(f"BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES) was refused: {os.strerror(err)} "
-                   f"({errno.errorcode.get(err, err)})\n  likely reasons: "
-                   + "; ".join(LIVE_FRAMES_REFUSALS.get(err, LIVE_FRAMES_REFUSALS[errno.EPERM]))
-                   + "\n  instead: choose another generator: generator='trafgen', 'xdp_loop' or 'testpmd', or 'auto', "
-                   "which picks one that works here (`labkit doctor` shows what this machine refuses)", err)
+    return Refused(
+        f"BPF_PROG_RUN in live-frames mode (BPF_F_TEST_XDP_LIVE_FRAMES) was refused: {os.strerror(err)} "
+        f"({errno.errorcode.get(err, err)})\n  likely reasons: "
+        + "; ".join(LIVE_FRAMES_REFUSALS.get(err, LIVE_FRAMES_REFUSALS[errno.EPERM]))
+        + "\n  instead: choose another generator: generator='trafgen', 'xdp_loop' or 'testpmd', or 'auto', "
+        "which picks one that works here (`labkit doctor` shows what this machine refuses)",
+        err,
+    )
 
 
 def program_cost_ns(fn, packet: bytes, repeat: int = 1_000_000, trials: int = 5) -> list[float]:

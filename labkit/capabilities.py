@@ -23,6 +23,7 @@ Which probe was asked and which backend served each purpose are kept (`record()`
 every run's metadata carries them (`results.collect_metadata`), so a reader of a run
 knows what fed it and why.
 """
+
 from __future__ import annotations
 
 import errno as errno_mod
@@ -78,10 +79,17 @@ class Facility:
 #: module that owns the facility: a probe runs what that module would run). Named here so
 #: that LABKIT_REFUSE can be checked, and a probe asked for, before any of them is imported.
 KNOWN = {
-    "test_run": "labkit.probes", "live_frames": "labkit.probes", "xdp_native": "labkit.probes",
-    "xdp_generic": "labkit.probes", "tc_clsact": "labkit.probes", "af_xdp": "labkit.probes",
-    "iptables": "labkit.probes", "pktgen": "labkit.probes", "dpdk_vdev": "labkit.probes",
-    "devmap_broadcast": "labkit.probes", "ovs": "labkit.doctor",
+    "test_run": "labkit.probes",
+    "live_frames": "labkit.probes",
+    "xdp_native": "labkit.probes",
+    "xdp_generic": "labkit.probes",
+    "tc_clsact": "labkit.probes",
+    "af_xdp": "labkit.probes",
+    "iptables": "labkit.probes",
+    "pktgen": "labkit.probes",
+    "dpdk_vdev": "labkit.probes",
+    "devmap_broadcast": "labkit.probes",
+    "ovs": "labkit.doctor",
 }
 FACILITIES: dict[str, Facility] = {}
 _cache: dict[str, Probe] = {}
@@ -92,9 +100,11 @@ _lock = threading.RLock()
 def register(name: str, description: str, causes: str = "", instead: str = "", needs_root: bool = True):
     """Decorator: FN (no arguments) tries facility NAME for real, returns a short note of
     what worked and raises (OSError with its errno, or any exception) when refused."""
+
     def wrap(fn):
         FACILITIES[name] = Facility(name, description, fn, causes, instead, needs_root)
         return fn
+
     return wrap
 
 
@@ -104,8 +114,10 @@ def forced_refusals() -> set[str]:
     names = {n.strip() for n in raw.split(",") if n.strip()}
     unknown = sorted(names - set(KNOWN))
     if unknown:
-        raise InputError(f"{ENV}={raw!r} names unknown facilit{'y' if len(unknown) == 1 else 'ies'} "
-                         f"{', '.join(unknown)}: choose from {', '.join(sorted(KNOWN))}")
+        raise InputError(
+            f"{ENV}={raw!r} names unknown facilit{'y' if len(unknown) == 1 else 'ies'} "
+            f"{', '.join(unknown)}: choose from {', '.join(sorted(KNOWN))}"
+        )
     return names
 
 
@@ -118,8 +130,9 @@ def probe(name: str) -> Probe:
         importlib.import_module(KNOWN[name])  # registers the attempt (a plugin table, not a layer's import)
     fac = FACILITIES[name]
     if name in forced_refusals():
-        return Probe(name, False, f"refused through {ENV}={os.environ.get(ENV)!r} (not tried)",
-                     instead=fac.instead, forced=True)
+        return Probe(
+            name, False, f"refused through {ENV}={os.environ.get(ENV)!r} (not tried)", instead=fac.instead, forced=True
+        )
     with _lock:
         if name not in _cache:
             _cache[name] = _try(fac)
@@ -128,8 +141,14 @@ def probe(name: str) -> Probe:
 
 def _try(fac: Facility) -> Probe:
     if fac.needs_root and os.geteuid() != 0:
-        return Probe(fac.name, False, "needs root (CAP_BPF, CAP_NET_ADMIN): run with sudo",
-                     errno_mod.EPERM, "not running as root", fac.instead)
+        return Probe(
+            fac.name,
+            False,
+            "needs root (CAP_BPF, CAP_NET_ADMIN): run with sudo",
+            errno_mod.EPERM,
+            "not running as root",
+            fac.instead,
+        )
     try:
         note = fac.attempt()
     except Exception as exc:  # noqa: BLE001 - any failure is the facility's answer
@@ -146,8 +165,14 @@ def refused(name: str, exc: Exception) -> Exception:
     said: kept as its answer, so that every later automatic choice avoids it. Returns EXC."""
     fac = FACILITIES.get(name)
     with _lock:
-        _cache[name] = Probe(name, False, f"refused in use: {str(exc).splitlines()[0]}", getattr(exc, "errno", None),
-                             fac.causes if fac else "", fac.instead if fac else "")
+        _cache[name] = Probe(
+            name,
+            False,
+            f"refused in use: {str(exc).splitlines()[0]}",
+            getattr(exc, "errno", None),
+            fac.causes if fac else "",
+            fac.instead if fac else "",
+        )
     return exc
 
 
@@ -207,4 +232,3 @@ def summary_line(rec: dict | None = None) -> str:
     for purpose, c in (rec.get("choices") or {}).items():
         parts.append(f"{purpose}: {c.get('backend')}" + (f" ({c['why']})" if c.get("why") else ""))
     return "; ".join(parts)
-

@@ -5,6 +5,7 @@ creates carries its run's prefix, and every run's registry file (`testbed.runs`)
 its process and what it changed on interfaces it does not own. Objects whose prefix
 belongs to no live labkit process are leftovers.
 """
+
 from __future__ import annotations
 
 import json
@@ -106,7 +107,7 @@ def run_processes() -> list[tuple[int, str]]:
             continue
         for var in env.split(b"\0"):
             if var.startswith(marker):
-                run = var[len(marker):].decode(errors="replace")
+                run = var[len(marker) :].decode(errors="replace")
                 if PREFIX_RE.match(run):
                     out.append((int(entry), run[:6]))
                 break
@@ -114,9 +115,15 @@ def run_processes() -> list[tuple[int, str]]:
 
 
 #: what `clean` logs for one item of each kind it removed
-SINGULAR = {"namespaces": "namespace", "links": "link", "foreign": "change on a foreign interface",
-            "iptables": "iptables rule", "processes": "process", "dpdk": "DPDK runtime directory",
-            "ovs": "Open vSwitch of a run"}
+SINGULAR = {
+    "namespaces": "namespace",
+    "links": "link",
+    "foreign": "change on a foreign interface",
+    "iptables": "iptables rule",
+    "processes": "process",
+    "dpdk": "DPDK runtime directory",
+    "ovs": "Open vSwitch of a run",
+}
 
 
 def clean(include_live: bool = False, log=print, student: str | None = "caller") -> dict:
@@ -217,8 +224,11 @@ def _undo(found: dict, dpdk_run_gone, log) -> dict:
     stale = [p for p, run in ((p, _dpdk_run(p)) for p in runtime.dpdk_processes()) if run and dpdk_run_gone(run)]
     kill_pids(stale)
     removed["processes"].extend(stale)
-    removed["dpdk"] = [d for d in runtime.runtime_dirs() if PREFIX_RE.match(os.path.basename(d))
-                       and dpdk_run_gone(_run_of(os.path.basename(d)))]
+    removed["dpdk"] = [
+        d
+        for d in runtime.runtime_dirs()
+        if PREFIX_RE.match(os.path.basename(d)) and dpdk_run_gone(_run_of(os.path.basename(d)))
+    ]
     for d in removed["dpdk"]:
         runtime.remove_runtime_dir(os.path.basename(d))
     removed["ovs"] = list(found.get("ovs", []))  # its daemons (if alive) stopped, its folder removed
@@ -319,4 +329,3 @@ def clean_here(include_live: bool = False) -> dict:
     `clean_hosts`; the calling session's own run is live, so it is left alone)."""
     removed = clean(include_live=include_live, log=lambda msg: None, student=None)
     return {kind: [str(x) for x in items] for kind, items in removed.items()}
-

@@ -1,30 +1,31 @@
 """The labkit command line: `labkit` or `python -m labkit`.
 
-  labkit report [NOTEBOOK ...] [-p [NOTEBOOK:]NAME VALUE] [-f FILE.yaml] [--smoke] [--verbose]
-        run every experiment notebook (or those named) headlessly; HTML in reports/,
-        tables in data/, reports/index.html and reports/batch.json last. Exits 1 if any
-        notebook failed (its one-line error and executed notebook are printed; --verbose
-        adds the traceback). -p NAME VALUE goes to every notebook that declares NAME,
-        -p 01-xdp-drop:trials 5 to that notebook only; a YAML file may hold NAME: VALUE
-        lines and sections named after notebooks (01-xdp-drop: {trials: 5}).
-        Every name and value is checked against what the notebooks and their experiments
-        declare before anything runs: a mistake is one line on stderr and exit code 2.
-        LABKIT_REPORTS_DIR and LABKIT_DATA_DIR put reports and tables elsewhere.
-  labkit run NOTEBOOK [...]   the same for the notebooks named (at least one)
-        --cluster ADDRESS (or --scheduler-file FILE) runs them on Dask workers, one per testbed,
-        and brings the executed notebooks and data/ runs back here; --cluster local:N makes
-        N namespace testbeds on this machine (labkit.reporting.cluster)
-  labkit bench [--smoke]      the benchmark: drop rates at 64 bytes, program costs, generators
-  labkit clean [--all] [--inventory INVENTORY]
-                              remove what crashed runs left (namespaces, links, XDP, rules),
-                              on every host of INVENTORY too
-  labkit provision INVENTORY [--check]
-                              make the inventory's hosts ready (deploy/site.yml, with Ansible)
-  labkit doctor               what is installed, what is missing for which experiment
-  labkit watch [IFACE|NETNS:IFACE|RUN ...] [-i SECONDS] [-n LINES]
-        per-second rx/tx packets and bits, drops and attached XDP programs' counters
-        (default: every interface of the live labkit runs)
+labkit report [NOTEBOOK ...] [-p [NOTEBOOK:]NAME VALUE] [-f FILE.yaml] [--smoke] [--verbose]
+      run every experiment notebook (or those named) headlessly; HTML in reports/,
+      tables in data/, reports/index.html and reports/batch.json last. Exits 1 if any
+      notebook failed (its one-line error and executed notebook are printed; --verbose
+      adds the traceback). -p NAME VALUE goes to every notebook that declares NAME,
+      -p 01-xdp-drop:trials 5 to that notebook only; a YAML file may hold NAME: VALUE
+      lines and sections named after notebooks (01-xdp-drop: {trials: 5}).
+      Every name and value is checked against what the notebooks and their experiments
+      declare before anything runs: a mistake is one line on stderr and exit code 2.
+      LABKIT_REPORTS_DIR and LABKIT_DATA_DIR put reports and tables elsewhere.
+labkit run NOTEBOOK [...]   the same for the notebooks named (at least one)
+      --cluster ADDRESS (or --scheduler-file FILE) runs them on Dask workers, one per testbed,
+      and brings the executed notebooks and data/ runs back here; --cluster local:N makes
+      N namespace testbeds on this machine (labkit.reporting.cluster)
+labkit bench [--smoke]      the benchmark: drop rates at 64 bytes, program costs, generators
+labkit clean [--all] [--inventory INVENTORY]
+                            remove what crashed runs left (namespaces, links, XDP, rules),
+                            on every host of INVENTORY too
+labkit provision INVENTORY [--check]
+                            make the inventory's hosts ready (deploy/site.yml, with Ansible)
+labkit doctor               what is installed, what is missing for which experiment
+labkit watch [IFACE|NETNS:IFACE|RUN ...] [-i SECONDS] [-n LINES]
+      per-second rx/tx packets and bits, drops and attached XDP programs' counters
+      (default: every interface of the live labkit runs)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,19 +41,36 @@ class _Parser(argparse.ArgumentParser):
 
 def _params_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("notebooks", nargs="*", help="notebook names, e.g. 01-xdp-drop (default: all)")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
-                   help="set a notebook parameter (value read as YAML: -p sizes '[64, 1500]'); "
-                        "NOTEBOOK:NAME for one notebook only; "
-                        "e.g. -p receiver_if eth1 -p sender_if eth2 to measure real NICs")
-    p.add_argument("-f", "--parameters-file", action="append", default=[], metavar="FILE",
-                   help="a YAML file of NAME: VALUE parameters (several allowed; -p wins)")
+    p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        default=[],
+        help="set a notebook parameter (value read as YAML: -p sizes '[64, 1500]'); "
+        "NOTEBOOK:NAME for one notebook only; "
+        "e.g. -p receiver_if eth1 -p sender_if eth2 to measure real NICs",
+    )
+    p.add_argument(
+        "-f",
+        "--parameters-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a YAML file of NAME: VALUE parameters (several allowed; -p wins)",
+    )
     p.add_argument("--smoke", action="store_true", help="seconds-long runs (smoke=True)")
     p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="a failed notebook's traceback too, not only its one-line error")
-    p.add_argument("--cluster", metavar="ADDRESS",
-                   help="run the notebooks on a Dask cluster (tcp://HOST:8786), one at a time per testbed; "
-                        "local:N for N namespace testbeds on this machine")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="a failed notebook's traceback too, not only its one-line error"
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the notebooks on a Dask cluster (tcp://HOST:8786), one at a time per testbed; "
+        "local:N for N namespace testbeds on this machine",
+    )
     p.add_argument("--scheduler-file", metavar="FILE", help="the Dask cluster whose scheduler wrote FILE")
     p.add_argument("--testbed", metavar="NAME", help="with --cluster: only on the worker of testbed NAME")
 
@@ -68,14 +86,29 @@ def cmd_report(args) -> int:
     if args.cluster or args.scheduler_file:  # the workers need root, not this machine
         from labkit.reporting import cluster
 
-        done = cluster.run_all(args.notebooks or None, params, REPORTS_DIR, DATA_DIR, address=args.cluster,
-                               scheduler_file=args.scheduler_file, testbed=args.testbed, smoke=args.smoke,
-                               verbose=args.verbose)
+        done = cluster.run_all(
+            args.notebooks or None,
+            params,
+            REPORTS_DIR,
+            DATA_DIR,
+            address=args.cluster,
+            scheduler_file=args.scheduler_file,
+            testbed=args.testbed,
+            smoke=args.smoke,
+            verbose=args.verbose,
+        )
         return _summary(done, REPORTS_DIR)
     runs.require_root("running experiments")
     try:
-        done = batch.run_all(args.notebooks or None, params, REPORTS_DIR, DATA_DIR, smoke=args.smoke,
-                             progress=not args.no_progress, verbose=args.verbose)
+        done = batch.run_all(
+            args.notebooks or None,
+            params,
+            REPORTS_DIR,
+            DATA_DIR,
+            smoke=args.smoke,
+            progress=not args.no_progress,
+            verbose=args.verbose,
+        )
     finally:
         # a kernel killed outright cannot undo what it made: remove what its dead runs left
         # (runs registered here only: another run's testbed on this machine is never touched)
@@ -85,8 +118,10 @@ def cmd_report(args) -> int:
 
 def _summary(done, reports_dir) -> int:
     failed = [r.name for r in done if not r.ok]
-    print(f"reports in {reports_dir}/index.html: {len(done) - len(failed)} ok, {len(failed)} failed"
-          + (f" ({', '.join(failed)})" if failed else ""))
+    print(
+        f"reports in {reports_dir}/index.html: {len(done) - len(failed)} ok, {len(failed)} failed"
+        + (f" ({', '.join(failed)})" if failed else "")
+    )
     return 1 if failed else 0
 
 
@@ -137,8 +172,12 @@ def cmd_watch(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = _Parser(prog="labkit", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = _Parser(
+        prog="labkit",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("report", help="run every experiment notebook and write reports/")
     _params_args(p)

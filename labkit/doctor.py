@@ -5,6 +5,7 @@ for real where it can be (an XDP attach on a throw-away veth pair;
 an Open vSwitch of its own opening `system` and `afxdp` ports on throw-away veths, as the
 `ovs` and `ovs_afxdp` variants of 02 do; an AF_XDP socket for DPDK's net_af_xdp), a
 failing one says what to install or fix, and a failing check never stops the others."""
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ def _tool(tool, package):
     def f():
         path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
         return (True, path) if path else (False, f"not installed (Debian package {package})")
+
     return f
 
 
@@ -52,7 +54,9 @@ def _facility(name):
     def f():
         p = capabilities.probe(name)
         return p.ok, p.reason if p.ok else "; ".join(
-            x for x in (p.reason, p.causes and f"likely causes: {p.causes}", p.instead and f"instead: {p.instead}") if x)
+            x for x in (p.reason, p.causes and f"likely causes: {p.causes}", p.instead and f"instead: {p.instead}") if x
+        )
+
     return f
 
 
@@ -83,7 +87,8 @@ def _xdp_on_veth():
     """A bare XDP program attached to a throw-away veth in both modes (the probes')."""
     probes = [capabilities.probe(m) for m in ("xdp_native", "xdp_generic")]
     return all(p.ok for p in probes), ", ".join(
-        f"{p.name.split('_')[1]}: {'yes' if p.ok else 'no (' + p.reason + ')'}" for p in probes)
+        f"{p.name.split('_')[1]}: {'yes' if p.ok else 'no (' + p.reason + ')'}" for p in probes
+    )
 
 
 def _ovs_installed():
@@ -92,14 +97,18 @@ def _ovs_installed():
     ok, detail = ovs.status()
     if ok:
         kernel, why = ovs.kernel_datapath()
-        detail += ("; kernel datapath also there" if kernel else
-                   f"; no kernel datapath ({why}): the variants use the userspace one, which needs none")
+        detail += (
+            "; kernel datapath also there"
+            if kernel
+            else f"; no kernel datapath ({why}): the variants use the userspace one, which needs none"
+        )
     return ok, detail
 
 
 def _ovs_ports(port_type: str):
     """Start a switch of the run's own with PORT_TYPE ports on a throw-away veth pair (the
     `ovs` variant's `system` ports, or `ovs_afxdp`'s `afxdp`), then remove it all."""
+
     def f():
         from labkit import ovs
         from labkit.testbed import topology
@@ -108,25 +117,32 @@ def _ovs_ports(port_type: str):
         if not ok:
             return False, version
         try:
-            spec = topology.TopologySpec(hosts=["a", "sw", "b"], links=[topology.LinkSpec("a", "sw"),
-                                                                         topology.LinkSpec("sw", "b")])
+            spec = topology.TopologySpec(
+                hosts=["a", "sw", "b"], links=[topology.LinkSpec("a", "sw"), topology.LinkSpec("sw", "b")]
+            )
             with topology.Topology(spec) as topo:
                 ports = [topo.iface("sw", "a").name, topo.iface("sw", "b").name]
                 with ovs.OvsSwitch(topo.host("sw"), ports, port_type=port_type, ready_timeout=20):
                     pass
         except Exception as exc:
-            hint = {"afxdp": "this Open vSwitch cannot open AF_XDP ports: Debian's openvswitch-switch is built "
-                             "with AF_XDP (`apt-get install openvswitch-switch`); the kernel needs CONFIG_XDP_SOCKETS",
-                    "system": "Open vSwitch is installed but its userspace datapath did not start: "
-                              "see the daemon's log above, and reinstall openvswitch-switch"}[port_type]
+            hint = {
+                "afxdp": "this Open vSwitch cannot open AF_XDP ports: Debian's openvswitch-switch is built "
+                "with AF_XDP (`apt-get install openvswitch-switch`); the kernel needs CONFIG_XDP_SOCKETS",
+                "system": "Open vSwitch is installed but its userspace datapath did not start: "
+                "see the daemon's log above, and reinstall openvswitch-switch",
+            }[port_type]
             return False, f"{str(exc).splitlines()[0]} -- {hint}"
         return True, f"{version}: a netdev bridge opened {port_type} ports on throw-away veths"
+
     return f
 
 
-@capabilities.register("ovs", "Open vSwitch's userspace datapath (the ovs variants of 02)",
-                       causes="Open vSwitch not installed (Debian package openvswitch-switch), or its daemons refused",
-                       instead="none: the ovs variants cannot run")
+@capabilities.register(
+    "ovs",
+    "Open vSwitch's userspace datapath (the ovs variants of 02)",
+    causes="Open vSwitch not installed (Debian package openvswitch-switch), or its daemons refused",
+    instead="none: the ovs variants cannot run",
+)
 def _ovs_probe() -> str:
     ok, detail = _ovs_ports("system")()
     if not ok:
@@ -145,12 +161,17 @@ def _dpdk_af_xdp():
         version = dpdk_version()
     except MissingDependency as exc:
         return False, str(exc)
-    libdir = subprocess.run(["pkg-config", "--variable=libdir", "libdpdk"], capture_output=True, text=True).stdout.strip()
-    found = sorted(Path(libdir or "/usr/lib").glob("dpdk/pmds-*/librte_net_af_xdp.so*")) + \
-        sorted(Path(libdir or "/usr/lib").glob("librte_net_af_xdp.so*"))
+    libdir = subprocess.run(
+        ["pkg-config", "--variable=libdir", "libdpdk"], capture_output=True, text=True
+    ).stdout.strip()
+    found = sorted(Path(libdir or "/usr/lib").glob("dpdk/pmds-*/librte_net_af_xdp.so*")) + sorted(
+        Path(libdir or "/usr/lib").glob("librte_net_af_xdp.so*")
+    )
     if not found:
-        return False, (f"DPDK {version} has no net_af_xdp driver (librte_net_af_xdp): install Debian's "
-                       "librte-net-af-xdp23 (or dpdk), or build DPDK with libxdp/libbpf")
+        return False, (
+            f"DPDK {version} has no net_af_xdp driver (librte_net_af_xdp): install Debian's "
+            "librte-net-af-xdp23 (or dpdk), or build DPDK with libxdp/libbpf"
+        )
     ldd = subprocess.run(["ldd", str(found[0])], capture_output=True, text=True)
     missing = [l.split()[0] for l in ldd.stdout.splitlines() if "not found" in l]
     if missing:
@@ -162,13 +183,27 @@ def _dpdk_af_xdp():
 
 
 def checks() -> list[tuple[str, bool, str]]:
-    out = [_check("root", _root), _check("bcc (python3-bpfcc) + kernel headers", _bcc),
-           _check("libbpf (BPF_PROG_TEST_RUN)", _libbpf), _check("kernel BTF", _btf),
-           _check("bpffs", _bpffs), _check("BPF_PROG_RUN live frames (in-kernel generator)", _facility("live_frames")),
-           _check("kernel pktgen", _facility("pktgen"))]
-    for tool, pkg in (("ip", "iproute2"), ("tc", "iproute2"), ("iptables", "iptables"), ("ethtool", "ethtool"),
-                      ("trafgen", "netsniff-ng"), ("dpdk-testpmd", "dpdk"), ("iperf3", "iperf3"),
-                      ("tcpdump", "tcpdump"), ("ping", "iputils-ping"), ("chromium", "chromium")):
+    out = [
+        _check("root", _root),
+        _check("bcc (python3-bpfcc) + kernel headers", _bcc),
+        _check("libbpf (BPF_PROG_TEST_RUN)", _libbpf),
+        _check("kernel BTF", _btf),
+        _check("bpffs", _bpffs),
+        _check("BPF_PROG_RUN live frames (in-kernel generator)", _facility("live_frames")),
+        _check("kernel pktgen", _facility("pktgen")),
+    ]
+    for tool, pkg in (
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("iptables", "iptables"),
+        ("ethtool", "ethtool"),
+        ("trafgen", "netsniff-ng"),
+        ("dpdk-testpmd", "dpdk"),
+        ("iperf3", "iperf3"),
+        ("tcpdump", "tcpdump"),
+        ("ping", "iputils-ping"),
+        ("chromium", "chromium"),
+    ):
         out.append(_check(tool, _tool(tool, pkg)))
     out.append(_check("DPDK (libdpdk)", _dpdk))
     out.append(_check("DPDK l2fwd built", _l2fwd))
@@ -182,8 +217,14 @@ def checks() -> list[tuple[str, bool, str]]:
 
 
 NEEDS = {
-    "01-xdp-drop": ["root", "bcc (python3-bpfcc) + kernel headers", "libbpf (BPF_PROG_TEST_RUN)", "iptables", "ethtool",
-                    "XDP on veth (native, generic)"],
+    "01-xdp-drop": [
+        "root",
+        "bcc (python3-bpfcc) + kernel headers",
+        "libbpf (BPF_PROG_TEST_RUN)",
+        "iptables",
+        "ethtool",
+        "XDP on veth (native, generic)",
+    ],
     "02-l2-forwarding": ["root", "bcc (python3-bpfcc) + kernel headers", "DPDK (libdpdk)", "DPDK l2fwd built"],
     "02-l2-forwarding ovs": ["root", "Open vSwitch installed", "Open vSwitch system ports (ovs)"],
     "02-l2-forwarding ovs_afxdp": ["root", "Open vSwitch installed", "Open vSwitch afxdp ports (ovs_afxdp)"],

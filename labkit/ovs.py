@@ -22,6 +22,7 @@ its tap device and `ovs-netdev` behind), then stops both daemons (SIGINT, SIGTER
 SIGKILL) and removes the folder. The daemons carry the run in their environment and the
 folder its prefix: `labkit clean` removes what a crashed run left (`stale_dirs`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -50,8 +51,10 @@ def status() -> tuple[bool, str]:
     """(True, version) or (False, what to install), for `labkit doctor` and the experiment."""
     missing = [t for t in TOOLS if not shutil.which(t)]
     if missing:
-        return False, (f"Open vSwitch is not installed ({', '.join(missing)} missing): install Debian's "
-                       "openvswitch-switch (`sudo make setup`, or `apt-get install openvswitch-switch`)")
+        return False, (
+            f"Open vSwitch is not installed ({', '.join(missing)} missing): install Debian's "
+            "openvswitch-switch (`sudo make setup`, or `apt-get install openvswitch-switch`)"
+        )
     if not SCHEMA.is_file():
         return False, f"Open vSwitch's schema {SCHEMA} is missing: reinstall openvswitch-common"
     return True, "Open vSwitch " + _version()
@@ -124,9 +127,18 @@ class OvsSwitch:
     """A bridge of PORTS (interface names on HOST) with its own ovsdb-server and
     ovs-vswitchd; a context manager (see the module docstring)."""
 
-    def __init__(self, host, ports: list, *, port_type: str = "system", xdp_mode: str = "native",
-                 datapath: str = "netdev", pmd_cpus: str | None = None, bridge: str | None = None,
-                 ready_timeout: float = 30.0):
+    def __init__(
+        self,
+        host,
+        ports: list,
+        *,
+        port_type: str = "system",
+        xdp_mode: str = "native",
+        datapath: str = "netdev",
+        pmd_cpus: str | None = None,
+        bridge: str | None = None,
+        ready_timeout: float = 30.0,
+    ):
         self.host = host
         self.ports = [getattr(p, "name", p) for p in ports]
         self.port_type, self.xdp_mode, self.pmd_cpus, self.datapath = port_type, xdp_mode, pmd_cpus, datapath
@@ -155,7 +167,9 @@ class OvsSwitch:
         if self.port_type not in PORT_TYPES:
             raise InputError(f"OVS port type {self.port_type!r}: choose one of {PORT_TYPES}")
         if self.xdp_mode not in XDP_MODES:
-            raise InputError(f"OVS afxdp xdp-mode {self.xdp_mode!r}: choose one of {XDP_MODES} (veths have no zero-copy)")
+            raise InputError(
+                f"OVS afxdp xdp-mode {self.xdp_mode!r}: choose one of {XDP_MODES} (veths have no zero-copy)"
+            )
         if len(self.bridge) > 15:
             raise InputError(f"bridge name {self.bridge!r} is {len(self.bridge)} characters; Linux allows 15")
         if len(self.ports) < 2 or len(set(self.ports)) != len(self.ports):
@@ -166,26 +180,41 @@ class OvsSwitch:
             except ValueError:
                 raise InputError(f"pmd_cpus {self.pmd_cpus!r}: a hex CPU mask, e.g. '0x2'") from None
             if mask <= 0 or mask >> (os.cpu_count() or 1):
-                raise InputError(f"pmd_cpus {self.pmd_cpus!r} names no CPU of this machine (CPUs 0..{(os.cpu_count() or 1) - 1})")
+                raise InputError(
+                    f"pmd_cpus {self.pmd_cpus!r} names no CPU of this machine (CPUs 0..{(os.cpu_count() or 1) - 1})"
+                )
         with self.host.ipr() as ipr:
             names = {l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
         missing = [p for p in self.ports if p not in names]
         if missing:
-            raise InputError(f"interface(s) {missing} do not exist on {self.host}; interfaces there: {', '.join(sorted(names))}")
+            raise InputError(
+                f"interface(s) {missing} do not exist on {self.host}; interfaces there: {', '.join(sorted(names))}"
+            )
 
     # ---- running
     @property
     def env(self) -> dict:
         d = str(self.dir)
-        return {**os.environ, "OVS_RUNDIR": d, "OVS_DBDIR": d, "OVS_LOGDIR": d, "OVS_PKGDATADIR": str(SCHEMA.parent),
-                "OVS_SYSCONFDIR": d}
+        return {
+            **os.environ,
+            "OVS_RUNDIR": d,
+            "OVS_DBDIR": d,
+            "OVS_LOGDIR": d,
+            "OVS_PKGDATADIR": str(SCHEMA.parent),
+            "OVS_SYSCONFDIR": d,
+        }
 
     def vsctl(self, *args, timeout: float = 20) -> str:
-        cp = self.host.run(["ovs-vsctl", f"--db=unix:{self.dir}/db.sock", "--timeout=15", *args],
-                           timeout=timeout, env=self.env, check=False)
+        cp = self.host.run(
+            ["ovs-vsctl", f"--db=unix:{self.dir}/db.sock", "--timeout=15", *args],
+            timeout=timeout,
+            env=self.env,
+            check=False,
+        )
         if cp.returncode != 0:
-            raise LabkitError(f"ovs-vsctl {' '.join(args)} failed: {(cp.stdout + cp.stderr).strip()}"
-                              + self._log_tail())
+            raise LabkitError(
+                f"ovs-vsctl {' '.join(args)} failed: {(cp.stdout + cp.stderr).strip()}" + self._log_tail()
+            )
         return cp.stdout
 
     def ofctl(self, *args) -> str:
@@ -201,16 +230,37 @@ class OvsSwitch:
                 self.dir.mkdir(parents=True, exist_ok=False)
             d = self.dir
             self.host.run(["ovsdb-tool", "create", f"{d}/conf.db", str(SCHEMA)], env=self.env, timeout=30)
-            self.procs.append(self.host.spawn(
-                ["ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock", f"--unixctl={d}/ovsdb-server.ctl",
-                 f"--pidfile={d}/ovsdb-server.pid", f"--log-file={d}/ovsdb-server.log"], name="ovsdb-server", env=self.env))
+            self.procs.append(
+                self.host.spawn(
+                    [
+                        "ovsdb-server",
+                        f"{d}/conf.db",
+                        f"--remote=punix:{d}/db.sock",
+                        f"--unixctl={d}/ovsdb-server.ctl",
+                        f"--pidfile={d}/ovsdb-server.pid",
+                        f"--log-file={d}/ovsdb-server.log",
+                    ],
+                    name="ovsdb-server",
+                    env=self.env,
+                )
+            )
             self._wait_for(d / "db.sock", "ovsdb-server")
             self.vsctl("--no-wait", "init")
             if self.pmd_cpus:
                 self.vsctl("--no-wait", "set", "Open_vSwitch", ".", f"other_config:pmd-cpu-mask={self.pmd_cpus}")
-            self.procs.append(self.host.spawn(
-                ["ovs-vswitchd", f"unix:{d}/db.sock", f"--unixctl={d}/ovs-vswitchd.ctl",
-                 f"--pidfile={d}/ovs-vswitchd.pid", f"--log-file={d}/ovs-vswitchd.log"], name="ovs-vswitchd", env=self.env))
+            self.procs.append(
+                self.host.spawn(
+                    [
+                        "ovs-vswitchd",
+                        f"unix:{d}/db.sock",
+                        f"--unixctl={d}/ovs-vswitchd.ctl",
+                        f"--pidfile={d}/ovs-vswitchd.pid",
+                        f"--log-file={d}/ovs-vswitchd.log",
+                    ],
+                    name="ovs-vswitchd",
+                    env=self.env,
+                )
+            )
             self._wait_for(d / "ovs-vswitchd.ctl", "ovs-vswitchd")
             self.bridge_made = True
             self.vsctl("add-br", self.bridge, "--", "set", "bridge", self.bridge, f"datapath_type={self.datapath}")
@@ -218,8 +268,9 @@ class OvsSwitch:
                 extra = []
                 if self.port_type == "afxdp":
                     extra = ["--", "set", "interface", name, "type=afxdp", f"options:xdp-mode={self.xdp_mode}"]
-                self.vsctl("add-port", self.bridge, name, *extra, "--", "set", "interface", name,
-                           f"ofport_request={i + 1}")
+                self.vsctl(
+                    "add-port", self.bridge, name, *extra, "--", "set", "interface", name, f"ofport_request={i + 1}"
+                )
             self._check_ports()
             self.ofctl("del-flows", self.bridge)
         except BaseException:
@@ -260,7 +311,9 @@ class OvsSwitch:
             if not 0 <= p < len(self.ports):
                 raise InputError(f"port {p}: this switch has ports 0..{len(self.ports) - 1}")
         actions = ([f"mod_dl_dst:{set_dst}"] if set_dst else []) + ([f"mod_dl_src:{set_src}"] if set_src else [])
-        self.ofctl("add-flow", self.bridge, f"in_port={from_port + 1},actions={','.join(actions + [f'output:{to_port + 1}'])}")
+        self.ofctl(
+            "add-flow", self.bridge, f"in_port={from_port + 1},actions={','.join(actions + [f'output:{to_port + 1}'])}"
+        )
 
     def flows(self) -> str:
         return self.ofctl("dump-flows", self.bridge)

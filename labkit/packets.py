@@ -1,6 +1,7 @@
 """Build and parse the frames experiments send: Ethernet / IPv4 or IPv6 / UDP, TCP or ICMP,
 with valid checksums. Pure Python, no kernel: used by generators, tests, program cost
 measurement and the NAT model."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -33,8 +34,19 @@ def checksum(data: bytes) -> int:
 
 
 def ipv4_header(src: str, dst: str, proto: int, payload_len: int, ttl: int = 64, ident: int = 0) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + payload_len, ident, 0x4000, ttl, proto, 0,
-                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + payload_len,
+        ident,
+        0x4000,
+        ttl,
+        proto,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
     return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
 
 
@@ -83,10 +95,14 @@ def check_size(size: int, mtu: int = 1500) -> int:
     if not isinstance(size, int) or isinstance(size, bool):
         raise InputError(f"packet size {size!r} must be a whole number of bytes")
     if size < MIN_FRAME:
-        raise InputError(f"packet size {size} is below {MIN_FRAME} bytes, the Ethernet minimum (64 on the wire with FCS)")
+        raise InputError(
+            f"packet size {size} is below {MIN_FRAME} bytes, the Ethernet minimum (64 on the wire with FCS)"
+        )
     if size > mtu + ETH_HLEN:
-        raise InputError(f"packet size {size} is above the link's MTU ({mtu}) plus the 14-byte Ethernet header; "
-                         f"use at most {mtu + ETH_HLEN}, or raise the MTU")
+        raise InputError(
+            f"packet size {size} is above the link's MTU ({mtu}) plus the 14-byte Ethernet header; "
+            f"use at most {mtu + ETH_HLEN}, or raise the MTU"
+        )
     return size
 
 
@@ -119,8 +135,15 @@ def build(spec: FrameSpec, payload_fill: bytes = b"\0") -> bytes:
         c = l4_checksum(spec.src_ip, spec.dst_ip, proto, seg) if v6 else checksum(seg)
         seg = seg[:2] + struct.pack("!H", c) + seg[4:]
     if v6:
-        ip = struct.pack("!IHBB16s16s", 6 << 28, l4_len, proto, 64,
-                         ipaddress.IPv6Address(spec.src_ip).packed, ipaddress.IPv6Address(spec.dst_ip).packed)
+        ip = struct.pack(
+            "!IHBB16s16s",
+            6 << 28,
+            l4_len,
+            proto,
+            64,
+            ipaddress.IPv6Address(spec.src_ip).packed,
+            ipaddress.IPv6Address(spec.dst_ip).packed,
+        )
         ethertype = ETH_P_IPV6
     else:
         ip = ipv4_header(spec.src_ip, spec.dst_ip, proto, l4_len)

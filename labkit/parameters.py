@@ -10,6 +10,7 @@ Types understood: bool, int, float (an int is accepted), str (a bare number is a
 its text: YAML reads `-p dpdk_lcores 1` as a number), list (one value is accepted as a
 one-element list: `-p sizes 64` means [64]), dict, and `X | None`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,10 +20,25 @@ import typing
 
 from labkit.errors import InputError
 
-_NAMES = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict,
-          "tuple": list, "None": type(None)}
-_WHAT = {bool: "true or false", int: "a whole number", float: "a number", str: "text",
-         list: "a list, e.g. [64, 512]", dict: "a mapping", type(None): "nothing (null)"}
+_NAMES = {
+    "bool": bool,
+    "int": int,
+    "float": float,
+    "str": str,
+    "list": list,
+    "dict": dict,
+    "tuple": list,
+    "None": type(None),
+}
+_WHAT = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "text",
+    list: "a list, e.g. [64, 512]",
+    dict: "a mapping",
+    type(None): "nothing (null)",
+}
 
 
 def did_you_mean(name: str, known) -> str:
@@ -37,8 +53,9 @@ def check_names(names, known, where: str) -> None:
     known = list(known)
     for name in names:
         if name not in known:
-            raise InputError(f"{where} has no parameter {name!r}{did_you_mean(name, known)}; "
-                             f"it declares: {', '.join(known)}")
+            raise InputError(
+                f"{where} has no parameter {name!r}{did_you_mean(name, known)}; it declares: {', '.join(known)}"
+            )
 
 
 def kinds(annotation) -> tuple:
@@ -49,7 +66,7 @@ def kinds(annotation) -> tuple:
             part = part.strip()
             base = part.split("[", 1)[0].strip()
             if base.startswith("Optional"):
-                out += [*kinds(part[len("Optional["):-1]), type(None)]
+                out += [*kinds(part[len("Optional[") : -1]), type(None)]
             elif base in _NAMES:
                 out.append(_NAMES[base])
             else:
@@ -142,8 +159,9 @@ def check_interface(name: str | None, what: str) -> None:
         return
     have = sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else []
     if name not in have:
-        raise InputError(f"{what} {name!r}: no such interface here{did_you_mean(name, have)}; "
-                         f"interfaces: {', '.join(have)}")
+        raise InputError(
+            f"{what} {name!r}: no such interface here{did_you_mean(name, have)}; interfaces: {', '.join(have)}"
+        )
 
 
 def check_choice(name: str, value, choices, extra=()) -> None:

@@ -2,6 +2,7 @@
 `labkit report` runs, they go straight to the terminal (the kernel's original stderr) and
 so never into the executed notebook or its HTML; elsewhere (a script, JupyterLab) to
 sys.stderr."""
+
 from __future__ import annotations
 
 import os

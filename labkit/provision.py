@@ -14,6 +14,7 @@ afterwards:
 
 `check=True` runs Ansible's check mode: nothing is changed, every task says what it would do.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -41,8 +42,9 @@ def _ansible_runner():
     except ImportError:
         raise MissingDependency("provisioning needs ansible-runner: run `sudo make setup`") from None
     if not shutil.which("ansible-playbook"):
-        raise MissingDependency("provisioning needs ansible-playbook (Debian package ansible-core): "
-                                "run `sudo make setup`")
+        raise MissingDependency(
+            "provisioning needs ansible-playbook (Debian package ansible-core): run `sudo make setup`"
+        )
     return ansible_runner
 
 
@@ -82,8 +84,11 @@ def ansible_inventory(inventory, path: Path) -> Path:
 def pack(path: Path) -> Path:
     """A .tar.gz of the workbench's files (those git tracks, as they are in the working tree)."""
     try:
-        files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True,
-                               timeout=60).stdout.decode().split("\0")
+        files = (
+            subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True, timeout=60)
+            .stdout.decode()
+            .split("\0")
+        )
     except (OSError, subprocess.SubprocessError):
         files = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()]
     with tarfile.open(path, "w:gz") as tar:
@@ -104,11 +109,19 @@ def provision(inventory_path, check: bool = False, log=print, playbook: Path = P
     work = Path(tempfile.mkdtemp(prefix="labkit-provision-"))
     try:
         extravars = {"labkit_archive": str(pack(work / "labkit.tar.gz")) if not check else "(check mode)"}
-        r = runner.run(private_data_dir=str(work), playbook=str(Path(playbook).resolve()),
-                       inventory=str(ansible_inventory(inv, work / "inventory.yml")), extravars=extravars,
-                       cmdline="--check --diff" if check else None, quiet=True,
-                       envvars={"ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_RETRY_FILES_ENABLED": "False",
-                                "ANSIBLE_NOCOLOR": "True"})
+        r = runner.run(
+            private_data_dir=str(work),
+            playbook=str(Path(playbook).resolve()),
+            inventory=str(ansible_inventory(inv, work / "inventory.yml")),
+            extravars=extravars,
+            cmdline="--check --diff" if check else None,
+            quiet=True,
+            envvars={
+                "ANSIBLE_HOST_KEY_CHECKING": "True",
+                "ANSIBLE_RETRY_FILES_ENABLED": "False",
+                "ANSIBLE_NOCOLOR": "True",
+            },
+        )
         problems = []
         for ev in r.events:
             data = ev.get("event_data", {})
@@ -119,13 +132,21 @@ def provision(inventory_path, check: bool = False, log=print, playbook: Path = P
                 problems.append(f"host {data.get('host')}: {what}: {msg[0] if msg else 'no message'}")
         stats = r.stats or {}
         if problems or r.status != "successful":
-            hint = ("; check each host's address, key and known_hosts (docs/remote-hosts.md)"
-                    if any("unreachable" in p for p in problems) else "")
-            raise ProvisionFailed(f"provisioning {inv.path} {r.status}:\n  " + "\n  ".join(
-                problems or [f"ansible-playbook exited {r.rc}"]) + hint)
+            hint = (
+                "; check each host's address, key and known_hosts (docs/remote-hosts.md)"
+                if any("unreachable" in p for p in problems)
+                else ""
+            )
+            raise ProvisionFailed(
+                f"provisioning {inv.path} {r.status}:\n  "
+                + "\n  ".join(problems or [f"ansible-playbook exited {r.rc}"])
+                + hint
+            )
         for host in inv.hosts:
-            log(f"{host}: {stats.get('ok', {}).get(host, 0)} ok, {stats.get('changed', {}).get(host, 0)} "
-                f"{'would change' if check else 'changed'}, {stats.get('skipped', {}).get(host, 0)} skipped")
+            log(
+                f"{host}: {stats.get('ok', {}).get(host, 0)} ok, {stats.get('changed', {}).get(host, 0)} "
+                f"{'would change' if check else 'changed'}, {stats.get('skipped', {}).get(host, 0)} skipped"
+            )
         return {k: dict(stats.get(k) or {}) for k in ("ok", "changed", "skipped")} | {"events": _task_results(r)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -137,7 +158,10 @@ def _task_results(r) -> list:
     for ev in r.events:
         data = ev.get("event_data", {})
         if ev.get("event") in ("runner_on_ok", "runner_on_skipped"):
-            outcome = "skipped" if ev["event"] == "runner_on_skipped" else (
-                "changed" if data.get("res", {}).get("changed") else "ok")
+            outcome = (
+                "skipped"
+                if ev["event"] == "runner_on_skipped"
+                else ("changed" if data.get("res", {}).get("changed") else "ok")
+            )
             out.append((data.get("host"), data.get("task"), outcome))
     return out

@@ -1,6 +1,7 @@
 """Published reference values, shown beside our measurements and never mixed with them.
 Each carries where it comes from and what it measured, so a reader can see where a laptop
 or a namespace testbed run stands."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,17 +17,33 @@ class Reference:
 
 
 POSTER_XDP_DROP = Reference(
-    "poster: XDP drop", 13.0, "Mbit/s",
-    "the poster this workbench grew from", "XDP packet drop on a 40G NIC, as reported there")
+    "poster: XDP drop",
+    13.0,
+    "Mbit/s",
+    "the poster this workbench grew from",
+    "XDP packet drop on a 40G NIC, as reported there",
+)
 XDP_PAPER_XDP_DROP = Reference(
-    "XDP paper: XDP drop", 24e6, "pps per core",
-    "Høiland-Jørgensen et al., The eXpress Data Path, CoNEXT 2018", "bare metal, 64-byte packets, one core")
+    "XDP paper: XDP drop",
+    24e6,
+    "pps per core",
+    "Høiland-Jørgensen et al., The eXpress Data Path, CoNEXT 2018",
+    "bare metal, 64-byte packets, one core",
+)
 XDP_PAPER_DPDK_DROP = Reference(
-    "XDP paper: DPDK drop", 43.5e6, "pps per core",
-    "Høiland-Jørgensen et al., The eXpress Data Path, CoNEXT 2018", "bare metal, 64-byte packets, one core")
+    "XDP paper: DPDK drop",
+    43.5e6,
+    "pps per core",
+    "Høiland-Jørgensen et al., The eXpress Data Path, CoNEXT 2018",
+    "bare metal, 64-byte packets, one core",
+)
 XDP_PAPER_IPTABLES_RAW = Reference(
-    "XDP paper: iptables raw drop", 4.8e6, "pps per core",
-    "Høiland-Jørgensen et al., The eXpress Data Path, CoNEXT 2018", "bare metal, 64-byte packets, one core")
+    "XDP paper: iptables raw drop",
+    4.8e6,
+    "pps per core",
+    "Høiland-Jørgensen et al., The eXpress Data Path, CoNEXT 2018",
+    "bare metal, 64-byte packets, one core",
+)
 
 DROP = [POSTER_XDP_DROP, XDP_PAPER_XDP_DROP, XDP_PAPER_IPTABLES_RAW, XDP_PAPER_DPDK_DROP]
 
@@ -34,5 +51,6 @@ DROP = [POSTER_XDP_DROP, XDP_PAPER_XDP_DROP, XDP_PAPER_IPTABLES_RAW, XDP_PAPER_D
 def table(refs=DROP):
     import pandas as pd
 
-    return pd.DataFrame([{"reference": r.label, "value": r.value, "unit": r.unit, "source": r.source, "note": r.note}
-                         for r in refs])
+    return pd.DataFrame(
+        [{"reference": r.label, "value": r.value, "unit": r.unit, "source": r.source, "note": r.note} for r in refs]
+    )

@@ -11,6 +11,7 @@ A run of an experiment writes ``data/<experiment>/<UTC time>-<run prefix>/``:
 into one table, with the run's metadata keys as columns, for comparisons across runs and
 machines.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,9 +45,17 @@ class ResultSet:
     def add(self, variant: str, trial: int, size, measures: dict, flags=(), **extra) -> None:
         """Add one row per measure; MEASURES = {name: (value, unit)}."""
         for name, (value, unit) in measures.items():
-            row = {"experiment": self.experiment, "run_id": self.run_id, "trial": trial, "variant": variant,
-                   "size": size, "measure": name, "value": float(value) if value is not None else float("nan"),
-                   "unit": unit, "flags": ";".join(flags)}
+            row = {
+                "experiment": self.experiment,
+                "run_id": self.run_id,
+                "trial": trial,
+                "variant": variant,
+                "size": size,
+                "measure": name,
+                "value": float(value) if value is not None else float("nan"),
+                "unit": unit,
+                "flags": ";".join(flags),
+            }
             row.update(extra)
             self.rows.append(row)
 
@@ -130,8 +139,13 @@ def _git() -> dict:
 
 
 def _sysctls() -> dict:
-    names = ["net.core.bpf_jit_enable", "net.core.netdev_max_backlog", "net.core.netdev_budget",
-             "net.core.rmem_default", "kernel.unprivileged_bpf_disabled"]
+    names = [
+        "net.core.bpf_jit_enable",
+        "net.core.netdev_max_backlog",
+        "net.core.netdev_budget",
+        "net.core.rmem_default",
+        "kernel.unprivileged_bpf_disabled",
+    ]
     out = {}
     for n in names:
         out[n] = _try(lambda n=n: Path("/proc/sys/" + n.replace(".", "/")).read_text().strip())
@@ -214,7 +228,9 @@ def load_runs(experiment: str | None = None, data_dir: Path | None = None):
         t = run.table.copy()
         for key in ("host", "kernel", "cpu_model", "time_utc"):
             t[key] = run.metadata.get(key)
-        t["commit"] = (run.metadata.get("git") or {}).get("commit") if isinstance(run.metadata.get("git"), dict) else None
+        t["commit"] = (
+            (run.metadata.get("git") or {}).get("commit") if isinstance(run.metadata.get("git"), dict) else None
+        )
         frames.append(t)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 

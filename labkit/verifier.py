@@ -23,6 +23,7 @@ carries the log, the failing instructions and a hint:
 
 `HINTS` maps a pattern of the verifier's message to a sentence about the usual cause.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -39,54 +40,75 @@ from labkit.errors import LabkitError
 #: (pattern of the verifier's or compiler's message, what usually causes it and the fix).
 #: The first match wins, so the specific ones come first.
 HINTS = [
-    (r"refused it with E2BIG",
-     "either the program is longer than the kernel allows (split it, e.g. with tail calls), or the verifier "
-     "walked more instructions than it will: usually a loop it cannot prove ends. If there is a loop, bound your "
-     "loop with a constant (`for (int i = 0; i < 8; i++)`)."),
-    (r"invalid access to packet|outside of the packet|invalid access to packet, off",
-     "the program reads packet bytes it has not proven are there. Before touching a header, "
-     "compare its end with data_end, `if ((void *)(eth + 1) > data_end) return ...;`, returning the verdict "
-     "your exercise asks for frames too short for that header. The check must be on the same pointer "
-     "(or one derived from it) that you then read."),
-    (r"map_value_or_null|_or_null",
-     "a map lookup can return NULL (no such key) and the program used the result without "
-     "checking. Right after the lookup, test it (`if (!value) { ... }`) and in that branch do what a missing "
-     "entry means in your exercise (create it with update(), or leave without touching *value); "
-     "use *value only after the test."),
-    (r"back-edge|infinite loop|loop is not bounded|too large\. Processed|BPF program is too large|"
-     r"jump out of range|The sequence of \d+ jumps is too complex|the verifier gave up",
-     "the verifier could not prove a loop ends: bound your loop. Give it a constant bound "
-     "(`for (int i = 0; i < 8; i++)`), break out early inside it, or unroll it (`#pragma unroll`)."),
-    (r"unbounded min value|unbounded memory access|min value is negative|value is outside of the allowed memory range",
-     "an offset the program adds to a pointer has no proven bounds. Clamp it first (`if (off > 64) return ...;` "
-     "with your exercise's verdict, or `off &= 0x3f;`) so the verifier knows its range, then bounds-check the result against data_end."),
-    (r"R0 !read_ok",
-     "the function can end without a return value: every path needs `return XDP_...;`."),
-    (r"invalid (indirect )?read from stack|invalid indirect access to stack",
-     "a stack variable (often a map key or value struct) is used before every byte is set: "
-     "initialise it, e.g. `struct key k = {};` or __builtin_memset(&k, 0, sizeof(k))."),
-    (r"invalid mem access 'scalar'|invalid mem access 'inv'",
-     "the program dereferences a plain number, not a pointer the verifier knows: cast ctx->data and "
-     "ctx->data_end with `(void *)(long)` and read through pointers derived from them."),
-    (r"unknown func|program of this type cannot use helper",
-     "this helper cannot be called from this kind of program (XDP and tc allow different helpers)."),
-    (r"misaligned",
-     "a read is not aligned to its size: read the field byte by byte or with __builtin_memcpy."),
-    (r"unreachable insn",
-     "some code can never run; usually a return or a loop the compiler laid out oddly."),
-    (r"invalid stack off|stack limit",
-     "the program uses more than the 512 bytes of stack eBPF allows: move big buffers into a map."),
-    (r"error: use of undeclared identifier|error: unknown type name",
-     "a name is not declared: check its spelling, or #include the header that declares it."),
-    (r"error: expected",
-     "a syntax error: look at the line and column the compiler names (a missing ';' or brace is common)."),
+    (
+        r"refused it with E2BIG",
+        "either the program is longer than the kernel allows (split it, e.g. with tail calls), or the verifier "
+        "walked more instructions than it will: usually a loop it cannot prove ends. If there is a loop, bound your "
+        "loop with a constant (`for (int i = 0; i < 8; i++)`).",
+    ),
+    (
+        r"invalid access to packet|outside of the packet|invalid access to packet, off",
+        "the program reads packet bytes it has not proven are there. Before touching a header, "
+        "compare its end with data_end, `if ((void *)(eth + 1) > data_end) return ...;`, returning the verdict "
+        "your exercise asks for frames too short for that header. The check must be on the same pointer "
+        "(or one derived from it) that you then read.",
+    ),
+    (
+        r"map_value_or_null|_or_null",
+        "a map lookup can return NULL (no such key) and the program used the result without "
+        "checking. Right after the lookup, test it (`if (!value) { ... }`) and in that branch do what a missing "
+        "entry means in your exercise (create it with update(), or leave without touching *value); "
+        "use *value only after the test.",
+    ),
+    (
+        r"back-edge|infinite loop|loop is not bounded|too large\. Processed|BPF program is too large|"
+        r"jump out of range|The sequence of \d+ jumps is too complex|the verifier gave up",
+        "the verifier could not prove a loop ends: bound your loop. Give it a constant bound "
+        "(`for (int i = 0; i < 8; i++)`), break out early inside it, or unroll it (`#pragma unroll`).",
+    ),
+    (
+        r"unbounded min value|unbounded memory access|min value is negative|value is outside of the allowed memory range",
+        "an offset the program adds to a pointer has no proven bounds. Clamp it first (`if (off > 64) return ...;` "
+        "with your exercise's verdict, or `off &= 0x3f;`) so the verifier knows its range, then bounds-check the result against data_end.",
+    ),
+    (r"R0 !read_ok", "the function can end without a return value: every path needs `return XDP_...;`."),
+    (
+        r"invalid (indirect )?read from stack|invalid indirect access to stack",
+        "a stack variable (often a map key or value struct) is used before every byte is set: "
+        "initialise it, e.g. `struct key k = {};` or __builtin_memset(&k, 0, sizeof(k)).",
+    ),
+    (
+        r"invalid mem access 'scalar'|invalid mem access 'inv'",
+        "the program dereferences a plain number, not a pointer the verifier knows: cast ctx->data and "
+        "ctx->data_end with `(void *)(long)` and read through pointers derived from them.",
+    ),
+    (
+        r"unknown func|program of this type cannot use helper",
+        "this helper cannot be called from this kind of program (XDP and tc allow different helpers).",
+    ),
+    (r"misaligned", "a read is not aligned to its size: read the field byte by byte or with __builtin_memcpy."),
+    (r"unreachable insn", "some code can never run; usually a return or a loop the compiler laid out oddly."),
+    (
+        r"invalid stack off|stack limit",
+        "the program uses more than the 512 bytes of stack eBPF allows: move big buffers into a map.",
+    ),
+    (
+        r"error: use of undeclared identifier|error: unknown type name",
+        "a name is not declared: check its spelling, or #include the header that declares it.",
+    ),
+    (
+        r"error: expected",
+        "a syntax error: look at the line and column the compiler names (a missing ';' or brace is common).",
+    ),
 ]
 
 #: lines of the verifier log that are instructions (`12: (bf) r1 = r2`) or the source line
 #: they come from (`; if (x) @ file.c:9`)
 _INSN = re.compile(r"^\d+: \(|^; ")
-_NOISE = re.compile(r"^(processed \d+ insns|verification time|stack depth|HINT:|bpf: Failed to load|"
-                    r"bpf: log_buf size|bpf: .*too large \(\d+ insns\)|libbpf:|Failed to load|\s*$)")
+_NOISE = re.compile(
+    r"^(processed \d+ insns|verification time|stack depth|HINT:|bpf: Failed to load|"
+    r"bpf: log_buf size|bpf: .*too large \(\d+ insns\)|libbpf:|Failed to load|\s*$)"
+)
 #: a verifier log is there: instructions, or the statistics line every log ends with
 _HAS_LOG = re.compile(r"^\d+: \(|^processed \d+ insns|too large\. Processed \d+ insn", re.M)
 #: the verifier stopped because the program took too many steps to check, not because a step was wrong
@@ -170,15 +192,17 @@ class VerifierError(LabkitError):
         self.function, self.where, self.log, self.cause, self.errno = function, where, log, cause, errno
         lines = [l.rstrip() for l in log.splitlines()]
         last = max((i for i, l in enumerate(lines) if _INSN.match(l)), default=-1)
-        said = "; ".join([l for l in lines[last + 1:] if not _NOISE.match(l)][:3])
+        said = "; ".join([l for l in lines[last + 1 :] if not _NOISE.match(l)][:3])
         self.processed = _processed(log)
         self.message = said or cause or "no verifier log was printed"
         if _GAVE_UP.search(log):  # the log says so: the verifier stopped walking the program
             self.message = gave_up(self.processed) + (f" ({said})" if said else "")
         elif errno == errno_mod.E2BIG:  # E2BIG alone: too large a program, or too long a walk
-            self.message = ("the kernel refused it with E2BIG, too many instructions: a program longer than "
-                            "the kernel allows, or more than the verifier walks; its log did not say which"
-                            + (f" ({said})" if said else ""))
+            self.message = (
+                "the kernel refused it with E2BIG, too many instructions: a program longer than "
+                "the kernel allows, or more than the verifier walks; its log did not say which"
+                + (f" ({said})" if said else "")
+            )
         self.instructions = [l for l in lines[: last + 1] if _INSN.match(l)][-6:]
         self.hint = hint_for(self.message) or hint_for(log)
         super().__init__(self.explain())
@@ -242,9 +266,20 @@ def kernel_log(bpf, name: str, prog_type) -> str:
     for level in _RETRY_LEVELS:
         buf = ctypes.create_string_buffer(_LOG_SIZE)
         with captured_stderr():  # bcc prints the log too: the refusal carries it once
-            fd = lib.bcc_func_load(mod, prog_type, fn, lib.bpf_function_start(mod, fn),
-                                   lib.bpf_function_size(mod, fn), lib.bpf_module_license(mod),
-                                   lib.bpf_module_kern_version(mod), level, buf, _LOG_SIZE, None, -1)
+            fd = lib.bcc_func_load(
+                mod,
+                prog_type,
+                fn,
+                lib.bpf_function_start(mod, fn),
+                lib.bpf_function_size(mod, fn),
+                lib.bpf_module_license(mod),
+                lib.bpf_module_kern_version(mod),
+                level,
+                buf,
+                _LOG_SIZE,
+                None,
+                -1,
+            )
         if fd >= 0:
             os.close(fd)
             return ""
@@ -258,7 +293,7 @@ def _refusal(log: str) -> bool:
     """LOG has a line after its last instruction that says why (not only statistics)."""
     lines = log.splitlines()
     last = max((i for i, l in enumerate(lines) if _INSN.match(l)), default=-1)
-    return any(not _NOISE.match(l) for l in lines[last + 1:])
+    return any(not _NOISE.match(l) for l in lines[last + 1 :])
 
 
 def _errno_of(exc: BaseException) -> int | None:
@@ -320,8 +355,9 @@ def _source_line(code: str, n: int, lines: list[str], anchors: dict[int, int]) -
         return None
     # a line bcc rewrote: the nearby line that starts most like it (`u64 *value = ...`)
     around = [i for i in range(guess - 2, guess + 3) if 1 <= i <= len(lines) and lines[i - 1].strip()]
-    return max(around, key=lambda i: (len(os.path.commonprefix([lines[i - 1].strip(), code])), -abs(i - guess)),
-               default=None)
+    return max(
+        around, key=lambda i: (len(os.path.commonprefix([lines[i - 1].strip(), code])), -abs(i - guess)), default=None
+    )
 
 
 def error_of(exc: BaseException) -> "VerifierError | CompileError | None":

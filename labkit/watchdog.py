@@ -22,6 +22,7 @@ undid is logged to `LOG` (/var/log/labkit/watchdog.log, or LABKIT_WATCHDOG_LOG),
 from the run registries so that /run/labkit holds only runs; the watcher never outlives the
 machine's boot.
 """
+
 from __future__ import annotations
 
 import json

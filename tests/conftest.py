@@ -7,6 +7,7 @@ every table, executed notebook and index page a test makes goes there, from this
 from `labkit` commands the tests start and from notebook kernels (they inherit the
 environment). At the end the session checks that reports/ and data/ are byte for byte as
 they were, and names what changed if not."""
+
 from __future__ import annotations
 
 import hashlib
@@ -40,9 +41,11 @@ def tree_digest(folder: Path) -> dict:
 
 
 def tree_changes(before: dict, after: dict) -> list[str]:
-    return ([f"{p} (added)" for p in sorted(after.keys() - before.keys())]
-            + [f"{p} (removed)" for p in sorted(before.keys() - after.keys())]
-            + [f"{p} (changed)" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]])
+    return (
+        [f"{p} (added)" for p in sorted(after.keys() - before.keys())]
+        + [f"{p} (removed)" for p in sorted(before.keys() - after.keys())]
+        + [f"{p} (changed)" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+    )
 
 
 # Before labkit is imported anywhere: labkit reads these once, at import.
@@ -137,7 +140,17 @@ def own_leftovers(prefix: str) -> list[str]:
     return [n for n in cleanup.labkit_namespaces() + cleanup.labkit_root_links() if n.startswith(prefix)]
 
 
-TOOLS = {"trafgen", "dpdk-testpmd", "l2fwd", "iperf3", "tcpdump", "pktgen", "dpdk-pktgen", "ovsdb-server", "ovs-vswitchd"}
+TOOLS = {
+    "trafgen",
+    "dpdk-testpmd",
+    "l2fwd",
+    "iperf3",
+    "tcpdump",
+    "pktgen",
+    "dpdk-pktgen",
+    "ovsdb-server",
+    "ovs-vswitchd",
+}
 
 
 def _tool_processes() -> set:
@@ -157,8 +170,11 @@ def _root_xdp_links() -> set:
     from labkit.testbed.hosts import netlink
 
     with netlink() as ipr:
-        return {l.get_attr("IFLA_IFNAME") for l in ipr.get_links()
-                if (dict((l.get_attr("IFLA_XDP") or {}).get("attrs", [])).get("IFLA_XDP_ATTACHED"))}
+        return {
+            l.get_attr("IFLA_IFNAME")
+            for l in ipr.get_links()
+            if (dict((l.get_attr("IFLA_XDP") or {}).get("attrs", [])).get("IFLA_XDP_ATTACHED"))
+        }
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -194,16 +210,19 @@ def labkit_folders():
     data, reports = SESSION_DIR / "data", SESSION_DIR / "reports"
     assert labkit.DATA_DIR == data and results.DATA_DIR == data and labkit.REPORTS_DIR == reports, (
         "labkit was imported before tests/conftest.py pointed it at temporary folders: "
-        f"DATA_DIR {labkit.DATA_DIR}, REPORTS_DIR {labkit.REPORTS_DIR}")
+        f"DATA_DIR {labkit.DATA_DIR}, REPORTS_DIR {labkit.REPORTS_DIR}"
+    )
     data.mkdir(parents=True, exist_ok=True)
     reports.mkdir(parents=True, exist_ok=True)
     yield {"data": data, "reports": reports}
-    changed = [f"{name}/{c}" for name in OWN_FOLDERS
-               for c in tree_changes(_OWN_BEFORE[name], tree_digest(ROOT / name))]
+    changed = [f"{name}/{c}" for name in OWN_FOLDERS for c in tree_changes(_OWN_BEFORE[name], tree_digest(ROOT / name))]
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
-    assert not changed, ("the test suite changed the checkout's own reports/ or data/ (or something else on "
-                         "this machine wrote there while it ran): " + ", ".join(changed[:20])
-                         + (f" and {len(changed) - 20} more" if len(changed) > 20 else ""))
+    assert not changed, (
+        "the test suite changed the checkout's own reports/ or data/ (or something else on "
+        "this machine wrote there while it ran): "
+        + ", ".join(changed[:20])
+        + (f" and {len(changed) - 20} more" if len(changed) > 20 else "")
+    )
 
 
 @pytest.fixture

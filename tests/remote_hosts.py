@@ -1,4 +1,4 @@
-""""Remote hosts" on this machine, for the tests of labkit.testbed.remote, inventories,
+""" "Remote hosts" on this machine, for the tests of labkit.testbed.remote, inventories,
 provisioning and clusters.
 
 Each host is a network namespace with Debian's sshd inside, reached from the root
@@ -11,6 +11,7 @@ namespaces (their sshd is stopped first, the management veths go with them).
     with NamespaceHosts(tmp_path, 2) as hosts:
         hosts.inventory({"sender": "h1", "receiver": "h2"})   # an Ansible YAML inventory
 """
+
 from __future__ import annotations
 
 import socket
@@ -46,9 +47,12 @@ class NamespaceHosts:
         self.mgmt_links: list[str] = []
 
     def __enter__(self) -> "NamespaceHosts":
-        links = [topology.LinkSpec(a, b, "10.11.0.1/24", "10.11.0.2/24") if i == 0 else
-                 topology.LinkSpec(a, b, f"10.11.{i}.1/24", f"10.11.{i}.2/24")
-                 for i, (a, b) in enumerate(zip(self.names, self.names[1:]))]
+        links = [
+            topology.LinkSpec(a, b, "10.11.0.1/24", "10.11.0.2/24")
+            if i == 0
+            else topology.LinkSpec(a, b, f"10.11.{i}.1/24", f"10.11.{i}.2/24")
+            for i, (a, b) in enumerate(zip(self.names, self.names[1:]))
+        ]
         self.topo = topology.Topology(topology.TopologySpec(hosts=list(self.names), links=links))
         self.topo.__enter__()
         try:
@@ -77,14 +81,16 @@ class NamespaceHosts:
             self.data_if[(a.host.name, b.host.name)] = a.name
             self.data_if[(b.host.name, a.host.name)] = b.name
         #: each host's data-plane addresses: its sshd listens there too, for hosts behind a bastion
-        self.data_addresses = {n: [e.address for link in self.topo.links for e in link if e.host.name == n]
-                               for n in self.names}
+        self.data_addresses = {
+            n: [e.address for link in self.topo.links for e in link if e.host.name == n] for n in self.names
+        }
         for i, name in enumerate(self.names):
             host = self.topo.host(name)
             root_if, ns_if = self.topo.run.name(f"m{i}"), "mgmt0"
             addr_root, addr_ns = f"10.250.{third}.{4 * i + 1}", f"10.250.{third}.{4 * i + 2}"
-            subprocess.run(["ip", "link", "add", root_if, "type", "veth", "peer", "name", ns_if,
-                            "netns", host.netns], check=True)
+            subprocess.run(
+                ["ip", "link", "add", root_if, "type", "veth", "peer", "name", ns_if, "netns", host.netns], check=True
+            )
             self.mgmt_links.append(root_if)
             subprocess.run(["ip", "addr", "add", f"{addr_root}/30", "dev", root_if], check=True)
             subprocess.run(["ip", "link", "set", root_if, "up"], check=True)
@@ -92,13 +98,26 @@ class NamespaceHosts:
             host.run(["ip", "link", "set", ns_if, "up"])
             key = keypair(self.folder / f"host_key_{name}")
             config = self.folder / f"sshd_{name}.conf"
-            config.write_text("\n".join([
-                "Port 22", f"ListenAddress {addr_ns}", *(f"ListenAddress {a}" for a in self.data_addresses[name]),
-                f"HostKey {key}",
-                f"AuthorizedKeysFile {self.folder / 'authorized_keys'} .ssh/authorized_keys",  # the latter: a test's own users
-                f"PidFile {self.folder / name}.pid",
-                "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no", "Subsystem sftp internal-sftp", "LogLevel ERROR", ""]))
+            config.write_text(
+                "\n".join(
+                    [
+                        "Port 22",
+                        f"ListenAddress {addr_ns}",
+                        *(f"ListenAddress {a}" for a in self.data_addresses[name]),
+                        f"HostKey {key}",
+                        f"AuthorizedKeysFile {self.folder / 'authorized_keys'} .ssh/authorized_keys",  # the latter: a test's own users
+                        f"PidFile {self.folder / name}.pid",
+                        "UsePAM no",
+                        "StrictModes no",
+                        "PermitRootLogin prohibit-password",
+                        "PasswordAuthentication no",
+                        "KbdInteractiveAuthentication no",
+                        "Subsystem sftp internal-sftp",
+                        "LogLevel ERROR",
+                        "",
+                    ]
+                )
+            )
             host.spawn([SSHD, "-D", "-e", "-f", str(config)], name=f"sshd-{name}")
             self.addresses[name] = addr_ns
             pub = (self.folder / f"host_key_{name}.pub").read_text().strip()
@@ -114,8 +133,15 @@ class NamespaceHosts:
 
     def spec(self, name: str, **extra) -> dict:
         """The connection settings of NAME, as labkit.testbed.remote.RemoteHost takes them."""
-        return {"name": name, "hostname": self.addresses[name], "user": "root", "python": PYTHON,
-                "identity_file": str(self.identity), "known_hosts": str(self.known_hosts), **extra}
+        return {
+            "name": name,
+            "hostname": self.addresses[name],
+            "user": "root",
+            "python": PYTHON,
+            "identity_file": str(self.identity),
+            "known_hosts": str(self.known_hosts),
+            **extra,
+        }
 
     def inventory(self, roles: dict, path: Path | None = None, hostvars: dict | None = None) -> Path:
         """An Ansible YAML inventory: every host under `all`, each role a group holding its
@@ -124,11 +150,15 @@ class NamespaceHosts:
         hosts = {}
         for name in self.names:
             peer = next((b for (a, b) in self.data_if if a == name and b in roles.values()), None)
-            hosts[name] = {"ansible_host": self.addresses[name], "ansible_user": "root",
-                           "ansible_ssh_private_key_file": str(self.identity),
-                           "labkit_known_hosts": str(self.known_hosts), "ansible_python_interpreter": PYTHON,
-                           **({"labkit_interface": self.data_if[(name, peer)]} if peer else {}),
-                           **hostvars.get(name, {})}
+            hosts[name] = {
+                "ansible_host": self.addresses[name],
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(self.identity),
+                "labkit_known_hosts": str(self.known_hosts),
+                "ansible_python_interpreter": PYTHON,
+                **({"labkit_interface": self.data_if[(name, peer)]} if peer else {}),
+                **hostvars.get(name, {}),
+            }
         doc = {"all": {"hosts": hosts, "children": {role: {"hosts": {h: None}} for role, h in roles.items()}}}
         path = path or self.folder / "inventory.yml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -1,6 +1,7 @@
 """The layout holds: imports point down the layers of docs/architecture.md, never up, and
 no two modules import each other (directly or round a longer cycle). Read from the source
 with `ast`, function-level imports included, so a lazy import cannot hide a cycle."""
+
 from __future__ import annotations
 
 import ast
@@ -12,9 +13,25 @@ PACKAGE = Path(labkit.__file__).parent
 
 #: Lowest first. A module may import from its own layer or any layer below.
 LAYERS = [
-    ["labkit", "labkit.errors", "labkit.capabilities", "labkit.addresses", "labkit.progress", "labkit.references", "labkit.packets"],
+    [
+        "labkit",
+        "labkit.errors",
+        "labkit.capabilities",
+        "labkit.addresses",
+        "labkit.progress",
+        "labkit.references",
+        "labkit.packets",
+    ],
     ["labkit.testbed.runs", "labkit.testbed.signals"],
-    ["labkit.testbed.hosts", "labkit.bpf", "labkit.bpf_testrun", "labkit.bpf_enums", "labkit.verifier", "labkit.testbed.remote", "labkit.testbed.remote_agent"],
+    [
+        "labkit.testbed.hosts",
+        "labkit.bpf",
+        "labkit.bpf_testrun",
+        "labkit.bpf_enums",
+        "labkit.verifier",
+        "labkit.testbed.remote",
+        "labkit.testbed.remote_agent",
+    ],
     ["labkit.testbed", "labkit.testbed.inventory"],
     ["labkit.dpdk", "labkit.dataplanes", "labkit.ovs", "labkit.probes"],
     ["labkit.traffic"],
@@ -77,8 +94,12 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_imports_point_down():
-    upward = [f"{m} (layer {layer(m)}) imports {t} (layer {layer(t)})"
-              for m, targets in graph().items() for t in targets if layer(t) > layer(m)]
+    upward = [
+        f"{m} (layer {layer(m)}) imports {t} (layer {layer(t)})"
+        for m, targets in graph().items()
+        for t in targets
+        if layer(t) > layer(m)
+    ]
     assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
 
 
@@ -92,7 +113,7 @@ def test_no_import_cycles():
         state[m] = 1
         for t in edges.get(m, ()):
             if state.get(t) == 1:
-                cycles.append(stack[stack.index(t):] + [t])
+                cycles.append(stack[stack.index(t) :] + [t])
             elif t not in state:
                 visit(t, stack + [t])
         state[m] = 2
@@ -132,13 +153,21 @@ def test_no_module_assigns_to_another_modules_names():
         imported = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                imported |= {(a.asname or a.name).split(".")[0] if not a.asname else a.asname
-                             for a in node.names if a.name.startswith("labkit")}
+                imported |= {
+                    (a.asname or a.name).split(".")[0] if not a.asname else a.asname
+                    for a in node.names
+                    if a.name.startswith("labkit")
+                }
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("labkit"):
                 imported |= {a.asname or a.name for a in node.names}
         for node in ast.walk(tree):
-            targets = node.targets if isinstance(node, ast.Assign) else \
-                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+                else []
+            )
             for target in targets:
                 for e in ast.walk(target):
                     base = e.value if isinstance(e, (ast.Attribute, ast.Subscript)) else None

@@ -1,5 +1,6 @@
 """What `make bench` prints about generators and receivers, from hand-built tables in its
 format: a generator-limited receiver gets no ratio of rates; ratios use medians."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -35,8 +36,9 @@ def test_one_line_per_generator_against_trafgen():
     for t, (loop, tg) in enumerate([(2.0e6, 0.4e6), (1.6e6, 0.5e6), (1.8e6, 0.45e6)]):
         rows.append(bench._row("generators", "xdp_loop", "xdp_drop_native", t, "received_pps", loop, "pps"))
         rows.append(bench._row("generators", "trafgen", "xdp_drop_native", t, "received_pps", tg, "pps"))
-    rows.append(bench._row("generators", "pktgen", "xdp_drop_native", 0, "unavailable", float("nan"), "",
-                           "no /proc/net/pktgen"))
+    rows.append(
+        bench._row("generators", "pktgen", "xdp_drop_native", 0, "unavailable", float("nan"), "", "no /proc/net/pktgen")
+    )
     out = bench.lines(pd.DataFrame(rows))
     assert out[0].startswith("generator xdp_loop: 1.80 Mpps into xdp drop, 4.00x trafgen")
     assert out[1].startswith("generator trafgen: 0.45 Mpps into xdp drop, 1.00x trafgen")

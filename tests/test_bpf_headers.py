@@ -2,6 +2,7 @@
 reader on written headers, each control plane's names equal to its program's enum (and to
 the results format that depends on them), the counter maps sized by the same enums, and
 the shared parsing helpers doing what they say on frames run through BPF_PROG_TEST_RUN."""
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,15 @@ def test_enum_reader_handles_explicit_values_expressions_and_comments(tmp_path):
             T_BOTH = T_TEN | T_BIT, T_LAST = 100u,
         };
     """)
-    assert bpf_enums.enum_values(h, "things") == {"T_ZERO": 0, "T_ONE": 1, "T_TEN": 10, "T_ELEVEN": 11, "T_BIT": 16,
-                                             "T_BOTH": 26, "T_LAST": 100}
+    assert bpf_enums.enum_values(h, "things") == {
+        "T_ZERO": 0,
+        "T_ONE": 1,
+        "T_TEN": 10,
+        "T_ELEVEN": 11,
+        "T_BIT": 16,
+        "T_BOTH": 26,
+        "T_LAST": 100,
+    }
     assert bpf_enums.enum_values(h, "other") == {"O_A": 7}
 
 
@@ -55,19 +63,49 @@ def test_enum_names_are_dense_lower_case_without_prefix_or_count(tmp_path):
 def test_python_names_equal_the_headers_enums():
     """The names results and counters carry: the header's enums, exactly (a change in the
     header that renames one changes the results format, and must show up here)."""
-    assert drop_filter.VERDICTS == bpf_enums.enum_names("drop_filter.h", "drop_filter_verdict", "DF_") == \
-        ["pass", "drop_all", "drop_proto", "drop_port", "drop_src"]
+    assert (
+        drop_filter.VERDICTS
+        == bpf_enums.enum_names("drop_filter.h", "drop_filter_verdict", "DF_")
+        == ["pass", "drop_all", "drop_proto", "drop_port", "drop_src"]
+    )
     rules = bpf_enums.enum_values("drop_filter.h", "drop_filter_rule")
-    assert (drop_filter.RULE_ALL, drop_filter.RULE_PROTO, drop_filter.RULE_PORT, drop_filter.RULE_SRC) == \
-        (rules["DF_RULE_ALL"], rules["DF_RULE_PROTO"], rules["DF_RULE_PORT"], rules["DF_RULE_SRC"]) == (1, 2, 4, 8)
-    assert xdp_fwd.COUNTERS == bpf_enums.enum_names("xdp_fwd.h", "xdp_fwd_counter", "FWD_") == \
-        ["redirected", "no_entry", "short", "refused"]
-    assert nat_model.OUTCOMES == bpf_enums.enum_names("nat.h", "nat_outcome", "NAT_") == [
-        "out_static", "out_snat_new", "out_snat", "in_static", "in_snat",
-        "pass_not_ipv4", "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_stale_flow",
-        "pass_fragment", "drop_fragment", "drop_protocol",
-        "drop_no_port", "drop_table_full", "drop_rewrite_failed", "in_icmp_error", "out_fragment", "in_fragment",
-        "out_icmp_error", "drop_hairpin"]
+    assert (
+        (drop_filter.RULE_ALL, drop_filter.RULE_PROTO, drop_filter.RULE_PORT, drop_filter.RULE_SRC)
+        == (rules["DF_RULE_ALL"], rules["DF_RULE_PROTO"], rules["DF_RULE_PORT"], rules["DF_RULE_SRC"])
+        == (1, 2, 4, 8)
+    )
+    assert (
+        xdp_fwd.COUNTERS
+        == bpf_enums.enum_names("xdp_fwd.h", "xdp_fwd_counter", "FWD_")
+        == ["redirected", "no_entry", "short", "refused"]
+    )
+    assert (
+        nat_model.OUTCOMES
+        == bpf_enums.enum_names("nat.h", "nat_outcome", "NAT_")
+        == [
+            "out_static",
+            "out_snat_new",
+            "out_snat",
+            "in_static",
+            "in_snat",
+            "pass_not_ipv4",
+            "pass_malformed",
+            "pass_no_rule",
+            "pass_no_flow",
+            "pass_stale_flow",
+            "pass_fragment",
+            "drop_fragment",
+            "drop_protocol",
+            "drop_no_port",
+            "drop_table_full",
+            "drop_rewrite_failed",
+            "in_icmp_error",
+            "out_fragment",
+            "in_fragment",
+            "out_icmp_error",
+            "drop_hairpin",
+        ]
+    )
     assert xdp_gen.VARY == {"sport": 1, "dport": 2, "src_ip": 4, "dst_ip": 8}
     l4 = bpf_enums.enum_values("xdp_gen.h", "xdp_gen_l4")
     assert set(xdp_gen.L4.values()) == set(l4.values())
@@ -77,8 +115,12 @@ def test_python_names_equal_the_headers_enums():
 def test_programs_share_the_headers_and_repeat_none_of_them():
     """Parsing, counters and checksums live in bpf/include/; each program includes its own
     enum header; no program keeps a private copy of the names or helpers."""
-    for name, own in (("drop_filter", "drop_filter.h"), ("nat", "nat.h"), ("xdp_fwd", "xdp_fwd.h"),
-                      ("xdp_gen", "xdp_gen.h")):
+    for name, own in (
+        ("drop_filter", "drop_filter.h"),
+        ("nat", "nat.h"),
+        ("xdp_fwd", "xdp_fwd.h"),
+        ("xdp_gen", "xdp_gen.h"),
+    ):
         text = (BPF_DIR / f"{name}.c").read_text()
         assert f'#include "{own}"' in text and '#include "parsing_helpers.h"' in text, name
         assert '#include "counters.h"' in text, name
@@ -116,8 +158,11 @@ def with_options(frame: bytes, ihl: int) -> bytes:
 
 @needs_root
 def test_the_port_rule_reads_past_ip_options_and_passes_a_bad_ihl():
-    frame = packets.build(packets.FrameSpec("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2",
-                                            proto="udp", sport=1024, dport=9, size=64))
+    frame = packets.build(
+        packets.FrameSpec(
+            "02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2", proto="udp", sport=1024, dport=9, size=64
+        )
+    )
     with drop_filter.DropFilter() as f:
         f.drop_port(9)
         fn = f.xdp_function()
@@ -125,15 +170,25 @@ def test_the_port_rule_reads_past_ip_options_and_passes_a_bad_ihl():
         assert bpf.test_run(fn, with_options(frame, 6)).action == "XDP_DROP"  # port found after 4 option bytes
         assert bpf.test_run(fn, with_options(frame, 15)).action == "XDP_DROP"  # the longest header
         assert bpf.test_run(fn, with_options(frame, 4)).action == "XDP_PASS"  # IHL < 5: not IPv4 we can read
-        short = with_options(frame, 15)[:14 + 60]  # the options end where the frame does: no ports
+        short = with_options(frame, 15)[: 14 + 60]  # the options end where the frame does: no ports
         assert bpf.test_run(fn, short).action == "XDP_PASS"
         assert f.counters()["drop_port"]["packets"] == 3
 
 
 @needs_root
 def test_the_sink_counts_flows_by_the_ports_after_ip_options():
-    frame = packets.build(packets.FrameSpec("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2",
-                                            proto="udp", sport=1111, dport=2222, size=64))
+    frame = packets.build(
+        packets.FrameSpec(
+            "02:00:00:00:00:01",
+            "02:00:00:00:00:02",
+            "10.0.0.1",
+            "10.0.0.2",
+            proto="udp",
+            sport=1111,
+            dport=2222,
+            size=64,
+        )
+    )
     with xdp_gen.GenSink() as s:
         fn = s.function()
         for f in (frame, with_options(frame, 7)):

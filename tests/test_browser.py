@@ -8,6 +8,7 @@ How a page is inspected with nothing but the chromium command line: a copy of it
 <base> pointing at the original's directory (so relative links resolve as in the
 original) and a small script that, once the page has loaded, writes what it sees (images
 with their natural size, links, anchors) into the DOM, is loaded with --dump-dom."""
+
 import json
 import os
 import re
@@ -22,11 +23,22 @@ from conftest import needs_root
 from labkit.reporting import batch as report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", "--host-resolver-rules=MAP * ~NOTFOUND"]  # offline: nothing resolves
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]  # offline: nothing resolves
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)"
+)
 
 PROBE = """<script>
 window.addEventListener('load', function () {
@@ -52,8 +64,12 @@ window.addEventListener('load', function () {
 
 
 def _chromium(args, tmp: Path, timeout=90) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'chromium-profile'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def inspect(page: Path, tmp: Path) -> dict:
@@ -107,11 +123,14 @@ def test_a_fresh_batch_reads_well_in_a_browser(tmp_path):
     in this test's own reports and data folders, checked offline: the index and every
     report it links to. It makes its own runs, so it holds on a fresh clone too."""
     out, data = tmp_path / "reports", tmp_path / "data"
-    done = report.run_all(["01-xdp-drop", "04-comparison"], {}, out, data, smoke=True, progress=False,
-                          log=lambda *a: None)
+    done = report.run_all(
+        ["01-xdp-drop", "04-comparison"], {}, out, data, smoke=True, progress=False, log=lambda *a: None
+    )
     assert all(r.ok for r in done), [(r.name, r.error) for r in done]
     drop, comparison = done
-    assert drop.runs and all(Path(p).is_relative_to(data) for p in drop.runs), "the batch's tables are in its data folder"
+    assert drop.runs and all(Path(p).is_relative_to(data) for p in drop.runs), (
+        "the batch's tables are in its data folder"
+    )
     index = out / "index.html"
     linked = check_page(index, tmp_path, min_images=2)  # program costs + the drop experiment
     assert {r.html.resolve() for r in done} <= {p.resolve() for p in linked}

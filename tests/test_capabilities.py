@@ -1,6 +1,7 @@
 """Kernel facilities probed for real (labkit/capabilities.py, labkit/probes.py): each tried
 once, its answer kept with the reason; LABKIT_REFUSE treats named ones as refused; runs
 record what was probed and which backend served each purpose."""
+
 from __future__ import annotations
 
 import errno
@@ -87,8 +88,9 @@ def test_run_metadata_records_probes_and_choices(refuse):
 @needs_root
 def test_doctor_shows_each_probe_and_a_refusal_with_what_labkit_uses_instead():
     env = dict(os.environ, LABKIT_REFUSE="live_frames")
-    cp = subprocess.run([sys.executable, "-m", "labkit", "doctor"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+    cp = subprocess.run(
+        [sys.executable, "-m", "labkit", "doctor"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     out = cp.stdout
     assert "kernel facilities" in out, out
     line = next(l for l in out.splitlines() if l.strip().startswith("NO") and " live_frames " in l)

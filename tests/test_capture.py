@@ -1,6 +1,7 @@
 """labkit.measure.capture: tcpdump in a namespace sees what crossed an interface, the
 frames are read back while it runs and after, and nothing is left on any exit (no
 tcpdump running, no pcap file)."""
+
 import os
 import socket
 import struct
@@ -66,8 +67,10 @@ def test_inbound_leaves_out_what_the_interface_sends(pair):
     """Nothing listens on the port: the receiver answers each datagram with an ICMP port
     unreachable, which only a capture of both directions holds."""
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    with capture(rcv.host, rcv.name, "udp or icmp") as both, \
-            capture(rcv.host, rcv.name, "udp or icmp", inbound=True) as inbound:
+    with (
+        capture(rcv.host, rcv.name, "udp or icmp") as both,
+        capture(rcv.host, rcv.name, "udp or icmp", inbound=True) as inbound,
+    ):
         _send_udp(snd.host, rcv.address, 3, dport=9999)
     protos = lambda frames: sorted(packets.parse(f).proto for f in frames)  # noqa: E731
     assert protos(inbound()) == [17, 17, 17]
@@ -103,8 +106,10 @@ def _pcap(records: list[bytes], linktype: int = 1) -> bytes:
 
 
 def test_read_pcap_reads_whole_records_only(tmp_path):
-    frames = [packets.build(packets.FrameSpec("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2",
-                                              size=60 + i)) for i in range(3)]
+    frames = [
+        packets.build(packets.FrameSpec("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2", size=60 + i))
+        for i in range(3)
+    ]
     path = tmp_path / "x.pcap"
     path.write_bytes(_pcap(frames)[:-10])  # the last record still being written
     assert read_pcap(str(path)) == frames[:2]
@@ -112,8 +117,9 @@ def test_read_pcap_reads_whole_records_only(tmp_path):
     assert read_pcap(str(path)) == []
 
 
-@pytest.mark.parametrize("content, words", [(b"not a pcap file at all..", "not a pcap file"),
-                                            (_pcap([], linktype=113), "not Ethernet")])
+@pytest.mark.parametrize(
+    "content, words", [(b"not a pcap file at all..", "not a pcap file"), (_pcap([], linktype=113), "not Ethernet")]
+)
 def test_read_pcap_refuses_what_it_cannot_read(tmp_path, content, words):
     path = tmp_path / "x.pcap"
     path.write_bytes(content)

@@ -3,6 +3,7 @@ stderr that says what is wrong and what to write, exit code 2, and nothing has r
 notebook executed, no kernel started, no namespace, link or run registered). A notebook
 that fails while it runs is shown as its one-line error and the executed notebook's path;
 --verbose adds the traceback."""
+
 from __future__ import annotations
 
 import os
@@ -19,13 +20,20 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo
 
 #: (arguments, what the one-line message must say)
 MISTAKES = [
-    (["run", "01-xdp-drop", "-p", "nosuch", "1"],
-     "notebook 01-xdp-drop has no parameter 'nosuch'; it declares: smoke, sizes, trials"),
+    (
+        ["run", "01-xdp-drop", "-p", "nosuch", "1"],
+        "notebook 01-xdp-drop has no parameter 'nosuch'; it declares: smoke, sizes, trials",
+    ),
     (["run", "01-xdp-drop", "-p", "trails", "2"], "no parameter 'trails' (did you mean 'trials'?)"),
     (["report", "-p", "trial", "2"], "no notebook has a parameter 'trial' (did you mean 'trials'?)"),
-    (["run", "01-xdp-drop", "-p", "01-xdp-dorp:trials", "2"],
-     "notebook '01-xdp-dorp', which does not exist (did you mean '01-xdp-drop'?)"),
-    (["run", "01-xdp-drop", "-p", "01-xdp-drop:xdp_mode", "generic"], "notebook 01-xdp-drop has no parameter 'xdp_mode'"),
+    (
+        ["run", "01-xdp-drop", "-p", "01-xdp-dorp:trials", "2"],
+        "notebook '01-xdp-dorp', which does not exist (did you mean '01-xdp-drop'?)",
+    ),
+    (
+        ["run", "01-xdp-drop", "-p", "01-xdp-drop:xdp_mode", "generic"],
+        "notebook 01-xdp-drop has no parameter 'xdp_mode'",
+    ),
     (["run", "01-xdp-dorp"], "no notebook '01-xdp-dorp' (did you mean '01-xdp-drop'?)"),
     (["run", "01-xdp-drop", "-p", "trials", "abc", "--smoke"], "trials 'abc': expected a whole number"),
     (["run", "01-xdp-drop", "-p", "trials", "0", "--smoke"], "trials 0: at least 1"),
@@ -66,10 +74,15 @@ FILES = {
 
 def labkit(args, tmp: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """`labkit ARGS` as a user runs it, its reports, tables and run registry in TMP."""
-    env = dict(os.environ, LABKIT_REPORTS_DIR=str(tmp / "reports"), LABKIT_DATA_DIR=str(tmp / "data"),
-               LABKIT_RUNTIME_DIR=str(tmp / "run"))
-    return subprocess.run([sys.executable, "-m", "labkit", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    env = dict(
+        os.environ,
+        LABKIT_REPORTS_DIR=str(tmp / "reports"),
+        LABKIT_DATA_DIR=str(tmp / "data"),
+        LABKIT_RUNTIME_DIR=str(tmp / "run"),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "labkit", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _files(folder: Path) -> list:
@@ -106,8 +119,12 @@ def test_a_bad_parameters_file_is_one_line_and_exit_2(name, tmp_path):
     f.write_bytes(text if isinstance(text, bytes) else text.encode())
     before = set(cleanup.labkit_namespaces())
     assert_refused(labkit(["run", "01-xdp-drop", "-f", str(f)], tmp_path), hint, tmp_path, before)
-    assert_refused(labkit(["run", "01-xdp-drop", "-f", str(tmp_path / "none.yaml")], tmp_path),
-                   "none.yaml does not exist", tmp_path, before)
+    assert_refused(
+        labkit(["run", "01-xdp-drop", "-f", str(tmp_path / "none.yaml")], tmp_path),
+        "none.yaml does not exist",
+        tmp_path,
+        before,
+    )
 
 
 def test_help_lists_the_commands_and_exits_0(tmp_path):

@@ -1,6 +1,7 @@
 """Notebook runs farmed out with Dask distributed, for real: a local cluster of
 single-threaded workers, one per namespace testbed, each offering its testbed as a
 resource. Everything is written to temporary folders; the workers are gone afterwards."""
+
 from __future__ import annotations
 
 import json
@@ -49,22 +50,32 @@ def test_a_testbed_never_runs_two_things_at_once(client):
     for name, spans in by_testbed.items():
         spans.sort()
         assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), (
-            f"testbed {name} ran two at once: {spans}")
+            f"testbed {name} ran two at once: {spans}"
+        )
     only = client.gather([client.submit(occupy, 0, resources={"testbed-tb2": 1}, pure=False) for _ in range(3)])
     assert {name for name, _, _ in only} == {"tb2"}, "a run for one testbed goes to that testbed's worker"
 
 
 def test_a_testbed_nobody_offers_is_refused_before_submitting(client, tmp_path):
     with pytest.raises(InputError, match=r"no worker of the cluster offers \['testbed-lab9'\].*offered: .*testbed-tb1"):
-        cluster.run_all(["01-xdp-drop"], {}, tmp_path / "reports", tmp_path / "data", testbed="lab9",
-                        smoke=True, client=client, log=lambda m: None)
+        cluster.run_all(
+            ["01-xdp-drop"],
+            {},
+            tmp_path / "reports",
+            tmp_path / "data",
+            testbed="lab9",
+            smoke=True,
+            client=client,
+            log=lambda m: None,
+        )
     assert not (tmp_path / "reports").exists() and not (tmp_path / "data").exists()
 
 
 def test_two_notebooks_on_two_testbeds_come_back_here(client, tmp_path):
     reports, data = tmp_path / "reports", tmp_path / "data"
-    done = cluster.run_all(["01-xdp-drop", "04-comparison"], {}, reports, data, smoke=True, client=client,
-                           log=lambda m: None)
+    done = cluster.run_all(
+        ["01-xdp-drop", "04-comparison"], {}, reports, data, smoke=True, client=client, log=lambda m: None
+    )
     assert [r.name for r in done] == ["01-xdp-drop", "04-comparison"]
     assert all(r.ok for r in done), [r.error for r in done]
     assert {r.testbed for r in done} == {"tb1", "tb2"}, "two testbeds, one notebook each"
@@ -86,4 +97,3 @@ def test_the_command_line_names_a_missing_scheduler(tmp_path, capsys):
     assert cli.main(["run", "01-xdp-drop", "--smoke", "--scheduler-file", str(tmp_path / "none.json")]) == 2
     err = capsys.readouterr().err
     assert f"scheduler file {tmp_path / 'none.json'} does not exist" in err and "dask scheduler --scheduler-file" in err
-

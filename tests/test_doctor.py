@@ -2,6 +2,7 @@
 checks say so after starting a switch of their own on throw-away veths (and leave nothing
 behind); where a piece is missing (a PATH without Open vSwitch, a pkg-config that finds no
 DPDK) they say what to install, without touching the kernel."""
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,10 @@ def test_ovs_and_af_xdp_checks_where_they_work(capsys):
         pytest.skip(f"Open vSwitch is not installed here: {why}")
     before_dirs, before_ns = _ovs_dirs(), _netns()
     results = {name: (ok, detail) for name, ok, detail in doctor.checks()}
-    for name, port in (("Open vSwitch system ports (ovs)", "system"), ("Open vSwitch afxdp ports (ovs_afxdp)", "afxdp")):
+    for name, port in (
+        ("Open vSwitch system ports (ovs)", "system"),
+        ("Open vSwitch afxdp ports (ovs_afxdp)", "afxdp"),
+    ):
         ok, detail = results[name]
         assert ok, f"{name}: {detail}"
         assert f"opened {port} ports" in detail and "Open vSwitch " in detail

@@ -2,6 +2,7 @@
 namespaces, with its MAC rewrite checked on the received frames; its statistics parse;
 bad input is refused before anything runs; testpmd sends the count asked; nothing
 (process, runtime directory) is left behind."""
+
 from __future__ import annotations
 
 import os
@@ -52,10 +53,12 @@ def test_posters_command_line_is_expressible():
 
 
 def test_stats_parse():
-    out = ("\x1b[2J\x1b[1;1H\nPort statistics ====\nStatistics for port 0 ----\nPackets sent: 3\n"
-           "Packets received: 7\nPackets dropped: 1\nStatistics for port 1 ----\nPackets sent: 7\n"
-           "Packets received: 3\nPackets dropped: 0\nAggregate statistics ====\nTotal packets sent: 10\n"
-           "Total packets received: 10\nTotal packets dropped: 1\n====\n\nPort statistics ====\nStatistics for")
+    out = (
+        "\x1b[2J\x1b[1;1H\nPort statistics ====\nStatistics for port 0 ----\nPackets sent: 3\n"
+        "Packets received: 7\nPackets dropped: 1\nStatistics for port 1 ----\nPackets sent: 7\n"
+        "Packets received: 3\nPackets dropped: 0\nAggregate statistics ====\nTotal packets sent: 10\n"
+        "Total packets received: 10\nTotal packets dropped: 1\n====\n\nPort statistics ====\nStatistics for"
+    )
     blocks = dpdk.parse_stats(out)
     assert len(blocks) == 1  # the second block is incomplete
     assert blocks[0][0] == dpdk.PortStats(3, 7, 1) and blocks[0][1] == dpdk.PortStats(7, 3, 0)
@@ -86,8 +89,12 @@ def test_l2fwd_forwards_with_mac_rewrite_and_counts(fwd_topo, binary, capture):
     snd, rcv = fwd_topo.iface("snd"), fwd_topo.iface("rcv")
     d0, d1 = fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")
     cap = capture(rcv)
-    with dpdk.L2fwd(fwd_topo.host("dut"), [dpdk.Port.af_packet(d0, framecnt=4096), dpdk.Port.af_packet(d1, framecnt=4096)],
-                    dpdk.EalOptions(lcores="1"), dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=2)) as fwd:
+    with dpdk.L2fwd(
+        fwd_topo.host("dut"),
+        [dpdk.Port.af_packet(d0, framecnt=4096), dpdk.Port.af_packet(d1, framecnt=4096)],
+        dpdk.EalOptions(lcores="1"),
+        dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=2),
+    ) as fwd:
         prefix = fwd.prefix
         assert dpdk.runtime_dirs(prefix), "DPDK's runtime directory exists while it runs"
         before = fwd.next_stats()
@@ -144,8 +151,9 @@ def test_af_xdp_options_refused_before_running(fwd_topo, binary):
     with pytest.raises(InputError, match="busy_budget=-1"):
         dpdk.Port.af_xdp(d0, busy_budget=-1)
     with pytest.raises(InputError, match="ring size 1000"):
-        dpdk.L2fwd(fwd_topo.host("dut"), [dpdk.Port.af_xdp(d0), dpdk.Port.af_xdp(d1)],
-                   app=dpdk.L2fwdOptions(ring_size=1000))
+        dpdk.L2fwd(
+            fwd_topo.host("dut"), [dpdk.Port.af_xdp(d0), dpdk.Port.af_xdp(d1)], app=dpdk.L2fwdOptions(ring_size=1000)
+        )
     with bpf.load("xdp_minimal") as prog, bpf.attach_xdp(d0, prog.function("xdp_pass_bare"), "native"):
         with pytest.raises(InputError, match="already has an XDP program"):
             dpdk.L2fwd(fwd_topo.host("dut"), [dpdk.Port.af_xdp(d0), dpdk.Port.af_xdp(d1)])
@@ -158,8 +166,9 @@ def test_l2fwd_over_af_xdp_forwards_in_copy_mode(fwd_topo, binary, capture):
     dut = fwd_topo.host("dut")
     cap = capture(rcv)
     ports = [dpdk.Port.af_xdp(d0, busy_budget=0), dpdk.Port.af_xdp(d1, busy_budget=0)]
-    with dpdk.L2fwd(dut, ports, dpdk.EalOptions(lcores="1"),
-                    dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=2, ring_size=2048)) as fwd:
+    with dpdk.L2fwd(
+        dut, ports, dpdk.EalOptions(lcores="1"), dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=2, ring_size=2048)
+    ) as fwd:
         prefix = fwd.prefix
         assert "-ring2048" in str(fwd.binary) or "ring2048" in str(fwd.binary.parent.parent)
         assert fwd.socket_modes() == {f"af_xdp:{d0.name}": "copy", f"af_xdp:{d1.name}": "copy"}  # veth: no zero-copy
@@ -173,8 +182,13 @@ def test_l2fwd_over_af_xdp_forwards_in_copy_mode(fwd_topo, binary, capture):
         after = fwd.next_stats()
         drops = fwd.socket_drops()  # the kernel's counters of l2fwd's AF_XDP sockets
     # AF_XDP ports only: the AF_XDP counters, no packet socket's; counts, never a rate assumption
-    assert set(drops) == {"xsk_rx_dropped", "xsk_fill_ring_empty", "xsk_rx_ring_full", "xsk_tx_invalid",
-                          "socket_dropped"}, drops
+    assert set(drops) == {
+        "xsk_rx_dropped",
+        "xsk_fill_ring_empty",
+        "xsk_rx_ring_full",
+        "xsk_tx_invalid",
+        "socket_dropped",
+    }, drops
     assert all(type(v) is int and v >= 0 for v in drops.values()), drops
     assert drops["socket_dropped"] == drops["xsk_rx_dropped"] + drops["xsk_rx_ring_full"], drops
     assert drops["xsk_tx_invalid"] == 0, f"l2fwd handed its AF_XDP sockets invalid descriptors: {drops}"

@@ -1,6 +1,7 @@
 """The drop filter really drops: packets are counted by the program and do not arrive; ping
 fails while it is attached and works after; rules changed from userspace apply at once;
 nothing stays attached."""
+
 import pytest
 from conftest import needs_root
 from udp_sink import UdpSink
@@ -55,8 +56,11 @@ def test_rules_change_while_attached_without_reload(pair, filt):
     rcv = pair.iface("rcv")
     filt.clear()
     prog_id = None
-    with UdpSink(pair.host("rcv"), port=9) as p9, UdpSink(pair.host("rcv"), port=10) as p10, \
-            filt.attach_xdp(rcv, "generic"):
+    with (
+        UdpSink(pair.host("rcv"), port=9) as p9,
+        UdpSink(pair.host("rcv"), port=10) as p10,
+        filt.attach_xdp(rcv, "generic"),
+    ):
         prog_id = bpf.xdp_state(rcv)["IFLA_XDP_PROG_ID"]
         filt.drop_port(9)
         send(pair, 500, dport=9)
@@ -95,11 +99,14 @@ def test_program_cost_against_bare_program(filt):
         assert all(c > 0 for c in costs)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda f: f.drop_port(70000), "out of range"),
-    (lambda f: f.drop_proto("nosuch"), "protocol"),
-    (lambda f: f.drop_src("10.0.0.0/40"), "IPv4 prefix"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda f: f.drop_port(70000), "out of range"),
+        (lambda f: f.drop_proto("nosuch"), "protocol"),
+        (lambda f: f.drop_src("10.0.0.0/40"), "IPv4 prefix"),
+    ],
+)
 def test_bad_rules_are_refused(filt, call, message):
     filt.clear()
     with pytest.raises(InputError, match=message):

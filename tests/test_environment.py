@@ -160,6 +160,5 @@ def test_make_help_lists_the_targets():
     out = subprocess.run(
         [make, "-s", "-C", str(REPO)], check=True, capture_output=True, text=True
     ).stdout  # the default target is help
-    for target in ("setup", "report", "test", "bench", "lab", "clean-kernel", "doctor", "clean",
-                   "strip-notebooks"):
+    for target in ("setup", "report", "test", "bench", "lab", "clean-kernel", "doctor", "clean", "strip-notebooks"):
         assert re.search(rf"^\s+{re.escape(target)}\s", out, flags=re.M), f"`make` does not list {target}"

@@ -1,5 +1,6 @@
 """Missing bcc or kernel headers give a clear error that says what to install, before any
 program is loaded."""
+
 import subprocess
 import sys
 import textwrap

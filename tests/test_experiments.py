@@ -2,6 +2,7 @@
 found; one trial loop; one Result; each notebook declares every parameter of its
 experiment with the same default and a comment; every number an interpretation gives for
 a variant is that variant's own."""
+
 import ast
 import dataclasses
 import json
@@ -65,8 +66,10 @@ def notebook_parameters(notebook: str) -> dict:
 
 
 def params_defaults(cls) -> dict:
-    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(cls)}
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(cls)
+    }
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.NOTEBOOK)
@@ -74,8 +77,13 @@ def test_notebook_declares_every_parameter_with_its_default(module):
     declared, defaults = notebook_parameters(module.NOTEBOOK), params_defaults(module.Params)
     missing = sorted(set(defaults) - set(declared))
     assert not missing, f"{module.NOTEBOOK} does not declare {missing}"
-    differ = {n: (declared[n], d) for n, d in defaults.items() if declared[n] != d or type(declared[n]) is not type(d)
-              and not (isinstance(d, float) and isinstance(declared[n], (int, float)))}
+    differ = {
+        n: (declared[n], d)
+        for n, d in defaults.items()
+        if declared[n] != d
+        or type(declared[n]) is not type(d)
+        and not (isinstance(d, float) and isinstance(declared[n], (int, float)))
+    }
     assert not differ, f"{module.NOTEBOOK}: defaults (notebook, Params) differ: {differ}"
 
 
@@ -91,8 +99,7 @@ def test_every_notebook_parameter_has_a_comment_papermill_shows(module):
 
 # ---------------------------------------------------------------- the trial loop and the Result
 def fake(offered, processed):
-    return SimpleNamespace(offered_pps=offered, offered=SimpleNamespace(packets=offered), processed=processed,
-                           flags=[])
+    return SimpleNamespace(offered_pps=offered, offered=SimpleNamespace(packets=offered), processed=processed, flags=[])
 
 
 def test_trial_loop_rotates_variants_and_marks_each_trial_once_measured():
@@ -108,7 +115,7 @@ def test_trial_loop_rotates_variants_and_marks_each_trial_once_measured():
         recorded.append((size, trial, variant, list(m.flags)))
 
     experiments.trial_loop(["a", "b", "c"], 3, measure_one, record, sizes=[64, 1500], show=False)
-    assert [v for s, t, v in calls if s == 64] == list("abc" "bca" "cab")
+    assert [v for s, t, v in calls if s == 64] == list("abcbcacab")
     assert len(recorded) == 18
     for size, trial, variant, flags in recorded:
         assert (measure.GENERATOR_LIMITED in flags) == (variant in "ab"), (variant, flags)
@@ -121,8 +128,12 @@ def test_smoke_clamp_shortens_lists_and_lowers_numbers():
 
 
 def test_result_parts_are_rows_of_a_kind_or_tables_beside():
-    table = pd.DataFrame([{"variant": "a", "measure": "m", "value": 1.0, "kind": "trial"},
-                          {"variant": "a", "measure": "m", "value": 2.0, "kind": "sweep"}])
+    table = pd.DataFrame(
+        [
+            {"variant": "a", "measure": "m", "value": 1.0, "kind": "trial"},
+            {"variant": "a", "measure": "m", "value": 2.0, "kind": "sweep"},
+        ]
+    )
     costs = pd.DataFrame([{"variant": "x", "value": 3.0}])
     r = experiments.Result("demo", table, "", [], None, None, {"costs": costs}, headline_of=lambda t: t.head(1))
     assert list(r.part("sweep")["value"]) == [2.0] and r.trials["value"].tolist() == [1.0]
@@ -141,11 +152,27 @@ def rows(experiment, kind, spec, size=64, **extra):
     out = []
     for v, trials in spec.items():
         for trial, (off, proc, cpu, flags) in enumerate(trials):
-            for name, value, unit in (("offered_pps", off, "pps"), ("processed_pps", proc, "pps"),
-                                      ("cpu_ns_per_pkt", cpu, "ns/packet"), ("loss_ratio", 1 - proc / off, "ratio")):
-                out.append({"experiment": experiment, "run_id": "r", "trial": trial, "variant": v, "size": size,
-                            "measure": name, "value": float(value), "unit": unit,
-                            "flags": flags if name == "processed_pps" else "", "kind": kind, **extra})
+            for name, value, unit in (
+                ("offered_pps", off, "pps"),
+                ("processed_pps", proc, "pps"),
+                ("cpu_ns_per_pkt", cpu, "ns/packet"),
+                ("loss_ratio", 1 - proc / off, "ratio"),
+            ):
+                out.append(
+                    {
+                        "experiment": experiment,
+                        "run_id": "r",
+                        "trial": trial,
+                        "variant": v,
+                        "size": size,
+                        "measure": name,
+                        "value": float(value),
+                        "unit": unit,
+                        "flags": flags if name == "processed_pps" else "",
+                        "kind": kind,
+                        **extra,
+                    }
+                )
     return out
 
 
@@ -159,17 +186,19 @@ def check_offered_numbers(text: str, table, variants, digits: int):
     for v in variants:
         for a, b in re.findall(rf"\b{v}\b\W+\(?([\d.]+) of ([\d.]+) Mpps offered", text):
             t = table[table["variant"] == v]
-            assert a == f'{t[t["measure"] == "processed_pps"]["value"].mean() / 1e6:.{digits}f}', (v, text)
-            assert b == f'{t[t["measure"] == "offered_pps"]["value"].mean() / 1e6:.{digits}f}', (v, text)
+            assert a == f"{t[t['measure'] == 'processed_pps']['value'].mean() / 1e6:.{digits}f}", (v, text)
+            assert b == f"{t[t['measure'] == 'offered_pps']['value'].mean() / 1e6:.{digits}f}", (v, text)
             n += 1
     return n
 
 
 def test_drop_interpretation_numbers_are_each_variants_own():
-    spec = {"stack": [(6.09e6, 0.60e6, 2400, ""), (6.11e6, 0.62e6, 2500, "")],
-            "iptables_raw": [(5.10e6, 1.70e6, 470, ""), (5.14e6, 1.72e6, 488, "")],
-            "xdp_native": [(4.25e6, 4.24e6, 120, LIM), (4.35e6, 4.33e6, 130, LIM)],
-            "tc": [(3.00e6, 2.99e6, 300, LIM), (3.04e6, 3.02e6, 310, LIM)]}
+    spec = {
+        "stack": [(6.09e6, 0.60e6, 2400, ""), (6.11e6, 0.62e6, 2500, "")],
+        "iptables_raw": [(5.10e6, 1.70e6, 470, ""), (5.14e6, 1.72e6, 488, "")],
+        "xdp_native": [(4.25e6, 4.24e6, 120, LIM), (4.35e6, 4.33e6, 130, LIM)],
+        "tc": [(3.00e6, 2.99e6, 300, LIM), (3.04e6, 3.02e6, 310, LIM)],
+    }
     table = pd.DataFrame(rows("xdp_drop", "trial", spec))
     text = xdp_drop.interpret(table, None)
     assert check_offered_numbers(text, table, spec, 2) == 2  # both generator-limited variants, each its own
@@ -180,9 +209,11 @@ def test_drop_interpretation_numbers_are_each_variants_own():
 
 
 def test_l2fwd_interpretation_numbers_are_each_variants_own():
-    spec = {"baseline_sink": [(6.0e6, 6.0e6, 50, LIM)],
-            "xdp_redirect": [(5.2e6, 3.1e6, 300, ""), (5.4e6, 3.3e6, 320, "")],
-            "bridge": [(4.1e6, 1.0e6, 900, ""), (4.3e6, 1.2e6, 950, "")]}
+    spec = {
+        "baseline_sink": [(6.0e6, 6.0e6, 50, LIM)],
+        "xdp_redirect": [(5.2e6, 3.1e6, 300, ""), (5.4e6, 3.3e6, 320, "")],
+        "bridge": [(4.1e6, 1.0e6, 900, ""), (4.3e6, 1.2e6, 950, "")],
+    }
     table = pd.DataFrame(rows("l2fwd", "trial", spec))
     text = l2fwd.interpret(table, None)
     assert check_offered_numbers(text, table, ["xdp_redirect", "bridge"], 3) == 2
@@ -190,8 +221,11 @@ def test_l2fwd_interpretation_numbers_are_each_variants_own():
 
 
 def test_nat_interpretation_numbers_are_each_variants_own():
-    spec = {"routing": [(0.483e6, 0.483e6, 900, LIM)], "ebpf": [(0.40e6, 0.38e6, 1100, "")],
-            "iptables": [(0.37e6, 0.30e6, 1500, "")]}
+    spec = {
+        "routing": [(0.483e6, 0.483e6, 900, LIM)],
+        "ebpf": [(0.40e6, 0.38e6, 1100, "")],
+        "iptables": [(0.37e6, 0.30e6, 1500, "")],
+    }
     table = pd.DataFrame(rows("nat", "udp", spec))
     text = nat.interpret(table, None)
     assert check_offered_numbers(text, table, spec, 3) == 1  # routing's own, not the mean of all (0.418)
@@ -204,26 +238,48 @@ def test_result_tables_in_the_results_format_agree_with_interpretation():
     """The real run's path: ResultSet rows -> table -> headline and interpretation."""
     rs = results.ResultSet("xdp_drop", {}, "lk0000", data_dir="/nonexistent")
     for r in rows("xdp_drop", "trial", {"xdp_native": [(4e6, 3.9e6, 100, LIM)], "stack": [(5e6, 1e6, 900, "")]}):
-        rs.add(r["variant"], r["trial"], r["size"], {r["measure"]: (r["value"], r["unit"])},
-               [f for f in r["flags"].split(";") if f], kind="trial")
+        rs.add(
+            r["variant"],
+            r["trial"],
+            r["size"],
+            {r["measure"]: (r["value"], r["unit"])},
+            [f for f in r["flags"].split(";") if f],
+            kind="trial",
+        )
     head = xdp_drop.headline(rs.table).set_index("variant")
     text = xdp_drop.interpret(rs.table, None)
-    assert f"{head.loc['xdp_native', 'processed Mpps']:.2f} of {head.loc['xdp_native', 'offered Mpps']:.2f} Mpps offered" in text
+    assert (
+        f"{head.loc['xdp_native', 'processed Mpps']:.2f} of {head.loc['xdp_native', 'offered Mpps']:.2f} Mpps offered"
+        in text
+    )
 
 
 # ---------------------------------------------------------------- a part missing, and what fed the run
 def meta_of(feed, skipped=None, generator="trafgen"):
     """A run's metadata as results.collect_metadata and the experiments write it."""
-    return {"generator": generator, "feed": {"generator": generator, "receiver_got": feed},
-            "skipped_parts": skipped or {},
-            "facilities": {"probes": {"live_frames": {"ok": False, "reason": "refused through LABKIT_REFUSE"}},
-                           "choices": {"load generator": {"backend": generator, "why": "the fastest that works "
-                                                          "here (xdp refused: a long reason)"},
-                                       "latency probes": {"backend": "af_packet+tc", "why": "live frames refused"}}}}
+    return {
+        "generator": generator,
+        "feed": {"generator": generator, "receiver_got": feed},
+        "skipped_parts": skipped or {},
+        "facilities": {
+            "probes": {"live_frames": {"ok": False, "reason": "refused through LABKIT_REFUSE"}},
+            "choices": {
+                "load generator": {
+                    "backend": generator,
+                    "why": "the fastest that works here (xdp refused: a long reason)",
+                },
+                "latency probes": {"backend": "af_packet+tc", "why": "live frames refused"},
+            },
+        },
+    }
 
 
-DROP = {"stack": [(0.40e6, 0.20e6, 2400, "")], "iptables_raw": [(0.41e6, 0.30e6, 1200, "")],
-        "xdp_generic": [(0.42e6, 0.31e6, 1150, "")], "xdp_native": [(0.42e6, 0.33e6, 1090, "")]}
+DROP = {
+    "stack": [(0.40e6, 0.20e6, 2400, "")],
+    "iptables_raw": [(0.41e6, 0.30e6, 1200, "")],
+    "xdp_generic": [(0.42e6, 0.31e6, 1150, "")],
+    "xdp_native": [(0.42e6, 0.33e6, 1090, "")],
+}
 
 
 def test_drop_interpretation_says_a_socket_buffer_feed_shows_no_native_advantage():

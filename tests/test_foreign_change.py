@@ -1,6 +1,7 @@
 """`runs.foreign_change`: what a run changes on an object it does not own is in its
 registry before the change is made (a run killed in between leaves `labkit clean`
 something to undo), and leaves the registry only once the change is undone."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ def registered(run) -> list:
 def test_recorded_before_the_change_and_forgotten_after_its_undo():
     seen = []
     with runs.run_scope() as run:
-        with runs.foreign_change(RECORD, lambda: seen.append(("do", registered(run))),
-                                 lambda: seen.append(("undo", registered(run)))):
+        with runs.foreign_change(
+            RECORD, lambda: seen.append(("do", registered(run))), lambda: seen.append(("undo", registered(run)))
+        ):
             assert registered(run) == [RECORD]
         assert seen == [("do", [RECORD]), ("undo", [RECORD])]
         assert registered(run) == []

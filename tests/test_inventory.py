@@ -1,6 +1,7 @@
 """Inventories (Ansible's YAML format): parsed and checked before any host is changed; and
 the drop experiment with its sender and receiver on two "hosts" (sshd in namespaces,
 tests/remote_hosts.py), reached over SSH with mitogen."""
+
 from __future__ import annotations
 
 import textwrap
@@ -47,17 +48,27 @@ def test_a_good_inventory_reads_as_ansible_would(tmp_path):
     assert inv.role("sender").connection(inv)["user"] == "lab"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("all: [\n", r"not valid YAML.*line"),
-    ("- a\n- b\n", r"top level must be a mapping `all:`"),
-    ("all:\n  hosts: {a: {}}\n  children:\n    sender: {hosts: {a: }}\n    sender: {hosts: {a: }}\n",
-     r"'sender' is given twice \(first on line 4\)"),
-    ("all:\n  hosts: {a: {}, b: {}}\n  children:\n    sender: {hosts: {a: , b: }}\n",
-     r"role sender has 2 hosts \(a, b\)"),
-    ("all:\n  hosts: {a: {}, b: {}}\n  children:\n    sender: {hosts: {a: }}\n    lab:\n      children:\n"
-     "        sender: {hosts: {b: }}\n", r"role sender is named twice \(hosts a and b\)"),
-    ("all:\n  hosts: {a: {}}\n  children:\n    sender: {host: {a: }}\n", r"group sender has \['host'\]"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("all: [\n", r"not valid YAML.*line"),
+        ("- a\n- b\n", r"top level must be a mapping `all:`"),
+        (
+            "all:\n  hosts: {a: {}}\n  children:\n    sender: {hosts: {a: }}\n    sender: {hosts: {a: }}\n",
+            r"'sender' is given twice \(first on line 4\)",
+        ),
+        (
+            "all:\n  hosts: {a: {}, b: {}}\n  children:\n    sender: {hosts: {a: , b: }}\n",
+            r"role sender has 2 hosts \(a, b\)",
+        ),
+        (
+            "all:\n  hosts: {a: {}, b: {}}\n  children:\n    sender: {hosts: {a: }}\n    lab:\n      children:\n"
+            "        sender: {hosts: {b: }}\n",
+            r"role sender is named twice \(hosts a and b\)",
+        ),
+        ("all:\n  hosts: {a: {}}\n  children:\n    sender: {host: {a: }}\n", r"group sender has \['host'\]"),
+    ],
+)
 def test_malformed_inventories_are_refused_saying_what_to_fix(tmp_path, text, message):
     with pytest.raises(InputError, match=message):
         inventory.parse(write(tmp_path, text))
@@ -77,25 +88,39 @@ def test_what_an_experiment_needs_is_checked(tmp_path):
 def test_a_two_port_dut_names_both_interfaces(tmp_path):
     """A DUT forwards between two ports: `labkit_interfaces: [IN, OUT]`; one interface, a
     malformed list or a conflicting labkit_interface is refused naming the host and the fix."""
-    three = GOOD.replace("receiver:\n      vars", "dut:\n      vars").replace(
-        "    dut1: {ansible_host: 192.0.2.2, labkit_interface: enp2s0, labkit_bastion: gen1}\n",
-        "    dut1: {ansible_host: 192.0.2.2, labkit_interfaces: [enp2s0, enp3s0], labkit_bastion: gen1}\n"
-        "    rx1: {ansible_host: 192.0.2.3, labkit_interface: enp1s0}\n") + "    receiver: {hosts: {rx1: }}\n"
+    three = (
+        GOOD.replace("receiver:\n      vars", "dut:\n      vars").replace(
+            "    dut1: {ansible_host: 192.0.2.2, labkit_interface: enp2s0, labkit_bastion: gen1}\n",
+            "    dut1: {ansible_host: 192.0.2.2, labkit_interfaces: [enp2s0, enp3s0], labkit_bastion: gen1}\n"
+            "    rx1: {ansible_host: 192.0.2.3, labkit_interface: enp1s0}\n",
+        )
+        + "    receiver: {hosts: {rx1: }}\n"
+    )
     inv = inventory.parse(write(tmp_path, three))
     inv.require(("sender", "dut", "receiver"), two_interfaces=("dut",))
     assert inv.role("dut").interfaces == ["enp2s0", "enp3s0"] and inv.role("dut").interface == "enp2s0"
     assert inv.role("receiver").interfaces == ["enp1s0"]
-    one = inventory.parse(write(tmp_path, three.replace("labkit_interfaces: [enp2s0, enp3s0]", "labkit_interface: enp2s0")))
+    one = inventory.parse(
+        write(tmp_path, three.replace("labkit_interfaces: [enp2s0, enp3s0]", "labkit_interface: enp2s0"))
+    )
     one.require(("sender", "dut", "receiver"))  # an experiment that uses one port of it
-    with pytest.raises(InputError, match=r"host dut1 \(role dut\) names one data-plane interface \(enp2s0\) but "
-                                         r"forwards between two: set labkit_interfaces: \[IN, OUT\] under all.hosts.dut1"):
+    with pytest.raises(
+        InputError,
+        match=r"host dut1 \(role dut\) names one data-plane interface \(enp2s0\) but "
+        r"forwards between two: set labkit_interfaces: \[IN, OUT\] under all.hosts.dut1",
+    ):
         one.require(("sender", "dut", "receiver"), two_interfaces=("dut",))
-    for bad, message in (("[enp2s0, enp2s0]", "must be a list of one or two distinct"),
-                         ("[a, b, c]", "must be a list of one or two distinct"), ("enp2s0", "must be a list")):
+    for bad, message in (
+        ("[enp2s0, enp2s0]", "must be a list of one or two distinct"),
+        ("[a, b, c]", "must be a list of one or two distinct"),
+        ("enp2s0", "must be a list"),
+    ):
         inv = inventory.parse(write(tmp_path, three.replace("[enp2s0, enp3s0]", bad)))
         with pytest.raises(InputError, match=rf"host dut1: labkit_interfaces .*{message}"):
             inv.require(("sender", "dut", "receiver"), two_interfaces=("dut",))
-    clash = inventory.parse(write(tmp_path, three.replace("labkit_bastion: gen1}", "labkit_bastion: gen1, labkit_interface: x}")))
+    clash = inventory.parse(
+        write(tmp_path, three.replace("labkit_bastion: gen1}", "labkit_bastion: gen1, labkit_interface: x}"))
+    )
     with pytest.raises(InputError, match=r"labkit_interface 'x' is not the first of labkit_interfaces"):
         clash.require(("dut",), two_interfaces=("dut",))
 
@@ -119,16 +144,20 @@ def test_hosts_are_checked_before_any_is_changed(remote_hosts, tmp_path):
     roles = ("sender", "receiver")
     bad_if = remote_hosts.inventory({"sender": "h1", "receiver": "h2"}, hostvars={"h2": {"labkit_interface": "eth9"}})
     before = sessions()
-    with pytest.raises(InputError, match=r"interface 'eth9' does not exist on host h2 \(role receiver\); "
-                                         r"interfaces there: .*mgmt0.*fix labkit_interface"):
+    with pytest.raises(
+        InputError,
+        match=r"interface 'eth9' does not exist on host h2 \(role receiver\); "
+        r"interfaces there: .*mgmt0.*fix labkit_interface",
+    ):
         with inventory.Testbed(bad_if, roles):
             pytest.fail("the body must not run")
     lacking = remote_hosts.inventory({"sender": "h1", "receiver": "h2"})
     with pytest.raises(MissingDependency, match=r"host h1 \(role sender\) lacks no-such-tool: run `labkit provision"):
         with inventory.Testbed(lacking, roles, tools={"sender": ["ip", "no-such-tool"]}):
             pytest.fail("the body must not run")
-    down = remote_hosts.inventory({"sender": "h1", "receiver": "h2"},
-                                  hostvars={"h2": {"ansible_host": "10.250.255.254"}})
+    down = remote_hosts.inventory(
+        {"sender": "h1", "receiver": "h2"}, hostvars={"h2": {"ansible_host": "10.250.255.254"}}
+    )
     with pytest.raises(HostUnreachable, match=r"host h2 .*check that the host is up"):
         with inventory.Testbed(down, roles):
             pytest.fail("the body must not run")
@@ -144,10 +173,17 @@ def test_drop_notebook_across_two_hosts(remote_hosts, tmp_path):
 
     path = remote_hosts.inventory({"sender": "h1", "receiver": "h2"})
     rcv_if = remote_hosts.data_if[("h2", "h1")]
-    params = {"inventory": str(path), "smoke": True, "generator": "trafgen", "count": 2000, "progress": False,
-              "variants": ["iptables_raw", "xdp_generic", "xdp_native"]}
-    run = batch.execute(batch.notebooks(["01-xdp-drop"])[0], params, out_dir=tmp_path, data_dir=tmp_path / "data",
-                        progress=False)
+    params = {
+        "inventory": str(path),
+        "smoke": True,
+        "generator": "trafgen",
+        "count": 2000,
+        "progress": False,
+        "variants": ["iptables_raw", "xdp_generic", "xdp_native"],
+    }
+    run = batch.execute(
+        batch.notebooks(["01-xdp-drop"])[0], params, out_dir=tmp_path, data_dir=tmp_path / "data", progress=False
+    )
     assert run.ok, run.error
     res = results.load_run(results.list_runs("xdp_drop", tmp_path / "data")[0])
     html = run.html.read_text()
@@ -198,10 +234,11 @@ def test_provisioning_names_the_host_it_cannot_reach(remote_hosts):
     pytest.importorskip("ansible_runner")
     from labkit import provision
 
-    path = remote_hosts.inventory({"sender": "h1", "receiver": "h2"}, hostvars={"h2": {"ansible_host": "10.250.255.254"}})
+    path = remote_hosts.inventory(
+        {"sender": "h1", "receiver": "h2"}, hostvars={"h2": {"ansible_host": "10.250.255.254"}}
+    )
     with pytest.raises(provision.ProvisionFailed, match=r"host h2: unreachable"):
         provision.provision(path, check=True, log=lambda m: None)
-
 
 
 def test_a_host_lost_mid_run_is_named_the_others_undone_and_clean_finishes_it(remote_hosts, capsys):

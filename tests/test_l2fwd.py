@@ -1,6 +1,7 @@
 """The forwarding variants of the L2 forwarding experiment, for real: XDP redirect through a
 devmap with l2fwd's MAC rewrite (checked on the received frames), the Linux bridge and tc
 redirect forward; the experiment's smoke run and its notebook leave nothing behind."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,12 @@ def test_xdp_redirect_forwards_with_mac_rewrite(fwd_topo, capture):
     rcv, d0, d1 = fwd_topo.iface("rcv"), fwd_topo.iface("dut", "snd"), fwd_topo.iface("dut", "rcv")
     cap = capture(rcv)
     # the receiver needs an XDP program for XDP_REDIRECT into its peer to deliver
-    with bpf.load("xdp_minimal") as bare, bpf.attach_xdp(rcv, bare.function("xdp_pass_bare"), "native"), \
-            xdp_fwd.XdpForwarder([d0, d1]) as fwd, fwd.attach_xdp("native"):
+    with (
+        bpf.load("xdp_minimal") as bare,
+        bpf.attach_xdp(rcv, bare.function("xdp_pass_bare"), "native"),
+        xdp_fwd.XdpForwarder([d0, d1]) as fwd,
+        fwd.attach_xdp("native"),
+    ):
         assert bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED")
         offered = _send(fwd_topo)
         frames = cap.udp_from(cap.frames(N), fwd_topo.iface("snd"))
@@ -59,8 +64,11 @@ def test_kernel_variants_forward(fwd_topo, name):
         got = rcv.stats()["rx_packets"] - r0
     assert offered.packets == N and got >= N * 0.99, f"{name}: {got} of {N} arrived"
     with fwd_topo.host("dut").ipr() as ipr:
-        assert not [l for l in ipr.get_links() if l.get_attr("IFLA_LINKINFO")
-                    and l.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") == "bridge"]
+        assert not [
+            l
+            for l in ipr.get_links()
+            if l.get_attr("IFLA_LINKINFO") and l.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") == "bridge"
+        ]
 
 
 @pytest.mark.parametrize("name", ["dpdk_l2fwd_afxdp", "ovs_afxdp", "ovs"])
@@ -99,8 +107,9 @@ def test_missing_ovs_leaves_the_others_running(monkeypatch):
     r = l2fwd.run(smoke=True, variants=["xdp_redirect", "ovs_afxdp"], baseline=False, latency=False)
     fwd = r.table[(r.table["measure"] == "processed_pkts")]
     assert set(fwd["variant"]) == {"xdp_redirect"} and (fwd["value"] > 0).all()
-    assert any(c.startswith("not run: ") and "openvswitch" in c and c.endswith("[ovs_afxdp]") for c in r.caveats), \
+    assert any(c.startswith("not run: ") and "openvswitch" in c and c.endswith("[ovs_afxdp]") for c in r.caveats), (
         r.caveats
+    )
 
 
 def test_params_refused_before_kernel():
@@ -133,8 +142,9 @@ def test_smoke_run_forwards_and_leaves_nothing(tmp_path):
     lat = r.latency
     assert set(lat[lat["load_fraction"] == 0]["variant"]) == set(l2fwd.VARIANTS)
     assert (lat[lat["load_fraction"] == 0]["probes"] > 0).all() and "One-way latency" in r.interpretation
-    assert {"forwarded_mpps", "idle_busy_cores", "own_idle_busy_cores", "rss_mb",
-            "p50_us (no load)"} <= set(r.overview.columns)
+    assert {"forwarded_mpps", "idle_busy_cores", "own_idle_busy_cores", "rss_mb", "p50_us (no load)"} <= set(
+        r.overview.columns
+    )
     assert set(r.latency_cdf["variant"]) == set(l2fwd.VARIANTS)
     assert "over AF_XDP forwarded" in r.interpretation
     assert any(c.startswith("net_af_xdp sockets ran in copy mode on af_xdp:") for c in r.caveats), r.caveats
@@ -148,8 +158,25 @@ def test_notebook_runs_headless_in_smoke_mode(tmp_path):
     pytest.importorskip("papermill")
     nb = os.path.join(ROOT, "notebooks", "02-l2-forwarding.ipynb")
     out = tmp_path / "out.ipynb"
-    cp = subprocess.run([sys.executable, "-m", "papermill", nb, str(out), "-p", "smoke", "True", "-k", "labkit",
-                         "--cwd", os.path.join(ROOT, "notebooks")], capture_output=True, text=True, timeout=300)
+    cp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            nb,
+            str(out),
+            "-p",
+            "smoke",
+            "True",
+            "-k",
+            "labkit",
+            "--cwd",
+            os.path.join(ROOT, "notebooks"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cp.returncode == 0, cp.stderr[-3000:]
     text = out.read_text()
     assert "forwarded the most" in text
@@ -170,10 +197,16 @@ def test_notebook_runs_with_live_frames_refused_and_only_latency_on(tmp_path, mo
 
     monkeypatch.setenv("LABKIT_REFUSE", "live_frames")
     data = tmp_path / "data"
-    params = {"smoke": True, "variants": ["xdp_redirect", "bridge"], "baseline": False, "idle_s": 0.0,
-              "progress": False}
-    run = batch.execute(batch.notebooks(["02-l2-forwarding"])[0], params, out_dir=tmp_path, data_dir=data,
-                        progress=False)
+    params = {
+        "smoke": True,
+        "variants": ["xdp_redirect", "bridge"],
+        "baseline": False,
+        "idle_s": 0.0,
+        "progress": False,
+    }
+    run = batch.execute(
+        batch.notebooks(["02-l2-forwarding"])[0], params, out_dir=tmp_path, data_dir=data, progress=False
+    )
     assert run.ok, run.error
     r = results.load_run(results.list_runs("l2fwd", data)[0])
     meta = r.metadata
@@ -185,11 +218,18 @@ def test_notebook_runs_with_live_frames_refused_and_only_latency_on(tmp_path, mo
     lat = r.table[(r.table["kind"] == "latency") & (r.table["measure"] == "lat_probes")]
     assert set(lat["variant"]) == set(params["variants"]) and (lat["value"] > 0).all()
     html = run.html.read_text()
-    for said in ("no DUT CPU per packet in this run", "no idle cost in this run", "forwarded the most",
-                 f"Fed by the {meta['generator']} generator", "latency probes: "):
+    for said in (
+        "no DUT CPU per packet in this run",
+        "no idle cost in this run",
+        "forwarded the most",
+        f"Fed by the {meta['generator']} generator",
+        "latency probes: ",
+    ):
         assert said in html, said
-    assert ("xdp_redirect&#x27;s native program on dut0 then runs the veth&#x27;s slow path" in html
-            or "xdp_redirect's native program on dut0 then runs the veth's slow path" in html) == skb
+    assert (
+        "xdp_redirect&#x27;s native program on dut0 then runs the veth&#x27;s slow path" in html
+        or "xdp_redirect's native program on dut0 then runs the veth's slow path" in html
+    ) == skb
     prefix = r.path.name.rsplit("-", 1)[1]
     assert not [n for n in cleanup.labkit_namespaces() if n.startswith(prefix)]
 
@@ -204,8 +244,7 @@ def test_dpdk_ports_compared_with_tunings_and_socket_losses_recorded(tmp_path):
 
     from labkit.bench import l2fwd as bench_l2fwd
 
-    r = l2fwd.run(smoke=True, variants=list(l2fwd.DPDK_VARIANTS), baseline=False, latency=False,
-                  progress=False)
+    r = l2fwd.run(smoke=True, variants=list(l2fwd.DPDK_VARIANTS), baseline=False, latency=False, progress=False)
     meta = json.loads((r.run_dir / "metadata.json").read_text())
     setup = json.dumps(meta)  # wherever collect_metadata nests the run's extra fields
     assert '"af_xdp_socket_mode"' in setup and '"copy"' in setup and '"xdp_hook": "xdp"' in setup
@@ -228,21 +267,44 @@ def test_dpdk_ports_compared_with_tunings_and_socket_losses_recorded(tmp_path):
 
 
 # ---------------------------------------------------------------- the DPDK ports' sentences, from hand-built tables
-def _ports_table(sock_a: float, sock_p: float, lost_a: float = 400_000, lost_p: float = 600_000,
-                 xsk_rx_dropped: float = 300_000, xsk_rx_ring_full: float = 100_000, fill: float = 200_000,
-                 cpu: bool = True, trials: int = 2):
+def _ports_table(
+    sock_a: float,
+    sock_p: float,
+    lost_a: float = 400_000,
+    lost_p: float = 600_000,
+    xsk_rx_dropped: float = 300_000,
+    xsk_rx_ring_full: float = 100_000,
+    fill: float = 200_000,
+    cpu: bool = True,
+    trials: int = 2,
+):
     """A table as l2fwd.run records it, for the two DPDK variants at 64 bytes (no kernel):
     per trial 1 M offered, AF_XDP forwarding 0.6 Mpps and af_packet 0.3 (0.25 in trial 1)."""
     import pandas as pd
 
     rows = []
-    per_trial = {"dpdk_l2fwd_afxdp": {"offered_pkts": 1e6, "offered_pps": 1e6, "processed_pps": 6e5,
-                                      "lost_before_dut_pkts": lost_a, "socket_dropped": sock_a,
-                                      "xsk_rx_dropped": xsk_rx_dropped, "xsk_rx_ring_full": xsk_rx_ring_full,
-                                      "xsk_fill_ring_empty": fill, "dpdk_cpu_ns_per_pkt": 1500.0},
-                 "dpdk_l2fwd": {"offered_pkts": 1e6, "offered_pps": 1e6, "processed_pps": 3e5,
-                                "lost_before_dut_pkts": lost_p, "socket_dropped": sock_p, "packet_drops": sock_p,
-                                "dpdk_cpu_ns_per_pkt": 3000.0}}
+    per_trial = {
+        "dpdk_l2fwd_afxdp": {
+            "offered_pkts": 1e6,
+            "offered_pps": 1e6,
+            "processed_pps": 6e5,
+            "lost_before_dut_pkts": lost_a,
+            "socket_dropped": sock_a,
+            "xsk_rx_dropped": xsk_rx_dropped,
+            "xsk_rx_ring_full": xsk_rx_ring_full,
+            "xsk_fill_ring_empty": fill,
+            "dpdk_cpu_ns_per_pkt": 1500.0,
+        },
+        "dpdk_l2fwd": {
+            "offered_pkts": 1e6,
+            "offered_pps": 1e6,
+            "processed_pps": 3e5,
+            "lost_before_dut_pkts": lost_p,
+            "socket_dropped": sock_p,
+            "packet_drops": sock_p,
+            "dpdk_cpu_ns_per_pkt": 3000.0,
+        },
+    }
     for trial in range(trials):
         for v, ms in per_trial.items():
             for m, val in ms.items():
@@ -250,8 +312,20 @@ def _ports_table(sock_a: float, sock_p: float, lost_a: float = 400_000, lost_p: 
                     continue
                 if m == "processed_pps" and v == "dpdk_l2fwd" and trial == 1:
                     val = 2.5e5
-                rows.append({"experiment": "l2fwd", "run_id": "test", "trial": trial, "variant": v, "size": 64,
-                             "measure": m, "value": val, "unit": "", "flags": "", "kind": "trial"})
+                rows.append(
+                    {
+                        "experiment": "l2fwd",
+                        "run_id": "test",
+                        "trial": trial,
+                        "variant": v,
+                        "size": 64,
+                        "measure": m,
+                        "value": val,
+                        "unit": "",
+                        "flags": "",
+                        "kind": "trial",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -276,8 +350,9 @@ def test_backlog_claimed_only_where_socket_drops_are_the_loss_before_l2fwd():
 
 def test_fill_ring_share_counts_every_drop_at_the_af_xdp_socket():
     """xsk_fill_ring_empty is a share of all the socket's drops: rx_dropped and rx_ring_full."""
-    text = _ports(_ports_table(sock_a=400_000, sock_p=600_000, xsk_rx_dropped=300_000, xsk_rx_ring_full=100_000,
-                               fill=200_000))
+    text = _ports(
+        _ports_table(sock_a=400_000, sock_p=600_000, xsk_rx_dropped=300_000, xsk_rx_ring_full=100_000, fill=200_000)
+    )
     assert "(50% of those because its fill ring was empty" in text  # 200k of 300k + 100k, not of 300k
     none = _ports(_ports_table(sock_a=0, sock_p=0, lost_a=0, lost_p=0, xsk_rx_dropped=0, xsk_rx_ring_full=0, fill=0))
     assert "of those because" not in none and "backlog" not in none  # no drops: no share of them, no claim

@@ -1,6 +1,7 @@
 """02-l2-forwarding across three "hosts" (sshd in namespaces, tests/remote_hosts.py): the
 generator on h1, each forwarder set up on h2 between its two data-plane veths, the sink
 on h3; and inventories refused before any host is changed."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,10 @@ def dut_ports(hosts) -> list:
 
 
 def inventory(hosts, **dut):
-    return hosts.inventory(ROLES, hostvars={"h2": {"labkit_interfaces": dut_ports(hosts),
-                                                   "labkit_build_dir": str(labkit.BUILD_DIR), **dut}})
+    return hosts.inventory(
+        ROLES,
+        hostvars={"h2": {"labkit_interfaces": dut_ports(hosts), "labkit_build_dir": str(labkit.BUILD_DIR), **dut}},
+    )
 
 
 def host_state(hosts) -> dict:
@@ -53,8 +56,9 @@ def host_state(hosts) -> dict:
 def processes(hosts, name: str) -> set:
     """Names of the processes running in host NAME's network namespace."""
     out = set()
-    for pid in subprocess.run(["ip", "netns", "pids", hosts.host(name).netns], capture_output=True,
-                              text=True).stdout.split():
+    for pid in subprocess.run(
+        ["ip", "netns", "pids", hosts.host(name).netns], capture_output=True, text=True
+    ).stdout.split():
         try:
             out.add(open(f"/proc/{pid}/comm").read().strip())
         except OSError:
@@ -77,10 +81,18 @@ def test_l2fwd_notebook_across_three_hosts(remote_hosts, tmp_path):
     before = host_state(remote_hosts)
     assert not sessions(remote_hosts)
     # ovs with a PMD mask naming no CPU of h2 cannot start there: left out and marked, as on one machine
-    params = {"inventory": str(path), "smoke": True, "count": 5000, "variants": variants + ["ovs"],  # generator auto
-              "ovs_pmd_cpus": "0x100", "idle_s": 0.2, "progress": False}
-    run = batch.execute(batch.notebooks(["02-l2-forwarding"])[0], params, out_dir=tmp_path,
-                        data_dir=tmp_path / "data", progress=False)
+    params = {
+        "inventory": str(path),
+        "smoke": True,
+        "count": 5000,
+        "variants": variants + ["ovs"],  # generator auto
+        "ovs_pmd_cpus": "0x100",
+        "idle_s": 0.2,
+        "progress": False,
+    }
+    run = batch.execute(
+        batch.notebooks(["02-l2-forwarding"])[0], params, out_dir=tmp_path, data_dir=tmp_path / "data", progress=False
+    )
     assert run.ok, run.error
     res = results.load_run(results.list_runs("l2fwd", tmp_path / "data")[0])
     html, meta = run.html.read_text(), res.metadata
@@ -122,24 +134,45 @@ def test_an_inventory_the_dut_cannot_serve_is_refused_before_any_change(remote_h
     before = host_state(remote_hosts)
     assert not sessions(remote_hosts)
     one = remote_hosts.inventory(ROLES)  # h2 names only its port towards h1
-    with pytest.raises(InputError, match=r"host h2 \(role dut\) names one data-plane interface .* but forwards "
-                                         r"between two: set labkit_interfaces: \[IN, OUT\] under all.hosts.h2"):
+    with pytest.raises(
+        InputError,
+        match=r"host h2 \(role dut\) names one data-plane interface .* but forwards "
+        r"between two: set labkit_interfaces: \[IN, OUT\] under all.hosts.h2",
+    ):
         l2fwd.run(data_dir=data_dir, inventory=str(one), smoke=True, variants=["bridge"], progress=False)
     absent = inventory(remote_hosts, labkit_interfaces=[dut_ports(remote_hosts)[0], "eth9"])
-    with pytest.raises(InputError, match=r"interface 'eth9' does not exist on host h2 \(role dut\); interfaces "
-                                         r"there: .*fix labkit_interfaces"):
-        l2fwd.run(data_dir=data_dir, inventory=str(absent), smoke=True, variants=["bridge"], generator="trafgen",
-                  progress=False)
+    with pytest.raises(
+        InputError,
+        match=r"interface 'eth9' does not exist on host h2 \(role dut\); interfaces "
+        r"there: .*fix labkit_interfaces",
+    ):
+        l2fwd.run(
+            data_dir=data_dir,
+            inventory=str(absent),
+            smoke=True,
+            variants=["bridge"],
+            generator="trafgen",
+            progress=False,
+        )
     blocked = data_dir / "not-a-folder"
     blocked.write_text("")
     unbuildable = inventory(remote_hosts, labkit_build_dir=str(blocked / "build"))
     from labkit import dpdk
 
-    fix = (r"building DPDK's l2fwd in .*not-a-folder/build there failed: .*set labkit_build_dir of h2"
-           if dpdk.l2fwd_status()[0] else r".*install DPDK there")
+    fix = (
+        r"building DPDK's l2fwd in .*not-a-folder/build there failed: .*set labkit_build_dir of h2"
+        if dpdk.l2fwd_status()[0]
+        else r".*install DPDK there"
+    )
     with pytest.raises(LabkitError, match=r"host h2 \(role dut\) cannot run dpdk_l2fwd: " + fix):
-        l2fwd.run(data_dir=data_dir, inventory=str(unbuildable), smoke=True, variants=["bridge", "dpdk_l2fwd"],
-                  generator="trafgen", progress=False)
+        l2fwd.run(
+            data_dir=data_dir,
+            inventory=str(unbuildable),
+            smoke=True,
+            variants=["bridge", "dpdk_l2fwd"],
+            generator="trafgen",
+            progress=False,
+        )
     assert host_state(remote_hosts) == before and not sessions(remote_hosts)
 
 

@@ -5,6 +5,7 @@ tests discriminate) and nothing else failing but the stubs of the solutions.
 
 Lessons run in smoke mode (LABKIT_SMOKE=1: small counts), as students' would in CI. The
 release is generated in a temporary copy of labs/, never in the checkout."""
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,9 @@ def errors(cell) -> list:
 
 def execute(path: Path, workdir: Path, allow_errors: bool, env: dict | None = None):
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, kernel_name="labkit", timeout=600, allow_errors=allow_errors,
-                            resources={"metadata": {"path": str(workdir)}})
+    client = NotebookClient(
+        nb, kernel_name="labkit", timeout=600, allow_errors=allow_errors, resources={"metadata": {"path": str(workdir)}}
+    )
     kernel_env = {**os.environ, "LABKIT_SMOKE": "1", **(env or {})}
     client.execute(env=kernel_env)
     return nb
@@ -52,16 +54,25 @@ def course(tmp_path_factory) -> Path:
     shutil.copytree(LABS / "source", root / "source")
     shutil.copy(LABS / "nbgrader_config.py", root / "nbgrader_config.py")
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
-    cp = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "*", "--no-db", "--force"],
-                        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    cp = subprocess.run(
+        [sys.executable, "-m", "nbgrader", "generate_assignment", "*", "--no-db", "--force"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert cp.returncode == 0, cp.stdout + cp.stderr
     return root
 
 
 def test_notebooks_in_git_carry_no_outputs():
-    dirty = [f"{p.relative_to(LABS)} cell {i}" for p in LABS.glob("source/*/*.ipynb")
-             for i, c in enumerate(nbformat.read(p, as_version=4).cells)
-             if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count"))]
+    dirty = [
+        f"{p.relative_to(LABS)} cell {i}"
+        for p in LABS.glob("source/*/*.ipynb")
+        for i, c in enumerate(nbformat.read(p, as_version=4).cells)
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count"))
+    ]
     assert not dirty, f"notebooks with outputs (clear them before committing): {dirty}"
 
 
@@ -71,8 +82,11 @@ def test_notebooks_open_unmodified_in_jupyterlab():
     lacking = []
     for p in LABS.glob("source/*/*.ipynb"):
         nb = nbformat.read(p, as_version=4)
-        if nb.nbformat_minor < 5 or not all(c.get("id") for c in nb.cells) \
-                or "version" not in nb.metadata.get("language_info", {}):
+        if (
+            nb.nbformat_minor < 5
+            or not all(c.get("id") for c in nb.cells)
+            or "version" not in nb.metadata.get("language_info", {})
+        ):
             lacking.append(p.name)
     assert not lacking, f"notebooks without cell ids or the kernel's language_info: {lacking}"
 
@@ -111,8 +125,11 @@ def test_instructor_version_passes_every_test(lesson, tmp_path):
         failed = [(i, e["ename"], e["evalue"][:800]) for i, c in enumerate(nb.cells) for e in errors(c)]
         assert not failed, f"{lesson}: the solution fails: {failed}"
         # a value shown by a graded cell would be read by nbgrader as partial credit
-        valued = [nbgrader_meta(c)["grade_id"] for c in nb.cells if is_graded_test(c)
-                  and any(o.get("output_type") == "execute_result" for o in c.get("outputs", []))]
+        valued = [
+            nbgrader_meta(c)["grade_id"]
+            for c in nb.cells
+            if is_graded_test(c) and any(o.get("output_type") == "execute_result" for o in c.get("outputs", []))
+        ]
         assert not valued, f"{lesson}: graded cells that show a value (nbgrader reads it as the score): {valued}"
 
 
@@ -143,12 +160,22 @@ def test_nbgrader_grades_a_starter_zero_and_the_solution_full(tmp_path):
     lesson = "02-first-xdp"
     shutil.copytree(LABS / "source" / lesson, tmp_path / "source" / lesson)
     shutil.copy(LABS / "nbgrader_config.py", tmp_path / "nbgrader_config.py")
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", "LABKIT_SMOKE": "1",
-           "LABKIT_GRADEBOOK": f"sqlite:///{tmp_path / 'gradebook.db'}"}
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+        "LABKIT_SMOKE": "1",
+        "LABKIT_GRADEBOOK": f"sqlite:///{tmp_path / 'gradebook.db'}",
+    }
 
     def nbgrader(*args):
-        cp = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+        cp = subprocess.run(
+            [sys.executable, "-m", "nbgrader", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert cp.returncode == 0, f"nbgrader {' '.join(args)}:\n{cp.stdout}\n{cp.stderr}"
 
     nbgrader("generate_assignment", lesson, "--force")
@@ -181,37 +208,103 @@ class Wrong:
 WRONG = [
     # lesson 2, exercise 1 (the rule on frames shorter than 14 bytes cannot be tested: see
     # test_xdp_never_sees_a_frame_shorter_than_an_ethernet_header)
-    Wrong("02-first-xdp", "l02_ipv4", "IPv4 frames are dropped (EtherType in network byte order)",
-          "eth->h_proto == bpf_htons(ETH_P_IP)", "eth->h_proto == ETH_P_IP"),
-    Wrong("02-first-xdp", "l02_ipv4", "IPv6 and ARP pass", "    // END SOLUTION\n    return XDP_PASS;",
-          "    // END SOLUTION\n    return XDP_DROP;"),
-    Wrong("02-first-xdp", "l02_ipv4", "VLAN-tagged frames pass", "eth->h_proto == bpf_htons(ETH_P_IP))",
-          "eth->h_proto == bpf_htons(ETH_P_IP) || eth->h_proto == bpf_htons(ETH_P_8021Q))"),
-    Wrong("02-first-xdp", "l02_ipv4", "the Ethernet header is checked before it is read",
-          "    if ((void *)(eth + 1) > data_end)\n        return XDP_PASS;\n", ""),
+    Wrong(
+        "02-first-xdp",
+        "l02_ipv4",
+        "IPv4 frames are dropped (EtherType in network byte order)",
+        "eth->h_proto == bpf_htons(ETH_P_IP)",
+        "eth->h_proto == ETH_P_IP",
+    ),
+    Wrong(
+        "02-first-xdp",
+        "l02_ipv4",
+        "IPv6 and ARP pass",
+        "    // END SOLUTION\n    return XDP_PASS;",
+        "    // END SOLUTION\n    return XDP_DROP;",
+    ),
+    Wrong(
+        "02-first-xdp",
+        "l02_ipv4",
+        "VLAN-tagged frames pass",
+        "eth->h_proto == bpf_htons(ETH_P_IP))",
+        "eth->h_proto == bpf_htons(ETH_P_IP) || eth->h_proto == bpf_htons(ETH_P_8021Q))",
+    ),
+    Wrong(
+        "02-first-xdp",
+        "l02_ipv4",
+        "the Ethernet header is checked before it is read",
+        "    if ((void *)(eth + 1) > data_end)\n        return XDP_PASS;\n",
+        "",
+    ),
     Wrong("02-first-xdp", "l02_null", "the first frame creates the entry with 1", "u64 first = 1;", "u64 first = 0;"),
-    Wrong("02-first-xdp", "l02_null", "a missing entry is created (not just passed over)",
-          "        seen.update(&key, &first);\n", ""),
+    Wrong(
+        "02-first-xdp",
+        "l02_null",
+        "a missing entry is created (not just passed over)",
+        "        seen.update(&key, &first);\n",
+        "",
+    ),
     # lesson 3, exercise 1
     Wrong("03-maps", "l03_count", "counted by iph->protocol", "u32 key = iph->protocol;", "u32 key = iph->ttl;"),
-    Wrong("03-maps", "l03_count", "non-IPv4 frames are not counted",
-          "    if (eth->h_proto != bpf_htons(ETH_P_IP))\n        return XDP_PASS;\n", ""),
-    Wrong("03-maps", "l03_count", "every frame passes",
-          "    if (eth->h_proto != bpf_htons(ETH_P_IP))\n        return XDP_PASS;",
-          "    if (eth->h_proto != bpf_htons(ETH_P_IP))\n        return XDP_DROP;"),
+    Wrong(
+        "03-maps",
+        "l03_count",
+        "non-IPv4 frames are not counted",
+        "    if (eth->h_proto != bpf_htons(ETH_P_IP))\n        return XDP_PASS;\n",
+        "",
+    ),
+    Wrong(
+        "03-maps",
+        "l03_count",
+        "every frame passes",
+        "    if (eth->h_proto != bpf_htons(ETH_P_IP))\n        return XDP_PASS;",
+        "    if (eth->h_proto != bpf_htons(ETH_P_IP))\n        return XDP_DROP;",
+    ),
     # lesson 4
     Wrong("04-parsing", "l04_parse", "port 7777 in network byte order", "bpf_htons(BLOCKED_PORT)", "BLOCKED_PORT"),
-    Wrong("04-parsing", "l04_parse", "only UDP is blocked", "    if (iph->protocol != IPPROTO_UDP)\n        return XDP_PASS;\n", ""),
-    Wrong("04-parsing", "l04_parse", "the UDP header starts ihl * 4 bytes in", "(void *)iph + hlen", "(void *)(iph + 1)"),
-    Wrong("04-parsing", "l04_parse", "a cut IPv4 header is dropped",
-          "if ((void *)(iph + 1) > data_end)\n        return XDP_DROP;", "if ((void *)(iph + 1) > data_end)\n        return XDP_PASS;"),
-    Wrong("04-parsing", "l04_parse", "a cut UDP header is dropped",
-          "if ((void *)(udp + 1) > data_end)\n        return XDP_DROP;", "if ((void *)(udp + 1) > data_end)\n        return XDP_PASS;"),
-    Wrong("04-parsing", "l04_parse", "an IHL below 5 is dropped", "    if (hlen < sizeof(*iph))\n        return XDP_DROP;\n", ""),
+    Wrong(
+        "04-parsing",
+        "l04_parse",
+        "only UDP is blocked",
+        "    if (iph->protocol != IPPROTO_UDP)\n        return XDP_PASS;\n",
+        "",
+    ),
+    Wrong(
+        "04-parsing", "l04_parse", "the UDP header starts ihl * 4 bytes in", "(void *)iph + hlen", "(void *)(iph + 1)"
+    ),
+    Wrong(
+        "04-parsing",
+        "l04_parse",
+        "a cut IPv4 header is dropped",
+        "if ((void *)(iph + 1) > data_end)\n        return XDP_DROP;",
+        "if ((void *)(iph + 1) > data_end)\n        return XDP_PASS;",
+    ),
+    Wrong(
+        "04-parsing",
+        "l04_parse",
+        "a cut UDP header is dropped",
+        "if ((void *)(udp + 1) > data_end)\n        return XDP_DROP;",
+        "if ((void *)(udp + 1) > data_end)\n        return XDP_PASS;",
+    ),
+    Wrong(
+        "04-parsing",
+        "l04_parse",
+        "an IHL below 5 is dropped",
+        "    if (hlen < sizeof(*iph))\n        return XDP_DROP;\n",
+        "",
+    ),
     Wrong("04-parsing", "l04_parse", "the destination port, not the source", "udp->dest ==", "udp->source =="),
     # lesson 5
-    Wrong("05-rewrite", "l05_sum", "the checksum field counts as zero", 'h = header[:10] + b"\\0\\0" + header[12:]', "h = header"),
-    Wrong("05-rewrite", "l05_incr", "carries are folded", "    while s >> 16:\n        s = (s & 0xFFFF) + (s >> 16)\n", ""),
+    Wrong(
+        "05-rewrite",
+        "l05_sum",
+        "the checksum field counts as zero",
+        'h = header[:10] + b"\\0\\0" + header[12:]',
+        "h = header",
+    ),
+    Wrong(
+        "05-rewrite", "l05_incr", "carries are folded", "    while s >> 16:\n        s = (s & 0xFFFF) + (s >> 16)\n", ""
+    ),
     Wrong("05-rewrite", "l05_tx", "MAC addresses swapped", "    __builtin_memcpy(eth->h_source, mac, ETH_ALEN);\n", ""),
     Wrong("05-rewrite", "l05_tx", "IP addresses swapped", "    iph->daddr = addr;\n", ""),
     Wrong("05-rewrite", "l05_tx", "UDP ports swapped", "    udp->dest = port;\n", ""),
@@ -219,35 +312,94 @@ WRONG = [
     Wrong("05-rewrite", "l05_tx", "IPv4 checksum updated", "    iph->check = bpf_htons(~sum & 0xffff);\n", ""),
     Wrong("05-rewrite", "l05_tx", "the frame goes back out (XDP_TX)", "    return XDP_TX;", "    return XDP_PASS;"),
     # lesson 6, exercise 1 (the routing table and neighbours of a live router testbed)
-    Wrong("06-redirect", "l06_router", "tot_len in host order", "fib.tot_len = bpf_ntohs(iph->tot_len);",
-          "fib.tot_len = iph->tot_len;"),
+    Wrong(
+        "06-redirect",
+        "l06_router",
+        "tot_len in host order",
+        "fib.tot_len = bpf_ntohs(iph->tot_len);",
+        "fib.tot_len = iph->tot_len;",
+    ),
     Wrong("06-redirect", "l06_router", "the TTL is decremented", "        ip_decrease_ttl(iph);\n", ""),
-    Wrong("06-redirect", "l06_router", "MACs from the lookup", "        __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);\n", ""),
+    Wrong(
+        "06-redirect",
+        "l06_router",
+        "MACs from the lookup",
+        "        __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);\n",
+        "",
+    ),
     Wrong("06-redirect", "l06_router", "redirected frames counted in stats[0]", "        count(0);\n", ""),
     # lesson 7, exercise 1
     Wrong("07-tc-vs-xdp", "l07_tc", "only UDP is dropped", " || iph->protocol != IPPROTO_UDP", ""),
-    Wrong("07-tc-vs-xdp", "l07_tc", "the UDP header starts ihl * 4 bytes in", "(void *)iph + iph->ihl * 4", "(void *)(iph + 1)"),
-    Wrong("07-tc-vs-xdp", "l07_tc", "a cut UDP header goes on",
-          "if ((void *)(udp + 1) > data_end)\n        return TC_ACT_OK;", "if ((void *)(udp + 1) > data_end)\n        return TC_ACT_SHOT;"),
+    Wrong(
+        "07-tc-vs-xdp",
+        "l07_tc",
+        "the UDP header starts ihl * 4 bytes in",
+        "(void *)iph + iph->ihl * 4",
+        "(void *)(iph + 1)",
+    ),
+    Wrong(
+        "07-tc-vs-xdp",
+        "l07_tc",
+        "a cut UDP header goes on",
+        "if ((void *)(udp + 1) > data_end)\n        return TC_ACT_OK;",
+        "if ((void *)(udp + 1) > data_end)\n        return TC_ACT_SHOT;",
+    ),
     Wrong("07-tc-vs-xdp", "l07_tc", "an IHL below 5 goes on", " || iph->ihl < 5", ""),
     # lesson 8
-    Wrong("08-nat", "l08_nat", "the IPv4 checksum is fixed", "    bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, to, sizeof(to));\n", ""),
+    Wrong(
+        "08-nat",
+        "l08_nat",
+        "the IPv4 checksum is fixed",
+        "    bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, to, sizeof(to));\n",
+        "",
+    ),
     # (BPF_F_PSEUDO_HDR only matters for a checksum the device finishes, CHECKSUM_PARTIAL: with
     # offloads off, as in the lesson, leaving it out changes nothing a check could see)
-    Wrong("08-nat", "l08_nat", "the UDP checksum is fixed",
-          "    bpf_l4_csum_replace(skb, UDP_CSUM_OFF, old, to, BPF_F_PSEUDO_HDR | sizeof(to));\n", ""),
+    Wrong(
+        "08-nat",
+        "l08_nat",
+        "the UDP checksum is fixed",
+        "    bpf_l4_csum_replace(skb, UDP_CSUM_OFF, old, to, BPF_F_PSEUDO_HDR | sizeof(to));\n",
+        "",
+    ),
     Wrong("08-nat", "l08_nat", "translations counted in nat_count[0]", "        __sync_fetch_and_add(n, 1);\n", ""),
-    Wrong("08-nat", "l08_rules", "rules in network byte order", "table.Key(as_be32(inside))] = table.Leaf(as_be32(outside))",
-          "table.Key(int(ipaddress.IPv4Address(inside)))] = table.Leaf(int(ipaddress.IPv4Address(outside)))"),
-    Wrong("08-nat", "l08_rules", "removing a missing rule is no error",
-          "    try:\n        del table[table.Key(as_be32(inside))]\n    except KeyError:\n        pass",
-          "    del table[table.Key(as_be32(inside))]"),
+    Wrong(
+        "08-nat",
+        "l08_rules",
+        "rules in network byte order",
+        "table.Key(as_be32(inside))] = table.Leaf(as_be32(outside))",
+        "table.Key(int(ipaddress.IPv4Address(inside)))] = table.Leaf(int(ipaddress.IPv4Address(outside)))",
+    ),
+    Wrong(
+        "08-nat",
+        "l08_rules",
+        "removing a missing rule is no error",
+        "    try:\n        del table[table.Key(as_be32(inside))]\n    except KeyError:\n        pass",
+        "    del table[table.Key(as_be32(inside))]",
+    ),
     # lesson 9, exercises 1 and 2 (exercise 3 needs measured trials)
     Wrong("09-measuring", "l09_ndr", "loss at most the threshold", "1 - r / o <= loss + 1e-12", "1 - r / o < loss"),
-    Wrong("09-measuring", "l09_ndr", "points in any order", "return max(ok) if ok else None", "return ok[-1] if ok else None"),
-    Wrong("09-measuring", "l09_ndr", "None when no point qualifies", "return max(ok) if ok else None", "return max(ok, default=0)"),
-    Wrong("09-measuring", "l09_spread", "relative spread over the median", "(max(values) - min(values)) / m",
-          "(max(values) - min(values)) / statistics.mean(values)"),
+    Wrong(
+        "09-measuring",
+        "l09_ndr",
+        "points in any order",
+        "return max(ok) if ok else None",
+        "return ok[-1] if ok else None",
+    ),
+    Wrong(
+        "09-measuring",
+        "l09_ndr",
+        "None when no point qualifies",
+        "return max(ok) if ok else None",
+        "return max(ok, default=0)",
+    ),
+    Wrong(
+        "09-measuring",
+        "l09_spread",
+        "relative spread over the median",
+        "(max(values) - min(values)) / m",
+        "(max(values) - min(values)) / statistics.mean(values)",
+    ),
 ]
 #: what must run again after a lesson's solution cell, before its test (state the test relies on)
 REPLAY = {"06-redirect": "fill_devmap(router)"}
@@ -270,7 +422,7 @@ def _wrong_answers_notebook(lesson: str):
         return [i for i in range(start + 1, test) if nbgrader_meta(nb.cells[i]).get("solution")], test
 
     last = max(exercise(w.grade_id)[1] for w in wrongs)
-    cells = [nbformat.v4.new_code_cell(c.source) for c in nb.cells[:last + 1] if c.cell_type == "code"]
+    cells = [nbformat.v4.new_code_cell(c.source) for c in nb.cells[: last + 1] if c.cell_type == "code"]
     judged = {}
     for w in wrongs:
         solutions, test = exercise(w.grade_id)
@@ -301,7 +453,9 @@ def test_each_stated_rule_fails_an_answer_that_breaks_it(lesson, tmp_path):
     assert not failed, f"{lesson}: the solution fails before the wrong answers are tried: {failed}"
     passed = [w.rule for i, w in judged.items() if not errors(ran.cells[i])]  # nbgrader fails a cell on any error
     assert not passed, f"{lesson}: answers breaking these rules pass the checks: {passed}"
-    crashed = [(i, errors(c)[0]["ename"]) for i, c in enumerate(ran.cells) if i not in judged and i >= first and errors(c)]
+    crashed = [
+        (i, errors(c)[0]["ename"]) for i, c in enumerate(ran.cells) if i not in judged and i >= first and errors(c)
+    ]
     assert not crashed, f"{lesson}: cells other than the checks failed: {crashed}"
 
 

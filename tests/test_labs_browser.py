@@ -8,6 +8,7 @@ kernel's pid, and the real notebook's lab cell, so the test runs the same calls 
 makes. Everything the server, the kernel and the browser write goes to temporary folders
 (LABKIT_DATA_DIR too). On failure a screenshot of the page is kept beside the test's files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,11 +63,11 @@ def _cells(notebook: str) -> tuple[str, str, dict]:
 def _write_notebook(path: Path, source_notebook: str) -> None:
     params, lab, kernelspec = _cells(source_notebook)
     sources = [params, "interactive = True", "import os\nprint('kernel pid', os.getpid())", lab]
-    cells = [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": s}
-             for s in sources]
+    cells = [
+        {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": s} for s in sources
+    ]
     cells[0]["metadata"]["tags"] = ["parameters"]
-    nb = {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
-          "metadata": {"kernelspec": kernelspec}}
+    nb = {"cells": cells, "nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": kernelspec}}
     path.write_text(json.dumps(nb))
 
 
@@ -87,10 +88,16 @@ class Server:
         self.root = tmp / "root"
         self.root.mkdir()
         self.port, self.token = _free_port(), os.urandom(16).hex()
-        env = dict(os.environ, LABKIT_DATA_DIR=str(tmp / "data"), LABKIT_REPORTS_DIR=str(tmp / "reports"),
-                   JUPYTER_CONFIG_DIR=str(tmp / "jupyter-config"), JUPYTER_RUNTIME_DIR=str(tmp / "jupyter-runtime"),
-                   JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"), IPYTHONDIR=str(tmp / "ipython"),
-                   MPLCONFIGDIR=str(tmp / "mpl"))
+        env = dict(
+            os.environ,
+            LABKIT_DATA_DIR=str(tmp / "data"),
+            LABKIT_REPORTS_DIR=str(tmp / "reports"),
+            JUPYTER_CONFIG_DIR=str(tmp / "jupyter-config"),
+            JUPYTER_RUNTIME_DIR=str(tmp / "jupyter-runtime"),
+            JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
+            IPYTHONDIR=str(tmp / "ipython"),
+            MPLCONFIGDIR=str(tmp / "mpl"),
+        )
         args = []
         if student_view:
             env["JUPYTER_CONFIG_PATH"] = str(STUDENT_CONFIG)
@@ -100,10 +107,24 @@ class Server:
             args = ["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
         self.log = open(tmp / "jupyter.log", "w")
         self.proc = subprocess.Popen(
-            [str(JUPYTER), "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={self.port}",
-             f"--ServerApp.token={self.token}", f"--ServerApp.root_dir={self.root}", "--ServerApp.port_retries=0",
-             *args],
-            cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(JUPYTER),
+                "lab",
+                "--no-browser",
+                "--allow-root",
+                "--ip=127.0.0.1",
+                f"--port={self.port}",
+                f"--ServerApp.token={self.token}",
+                f"--ServerApp.root_dir={self.root}",
+                "--ServerApp.port_retries=0",
+                *args,
+            ],
+            cwd=self.root,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -118,9 +139,11 @@ class Server:
         return f"http://127.0.0.1:{self.port}/{path}?token={self.token}"
 
     def api(self, method: str, path: str):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/{'' if path.startswith('/') else 'api/'}{path.lstrip('/')}",
-                                     method=method,
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/{'' if path.startswith('/') else 'api/'}{path.lstrip('/')}",
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             body = r.read()
         return json.loads(body) if body else None
@@ -154,8 +177,11 @@ def server(tmp_path_factory):
 @contextlib.contextmanager
 def _browser_page(shots: Path, name: str):
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         pg = browser.new_page(viewport={"width": 1400, "height": 1600})
         pg.set_default_timeout(TIMEOUT_MS)
         try:
@@ -242,8 +268,10 @@ def text(page, selector: str) -> str:
 
 def wait_text(page, selector: str, pattern: str) -> str:
     """Wait until SELECTOR's text matches the regular expression PATTERN; return the text."""
-    page.wait_for_function("([s, p]) => { const e = document.querySelector(s);"
-                           " return e && new RegExp(p).test(e.innerText); }", arg=[selector, pattern])
+    page.wait_for_function(
+        "([s, p]) => { const e = document.querySelector(s); return e && new RegExp(p).test(e.innerText); }",
+        arg=[selector, pattern],
+    )
     return text(page, selector)
 
 
@@ -255,9 +283,11 @@ def click_until(page, button: str, selector: str, pattern: str) -> str:
     for attempt in range(3):
         page.locator(button).click()
         try:
-            page.wait_for_function("([s, p]) => { const e = document.querySelector(s);"
-                                   " return e && new RegExp(p).test(e.innerText); }", arg=[selector, pattern],
-                                   timeout=20_000 if attempt < 2 else TIMEOUT_MS)
+            page.wait_for_function(
+                "([s, p]) => { const e = document.querySelector(s); return e && new RegExp(p).test(e.innerText); }",
+                arg=[selector, pattern],
+                timeout=20_000 if attempt < 2 else TIMEOUT_MS,
+            )
             return text(page, selector)
         except sync_api.TimeoutError:
             if attempt == 2:
@@ -278,8 +308,11 @@ def plot_image(page, scope: str, old: str | None = None) -> str:
     """The src of the live plot under SCOPE once it shows a decoded, non-empty image (other
     than OLD, when given: a new drawing; an unchanged drawing is not sent again)."""
     img = f"{scope} .lk-rateplot img"
-    page.wait_for_function("([s, old]) => { const i = document.querySelector(s); return i && i.complete"
-                           " && i.naturalWidth > 100 && i.getAttribute('src') !== old; }", arg=[img, old])
+    page.wait_for_function(
+        "([s, old]) => { const i = document.querySelector(s); return i && i.complete"
+        " && i.naturalWidth > 100 && i.getAttribute('src') !== old; }",
+        arg=[img, old],
+    )
     return page.locator(img).first.get_attribute("src")
 
 
@@ -307,12 +340,16 @@ def test_drop_lab_in_jupyterlab(server, page):
     plot_image(page, ".lk-droplab", old=drawn)
     page.locator(".lk-droplab").screenshot(path=str(server.tmp / "drop-lab-live.png"))  # to look at
     wait_text(page, ".lk-message", r"sent \d+ packets")
-    page.wait_for_function("(n) => { const t = document.querySelector('.lk-counters'); return t &&"
-                           " /pass\\s+(\\d+)/.test(t.innerText) && +t.innerText.match(/pass\\s+(\\d+)/)[1] >= n; }",
-                           arg=before.get("pass", 0) + 10_000)
+    page.wait_for_function(
+        "(n) => { const t = document.querySelector('.lk-counters'); return t &&"
+        " /pass\\s+(\\d+)/.test(t.innerText) && +t.innerText.match(/pass\\s+(\\d+)/)[1] >= n; }",
+        arg=before.get("pass", 0) + 10_000,
+    )
     # the counters refresh by themselves: their time stamp moves with no action
     stamp = re.search(r"counters at (\S+)", text(page, ".lk-state")).group(1)
-    page.wait_for_function("(s) => !document.querySelector('.lk-state').innerText.includes('counters at ' + s)", arg=stamp)
+    page.wait_for_function(
+        "(s) => !document.querySelector('.lk-state').innerText.includes('counters at ' + s)", arg=stamp
+    )
 
     # a port rule applies on Enter; a refused value leaves it and says why
     page.locator(".lk-port input").fill("9")
@@ -334,8 +371,11 @@ def test_drop_lab_in_jupyterlab(server, page):
     # the rule drops: a burst to port 9 raises drop_port
     dropped = counters(page).get("drop_port", 0)
     page.locator("button.lk-send").click()
-    page.wait_for_function("(n) => { const m = document.querySelector('.lk-counters').innerText.match(/drop_port\\s+(\\d+)/);"
-                           " return m && +m[1] >= n; }", arg=dropped + 10_000)
+    page.wait_for_function(
+        "(n) => { const m = document.querySelector('.lk-counters').innerText.match(/drop_port\\s+(\\d+)/);"
+        " return m && +m[1] >= n; }",
+        arg=dropped + 10_000,
+    )
 
     # the hook moves while traffic runs
     page.locator(".lk-hook select").select_option("tc ingress")
@@ -355,8 +395,16 @@ def test_drop_lab_in_jupyterlab(server, page):
     # stop: every control off, saying why; the kernel state is gone at once
     page.locator("button.lk-stop").click()
     wait_text(page, ".lk-message", "stopped with the stop lab button")
-    for sel in (".lk-hook select", ".lk-drop-all input", ".lk-proto select", ".lk-port input", ".lk-src input",
-                ".lk-dport input", "button.lk-send", "button.lk-stop"):
+    for sel in (
+        ".lk-hook select",
+        ".lk-drop-all input",
+        ".lk-proto select",
+        ".lk-port input",
+        ".lk-src input",
+        ".lk-dport input",
+        "button.lk-send",
+        "button.lk-stop",
+    ):
         page.wait_for_function("(s) => document.querySelector(s).disabled", arg=sel)
     page.wait_for_selector(".lk-count [disabled]", state="attached")  # the burst slider
     assert "run the cell again" in page.locator("button.lk-send").get_attribute("title")
@@ -390,8 +438,11 @@ def test_nat_lab_in_jupyterlab(server, page):
     # the live plot of the NAT host's ports draws; pings from a client (as from a shell beside
     # the notebook) show in its rates and a new drawing
     drawn = plot_image(page, ".lk-flowview")
-    subprocess.run(["ip", "netns", "exec", f"{first}-c1", "ping", "-c", "8", "-i", "0.25", "-W", "2", SERVER],
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["ip", "netns", "exec", f"{first}-c1", "ping", "-c", "8", "-i", "0.25", "-W", "2", SERVER],
+        capture_output=True,
+        timeout=60,
+    )
     wait_text(page, ".lk-flowview .lk-rates", r"rates at \S+: .*(rx|tx) [1-9][0-9.]*k?/s")
     plot_image(page, ".lk-flowview", old=drawn)
     page.locator(".lk-flowview").screenshot(path=str(server.tmp / "nat-lab-live.png"))
@@ -423,8 +474,18 @@ def test_nat_lab_in_jupyterlab(server, page):
     # stop: every control off, saying why, nothing left
     page.locator("button.lk-stop").click()
     wait_text(page, ".lk-message", "stopped with the stop lab button")
-    for sel in (".lk-inside input", ".lk-outside input", "button.lk-add", "button.lk-remove", ".lk-first input",
-                ".lk-last input", "button.lk-set-ports", "button.lk-stop", "button.lk-refresh", "button.lk-stop-view"):
+    for sel in (
+        ".lk-inside input",
+        ".lk-outside input",
+        "button.lk-add",
+        "button.lk-remove",
+        ".lk-first input",
+        ".lk-last input",
+        "button.lk-set-ports",
+        "button.lk-stop",
+        "button.lk-refresh",
+        "button.lk-stop-view",
+    ):
         page.wait_for_function("(s) => document.querySelector(s).disabled", arg=sel)
     wait_text(page, ".lk-flows", "stopped with the stop lab button")
     assert_nothing_left([first, second], set())
@@ -448,8 +509,14 @@ def student_server(tmp_path_factory):
     shutil.copytree(ROOT / "labs" / "source" / "02-first-xdp", tmp / "course" / "source" / "02-first-xdp")
     shutil.copy(ROOT / "labs" / "nbgrader_config.py", tmp / "course")
     env = {**os.environ, "PATH": f"{JUPYTER.parent}:{os.environ.get('PATH', '')}"}
-    cp = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "02-first-xdp", "--no-db", "--force"],
-                        cwd=tmp / "course", env=env, capture_output=True, text=True, timeout=600)
+    cp = subprocess.run(
+        [sys.executable, "-m", "nbgrader", "generate_assignment", "02-first-xdp", "--no-db", "--force"],
+        cwd=tmp / "course",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert cp.returncode == 0, cp.stdout + cp.stderr
     srv = Server(tmp, student_view=True)
     shutil.copy(tmp / "course" / "release" / "02-first-xdp" / "02-first-xdp.ipynb", srv.root)
@@ -493,8 +560,10 @@ def _exercise_1() -> tuple[str, str, str]:
     """Lesson 2's Exercise 1 from the instructor's version: the answer cell with its solution
     in place (markers dropped), the same answer with IPv6 dropped too (it compiles, and one
     visible case, IPv6 / UDP, gets the wrong verdict), and the check cell's hint."""
-    cells = {c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
-             for c in json.loads(LESSON_02.read_text())["cells"]}
+    cells = {
+        c["metadata"].get("nbgrader", {}).get("grade_id"): "".join(c["source"])
+        for c in json.loads(LESSON_02.read_text())["cells"]
+    }
     right = "\n".join(line for line in cells["l02_ipv4"].splitlines() if "SOLUTION" not in line)
     drop_ipv4 = "if (eth->h_proto == bpf_htons(ETH_P_IP))"
     assert drop_ipv4 in right, "lesson 2's Exercise 1 solution changed: update this test's wrong answer"
@@ -548,7 +617,7 @@ def test_a_wrong_answer_shows_its_verdict_once_and_fails_the_cell(student_server
         assert re.search(r"IPv6 / UDP\s+expected XDP_PASS\s+got XDP_DROP\s+WRONG", shown), shown
         for once in ("check: 4 frames through xdp_main", "IPv6 / UDP", "WRONG", f"hint: {hint}", "1 of 4 wrong"):
             assert shown.count(once) == 1, f"{once!r} is shown {shown.count(once)} times:\n{shown}"
-        for crash in ("Traceback", "checks.py", "CheckFailed", "File \""):
+        for crash in ("Traceback", "checks.py", "CheckFailed", 'File "'):
             assert crash not in shown, shown
         assert out.get_attribute("data-mime-type") == "application/vnd.jupyter.stderr"
 
@@ -556,7 +625,9 @@ def test_a_wrong_answer_shows_its_verdict_once_and_fails_the_cell(student_server
         outputs = saved["l02_ipv4_test"]["outputs"]
         assert [(o["output_type"], o.get("ename")) for o in outputs] == [("error", "CheckFailed")], outputs
         assert "Traceback" not in "\n".join(outputs[0]["traceback"])
-        assert "".join(saved["l02_ipv4"]["source"]).strip() == wrong.strip(), "the answer cell does not hold what was typed"
+        assert "".join(saved["l02_ipv4"]["source"]).strip() == wrong.strip(), (
+            "the answer cell does not hold what was typed"
+        )
 
         _type_into(page, answer, right)
         page.keyboard.press("Control+Enter")  # the answer cell, then the check

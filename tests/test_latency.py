@@ -6,6 +6,7 @@ under background load; bad input refused; nothing left attached.
 The tests on real veths run twice (`sent_by`): with live frames (skipped where the
 capability probe says they are refused) and with AF_PACKET probes stamped at tc egress,
 reached as labkit reaches it on a machine that refuses live frames (LABKIT_REFUSE)."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,11 @@ def sent_by(request, monkeypatch):
 def load_generator(snd, method: str):
     """Background load that needs what METHOD needs: the in-kernel generator beside live
     frames, trafgen where they are refused."""
-    return traffic.generator("xdp", snd, peer="none") if method == latency_probe.LIVE_FRAMES else \
-        traffic.generator("trafgen", snd)
+    return (
+        traffic.generator("xdp", snd, peer="none")
+        if method == latency_probe.LIVE_FRAMES
+        else traffic.generator("trafgen", snd)
+    )
 
 
 def qdisc_kinds(iface) -> set:
@@ -86,7 +90,7 @@ def test_sink_histograms_probes_and_counts_the_rest(pair):
         sink = probe.sink()
         frame = bytearray(probe.frame)
         stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - 5_000_000  # sent 5 ms ago (bpf_ktime_get_ns's clock)
-        frame[latency_probe._F["LAT_STAMP"]:latency_probe._F["LAT_STAMP"] + 8] = struct.pack("=Q", stamp)
+        frame[latency_probe._F["LAT_STAMP"] : latency_probe._F["LAT_STAMP"] + 8] = struct.pack("=Q", stamp)
         assert bpf.test_run(sink, bytes(frame)).action == "XDP_DROP"
         hist = probe.histogram()
         (idx,) = [i for i, n in enumerate(hist) if n]
@@ -94,10 +98,10 @@ def test_sink_histograms_probes_and_counts_the_rest(pair):
         assert hi > 5_000_000 and lo < 5_000_000 + 10**9, "the delay lands in the bucket Python expects"
         assert probe.counts()["max_ns"] >= 5_000_000
         future = bytearray(frame)
-        future[latency_probe._F["LAT_STAMP"]:latency_probe._F["LAT_STAMP"] + 8] = struct.pack("=Q", 2**63)
+        future[latency_probe._F["LAT_STAMP"] : latency_probe._F["LAT_STAMP"] + 8] = struct.pack("=Q", 2**63)
         bpf.test_run(sink, bytes(future))
         other = bytearray(frame)
-        other[latency_probe.PAYLOAD:latency_probe.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
+        other[latency_probe.PAYLOAD : latency_probe.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
         bpf.test_run(sink, bytes(other))
         c = probe.counts()
         assert (c["probes"], c["clock_back"], c["other"]) == (1, 1, 1)
@@ -118,7 +122,9 @@ def test_probe_program_stamps_and_transmits(pair):
         t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         assert res.action == "XDP_TX" and lo_probe.counts()["sent"] == 1
         out = res.data_out
-        assert out[:latency_probe.PAYLOAD + 4] == lo_probe.frame[:latency_probe.PAYLOAD + 4], "headers restored from the template"
+        assert out[: latency_probe.PAYLOAD + 4] == lo_probe.frame[: latency_probe.PAYLOAD + 4], (
+            "headers restored from the template"
+        )
         stamp = struct.unpack_from("=Q", out, latency_probe._F["LAT_STAMP"])[0]
         assert t0 <= stamp <= t1, "stamped with the kernel's monotonic clock during the run"
 
@@ -135,18 +141,19 @@ def test_tc_stamp_program_stamps_probes_and_passes_everything(pair):
             t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             out = res.data_out
             assert res.retval == 0, "TC_ACT_OK: the probe goes on"
-            assert out[:seq_at] == probe.frame[:seq_at] and out[latency_probe._F["LAT_STAMP"] + 8:] == \
-                probe.frame[latency_probe._F["LAT_STAMP"] + 8:], "only the sequence number and the stamp change"
+            assert (
+                out[:seq_at] == probe.frame[:seq_at]
+                and out[latency_probe._F["LAT_STAMP"] + 8 :] == probe.frame[latency_probe._F["LAT_STAMP"] + 8 :]
+            ), "only the sequence number and the stamp change"
             stamps.append(struct.unpack_from("=IQ", out, seq_at))
             assert t0 <= stamps[-1][1] <= t1, "stamped with the kernel's monotonic clock as it passed"
         assert stamps[1][0] == stamps[0][0] + 1 or stamps[1][0] == 0, "a sequence number per probe (per CPU)"
         assert probe.counts()["sent"] == 2
         other = bytearray(probe.frame)
-        other[latency_probe.PAYLOAD:latency_probe.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
+        other[latency_probe.PAYLOAD : latency_probe.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
         res = bpf.test_run(stamp, bytes(other))
         assert res.retval == 0 and res.data_out == bytes(other), "other packets pass untouched"
         assert probe.counts()["sent"] == 2
-
 
 
 # ---------------------------------------------------------------- probes on real veths
@@ -203,8 +210,9 @@ def test_where_live_frames_are_refused_probes_go_by_af_packet_stamped_at_tc_egre
             assert choice["backend"] == latency_probe.AF_PACKET and "live frames refused" in choice["why"]
             with bpf.attach_xdp(rcv, probe.sink(), "native"):
                 # the load's thread looks at the sender while the probes run: the stamper is on its egress
-                d = probe.under_load(lambda: _wait_for(lambda: "clsact" in qdisc_kinds(snd), 20), count=1000,
-                                     rate_pps=1000, warmup_s=0)
+                d = probe.under_load(
+                    lambda: _wait_for(lambda: "clsact" in qdisc_kinds(snd), 20), count=1000, rate_pps=1000, warmup_s=0
+                )
             assert d["load"], "lat_stamp sat on the sender's egress while the probes were sent"
             assert d["probes"] == d["sent"] == 1000 and d["clock_back"] == 0 and d["other"] == 0
             assert 0 < d["p50_ns"] <= d["p99_ns"] <= d["max_ns"]
@@ -246,10 +254,21 @@ def test_profile_over_a_veth_at_no_load_and_half_its_no_drop_rate(pair, sent_by)
     spec = traffic.TrafficSpec.between(snd, rcv, size=64, count=50_000)
     with pytest.raises(InputError, match="fractions of the no-drop rate"):
         profiles.check([0.5, 1.5], 100, 1000.0, 0.001)
-    with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe, \
-            bpf.attach_xdp(rcv, probe.sink(), "native"):
-        prof = profiles.profile(probe, gen, spec, lambda: rcv.stats()["rx_packets"], loads=[0.5], probes=200,
-                                probe_rate=1000, ndr_seconds=0.2, ndr_iterations=4)
+    with (
+        latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe,
+        bpf.attach_xdp(rcv, probe.sink(), "native"),
+    ):
+        prof = profiles.profile(
+            probe,
+            gen,
+            spec,
+            lambda: rcv.stats()["rx_packets"],
+            loads=[0.5],
+            probes=200,
+            probe_rate=1000,
+            ndr_seconds=0.2,
+            ndr_iterations=4,
+        )
     gen.close()
     assert prof.ndr_pps > 0 and [p.fraction for p in prof.points] == [0.0, 0.5] and prof.probe_method == sent_by
     idle, loaded = prof.points

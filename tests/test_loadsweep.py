@@ -4,6 +4,7 @@ The search logic is checked against a receiver model with a known capacity (pure
 arithmetic, no kernel: what is tested is the algorithm); one real sweep runs the fastest
 generator that works here (`auto`: the in-kernel one where live frames are allowed) into a
 native-XDP drop receiver."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """The eBPF NAT with real traffic (namespaces, veths, tc programs, iptables, ping, sockets,
 tcpdump, iperf3, trafgen), and its control plane's handling of bad input."""
+
 from __future__ import annotations
 
 import ctypes
@@ -31,14 +32,20 @@ def maps_snapshot(n: Nat) -> dict:
 
 
 # ---------------------------------------------------------------- control plane
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(inside_network="10.20.0.0/33", outside_network=OUTSIDE), "not an IPv4 network"),
-    (dict(inside_network="10.20.0.0/16", outside_network="10.20.5.0/24"), "overlap"),
-    (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address="203.0.113.1"), "outside the outside network"),
-    (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address=SNAT, port_range=(3000, 2000)), "inverted"),
-    (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address=SNAT, port_range=(0, 10)), "1..65535"),
-    (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address=SNAT, port_range=()), "two ports"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(inside_network="10.20.0.0/33", outside_network=OUTSIDE), "not an IPv4 network"),
+        (dict(inside_network="10.20.0.0/16", outside_network="10.20.5.0/24"), "overlap"),
+        (
+            dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address="203.0.113.1"),
+            "outside the outside network",
+        ),
+        (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address=SNAT, port_range=(3000, 2000)), "inverted"),
+        (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address=SNAT, port_range=(0, 10)), "1..65535"),
+        (dict(inside_network=INSIDE, outside_network=OUTSIDE, snat_address=SNAT, port_range=()), "two ports"),
+    ],
+)
 def test_bad_configuration_is_refused_before_loading(kwargs, words, monkeypatch):
     def no_load(*a, **k):
         raise AssertionError("the program was loaded before the input was checked")
@@ -48,16 +55,19 @@ def test_bad_configuration_is_refused_before_loading(kwargs, words, monkeypatch)
         Nat(**kwargs)
 
 
-@pytest.mark.parametrize("inside, outside, words", [
-    ("10.30.0.2", "198.51.100.20", "outside the inside network"),
-    ("10.20.1.2", "203.0.113.20", "outside the outside network"),
-    ("10.20.1.2", SNAT, "SNAT address"),
-    ("10.20.1.2", "198.51.100.255", "broadcast"),
-    ("10.20.0.0", "198.51.100.20", "network or broadcast"),
-    ("10.20.1.x", "198.51.100.20", "not an IPv4 address"),
-    ("10.20.1.2", "198.51.100.11", "already has a static mapping"),  # inside overlaps the existing one
-    ("10.20.1.3", "198.51.100.10", "already mapped"),  # outside overlaps the existing one
-])
+@pytest.mark.parametrize(
+    "inside, outside, words",
+    [
+        ("10.30.0.2", "198.51.100.20", "outside the inside network"),
+        ("10.20.1.2", "203.0.113.20", "outside the outside network"),
+        ("10.20.1.2", SNAT, "SNAT address"),
+        ("10.20.1.2", "198.51.100.255", "broadcast"),
+        ("10.20.0.0", "198.51.100.20", "network or broadcast"),
+        ("10.20.1.x", "198.51.100.20", "not an IPv4 address"),
+        ("10.20.1.2", "198.51.100.11", "already has a static mapping"),  # inside overlaps the existing one
+        ("10.20.1.3", "198.51.100.10", "already mapped"),  # outside overlaps the existing one
+    ],
+)
 def test_bad_mapping_leaves_maps_unchanged(nat, inside, outside, words):
     nat.clear()
     nat.add_mapping("10.20.1.2", "198.51.100.10")
@@ -89,10 +99,16 @@ def test_port_range_and_snat_address_changes(nat):
     assert nat.mappings() == []
 
 
-@pytest.mark.parametrize("timeouts, words", [
-    ({"udp": 0}, "more than 0"), ({"tcp_closing": -5}, "more than 0"), ({"udp": "10"}, "more than 0"),
-    ({"sctp": 10}, "unknown"), ([1, 2], "a dict"),
-])
+@pytest.mark.parametrize(
+    "timeouts, words",
+    [
+        ({"udp": 0}, "more than 0"),
+        ({"tcp_closing": -5}, "more than 0"),
+        ({"udp": "10"}, "more than 0"),
+        ({"sctp": 10}, "unknown"),
+        ([1, 2], "a dict"),
+    ],
+)
 def test_bad_timeouts_are_refused_before_loading(timeouts, words, monkeypatch):
     def no_load(*a, **k):
         raise AssertionError("the program was loaded before the input was checked")
@@ -182,6 +198,7 @@ def test_iptables_variant_translates_and_cleans_up():
             assert cp.returncode == 0, cp.stdout + cp.stderr
             assert rule.counters()["packets"] >= 1
         from labkit import packets
+
         sources = {packets.parse(f).src_ip for f in got() if packets.parse(f).dst_ip == nat_testbed.SERVER}
         assert sources == {SNAT}
         out = lab.topo.host("nat").run(["iptables", "-w", "-t", "nat", "-S", "POSTROUTING"]).stdout
@@ -259,7 +276,7 @@ def _unusual_frames(src_mac: str, dst_mac: str) -> dict:
     def fix(f: bytearray) -> bytes:
         ihl = (f[14] & 0x0F) * 4
         f[24:26] = b"\0\0"
-        f[24:26] = struct.pack("!H", packets.checksum(bytes(f[14:14 + ihl])))
+        f[24:26] = struct.pack("!H", packets.checksum(bytes(f[14 : 14 + ihl])))
         return bytes(f)
 
     udp = bytearray(packets.build(packets.FrameSpec(src_mac, dst_mac, src, dst, "udp", 45000, 9, 200)))
@@ -280,9 +297,16 @@ def _unusual_frames(src_mac: str, dst_mac: str) -> dict:
     short_tcp[16:18] = struct.pack("!H", 30)  # a TCP header cut to 10 bytes
     bad_ip = bytearray(udp)
     bad_ip[24] ^= 0x33
-    return {"options": fix(opts), "first fragment": fix(first), "later fragment": fix(later),
-            "orphan fragment": fix(orphan), "bad UDP checksum": bytes(bad_l4), "GRE": fix(gre),
-            "truncated TCP": fix(short_tcp), "bad IPv4 checksum": bytes(bad_ip)}
+    return {
+        "options": fix(opts),
+        "first fragment": fix(first),
+        "later fragment": fix(later),
+        "orphan fragment": fix(orphan),
+        "bad UDP checksum": bytes(bad_l4),
+        "GRE": fix(gre),
+        "truncated TCP": fix(short_tcp),
+        "bad IPv4 checksum": bytes(bad_ip),
+    }
 
 
 @pytest.mark.parametrize("variant", ["tc_nat", "xdp_nat"])
@@ -296,8 +320,11 @@ def test_unusual_packets_from_inside_never_leak_an_inside_address(nat, variant):
     from labkit import packets
 
     nat.clear()
-    with nat_testbed.NatLab(1, "off") as lab, lab.variant(variant, nat), \
-            capture(lab.server, lab.server_iface.name, "ip") as got:
+    with (
+        nat_testbed.NatLab(1, "off") as lab,
+        lab.variant(variant, nat),
+        capture(lab.server, lab.server_iface.name, "ip") as got,
+    ):
         lab.client(1).run(["ping", "-c", "1", "-W", "2", nat_testbed.SERVER], check=False, timeout=10)
         frames = _unusual_frames(lab.client_iface(1).mac, lab.inside(1).mac)
         with lab.client(1).entered():

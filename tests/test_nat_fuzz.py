@@ -3,6 +3,7 @@ both programs (nat_egress, nat_ingress). The program must never fail, never rewr
 its rules say to pass, and for every frame do exactly what the Python model
 (labkit/nat_model.py) says, byte for byte, with checksums recomputed from scratch.
 Its own outcome counters must agree with the model's count of every outcome."""
+
 from __future__ import annotations
 
 import collections
@@ -52,21 +53,32 @@ def fuzz_nat():
 def _fix_ip_csum(frame: bytearray) -> None:
     ihl = (frame[14] & 0x0F) * 4
     frame[24:26] = b"\0\0"
-    frame[24:26] = struct.pack("!H", packets.checksum(bytes(frame[14:14 + ihl])))
+    frame[24:26] = struct.pack("!H", packets.checksum(bytes(frame[14 : 14 + ihl])))
 
 
 def valid(rng, src, dst, proto=None, sport=None, dport=None, icmp_type=None) -> bytearray:
     proto = proto or rng.choice(["udp", "tcp", "icmp"])
     size = rng.choice([60, 64, 64, 100, 128, 256, 576, 1000, 1514])
-    f = bytearray(packets.build(packets.FrameSpec(MAC_A, MAC_B, src, dst, proto,
-                                                  sport if sport is not None else rng.randrange(1, 65536),
-                                                  dport if dport is not None else rng.randrange(1, 65536), size),
-                                payload_fill=bytes([rng.randrange(256)])))
+    f = bytearray(
+        packets.build(
+            packets.FrameSpec(
+                MAC_A,
+                MAC_B,
+                src,
+                dst,
+                proto,
+                sport if sport is not None else rng.randrange(1, 65536),
+                dport if dport is not None else rng.randrange(1, 65536),
+                size,
+            ),
+            payload_fill=bytes([rng.randrange(256)]),
+        )
+    )
     if proto == "icmp" and icmp_type is not None:  # echo reply, or another ICMP type
         f[34] = icmp_type
         f[36:38] = b"\0\0"
         tot = struct.unpack("!H", f[16:18])[0]
-        f[36:38] = struct.pack("!H", packets.checksum(bytes(f[34:14 + tot])))
+        f[36:38] = struct.pack("!H", packets.checksum(bytes(f[34 : 14 + tot])))
     if proto == "udp" and rng.random() < 0.05:
         f[40:42] = b"\0\0"  # "no checksum"
     return f
@@ -96,12 +108,29 @@ def icmp_error(rng, remote: str, sent: bytes, to: str = SNAT) -> bytearray:
     all of its payload bytes, as routers and hosts do."""
     ip = sent[14:]
     tot = struct.unpack("!H", ip[2:4])[0]
-    keep = ip[:min(tot, 20 + rng.choice([8, 8, 20, 28, 64, 548]))]
-    icmp = bytearray(bytes([rng.choice([3, 3, 11, 12]), rng.choice([0, 1, 3, 4])]) + b"\0\0"
-                     + (b"\0\0\x05\xdc" if rng.random() < 0.3 else b"\0\0\0\0") + keep)
+    keep = ip[: min(tot, 20 + rng.choice([8, 8, 20, 28, 64, 548]))]
+    icmp = bytearray(
+        bytes([rng.choice([3, 3, 11, 12]), rng.choice([0, 1, 3, 4])])
+        + b"\0\0"
+        + (b"\0\0\x05\xdc" if rng.random() < 0.3 else b"\0\0\0\0")
+        + keep
+    )
     icmp[2:4] = struct.pack("!H", packets.checksum(bytes(icmp)))
-    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), rng.randrange(65536), 0, 64, 1, 0,
-                                bytes(map(int, remote.split("."))), bytes(map(int, to.split(".")))))
+    hdr = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(icmp),
+            rng.randrange(65536),
+            0,
+            64,
+            1,
+            0,
+            bytes(map(int, remote.split("."))),
+            bytes(map(int, to.split("."))),
+        )
+    )
     hdr[10:12] = struct.pack("!H", packets.checksum(bytes(hdr)))
     eth = bytes.fromhex(MAC_A.replace(":", "")) + bytes.fromhex(MAC_B.replace(":", "")) + b"\x08\x00"
     f = bytearray(eth + hdr + icmp)
@@ -120,7 +149,7 @@ def later_fragment(first: bytes, rng) -> bytearray:
     an offset past the first, some payload (and no L4 header)."""
     payload = bytes(rng.randrange(256) for _ in range(rng.choice([8, 16, 64, 400])))
     ihl = (first[14] & 0x0F) * 4
-    hdr = bytearray(first[14:14 + ihl])
+    hdr = bytearray(first[14 : 14 + ihl])
     hdr[2:4] = struct.pack("!H", ihl + len(payload))
     hdr[6:8] = struct.pack("!H", rng.randrange(1, 1000) | (0x2000 if rng.random() < 0.5 else 0))
     f = bytearray(first[:14]) + hdr + payload
@@ -132,7 +161,7 @@ def mangle(f: bytearray, rng) -> bytes:
     """One of the ways a frame can be malformed or unusual."""
     kind = rng.randrange(12)
     if kind == 0:  # truncated anywhere from the Ethernet header on
-        return bytes(f[:rng.randrange(14, max(15, len(f)))])
+        return bytes(f[: rng.randrange(14, max(15, len(f)))])
     if kind == 1:  # bad IHL
         f[14] = 0x40 | rng.randrange(0, 5)
         _fix_ip_csum(f) if rng.random() < 0.5 else None
@@ -141,7 +170,9 @@ def mangle(f: bytearray, rng) -> bytes:
     elif kind == 3:
         return bytes(fragment(f, rng))
     elif kind == 4:  # not IPv4
-        f[12:14] = rng.choice([b"\x08\x06", b"\x86\xdd", b"\x81\x00", b"\x88\xcc", bytes([rng.randrange(256), rng.randrange(256)])])
+        f[12:14] = rng.choice(
+            [b"\x08\x06", b"\x86\xdd", b"\x81\x00", b"\x88\xcc", bytes([rng.randrange(256), rng.randrange(256)])]
+        )
     elif kind == 5:  # an unknown protocol
         f[23] = rng.choice([0, 2, 4, 41, 47, 50, 58, 132, 255])
         _fix_ip_csum(f)
@@ -160,7 +191,7 @@ def mangle(f: bytearray, rng) -> bytes:
             f[off + 1] ^= 0x01
     elif kind == 10:  # random bytes behind a plausible Ethernet/IPv4 start
         tail = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 80)))
-        return bytes(f[:14 + rng.randrange(0, 40)]) + tail
+        return bytes(f[: 14 + rng.randrange(0, 40)]) + tail
     else:  # a handful of random bits anywhere
         for _ in range(rng.randrange(1, 4)):
             i = rng.randrange(len(f))
@@ -217,8 +248,15 @@ def test_fuzz_matches_model(fuzz_nat):
             proto = rng.choice(["udp", "tcp", "icmp"])
             src, dst = rng.choice(INSIDE_HOSTS), rng.choice(REMOTES)
             sport = rng.choice([5555, 40000, rng.randrange(1, 65536)])  # shared ports: collisions on purpose
-            f = valid(rng, src, dst, proto, sport, rng.choice([53, 80, 7777]),
-                      icmp_type=None if proto != "icmp" or rng.random() < 0.85 else rng.choice([0, 3, 13]))
+            f = valid(
+                rng,
+                src,
+                dst,
+                proto,
+                sport,
+                rng.choice([53, 80, 7777]),
+                icmp_type=None if proto != "icmp" or rng.random() < 0.85 else rng.choice([0, 3, 13]),
+            )
             got = check("out", bytes(f), "valid")
             if got and got[0].outcome.startswith("out_snat"):
                 p = packets.parse(got[1])
@@ -295,12 +333,29 @@ def test_fuzz_matches_model(fuzz_nat):
     program = {k: after[k]["packets"] - before[k]["packets"] for k in OUTCOMES}
     assert program == {k: counts.get(k, 0) for k in OUTCOMES}, "the program's outcome counters disagree with the model"
     # the run covered every outcome the rules can produce without a full table
-    for outcome in ("out_static", "out_snat_new", "out_snat", "in_static", "in_snat", "pass_not_ipv4",
-                    "pass_malformed", "pass_no_rule", "pass_no_flow", "pass_fragment",
-                    "drop_fragment", "drop_protocol", "in_icmp_error", "out_fragment", "in_fragment", "out_icmp_error"):
+    for outcome in (
+        "out_static",
+        "out_snat_new",
+        "out_snat",
+        "in_static",
+        "in_snat",
+        "pass_not_ipv4",
+        "pass_malformed",
+        "pass_no_rule",
+        "pass_no_flow",
+        "pass_fragment",
+        "drop_fragment",
+        "drop_protocol",
+        "in_icmp_error",
+        "out_fragment",
+        "in_fragment",
+        "out_icmp_error",
+    ):
         assert counts[outcome] > 0, f"the fuzz run never produced {outcome}: widen it"
-    print(f"\nfuzz: {checked} frames checked against the model ({malformed} malformed), seed {SEED}: "
-          + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    print(
+        f"\nfuzz: {checked} frames checked against the model ({malformed} malformed), seed {SEED}: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    )
 
 
 def test_same_inside_port_gets_distinct_outside_ports(fuzz_nat):
@@ -347,8 +402,11 @@ def test_full_table_refuses_new_flows_and_keeps_live_ones():
         eg = n.egress_function()
 
         def frame(i):
-            return packets.build(packets.FrameSpec(MAC_A, MAC_B, f"10.20.{1 + i // 200}.{2 + i % 200}",
-                                                   "198.51.100.2", "udp", 1000 + i, 53, 64))
+            return packets.build(
+                packets.FrameSpec(
+                    MAC_A, MAC_B, f"10.20.{1 + i // 200}.{2 + i % 200}", "198.51.100.2", "udp", 1000 + i, 53, 64
+                )
+            )
 
         first_port = None
         for i in range(100):
@@ -375,8 +433,9 @@ def test_the_sweeper_removes_idle_flows_in_the_background():
     with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, (20000, 29999), timeouts={"udp": 0.2, "icmp": 0.2}) as n:
         eg = n.egress_function()
         for i in range(5):
-            run_one(eg, packets.build(packets.FrameSpec(MAC_A, MAC_B, "10.20.1.2", "198.51.100.2", "udp",
-                                                        3000 + i, 53, 64)))
+            run_one(
+                eg, packets.build(packets.FrameSpec(MAC_A, MAC_B, "10.20.1.2", "198.51.100.2", "udp", 3000 + i, 53, 64))
+            )
         assert n.table_use()["entries"] == 5
         with n.sweeping(every_s=0.1):
             deadline = time.monotonic() + 5
@@ -430,10 +489,13 @@ def test_tcp_flow_closing_after_fin_gets_the_short_timeout():
     flow expires after that (not the established one)."""
     from labkit.dataplanes.nat import Nat
 
-    with Nat(INSIDE_NET, OUTSIDE_NET, SNAT, (20000, 29999),
-             timeouts={"tcp_established": 3600, "tcp_closing": 0.2}) as n:
+    with Nat(
+        INSIDE_NET, OUTSIDE_NET, SNAT, (20000, 29999), timeouts={"tcp_established": 3600, "tcp_closing": 0.2}
+    ) as n:
         eg = n.egress_function()
-        syn = bytearray(packets.build(packets.FrameSpec(MAC_A, MAC_B, "10.20.1.2", "198.51.100.2", "tcp", 5100, 80, 64)))
+        syn = bytearray(
+            packets.build(packets.FrameSpec(MAC_A, MAC_B, "10.20.1.2", "198.51.100.2", "tcp", 5100, 80, 64))
+        )
         run_one(eg, bytes(syn))
         (flow,) = n.flows()
         assert (flow.state, flow.timeout_s) == ("active", 3600)

@@ -1,6 +1,7 @@
 """03-ebpf-nat across hosts, for real: three namespace "hosts" running sshd
 (tests/remote_hosts.py): the client h1, the NAT h2 with two data-plane veths (towards h1,
 the inside; towards h3, the outside), the server h3."""
+
 from __future__ import annotations
 
 from html import escape
@@ -26,14 +27,26 @@ def host_state(hosts, name: str) -> dict:
     """What a run could leave on a host: XDP or clsact on its links, iptables rules, routes,
     checksum offload changed."""
     h = hosts.host(name)
-    return {"links": [line.split(" link/")[0] for line in h.run(["ip", "-o", "-d", "link"]).stdout.splitlines()
-                      if "xdp" in line or "clsact" in line],
-            "qdiscs": [q for q in h.run(["tc", "qdisc", "show"]).stdout.splitlines() if "clsact" in q],
-            "rules": [r for t in ("raw", "nat") for r in h.run(["iptables-save", "-t", t]).stdout.splitlines()
-                      if r.startswith("-A")],
-            "routes": h.run(["ip", "route"]).stdout.splitlines(),
-            "tx_checksumming": [h.run(["ethtool", "-k", i]).stdout.count("tx-checksumming: on")
-                                for (a, _), i in sorted(hosts.data_if.items()) if a == name]}
+    return {
+        "links": [
+            line.split(" link/")[0]
+            for line in h.run(["ip", "-o", "-d", "link"]).stdout.splitlines()
+            if "xdp" in line or "clsact" in line
+        ],
+        "qdiscs": [q for q in h.run(["tc", "qdisc", "show"]).stdout.splitlines() if "clsact" in q],
+        "rules": [
+            r
+            for t in ("raw", "nat")
+            for r in h.run(["iptables-save", "-t", t]).stdout.splitlines()
+            if r.startswith("-A")
+        ],
+        "routes": h.run(["ip", "route"]).stdout.splitlines(),
+        "tx_checksumming": [
+            h.run(["ethtool", "-k", i]).stdout.count("tx-checksumming: on")
+            for (a, _), i in sorted(hosts.data_if.items())
+            if a == name
+        ],
+    }
 
 
 def test_nat_notebook_across_three_hosts(remote_hosts, tmp_path):
@@ -51,10 +64,16 @@ def test_nat_notebook_across_three_hosts(remote_hosts, tmp_path):
     inventory = nat_inventory(remote_hosts)
     before = {n: host_state(remote_hosts, n) for n in ROLES.values()}
     snat = remote_hosts.data_addresses["h2"][1]  # h2's address towards h3
-    params = {"inventory": str(inventory), "variants": ["tc_nat", "xdp_nat", "iptables", "routing"], "smoke": True,
-              "progress": False, "udp_count": 20_000}
-    run = batch.execute(batch.notebooks(["03-ebpf-nat"])[0], params, out_dir=tmp_path, data_dir=tmp_path / "data",
-                        progress=False)
+    params = {
+        "inventory": str(inventory),
+        "variants": ["tc_nat", "xdp_nat", "iptables", "routing"],
+        "smoke": True,
+        "progress": False,
+        "udp_count": 20_000,
+    }
+    run = batch.execute(
+        batch.notebooks(["03-ebpf-nat"])[0], params, out_dir=tmp_path, data_dir=tmp_path / "data", progress=False
+    )
     assert run.ok, run.error
     res, html = results.load_run(results.list_runs("nat", tmp_path / "data")[0]), run.html.read_text()
     assert "across hosts: it runs on one machine only" in html, "the report names the parts left out across hosts"
@@ -87,8 +106,11 @@ def test_dut_with_one_interface_or_crossed_ones_is_refused_before_any_change(rem
     with pytest.raises(InputError, match=r"h2 \(role dut\).*labkit_interfaces: \[IN, OUT\]"):
         nat.run(inventory=str(inventory), variants=["tc_nat"], smoke=True, progress=False, data_dir=data_dir)
     swapped = nat_inventory(remote_hosts, [remote_hosts.data_if[("h2", "h3")], remote_hosts.data_if[("h2", "h1")]])
-    with pytest.raises(InputError, match=r"h1's address 10\.11\.0\.1 .* is not on the NAT's inside network "
-                                         r"10\.11\.1\.0/24 \(h2\)"):
+    with pytest.raises(
+        InputError,
+        match=r"h1's address 10\.11\.0\.1 .* is not on the NAT's inside network "
+        r"10\.11\.1\.0/24 \(h2\)",
+    ):
         nat.run(inventory=str(swapped), variants=["tc_nat"], smoke=True, progress=False, data_dir=data_dir)
     assert {n: host_state(remote_hosts, n) for n in ROLES.values()} == before
 

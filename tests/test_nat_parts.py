@@ -7,6 +7,7 @@ notebook must end with the correctness checks switched off. Then each optional p
 taken out of that run's own table in turn, and the interpretation, the headline and every
 cell of the notebook after the run are fed with what remains: they must say the part is
 not measured, in one line, and show the rest."""
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,29 @@ pytestmark = needs_root
 
 #: the smallest run that still has every part but the checks: two variants, one trial,
 #: new flows and a sweep point beyond one byte of the source port (1024 flows)
-SMALL = {"smoke": True, "variants": ["tc_nat", "iptables"], "trials": 1, "udp_count": 20_000, "new_flows": 1000,
-         "udp_sizes": [64], "flow_counts": [1, 1024], "sweep_count": 5000, "tcp_seconds": 1.0, "tcp_streams": 2,
-         "checks": False, "progress": False}
+SMALL = {
+    "smoke": True,
+    "variants": ["tc_nat", "iptables"],
+    "trials": 1,
+    "udp_count": 20_000,
+    "new_flows": 1000,
+    "udp_sizes": [64],
+    "flow_counts": [1, 1024],
+    "sweep_count": 5000,
+    "tcp_seconds": 1.0,
+    "tcp_streams": 2,
+    "checks": False,
+    "progress": False,
+}
 #: each optional part, switched off by its documented value
-OFF = {"correctness checks": {"checks": False}, "new flows": {"new_flows": 0},
-       "TCP with many connections": {"tcp_streams": 0}, "UDP sweep by frame size": {"udp_sizes": []},
-       "UDP sweep by flow count": {"flow_counts": []}, "programs' own time": {"prog_stats": False}}
+OFF = {
+    "correctness checks": {"checks": False},
+    "new flows": {"new_flows": 0},
+    "TCP with many connections": {"tcp_streams": 0},
+    "UDP sweep by frame size": {"udp_sizes": []},
+    "UDP sweep by flow count": {"flow_counts": []},
+    "programs' own time": {"prog_stats": False},
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +57,9 @@ def refused(tmp_path_factory):
     saved = os.environ.get("LABKIT_REFUSE")
     os.environ["LABKIT_REFUSE"] = "live_frames"  # the notebook's kernel inherits it
     try:
-        done = batch.execute(batch.notebooks(["03-ebpf-nat"])[0], SMALL, out_dir=out, data_dir=out / "data",
-                             progress=False)
+        done = batch.execute(
+            batch.notebooks(["03-ebpf-nat"])[0], SMALL, out_dir=out, data_dir=out / "data", progress=False
+        )
     finally:
         if saved is None:
             os.environ.pop("LABKIT_REFUSE")
@@ -55,8 +73,9 @@ def refused(tmp_path_factory):
 def test_live_frames_refused_the_notebook_runs_to_the_end_on_another_generator(refused):
     done, run = refused
     choices = run.metadata["facilities"]["choices"]
-    served = {purpose: c["backend"] for purpose, c in choices.items()
-              if purpose in (nat.UDP_LOAD, "new flows", sweep.PURPOSE)}
+    served = {
+        purpose: c["backend"] for purpose, c in choices.items() if purpose in (nat.UDP_LOAD, "new flows", sweep.PURPOSE)
+    }
     assert set(served) == {nat.UDP_LOAD, "new flows", sweep.PURPOSE}, choices
     assert "xdp" not in served.values()  # the refused backend served nothing
     assert run.metadata["facilities"]["probes"]["live_frames"]["ok"] is False
@@ -82,8 +101,10 @@ def _without(run, part: str):
     table = run.table
     goal_flows = table[table["kind"] == "udp"]["flows"].iloc[0]  # not among SMALL's flow_counts
     sweep_rows = table["kind"] == "udp_sweep"
-    drop = {"UDP sweep by frame size": sweep_rows & (table["flows"] == goal_flows),  # the points at udp_sizes
-            "UDP sweep by flow count": sweep_rows & (table["flows"] != goal_flows)}.get(part)
+    drop = {
+        "UDP sweep by frame size": sweep_rows & (table["flows"] == goal_flows),  # the points at udp_sizes
+        "UDP sweep by flow count": sweep_rows & (table["flows"] != goal_flows),
+    }.get(part)
     drop = table["kind"] == nat.PARTS[part] if drop is None else drop
     skipped = {part: nat.switched_off(nat.Params(**{**SMALL, **OFF[part]}).validate())[part]}
     meta = {**run.metadata, "skipped_parts": skipped}
@@ -102,8 +123,16 @@ def test_each_part_off_is_said_in_one_line_and_the_rest_reads(refused, part):
     head = nat.headline(table)
     assert list(head["variant"]) == SMALL["variants"] and (head["UDP Mpps"] > 0).all()
     assert (head["new flows k/s"] == "not run").all() == (part == "new flows")
-    result = Result(nat.EXPERIMENT, table, text, [], run.path, None, nat.parts(table, checks, checks.iloc[0:0], skipped),
-                    headline_of=nat.headline)
+    result = Result(
+        nat.EXPERIMENT,
+        table,
+        text,
+        [],
+        run.path,
+        None,
+        nat.parts(table, checks, checks.iloc[0:0], skipped),
+        headline_of=nat.headline,
+    )
     assert len(result.part(nat.PARTS[part])) == len(table[table["kind"] == nat.PARTS[part]])  # never a KeyError
     printed = _notebook_cells_after_the_run(result)
     assert f"Not measured in this run: {part} ({skipped[part]})" in printed
@@ -141,8 +170,13 @@ def test_every_part_off_at_once_the_notebook_runs_through(tmp_path):
     with the checks, the many-connections TCP and the programs' time off too: the UDP and TCP
     trials alone, every other cell saying in one line what was switched off."""
     off = {k: v for part in OFF.values() for k, v in part.items()}
-    done = batch.execute(batch.notebooks(["03-ebpf-nat"])[0], {**SMALL, **off, "generator": "trafgen"},
-                         out_dir=tmp_path, data_dir=tmp_path / "data", progress=False)
+    done = batch.execute(
+        batch.notebooks(["03-ebpf-nat"])[0],
+        {**SMALL, **off, "generator": "trafgen"},
+        out_dir=tmp_path,
+        data_dir=tmp_path / "data",
+        progress=False,
+    )
     assert done.ok, done.error
     run = results.load_run(done.runs[0])
     assert set(run.table["kind"]) == {"udp", "tcp"}

@@ -1,6 +1,7 @@
 """The NAT experiment's sweep (UDP at several frame sizes and flow counts) and its TCP
 trial with many concurrent connections: real runs on namespace testbeds, and bad input
 refused before anything is built."""
+
 from __future__ import annotations
 
 import subprocess
@@ -26,8 +27,15 @@ def _values(table, measure: str):
 def swept(tmp_path_factory):
     """One run through tc_nat, xdp_nat and iptables: two sizes, two flow counts (one beyond
     a byte of the source port, and beyond a 200-port SNAT range), TCP with 4 connections."""
-    r = experiment.run(data_dir=tmp_path_factory.mktemp("data"), variants=["tc_nat", "xdp_nat", "iptables"],
-                       udp_sizes=[64, 512], flow_counts=[1, 300], port_range=[20000, 20199], tcp_streams=4, **QUICK)
+    r = experiment.run(
+        data_dir=tmp_path_factory.mktemp("data"),
+        variants=["tc_nat", "xdp_nat", "iptables"],
+        udp_sizes=[64, 512],
+        flow_counts=[1, 300],
+        port_range=[20000, 20199],
+        tcp_streams=4,
+        **QUICK,
+    )
     return r
 
 
@@ -79,21 +87,24 @@ def test_sweep_helpers_for_plots(swept):
     assert sweep.flows_label(300) == "300 flows"
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(udp_sizes=[64, 59]), "59"),
-    (dict(udp_sizes=[64, 9000]), "9000"),
-    (dict(udp_sizes=[64, 64]), "each at most once"),
-    (dict(flow_counts=[0, 16]), "1..65536"),
-    (dict(flow_counts=[70000]), "1..65536"),
-    (dict(flow_counts=[1, 1024], generator="testpmd"), "at most 1 distinct source port"),
-    (dict(new_flows=2000, generator="testpmd"), "new_flows 2000: the 'testpmd' generator sends at most 1"),
-    (dict(flow_counts=[65536], sweep_count=10_000), "below the largest flow count"),
-    (dict(sweep_count=10), "sweep_count"),
-    (dict(sweep_trials=0), "sweep_trials"),
-    (dict(tcp_streams=1), "tcp_streams"),
-    (dict(tcp_streams=129), "2..128"),
-    (dict(tcp_streams=-3), "tcp_streams"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(udp_sizes=[64, 59]), "59"),
+        (dict(udp_sizes=[64, 9000]), "9000"),
+        (dict(udp_sizes=[64, 64]), "each at most once"),
+        (dict(flow_counts=[0, 16]), "1..65536"),
+        (dict(flow_counts=[70000]), "1..65536"),
+        (dict(flow_counts=[1, 1024], generator="testpmd"), "at most 1 distinct source port"),
+        (dict(new_flows=2000, generator="testpmd"), "new_flows 2000: the 'testpmd' generator sends at most 1"),
+        (dict(flow_counts=[65536], sweep_count=10_000), "below the largest flow count"),
+        (dict(sweep_count=10), "sweep_count"),
+        (dict(sweep_trials=0), "sweep_trials"),
+        (dict(tcp_streams=1), "tcp_streams"),
+        (dict(tcp_streams=129), "2..128"),
+        (dict(tcp_streams=-3), "tcp_streams"),
+    ],
+)
 def test_bad_sweep_input_is_refused_before_any_namespace(kwargs, words, monkeypatch):
     def built(*a, **k):
         raise AssertionError("the testbed was touched before the input was checked")
@@ -105,8 +116,9 @@ def test_bad_sweep_input_is_refused_before_any_namespace(kwargs, words, monkeypa
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     with pytest.raises(InputError, match=words):
         experiment.run(**{**QUICK, **kwargs})
-    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("\n") <= \
-        before.count("\n")  # (others may remove theirs meanwhile; none of ours appeared)
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("\n") <= before.count(
+        "\n"
+    )  # (others may remove theirs meanwhile; none of ours appeared)
 
 
 def test_the_error_names_what_to_do():
@@ -139,8 +151,9 @@ def test_runs_before_the_sweep_read_without_sweep_sentences():
     """A table of an earlier run (no sweep rows, no flows column) gives no sweep sentences."""
     import pandas as pd
 
-    old = pd.DataFrame([{"variant": "tc_nat", "kind": "udp", "measure": "processed_pps", "value": 1e5,
-                         "size": 64, "flags": ""}])
+    old = pd.DataFrame(
+        [{"variant": "tc_nat", "kind": "udp", "measure": "processed_pps", "value": 1e5, "size": 64, "flags": ""}]
+    )
     assert sweep.interpret(old) == "" and len(sweep.by_size(old)) == 0 and len(sweep.by_flows(old)) == 0
 
 
@@ -151,13 +164,35 @@ def test_xdp_tcp_gap_is_explained_only_when_the_xdp_path_itself_is_slower(xdp_ro
     import pandas as pd
 
     rows = []
-    for v, mbps, ns in (("routing", 6700.0, 1000.0), ("xdp_routing", xdp_routing_mbps, 1400.0),
-                        ("xdp_nat", 4500.0, 1460.0), ("iptables", 7200.0, 1050.0)):
+    for v, mbps, ns in (
+        ("routing", 6700.0, 1000.0),
+        ("xdp_routing", xdp_routing_mbps, 1400.0),
+        ("xdp_nat", 4500.0, 1460.0),
+        ("iptables", 7200.0, 1050.0),
+    ):
         for trial, f in enumerate((0.98, 1.02)):
-            rows += [{"variant": v, "trial": trial, "kind": "tcp_streams", "flows": 32, "size": 1514, "flags": "",
-                      "measure": "tcp_mbps", "value": mbps * f},
-                     {"variant": v, "trial": trial, "kind": "tcp_streams", "flows": 32, "size": 1514, "flags": "",
-                      "measure": "tcp_net_rx_ns_per_kb", "value": ns}]
+            rows += [
+                {
+                    "variant": v,
+                    "trial": trial,
+                    "kind": "tcp_streams",
+                    "flows": 32,
+                    "size": 1514,
+                    "flags": "",
+                    "measure": "tcp_mbps",
+                    "value": mbps * f,
+                },
+                {
+                    "variant": v,
+                    "trial": trial,
+                    "kind": "tcp_streams",
+                    "flows": 32,
+                    "size": 1514,
+                    "flags": "",
+                    "measure": "tcp_net_rx_ns_per_kb",
+                    "value": ns,
+                },
+            ]
     text = sweep.interpret(pd.DataFrame(rows))
     assert ("TCP through the XDP path is slower" in text) is says
     if says:
@@ -170,8 +205,17 @@ def test_the_goal_point_is_the_runs_own_not_a_guess():
     import pandas as pd
 
     def row(kind, size, flows):
-        return {"variant": "tc_nat", "trial": 0, "kind": kind, "size": size, "flows": flows, "flags": "",
-                "measure": "processed_pps", "value": 1e5}
+        return {
+            "variant": "tc_nat",
+            "trial": 0,
+            "kind": kind,
+            "size": size,
+            "flows": flows,
+            "flags": "",
+            "measure": "processed_pps",
+            "value": 1e5,
+        }
+
     table = pd.DataFrame([row("udp", 64, 16)] + [row(sweep.KIND, 64, n) for n in (1, 16, 1024)])
     assert set(sweep.by_size(table)["flows"]) == {16}
     assert set(sweep.by_flows(table)["size"]) == {1, 16, 1024}

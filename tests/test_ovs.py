@@ -3,6 +3,7 @@ DUT's namespace, a private folder) forwards between veths with system and afxdp 
 with its MAC rewrite checked on the received frames; bad input is refused before anything
 starts; nothing (daemon, folder, bridge device, XDP program, AF_XDP socket) is left after
 a normal exit, an error, or a crash followed by `labkit clean`."""
+
 from __future__ import annotations
 
 import os

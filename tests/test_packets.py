@@ -1,5 +1,6 @@
 """Frames built by labkit.packets parse back to their fields, checksums are verified, and
 IPv4 fragments are told apart (no ports in a later one, no L4 checksum from one fragment)."""
+
 import struct
 
 import pytest

@@ -2,6 +2,7 @@
 statistic of exactly the rows it describes. The tables are tidy tables in the results
 format with every part of a drop run (trials, sweep, search, CPU at fixed loads), each
 part with values unlike the others, so a plot that mixed parts would show it."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,9 +16,19 @@ VARIANTS = ["stack", "iptables_raw", "xdp_native"]
 
 
 def _row(kind, variant, trial, size, measure, value, unit, **extra):
-    return {"experiment": "xdp_drop", "run_id": "20260101T000000Z-lk0000", "trial": trial, "variant": variant,
-            "size": size, "measure": measure, "value": float(value), "unit": unit, "flags": extra.pop("flags", ""),
-            "kind": kind, **extra}
+    return {
+        "experiment": "xdp_drop",
+        "run_id": "20260101T000000Z-lk0000",
+        "trial": trial,
+        "variant": variant,
+        "size": size,
+        "measure": measure,
+        "value": float(value),
+        "unit": unit,
+        "flags": extra.pop("flags", ""),
+        "kind": kind,
+        **extra,
+    }
 
 
 def drop_table() -> pd.DataFrame:
@@ -30,31 +41,62 @@ def drop_table() -> pd.DataFrame:
             for trial in range(3):
                 offered = 6.0e6 + 0.1e6 * i + rng.uniform(-0.2e6, 0.2e6)
                 processed = offered * (0.3 + 0.3 * i)
-                rows += [_row("trial", v, trial, size, "offered_pps", offered, "pps"),
-                         _row("trial", v, trial, size, "processed_pps", processed, "pps",
-                              flags="generator-limited" if i == 2 else ""),
-                         _row("trial", v, trial, size, "loss_ratio", 1 - processed / offered, "ratio"),
-                         _row("trial", v, trial, size, "cpu_ns_per_pkt", 400 + 100 * i + rng.uniform(-50, 50),
-                              "ns/packet"),
-                         _row("trial", v, trial, size, "processed_mbps", processed * size * 8 / 1e6, "Mbit/s")]
+                rows += [
+                    _row("trial", v, trial, size, "offered_pps", offered, "pps"),
+                    _row(
+                        "trial",
+                        v,
+                        trial,
+                        size,
+                        "processed_pps",
+                        processed,
+                        "pps",
+                        flags="generator-limited" if i == 2 else "",
+                    ),
+                    _row("trial", v, trial, size, "loss_ratio", 1 - processed / offered, "ratio"),
+                    _row("trial", v, trial, size, "cpu_ns_per_pkt", 400 + 100 * i + rng.uniform(-50, 50), "ns/packet"),
+                    _row("trial", v, trial, size, "processed_mbps", processed * size * 8 / 1e6, "Mbit/s"),
+                ]
         for step, target in enumerate([0.5e6, 2.0e6, None]):
             for trial in range(2):
                 offered = (target or 4.25e6) * rng.uniform(0.9, 1.0)
                 got = min(offered, (1.0 + i) * 1e6) * rng.uniform(0.95, 1.0)
                 extra = {"target_pps": target, "step": step}
-                rows += [_row("sweep", v, trial, 64, "offered_pps", offered, "pps", **extra),
-                         _row("sweep", v, trial, 64, "received_pps", got, "pps", **extra),
-                         _row("sweep", v, trial, 64, "cpu_ns_per_pkt", 2450 + rng.uniform(-100, 5000), "ns/packet",
-                              **extra)]
+                rows += [
+                    _row("sweep", v, trial, 64, "offered_pps", offered, "pps", **extra),
+                    _row("sweep", v, trial, 64, "received_pps", got, "pps", **extra),
+                    _row("sweep", v, trial, 64, "cpu_ns_per_pkt", 2450 + rng.uniform(-100, 5000), "ns/packet", **extra),
+                ]
         for threshold, name in ((0.0, "ndr_pps"), (0.005, "pdr_pps")):
             for trial in range(3):
-                rows.append(_row("search", v, trial, 64, name, (0.5 + i) * 1e6 * (1 + threshold * 40) + trial ** 2 * 1e5,
-                                 "pps", threshold=threshold, generator_limited=(i == 2 and trial == 0)))
+                rows.append(
+                    _row(
+                        "search",
+                        v,
+                        trial,
+                        64,
+                        name,
+                        (0.5 + i) * 1e6 * (1 + threshold * 40) + trial**2 * 1e5,
+                        "pps",
+                        threshold=threshold,
+                        generator_limited=(i == 2 and trial == 0),
+                    )
+                )
         for load in (0.5e6, 1e6):
             for trial in range(2):
-                rows += [_row("cpu_at_load", v, trial, 64, "net_rx_cores", 0.05 * (1 + i) * load / 1e6 + 0.01 * trial,
-                              "cores", target_pps=load),
-                         _row("cpu_at_load", v, trial, 64, "offered_pps", load, "pps", target_pps=load)]
+                rows += [
+                    _row(
+                        "cpu_at_load",
+                        v,
+                        trial,
+                        64,
+                        "net_rx_cores",
+                        0.05 * (1 + i) * load / 1e6 + 0.01 * trial,
+                        "cores",
+                        target_pps=load,
+                    ),
+                    _row("cpu_at_load", v, trial, 64, "offered_pps", load, "pps", target_pps=load),
+                ]
     return pd.DataFrame(rows)[results.COLUMNS + ["kind", "target_pps", "step", "threshold", "generator_limited"]]
 
 
@@ -81,8 +123,10 @@ def drawn_bars(ax) -> dict:
 
 def expected(rows, measure, div, stat="mean"):
     t = rows[rows["measure"] == measure]
-    return {(v, s): (getattr(g["value"], stat)() / div, g["value"].min() / div, g["value"].max() / div)
-            for (v, s), g in t.groupby(["variant", "size"])}
+    return {
+        (v, s): (getattr(g["value"], stat)() / div, g["value"].min() / div, g["value"].max() / div)
+        for (v, s), g in t.groupby(["variant", "size"])
+    }
 
 
 def test_throughput_bars_and_offered_ticks_are_the_trial_rows():
@@ -128,8 +172,13 @@ def test_load_curve_points_are_the_sweep_means():
     sweep = table[table["kind"] == "sweep"]
     ax = plots.load_curve(sweep)
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
-    stars = [tuple(xy) for c in ax.collections if hasattr(c, "get_offsets") for xy in c.get_offsets()
-             if len(c.get_offsets()) == 1]
+    stars = [
+        tuple(xy)
+        for c in ax.collections
+        if hasattr(c, "get_offsets")
+        for xy in c.get_offsets()
+        if len(c.get_offsets()) == 1
+    ]
     for v in VARIANTS:
         g = sweep[sweep["variant"] == v]
         want = []

@@ -2,6 +2,7 @@
 root namespace by the test, standing in for two cabled NICs) are used as they are, and
 everything labkit changed on them (addresses, XDP, clsact, iptables rules) is undone, also
 after a crash, by `labkit clean` from the run's registry."""
+
 import json
 import os
 import signal
@@ -26,15 +27,19 @@ def _state(ifname):
 
 
 def _labkit_rules():
-    return [l for l in subprocess.run(["iptables-save"], capture_output=True, text=True).stdout.splitlines()
-            if "labkit:" in l]
+    return [
+        l
+        for l in subprocess.run(["iptables-save"], capture_output=True, text=True).stdout.splitlines()
+        if "labkit:" in l
+    ]
 
 
 def test_xdp_drop_experiment_on_real_interfaces_leaves_them_as_found(cabled):
     a, b = cabled
     rules_before = _labkit_rules()
-    r = xdp_drop.run(smoke=True, sender_if=a, receiver_if=b, generator="trafgen",
-                     variants=["iptables_raw", "tc", "xdp_generic"])
+    r = xdp_drop.run(
+        smoke=True, sender_if=a, receiver_if=b, generator="trafgen", variants=["iptables_raw", "tc", "xdp_generic"]
+    )
     rates = r.table[r.table["measure"] == "processed_pps"].groupby("variant")["value"].mean()
     assert set(rates.index) == {"iptables_raw", "tc", "xdp_generic"} and (rates > 0).all()
     for ifname in (a, b):
@@ -57,8 +62,9 @@ CHILD = textwrap.dedent("""
 
 def test_clean_undoes_a_killed_run_on_real_interfaces(cabled):
     a, b = cabled
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, a, b], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, a, b], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     prefix = proc.stdout.readline().strip()
     assert prefix.startswith("lk"), proc.stderr.read()
     assert _state(b) == {"xdp": True, "inet": True, "clsact": True}

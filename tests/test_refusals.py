@@ -2,6 +2,7 @@
 every refused program (also where bcc prints only its own "Program too large" for E2BIG),
 hints are keyed on that log, and a refused BPF_PROG_RUN in live-frames mode is a `Refused`
 that names live frames, the likely reasons and the other generators."""
+
 from __future__ import annotations
 
 import errno
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo
 #: a loop whose counter differs on every pass and whose body is long: the verifier walks it
 #: until its budget of a million instructions is spent (E2BIG), before any jump limit
 MIX = "\n".join("        x = x * 1103515245 + 12345; x ^= x >> 7;" for _ in range(40))
-ENDLESS = """int xdp_main(struct xdp_md *ctx) {
+ENDLESS = (
+    """int xdp_main(struct xdp_md *ctx) {
     __u32 x = ctx->data_end - ctx->data;
     __u32 steps = 0;
     #pragma nounroll
@@ -28,7 +30,9 @@ ENDLESS = """int xdp_main(struct xdp_md *ctx) {
         steps++;
     }
     return steps > 100 ? XDP_DROP : XDP_PASS;
-}""" % MIX
+}"""
+    % MIX
+)
 
 #: what bcc prints for E2BIG instead of the verifier's log
 BCC_E2BIG = "bpf: Argument list too long. Program  too large (11 insns), at most 4096 insns\n"
@@ -56,11 +60,15 @@ def test_e2big_is_the_verifier_giving_up_whatever_bcc_prints():
     # E2BIG and no log that says why: both causes are named, the loop's among them
     assert bare.message.startswith("the kernel refused it with E2BIG") and "did not say which" in bare.message
     assert "tail calls" in bare.hint and "bound your loop" in bare.hint
-    log = BCC_E2BIG + "12: (07) r3 += 1\nBPF program is too large. Processed 1000001 insn\n" \
-                      "processed 1000001 insns (limit 1000000) max_states_per_insn 4\n"
+    log = (
+        BCC_E2BIG + "12: (07) r3 += 1\nBPF program is too large. Processed 1000001 insn\n"
+        "processed 1000001 insns (limit 1000000) max_states_per_insn 4\n"
+    )
     kept = verifier.VerifierError("xdp_main", "cell.c", log, "Failed to load BPF program", errno.E2BIG)
-    assert kept.message == ("the verifier gave up after processing 1,000,001 instructions "
-                            "(BPF program is too large. Processed 1000001 insn)")
+    assert kept.message == (
+        "the verifier gave up after processing 1,000,001 instructions "
+        "(BPF program is too large. Processed 1000001 insn)"
+    )
     assert kept.instructions == ["12: (07) r3 += 1"] and "bound your loop" in kept.hint
     # an older kernel's words for the same refusal
     assert "bound your loop" in verifier.hint_for("back-edge from insn 12 to 9")

@@ -1,5 +1,6 @@
 """Remote hosts over SSH with mitogen, for real: each "host" is a namespace running Debian's
 sshd (tests/remote_hosts.py), reached with keys made for the test and its host key checked."""
+
 from __future__ import annotations
 
 import os
@@ -184,7 +185,9 @@ def test_login_that_is_not_root_runs_labkit_as_root_through_sudo(remote_hosts, l
     labkit's far side runs as root through sudo, and an XDP program attaches there; without
     the sudoers entry the connection fails with the fix named."""
     spec = remote_hosts.spec("h1", user=login_user.name)
-    refused = rf"host h1 \({login_user.name}@.*password is required.*{login_user.name} cannot sudo without a password there: "
+    refused = (
+        rf"host h1 \({login_user.name}@.*password is required.*{login_user.name} cannot sudo without a password there: "
+    )
     with pytest.raises(HostUnreachable, match=refused + "allow it in sudoers"):
         RemoteHost(**spec).connect()
     login_user.allow_sudo()
@@ -195,8 +198,9 @@ def test_login_that_is_not_root_runs_labkit_as_root_through_sudo(remote_hosts, l
         assert host.call(os.getenv, "SUDO_USER") == login_user.name, "sudo was entered as the login user"
         assert "sudo" in host.call(parents)
         assert host.run(["id", "-u"]).stdout.strip() == "0", "commands run as root too"
-        with host.hold("labkit.testbed.bed:on_interface", "labkit.experiments.xdp_drop_receiver:drop_receiver",
-                       ifname, "udp") as receiver:
+        with host.hold(
+            "labkit.testbed.bed:on_interface", "labkit.experiments.xdp_drop_receiver:drop_receiver", ifname, "udp"
+        ) as receiver:
             receiver("use", "xdp_generic")
             assert xdp_attached(h1, ifname), "the XDP program attached on the far host"
         assert not xdp_attached(h1, ifname)
@@ -213,8 +217,7 @@ def test_unreachable_host_names_itself(remote_hosts):
 
 def test_bastion_reaches_a_host_behind_it(remote_hosts):
     """h2's sshd also listens on its data-plane address, which only h1 can reach."""
-    behind = remote_hosts.spec("h2", hostname=remote_hosts.data_addresses["h2"][0],
-                               bastion=remote_hosts.spec("h1"))
+    behind = remote_hosts.spec("h2", hostname=remote_hosts.data_addresses["h2"][0], bastion=remote_hosts.spec("h1"))
     with RemoteHost(**behind) as host:
         assert host.call(netns_of_self) == remote_hosts.host("h2").run(["readlink", "/proc/self/ns/net"]).stdout.strip()
 

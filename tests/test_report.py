@@ -1,6 +1,7 @@
 """The batch report and the comparison: runs in data/ compared with their spread, what is
 missing said, the index page marking a failed notebook and embedding a figure per
 experiment, parameters per notebook, and every program in bpf/ costed."""
+
 import json
 import os
 import re
@@ -22,8 +23,17 @@ from labkit.reporting import compare, summary
 from labkit.testbed import topology
 
 
-def _run(data_dir, experiment, values: dict, params=None, caveats=(), flags=None, unit="pps", measure="processed_pps",
-         cpu=None):
+def _run(
+    data_dir,
+    experiment,
+    values: dict,
+    params=None,
+    caveats=(),
+    flags=None,
+    unit="pps",
+    measure="processed_pps",
+    cpu=None,
+):
     """A run of EXPERIMENT in DATA_DIR: VALUES = {variant: [value per trial]}."""
     rs = results.ResultSet(experiment, params or {"variants": list(values), "smoke": False}, data_dir=data_dir)
     for variant, trials in values.items():
@@ -48,7 +58,8 @@ def test_compare_runs_says_which_differences_are_beyond_spread(tmp_path):
     assert rates.loc["xdp_native", "ratio"] == pytest.approx(2.1 / 1.1)
     assert rates.loc["tc", "verdict"] == "within spread"  # ranges overlap
     assert set(diff.beyond["variant"]) >= {"xdp_native"} and "tc" not in set(
-        diff.beyond[diff.beyond["measure"] == "processed_pps"]["variant"])
+        diff.beyond[diff.beyond["measure"] == "processed_pps"]["variant"]
+    )
     assert "beyond trial-to-trial spread" in str(diff) and "xdp_native" in str(diff)
     # the same comparison by run id (found in data/) instead of path
     again = compare.compare_runs(a.name, b.name, data_dir=tmp_path)
@@ -89,20 +100,34 @@ def test_overview_of_an_empty_data_dir_says_what_is_missing(tmp_path):
 
 
 def test_overview_prefers_full_runs_reads_old_formats_and_reports_missing_variants(tmp_path):
-    full = _run(tmp_path, "xdp_drop", {"xdp_native": [2e6, 2.2e6], "iptables_raw": [1e6, 1.1e6]},
-                params={"variants": ["xdp_native", "iptables_raw", "tc"], "smoke": False},
-                caveats=["tc: could not attach the tc program in this environment"],
-                flags={"xdp_native": ["generator-limited"]},
-                cpu={"xdp_native": [100, 110], "iptables_raw": [400, 420]})
+    full = _run(
+        tmp_path,
+        "xdp_drop",
+        {"xdp_native": [2e6, 2.2e6], "iptables_raw": [1e6, 1.1e6]},
+        params={"variants": ["xdp_native", "iptables_raw", "tc"], "smoke": False},
+        caveats=["tc: could not attach the tc program in this environment"],
+        flags={"xdp_native": ["generator-limited"]},
+        cpu={"xdp_native": [100, 110], "iptables_raw": [400, 420]},
+    )
     _run(tmp_path, "xdp_drop", {"xdp_native": [5e6]}, params={"variants": ["xdp_native"], "smoke": True})
     # an l2fwd run written by an older labkit: no flags column, metadata without caveats
     old = tmp_path / "l2fwd" / "20200101T000000Z-lk0001"
     old.mkdir(parents=True)
-    (old / "results.csv").write_text("experiment,run_id,trial,variant,size,measure,value,unit\n"
-                                     "l2fwd,x,0,bridge,64,processed_pps,100000,pps\n"
-                                     "l2fwd,x,1,bridge,64,processed_pps,120000,pps\n")
-    (old / "metadata.json").write_text(json.dumps({"format_version": 1, "host": "elsewhere", "kernel": "5.15",
-                                                   "parameters": {"smoke": True, "variants": ["bridge"]}}))
+    (old / "results.csv").write_text(
+        "experiment,run_id,trial,variant,size,measure,value,unit\n"
+        "l2fwd,x,0,bridge,64,processed_pps,100000,pps\n"
+        "l2fwd,x,1,bridge,64,processed_pps,120000,pps\n"
+    )
+    (old / "metadata.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "host": "elsewhere",
+                "kernel": "5.15",
+                "parameters": {"smoke": True, "variants": ["bridge"]},
+            }
+        )
+    )
     ov = summary.overview(tmp_path)
     assert ov.experiments == ["xdp_drop", "l2fwd"]
     drop = ov.summary[ov.summary["experiment"] == "Packet drop"].set_index("variant")
@@ -140,6 +165,7 @@ def test_parameters_per_notebook_from_file_and_command_line(tmp_path):
 def test_a_batch_request_is_checked_against_what_the_notebooks_declare():
     """Names, sections and values, before anything runs: each notebook's parameters cell
     says what it takes, its experiment's Params what values are good."""
+
     def refused(names, params, smoke=False):
         with pytest.raises(InputError) as exc:
             report.check(names, params, smoke)
@@ -171,13 +197,15 @@ def test_the_comparison_notebook_runs_last_and_is_committed_clean():
 
 # ---------------------------------------------------------------- program costs
 def test_entry_points_are_found_in_source(tmp_path):
-    (tmp_path / "x.c").write_text(textwrap.dedent("""\
+    (tmp_path / "x.c").write_text(
+        textwrap.dedent("""\
         /* int commented(struct xdp_md *ctx) is not a program */
         static __always_inline int helper(void *p) { return 0; }
         int a_xdp(struct xdp_md *ctx) { return XDP_PASS; }
         int a_tc(struct __sk_buff *skb)
         { return TC_ACT_OK; }
-        """))
+        """)
+    )
     assert program_costs.entry_points(tmp_path / "x.c") == [("a_xdp", "xdp"), ("a_tc", "tc")]
 
 
@@ -228,8 +256,7 @@ def test_batch_marks_a_failed_notebook_and_embeds_a_figure_per_experiment(tmp_pa
     with pytest.raises(InputError, match=r"no notebook has a parameter 'data_dri' \(did you mean 'data_dir'\?\)"):
         report.run_all(None, {"data_dri": str(data)}, out, data, progress=False, log=lambda *a: None, directory=nbs)
     assert not out.exists() and not data.exists()
-    runs = report.run_all(None, {"data_dir": str(data)}, out, data, progress=False,
-                          log=lambda *a: None, directory=nbs)
+    runs = report.run_all(None, {"data_dir": str(data)}, out, data, progress=False, log=lambda *a: None, directory=nbs)
     ok = {r.name: r for r in runs}
     assert ok["01-xdp-drop"].ok and not ok["02-l2-forwarding"].ok
     # the failure in one line (the traceback is in the executed notebook, linked from the index)
@@ -251,8 +278,9 @@ def test_batch_marks_a_failed_notebook_and_embeds_a_figure_per_experiment(tmp_pa
     for r in runs:  # reports open offline: no script from the network
         assert not re.search(r'<script[^>]*src="https?://', r.html.read_text())
     # running one notebook again keeps the other's report on the index, marked as earlier
-    again = report.run_all(["01-xdp-drop"], {"data_dir": str(data)}, out, data, progress=False,
-                           log=lambda *a: None, directory=nbs)
+    again = report.run_all(
+        ["01-xdp-drop"], {"data_dir": str(data)}, out, data, progress=False, log=lambda *a: None, directory=nbs
+    )
     assert [r.name for r in again] == ["01-xdp-drop"]
     page = (out / "index.html").read_text()
     assert re.search(r'<tr class="earlier"><td>02-l2-forwarding</td><td class="failed">FAILED', page)
@@ -282,8 +310,9 @@ def test_comparison_notebook_runs_with_no_runs_at_all(tmp_path):
         pytest.skip("needs root (it measures program costs)")
     empty = tmp_path / "data"
     empty.mkdir()
-    run = report.execute(report.notebooks(["04-comparison"])[0], {"smoke": True}, tmp_path / "reports", empty,
-                         progress=False)
+    run = report.execute(
+        report.notebooks(["04-comparison"])[0], {"smoke": True}, tmp_path / "reports", empty, progress=False
+    )
     assert run.ok, run.error
     assert "no run of 'xdp_drop'" in run.html.read_text()
 
@@ -299,18 +328,46 @@ def test_stopping_a_batch_undoes_the_running_experiment(sig, tmp_path):
     # its own run registry folder: the run it starts is found there, not confused with
     # testbeds other work on this machine builds meanwhile
     registry = tmp_path / "run"
-    env = dict(os.environ, LABKIT_DATA_DIR=str(tmp_path / "data"), LABKIT_REPORTS_DIR=str(tmp_path / "reports"),
-               LABKIT_RUNTIME_DIR=str(registry))
-    proc = subprocess.Popen([sys.executable, "-m", "labkit", "run", "01-xdp-drop", "--no-progress",
-                             "-p", "sizes", "[64]", "-p", "trials", "5", "-p", "count", "3000000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    env = dict(
+        os.environ,
+        LABKIT_DATA_DIR=str(tmp_path / "data"),
+        LABKIT_REPORTS_DIR=str(tmp_path / "reports"),
+        LABKIT_RUNTIME_DIR=str(registry),
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "labkit",
+            "run",
+            "01-xdp-drop",
+            "--no-progress",
+            "-p",
+            "sizes",
+            "[64]",
+            "-p",
+            "trials",
+            "5",
+            "-p",
+            "count",
+            "3000000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         deadline, new = time.monotonic() + 60, set()
         while time.monotonic() < deadline and not new:
             prefixes = {f.stem for f in registry.glob("lk*.json")}
-            new = {n for n in cleanup.labkit_namespaces() if n[:6] in prefixes  # the experiment's, not a
-                   and n[7:] not in topology.PROBE_HOSTS}  # capability probe's while the batch checks its input
+            new = {
+                n
+                for n in cleanup.labkit_namespaces()
+                if n[:6] in prefixes  # the experiment's, not a
+                and n[7:] not in topology.PROBE_HOSTS
+            }  # capability probe's while the batch checks its input
             time.sleep(0.2)
         assert new, "the experiment never built its testbed"
         time.sleep(1.0)
@@ -331,6 +388,7 @@ def _testbed_run(data_dir, experiment, rates: dict, p99_us: dict, where=None):
     load and 90% of the no-drop rate; p99 {variant: [µs with no load, µs at 90%]} in each of
     two trials), measured on WHERE: None (this machine's namespaces), ('cluster', worker,
     host) or ('inventory', {host: role})."""
+
     class Bed:  # what an inventory run's testbed records (labkit.testbed.inventory)
         def __init__(self, hosts):
             self.hosts = hosts
@@ -345,9 +403,20 @@ def _testbed_run(data_dir, experiment, rates: dict, p99_us: dict, where=None):
             rs.add(variant, trial, 64, {"ndr_pps": (v, "pps")}, kind="latency", load_fraction=None)
             for f, p99 in zip((0.0, 0.9), p99_us[variant]):
                 p99 = p99 * (1 + 0.1 * trial)  # a spread over the two trials
-                rs.add(variant, trial, 64, {"lat_p50_ns": (p99 * 200, "ns"), "lat_p99_ns": (p99 * 1e3, "ns"),
-                                            "lat_max_ns": (p99 * 2e3, "ns"), "lat_probes": (100, "packets"),
-                                            "lat_load_pps": (f * v, "pps")}, kind="latency", load_fraction=f)
+                rs.add(
+                    variant,
+                    trial,
+                    64,
+                    {
+                        "lat_p50_ns": (p99 * 200, "ns"),
+                        "lat_p99_ns": (p99 * 1e3, "ns"),
+                        "lat_max_ns": (p99 * 2e3, "ns"),
+                        "lat_probes": (100, "packets"),
+                        "lat_load_pps": (f * v, "pps"),
+                    },
+                    kind="latency",
+                    load_fraction=f,
+                )
     path = rs.save(Bed(where[1]) if where and where[0] == "inventory" else None)
     if where and where[0] == "cluster":  # as labkit.reporting.cluster marks what a worker ran
         meta = json.loads((path / "metadata.json").read_text())
@@ -357,14 +426,29 @@ def _testbed_run(data_dir, experiment, rates: dict, p99_us: dict, where=None):
 
 
 def _three_testbeds(data_dir):
-    here = _testbed_run(data_dir, "xdp_drop", {"xdp_native": [2e6, 2.2e6], "tc": [1e6, 1.1e6]},
-                        {"xdp_native": [5, 20], "tc": [6, 40]})
-    worker = _testbed_run(data_dir, "xdp_drop", {"xdp_native": [9e6, 9.2e6], "tc": [4e6, 4.1e6]},
-                          {"xdp_native": [50, 200], "tc": [60, 400]}, ("cluster", "tb2", "lab2"))
-    hosts = _testbed_run(data_dir, "xdp_drop", {"xdp_native": [20e6, 21e6], "tc": [7e6, 7.1e6]},
-                         {"xdp_native": [2, 3], "tc": [3, 4]}, ("inventory", {"gen1": "sender", "dut1": "receiver"}))
-    fwd = _testbed_run(data_dir, "l2fwd", {"xdp_redirect": [3e6, 3.1e6], "bridge": [1e6, 1.2e6]},
-                       {"xdp_redirect": [7, 30], "bridge": [9, 90]})
+    here = _testbed_run(
+        data_dir, "xdp_drop", {"xdp_native": [2e6, 2.2e6], "tc": [1e6, 1.1e6]}, {"xdp_native": [5, 20], "tc": [6, 40]}
+    )
+    worker = _testbed_run(
+        data_dir,
+        "xdp_drop",
+        {"xdp_native": [9e6, 9.2e6], "tc": [4e6, 4.1e6]},
+        {"xdp_native": [50, 200], "tc": [60, 400]},
+        ("cluster", "tb2", "lab2"),
+    )
+    hosts = _testbed_run(
+        data_dir,
+        "xdp_drop",
+        {"xdp_native": [20e6, 21e6], "tc": [7e6, 7.1e6]},
+        {"xdp_native": [2, 3], "tc": [3, 4]},
+        ("inventory", {"gen1": "sender", "dut1": "receiver"}),
+    )
+    fwd = _testbed_run(
+        data_dir,
+        "l2fwd",
+        {"xdp_redirect": [3e6, 3.1e6], "bridge": [1e6, 1.2e6]},
+        {"xdp_redirect": [7, 30], "bridge": [9, 90]},
+    )
     return here, worker, hosts, fwd
 
 
@@ -385,7 +469,9 @@ def test_overview_shows_latency_of_every_experiment_and_keeps_testbeds_apart(tmp
     p99 = lat[(lat["variant"] == "xdp_native") & (lat["load_fraction"] == 0.9)].set_index("run")
     assert p99.loc[here.name, "p99_us"] == pytest.approx(21.0)  # (20 + 22) / 2, its own two trials
     assert p99.loc[worker.name, "p99_us"] == pytest.approx(210.0)
-    assert p99.loc[hosts.name, "p99_us_min"] == pytest.approx(3.0) and p99.loc[hosts.name, "p99_us_max"] == pytest.approx(3.3)
+    assert p99.loc[hosts.name, "p99_us_min"] == pytest.approx(3.0) and p99.loc[
+        hosts.name, "p99_us_max"
+    ] == pytest.approx(3.3)
     wide = summary.latency_view.wide(lat)
     assert {"p50 µs (no load)", "p99 µs (no load)", "p50 µs (90% NDR)", "p99 µs (90% NDR)"} <= set(wide.columns)
     assert len(wide) == 2 * 3 + 2  # per run and variant: three testbeds of drop, one of forwarding

@@ -1,5 +1,6 @@
 """Result files: tidy rows, metadata with the fields a reader needs, never overwritten, and
 older formats still load."""
+
 import json
 
 import pytest
@@ -13,11 +14,20 @@ def test_save_writes_table_and_metadata_and_never_overwrites(tmp_path):
     rs.caveat("a caveat")
     path = rs.save()
     table = results.load_run(path).table
-    assert list(table.columns[:len(results.COLUMNS)]) == results.COLUMNS
+    assert list(table.columns[: len(results.COLUMNS)]) == results.COLUMNS
     assert len(table) == 2 and set(table["measure"]) == {"processed_pps", "cpu_ns_per_pkt"}
     meta = json.loads((path / "metadata.json").read_text())
-    for key in ("format_version", "time_utc", "kernel", "cpu_model", "cpus", "git", "versions", "parameters",
-                "caveats"):
+    for key in (
+        "format_version",
+        "time_utc",
+        "kernel",
+        "cpu_model",
+        "cpus",
+        "git",
+        "versions",
+        "parameters",
+        "caveats",
+    ):
         assert key in meta, key
     assert meta["parameters"] == {"sizes": [64]} and meta["caveats"] == ["a caveat"]
     with pytest.raises(FileExistsError):
@@ -27,8 +37,9 @@ def test_save_writes_table_and_metadata_and_never_overwrites(tmp_path):
 def test_loader_reads_an_older_format_and_refuses_a_newer_one(tmp_path):
     run = tmp_path / "demo" / "20200101T000000Z-lk0001"
     run.mkdir(parents=True)
-    (run / "results.csv").write_text("experiment,run_id,trial,variant,size,measure,value,unit\n"
-                                     "demo,x,0,xdp,64,processed_pps,5,pps\n")
+    (run / "results.csv").write_text(
+        "experiment,run_id,trial,variant,size,measure,value,unit\ndemo,x,0,xdp,64,processed_pps,5,pps\n"
+    )
     (run / "metadata.json").write_text(json.dumps({"format_version": 1, "kernel": "k"}))
     all_runs = results.load_runs("demo", data_dir=tmp_path)
     assert all_runs["flags"].tolist() == [""] and all_runs["kernel"].tolist() == ["k"]

@@ -2,6 +2,7 @@
 words reach Python with a hint, the %%bpf cell reads an nbgrader starter as C, checks say
 expected against actual and fail when they should, and students on one machine keep to
 their own names, pinned maps, clean-up and measurement turns."""
+
 from __future__ import annotations
 
 import errno
@@ -79,7 +80,9 @@ LOOP_REFUSALS = r"back-edge|infinite loop|too large\. Processed \d+ insn|The seq
 
 def test_a_loop_without_a_bound_gets_the_loop_hint():
     ns = {}
-    prog = magic.bpf_cell("scan", """int xdp_main(struct xdp_md *ctx) {
+    prog = magic.bpf_cell(
+        "scan",
+        """int xdp_main(struct xdp_md *ctx) {
     unsigned char *p = (void *)(long)ctx->data;
     unsigned char *end = (void *)(long)ctx->data_end;
     #pragma nounroll
@@ -89,7 +92,9 @@ def test_a_loop_without_a_bound_gets_the_loop_hint():
         p++;
     }
     return p == end ? XDP_PASS : XDP_DROP;
-}""", ns)
+}""",
+        ns,
+    )
     try:
         err = prog.refused
         assert isinstance(err, verifier.VerifierError)
@@ -105,19 +110,31 @@ def test_a_loop_without_a_bound_gets_the_loop_hint():
 
 def test_bpf_cell_keeps_program_and_reads_the_nbgrader_stub():
     ns = {}
-    starter = SAFE.replace("    if (eth->h_proto == bpf_htons(ETH_P_IP))\n        return XDP_DROP;\n",
-                           "    # YOUR CODE HERE\n    raise NotImplementedError()\n")
+    starter = SAFE.replace(
+        "    if (eth->h_proto == bpf_htons(ETH_P_IP))\n        return XDP_DROP;\n",
+        "    # YOUR CODE HERE\n    raise NotImplementedError()\n",
+    )
     prog = magic.bpf_cell("prog", starter, ns)
     try:
         assert ns["prog"] is prog and prog.ok and prog.kind == "xdp"
         assert "/* YOUR CODE HERE */" in prog.source
         with pytest.raises(checks.CheckFailed) as info:
-            checks.xdp(prog, [checks.Case("IPv4", frames.udp(), "XDP_DROP"), checks.Case("ARP", frames.arp(), "XDP_PASS")],
-                       hint="the hint")
+            checks.xdp(
+                prog,
+                [checks.Case("IPv4", frames.udp(), "XDP_DROP"), checks.Case("ARP", frames.arp(), "XDP_PASS")],
+                hint="the hint",
+            )
         text = str(info.value)
-        assert "expected XDP_DROP" in text and "got XDP_PASS" in text and "hint: the hint" in text and "1 of 2 wrong" in text
+        assert (
+            "expected XDP_DROP" in text
+            and "got XDP_PASS" in text
+            and "hint: the hint" in text
+            and "1 of 2 wrong" in text
+        )
         solved = magic.bpf_cell("prog", SAFE, ns)
-        checks.xdp(solved, [checks.Case("IPv4", frames.udp(), "XDP_DROP"), checks.Case("ARP", frames.arp(), "XDP_PASS")])
+        checks.xdp(
+            solved, [checks.Case("IPv4", frames.udp(), "XDP_DROP"), checks.Case("ARP", frames.arp(), "XDP_PASS")]
+        )
         assert prog.program is None  # the replaced program was unloaded
     finally:
         for p in ns.values():
@@ -178,11 +195,16 @@ def test_the_stub_keeps_the_editors_line_numbers():
 def test_hints_name_the_check_and_leave_the_verdict_to_the_exercise():
     """Lesson 02 passes frames too short for a header, lesson 04 drops them; a missing map
     entry is created in lesson 02's counter: no hint may prescribe one verdict."""
-    for message in ("invalid access to packet, off=12 size=2", "R0 invalid mem access 'map_value_or_null'",
-                    "R2 unbounded memory access, make sure to bounds check any such access"):
+    for message in (
+        "invalid access to packet, off=12 size=2",
+        "R0 invalid mem access 'map_value_or_null'",
+        "R2 unbounded memory access, make sure to bounds check any such access",
+    ):
         hint = verifier.hint_for(message)
         assert hint and not re.search(r"return XDP_(PASS|DROP)", hint), (message, hint)
-    assert "data_end" in verifier.hint_for("invalid access to packet") and "NULL" in verifier.hint_for("map_value_or_null")
+    assert "data_end" in verifier.hint_for("invalid access to packet") and "NULL" in verifier.hint_for(
+        "map_value_or_null"
+    )
 
 
 def test_rerunning_an_unchanged_cell_reuses_its_program_with_fresh_maps():
@@ -218,20 +240,24 @@ def test_rerunning_an_unchanged_cell_reuses_its_program_with_fresh_maps():
 def _notebook_outputs(cells: list[str], workdir: Path) -> list[list[dict]]:
     """Run CELLS in a labkit kernel; the outputs of each."""
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(nb, kernel_name="labkit", timeout=300, allow_errors=True,
-                   resources={"metadata": {"path": str(workdir)}}).execute()
+    NotebookClient(
+        nb, kernel_name="labkit", timeout=300, allow_errors=True, resources={"metadata": {"path": str(workdir)}}
+    ).execute()
     return [c.outputs for c in nb.cells]
 
 
 def test_in_a_notebook_a_wrong_answer_reads_as_a_verdict_and_the_loop_example_as_a_refusal(tmp_path):
     loop = _lesson_cell("04-parsing/04-parsing.ipynb", "%%bpf scan_unbounded")
-    outputs = _notebook_outputs([
-        "%load_ext labkit.teaching\nfrom labkit.teaching import checks, frames",
-        "%%bpf ipv4_drop\nint xdp_main(struct xdp_md *ctx) {\n    return XDP_PASS;\n}",
-        'checks.xdp(ipv4_drop, [checks.Case("IPv4 / UDP", frames.udp(), "XDP_DROP"),\n'
-        '                       checks.Case("ARP", frames.arp(), "XDP_PASS")], hint="compare eth->h_proto")',
-        loop,
-    ], tmp_path)
+    outputs = _notebook_outputs(
+        [
+            "%load_ext labkit.teaching\nfrom labkit.teaching import checks, frames",
+            "%%bpf ipv4_drop\nint xdp_main(struct xdp_md *ctx) {\n    return XDP_PASS;\n}",
+            'checks.xdp(ipv4_drop, [checks.Case("IPv4 / UDP", frames.udp(), "XDP_DROP"),\n'
+            '                       checks.Case("ARP", frames.arp(), "XDP_PASS")], hint="compare eth->h_proto")',
+            loop,
+        ],
+        tmp_path,
+    )
     check = outputs[2]
     # the cell fails (nbgrader grades on the error) and shows the verdict alone, once
     assert [o["output_type"] for o in check] == ["error"] and check[0]["ename"] == "CheckFailed", check
@@ -240,8 +266,11 @@ def test_in_a_notebook_a_wrong_answer_reads_as_a_verdict_and_the_loop_example_as
     assert "1 of 2 wrong" in shown and "Traceback" not in shown and "checks.py" not in shown, shown
     # lesson 04's unbounded loop: the verifier's reason, the loop hint, the editor's line
     refusal = "".join(o.get("text", "") for o in outputs[3])
-    assert "bound your loop" in refusal and "the verifier gave up after processing" in refusal or \
-        re.search(r"back-edge|infinite loop", refusal), refusal
+    assert (
+        "bound your loop" in refusal
+        and "the verifier gave up after processing" in refusal
+        or re.search(r"back-edge|infinite loop", refusal)
+    ), refusal
     assert "too large (" not in refusal, refusal
     assert f"<- cell line {_editor_line(loop, 'return p == end')}" in refusal, refusal
 
@@ -279,11 +308,21 @@ def test_pinned_maps_are_per_student(tmp_path):
 
 
 def test_measurement_lock_is_machine_wide_and_functional_checks_do_not_wait(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from labkit.teaching import students\n"
-        "with students.measurement_turn(log=None):\n"
-        "    print('held', flush=True); sys.stdin.readline()\n")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "LABKIT_STUDENT": "s71"})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from labkit.teaching import students\n"
+                "with students.measurement_turn(log=None):\n"
+                "    print('held', flush=True); sys.stdin.readline()\n"
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LABKIT_STUDENT": "s71"},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         told = []
@@ -305,10 +344,17 @@ def test_measurement_lock_is_machine_wide_and_functional_checks_do_not_wait(tmp_
 
 
 def _testbed_process(student: str) -> subprocess.Popen:
-    code = ("import sys; from labkit.teaching import live\n"
-            "with live.testbed():\n    print('up', flush=True); sys.stdin.readline()\n")
-    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "LABKIT_STUDENT": student})
+    code = (
+        "import sys; from labkit.teaching import live\n"
+        "with live.testbed():\n    print('up', flush=True); sys.stdin.readline()\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LABKIT_STUDENT": student},
+    )
     assert p.stdout.readline().strip() == "up"
     return p
 
@@ -340,19 +386,25 @@ LABS = Path(__file__).resolve().parents[1] / "labs" / "source"
 
 def _run_as(student: str, notebook: Path, workdir: Path, out: dict):
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, kernel_name="labkit", timeout=600, allow_errors=True,
-                            resources={"metadata": {"path": str(workdir)}})
+    client = NotebookClient(
+        nb, kernel_name="labkit", timeout=600, allow_errors=True, resources={"metadata": {"path": str(workdir)}}
+    )
     try:
         client.execute(env={**os.environ, "LABKIT_STUDENT": student, "LABKIT_SMOKE": "1"})
     except Exception as exc:  # reported by the test below with the student's name
         out[student] = [f"{type(exc).__name__}: {exc}"]
         return
-    out[student] = [f"cell {i}: {o['ename']}: {o['evalue'][:300]}" for i, c in enumerate(nb.cells)
-                    for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    out[student] = [
+        f"cell {i}: {o['ename']}: {o['evalue'][:300]}"
+        for i, c in enumerate(nb.cells)
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
 
 
-@pytest.mark.parametrize("lesson", ["01-testbed/01-testbed.ipynb", "03-maps/03-maps.ipynb",
-                                    "09-measuring/09-measuring.ipynb"])
+@pytest.mark.parametrize(
+    "lesson", ["01-testbed/01-testbed.ipynb", "03-maps/03-maps.ipynb", "09-measuring/09-measuring.ipynb"]
+)
 def test_two_students_run_a_lesson_at_once(lesson, tmp_path):
     """Both pass: lesson 1 checks that each sees only their own namespaces while the other's
     testbed may be up; lesson 3 sends traffic on both testbeds at once; lesson 9 measures,

@@ -1,6 +1,7 @@
 """Topology build and teardown leave nothing behind: on success, on an exception, on
 SIGTERM; a crashed run's leftovers are found and removed by `labkit clean`; bad input is
 refused before the kernel is touched."""
+
 import ast
 import json
 import os
@@ -137,23 +138,48 @@ def test_clean_leaves_live_runs_and_other_namespaces_alone():
         subprocess.run(["ip", "netns", "del", "notlabkit-test"])
 
 
-@pytest.mark.parametrize("spec, message", [
-    (lambda: topology.TopologySpec(hosts=["averyverylonghostname"]), "too long"),
-    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_name="waytoolongname")]),
-     "Linux allows 15"),
-    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_mac="02:00:00:00:00")]),
-     "malformed"),
-    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_addr="10.0.0.300/24")]),
-     "malformed"),
-    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_addr="10.0.0.1")]),
-     "prefix"),
-    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "c")]), "not among the hosts"),
-    (lambda: topology.pair(sender_if="lknosuchif0", receiver_if="lknosuchif1"), "does not exist"),
-    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_mac="03:00:00:00:00:01")]),
-     "multicast"),
-    (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", b_mac="00:00:00:00:00:00")]),
-     "all zeros"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (lambda: topology.TopologySpec(hosts=["averyverylonghostname"]), "too long"),
+        (
+            lambda: topology.TopologySpec(
+                hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_name="waytoolongname")]
+            ),
+            "Linux allows 15",
+        ),
+        (
+            lambda: topology.TopologySpec(
+                hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_mac="02:00:00:00:00")]
+            ),
+            "malformed",
+        ),
+        (
+            lambda: topology.TopologySpec(
+                hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_addr="10.0.0.300/24")]
+            ),
+            "malformed",
+        ),
+        (
+            lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_addr="10.0.0.1")]),
+            "prefix",
+        ),
+        (lambda: topology.TopologySpec(hosts=["a", "b"], links=[topology.LinkSpec("a", "c")]), "not among the hosts"),
+        (lambda: topology.pair(sender_if="lknosuchif0", receiver_if="lknosuchif1"), "does not exist"),
+        (
+            lambda: topology.TopologySpec(
+                hosts=["a", "b"], links=[topology.LinkSpec("a", "b", a_mac="03:00:00:00:00:01")]
+            ),
+            "multicast",
+        ),
+        (
+            lambda: topology.TopologySpec(
+                hosts=["a", "b"], links=[topology.LinkSpec("a", "b", b_mac="00:00:00:00:00:00")]
+            ),
+            "all zeros",
+        ),
+    ],
+)
 def test_bad_input_is_refused_before_the_kernel(spec, message):
     before = set(cleanup.labkit_namespaces())
     with pytest.raises(InputError, match=message):
@@ -194,9 +220,13 @@ def _netns_of(pid):
 def test_routes_forwarding_and_extra_addresses_through_netlink():
     spec = topology.TopologySpec(
         hosts=["a", "r", "b"],
-        links=[topology.LinkSpec("a", "r", "10.31.0.2/24", "10.31.0.1/24"),
-               topology.LinkSpec("r", "b", "10.32.0.1/24", "10.32.0.2/24")],
-        forwarding=["r"], routes=[("a", "default", "10.31.0.1"), ("b", "10.31.0.0/24", "10.32.0.1")])
+        links=[
+            topology.LinkSpec("a", "r", "10.31.0.2/24", "10.31.0.1/24"),
+            topology.LinkSpec("r", "b", "10.32.0.1/24", "10.32.0.2/24"),
+        ],
+        forwarding=["r"],
+        routes=[("a", "default", "10.31.0.1"), ("b", "10.31.0.0/24", "10.32.0.1")],
+    )
     with topology.Topology(spec) as topo:
         a = topo.host("a")
         assert a.run(["ping", "-c1", "-W2", "10.32.0.2"], check=False).returncode == 0
@@ -235,9 +265,18 @@ def test_a_batch_clean_with_its_own_registry_spares_other_runs(tmp_path):
     proc.wait(10)
     assert own_leftovers(dead)
     with topology.Topology(topology.pair()) as topo:  # alive, in this process's registry
-        cp = subprocess.run([PY, "-c", "from labkit import cleanup; print(sorted(cleanup.clean_dead_runs("
-                             "log=lambda m: None).get('namespaces', [])))"], capture_output=True, text=True,
-                            env=env, timeout=60)
+        cp = subprocess.run(
+            [
+                PY,
+                "-c",
+                "from labkit import cleanup; print(sorted(cleanup.clean_dead_runs("
+                "log=lambda m: None).get('namespaces', [])))",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert cp.returncode == 0, cp.stderr
         assert len(own_leftovers(topo.run.prefix)) == 2, "another registry's live run was touched"
         assert topo.host("snd").run(["ping", "-c1", "-W2", "10.11.0.2"], check=False).returncode == 0

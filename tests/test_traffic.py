@@ -1,5 +1,6 @@
 """Generators send the count asked, the measurement's offered/processed figures agree with
 the kernel's counters, and bad traffic parameters are refused before anything is sent."""
+
 import pytest
 from conftest import needs_root
 from udp_sink import UdpSink
@@ -19,7 +20,8 @@ def test_trafgen_sends_the_count_asked(pair, size):
     tx0, rx0 = snd.stats()["tx_packets"], rcv.stats()["rx_packets"]
     with UdpSink(pair.host("rcv")) as sink:
         offered = traffic.generator("trafgen", snd).send(
-            traffic.TrafficSpec.between(snd, rcv, size=size, count=3000, flows=4))
+            traffic.TrafficSpec.between(snd, rcv, size=size, count=3000, flows=4)
+        )
         assert offered.packets == 3000 and offered.pps > 0
         assert offered.bytes == 3000 * size
         assert sink.drain() == 3000
@@ -33,6 +35,7 @@ def test_trafgen_flows_vary_the_source_port(pair):
     with UdpSink(pair.host("rcv")) as sink:
         traffic.generator("trafgen", snd).send(traffic.TrafficSpec.between(snd, rcv, count=64, flows=8, sport=1024))
         import time
+
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline and len(seen) < 8:
             try:
@@ -54,11 +57,13 @@ def test_trafgen_sends_every_source_port_once_per_flows_frames(pair):
     with UdpSink(pair.host("rcv")) as sink:
         sink.sock.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)  # SO_RCVBUFFORCE: hold them all
         offered = traffic.generator("trafgen", snd).send(
-            traffic.TrafficSpec.between(snd, rcv, count=65536, flows=65536, sport=0, cpus=1))
+            traffic.TrafficSpec.between(snd, rcv, count=65536, flows=65536, sport=0, cpus=1)
+        )
         ports = collections.Counter(_source_ports(sink.sock))
     assert offered.packets == 65536
-    assert len(ports) == 65536 and set(ports.values()) == {1}, \
+    assert len(ports) == 65536 and set(ports.values()) == {1}, (
         f"{sum(ports.values())} datagrams, {len(ports)} ports, most repeated {ports.most_common(3)}"
+    )
 
 
 def _source_ports(sock, quiet_s: float = 0.5) -> list[int]:
@@ -82,9 +87,14 @@ def test_measurement_agrees_with_kernel_counters(pair):
     with DropFilter() as f, softirq_clock.SoftirqClock() as clock:
         f.drop_proto("udp")
         with f.attach_xdp(rcv, "generic"):
-            m = measure.run_trial(lambda: gen.send(spec), f.dropped, size=64, clock=clock,
-                                  probes={"snd": measure.link_probe(snd), "rcv": measure.link_probe(rcv)},
-                                  offered_probe=("snd", "tx_packets"))
+            m = measure.run_trial(
+                lambda: gen.send(spec),
+                f.dropped,
+                size=64,
+                clock=clock,
+                probes={"snd": measure.link_probe(snd), "rcv": measure.link_probe(rcv)},
+                offered_probe=("snd", "tx_packets"),
+            )
         assert m.processed == 20_000 == f.counters()["drop_proto"]["packets"]
     assert m.offered.packets == 20_000
     assert m.probes["snd"]["tx_packets"] >= 20_000
@@ -107,15 +117,18 @@ def test_loss_before_the_hook_is_flagged_with_where(pair):
     assert measure.LOSS_BEFORE_HOOK in m.flags
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(size=59), "below 60"),
-    (dict(size=1515), "above the link's MTU"),
-    (dict(count=0), "at least one packet"),
-    (dict(flows=0), "at least one flow"),
-    (dict(dst_mac="02:00:00:00:00"), "malformed"),
-    (dict(dst_ip="10.11.0.300"), "malformed"),
-    (dict(rate_pps=-5), "positive rate"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(size=59), "below 60"),
+        (dict(size=1515), "above the link's MTU"),
+        (dict(count=0), "at least one packet"),
+        (dict(flows=0), "at least one flow"),
+        (dict(dst_mac="02:00:00:00:00"), "malformed"),
+        (dict(dst_ip="10.11.0.300"), "malformed"),
+        (dict(rate_pps=-5), "positive rate"),
+    ],
+)
 def test_bad_traffic_parameters(change, message):
     spec = traffic.TrafficSpec("02:00:00:00:00:01", "02:00:00:00:00:02", "10.11.0.1", "10.11.0.2")
     for k, v in change.items():
@@ -129,8 +142,7 @@ def test_unknown_generator_and_too_many_trafgen_flows(pair):
         traffic.generator("nosuch", pair.iface("snd"))
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     with pytest.raises(InputError, match="run past port 65535"):
-        traffic.generator("trafgen", snd).send(traffic.TrafficSpec.between(snd, rcv, count=10, flows=1000,
-                                                                           sport=65000))
+        traffic.generator("trafgen", snd).send(traffic.TrafficSpec.between(snd, rcv, count=10, flows=1000, sport=65000))
 
 
 def test_kernel_pktgen_says_clearly_when_missing(pair):

@@ -2,6 +2,7 @@
 unknown ones refused with what exists); per-interval rates of real traffic through a veth
 pair, with the attached XDP program's counters read by map id; the command prints lines
 and changes nothing."""
+
 from __future__ import annotations
 
 import os
@@ -69,11 +70,21 @@ def test_rates_of_real_traffic_with_program_counters(pair):
 
 
 def test_command_prints_lines(pair):
-    cp = subprocess.run([sys.executable, "-m", "labkit", "watch", pair.run.prefix, "-i", "0.2", "-n", "2"],
-                        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    cp = subprocess.run(
+        [sys.executable, "-m", "labkit", "watch", pair.run.prefix, "-i", "0.2", "-n", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert cp.returncode == 0, cp.stderr
     lines = cp.stdout.strip().splitlines()
     assert lines[0].startswith("watching 2 interface(s)") and len(lines) == 1 + 2 * 2
-    bad = subprocess.run([sys.executable, "-m", "labkit", "watch", "nosuchif0", "-n", "1"],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "labkit", "watch", "nosuchif0", "-n", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "nosuchif0" in bad.stderr

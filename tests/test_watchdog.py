@@ -5,6 +5,7 @@ Each case builds a real testbed (namespaces, veths, an XDP and a tc program and 
 qdisc on a pair of root-namespace interfaces standing in for real NICs, an iptables rule in
 the root namespace, child processes in a namespace and in the root namespace), ends its
 owner one way, and polls until everything of that run is gone, at most 10 seconds."""
+
 from __future__ import annotations
 
 import json
@@ -64,15 +65,23 @@ SLOW_TO_UNDO = SETUP + "with contextlib.ExitStack() as stack:\n    build(stack, 
 
 NOTEBOOK = {
     "cells": [
-        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [],
-         "source": 'A = "a"  # the sending "real" interface\nB = "b"  # the receiving one\n'
-                   'MARKER = "/tmp/x"  # where the run prefix is written once the testbed exists\n'
-                   'HOLD = 120  # seconds to hold the testbed\n'},
+        {
+            "cell_type": "code",
+            "metadata": {"tags": ["parameters"]},
+            "execution_count": None,
+            "outputs": [],
+            "source": 'A = "a"  # the sending "real" interface\nB = "b"  # the receiving one\n'
+            'MARKER = "/tmp/x"  # where the run prefix is written once the testbed exists\n'
+            "HOLD = 120  # seconds to hold the testbed\n",
+        },
         {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": BUILD},
     ],
-    "metadata": {"kernelspec": {"name": "labkit", "display_name": "Python (labkit)", "language": "python"},
-                 "language_info": {"name": "python"}},
-    "nbformat": 4, "nbformat_minor": 5,
+    "metadata": {
+        "kernelspec": {"name": "labkit", "display_name": "Python (labkit)", "language": "python"},
+        "language_info": {"name": "python"},
+    },
+    "nbformat": 4,
+    "nbformat_minor": 5,
 }
 
 
@@ -130,7 +139,10 @@ def held(prefix: str, cabled: tuple[str, str] | None = None) -> dict:
         for ifname in cabled:
             if "prog/xdp" in _ip("-d", "link", "show", ifname):
                 state.setdefault("xdp", []).append(ifname)
-            if "clsact" in subprocess.run(["tc", "qdisc", "show", "dev", ifname], capture_output=True, text=True).stdout:
+            if (
+                "clsact"
+                in subprocess.run(["tc", "qdisc", "show", "dev", ifname], capture_output=True, text=True).stdout
+            ):
                 state.setdefault("tc", []).append(ifname)
             if "inet " in _ip("-4", "addr", "show", ifname):
                 state.setdefault("addresses", []).append(ifname)
@@ -178,17 +190,40 @@ def _assert_full_testbed(prefix, cabled):
 
 
 # ---------------------------------------------------------------- papermill
-@pytest.mark.parametrize("how", ["SIGTERM to papermill's group", "SIGINT to papermill's group",
-                                 "SIGKILL to the kernel"])
+@pytest.mark.parametrize(
+    "how", ["SIGTERM to papermill's group", "SIGINT to papermill's group", "SIGKILL to the kernel"]
+)
 def test_a_papermill_run_is_undone_however_it_is_stopped(how, cabled, env, tmp_path):
     nb = tmp_path / "hold.ipynb"
     nb.write_text(json.dumps(NOTEBOOK))
     marker = tmp_path / "prefix"
     a, b = cabled
-    proc = subprocess.Popen([str(VENV_BIN / "papermill"), str(nb), str(tmp_path / "out.ipynb"), "-k", "labkit",
-                             "-p", "A", a, "-p", "B", b, "-p", "MARKER", str(marker), "-p", "HOLD", "120"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(VENV_BIN / "papermill"),
+            str(nb),
+            str(tmp_path / "out.ipynb"),
+            "-k",
+            "labkit",
+            "-p",
+            "A",
+            a,
+            "-p",
+            "B",
+            b,
+            "-p",
+            "MARKER",
+            str(marker),
+            "-p",
+            "HOLD",
+            "120",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     try:
         prefix = wait_for_marker(marker, proc.poll)
         _assert_full_testbed(prefix, cabled)
@@ -226,7 +261,11 @@ def test_a_kernel_restart_or_shutdown_in_jupyterlab_undoes_the_testbed(how, what
     km, kc = _kernel(env)
     try:
         a, b = cabled
-        code = {"idle live testbed": ACROSS_CELLS, "running experiment": BUILD, "experiment slow to undo": SLOW_TO_UNDO}[what]
+        code = {
+            "idle live testbed": ACROSS_CELLS,
+            "running experiment": BUILD,
+            "experiment slow to undo": SLOW_TO_UNDO,
+        }[what]
         kc.execute(f"A, B, MARKER, HOLD = {a!r}, {b!r}, {str(marker)!r}, 120\n" + code)
         prefix = wait_for_marker(marker, lambda: None if km.is_alive() else "dead")
         if what == "idle live testbed":
@@ -248,7 +287,8 @@ def test_killing_a_kernel_that_holds_a_live_lab_undoes_the_lab(env, tmp_path):
     marker = tmp_path / "prefix"
     km, kc = _kernel(env)
     try:
-        kc.execute(textwrap.dedent(f"""
+        kc.execute(
+            textwrap.dedent(f"""
             from pathlib import Path
             from labkit.testbed import hosts
             from labkit.widgets.drop import DropLab
@@ -256,7 +296,8 @@ def test_killing_a_kernel_that_holds_a_live_lab_undoes_the_lab(env, tmp_path):
             lab.send(count=1000)
             root_child = hosts.ROOT_HOST.spawn(["sleep", "602"], name="root-child")
             Path({str(marker)!r}).write_text(lab.topo.run.prefix)
-        """))
+        """)
+        )
         prefix = wait_for_marker(marker, lambda: None if km.is_alive() else "dead")
         left = held(prefix)
         assert {"registry", "namespaces", "processes", "watcher"} <= set(left), left
@@ -273,8 +314,12 @@ CHILD = "import sys; A, B, MARKER, HOLD = sys.argv[1], sys.argv[2], sys.argv[3],
 
 
 def _child(cabled, marker: Path, hold: float = 120) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, *cabled, str(marker), str(hold)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *cabled, str(marker), str(hold)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_run_that_ends_normally_leaves_no_watcher(cabled, tmp_path):
@@ -289,8 +334,7 @@ def test_a_run_that_ends_normally_leaves_no_watcher(cabled, tmp_path):
         time.sleep(0.1)
     assert held(prefix, cabled) == {}
     assert not _alive(watcher)
-    assert not (watchdog.LOG).exists() or \
-        prefix not in (watchdog.LOG).read_text()  # it undid nothing
+    assert not (watchdog.LOG).exists() or prefix not in (watchdog.LOG).read_text()  # it undid nothing
 
 
 def test_the_watcher_is_in_a_session_of_its_own_and_no_child_of_the_owner():
@@ -391,8 +435,12 @@ def test_a_killed_run_takes_its_dpdk_generator_and_runtime_directory_along(cable
     if not os.path.exists("/usr/bin/dpdk-testpmd"):
         pytest.skip("dpdk-testpmd is not installed (Debian package dpdk)")
     marker = tmp_path / "prefix"
-    proc = subprocess.Popen([sys.executable, "-c", DPDK_CHILD, *cabled, str(marker)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DPDK_CHILD, *cabled, str(marker)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         prefix = wait_for_marker(marker, proc.poll)
         left = held(prefix, cabled)

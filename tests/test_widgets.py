@@ -2,6 +2,7 @@
 kernel (a new one closes the old), nothing works or touches the kernel after stop, a refused
 value leaves the active rules as they were. The widgets are built too, and driven through
 their controls' values as the browser would set them."""
+
 from __future__ import annotations
 
 import os
@@ -73,8 +74,12 @@ def test_stopped_drop_lab_refuses_everything_and_creates_nothing(drop_lab):
     assert_gone(prefix)
     assert all(c.disabled for c in ui.controls)
     assert "stopped" in ui.message.value and "run the cell again" in ui.message.value
-    for act in (lambda: lab.set_hook("tc ingress"), lambda: lab.send(1000), lambda: lab.set_rules(ports="9"),
-                lambda: lab.counter_rows()):
+    for act in (
+        lambda: lab.set_hook("tc ingress"),
+        lambda: lab.send(1000),
+        lambda: lab.set_rules(ports="9"),
+        lambda: lab.counter_rows(),
+    ):
         with pytest.raises(LabStopped):
             act()
     # a stale control (say, a second view of the widget) changed after stop
@@ -265,8 +270,10 @@ def test_drop_lab_plot_follows_real_traffic_and_stops_with_the_lab(drop_lab):
     wait_for(lambda: ui.plot.draws >= 1, "the plot never drew")
     assert ui.plot.image.value[:8] == b"\x89PNG\r\n\x1a\n"
     o = lab.send(300_000, 7)  # long enough to span at least one whole sampling second
-    wait_for(lambda: max(ui.plot.series(f"{rcv} rx"), default=0) > 0,
-             f"the plotted rx rate stayed 0 after {o.packets} packets: {ui.plot.shown()}")
+    wait_for(
+        lambda: max(ui.plot.series(f"{rcv} rx"), default=0) > 0,
+        f"the plotted rx rate stayed 0 after {o.packets} packets: {ui.plot.shown()}",
+    )
     wait_for(lambda: max(ui.plot.series("filter: pass"), default=0) > 0, "the filter's pass rate is not plotted")
     assert f"{rcv} rx" in ui.plot.shown() and "rates at" in ui.plot.text.value
     ui.port.value = "9"
@@ -308,8 +315,9 @@ def test_nat_lab_plot_shows_the_nat_ports_and_stops(nat_lab):
 
     def seen():
         live.traffic()
-        return (max(view.plot.series(f"{outside} tx"), default=0) > 0
-                and any(n.startswith("fast path: ") for n in view.plot.shown()))
+        return max(view.plot.series(f"{outside} tx"), default=0) > 0 and any(
+            n.startswith("fast path: ") for n in view.plot.shown()
+        )
 
     wait_for(seen, f"the NAT's outside port or its fast path never showed a rate: {view.plot.shown()}", seconds=90)
     # the fast path's programs on the inside and outside ports share one map: its outcomes once

@@ -2,6 +2,7 @@
 forwarded to a sink host and histogrammed there, with no load and under a flood the
 variant drops; percentiles ordered, probes counted at the sink, spread over trials;
 bad latency parameters refused before the kernel is touched; nothing left behind."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -23,8 +24,9 @@ def _latency_namespaces() -> set:
 @needs_root
 def test_probes_pass_three_drop_variants_with_and_without_a_flood(tmp_path):
     variants = ["iptables_raw", "xdp_generic", "xdp_native"]  # a rule, GRO for the probes, the native filter
-    p = xdp_drop.Params(sizes=[64], trials=2, count=20_000, variants=variants, latency_loads=[0.5],
-                        latency_probes=100, progress=False).validate()
+    p = xdp_drop.Params(
+        sizes=[64], trials=2, count=20_000, variants=variants, latency_loads=[0.5], latency_probes=100, progress=False
+    ).validate()
     # the experiment's own NDR search gives the rate the flood is a fraction of
     search = pd.DataFrame({"variant": variants, "measure": "ndr_pps", "value": 200_000.0, "threshold": 0.0})
     rs = results.ResultSet(xdp_drop.EXPERIMENT, {}, data_dir=tmp_path)
@@ -56,13 +58,16 @@ def test_probes_pass_three_drop_variants_with_and_without_a_flood(tmp_path):
     assert any("GRO" in c and "xdp_generic" in c for c in rs.caveats)
 
 
-@pytest.mark.parametrize("params, message", [
-    (dict(latency_loads=[1.5]), "latency loads"),
-    (dict(latency_loads=["half"]), "latency loads"),
-    (dict(latency_probes=5), "at least 10"),
-    (dict(latency_probe_rate=0.0), "probe rate"),
-    (dict(latency_probe_rate=1e6), "probe rate"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(latency_loads=[1.5]), "latency loads"),
+        (dict(latency_loads=["half"]), "latency loads"),
+        (dict(latency_probes=5), "at least 10"),
+        (dict(latency_probe_rate=0.0), "probe rate"),
+        (dict(latency_probe_rate=1e6), "probe rate"),
+    ],
+)
 def test_bad_latency_parameters_are_refused_before_the_kernel_is_touched(params, message):
     before = set(cleanup.labkit_namespaces())
     with pytest.raises(InputError, match=message):

@@ -1,6 +1,7 @@
 """The XDP drop experiment end to end: the notebook runs headlessly through papermill in
 smoke mode and writes its table and HTML; the table holds every variant with real rates
 and latency; nothing is left behind."""
+
 import json
 
 import pytest
@@ -47,8 +48,13 @@ def test_notebook_runs_with_live_frames_refused_and_only_latency_on(tmp_path, mo
     generator fed the receiver and as what (XDP frames or socket buffers)."""
     monkeypatch.setenv("LABKIT_REFUSE", "live_frames")
     data = tmp_path / "data"
-    params = {"smoke": True, "variants": ["iptables_raw", "xdp_native"], "sweep_steps": 0, "cost_trials": 0,
-              "progress": False}
+    params = {
+        "smoke": True,
+        "variants": ["iptables_raw", "xdp_native"],
+        "sweep_steps": 0,
+        "cost_trials": 0,
+        "progress": False,
+    }
     run = batch.execute(batch.notebooks(["01-xdp-drop"])[0], params, out_dir=tmp_path, data_dir=data, progress=False)
     assert run.ok, run.error
     r = results.load_run(results.list_runs("xdp_drop", data)[0])
@@ -62,9 +68,15 @@ def test_notebook_runs_with_live_frames_refused_and_only_latency_on(tmp_path, mo
     lat = r.table[(r.table["kind"] == "latency") & (r.table["measure"] == "lat_probes")]
     assert set(lat["variant"]) == set(params["variants"]) and (lat["value"] > 0).all()
     html = run.html.read_text()
-    for said in ("no sweep in this run: sweep_steps = 0", "no NDR/PDR search in this run", "no fixed-load CPU measurement",
-                 "no program costs in this run: cost_trials = 0", f"Fed by the {meta['generator']} generator",
-                 "latency probes: ", "One-way latency of the traffic each variant lets through"):
+    for said in (
+        "no sweep in this run: sweep_steps = 0",
+        "no NDR/PDR search in this run",
+        "no fixed-load CPU measurement",
+        "no program costs in this run: cost_trials = 0",
+        f"Fed by the {meta['generator']} generator",
+        "latency probes: ",
+        "One-way latency of the traffic each variant lets through",
+    ):
         assert said in html, said
     assert ("runs its slow path" in html) == skb  # no XDP-native advantage claimed from socket buffers
     assert not [n for n in cleanup.labkit_namespaces() if n[:6] not in runs.live_prefixes()]
@@ -87,13 +99,16 @@ def test_committed_notebooks_carry_no_outputs():
                 assert not cell.get("outputs") and not cell.get("execution_count"), nb.name
 
 
-@pytest.mark.parametrize("params, message", [
-    (dict(variants=["xdp_turbo"]), "choose from"),
-    (dict(sizes=[32]), "below 60"),
-    (dict(count=0), "at least one packet"),
-    (dict(rule="some"), "rule"),
-    (dict(receiver_if="lknosuchif9", sender_if="lknosuchif8"), "no such interface"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(variants=["xdp_turbo"]), "choose from"),
+        (dict(sizes=[32]), "below 60"),
+        (dict(count=0), "at least one packet"),
+        (dict(rule="some"), "rule"),
+        (dict(receiver_if="lknosuchif9", sender_if="lknosuchif8"), "no such interface"),
+    ],
+)
 def test_bad_experiment_parameters(params, message):
     before = set(cleanup.labkit_namespaces())
     with pytest.raises(InputError, match=message):
@@ -102,8 +117,17 @@ def test_bad_experiment_parameters(params, message):
 
 
 def test_sweep_search_and_cpu_at_load_on_every_variant():
-    r = xdp_drop.run(sizes=[64], trials=1, count=20_000, sweep_steps=2, loss_thresholds=[0.005],
-                     cpu_loads=[200_000], point_s=0.1, cost_trials=1, cost_repeat=10_000)
+    r = xdp_drop.run(
+        sizes=[64],
+        trials=1,
+        count=20_000,
+        sweep_steps=2,
+        loss_thresholds=[0.005],
+        cpu_loads=[200_000],
+        point_s=0.1,
+        cost_trials=1,
+        cost_repeat=10_000,
+    )
     sweep = r.part("sweep")
     for v in xdp_drop.VARIANTS:
         got = sweep[(sweep["variant"] == v) & (sweep["measure"] == "received_pps")]["value"]

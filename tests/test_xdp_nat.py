@@ -1,5 +1,6 @@
 """The NAT's XDP fast path with real traffic (namespaces, veths, XDP in native mode, the
 tc NAT as slow path, ping, sockets, tcpdump), and the XDP routing baseline."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,12 @@ from labkit.measure.capture import capture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 
-INSIDE, OUTSIDE, SNAT, SERVER = (nat_testbed.INSIDE_NET, nat_testbed.OUTSIDE_NET, nat_testbed.NAT_OUTSIDE,
-                                 nat_testbed.SERVER)
+INSIDE, OUTSIDE, SNAT, SERVER = (
+    nat_testbed.INSIDE_NET,
+    nat_testbed.OUTSIDE_NET,
+    nat_testbed.NAT_OUTSIDE,
+    nat_testbed.SERVER,
+)
 
 
 def test_correctness_through_the_fast_path(nat):
@@ -56,8 +61,11 @@ def test_what_the_fast_path_cannot_finish_goes_up_and_is_counted(nat):
 def test_state_is_shared_with_the_tc_nat(nat):
     """A flow created by the tc NAT (slow path) is the flow the fast path translates: the
     same translated port, and its counters in the same flow table."""
-    with nat_testbed.NatLab(1, "off") as lab, lab.xdp_nat(nat) as fast, \
-            capture(lab.server, lab.server_iface.name, "udp") as got:
+    with (
+        nat_testbed.NatLab(1, "off") as lab,
+        lab.xdp_nat(nat) as fast,
+        capture(lab.server, lab.server_iface.name, "udp") as got,
+    ):
         ex = exchanges.udp_exchange(lab, sport=41000, dport=7777)
         ex2 = exchanges.udp_exchange(lab, sport=41000, dport=7777)
         assert ex["got"][1] and ex2["got"][1]
@@ -70,8 +78,11 @@ def test_state_is_shared_with_the_tc_nat(nat):
 
 
 def test_xdp_routing_forwards_without_translation():
-    with nat_testbed.NatLab(1, "off") as lab, lab.xdp_routing() as router, \
-            capture(lab.server, lab.server_iface.name, "icmp") as got:
+    with (
+        nat_testbed.NatLab(1, "off") as lab,
+        lab.xdp_routing() as router,
+        capture(lab.server, lab.server_iface.name, "icmp") as got,
+    ):
         cp = lab.client(1).run(["ping", "-c", "3", "-i", "0.2", "-W", "2", SERVER], check=False, timeout=20)
         assert cp.returncode == 0, cp.stdout + cp.stderr
         st = router.stats()
@@ -106,16 +117,27 @@ def test_fast_path_translates_exactly_as_the_tc_nat():
     rng = random.Random(20261126)
     mac_a, mac_b = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
     smac, dmac = "02:00:00:00:00:1c", "02:00:00:00:00:1d"
-    with Nat(INSIDE, OUTSIDE, SNAT, (20000, 29999), fib_cache_s=10 ** 6) as n:
+    with Nat(INSIDE, OUTSIDE, SNAT, (20000, 29999), fib_cache_s=10**6) as n:
         eg, ig = n.egress_function(), n.ingress_function()
         xo, xi = XdpNat(n).outbound_function(), XdpNat(n).inbound_function()
         lo = socket.if_nametoindex("lo")
         frames = []
         for i in range(150):
             proto = rng.choice(["udp", "tcp", "icmp"])
-            f = bytearray(packets.build(packets.FrameSpec(mac_a, mac_b, f"10.20.{rng.randrange(1, 9)}.2", SERVER, proto,
-                                                          rng.randrange(1, 65536), rng.choice([53, 80, 443]),
-                                                          rng.choice([60, 64, 200, 1000, 1514]))))
+            f = bytearray(
+                packets.build(
+                    packets.FrameSpec(
+                        mac_a,
+                        mac_b,
+                        f"10.20.{rng.randrange(1, 9)}.2",
+                        SERVER,
+                        proto,
+                        rng.randrange(1, 65536),
+                        rng.choice([53, 80, 443]),
+                        rng.choice([60, 64, 200, 1000, 1514]),
+                    )
+                )
+            )
             if proto == "udp" and rng.random() < 0.1:
                 f[40:42] = b"\0\0"
             frames.append(bytes(f))
@@ -135,8 +157,11 @@ def test_fast_path_translates_exactly_as_the_tc_nat():
             if len(a) != len(b):
                 return False
             diff = [i for i in range(len(a)) if a[i] != b[i]]
-            return all(i in (24, 25, 36, 37, 50, 51) and {a[i & ~1:(i & ~1) + 2], b[i & ~1:(i & ~1) + 2]} <=
-                       {b"\0\0", b"\xff\xff"} for i in diff)
+            return all(
+                i in (24, 25, 36, 37, 50, 51)
+                and {a[i & ~1 : (i & ~1) + 2], b[i & ~1 : (i & ~1) + 2]} <= {b"\0\0", b"\xff\xff"}
+                for i in diff
+            )
 
         replies = []
         for f in frames:
@@ -148,8 +173,20 @@ def test_fast_path_translates_exactly_as_the_tc_nat():
             if p.proto == 1:
                 replies.append(packets.build(packets.FrameSpec(mac_b, mac_a, SERVER, SNAT, "icmp", p.sport, 0, 64)))
             else:
-                replies.append(packets.build(packets.FrameSpec(mac_b, mac_a, SERVER, SNAT, {6: "tcp", 17: "udp"}[p.proto],
-                                                               p.dport, p.sport, rng.choice([60, 300]))))
+                replies.append(
+                    packets.build(
+                        packets.FrameSpec(
+                            mac_b,
+                            mac_a,
+                            SERVER,
+                            SNAT,
+                            {6: "tcp", 17: "udp"}[p.proto],
+                            p.dport,
+                            p.sport,
+                            rng.choice([60, 300]),
+                        )
+                    )
+                )
         for r in replies:
             if r[34] == 8:  # an echo request built above: make it the reply it stands for
                 r = bytearray(r)

@@ -1,5 +1,6 @@
 """The in-kernel generator (labkit/traffic/xdpgen.py, bpf/xdp_gen.c), for real: frames out of
 a veth into a receiver whose XDP counters, iptables rules and UDP sockets count them."""
+
 from __future__ import annotations
 
 import os
@@ -129,11 +130,14 @@ def test_rewritten_frames_have_valid_checksums(pair):
     """The program's incremental checksum updates, checked in Python on its output
     (BPF_PROG_TEST_RUN without live frames returns the rewritten frame), IPv4 and IPv6."""
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    for src, dst, proto in (("10.11.0.1", "10.11.0.2", "udp"), ("10.11.0.1", "10.11.0.2", "tcp"),
-                            ("fd00::1", "fd00::2", "udp"), ("fd00::1", "fd00::fffe", "tcp")):
+    for src, dst, proto in (
+        ("10.11.0.1", "10.11.0.2", "udp"),
+        ("10.11.0.1", "10.11.0.2", "tcp"),
+        ("fd00::1", "fd00::2", "udp"),
+        ("fd00::1", "fd00::fffe", "tcp"),
+    ):
         with traffic.generator("xdp", snd, vary=("sport", "dport", "src_ip", "dst_ip")) as gen:
-            spec = TrafficSpec(snd.mac, rcv.mac, src, dst, proto=proto, flows=7, count=7, size=80,
-                               sport=65520, dport=1)
+            spec = TrafficSpec(snd.mac, rcv.mac, src, dst, proto=proto, flows=7, count=7, size=80, sport=65520, dport=1)
             gen.check(spec)
             frame = packets.build(spec.frame(0))
             gen._configure(spec, 6 if ":" in src else 4, frame)
@@ -155,7 +159,7 @@ def test_rewritten_frames_have_valid_checksums(pair):
                 assert c == 0, f"{proto}/IPv6 flow {f}: bad L4 checksum"
                 sport, dport = struct.unpack("!HH", seg[:4])
                 assert int.from_bytes(s_ip[-4:], "big") == 1 + f
-                assert int.from_bytes(d_ip[-4:], "big") == int(dst.split(':')[-1], 16) + f
+                assert int.from_bytes(d_ip[-4:], "big") == int(dst.split(":")[-1], 16) + f
             else:
                 p = packets.parse(out)
                 assert p.ip_checksum_ok and p.l4_checksum_ok, f"{proto}/IPv4 flow {f}"
@@ -178,8 +182,10 @@ def test_frames_are_accepted_by_the_stack(pair):
         sock.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE: beyond rmem_max, as root
         sock.bind(("10.11.0.2", 9))
         sock.setblocking(False)
-        with netfilter.rule(host, "raw", "PREROUTING", "-i", rcv.name, "-p", "udp", "--dport", "9",
-                            "-j", "ACCEPT") as r, traffic.generator("xdp", snd, vary=("sport", "src_ip")) as gen:
+        with (
+            netfilter.rule(host, "raw", "PREROUTING", "-i", rcv.name, "-p", "udp", "--dport", "9", "-j", "ACCEPT") as r,
+            traffic.generator("xdp", snd, vary=("sport", "src_ip")) as gen,
+        ):
             box = {"got": 0, "senders": set()}
 
             def receive():
@@ -264,8 +270,13 @@ def test_frames_survive_a_receiver_that_rewrites_them_in_place():
     from labkit.testbed import topology
     from labkit.testbed.topology import LinkSpec, TopologySpec
 
-    spec = TopologySpec(hosts=["cli", "rtr", "srv"], links=[LinkSpec("cli", "rtr", "10.1.0.2/24", "10.1.0.1/24"),
-                                                            LinkSpec("rtr", "srv", "10.2.0.1/24", "10.2.0.2/24")])
+    spec = TopologySpec(
+        hosts=["cli", "rtr", "srv"],
+        links=[
+            LinkSpec("cli", "rtr", "10.1.0.2/24", "10.1.0.1/24"),
+            LinkSpec("rtr", "srv", "10.2.0.1/24", "10.2.0.2/24"),
+        ],
+    )
     with topology.Topology(spec) as t, bpf.load("xdp_minimal") as m:
         t.host("rtr").run(["sysctl", "-w", "net.ipv4.ip_forward=1"])
         t.host("rtr").run(["ping", "-c1", "-W1", "10.2.0.2"], check=False)  # resolve the next hop
@@ -274,6 +285,7 @@ def test_frames_survive_a_receiver_that_rewrites_them_in_place():
             before = srv.stats()["rx_packets"]
             gen.send(traffic.TrafficSpec(cli.mac, rin.mac, "10.1.0.2", "10.2.0.2", count=20_000, flows=4))
             import time
+
             time.sleep(0.3)
             assert srv.stats()["rx_packets"] - before == 20_000
 

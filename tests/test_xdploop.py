@@ -3,6 +3,7 @@ bpf/xdp_loop.c), for real: frames multiplied by a loop of native XDP programs on
 counted per flow by a native XDP sink at the receiver (bpf/xdp_gen.c's), by a UDP socket,
 and by the sending veth's ndo_xdp_xmit counters. It needs no live frames, so these tests
 run where live frames are refused, as with LABKIT_REFUSE=live_frames."""
+
 from __future__ import annotations
 
 import signal
@@ -69,8 +70,7 @@ def test_auto_picks_the_loop_where_live_frames_are_refused(pair, refuse, loop_he
 def test_count_asked_is_count_received_as_xdp_frames(pair, loop_here, size):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     count = 200_000
-    with GenSink() as sink, bpf.attach_xdp(rcv, sink.function(), "native"), \
-            traffic.generator("xdp_loop", snd) as gen:
+    with GenSink() as sink, bpf.attach_xdp(rcv, sink.function(), "native"), traffic.generator("xdp_loop", snd) as gen:
         before = xmit_counters(snd)
         offered = gen.send(TrafficSpec.between(snd, rcv, size=size, count=count))
         xmit = xmit_counters(snd)[0] - before[0]
@@ -135,8 +135,7 @@ def test_rewritten_frames_reach_a_socket_with_valid_checksums(pair, loop_here):
 def test_rate_is_paced_not_sent_in_one_burst(pair, loop_here):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     rate, seconds = 100_000, 1.0
-    with GenSink() as sink, bpf.attach_xdp(rcv, sink.function(), "native"), \
-            traffic.generator("xdp_loop", snd) as gen:
+    with GenSink() as sink, bpf.attach_xdp(rcv, sink.function(), "native"), traffic.generator("xdp_loop", snd) as gen:
         t0 = time.monotonic()
         offered = gen.send(TrafficSpec.between(snd, rcv, count=int(rate * seconds), rate_pps=rate))
         wall = time.monotonic() - t0
@@ -150,8 +149,7 @@ def test_rate_is_paced_not_sent_in_one_burst(pair, loop_here):
 @needs_root
 def test_a_send_is_bounded_by_its_time_limit(pair, loop_here):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
-    with GenSink() as sink, bpf.attach_xdp(rcv, sink.function(), "native"), \
-            traffic.generator("xdp_loop", snd) as gen:
+    with GenSink() as sink, bpf.attach_xdp(rcv, sink.function(), "native"), traffic.generator("xdp_loop", snd) as gen:
         offered = gen.send(TrafficSpec.between(snd, rcv, count=50_000_000, rate_pps=100_000, timeout_s=0.3))
         time.sleep(0.1)
         got = sink.total()["packets"]
@@ -188,8 +186,12 @@ def test_nothing_is_left_after_ctrl_c_or_an_error(pair, loop_here):
 @needs_root
 def test_bad_options_are_refused_before_the_kernel_is_touched(pair, loop_here):
     snd = pair.iface("snd")
-    for options, message in (({"speed": 1}, "unknown option"), ({"seed": 0}, "seed"),
-                             ({"copies": 99}, "copies"), ({"peer": "x"}, "peer")):
+    for options, message in (
+        ({"speed": 1}, "unknown option"),
+        ({"seed": 0}, "seed"),
+        ({"copies": 99}, "copies"),
+        ({"peer": "x"}, "peer"),
+    ):
         with pytest.raises(InputError, match=message):
             traffic.generator("xdp_loop", snd, **options)
         assert loop_links(snd.host) == []

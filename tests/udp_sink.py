@@ -1,4 +1,5 @@
 """A UDP socket inside a host's namespace that counts the datagrams it receives."""
+
 import socket
 import time
 

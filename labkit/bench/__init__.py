@@ -14,6 +14,7 @@
 
 Numbers go to data/ like any run; the summary is printed. Never a pass/fail timing test.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -26,8 +27,13 @@ def main(smoke: bool = False) -> int:
 
     pd.set_option("display.width", 160)
     pd.set_option("display.max_columns", 20)
-    r = xdp_drop.run(sizes=[64], trials=2 if smoke else 5, count=100_000 if smoke else 2_000_000,
-                     cost_trials=3 if smoke else 10, smoke=False)
+    r = xdp_drop.run(
+        sizes=[64],
+        trials=2 if smoke else 5,
+        count=100_000 if smoke else 2_000_000,
+        cost_trials=3 if smoke else 10,
+        smoke=False,
+    )
     print("== XDP drop at 64 bytes ==")
     print(r.headline().to_string(index=False))
     trials = r.part("trial")  # the fixed-count trials only, not the sweeps and searches
@@ -56,8 +62,15 @@ def main(smoke: bool = False) -> int:
     g = bench_generators.run(smoke=smoke)
     rs = results.ResultSet("bench_generators", {"smoke": smoke})
     for r in g.to_dict("records"):
-        rs.add(r["variant"], r["trial"], r["size"], {r["measure"]: (r["value"], r["unit"])},
-               part=r["part"], generator=r["generator"], notes=r["notes"])
+        rs.add(
+            r["variant"],
+            r["trial"],
+            r["size"],
+            {r["measure"]: (r["value"], r["unit"])},
+            part=r["part"],
+            generator=r["generator"],
+            notes=r["notes"],
+        )
     print(f"\ntable: {rs.save()}")
     print("\n== Generators into a native-XDP drop receiver, 64 bytes ==")
     print(bench_generators.summary(g).to_string(index=False))
@@ -70,21 +83,30 @@ def nat_ratios(smoke: bool = False) -> None:
     """The NAT's goals as ratios measured in one run (rotating order, several trials)."""
     from labkit.experiments import nat
 
-    r = nat.run(variants=["routing", "tc_nat", "xdp_nat", "iptables"], trials=2 if smoke else 5,
-                udp_count=100_000 if smoke else 1_000_000, new_flows=2000 if smoke else 8000, checks=False,
-                tcp_seconds=1.0 if smoke else 3.0)
+    r = nat.run(
+        variants=["routing", "tc_nat", "xdp_nat", "iptables"],
+        trials=2 if smoke else 5,
+        udp_count=100_000 if smoke else 1_000_000,
+        new_flows=2000 if smoke else 8000,
+        checks=False,
+        tcp_seconds=1.0 if smoke else 3.0,
+    )
     udp = r.part("udp")
     stats = udp.groupby(["measure", "variant"])["value"].agg(["mean", "min", "max"])
     print("\n== eBPF NAT, 64-byte UDP, 16 flows ==")
     print(r.headline().to_string(index=False))
     pps, cpu = stats.loc["processed_pps"]["mean"], stats.loc["cpu_ns_per_pkt"]["mean"]
     if {"xdp_nat", "iptables"} <= set(pps.index):
-        print(f"\nxdp_nat / iptables: {pps['xdp_nat'] / pps['iptables']:.2f}x the rate (goal >= 4), "
-              f"{cpu['xdp_nat'] / cpu['iptables']:.2f}x the CPU per packet (goal <= 0.25)")
+        print(
+            f"\nxdp_nat / iptables: {pps['xdp_nat'] / pps['iptables']:.2f}x the rate (goal >= 4), "
+            f"{cpu['xdp_nat'] / cpu['iptables']:.2f}x the CPU per packet (goal <= 0.25)"
+        )
     if {"tc_nat", "iptables", "routing"} <= set(cpu.index):
         extra_tc, extra_ipt = cpu["tc_nat"] - cpu["routing"], cpu["iptables"] - cpu["routing"]
-        print(f"CPU per packet beyond routing: tc_nat {extra_tc:.0f} ns, iptables {extra_ipt:.0f} ns: "
-              f"{extra_tc / extra_ipt:.2f}x (goal <= 0.5)")
+        print(
+            f"CPU per packet beyond routing: tc_nat {extra_tc:.0f} ns, iptables {extra_ipt:.0f} ns: "
+            f"{extra_tc / extra_ipt:.2f}x (goal <= 0.5)"
+        )
     for line in nat.progtime.sentences(r.table):
         print(line)
     new = r.part("newflow")

@@ -21,6 +21,7 @@ generator-limited and no ratio of rates is quoted; the ratio of CPU per packet i
 
 Columns: part, generator, variant, trial, size, measure, value, unit, notes.
 """
+
 from __future__ import annotations
 
 import time
@@ -40,8 +41,17 @@ XDP_FEEDS = ("xdp", "xdp_loop")
 
 
 def _row(part, generator, variant, trial, measure, value, unit, notes=""):
-    return {"part": part, "generator": generator, "variant": variant, "trial": trial, "size": SIZE,
-            "measure": measure, "value": float(value), "unit": unit, "notes": notes}
+    return {
+        "part": part,
+        "generator": generator,
+        "variant": variant,
+        "trial": trial,
+        "size": SIZE,
+        "measure": measure,
+        "value": float(value),
+        "unit": unit,
+        "notes": notes,
+    }
 
 
 def _send(gen, spec, received):
@@ -64,8 +74,18 @@ def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
             for name in GENERATORS:
                 ok, why = status.get(name, (False, "backend not present"))
                 if not ok:
-                    rows.append(_row("generators", name, "xdp_drop_native", 0, "unavailable", float("nan"), "",
-                                     why.split("; ")[0]))  # the reason; doctor has the rest
+                    rows.append(
+                        _row(
+                            "generators",
+                            name,
+                            "xdp_drop_native",
+                            0,
+                            "unavailable",
+                            float("nan"),
+                            "",
+                            why.split("; ")[0],
+                        )
+                    )  # the reason; doctor has the rest
                     continue
                 gens[name] = traffic.generator(name, snd)
             # ---- generators into a native XDP drop receiver
@@ -88,8 +108,9 @@ def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
                             filt.drop_all()
                             rows += _receiver_rows(feed, "xdp_drop_native", t, *_timed(gen, spec, filt.dropped, clock))
                         with netfilter.rule(topo.host("rcv"), "raw", "PREROUTING", "-i", rcv.name, "-j", "DROP") as r:
-                            rows += _receiver_rows(feed, "iptables_raw_drop", t,
-                                                   *_timed(gen, spec, lambda: r.counters()["packets"], clock))
+                            rows += _receiver_rows(
+                                feed, "iptables_raw_drop", t, *_timed(gen, spec, lambda: r.counters()["packets"], clock)
+                            )
         finally:
             for g in gens.values():
                 g.close()
@@ -122,11 +143,20 @@ def _multi_cpu_rows(trials: int, count: int) -> list:
 def _generator_rows(name, t, offered, got):
     """One trial of generator NAME into the native XDP drop receiver."""
     notes = "; ".join(offered.notes)
-    return [_row("generators", name, "xdp_drop_native", t, "offered_pps", offered.pps, "pps", notes),
-            _row("generators", name, "xdp_drop_native", t, "offered", offered.packets, "packets"),
-            _row("generators", name, "xdp_drop_native", t, "received", got, "packets"),
-            _row("generators", name, "xdp_drop_native", t, "received_pps",
-                 got / offered.seconds if offered.seconds else float("nan"), "pps")]
+    return [
+        _row("generators", name, "xdp_drop_native", t, "offered_pps", offered.pps, "pps", notes),
+        _row("generators", name, "xdp_drop_native", t, "offered", offered.packets, "packets"),
+        _row("generators", name, "xdp_drop_native", t, "received", got, "packets"),
+        _row(
+            "generators",
+            name,
+            "xdp_drop_native",
+            t,
+            "received_pps",
+            got / offered.seconds if offered.seconds else float("nan"),
+            "pps",
+        ),
+    ]
 
 
 def _timed(gen, spec, received, clock):
@@ -139,12 +169,15 @@ def _timed(gen, spec, received, clock):
 
 def _receiver_rows(feed, variant, t, offered, got, net_rx_s):
     notes = "; ".join(offered.notes)
-    return [_row("receivers", feed, variant, t, "offered_pps", offered.pps, "pps", notes),
-            _row("receivers", feed, variant, t, "received", got, "packets"),
-            _row("receivers", feed, variant, t, "received_pps", got / offered.seconds, "pps"),
-            _row("receivers", feed, variant, t, "loss_ratio", 1 - got / offered.packets, "ratio"),
-            _row("receivers", feed, variant, t, "cpu_ns_per_pkt", net_rx_s * 1e9 / got if got else float("nan"),
-                 "ns/packet")]
+    return [
+        _row("receivers", feed, variant, t, "offered_pps", offered.pps, "pps", notes),
+        _row("receivers", feed, variant, t, "received", got, "packets"),
+        _row("receivers", feed, variant, t, "received_pps", got / offered.seconds, "pps"),
+        _row("receivers", feed, variant, t, "loss_ratio", 1 - got / offered.packets, "ratio"),
+        _row(
+            "receivers", feed, variant, t, "cpu_ns_per_pkt", net_rx_s * 1e9 / got if got else float("nan"), "ns/packet"
+        ),
+    ]
 
 
 #: a receiver that lost less than this share kept up with its generator: its rate is the
@@ -165,17 +198,25 @@ def receiver_lines(df: pd.DataFrame) -> list[str]:
     for v in ("xdp_drop_native", "iptables_raw_drop"):
         kept_up = med.get((v, "loss_ratio"), 1.0) < KEPT_UP
         limited += [v] if kept_up else []
-        out.append(f"receiver {v} fed by {feed}: {med.get((v, 'received_pps'), float('nan')) / 1e6:.2f} Mpps"
-                   + (" (lost nothing: generator-limited, the rate generator and receiver reached together on "
-                      "shared CPUs, not the receiver's limit)" if kept_up else
-                      f" (lost {med.get((v, 'loss_ratio'), float('nan')):.0%}: the receiver's limit)")
-                   + f", {med.get((v, 'cpu_ns_per_pkt'), float('nan')):.0f} ns receive CPU per packet")
+        out.append(
+            f"receiver {v} fed by {feed}: {med.get((v, 'received_pps'), float('nan')) / 1e6:.2f} Mpps"
+            + (
+                " (lost nothing: generator-limited, the rate generator and receiver reached together on "
+                "shared CPUs, not the receiver's limit)"
+                if kept_up
+                else f" (lost {med.get((v, 'loss_ratio'), float('nan')):.0%}: the receiver's limit)"
+            )
+            + f", {med.get((v, 'cpu_ns_per_pkt'), float('nan')):.0f} ns receive CPU per packet"
+        )
     if not limited:
         ratio = med[("xdp_drop_native", "received_pps")] / med[("iptables_raw_drop", "received_pps")]
         out.append(f"XDP native drop / iptables raw: {ratio:.2f}x the rate (both receivers saturated)")
     else:
-        out.append("XDP native drop / iptables raw: no ratio of rates (" + ", ".join(limited)
-                   + " generator-limited: lost nothing); compare their CPU per packet")
+        out.append(
+            "XDP native drop / iptables raw: no ratio of rates ("
+            + ", ".join(limited)
+            + " generator-limited: lost nothing); compare their CPU per packet"
+        )
     cpu = med.get(("xdp_drop_native", "cpu_ns_per_pkt")), med.get(("iptables_raw_drop", "cpu_ns_per_pkt"))
     if all(c and c == c for c in cpu):
         out.append(f"receive CPU per packet, XDP native drop / iptables raw: {cpu[0] / cpu[1]:.2f}x (goal <= 0.25)")
@@ -205,8 +246,10 @@ def lines(df: pd.DataFrame) -> list[str]:
         if name in stats.index:
             m = stats.loc[name]
             ratio = f"{m['median'] / base:.2f}x trafgen" if base else "trafgen unavailable"
-            out.append(f"generator {name}: {m['median'] / 1e6:.2f} Mpps into xdp drop, {ratio} "
-                       f"(median of {int(grouped.count()[name])}, {m['min'] / 1e6:.2f}..{m['max'] / 1e6:.2f})")
+            out.append(
+                f"generator {name}: {m['median'] / 1e6:.2f} Mpps into xdp drop, {ratio} "
+                f"(median of {int(grouped.count()[name])}, {m['min'] / 1e6:.2f}..{m['max'] / 1e6:.2f})"
+            )
         else:
             why = df[(df["generator"] == name) & (df["measure"] == "unavailable")]["notes"]
             if len(why):
@@ -217,7 +260,11 @@ def lines(df: pd.DataFrame) -> list[str]:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, min and max per part, generator, variant and measure."""
     d = df[df["measure"].isin(["offered_pps", "received_pps", "loss_ratio"])]
-    return d.groupby(["part", "generator", "variant", "measure"])["value"].agg(["mean", "min", "max", "count"]).reset_index()
+    return (
+        d.groupby(["part", "generator", "variant", "measure"])["value"]
+        .agg(["mean", "min", "max", "count"])
+        .reset_index()
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ loads it, fills its maps and reads its counters here.
 A module's names from a header of bpf/include/ are read on first use, not at import
 (`read_when_needed`): from the include folder in effect then (`bpf.include_dir()`).
 """
+
 import functools
 from types import SimpleNamespace
 
@@ -28,6 +29,7 @@ def read_when_needed(read):
         if name.startswith("__"):  # the import machinery's and tools' probes read no header
             raise AttributeError(name)
         return getattr(header(), name)
+
     return header, __getattr__
 
 

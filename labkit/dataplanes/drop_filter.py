@@ -7,6 +7,7 @@ from userspace while the program runs, and its per-verdict counters.
             ...
         f.counters()  # {'pass': {...}, 'drop_port': {'packets': n, 'bytes': b}, ...}
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -23,8 +24,10 @@ def _header() -> dict:
     """VERDICTS, the index of the `counters` map ("pass", "drop_all", "drop_proto", ...),
     and the rule bits RULE_ALL, RULE_PROTO, RULE_PORT, RULE_SRC."""
     rules = bpf_enums.enum_values(HEADER, "drop_filter_rule")
-    return {"VERDICTS": bpf_enums.enum_names(HEADER, "drop_filter_verdict", "DF_"),
-            **{f"RULE_{k}": rules[f"DF_RULE_{k}"] for k in ("ALL", "PROTO", "PORT", "SRC")}}
+    return {
+        "VERDICTS": bpf_enums.enum_names(HEADER, "drop_filter_verdict", "DF_"),
+        **{f"RULE_{k}": rules[f"DF_RULE_{k}"] for k in ("ALL", "PROTO", "PORT", "SRC")},
+    }
 
 
 header, __getattr__ = read_when_needed(_header)
@@ -120,7 +123,8 @@ class DropFilter(ControlPlane):
         out["protocols"] = sorted(k for k in self._protos if self._maps["proto_rules"][ctypes.c_int(k)].value)
         out["ports"] = sorted(k for k in self._ports if self._maps["port_rules"][ctypes.c_int(k)].value)
         out["sources"] = sorted(
-            f"{ipaddress.IPv4Address(k.addr.to_bytes(4, 'little'))}/{k.prefixlen}" for k in self._maps["src_rules"].keys()
+            f"{ipaddress.IPv4Address(k.addr.to_bytes(4, 'little'))}/{k.prefixlen}"
+            for k in self._maps["src_rules"].keys()
         )
         return out
 

@@ -1,5 +1,6 @@
 """The kernel's jiffies clock, which the NAT's flows are timed by (bpf_jiffies64): the
 counter now and its rate (CONFIG_HZ), to turn seconds into jiffies and back."""
+
 from __future__ import annotations
 
 import functools

@@ -32,6 +32,7 @@ How a probe leaves (`probe.method`, chosen once per probe from
   writes. The probe crosses the sender's qdisc and reaches the peer as a socket buffer, so
   `peer_ready()` changes nothing.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -57,9 +58,13 @@ def _header() -> dict:
     TEMPLATE), the histogram's (SUB_BITS, BUCKETS) and COUNTS, the slots of `lat_counts` by
     name (probes, other, ...)."""
     f, h, c = (bpf_enums.enum_values(HEADER, e) for e in ("latency_frame", "latency_hist", "latency_counts"))
-    return {"_F": f, **{k[4:]: f[k] for k in ("LAT_PORT", "LAT_MAGIC", "LAT_PAYLOAD", "LAT_TEMPLATE")},
-            "SUB_BITS": h["LAT_SUB_BITS"], "BUCKETS": h["LAT_BUCKETS"],
-            "COUNTS": {name[4:].lower(): v for name, v in c.items() if name != "LAT_COUNTS"}}
+    return {
+        "_F": f,
+        **{k[4:]: f[k] for k in ("LAT_PORT", "LAT_MAGIC", "LAT_PAYLOAD", "LAT_TEMPLATE")},
+        "SUB_BITS": h["LAT_SUB_BITS"],
+        "BUCKETS": h["LAT_BUCKETS"],
+        "COUNTS": {name[4:].lower(): v for name, v in c.items() if name != "LAT_COUNTS"},
+    }
 
 
 header, __getattr__ = read_when_needed(_header)
@@ -83,8 +88,10 @@ def choose_method() -> str:
         return LIVE_FRAMES
     tc = capabilities.probe("tc_clsact")
     if not tc.ok:
-        raise MissingDependency(f"latency probes cannot be sent here: live frames are refused ({live.reason}) and so "
-                                f"are tc programs, which stamp the fallback's probes ({tc.reason})")
+        raise MissingDependency(
+            f"latency probes cannot be sent here: live frames are refused ({live.reason}) and so "
+            f"are tc programs, which stamp the fallback's probes ({tc.reason})"
+        )
     capabilities.chose(PURPOSE, AF_PACKET, f"live frames refused: {live.reason}")
     return AF_PACKET
 
@@ -152,21 +159,31 @@ class LatencyProbe:
     addressed to DST_MAC/DST_IP. METHOD (one of METHODS) forces how probes are sent; by
     default the capability probe decides at the first use. Context manager: exit unloads it."""
 
-    def __init__(self, sender, *, dst_mac: str, dst_ip: str, src_ip: str | None = None, size: int = 64,
-                 method: str | None = None):
+    def __init__(
+        self, sender, *, dst_mac: str, dst_ip: str, src_ip: str | None = None, size: int = 64, method: str | None = None
+    ):
         h = header()
         if not isinstance(size, int) or not h.TEMPLATE <= size <= 1514:
-            raise InputError(f"probe size {size!r}: {h.TEMPLATE}..1514 bytes "
-                             f"(the probe's headers take {h.TEMPLATE})")
+            raise InputError(f"probe size {size!r}: {h.TEMPLATE}..1514 bytes (the probe's headers take {h.TEMPLATE})")
         if method is not None and method not in METHODS:
-            raise InputError(f"probe method {method!r}: choose one of {', '.join(METHODS)} (or None: the probe decides)")
+            raise InputError(
+                f"probe method {method!r}: choose one of {', '.join(METHODS)} (or None: the probe decides)"
+            )
         if method == LIVE_FRAMES:
             capabilities.require("live_frames")
         if method is not None:
             capabilities.chose(PURPOSE, method, "asked for by the caller")
         self.sender, self.size, self._method = sender, size, method
-        spec = packets.FrameSpec(sender.mac, dst_mac, src_ip or sender.address or "10.11.0.1", dst_ip,
-                                 proto="udp", sport=h.PORT, dport=h.PORT, size=size)
+        spec = packets.FrameSpec(
+            sender.mac,
+            dst_mac,
+            src_ip or sender.address or "10.11.0.1",
+            dst_ip,
+            proto="udp",
+            sport=h.PORT,
+            dport=h.PORT,
+            size=size,
+        )
         spec.validate()
         self.frame = probe_frame(spec)
         self.program = bpf.load(SOURCE, PROBE_IFINDEX=sender.ifindex)
@@ -174,7 +191,7 @@ class LatencyProbe:
         try:
             self.fn = self.program.function("lat_probe", "xdp")
             tpl = self.program.map("lat_template")
-            tpl[ctypes.c_int(0)] = tpl.Leaf((ctypes.c_uint8 * h.TEMPLATE)(*self.frame[:h.TEMPLATE]))
+            tpl[ctypes.c_int(0)] = tpl.Leaf((ctypes.c_uint8 * h.TEMPLATE)(*self.frame[: h.TEMPLATE]))
         except BaseException:
             self.close()
             raise
@@ -183,9 +200,18 @@ class LatencyProbe:
     def on_loopback(cls) -> "LatencyProbe":
         """Loaded for this namespace's loopback, a test run's default ingress: BPF_PROG_TEST_RUN
         of the probe program then takes its sending path (costs, checks on crafted frames)."""
-        return cls(SimpleNamespace(name="lo", ifindex=socket.if_nametoindex("lo"), mac="02:00:00:00:00:0a",
-                                   address="10.11.0.1", peer=None, host=SimpleNamespace(netns=None)),
-                   dst_mac="02:00:00:00:00:0b", dst_ip="10.11.0.2")
+        return cls(
+            SimpleNamespace(
+                name="lo",
+                ifindex=socket.if_nametoindex("lo"),
+                mac="02:00:00:00:00:0a",
+                address="10.11.0.1",
+                peer=None,
+                host=SimpleNamespace(netns=None),
+            ),
+            dst_mac="02:00:00:00:00:0b",
+            dst_ip="10.11.0.2",
+        )
 
     @property
     def method(self) -> str:
@@ -207,8 +233,10 @@ class LatencyProbe:
             yield
             return
         if bpf.xdp_state(peer).get("IFLA_XDP_ATTACHED"):
-            raise LabkitError(f"{peer.name} has a generic XDP program, so the sender's XDP frames cannot reach it: "
-                              "attach the data path's program in native mode for latency probes")
+            raise LabkitError(
+                f"{peer.name} has a generic XDP program, so the sender's XDP frames cannot reach it: "
+                "attach the data path's program in native mode for latency probes"
+            )
         if self._minimal is None:
             self._minimal = Minimal()
         with bpf.attach_xdp(peer, self._minimal.pass_(), "native"):
@@ -251,8 +279,11 @@ class LatencyProbe:
         """One probe per call: the frame sent with AF_PACKET out of the sender, stamped by
         lat_stamp on its tc egress (attached while inside)."""
         stamp = self.program.function("lat_stamp", "tc")
-        with bpf.attach_tc(self.sender, stamp, "egress"), thread_in_netns(self.sender.host.netns), \
-                socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
+        with (
+            bpf.attach_tc(self.sender, stamp, "egress"),
+            thread_in_netns(self.sender.host.netns),
+            socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock,
+        ):
             sock.bind((self.sender.name, 0))
 
             def send_one() -> bool:
@@ -261,8 +292,9 @@ class LatencyProbe:
                 except OSError as exc:
                     if exc.errno in (errno.ENOBUFS, errno.EAGAIN):  # the sender's queue is full: lost
                         return False
-                    raise LabkitError(f"sending a latency probe with AF_PACKET on {self.sender.name} failed: {exc}") \
-                        from exc
+                    raise LabkitError(
+                        f"sending a latency probe with AF_PACKET on {self.sender.name} failed: {exc}"
+                    ) from exc
 
             yield send_one
 
@@ -339,6 +371,6 @@ def probe_frame(spec: packets.FrameSpec) -> bytes:
     """A probe: SPEC's frame with LAT_MAGIC opening its UDP payload and no UDP checksum
     (the sender rewrites the stamp on every send; forwarders do not check it)."""
     frame, h = bytearray(packets.build(spec)), header()
-    frame[h.PAYLOAD - 2:h.PAYLOAD] = b"\0\0"  # UDP checksum: none
-    frame[h.PAYLOAD:h.PAYLOAD + 4] = struct.pack("=I", h.MAGIC)
+    frame[h.PAYLOAD - 2 : h.PAYLOAD] = b"\0\0"  # UDP checksum: none
+    frame[h.PAYLOAD : h.PAYLOAD + 4] = struct.pack("=I", h.MAGIC)
     return bytes(frame)

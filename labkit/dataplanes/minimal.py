@@ -8,6 +8,7 @@
     with Minimal() as m, bpf.attach_xdp(rcv, m.drop(), "native"):
         ...
 """
+
 from __future__ import annotations
 
 from labkit import bpf
@@ -30,4 +31,3 @@ class Minimal(ControlPlane):
     def pass_(self):
         """The bare XDP_PASS program (puts a veth peer in NAPI mode)."""
         return self.program.function("xdp_pass_bare", "xdp")
-

@@ -27,6 +27,7 @@ when a packet meets it, and by `sweep()`. A full flow table refuses new flows (c
 as `drop_table_full`) and never evicts a live one; `table_use()` reports entries,
 capacity, flows created and expired, and the drops.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -76,33 +77,52 @@ class Nat(FlowTable, ControlPlane):
 
     SOURCE = "nat"
 
-    def __init__(self, inside_network: str, outside_network: str, snat_address: str | None = None,
-                 port_range=DEFAULT_PORT_RANGE, *, max_static: int = 256, max_flows: int = 65536,
-                 port_probes: int = 32, timeouts: dict | None = None, fib_cache_s: float = 1.0):
+    def __init__(
+        self,
+        inside_network: str,
+        outside_network: str,
+        snat_address: str | None = None,
+        port_range=DEFAULT_PORT_RANGE,
+        *,
+        max_static: int = 256,
+        max_flows: int = 65536,
+        port_probes: int = 32,
+        timeouts: dict | None = None,
+        fib_cache_s: float = 1.0,
+    ):
         self.inside_network = _network(inside_network, "inside network")
         self.outside_network = _network(outside_network, "outside network")
         if self.inside_network.overlaps(self.outside_network):
-            raise InputError(f"inside network {self.inside_network} and outside network {self.outside_network} "
-                             "overlap: a NAT needs them apart")
+            raise InputError(
+                f"inside network {self.inside_network} and outside network {self.outside_network} "
+                "overlap: a NAT needs them apart"
+            )
         self.snat_address = None
         if snat_address is not None:
             self.snat_address = _address(snat_address, "SNAT address")
             _host_in(self.snat_address, self.outside_network, "SNAT address", "outside network")
         self.port_range = check_port_range(port_range)
         self.timeouts = check_timeouts(timeouts)
-        if isinstance(fib_cache_s, bool) or not isinstance(fib_cache_s, (int, float)) or not 0 <= fib_cache_s <= 10 ** 7:
-            raise InputError(f"fib_cache_s {fib_cache_s!r}: seconds 0..10^7 that the XDP fast path trusts a flow's "
-                             "remembered route and next hop (0: a FIB lookup for every packet)")
+        if isinstance(fib_cache_s, bool) or not isinstance(fib_cache_s, (int, float)) or not 0 <= fib_cache_s <= 10**7:
+            raise InputError(
+                f"fib_cache_s {fib_cache_s!r}: seconds 0..10^7 that the XDP fast path trusts a flow's "
+                "remembered route and next hop (0: a FIB lookup for every packet)"
+            )
         self.fib_cache_s = float(fib_cache_s)
-        for name, value, top in (("max_static", max_static, 65536), ("max_flows", max_flows, 1 << 22),
-                                 ("port_probes", port_probes, 256)):
+        for name, value, top in (
+            ("max_static", max_static, 65536),
+            ("max_flows", max_flows, 1 << 22),
+            ("port_probes", port_probes, 256),
+        ):
             if not isinstance(value, int) or not 1 <= value <= top:
                 raise InputError(f"{name} {value!r}: a whole number 1..{top}")
         self.max_static, self.max_flows, self.port_probes = max_static, max_flows, port_probes
         self.program = bpf.load(self.SOURCE, MAX_STATIC=max_static, MAX_FLOWS=max_flows, PORT_PROBES=port_probes)
         try:
-            self._maps = {n: self.program.map(n) for n in
-                          ("config", "static_out", "static_in", "mapping_counters", "snat_out", "snat_in", "stats")}
+            self._maps = {
+                n: self.program.map(n)
+                for n in ("config", "static_out", "static_in", "mapping_counters", "snat_out", "snat_in", "stats")
+            }
             self._flows_created_cleared = 0  # flows created before the last clear_flows()
             self._outside = None  # the outside port while attached
             self.swept = 0  # flows the sweep removed
@@ -144,9 +164,11 @@ class Nat(FlowTable, ControlPlane):
         if self.snat_address is not None:
             have = interface_addresses(outside_iface)
             if str(self.snat_address) not in have:
-                raise InputError(f"SNAT address {self.snat_address} is not an address of the outside interface "
-                                 f"{outside_iface.name} (it has {', '.join(sorted(have)) or 'none'}): add it "
-                                 "there, or choose one of its addresses")
+                raise InputError(
+                    f"SNAT address {self.snat_address} is not an address of the outside interface "
+                    f"{outside_iface.name} (it has {', '.join(sorted(have)) or 'none'}): add it "
+                    "there, or choose one of its addresses"
+                )
         stack = ExitStack()
         try:
             self._outside = outside_iface
@@ -193,8 +215,10 @@ class Nat(FlowTable, ControlPlane):
             addr = _address(address, "SNAT address")
             _host_in(addr, self.outside_network, "SNAT address", "outside network")
             if addr in self._static_outside():
-                raise InputError(f"SNAT address {addr} is the outside address of a static mapping: "
-                                 "remove that mapping first, or choose another address")
+                raise InputError(
+                    f"SNAT address {addr} is the outside address of a static mapping: "
+                    "remove that mapping first, or choose another address"
+                )
             self.snat_address = addr
         self._write_config()
 
@@ -211,12 +235,16 @@ class Nat(FlowTable, ControlPlane):
 
     # ------------------------------------------------------------ static mappings
     def _static_outside(self) -> dict:
-        return {ipaddress.IPv4Address(_from_be32(k.value)): ipaddress.IPv4Address(_from_be32(v.addr))
-                for k, v in self._maps["static_in"].items()}
+        return {
+            ipaddress.IPv4Address(_from_be32(k.value)): ipaddress.IPv4Address(_from_be32(v.addr))
+            for k, v in self._maps["static_in"].items()
+        }
 
     def _static_inside(self) -> dict:
-        return {ipaddress.IPv4Address(_from_be32(k.value)): (ipaddress.IPv4Address(_from_be32(v.addr)), v.slot)
-                for k, v in self._maps["static_out"].items()}
+        return {
+            ipaddress.IPv4Address(_from_be32(k.value)): (ipaddress.IPv4Address(_from_be32(v.addr)), v.slot)
+            for k, v in self._maps["static_out"].items()
+        }
 
     def add_mapping(self, inside: str, outside: str) -> Mapping:
         """Map outside address OUTSIDE to inside host INSIDE (both directions), at once."""
@@ -225,20 +253,28 @@ class Nat(FlowTable, ControlPlane):
         _host_in(ins, self.inside_network, "inside address", "inside network")
         _host_in(out, self.outside_network, "outside address", "outside network")
         if self.snat_address is not None and out == self.snat_address:
-            raise InputError(f"outside address {out} is the SNAT address, shared by every inside host: "
-                             "map another outside address")
+            raise InputError(
+                f"outside address {out} is the SNAT address, shared by every inside host: map another outside address"
+            )
         if self._outside is not None and str(out) not in interface_addresses(self._outside):
-            raise InputError(f"outside address {out} is not an address of the outside interface {self._outside.name}, "
-                             "so nothing would reach the mapping: add the address there first")
+            raise InputError(
+                f"outside address {out} is not an address of the outside interface {self._outside.name}, "
+                "so nothing would reach the mapping: add the address there first"
+            )
         by_inside, by_outside = self._static_inside(), self._static_outside()
         if ins in by_inside:
-            raise InputError(f"inside host {ins} already has a static mapping (to {by_inside[ins][0]}): "
-                             "remove it first")
+            raise InputError(
+                f"inside host {ins} already has a static mapping (to {by_inside[ins][0]}): remove it first"
+            )
         if out in by_outside:
-            raise InputError(f"outside address {out} is already mapped (to {by_outside[out]}): remove that mapping first")
+            raise InputError(
+                f"outside address {out} is already mapped (to {by_outside[out]}): remove that mapping first"
+            )
         if len(by_inside) >= self.max_static:
-            raise TableFull(f"the static mapping table is full ({self.max_static} mappings): remove one, "
-                            "or load the NAT with a larger max_static")
+            raise TableFull(
+                f"the static mapping table is full ({self.max_static} mappings): remove one, "
+                "or load the NAT with a larger max_static"
+            )
         used = {slot for _, slot in by_inside.values()}
         slot = next(s for s in range(self.max_static) if s not in used)
         t_out, t_in, counters = self._maps["static_out"], self._maps["static_in"], self._maps["mapping_counters"]
@@ -305,5 +341,10 @@ class Nat(FlowTable, ControlPlane):
         """A NatModel with this NAT's configuration and static mappings (no flows)."""
         from labkit.dataplanes.nat_model import NatModel
 
-        return NatModel(str(self.inside_network), str(self.snat_address) if self.snat_address else None,
-                        self.port_range, {m.inside: m.outside for m in self.mappings()}, self.port_probes)
+        return NatModel(
+            str(self.inside_network),
+            str(self.snat_address) if self.snat_address else None,
+            self.port_range,
+            {m.inside: m.outside for m in self.mappings()},
+            self.port_probes,
+        )

@@ -1,6 +1,7 @@
 """What the NAT's control plane checks before it touches a map: networks, addresses and
 where they lie, the source-NAT port range, the flow timeouts. Each check returns the
 normalised value or raises an `InputError` that says what to change."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -14,7 +15,9 @@ DEFAULT_TIMEOUTS = {"tcp_established": 7440.0, "tcp_closing": 10.0, "udp": 120.0
 
 
 #: TIMEOUTS, the flow timeouts, the index of the config's `timeout` (enum nat_timeout of bpf/include/nat.h).
-header, __getattr__ = read_when_needed(lambda: {"TIMEOUTS": bpf_enums.enum_names("nat.h", "nat_timeout", "NAT_TIMEOUT_")})
+header, __getattr__ = read_when_needed(
+    lambda: {"TIMEOUTS": bpf_enums.enum_names("nat.h", "nat_timeout", "NAT_TIMEOUT_")}
+)
 
 
 def check_port_range(port_range) -> tuple[int, int]:
@@ -43,7 +46,7 @@ def check_timeouts(timeouts) -> dict:
         raise InputError(f"timeouts: unknown {unknown}; the timeouts are {names}")
     out = dict(DEFAULT_TIMEOUTS)
     for name, value in timeouts.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value > 10 ** 7:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value > 10**7:
             raise InputError(f"timeout {name}={value!r}: seconds, more than 0 (and at most 10^7)")
         out[name] = float(value)
     return out

@@ -1,5 +1,6 @@
 """How the NAT's maps hold addresses and ports: in network byte order, as the program
 compares them with the packet's fields (a u32 or u16 read in host order from memory)."""
+
 from __future__ import annotations
 
 import ipaddress

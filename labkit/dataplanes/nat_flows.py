@@ -1,6 +1,7 @@
 """The eBPF NAT's SNAT flow table (bpf/nat.c's snat_out and snat_in maps), read and aged
 from userspace: live flows with their counters, how full the table is, and the sweep that
 removes idle flows. `labkit.dataplanes.nat.Nat` holds it (the maps are its own)."""
+
 from __future__ import annotations
 
 import socket
@@ -33,7 +34,6 @@ class Flow:
     idle_s: float
     state: str = "active"  # "closing": TCP after a FIN or RST (the shorter timeout applies)
     timeout_s: float = 0.0  # the timeout that applies to it now
-
 
 
 class FlowTable:
@@ -76,11 +76,25 @@ class FlowTable:
             last = max(v.last, rv.last) if rv is not None else v.last
             closing = bool(v.closing or (rv is not None and rv.closing))
             name = {6: "tcp_closing" if closing else "tcp_established", 17: "udp"}.get(k.proto, "icmp")
-            out.append(Flow(PROTOCOLS.get(k.proto, str(k.proto)), _from_be32(k.src), _from_be16(k.sport),
-                            _from_be32(k.dst), 0 if icmp else _from_be16(k.dport), _from_be32(v.addr),
-                            _from_be16(v.port), v.packets, v.bytes, rv.packets if rv else 0, rv.bytes if rv else 0,
-                            max(0.0, (now - v.created) / hz), max(0.0, (now - last) / hz),
-                            "closing" if closing else "active", self.timeouts[name]))
+            out.append(
+                Flow(
+                    PROTOCOLS.get(k.proto, str(k.proto)),
+                    _from_be32(k.src),
+                    _from_be16(k.sport),
+                    _from_be32(k.dst),
+                    0 if icmp else _from_be16(k.dport),
+                    _from_be32(v.addr),
+                    _from_be16(v.port),
+                    v.packets,
+                    v.bytes,
+                    rv.packets if rv else 0,
+                    rv.bytes if rv else 0,
+                    max(0.0, (now - v.created) / hz),
+                    max(0.0, (now - last) / hz),
+                    "closing" if closing else "active",
+                    self.timeouts[name],
+                )
+            )
         return sorted(out, key=lambda f: (f.inside, f.proto, f.inside_port, f.remote, f.remote_port))
 
     def sweep(self) -> int:
@@ -89,8 +103,11 @@ class FlowTable:
         now, hz = jiffies_now(), kernel_hz()
 
         def idle(k, v):
-            rv = self._maps["snat_in"].get(self._maps["snat_in"].Key(
-                k.dst, v.addr, 0 if k.proto == socket.IPPROTO_ICMP else k.dport, v.port, k.proto))
+            rv = self._maps["snat_in"].get(
+                self._maps["snat_in"].Key(
+                    k.dst, v.addr, 0 if k.proto == socket.IPPROTO_ICMP else k.dport, v.port, k.proto
+                )
+            )
             last = max(v.last, rv.last) if rv is not None else v.last
             closing = v.closing or (rv is not None and rv.closing)
             name = {6: "tcp_closing" if closing else "tcp_established", 17: "udp"}.get(k.proto, "icmp")
@@ -99,8 +116,9 @@ class FlowTable:
         n = self._drop_flows(idle)
         # an inbound entry whose outbound partner is gone (never left by the program)
         t_in, t_out = self._maps["snat_in"], self._maps["snat_out"]
-        partners = {(k.dst, v.addr, 0 if k.proto == socket.IPPROTO_ICMP else k.dport, v.port, k.proto)
-                    for k, v in t_out.items()}
+        partners = {
+            (k.dst, v.addr, 0 if k.proto == socket.IPPROTO_ICMP else k.dport, v.port, k.proto) for k, v in t_out.items()
+        }
         for rk, _ in list(t_in.items()):
             if (rk.src, rk.dst, rk.sport, rk.dport, rk.proto) not in partners:
                 try:
@@ -123,10 +141,16 @@ class FlowTable:
         live = len(self._maps["snat_out"].items())
         stats = self.stats()
         created = stats["out_snat_new"]["packets"] - self._flows_created_cleared
-        return {"entries": live, "capacity": self.max_flows, "full": live >= self.max_flows,
-                "created": created, "evicted_or_stale": max(0, created - live), "swept": self.swept,
-                "no_port_drops": stats["drop_no_port"]["packets"],
-                "table_full_drops": stats["drop_table_full"]["packets"]}
+        return {
+            "entries": live,
+            "capacity": self.max_flows,
+            "full": live >= self.max_flows,
+            "created": created,
+            "evicted_or_stale": max(0, created - live),
+            "swept": self.swept,
+            "no_port_drops": stats["drop_no_port"]["packets"],
+            "table_full_drops": stats["drop_table_full"]["packets"],
+        }
 
     @contextmanager
     def sweeping(self, every_s: float = 1.0):

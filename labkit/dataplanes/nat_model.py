@@ -11,6 +11,7 @@ keep exactly the same error (an incremental update carries it), so the model com
     exp = m.outbound(frame, observed=out_frame)   # observed: to learn a new flow's port
     m.differences(exp, out_frame)                 # [] when the program did what the model says
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -24,8 +25,17 @@ from labkit.errors import InputError
 #: OUTCOMES, the program's outcomes, in the order of its `stats` map: enum nat_outcome of
 #: bpf/include/nat.h ("out_static", "out_snat_new", ..., "drop_rewrite_failed").
 header, __getattr__ = read_when_needed(lambda: {"OUTCOMES": enum_names("nat.h", "nat_outcome", "NAT_")})
-TRANSLATED = {"out_static", "out_snat_new", "out_snat", "in_static", "in_snat", "in_icmp_error", "out_fragment",
-              "in_fragment", "out_icmp_error"}
+TRANSLATED = {
+    "out_static",
+    "out_snat_new",
+    "out_snat",
+    "in_static",
+    "in_snat",
+    "in_icmp_error",
+    "out_fragment",
+    "in_fragment",
+    "out_icmp_error",
+}
 TCP, UDP, ICMP = 6, 17, 1
 ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
 ICMP_ERRORS = (3, 11, 12)  # destination unreachable, time exceeded, parameter problem
@@ -75,14 +85,14 @@ def parse(frame: bytes) -> Packet:
     if len(frame) < L4:
         return Packet("pass_malformed")
     ver, ihl = frame[ETH] >> 4, frame[ETH] & 0x0F
-    tot = struct.unpack("!H", frame[ETH + 2:ETH + 4])[0]
+    tot = struct.unpack("!H", frame[ETH + 2 : ETH + 4])[0]
     if ver != 4 or ihl < 5 or tot < ihl * 4 or tot + ETH > len(frame):
         return Packet("pass_malformed")
-    p = Packet(None, _ip(frame[ETH + 12:ETH + 16]), _ip(frame[ETH + 16:ETH + 20]), frame[ETH + 9], tot)
+    p = Packet(None, _ip(frame[ETH + 12 : ETH + 16]), _ip(frame[ETH + 16 : ETH + 20]), frame[ETH + 9], tot)
     p.options = ihl > 5
-    frag = struct.unpack("!H", frame[ETH + 6:ETH + 8])[0]
+    frag = struct.unpack("!H", frame[ETH + 6 : ETH + 8])[0]
     p.fragment, p.later = (frag & 0x3FFF) != 0, (frag & 0x1FFF) != 0
-    p.ip_id = struct.unpack("!H", frame[ETH + 4:ETH + 6])[0]
+    p.ip_id = struct.unpack("!H", frame[ETH + 4 : ETH + 6])[0]
     p.l4 = l4 = ETH + ihl * 4
     if p.later:
         return p
@@ -91,9 +101,9 @@ def parse(frame: bytes) -> Packet:
         p.has_l4 = True
         if p.proto == ICMP:
             p.icmp_type = frame[l4]
-            p.sport = struct.unpack("!H", frame[l4 + 4:l4 + 6])[0]
+            p.sport = struct.unpack("!H", frame[l4 + 4 : l4 + 6])[0]
         else:
-            p.sport, p.dport = struct.unpack("!HH", frame[l4:l4 + 4])
+            p.sport, p.dport = struct.unpack("!HH", frame[l4 : l4 + 4])
     return p
 
 
@@ -115,8 +125,14 @@ class ModelMismatch(AssertionError):
 
 
 class NatModel:
-    def __init__(self, inside_network: str, snat_address: str | None, port_range: tuple[int, int],
-                 static: dict | None = None, port_probes: int = 32):
+    def __init__(
+        self,
+        inside_network: str,
+        snat_address: str | None,
+        port_range: tuple[int, int],
+        static: dict | None = None,
+        port_probes: int = 32,
+    ):
         try:
             self.inside = ipaddress.IPv4Network(inside_network)
         except ValueError as exc:
@@ -186,8 +202,10 @@ class NatModel:
         random: all of them can be taken as soon as any port is taken for this remote (how
         likely is the program's luck; that it was possible is what the model checks)."""
         rport = 0 if p.proto == ICMP else p.dport
-        return any((p.daddr, self.snat, rport, port, p.proto) in self.reverse
-                   for port in range(self.port_min, self.port_max + 1))
+        return any(
+            (p.daddr, self.snat, rport, port, p.proto) in self.reverse
+            for port in range(self.port_min, self.port_max + 1)
+        )
 
     def _choose_port(self, p: Packet, observed: bytes | None) -> int:
         rport = 0 if p.proto == ICMP else p.dport
@@ -197,7 +215,7 @@ class NatModel:
         if len(observed) < p.l4 + 6:
             raise ModelMismatch("a new SNAT flow's packet came out truncated")
         off = p.l4 + 4 if p.proto == ICMP else p.l4
-        port = struct.unpack("!H", observed[off:off + 2])[0]
+        port = struct.unpack("!H", observed[off : off + 2])[0]
         if not self.port_min <= port <= self.port_max:
             raise ModelMismatch(f"new flow got port {port}, outside the range {self.port_min}-{self.port_max}")
         if not free(port):
@@ -246,8 +264,9 @@ class NatModel:
         return self._rewrite(frame, p, "in_static", dst=st)
 
     # ------------------------------------------------------------ ICMP errors
-    def _icmp_error(self, frame: bytes, p: Packet, outbound: bool = False, static_to: int | None = None
-                    ) -> Expected | None:
+    def _icmp_error(
+        self, frame: bytes, p: Packet, outbound: bool = False, static_to: int | None = None
+    ) -> Expected | None:
         """An ICMP error about a packet of a SNAT flow, the embedded header that packet as
         its receiver got it. Inbound: it left with the SNAT address and port as source, which
         become the inside host's again (outer destination too). Outbound (TCP/UDP): the
@@ -258,13 +277,13 @@ class NatModel:
         inner, l4 = L4 + 8, L4 + 8 + IP
         if len(frame) < l4 + 8 or p.tot_len < IP + 8 + IP + 8:
             return None
-        if frame[inner] != 0x45 or struct.unpack("!H", frame[inner + 6:inner + 8])[0] & 0x1FFF:
+        if frame[inner] != 0x45 or struct.unpack("!H", frame[inner + 6 : inner + 8])[0] & 0x1FFF:
             return None
         at = inner + (16 if outbound else 12)  # the embedded address the NAT rewrites
-        ours = _ip(frame[at:at + 4])
+        ours = _ip(frame[at : at + 4])
         if ours != (p.saddr if outbound else p.daddr):
             return None
-        proto, theirs = frame[inner + 9], _ip(frame[inner + (12 if outbound else 16):][:4])
+        proto, theirs = frame[inner + 9], _ip(frame[inner + (12 if outbound else 16) :][:4])
         if proto not in (TCP, UDP, ICMP):
             return None
         csum_at = {ICMP: l4 + 2, UDP: l4 + 6}.get(proto, l4 + 16 if p.tot_len - 2 * IP - 8 >= 18 else None)
@@ -276,12 +295,12 @@ class NatModel:
             if proto == ICMP and outbound:
                 return None
             port_at = l4 + 4 if proto == ICMP else l4 + (2 if outbound else 0)
-            from_port = struct.unpack("!H", frame[port_at:port_at + 2])[0]
+            from_port = struct.unpack("!H", frame[port_at : port_at + 2])[0]
             if outbound:
-                rport = struct.unpack("!H", frame[l4:l4 + 2])[0]
+                rport = struct.unpack("!H", frame[l4 : l4 + 2])[0]
                 found = self.flows.get((ours, theirs, from_port, rport, proto))
             else:
-                rport = 0 if proto == ICMP else struct.unpack("!H", frame[l4 + 2:l4 + 4])[0]
+                rport = 0 if proto == ICMP else struct.unpack("!H", frame[l4 + 2 : l4 + 4])[0]
                 found = self.reverse.get((theirs, ours, rport, from_port, proto))
             if found is None:
                 return None
@@ -290,17 +309,17 @@ class NatModel:
         end = ETH + p.tot_len
         icmp_err, ip_err, inner_err = _sum16(frame[L4:end]), _sum16(frame[ETH:L4]), _sum16(frame[inner:l4])
         outer_at = ETH + (12 if outbound else 16)
-        out[outer_at:outer_at + 4] = struct.pack("!I", to)
-        out[at:at + 4] = struct.pack("!I", to)
+        out[outer_at : outer_at + 4] = struct.pack("!I", to)
+        out[at : at + 4] = struct.pack("!I", to)
         if port_at is not None:
-            out[port_at:port_at + 2] = struct.pack("!H", to_port)
+            out[port_at : port_at + 2] = struct.pack("!H", to_port)
         else:
             to_port = from_port
         fields = [(ETH + 10, False), (inner + 10, False), (L4 + 2, False)]
         for csum, (lo, hi), err in ((ETH + 10, (ETH, L4), ip_err), (inner + 10, (inner, l4), inner_err)):
-            out[csum:csum + 2] = b"\0\0"
-            out[csum:csum + 2] = struct.pack("!H", (err - _sum16(bytes(out[lo:hi]))) % 0xFFFF)
-        old = struct.unpack("!H", frame[csum_at:csum_at + 2])[0] if csum_at is not None else 0
+            out[csum : csum + 2] = b"\0\0"
+            out[csum : csum + 2] = struct.pack("!H", (err - _sum16(bytes(out[lo:hi]))) % 0xFFFF)
+        old = struct.unpack("!H", frame[csum_at : csum_at + 2])[0] if csum_at is not None else 0
         if csum_at is not None and not (proto == UDP and old == 0):
             # the embedded L4 checksum, cut short with its packet: updated, not recomputed
             # (RFC 1624): it loses what its address (TCP/UDP) and port gained
@@ -310,48 +329,50 @@ class NatModel:
             new = (~(s_ % 0xFFFF)) & 0xFFFF
             if proto == UDP and new == 0:
                 new = 0xFFFF
-            out[csum_at:csum_at + 2] = struct.pack("!H", new)
+            out[csum_at : csum_at + 2] = struct.pack("!H", new)
             fields.append((csum_at, proto == UDP))
-        out[L4 + 2:L4 + 4] = b"\0\0"
-        out[L4 + 2:L4 + 4] = struct.pack("!H", (icmp_err - _sum16(bytes(out[L4:end]))) % 0xFFFF)
+        out[L4 + 2 : L4 + 4] = b"\0\0"
+        out[L4 + 2 : L4 + 4] = struct.pack("!H", (icmp_err - _sum16(bytes(out[L4:end]))) % 0xFFFF)
         if static_to is not None:
             return Expected("out_static" if outbound else "in_static", bytes(out), fields)
         return Expected("out_icmp_error" if outbound else "in_icmp_error", bytes(out), fields)
 
     # ------------------------------------------------------------ rewriting
-    def _rewrite(self, frame: bytes, p: Packet, outcome: str, *, src=None, dst=None, sport=None, dport=None) -> Expected:
+    def _rewrite(
+        self, frame: bytes, p: Packet, outcome: str, *, src=None, dst=None, sport=None, dport=None
+    ) -> Expected:
         out = bytearray(frame)
         end, l4 = ETH + p.tot_len, p.l4
         pseudo_in = self._pseudo(frame, p)
         ip_err = _sum16(frame[ETH:l4])
         csum_off = None if p.later or p.proto not in L4_CSUM else l4 + L4_CSUM[p.proto]
-        udp_none = p.proto == UDP and csum_off is not None and frame[csum_off:csum_off + 2] == b"\0\0"
+        udp_none = p.proto == UDP and csum_off is not None and frame[csum_off : csum_off + 2] == b"\0\0"
         # the input's error: 0 (mod 0xFFFF) for a packet whose checksum verifies (a first
         # fragment's never does alone: its error is what the rest of the datagram adds)
         l4_err = _sum16(pseudo_in + frame[l4:end]) if csum_off is not None else None
         if src is not None:
-            out[ETH + 12:ETH + 16] = struct.pack("!I", src)
+            out[ETH + 12 : ETH + 16] = struct.pack("!I", src)
         if dst is not None:
-            out[ETH + 16:ETH + 20] = struct.pack("!I", dst)
+            out[ETH + 16 : ETH + 20] = struct.pack("!I", dst)
         if p.proto == ICMP:
             if sport is not None:
-                out[l4 + 4:l4 + 6] = struct.pack("!H", sport)
+                out[l4 + 4 : l4 + 6] = struct.pack("!H", sport)
         else:
             if sport is not None:
-                out[l4:l4 + 2] = struct.pack("!H", sport)
+                out[l4 : l4 + 2] = struct.pack("!H", sport)
             if dport is not None:
-                out[l4 + 2:l4 + 4] = struct.pack("!H", dport)
+                out[l4 + 2 : l4 + 4] = struct.pack("!H", dport)
         fields = [(ETH + 10, False)]
         # IPv4 header checksum (options included): from scratch, plus the input's error
-        out[ETH + 10:ETH + 12] = b"\0\0"
-        out[ETH + 10:ETH + 12] = struct.pack("!H", (ip_err - _sum16(bytes(out[ETH:l4]))) % 0xFFFF)
+        out[ETH + 10 : ETH + 12] = b"\0\0"
+        out[ETH + 10 : ETH + 12] = struct.pack("!H", (ip_err - _sum16(bytes(out[ETH:l4]))) % 0xFFFF)
         if csum_off is not None and not udp_none:
-            out[csum_off:csum_off + 2] = b"\0\0"
+            out[csum_off : csum_off + 2] = b"\0\0"
             others = _sum16(self._pseudo(bytes(out), p) + bytes(out[l4:end]))
             value = (l4_err - others) % 0xFFFF
             if p.proto == UDP and value == 0:
                 value = 0xFFFF  # 0 means "no checksum" in UDP
-            out[csum_off:csum_off + 2] = struct.pack("!H", value)
+            out[csum_off : csum_off + 2] = struct.pack("!H", value)
             fields.append((csum_off, p.proto == UDP))
         return Expected(outcome, bytes(out), fields)
 
@@ -359,7 +380,7 @@ class NatModel:
     def _pseudo(frame: bytes, p: Packet) -> bytes:
         if p.proto not in (TCP, UDP):
             return b""  # the ICMP checksum covers the message only
-        return frame[ETH + 12:ETH + 20] + struct.pack("!BBH", 0, p.proto, p.tot_len - (p.l4 - ETH))
+        return frame[ETH + 12 : ETH + 20] + struct.pack("!BBH", 0, p.proto, p.tot_len - (p.l4 - ETH))
 
     # ------------------------------------------------------------ comparing
     @staticmethod
@@ -368,8 +389,10 @@ class NatModel:
         Checksum fields compare as one's-complement values (0x0000 and 0xFFFF are equal),
         except a UDP checksum, which must never become 0 ('none')."""
         if expected.dropped != dropped:
-            return [f"expected {'a drop' if expected.dropped else 'the packet to pass'} ({expected.outcome}), "
-                    f"the program {'dropped' if dropped else 'passed'} it"]
+            return [
+                f"expected {'a drop' if expected.dropped else 'the packet to pass'} ({expected.outcome}), "
+                f"the program {'dropped' if dropped else 'passed'} it"
+            ]
         if dropped:
             return []
         exp = expected.frame
@@ -380,7 +403,7 @@ class NatModel:
         i = 0
         while i < len(exp):
             if i in csum:
-                e, o = struct.unpack("!H", exp[i:i + 2])[0], struct.unpack("!H", observed[i:i + 2])[0]
+                e, o = struct.unpack("!H", exp[i : i + 2])[0], struct.unpack("!H", observed[i : i + 2])[0]
                 same = e == o if csum[i] else (e % 0xFFFF) == (o % 0xFFFF)
                 if not same:
                     diffs.append(f"checksum at byte {i}: {o:#06x}, expected {e:#06x}")

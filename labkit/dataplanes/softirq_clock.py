@@ -8,6 +8,7 @@ also times every poll by its device (napi:napi_poll) and `seconds(NET_RX)` leave
 loop's polls out: the receive path's cost stays the receiver's, whatever generator feeds
 it. Without tracefs `separates_generator` is False and NET_RX includes the loop's polls.
 """
+
 from __future__ import annotations
 
 from labkit.dataplanes import ControlPlane
@@ -37,9 +38,14 @@ class SoftirqClock(ControlPlane):
 
         self.separates_generator = tracefs_events().is_dir()
         self.program = bpf.load("softirq_time", **({"GEN_LOOP": 1} if self.separates_generator else {}))
-        capabilities.chose("receive CPU", "NET_RX softirq time", "the xdp_loop generator's own polls left out"
-                           if self.separates_generator else "tracefs is not mounted: an xdp_loop generator's own "
-                           "polls are counted as the receiver's (`sudo make setup` mounts it)")
+        capabilities.chose(
+            "receive CPU",
+            "NET_RX softirq time",
+            "the xdp_loop generator's own polls left out"
+            if self.separates_generator
+            else "tracefs is not mounted: an xdp_loop generator's own "
+            "polls are counted as the receiver's (`sudo make setup` mounts it)",
+        )
 
     def seconds(self, vec: int = NET_RX) -> float:
         """Softirq time of VEC so far, summed over CPUs, in seconds; for NET_RX without the
@@ -58,4 +64,3 @@ class SoftirqClock(ControlPlane):
         if not self.separates_generator:
             return 0.0
         return sum(int(v) for v in self.program.map("gen_ns")[ctypes.c_int(0)]) / 1e9
-

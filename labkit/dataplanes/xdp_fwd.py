@@ -1,6 +1,7 @@
 """The control plane of bpf/xdp_fwd.c: a port pair forwarded at XDP or tc with
 l2fwd's MAC rewrite (frames arriving on one port leave by the other, through a devmap).
 """
+
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
@@ -11,7 +12,9 @@ from labkit.errors import InputError
 
 #: COUNTERS, the index of the program's `counters` map (enum xdp_fwd_counter of
 #: bpf/include/xdp_fwd.h): "redirected", "no_entry", "short", "refused".
-header, __getattr__ = read_when_needed(lambda: {"COUNTERS": bpf_enums.enum_names("xdp_fwd.h", "xdp_fwd_counter", "FWD_")})
+header, __getattr__ = read_when_needed(
+    lambda: {"COUNTERS": bpf_enums.enum_names("xdp_fwd.h", "xdp_fwd_counter", "FWD_")}
+)
 
 
 class XdpForwarder(ControlPlane):
@@ -75,4 +78,3 @@ class XdpForwarder(ControlPlane):
             for iface in self.ports:
                 stack.enter_context(bpf.attach_tc(iface, fn, "ingress"))
             yield self
-

@@ -30,6 +30,7 @@ interface can transmit XDP frames now, and `xmit_counters` what it refused.
 The vary bits, the L4 kinds and the template's size are the enums of
 bpf/include/xdp_gen.h: `header()` reads them from it, never repeated here.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -54,10 +55,18 @@ def _header() -> dict:
     version): which checksum the rewrite updates (enum xdp_gen_l4); TEMPLATE_BYTES (HDR_COPY):
     the frame's first bytes, restored from the template on every run."""
     l4 = bpf_enums.enum_values(HEADER, "xdp_gen_l4")
-    return {"VARY": {name[len("VARY_"):].lower(): v for name, v in bpf_enums.enum_values(HEADER, "xdp_gen_vary").items()},
-            "L4": {("udp", 4): l4["L4_UDP"], ("udp", 6): l4["L4_UDP"], ("tcp", 4): l4["L4_TCP"],
-                   ("tcp", 6): l4["L4_TCP"], ("icmp", 4): l4["L4_ICMP"], ("icmp", 6): l4["L4_ICMPV6"]},
-            "TEMPLATE_BYTES": bpf_enums.enum_values(HEADER, "xdp_gen_template")["HDR_COPY"]}
+    return {
+        "VARY": {name[len("VARY_") :].lower(): v for name, v in bpf_enums.enum_values(HEADER, "xdp_gen_vary").items()},
+        "L4": {
+            ("udp", 4): l4["L4_UDP"],
+            ("udp", 6): l4["L4_UDP"],
+            ("tcp", 4): l4["L4_TCP"],
+            ("tcp", 6): l4["L4_TCP"],
+            ("icmp", 4): l4["L4_ICMP"],
+            ("icmp", 6): l4["L4_ICMPV6"],
+        },
+        "TEMPLATE_BYTES": bpf_enums.enum_values(HEADER, "xdp_gen_template")["HDR_COPY"],
+    }
 
 
 header, __getattr__ = read_when_needed(_header)
@@ -149,7 +158,7 @@ def _attrs(buf: bytes) -> dict:
         n, kind = struct.unpack_from("=HH", buf, i)
         if n < 4:
             break
-        out[kind & 0x3FFF] = buf[i + 4:i + n]
+        out[kind & 0x3FFF] = buf[i + 4 : i + n]
         i += (n + 3) & ~3
     return out
 
@@ -238,8 +247,10 @@ class DispatcherPin:
             return "no loopback on the sending host: every send call pays ~24 ms of XDP dispatcher updates"
         lo = Interface(self.host, "lo", idx[0], "00:00:00:00:00:00", None, None, real=self.host.netns is None)
         if bpf.xdp_state(lo).get("IFLA_XDP_ATTACHED"):
-            return ("the sending host's loopback already has an XDP program, so the generator could not keep "
-                    "its program in the XDP dispatcher: every send call pays ~24 ms (pacing is coarser)")
+            return (
+                "the sending host's loopback already has an XDP program, so the generator could not keep "
+                "its program in the XDP dispatcher: every send call pays ~24 ms (pacing is coarser)"
+            )
         self.attachment = bpf.attach_xdp(lo, self.fn, "generic").attach()
         return ""
 
@@ -270,9 +281,19 @@ class GenProgram:
             self.close()
             raise
 
-    def configure(self, frame: bytes, *, flows: int = 1, vary: int | None = None, version: int = 4,
-                  proto: str = "udp", sport: int = 0, dport: int = 0, src_ip: str = "0.0.0.0",
-                  dst_ip: str = "0.0.0.0") -> None:
+    def configure(
+        self,
+        frame: bytes,
+        *,
+        flows: int = 1,
+        vary: int | None = None,
+        version: int = 4,
+        proto: str = "udp",
+        sport: int = 0,
+        dport: int = 0,
+        src_ip: str = "0.0.0.0",
+        dst_ip: str = "0.0.0.0",
+    ) -> None:
         """The template (FRAME's headers) and the flow configuration for the next runs:
         FLOWS flows moving the fields of VARY (bits, see vary_mask) from the base values
         SPORT, DPORT, SRC_IP, DST_IP (VARY None: the source port). The per-CPU flow sequences
@@ -281,10 +302,18 @@ class GenProgram:
         if (proto, version) not in h.L4:
             raise InputError(f"protocol {proto!r} over IPv{version}: the generator sends {sorted(h.L4)}")
         table = self.program.map("gen_config")
-        table[ctypes.c_int(0)] = table.Leaf(flows, h.VARY["sport"] if vary is None else vary, int(version == 6),
-                                            h.L4[(proto, version)], sport, dport, low32(src_ip), low32(dst_ip))
+        table[ctypes.c_int(0)] = table.Leaf(
+            flows,
+            h.VARY["sport"] if vary is None else vary,
+            int(version == 6),
+            h.L4[(proto, version)],
+            sport,
+            dport,
+            low32(src_ip),
+            low32(dst_ip),
+        )
         tpl = self.program.map("gen_template")
-        head = frame[:h.TEMPLATE_BYTES].ljust(h.TEMPLATE_BYTES, b"\0")
+        head = frame[: h.TEMPLATE_BYTES].ljust(h.TEMPLATE_BYTES, b"\0")
         tpl[ctypes.c_int(0)] = tpl.Leaf((ctypes.c_uint8 * h.TEMPLATE_BYTES)(*head))
         self.program.map("gen_seq").clear()
 
@@ -330,8 +359,12 @@ class GenSink(ControlPlane):
             v6 = any(k.src[4:]) or any(k.dst[4:])
             size = 16 if v6 else 4
             fam = socket.AF_INET6 if v6 else socket.AF_INET
-            key = (socket.inet_ntop(fam, bytes(k.src[:size])), socket.inet_ntop(fam, bytes(k.dst[:size])),
-                   socket.ntohs(k.sport), socket.ntohs(k.dport), k.proto)
+            key = (
+                socket.inet_ntop(fam, bytes(k.src[:size])),
+                socket.inet_ntop(fam, bytes(k.dst[:size])),
+                socket.ntohs(k.sport),
+                socket.ntohs(k.dport),
+                k.proto,
+            )
             out[key] = int(v.value)
         return out
-

@@ -37,6 +37,7 @@ neighbour discovery frame of their own ever enters the loop.
 The loop's links carry the run's prefix (`lkXXXX-xl<n>a`/`b`), so `labkit clean` removes
 them from the root namespace after a crash; in a namespace they go with it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -57,8 +58,11 @@ HEADER = "xdp_loop.h"
 
 
 #: NEXT and LIMIT, the budget map's slots, and PORTS_MAX, the devmap's size (LOOP_ dropped)
-header, __getattr__ = read_when_needed(lambda: {k[5:]: v for e in ("xdp_loop_budget", "xdp_loop_ports")
-                                                for k, v in bpf_enums.enum_values(HEADER, e).items()})
+header, __getattr__ = read_when_needed(
+    lambda: {
+        k[5:]: v for e in ("xdp_loop_budget", "xdp_loop_ports") for k, v in bpf_enums.enum_values(HEADER, e).items()
+    }
+)
 #: how long frames still in the loop may take to die out once the limit is reached
 SETTLE_S = 0.0005
 _numbers = itertools.count()
@@ -126,12 +130,15 @@ class Loop:
         script = f"for i in {self.a.name} {self.b.name}; do echo 1 > /sys/class/net/$i/threaded || exit 1; done"
         cp = self.host.run(["sh", "-c", script], check=False, timeout=10)
         if cp.returncode != 0:
-            raise LabkitError(f"threaded NAPI could not be switched on for the loop's veths on {self.host}: "
-                              f"{(cp.stderr or cp.stdout).strip()}; use threaded=False")
+            raise LabkitError(
+                f"threaded NAPI could not be switched on for the loop's veths on {self.host}: "
+                f"{(cp.stderr or cp.stdout).strip()}; use threaded=False"
+            )
 
     def _fill_devmap(self) -> None:
         """B itself and the sending port COPIES times, written from inside the sender's
         namespace, where these ifindexes name these links."""
+
         def write():
             table = self.program.map("loop_fan")
             for slot, idx in enumerate([self.b.ifindex] + [self.out.ifindex] * self.copies):
@@ -145,19 +152,32 @@ class Loop:
         return sock
 
     # ---- configuring and driving
-    def configure(self, *, flows: int = 1, vary: int = 1, version: int = 4, proto: str = "udp", sport: int = 0,
-                  dport: int = 0, src_ip: str = "0.0.0.0", dst_ip: str = "0.0.0.0") -> None:
+    def configure(
+        self,
+        *,
+        flows: int = 1,
+        vary: int = 1,
+        version: int = 4,
+        proto: str = "udp",
+        sport: int = 0,
+        dport: int = 0,
+        src_ip: str = "0.0.0.0",
+        dst_ip: str = "0.0.0.0",
+    ) -> None:
         """FLOWS flows moving the fields of VARY (bits, dataplanes.xdp_gen.vary_mask) from
         the base values; the index restarts at 0 and nothing may be sent until `grant`."""
         l4 = xdp_gen.header().L4
         if (proto, version) not in l4:
             raise InputError(f"protocol {proto!r} over IPv{version}: the loop sends {sorted(l4)}")
         if flows > 1 and self.copies > 1:
-            raise InputError(f"{flows} flows with copies={self.copies}: the copies of one round carry one flow, "
-                             "so every flow would be sent several times; use copies=1 for more than one flow")
+            raise InputError(
+                f"{flows} flows with copies={self.copies}: the copies of one round carry one flow, "
+                "so every flow would be sent several times; use copies=1 for more than one flow"
+            )
         table = self.program.map("gen_config")
-        table[ctypes.c_int(0)] = table.Leaf(flows, vary, int(version == 6), l4[(proto, version)],
-                                            sport, dport, low32(src_ip), low32(dst_ip))
+        table[ctypes.c_int(0)] = table.Leaf(
+            flows, vary, int(version == 6), l4[(proto, version)], sport, dport, low32(src_ip), low32(dst_ip)
+        )
         self._set(header().LIMIT, 0)
         self._set(header().NEXT, 0)
 
@@ -257,6 +277,8 @@ def devmap_broadcast_probe() -> str:
             sent = loop.settled()
             xmit = loop.xmit_counters()[0] - before
     if sent < PROBE_FRAMES or xmit < PROBE_FRAMES:
-        raise LabkitError(f"a loop of XDP programs with a devmap broadcast sent {sent} of {PROBE_FRAMES} frames, "
-                          f"{xmit} of them through ndo_xdp_xmit (the broadcast redirect fails here)")
+        raise LabkitError(
+            f"a loop of XDP programs with a devmap broadcast sent {sent} of {PROBE_FRAMES} frames, "
+            f"{xmit} of them through ndo_xdp_xmit (the broadcast redirect fails here)"
+        )
     return f"a loop of XDP programs broadcast {PROBE_FRAMES} frames through a devmap, all as XDP frames"

@@ -20,6 +20,7 @@ its peer has an XDP program (labkit's `Minimal().pass_()`), and XDP updates chec
 as full ones, so senders' checksum offload must be off (a real NIC never hands XDP a
 partial checksum).
 """
+
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
@@ -30,7 +31,9 @@ from labkit.dataplanes.jiffies import jiffies_now
 from labkit.errors import InputError
 
 #: OUTCOMES, the fast path's outcomes, the index of `xdp_stats` (enum nat_xdp_outcome of bpf/include/nat.h).
-header, __getattr__ = read_when_needed(lambda: {"OUTCOMES": bpf_enums.enum_names("nat.h", "nat_xdp_outcome", "NAT_XDP_")})
+header, __getattr__ = read_when_needed(
+    lambda: {"OUTCOMES": bpf_enums.enum_names("nat.h", "nat_xdp_outcome", "NAT_XDP_")}
+)
 FORWARDED = {"out_static", "out_snat", "in_static", "in_snat", "routed"}  # the rest: pass_*
 
 

@@ -25,6 +25,7 @@ runtime directory /var/run/dpdk/PREFIX is removed when l2fwd has stopped, so a c
 finished run never blocks the next. l2fwd is stopped with SIGINT (it then closes its
 ports), then SIGTERM, then SIGKILL, and is always reaped.
 """
+
 from __future__ import annotations
 
 # The package's public names, where `dpdk.X` finds them; one module per concern:
@@ -33,41 +34,71 @@ from __future__ import annotations
 # drop counters of a DPDK process's AF_XDP and packet sockets).
 from labkit.dpdk.afxdp import AF_XDP_DEVARGS, BUSY_POLL_SETTINGS, BusyPollSettings, socket_mode, xsk_sockets
 from labkit.dpdk.build import (
-                               EXAMPLES_DIR,
-                               L2FWD_BUILD_DIR,
-                               RING_SIZES,
-                               STAMP_NAME,
-                               build_dir_for,
-                               build_l2fwd,
-                               dpdk_version,
-                               l2fwd_status,
+    EXAMPLES_DIR,
+    L2FWD_BUILD_DIR,
+    RING_SIZES,
+    STAMP_NAME,
+    build_dir_for,
+    build_l2fwd,
+    dpdk_version,
+    l2fwd_status,
 )
 from labkit.dpdk.l2fwd import L2fwd, PortStats, Resources, parse_stats
 from labkit.dpdk.options import (
-                               PCI_RE,
-                               PORT_KINDS,
-                               EalOptions,
-                               L2fwdOptions,
-                               Port,
-                               check_pci_address,
-                               hugepages,
-                               l2fwd_mac,
-                               parse_command_line,
+    PCI_RE,
+    PORT_KINDS,
+    EalOptions,
+    L2fwdOptions,
+    Port,
+    check_pci_address,
+    hugepages,
+    l2fwd_mac,
+    parse_command_line,
 )
 from labkit.dpdk.runtime import (
-                               RUNTIME_BASES,
-                               clean_runtime_dirs,
-                               dpdk_processes,
-                               file_prefix,
-                               remove_runtime_dir,
-                               runtime_dirs,
-                               stale_runtime_dirs,
+    RUNTIME_BASES,
+    clean_runtime_dirs,
+    dpdk_processes,
+    file_prefix,
+    remove_runtime_dir,
+    runtime_dirs,
+    stale_runtime_dirs,
 )
 from labkit.dpdk.sockets import socket_drops
 
-__all__ = ["EXAMPLES_DIR", "STAMP_NAME", "L2FWD_BUILD_DIR", "build_l2fwd", "dpdk_version", "l2fwd_status", "L2fwd", "PortStats",
-           "Resources", "parse_stats", "PCI_RE", "PORT_KINDS", "EalOptions", "L2fwdOptions", "Port",
-           "check_pci_address", "hugepages", "l2fwd_mac", "parse_command_line", "RUNTIME_BASES",
-           "clean_runtime_dirs", "dpdk_processes", "file_prefix", "remove_runtime_dir", "runtime_dirs",
-           "stale_runtime_dirs", "AF_XDP_DEVARGS", "BUSY_POLL_SETTINGS", "BusyPollSettings", "socket_mode", "xsk_sockets", "RING_SIZES", "build_dir_for",
-           "socket_drops"]
+__all__ = [
+    "EXAMPLES_DIR",
+    "STAMP_NAME",
+    "L2FWD_BUILD_DIR",
+    "build_l2fwd",
+    "dpdk_version",
+    "l2fwd_status",
+    "L2fwd",
+    "PortStats",
+    "Resources",
+    "parse_stats",
+    "PCI_RE",
+    "PORT_KINDS",
+    "EalOptions",
+    "L2fwdOptions",
+    "Port",
+    "check_pci_address",
+    "hugepages",
+    "l2fwd_mac",
+    "parse_command_line",
+    "RUNTIME_BASES",
+    "clean_runtime_dirs",
+    "dpdk_processes",
+    "file_prefix",
+    "remove_runtime_dir",
+    "runtime_dirs",
+    "stale_runtime_dirs",
+    "AF_XDP_DEVARGS",
+    "BUSY_POLL_SETTINGS",
+    "BusyPollSettings",
+    "socket_mode",
+    "xsk_sockets",
+    "RING_SIZES",
+    "build_dir_for",
+    "socket_drops",
+]

@@ -18,6 +18,7 @@ The socket's ring sizes are l2fwd's descriptor counts (`build_l2fwd(ring_size=..
 The driver removes its XDP program when the port closes (l2fwd does on SIGINT); after a
 SIGKILL it stays: `remove_pmd_programs` takes off what the driver left.
 """
+
 from __future__ import annotations
 
 import os
@@ -135,7 +136,6 @@ class BusyPollSettings:
 
     def __exit__(self, *exc):
         self.restore()
-
 
 
 def xsk_sockets(host) -> int:

@@ -1,5 +1,5 @@
-"""Build DPDK's l2fwd example from Debian's sources, stamped by DPDK version and source hash.
-"""
+"""Build DPDK's l2fwd example from Debian's sources, stamped by DPDK version and source hash."""
+
 from __future__ import annotations
 
 import fcntl
@@ -25,11 +25,14 @@ def dpdk_version(pkg_config: str = "pkg-config") -> str:
     try:
         cp = subprocess.run([pkg_config, "--modversion", "libdpdk"], capture_output=True, text=True, timeout=20)
     except FileNotFoundError:
-        raise MissingDependency(f"`{pkg_config}` is not installed (Debian package pkg-config): run `sudo make setup`") from None
+        raise MissingDependency(
+            f"`{pkg_config}` is not installed (Debian package pkg-config): run `sudo make setup`"
+        ) from None
     if cp.returncode != 0 or not cp.stdout.strip():
         raise MissingDependency(
             "DPDK is not installed (pkg-config finds no libdpdk): install Debian's dpdk, dpdk-dev, "
-            "libdpdk-dev and dpdk-doc with `sudo make setup`")
+            "libdpdk-dev and dpdk-doc with `sudo make setup`"
+        )
     return cp.stdout.strip()
 
 
@@ -71,14 +74,21 @@ def _set_ring_size(main_c: Path, n: int) -> None:
     for name in ("RX_DESC_DEFAULT", "TX_DESC_DEFAULT"):
         text, k = re.subn(rf"^#define {name} \d+$", f"#define {name} {n}", text, flags=re.M)
         if k != 1:
-            raise LabkitError(f"l2fwd's source at {main_c} has no `#define {name}`: its ring size cannot be set "
-                              "(DPDK's example changed); use ring_size=None")
+            raise LabkitError(
+                f"l2fwd's source at {main_c} has no `#define {name}`: its ring size cannot be set "
+                "(DPDK's example changed); use ring_size=None"
+            )
     main_c.write_text(text)
 
 
-def build_l2fwd(*, force: bool = False, examples_dir: Path | str | None = None,
-                build_dir: Path | str | None = None, pkg_config: str = "pkg-config",
-                ring_size: int | None = None) -> Path:
+def build_l2fwd(
+    *,
+    force: bool = False,
+    examples_dir: Path | str | None = None,
+    build_dir: Path | str | None = None,
+    pkg_config: str = "pkg-config",
+    ring_size: int | None = None,
+) -> Path:
     """Build DPDK's l2fwd example from the installed sources into `build/l2fwd/` (outside
     git) and return the binary. A stamp holds DPDK's version and the source's hash: the
     build is redone only when either changes (or with FORCE). Concurrent callers take turns.
@@ -92,7 +102,8 @@ def build_l2fwd(*, force: bool = False, examples_dir: Path | str | None = None,
     if not (source / "main.c").is_file():
         raise MissingDependency(
             f"DPDK's l2fwd example sources are not at {source} (Debian package dpdk-doc installs "
-            "/usr/share/dpdk/examples): run `sudo make setup`")
+            "/usr/share/dpdk/examples): run `sudo make setup`"
+        )
     binary = target / "build" / "l2fwd"
     stamp_file = target / STAMP_NAME
     want = _stamp(version, source / "main.c") + (f"ring {ring}\n" if ring != L2FWD_RING_DEFAULT else "")

@@ -1,6 +1,7 @@
 """l2fwd run on a host: started, its statistics read, what it takes from the machine
 accounted, stopped with SIGINT then SIGTERM then SIGKILL, and always reaped.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,11 @@ class PortStats:
 _BLOCK_RE = re.compile(r"Port statistics =+(.*?)Aggregate statistics =+.*?Total packets dropped:\s*\d+", re.S)
 
 
-_PORT_RE = re.compile(r"Statistics for port (\d+) -+\s*Packets sent:\s*(\d+)\s*Packets received:\s*(\d+)\s*"
-                      r"Packets dropped:\s*(\d+)", re.S)
+_PORT_RE = re.compile(
+    r"Statistics for port (\d+) -+\s*Packets sent:\s*(\d+)\s*Packets received:\s*(\d+)\s*"
+    r"Packets dropped:\s*(\d+)",
+    re.S,
+)
 
 
 def parse_stats(output: str) -> list[dict[int, PortStats]]:
@@ -73,8 +77,16 @@ class L2fwd:
     needed), starts it and waits until it forwards; leaving stops and reaps it and
     removes its runtime directory."""
 
-    def __init__(self, host, ports: list, eal: EalOptions | None = None, app: L2fwdOptions | None = None, *,
-                 binary: str | Path | None = None, ready_timeout: float = 30.0):
+    def __init__(
+        self,
+        host,
+        ports: list,
+        eal: EalOptions | None = None,
+        app: L2fwdOptions | None = None,
+        *,
+        binary: str | Path | None = None,
+        ready_timeout: float = 30.0,
+    ):
         self.host = host
         self.ports = [p if isinstance(p, Port) else Port.af_packet(p) for p in ports]
         self.eal = eal or EalOptions()
@@ -100,8 +112,10 @@ class L2fwd:
         if bad:
             raise InputError(f"port kind(s) {sorted(bad)}: choose from {PORT_KINDS}")
         if "pci" in kinds and len(kinds) > 1:
-            raise InputError("mixing PCI and virtual ports makes DPDK's port numbering depend on probe order: "
-                             "use only PCI ports or only virtual ones")
+            raise InputError(
+                "mixing PCI and virtual ports makes DPDK's port numbering depend on probe order: "
+                "use only PCI ports or only virtual ones"
+            )
         for p in self.ports:
             if p.kind == "pci":
                 check_pci_address(p.name)
@@ -116,12 +130,16 @@ class L2fwd:
         with self.host.ipr() as ipr:
             if not ipr.link_lookup(ifname=name):
                 names = sorted(l.get_attr("IFLA_IFNAME") for l in ipr.get_links())
-                raise InputError(f"interface {name!r} does not exist on {self.host}; interfaces there: {', '.join(names)}")
+                raise InputError(
+                    f"interface {name!r} does not exist on {self.host}; interfaces there: {', '.join(names)}"
+                )
         if any(p.kind == "af_xdp" and p.name == name for p in self.ports):
             prog = xdp_program_id(self.host, name)
             if prog is not None:
-                raise InputError(f"{name} on {self.host} already has an XDP program (id {prog}): a net_af_xdp port "
-                                 "attaches its own; detach it first, or run `labkit clean` if a crashed run left it")
+                raise InputError(
+                    f"{name} on {self.host} already has an XDP program (id {prog}): a net_af_xdp port "
+                    "attaches its own; detach it first, or run `labkit clean` if a crashed run left it"
+                )
 
     def socket_modes(self) -> dict:
         """{port: 'copy' | 'zero-copy' | 'unknown'} of the net_af_xdp ports."""
@@ -156,10 +174,13 @@ class L2fwd:
             if "entering main loop" in out and ("done" in out.split("Checking link status", 1)[-1]):
                 return
             if not self.proc.running:
-                raise LabkitError(f"l2fwd exited ({self.proc.returncode}) before forwarding:\n{_tail(out)}"
-                                  + _hint(out))
+                raise LabkitError(
+                    f"l2fwd exited ({self.proc.returncode}) before forwarding:\n{_tail(out)}" + _hint(out)
+                )
             time.sleep(0.05)
-        raise LabkitError(f"l2fwd did not start forwarding within {self.ready_timeout:.0f} s:\n{_tail(self.proc.output())}")
+        raise LabkitError(
+            f"l2fwd did not start forwarding within {self.ready_timeout:.0f} s:\n{_tail(self.proc.output())}"
+        )
 
     @property
     def running(self) -> bool:
@@ -206,15 +227,22 @@ class L2fwd:
         out = {}
         if "xsk" in d:
             x = d["xsk"]
-            out.update({"xsk_rx_dropped": x["rx_dropped"], "xsk_fill_ring_empty": x["rx_fill_ring_empty_descs"],
-                        "xsk_rx_ring_full": x["rx_ring_full"], "xsk_tx_invalid": x["tx_invalid_descs"]})
+            out.update(
+                {
+                    "xsk_rx_dropped": x["rx_dropped"],
+                    "xsk_fill_ring_empty": x["rx_fill_ring_empty_descs"],
+                    "xsk_rx_ring_full": x["rx_ring_full"],
+                    "xsk_tx_invalid": x["tx_invalid_descs"],
+                }
+            )
         if "packet" in d:
             for k in self._packet_totals:  # the kernel reset them when read: keep the running totals
                 self._packet_totals[k] += d["packet"][k]
             out["packet_drops"] = self._packet_totals["tp_drops"]
         if out:
-            out["socket_dropped"] = out.get("xsk_rx_dropped", 0) + out.get("xsk_rx_ring_full", 0) + \
-                out.get("packet_drops", 0)
+            out["socket_dropped"] = (
+                out.get("xsk_rx_dropped", 0) + out.get("xsk_rx_ring_full", 0) + out.get("packet_drops", 0)
+            )
         return out
 
     def resources(self) -> Resources:
@@ -226,12 +254,18 @@ class L2fwd:
         st = _proc_status(self.proc.pid)
         hp = hugepages()
         used = max(0, (self._hp0 or {}).get("HugePages_Free", 0) - hp.get("HugePages_Free", 0))
-        return Resources(cpu_seconds=self.proc.cpu_seconds(), wall_seconds=time.monotonic() - self._t0,
-                         lcores=len(self.eal.lcore_ids()),
-                         busy_cores=self.proc.cpu_seconds() / max(1e-9, time.monotonic() - self._t0),
-                         rss_mb=st.get("VmRSS", 0) / 1024, peak_rss_mb=st.get("VmHWM", 0) / 1024,
-                         memory_mb=int(self.eal.memory_mb), hugepages=self.eal.use_hugepages(self.ports),
-                         hugepages_used=used, hugepage_kb=hp.get("Hugepagesize", 0))
+        return Resources(
+            cpu_seconds=self.proc.cpu_seconds(),
+            wall_seconds=time.monotonic() - self._t0,
+            lcores=len(self.eal.lcore_ids()),
+            busy_cores=self.proc.cpu_seconds() / max(1e-9, time.monotonic() - self._t0),
+            rss_mb=st.get("VmRSS", 0) / 1024,
+            peak_rss_mb=st.get("VmHWM", 0) / 1024,
+            memory_mb=int(self.eal.memory_mb),
+            hugepages=self.eal.use_hugepages(self.ports),
+            hugepages_used=used,
+            hugepage_kb=hp.get("Hugepagesize", 0),
+        )
 
     def stop(self) -> int | None:
         """SIGINT (l2fwd closes its ports), then SIGTERM, then SIGKILL; reaped; runtime

@@ -1,5 +1,5 @@
-"""DPDK ports and options (EAL and l2fwd's own), every one checked before anything runs.
-"""
+"""DPDK ports and options (EAL and l2fwd's own), every one checked before anything runs."""
+
 from __future__ import annotations
 
 import os
@@ -64,15 +64,22 @@ def check_pci_address(address: str) -> str:
     full = address if address.count(":") == 2 else f"0000:{address}"
     dev = Path("/sys/bus/pci/devices") / full.lower()
     if not dev.exists():
-        have = sorted(p.name for p in Path("/sys/bus/pci/devices").glob("*")
-                      if _read(p / "class") and _read(p / "class").startswith("0x02"))
-        raise InputError(f"PCI device {full} does not exist on this machine; network devices here: "
-                         f"{', '.join(have) or 'none'} (see `dpdk-devbind.py --status`)")
+        have = sorted(
+            p.name
+            for p in Path("/sys/bus/pci/devices").glob("*")
+            if _read(p / "class") and _read(p / "class").startswith("0x02")
+        )
+        raise InputError(
+            f"PCI device {full} does not exist on this machine; network devices here: "
+            f"{', '.join(have) or 'none'} (see `dpdk-devbind.py --status`)"
+        )
     driver = os.path.basename(os.readlink(dev / "driver")) if (dev / "driver").exists() else None
     if driver not in DPDK_DRIVERS:
-        raise InputError(f"PCI device {full} is bound to {driver or 'no driver'}: bind it to vfio-pci for DPDK "
-                         f"(`dpdk-devbind.py -b vfio-pci {full}`), or use a virtual port (af_packet/af_xdp) "
-                         "on its Linux interface")
+        raise InputError(
+            f"PCI device {full} is bound to {driver or 'no driver'}: bind it to vfio-pci for DPDK "
+            f"(`dpdk-devbind.py -b vfio-pci {full}`), or use a virtual port (af_packet/af_xdp) "
+            "on its Linux interface"
+        )
     return full
 
 
@@ -146,7 +153,8 @@ class EalOptions:
                 raise InputError(
                     f"hugepages asked for {self.memory_mb} MB, but only {hp.get('HugePages_Free', 0)} pages of "
                     f"{hp.get('Hugepagesize', 2048)} kB are free: reserve them (e.g. `echo {need} > "
-                    "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`) or set hugepages=False")
+                    "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`) or set hugepages=False"
+                )
         return self
 
     def use_hugepages(self, ports: list[Port]) -> bool:
@@ -193,7 +201,8 @@ class L2fwdOptions:
         if missing:
             raise InputError(
                 f"port mask {self.portmask:#x} names port(s) {missing}, but only {nports} port(s) are given "
-                f"(ports 0..{nports - 1}): use port mask {(1 << nports) - 1:#x} or give more ports")
+                f"(ports 0..{nports - 1}): use port mask {(1 << nports) - 1:#x} or give more ports"
+            )
         q = self.queues_per_lcore
         if q is not None:
             if not isinstance(q, int) or not (1 <= q <= 16):
@@ -202,7 +211,8 @@ class L2fwdOptions:
                 raise InputError(
                     f"{len(enabled)} port(s) in the mask but {nlcores} lcore(s) x {q} queue(s) per lcore serve only "
                     f"{q * nlcores}: l2fwd would exit with 'Not enough cores'. Use queues_per_lcore="
-                    f"{-(-len(enabled) // nlcores)} (-q), or give more lcores")
+                    f"{-(-len(enabled) // nlcores)} (-q), or give more lcores"
+                )
         check_ring_size(self.ring_size)
         if not isinstance(self.stats_period_s, int) or not (0 <= self.stats_period_s < 86400):
             raise InputError(f"statistics period {self.stats_period_s!r}: whole seconds 0..86399 (l2fwd's -T)")
@@ -232,7 +242,7 @@ def parse_command_line(cmdline: str) -> tuple[EalOptions, L2fwdOptions]:
         words = words[1:]
     if "--" in words:
         cut = words.index("--")
-        eal_w, app_w = words[:cut], words[cut + 1:]
+        eal_w, app_w = words[:cut], words[cut + 1 :]
     else:
         eal_w, app_w = words, []
     eal = EalOptions(lcores=None)
@@ -253,8 +263,10 @@ def parse_command_line(cmdline: str) -> tuple[EalOptions, L2fwdOptions]:
         elif w == "--no-pci":
             pass
         elif w.startswith("--vdev") or w in ("-a", "-w"):
-            raise InputError(f"{w!r} in the command line: give ports as labkit Ports (Port.af_packet(iface), "
-                             "Port.pci('0000:3b:00.0')), not as EAL arguments")
+            raise InputError(
+                f"{w!r} in the command line: give ports as labkit Ports (Port.af_packet(iface), "
+                "Port.pci('0000:3b:00.0')), not as EAL arguments"
+            )
         else:
             eal.extra.append(w)
     if eal.coremask is None and eal.lcores is None:

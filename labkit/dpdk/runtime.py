@@ -1,6 +1,7 @@
 """DPDK's runtime directories and processes: one EAL --file-prefix per run, removed when
 its process has stopped; what dead runs left is found here for `labkit clean`.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -47,8 +48,9 @@ def runtime_dirs(prefix: str = "lk") -> list[str]:
 def stale_runtime_dirs() -> list[str]:
     """Runtime directories of labkit runs whose process is gone (for `labkit clean`)."""
     live = runs.live_prefixes()
-    return [d for d in runtime_dirs() if runs.PREFIX_RE.match(os.path.basename(d))
-            and os.path.basename(d)[:6] not in live]
+    return [
+        d for d in runtime_dirs() if runs.PREFIX_RE.match(os.path.basename(d)) and os.path.basename(d)[:6] not in live
+    ]
 
 
 def clean_runtime_dirs(log=print) -> list[str]:
@@ -86,6 +88,8 @@ def locked_memory_hint(out: str) -> str:
         return ""
     soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft // 1024} KiB"
-    return ("\n-> the packet buffers need locked memory: a process without CAP_IPC_LOCK may lock only "
-            f"RLIMIT_MEMLOCK ({limit} here). Run with CAP_IPC_LOCK, or raise the limit (`ulimit -l unlimited`; "
-            "above the hard limit that needs CAP_SYS_RESOURCE)")
+    return (
+        "\n-> the packet buffers need locked memory: a process without CAP_IPC_LOCK may lock only "
+        f"RLIMIT_MEMLOCK ({limit} here). Run with CAP_IPC_LOCK, or raise the limit (`ulimit -l unlimited`; "
+        "above the hard limit that needs CAP_SYS_RESOURCE)"
+    )

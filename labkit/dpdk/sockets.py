@@ -17,6 +17,7 @@ Reading PACKET_STATISTICS resets the packet socket's counters (the kernel's rule
 packet counts are those since the previous read: read once before a trial and once after.
 Where the kernel refuses (no pidfd_getfd, not root) the result is empty, never an error.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,8 +27,14 @@ import struct
 SYS_PIDFD_GETFD = 438  # x86_64, arm64 and the generic syscall table alike
 SOL_XDP, XDP_STATISTICS = 283, 7
 SOL_PACKET, PACKET_STATISTICS = 263, 6
-XSK_FIELDS = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_full", "rx_fill_ring_empty_descs",
-              "tx_ring_empty_descs")
+XSK_FIELDS = (
+    "rx_dropped",
+    "rx_invalid_descs",
+    "tx_invalid_descs",
+    "rx_ring_full",
+    "rx_fill_ring_empty_descs",
+    "tx_ring_empty_descs",
+)
 PACKET_FIELDS = ("tp_packets", "tp_drops")
 
 _libc = None
@@ -45,7 +52,7 @@ def _getsockopt(fd: int, level: int, name: int, size: int) -> bytes | None:
     buf, ln = ctypes.create_string_buffer(size), ctypes.c_uint32(size)
     if _c().getsockopt(fd, level, name, buf, ctypes.byref(ln)) != 0:
         return None
-    return buf.raw[:ln.value]
+    return buf.raw[: ln.value]
 
 
 def socket_drops(pid: int) -> dict:

@@ -19,6 +19,7 @@ notebook that runs it) and ``VIEW``; `declared()` finds every such module, so ad
 experiment is one module here and one notebook, and the reporting layer reads the
 declarations instead of knowing the experiments.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,8 +32,14 @@ from labkit.errors import InputError
 from labkit.packets import check_size
 
 
-def check_run_shape(variants: list, known: list, trials: int, sizes: list | None = None,
-                    count: int | None = None, count_name: str = "count") -> None:
+def check_run_shape(
+    variants: list,
+    known: list,
+    trials: int,
+    sizes: list | None = None,
+    count: int | None = None,
+    count_name: str = "count",
+) -> None:
     """The checks every experiment's parameters share: variants known and each named
     once, trials, packet sizes and packets per trial in range. Raised before the kernel is
     touched, saying what to change."""
@@ -70,8 +77,16 @@ def rotated(variants: list, trial: int) -> list:
     return list(variants[k:]) + list(variants[:k])
 
 
-def trial_loop(variants: list, trials: int, measure_one: Callable, record: Callable, *, sizes=(None,),
-               label: str = "trials", show: bool = True) -> None:
+def trial_loop(
+    variants: list,
+    trials: int,
+    measure_one: Callable,
+    record: Callable,
+    *,
+    sizes=(None,),
+    label: str = "trials",
+    show: bool = True,
+) -> None:
     """For every size, trial and variant (rotated per trial): ``measure_one(variant, size,
     trial)`` returns a measure.Measurement (or a tuple starting with one). When every
     variant of a trial is measured, those that kept up with the generator at full speed
@@ -161,9 +176,9 @@ FEED_WIRE = "frames from the wire (real interfaces: native XDP runs in the recei
 #: what the receiver's hook sees with each feed (said beside the numbers)
 FEED_MEANS = {
     FEED_XDP: "the frames reach the receiving veth through its peer's ndo_xdp_xmit, so native XDP there runs on "
-              "them before any skb is built (its fast path)",
+    "them before any skb is built (its fast path)",
     FEED_SKB: "the frames reach the receiving veth as skbs, so native XDP there runs its slow path (the skb is "
-              "built first and converted for the program), not XDP's driver-level fast path",
+    "built first and converted for the program), not XDP's driver-level fast path",
 }
 
 
@@ -204,10 +219,16 @@ class Feed:
     def metadata(self) -> dict:
         """What the run's metadata keeps under "feed"."""
         if not self.seen:
-            return {"generator": self.generator, "receiver_got": "not measured",
-                    "how": "the sender's interface has no tx_queue_N_xdp_xmit counter (ethtool -S)"}
-        how = ("real interfaces" if self.real_interfaces else
-               f"the sending veth's tx_queue_N_xdp_xmit counted {self.xdp_xmit} of {self.offered} frames offered")
+            return {
+                "generator": self.generator,
+                "receiver_got": "not measured",
+                "how": "the sender's interface has no tx_queue_N_xdp_xmit counter (ethtool -S)",
+            }
+        how = (
+            "real interfaces"
+            if self.real_interfaces
+            else f"the sending veth's tx_queue_N_xdp_xmit counted {self.xdp_xmit} of {self.offered} frames offered"
+        )
         out = {"generator": self.generator, "receiver_got": self.kind, "how": how, "trials": dict(self.seen)}
         if self.kind in FEED_MEANS:
             out["means"] = FEED_MEANS[self.kind]
@@ -227,7 +248,7 @@ def table_feed(table) -> str | None:
 def _short_why(why: str, most: int = 90) -> str:
     """A choice's reason up to its first parenthesis (the full one stays in the metadata)."""
     why = why.split(" (", 1)[0].strip()
-    return why if len(why) <= most else why[:most - 1].rstrip() + "…"
+    return why if len(why) <= most else why[: most - 1].rstrip() + "…"
 
 
 def saved_metadata(run_dir) -> dict:
@@ -246,14 +267,19 @@ def fed_by(meta: dict | None, skipped: dict | None = None) -> str:
 
     meta = meta or {}
     feed = meta.get("feed") or {}
-    line = (f"Fed by the {meta.get('generator') or feed.get('generator') or 'unrecorded'} generator; "
-            f"the receiver got {feed.get('receiver_got', 'frames of an unrecorded form')}")
+    line = (
+        f"Fed by the {meta.get('generator') or feed.get('generator') or 'unrecorded'} generator; "
+        f"the receiver got {feed.get('receiver_got', 'frames of an unrecorded form')}"
+    )
     skipped = meta.get("skipped_parts", {}) if skipped is None else skipped
     fac = meta.get("facilities")
     if isinstance(fac, dict):
         # a choice kept in this process for a part this run did not measure is not this run's
-        choices = {k: {**v, "why": _short_why(v.get("why", ""))} for k, v in (fac.get("choices") or {}).items()
-                   if not any(part in k for part in skipped)}
+        choices = {
+            k: {**v, "why": _short_why(v.get("why", ""))}
+            for k, v in (fac.get("choices") or {}).items()
+            if not any(part in k for part in skipped)
+        }
         used = capabilities.summary_line({**fac, "choices": choices})
         if used:
             line += f"; {used}"

@@ -13,6 +13,7 @@ piece an experiment opens through here, the same call on any testbed:
 generators need their veth peer on their own host). The far-side function `generator`
 imports nothing a provisioned host lacks.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -25,13 +26,25 @@ from labkit.testbed.inventory import Testbed
 __all__ = ["Testbed", "RemoteGenerator", "GENERATOR_TOOLS", "LOCAL_CPU", "blank_local_cpu"]
 
 #: what the sender host needs for each generator (commands, or python:module)
-GENERATOR_TOOLS = {"trafgen": ["trafgen"], "xdp": ["python:bcc"], "testpmd": ["dpdk-testpmd"],
-                   "pktgen": ["modprobe"], "auto": []}
+GENERATOR_TOOLS = {
+    "trafgen": ["trafgen"],
+    "xdp": ["python:bcc"],
+    "testpmd": ["dpdk-testpmd"],
+    "pktgen": ["modprobe"],
+    "auto": [],
+}
 #: the measures `measure.run_trial` takes from the controlling machine's CPU, which across
 #: hosts is neither the sender's nor the receiver's (a DUT's own process time, read there,
 #: is not among them)
-LOCAL_CPU = ("cpu_busy_s", "cpu_softirq_s", "net_rx_softirq_s", "generator_cpu_s", "receiver_cpu_s",
-             "cpu_ns_per_pkt", "system_cpu_ns_per_pkt")
+LOCAL_CPU = (
+    "cpu_busy_s",
+    "cpu_softirq_s",
+    "net_rx_softirq_s",
+    "generator_cpu_s",
+    "receiver_cpu_s",
+    "cpu_ns_per_pkt",
+    "system_cpu_ns_per_pkt",
+)
 
 
 def blank_local_cpu(rows: list[dict]) -> None:
@@ -80,8 +93,10 @@ def generator_for(name: str, local: bool) -> str:
 
 
 #: what a run across hosts says when `auto` became trafgen
-AUTO_ACROSS_HOSTS = ("generator auto across hosts: trafgen (the in-kernel generator needs an XDP program on its "
-                     "veth peer, which is on another host here); name generator=xdp to use it from a NIC")
+AUTO_ACROSS_HOSTS = (
+    "generator auto across hosts: trafgen (the in-kernel generator needs an XDP program on its "
+    "veth peer, which is on another host here); name generator=xdp to use it from a NIC"
+)
 
 
 # ---------------------------------------------------------------- on the far host

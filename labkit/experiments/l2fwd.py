@@ -42,6 +42,7 @@ and forwarder at the smallest frame size: its no-drop rate and the one-way laten
 probes (bpf/latency.c; the receiver's sink is then the probe sink) with no load and with
 background load at ``latency_loads`` of that rate (labkit.measure.latency_profile).
 """
+
 from __future__ import annotations
 
 import time
@@ -76,15 +77,23 @@ NOTEBOOK = "02-l2-forwarding"  # the notebook that runs this experiment
 ROLES = {"sender": ("snd", None), "dut": [("dut", "snd"), ("dut", "rcv")], "receiver": ("rcv", None)}
 #: where a remote DUT builds DPDK's l2fwd, unless its inventory sets labkit_build_dir
 DEFAULT_BUILD_DIR = "/var/cache/labkit/build"
-ACROSS_HOSTS_CPU = ("across hosts: the receive-path CPU is read on this machine, which is no host's (DPDK's and "
-                    "OVS's own process time is still read on the DUT)")
+ACROSS_HOSTS_CPU = (
+    "across hosts: the receive-path CPU is read on this machine, which is no host's (DPDK's and "
+    "OVS's own process time is still read on the DUT)"
+)
 SENDER_ADDR, RECEIVER_ADDR = "10.11.0.1/24", "10.11.0.2/24"
 #: how the comparison and the index show this experiment: the DUT's CPU beyond the baseline sink,
 #: since DPDK polls in user space where softirq time would not see it
-VIEW = View(EXPERIMENT, "L2 forwarding", NOTEBOOK, cpu="dut_cpu_ns_per_pkt",
-            cpu_label="DUT CPU per forwarded packet (beyond the baseline sink)", exclude=(BASELINE,),
-            select=(("kind", ("trial", None)),),
-            references=((references.XDP_PAPER_DPDK_DROP, ("dpdk_l2fwd",), "pps"),))
+VIEW = View(
+    EXPERIMENT,
+    "L2 forwarding",
+    NOTEBOOK,
+    cpu="dut_cpu_ns_per_pkt",
+    cpu_label="DUT CPU per forwarded packet (beyond the baseline sink)",
+    exclude=(BASELINE,),
+    select=(("kind", ("trial", None)),),
+    references=((references.XDP_PAPER_DPDK_DROP, ("dpdk_l2fwd",), "pps"),),
+)
 #: a smoke run: one size, one trial, few packets, a short idle window (see smoke_clamp)
 plot_latency_cdf = views.plot_latency_cdf  # the notebook's latency CDF
 SMOKE = {"sizes": 1, "trials": 1, "count": 20_000, "idle_s": 0.5, "latency_probes": 200, "ndr_iterations": 5}
@@ -104,7 +113,9 @@ class Params:
     dpdk_queues_per_lcore: int | None = None  # -q; None: enough for the lcores
     dpdk_framecnt: int = 4096  # frames in each net_af_packet ring (the PMD's default 512 overflows under load)
     dpdk_afxdp_ring: int = 4096  # descriptors per AF_XDP ring (l2fwd is built with it; its own is 1024)
-    dpdk_afxdp_busy_budget: int = 0  # net_af_xdp busy_budget; 0 (off) on veths: it polls nothing there and stalls them; 64 on a NIC
+    dpdk_afxdp_busy_budget: int = (
+        0  # net_af_xdp busy_budget; 0 (off) on veths: it polls nothing there and stalls them; 64 on a NIC
+    )
     ovs_xdp_mode: str = "native"  # xdp-mode of Open vSwitch's afxdp ports: native or generic
     ovs_pmd_cpus: str = "0x2"  # CPU mask of Open vSwitch's PMD threads (CPU 1: away from the generator)
     mac_updating: bool = True
@@ -133,8 +144,9 @@ class Params:
             # everything about l2fwd that can be checked without the kernel
             eal = dpdk.EalOptions(lcores=self.dpdk_lcores, memory_mb=self.dpdk_memory_mb)
             eal.lcore_ids()
-            dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=self.dpdk_queues_per_lcore,
-                              ring_size=self.dpdk_afxdp_ring).validate(2, len(eal.lcore_ids()))
+            dpdk.L2fwdOptions(
+                portmask=0x3, queues_per_lcore=self.dpdk_queues_per_lcore, ring_size=self.dpdk_afxdp_ring
+            ).validate(2, len(eal.lcore_ids()))
             dpdk.Port.af_xdp("x", busy_budget=self.dpdk_afxdp_busy_budget)
         if self.ovs_xdp_mode not in ovs.XDP_MODES:
             raise InputError(f"ovs_xdp_mode {self.ovs_xdp_mode!r}: choose one of {ovs.XDP_MODES}")
@@ -153,8 +165,11 @@ def spec() -> topology.TopologySpec:
     """sender -> dut (two ports) -> receiver; the receiver has the MAC l2fwd writes."""
     return topology.TopologySpec(
         hosts=["snd", "dut", "rcv"],
-        links=[topology.LinkSpec("snd", "dut", SENDER_ADDR, None, a_name="snd0", b_name="dut0"),
-               topology.LinkSpec("dut", "rcv", None, RECEIVER_ADDR, b_mac=RECEIVER_MAC, a_name="dut1", b_name="rcv0")])
+        links=[
+            topology.LinkSpec("snd", "dut", SENDER_ADDR, None, a_name="snd0", b_name="dut0"),
+            topology.LinkSpec("dut", "rcv", None, RECEIVER_ADDR, b_mac=RECEIVER_MAC, a_name="dut1", b_name="rcv0"),
+        ],
+    )
 
 
 # ---------------------------------------------------------------- the run
@@ -168,9 +183,11 @@ def run(data_dir=None, **kwargs) -> Result:
     if p.inventory is None:
         runs.require_root("the L2 forwarding experiment")
         l2fwd_dut.build_l2fwd_here(None, _rings(p))  # before any namespace: a missing DPDK fails early
-    tools = {"sender": across_hosts.GENERATOR_TOOLS[across_hosts.generator_for(p.generator, p.inventory is None)],
-             "dut": ["python:bcc"],
-             "receiver": ["python:bcc"]}
+    tools = {
+        "sender": across_hosts.GENERATOR_TOOLS[across_hosts.generator_for(p.generator, p.inventory is None)],
+        "dut": ["python:bcc"],
+        "receiver": ["python:bcc"],
+    }
     with testbed_for(spec(), ROLES, p.inventory, tools, two_interfaces=("dut",)) as bed:
         skipped = _unavailable(bed, p)  # before any host is changed
         snd, d0, d1, rcv = ends = (bed.end("sender"), bed.end("dut", 0), bed.end("dut", 1), bed.end("receiver"))
@@ -189,8 +206,10 @@ def run(data_dir=None, **kwargs) -> Result:
             feed = Feed(gen.name, real_interfaces=not bed.local)
             clock = stack.enter_context(softirq_clock.SoftirqClock()) if bed.local else None
             time.sleep(0.2)
-            specs = {size: traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, timeout_s=p.timeout_s)
-                     .validate() for size in p.sizes}
+            specs = {
+                size: traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, timeout_s=p.timeout_s).validate()
+                for size in p.sizes
+            }
             for name in [v for v in p.variants if v in OVS_VARIANTS + ("dpdk_l2fwd_afxdp",) and v not in skipped]:
                 try:  # a forwarder that cannot start here is left out; the others still run
                     with _using(dut, name):
@@ -208,9 +227,17 @@ def run(data_dir=None, **kwargs) -> Result:
                     prof = None
                     if probe is not None and name != BASELINE and size == min(p.sizes):
                         prof = latency_profile.profile(
-                            probe, gen, specs[size], lambda: rcv.stats()["rx_packets"], loads=p.latency_loads,
-                            probes=p.latency_probes, probe_rate=p.latency_probe_rate, ndr_loss=p.ndr_loss,
-                            ndr_seconds=0.2 if p.smoke else 0.5, ndr_iterations=p.ndr_iterations)
+                            probe,
+                            gen,
+                            specs[size],
+                            lambda: rcv.stats()["rx_packets"],
+                            loads=p.latency_loads,
+                            probes=p.latency_probes,
+                            probe_rate=p.latency_probe_rate,
+                            ndr_loss=p.ndr_loss,
+                            ndr_seconds=0.2 if p.smoke else 0.5,
+                            ndr_iterations=p.ndr_iterations,
+                        )
                     return m, extra, prof
 
             def record(name, size, trial, measured):
@@ -235,11 +262,22 @@ def run(data_dir=None, **kwargs) -> Result:
             rs.caveat(f"not run: {why}", name)
         record.afxdp_caveat(rs, notes.get("dpdk_l2fwd_afxdp", {}))
         sink = "lat_sink (bpf/latency.c)" if probe else "xdp_drop_bare"
-        run_dir = rs.save(bed, {"generator": gen.name, "receiver_sink": f"{sink} (native) on {rcv.name}",
-                                "resources": resources, "variant_setup": notes, "skipped_variants": skipped,
-                                "feed": feed.metadata(), "skipped_parts": off, "dut_ports": [d0.name, d1.name],
-                                **({} if bed.local else {"dut_build_dir": str(bed.var("dut", "labkit_build_dir")
-                                                                              or DEFAULT_BUILD_DIR)})})
+        run_dir = rs.save(
+            bed,
+            {
+                "generator": gen.name,
+                "receiver_sink": f"{sink} (native) on {rcv.name}",
+                "resources": resources,
+                "variant_setup": notes,
+                "skipped_variants": skipped,
+                "feed": feed.metadata(),
+                "skipped_parts": off,
+                "dut_ports": [d0.name, d1.name],
+                **(
+                    {} if bed.local else {"dut_build_dir": str(bed.var("dut", "labkit_build_dir") or DEFAULT_BUILD_DIR)}
+                ),
+            },
+        )
     return _result(rs, p, run_dir, resources, cdfs)
 
 
@@ -249,11 +287,18 @@ def _result(rs, p: Params, run_dir, resources: list, cdfs: list) -> Result:
     table = rs.table
     res = pd.DataFrame(resources)
     lat = views.latency_summary(table)
-    parts = {"resources": res, "latency": lat, "latency_cdf": pd.DataFrame(cdfs, columns=None if cdfs else
-                                                                             ["variant", "trial"]),
-             "overview": views.overview(headline(table), res, lat)}
-    text = (views.fed_by(saved_metadata(run_dir), table) + "\n" + interpret(table, res, rs.caveats, p.dpdk_lcores)
-            + views.interpret_latency(lat, table))
+    parts = {
+        "resources": res,
+        "latency": lat,
+        "latency_cdf": pd.DataFrame(cdfs, columns=None if cdfs else ["variant", "trial"]),
+        "overview": views.overview(headline(table), res, lat),
+    }
+    text = (
+        views.fed_by(saved_metadata(run_dir), table)
+        + "\n"
+        + interpret(table, res, rs.caveats, p.dpdk_lcores)
+        + views.interpret_latency(lat, table)
+    )
     return Result(EXPERIMENT, table, text, rs.caveats, run_dir, p, parts, headline_of=headline)
 
 
@@ -278,12 +323,16 @@ def _unavailable(bed, p: Params) -> dict:
         try:
             bed.call("dut", l2fwd_dut.build_l2fwd_here, build_dir, _rings(p))
         except MissingDependency as exc:
-            raise MissingDependency(f"{bed.where('dut')} (role dut) cannot run {wanted}: {_first_line(exc)}; install DPDK there "
-                                    "(`labkit provision INVENTORY`), or leave those variants out") from None
+            raise MissingDependency(
+                f"{bed.where('dut')} (role dut) cannot run {wanted}: {_first_line(exc)}; install DPDK there "
+                "(`labkit provision INVENTORY`), or leave those variants out"
+            ) from None
         except LabkitError as exc:
-            raise LabkitError(f"{bed.where('dut')} (role dut) cannot run {wanted}: building DPDK's l2fwd in {build_dir} there "
-                              f"failed: {_first_line(exc)}; set labkit_build_dir of {bed.where('dut').split()[-1]} to a folder root can "
-                              "write, or leave those variants out") from None
+            raise LabkitError(
+                f"{bed.where('dut')} (role dut) cannot run {wanted}: building DPDK's l2fwd in {build_dir} there "
+                f"failed: {_first_line(exc)}; set labkit_build_dir of {bed.where('dut').split()[-1]} to a folder root can "
+                "write, or leave those variants out"
+            ) from None
     if not set(OVS_VARIANTS) & set(p.variants):
         return {}
     ok, why = bed.call("dut", ovs.status)
@@ -311,8 +360,11 @@ def _using(dut, name: str):
 
 def switched_off(p: Params) -> dict:
     """{part: why} for the optional parts P leaves out."""
-    off = {"latency": (not p.latency, "latency = False"), "idle cost": (not p.idle_s, "idle_s = 0"),
-           "DUT CPU per packet": (not p.baseline, "baseline = False: no baseline sink to subtract")}
+    off = {
+        "latency": (not p.latency, "latency = False"),
+        "idle cost": (not p.idle_s, "idle_s = 0"),
+        "DUT CPU per packet": (not p.baseline, "baseline = False: no baseline sink to subtract"),
+    }
     return {part: why for part, (is_off, why) in off.items() if is_off}
 
 
@@ -334,10 +386,20 @@ def _trial(name, dut, gen, tspec, ends, clock):
     snd, d0, d1, rcv = ends
     own0, cpu0 = dut("own_counters"), dut("own_cpu")
     counted = d0 if name == BASELINE else rcv
-    m = measure.run_trial(lambda: gen.send(tspec), lambda: counted.stats()["rx_packets"], size=tspec.size,
-                          probes={"snd": measure.link_probe(snd), "dut0": measure.link_probe(d0),
-                                  "dut1": measure.link_probe(d1), "rcv": measure.link_probe(rcv)},
-                          offered_probe=("snd", "tx_packets"), settle_s=0.1, clock=clock)
+    m = measure.run_trial(
+        lambda: gen.send(tspec),
+        lambda: counted.stats()["rx_packets"],
+        size=tspec.size,
+        probes={
+            "snd": measure.link_probe(snd),
+            "dut0": measure.link_probe(d0),
+            "dut1": measure.link_probe(d1),
+            "rcv": measure.link_probe(rcv),
+        },
+        offered_probe=("snd", "tx_packets"),
+        settle_s=0.1,
+        clock=clock,
+    )
     own1, cpu1, kind = dut("own_counters"), dut("own_cpu"), dut("kind")
     extra = {k: (own1[k] - own0.get(k, 0), "packets") for k in own1}
     if cpu0 is not None and kind:

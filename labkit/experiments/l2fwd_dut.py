@@ -44,16 +44,23 @@ class Setup:
     def own_counters(self) -> dict:
         if self.l2fwd is not None:
             st = self.l2fwd.next_stats()
-            return {"l2fwd_rx_port0": st[0].received, "l2fwd_tx_port1": st[1].sent,
-                    "l2fwd_dropped": sum(s.dropped for s in st.values()), **self.l2fwd.socket_drops()}
+            return {
+                "l2fwd_rx_port0": st[0].received,
+                "l2fwd_tx_port1": st[1].sent,
+                "l2fwd_dropped": sum(s.dropped for s in st.values()),
+                **self.l2fwd.socket_drops(),
+            }
         if self.fwd is not None:
             c = self.fwd.counters()
             return {"prog_redirected": c["redirected"], "prog_refused": c["refused"]}
         if self.ovs is not None:
             st = self.ovs.port_stats()
             p0, p1 = self.ovs.ports
-            return {"ovs_rx_port0": st[p0].get("rx_packets", 0), "ovs_tx_port1": st[p1].get("tx_packets", 0),
-                    "ovs_dropped": sum(v for s_ in st.values() for k, v in s_.items() if k.endswith("_dropped"))}
+            return {
+                "ovs_rx_port0": st[p0].get("rx_packets", 0),
+                "ovs_tx_port1": st[p1].get("tx_packets", 0),
+                "ovs_dropped": sum(v for s_ in st.values() for k, v in s_.items() if k.endswith("_dropped")),
+            }
         return {}
 
     def own_cpu(self) -> float | None:
@@ -68,10 +75,18 @@ class Setup:
 def _dpdk(afxdp: bool, dut: "Dut", s: Setup):
     p, d0, d1 = dut.p, dut.d0, dut.d1
     eal = dpdk.EalOptions(lcores=p.dpdk_lcores, memory_mb=p.dpdk_memory_mb)
-    app = dpdk.L2fwdOptions(portmask=0x3, queues_per_lcore=p.dpdk_queues_per_lcore, stats_period_s=1,
-                            mac_updating=p.mac_updating, ring_size=p.dpdk_afxdp_ring if afxdp else None)
-    ports = ([dpdk.Port.af_xdp(d, busy_budget=p.dpdk_afxdp_busy_budget) for d in (d0, d1)] if afxdp
-             else [dpdk.Port.af_packet(d, framecnt=p.dpdk_framecnt) for d in (d0, d1)])
+    app = dpdk.L2fwdOptions(
+        portmask=0x3,
+        queues_per_lcore=p.dpdk_queues_per_lcore,
+        stats_period_s=1,
+        mac_updating=p.mac_updating,
+        ring_size=p.dpdk_afxdp_ring if afxdp else None,
+    )
+    ports = (
+        [dpdk.Port.af_xdp(d, busy_budget=p.dpdk_afxdp_busy_budget) for d in (d0, d1)]
+        if afxdp
+        else [dpdk.Port.af_packet(d, framecnt=p.dpdk_framecnt) for d in (d0, d1)]
+    )
     with ExitStack() as st:
         if afxdp and p.dpdk_afxdp_busy_budget:  # preferred busy polling needs NAPI deferral on the ports
             st.enter_context(dpdk.BusyPollSettings(d0.host, [d0.name, d1.name]))
@@ -84,8 +99,7 @@ def _dpdk(afxdp: bool, dut: "Dut", s: Setup):
 @contextmanager
 def _ovs(port_type: str, dut: "Dut", s: Setup):
     p, d0, d1 = dut.p, dut.d0, dut.d1
-    with ovs.OvsSwitch(d0.host, [d0, d1], port_type=port_type, xdp_mode=p.ovs_xdp_mode,
-                       pmd_cpus=p.ovs_pmd_cpus) as sw:
+    with ovs.OvsSwitch(d0.host, [d0, d1], port_type=port_type, xdp_mode=p.ovs_xdp_mode, pmd_cpus=p.ovs_pmd_cpus) as sw:
         sw.forward(0, 1, **({"set_dst": RECEIVER_MAC, "set_src": d1.mac} if p.mac_updating else {}))
         s.ovs, s.notes = sw, {"ovs_port_type": port_type, "ovs_version": ovs.status()[1]}
         if port_type == "afxdp":
@@ -120,9 +134,16 @@ def _baseline(dut: "Dut", s: Setup):
 
 
 #: each variant: how it is set up on the DUT's ports
-SETUPS = {"dpdk_l2fwd": partial(_dpdk, False), "dpdk_l2fwd_afxdp": partial(_dpdk, True),
-          "xdp_redirect": _xdp_redirect, "bridge": _bridge, "tc_redirect": _tc_redirect,
-          "ovs": partial(_ovs, "system"), "ovs_afxdp": partial(_ovs, "afxdp"), BASELINE: _baseline}
+SETUPS = {
+    "dpdk_l2fwd": partial(_dpdk, False),
+    "dpdk_l2fwd_afxdp": partial(_dpdk, True),
+    "xdp_redirect": _xdp_redirect,
+    "bridge": _bridge,
+    "tc_redirect": _tc_redirect,
+    "ovs": partial(_ovs, "system"),
+    "ovs_afxdp": partial(_ovs, "afxdp"),
+    BASELINE: _baseline,
+}
 VARIANTS = [v for v in SETUPS if v != BASELINE]
 DPDK_VARIANTS, OVS_VARIANTS = ("dpdk_l2fwd", "dpdk_l2fwd_afxdp"), ("ovs", "ovs_afxdp")
 
@@ -131,13 +152,26 @@ def _dpdk_notes(l2, p, afxdp: bool, d0) -> dict:
     """How l2fwd was tuned, for the run's metadata: ports and their options, lcore, burst,
     and for AF_XDP the socket mode (copy or zero-copy), the XDP hook the driver attached,
     ring size, busy polling and the NAPI settings it needs."""
-    notes = {"ports": [str(x) for x in l2.ports], "port_options": {str(x): dict(x.devargs) for x in l2.ports},
-             "lcores": p.dpdk_lcores, "burst": 32, "stats_period_s": l2.app.stats_period_s,
-             "mac_updating": p.mac_updating, "memory_mb": p.dpdk_memory_mb, "hugepages": False}
+    notes = {
+        "ports": [str(x) for x in l2.ports],
+        "port_options": {str(x): dict(x.devargs) for x in l2.ports},
+        "lcores": p.dpdk_lcores,
+        "burst": 32,
+        "stats_period_s": l2.app.stats_period_s,
+        "mac_updating": p.mac_updating,
+        "memory_mb": p.dpdk_memory_mb,
+        "hugepages": False,
+    }
     if afxdp:
-        notes.update({"af_xdp_socket_mode": l2.socket_modes(), "xdp_hook": bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED"),
-                      "ring_size": p.dpdk_afxdp_ring, "busy_budget": p.dpdk_afxdp_busy_budget,
-                      "napi_settings": dict(dpdk.BUSY_POLL_SETTINGS) if p.dpdk_afxdp_busy_budget else {}})
+        notes.update(
+            {
+                "af_xdp_socket_mode": l2.socket_modes(),
+                "xdp_hook": bpf.xdp_state(d0).get("IFLA_XDP_ATTACHED"),
+                "ring_size": p.dpdk_afxdp_ring,
+                "busy_budget": p.dpdk_afxdp_busy_budget,
+                "napi_settings": dict(dpdk.BUSY_POLL_SETTINGS) if p.dpdk_afxdp_busy_budget else {},
+            }
+        )
     else:
         notes.update({"framecnt": p.dpdk_framecnt, "qdisc_bypass": "driver default (on)"})
     return notes
@@ -201,13 +235,27 @@ class Dut:
         time.sleep(seconds)
         c1, own1 = measure.cpu_times(), s.own_cpu()
         own = (own1 - own0) / seconds if own0 is not None else 0.0
-        row = {"variant": s.name, "idle_busy_cores": (c1 - c0).busy / seconds, "dpdk_idle_busy_cores": 0.0,
-               "lcores": 0, "rss_mb": s.ovs.rss_mb() if s.ovs else 0.0, "memory_mb_reserved": 0, "hugepages": False,
-               "hugepages_used": 0, "own_idle_busy_cores": own}
+        row = {
+            "variant": s.name,
+            "idle_busy_cores": (c1 - c0).busy / seconds,
+            "dpdk_idle_busy_cores": 0.0,
+            "lcores": 0,
+            "rss_mb": s.ovs.rss_mb() if s.ovs else 0.0,
+            "memory_mb_reserved": 0,
+            "hugepages": False,
+            "hugepages_used": 0,
+            "own_idle_busy_cores": own,
+        }
         if s.l2fwd is not None:
             r = s.l2fwd.resources()
-            row.update(dpdk_idle_busy_cores=own, lcores=r.lcores, rss_mb=r.rss_mb, memory_mb_reserved=r.memory_mb,
-                       hugepages=r.hugepages, hugepages_used=r.hugepages_used)
+            row.update(
+                dpdk_idle_busy_cores=own,
+                lcores=r.lcores,
+                rss_mb=r.rss_mb,
+                memory_mb_reserved=r.memory_mb,
+                hugepages=r.hugepages,
+                hugepages_used=r.hugepages_used,
+            )
         return row
 
 

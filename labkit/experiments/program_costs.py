@@ -33,6 +33,7 @@ with no cost and the reason. Trials are interleaved across programs so drift on 
 machine hits all of them alike; compare programs as ratios to the bare ones measured in
 the same call.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -58,8 +59,17 @@ EXPERIMENT = "program_costs"
 NOTEBOOK = "04-comparison"  # the notebook that measures and shows these costs
 ENTRY = re.compile(r"^\s*int\s+(\w+)\s*\(\s*struct\s+(xdp_md|__sk_buff)\s*\*", re.M)
 KINDS = {"xdp_md": "xdp", "__sk_buff": "tc"}
-TC_ACTIONS = {-1: "TC_ACT_UNSPEC", 0: "TC_ACT_OK", 1: "TC_ACT_RECLASSIFY", 2: "TC_ACT_SHOT", 3: "TC_ACT_PIPE",
-              4: "TC_ACT_STOLEN", 5: "TC_ACT_QUEUED", 6: "TC_ACT_REPEAT", 7: "TC_ACT_REDIRECT"}
+TC_ACTIONS = {
+    -1: "TC_ACT_UNSPEC",
+    0: "TC_ACT_OK",
+    1: "TC_ACT_RECLASSIFY",
+    2: "TC_ACT_SHOT",
+    3: "TC_ACT_PIPE",
+    4: "TC_ACT_STOLEN",
+    5: "TC_ACT_QUEUED",
+    6: "TC_ACT_REPEAT",
+    7: "TC_ACT_REDIRECT",
+}
 SINGLE_CALLS = 2000  # system calls averaged per trial in "single" mode
 
 
@@ -99,10 +109,12 @@ def verdict(kind: str, retval: int) -> str:
     return TC_ACTIONS.get(signed, str(signed))
 
 
-def udp_frame(src_ip: str = "10.11.0.1", dst_ip: str = "10.11.0.2", sport: int = 1024, dport: int = 9,
-              size: int = 64) -> bytes:
-    return packets.build(packets.FrameSpec(SRC_MAC, DST_MAC, src_ip, dst_ip, proto="udp", sport=sport,
-                                           dport=dport, size=size))
+def udp_frame(
+    src_ip: str = "10.11.0.1", dst_ip: str = "10.11.0.2", sport: int = 1024, dport: int = 9, size: int = 64
+) -> bytes:
+    return packets.build(
+        packets.FrameSpec(SRC_MAC, DST_MAC, src_ip, dst_ip, proto="udp", sport=sport, dport=dport, size=size)
+    )
 
 
 # ---------------------------------------------------------------- per-source set-ups
@@ -112,8 +124,10 @@ def udp_frame(src_ip: str = "10.11.0.1", dst_ip: str = "10.11.0.2", sport: int =
 def _setup_drop_filter(stack: ExitStack, frame: bytes):
     filt = stack.enter_context(DropFilter())
     filt.drop_proto("udp")
-    return [(filt.program, Scenario("drop_filter", "xdp_filter", "xdp", "rule: drop UDP", frame, "XDP_DROP")),
-            (filt.program, Scenario("drop_filter", "tc_filter", "tc", "rule: drop UDP", frame, "TC_ACT_SHOT"))]
+    return [
+        (filt.program, Scenario("drop_filter", "xdp_filter", "xdp", "rule: drop UDP", frame, "XDP_DROP")),
+        (filt.program, Scenario("drop_filter", "tc_filter", "tc", "rule: drop UDP", frame, "TC_ACT_SHOT")),
+    ]
 
 
 def _setup_xdp_fwd(stack: ExitStack, frame: bytes):
@@ -122,18 +136,33 @@ def _setup_xdp_fwd(stack: ExitStack, frame: bytes):
     for ifindex in {0, lo}:  # tc's test run reports ingress_ifindex 0 unless a context says otherwise
         fwd.forward(ifindex, 1, lo, "02:00:00:00:00:0c")
     label = "port entry: redirect (MAC rewrite)"
-    return [(fwd.program, Scenario("xdp_fwd", "xdp_l2fwd", "xdp", label, frame, "XDP_REDIRECT")),
-            (fwd.program, Scenario("xdp_fwd", "tc_l2fwd", "tc", label, frame, "TC_ACT_REDIRECT"))]
+    return [
+        (fwd.program, Scenario("xdp_fwd", "xdp_l2fwd", "xdp", label, frame, "XDP_REDIRECT")),
+        (fwd.program, Scenario("xdp_fwd", "tc_l2fwd", "tc", label, frame, "TC_ACT_REDIRECT")),
+    ]
 
 
 def _setup_xdp_gen(stack: ExitStack, frame: bytes):
     gen = stack.enter_context(GenProgram(socket.if_nametoindex("lo")))  # a test run's ingress: lo
-    gen.configure(frame, flows=64, vary=vary_mask("sport"), version=4, proto="udp", sport=1024, dport=9,
-                  src_ip="10.11.0.1", dst_ip="10.11.0.2")  # 64 flows by source port, IPv4, UDP
+    gen.configure(
+        frame,
+        flows=64,
+        vary=vary_mask("sport"),
+        version=4,
+        proto="udp",
+        sport=1024,
+        dport=9,
+        src_ip="10.11.0.1",
+        dst_ip="10.11.0.2",
+    )  # 64 flows by source port, IPv4, UDP
     sink = stack.enter_context(GenSink())
-    return [(gen.program, Scenario("xdp_gen", "xdp_gen", "xdp", "64 flows: source port + checksums rewritten",
-                                   frame, "XDP_TX")),
-            (sink.program, Scenario("xdp_gen", "xdp_gen_sink", "xdp", "sink: count per flow, drop", frame, "XDP_DROP"))]
+    return [
+        (
+            gen.program,
+            Scenario("xdp_gen", "xdp_gen", "xdp", "64 flows: source port + checksums rewritten", frame, "XDP_TX"),
+        ),
+        (sink.program, Scenario("xdp_gen", "xdp_gen_sink", "xdp", "sink: count per flow, drop", frame, "XDP_DROP")),
+    ]
 
 
 NAT_INSIDE, NAT_SERVER, NAT_SNAT = "10.20.1.2", "198.51.100.2", "198.51.100.1"
@@ -141,7 +170,7 @@ NAT_INSIDE, NAT_SERVER, NAT_SNAT = "10.20.1.2", "198.51.100.2", "198.51.100.1"
 
 def _setup_nat(stack: ExitStack, frame: bytes):
     # routes remembered for the whole measurement (see below)
-    nat = stack.enter_context(Nat("10.20.0.0/16", "198.51.100.0/24", NAT_SNAT, fib_cache_s=10 ** 6))
+    nat = stack.enter_context(Nat("10.20.0.0/16", "198.51.100.0/24", NAT_SNAT, fib_cache_s=10**6))
     out = udp_frame(NAT_INSIDE, NAT_SERVER, 40000, 53)
     first = bpf.test_run(nat.egress_function(), out)  # creates the flow: later runs are "established"
     translated = packets.parse(first.data_out)
@@ -152,39 +181,64 @@ def _setup_nat(stack: ExitStack, frame: bytes):
     fast = "SNAT, established flow, route remembered"
     nat.add_mapping("10.20.9.9", "198.51.100.99")
     hairpin = udp_frame("10.20.2.2", "198.51.100.99", 40000, 53)  # to another inside host's outside address
-    return [(nat.program, Scenario("nat", "nat_egress", "tc", "SNAT, established flow (outbound)", out, "TC_ACT_OK",
-                                   "single")),
-            (nat.program, Scenario("nat", "nat_ingress", "tc", "SNAT, established flow (reply)", reply, "TC_ACT_OK",
-                                   "single")),
-            (nat.program, Scenario("nat", "xdp_nat_outbound", "xdp", fast + " (outbound)", out, "XDP_REDIRECT",
-                                   "single")),
-            (nat.program, Scenario("nat", "xdp_nat_inbound", "xdp", fast + " (reply)", reply, "XDP_REDIRECT",
-                                   "single")),
-            (nat.program, Scenario("nat", "nat_hairpin", "tc", "hairpinning refused (inside ports)", hairpin,
-                                   "TC_ACT_SHOT")),
-            (nat.program, Scenario("nat", "xdp_route", "xdp", "FIB lookup in this namespace (its routes decide the "
-                                   "verdict)", out))]
+    return [
+        (
+            nat.program,
+            Scenario("nat", "nat_egress", "tc", "SNAT, established flow (outbound)", out, "TC_ACT_OK", "single"),
+        ),
+        (
+            nat.program,
+            Scenario("nat", "nat_ingress", "tc", "SNAT, established flow (reply)", reply, "TC_ACT_OK", "single"),
+        ),
+        (nat.program, Scenario("nat", "xdp_nat_outbound", "xdp", fast + " (outbound)", out, "XDP_REDIRECT", "single")),
+        (nat.program, Scenario("nat", "xdp_nat_inbound", "xdp", fast + " (reply)", reply, "XDP_REDIRECT", "single")),
+        (
+            nat.program,
+            Scenario("nat", "nat_hairpin", "tc", "hairpinning refused (inside ports)", hairpin, "TC_ACT_SHOT"),
+        ),
+        (
+            nat.program,
+            Scenario("nat", "xdp_route", "xdp", "FIB lookup in this namespace (its routes decide the verdict)", out),
+        ),
+    ]
 
 
 def _setup_xdp_minimal(stack: ExitStack, frame: bytes):
     bare = stack.enter_context(Minimal())
-    return [(bare.program, Scenario("xdp_minimal", "xdp_drop_bare", "xdp", "bare (baseline)", frame, "XDP_DROP")),
-            (bare.program, Scenario("xdp_minimal", "xdp_pass_bare", "xdp", "bare (baseline)", frame, "XDP_PASS"))]
+    return [
+        (bare.program, Scenario("xdp_minimal", "xdp_drop_bare", "xdp", "bare (baseline)", frame, "XDP_DROP")),
+        (bare.program, Scenario("xdp_minimal", "xdp_pass_bare", "xdp", "bare (baseline)", frame, "XDP_PASS")),
+    ]
 
 
 def _setup_latency(stack: ExitStack, frame: bytes):
     probe = stack.enter_context(LatencyProbe.on_loopback())
-    return [(probe.program, Scenario("latency", "lat_probe", "xdp", "probe: headers restored, stamped", probe.frame,
-                                     "XDP_TX")),
-            (probe.program, Scenario("latency", "lat_stamp", "tc", "probe stamped at tc egress (no live frames)",
-                                     probe.frame, "TC_ACT_OK")),
-            (probe.program, Scenario("latency", "lat_sink", "xdp", "sink: a probe's delay histogrammed", probe.frame,
-                                     "XDP_DROP"))]
+    return [
+        (
+            probe.program,
+            Scenario("latency", "lat_probe", "xdp", "probe: headers restored, stamped", probe.frame, "XDP_TX"),
+        ),
+        (
+            probe.program,
+            Scenario(
+                "latency", "lat_stamp", "tc", "probe stamped at tc egress (no live frames)", probe.frame, "TC_ACT_OK"
+            ),
+        ),
+        (
+            probe.program,
+            Scenario("latency", "lat_sink", "xdp", "sink: a probe's delay histogrammed", probe.frame, "XDP_DROP"),
+        ),
+    ]
 
 
-SETUPS: dict[str, Callable] = {"drop_filter": _setup_drop_filter, "xdp_fwd": _setup_xdp_fwd,
-                               "xdp_gen": _setup_xdp_gen, "nat": _setup_nat, "xdp_minimal": _setup_xdp_minimal,
-                               "latency": _setup_latency}
+SETUPS: dict[str, Callable] = {
+    "drop_filter": _setup_drop_filter,
+    "xdp_fwd": _setup_xdp_fwd,
+    "xdp_gen": _setup_xdp_gen,
+    "nat": _setup_nat,
+    "xdp_minimal": _setup_xdp_minimal,
+    "latency": _setup_latency,
+}
 
 
 def _default(stack: ExitStack, source: str, entries, frame: bytes):
@@ -198,8 +252,11 @@ SINGLE_BASELINES = ("xdp_minimal:xdp_drop_bare", "drop_filter:tc_filter")
 def _single_baselines(plan):
     """The bare XDP program and the (small) tc drop filter again, one run per call: what
     a "single" scenario costs beyond them is the program's own work."""
-    return [(prog, replace(sc, method="single", label=sc.label + "; one run per call (baseline)"))
-            for prog, sc in plan if sc.name in SINGLE_BASELINES and sc.method == "repeat"]
+    return [
+        (prog, replace(sc, method="single", label=sc.label + "; one run per call (baseline)"))
+        for prog, sc in plan
+        if sc.name in SINGLE_BASELINES and sc.method == "repeat"
+    ]
 
 
 # ---------------------------------------------------------------- measuring
@@ -215,8 +272,14 @@ def _run(fn, sc: Scenario, repeat: int, single_calls: int) -> tuple[float, str]:
     return float(r.duration_ns), verdict(sc.kind, r.retval)
 
 
-def measure(repeat: int = 1_000_000, trials: int = 5, single_calls: int = SINGLE_CALLS, directory: Path = BPF_DIR,
-            only: list | None = None, progress: bool = False):
+def measure(
+    repeat: int = 1_000_000,
+    trials: int = 5,
+    single_calls: int = SINGLE_CALLS,
+    directory: Path = BPF_DIR,
+    only: list | None = None,
+    progress: bool = False,
+):
     """Every XDP and tc entry point of every bpf/*.c (or the sources named in ONLY),
     measured TRIALS times. Returns a DataFrame: source, program, kind, scenario, method,
     verdict, expected, trial, ns_per_pkt (NaN, with the reason in `note`, for programs
@@ -237,20 +300,36 @@ def measure(repeat: int = 1_000_000, trials: int = 5, single_calls: int = SINGLE
     with ExitStack() as stack:
         for source, entries in found.items():
             if not entries:
-                rows.append(_row(Scenario(source, "-", "-", "no XDP or tc entry point", b""), None, None, None,
-                                 note="not an XDP or tc program (BPF_PROG_TEST_RUN does not apply)"))
+                rows.append(
+                    _row(
+                        Scenario(source, "-", "-", "no XDP or tc entry point", b""),
+                        None,
+                        None,
+                        None,
+                        note="not an XDP or tc program (BPF_PROG_TEST_RUN does not apply)",
+                    )
+                )
                 continue
             try:
                 setup = SETUPS.get(source)
                 pairs = setup(stack, frame) if setup else _default(stack, source, entries, frame)
             except Exception as exc:  # a program that does not load is reported, not fatal
                 for name, kind in entries:
-                    rows.append(_row(Scenario(source, name, kind, "could not load", b""), None, None, None,
-                                     note=f"{type(exc).__name__}: {exc}"))
+                    rows.append(
+                        _row(
+                            Scenario(source, name, kind, "could not load", b""),
+                            None,
+                            None,
+                            None,
+                            note=f"{type(exc).__name__}: {exc}",
+                        )
+                    )
                 continue
             covered = {sc.program for _, sc in pairs}
             prog = pairs[0][0]
-            pairs += [(prog, Scenario(source, n, k, "as loaded (no set-up)", frame)) for n, k in entries if n not in covered]
+            pairs += [
+                (prog, Scenario(source, n, k, "as loaded (no set-up)", frame)) for n, k in entries if n not in covered
+            ]
             plan += pairs
         if any(sc.method == "single" for _, sc in plan):
             plan += _single_baselines(plan)
@@ -270,9 +349,18 @@ def measure(repeat: int = 1_000_000, trials: int = 5, single_calls: int = SINGLE
 def _row(sc: Scenario, trial, ns, v, note: str = "") -> dict:
     if not note and sc.expect and v != sc.expect:
         note = f"returned {v}, expected {sc.expect}: the scenario did not take the working path"
-    return {"source": sc.source, "program": sc.program, "kind": sc.kind, "scenario": sc.label, "method": sc.method,
-            "verdict": v, "expected": sc.expect, "trial": trial,
-            "ns_per_pkt": float(ns) if ns is not None else float("nan"), "note": note}
+    return {
+        "source": sc.source,
+        "program": sc.program,
+        "kind": sc.kind,
+        "scenario": sc.label,
+        "method": sc.method,
+        "verdict": v,
+        "expected": sc.expect,
+        "trial": trial,
+        "ns_per_pkt": float(ns) if ns is not None else float("nan"),
+        "note": note,
+    }
 
 
 def _progress(total: int, show: bool):
@@ -286,16 +374,27 @@ def summary(costs):
     import pandas as pd
 
     if costs is None or len(costs) == 0:
-        return pd.DataFrame(columns=["program", "scenario", "kind", "method", "verdict", "mean", "min", "max",
-                                     "trials", "note"])
+        return pd.DataFrame(
+            columns=["program", "scenario", "kind", "method", "verdict", "mean", "min", "max", "trials", "note"]
+        )
     rows = []
     for (source, program, scenario), g in costs.groupby(["source", "program", "scenario"], sort=False):
         v = g["ns_per_pkt"].dropna()
         notes = sorted({n for n in g["note"] if n})
-        rows.append({"program": f"{source}:{program}", "scenario": scenario, "kind": g["kind"].iloc[0],
-                     "method": g["method"].iloc[0], "verdict": ", ".join(sorted({str(x) for x in g["verdict"].dropna()})),
-                     "mean": v.mean() if len(v) else float("nan"), "min": v.min() if len(v) else float("nan"),
-                     "max": v.max() if len(v) else float("nan"), "trials": len(v), "note": "; ".join(notes)})
+        rows.append(
+            {
+                "program": f"{source}:{program}",
+                "scenario": scenario,
+                "kind": g["kind"].iloc[0],
+                "method": g["method"].iloc[0],
+                "verdict": ", ".join(sorted({str(x) for x in g["verdict"].dropna()})),
+                "mean": v.mean() if len(v) else float("nan"),
+                "min": v.min() if len(v) else float("nan"),
+                "max": v.max() if len(v) else float("nan"),
+                "trials": len(v),
+                "note": "; ".join(notes),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -316,12 +415,22 @@ def save(costs, params: dict, data_dir: Path | None = None) -> Path:
     rs = results.ResultSet("program_costs", params, data_dir=data_dir)
     for _, r in tidy(costs).iterrows():
         flags = ["unexpected-verdict"] if r["note"] else []
-        rs.add(r["variant"], int(r["trial"]), 64, {"prog_ns_per_pkt": (r["ns_per_pkt"], "ns/packet")},
-               flags, scenario=r["scenario"], method=r["method"], verdict=r["verdict"])
+        rs.add(
+            r["variant"],
+            int(r["trial"]),
+            64,
+            {"prog_ns_per_pkt": (r["ns_per_pkt"], "ns/packet")},
+            flags,
+            scenario=r["scenario"],
+            method=r["method"],
+            verdict=r["verdict"],
+        )
     for _, r in costs[costs["ns_per_pkt"].isna()].drop_duplicates(["source", "program"]).iterrows():
         rs.caveat(f"{r['source']}:{r['program']} not measured: {r['note']}")
     if (costs["method"] == "single").any():
-        rs.caveat("programs that rewrite the frame they run on (nat.c) were measured one run per system call "
-                  "(method=single), which adds the kernel's timer reads to each value; compare them with the bare "
-                  "program measured the same way")
+        rs.caveat(
+            "programs that rewrite the frame they run on (nat.c) were measured one run per system call "
+            "(method=single), which adds the kernel's timer reads to each value; compare them with the bare "
+            "program measured the same way"
+        )
     return rs.save(extra={"kind": "BPF_PROG_TEST_RUN"})

@@ -21,6 +21,7 @@ on a veth runs its slow path, and the interpretation says its ratios are about t
 Each optional part (sweep, search, CPU at fixed loads, program costs, latency) can be
 switched off, and one that cannot run here is skipped with its reason; the rest stands.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -54,18 +55,36 @@ EXPERIMENT = "xdp_drop"
 NOTEBOOK = "01-xdp-drop"  # the notebook that runs this experiment
 RULES = {"udp": "drop UDP (iptables -p udp, filter protocol rule)", "all": "drop everything"}
 SKB_PATH = "socket-buffer feed: the skb path"  # beside each XDP ratio of a run fed socket buffers
-SKB_MEANS = (f"with this feed {FEED_MEANS[FEED_SKB]}: the native vs generic and vs iptables ratios here are "
-             "about the skb path.")
+SKB_MEANS = (
+    f"with this feed {FEED_MEANS[FEED_SKB]}: the native vs generic and vs iptables ratios here are about the skb path."
+)
 #: how the comparison and the index show this experiment: only the fixed-count trials, since
 #: sweeps and searches (kind sweep/search/cpu_at_load) are other questions and would blur the spread
-VIEW = View(EXPERIMENT, "Packet drop", NOTEBOOK, select=(("kind", ("trial", None)),),
-            references=((references.XDP_PAPER_XDP_DROP, ("xdp_native", "xdp_generic"), "pps"),
-                        (references.XDP_PAPER_IPTABLES_RAW, ("iptables_raw",), "pps"),
-                        (references.POSTER_XDP_DROP, ("xdp_native", "xdp_generic"), "Mbit/s")))
+VIEW = View(
+    EXPERIMENT,
+    "Packet drop",
+    NOTEBOOK,
+    select=(("kind", ("trial", None)),),
+    references=(
+        (references.XDP_PAPER_XDP_DROP, ("xdp_native", "xdp_generic"), "pps"),
+        (references.XDP_PAPER_IPTABLES_RAW, ("iptables_raw",), "pps"),
+        (references.POSTER_XDP_DROP, ("xdp_native", "xdp_generic"), "Mbit/s"),
+    ),
+)
 #: a smoke run: one size, one trial, few packets, a two-point sweep, no search (see smoke_clamp)
-SMOKE = {"sizes": 1, "trials": 1, "count": 20_000, "cost_repeat": 100_000, "cost_trials": 2,
-         "sweep_steps": 2, "loss_thresholds": 0, "cpu_loads": 0, "point_s": 0.1,
-         "latency_loads": 1, "latency_probes": 200}
+SMOKE = {
+    "sizes": 1,
+    "trials": 1,
+    "count": 20_000,
+    "cost_repeat": 100_000,
+    "cost_trials": 2,
+    "sweep_steps": 2,
+    "loss_thresholds": 0,
+    "cpu_loads": 0,
+    "point_s": 0.1,
+    "latency_loads": 1,
+    "latency_probes": 200,
+}
 #: the testbed's roles: where each is, on the namespace pair
 ROLES = {"sender": ("snd", None), "receiver": ("rcv", None)}
 #: the parts run only where every host is this machine (they read its CPU or run here)
@@ -74,7 +93,11 @@ ACROSS_HOSTS = "across hosts (measured only on the namespace testbed or this mac
 plot_latency_cdf = latency.plot_cdf  # the notebook's latency CDF
 # the load tests' table and sentences (xdp_drop_views), as the notebook calls them
 search_table, load_interpretation, LOAD_KINDS, _interpret_load = (
-    views.search_table, views.load_interpretation, views.LOAD_KINDS, views._interpret_load)
+    views.search_table,
+    views.load_interpretation,
+    views.LOAD_KINDS,
+    views._interpret_load,
+)
 
 
 @dataclass
@@ -114,8 +137,10 @@ class Params:
         parameters.check_interface(self.sender_if, "sender_if")
         parameters.check_interface(self.receiver_if, "receiver_if")
         if self.receiver_if and not self.sender_if:
-            raise InputError("receiver_if without sender_if: traffic must come from another machine; "
-                             "name the local sending interface with sender_if")
+            raise InputError(
+                "receiver_if without sender_if: traffic must come from another machine; "
+                "name the local sending interface with sender_if"
+            )
         if self.rule not in RULES:
             raise InputError(f"rule {self.rule!r}: choose one of {sorted(RULES)}")
         if any(not 0 <= t < 1 for t in self.loss_thresholds):
@@ -125,14 +150,18 @@ class Params:
         if self.sweep_steps < 0 or self.point_s <= 0:
             raise InputError("sweep_steps must be >= 0 and point_s > 0")
         if self.cost_trials < 0 or self.cost_repeat < 1:
-            raise InputError(f"cost_trials {self.cost_trials}, cost_repeat {self.cost_repeat}: cost_trials >= 0 "
-                             "(0: no program costs) and cost_repeat >= 1")
+            raise InputError(
+                f"cost_trials {self.cost_trials}, cost_repeat {self.cost_repeat}: cost_trials >= 0 "
+                "(0: no program costs) and cost_repeat >= 1"
+            )
         if self.latency:
             latency.check(self.latency_loads, self.latency_probes, self.latency_probe_rate)
         if self.inventory is not None:
             if self.sender_if or self.receiver_if:
-                raise InputError("inventory with sender_if/receiver_if: name the interfaces in the inventory "
-                                 "(labkit_interface of the sender and the receiver), not both")
+                raise InputError(
+                    "inventory with sender_if/receiver_if: name the interfaces in the inventory "
+                    "(labkit_interface of the sender and the receiver), not both"
+                )
             inventory.parse(self.inventory).require(list(ROLES))
         if self.smoke:
             smoke_clamp(self, SMOKE)
@@ -149,29 +178,44 @@ def run(data_dir=None, **kwargs) -> Result:
     capabilities.begin_run()  # this run's choices of backends, not an earlier run's in this process
     if p.inventory is None:
         runs.require_root("the XDP drop experiment")
-    bed = testbed_for(topology.pair(sender_if=p.sender_if, receiver_if=p.receiver_if), ROLES, p.inventory,
-                      tools={"sender": across_hosts.GENERATOR_TOOLS[across_hosts.generator_for(p.generator,
-                                                                                               p.inventory is None)],
-                             "receiver": ["python:bcc", "iptables"]})
-    with bed, (softirq_clock.SoftirqClock() if bed.local else nullcontext()) as clock:
+    bed = testbed_for(
+        topology.pair(sender_if=p.sender_if, receiver_if=p.receiver_if),
+        ROLES,
+        p.inventory,
+        tools={
+            "sender": across_hosts.GENERATOR_TOOLS[across_hosts.generator_for(p.generator, p.inventory is None)],
+            "receiver": ["python:bcc", "iptables"],
+        },
+    )
+    with bed, softirq_clock.SoftirqClock() if bed.local else nullcontext() as clock:
         snd, rcv = bed.end("sender"), bed.end("receiver")
         rs = results.ResultSet(EXPERIMENT, _jsonable(p), bed.prefix, data_dir)
         specs = {size: _spec(p, snd, rcv, size, p.rate_pps) for size in p.sizes}
         skipped = {**switched_off(p), **({} if bed.local else dict.fromkeys(LOCAL_PARTS, ACROSS_HOSTS))}
-        with bed.hold("receiver", drop_receiver, p.rule) as receiver, \
-                across_hosts.open_generator(bed, p.generator) as gen:
+        with (
+            bed.hold("receiver", drop_receiver, p.rule) as receiver,
+            across_hosts.open_generator(bed, p.generator) as gen,
+        ):
             feed = Feed(gen.name, real_interfaces=bool(p.receiver_if) or not bed.local)
-            probes = {"snd": measure.link_probe(snd), "rcv": measure.link_probe(rcv),
-                      "rcv_stack": measure.snmp_probe(rcv.host)}
+            probes = {
+                "snd": measure.link_probe(snd),
+                "rcv": measure.link_probe(rcv),
+                "rcv_stack": measure.snmp_probe(rcv.host),
+            }
 
             def measure_one(variant, size, trial):
                 with using(receiver, variant) as processed:
-                    return measure.run_trial(lambda: gen.send(specs[size]), processed, size=size, probes=probes,
-                                             offered_probe=("snd", "tx_packets"), clock=clock)
+                    return measure.run_trial(
+                        lambda: gen.send(specs[size]),
+                        processed,
+                        size=size,
+                        probes=probes,
+                        offered_probe=("snd", "tx_packets"),
+                        clock=clock,
+                    )
 
             def record(variant, size, trial, m):
-                rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial",
-                                   feed=feed.add(m))
+                rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial", feed=feed.add(m))
 
             trial_loop(p.variants, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
             if bed.local and (p.sweep_steps or p.loss_thresholds or p.cpu_loads):
@@ -182,18 +226,22 @@ def run(data_dir=None, **kwargs) -> Result:
             _caveats(rs, p, feed.kind)
         else:
             across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is neither host's
-            rs.caveat(f"across hosts ({snd.host.name} -> {rcv.host.name}): rates only (CPU is not measured across "
-                      "hosts), and load sweeps, searches, program costs and latency were not run")
+            rs.caveat(
+                f"across hosts ({snd.host.name} -> {rcv.host.name}): rates only (CPU is not measured across "
+                "hosts), and load sweeps, searches, program costs and latency were not run"
+            )
             if p.generator == "auto":
                 rs.caveat(across_hosts.AUTO_ACROSS_HOSTS)
-        run_dir = rs.save(bed, {"generator": gen.name, "rule": RULES[p.rule], "feed": feed.metadata(),
-                                "skipped_parts": skipped})
+        run_dir = rs.save(
+            bed, {"generator": gen.name, "rule": RULES[p.rule], "feed": feed.metadata(), "skipped_parts": skipped}
+        )
     return _result(rs, p, run_dir, costs, cdf)
 
 
 def _spec(p: Params, snd, rcv, size: int, rate_pps) -> traffic.TrafficSpec:
-    spec = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows, rate_pps=rate_pps,
-                                       timeout_s=p.timeout_s)
+    spec = traffic.TrafficSpec.between(
+        snd, rcv, size=size, count=p.count, flows=p.flows, rate_pps=rate_pps, timeout_s=p.timeout_s
+    )
     if p.dst_mac:
         spec.dst_mac = addresses.check_mac(p.dst_mac)
     return spec.validate()
@@ -202,9 +250,13 @@ def _spec(p: Params, snd, rcv, size: int, rate_pps) -> traffic.TrafficSpec:
 def switched_off(p: Params) -> dict:
     """{part: why} for the optional parts P leaves out (a smoke run leaves some out)."""
     smoke = ", in a smoke run" if p.smoke else ""
-    off = {"sweep": (not p.sweep_steps, "sweep_steps = 0"), "search": (not p.loss_thresholds, "loss_thresholds = []"),
-           "cpu_at_load": (not p.cpu_loads, "cpu_loads = []"), "program costs": (not p.cost_trials, "cost_trials = 0"),
-           "latency": (not p.latency, "latency = False")}
+    off = {
+        "sweep": (not p.sweep_steps, "sweep_steps = 0"),
+        "search": (not p.loss_thresholds, "loss_thresholds = []"),
+        "cpu_at_load": (not p.cpu_loads, "cpu_loads = []"),
+        "program costs": (not p.cost_trials, "cost_trials = 0"),
+        "latency": (not p.latency, "latency = False"),
+    }
     return {part: why + smoke for part, (is_off, why) in off.items() if is_off}
 
 
@@ -229,8 +281,16 @@ def _result(rs, p: Params, run_dir, costs, cdf) -> Result:
     table = rs.table
     lat = latency.summary(table)
     text = "\n".join(t for t in (interpret(table, costs, saved_metadata(run_dir)), latency.interpret(lat)) if t)
-    return Result(EXPERIMENT, table, text, rs.caveats, run_dir, p,
-                  {"costs": costs, "latency": lat, "latency_cdf": pd.DataFrame(cdf)}, headline_of=headline)
+    return Result(
+        EXPERIMENT,
+        table,
+        text,
+        rs.caveats,
+        run_dir,
+        p,
+        {"costs": costs, "latency": lat, "latency_cdf": pd.DataFrame(cdf)},
+        headline_of=headline,
+    )
 
 
 def _jsonable(p: Params) -> dict:
@@ -242,14 +302,19 @@ def _jsonable(p: Params) -> dict:
 def _caveats(rs: results.ResultSet, p: Params, feed: str | None) -> None:
     if p.receiver_if:
         return
-    rs.caveat("namespace testbed: sender and receiver share this machine's 2 CPUs, so rates are relative, "
-              "not NIC numbers")
+    rs.caveat(
+        "namespace testbed: sender and receiver share this machine's 2 CPUs, so rates are relative, not NIC numbers"
+    )
     if feed == FEED_SKB:
         rs.caveat(f"the receiver got {FEED_SKB}: {SKB_MEANS}")
-    lossy = {r["variant"] for r in rs.rows if r["measure"] == "processed_pps" and measure.LOSS_BEFORE_HOOK in r["flags"]}
+    lossy = {
+        r["variant"] for r in rs.rows if r["measure"] == "processed_pps" and measure.LOSS_BEFORE_HOOK in r["flags"]
+    }
     if "xdp_native" in lossy:
-        rs.caveat("native XDP on a veth lost part of the flood in the veth's own ring before the program ran "
-                  "(see the lost_at:* measures); a rate is only honest with offered, processed and lost side by side")
+        rs.caveat(
+            "native XDP on a veth lost part of the flood in the veth's own ring before the program ran "
+            "(see the lost_at:* measures); a rate is only honest with offered, processed and lost side by side"
+        )
 
 
 def headline(table):
@@ -264,17 +329,24 @@ def headline(table):
         return pd.DataFrame()
     g = t.groupby(["variant", "size", "measure"])["value"]
     stats = g.agg(["mean", "min", "max"]).unstack("measure")
-    flags = table[table["measure"] == "processed_pps"].groupby(["variant", "size"])["flags"].agg(
-        lambda f: ", ".join(sorted({x for v in f for x in str(v).split(";") if x})))
-    out = pd.DataFrame({
-        "offered Mpps": stats[("mean", "offered_pps")] / 1e6,
-        "processed Mpps": stats[("mean", "processed_pps")] / 1e6,
-        "min..max": [f"{a / 1e6:.3f}..{b / 1e6:.3f}" for a, b in
-                     zip(stats[("min", "processed_pps")], stats[("max", "processed_pps")])],
-        "loss %": stats[("mean", "loss_ratio")] * 100,
-        "CPU ns/pkt": stats[("mean", "cpu_ns_per_pkt")],
-        "flags": flags,
-    }).round({"offered Mpps": 3, "processed Mpps": 3, "loss %": 2, "CPU ns/pkt": 0})
+    flags = (
+        table[table["measure"] == "processed_pps"]
+        .groupby(["variant", "size"])["flags"]
+        .agg(lambda f: ", ".join(sorted({x for v in f for x in str(v).split(";") if x})))
+    )
+    out = pd.DataFrame(
+        {
+            "offered Mpps": stats[("mean", "offered_pps")] / 1e6,
+            "processed Mpps": stats[("mean", "processed_pps")] / 1e6,
+            "min..max": [
+                f"{a / 1e6:.3f}..{b / 1e6:.3f}"
+                for a, b in zip(stats[("min", "processed_pps")], stats[("max", "processed_pps")])
+            ],
+            "loss %": stats[("mean", "loss_ratio")] * 100,
+            "CPU ns/pkt": stats[("mean", "cpu_ns_per_pkt")],
+            "flags": flags,
+        }
+    ).round({"offered Mpps": 3, "processed Mpps": 3, "loss %": 2, "CPU ns/pkt": 0})
     return out.reset_index().sort_values(["size", "processed Mpps"], ascending=[True, False]).reset_index(drop=True)
 
 
@@ -296,33 +368,44 @@ def interpret(table, costs, meta: dict | None = None) -> str:
     at = rates[rates["size"] == size].groupby("variant")["value"].agg(["mean", "min", "max"])
     at = at.sort_values("mean", ascending=False)
     best, worst = at.index[0], at.index[-1]
-    lines = head + [f"At {int(size)}-byte frames, {best} processed the most: {at.loc[best, 'mean'] / 1e6:.2f} "
-                    f"Mpps (trials {at.loc[best, 'min'] / 1e6:.2f}–{at.loc[best, 'max'] / 1e6:.2f}), "
-                    f"{at.loc[best, 'mean'] / at.loc[worst, 'mean']:.2f}× {worst} "
-                    f"({at.loc[worst, 'mean'] / 1e6:.2f} Mpps)."]
+    lines = head + [
+        f"At {int(size)}-byte frames, {best} processed the most: {at.loc[best, 'mean'] / 1e6:.2f} "
+        f"Mpps (trials {at.loc[best, 'min'] / 1e6:.2f}–{at.loc[best, 'max'] / 1e6:.2f}), "
+        f"{at.loc[best, 'mean'] / at.loc[worst, 'mean']:.2f}× {worst} "
+        f"({at.loc[worst, 'mean'] / 1e6:.2f} Mpps)."
+    ]
     path = f" ({SKB_PATH})" if skb else ""
     for a, b in (("xdp_native", "iptables_raw"), ("xdp_generic", "iptables_raw"), ("xdp_native", "stack")):
         if a in at.index and b in at.index:
             lines.append(f"{a} vs {b}: {at.loc[a, 'mean'] / at.loc[b, 'mean']:.2f}× the rate{path}.")
     if skb and {"xdp_native", "xdp_generic"} & set(at.index):
-        lines.append(f"The receiver got {FEED_SKB}: {SKB_MEANS} An XDP-native advantage over generic XDP, tc or "
-                     "iptables cannot show in this run; a generator that delivers XDP frames (generator xdp or "
-                     "xdp_loop, where they can run) can show it.")
+        lines.append(
+            f"The receiver got {FEED_SKB}: {SKB_MEANS} An XDP-native advantage over generic XDP, tc or "
+            "iptables cannot show in this run; a generator that delivers XDP frames (generator xdp or "
+            "xdp_loop, where they can run) can show it."
+        )
     cpu = table[(table["measure"] == "cpu_ns_per_pkt") & (table["size"] == size)].groupby("variant")["value"].mean()
     if "iptables_raw" in cpu and any(v in cpu for v in ("xdp_native", "xdp_generic")):
         xdp = "xdp_native" if "xdp_native" in cpu else "xdp_generic"
-        lines.append(f"CPU per packet on the receiving side: {xdp} {cpu[xdp]:.0f} ns, iptables_raw "
-                     f"{cpu['iptables_raw']:.0f} ns ({cpu[xdp] / cpu['iptables_raw']:.2f}× iptables"
-                     + (f"; {SKB_PATH})." if skb else ")."))
+        lines.append(
+            f"CPU per packet on the receiving side: {xdp} {cpu[xdp]:.0f} ns, iptables_raw "
+            f"{cpu['iptables_raw']:.0f} ns ({cpu[xdp] / cpu['iptables_raw']:.2f}× iptables"
+            + (f"; {SKB_PATH})." if skb else ").")
+        )
     flags = table[(table["measure"] == "processed_pps") & (table["size"] == size)]
     limited = sorted(set(flags[flags["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]["variant"]))
     lossy = sorted(set(flags[flags["flags"].str.contains(measure.LOSS_BEFORE_HOOK, na=False)]["variant"]))
     off = table[(table["measure"] == "offered_pps") & (table["size"] == size)].groupby("variant")["value"].mean()
     if limited:
-        lines.append("Generator-limited: " + ", ".join(
-            f"{v} ({at.loc[v, 'mean'] / 1e6:.2f} of {off.get(v, float('nan')) / 1e6:.2f} Mpps offered)" for v in limited)
+        lines.append(
+            "Generator-limited: "
+            + ", ".join(
+                f"{v} ({at.loc[v, 'mean'] / 1e6:.2f} of {off.get(v, float('nan')) / 1e6:.2f} Mpps offered)"
+                for v in limited
+            )
             + " processed (nearly) all that was offered, so for them the rate is the generator's, a lower bound; "
-            "compare their CPU per packet instead, or raise the offered load.")
+            "compare their CPU per packet instead, or raise the offered load."
+        )
     if lossy:
         lines.append(f"Lost before the hook (>1% of offered): {', '.join(lossy)}; see the lost_at:* measures.")
     if costs is not None and len(costs):
@@ -335,9 +418,11 @@ def interpret(table, costs, meta: dict | None = None) -> str:
         lines += _interpret_load(full)
     ref = references.XDP_PAPER_XDP_DROP
     if "xdp_native" in at.index:
-        lines.append(f"For scale: {ref.label} {ref.value / 1e6:.0f} Mpps per core on bare metal; this run: "
-                     f"{at.loc['xdp_native', 'mean'] / 1e6:.2f} Mpps, "
-                     f"{at.loc['xdp_native', 'mean'] * size * 8 / 1e6:.0f} Mbit/s "
-                     f"(the poster reported {references.POSTER_XDP_DROP.value:.0f} Mbit/s)"
-                     + (f"; fed {FEED_SKB}, so not XDP's fast path." if skb else "."))
+        lines.append(
+            f"For scale: {ref.label} {ref.value / 1e6:.0f} Mpps per core on bare metal; this run: "
+            f"{at.loc['xdp_native', 'mean'] / 1e6:.2f} Mpps, "
+            f"{at.loc['xdp_native', 'mean'] * size * 8 / 1e6:.0f} Mbit/s "
+            f"(the poster reported {references.POSTER_XDP_DROP.value:.0f} Mbit/s)"
+            + (f"; fed {FEED_SKB}, so not XDP's fast path." if skb else ".")
+        )
     return "\n".join(lines)

@@ -37,6 +37,7 @@ says so, as a caveat of the run.
 The no-drop rate each load is a fraction of comes from the experiment's own NDR search
 (kind 'search', loss 0) where it ran, else from a short search here.
 """
+
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
@@ -82,8 +83,10 @@ def not_measured(p) -> str | None:
     if p.inventory is not None:
         return "latency was not measured across hosts (its probe sink needs the namespace testbed's shared clock)"
     if p.sender_if or p.receiver_if:
-        return ("latency was not measured on real interfaces: the probes need a sink host behind the receiver "
-                "and one clock at both ends (the namespace testbed)")
+        return (
+            "latency was not measured on real interfaces: the probes need a sink host behind the receiver "
+            "and one clock at both ends (the namespace testbed)"
+        )
     return None
 
 
@@ -93,9 +96,12 @@ def spec() -> topology.TopologySpec:
     (a run's namespaces share its prefix)."""
     return topology.TopologySpec(
         hosts=["lsnd", "lrcv", "lsink"],
-        links=[topology.LinkSpec("lsnd", "lrcv", SENDER_ADDR, RECEIVER_ADDR),
-               topology.LinkSpec("lrcv", "lsink", FORWARD_ADDR, SINK_ADDR)],
-        forwarding=["lrcv"])
+        links=[
+            topology.LinkSpec("lsnd", "lrcv", SENDER_ADDR, RECEIVER_ADDR),
+            topology.LinkSpec("lrcv", "lsink", FORWARD_ADDR, SINK_ADDR),
+        ],
+        forwarding=["lrcv"],
+    )
 
 
 @contextmanager
@@ -110,8 +116,9 @@ def _neighbour(host, ip: str, mac: str, dev: str):
 
 @contextmanager
 def _iptables_flood(rcv, filt: DropFilter, rule: str):
-    with netfilter.rule(rcv.host, "raw", "PREROUTING", "-i", rcv.name, "-p", "udp", "--dport", str(FLOOD_PORT),
-                        "-j", "DROP") as r:
+    with netfilter.rule(
+        rcv.host, "raw", "PREROUTING", "-i", rcv.name, "-p", "udp", "--dport", str(FLOOD_PORT), "-j", "DROP"
+    ) as r:
         yield lambda: r.counters()["packets"]
 
 
@@ -162,20 +169,32 @@ def measure_all(p, rs, search_rows=None) -> list[dict]:
         stack.enter_context(_neighbour(rcv.host, sink.address, sink.mac, out.name))
         stack.enter_context(bpf.attach_xdp(sink, probe.sink(), "native"))
         gen = stack.enter_context(traffic.generator(p.generator, snd))
-        flood = traffic.TrafficSpec.between(snd, rcv, size=size, count=p.count, flows=p.flows,
-                                            timeout_s=p.timeout_s).validate()
+        flood = traffic.TrafficSpec.between(
+            snd, rcv, size=size, count=p.count, flows=p.flows, timeout_s=p.timeout_s
+        ).validate()
         steps = [(t, v) for t in range(p.trials) for v in rotated(p.variants, t)]
         for trial, name in progress.iterate(steps, "latency", p.progress, unit="variant"):
             with variant(name, rcv, filt) as dropped:
                 prof = latency_profile.profile(
-                    probe, gen, flood, dropped, loads=p.latency_loads, probes=p.latency_probes,
-                    probe_rate=p.latency_probe_rate, ndr_loss=NDR_LOSS, ndr_seconds=0.2 if p.smoke else 0.5,
-                    ndr_iterations=4 if p.smoke else 6, ndr_pps=ndr.get(name))
+                    probe,
+                    gen,
+                    flood,
+                    dropped,
+                    loads=p.latency_loads,
+                    probes=p.latency_probes,
+                    probe_rate=p.latency_probe_rate,
+                    ndr_loss=NDR_LOSS,
+                    ndr_seconds=0.2 if p.smoke else 0.5,
+                    ndr_iterations=4 if p.smoke else 6,
+                    ndr_pps=ndr.get(name),
+                )
             cdfs += views.record_latency(rs, name, trial, size, prof, generator=gen.name)
     source = "the experiment's NDR search (loss 0)" if ndr else f"a short search here (loss <= {NDR_LOSS:.1%})"
-    rs.caveat(f"latency: probes (UDP port 7) pass each variant's hook on the receiver, which forwards them to a sink host "
-              f"that histograms them; the flood (UDP port {FLOOD_PORT}) is dropped by the variant under a port rule, at "
-              f"fractions of the variant's own no-drop rate from {source}")
+    rs.caveat(
+        f"latency: probes (UDP port 7) pass each variant's hook on the receiver, which forwards them to a sink host "
+        f"that histograms them; the flood (UDP port {FLOOD_PORT}) is dropped by the variant under a port rule, at "
+        f"fractions of the variant's own no-drop rate from {source}"
+    )
     for name in p.variants:
         how = SKB_DELIVERY if probe.method != LIVE_FRAMES and DELIVERY[name] == PASS_PROGRAM else DELIVERY[name]
         rs.caveat(f"latency probes reach the receiver through {how}", name)
@@ -195,12 +214,21 @@ def table(lat):
     if lat is None or not len(lat):
         return pd.DataFrame()
     rng = lambda q: [f"{a:.1f}..{b:.1f}" for a, b in zip(lat[f"{q}_us_min"], lat[f"{q}_us_max"])]  # noqa: E731
-    return pd.DataFrame({
-        "variant": lat["variant"], "load": ["no load" if not f else f"{f:.0%} of NDR" for f in lat[LOAD]],
-        "NDR Mpps": lat["ndr_mpps"].round(3), "flood Mpps": lat["load_mpps"].round(3),
-        "p50 µs": lat["p50_us"].round(1), "p50 min..max": rng("p50"),
-        "p99 µs": lat["p99_us"].round(1), "p99 min..max": rng("p99"),
-        "p99.9 µs": lat["p99.9_us"].round(1), "max µs": lat["max_us"].round(1), "probes": lat["probes"].astype(int)})
+    return pd.DataFrame(
+        {
+            "variant": lat["variant"],
+            "load": ["no load" if not f else f"{f:.0%} of NDR" for f in lat[LOAD]],
+            "NDR Mpps": lat["ndr_mpps"].round(3),
+            "flood Mpps": lat["load_mpps"].round(3),
+            "p50 µs": lat["p50_us"].round(1),
+            "p50 min..max": rng("p50"),
+            "p99 µs": lat["p99_us"].round(1),
+            "p99 min..max": rng("p99"),
+            "p99.9 µs": lat["p99.9_us"].round(1),
+            "max µs": lat["max_us"].round(1),
+            "probes": lat["probes"].astype(int),
+        }
+    )
 
 
 def interpret(lat) -> str:
@@ -212,29 +240,44 @@ def interpret(lat) -> str:
     if idle.empty or idle["p50_us"].isna().all():
         return ""
     order = idle["p50_us"].sort_values().index
-    parts = [f"{v} p50 {idle.loc[v, 'p50_us']:.1f} µs (trials {idle.loc[v, 'p50_us_min']:.1f}–"
-             f"{idle.loc[v, 'p50_us_max']:.1f}), p99 {idle.loc[v, 'p99_us']:.1f}" for v in order]
+    parts = [
+        f"{v} p50 {idle.loc[v, 'p50_us']:.1f} µs (trials {idle.loc[v, 'p50_us_min']:.1f}–"
+        f"{idle.loc[v, 'p50_us_max']:.1f}), p99 {idle.loc[v, 'p99_us']:.1f}"
+        for v in order
+    ]
     how = latency_profile.sent_by(lat)
-    lines = [f"One-way latency of the traffic each variant lets through (probes {how + ', ' if how else ''}"
-             "forwarded by the receiver to a sink), with no flood: " + "; ".join(parts) + "."]
+    lines = [
+        f"One-way latency of the traffic each variant lets through (probes {how + ', ' if how else ''}"
+        "forwarded by the receiver to a sink), with no flood: " + "; ".join(parts) + "."
+    ]
     top = lat[LOAD].max()
     if top > 0:
         hi = lat[lat[LOAD] == top].set_index("variant")
-        grow = {v: hi.loc[v, "p99_us"] / idle.loc[v, "p99_us"] for v in order
-                if v in hi.index and hi.loc[v, "p99_us"] == hi.loc[v, "p99_us"] and idle.loc[v, "p99_us"] > 0}
+        grow = {
+            v: hi.loc[v, "p99_us"] / idle.loc[v, "p99_us"]
+            for v in order
+            if v in hi.index and hi.loc[v, "p99_us"] == hi.loc[v, "p99_us"] and idle.loc[v, "p99_us"] > 0
+        }
         if grow:
             ranked = sorted(grow, key=lambda v: hi.loc[v, "p99_us"])
-            lines.append(f"Under a flood the variant drops, at {top:.0%} of its own no-drop rate: " + "; ".join(
-                f"{v} p99 {hi.loc[v, 'p99_us']:.1f} µs (trials {hi.loc[v, 'p99_us_min']:.1f}–"
-                f"{hi.loc[v, 'p99_us_max']:.1f}; {grow[v]:.1f}× its no-load p99) beside a flood of "
-                f"{hi.loc[v, 'load_mpps']:.2f} Mpps" + _short(hi.loc[v, "load_mpps"], top * hi.loc[v, "ndr_mpps"])
-                for v in ranked) + ".")
+            lines.append(
+                f"Under a flood the variant drops, at {top:.0%} of its own no-drop rate: "
+                + "; ".join(
+                    f"{v} p99 {hi.loc[v, 'p99_us']:.1f} µs (trials {hi.loc[v, 'p99_us_min']:.1f}–"
+                    f"{hi.loc[v, 'p99_us_max']:.1f}; {grow[v]:.1f}× its no-load p99) beside a flood of "
+                    f"{hi.loc[v, 'load_mpps']:.2f} Mpps" + _short(hi.loc[v, "load_mpps"], top * hi.loc[v, "ndr_mpps"])
+                    for v in ranked
+                )
+                + "."
+            )
             best, worst = ranked[0], ranked[-1]
             if best != worst and hi.loc[best, "p99_us"] > 0:
-                lines.append(f"Passing traffic waited least behind a flood dropped by {best} and most behind one "
-                             f"dropped by {worst} ({hi.loc[worst, 'p99_us'] / hi.loc[best, 'p99_us']:.1f}× the p99). "
-                             "Each variant is flooded at its own rate, so a variant with a higher no-drop rate "
-                             "carries a heavier flood here: compare p99 together with the Mpps beside it.")
+                lines.append(
+                    f"Passing traffic waited least behind a flood dropped by {best} and most behind one "
+                    f"dropped by {worst} ({hi.loc[worst, 'p99_us'] / hi.loc[best, 'p99_us']:.1f}× the p99). "
+                    "Each variant is flooded at its own rate, so a variant with a higher no-drop rate "
+                    "carries a heavier flood here: compare p99 together with the Mpps beside it."
+                )
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 is local): the offered-load sweep, the NDR/PDR search and CPU at fixed loads
 (`labkit.measure.loadsweep`), and the programs' own cost by BPF_PROG_TEST_RUN. P is the
 experiment's `Params`."""
+
 from __future__ import annotations
 
 from labkit import bpf, capabilities, packets, progress, results
@@ -24,22 +25,30 @@ def load_tests(p, gen, tspec, receiver, clock, rs) -> None:
     NDR/PDR search and CPU at fixed loads."""
     rows = []
     with using(receiver, fastest_fed(rs.table, tspec.size, p.variants)) as cnt:
-        top = loadsweep.generator_trial(gen, tspec, cnt, seconds=p.point_s, clock=clock, settle_s=0.05)(None).offered_pps
+        top = loadsweep.generator_trial(gen, tspec, cnt, seconds=p.point_s, clock=clock, settle_s=0.05)(
+            None
+        ).offered_pps
     rates = loadsweep.sweep_rates(top, p.sweep_steps) if p.sweep_steps else []
     for variant in progress.iterate(p.variants, "sweeps and searches", p.progress, unit="variant"):
         with using(receiver, variant) as processed:
             trial = loadsweep.generator_trial(gen, tspec, processed, seconds=p.point_s, clock=clock, settle_s=0.05)
             if rates:
-                rows += [dict(r, kind="sweep") for r in
-                         loadsweep.sweep(trial, variant=variant, size=tspec.size, rates=rates, include_max=True)]
-                rows += [dict(r, kind="sweep", step=len(rates)) for r in
-                         loadsweep.point_rows(trial(None), variant, tspec.size, trial=0)]
+                rows += [
+                    dict(r, kind="sweep")
+                    for r in loadsweep.sweep(trial, variant=variant, size=tspec.size, rates=rates, include_max=True)
+                ]
+                rows += [
+                    dict(r, kind="sweep", step=len(rates))
+                    for r in loadsweep.point_rows(trial(None), variant, tspec.size, trial=0)
+                ]
             for threshold in p.loss_thresholds:
                 found = loadsweep.search(trial, loss_threshold=threshold, hi=top, resolution=0.05, max_iterations=8)
                 rows += [dict(r, kind="search") for r in found.rows(variant=variant, size=tspec.size)]
             if p.cpu_loads:
-                rows += [dict(r, kind="cpu_at_load") for r in
-                         loadsweep.cpu_at_loads(trial, p.cpu_loads, variant=variant, size=tspec.size)]
+                rows += [
+                    dict(r, kind="cpu_at_load")
+                    for r in loadsweep.cpu_at_loads(trial, p.cpu_loads, variant=variant, size=tspec.size)
+                ]
     loadsweep.add_to(rs, rows)
 
 
@@ -57,12 +66,15 @@ def program_costs(filt: DropFilter | None, snd, rcv, p, rs: results.ResultSet, s
         rs.caveat(f"program costs were not measured: {skipped['program costs']}")
     if not p.cost_trials or not refused.ok:
         return pd.DataFrame(columns=["variant", "trial", "value"])
-    frame = packets.build(packets.FrameSpec(snd.mac, rcv.mac, snd.address or "10.11.0.1",
-                                            rcv.address or "10.11.0.2", size=64))
+    frame = packets.build(
+        packets.FrameSpec(snd.mac, rcv.mac, snd.address or "10.11.0.1", rcv.address or "10.11.0.2", size=64)
+    )
     rows = []
     with bpf.load("xdp_minimal") as bare:
-        progs = [("xdp_drop_bare", bare.function("xdp_drop_bare"), None),
-                 (f"xdp_filter (rule: {p.rule})", filt.xdp_function(), p.rule)]
+        progs = [
+            ("xdp_drop_bare", bare.function("xdp_drop_bare"), None),
+            (f"xdp_filter (rule: {p.rule})", filt.xdp_function(), p.rule),
+        ]
         if p.rule != "all":
             progs.append(("xdp_filter (rule: all)", filt.xdp_function(), "all"))
         for trial in range(p.cost_trials):

@@ -2,6 +2,7 @@
 function (a table from name to setup), the drop filter compiled once and one variant
 set up at a time. It runs in this process on the namespace testbed and in the host's
 labkit session across hosts (`labkit.testbed.bed`), unchanged."""
+
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
@@ -18,7 +19,6 @@ def set_rule(filt: DropFilter, rule: str) -> None:
         filt.drop_all()
     else:
         filt.drop_proto("udp")
-
 
 
 @contextmanager
@@ -47,8 +47,13 @@ def _xdp(mode: str, rcv, filt: DropFilter, rule: str):
 
 
 #: each variant: how it is set up on the receiver (a context yielding its packet count)
-SETUPS = {"stack": _stack, "iptables_raw": _iptables_raw, "tc": _tc,
-          "xdp_generic": partial(_xdp, "generic"), "xdp_native": partial(_xdp, "native")}
+SETUPS = {
+    "stack": _stack,
+    "iptables_raw": _iptables_raw,
+    "tc": _tc,
+    "xdp_generic": partial(_xdp, "generic"),
+    "xdp_native": partial(_xdp, "native"),
+}
 VARIANTS = list(SETUPS)
 
 

@@ -1,6 +1,7 @@
 """01-xdp-drop's load tests read back: the NDR/PDR table and the sentences about the
 offered-load sweep, the searches and CPU at fixed loads (labkit/experiments/xdp_drop.py
 runs them; `xdp_drop.search_table` and `xdp_drop.load_interpretation` are these)."""
+
 from __future__ import annotations
 
 from labkit.measure import loadsweep
@@ -36,14 +37,20 @@ def _interpret_sweep(sweep) -> list[str]:
     parts = []
     for v, g in sweep.groupby("variant", sort=False):
         pts = g.assign(target=g["target_pps"].fillna(-1.0)).pivot_table(
-            index="target", columns="measure", values="value", aggfunc="mean")
+            index="target", columns="measure", values="value", aggfunc="mean"
+        )
         if "received_pps" not in pts:
             continue
         targets = pts[pts.index >= 0].sort_index()
         ok = (targets["received_pps"] >= 0.99 * targets.index.to_series()).cummin()  # up to the first shortfall
         kept = targets[ok]
-        text = (f"{v} received 99% or more of each target up to {kept.index.max() / 1e6:.2f} Mpps" if len(kept)
-                else f"{v} fell short already at {targets.index.min() / 1e6:.2f} Mpps" if len(targets) else v)
+        text = (
+            f"{v} received 99% or more of each target up to {kept.index.max() / 1e6:.2f} Mpps"
+            if len(kept)
+            else f"{v} fell short already at {targets.index.min() / 1e6:.2f} Mpps"
+            if len(targets)
+            else v
+        )
         if -1.0 in pts.index:
             full = pts.loc[-1.0]
             text += f" and {full['received_pps'] / 1e6:.2f} of {full.get('offered_pps', float('nan')) / 1e6:.2f} Mpps at full speed"
@@ -67,14 +74,21 @@ def _interpret_load(table, kinds=LOAD_KINDS) -> list[str]:
         med = found.groupby("variant")["value"].median().sort_values(ascending=False)
         lim = set(found[found["generator_limited"].astype(bool)]["variant"]) if "generator_limited" in found else set()
         th = found["threshold"].iloc[0] if "threshold" in found else 0
-        lines.append(f"{label}, loss <= {th:.1%}, binary search up to the generator's maximum (a target the testbed "
-                     f"could not offer within {loadsweep.RATE_TOLERANCE:.0%} counts as loss): " + ", ".join(
-                         f"{v} {r / 1e6:.2f} Mpps" + (" (generator-limited)" if v in lim else "") for v, r in med.items())
-                     + ".")
+        lines.append(
+            f"{label}, loss <= {th:.1%}, binary search up to the generator's maximum (a target the testbed "
+            f"could not offer within {loadsweep.RATE_TOLERANCE:.0%} counts as loss): "
+            + ", ".join(
+                f"{v} {r / 1e6:.2f} Mpps" + (" (generator-limited)" if v in lim else "") for v, r in med.items()
+            )
+            + "."
+        )
     cpu = table[(table["kind"] == "cpu_at_load") & (table["measure"] == "net_rx_cores")]
     if len(cpu) and "cpu_at_load" in kinds:
         load = cpu["target_pps"].min()
         at = cpu[cpu["target_pps"] == load].groupby("variant")["value"].mean().sort_values()
-        lines.append(f"At a fixed {load / 1e6:.1f} Mpps, the receive path kept " + ", ".join(
-            f"{v} {c:.2f}" for v, c in at.items()) + " CPU cores busy.")
+        lines.append(
+            f"At a fixed {load / 1e6:.1f} Mpps, the receive path kept "
+            + ", ".join(f"{v} {c:.2f}" for v, c in at.items())
+            + " CPU cores busy."
+        )
     return lines

@@ -24,6 +24,7 @@ Flags say when a rate cannot be taken at face value:
   (`lost_where` says which counters saw them, e.g. a veth ring under native XDP);
 - ``offered-mismatch``: the sender's link counter disagrees with what the generator reported.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,12 @@ class CpuTimes:
     per_cpu_busy: list
 
     def __sub__(self, other: "CpuTimes") -> "CpuTimes":
-        return CpuTimes(self.busy - other.busy, self.softirq - other.softirq, self.total - other.total,
-                        [a - b for a, b in zip(self.per_cpu_busy, other.per_cpu_busy)])
+        return CpuTimes(
+            self.busy - other.busy,
+            self.softirq - other.softirq,
+            self.total - other.total,
+            [a - b for a, b in zip(self.per_cpu_busy, other.per_cpu_busy)],
+        )
 
 
 def cpu_times() -> CpuTimes:
@@ -86,8 +91,17 @@ def link_probe(iface, ethtool: bool = True) -> Callable[[], dict]:
     return read
 
 
-def snmp_probe(host, fields=(("Udp", "NoPorts"), ("Udp", "InDatagrams"), ("Udp", "InErrors"),
-                             ("Ip", "InReceives"), ("Ip", "InDiscards"), ("Ip", "InHdrErrors"))) -> Callable[[], dict]:
+def snmp_probe(
+    host,
+    fields=(
+        ("Udp", "NoPorts"),
+        ("Udp", "InDatagrams"),
+        ("Udp", "InErrors"),
+        ("Ip", "InReceives"),
+        ("Ip", "InDiscards"),
+        ("Ip", "InHdrErrors"),
+    ),
+) -> Callable[[], dict]:
     """A probe reading /proc/net/snmp of HOST's namespace (what the kernel stack saw)."""
 
     def read() -> dict:
@@ -189,9 +203,16 @@ class Measurement:
         }
 
 
-def run_trial(send: Callable[[], object], processed: Callable[[], int], *, size: int,
-              probes: dict | None = None, offered_probe: tuple[str, str] | None = None,
-              settle_s: float = 0.2, clock: SoftirqClock | None = None) -> Measurement:
+def run_trial(
+    send: Callable[[], object],
+    processed: Callable[[], int],
+    *,
+    size: int,
+    probes: dict | None = None,
+    offered_probe: tuple[str, str] | None = None,
+    settle_s: float = 0.2,
+    clock: SoftirqClock | None = None,
+) -> Measurement:
     """Sample PROBES and the PROCESSED counter, call SEND (which returns traffic.Offered),
     let queues drain for SETTLE_S, sample again, and work out what happened.
 
@@ -222,8 +243,12 @@ def mark_generator_limited(group: list[Measurement], tolerance: float = 0.9) -> 
     receiver, not the generator, set the pace.)"""
     top = max((m.offered_pps for m in group if m.offered_pps == m.offered_pps), default=0)
     for m in group:
-        if (m.offered.packets and m.processed >= 0.98 * m.offered.packets and m.offered_pps >= tolerance * top
-                and GENERATOR_LIMITED not in m.flags):
+        if (
+            m.offered.packets
+            and m.processed >= 0.98 * m.offered.packets
+            and m.offered_pps >= tolerance * top
+            and GENERATOR_LIMITED not in m.flags
+        ):
             m.flags.append(GENERATOR_LIMITED)
 
 

@@ -12,6 +12,7 @@ and is stopped on any exit of the `with`, exception, Ctrl-C and SIGTERM included
 closing twice is harmless, and the pcap file is removed. `capture()` is the same as a
 context manager that yields the function returning the frames.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,11 +48,11 @@ def read_pcap(path: str) -> list[bytes]:
         raise LabkitError(f"{path} holds link type {linktype}, not Ethernet (1): capture on an Ethernet interface")
     out, off = [], PCAP_HEADER
     while off + RECORD_HEADER <= len(data):
-        caplen = struct.unpack(endian + "I", data[off + 8:off + 12])[0]
+        caplen = struct.unpack(endian + "I", data[off + 8 : off + 12])[0]
         end = off + RECORD_HEADER + caplen
         if end > len(data):
             break
-        out.append(data[off + RECORD_HEADER:end])
+        out.append(data[off + RECORD_HEADER : end])
         off = end
     return out
 
@@ -68,16 +69,35 @@ class Capture:
     tcpdump writes them is partly dropped. For bursts, give the largest frame expected
     (2048 holds any frame of a 1500-byte MTU)."""
 
-    def __init__(self, host: hosts.Host, ifname: str, bpf_filter: str = "", inbound: bool = False,
-                 snaplen: int = 0, start_timeout: float = 5.0):
+    def __init__(
+        self,
+        host: hosts.Host,
+        ifname: str,
+        bpf_filter: str = "",
+        inbound: bool = False,
+        snaplen: int = 0,
+        start_timeout: float = 5.0,
+    ):
         hosts.which("tcpdump", "tcpdump")
         self.host, self.ifname = host, ifname
         self._final: list[bytes] | None = None
         self.dropped: int | None = None  # by the kernel, as tcpdump reports when it stops
         fd, self.path = tempfile.mkstemp(prefix="labkit-capture-", suffix=".pcap")
         os.close(fd)
-        argv = ["tcpdump", "-i", ifname, "-n", "-U", "--immediate-mode", "-s", str(snaplen), "-B", "32768",
-                "-w", self.path]
+        argv = [
+            "tcpdump",
+            "-i",
+            ifname,
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-s",
+            str(snaplen),
+            "-B",
+            "32768",
+            "-w",
+            self.path,
+        ]
         argv += ["-Q", "in"] if inbound else []
         argv += [bpf_filter] if bpf_filter else []
         self.proc = None
@@ -96,8 +116,10 @@ class Capture:
             if not self.proc.running:
                 raise LabkitError(f"tcpdump on {self.ifname} of {self.host} ended at once: {self.proc.output()[-500:]}")
             time.sleep(0.02)
-        raise LabkitError(f"tcpdump on {self.ifname} of {self.host} did not start listening within {timeout:.0f} s: "
-                          f"{self.proc.output()[-500:]}")
+        raise LabkitError(
+            f"tcpdump on {self.ifname} of {self.host} did not start listening within {timeout:.0f} s: "
+            f"{self.proc.output()[-500:]}"
+        )
 
     def frames(self, want: int | None = None, timeout: float = 5.0) -> list[bytes]:
         """The frames captured so far. While tcpdump runs and WANT is given, wait up to
@@ -116,8 +138,11 @@ class Capture:
         """Of FRAMES, the IPv4 UDP frames from SENDER (an interface, or an address) with a
         set source MAC: test traffic, not a stray neighbour or IPv6 frame."""
         address = getattr(sender, "address", sender)
-        return [f for f in frames if (p := packets.parse(f)).proto == 17 and p.src_ip == address
-                and p.src_mac != "00:00:00:00:00:00"]
+        return [
+            f
+            for f in frames
+            if (p := packets.parse(f)).proto == 17 and p.src_ip == address and p.src_mac != "00:00:00:00:00:00"
+        ]
 
     def close(self, settle: float = 0.3) -> None:
         """Stop tcpdump (after SETTLE seconds for frames still in flight), keep its frames,
@@ -150,8 +175,9 @@ class Capture:
 
 
 @contextmanager
-def capture(host: hosts.Host, ifname: str, bpf_filter: str = "ip", inbound: bool = False,
-            snaplen: int = 0) -> Iterator[Callable]:
+def capture(
+    host: hosts.Host, ifname: str, bpf_filter: str = "ip", inbound: bool = False, snaplen: int = 0
+) -> Iterator[Callable]:
     """`Capture` as a context manager yielding its `frames` function: call it after the
     `with` body has sent what it wanted seen (or inside it, for the frames so far)."""
     with Capture(host, ifname, bpf_filter, inbound, snaplen) as cap:

@@ -16,6 +16,7 @@ paced, for longer than the probes take. "No drop" is a loss ratio at most `ndr_l
 `loadsweep.search`; where the data path kept up with the generator at full speed, the
 NDR is the generator's rate and the profile says so (`generator_limited`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,13 @@ class LatencyPoint:
         """{measure: (value, unit)}: lat_p50_ns .. lat_max_ns, probes sent and received, load."""
         d = self.distribution
         out = {f"lat_{k}": (d[k], "ns") for k in PERCENTILE_MEASURES}
-        out.update({"lat_probes_sent": (d.get("sent", 0), "packets"), "lat_probes": (d["probes"], "packets"),
-                    "lat_load_pps": (self.load_pps, "pps")})
+        out.update(
+            {
+                "lat_probes_sent": (d.get("sent", 0), "packets"),
+                "lat_probes": (d["probes"], "packets"),
+                "lat_load_pps": (self.load_pps, "pps"),
+            }
+        )
         return out
 
 
@@ -69,9 +75,20 @@ def check(loads, probes: int, probe_rate: float, ndr_loss: float) -> None:
         raise InputError(f"ndr_loss {ndr_loss!r}: a loss ratio in [0, 0.1), e.g. 0.001")
 
 
-def profile(probe, gen, spec, received, *, loads=(0.5, 0.9), probes: int = 2000, probe_rate: float = 2000.0,
-            ndr_loss: float = 0.001, ndr_seconds: float = 0.5, ndr_iterations: int = 8,
-            ndr_pps: float | None = None) -> Profile:
+def profile(
+    probe,
+    gen,
+    spec,
+    received,
+    *,
+    loads=(0.5, 0.9),
+    probes: int = 2000,
+    probe_rate: float = 2000.0,
+    ndr_loss: float = 0.001,
+    ndr_seconds: float = 0.5,
+    ndr_iterations: int = 8,
+    ndr_pps: float | None = None,
+) -> Profile:
     """The NDR of what RECEIVED() counts (unless NDR_PPS is given), then PROBES probes at
     PROBE_RATE with no load and with SPEC sent at each fraction of LOADS of that rate."""
     check(loads, probes, probe_rate, ndr_loss)
@@ -133,9 +150,15 @@ def summary(table):
     ndr = t[t["measure"] == "ndr_pps"].groupby("variant")["value"].mean()
     out = []
     for (v, f), g in t[t[LOAD].notna()].groupby(["variant", LOAD], sort=False):
-        row = {"variant": v, LOAD: float(f), "load": load_label(f), "ndr_mpps": ndr.get(v, float("nan")) / 1e6,
-               "load_mpps": g[g["measure"] == "lat_load_pps"]["value"].mean() / 1e6,
-               "probes": g[g["measure"] == "lat_probes"]["value"].sum(), "trials": g["trial"].nunique()}
+        row = {
+            "variant": v,
+            LOAD: float(f),
+            "load": load_label(f),
+            "ndr_mpps": ndr.get(v, float("nan")) / 1e6,
+            "load_mpps": g[g["measure"] == "lat_load_pps"]["value"].mean() / 1e6,
+            "probes": g[g["measure"] == "lat_probes"]["value"].sum(),
+            "trials": g["trial"].nunique(),
+        }
         if "probe_method" in g.columns:  # rows recorded before probes could be sent two ways lack it
             row["probe_method"] = ", ".join(sorted(set(g["probe_method"].dropna())))
         for q in PERCENTILE_MEASURES:

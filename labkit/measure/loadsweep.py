@@ -29,6 +29,7 @@ the generator's maximum is reported with `generator_limited=True`: the receiver'
 NDR is higher than this generator can show. Repeat whole searches (`trials`) and report
 the spread: on two shared cores one search is one sample.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,15 +54,23 @@ class Point:
 
     def measures(self) -> dict:
         """{name: (value, unit)} as labkit.results.ResultSet.add takes them."""
-        out = {"offered_pps": (self.offered_pps, "pps"), "received_pps": (self.received_pps, "pps"),
-               "loss_ratio": (self.loss_ratio, "ratio")}
+        out = {
+            "offered_pps": (self.offered_pps, "pps"),
+            "received_pps": (self.received_pps, "pps"),
+            "loss_ratio": (self.loss_ratio, "ratio"),
+        }
         for k, v in self.cpu.items():
             out[k] = (v, CPU_UNITS.get(k, ""))
         return out
 
 
-CPU_UNITS = {"busy_fraction": "fraction", "cpu_ns_per_pkt": "ns", "busy_s": "s", "generator_cpu_s": "s",
-             "net_rx_cores": "cores"}
+CPU_UNITS = {
+    "busy_fraction": "fraction",
+    "cpu_ns_per_pkt": "ns",
+    "busy_s": "s",
+    "generator_cpu_s": "s",
+    "net_rx_cores": "cores",
+}
 Trial = Callable[[float | None], Point]
 
 
@@ -70,8 +79,13 @@ def point(offered_packets: int, received_packets: int, seconds: float, target_pp
     if seconds <= 0:
         raise InputError("a trial must last a positive time")
     lost = max(0, offered_packets - received_packets)
-    return Point(offered_packets / seconds, received_packets / seconds,
-                 lost / offered_packets if offered_packets else float("nan"), dict(cpu), target_pps)
+    return Point(
+        offered_packets / seconds,
+        received_packets / seconds,
+        lost / offered_packets if offered_packets else float("nan"),
+        dict(cpu),
+        target_pps,
+    )
 
 
 # ---------------------------------------------------------------- a trial from a generator
@@ -79,8 +93,17 @@ def point(offered_packets: int, received_packets: int, seconds: float, target_pp
 RATE_TOLERANCE = 0.05
 
 
-def generator_trial(gen, spec, received: Callable[[], int], *, seconds: float = 1.0, max_count: int | None = None,
-                    receiving_cpus: list[int] | None = None, settle_s: float = 0.1, clock=None) -> Trial:
+def generator_trial(
+    gen,
+    spec,
+    received: Callable[[], int],
+    *,
+    seconds: float = 1.0,
+    max_count: int | None = None,
+    receiving_cpus: list[int] | None = None,
+    settle_s: float = 0.1,
+    clock=None,
+) -> Trial:
     """A trial that sends SPEC with generator GEN at the asked rate for about SECONDS and
     reads RECEIVED() (the count at the receiver's hook) before and after.
 
@@ -127,11 +150,14 @@ def generator_trial(gen, spec, received: Callable[[], int], *, seconds: float = 
                 loss = max(loss, shortfall)
         cpus = receiving_cpus if receiving_cpus is not None else list(range(len(m.cpu.per_cpu_busy)))
         busy = sum(m.cpu.per_cpu_busy[i] for i in cpus if i < len(m.cpu.per_cpu_busy))
-        cpu = {"busy_fraction": busy / (wall * len(cpus)) if cpus and wall > 0 else float("nan"),
-               "generator_cpu_s": m.generator_cpu_s}
+        cpu = {
+            "busy_fraction": busy / (wall * len(cpus)) if cpus and wall > 0 else float("nan"),
+            "generator_cpu_s": m.generator_cpu_s,
+        }
         if clock is not None:
-            cpu.update(net_rx_cores=m.receiver_cpu_s / wall if wall > 0 else float("nan"),
-                       cpu_ns_per_pkt=m.cpu_ns_per_pkt)
+            cpu.update(
+                net_rx_cores=m.receiver_cpu_s / wall if wall > 0 else float("nan"), cpu_ns_per_pkt=m.cpu_ns_per_pkt
+            )
         else:
             cpu["cpu_ns_per_pkt"] = m.system_cpu_ns_per_pkt
         return Point(m.offered_pps, got, loss, cpu, rate, list(m.offered.notes))
@@ -151,8 +177,17 @@ def sweep_rates(max_pps: float, steps: int = 8, low_fraction: float = 0.1) -> li
     return [max_pps * (low_fraction + (1 - low_fraction) * i / (steps - 1)) for i in range(steps)]
 
 
-def sweep(trial: Trial, *, variant: str, size: int, rates: list[float] | None = None, steps: int = 8,
-          low_fraction: float = 0.1, trials: int = 1, include_max: bool = True) -> list[dict]:
+def sweep(
+    trial: Trial,
+    *,
+    variant: str,
+    size: int,
+    rates: list[float] | None = None,
+    steps: int = 8,
+    low_fraction: float = 0.1,
+    trials: int = 1,
+    include_max: bool = True,
+) -> list[dict]:
     """Received rate and loss against offered rate, from low load to the generator's maximum.
 
     Without RATES, one full-speed trial finds the maximum first and STEPS rates below it
@@ -179,8 +214,19 @@ def sweep(trial: Trial, *, variant: str, size: int, rates: list[float] | None = 
 
 
 def point_rows(p: Point, variant: str, size: int, trial: int, **extra) -> list[dict]:
-    return [{"variant": variant, "trial": trial, "size": size, "measure": name, "value": float(value), "unit": unit,
-             "target_pps": p.target_pps, **extra} for name, (value, unit) in p.measures().items()]
+    return [
+        {
+            "variant": variant,
+            "trial": trial,
+            "size": size,
+            "measure": name,
+            "value": float(value),
+            "unit": unit,
+            "target_pps": p.target_pps,
+            **extra,
+        }
+        for name, (value, unit) in p.measures().items()
+    ]
 
 
 # ---------------------------------------------------------------- NDR / PDR
@@ -204,14 +250,32 @@ class SearchResult:
         name = "ndr_pps" if self.loss_threshold == 0 else "pdr_pps"
         out = []
         for i, (rate, lim) in enumerate(zip(self.rates, self.generator_limited)):
-            out.append({"variant": variant, "trial": i, "size": size, "measure": name, "value": float(rate),
-                        "unit": "pps", "threshold": self.loss_threshold, "generator_limited": lim,
-                        "iterations": len(self.steps[i])})
+            out.append(
+                {
+                    "variant": variant,
+                    "trial": i,
+                    "size": size,
+                    "measure": name,
+                    "value": float(rate),
+                    "unit": "pps",
+                    "threshold": self.loss_threshold,
+                    "generator_limited": lim,
+                    "iterations": len(self.steps[i]),
+                }
+            )
         return out
 
 
-def search(trial: Trial, *, loss_threshold: float = 0.0, lo: float | None = None, hi: float | None = None,
-           resolution: float = 0.02, max_iterations: int = 12, trials: int = 1) -> SearchResult:
+def search(
+    trial: Trial,
+    *,
+    loss_threshold: float = 0.0,
+    lo: float | None = None,
+    hi: float | None = None,
+    resolution: float = 0.02,
+    max_iterations: int = 12,
+    trials: int = 1,
+) -> SearchResult:
     """The highest offered rate with loss ratio <= LOSS_THRESHOLD (binary search).
 
     HI defaults to the generator's maximum (a full-speed trial); LO to 1% of it. A rate

@@ -20,6 +20,7 @@ through the kernel's map ids, so any program labkit attached shows its counters 
 knowing which program it is. A slot of two numbers (packets, bytes) shows its packets.
 Nothing is changed anywhere: watching is reading.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -74,17 +75,22 @@ def resolve(specs: list[str]) -> list[Target]:
     if not specs:
         specs = sorted(runs.live_prefixes())
         if not specs:
-            raise InputError("no labkit run is live: name an interface (`labkit watch eth0`, "
-                             "`labkit watch NETNS:IFACE`) or a run prefix (lkXXXX)")
+            raise InputError(
+                "no labkit run is live: name an interface (`labkit watch eth0`, "
+                "`labkit watch NETNS:IFACE`) or a run prefix (lkXXXX)"
+            )
     out: list[Target] = []
     for spec in specs:
         if runs.PREFIX_RE.fullmatch(spec) and len(spec) == 6:
-            found = [Target(ns, n) for ns in _namespaces() if ns.startswith(spec + "-")
-                     for n in _links(ns) if n != "lo"]
+            found = [
+                Target(ns, n) for ns in _namespaces() if ns.startswith(spec + "-") for n in _links(ns) if n != "lo"
+            ]
             found += [Target(None, n) for n in _links(None) if n.startswith(spec + "-")]
             if not found:
-                raise InputError(f"run {spec} has no namespace or interface (finished, or not a labkit run); "
-                                 f"live runs: {', '.join(sorted(runs.live_prefixes())) or 'none'}")
+                raise InputError(
+                    f"run {spec} has no namespace or interface (finished, or not a labkit run); "
+                    f"live runs: {', '.join(sorted(runs.live_prefixes())) or 'none'}"
+                )
             out += found
         elif ":" in spec:
             ns, name = spec.split(":", 1)
@@ -98,9 +104,14 @@ def resolve(specs: list[str]) -> list[Target]:
         else:
             where = [ns for ns in _namespaces() if spec in _links(ns)]
             if len(where) != 1:
-                raise InputError(f"interface {spec!r} is not in the root namespace"
-                                 + (f" and is in several namespaces ({', '.join(where)}): write NETNS:{spec}" if where
-                                    else f" nor in any namespace; root interfaces: {', '.join(_links(None))}"))
+                raise InputError(
+                    f"interface {spec!r} is not in the root namespace"
+                    + (
+                        f" and is in several namespaces ({', '.join(where)}): write NETNS:{spec}"
+                        if where
+                        else f" nor in any namespace; root interfaces: {', '.join(_links(None))}"
+                    )
+                )
             out.append(Target(where[0], spec))
     return list(dict.fromkeys(out))
 
@@ -147,7 +158,7 @@ def program_counters(prog_id: int) -> tuple[str, dict]:
             continue
         try:
             m = _info(info, mfd, 96)
-            kind, key_size, value_size, entries = (int.from_bytes(m[o:o + 4], "little") for o in (0, 8, 12, 16))
+            kind, key_size, value_size, entries = (int.from_bytes(m[o : o + 4], "little") for o in (0, 8, 12, 16))
             mname = m[24:40].split(b"\0")[0].decode(errors="replace")
             if kind != PERCPU_ARRAY or key_size != 4 or value_size not in (8, 16) or entries > MAX_SLOTS:
                 continue
@@ -157,8 +168,9 @@ def program_counters(prog_id: int) -> tuple[str, dict]:
                 key = ctypes.c_uint32(slot)
                 if lib.bpf_map_lookup_elem(mfd, ctypes.byref(key), value) != 0:
                     continue
-                counters[f"{mname}[{slot}]"] = sum(int.from_bytes(value.raw[c * stride:c * stride + 8], "little")
-                                                   for c in range(ncpu))
+                counters[f"{mname}[{slot}]"] = sum(
+                    int.from_bytes(value.raw[c * stride : c * stride + 8], "little") for c in range(ncpu)
+                )
         finally:
             os.close(mfd)
     return name, counters
@@ -216,11 +228,19 @@ def rate_row(a: Sample, b: Sample) -> dict:
     def r(key):
         return max(0, b.stats.get(key, 0) - a.stats.get(key, 0)) / dt
 
-    row = {"iface": str(b.target), "seconds": dt, "rx_pps": r("rx_packets"), "tx_pps": r("tx_packets"),
-           "rx_bps": r("rx_bytes") * 8, "tx_bps": r("tx_bytes") * 8,
-           "rx_drop_ps": r("rx_dropped") + r("rx_missed_errors"), "tx_drop_ps": r("tx_dropped"),
-           **{f"{k[:-1]}_ps": max(0, v - a.driver.get(k, 0)) / dt for k, v in b.driver.items()},
-           "xdp": f"{b.prog_name}#{b.prog_id}" if b.prog_id else "", "counters": {}}
+    row = {
+        "iface": str(b.target),
+        "seconds": dt,
+        "rx_pps": r("rx_packets"),
+        "tx_pps": r("tx_packets"),
+        "rx_bps": r("rx_bytes") * 8,
+        "tx_bps": r("tx_bytes") * 8,
+        "rx_drop_ps": r("rx_dropped") + r("rx_missed_errors"),
+        "tx_drop_ps": r("tx_dropped"),
+        **{f"{k[:-1]}_ps": max(0, v - a.driver.get(k, 0)) / dt for k, v in b.driver.items()},
+        "xdp": f"{b.prog_name}#{b.prog_id}" if b.prog_id else "",
+        "counters": {},
+    }
     if b.prog_id and b.prog_id == a.prog_id:
         row["counters"] = {k: max(0, v - a.counters.get(k, 0)) / dt for k, v in b.counters.items()}
     return row
@@ -291,9 +311,11 @@ def format_rows(rows: list[dict], clock: str | None = None) -> str:
     lines = []
     width = max((len(r["iface"]) for r in rows), default=10)
     for r in rows:
-        line = (f"{clock} {r['iface']:<{width}}  rx {_si(r['rx_pps'], 'pps')} {_si(r['rx_bps'], 'b/s')}"
-                f"  tx {_si(r['tx_pps'], 'pps')} {_si(r['tx_bps'], 'b/s')}"
-                f"  drop rx {per_s(r['rx_drop_ps'])} tx {per_s(r['tx_drop_ps'])}")
+        line = (
+            f"{clock} {r['iface']:<{width}}  rx {_si(r['rx_pps'], 'pps')} {_si(r['rx_bps'], 'b/s')}"
+            f"  tx {_si(r['tx_pps'], 'pps')} {_si(r['tx_bps'], 'b/s')}"
+            f"  drop rx {per_s(r['rx_drop_ps'])} tx {per_s(r['tx_drop_ps'])}"
+        )
         if "ring_drop_ps" in r:
             line += f" ring {per_s(r['ring_drop_ps'])} xdp_drop {per_s(r['xdp_drop_ps'])}"
         if r["xdp"]:

@@ -27,6 +27,7 @@ wrote, else the latest run in data/, said so), and the warnings that matter: fai
 notebooks, generator-limited variants, loss before the hook, variants that could not run
 and why, veth caveats (from each run's metadata `caveats` and its table's `flags`).
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,7 @@ def notebooks(names=None, directory: Path = NOTEBOOKS_DIR) -> list[Path]:
         match = [p for p in found if p.stem == n or p.stem[3:] == n]
         if not match:
             stems = [p.stem for p in found]
-            raise InputError(f"no notebook {n!r}{declarations.did_you_mean(n, stems)}; "
-                             f"notebooks: {', '.join(stems)}")
+            raise InputError(f"no notebook {n!r}{declarations.did_you_mean(n, stems)}; notebooks: {', '.join(stems)}")
         picked.extend(m for m in match if m not in picked)
     return picked
 
@@ -81,8 +81,10 @@ def load_parameters(files=(), pairs=()) -> dict:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError as exc:
             line = exc.object[: exc.start].count(b"\n") + 1
-            raise InputError(f"parameters file {f} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}): "
-                             "save it as UTF-8") from None
+            raise InputError(
+                f"parameters file {f} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}): "
+                "save it as UTF-8"
+            ) from None
         except yaml.YAMLError as exc:
             raise InputError(f"parameters file {f} is not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(data, dict):
@@ -98,8 +100,10 @@ def load_parameters(files=(), pairs=()) -> dict:
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise InputError(f"-p {name} {value}: the value is read as YAML and is not valid: "
-                             f"{_yaml_problem(exc)}; quote text, write lists as '[64, 1500]'") from None
+            raise InputError(
+                f"-p {name} {value}: the value is read as YAML and is not valid: "
+                f"{_yaml_problem(exc)}; quote text, write lists as '[64, 1500]'"
+            ) from None
         if ":" in name:
             section, name = name.split(":", 1)
             if not SECTION.match(section) or not name.isidentifier():
@@ -136,8 +140,14 @@ def kernel_name() -> str:
     return "python3"
 
 
-def execute(nb: Path, parameters: dict, out_dir: Path, data_dir: Path | None = None, progress: bool = True,
-            verbose: bool = False) -> NotebookRun:
+def execute(
+    nb: Path,
+    parameters: dict,
+    out_dir: Path,
+    data_dir: Path | None = None,
+    progress: bool = True,
+    verbose: bool = False,
+) -> NotebookRun:
     """Run one notebook with papermill into OUT_DIR and export it to HTML, whatever
     happened. Its kernel writes its tables to DATA_DIR (default: labkit.DATA_DIR, which
     LABKIT_DATA_DIR sets). Of PARAMETERS it gets those it declares (`check` refuses the
@@ -165,8 +175,15 @@ def execute(nb: Path, parameters: dict, out_dir: Path, data_dir: Path | None = N
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel_name(),
-                            cwd=str(nb.parent), progress_bar=progress, report_mode=False)
+        pm.execute_notebook(
+            str(nb),
+            str(executed),
+            parameters=params,
+            kernel_name=kernel_name(),
+            cwd=str(nb.parent),
+            progress_bar=progress,
+            report_mode=False,
+        )
     except Exception as exc:  # PapermillExecutionError and start-up failures alike
         ok, error = False, _one_line_error(exc) + ("\n" + _short_error(exc) if verbose else "")
     finally:
@@ -262,8 +279,10 @@ def check(names, parameters: dict, smoke: bool = False, directory: Path = NOTEBO
     sections = [k for k in parameters if SECTION.match(str(k))]
     for s in sections:
         if s not in every:
-            raise InputError(f"parameters for notebook {s!r}, which does not exist{declarations.did_you_mean(s, every)}; "
-                             f"notebooks: {', '.join(every)}")
+            raise InputError(
+                f"parameters for notebook {s!r}, which does not exist{declarations.did_you_mean(s, every)}; "
+                f"notebooks: {', '.join(every)}"
+            )
         declarations.check_names(parameters[s], _declared_parameters(every[s]), f"notebook {s}")
     declared = {p.stem: _declared_parameters(p) for p in chosen}
     common = [k for k in parameters if k not in sections]
@@ -272,8 +291,10 @@ def check(names, parameters: dict, smoke: bool = False, directory: Path = NOTEBO
             if len(chosen) == 1:
                 declarations.check_names([name], declared[chosen[0].stem], f"notebook {chosen[0].stem}")
             known = sorted({n for d in declared.values() for n in d})
-            raise InputError(f"no notebook has a parameter {name!r}{declarations.did_you_mean(name, known)}; "
-                             f"they declare: {', '.join(known)}")
+            raise InputError(
+                f"no notebook has a parameter {name!r}{declarations.did_you_mean(name, known)}; "
+                f"they declare: {', '.join(known)}"
+            )
     for nb in chosen:
         given = parameters_for(nb, dict(parameters, smoke=True) if smoke else parameters)
         given = {k: v for k, v in given.items() if k in declared[nb.stem]}
@@ -324,9 +345,17 @@ def export_html(executed: Path) -> Path:
     return out
 
 
-def run_all(names, parameters: dict | None, out_dir: Path, data_dir: Path, smoke: bool = False,
-            progress: bool = True, log=print, directory: Path = NOTEBOOKS_DIR,
-            verbose: bool = False) -> list[NotebookRun]:
+def run_all(
+    names,
+    parameters: dict | None,
+    out_dir: Path,
+    data_dir: Path,
+    smoke: bool = False,
+    progress: bool = True,
+    log=print,
+    directory: Path = NOTEBOOKS_DIR,
+    verbose: bool = False,
+) -> list[NotebookRun]:
     """Check the request (`check`: nothing runs if a name or value is wrong), execute the
     chosen notebooks one after the other into OUT_DIR, their tables into DATA_DIR, and
     write the index page and batch.json (`batchfile`) there."""
@@ -340,12 +369,16 @@ def run_all(names, parameters: dict | None, out_dir: Path, data_dir: Path, smoke
         for i, nb in enumerate(chosen, 1):
             log(f"[{i}/{len(chosen)}] {nb.stem} ...")
             r = execute(nb, params, out_dir, data_dir, progress, verbose)
-            log(f"[{i}/{len(chosen)}] {nb.stem}: {'ok' if r.ok else 'FAILED'} in {r.seconds:.0f} s"
-                + (f": {r.error}\n  the executed notebook, with the traceback: {r.executed}" if r.error else ""))
+            log(
+                f"[{i}/{len(chosen)}] {nb.stem}: {'ok' if r.ok else 'FAILED'} in {r.seconds:.0f} s"
+                + (f": {r.error}\n  the executed notebook, with the traceback: {r.executed}" if r.error else "")
+            )
             runs.append(r)
             if stop.signal:
-                log(f"stopped by signal {stop.signal}: the notebook's kernel undid its kernel state; "
-                    f"{len(chosen) - i} notebook(s) not run")
+                log(
+                    f"stopped by signal {stop.signal}: the notebook's kernel undid its kernel state; "
+                    f"{len(chosen) - i} notebook(s) not run"
+                )
                 break
     log(f"{len(runs)} notebooks in {time.monotonic() - t0:.0f} s")
     path = write_index(runs, out_dir, data_dir)

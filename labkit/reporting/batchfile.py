@@ -5,6 +5,7 @@ module alone writes and reads the file:
     batchfile.write(runs, out_dir)   # this batch's NotebookRuns; earlier notebooks kept, marked
     batchfile.read(out_dir)          # the entries, [] when there is no readable file
 """
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ NAME = "batch.json"
 @dataclass
 class NotebookRun:
     """One notebook of a batch, as it ran."""
+
     name: str
     source: Path
     executed: Path
@@ -44,10 +46,21 @@ def write(runs: list[NotebookRun], out_dir: Path) -> Path:
     `earlier`, so `labkit run ONE` does not make the others' reports disappear."""
     out = Path(out_dir) / NAME
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    entries = [{"name": r.name, "ok": r.ok, "seconds": round(r.seconds, 1), "error": r.error,
-                "parameters": r.parameters, "runs": [str(p) for p in r.runs],
-                "html": r.html.name if r.html else None, "executed": r.executed.name, "time_utc": now,
-                "earlier": False} for r in runs]
+    entries = [
+        {
+            "name": r.name,
+            "ok": r.ok,
+            "seconds": round(r.seconds, 1),
+            "error": r.error,
+            "parameters": r.parameters,
+            "runs": [str(p) for p in r.runs],
+            "html": r.html.name if r.html else None,
+            "executed": r.executed.name,
+            "time_utc": now,
+            "earlier": False,
+        }
+        for r in runs
+    ]
     done = {r.name for r in runs}
     entries += [dict(e, earlier=True) for e in read(out_dir) if e.get("name") not in done]
     entries.sort(key=lambda e: e["name"])

@@ -20,6 +20,7 @@ worker host. The index page and batch.json are then written as for a local batch
 
 The request is checked (`batch.check`) before anything is submitted.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ def _distributed():
     try:
         import distributed
     except ImportError:
-        raise MissingDependency("running on a Dask cluster needs distributed: run `sudo make setup` "
-                                "(or .venv/bin/pip install -r requirements.txt)") from None
+        raise MissingDependency(
+            "running on a Dask cluster needs distributed: run `sudo make setup` "
+            "(or .venv/bin/pip install -r requirements.txt)"
+        ) from None
     return distributed
 
 
@@ -61,11 +64,19 @@ def local_cluster(testbeds: int = 2):
     distributed = _distributed()
     if not isinstance(testbeds, int) or testbeds < 1:
         raise InputError(f"local:{testbeds}: give the number of testbeds, e.g. --cluster local:2")
-    workers = {f"tb{i}": {"cls": distributed.Nanny, "options": {
-        "nthreads": 1, "name": f"tb{i}", "resources": testbed_resources(f"tb{i}"), "silence_logs": 40}} for i in range(1, testbeds + 1)}
-    return distributed.SpecCluster(workers=workers, scheduler={
-        "cls": distributed.Scheduler, "options": {"dashboard_address": None, "host": "127.0.0.1"}},
-        silence_logs=40, name="labkit")
+    workers = {
+        f"tb{i}": {
+            "cls": distributed.Nanny,
+            "options": {"nthreads": 1, "name": f"tb{i}", "resources": testbed_resources(f"tb{i}"), "silence_logs": 40},
+        }
+        for i in range(1, testbeds + 1)
+    }
+    return distributed.SpecCluster(
+        workers=workers,
+        scheduler={"cls": distributed.Scheduler, "options": {"dashboard_address": None, "host": "127.0.0.1"}},
+        silence_logs=40,
+        name="labkit",
+    )
 
 
 def connect(address: str | None = None, scheduler_file: str | None = None):
@@ -74,8 +85,10 @@ def connect(address: str | None = None, scheduler_file: str | None = None):
     distributed = _distributed()
     if scheduler_file:
         if not Path(scheduler_file).is_file():
-            raise InputError(f"scheduler file {scheduler_file} does not exist: start the scheduler with "
-                             "`dask scheduler --scheduler-file FILE`")
+            raise InputError(
+                f"scheduler file {scheduler_file} does not exist: start the scheduler with "
+                "`dask scheduler --scheduler-file FILE`"
+            )
         return distributed.Client(scheduler_file=scheduler_file, timeout=30), None
     if address and address.startswith("local:"):
         try:
@@ -88,8 +101,10 @@ def connect(address: str | None = None, scheduler_file: str | None = None):
     try:
         return distributed.Client(address, timeout=30), None
     except OSError as exc:
-        raise InputError(f"no Dask scheduler at {address}: {exc}; start one (`dask scheduler`) and a worker per "
-                         "testbed (docs/remote-hosts.md), or use --cluster local:N") from None
+        raise InputError(
+            f"no Dask scheduler at {address}: {exc}; start one (`dask scheduler`) and a worker per "
+            "testbed (docs/remote-hosts.md), or use --cluster local:N"
+        ) from None
 
 
 def run_notebook(name: str, parameters: dict, progress: bool = False, verbose: bool = False) -> dict:
@@ -111,10 +126,19 @@ def run_notebook(name: str, parameters: dict, progress: bool = False, verbose: b
             for p in sorted((work / kind).rglob("*")):
                 if p.is_file():
                     files[f"{kind}/{p.relative_to(work / kind)}"] = p.read_bytes()
-        return {"name": r.name, "ok": r.ok, "seconds": r.seconds, "error": r.error, "parameters": r.parameters,
-                "executed": r.executed.name, "html": r.html.name if r.html else None,
-                "runs": [str(Path(p).relative_to(work / "data")) for p in r.runs], "files": files,
-                "testbed": worker, "worker_host": socket.gethostname()}
+        return {
+            "name": r.name,
+            "ok": r.ok,
+            "seconds": r.seconds,
+            "error": r.error,
+            "parameters": r.parameters,
+            "executed": r.executed.name,
+            "html": r.html.name if r.html else None,
+            "runs": [str(Path(p).relative_to(work / "data")) for p in r.runs],
+            "files": files,
+            "testbed": worker,
+            "worker_host": socket.gethostname(),
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -134,22 +158,44 @@ def receive(result: dict, out_dir: Path, data_dir: Path) -> NotebookRun:
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     for rel in result["runs"]:
         if (data_dir / rel).exists():
-            raise InputError(f"data run {rel} came back from testbed {result['testbed']} but {data_dir / rel} "
-                             "exists already: raw data is never overwritten")
+            raise InputError(
+                f"data run {rel} came back from testbed {result['testbed']} but {data_dir / rel} "
+                "exists already: raw data is never overwritten"
+            )
     for rel, content in result["files"].items():
         kind, _, rest = rel.partition("/")
         path = (out_dir if kind == "reports" else data_dir) / rest
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-    return NotebookRun(result["name"], NOTEBOOKS_DIR / f"{result['name']}.ipynb", out_dir / result["executed"],
-                       out_dir / result["html"] if result["html"] else None, result["ok"], result["seconds"],
-                       result["error"], result["parameters"], [data_dir / rel for rel in result["runs"]])
+    return NotebookRun(
+        result["name"],
+        NOTEBOOKS_DIR / f"{result['name']}.ipynb",
+        out_dir / result["executed"],
+        out_dir / result["html"] if result["html"] else None,
+        result["ok"],
+        result["seconds"],
+        result["error"],
+        result["parameters"],
+        [data_dir / rel for rel in result["runs"]],
+    )
 
 
-def run_all(names, parameters: dict | None, out_dir: Path, data_dir: Path, *, address: str | None = None,
-            scheduler_file: str | None = None, testbed: str | None = None, smoke: bool = False,
-            progress: bool = False, log=print, directory: Path = NOTEBOOKS_DIR, verbose: bool = False,
-            client=None) -> list[NotebookRun]:
+def run_all(
+    names,
+    parameters: dict | None,
+    out_dir: Path,
+    data_dir: Path,
+    *,
+    address: str | None = None,
+    scheduler_file: str | None = None,
+    testbed: str | None = None,
+    smoke: bool = False,
+    progress: bool = False,
+    log=print,
+    directory: Path = NOTEBOOKS_DIR,
+    verbose: bool = False,
+    client=None,
+) -> list[NotebookRun]:
     """`batch.run_all` on a Dask cluster: check the request, submit one task per notebook
     (each holding one testbed), gather as they finish, write what comes back, the index
     page and batch.json. Returns the NotebookRuns, each with `.testbed` set."""
@@ -161,19 +207,34 @@ def run_all(names, parameters: dict | None, out_dir: Path, data_dir: Path, *, ad
     try:
         have = own.run_on_scheduler(_resources_offered)
         if not any(k in have for k in resources):
-            raise InputError(f"no worker of the cluster offers {sorted(resources)}: start one worker per testbed "
-                             f"with --nthreads 1 --resources \"{RESOURCE}=1 {RESOURCE}-NAME=1\"; offered: "
-                             f"{sorted(have) or 'nothing'}")
+            raise InputError(
+                f"no worker of the cluster offers {sorted(resources)}: start one worker per testbed "
+                f'with --nthreads 1 --resources "{RESOURCE}=1 {RESOURCE}-NAME=1"; offered: '
+                f"{sorted(have) or 'nothing'}"
+            )
         t0 = time.monotonic()
-        futures = {own.submit(run_notebook, nb.stem, params, progress, verbose, resources=resources, pure=False,
-                              key=f"labkit-{nb.stem}-{os.urandom(4).hex()}"): nb.stem for nb in chosen}
+        futures = {
+            own.submit(
+                run_notebook,
+                nb.stem,
+                params,
+                progress,
+                verbose,
+                resources=resources,
+                pure=False,
+                key=f"labkit-{nb.stem}-{os.urandom(4).hex()}",
+            ): nb.stem
+            for nb in chosen
+        }
         done = []
         for future in distributed.as_completed(futures):
             result = future.result()
             run = receive(result, out_dir, data_dir)
             run.testbed = result["testbed"]
-            log(f"{run.name} on testbed {result['testbed']} ({result['worker_host']}): "
-                f"{'ok' if run.ok else 'FAILED'} in {run.seconds:.0f} s" + (f": {run.error}" if run.error else ""))
+            log(
+                f"{run.name} on testbed {result['testbed']} ({result['worker_host']}): "
+                f"{'ok' if run.ok else 'FAILED'} in {run.seconds:.0f} s" + (f": {run.error}" if run.error else "")
+            )
             done.append(run)
         done.sort(key=lambda r: r.name)
         log(f"{len(done)} notebooks on the cluster in {time.monotonic() - t0:.0f} s")

@@ -28,6 +28,7 @@ shown side by side and never averaged together. Latency (one-way, p50/p99 at no 
 under load) is shown for every experiment whose runs recorded rows of kind 'latency'
 (`reporting.latency_view`), found in the data, not by name.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,7 @@ from labkit.reporting.testbeds import testbed_of
 
 FLAG_WARNINGS = {
     "generator-limited": "generator-limited: the variant processed (nearly) all the generator offered, so its rate "
-                         "is the generator's, a lower bound",
+    "is the generator's, a lower bound",
     "loss-before-hook": "loss before the hook: more than 1% of offered packets never reached the variant's counter",
     "offered-mismatch": "offered mismatch: the sender's link counter disagrees with the generator's count",
     "unexpected-verdict": "a program returned another verdict than its working path's",
@@ -58,7 +59,9 @@ def _meta(path: Path) -> dict:
 
 def machine_of(meta: dict) -> str:
     """A short label of where a run was measured: host, CPU model x count, kernel."""
-    return f"{meta.get('host', '?')} · {meta.get('cpu_model', '?')} ×{meta.get('cpus', '?')} · {meta.get('kernel', '?')}"
+    return (
+        f"{meta.get('host', '?')} · {meta.get('cpu_model', '?')} ×{meta.get('cpus', '?')} · {meta.get('kernel', '?')}"
+    )
 
 
 def runs(data_dir: Path | None = None, experiment: str | None = None):
@@ -78,17 +81,48 @@ def runs(data_dir: Path | None = None, experiment: str | None = None):
             error = ""
         except Exception as exc:  # a run this labkit cannot read is listed with the reason
             measured, trials, error = [], 0, f"{type(exc).__name__}: {exc}"
-        rows.append({
-            "experiment": path.parent.name, "run_id": path.name, "time_utc": meta.get("time_utc", ""),
-            "machine": machine_of(meta), "testbed": testbed_of(meta), "host": meta.get("host"), "kernel": meta.get("kernel"),
-            "cpu_model": meta.get("cpu_model"), "commit": (git.get("commit") or "?")[:10],
-            "dirty": bool(git.get("dirty")), "smoke": bool(params.get("smoke")), "trials": trials,
-            "format_version": meta.get("format_version", "?"),
-            "requested": list(params.get("variants") or []), "measured": measured,
-            "caveats": list(meta.get("caveats") or []), "unreadable": error, "path": path,
-        })
-    cols = ["experiment", "run_id", "time_utc", "machine", "testbed", "host", "kernel", "cpu_model", "commit", "dirty", "smoke", "trials",
-            "format_version", "requested", "measured", "caveats", "unreadable", "path"]
+        rows.append(
+            {
+                "experiment": path.parent.name,
+                "run_id": path.name,
+                "time_utc": meta.get("time_utc", ""),
+                "machine": machine_of(meta),
+                "testbed": testbed_of(meta),
+                "host": meta.get("host"),
+                "kernel": meta.get("kernel"),
+                "cpu_model": meta.get("cpu_model"),
+                "commit": (git.get("commit") or "?")[:10],
+                "dirty": bool(git.get("dirty")),
+                "smoke": bool(params.get("smoke")),
+                "trials": trials,
+                "format_version": meta.get("format_version", "?"),
+                "requested": list(params.get("variants") or []),
+                "measured": measured,
+                "caveats": list(meta.get("caveats") or []),
+                "unreadable": error,
+                "path": path,
+            }
+        )
+    cols = [
+        "experiment",
+        "run_id",
+        "time_utc",
+        "machine",
+        "testbed",
+        "host",
+        "kernel",
+        "cpu_model",
+        "commit",
+        "dirty",
+        "smoke",
+        "trials",
+        "format_version",
+        "requested",
+        "measured",
+        "caveats",
+        "unreadable",
+        "path",
+    ]
     return pd.DataFrame(rows, columns=cols).sort_values(["experiment", "time_utc", "run_id"]).reset_index(drop=True)
 
 
@@ -103,8 +137,10 @@ def find_run(run, data_dir: Path | None = None) -> results.Run:
     hits = [q for q in results.list_runs(None, data_dir) if q.name == str(run) or str(run) in q.name]
     if len(hits) != 1:
         have = ", ".join(q.name for q in results.list_runs(None, data_dir)[-8:])
-        raise InputError(f"run {run!r}: {'no' if not hits else len(hits)} runs match in data/; give a run directory "
-                         f"or a unique run id (latest: {have})")
+        raise InputError(
+            f"run {run!r}: {'no' if not hits else len(hits)} runs match in data/; give a run directory "
+            f"or a unique run id (latest: {have})"
+        )
     return results.load_run(hits[0])
 
 
@@ -182,8 +218,11 @@ def not_run(view: View, run, table) -> list[tuple[str, str]]:
     """[(variant, why)] for each variant RUN asked for with no VIEW rate in TABLE: why is ': '
     and the first caveat that names it, else ' (no reason recorded)'."""
     got = set(table[table["measure"] == view.rate]["variant"])
-    return [(v, next((f": {c}" for c in run["caveats"] if v in c), " (no reason recorded)"))
-            for v in run["requested"] if v not in got and v not in view.exclude]
+    return [
+        (v, next((f": {c}" for c in run["caveats"] if v in c), " (no reason recorded)"))
+        for v in run["requested"]
+        if v not in got and v not in view.exclude
+    ]
 
 
 # ---------------------------------------------------------------- comparing two runs
@@ -205,8 +244,10 @@ class RunComparison:
         for _, m in self.metadata.iterrows():
             lines.append(f"  differs: {m['field']}: {m['a']} -> {m['b']}")
         for _, r in self.beyond.iterrows():
-            lines.append(f"  {r['variant']} {r['size']} {r['measure']}: {r['a_mean']:.4g} -> {r['b_mean']:.4g} "
-                         f"({r['change_pct']:+.1f}%)")
+            lines.append(
+                f"  {r['variant']} {r['size']} {r['measure']}: {r['a_mean']:.4g} -> {r['b_mean']:.4g} "
+                f"({r['change_pct']:+.1f}%)"
+            )
         single = self.table[self.table["verdict"] == "one trial: spread unknown"]
         if len(single):
             lines.append(f"  {len(single)} measures have a single trial in one run: no verdict for them")
@@ -215,7 +256,9 @@ class RunComparison:
     def _repr_html_(self) -> str:
         import html
 
-        return f"<pre>{html.escape(str(self))}</pre>" + self.table.to_html(index=False, float_format=lambda x: f"{x:.4g}")
+        return f"<pre>{html.escape(str(self))}</pre>" + self.table.to_html(
+            index=False, float_format=lambda x: f"{x:.4g}"
+        )
 
 
 COMPARED_UNITS = ("pps", "ns/packet", "Mbit/s", "ratio", "ns/kB", "cores", "fraction", "pass")
@@ -255,17 +298,40 @@ def compare_runs(a, b, measures=None, data_dir: Path | None = None) -> RunCompar
         row = dict(zip(keys, key))
         if row["size"] == -1:
             row["size"] = None
-        row.update({"unit": ua.get(key, ""), "a_mean": r["mean_a"], "a_min": r["min_a"], "a_max": r["max_a"],
-                    "a_trials": int(r["count_a"]), "b_mean": r["mean_b"], "b_min": r["min_b"], "b_max": r["max_b"],
-                    "b_trials": int(r["count_b"]),
-                    "ratio": r["mean_b"] / r["mean_a"] if r["mean_a"] else float("nan"),
-                    "change_pct": (r["mean_b"] / r["mean_a"] - 1) * 100 if r["mean_a"] else float("nan"),
-                    "beyond_spread": verdict == "beyond spread", "verdict": verdict})
+        row.update(
+            {
+                "unit": ua.get(key, ""),
+                "a_mean": r["mean_a"],
+                "a_min": r["min_a"],
+                "a_max": r["max_a"],
+                "a_trials": int(r["count_a"]),
+                "b_mean": r["mean_b"],
+                "b_min": r["min_b"],
+                "b_max": r["max_b"],
+                "b_trials": int(r["count_b"]),
+                "ratio": r["mean_b"] / r["mean_a"] if r["mean_a"] else float("nan"),
+                "change_pct": (r["mean_b"] / r["mean_a"] - 1) * 100 if r["mean_a"] else float("nan"),
+                "beyond_spread": verdict == "beyond spread",
+                "verdict": verdict,
+            }
+        )
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
-        table = pd.DataFrame(columns=["variant", "size", "measure", "unit", "a_mean", "b_mean", "ratio", "change_pct",
-                                      "beyond_spread", "verdict"])
+        table = pd.DataFrame(
+            columns=[
+                "variant",
+                "size",
+                "measure",
+                "unit",
+                "a_mean",
+                "b_mean",
+                "ratio",
+                "change_pct",
+                "beyond_spread",
+                "verdict",
+            ]
+        )
     return RunComparison(ra, rb, table, metadata_diff(ra.metadata, rb.metadata))
 
 

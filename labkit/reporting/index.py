@@ -7,6 +7,7 @@ worker); where the run measured latency (rows of kind 'latency', `reporting.late
 p50/p99 with no load and under load; and where data/ holds runs of the experiment from
 other testbeds, one line per testbed, each from its own run (never averaged together).
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,13 +45,15 @@ def _environment() -> list:
     meta = collect_metadata()
     git = meta.get("git") if isinstance(meta.get("git"), dict) else {}
     versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
-    return [("kernel", f"{meta.get('kernel')} ({meta.get('kernel_version')})"),
-            ("CPU", f"{meta.get('cpu_model')} × {meta.get('cpus')}"),
-            ("memory", f"{meta.get('memory_gib')} GiB"),
-            ("host", meta.get("host")),
-            ("commit", f"{git.get('commit', '?')}" + (" (with uncommitted changes)" if git.get("dirty") else "")),
-            ("time (UTC)", meta.get("time_utc")),
-            ("versions", ", ".join(f"{k} {v}" for k, v in versions.items()))]
+    return [
+        ("kernel", f"{meta.get('kernel')} ({meta.get('kernel_version')})"),
+        ("CPU", f"{meta.get('cpu_model')} × {meta.get('cpus')}"),
+        ("memory", f"{meta.get('memory_gib')} GiB"),
+        ("host", meta.get("host")),
+        ("commit", f"{git.get('commit', '?')}" + (" (with uncommitted changes)" if git.get("dirty") else "")),
+        ("time (UTC)", meta.get("time_utc")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+    ]
 
 
 def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path | None):
@@ -75,8 +78,10 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
         head = f'<h3 id="{view.experiment}">{_esc(view.title)}</h3>'
         if chosen.empty:
             why = "its notebook failed" if nb and not nb.ok else "no run in data/"
-            sections.append(f'{head}<p class="warn">No data: {why}. Run <code>labkit run {view.notebook}</code>.'
-                            f"{(' ' + link) if link else ''}</p>")
+            sections.append(
+                f'{head}<p class="warn">No data: {why}. Run <code>labkit run {view.notebook}</code>.'
+                f"{(' ' + link) if link else ''}</p>"
+            )
             warnings.append(("warn", f"{view.title}: no data ({why})"))
             continue
         run = chosen.iloc[0]
@@ -85,8 +90,9 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
         try:
             table = compare.experiment_table(view, chosen)
             ov_rows = summary.summary_rows(view, table, run)
-            fig = _png(plots.throughput(compare.by_run(table), variants=None,
-                                        title=f"{view.title}: Mpps (mean, min..max)"))
+            fig = _png(
+                plots.throughput(compare.by_run(table), variants=None, title=f"{view.title}: Mpps (mean, min..max)")
+            )
             img = f'<figure><img src="{fig}" alt="{_esc(view.title)}: packets per second per variant"></figure>'
         except Exception as exc:  # a run this labkit cannot draw still gets its section
             ov_rows, img = [], f'<p class="warn">could not draw this run: {_esc(exc)}</p>'
@@ -101,8 +107,9 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
         sections.append(
             f"{head}<p>{_esc(line)}</p>{img}{lat_html}"
             f'<p class="note">run <code>{_esc(run["run_id"])}</code> from {_esc(origin)}, '
-            f'{_esc(run["machine"])}, testbed: {_esc(run.get("testbed", "?"))}, commit {_esc(run["commit"])}'
-            f'{" (smoke run)" if run["smoke"] else ""}. {link}</p>' + others + (f"<ul>{items}</ul>" if items else ""))
+            f"{_esc(run['machine'])}, testbed: {_esc(run.get('testbed', '?'))}, commit {_esc(run['commit'])}"
+            f"{' (smoke run)' if run['smoke'] else ''}. {link}</p>" + others + (f"<ul>{items}</ul>" if items else "")
+        )
     sections.append(_program_cost_section(index, batch, out_dir, warnings))
     return "\n".join(s for s in sections if s), warnings
 
@@ -110,8 +117,9 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
 def _table_html(df) -> str:
     head = "".join(f"<th>{_esc(c)}</th>" for c in df.columns)
     cell = lambda v: ("—" if v != v else f"{v:.1f}") if isinstance(v, float) else v  # noqa: E731
-    body = "".join("<tr>" + "".join(f"<td>{_esc(cell(v))}</td>" for v in r) + "</tr>"
-                   for r in df.itertuples(index=False))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_esc(cell(v))}</td>" for v in r) + "</tr>" for r in df.itertuples(index=False)
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -154,8 +162,10 @@ def _other_testbeds(view, rows, shown) -> str:
             text += (" " + " ".join(lat)) if lat else ""
         except Exception as exc:
             text = f"unreadable: {exc}"
-        items.append(f"<li><b>{_esc(run['testbed'])}</b> ({_esc(run['machine'])}, run <code>{_esc(run['run_id'])}</code>"
-                     f"{', smoke' if run['smoke'] else ''}): {_esc(text)}</li>")
+        items.append(
+            f"<li><b>{_esc(run['testbed'])}</b> ({_esc(run['machine'])}, run <code>{_esc(run['run_id'])}</code>"
+            f"{', smoke' if run['smoke'] else ''}): {_esc(text)}</li>"
+        )
     return f'<p class="note">Other testbeds, each from its own run:</p><ul>{"".join(items)}</ul>'
 
 
@@ -177,9 +187,11 @@ def _program_cost_section(index, batch, out_dir, warnings) -> str:
         fig = f'<p class="warn">could not draw: {_esc(exc)}</p>'
     caveats = "".join(f"<li>{_esc(c)}</li>" for c in run["caveats"])
     origin = "this batch" if len(mine) else "an earlier run (not this batch)"
-    return (f'<h3 id="program_costs">Program cost (every program in bpf/)</h3>{fig}'
-            f'<p class="note">run <code>{_esc(run["run_id"])}</code> from {_esc(origin)}, {_esc(run["machine"])}. '
-            f'{_report_link("04-comparison", out_dir)}</p>' + (f"<ul>{caveats}</ul>" if caveats else ""))
+    return (
+        f'<h3 id="program_costs">Program cost (every program in bpf/)</h3>{fig}'
+        f'<p class="note">run <code>{_esc(run["run_id"])}</code> from {_esc(origin)}, {_esc(run["machine"])}. '
+        f"{_report_link('04-comparison', out_dir)}</p>" + (f"<ul>{caveats}</ul>" if caveats else "")
+    )
 
 
 def _report_link(stem: str, out_dir: Path) -> str:
@@ -192,15 +204,20 @@ def _headline(rows: list, view) -> str:
         return "No rates in this run."
     rows = sorted(rows, key=lambda r: -r["Mpps"])
     best, worst = rows[0], rows[-1]
-    text = (f"At {int(best['size'])}-byte frames, {best['variant']} processed the most: {best['Mpps']:.3f} Mpps "
-            f"(trials {best['Mpps min']:.3f}–{best['Mpps max']:.3f})")
+    text = (
+        f"At {int(best['size'])}-byte frames, {best['variant']} processed the most: {best['Mpps']:.3f} Mpps "
+        f"(trials {best['Mpps min']:.3f}–{best['Mpps max']:.3f})"
+    )
     if len(rows) > 1 and worst["Mpps"] > 0:
         text += f", {best['Mpps'] / worst['Mpps']:.2f}× {worst['variant']} ({worst['Mpps']:.3f} Mpps)"
-    cpu = sorted((r for r in rows if r["CPU ns/pkt"] == r["CPU ns/pkt"] and r["CPU ns/pkt"] > 0),
-                 key=lambda r: r["CPU ns/pkt"])
+    cpu = sorted(
+        (r for r in rows if r["CPU ns/pkt"] == r["CPU ns/pkt"] and r["CPU ns/pkt"] > 0), key=lambda r: r["CPU ns/pkt"]
+    )
     if len(cpu) > 1:
-        text += (f"; {view.cpu_label}: {cpu[0]['variant']} {cpu[0]['CPU ns/pkt']:.0f} ns to "
-                 f"{cpu[-1]['variant']} {cpu[-1]['CPU ns/pkt']:.0f} ns")
+        text += (
+            f"; {view.cpu_label}: {cpu[0]['variant']} {cpu[0]['CPU ns/pkt']:.0f} ns to "
+            f"{cpu[-1]['variant']} {cpu[-1]['CPU ns/pkt']:.0f} ns"
+        )
     return text + "."
 
 
@@ -254,8 +271,10 @@ def write_index(runs: list[NotebookRun], out_dir: Path = REPORTS_DIR, data_dir: 
         if r.executed.exists():
             links.append(f'<a href="{_esc(r.executed.name)}">executed notebook</a>')
         err = f"<pre>{_esc(r.error)}</pre>" if r.error else ""
-        rows.append(f'<tr class="{status.lower()}"><td>{_esc(r.name)}</td><td class="{status.lower()}">{status}</td>'
-                    f"<td>{r.seconds:.0f} s</td><td>{' · '.join(links) or 'no output'}</td><td>{err}</td></tr>")
+        rows.append(
+            f'<tr class="{status.lower()}"><td>{_esc(r.name)}</td><td class="{status.lower()}">{status}</td>'
+            f"<td>{r.seconds:.0f} s</td><td>{' · '.join(links) or 'no output'}</td><td>{err}</td></tr>"
+        )
     done = {r.name for r in runs}
     for e in batchfile.read(out_dir):
         if e.get("name") in done or not e.get("html") or not (out_dir / e["html"]).exists():
@@ -264,12 +283,21 @@ def write_index(runs: list[NotebookRun], out_dir: Path = REPORTS_DIR, data_dir: 
         links = [f'<a href="{_esc(e["html"])}">report</a>']
         if e.get("executed") and (out_dir / e["executed"]).exists():
             links.append(f'<a href="{_esc(e["executed"])}">executed notebook</a>')
-        rows.append(f'<tr class="earlier"><td>{_esc(e["name"])}</td><td class="{status.lower()}">{status}</td>'
-                    f'<td>{e.get("seconds", 0):.0f} s</td><td>{" · ".join(links)}</td>'
-                    f'<td class="note">not run in this batch: report of {_esc(e.get("time_utc", "an earlier batch"))}'
-                    f"</td></tr>")
-    warnings = [("fail", f"notebook {r.name} FAILED: see its executed copy ({r.executed.name})" +
-                 (f" — {r.error.splitlines()[-1]}" if r.error else "")) for r in runs if not r.ok]
+        rows.append(
+            f'<tr class="earlier"><td>{_esc(e["name"])}</td><td class="{status.lower()}">{status}</td>'
+            f"<td>{e.get('seconds', 0):.0f} s</td><td>{' · '.join(links)}</td>"
+            f'<td class="note">not run in this batch: report of {_esc(e.get("time_utc", "an earlier batch"))}'
+            f"</td></tr>"
+        )
+    warnings = [
+        (
+            "fail",
+            f"notebook {r.name} FAILED: see its executed copy ({r.executed.name})"
+            + (f" — {r.error.splitlines()[-1]}" if r.error else ""),
+        )
+        for r in runs
+        if not r.ok
+    ]
     try:
         sections, more = _experiment_sections(runs, out_dir, data_dir)
         warnings += more
@@ -277,22 +305,25 @@ def write_index(runs: list[NotebookRun], out_dir: Path = REPORTS_DIR, data_dir: 
         sections = f'<p class="warn">experiment summaries unavailable: {_esc(type(exc).__name__)}: {_esc(exc)}</p>'
     ok = sum(r.ok for r in runs)
     total_s = sum(r.seconds for r in runs)
-    status = (f"{ok} of {len(runs)} notebooks ran, {len(runs) - ok} FAILED" if ok < len(runs)
-              else f"all {len(runs)} notebooks ran")
+    status = (
+        f"{ok} of {len(runs)} notebooks ran, {len(runs) - ok} FAILED"
+        if ok < len(runs)
+        else f"all {len(runs)} notebooks ran"
+    )
     warn_html = "".join(f'<li class="{lvl}">{_esc(t)}</li>' for lvl, t in warnings)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>labkit reports</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
 <body><h1>labkit reports</h1>
-<p>{_esc(status)} in {total_s:.0f} s. Written {_esc(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()))}.
+<p>{_esc(status)} in {total_s:.0f} s. Written {_esc(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))}.
 Rates on the namespace testbed are relative (sender, device under test and receiver share this machine's CPUs):
 read variants as ratios within one run, with the spread over trials.</p>
-<h2 id="warnings">Warnings</h2>{f'<ul>{warn_html}</ul>' if warn_html else '<p>none</p>'}
+<h2 id="warnings">Warnings</h2>{f"<ul>{warn_html}</ul>" if warn_html else "<p>none</p>"}
 <h2 id="notebooks">Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>time</th><th>links</th><th>notes</th></tr>
-{''.join(rows)}</table>
+{"".join(rows)}</table>
 <h2 id="experiments">Experiments</h2>
 {sections}
-<h2 id="environment">Environment</h2><table>{''.join(f'<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>' for k, v in env)}</table>
+<h2 id="environment">Environment</h2><table>{"".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in env)}</table>
 <p class="note">Tables: <code>data/&lt;experiment&gt;/&lt;run&gt;/results.csv</code> with <code>metadata.json</code>
 (format described in docs/results-format.md). Compare two runs: <code>labkit.reporting.compare.compare_runs(a, b)</code>.</p>
 </body></html>

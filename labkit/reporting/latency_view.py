@@ -15,6 +15,7 @@ the index show latency for every experiment that has it, without naming one:
 Runs are never pooled: every row keeps its run and testbed, and spread is over the
 trials of one run.
 """
+
 from __future__ import annotations
 
 from labkit import results
@@ -79,16 +80,20 @@ def interpret(lat) -> list[str]:
             continue
         order = idle["p50_us"].sort_values()
         lo, hi = order.index[0], order.index[-1]
-        text = (f"{title} latency ({run}, {testbed}): with no load p50 from {lo} {idle.loc[lo, 'p50_us']:.1f} µs "
-                f"(trials {idle.loc[lo, 'p50_us_min']:.1f}–{idle.loc[lo, 'p50_us_max']:.1f}) to {hi} "
-                f"{idle.loc[hi, 'p50_us']:.1f} µs")
+        text = (
+            f"{title} latency ({run}, {testbed}): with no load p50 from {lo} {idle.loc[lo, 'p50_us']:.1f} µs "
+            f"(trials {idle.loc[lo, 'p50_us_min']:.1f}–{idle.loc[lo, 'p50_us_max']:.1f}) to {hi} "
+            f"{idle.loc[hi, 'p50_us']:.1f} µs"
+        )
         top = g[LOAD].max()
         loaded = g[(g[LOAD] == top) & g["p99_us"].notna()].set_index("variant")
         if top > 0 and len(loaded):
             best, worst = loaded["p99_us"].idxmin(), loaded["p99_us"].idxmax()
-            text += (f"; at {top:.0%} of each variant's no-drop rate p99 from {best} {loaded.loc[best, 'p99_us']:.1f} µs "
-                     f"to {worst} {loaded.loc[worst, 'p99_us']:.1f} µs (trials {loaded.loc[worst, 'p99_us_min']:.1f}–"
-                     f"{loaded.loc[worst, 'p99_us_max']:.1f})")
+            text += (
+                f"; at {top:.0%} of each variant's no-drop rate p99 from {best} {loaded.loc[best, 'p99_us']:.1f} µs "
+                f"to {worst} {loaded.loc[worst, 'p99_us']:.1f} µs (trials {loaded.loc[worst, 'p99_us_min']:.1f}–"
+                f"{loaded.loc[worst, 'p99_us_max']:.1f})"
+            )
         lines.append(text + ".")
     return lines
 

@@ -10,6 +10,7 @@ whose ``kind`` column holds trials and sweeps), a bar plot refuses, naming the p
 than average unlike things into one bar. Each bar is the same statistic of the same rows as
 the experiment's table beside it (mean, or median for searches), its whiskers their min..max.
 """
+
 from __future__ import annotations
 
 import matplotlib
@@ -31,8 +32,10 @@ def one_part(table, measures):
     if "kind" in t.columns:
         kinds = sorted({str(k) for k in t["kind"].dropna() if str(k)})
         if len(kinds) > 1:
-            raise InputError(f"rows of {', '.join(measures)} come from several parts of the run ({', '.join(kinds)}): "
-                             f"plot one, e.g. result.part({kinds[-1]!r})")
+            raise InputError(
+                f"rows of {', '.join(measures)} come from several parts of the run ({', '.join(kinds)}): "
+                f"plot one, e.g. result.part({kinds[-1]!r})"
+            )
     return t
 
 
@@ -50,9 +53,19 @@ def bars_of(ax) -> list:
     return [c for c in ax.containers if isinstance(c, BarContainer)]
 
 
-def grouped_bars(table, measure: str, *, ax=None, title: str | None = None, offered_measure: str | None = None,
-                 variants: list | None = None, log: bool = False, stat: str = "mean",
-                 xlabel: str = "frame size", group_label=None):
+def grouped_bars(
+    table,
+    measure: str,
+    *,
+    ax=None,
+    title: str | None = None,
+    offered_measure: str | None = None,
+    variants: list | None = None,
+    log: bool = False,
+    stat: str = "mean",
+    xlabel: str = "frame size",
+    group_label=None,
+):
     """Bars of MEASURE per packet size (groups) and variant (bars): the STAT (mean or
     median) of its rows with min..max error bars and each row as a dot. With
     OFFERED_MEASURE, the mean offered rate of each bar's rows is drawn as a black tick.
@@ -82,8 +95,7 @@ def grouped_bars(table, measure: str, *, ax=None, title: str | None = None, offe
         if offered_measure:
             off = table[(table["measure"] == offered_measure) & (table["variant"] == v)]
             om = [off[off["size"] == s]["value"].mean() / div for s in sizes]
-            ax.scatter(xs, om, marker="_", s=300, color="k", zorder=4,
-                       label="offered" if i == 0 else None)
+            ax.scatter(xs, om, marker="_", s=300, color="k", zorder=4, label="offered" if i == 0 else None)
     ax.set_xticks(x)
     name = group_label or (lambda s: f"{int(s)} B" if isinstance(s, (int, float, np.integer, np.floating)) else str(s))
     ax.set_xticklabels([name(s) for s in sizes])
@@ -100,8 +112,13 @@ def grouped_bars(table, measure: str, *, ax=None, title: str | None = None, offe
 
 def throughput(table, measure: str = "processed_pps", offered_measure: str = "offered_pps", **kw):
     """Processed packet rate per variant and size, with the offered rate marked."""
-    return grouped_bars(table, measure, offered_measure=offered_measure,
-                        title=kw.pop("title", "Packets processed per second (mean, min..max over trials)"), **kw)
+    return grouped_bars(
+        table,
+        measure,
+        offered_measure=offered_measure,
+        title=kw.pop("title", "Packets processed per second (mean, min..max over trials)"),
+        **kw,
+    )
 
 
 def cpu_per_packet(table, measure: str = "cpu_ns_per_pkt", **kw):
@@ -146,8 +163,16 @@ def sweep_points(rows, y: str = "received_pps"):
     for (v, target), g in t.groupby(["variant", "point"], sort=False):
         ys, off = g[g["measure"] == y]["value"], g[g["measure"] == "offered_pps"]["value"]
         if len(ys):
-            out.append({"variant": v, "target": target if target >= 0 else float("nan"), "offered": off.mean(),
-                        "mean": ys.mean(), "min": ys.min(), "max": ys.max()})
+            out.append(
+                {
+                    "variant": v,
+                    "target": target if target >= 0 else float("nan"),
+                    "offered": off.mean(),
+                    "mean": ys.mean(),
+                    "min": ys.min(),
+                    "max": ys.max(),
+                }
+            )
     return pd.DataFrame(out, columns=["variant", "target", "offered", "mean", "min", "max"])
 
 
@@ -166,8 +191,15 @@ def load_curve(rows, y: str = "received_pps", ax=None, title: str | None = None)
         line = ax.plot(t["target"] / 1e6, t["mean"] / 1e6, marker="o", label=v)[0]
         ax.fill_between(t["target"] / 1e6, t["min"] / 1e6, t["max"] / 1e6, color=line.get_color(), alpha=0.2)
         full = pts[(pts["variant"] == v) & pts["target"].isna()]
-        ax.scatter(full["offered"] / 1e6, full["mean"] / 1e6, marker="*", s=120, color=line.get_color(), zorder=3,
-                   label="full speed (at the rate reached)" if i == 0 else None)
+        ax.scatter(
+            full["offered"] / 1e6,
+            full["mean"] / 1e6,
+            marker="*",
+            s=120,
+            color=line.get_color(),
+            zorder=3,
+            label="full speed (at the rate reached)" if i == 0 else None,
+        )
     lim = max(ax.get_xlim()[1], ax.get_ylim()[1])
     ax.plot([0, lim], [0, lim], linestyle=":", color="grey", label="received = offered")
     ax.set_xlabel("target offered rate (full speed: the rate reached), Mpps")
@@ -186,8 +218,11 @@ def at_loads(rows, measure: str = "net_rx_cores", ax=None, title: str | None = N
     ax = grouped_bars(t, measure, ax=ax, title=title or f"{measure} at fixed offered loads")
     ax.set_xticklabels([f"{x:g} Mpps" for x in sorted(t["size"].dropna().unique())])
     ax.set_xlabel("target offered load")
-    ax.set_ylabel({"net_rx_cores": "CPU cores busy in the receive path",
-                   "busy_fraction": "fraction of all CPUs busy"}.get(measure, measure))
+    ax.set_ylabel(
+        {"net_rx_cores": "CPU cores busy in the receive path", "busy_fraction": "fraction of all CPUs busy"}.get(
+            measure, measure
+        )
+    )
     return ax
 
 
@@ -197,11 +232,18 @@ def search_rates(rows, ax=None, title: str | None = None):
     experiment's search table; a hatched bar was generator-limited (a lower bound)."""
     t = one_part(rows, ["ndr_pps", "pdr_pps"])
     t = t[t["measure"].isin(["ndr_pps", "pdr_pps"])]
-    label = {m: ("NDR (no loss)" if m == "ndr_pps" else f"PDR (loss ≤ {th:.1%})")
-             for m, th in zip(t["measure"], t["threshold"] if "threshold" in t else [0] * len(t))}
+    label = {
+        m: ("NDR (no loss)" if m == "ndr_pps" else f"PDR (loss ≤ {th:.1%})")
+        for m, th in zip(t["measure"], t["threshold"] if "threshold" in t else [0] * len(t))
+    }
     t = t.assign(size=[label[m] for m in t["measure"]], measure="found_pps")
-    ax = grouped_bars(t, "found_pps", ax=ax, stat="median",
-                      title=title or "Highest rate within the loss threshold (median, min..max over searches)")
+    ax = grouped_bars(
+        t,
+        "found_pps",
+        ax=ax,
+        stat="median",
+        title=title or "Highest rate within the loss threshold (median, min..max over searches)",
+    )
     if "generator_limited" in t:
         limited = {(v, s) for v, s, g in zip(t["variant"], t["size"], t["generator_limited"]) if str(g) == "True"}
         groups = sorted(t["size"].unique())
@@ -213,8 +255,7 @@ def search_rates(rows, ax=None, title: str | None = None):
     return ax
 
 
-def latency_cdf(cdf, trial: int = 0, *, loaded: str = "background at {:.0%} of its no-drop rate",
-                plain: bool = False):
+def latency_cdf(cdf, trial: int = 0, *, loaded: str = "background at {:.0%} of its no-drop rate", plain: bool = False):
     """The probes' delay CDF per variant of TRIAL, one panel per load (no load, then each
     fraction of the no-drop rate: LOADED.format(it)), log time axis (PLAIN: plain ticks). The
     figure; with no probes in CDF (latency off or skipped), one empty panel that says so."""

@@ -2,6 +2,7 @@
 experiment's View names (`labkit.experiments.View.references`) beside the nearest
 counterpart measured here, as a rate and as the per-core equivalent of the measured CPU
 time. The references are never mixed with our results, only shown beside them."""
+
 from __future__ import annotations
 
 from labkit import experiments
@@ -41,24 +42,41 @@ def reference_table(tables, views=None):
     rows = []
     for view, ref, variants, kind in [(v, *r) for v in (views or experiments.views()) for r in v.references]:
         exp, variants = view.experiment, list(variants)
-        row = {"reference": ref.label, "published": ref.value, "unit": ref.unit, "source": ref.source,
-               "counterpart here": "no run", "measured": float("nan"), "per-core equivalent": float("nan"),
-               "measured / published": float("nan")}
+        row = {
+            "reference": ref.label,
+            "published": ref.value,
+            "unit": ref.unit,
+            "source": ref.source,
+            "counterpart here": "no run",
+            "measured": float("nan"),
+            "per-core equivalent": float("nan"),
+            "measured / published": float("nan"),
+        }
         if kind == "Mbit/s":
             best = _best(tables, exp, variants, view.rate)
             if best:
                 t = tables[exp]
                 size = t[(t["run"] == best[2]) & (t["variant"] == best[1])]["size"].dropna()
                 mbps = best[0] * (size.iloc[0] if len(size) else 64) * 8 / 1e6
-                row.update({"counterpart here": f"{best[1]} ({best[2]}), frame bytes", "measured": mbps,
-                            "measured / published": mbps / ref.value})
+                row.update(
+                    {
+                        "counterpart here": f"{best[1]} ({best[2]}), frame bytes",
+                        "measured": mbps,
+                        "measured / published": mbps / ref.value,
+                    }
+                )
         else:
             best = _best(tables, exp, variants, view.rate)
             cheap = _cheapest_cpu(tables, exp, variants, view.cpu)
             if best:
                 what = best[1] + (f" ({view.title.lower()}, not drop)" if "drop" not in view.title.lower() else "")
-                row.update({"counterpart here": f"{what} ({best[2]})", "measured": best[0],
-                            "measured / published": best[0] / ref.value})
+                row.update(
+                    {
+                        "counterpart here": f"{what} ({best[2]})",
+                        "measured": best[0],
+                        "measured / published": best[0] / ref.value,
+                    }
+                )
             if cheap:
                 row["per-core equivalent"] = 1e9 / cheap[0]
         rows.append(row)
@@ -74,12 +92,16 @@ def reference_view(refs):
             return "—"
         return f"{value / 1e6:.2f} Mpps" if "pps" in unit else f"{value:.0f} {unit}"
 
-    return pd.DataFrame({
-        "reference": refs["reference"],
-        "published": [fmt(v, u) + (" per core" if "core" in u else "") for v, u in zip(refs["published"], refs["unit"])],
-        "counterpart here": refs["counterpart here"],
-        "measured here": [fmt(v, u) for v, u in zip(refs["measured"], refs["unit"])],
-        "measured / published": [f"{x * 100:.1f}%" if x == x else "—" for x in refs["measured / published"]],
-        "per-core equivalent (1e9 / CPU ns)": [fmt(v, "pps") for v in refs["per-core equivalent"]],
-        "source": refs["source"],
-    })
+    return pd.DataFrame(
+        {
+            "reference": refs["reference"],
+            "published": [
+                fmt(v, u) + (" per core" if "core" in u else "") for v, u in zip(refs["published"], refs["unit"])
+            ],
+            "counterpart here": refs["counterpart here"],
+            "measured here": [fmt(v, u) for v, u in zip(refs["measured"], refs["unit"])],
+            "measured / published": [f"{x * 100:.1f}%" if x == x else "—" for x in refs["measured / published"]],
+            "per-core equivalent (1e9 / CPU ns)": [fmt(v, "pps") for v in refs["per-core equivalent"]],
+            "source": refs["source"],
+        }
+    )

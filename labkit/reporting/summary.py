@@ -6,6 +6,7 @@ warnings that matter, the published references, and a few sentences computed fro
     ov.summary, ov.missing, ov.warnings, ov.references, ov.interpretation
     ov.latency                                 # p50..max per run, variant and load, where a run measured it
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -60,8 +61,10 @@ def overview(data_dir: Path | None = None, include_smoke: bool = True, per_machi
         pick_ = pick(index, view.experiment, per_machine)
         chosen[view.experiment] = pick_
         if pick_.empty:
-            missing.append(f"{view.title}: no run of '{view.experiment}' in data/ — run notebooks/{view.notebook}.ipynb "
-                           f"(labkit run {view.notebook})")
+            missing.append(
+                f"{view.title}: no run of '{view.experiment}' in data/ — run notebooks/{view.notebook}.ipynb "
+                f"(labkit run {view.notebook})"
+            )
             tables[view.experiment] = _empty()
             continue
         table = experiment_table(view, pick_)
@@ -70,18 +73,31 @@ def overview(data_dir: Path | None = None, include_smoke: bool = True, per_machi
             label = run_label(run)
             t = table[table["run"] == label]
             if run["smoke"]:
-                missing.append(f"{view.title}: only a smoke run from {run['machine']} ({run['run_id']}): "
-                               f"one trial of few packets, so no spread; run {view.notebook} with default parameters")
-            missing += [f"{view.title}: variant {v} did not run in {run['run_id']}{why}"
-                        for v, why in not_run(view, run, t)]
+                missing.append(
+                    f"{view.title}: only a smoke run from {run['machine']} ({run['run_id']}): "
+                    f"one trial of few packets, so no spread; run {view.notebook} with default parameters"
+                )
+            missing += [
+                f"{view.title}: variant {v} did not run in {run['run_id']}{why}" for v, why in not_run(view, run, t)
+            ]
             warnings += [(view.experiment, run["run_id"], w) for w in list(run["caveats"]) + flag_warnings(t)]
             rows += summary_rows(view, t, run)
         lat.append(latency_view.for_runs(view, pick_, run_label))
     summary = pd.DataFrame(rows)
     refs = reference_table(tables, views.values())
-    ov = Overview(index, chosen, tables, summary, views, missing, warnings, refs,
-                  latency=pd.concat([x for x in lat if len(x)], ignore_index=True) if any(len(x) for x in lat)
-                  else latency_view.summary(pd.DataFrame()))
+    ov = Overview(
+        index,
+        chosen,
+        tables,
+        summary,
+        views,
+        missing,
+        warnings,
+        refs,
+        latency=pd.concat([x for x in lat if len(x)], ignore_index=True)
+        if any(len(x) for x in lat)
+        else latency_view.summary(pd.DataFrame()),
+    )
     ov.interpretation = interpret(ov)
     return ov
 
@@ -94,16 +110,25 @@ def summary_rows(view: View, t, run) -> list:
         r = t[(t["variant"] == v) & (t["measure"] == view.rate)]["value"].dropna()
         c = t[(t["variant"] == v) & (t["measure"] == view.cpu)]["value"].dropna()
         o = t[(t["variant"] == v) & (t["measure"] == "offered_pps")]["value"].dropna()
-        rows.append({
-            "experiment": view.title, "run": run_label(run), "machine": run["machine"],
-            "testbed": run.get("testbed", "?"), "variant": v,
-            "size": t["size"].dropna().iloc[0] if t["size"].notna().any() else None,
-            "offered Mpps": o.mean() / 1e6 if len(o) else float("nan"),
-            "Mpps": r.mean() / 1e6, "Mpps min": r.min() / 1e6, "Mpps max": r.max() / 1e6,
-            "CPU ns/pkt": c.mean() if len(c) else float("nan"),
-            "CPU min": c.min() if len(c) else float("nan"), "CPU max": c.max() if len(c) else float("nan"),
-            "trials": len(r), "flags": ", ".join(flags.get(v, [])),
-        })
+        rows.append(
+            {
+                "experiment": view.title,
+                "run": run_label(run),
+                "machine": run["machine"],
+                "testbed": run.get("testbed", "?"),
+                "variant": v,
+                "size": t["size"].dropna().iloc[0] if t["size"].notna().any() else None,
+                "offered Mpps": o.mean() / 1e6 if len(o) else float("nan"),
+                "Mpps": r.mean() / 1e6,
+                "Mpps min": r.min() / 1e6,
+                "Mpps max": r.max() / 1e6,
+                "CPU ns/pkt": c.mean() if len(c) else float("nan"),
+                "CPU min": c.min() if len(c) else float("nan"),
+                "CPU max": c.max() if len(c) else float("nan"),
+                "trials": len(r),
+                "flags": ", ".join(flags.get(v, [])),
+            }
+        )
     return rows
 
 
@@ -116,10 +141,17 @@ def run_counts(index):
         return pd.DataFrame(columns=["experiment", "runs", "full runs", "machines", "latest", "format versions"])
     rows = []
     for exp, g in index.groupby("experiment"):
-        rows.append({"experiment": exp, "runs": len(g), "full runs": int((~g["smoke"]).sum()),
-                     "machines": g["machine"].nunique(), "latest": g.iloc[-1]["run_id"],
-                     "format versions": ", ".join(sorted({str(v) for v in g["format_version"]})),
-                     "unreadable": int((g["unreadable"] != "").sum())})
+        rows.append(
+            {
+                "experiment": exp,
+                "runs": len(g),
+                "full runs": int((~g["smoke"]).sum()),
+                "machines": g["machine"].nunique(),
+                "latest": g.iloc[-1]["run_id"],
+                "format versions": ", ".join(sorted({str(v) for v in g["format_version"]})),
+                "unreadable": int((g["unreadable"] != "").sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -133,28 +165,38 @@ def interpret(ov: Overview) -> str:
             r = r.sort_values("Mpps", ascending=False)
             best, worst = r.iloc[0], r.iloc[-1]
             where = f", {best['testbed']}" if "testbed" in r.columns else ""
-            text = (f"{title} ({run}{where}): {best['variant']} processed the most, {best['Mpps']:.3f} Mpps "
-                    f"(trials {best['Mpps min']:.3f}–{best['Mpps max']:.3f})")
+            text = (
+                f"{title} ({run}{where}): {best['variant']} processed the most, {best['Mpps']:.3f} Mpps "
+                f"(trials {best['Mpps min']:.3f}–{best['Mpps max']:.3f})"
+            )
             if len(r) > 1 and worst["Mpps"] > 0:
                 text += f", {best['Mpps'] / worst['Mpps']:.2f}× {worst['variant']}"
             cpu = r.dropna(subset=["CPU ns/pkt"])
             cpu = cpu[cpu["CPU ns/pkt"] > 0].sort_values("CPU ns/pkt")
             if len(cpu) > 1:
-                text += (f"; cheapest per packet {cpu.iloc[0]['variant']} {cpu.iloc[0]['CPU ns/pkt']:.0f} ns, "
-                         f"dearest {cpu.iloc[-1]['variant']} {cpu.iloc[-1]['CPU ns/pkt']:.0f} ns")
+                text += (
+                    f"; cheapest per packet {cpu.iloc[0]['variant']} {cpu.iloc[0]['CPU ns/pkt']:.0f} ns, "
+                    f"dearest {cpu.iloc[-1]['variant']} {cpu.iloc[-1]['CPU ns/pkt']:.0f} ns"
+                )
             limited = r[r["flags"].str.contains("generator-limited", na=False)]["variant"].tolist()
             if limited:
                 text += f"; generator-limited (rate is a lower bound): {', '.join(limited)}"
             lines.append(text + ".")
     lines += latency_view.interpret(ov.latency)
     refs = ov.references
-    for _, x in (refs.iterrows() if refs is not None else ()):
+    for _, x in refs.iterrows() if refs is not None else ():
         if x["measured"] == x["measured"] and "pps" in x["unit"]:
-            lines.append(f"Against {x['reference']} ({x['published'] / 1e6:.1f} Mpps per core, bare metal): "
-                         f"{x['counterpart here']} {x['measured'] / 1e6:.2f} Mpps here "
-                         f"({x['measured / published'] * 100:.1f}%)"
-                         + (f", {x['per-core equivalent'] / 1e6:.1f} Mpps per core judged by CPU time"
-                            if x["per-core equivalent"] == x["per-core equivalent"] else "") + ".")
+            lines.append(
+                f"Against {x['reference']} ({x['published'] / 1e6:.1f} Mpps per core, bare metal): "
+                f"{x['counterpart here']} {x['measured'] / 1e6:.2f} Mpps here "
+                f"({x['measured / published'] * 100:.1f}%)"
+                + (
+                    f", {x['per-core equivalent'] / 1e6:.1f} Mpps per core judged by CPU time"
+                    if x["per-core equivalent"] == x["per-core equivalent"]
+                    else ""
+                )
+                + "."
+            )
     if ov.missing:
         lines.append("Missing: " + "; ".join(ov.missing))
     return "\n".join(lines)

@@ -13,6 +13,7 @@ A run's metadata (results.ResultSet.save) says where it ran:
     testbed_of(meta)   # 'namespace testbed on lab1', 'hosts gen1 (sender), dut1 (receiver)',
                        # 'Dask worker tb2 on lab1 · namespace testbed on lab1'
 """
+
 from __future__ import annotations
 
 

@@ -10,6 +10,7 @@
 
 In a notebook, ``%load_ext labkit.teaching`` registers the magic.
 """
+
 from __future__ import annotations
 
 

@@ -20,6 +20,7 @@ Programs are judged with BPF_PROG_TEST_RUN on crafted frames (`labkit.teaching.f
 no interface, no traffic, milliseconds, and nothing another student does can change the
 outcome. Where a frame's bytes are expected (rewriting), a difference is shown field by field.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,17 @@ from labkit import bpf
 from labkit.errors import LabkitError
 from labkit.teaching import frames as _frames
 
-TC_ACTIONS = {-1: "TC_ACT_UNSPEC", 0: "TC_ACT_OK", 1: "TC_ACT_RECLASSIFY", 2: "TC_ACT_SHOT", 3: "TC_ACT_PIPE",
-              4: "TC_ACT_STOLEN", 5: "TC_ACT_QUEUED", 6: "TC_ACT_REPEAT", 7: "TC_ACT_REDIRECT"}
+TC_ACTIONS = {
+    -1: "TC_ACT_UNSPEC",
+    0: "TC_ACT_OK",
+    1: "TC_ACT_RECLASSIFY",
+    2: "TC_ACT_SHOT",
+    3: "TC_ACT_PIPE",
+    4: "TC_ACT_STOLEN",
+    5: "TC_ACT_QUEUED",
+    6: "TC_ACT_REPEAT",
+    7: "TC_ACT_REDIRECT",
+}
 
 
 class CheckFailed(LabkitError, AssertionError):
@@ -121,13 +131,23 @@ def xdp(prog, cases: list[Case], hint: str | None = None, title: str | None = No
             out = res.data_out
             ok = out == case.frame_out
             diff = _frames.describe_diff(case.frame_out, out)
-            rows.append((case.name + " (bytes out)", "rewritten" if case.frame_out != case.frame else "unchanged",
-                         "as expected" if ok else f"{len(diff)} field(s) differ", ok))
+            rows.append(
+                (
+                    case.name + " (bytes out)",
+                    "rewritten" if case.frame_out != case.frame else "unchanged",
+                    "as expected" if ok else f"{len(diff)} field(s) differ",
+                    ok,
+                )
+            )
             if not ok:
                 details += [f"{case.name}: {d}" for d in diff]
                 hints.append(case.hint or hint)
-    return report(title or f"{len(cases)} frames through {getattr(fn, 'name', b'program')!s}".replace("b'", "").replace("'", ""),
-                  rows, hints, details)
+    return report(
+        title or f"{len(cases)} frames through {getattr(fn, 'name', b'program')!s}".replace("b'", "").replace("'", ""),
+        rows,
+        hints,
+        details,
+    )
 
 
 def _fresh(ctx):
@@ -171,8 +191,18 @@ def function(title: str, fn: Callable, cases: list[tuple[str, tuple, object]], h
 def within(title: str, value: float, low: float, high: float, unit: str = "", hint: str | None = None) -> None:
     """A measured or computed VALUE must lie in [LOW, HIGH] (a range, never a timing to the ns)."""
     ok = value is not None and low <= value <= high
-    return report(title, [(title, f"{low:g}..{high:g} {unit}".strip(), f"{value:g} {unit}".strip()
-                           if isinstance(value, (int, float)) else repr(value), ok)], [hint])
+    return report(
+        title,
+        [
+            (
+                title,
+                f"{low:g}..{high:g} {unit}".strip(),
+                f"{value:g} {unit}".strip() if isinstance(value, (int, float)) else repr(value),
+                ok,
+            )
+        ],
+        [hint],
+    )
 
 
 def true(title: str, condition: bool, expected: str, actual: str, hint: str | None = None) -> None:

@@ -4,6 +4,7 @@ path meets (truncated, IP options, VLAN tags, IPv6, ARP). Every function returns
     frames.udp(dport=53)                  # Ethernet / IPv4 / UDP, valid checksums
     frames.truncated(frames.udp(), 20)    # its first 20 bytes: the IPv4 header is cut
 """
+
 from __future__ import annotations
 
 import struct
@@ -14,12 +15,25 @@ SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 SRC_IP, DST_IP = "10.11.0.1", "10.11.0.2"
 
 #: (first byte, last byte + 1, name) of the fields of Ethernet / IPv4 (no options) / UDP-or-TCP ports
-LAYOUT = [(0, 6, "destination MAC"), (6, 12, "source MAC"), (12, 14, "EtherType"),
-          (14, 15, "IPv4 version/IHL"), (15, 16, "IPv4 TOS"), (16, 18, "IPv4 total length"),
-          (18, 20, "IPv4 id"), (20, 22, "IPv4 flags/fragment"), (22, 23, "IPv4 TTL"), (23, 24, "IPv4 protocol"),
-          (24, 26, "IPv4 header checksum"), (26, 30, "IPv4 source"), (30, 34, "IPv4 destination"),
-          (34, 36, "L4 source port"), (36, 38, "L4 destination port"), (38, 40, "UDP length"),
-          (40, 42, "UDP checksum")]
+LAYOUT = [
+    (0, 6, "destination MAC"),
+    (6, 12, "source MAC"),
+    (12, 14, "EtherType"),
+    (14, 15, "IPv4 version/IHL"),
+    (15, 16, "IPv4 TOS"),
+    (16, 18, "IPv4 total length"),
+    (18, 20, "IPv4 id"),
+    (20, 22, "IPv4 flags/fragment"),
+    (22, 23, "IPv4 TTL"),
+    (23, 24, "IPv4 protocol"),
+    (24, 26, "IPv4 header checksum"),
+    (26, 30, "IPv4 source"),
+    (30, 34, "IPv4 destination"),
+    (34, 36, "L4 source port"),
+    (36, 38, "L4 destination port"),
+    (38, 40, "UDP length"),
+    (40, 42, "UDP checksum"),
+]
 
 
 def _frame(proto, sport, dport, size, src_ip, dst_ip, src_mac, dst_mac) -> bytes:
@@ -28,13 +42,15 @@ def _frame(proto, sport, dport, size, src_ip, dst_ip, src_mac, dst_mac) -> bytes
     return packets.build(spec)
 
 
-def udp(dport: int = 9, sport: int = 1024, size: int = 60, src_ip=SRC_IP, dst_ip=DST_IP,
-        src_mac=SRC_MAC, dst_mac=DST_MAC) -> bytes:
+def udp(
+    dport: int = 9, sport: int = 1024, size: int = 60, src_ip=SRC_IP, dst_ip=DST_IP, src_mac=SRC_MAC, dst_mac=DST_MAC
+) -> bytes:
     return _frame("udp", sport, dport, size, src_ip, dst_ip, src_mac, dst_mac)
 
 
-def tcp(dport: int = 80, sport: int = 1024, size: int = 60, src_ip=SRC_IP, dst_ip=DST_IP,
-        src_mac=SRC_MAC, dst_mac=DST_MAC) -> bytes:
+def tcp(
+    dport: int = 80, sport: int = 1024, size: int = 60, src_ip=SRC_IP, dst_ip=DST_IP, src_mac=SRC_MAC, dst_mac=DST_MAC
+) -> bytes:
     return _frame("tcp", sport, dport, size, src_ip, dst_ip, src_mac, dst_mac)
 
 
@@ -51,8 +67,18 @@ def arp(src_mac=SRC_MAC, src_ip=SRC_IP, target_ip=DST_IP) -> bytes:
     import ipaddress
 
     mac = packets.mac_bytes(src_mac)
-    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, ipaddress.IPv4Address(src_ip).packed,
-                       b"\0" * 6, ipaddress.IPv4Address(target_ip).packed)
+    body = struct.pack(
+        "!HHBBH6s4s6s4s",
+        1,
+        0x0800,
+        6,
+        4,
+        1,
+        mac,
+        ipaddress.IPv4Address(src_ip).packed,
+        b"\0" * 6,
+        ipaddress.IPv4Address(target_ip).packed,
+    )
     return (b"\xff" * 6 + mac + struct.pack("!H", 0x0806) + body).ljust(60, b"\0")
 
 

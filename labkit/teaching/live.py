@@ -11,6 +11,7 @@ so two students never measure on the same CPUs at once. In smoke mode (``smoke=T
 or LABKIT_SMOKE=1 in the environment, which CI sets) counts are small and a measurement
 is a check that the pipeline works, not a number to believe.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,11 +42,17 @@ def router() -> topology.Topology:
     """This student's three-host testbed (`with` it): ``<slot>snd`` (10.11.0.1) -- ``<slot>fwd``
     (10.11.0.254 | 10.12.0.254, forwarding IPv4) -- ``<slot>rcv`` (10.12.0.2), with routes."""
     snd, fwd, rcv = host_name("snd"), host_name("fwd"), host_name("rcv")
-    return topology.Topology(topology.TopologySpec(
-        hosts=[snd, fwd, rcv],
-        links=[topology.LinkSpec(snd, fwd, "10.11.0.1/24", "10.11.0.254/24"),
-               topology.LinkSpec(fwd, rcv, "10.12.0.254/24", "10.12.0.2/24")],
-        forwarding=[fwd], routes=[(snd, "default", "10.11.0.254"), (rcv, "default", "10.12.0.254")]))
+    return topology.Topology(
+        topology.TopologySpec(
+            hosts=[snd, fwd, rcv],
+            links=[
+                topology.LinkSpec(snd, fwd, "10.11.0.1/24", "10.11.0.254/24"),
+                topology.LinkSpec(fwd, rcv, "10.12.0.254/24", "10.12.0.2/24"),
+            ],
+            forwarding=[fwd],
+            routes=[(snd, "default", "10.11.0.254"), (rcv, "default", "10.12.0.254")],
+        )
+    )
 
 
 def sender(topo):
@@ -56,11 +63,28 @@ def receiver(topo):
     return topo.iface(topo.spec.hosts[-1])
 
 
-def send(topo, count: int = 10_000, size: int = 64, rate_pps: float | None = None, flows: int = 1,
-         generator: str = "auto", proto: str = "udp", dport: int = 9) -> traffic.Offered:
+def send(
+    topo,
+    count: int = 10_000,
+    size: int = 64,
+    rate_pps: float | None = None,
+    flows: int = 1,
+    generator: str = "auto",
+    proto: str = "udp",
+    dport: int = 9,
+) -> traffic.Offered:
     """Send COUNT frames from the sender to the receiver (blocks; bounded in time)."""
-    spec = traffic.TrafficSpec.between(sender(topo), receiver(topo), size=size, count=count, rate_pps=rate_pps,
-                                       flows=flows, proto=proto, dport=dport, timeout_s=60)
+    spec = traffic.TrafficSpec.between(
+        sender(topo),
+        receiver(topo),
+        size=size,
+        count=count,
+        rate_pps=rate_pps,
+        flows=flows,
+        proto=proto,
+        dport=dport,
+        timeout_s=60,
+    )
     hosts = topo.spec.hosts
     if len(hosts) == 3:  # the router testbed: frames go to the router's MAC, addressed to the receiver
         spec.dst_mac = topo.iface(hosts[1], hosts[0]).mac
@@ -130,8 +154,15 @@ class Rate:
         return self.cpu_s * 1e9 / self.processed if self.processed else float("nan")
 
 
-def measure_rate(topo, processed, count: int | None = None, size: int = 64, rate_pps: float | None = None,
-                 generator: str = "auto", log=print) -> Rate:
+def measure_rate(
+    topo,
+    processed,
+    count: int | None = None,
+    size: int = 64,
+    rate_pps: float | None = None,
+    generator: str = "auto",
+    log=print,
+) -> Rate:
     """Offer COUNT frames under the measurement lock; PROCESSED() is the counter the program
     under test keeps (read before and after). CPU is the whole machine's busy time."""
     count = count or (5_000 if smoke() else 500_000)
@@ -141,5 +172,11 @@ def measure_rate(topo, processed, count: int | None = None, size: int = 64, rate
         time.sleep(0.05)  # let the last frames through the receiver
         after, cpu1 = processed(), measure.cpu_times()
     busy = (cpu1 - cpu0).busy
-    return Rate(offered.packets, after - before, offered.seconds or (time.monotonic() - t0), busy, turn.waited_s,
-                offered.generator)
+    return Rate(
+        offered.packets,
+        after - before,
+        offered.seconds or (time.monotonic() - t0),
+        busy,
+        turn.waited_s,
+        offered.generator,
+    )

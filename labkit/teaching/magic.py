@@ -26,6 +26,7 @@ A starter cell made by `make labs` has its solution replaced by ``/* YOUR CODE H
 those two lines as that comment, so a starter compiles and runs (and fails its checks)
 until the student writes the code.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,16 +79,21 @@ class CellProgram:
         self.main = main
         kinds = functions(source)
         if not kinds:
-            self.refused = InputError("the cell defines no program function: write "
-                                      "`int NAME(struct xdp_md *ctx)` (XDP) or `int NAME(struct __sk_buff *skb)` (tc)")
+            self.refused = InputError(
+                "the cell defines no program function: write "
+                "`int NAME(struct xdp_md *ctx)` (XDP) or `int NAME(struct __sk_buff *skb)` (tc)"
+            )
             return
         if main is not None and main not in kinds:
             self.refused = InputError(f"--fn {main}: the cell's functions are {', '.join(kinds)}")
             return
         self.main = main or next(iter(kinds))
         self._compiled = _compiled(name, source, self.defines, kinds)
-        self.program, self.functions, self.refused = (self._compiled.program, dict(self._compiled.functions),
-                                                      self._compiled.refused)
+        self.program, self.functions, self.refused = (
+            self._compiled.program,
+            dict(self._compiled.functions),
+            self._compiled.refused,
+        )
 
     # ---- what the checks use
     @property
@@ -128,8 +134,11 @@ class CellProgram:
         if self.refused is None:
             return f"{self.name}: loaded " + ", ".join(f"{f} ({k})" for f, k in functions(self.source).items())
         text = self.refused.explain() if hasattr(self.refused, "explain") else str(self.refused)
-        return self.name + ": " + verifier.source_lines(text, self.source, getattr(self.refused, "log", ""),
-                                                        before=1, label="cell line")
+        return (
+            self.name
+            + ": "
+            + verifier.source_lines(text, self.source, getattr(self.refused, "log", ""), before=1, label="cell line")
+        )
 
     def __repr__(self):
         return f"<CellProgram {self.explain().splitlines()[0]}>"
@@ -139,8 +148,13 @@ class _Compiled:
     """One compile's outcome, the loaded functions or why they were refused, kept for re-runs.
     One cell holds it at a time: a map is never shared between two cells."""
 
-    def __init__(self, key: str, program: bpf.Program | None = None, functions: dict | None = None,
-                 refused: LabkitError | None = None):
+    def __init__(
+        self,
+        key: str,
+        program: bpf.Program | None = None,
+        functions: dict | None = None,
+        refused: LabkitError | None = None,
+    ):
         self.key, self.program, self.functions, self.refused = key, program, functions or {}, refused
         self.in_use = True
 

@@ -6,6 +6,7 @@ C, so `CStubs`, run right after nbgrader's ClearSolutions (labs/nbgrader_config.
 there), turns it into ``/* YOUR CODE HERE */``: the student sees C, and the starter compiles.
 (The magic reads the Python stub the same way, for releases made without this step.)
 """
+
 from __future__ import annotations
 
 from nbconvert.preprocessors import Preprocessor

@@ -15,6 +15,7 @@ it, so students never collide and each can clean up only their own:
 This is cooperative isolation: every student is root (loading XDP needs it) and could
 reach the others' namespaces. For real isolation, give each student a VM.
 """
+
 from __future__ import annotations
 
 import errno
@@ -39,8 +40,9 @@ LOCK_PATH = Path(os.environ.get("LABKIT_MEASURE_LOCK", "/run/lock/labkit-measure
 
 def check_slot(slot: str) -> str:
     if not isinstance(slot, str) or not SLOT_RE.match(slot):
-        raise InputError(f"student slot {slot!r}: write 's' and two digits, e.g. 's07' "
-                         f"(set {ENV}=s07 in the student's environment)")
+        raise InputError(
+            f"student slot {slot!r}: write 's' and two digits, e.g. 's07' (set {ENV}=s07 in the student's environment)"
+        )
     return slot
 
 
@@ -64,8 +66,9 @@ def bpffs_dir(student: str | None = None, create: bool = True) -> Path:
     if create:
         runs.require_root("pinning eBPF maps")
         if not _is_bpffs(BPFFS):
-            raise InputError(f"{BPFFS} is not a mounted bpffs: run `sudo make setup` "
-                             "(or `mount -t bpf bpf /sys/fs/bpf`)")
+            raise InputError(
+                f"{BPFFS} is not a mounted bpffs: run `sudo make setup` (or `mount -t bpf bpf /sys/fs/bpf`)"
+            )
         path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -92,8 +95,10 @@ def pin_map(table, name: str, student: str | None = None) -> Path:
     lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
     if lib.bpf_obj_pin(table.map_fd, str(path).encode()) != 0:
         err = ctypes.get_errno()
-        raise InputError(f"pinning {name} at {path} failed: {os.strerror(err)}"
-                         + (" (a pin of that name exists: clear_pins() first)" if err == errno.EEXIST else ""))
+        raise InputError(
+            f"pinning {name} at {path} failed: {os.strerror(err)}"
+            + (" (a pin of that name exists: clear_pins() first)" if err == errno.EEXIST else "")
+        )
     return path
 
 
@@ -132,8 +137,10 @@ class MeasurementTurn:
                     told = True
                 if time.monotonic() - start > self.timeout_s:
                     os.close(fd)
-                    raise InputError(f"the measurement lock {LOCK_PATH} was busy for {self.timeout_s:.0f} s: "
-                                     "ask the instructor, or retry later")
+                    raise InputError(
+                        f"the measurement lock {LOCK_PATH} was busy for {self.timeout_s:.0f} s: "
+                        "ask the instructor, or retry later"
+                    )
                 time.sleep(0.2)
         self.waited_s = time.monotonic() - start
         os.ftruncate(fd, 0)

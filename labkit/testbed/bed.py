@@ -19,6 +19,7 @@ Two kinds today, each built by `testbeds.testbed_for`:
 - `inventory.Testbed`: an inventory's hosts, reached over SSH.
 `local` says whether every host is this machine, so that CPU time read here is theirs.
 """
+
 from __future__ import annotations
 
 import importlib

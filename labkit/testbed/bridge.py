@@ -1,5 +1,5 @@
-"""A Linux bridge over a host's ports, as a context manager: exit deletes it.
-"""
+"""A Linux bridge over a host's ports, as a context manager: exit deletes it."""
+
 from __future__ import annotations
 
 import errno

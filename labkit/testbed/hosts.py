@@ -6,6 +6,7 @@ interfaces); a remote machine later gets the same interface. Experiments never b
 Every spawned process is bounded (a timeout) and always reaped: stopped with SIGINT, then
 SIGTERM, then SIGKILL, whichever way the surrounding code exits.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ def netlink(netns: str | None = None):
     if running is not None:
         asyncio.events._set_running_loop(None)
     try:
-        with (IPRoute(netns=netns) if netns else IPRoute()) as ipr:
+        with IPRoute(netns=netns) if netns else IPRoute() as ipr:
             yield ipr
     finally:
         if running is not None:
@@ -199,13 +200,21 @@ class Host:
             return [which("ip", "iproute2"), "netns", "exec", self.netns, *argv]
         return argv
 
-    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60, input: str | None = None,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 60,
+        input: str | None = None,
+        env: dict | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run ARGV to completion on this host (bounded by `timeout`), output captured as text."""
         cmd = self.command(argv)
         try:
-            cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input,
-                                env=env, errors="replace")
+            cp = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout, input=input, env=env, errors="replace"
+            )
         except subprocess.TimeoutExpired as exc:
             raise CommandFailed(self, argv, -1, f"timed out after {timeout} s\n{exc.stdout or ''}") from None
         if check and cp.returncode != 0:
@@ -216,8 +225,9 @@ class Host:
         """Read a file as seen from this host (e.g. /proc/net/snmp of its namespace)."""
         return self.run(["cat", path], timeout=10).stdout
 
-    def spawn(self, argv: Sequence[str], *, name: str | None = None, env: dict | None = None,
-              cwd: str | None = None) -> Process:
+    def spawn(
+        self, argv: Sequence[str], *, name: str | None = None, env: dict | None = None, cwd: str | None = None
+    ) -> Process:
         """Start ARGV on this host in the background. Output goes to a temporary file
         (read it with `Process.output()`). Use the result in a `with`, or call `stop()`."""
         cmd = self.command(argv)
@@ -225,8 +235,15 @@ class Host:
         run = current_run()
         if run is not None:  # so the run's clean-up finds it wherever it runs
             env = {**(os.environ if env is None else env), RUN_ENV: run.prefix}
-        popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 env=env, cwd=cwd, start_new_session=True)
+        popen = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
         proc = Process(self, argv, popen, log, name or os.path.basename(str(argv[0])))
         with self._lock:
             self._procs.append(proc)

@@ -38,6 +38,7 @@ interfaces, `labkit_interfaces: [IN, OUT]`: IN faces the sender, OUT the receive
 with one names it as `labkit_interface` (or as a list of one); `interface` is then the
 first of the list either way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -63,13 +64,21 @@ class InventoryHost:
         many, one = self.vars.get("labkit_interfaces"), self.vars.get("labkit_interface")
         if many is None:
             return [str(one)] if one else []
-        if not isinstance(many, list) or not 1 <= len(many) <= 2 or not all(isinstance(i, str) and i for i in many) \
-                or len(set(many)) != len(many):
-            raise InputError(f"host {self.name}: labkit_interfaces {many!r} must be a list of one or two distinct "
-                             "interface names, e.g. [enp1s0f0, enp1s0f1] (in from the sender, out to the receiver)")
+        if (
+            not isinstance(many, list)
+            or not 1 <= len(many) <= 2
+            or not all(isinstance(i, str) and i for i in many)
+            or len(set(many)) != len(many)
+        ):
+            raise InputError(
+                f"host {self.name}: labkit_interfaces {many!r} must be a list of one or two distinct "
+                "interface names, e.g. [enp1s0f0, enp1s0f1] (in from the sender, out to the receiver)"
+            )
         if one and one != many[0]:
-            raise InputError(f"host {self.name}: labkit_interface {one!r} is not the first of labkit_interfaces "
-                             f"{many}: keep only labkit_interfaces")
+            raise InputError(
+                f"host {self.name}: labkit_interface {one!r} is not the first of labkit_interfaces "
+                f"{many}: keep only labkit_interfaces"
+            )
         return list(many)
 
     @property
@@ -85,14 +94,23 @@ class InventoryHost:
         bastion = None
         if v.get("labkit_bastion"):
             jump = inventory.host(v["labkit_bastion"], f"labkit_bastion of host {self.name}")
-            bastion = {k: val for k, val in jump.connection(inventory).items()
-                       if k in ("hostname", "port", "user", "identity_file", "known_hosts", "python")}
-        return {"name": self.name, "hostname": str(v.get("ansible_host") or self.name), "port": port,
-                "user": str(v.get("ansible_user", "root")), "identity_file": v.get("ansible_ssh_private_key_file"),
-                "known_hosts": v.get("labkit_known_hosts"),
-                "sudo": v.get("ansible_become") if v.get("ansible_become") is not None else None,
-                "python": str(v.get("ansible_python_interpreter") or "python3"), "bastion": bastion,
-                "runtime_dir": v.get("labkit_runtime_dir")}
+            bastion = {
+                k: val
+                for k, val in jump.connection(inventory).items()
+                if k in ("hostname", "port", "user", "identity_file", "known_hosts", "python")
+            }
+        return {
+            "name": self.name,
+            "hostname": str(v.get("ansible_host") or self.name),
+            "port": port,
+            "user": str(v.get("ansible_user", "root")),
+            "identity_file": v.get("ansible_ssh_private_key_file"),
+            "known_hosts": v.get("labkit_known_hosts"),
+            "sudo": v.get("ansible_become") if v.get("ansible_become") is not None else None,
+            "python": str(v.get("ansible_python_interpreter") or "python3"),
+            "bastion": bastion,
+            "runtime_dir": v.get("labkit_runtime_dir"),
+        }
 
 
 @dataclass
@@ -103,14 +121,18 @@ class Inventory:
 
     def host(self, name: str, where: str = "") -> InventoryHost:
         if name not in self.hosts:
-            raise InputError(f"{self.path}: {where or 'the inventory'} names host {name!r}, which is not under "
-                             f"all.hosts; hosts: {', '.join(self.hosts) or 'none'}")
+            raise InputError(
+                f"{self.path}: {where or 'the inventory'} names host {name!r}, which is not under "
+                f"all.hosts; hosts: {', '.join(self.hosts) or 'none'}"
+            )
         return self.hosts[name]
 
     def role(self, role: str) -> InventoryHost:
         if role not in self.roles:
-            raise InputError(f"{self.path}: no host has the role {role!r}: add `{role}: {{hosts: {{HOST: }}}}` "
-                             f"under all.children (roles now: {', '.join(self.roles) or 'none'})")
+            raise InputError(
+                f"{self.path}: no host has the role {role!r}: add `{role}: {{hosts: {{HOST: }}}}` "
+                f"under all.children (roles now: {', '.join(self.roles) or 'none'})"
+            )
         return self.hosts[self.roles[role]]
 
     def require(self, roles, interface: bool = True, two_interfaces=()) -> None:
@@ -123,19 +145,28 @@ class Inventory:
             except InputError as exc:
                 raise InputError(f"{self.path}: {exc}") from None
             if interface and not have:
-                fix = ("labkit_interfaces: [IN, OUT] (from the sender, to the receiver)" if role in two_interfaces
-                       else "labkit_interface")
-                raise InputError(f"{self.path}: host {h.name} (role {role}) names no data-plane interface: "
-                                 f"set {fix} under all.hosts.{h.name}")
+                fix = (
+                    "labkit_interfaces: [IN, OUT] (from the sender, to the receiver)"
+                    if role in two_interfaces
+                    else "labkit_interface"
+                )
+                raise InputError(
+                    f"{self.path}: host {h.name} (role {role}) names no data-plane interface: "
+                    f"set {fix} under all.hosts.{h.name}"
+                )
             if interface and role in two_interfaces and len(have) != 2:
-                raise InputError(f"{self.path}: host {h.name} (role {role}) names one data-plane interface "
-                                 f"({have[0]}) but forwards between two: set labkit_interfaces: [IN, OUT] under "
-                                 f"all.hosts.{h.name} (IN from the sender, OUT to the receiver)")
+                raise InputError(
+                    f"{self.path}: host {h.name} (role {role}) names one data-plane interface "
+                    f"({have[0]}) but forwards between two: set labkit_interfaces: [IN, OUT] under "
+                    f"all.hosts.{h.name} (IN from the sender, OUT to the receiver)"
+                )
         used = [self.roles[r] for r in roles]
         twice = sorted({h for h in used if used.count(h) > 1})
         if twice:
-            raise InputError(f"{self.path}: host {twice[0]} has two roles of {list(roles)}; this experiment needs "
-                             "one host per role (traffic between two machines)")
+            raise InputError(
+                f"{self.path}: host {twice[0]} has two roles of {list(roles)}; this experiment needs "
+                "one host per role (traffic between two machines)"
+            )
 
 
 def _loader():
@@ -150,7 +181,8 @@ def _loader():
                 key = self.construct_object(key_node, deep=True)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"{key!r} is given twice (first on line {seen[key] + 1})", key_node.start_mark)
+                        None, None, f"{key!r} is given twice (first on line {seen[key] + 1})", key_node.start_mark
+                    )
                 seen[key] = key_node.start_mark.line
             return super().construct_mapping(node, deep)
 
@@ -171,8 +203,10 @@ def parse(path) -> Inventory:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise InputError(f"inventory {path} is not valid YAML: {getattr(exc, 'problem', None) or exc}{where}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("all"), dict):
-        raise InputError(f"inventory {path}: the top level must be a mapping `all:` with `hosts:` and `children:` "
-                         "(Ansible's YAML inventory format; see docs/remote-hosts.md)")
+        raise InputError(
+            f"inventory {path}: the top level must be a mapping `all:` with `hosts:` and `children:` "
+            "(Ansible's YAML inventory format; see docs/remote-hosts.md)"
+        )
     hosts: dict[str, InventoryHost] = {}
     roles: dict[str, str] = {}
 
@@ -187,17 +221,22 @@ def parse(path) -> Inventory:
         body = mapping(body, f"group {group}")
         unknown = set(body) - {"hosts", "vars", "children"}
         if unknown:
-            raise InputError(f"inventory {path}: group {group} has {sorted(unknown)}; a group holds only hosts, vars "
-                             "and children")
+            raise InputError(
+                f"inventory {path}: group {group} has {sorted(unknown)}; a group holds only hosts, vars and children"
+            )
         gvars = {**inherited, **mapping(body.get("vars"), f"vars of group {group}")}
         members = mapping(body.get("hosts"), f"hosts of group {group}")
         if group in ROLES:
             if len(members) != 1:
-                raise InputError(f"inventory {path}: role {group} has {len(members)} hosts "
-                                 f"({', '.join(members) or 'none'}); give each role exactly one host")
+                raise InputError(
+                    f"inventory {path}: role {group} has {len(members)} hosts "
+                    f"({', '.join(members) or 'none'}); give each role exactly one host"
+                )
             if group in roles:
-                raise InputError(f"inventory {path}: role {group} is named twice (hosts {roles[group]} and "
-                                 f"{next(iter(members))}); give each role once, under all.children")
+                raise InputError(
+                    f"inventory {path}: role {group} is named twice (hosts {roles[group]} and "
+                    f"{next(iter(members))}); give each role once, under all.children"
+                )
             roles[group] = str(next(iter(members)))
         for name, hvars in members.items():
             h = hosts.setdefault(str(name), InventoryHost(str(name)))
@@ -247,12 +286,16 @@ class Testbed(Undoable):
             if not host.call(remote_agent.interface_exists, ifname):
                 have = host.run(["ls", "/sys/class/net"], check=False).stdout.split()
                 key = "labkit_interfaces" if "labkit_interfaces" in h.vars else "labkit_interface"
-                raise InputError(f"{self.inventory.path}: interface {ifname!r} does not exist on host {h.name} "
-                                 f"(role {role}); interfaces there: {', '.join(have)}: fix {key}")
+                raise InputError(
+                    f"{self.inventory.path}: interface {ifname!r} does not exist on host {h.name} "
+                    f"(role {role}); interfaces there: {', '.join(have)}: fix {key}"
+                )
         missing = host.call(remote_agent.tools_missing, list(self.tools.get(role, ())))
         if missing:
-            raise MissingDependency(f"host {h.name} (role {role}) lacks {', '.join(missing)}: run "
-                                    f"`labkit provision {self.inventory.path}` (deploy/site.yml installs them)")
+            raise MissingDependency(
+                f"host {h.name} (role {role}) lacks {', '.join(missing)}: run "
+                f"`labkit provision {self.inventory.path}` (deploy/site.yml installs them)"
+            )
 
     def host(self, role: str):
         return self.hosts[role]
@@ -301,9 +344,13 @@ class Testbed(Undoable):
             except Exception as exc:  # metadata never crashes a run
                 facts = f"unavailable: {exc}"
             ifs = self.interfaces(role)
-            out["hosts"][host.name] = {"role": role, "address": host.hostname,
-                                       "interface": ifs[0] if len(ifs) == 1 else ifs,
-                                       "session": host.prefix, "facts": facts}
+            out["hosts"][host.name] = {
+                "role": role,
+                "address": host.hostname,
+                "interface": ifs[0] if len(ifs) == 1 else ifs,
+                "session": host.prefix,
+                "facts": facts,
+            }
         return out
 
 

@@ -15,6 +15,7 @@ A subclass builds its testbed in `__init__` between `self._replace_live()` and
 `self._went_live(prefix)`, and undoes it in `_teardown()`. A kernel killed outright is
 covered by the run's watcher (`labkit.watchdog`).
 """
+
 from __future__ import annotations
 
 import atexit

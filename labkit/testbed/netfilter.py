@@ -10,6 +10,7 @@ a labkit namespace go with it), and `counters()` reads this rule's line and no o
 where two rules match alike (a counting rule in front of a dropping one).
 Rules are inserted at the top of their chain, so they see packets first.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -49,13 +50,19 @@ class Rule:
         if not self.added:
             return
         cp = self.host.run([self.binary, "-w", "-t", self.table, "-D", self.chain, *self.args], check=False, timeout=30)
-        if cp.returncode != 0 and "does a matching rule exist" not in (cp.stderr or "") and "No such file" not in (cp.stderr or ""):
+        if (
+            cp.returncode != 0
+            and "does a matching rule exist" not in (cp.stderr or "")
+            and "No such file" not in (cp.stderr or "")
+        ):
             raise RuntimeError(f"could not delete iptables rule in {self.host}: {cp.stderr.strip()}")
         self.added = False
 
     def counters(self) -> dict:
         """Packets and bytes this rule has matched (from `iptables -L -v -x`)."""
-        out = self.host.run([self.binary, "-w", "-t", self.table, "-L", self.chain, "-v", "-x", "-n"], timeout=30).stdout
+        out = self.host.run(
+            [self.binary, "-w", "-t", self.table, "-L", self.chain, "-v", "-x", "-n"], timeout=30
+        ).stdout
         for line in out.splitlines():
             if f"/* {self.tag} */" in line:
                 fields = line.split()

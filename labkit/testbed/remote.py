@@ -25,6 +25,7 @@ that dies (network gone, this machine killed) is undone by `labkit clean --inven
 (`labkit.cleanup.clean_hosts`), which runs the same clean-up on every host. What runs
 on the far side is `labkit.testbed.remote_agent`.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,9 @@ def _mitogen():
         import mitogen.ssh  # noqa: F401
         import mitogen.utils  # noqa: F401
     except ImportError:
-        raise MissingDependency("remote hosts need mitogen: run `sudo make setup` "
-                                "(or .venv/bin/pip install -r requirements.txt)") from None
+        raise MissingDependency(
+            "remote hosts need mitogen: run `sudo make setup` (or .venv/bin/pip install -r requirements.txt)"
+        ) from None
     return mitogen
 
 
@@ -61,10 +63,21 @@ class RemoteHost:
     """A machine reached over SSH (user@hostname:port, key IDENTITY_FILE, host key checked
     in KNOWN_HOSTS), on which labkit runs as root. Use it as a context manager."""
 
-    def __init__(self, name: str, hostname: str, *, port: int = 22, user: str = "root",
-                 identity_file: str | None = None, known_hosts: str | None = None, sudo: bool | None = None,
-                 bastion: dict | None = None, python: str = "python3", runtime_dir: str | None = None,
-                 connect_timeout: float = 15.0):
+    def __init__(
+        self,
+        name: str,
+        hostname: str,
+        *,
+        port: int = 22,
+        user: str = "root",
+        identity_file: str | None = None,
+        known_hosts: str | None = None,
+        sudo: bool | None = None,
+        bastion: dict | None = None,
+        python: str = "python3",
+        runtime_dir: str | None = None,
+        connect_timeout: float = 15.0,
+    ):
         if not hostname:
             raise InputError(f"host {name!r} has no address: give it ansible_host (a name or an IP address)")
         if not (isinstance(port, int) and 0 < port < 65536):
@@ -94,15 +107,28 @@ class RemoteHost:
 
     # ---- connection
     def _ssh(self, router, via=None, settings: dict | None = None):
-        s = settings or {"hostname": self.hostname, "port": self.port, "user": self.user,
-                         "identity_file": self.identity_file, "known_hosts": self.known_hosts}
+        s = settings or {
+            "hostname": self.hostname,
+            "port": self.port,
+            "user": self.user,
+            "identity_file": self.identity_file,
+            "known_hosts": self.known_hosts,
+        }
         args = ["-o", "BatchMode=yes"]
         if s.get("known_hosts"):
             args += ["-o", f"UserKnownHostsFile={s['known_hosts']}", "-o", "GlobalKnownHostsFile=/dev/null"]
-        return router.ssh(hostname=s["hostname"], port=int(s.get("port") or 22), username=s.get("user") or "root",
-                          identity_file=s.get("identity_file"), check_host_keys="enforce", ssh_args=args,
-                          python_path=s.get("python", self.python), connect_timeout=self.connect_timeout, via=via,
-                          remote_name=f"labkit:{self.name}")
+        return router.ssh(
+            hostname=s["hostname"],
+            port=int(s.get("port") or 22),
+            username=s.get("user") or "root",
+            identity_file=s.get("identity_file"),
+            check_host_keys="enforce",
+            ssh_args=args,
+            python_path=s.get("python", self.python),
+            connect_timeout=self.connect_timeout,
+            via=via,
+            remote_name=f"labkit:{self.name}",
+        )
 
     def connect(self) -> "RemoteHost":
         """Open the SSH connection, start labkit's side there and open the session's run."""
@@ -129,16 +155,22 @@ class RemoteHost:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         low = text.lower()
         if "host key" in low or "hostkey" in low:
-            fix = (f"its host key is not in {self.known_hosts or '~/.ssh/known_hosts'}: check the key's fingerprint "
-                   f"on the host, then add it (ssh-keyscan -p {self.port} {self.hostname} >> known_hosts)")
+            fix = (
+                f"its host key is not in {self.known_hosts or '~/.ssh/known_hosts'}: check the key's fingerprint "
+                f"on the host, then add it (ssh-keyscan -p {self.port} {self.hostname} >> known_hosts)"
+            )
         elif "sudo" in low and "no such file" in low:
             fix = "sudo is not installed there: install it (Debian package sudo), or log in as root"
         elif "sudo" in low:  # before the key's case: sudo's own complaint names a password too
-            fix = (f"{self.user} cannot sudo without a password there: allow it in sudoers (a file "
-                   f"/etc/sudoers.d/labkit holding `{self.user} ALL=(ALL) NOPASSWD: ALL`, mode 0440), or log in as root")
+            fix = (
+                f"{self.user} cannot sudo without a password there: allow it in sudoers (a file "
+                f"/etc/sudoers.d/labkit holding `{self.user} ALL=(ALL) NOPASSWD: ALL`, mode 0440), or log in as root"
+            )
         elif "permission denied" in low or "password" in low or "authentication" in low:
-            fix = (f"the key {self.identity_file or '(ssh default)'} is not accepted for {self.user}: add its .pub "
-                   "to the host's authorized_keys, or set ansible_ssh_private_key_file")
+            fix = (
+                f"the key {self.identity_file or '(ssh default)'} is not accepted for {self.user}: add its .pub "
+                "to the host's authorized_keys, or set ansible_ssh_private_key_file"
+            )
         else:
             fix = "check that the host is up, sshd listens there, and ansible_host/ansible_port are right"
         return HostUnreachable(f"{self}: {text}; {fix}")
@@ -182,15 +214,24 @@ class RemoteHost:
         except mitogen.core.CallError as exc:
             raise _remote_error(self, str(exc)) from None
         except (mitogen.core.ChannelError, mitogen.core.StreamError, EOFError, OSError) as exc:
-            raise HostUnreachable(f"{self}: the connection was lost ({exc}); what the run changed there is "
-                                  "undone by `labkit clean --inventory INVENTORY` once it is back") from None
+            raise HostUnreachable(
+                f"{self}: the connection was lost ({exc}); what the run changed there is "
+                "undone by `labkit clean --inventory INVENTORY` once it is back"
+            ) from None
 
     # ---- the Host interface
     def command(self, argv: Sequence[str]) -> list[str]:
         return [str(a) for a in argv]
 
-    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60, input: str | None = None,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 60,
+        input: str | None = None,
+        env: dict | None = None,
+    ) -> subprocess.CompletedProcess:
         """Run ARGV to completion on the far host (bounded by TIMEOUT), output captured."""
         from labkit.testbed.hosts import CommandFailed
 
@@ -203,8 +244,9 @@ class RemoteHost:
     def read(self, path: str) -> str:
         return self.run(["cat", path], timeout=10).stdout
 
-    def spawn(self, argv: Sequence[str], *, name: str | None = None, env: dict | None = None,
-              cwd: str | None = None) -> "RemoteProcess":
+    def spawn(
+        self, argv: Sequence[str], *, name: str | None = None, env: dict | None = None, cwd: str | None = None
+    ) -> "RemoteProcess":
         """Start ARGV in the background on the far host; use the result in a `with`."""
         argv = self.command(argv)
         pid = self.call(agent.spawn, argv, name, env, cwd)
@@ -238,8 +280,10 @@ class RemoteHost:
         return self.call(agent.facts, list(interfaces))
 
     def ipr(self):
-        raise LabkitError(f"{self}: netlink is not forwarded; call a labkit function there instead "
-                          "(host.call(fn)), which opens pyroute2 on the host itself")
+        raise LabkitError(
+            f"{self}: netlink is not forwarded; call a labkit function there instead "
+            "(host.call(fn)), which opens pyroute2 on the host itself"
+        )
 
     def entered(self):
         raise LabkitError(f"{self}: Python code cannot enter another machine; use host.call(fn)")
@@ -335,5 +379,8 @@ def _bpf_sources() -> dict:
     """{relative path: text} of bpf/, for the far host's bcc."""
     from labkit import BPF_DIR
 
-    return {str(p.relative_to(BPF_DIR)): p.read_text() for p in sorted(BPF_DIR.rglob("*"))
-            if p.is_file() and p.suffix in (".c", ".h")}
+    return {
+        str(p.relative_to(BPF_DIR)): p.read_text()
+        for p in sorted(BPF_DIR.rglob("*"))
+        if p.is_file() and p.suffix in (".c", ".h")
+    }

@@ -8,6 +8,7 @@ open for the near side (an XDP attachment, a generator). Everything here imports
 what a provisioned host has, or what mitogen serves it from the controlling machine
 (labkit, pyroute2): never pandas or Jupyter. Arguments and results are plain values.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,7 @@ def session_open(runtime_dir: str | None, sources: dict) -> str:
     # which only serves it through the session. A lost session is undone by `labkit clean
     # --inventory` (its registry stays until then).
     stack = ExitStack()
-    run = stack.enter_context(runs.run_scope(partial(runs.Run, watchdog=False,
-                                                     netns=os.readlink("/proc/self/ns/net"))))
+    run = stack.enter_context(runs.run_scope(partial(runs.Run, watchdog=False, netns=os.readlink("/proc/self/ns/net"))))
     bpf_dir = runs.REGISTRY_DIR / f"{run.prefix}-bpf"
     _SESSION.update(run=stack, bpf=bpf_dir)  # from here on, session_close undoes it all
     try:
@@ -133,8 +133,10 @@ def facts(interfaces: list) -> dict:
         except (OSError, subprocess.SubprocessError):
             return None
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     nics = {}
     for ifname in interfaces:
         info = dict(line.split(": ", 1) for line in (out(["ethtool", "-i", ifname]) or "").splitlines() if ": " in line)
@@ -145,12 +147,23 @@ def facts(interfaces: list) -> dict:
         bcc_version = getattr(bcc, "__version__", "installed")
     except ImportError:
         bcc_version = None
-    return {"hostname": platform.node(), "kernel": platform.release(), "kernel_version": platform.version(),
-            "machine": platform.machine(), "cpu_model": cpu, "cpus": os.cpu_count(), "nics": nics,
-            "versions": {"python": platform.python_version(), "bcc": bcc_version, "labkit": labkit.__version__,
-                         "dpdk": out(["pkg-config", "--modversion", "libdpdk"]),
-                         "trafgen": (out(["trafgen", "-v"]) or "").splitlines()[0:1],
-                         "pktgen": os.path.exists("/proc/net/pktgen") or bool(out(["modinfo", "-n", "pktgen"]))}}
+    return {
+        "hostname": platform.node(),
+        "kernel": platform.release(),
+        "kernel_version": platform.version(),
+        "machine": platform.machine(),
+        "cpu_model": cpu,
+        "cpus": os.cpu_count(),
+        "nics": nics,
+        "versions": {
+            "python": platform.python_version(),
+            "bcc": bcc_version,
+            "labkit": labkit.__version__,
+            "dpdk": out(["pkg-config", "--modversion", "libdpdk"]),
+            "trafgen": (out(["trafgen", "-v"]) or "").splitlines()[0:1],
+            "pktgen": os.path.exists("/proc/net/pktgen") or bool(out(["modinfo", "-n", "pktgen"])),
+        },
+    }
 
 
 def interface_exists(ifname: str) -> bool:
@@ -166,7 +179,7 @@ def tools_missing(tools: list) -> list:
     missing = []
     for tool in tools:
         if tool.startswith("python:"):
-            if importlib.util.find_spec(tool[len("python:"):]) is None:
+            if importlib.util.find_spec(tool[len("python:") :]) is None:
                 missing.append(tool)
         elif not shutil.which(tool, path=path):
             missing.append(tool)
@@ -177,4 +190,3 @@ def link_counters(ifname: str) -> dict:
     """The kernel's counters of IFNAME (/sys/class/net/IF/statistics), as link probes read them."""
     base = Path(f"/sys/class/net/{ifname}/statistics")
     return {p.name: int(p.read_text()) for p in base.iterdir()}
-

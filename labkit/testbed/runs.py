@@ -12,6 +12,7 @@ registry starts a small watcher (`labkit.watchdog`) in a session of its own, whi
 on the owning process and, if it dies with the registry file still there, undoes that run
 and nothing else. A run that closes normally tells its watcher to go.
 """
+
 from __future__ import annotations
 
 import json
@@ -111,8 +112,14 @@ class Run:
             with deferred_signals():  # a Ctrl-C now comes once the watcher is in place
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "labkit.watchdog", str(self.pid), self.prefix, str(r), str(pidfd)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                    pass_fds=(r, pidfd), start_new_session=True, cwd="/", env=env)
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    pass_fds=(r, pidfd),
+                    start_new_session=True,
+                    cwd="/",
+                    env=env,
+                )
                 out, _ = proc.communicate(timeout=30)
         except (OSError, subprocess.SubprocessError):
             if proc is not None and proc.poll() is None:
@@ -298,5 +305,3 @@ def live_prefixes() -> set[str]:
         if owner_alive(state):
             live.add(f.stem)
     return live
-
-

@@ -2,6 +2,7 @@
 context manager, signals held while a few kernel calls must happen together, and
 Ctrl-C/SIGTERM forwarded to a child process group (a notebook's kernel).
 """
+
 from __future__ import annotations
 
 import os

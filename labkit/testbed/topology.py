@@ -14,6 +14,7 @@ Ctrl-C and SIGTERM too; a topology that fails half-way is torn down before the e
 Real interfaces are used where named (`RealLink`): labkit never deletes them, it only removes
 the addresses it added.
 """
+
 from __future__ import annotations
 
 import errno
@@ -148,8 +149,11 @@ class Topology(Undoable):
                 lo = ipr.link_lookup(ifname="lo")
                 ipr.link("set", index=lo[0], state="up")
             if not self.spec.ipv6:  # before any link exists, so every interface inherits it
-                host.run(["sh", "-c", "for c in all default; do echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6; done"],
-                         check=False, timeout=10)
+                host.run(
+                    ["sh", "-c", "for c in all default; do echo 1 > /proc/sys/net/ipv6/conf/$c/disable_ipv6; done"],
+                    check=False,
+                    timeout=10,
+                )
         for i, link in enumerate(self.spec.links):
             if isinstance(link, RealLink):
                 self.links.append(self._real_link(stack, link))
@@ -229,14 +233,28 @@ class Topology(Undoable):
 
     def metadata(self) -> dict:
         """What a result file records about the topology: names, MACs, offloads."""
-        out = {"prefix": self.run.prefix if self.run else None, "offloads_set": dict(self.spec.offloads),
-               "ipv6": self.spec.ipv6, "links": []}
+        out = {
+            "prefix": self.run.prefix if self.run else None,
+            "offloads_set": dict(self.spec.offloads),
+            "ipv6": self.spec.ipv6,
+            "links": [],
+        }
         for a, b in self.links:
-            out["links"].append([
-                None if e is None else {"host": e.host.name, "ifname": e.name, "mac": e.mac,
-                                        "address": e.address, "real": e.real, "offloads": _safe(e.offloads)}
-                for e in (a, b)
-            ])
+            out["links"].append(
+                [
+                    None
+                    if e is None
+                    else {
+                        "host": e.host.name,
+                        "ifname": e.name,
+                        "mac": e.mac,
+                        "address": e.address,
+                        "real": e.real,
+                        "offloads": _safe(e.offloads),
+                    }
+                    for e in (a, b)
+                ]
+            )
         return out
 
 

@@ -5,6 +5,7 @@ their addresses, checked before anything is built (`topology.Topology` builds it
     spec = TopologySpec(hosts=["a", "b"], links=[LinkSpec("a", "b", "10.0.0.1/24", "10.0.0.2/24")])
     spec.validate()                                 # names, addresses, the 15-character limit
 """
+
 from __future__ import annotations
 
 import os
@@ -138,9 +139,19 @@ def check_real_ifname(ifname: str) -> str:
     return ifname
 
 
-def pair(sender: str = "snd", receiver: str = "rcv", *, sender_addr="10.11.0.1/24", receiver_addr="10.11.0.2/24",
-         mtu: int = 1500, sender_if: str | None = None, receiver_if: str | None = None,
-         offloads: dict | None = None, ipv6: bool = False, queues: int = 1) -> TopologySpec:
+def pair(
+    sender: str = "snd",
+    receiver: str = "rcv",
+    *,
+    sender_addr="10.11.0.1/24",
+    receiver_addr="10.11.0.2/24",
+    mtu: int = 1500,
+    sender_if: str | None = None,
+    receiver_if: str | None = None,
+    offloads: dict | None = None,
+    ipv6: bool = False,
+    queues: int = 1,
+) -> TopologySpec:
     """The two-host testbed most experiments use: a sender and a receiver, joined by a veth
     pair, or by real interfaces when `receiver_if` (and `sender_if`) name them."""
     if receiver_if or sender_if:

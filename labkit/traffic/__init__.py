@@ -9,6 +9,7 @@ Backends register themselves in BACKENDS by name. Each says whether it can run h
 (`available()`), with a reason that tells the user what to install or use instead.
 Every backend is bounded in count and time and reaps what it starts.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -54,8 +55,9 @@ class TrafficSpec:
     def between(cls, src, dst, **kw) -> "TrafficSpec":
         """From a sending interface to a receiving one (topology.Interface objects)."""
         kw.setdefault("mtu", 1500)
-        return cls(src_mac=src.mac, dst_mac=dst.mac, src_ip=src.address or "10.11.0.1",
-                   dst_ip=dst.address or "10.11.0.2", **kw)
+        return cls(
+            src_mac=src.mac, dst_mac=dst.mac, src_ip=src.address or "10.11.0.1", dst_ip=dst.address or "10.11.0.2", **kw
+        )
 
     def validate(self) -> "TrafficSpec":
         check_mac(self.src_mac), check_mac(self.dst_mac)
@@ -80,8 +82,9 @@ class TrafficSpec:
         return self
 
     def frame(self, flow: int = 0) -> FrameSpec:
-        return FrameSpec(self.src_mac, self.dst_mac, self.src_ip, self.dst_ip, self.proto,
-                         self.sport + flow, self.dport, self.size)
+        return FrameSpec(
+            self.src_mac, self.dst_mac, self.src_ip, self.dst_ip, self.proto, self.sport + flow, self.dport, self.size
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -160,8 +163,12 @@ def choose(name: str = "auto", purpose: str = "load generator") -> str:
         ok, why = cls.available()
         if ok:
             refused = ", ".join(r.split(":")[0] for r in reasons)
-            capabilities.chose(purpose, cand, "the fastest that works here" + (
-                f", after {refused} refused ({'; '.join(reasons)})" if reasons else ""))
+            capabilities.chose(
+                purpose,
+                cand,
+                "the fastest that works here"
+                + (f", after {refused} refused ({'; '.join(reasons)})" if reasons else ""),
+            )
             return cand
         reasons.append(f"{cand}: {why}")
     raise MissingDependency("no traffic generator can run here:\n  " + "\n  ".join(reasons))

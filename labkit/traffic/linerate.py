@@ -5,6 +5,7 @@ options `link_speed` and `line_fraction` of the XDP generators).
     line_rate_pps("10G", 60)                 # 14.88 Mpps: 64 bytes on the wire with the FCS
     target_rate(spec, "10G", 0.5)            # half of it, or InputError where it cannot be
 """
+
 from __future__ import annotations
 
 import re
@@ -56,5 +57,6 @@ def target_rate(spec: TrafficSpec, link_speed=None, line_fraction=None) -> float
         if rate > line * 1.000001:
             raise InputError(
                 f"rate {rate:,.0f} pps is above what a {link_speed} link carries at {spec.size} bytes "
-                f"({line:,.0f} pps with preamble, FCS and gap): ask for at most that, or a line_fraction <= 1")
+                f"({line:,.0f} pps with preamble, FCS and gap): ask for at most that, or a line_fraction <= 1"
+            )
     return rate

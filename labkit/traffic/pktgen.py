@@ -1,6 +1,7 @@
 """The kernel's own packet generator (/proc/net/pktgen). Stock Debian/Ubuntu kernels ship
 it as a module (`modprobe pktgen`); kernels built without CONFIG_NET_PKTGEN do not have it,
 and this backend then says so and names the alternatives."""
+
 from __future__ import annotations
 
 import time
@@ -59,8 +60,11 @@ class KernelPktgen(Generator):
             ):
                 self._write(devfile, cmd)
             t0 = time.monotonic()
-            self.host.run(["timeout", "-s", "INT", str(int(spec.timeout_s)), "sh", "-c", f"echo start > {PROC}/pgctrl"],
-                          check=False, timeout=spec.timeout_s + 10)
+            self.host.run(
+                ["timeout", "-s", "INT", str(int(spec.timeout_s)), "sh", "-c", f"echo start > {PROC}/pgctrl"],
+                check=False,
+                timeout=spec.timeout_s + 10,
+            )
             elapsed = time.monotonic() - t0
             status = self.host.read(devfile)
         finally:

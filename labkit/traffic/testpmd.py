@@ -33,6 +33,7 @@ reaped, and its runtime directory (/var/run/dpdk/PREFIX) is removed afterwards.
 
 Pktgen-DPDK, when a `pktgen` binary is on the PATH, is the backend "pktgen-dpdk".
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -64,8 +65,9 @@ def testpmd_binary() -> str | None:
 
 def _check_spec(spec: TrafficSpec, backend: str) -> None:
     if spec.proto != "udp" or ipaddress.ip_address(spec.src_ip).version != 4:
-        raise InputError(f"the {backend} backend sends IPv4/UDP only: use proto='udp' with IPv4 addresses, "
-                         "or another generator")
+        raise InputError(
+            f"the {backend} backend sends IPv4/UDP only: use proto='udp' with IPv4 addresses, or another generator"
+        )
 
 
 @register
@@ -87,17 +89,22 @@ class Testpmd(Generator):
         super().__init__(iface, **options)
         unknown = sorted(set(options) - set(OPTIONS) - set(self.extra_options))
         if unknown:
-            raise InputError(f"the {self.name} generator has no option(s) {unknown}: it takes "
-                             f"{', '.join(OPTIONS + self.extra_options)}")
+            raise InputError(
+                f"the {self.name} generator has no option(s) {unknown}: it takes "
+                f"{', '.join(OPTIONS + self.extra_options)}"
+            )
         mode = options.get("mode", "txonly")
         if mode not in MODES:
             raise InputError(f"testpmd mode {mode!r}: choose one of {MODES}")
         self.mode = mode
         self.port = self._port(iface, options)
         default_lcores = "0,1" if (os.cpu_count() or 1) > 1 else "0"
-        self.eal = dpdk.EalOptions(lcores=str(options.get("lcores", default_lcores)),
-                                   memory_mb=int(options.get("memory_mb", 1024)),
-                                   hugepages=options.get("hugepages"), log_level="lib.eal:error")
+        self.eal = dpdk.EalOptions(
+            lcores=str(options.get("lcores", default_lcores)),
+            memory_mb=int(options.get("memory_mb", 1024)),
+            hugepages=options.get("hugepages"),
+            log_level="lib.eal:error",
+        )
         self.eal.validate([self.port])
         if len(self.eal.lcore_ids()) < 2 and (os.cpu_count() or 1) > 1:
             raise InputError("testpmd needs two lcores (one runs its command line, one forwards): e.g. lcores='0,1'")
@@ -118,8 +125,10 @@ class Testpmd(Generator):
         if spec.rate_pps:
             notes.append(f"testpmd has no software rate limit: rate_pps={spec.rate_pps:g} was not applied")
         if spec.flows > 1 and self.mode == "txonly":
-            notes.append("txonly-multi-flow varies the UDP source port per packet as testpmd does it, not exactly "
-                         f"{spec.flows} flows")
+            notes.append(
+                "txonly-multi-flow varies the UDP source port per packet as testpmd does it, not exactly "
+                f"{spec.flows} flows"
+            )
         prefix = dpdk.file_prefix("tpmd")
         with _AfXdpPortGuard(self.iface, self.port, notes) as guard:
             try:
@@ -131,16 +140,22 @@ class Testpmd(Generator):
                 dpdk.remove_runtime_dir(prefix)
         if guard.transmitted is not None and guard.transmitted < packets:
             # what reached the wire, not what testpmd queued: copy-mode transmit can drop in the kernel
-            notes.append(f"testpmd queued {packets} frames on its AF_XDP socket; the kernel transmitted "
-                         f"{guard.transmitted} on {self.iface.name}: the kernel refused the rest in the socket's "
-                         "transmit, they were never sent")
+            notes.append(
+                f"testpmd queued {packets} frames on its AF_XDP socket; the kernel transmitted "
+                f"{guard.transmitted} on {self.iface.name}: the kernel refused the rest in the socket's "
+                "transmit, they were never sent"
+            )
             packets, nbytes = guard.transmitted, guard.transmitted * spec.size
         return Offered(self.name, packets, nbytes, seconds, cpu_seconds=cpu, notes=notes)
 
     def _common(self, spec: TrafficSpec) -> list[str]:
-        return ["--total-num-mbufs=16384", f"--txpkts={spec.size}", f"--tx-ip={spec.src_ip},{spec.dst_ip}",
-                f"--tx-udp={spec.sport},{spec.dport}", f"--eth-peer=0,{spec.dst_mac}"] + \
-            (["--txonly-multi-flow"] if spec.flows > 1 else [])
+        return [
+            "--total-num-mbufs=16384",
+            f"--txpkts={spec.size}",
+            f"--tx-ip={spec.src_ip},{spec.dst_ip}",
+            f"--tx-udp={spec.sport},{spec.dport}",
+            f"--eth-peer=0,{spec.dst_mac}",
+        ] + (["--txonly-multi-flow"] if spec.flows > 1 else [])
 
     def _txonly(self, spec: TrafficSpec, prefix: str, notes: list):
         full, rest = divmod(spec.count, MAX_BURST)
@@ -154,8 +169,15 @@ class Testpmd(Generator):
             f.write("\n".join(cmds) + "\n")
             cmdfile = f.name
         os.chmod(cmdfile, 0o644)
-        argv = [testpmd_binary(), *self.eal_args(prefix), "--", "-i", f"--cmdline-file={cmdfile}",
-                f"--burst={MAX_BURST}", *self._common(spec)]
+        argv = [
+            testpmd_binary(),
+            *self.eal_args(prefix),
+            "--",
+            "-i",
+            f"--cmdline-file={cmdfile}",
+            f"--burst={MAX_BURST}",
+            *self._common(spec),
+        ]
         t0 = time.monotonic()
         try:
             with self.host.spawn(argv, name="dpdk-testpmd") as proc:
@@ -171,15 +193,18 @@ class Testpmd(Generator):
         self.last_output = out
         stats = port_stats(out)
         if not stats:
-            raise RuntimeError(f"testpmd printed no port statistics; its output:\n{out[-2000:]}"
-                               + locked_memory_hint(out))
+            raise RuntimeError(
+                f"testpmd printed no port statistics; its output:\n{out[-2000:]}" + locked_memory_hint(out)
+            )
         last = stats[-1]
         packets, nbytes = last["TX-packets"], last["TX-bytes"]
         if last.get("TX-errors"):
             notes.append(f"testpmd counted {last['TX-errors']} TX errors")
         if last.get("RX-packets"):
-            notes.append(f"{last['RX-packets']} packets arrived at the sending port while sending "
-                         "(io forwarding sent them back out and they are in the count)")
+            notes.append(
+                f"{last['RX-packets']} packets arrived at the sending port while sending "
+                "(io forwarding sent them back out and they are in the count)"
+            )
         pps = last.get("Tx-pps", 0)
         seconds = packets / pps if pps else wall
         if packets < spec.count:
@@ -187,10 +212,20 @@ class Testpmd(Generator):
         return packets, nbytes, seconds, cpu
 
     def _flowgen(self, spec: TrafficSpec, prefix: str, notes: list):
-        argv = [testpmd_binary(), *self.eal_args(prefix), "--", "--forward-mode=flowgen",
-                f"--flowgen-flows={max(1, spec.flows)}", "--stats-period=1", "--auto-start", *self._common(spec)]
-        notes.append("flowgen: count reached by polling testpmd's 1 s statistics, so it overshoots; the true "
-                     "number sent is reported. flowgen picks its own IP addresses per flow")
+        argv = [
+            testpmd_binary(),
+            *self.eal_args(prefix),
+            "--",
+            "--forward-mode=flowgen",
+            f"--flowgen-flows={max(1, spec.flows)}",
+            "--stats-period=1",
+            "--auto-start",
+            *self._common(spec),
+        ]
+        notes.append(
+            "flowgen: count reached by polling testpmd's 1 s statistics, so it overshoots; the true "
+            "number sent is reported. flowgen picks its own IP addresses per flow"
+        )
         t0 = time.monotonic()
         with self.host.spawn(argv, name="dpdk-testpmd") as proc:
             deadline = t0 + spec.timeout_s + 30
@@ -257,8 +292,10 @@ class _AfXdpPortGuard:
             self._tx0 = self.iface.stats()["tx_packets"]
             prog = xdp_program_id(self.host, self.port.name)
             if prog is not None:
-                raise InputError(f"{self.port.name} already has an XDP program (id {prog}): testpmd's net_af_xdp port "
-                                 "attaches its own; detach it, or use the 'testpmd' (net_af_packet) generator")
+                raise InputError(
+                    f"{self.port.name} already has an XDP program (id {prog}): testpmd's net_af_xdp port "
+                    "attaches its own; detach it, or use the 'testpmd' (net_af_packet) generator"
+                )
             mode = dpdk.socket_mode(self.host, self.port.name, dict(self.port.devargs))
             self.notes.append(f"net_af_xdp port on {self.port.name} in {mode} mode")
         return self
@@ -332,21 +369,33 @@ class PktgenDpdk(Generator):
     def send(self, spec: TrafficSpec) -> Offered:
         spec.validate()
         _check_spec(spec, "pktgen-dpdk")
-        port = dpdk.Port.pci(dpdk.check_pci_address(self.options["pci"])) if self.options.get("pci") \
+        port = (
+            dpdk.Port.pci(dpdk.check_pci_address(self.options["pci"]))
+            if self.options.get("pci")
             else dpdk.Port.af_packet(self.iface)
-        eal = dpdk.EalOptions(lcores=str(self.options.get("lcores", "0,1")), memory_mb=int(self.options.get("memory_mb", 1024)))
+        )
+        eal = dpdk.EalOptions(
+            lcores=str(self.options.get("lcores", "0,1")), memory_mb=int(self.options.get("memory_mb", 1024))
+        )
         eal.validate([port])
         prefix = dpdk.file_prefix("pktg")
         rate = 100 if not spec.rate_pps else max(1, min(100, int(self.options.get("rate_percent", 100))))
-        script = PKTGEN_LUA.format(dst_mac=spec.dst_mac, src_ip=spec.src_ip, dst_ip=spec.dst_ip, sport=spec.sport,
-                                   dport=spec.dport, size=spec.size, count=spec.count, rate=rate,
-                                   timeout=int(spec.timeout_s))
+        script = PKTGEN_LUA.format(
+            dst_mac=spec.dst_mac,
+            src_ip=spec.src_ip,
+            dst_ip=spec.dst_ip,
+            sport=spec.sport,
+            dport=spec.dport,
+            size=spec.size,
+            count=spec.count,
+            rate=rate,
+            timeout=int(spec.timeout_s),
+        )
         with tempfile.NamedTemporaryFile("w", prefix="labkit-pktgen-", suffix=".lua", delete=False) as f:
             f.write(script)
             lua = f.name
         cores = eal.lcore_ids()
-        argv = [shutil.which("pktgen"), *eal.args([port], prefix), "--", "-T", "-P",
-                "-m", f"{cores[-1]}.0", "-f", lua]
+        argv = [shutil.which("pktgen"), *eal.args([port], prefix), "--", "-T", "-P", "-m", f"{cores[-1]}.0", "-f", lua]
         t0 = time.monotonic()
         try:
             with self.host.spawn(argv, name="pktgen") as proc:
@@ -363,6 +412,9 @@ class PktgenDpdk(Generator):
         if not m:
             raise RuntimeError(f"Pktgen-DPDK reported no count; its output:\n{out[-2000:]}")
         pk, by, secs = m[-1]
-        notes = [] if not spec.rate_pps else [f"pktgen rate is a percentage of line rate: rate_pps={spec.rate_pps:g} "
-                                               "was not applied exactly"]
+        notes = (
+            []
+            if not spec.rate_pps
+            else [f"pktgen rate is a percentage of line rate: rate_pps={spec.rate_pps:g} was not applied exactly"]
+        )
         return Offered(self.name, int(pk), int(by), float(secs) or time.monotonic() - t0, cpu_seconds=cpu, notes=notes)

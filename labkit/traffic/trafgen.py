@@ -13,6 +13,7 @@ valid). With several sending CPUs each CPU walks the ports from the first on its
 ``count`` frames carry the first ``count / cpus`` ports, each ``cpus`` times: a sender that
 needs every port once per ``flows`` frames (the NAT's new flows and flow sweeps) sends with
 one CPU (``TrafficSpec.cpus = 1``, the default)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -35,22 +36,28 @@ def config(spec: TrafficSpec) -> str:
     don't fragment), UDP whose source port walks sport .. sport + flows - 1 (a runtime
     counter, one step per frame), zero payload; trafgen computes lengths and checksums."""
     if spec.proto != "udp" or ipaddress.ip_address(spec.src_ip).version != 4:
-        raise InputError("the trafgen backend sends IPv4/UDP only: use proto='udp' with IPv4 addresses, "
-                         "or the 'xdp' generator for other protocols")
+        raise InputError(
+            "the trafgen backend sends IPv4/UDP only: use proto='udp' with IPv4 addresses, "
+            "or the 'xdp' generator for other protocols"
+        )
     last = spec.sport + spec.flows - 1
     if not 0 <= spec.sport <= last <= 0xFFFF:
-        raise InputError(f"the trafgen backend sends source ports 0..65535: {spec.flows} flows from port "
-                         f"{spec.sport} end at {last}; at most {MAX_FLOWS} flows, from a lower sport")
+        raise InputError(
+            f"the trafgen backend sends source ports 0..65535: {spec.flows} flows from port "
+            f"{spec.sport} end at {last}; at most {MAX_FLOWS} flows, from a lower sport"
+        )
     sport = f"dinc({spec.sport}, {last})" if spec.flows > 1 else str(spec.sport)
     payload = spec.size - ETH_HLEN - IPV4_UDP_HEADERS
-    return "".join([
-        "{ ",
-        f"eth(da={spec.dst_mac}, sa={spec.src_mac}), ",
-        f"ipv4(sa={spec.src_ip}, da={spec.dst_ip}, ttl=64, df), ",
-        f"udp(sp={sport}, dp={spec.dport})",
-        f", fill(0x00, {payload})" if payload > 0 else "",
-        " }\n",
-    ])
+    return "".join(
+        [
+            "{ ",
+            f"eth(da={spec.dst_mac}, sa={spec.src_mac}), ",
+            f"ipv4(sa={spec.src_ip}, da={spec.dst_ip}, ttl=64, df), ",
+            f"udp(sp={sport}, dp={spec.dport})",
+            f", fill(0x00, {payload})" if payload > 0 else "",
+            " }\n",
+        ]
+    )
 
 
 @register
@@ -70,8 +77,18 @@ class Trafgen(Generator):
             f.write(config(spec))
             cfg = f.name
         os.chmod(cfg, 0o644)
-        argv = ["trafgen", "--dev", self.iface.name, "--conf", cfg, "--num", str(spec.count),
-                "--cpus", str(min(spec.cpus, os.cpu_count() or 1)), "--no-sock-mem"]
+        argv = [
+            "trafgen",
+            "--dev",
+            self.iface.name,
+            "--conf",
+            cfg,
+            "--num",
+            str(spec.count),
+            "--cpus",
+            str(min(spec.cpus, os.cpu_count() or 1)),
+            "--no-sock-mem",
+        ]
         if spec.rate_pps:
             argv += ["--rate", f"{int(spec.rate_pps)}pps"]
         try:
@@ -92,8 +109,14 @@ class Trafgen(Generator):
         if packets is None:
             raise RuntimeError(f"trafgen reported no packet count; its output:\n{out[-2000:]}")
         notes = [] if proc.returncode == 0 else [f"trafgen exited {proc.returncode}"]
-        return Offered(self.name, packets, nbytes or packets * spec.size, elapsed,
-                       cpu_seconds=cpu - cpu0 if cpu == cpu else float("nan"), notes=notes)
+        return Offered(
+            self.name,
+            packets,
+            nbytes or packets * spec.size,
+            elapsed,
+            cpu_seconds=cpu - cpu0 if cpu == cpu else float("nan"),
+            notes=notes,
+        )
 
 
 def _total(out: str, label: str):

@@ -58,6 +58,7 @@ Where live frames are refused (every kernel before 5.18, containers, security po
 `capabilities.probe("live_frames")` tries it once), `available()` says so with the reason
 and names the other backends, which `traffic.generator("auto", ...)` then falls back to.
 """
+
 from __future__ import annotations
 
 import os
@@ -84,8 +85,10 @@ from labkit.traffic import Generator, Offered, TrafficSpec, register
 from labkit.traffic.linerate import line_rate_pps, parse_speed, target_rate  # noqa: F401 (the options' rates)
 from labkit.traffic.xdpgen_schedule import CHUNK_SECONDS, CpuSchedule
 
-FALLBACKS = ("use another backend: 'xdp_loop' (an XDP loop, no live frames), 'trafgen' (netsniff-ng), "
-             "'testpmd' (DPDK txonly) or 'pktgen' (kernel module); 'auto' picks the first that works here")
+FALLBACKS = (
+    "use another backend: 'xdp_loop' (an XDP loop, no live frames), 'trafgen' (netsniff-ng), "
+    "'testpmd' (DPDK txonly) or 'pktgen' (kernel module); 'auto' picks the first that works here"
+)
 PEER_MODES = ("auto", "xdp_pass", "gro", "none")
 SHARED_RING_BURST = 128  # paced frames per call when several CPUs send
 #: Threads per sending CPU, sharing that CPU's schedule (one suffices while the program
@@ -148,8 +151,10 @@ class XdpGenerator(Generator):
         self.pin = bool(options.get("pin", True))
         unknown = set(options) - {"vary", "peer", "link_speed", "line_fraction", "batch_size", "pin"}
         if unknown:
-            raise InputError(f"unknown option(s) {sorted(unknown)} for the xdp generator: "
-                             "vary, peer, link_speed, line_fraction, batch_size, pin")
+            raise InputError(
+                f"unknown option(s) {sorted(unknown)} for the xdp generator: "
+                "vary, peer, link_speed, line_fraction, batch_size, pin"
+            )
         self.gen = GenProgram(iface.ifindex, self.host)  # loaded and parked in the XDP dispatcher
         self.fn, self.pin_note = self.gen.fn, self.gen.pin_note
 
@@ -165,8 +170,10 @@ class XdpGenerator(Generator):
             parse_speed(self.link_speed)
         self.kind = link_kind(iface)
         if self.kind != "veth" and can_transmit_xdp(iface) is False:
-            raise InputError(f"{iface.name} on {iface.host} cannot transmit XDP frames (its driver lacks "
-                             f"ndo_xdp_xmit; kind {self.kind or 'device'}): {fallbacks}")
+            raise InputError(
+                f"{iface.name} on {iface.host} cannot transmit XDP frames (its driver lacks "
+                f"ndo_xdp_xmit; kind {self.kind or 'device'}): {fallbacks}"
+            )
 
     @classmethod
     def available(cls):
@@ -187,8 +194,10 @@ class XdpGenerator(Generator):
         """Validate SPEC for this generator; the rate to hold (None: as fast as possible)."""
         spec.validate()
         if spec.size > MAX_FRAME:
-            raise InputError(f"size {spec.size}: a live frame must fit one page with the kernel's head- and "
-                             f"tailroom: at most {MAX_FRAME} bytes")
+            raise InputError(
+                f"size {spec.size}: a live frame must fit one page with the kernel's head- and "
+                f"tailroom: at most {MAX_FRAME} bytes"
+            )
         ncpu = len(os.sched_getaffinity(0))
         if spec.cpus > ncpu:
             raise InputError(f"cpus {spec.cpus}: this process may use {ncpu} CPU(s); ask for at most {ncpu}")
@@ -203,7 +212,9 @@ class XdpGenerator(Generator):
                     raise InputError(f"{spec.flows} flows from {field} {base} run past port 65535")
             for field, addr in (("src_ip", spec.src_ip), ("dst_ip", spec.dst_ip)):
                 if self.vary & vary_mask(field):
-                    low = int.from_bytes(socket.inet_pton(socket.AF_INET6 if version == 6 else socket.AF_INET, addr)[-4:], "big")
+                    low = int.from_bytes(
+                        socket.inet_pton(socket.AF_INET6 if version == 6 else socket.AF_INET, addr)[-4:], "big"
+                    )
                     if low + spec.flows - 1 > 0xFFFFFFFF:
                         raise InputError(f"{spec.flows} flows from {field} {addr} run past the address range")
         return target_rate(spec, self.link_speed, self.line_fraction)
@@ -221,30 +232,54 @@ class XdpGenerator(Generator):
         with ExitStack() as peer_stack:
             notes += self._prepare_peer(peer_stack)
             if self.kind == "veth" and can_transmit_xdp(self.iface) is False:
-                raise LabkitError(f"{self.iface.name} still cannot transmit XDP frames after preparing its peer "
-                                  f"(peer={self.peer_mode!r}): {FALLBACKS}")
+                raise LabkitError(
+                    f"{self.iface.name} still cannot transmit XDP frames after preparing its peer "
+                    f"(peer={self.peer_mode!r}): {FALLBACKS}"
+                )
             before = xmit_counters(self.iface)
             per_cpu, elapsed, stopped = self._run_threads(fn, frame, spec, rate)
             after = xmit_counters(self.iface)
         packets = sum(p["packets"] for p in per_cpu)
         xmit, errors = after[0] - before[0], after[1] - before[1]
         if errors:
-            notes.append(f"{errors} of {packets} frames were refused by {self.iface.name}'s XDP transmit "
-                         "(ring full or peer not ready): they never left the sender")
+            notes.append(
+                f"{errors} of {packets} frames were refused by {self.iface.name}'s XDP transmit "
+                "(ring full or peer not ready): they never left the sender"
+            )
         elif self.kind == "veth" and xmit < packets:
-            notes.append(f"{self.iface.name} transmitted {xmit} of the {packets} frames the program sent: "
-                         "the rest were dropped at the sender (does the peer run in NAPI mode?)")
+            notes.append(
+                f"{self.iface.name} transmitted {xmit} of the {packets} frames the program sent: "
+                "the rest were dropped at the sender (does the peer run in NAPI mode?)"
+            )
         if stopped:
             notes.append(f"stopped by the time limit ({spec.timeout_s:g} s) after {packets} of {spec.count} frames")
         if rate and elapsed > 0 and packets / elapsed < 0.95 * rate:
-            notes.append(f"asked {rate:,.0f} pps, reached {packets / elapsed:,.0f} pps: the generator is the limit here")
+            notes.append(
+                f"asked {rate:,.0f} pps, reached {packets / elapsed:,.0f} pps: the generator is the limit here"
+            )
         self.last = {"rate_target": rate, "xmit": xmit, "xmit_errors": errors, "per_cpu": per_cpu}
-        return Offered(self.name, packets, packets * spec.size, elapsed,
-                       cpu_seconds=sum(p["cpu_seconds"] for p in per_cpu), per_cpu=per_cpu, notes=notes)
+        return Offered(
+            self.name,
+            packets,
+            packets * spec.size,
+            elapsed,
+            cpu_seconds=sum(p["cpu_seconds"] for p in per_cpu),
+            per_cpu=per_cpu,
+            notes=notes,
+        )
 
     def _configure(self, spec: TrafficSpec, version: int, frame: bytes) -> None:
-        self.gen.configure(frame, flows=spec.flows, vary=self.vary, version=version, proto=spec.proto,
-                           sport=spec.sport, dport=spec.dport, src_ip=spec.src_ip, dst_ip=spec.dst_ip)
+        self.gen.configure(
+            frame,
+            flows=spec.flows,
+            vary=self.vary,
+            version=version,
+            proto=spec.proto,
+            sport=spec.sport,
+            dport=spec.dport,
+            src_ip=spec.src_ip,
+            dst_ip=spec.dst_ip,
+        )
 
     def _prepare_peer(self, stack: ExitStack) -> list[str]:
         """Make the veth peer able to receive XDP frames for one send; the caveat to record."""
@@ -258,8 +293,14 @@ class XdpGenerator(Generator):
         mode = self.peer_mode
         if mode == "none":
             ok = can_transmit_xdp(self.iface)
-            return [] if ok else [f"peer='none' and {peer.name} has no native XDP program nor GRO: "
-                                  "the veth drops every frame at the sender"]
+            return (
+                []
+                if ok
+                else [
+                    f"peer='none' and {peer.name} has no native XDP program nor GRO: "
+                    "the veth drops every frame at the sender"
+                ]
+            )
         native = attached == "xdp" or bool(state.get("IFLA_XDP_DRV_PROG_ID"))
         if mode == "auto":
             if native:
@@ -269,19 +310,26 @@ class XdpGenerator(Generator):
             if native:
                 return []
             if attached:
-                raise InputError(f"{peer.name} has a generic XDP program: a native XDP_PASS program cannot be "
-                                 "added beside it; use peer='gro' or 'auto'")
+                raise InputError(
+                    f"{peer.name} has a generic XDP program: a native XDP_PASS program cannot be "
+                    "added beside it; use peer='gro' or 'auto'"
+                )
             if self.peer_program is None:
                 self.peer_program = bpf.load("xdp_minimal")
             stack.enter_context(bpf.attach_xdp(peer, self.peer_program.function("xdp_pass_bare", "xdp"), "native"))
-            return [f"caveat: labkit attached a native XDP_PASS program (xdp_pass_bare) to the receiving veth "
-                    f"{peer.name} for the send, because a veth delivers XDP frames only to a peer in NAPI mode; "
-                    "the receiver pays for it (a program run and an skb built from the frame per packet)"]
+            return [
+                f"caveat: labkit attached a native XDP_PASS program (xdp_pass_bare) to the receiving veth "
+                f"{peer.name} for the send, because a veth delivers XDP frames only to a peer in NAPI mode; "
+                "the receiver pays for it (a program run and an skb built from the frame per packet)"
+            ]
         # gro
         stack.enter_context(GroOn(peer))
-        return [f"caveat: labkit turned GRO on on the receiving veth {peer.name} for the send (NAPI mode, "
-                "needed to deliver XDP frames" + (" beside its generic XDP program" if attached else "") +
-                "); the receiver pays for GRO processing"]
+        return [
+            f"caveat: labkit turned GRO on on the receiving veth {peer.name} for the send (NAPI mode, "
+            "needed to deliver XDP frames"
+            + (" beside its generic XDP program" if attached else "")
+            + "); the receiver pays for GRO processing"
+        ]
 
     def _run_threads(self, fn, frame: bytes, spec: TrafficSpec, rate: float | None):
         """Send SPEC's frames from spec.cpus CPUs; (per-CPU dicts, seconds, stopped early)."""
@@ -290,9 +338,16 @@ class XdpGenerator(Generator):
         deadline = time.monotonic() + spec.timeout_s
         stop = threading.Event()
         errors: list[BaseException] = []
-        senders = [CpuSchedule(i, cpus[i % len(cpus)] if self.pin else None,
-                                spec.count // n + (1 if i < spec.count % n else 0),
-                                rate / n if rate else None, self.batch_size) for i in range(n)]
+        senders = [
+            CpuSchedule(
+                i,
+                cpus[i % len(cpus)] if self.pin else None,
+                spec.count // n + (1 if i < spec.count % n else 0),
+                rate / n if rate else None,
+                self.batch_size,
+            )
+            for i in range(n)
+        ]
         for s in senders:
             s.phase = s.index * CHUNK_SECONDS / n
             if n > 1 and rate is not None:
@@ -315,8 +370,11 @@ class XdpGenerator(Generator):
                 stop.set()
                 ready.abort()
 
-        threads = [threading.Thread(target=worker, args=(s,), name=f"labkit-xdpgen-{s.index}-{k}", daemon=True)
-                   for s in senders for k in range(THREADS_PER_CPU)]
+        threads = [
+            threading.Thread(target=worker, args=(s,), name=f"labkit-xdpgen-{s.index}-{k}", daemon=True)
+            for s in senders
+            for k in range(THREADS_PER_CPU)
+        ]
         for t in threads:
             t.start()
         try:

@@ -1,5 +1,6 @@
 """The frames one CPU sends for the in-kernel generator (`labkit.traffic.xdpgen`), paced
 into chunks of the schedule, and what it measured of its own sends."""
+
 from __future__ import annotations
 
 import threading
@@ -60,8 +61,9 @@ class CpuSchedule:
                         self.stopped = True
                     return
                 begin = time.monotonic()
-                res = bpf.test_run(fn, frame, repeat=n, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES,
-                                   batch_size=self.batch_size)
+                res = bpf.test_run(
+                    fn, frame, repeat=n, ctx=ctx, flags=bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=self.batch_size
+                )
                 end = time.monotonic()
                 loop = res.duration_ns * n / 1e9
                 with self._lock:
@@ -88,6 +90,11 @@ class CpuSchedule:
                 seconds = max(self.last_end - self.first_send, 1e-9)
             else:
                 seconds = max(self.schedule_end() - self.first_send, 1e-9)
-        return {"cpu": self.cpu, "packets": self.sent, "seconds": seconds,
-                "pps": self.sent / seconds if seconds else float("nan"),
-                "cpu_seconds": self.cpu_seconds, "kernel_seconds": self.kernel_seconds}
+        return {
+            "cpu": self.cpu,
+            "packets": self.sent,
+            "seconds": seconds,
+            "pps": self.sent / seconds if seconds else float("nan"),
+            "cpu_seconds": self.cpu_seconds,
+            "kernel_seconds": self.kernel_seconds,
+        }

@@ -38,6 +38,7 @@ loop, default SEED); threaded (NAPI threads on the loop's veths, default off: me
 slower on 2 CPUs); copies (frames per round towards the receiver, default 1; more only
 for one flow).
 """
+
 from __future__ import annotations
 
 import time
@@ -96,8 +97,10 @@ class XdpLoopGenerator(XdpGenerator):
         """Validate SPEC for this generator; the rate to hold (None: as fast as possible)."""
         spec.validate()
         if spec.size > MAX_FRAME:
-            raise InputError(f"size {spec.size}: a frame in the loop must fit one page with the veth's XDP "
-                             f"head- and tailroom: at most {MAX_FRAME} bytes")
+            raise InputError(
+                f"size {spec.size}: a frame in the loop must fit one page with the veth's XDP "
+                f"head- and tailroom: at most {MAX_FRAME} bytes"
+            )
         if spec.count % self.copies:
             raise InputError(f"count {spec.count}: a multiple of copies={self.copies}")
         return super().check(spec)
@@ -108,14 +111,23 @@ class XdpLoopGenerator(XdpGenerator):
         if self.loop is None:
             raise LabkitError("this xdp_loop generator is closed")
         frame = build(spec.frame(0))
-        self.loop.configure(flows=spec.flows, vary=self.vary, version=6 if ":" in spec.src_ip else 4,
-                            proto=spec.proto, sport=spec.sport, dport=spec.dport, src_ip=spec.src_ip,
-                            dst_ip=spec.dst_ip)
+        self.loop.configure(
+            flows=spec.flows,
+            vary=self.vary,
+            version=6 if ":" in spec.src_ip else 4,
+            proto=spec.proto,
+            sport=spec.sport,
+            dport=spec.dport,
+            src_ip=spec.src_ip,
+            dst_ip=spec.dst_ip,
+        )
         with ExitStack() as peer_stack:
             notes = self._prepare_peer(peer_stack)
             if self.kind == "veth" and can_transmit_xdp(self.iface) is False:
-                raise LabkitError(f"{self.iface.name} cannot transmit XDP frames after preparing its peer "
-                                  f"(peer={self.peer_mode!r}): {FALLBACKS}")
+                raise LabkitError(
+                    f"{self.iface.name} cannot transmit XDP frames after preparing its peer "
+                    f"(peer={self.peer_mode!r}): {FALLBACKS}"
+                )
             before = xmit_counters(self.iface)
             try:
                 sent, seconds, stopped, seeds = self._drive(frame, spec.count // self.copies, rate, spec.timeout_s)
@@ -128,7 +140,9 @@ class XdpLoopGenerator(XdpGenerator):
         if stopped:
             notes.append(f"stopped by the time limit ({spec.timeout_s:g} s) after {packets} of {spec.count} frames")
         if rate and packets / seconds < 0.95 * rate:
-            notes.append(f"asked {rate:,.0f} pps, reached {packets / seconds:,.0f} pps: the generator is the limit here")
+            notes.append(
+                f"asked {rate:,.0f} pps, reached {packets / seconds:,.0f} pps: the generator is the limit here"
+            )
         self.last = {"rate_target": rate, "xmit": xmit, "xmit_errors": errors, "seedings": seeds}
         return Offered(self.name, packets, packets * spec.size, seconds, notes=notes)
 
@@ -183,8 +197,10 @@ class XdpLoopGenerator(XdpGenerator):
             how = f"which {peer.name} turned into socket buffers (it has no native XDP program)"
         text = f"{xmit} of {packets} frames left {self.iface.name} through ndo_xdp_xmit (tx_queue_*_xdp_xmit), {how}"
         if errors:
-            text += (f"; {errors} were refused by its XDP transmit (xdp_xmit_errors: the receiver's ring was full) "
-                     "and never reached the receiver")
+            text += (
+                f"; {errors} were refused by its XDP transmit (xdp_xmit_errors: the receiver's ring was full) "
+                "and never reached the receiver"
+            )
         elif self.kind == "veth" and xmit < packets:
             text += "; the rest were dropped at the sender"
         return text

@@ -3,6 +3,7 @@ refresh (`Ticker`), and what every widget does when its lab stops (`lab_stopped`
 its refreshes, turn every control off with the reason, say why). ipywidgets is imported
 only when a widget is built, so the labs themselves work (and are tested) without it.
 """
+
 from __future__ import annotations
 
 import html
@@ -32,8 +33,12 @@ def table_html(rows: list[dict], empty: str) -> str:
         return f"<i>{html.escape(empty)}</i>"
     cols = list(rows[0])
     head = "".join(f"<th style='text-align:right;padding:0 8px'>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:right;padding:0 8px'>{html.escape(str(r[c]))}</td>"
-                                     for c in cols) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td style='text-align:right;padding:0 8px'>{html.escape(str(r[c]))}</td>" for c in cols)
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -54,8 +59,9 @@ def holding(lab):
         yield
 
 
-def lab_stopped(reason: str, *, name: str, controls, show, tickers=(),
-                gone: str = "namespaces, links and programs are removed") -> str:
+def lab_stopped(
+    reason: str, *, name: str, controls, show, tickers=(), gone: str = "namespaces, links and programs are removed"
+) -> str:
     """What a widget does when its lab closes: stop its TICKERS (refreshes, the live plot),
     disable every control with the reason as its tooltip, and SHOW the reason (a function
     of the message, in red). Returns the message."""
@@ -98,8 +104,12 @@ class Ticker:
             return True
         self.thread.join(timeout)
         if self.thread.is_alive():
-            warnings.warn(f"thread {self.thread.name} is still in a refresh {timeout:g} s after stop(): it ends "
-                          "when that call returns and calls nothing more", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"thread {self.thread.name} is still in a refresh {timeout:g} s after stop(): it ends "
+                "when that call returns and calls nothing more",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return False
         return True
 

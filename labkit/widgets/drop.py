@@ -17,6 +17,7 @@ the widget's controls are disabled with the reason beside them.
 Rules are checked before the maps are touched: a refused value (a port out of range, a
 prefix that is not one) leaves the active rules exactly as they were.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -44,8 +45,10 @@ def parse_ports(text: str) -> list[int]:
         try:
             port = int(part)
         except ValueError:
-            raise InputError(f"port {part!r} is not a number: type a port 0..65535 (several with commas), "
-                             "or leave the field empty for no port rule") from None
+            raise InputError(
+                f"port {part!r} is not a number: type a port 0..65535 (several with commas), "
+                "or leave the field empty for no port rule"
+            ) from None
         if not 0 <= port <= 65535:
             raise InputError(f"port {port} is out of range 0..65535")
         ports.append(port)
@@ -86,8 +89,9 @@ class DropLab(LiveLab):
     # ---- hook
     def _attach(self, hook: str) -> None:
         kind, mode = HOOKS[hook]
-        self.attachment = (self.filter.attach_xdp(self.rcv, mode) if kind == "xdp"
-                           else self.filter.attach_tc(self.rcv, mode)).attach()
+        self.attachment = (
+            self.filter.attach_xdp(self.rcv, mode) if kind == "xdp" else self.filter.attach_tc(self.rcv, mode)
+        ).attach()
         self.hook = hook
 
     def set_hook(self, hook: str) -> None:
@@ -151,7 +155,9 @@ class DropLab(LiveLab):
         if not 0 <= int(dport) <= 65535:
             raise InputError(f"destination port {dport} is out of range 0..65535")
         self.check_open()
-        spec = traffic.TrafficSpec.between(self.snd, self.rcv, count=int(count), dport=int(dport), size=size, proto=proto)
+        spec = traffic.TrafficSpec.between(
+            self.snd, self.rcv, count=int(count), dport=int(dport), size=size, proto=proto
+        )
         return self.gen.send(spec)
 
     def counter_rows(self) -> list[dict]:
@@ -202,12 +208,23 @@ class DropLabWidget:
         r = lab.rules
         self.hook = w.Dropdown(options=list(HOOKS), value=lab.hook, description="hook")
         self.drop_all = w.Checkbox(value=r["drop_all"], description="drop everything")
-        self.proto = w.Dropdown(options=[NO_PROTO] + sorted(PROTOCOLS), description="drop proto",
-                                value=next((k for k, v in PROTOCOLS.items() if v == r["proto"]), NO_PROTO))
-        self.port = w.Text(value=", ".join(map(str, r["ports"])), placeholder="e.g. 9 (Enter applies)",
-                           description="drop port", continuous_update=False)
-        self.src = w.Text(value=r["source"] or "", placeholder="10.11.0.0/24 (Enter applies)",
-                          description="drop source", continuous_update=False)
+        self.proto = w.Dropdown(
+            options=[NO_PROTO] + sorted(PROTOCOLS),
+            description="drop proto",
+            value=next((k for k, v in PROTOCOLS.items() if v == r["proto"]), NO_PROTO),
+        )
+        self.port = w.Text(
+            value=", ".join(map(str, r["ports"])),
+            placeholder="e.g. 9 (Enter applies)",
+            description="drop port",
+            continuous_update=False,
+        )
+        self.src = w.Text(
+            value=r["source"] or "",
+            placeholder="10.11.0.0/24 (Enter applies)",
+            description="drop source",
+            continuous_update=False,
+        )
         self.count = w.IntSlider(value=10_000, min=1_000, max=1_000_000, step=1_000, description="burst")
         self.dport = w.BoundedIntText(value=9, min=0, max=65535, description="to port")
         self.send = w.Button(description="send burst", button_style="primary")
@@ -215,19 +232,50 @@ class DropLabWidget:
         self.message = w.HTML()
         self.state = w.HTML()
         self.table = w.HTML()
-        for c, cls in ((self.hook, "lk-hook"), (self.drop_all, "lk-drop-all"), (self.proto, "lk-proto"),
-                       (self.port, "lk-port"), (self.src, "lk-src"), (self.count, "lk-count"),
-                       (self.dport, "lk-dport"), (self.send, "lk-send"), (self.stop, "lk-stop"),
-                       (self.message, "lk-message"), (self.state, "lk-state"), (self.table, "lk-counters")):
+        for c, cls in (
+            (self.hook, "lk-hook"),
+            (self.drop_all, "lk-drop-all"),
+            (self.proto, "lk-proto"),
+            (self.port, "lk-port"),
+            (self.src, "lk-src"),
+            (self.count, "lk-count"),
+            (self.dport, "lk-dport"),
+            (self.send, "lk-send"),
+            (self.stop, "lk-stop"),
+            (self.message, "lk-message"),
+            (self.state, "lk-state"),
+            (self.table, "lk-counters"),
+        ):
             c.add_class(cls)
-        self.controls = [self.hook, self.drop_all, self.proto, self.port, self.src, self.count, self.dport,
-                         self.send, self.stop]
-        self.plot = RatePlot([Target(i.netns, i.name) for i in (lab.snd, lab.rcv)],
-                             names={f"counters[{i}]": f"filter: {v}" for i, v in enumerate(VERDICTS)},
-                             guard=lambda: holding(lab), interval=interval, title="drop lab")
-        self.box = w.VBox([w.HBox([self.hook, self.drop_all]), w.HBox([self.proto, self.port, self.src]),
-                           w.HBox([self.count, self.dport, self.send, self.stop]),
-                           self.message, self.state, self.table, self.plot.widget])
+        self.controls = [
+            self.hook,
+            self.drop_all,
+            self.proto,
+            self.port,
+            self.src,
+            self.count,
+            self.dport,
+            self.send,
+            self.stop,
+        ]
+        self.plot = RatePlot(
+            [Target(i.netns, i.name) for i in (lab.snd, lab.rcv)],
+            names={f"counters[{i}]": f"filter: {v}" for i, v in enumerate(VERDICTS)},
+            guard=lambda: holding(lab),
+            interval=interval,
+            title="drop lab",
+        )
+        self.box = w.VBox(
+            [
+                w.HBox([self.hook, self.drop_all]),
+                w.HBox([self.proto, self.port, self.src]),
+                w.HBox([self.count, self.dport, self.send, self.stop]),
+                self.message,
+                self.state,
+                self.table,
+                self.plot.widget,
+            ]
+        )
         self.box.add_class("lk-droplab")
 
         self.hook.observe(self._on_hook, names="value")
@@ -239,8 +287,11 @@ class DropLabWidget:
         self.stop.on_click(self._on_stop)
         lab.on_close(self._on_closed)
 
-        note = (f"lab live (run {lab.prefix}); it closed the lab that was live before (run {lab.replaced})"
-                if lab.replaced else f"lab live (run {lab.prefix})")
+        note = (
+            f"lab live (run {lab.prefix}); it closed the lab that was live before (run {lab.replaced})"
+            if lab.replaced
+            else f"lab live (run {lab.prefix})"
+        )
         self.say(note)
         self.refresh()
         self.ticker = Ticker(self.refresh, interval, name="droplab-counters")
@@ -268,8 +319,10 @@ class DropLabWidget:
         except Exception as exc:
             self.state.value = f"<i>counters unavailable: {describe(exc)}</i>"
             return True
-        self.state.value = (f"run <b>{lab.prefix}</b> &nbsp; hook: <b>{lab.hook}</b> &nbsp; active rules: "
-                            f"<code class='lk-rules'>{rules}</code> &nbsp; counters at {time.strftime('%H:%M:%S')}")
+        self.state.value = (
+            f"run <b>{lab.prefix}</b> &nbsp; hook: <b>{lab.hook}</b> &nbsp; active rules: "
+            f"<code class='lk-rules'>{rules}</code> &nbsp; counters at {time.strftime('%H:%M:%S')}"
+        )
         self.table.value = table_html(rows, "no counters")
         return True
 
@@ -305,10 +358,12 @@ class DropLabWidget:
             self.say(f"rules applied while the program runs (no reload): {rules}")
         except Exception as exc:
             r = self.lab.rules
-            field, back = {"drop_all": (self.drop_all, r["drop_all"]),
-                           "proto": (self.proto, next((k for k, v in PROTOCOLS.items() if v == r["proto"]), NO_PROTO)),
-                           "ports": (self.port, ", ".join(map(str, r["ports"]))),
-                           "source": (self.src, r["source"] or "")}[next(iter(kw))]
+            field, back = {
+                "drop_all": (self.drop_all, r["drop_all"]),
+                "proto": (self.proto, next((k for k, v in PROTOCOLS.items() if v == r["proto"]), NO_PROTO)),
+                "ports": (self.port, ", ".join(map(str, r["ports"]))),
+                "source": (self.src, r["source"] or ""),
+            }[next(iter(kw))]
             if not self.lab.closed:
                 self._put_back(field, back)
             self.say(f"refused: {describe(exc)} — the active rules are unchanged", ok=False)
@@ -338,6 +393,11 @@ class DropLabWidget:
     def _on_closed(self, reason: str) -> None:
         from labkit.widgets.controls import lab_stopped
 
-        lab_stopped(reason, name="lab", controls=self.controls, show=lambda why: self.say(why, ok=False),
-                    tickers=[t for t in (getattr(self, "ticker", None), self.plot) if t is not None])
+        lab_stopped(
+            reason,
+            name="lab",
+            controls=self.controls,
+            show=lambda why: self.say(why, ok=False),
+            tickers=[t for t in (getattr(self, "ticker", None), self.plot) if t is not None],
+        )
         self.state.value = f"<i>run {self.lab.prefix} is closed; the counters below are its last</i>"

@@ -12,6 +12,7 @@ notebook's lab), the editor has a stop button, every read and write holds the la
 and once the lab is stopped or replaced (its cell run again) every control is disabled and
 says why: nothing reads a closed NAT's maps or touches the kernel again.
 """
+
 from __future__ import annotations
 
 import html
@@ -38,8 +39,17 @@ def _using(nat):
 
 
 def mappings_html(nat) -> str:
-    rows = [{"inside": m.inside, "outside": m.outside, "out pkts": m.out_packets, "out bytes": m.out_bytes,
-             "in pkts": m.in_packets, "in bytes": m.in_bytes} for m in nat.mappings()]
+    rows = [
+        {
+            "inside": m.inside,
+            "outside": m.outside,
+            "out pkts": m.out_packets,
+            "out bytes": m.out_bytes,
+            "in pkts": m.in_packets,
+            "in bytes": m.in_bytes,
+        }
+        for m in nat.mappings()
+    ]
     return _table_html(rows, "no static mappings")
 
 
@@ -49,23 +59,41 @@ def paths_html(nat) -> str:
     live = live_for(nat)
     paths = [("XDP fast path", live.fast.stats())] if live is not None and getattr(live, "fast", None) else []
     paths.append(("tc NAT (slow path)" if paths else "tc NAT", nat.stats()))
-    rows = [{"path": name, "outcome": outcome, "packets": c["packets"]}
-            for name, stats in paths for outcome, c in stats.items() if c["packets"]]
+    rows = [
+        {"path": name, "outcome": outcome, "packets": c["packets"]}
+        for name, stats in paths
+        for outcome, c in stats.items()
+        if c["packets"]
+    ]
     return _table_html(rows, "no packets yet")
 
 
 def flows_html(nat, limit: int = 50) -> str:
     flows = nat.flows()
-    rows = [{"proto": f.proto, "inside": f"{f.inside}:{f.inside_port}", "remote": f"{f.remote}:{f.remote_port}",
-             "as": f"{f.nat_address}:{f.nat_port}", "state": f.state, "out pkts": f.out_packets,
-             "in pkts": f.in_packets, "out bytes": f.out_bytes, "in bytes": f.in_bytes, "age s": f"{f.age_s:.1f}",
-             "idle s": f"{f.idle_s:.1f}", "expires in s": f"{max(0.0, f.timeout_s - f.idle_s):.0f}"}
-            for f in sorted(flows, key=lambda f: f.idle_s)[:limit]]
+    rows = [
+        {
+            "proto": f.proto,
+            "inside": f"{f.inside}:{f.inside_port}",
+            "remote": f"{f.remote}:{f.remote_port}",
+            "as": f"{f.nat_address}:{f.nat_port}",
+            "state": f.state,
+            "out pkts": f.out_packets,
+            "in pkts": f.in_packets,
+            "out bytes": f.out_bytes,
+            "in bytes": f.in_bytes,
+            "age s": f"{f.age_s:.1f}",
+            "idle s": f"{f.idle_s:.1f}",
+            "expires in s": f"{max(0.0, f.timeout_s - f.idle_s):.0f}",
+        }
+        for f in sorted(flows, key=lambda f: f.idle_s)[:limit]
+    ]
     t = nat.table_use()
-    head = (f"<b>{t['entries']}</b> flows of {t['capacity']}"
-            + (" — <b style='color:#b00'>table full: the oldest flows are evicted</b>" if t["full"] else "")
-            + f"; {t['created']} created, {t['evicted_or_stale']} evicted or expired"
-            + f"; drops: no free port {t['no_port_drops']}, table full {t['table_full_drops']}")
+    head = (
+        f"<b>{t['entries']}</b> flows of {t['capacity']}"
+        + (" — <b style='color:#b00'>table full: the oldest flows are evicted</b>" if t["full"] else "")
+        + f"; {t['created']} created, {t['evicted_or_stale']} evicted or expired"
+        + f"; drops: no free port {t['no_port_drops']}, table full {t['table_full_drops']}"
+    )
     more = f"<br><i>showing the {limit} most recently active</i>" if len(flows) > limit else ""
     return head + "<br>" + _table_html(rows, "no flows yet") + more
 
@@ -88,10 +116,18 @@ class MappingEditor:
         self.stop = w.Button(description="stop lab", button_style="danger")
         self.message = w.HTML()
         self.table = w.HTML()
-        for c, cls in ((self.inside, "lk-inside"), (self.outside, "lk-outside"), (self.add, "lk-add"),
-                       (self.remove, "lk-remove"), (self.first, "lk-first"), (self.last, "lk-last"),
-                       (self.set_ports, "lk-set-ports"), (self.stop, "lk-stop"), (self.message, "lk-message"),
-                       (self.table, "lk-mappings")):
+        for c, cls in (
+            (self.inside, "lk-inside"),
+            (self.outside, "lk-outside"),
+            (self.add, "lk-add"),
+            (self.remove, "lk-remove"),
+            (self.first, "lk-first"),
+            (self.last, "lk-last"),
+            (self.set_ports, "lk-set-ports"),
+            (self.stop, "lk-stop"),
+            (self.message, "lk-message"),
+            (self.table, "lk-mappings"),
+        ):
             c.add_class(cls)
         self.controls = [self.inside, self.outside, self.add, self.remove, self.first, self.last, self.set_ports]
         row3 = [self.set_ports]
@@ -99,8 +135,14 @@ class MappingEditor:
             self.controls.append(self.stop)
             row3.append(self.stop)
             self.stop.on_click(self._on_stop)
-        self.widget = w.VBox([w.HBox([self.inside, self.outside, self.add, self.remove]),
-                              w.HBox([self.first, self.last, *row3]), self.message, self.table])
+        self.widget = w.VBox(
+            [
+                w.HBox([self.inside, self.outside, self.add, self.remove]),
+                w.HBox([self.first, self.last, *row3]),
+                self.message,
+                self.table,
+            ]
+        )
         self.widget.add_class("lk-natlab")
         self.add.on_click(self._on_add)
         self.remove.on_click(self._on_remove)
@@ -125,7 +167,9 @@ class MappingEditor:
         """Show the mappings now; False once the lab is stopped."""
         try:
             with _using(self.nat):
-                self.table.value = mappings_html(self.nat) + f"<br><small>counters at {time.strftime('%H:%M:%S')}</small>"
+                self.table.value = (
+                    mappings_html(self.nat) + f"<br><small>counters at {time.strftime('%H:%M:%S')}</small>"
+                )
         except LabStopped:
             return False
         except Exception as exc:
@@ -145,6 +189,7 @@ class MappingEditor:
         def add():
             m = self.nat.add_mapping(self.inside.value.strip(), self.outside.value.strip())
             return f"mapped {m.inside} <-> {m.outside}"
+
         self._act(add)
 
     def _on_remove(self, _):
@@ -152,12 +197,14 @@ class MappingEditor:
             addr = self.inside.value.strip() or self.outside.value.strip()
             self.nat.remove_mapping(addr)
             return f"removed the mapping of {addr}"
+
         self._act(remove)
 
     def _on_ports(self, _):
         def ports():
             self.nat.set_port_range(int(self.first.value), int(self.last.value))
             return f"new flows get ports {self.first.value}-{self.last.value}"
+
         self._act(ports)
 
     def _on_stop(self, _) -> None:
@@ -167,8 +214,13 @@ class MappingEditor:
             self.say(f"stopping met an error: {describe(exc)}; `labkit clean` removes what is left", ok=False)
 
     def _on_closed(self, reason: str) -> None:
-        lab_stopped(reason, name="NAT lab", controls=self.controls, show=lambda why: self.say(why, ok=False),
-                    tickers=[self.ticker] if self.ticker is not None else [])
+        lab_stopped(
+            reason,
+            name="NAT lab",
+            controls=self.controls,
+            show=lambda why: self.say(why, ok=False),
+            tickers=[self.ticker] if self.ticker is not None else [],
+        )
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -201,8 +253,10 @@ class FlowView:
         self.plot = self.ticker = None
         if self.live is not None and not self.live.closed:
             self.plot = _rate_plot(self.live, interval)
-        self.widget = w.VBox([w.HBox([self.refresh_button, self.button]), self.html]
-                             + ([self.plot.widget] if self.plot is not None else []))
+        self.widget = w.VBox(
+            [w.HBox([self.refresh_button, self.button]), self.html]
+            + ([self.plot.widget] if self.plot is not None else [])
+        )
         self.widget.add_class("lk-flowview")
         self.refresh()
         if self.live is not None:
@@ -216,8 +270,12 @@ class FlowView:
         """Show the flow table now; False once the lab is stopped."""
         try:
             with _using(self.nat):
-                self.html.value = (flows_html(self.nat, self.limit) + "<br><b>Packets by path and outcome</b><br>"
-                                   + paths_html(self.nat) + f"<br><small>as of {time.strftime('%H:%M:%S')}</small>")
+                self.html.value = (
+                    flows_html(self.nat, self.limit)
+                    + "<br><b>Packets by path and outcome</b><br>"
+                    + paths_html(self.nat)
+                    + f"<br><small>as of {time.strftime('%H:%M:%S')}</small>"
+                )
         except LabStopped:
             return False
         except Exception as exc:
@@ -235,9 +293,14 @@ class FlowView:
         self.button.tooltip = "the live view is stopped: Refresh still updates it"
 
     def _on_closed(self, reason: str) -> None:
-        lab_stopped(reason, name="NAT lab", controls=[self.button, self.refresh_button], tickers=self._tickers(),
-                    show=lambda why: setattr(self.html, "value", status_html(why, ok=False) + "<br>" + self.html.value),
-                    gone="the flow table is gone")
+        lab_stopped(
+            reason,
+            name="NAT lab",
+            controls=[self.button, self.refresh_button],
+            tickers=self._tickers(),
+            show=lambda why: setattr(self.html, "value", status_html(why, ok=False) + "<br>" + self.html.value),
+            gone="the flow table is gone",
+        )
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -254,8 +317,13 @@ def _rate_plot(live, interval: float):
 
     lab = live.lab
     ports = [lab.inside(i) for i in range(1, lab.clients + 1)] + [lab.outside]
-    return RatePlot([Target(p.netns, p.name) for p in ports], interval=interval, title="NAT host's ports",
-                    names={f"xdp_stats[{i}]": f"fast path: {o}" for i, o in enumerate(OUTCOMES)}, guard=lambda: holding(live))
+    return RatePlot(
+        [Target(p.netns, p.name) for p in ports],
+        interval=interval,
+        title="NAT host's ports",
+        names={f"xdp_stats[{i}]": f"fast path: {o}" for i, o in enumerate(OUTCOMES)},
+        guard=lambda: holding(live),
+    )
 
 
 def flow_view(nat, interval: float = 1.0, limit: int = 50) -> FlowView:

@@ -19,6 +19,7 @@ matplotlib draws off-screen (its Agg canvas, no pyplot state, one figure reused)
 PNG shown by an `ipywidgets.Image`: JupyterLab shows each new one, and a notebook saved with
 its widget state shows the last one without a kernel. `stop()` joins the thread.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +58,16 @@ def series_of(rows: list[dict], names: dict | None = None) -> dict:
 class RatePlot:
     """The live plot of TARGETS (`watch.Target`s); see the module docstring."""
 
-    def __init__(self, targets: list, *, names: dict | None = None, guard=None, window: int = WINDOW,
-                 interval: float = 1.0, title: str = "per-second rates"):
+    def __init__(
+        self,
+        targets: list,
+        *,
+        names: dict | None = None,
+        guard=None,
+        window: int = WINDOW,
+        interval: float = 1.0,
+        title: str = "per-second rates",
+    ):
         watch.check_interval(interval)
         w = widgets()
         self.names, self.window, self.interval, self.title = names or {}, int(window), interval, title
@@ -152,8 +161,15 @@ class RatePlot:
         if shown:
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
         else:
-            ax.text(0.5, 0.5, f"no traffic in the last {self.window} s", transform=ax.transAxes,
-                    ha="center", va="center", color="#666")
+            ax.text(
+                0.5,
+                0.5,
+                f"no traffic in the last {self.window} s",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="#666",
+            )
         buf = io.BytesIO()
         self._figure.savefig(buf, format="png")
         self.image.value = buf.getvalue()
@@ -173,5 +189,6 @@ class RatePlot:
                 self.text.value = "<i>no live plot: the lab was already stopped</i>"
                 return
             self.ticker.stop()
-            self.text.value = (f"<i>the live plot stopped at {time.strftime('%H:%M:%S')}; "
-                               f"it shows the {self.window} s before</i>")
+            self.text.value = (
+                f"<i>the live plot stopped at {time.strftime('%H:%M:%S')}; it shows the {self.window} s before</i>"
+            )

@@ -46,6 +46,7 @@ host `srv` on the outside network 198.51.100.0/24. The NAT host's outside addres
 The XDP variants turn the senders' checksum offload off while they run (XDP sees frames,
 not skbs, and updates checksums as full ones; a NIC never hands XDP a partial checksum).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -88,8 +89,17 @@ NOTEBOOK = "03-ebpf-nat"  # the notebook that runs this experiment
 #: how the comparison and the index show this experiment: small-packet UDP
 VIEW = View(EXPERIMENT, "NAT (small-packet UDP)", NOTEBOOK, select=(("kind", ("udp",)),))
 #: a smoke run: one trial, few packets, one second of TCP (see smoke_clamp)
-SMOKE = {"trials": 1, "udp_count": 30_000, "tcp_seconds": 1.0, "new_flows": 2000, "udp_sizes": 2, "flow_counts": 2,
-         "sweep_count": 20_000, "sweep_trials": 1, "tcp_streams": 4}
+SMOKE = {
+    "trials": 1,
+    "udp_count": 30_000,
+    "tcp_seconds": 1.0,
+    "new_flows": 2000,
+    "udp_sizes": 2,
+    "flow_counts": 2,
+    "sweep_count": 20_000,
+    "sweep_trials": 1,
+    "tcp_streams": 4,
+}
 
 
 @dataclass
@@ -127,10 +137,15 @@ class Params:
         if isinstance(self.variants, list):  # names of earlier runs
             self.variants = [ALIASES.get(v, v) for v in self.variants]
         check_run_shape(self.variants, VARIANTS, self.trials, [self.udp_size], self.udp_count, "udp_count")
-        if not isinstance(self.udp_flows, int) or isinstance(self.udp_flows, bool) or \
-                not 1 <= self.udp_flows <= 65536 - newflows.FIRST_SPORT:
-            raise InputError(f"udp_flows {self.udp_flows!r}: 1..{65536 - newflows.FIRST_SPORT} source ports from "
-                             f"{newflows.FIRST_SPORT}")
+        if (
+            not isinstance(self.udp_flows, int)
+            or isinstance(self.udp_flows, bool)
+            or not 1 <= self.udp_flows <= 65536 - newflows.FIRST_SPORT
+        ):
+            raise InputError(
+                f"udp_flows {self.udp_flows!r}: 1..{65536 - newflows.FIRST_SPORT} source ports from "
+                f"{newflows.FIRST_SPORT}"
+            )
         if not self.tcp_seconds or self.tcp_seconds < 1 or self.tcp_seconds > 60:
             raise InputError(f"tcp_seconds {self.tcp_seconds!r}: 1..60 (iperf3 counts whole seconds)")
         if self.iptables_target not in ("MASQUERADE", "SNAT"):
@@ -141,9 +156,11 @@ class Params:
         tcp.check_streams(self.tcp_streams)
         room = int(0.8 * (self.port_range[1] - self.port_range[0] + 1))
         if self.new_flows > room:
-            raise InputError(f"new_flows {self.new_flows}: all go to one server port, so each takes a port of "
-                             f"the SNAT range {self.port_range[0]}-{self.port_range[1]}; keep it at most {room} "
-                             "(80% of the range), or widen port_range")
+            raise InputError(
+                f"new_flows {self.new_flows}: all go to one server port, so each takes a port of "
+                f"the SNAT range {self.port_range[0]}-{self.port_range[1]}; keep it at most {room} "
+                "(80% of the range), or widen port_range"
+            )
         if self.inventory is not None:
             inventory.parse(self.inventory).require(ROLES, two_interfaces=("dut",))
         if self.smoke:
@@ -169,12 +186,15 @@ def run(data_dir=None, **kwargs) -> Result:
         runs.require_root("the eBPF NAT experiment")
         for tool, pkg in (("ping", "iputils-ping"), ("tcpdump", "tcpdump"), ("iperf3", "iperf3")):
             which(tool, pkg)
-    with (NamespaceNat(p) if p.inventory is None else InventoryNat(p)) as lab:
+    with NamespaceNat(p) if p.inventory is None else InventoryNat(p) as lab:
         cannot = cannot_run(p)
         skipped = lab.skipped(PARTS, switched_off(p), cannot)
         new_flows = 0 if "new flows" in skipped else p.new_flows
-        flow_counts = [f for f in p.flow_counts if f not in sweep.too_many(p.flow_counts, p.generator)[0]] \
-            if p.flow_counts else []
+        flow_counts = (
+            [f for f in p.flow_counts if f not in sweep.too_many(p.flow_counts, p.generator)[0]]
+            if p.flow_counts
+            else []
+        )
         feed = Feed(lab.generator, real_interfaces=not lab.local)
         checking = "correctness checks" not in skipped
         checked = [v for v in p.variants if v in NAT_VARIANTS] if checking else []
@@ -188,8 +208,16 @@ def run(data_dir=None, **kwargs) -> Result:
             return m
 
         def record(variant, size, trial, m):
-            rs.add_measurement(variant, trial, m, kind="udp", offloads=lab.offloads, flows=p.udp_flows,
-                               generator=m.offered.generator or feed.generator, feed=feed.add(m, "client"))
+            rs.add_measurement(
+                variant,
+                trial,
+                m,
+                kind="udp",
+                offloads=lab.offloads,
+                flows=p.udp_flows,
+                generator=m.offered.generator or feed.generator,
+                feed=feed.add(m, "client"),
+            )
 
         trial_loop(p.variants, p.trials, measure_one, record, sizes=[p.udp_size], label=EXPERIMENT, show=p.progress)
         lab.after_trials(rs, flow_counts)
@@ -198,18 +226,40 @@ def run(data_dir=None, **kwargs) -> Result:
         if not lab.local:
             across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is no host's
         for c in checks:
-            rs.add(c["variant"], 0, None, {f"check:{c['check']}": (1.0 if c["ok"] else 0.0, "pass")}, kind="check",
-                   offloads=c["offloads"])
+            rs.add(
+                c["variant"],
+                0,
+                None,
+                {f"check:{c['check']}": (1.0 if c["ok"] else 0.0, "pass")},
+                kind="check",
+                offloads=c["offloads"],
+            )
         lab.caveats(rs, feed.kind, new_flows, cannot)
-        run_dir = rs.save(lab, {"checks": checks, "generator": feed.generator, "feed": feed.metadata(),
-                                "skipped_parts": skipped, "nat": lab.nat_meta()})
+        run_dir = rs.save(
+            lab,
+            {
+                "checks": checks,
+                "generator": feed.generator,
+                "feed": feed.metadata(),
+                "skipped_parts": skipped,
+                "nat": lab.nat_meta(),
+            },
+        )
     table = rs.table
     checks_df = pd.DataFrame(checks, columns=["variant", "check", "ok", "detail", "offloads"])
     text = interpret(table, checks_df, cpu=lab.local, meta=saved_metadata(run_dir))
     if not lab.local:  # CPU blank: left out
         text += "\nCPU per packet: not measured across hosts (see the caveats)."
-    return Result(EXPERIMENT, table, text, rs.caveats, run_dir, p, parts(table, checks_df, lab.flows, skipped),
-                  headline_of=headline)
+    return Result(
+        EXPERIMENT,
+        table,
+        text,
+        rs.caveats,
+        run_dir,
+        p,
+        parts(table, checks_df, lab.flows, skipped),
+        headline_of=headline,
+    )
 
 
 def skipped_parts(p: Params) -> dict:
@@ -220,11 +270,14 @@ def skipped_parts(p: Params) -> dict:
 
 def switched_off(p: Params) -> dict:
     """{part: why} for the optional parts Params P switches off."""
-    off = {"correctness checks": (not p.checks, "checks = False"), "new flows": (not p.new_flows, "new_flows = 0"),
-           "TCP with many connections": (not p.tcp_streams, "tcp_streams = 0"),
-           "UDP sweep by frame size": (not p.udp_sizes, "udp_sizes = []"),
-           "UDP sweep by flow count": (not p.flow_counts, "flow_counts = []"),
-           "programs' own time": (not p.prog_stats, "prog_stats = False")}
+    off = {
+        "correctness checks": (not p.checks, "checks = False"),
+        "new flows": (not p.new_flows, "new_flows = 0"),
+        "TCP with many connections": (not p.tcp_streams, "tcp_streams = 0"),
+        "UDP sweep by frame size": (not p.udp_sizes, "udp_sizes = []"),
+        "UDP sweep by flow count": (not p.flow_counts, "flow_counts = []"),
+        "programs' own time": (not p.prog_stats, "prog_stats = False"),
+    }
     return {part: why for part, (is_off, why) in off.items() if is_off}
 
 
@@ -251,7 +304,13 @@ def parts(table, checks, flows, skipped: dict) -> dict:
 
     have = set(table["kind"].dropna()) if "kind" in table.columns else set()
     out = {kind: table.iloc[0:0] for kind in set(PARTS.values()) | {"udp", "tcp"} if kind not in have}
-    out.update({"checks": checks, "flows": flows,
-                "skipped": pd.DataFrame([(part, kind_of(part), why) for part, why in skipped.items()],
-                                        columns=["part", "kind", "why"])})
+    out.update(
+        {
+            "checks": checks,
+            "flows": flows,
+            "skipped": pd.DataFrame(
+                [(part, kind_of(part), why) for part, why in skipped.items()], columns=["part", "kind", "why"]
+            ),
+        }
+    )
     return out

@@ -1,6 +1,7 @@
 """What the NAT's correctness checks share (`labkit.experiments.nat.checks` holds the checks
 and their table): the `Context` of one variant's run, whose exchanges run once on first
 use, and the typed `CheckResult` each check returns."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,5 +1,6 @@
 """Traffic the NAT's correctness checks exchange through a NatLab, one function each:
 what the ends saw is returned, nothing is asserted (checks.py decides)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -176,8 +177,13 @@ def tcp_many(lab: NatLab, per_client: int = 250, first_port: int = 12000, port: 
             c.close()
         ls.close()
     sent = {f"c{i}:{sport}" for i, sport, _ in socks}
-    return {"want": want, "got": len(got), "sources": {p[0] for p, _ in got},
-            "outside_ports": len({p[1] for p, _ in got}), "intact": {m for _, m in got} == sent}
+    return {
+        "want": want,
+        "got": len(got),
+        "sources": {p[0] for p, _ in got},
+        "outside_ports": len({p[1] for p, _ in got}),
+        "intact": {m for _, m in got} == sent,
+    }
 
 
 BEYOND = "203.0.113.7"  # an address one router past the server (for time exceeded)

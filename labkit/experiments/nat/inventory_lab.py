@@ -30,6 +30,7 @@ UDP from the client's generator (trafgen where `auto`), counted at the server. C
 not measured across hosts (blank, with a caveat); TCP, new flows, the sweep and the
 programs' own time run on one machine only.
 """
+
 from __future__ import annotations
 
 import errno
@@ -63,9 +64,11 @@ class InventoryNat(Undoable):
         self.p = p
         self.generator = "trafgen" if p.generator == "auto" else p.generator  # xdpgen needs its veth peer here
         xdp = any(v.startswith("xdp") for v in p.variants)
-        tools = {"sender": across_hosts.GENERATOR_TOOLS.get(self.generator, []) + ["ping"]
-                 + (["python:bcc"] if xdp else []),
-                 "dut": ["python:bcc", "iptables"], "receiver": ["iptables"] + (["python:bcc"] if xdp else [])}
+        tools = {
+            "sender": across_hosts.GENERATOR_TOOLS.get(self.generator, []) + ["ping"] + (["python:bcc"] if xdp else []),
+            "dut": ["python:bcc", "iptables"],
+            "receiver": ["iptables"] + (["python:bcc"] if xdp else []),
+        }
         self.bed = Testbed(p.inventory, ROLES, tools, two_interfaces=("dut",))
         self.prefix, self.flows = self.bed.prefix, None
 
@@ -88,43 +91,65 @@ class InventoryNat(Undoable):
         where = {"client": self.client, "server": self.server, "NAT inside": self.inside, "NAT outside": self.outside}
         for role, end in where.items():
             if not end.address:
-                raise InputError(f"{bed.inventory.path}: interface {end.name} of host {end.host.name} ({role}) has no "
-                                 "IPv4 address: configure one there (the NAT's networks are read from the interfaces)")
+                raise InputError(
+                    f"{bed.inventory.path}: interface {end.name} of host {end.host.name} ({role}) has no "
+                    "IPv4 address: configure one there (the NAT's networks are read from the interfaces)"
+                )
         self.inside_net, self.outside_net = _network(self.inside), _network(self.outside)
         for end, net, side in ((self.client, self.inside_net, "inside"), (self.server, self.outside_net, "outside")):
             if ipaddress.ip_address(end.address) not in net:
-                raise InputError(f"{bed.inventory.path}: {end.host.name}'s address {end.address} ({end.name}) is not "
-                                 f"on the NAT's {side} network {net} ({self.dut.name}): address them on one network")
+                raise InputError(
+                    f"{bed.inventory.path}: {end.host.name}'s address {end.address} ({end.name}) is not "
+                    f"on the NAT's {side} network {net} ({self.dut.name}): address them on one network"
+                )
         if self.inside_net.overlaps(self.outside_net):
-            raise InputError(f"{bed.inventory.path}: the NAT's inside network {self.inside_net} and outside network "
-                             f"{self.outside_net} overlap on {self.dut.name}: a NAT needs them apart")
+            raise InputError(
+                f"{bed.inventory.path}: the NAT's inside network {self.inside_net} and outside network "
+                f"{self.outside_net} overlap on {self.dut.name}: a NAT needs them apart"
+            )
         if self.dut.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() != "1":
-            raise InputError(f"host {self.dut.name} (role dut) does not forward IPv4 (net.ipv4.ip_forward = 0): a "
-                             "NAT host routes; set it there (sysctl -w net.ipv4.ip_forward=1, and in /etc/sysctl.d "
-                             "to keep it)")
+            raise InputError(
+                f"host {self.dut.name} (role dut) does not forward IPv4 (net.ipv4.ip_forward = 0): a "
+                "NAT host routes; set it there (sysctl -w net.ipv4.ip_forward=1, and in /etc/sysctl.d "
+                "to keep it)"
+            )
 
     # ---- what the run reads
     def metadata(self) -> dict:
         return self.bed.metadata()
 
     def nat_meta(self) -> dict:
-        return {"inside": str(self.inside_net), "outside": str(self.outside_net), "client": self.client.address,
-                "server": self.server.address, "snat_address": self.outside.address, "port_range": self.p.port_range}
+        return {
+            "inside": str(self.inside_net),
+            "outside": str(self.outside_net),
+            "client": self.client.address,
+            "server": self.server.address,
+            "snat_address": self.outside.address,
+            "port_range": self.p.port_range,
+        }
 
     def skipped(self, parts, switched_off: dict, cannot_run: dict) -> dict:
-        return {**{part: "across hosts: it runs on one machine only" for part in parts
-                   if part != "correctness checks"}, **switched_off}
+        return {
+            **{part: "across hosts: it runs on one machine only" for part in parts if part != "correctness checks"},
+            **switched_off,
+        }
 
     def caveats(self, rs, feed_kind, new_flows: int, cannot_run: dict) -> None:
-        rs.caveat(f"across hosts (client {self.client.host.name} -> NAT {self.dut.name} -> server "
-                  f"{self.server.host.name}): small-packet UDP rates and the checks (ping, a UDP exchange) only; CPU "
-                  "is not measured across hosts (blank), the TCP, new-flow, sweep and program-time trials ran on one "
-                  "machine only, and `offloads` was not applied (the hosts' own settings)")
-        rs.caveat("the checks ran after the trials: the DUT is not rebuilt between variants, and once netfilter's NAT "
-                  "table is used there, connection tracking stays hooked in and would tax every trial after it")
+        rs.caveat(
+            f"across hosts (client {self.client.host.name} -> NAT {self.dut.name} -> server "
+            f"{self.server.host.name}): small-packet UDP rates and the checks (ping, a UDP exchange) only; CPU "
+            "is not measured across hosts (blank), the TCP, new-flow, sweep and program-time trials ran on one "
+            "machine only, and `offloads` was not applied (the hosts' own settings)"
+        )
+        rs.caveat(
+            "the checks ran after the trials: the DUT is not rebuilt between variants, and once netfilter's NAT "
+            "table is used there, connection tracking stays hooked in and would tax every trial after it"
+        )
         if self.p.generator == "auto":
-            rs.caveat(f"generator auto across hosts: {self.generator} (the in-kernel generator needs its veth peer, "
-                      "which is on another host)")
+            rs.caveat(
+                f"generator auto across hosts: {self.generator} (the in-kernel generator needs its veth peer, "
+                "which is on another host)"
+            )
 
     # ---- variants, checks, trials
     @contextmanager
@@ -158,19 +183,24 @@ class InventoryNat(Undoable):
         snat, out = self.outside.address, []
 
         def add(check, ok, detail):
-            out.append({"variant": variant, "check": check, "ok": bool(ok), "detail": detail,
-                        "offloads": self.offloads})
+            out.append(
+                {"variant": variant, "check": check, "ok": bool(ok), "detail": detail, "offloads": self.offloads}
+            )
 
-        cp = self.client.host.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", self.server.address], check=False,
-                                  timeout=20)
+        cp = self.client.host.run(
+            ["ping", "-c", "3", "-i", "0.2", "-W", "2", self.server.address], check=False, timeout=20
+        )
         add("ping", cp.returncode == 0, (cp.stdout.strip().splitlines() or ["no output"])[-1])
         with self.bed.hold("receiver", udp_echo, ECHO_PORT) as echo:
             back = self.client.host.call(echo_exchange, self.server.address, ECHO_PORT, ECHO_SPORT, ECHO_COUNT)
             seen = echo("seen")
         sources = sorted({s[0] for s in seen})
-        add("udp_exchange", back == ECHO_COUNT and sources == [snat],
+        add(
+            "udp_exchange",
+            back == ECHO_COUNT and sources == [snat],
             f"{back}/{ECHO_COUNT} echoed back; the server saw source {', '.join(sources) or 'nothing'} "
-            f"(SNAT address {snat})")
+            f"(SNAT address {snat})",
+        )
         return out
 
     @contextmanager
@@ -193,20 +223,44 @@ class _Trial:
         from labkit import measure, traffic
 
         lab, p, counter = self.lab, self.lab.p, self.counter
-        spec = traffic.TrafficSpec(lab.client.mac, lab.inside.mac, lab.client.address, lab.server.address,
-                                   size=p.udp_size, count=p.udp_count, flows=p.udp_flows, sport=1024,
-                                   dport=FLOOD_PORT, timeout_s=p.timeout_s).validate()
+        spec = traffic.TrafficSpec(
+            lab.client.mac,
+            lab.inside.mac,
+            lab.client.address,
+            lab.server.address,
+            size=p.udp_size,
+            count=p.udp_count,
+            flows=p.udp_flows,
+            sport=1024,
+            dport=FLOOD_PORT,
+            timeout_s=p.timeout_s,
+        ).validate()
         feed.generator = lab.gen.name
         before = counter("counts")
-        m = measure.run_trial(lambda: lab.gen.send(spec), lambda: counter("counts")["expected"], size=p.udp_size,
-                              probes={"client": measure.link_probe(lab.client), "srv": measure.link_probe(lab.server),
-                                      "nat_in": measure.link_probe(lab.inside),
-                                      "nat_out": measure.link_probe(lab.outside)},
-                              offered_probe=("client", "tx_packets"))
+        m = measure.run_trial(
+            lambda: lab.gen.send(spec),
+            lambda: counter("counts")["expected"],
+            size=p.udp_size,
+            probes={
+                "client": measure.link_probe(lab.client),
+                "srv": measure.link_probe(lab.server),
+                "nat_in": measure.link_probe(lab.inside),
+                "nat_out": measure.link_probe(lab.outside),
+            },
+            offered_probe=("client", "tx_packets"),
+        )
         after = counter("counts")
         other = (after["all"] - before["all"]) - (after["expected"] - before["expected"])
-        rs.add(variant, trial, p.udp_size, {"server_other_source": (other, "packets")}, kind="udp",
-               offloads=lab.offloads, flows=p.udp_flows, generator=lab.gen.name)
+        rs.add(
+            variant,
+            trial,
+            p.udp_size,
+            {"server_other_source": (other, "packets")},
+            kind="udp",
+            offloads=lab.offloads,
+            flows=p.udp_flows,
+            generator=lab.gen.name,
+        )
         return m
 
     def extra(self, rs, variant: str, trial: int, new_flows: int) -> None:
@@ -232,8 +286,18 @@ def dut_variant(ports, variant: str, port_range: list, iptables_target: str):
         nat = None
         if variant in ("tc_nat", "xdp_nat"):
             nat = stack.enter_context(Nat(inside_net, outside_net, outside.address, tuple(port_range)))
-        stack.enter_context(on_nat_host(variant, inside.host, [inside], outside, nat, iptables_target=iptables_target,
-                                        inside_net=inside_net, snat_address=outside.address))
+        stack.enter_context(
+            on_nat_host(
+                variant,
+                inside.host,
+                [inside],
+                outside,
+                nat,
+                iptables_target=iptables_target,
+                inside_net=inside_net,
+                snat_address=outside.address,
+            )
+        )
         yield variant
 
 
@@ -289,10 +353,13 @@ def xdp_end(iface):
         m = stack.enter_context(Minimal())
         stack.enter_context(bpf.attach_xdp(iface, m.pass_(), "native"))
         if offload:  # `labkit clean` turns it back on
-            stack.enter_context(runs.foreign_change(
-                {"kind": "offload", "ifname": ifname, "feature": "tx"},
-                lambda: host.run(["ethtool", "-K", ifname, "tx", "off"], timeout=10),
-                lambda: host.run(["ethtool", "-K", ifname, "tx", "on"], check=False, timeout=10)))
+            stack.enter_context(
+                runs.foreign_change(
+                    {"kind": "offload", "ifname": ifname, "feature": "tx"},
+                    lambda: host.run(["ethtool", "-K", ifname, "tx", "off"], timeout=10),
+                    lambda: host.run(["ethtool", "-K", ifname, "tx", "on"], check=False, timeout=10),
+                )
+            )
         yield "veth"
 
 
@@ -311,8 +378,10 @@ def server_counter(iface, source: str, dport: int):
     from labkit.testbed import netfilter
 
     match = ["-i", iface.name, "-p", "udp", "--dport", str(dport)]
-    with netfilter.rule(iface.host, "raw", "PREROUTING", *match, "-s", source, "-j", "DROP") as expected, \
-            netfilter.rule(iface.host, "raw", "PREROUTING", *match) as every:  # first: counts, then goes on
+    with (
+        netfilter.rule(iface.host, "raw", "PREROUTING", *match, "-s", source, "-j", "DROP") as expected,
+        netfilter.rule(iface.host, "raw", "PREROUTING", *match) as every,
+    ):  # first: counts, then goes on
         yield _Counts(expected, every)
 
 

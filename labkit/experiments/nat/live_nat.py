@@ -4,6 +4,7 @@ One is live per kernel: making a new one (running the cell again, or Run All) cl
 old one first. After `close()` nothing it offers touches the kernel again: `traffic()`
 refuses, and the widgets built on its NAT (labkit.widgets.nat) disable their controls.
 """
+
 from __future__ import annotations
 
 from contextlib import ExitStack
@@ -52,8 +53,9 @@ class LiveNat(LiveLab):
                 self._stack.enter_context(self.lab.ebpf(self.nat))
             # the static mappings' outside addresses are answered by the NAT's outside port
             for i in range(1, MAX_CLIENTS + 1):
-                self._stack.enter_context(topology.address(self.lab.topo.host("nat"), self.lab.outside.name,
-                                                   f"198.51.100.{9 + i}/32"))
+                self._stack.enter_context(
+                    topology.address(self.lab.topo.host("nat"), self.lab.outside.name, f"198.51.100.{9 + i}/32")
+                )
         except BaseException:
             self._stack.close()
             raise

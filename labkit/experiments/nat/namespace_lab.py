@@ -24,8 +24,10 @@ from labkit.testbed.undo import Undoable
 
 UDP_LOAD = "UDP load"  # what the goal trial's generator serves, in the run's record of choices
 #: the eBPF programs whose own time the run reads, per variant: (program, kind) by role
-PROGRAMS = {"tc_nat": {"nat_egress": ("nat_egress", "tc"), "nat_ingress": ("nat_ingress", "tc")},
-            "xdp_nat": {"xdp_nat_outbound": ("xdp_nat_outbound", "xdp"), "xdp_nat_inbound": ("xdp_nat_inbound", "xdp")}}
+PROGRAMS = {
+    "tc_nat": {"nat_egress": ("nat_egress", "tc"), "nat_ingress": ("nat_ingress", "tc")},
+    "xdp_nat": {"xdp_nat_outbound": ("xdp_nat_outbound", "xdp"), "xdp_nat_inbound": ("xdp_nat_inbound", "xdp")},
+}
 
 
 class NamespaceNat(Undoable):
@@ -59,8 +61,12 @@ class NamespaceNat(Undoable):
         return self.topo_meta
 
     def nat_meta(self) -> dict:
-        return {"inside": INSIDE_NET, "outside": OUTSIDE_NET, "snat_address": NAT_OUTSIDE,
-                "port_range": self.p.port_range}
+        return {
+            "inside": INSIDE_NET,
+            "outside": OUTSIDE_NET,
+            "snat_address": NAT_OUTSIDE,
+            "port_range": self.p.port_range,
+        }
 
     def skipped(self, parts, switched_off: dict, cannot_run: dict) -> dict:
         return {**switched_off, **cannot_run}
@@ -69,29 +75,41 @@ class NamespaceNat(Undoable):
         from labkit.experiments import FEED_MEANS, FEED_SKB
 
         p = self.p
-        rs.caveat("namespace testbed: clients, NAT and server share this machine's CPUs; CPU time is the whole "
-                  "machine's (the NAT's share is the difference between variants), so compare variants as ratios "
-                  "within this run, not as absolute numbers")
-        rs.caveat("each variant ran on a freshly built testbed, so netfilter's connection tracking (hooked into a "
-                  "namespace once its NAT table is used) did not tax the variants after it")
+        rs.caveat(
+            "namespace testbed: clients, NAT and server share this machine's CPUs; CPU time is the whole "
+            "machine's (the NAT's share is the difference between variants), so compare variants as ratios "
+            "within this run, not as absolute numbers"
+        )
+        rs.caveat(
+            "each variant ran on a freshly built testbed, so netfilter's connection tracking (hooked into a "
+            "namespace once its NAT table is used) did not tax the variants after it"
+        )
         if {"xdp_nat", "xdp_routing"} & set(p.variants):
-            rs.caveat("the XDP variants turned the senders' checksum offload off while they ran (XDP updates "
-                      "checksums as full ones); on a veth testbed XDP frames are built from skbs by the sender, so "
-                      "native XDP here is no NIC's XDP: compare the variants with each other, not with NIC numbers")
+            rs.caveat(
+                "the XDP variants turned the senders' checksum offload off while they ran (XDP updates "
+                "checksums as full ones); on a veth testbed XDP frames are built from skbs by the sender, so "
+                "native XDP here is no NIC's XDP: compare the variants with each other, not with NIC numbers"
+            )
         if p.server_sink:
-            rs.caveat("the server dropped the UDP floods at XDP (native, every variant alike): their CPU time per "
-                      "packet is the generator's and the NAT host's; with server_sink=False it includes the server's "
-                      "stack (a closed port, answered with ICMP), as in runs before this option")
+            rs.caveat(
+                "the server dropped the UDP floods at XDP (native, every variant alike): their CPU time per "
+                "packet is the generator's and the NAT host's; with server_sink=False it includes the server's "
+                "stack (a closed port, answered with ICMP), as in runs before this option"
+            )
         if new_flows:
-            rs.caveat(f"new-flow trial: {new_flows} packets from c1, each from a source port of its own, one "
-                      "sending CPU: packets forwarded per second is the rate at which flows were set up")
+            rs.caveat(
+                f"new-flow trial: {new_flows} packets from c1, each from a source port of its own, one "
+                "sending CPU: packets forwarded per second is the rate at which flows were set up"
+            )
         if feed_kind == FEED_SKB and {"xdp_nat", "xdp_routing"} & set(p.variants):
             rs.caveat(f"the NAT's inside port got {FEED_SKB} from the generator: {FEED_MEANS[FEED_SKB]}")
         for part, why in cannot_run.items():
             rs.caveat(f"{part}: not measured: {why}")
         if p.offloads == "on":
-            rs.caveat("offloads=on: packets carry partial checksums end to end and no receiver verifies them; "
-                      "use offloads='mixed' or 'off' to check checksums")
+            rs.caveat(
+                "offloads=on: packets carry partial checksums end to end and no receiver verifies them; "
+                "use offloads='mixed' or 'off' to check checksums"
+            )
 
     # ---- checks, trials, the parts after them
     def check_all(self, variants) -> list[dict]:
@@ -130,16 +148,37 @@ class _Trial:
     def udp(self, rs, variant: str, trial: int, feed) -> measure.Measurement:
         p, lab, clock = self.owner.p, self.lab, self.owner.clock
         src, nat_in, out, srv = lab.client_iface(1), lab.inside(1), lab.outside, lab.server_iface
-        spec = traffic.TrafficSpec(src.mac, nat_in.mac, client_addr(1), SERVER, size=p.udp_size, count=p.udp_count,
-                                   flows=p.udp_flows, sport=1024, dport=9, timeout_s=p.timeout_s).validate()
-        with traffic.generator(p.generator, src, UDP_LOAD) as gen, \
-                (lab.server_sink() if p.server_sink else nullcontext()):
+        spec = traffic.TrafficSpec(
+            src.mac,
+            nat_in.mac,
+            client_addr(1),
+            SERVER,
+            size=p.udp_size,
+            count=p.udp_count,
+            flows=p.udp_flows,
+            sport=1024,
+            dport=9,
+            timeout_s=p.timeout_s,
+        ).validate()
+        with (
+            traffic.generator(p.generator, src, UDP_LOAD) as gen,
+            lab.server_sink() if p.server_sink else nullcontext(),
+        ):
             feed.generator = gen.name
             out_probe = measure.link_probe(out, ethtool=False)
-            return measure.run_trial(lambda: gen.send(spec), lambda: out_probe()["tx_packets"], size=p.udp_size,
-                                     probes={"client": measure.link_probe(src), "nat_in": measure.link_probe(nat_in),
-                                             "nat_out": measure.link_probe(out), "srv": measure.link_probe(srv)},
-                                     offered_probe=("client", "tx_packets"), clock=clock)
+            return measure.run_trial(
+                lambda: gen.send(spec),
+                lambda: out_probe()["tx_packets"],
+                size=p.udp_size,
+                probes={
+                    "client": measure.link_probe(src),
+                    "nat_in": measure.link_probe(nat_in),
+                    "nat_out": measure.link_probe(out),
+                    "srv": measure.link_probe(srv),
+                },
+                offered_probe=("client", "tx_packets"),
+                clock=clock,
+            )
 
     def extra(self, rs, variant: str, trial: int, new_flows: int) -> None:
         p, lab, clock = self.owner.p, self.lab, self.owner.clock

@@ -13,6 +13,7 @@ Any generator that sends every source port once per `count` frames can feed it
 (`sweep.FLOW_CAPACITY`): with ``auto`` the one the capability probes pick here; where that
 one cannot send so many ports, the run leaves the trial out and says why (`unavailable`).
 """
+
 from __future__ import annotations
 
 from labkit import measure, traffic
@@ -28,8 +29,9 @@ def check(count: int, generator: str) -> None:
     """A new-flow count this testbed and a generator named in GENERATOR can send as distinct
     flows ('auto': checked when the run starts, see `unavailable`)."""
     if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 65535 - FIRST_SPORT:
-        raise InputError(f"new_flows {count!r}: 0 (skip the new-flow trial) .. {65535 - FIRST_SPORT} "
-                         "(one source port per flow)")
+        raise InputError(
+            f"new_flows {count!r}: 0 (skip the new-flow trial) .. {65535 - FIRST_SPORT} (one source port per flow)"
+        )
     if count and generator != "auto":
         many, why = sweep.too_many([count], generator, PART)
         if many:
@@ -45,11 +47,31 @@ def new_flow_trial(lab: NatLab, generator: str, count: int, clock, timeout_s: fl
     """COUNT packets from c1, each from a source port of its own (one sending CPU, so the
     sequence of flows is walked once): COUNT new flows through the variant in place."""
     src, nat_in, out, srv = lab.client_iface(1), lab.inside(1), lab.outside, lab.server_iface
-    spec = traffic.TrafficSpec(src.mac, nat_in.mac, client_addr(1), SERVER, size=64, count=count, flows=count,
-                               sport=FIRST_SPORT, dport=9, timeout_s=timeout_s, cpus=1).validate()
+    spec = traffic.TrafficSpec(
+        src.mac,
+        nat_in.mac,
+        client_addr(1),
+        SERVER,
+        size=64,
+        count=count,
+        flows=count,
+        sport=FIRST_SPORT,
+        dport=9,
+        timeout_s=timeout_s,
+        cpus=1,
+    ).validate()
     with traffic.generator(generator, src, PART) as gen:
         out_probe = measure.link_probe(out, ethtool=False)
-        return measure.run_trial(lambda: gen.send(spec), lambda: out_probe()["tx_packets"], size=64,
-                                 probes={"client": measure.link_probe(src), "nat_in": measure.link_probe(nat_in),
-                                         "nat_out": measure.link_probe(out), "srv": measure.link_probe(srv)},
-                                 offered_probe=("client", "tx_packets"), clock=clock)
+        return measure.run_trial(
+            lambda: gen.send(spec),
+            lambda: out_probe()["tx_packets"],
+            size=64,
+            probes={
+                "client": measure.link_probe(src),
+                "nat_in": measure.link_probe(nat_in),
+                "nat_out": measure.link_probe(out),
+                "srv": measure.link_probe(srv),
+            },
+            offered_probe=("client", "tx_packets"),
+            clock=clock,
+        )

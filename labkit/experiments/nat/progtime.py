@@ -6,6 +6,7 @@ statistics add themselves (their clock reads, measured on a bare program).
 `prog_own_ns_per_pkt:NAME` net of the floor, `prog_stats_floor_ns`); `sentences` reads
 them back against the goal of 100 ns each.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -51,8 +52,18 @@ def measure(lab, nat, programs: dict, p, variant: str, rs) -> None:
     one under the server's UDP load back to one of those flows (its SNAT address and port)."""
     src, nat_in, srv = lab.client_iface(1), lab.inside(1), lab.server_iface
     count = max(10_000, p.udp_count // 2)
-    out_spec = traffic.TrafficSpec(src.mac, nat_in.mac, client_addr(1), SERVER, size=p.udp_size, count=count,
-                                   flows=p.udp_flows, sport=1024, dport=9, timeout_s=p.timeout_s).validate()
+    out_spec = traffic.TrafficSpec(
+        src.mac,
+        nat_in.mac,
+        client_addr(1),
+        SERVER,
+        size=p.udp_size,
+        count=count,
+        flows=p.udp_flows,
+        sport=1024,
+        dport=9,
+        timeout_s=p.timeout_s,
+    ).validate()
     (out_name, out_fn), (in_name, in_fn) = [(n, nat.program.function(f, k)) for n, (f, k) in programs.items()]
     windows = {}
     with bpf_run_time_stats():
@@ -62,8 +73,17 @@ def measure(lab, nat, programs: dict, p, variant: str, rs) -> None:
             windows[out_name] = (before, prog_run_stats(out_fn))
         flow = next((f for f in nat.flows() if f.proto == "udp" and f.inside_port == 1024), None)
         if flow is not None:
-            in_spec = traffic.TrafficSpec(srv.mac, lab.outside.mac, SERVER, flow.nat_address, size=p.udp_size,
-                                          count=count, sport=9, dport=flow.nat_port, timeout_s=p.timeout_s).validate()
+            in_spec = traffic.TrafficSpec(
+                srv.mac,
+                lab.outside.mac,
+                SERVER,
+                flow.nat_address,
+                size=p.udp_size,
+                count=count,
+                sport=9,
+                dport=flow.nat_port,
+                timeout_s=p.timeout_s,
+            ).validate()
             with traffic.generator(p.generator, srv, PART) as gen:
                 before = prog_run_stats(in_fn)
                 gen.send(in_spec)  # UDP back to one flow: the inbound program translates every packet
@@ -72,9 +92,18 @@ def measure(lab, nat, programs: dict, p, variant: str, rs) -> None:
     for name, (b, a) in windows.items():
         dt, dn = a[0] - b[0], a[1] - b[1]
         raw = dt / dn if dn else float("nan")
-        rs.add(variant, 0, p.udp_size, {f"prog_ns_per_pkt:{name}": (raw, "ns/packet"),
-                                        f"prog_own_ns_per_pkt:{name}": (raw - floor, "ns/packet"),
-                                        f"prog_runs:{name}": (dn, "packets")}, kind="prog", offloads=p.offloads)
+        rs.add(
+            variant,
+            0,
+            p.udp_size,
+            {
+                f"prog_ns_per_pkt:{name}": (raw, "ns/packet"),
+                f"prog_own_ns_per_pkt:{name}": (raw - floor, "ns/packet"),
+                f"prog_runs:{name}": (dn, "packets"),
+            },
+            kind="prog",
+            offloads=p.offloads,
+        )
     rs.add(variant, 0, p.udp_size, {"prog_stats_floor_ns": (floor, "ns/run")}, kind="prog", offloads=p.offloads)
 
 
@@ -85,8 +114,18 @@ def stats_floor_ns(repeat: int = 100_000) -> float:
     `bpf_run_time_stats`."""
     from labkit import packets
 
-    frame = packets.build(packets.FrameSpec("02:00:00:00:00:02", "02:00:00:00:00:01", "10.11.0.1", "10.11.0.2",
-                                            proto="udp", sport=1024, dport=9, size=64))
+    frame = packets.build(
+        packets.FrameSpec(
+            "02:00:00:00:00:02",
+            "02:00:00:00:00:01",
+            "10.11.0.1",
+            "10.11.0.2",
+            proto="udp",
+            sport=1024,
+            dport=9,
+            size=64,
+        )
+    )
     per_run = []
     with bpf.load("xdp_minimal") as prog:
         fn = prog.function("xdp_drop_bare")
@@ -108,8 +147,13 @@ def sentences(table) -> list[str]:
     floor = table[table["measure"] == "prog_stats_floor_ns"]["value"]
     use = own if len(own) else raw
     each = ", ".join(f"{m.split(':', 1)[1]} {v:.0f} ns" for m, v in zip(use["measure"], use["value"]))
-    how = (f"BPF run-time statistics ({', '.join(f'{v:.0f}' for v in raw['value'])} ns as read) less their own "
-           f"clock reads ({floor.mean():.0f} ns per run, what they report for a bare XDP_DROP program)"
-           if len(own) and len(floor) else "BPF run-time statistics, which include their own clock reads")
-    return [f"The eBPF programs' own time per packet on the real path ({how}): {each}; goal ≤ 100 ns each: "
-            f"{'met' if use['value'].max() <= 100 else 'not met'}."]
+    how = (
+        f"BPF run-time statistics ({', '.join(f'{v:.0f}' for v in raw['value'])} ns as read) less their own "
+        f"clock reads ({floor.mean():.0f} ns per run, what they report for a bare XDP_DROP program)"
+        if len(own) and len(floor)
+        else "BPF run-time statistics, which include their own clock reads"
+    )
+    return [
+        f"The eBPF programs' own time per packet on the real path ({how}): {each}; goal ≤ 100 ns each: "
+        f"{'met' if use['value'].max() <= 100 else 'not met'}."
+    ]

@@ -35,6 +35,7 @@ drops the packet at confirmation, counted in its ``insert_failed`` statistic),
 and every packet of a refused flow tries again. The rates at such a point are
 therefore those of a NAT out of ports, said so in a caveat and in the interpretation.
 """
+
 from __future__ import annotations
 
 from labkit import measure, traffic
@@ -71,8 +72,12 @@ def too_many(flows: list, generator: str, purpose: str = PURPOSE) -> tuple[list,
     """The flow counts of FLOWS that GENERATOR cannot send as distinct source ports, and why."""
     name, top = capacity(generator, purpose)
     many = [f for f in flows if f > top]
-    return many, (f"the {name!r} generator sends at most {top} distinct source port{'s' if top > 1 else ''} "
-                  f"(generators that send every port: {', '.join(sorted(FLOW_CAPACITY))})" if many else "")
+    return many, (
+        f"the {name!r} generator sends at most {top} distinct source port{'s' if top > 1 else ''} "
+        f"(generators that send every port: {', '.join(sorted(FLOW_CAPACITY))})"
+        if many
+        else ""
+    )
 
 
 def first_sport(flows: int) -> int:
@@ -101,8 +106,9 @@ def check(udp_sizes, flow_counts, count, trials, generator: str) -> None:
     if generator != "auto" and flow_counts:
         many, why = too_many(flow_counts, generator)
         if many:
-            raise InputError(f"flow_counts {many}: {why}; keep flow_counts within it, or use one of those "
-                             "generators (or 'auto')")
+            raise InputError(
+                f"flow_counts {many}: {why}; keep flow_counts within it, or use one of those generators (or 'auto')"
+            )
 
 
 def beyond(flow_counts: list, generator: str) -> dict:
@@ -118,8 +124,10 @@ def beyond(flow_counts: list, generator: str) -> dict:
 def check_count(count: int, flow_counts: list) -> None:
     """Every flow sends at least once per point."""
     if flow_counts and count < max(flow_counts):
-        raise InputError(f"sweep_count {count}: below the largest flow count {max(flow_counts)}, so some flows "
-                         "would send nothing; send at least that many packets per point")
+        raise InputError(
+            f"sweep_count {count}: below the largest flow count {max(flow_counts)}, so some flows "
+            "would send nothing; send at least that many packets per point"
+        )
 
 
 def points(udp_sizes: list, flow_counts: list, size: int, flows: int) -> list[tuple[int, int]]:
@@ -185,9 +193,14 @@ def _sentence(t, key: str, unit: str, a: str = "xdp_nat", b: str = "iptables") -
             rc = cpu.loc[(a, k), "mean"] / cpu.loc[(b, k), "mean"]
         except (KeyError, ZeroDivisionError):
             continue
-        parts.append(f"{int(k)}{unit if k != 1 else unit.rstrip('s')}: {ra:.2f}× the rate, {rc:.2f}× the CPU per packet")
-    return f"{a} against {b} by {'frame size' if key == 'size' else 'flow count'}: " + "; ".join(parts) + "." \
-        if parts else None
+        parts.append(
+            f"{int(k)}{unit if k != 1 else unit.rstrip('s')}: {ra:.2f}× the rate, {rc:.2f}× the CPU per packet"
+        )
+    return (
+        f"{a} against {b} by {'frame size' if key == 'size' else 'flow count'}: " + "; ".join(parts) + "."
+        if parts
+        else None
+    )
 
 
 def interpret(table) -> str:
@@ -204,31 +217,54 @@ def interpret(table) -> str:
         pps = _means(f, "processed_pps", "flows")
         lo_, hi_ = (min(f["flows"]), max(f["flows"])) if len(f) else (None, None)
         if lo_ is not None and lo_ != hi_:
-            kept = [f"{v} {pps.loc[(v, hi_), 'mean'] / pps.loc[(v, lo_), 'mean']:.0%}"
-                    for v in dict.fromkeys(f["variant"]) if (v, hi_) in pps.index and (v, lo_) in pps.index]
-            lines.append(f"From {int(lo_)} to {int(hi_)} flows each variant keeps this share of its rate: "
-                         + ", ".join(kept) + ".")
+            kept = [
+                f"{v} {pps.loc[(v, hi_), 'mean'] / pps.loc[(v, lo_), 'mean']:.0%}"
+                for v in dict.fromkeys(f["variant"])
+                if (v, hi_) in pps.index and (v, lo_) in pps.index
+            ]
+            lines.append(
+                f"From {int(lo_)} to {int(hi_)} flows each variant keeps this share of its rate: "
+                + ", ".join(kept)
+                + "."
+            )
         setup = f[f["measure"] == "flows_set_up"].groupby(["variant", "flows"])["value"].mean()
         refused = f[f["measure"] == "refused_pkts"].groupby(["variant", "flows"])["value"].mean()
         short = [(v, n) for (v, n), got in setup.items() if got < 0.99 * n]
         if short:
-            lines.append("Flows beyond the port range were refused: " + "; ".join(
-                f"{v} at {int(n)} flows set up {setup[(v, n)]:.0f} and refused {refused.get((v, n), float('nan')):.0f} "
-                "packets" for v, n in short) + ".")
+            lines.append(
+                "Flows beyond the port range were refused: "
+                + "; ".join(
+                    f"{v} at {int(n)} flows set up {setup[(v, n)]:.0f} and refused {refused.get((v, n), float('nan')):.0f} "
+                    "packets"
+                    for v, n in short
+                )
+                + "."
+            )
         lim = t[(t["measure"] == "processed_pps") & t["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]
         if len(lim):
-            lines.append("Generator-limited sweep points (rates are lower bounds): " + ", ".join(
-                f"{r.variant} {int(r.size)} B/{flows_label(r.flows)}"
-                for r in lim.drop_duplicates(["variant", "size", "flows"]).itertuples()) + ".")
+            lines.append(
+                "Generator-limited sweep points (rates are lower bounds): "
+                + ", ".join(
+                    f"{r.variant} {int(r.size)} B/{flows_label(r.flows)}"
+                    for r in lim.drop_duplicates(["variant", "size", "flows"]).itertuples()
+                )
+                + "."
+            )
     tcp = table[table["kind"] == "tcp_streams"] if {"kind", "flows"} <= set(table.columns) else table.iloc[0:0]
     if len(tcp):
         mb, ck = _means(tcp, "tcp_mbps", "flows"), _means(tcp, "tcp_net_rx_ns_per_kb", "flows")
         n = int(mb.index[0][1])
         base = mb.loc[("iptables", n), "mean"] if ("iptables", n) in mb.index else float("nan")
-        lines.append(f"TCP with {n} concurrent connections (iperf3 -P; mean, min–max over trials): " + ", ".join(
-            f"{v} {r['mean']:.0f} Mbit/s ({r['min']:.0f}–{r['max']:.0f}"
-            + (f", {r['mean'] / base:.2f}× iptables" if v != "iptables" and base == base else "")
-            + f"; {ck.loc[(v, k), 'mean']:.0f} ns NET_RX per kB)" for (v, k), r in mb.iterrows()) + ".")
+        lines.append(
+            f"TCP with {n} concurrent connections (iperf3 -P; mean, min–max over trials): "
+            + ", ".join(
+                f"{v} {r['mean']:.0f} Mbit/s ({r['min']:.0f}–{r['max']:.0f}"
+                + (f", {r['mean'] / base:.2f}× iptables" if v != "iptables" and base == base else "")
+                + f"; {ck.loc[(v, k), 'mean']:.0f} ns NET_RX per kB)"
+                for (v, k), r in mb.iterrows()
+            )
+            + "."
+        )
         lines += _xdp_tcp_sentence(mb, ck, n)
     return "\n".join(lines)
 
@@ -237,14 +273,23 @@ def _xdp_tcp_sentence(mb, ck, n: int) -> list[str]:
     """Why the XDP variants carry TCP slower than the kernel path on a veth testbed, when
     they do: read from xdp_routing against routing (the same forwarding, no NAT)."""
     have = {v for v, _ in mb.index}
-    if not {"xdp_routing", "routing"} <= have or mb.loc[("xdp_routing", n), "mean"] >= 0.9 * mb.loc[("routing", n), "mean"]:
+    if (
+        not {"xdp_routing", "routing"} <= have
+        or mb.loc[("xdp_routing", n), "mean"] >= 0.9 * mb.loc[("routing", n), "mean"]
+    ):
         return []
     xr, r = mb.loc[("xdp_routing", n), "mean"], mb.loc[("routing", n), "mean"]
-    nat_cost = (f"; the translation itself costs xdp_nat {ck.loc[('xdp_nat', n), 'mean'] - ck.loc[('xdp_routing', n), 'mean']:+.0f} "
-                "ns NET_RX per kB beyond xdp_routing" if "xdp_nat" in have else "")
-    return [f"TCP through the XDP path is slower here before any NAT: xdp_routing {xr:.0f} Mbit/s vs routing {r:.0f} "
-            f"({xr / r:.2f}×). While an XDP variant runs, the senders' checksum offload is off (XDP rewrites full "
-            "checksums), which also turns off their segmentation offload, so TCP crosses the veths as MTU-sized "
-            "frames, each through the XDP programs on its own, where the kernel path forwards 64 kB segments"
-            f"{nat_cost}. From a NIC both paths receive MTU-sized frames (the kernel path then merges them with GRO, "
-            "which redirected frames skip), so the gap there is of another size, which this testbed does not measure."]
+    nat_cost = (
+        f"; the translation itself costs xdp_nat {ck.loc[('xdp_nat', n), 'mean'] - ck.loc[('xdp_routing', n), 'mean']:+.0f} "
+        "ns NET_RX per kB beyond xdp_routing"
+        if "xdp_nat" in have
+        else ""
+    )
+    return [
+        f"TCP through the XDP path is slower here before any NAT: xdp_routing {xr:.0f} Mbit/s vs routing {r:.0f} "
+        f"({xr / r:.2f}×). While an XDP variant runs, the senders' checksum offload is off (XDP rewrites full "
+        "checksums), which also turns off their segmentation offload, so TCP crosses the veths as MTU-sized "
+        "frames, each through the XDP programs on its own, where the kernel path forwards 64 kB segments"
+        f"{nat_cost}. From a NIC both paths receive MTU-sized frames (the kernel path then merges them with GRO, "
+        "which redirected frames skip), so the gap there is of another size, which this testbed does not measure."
+    ]

@@ -1,6 +1,7 @@
 """Running the NAT's UDP sweep (`labkit.experiments.nat.sweep` says what it measures and
 reads its rows): each variant set up as the goal trial sets it up, one trial per point,
 the NAT's own counters around it, flows forgotten between points."""
+
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
@@ -24,8 +25,10 @@ def _variant(lab: NatLab, variant: str, nat, port_range, target: str):
     lo, hi = port_range
     to = ["--to-ports", f"{lo}-{hi}"] if target == "MASQUERADE" else ["--to-source", f"{NAT_OUTSIDE}:{lo}-{hi}"]
     rest = ["--to-source", NAT_OUTSIDE] if target == "SNAT" else []
-    with netfilter.rule(host, "nat", "POSTROUTING", *base, "-j", target, *rest), \
-            netfilter.rule(host, "nat", "POSTROUTING", *base, "-p", "udp", "-j", target, *to):  # inserted first
+    with (
+        netfilter.rule(host, "nat", "POSTROUTING", *base, "-j", target, *rest),
+        netfilter.rule(host, "nat", "POSTROUTING", *base, "-p", "udp", "-j", target, *to),
+    ):  # inserted first
         yield
 
 
@@ -65,8 +68,10 @@ def _nat_counters(lab: NatLab, variant: str, nat) -> dict:
     """{'flows_set_up': n, 'refused_pkts': n} so far (differences over a point count)."""
     if variant in EBPF_NATS:
         st = nat.stats()
-        return {"flows_set_up": st["out_snat_new"]["packets"],
-                "refused_pkts": st["drop_no_port"]["packets"] + st["drop_table_full"]["packets"]}
+        return {
+            "flows_set_up": st["out_snat_new"]["packets"],
+            "refused_pkts": st["drop_no_port"]["packets"] + st["drop_table_full"]["packets"],
+        }
     if variant == "iptables":
         with _conntrack(lab) as ct:
             refused = sum(s.get("insert_failed", 0) for s in ct.stat())  # its "drop" counts them again
@@ -76,15 +81,34 @@ def _nat_counters(lab: NatLab, variant: str, nat) -> dict:
 
 def _point(lab: NatLab, gen, variant: str, nat, size: int, flows: int, count: int, clock, timeout_s: float):
     src, nat_in, out, srv = lab.client_iface(1), lab.inside(1), lab.outside, lab.server_iface
-    spec = traffic.TrafficSpec(src.mac, nat_in.mac, client_addr(1), SERVER, size=size, count=count, flows=flows,
-                               sport=first_sport(flows), dport=9, timeout_s=timeout_s).validate()
+    spec = traffic.TrafficSpec(
+        src.mac,
+        nat_in.mac,
+        client_addr(1),
+        SERVER,
+        size=size,
+        count=count,
+        flows=flows,
+        sport=first_sport(flows),
+        dport=9,
+        timeout_s=timeout_s,
+    ).validate()
     _forget_flows(lab, variant, nat)
     before = _nat_counters(lab, variant, nat)
     out_probe = measure.link_probe(out, ethtool=False)
-    m = measure.run_trial(lambda: gen.send(spec), lambda: out_probe()["tx_packets"], size=size,
-                          probes={"client": measure.link_probe(src), "nat_in": measure.link_probe(nat_in),
-                                  "nat_out": measure.link_probe(out), "srv": measure.link_probe(srv)},
-                          offered_probe=("client", "tx_packets"), clock=clock)
+    m = measure.run_trial(
+        lambda: gen.send(spec),
+        lambda: out_probe()["tx_packets"],
+        size=size,
+        probes={
+            "client": measure.link_probe(src),
+            "nat_in": measure.link_probe(nat_in),
+            "nat_out": measure.link_probe(out),
+            "srv": measure.link_probe(srv),
+        },
+        offered_probe=("client", "tx_packets"),
+        clock=clock,
+    )
     after = _nat_counters(lab, variant, nat)
     if variant == "iptables":  # a flushed table: what is in it now was set up by this point
         after["flows_set_up"], before["flows_set_up"] = after["flows_set_up"], 0
@@ -112,8 +136,9 @@ def run(p, nat, clock, rs, warm_up, flow_counts: list | None = None) -> None:
                         if p.server_sink:
                             stack.enter_context(lab.server_sink())
                         for size, flows in pts:
-                            done[variant, size, flows] = _point(lab, gen, variant, nat, size, flows, p.sweep_count,
-                                                                clock, p.timeout_s)
+                            done[variant, size, flows] = _point(
+                                lab, gen, variant, nat, size, flows, p.sweep_count, clock, p.timeout_s
+                            )
                             bar.update()
             for size, flows in pts:
                 measure.mark_generator_limited([done[v, size, flows][0] for v in p.variants])
@@ -128,11 +153,15 @@ def run(p, nat, clock, rs, warm_up, flow_counts: list | None = None) -> None:
 
 def caveats(rs, p, flow_counts: list) -> None:
     lo, hi = p.port_range
-    rs.caveat(f"UDP sweep: {p.sweep_trials} trial(s) of {p.sweep_count} packets per point, each variant's points on "
-              "one testbed with its NAT's flows forgotten before each point; netfilter mapped UDP into the port "
-              f"range {lo}-{hi} as the eBPF NATs do (the goal trial's rule keeps source ports where it can)")
+    rs.caveat(
+        f"UDP sweep: {p.sweep_trials} trial(s) of {p.sweep_count} packets per point, each variant's points on "
+        "one testbed with its NAT's flows forgotten before each point; netfilter mapped UDP into the port "
+        f"range {lo}-{hi} as the eBPF NATs do (the goal trial's rule keeps source ports where it can)"
+    )
     over = [f for f in flow_counts if f > hi - lo + 1]
     if over:
-        rs.caveat(f"UDP sweep: {', '.join(map(str, over))} flows exceed the {hi - lo + 1} ports of one SNAT address's "
-                  "range: the NATs refused the flows beyond it (their packets dropped, each trying again), so the "
-                  "rates there are those of a NAT out of ports (see flows_set_up and refused_pkts)")
+        rs.caveat(
+            f"UDP sweep: {', '.join(map(str, over))} flows exceed the {hi - lo + 1} ports of one SNAT address's "
+            "range: the NATs refused the flows beyond it (their packets dropped, each trying again), so the "
+            "rates there are those of a NAT out of ports (see flows_set_up and refused_pkts)"
+        )

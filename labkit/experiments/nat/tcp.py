@@ -7,6 +7,7 @@ kilobyte it cost: all CPUs' busy time and the NET_RX softirq time (the softirq c
 UDP trials use), both over the bytes received. The ``flows`` column holds the number of
 connections.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ KIND = "tcp_streams"
 def check_streams(streams) -> None:
     """A number of concurrent connections iperf3 can open (0: no many-streams trial)."""
     if not isinstance(streams, int) or isinstance(streams, bool) or not (streams == 0 or 2 <= streams <= MAX_STREAMS):
-        raise InputError(f"tcp_streams {streams!r}: 2..{MAX_STREAMS} concurrent TCP connections (iperf3 -P), "
-                         "or 0 for no many-connections trial")
+        raise InputError(
+            f"tcp_streams {streams!r}: 2..{MAX_STREAMS} concurrent TCP connections (iperf3 -P), "
+            "or 0 for no many-connections trial"
+        )
 
 
 def iperf(lab: NatLab, seconds: float, port: int = 5201, streams: int = 1):
@@ -41,8 +44,17 @@ def iperf(lab: NatLab, seconds: float, port: int = 5201, streams: int = 1):
         return lab.client(1).run(argv, check=False, timeout=seconds + 30)
 
 
-def tcp_trial(lab: NatLab, variant: str, trial: int, rs: results.ResultSet, clock, *, seconds: float,
-              offloads: str, streams: int = 1) -> None:
+def tcp_trial(
+    lab: NatLab,
+    variant: str,
+    trial: int,
+    rs: results.ResultSet,
+    clock,
+    *,
+    seconds: float,
+    offloads: str,
+    streams: int = 1,
+) -> None:
     """One iperf3 transfer of SECONDS with STREAMS connections through the variant in
     place; its rows (kind ``tcp`` for one stream, ``tcp_streams`` for several) go to RS."""
     out0 = lab.outside.stats()
@@ -56,16 +68,25 @@ def tcp_trial(lab: NatLab, variant: str, trial: int, rs: results.ResultSet, cloc
         nbytes = end["sum_received"]["bytes"]
         secs = end["sum_received"]["seconds"]
     except (ValueError, KeyError) as exc:
-        raise LabkitError(f"iperf3 ({streams} stream(s)) through the {variant} NAT failed: "
-                          f"{cp.stdout[-800:]}{cp.stderr[-400:]}") from exc
+        raise LabkitError(
+            f"iperf3 ({streams} stream(s)) through the {variant} NAT failed: {cp.stdout[-800:]}{cp.stderr[-400:]}"
+        ) from exc
     cpu = c1 - c0
     kb = nbytes / 1000
-    rs.add(variant, trial, 1514, {
-        "tcp_mbps": (bps / 1e6, "Mbit/s"),
-        "tcp_bytes": (nbytes, "bytes"),
-        "tcp_seconds": (secs, "s"),
-        "tcp_nat_out_skbs": (out1["tx_packets"] - out0["tx_packets"], "packets"),
-        "tcp_cpu_busy_s": (cpu.busy, "s"),
-        "tcp_cpu_ns_per_kb": (cpu.busy / kb * 1e9 if kb else float("nan"), "ns/kB"),
-        "tcp_net_rx_ns_per_kb": ((s1 - s0) / kb * 1e9 if kb else float("nan"), "ns/kB"),
-    }, kind="tcp" if streams == 1 else KIND, offloads=offloads, flows=streams)
+    rs.add(
+        variant,
+        trial,
+        1514,
+        {
+            "tcp_mbps": (bps / 1e6, "Mbit/s"),
+            "tcp_bytes": (nbytes, "bytes"),
+            "tcp_seconds": (secs, "s"),
+            "tcp_nat_out_skbs": (out1["tx_packets"] - out0["tx_packets"], "packets"),
+            "tcp_cpu_busy_s": (cpu.busy, "s"),
+            "tcp_cpu_ns_per_kb": (cpu.busy / kb * 1e9 if kb else float("nan"), "ns/kB"),
+            "tcp_net_rx_ns_per_kb": ((s1 - s0) / kb * 1e9 if kb else float("nan"), "ns/kB"),
+        },
+        kind="tcp" if streams == 1 else KIND,
+        offloads=offloads,
+        flows=streams,
+    )

@@ -1,5 +1,5 @@
-"""The NAT experiment's testbed: inside clients c1..cN, the NAT host, the server outside.
-"""
+"""The NAT experiment's testbed: inside clients c1..cN, the NAT host, the server outside."""
+
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
@@ -50,12 +50,18 @@ def spec(clients: int = 2, offloads: str = "mixed") -> topology.TopologySpec:
     if offloads not in OFFLOADS:
         raise InputError(f"offloads {offloads!r}: choose one of {OFFLOADS}")
     names = [f"c{i}" for i in range(1, clients + 1)]
-    links = [topology.LinkSpec(f"c{i}", "nat", f"{client_addr(i)}/24", f"10.20.{i}.1/24",
-                               a_name=f"c{i}", b_name=f"in{i}") for i in range(1, clients + 1)]
+    links = [
+        topology.LinkSpec(f"c{i}", "nat", f"{client_addr(i)}/24", f"10.20.{i}.1/24", a_name=f"c{i}", b_name=f"in{i}")
+        for i in range(1, clients + 1)
+    ]
     links.append(topology.LinkSpec("nat", "srv", f"{NAT_OUTSIDE}/24", f"{SERVER}/24", a_name="out", b_name="srv"))
-    return topology.TopologySpec(hosts=names + ["nat", "srv"], links=links,
-                                 offloads={"tx": "off"} if offloads == "off" else {}, forwarding=["nat"],
-                                 routes=[(f"c{i}", "default", f"10.20.{i}.1") for i in range(1, clients + 1)])
+    return topology.TopologySpec(
+        hosts=names + ["nat", "srv"],
+        links=links,
+        offloads={"tx": "off"} if offloads == "off" else {},
+        forwarding=["nat"],
+        routes=[(f"c{i}", "default", f"10.20.{i}.1") for i in range(1, clients + 1)],
+    )
 
 
 @dataclass
@@ -111,8 +117,14 @@ def _iptables(h: NatHost):
 
 
 #: each variant's set-up on the NAT host's own ports (`ebpf`: `tc_nat` under its old name)
-ON_NAT_HOST = {"routing": _routing, "xdp_routing": _xdp_routing, "tc_nat": _tc_nat, "xdp_nat": _xdp_nat,
-               "iptables": _iptables, "ebpf": _tc_nat}
+ON_NAT_HOST = {
+    "routing": _routing,
+    "xdp_routing": _xdp_routing,
+    "tc_nat": _tc_nat,
+    "xdp_nat": _xdp_nat,
+    "iptables": _iptables,
+    "ebpf": _tc_nat,
+}
 
 
 def on_nat_host(name: str, host, inside: list, outside, nat: Nat | None = None, **options):
@@ -182,8 +194,9 @@ class NatLab(Undoable):
     def ebpf(self, nat: Nat, hairpin_guard: bool = False):
         """The tc NAT on the outside port (and, with HAIRPIN_GUARD, nat_hairpin on the
         inside ports: the XDP variant's inside program does that anyway)."""
-        with on_nat_host("tc_nat", self.topo.host("nat"), self._insides(), self.outside, nat,
-                         hairpin_guard=hairpin_guard) as v:
+        with on_nat_host(
+            "tc_nat", self.topo.host("nat"), self._insides(), self.outside, nat, hairpin_guard=hairpin_guard
+        ) as v:
             yield v
 
     @contextmanager
@@ -237,20 +250,29 @@ class NatLab(Undoable):
     @contextmanager
     def xdp_nat(self, nat: Nat, mode: str = "native"):
         """The tc NAT (slow path: new flows, everything unusual) plus the XDP fast path."""
-        with self.senders_full_checksums(), self.xdp_peers(mode), \
-                on_nat_host("xdp_nat", self.topo.host("nat"), self._insides(), self.outside, nat, mode=mode) as fast:
+        with (
+            self.senders_full_checksums(),
+            self.xdp_peers(mode),
+            on_nat_host("xdp_nat", self.topo.host("nat"), self._insides(), self.outside, nat, mode=mode) as fast,
+        ):
             yield fast
 
     @contextmanager
     def xdp_routing(self, mode: str = "native"):
         """No NAT, forwarding at XDP (the server routes the inside network back)."""
-        with self.routing(), self.senders_full_checksums(), self.xdp_peers(mode), \
-                on_nat_host("xdp_routing", self.topo.host("nat"), self._insides(), self.outside, mode=mode) as router:
+        with (
+            self.routing(),
+            self.senders_full_checksums(),
+            self.xdp_peers(mode),
+            on_nat_host("xdp_routing", self.topo.host("nat"), self._insides(), self.outside, mode=mode) as router,
+        ):
             yield router
 
     @contextmanager
     def iptables(self, target: str = "MASQUERADE"):
-        with on_nat_host("iptables", self.topo.host("nat"), self._insides(), self.outside, iptables_target=target) as rule:
+        with on_nat_host(
+            "iptables", self.topo.host("nat"), self._insides(), self.outside, iptables_target=target
+        ) as rule:
             yield rule
 
     def variant(self, name: str, nat: Nat | None = None, iptables_target: str = "MASQUERADE"):
@@ -261,8 +283,11 @@ class NatLab(Undoable):
 
 
 #: each variant on the whole testbed, by name
-LAB_VARIANTS = {"routing": lambda lab, nat, target: lab.routing(),
-                "xdp_routing": lambda lab, nat, target: lab.xdp_routing(),
-                "tc_nat": lambda lab, nat, target: lab.ebpf(nat), "ebpf": lambda lab, nat, target: lab.ebpf(nat),
-                "xdp_nat": lambda lab, nat, target: lab.xdp_nat(nat),
-                "iptables": lambda lab, nat, target: lab.iptables(target)}
+LAB_VARIANTS = {
+    "routing": lambda lab, nat, target: lab.routing(),
+    "xdp_routing": lambda lab, nat, target: lab.xdp_routing(),
+    "tc_nat": lambda lab, nat, target: lab.ebpf(nat),
+    "ebpf": lambda lab, nat, target: lab.ebpf(nat),
+    "xdp_nat": lambda lab, nat, target: lab.xdp_nat(nat),
+    "iptables": lambda lab, nat, target: lab.iptables(target),
+}

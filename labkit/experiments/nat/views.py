@@ -3,6 +3,7 @@ says for a part the run left out. The parts a parameter can leave out are declar
 (`PARTS`); the run records which it left out and why (metadata "skipped_parts", the
 Result's part 'skipped'), and the interpretation's first line says so, beside which
 generator fed the run and which backend served its new flows and its sweep."""
+
 from __future__ import annotations
 
 from labkit import measure
@@ -12,9 +13,14 @@ from labkit.experiments.nat import progtime, sweep
 #: names of earlier runs: read as today's
 ALIASES = {"ebpf": "tc_nat"}
 #: the parts of a run that a parameter can leave out: part -> the kind of its rows
-PARTS = {"correctness checks": "check", "new flows": "newflow", "TCP with many connections": "tcp_streams",
-         "UDP sweep by frame size": "udp_sweep", "UDP sweep by flow count": "udp_sweep",
-         "programs' own time": "prog"}
+PARTS = {
+    "correctness checks": "check",
+    "new flows": "newflow",
+    "TCP with many connections": "tcp_streams",
+    "UDP sweep by frame size": "udp_sweep",
+    "UDP sweep by flow count": "udp_sweep",
+    "programs' own time": "prog",
+}
 
 
 def kind_of(part: str) -> str:
@@ -66,24 +72,37 @@ def headline(table):
         def stat(measure_, f="mean", t=g):
             v = t[t["measure"] == measure_]["value"]
             return getattr(v, f)() if len(v) else float("nan")
-        rows.append({
-            "variant": variant,
-            "UDP Mpps": stat("processed_pps", t=udp) / 1e6,
-            "UDP min..max": f"{stat('processed_pps', 'min', udp) / 1e6:.3f}..{stat('processed_pps', 'max', udp) / 1e6:.3f}",
-            "offered Mpps": stat("offered_pps", t=udp) / 1e6,
-            "UDP NET_RX ns/pkt": stat("cpu_ns_per_pkt", t=udp),
-            "UDP CPU ns/pkt (all)": stat("system_cpu_ns_per_pkt", t=udp),
-            "new flows k/s": stat("processed_pps", t=new) / 1e3,
-            "new flow NET_RX ns": stat("cpu_ns_per_pkt", t=new),
-            "TCP Mbit/s": stat("tcp_mbps"),
-            "TCP min..max": f"{stat('tcp_mbps', 'min'):.0f}..{stat('tcp_mbps', 'max'):.0f}",
-            "TCP NET_RX ns/kB": stat("tcp_net_rx_ns_per_kb"),
-            "TCP CPU ns/kB (all)": stat("tcp_cpu_ns_per_kb"),
-            "trials": int((udp["measure"] == "processed_pps").sum()),
-        })
-    out = pd.DataFrame(rows).round({"UDP Mpps": 3, "offered Mpps": 3, "UDP NET_RX ns/pkt": 0, "UDP CPU ns/pkt (all)": 0,
-                                    "new flows k/s": 1, "new flow NET_RX ns": 0, "TCP Mbit/s": 0, "TCP NET_RX ns/kB": 0,
-                                    "TCP CPU ns/kB (all)": 0})
+
+        rows.append(
+            {
+                "variant": variant,
+                "UDP Mpps": stat("processed_pps", t=udp) / 1e6,
+                "UDP min..max": f"{stat('processed_pps', 'min', udp) / 1e6:.3f}..{stat('processed_pps', 'max', udp) / 1e6:.3f}",
+                "offered Mpps": stat("offered_pps", t=udp) / 1e6,
+                "UDP NET_RX ns/pkt": stat("cpu_ns_per_pkt", t=udp),
+                "UDP CPU ns/pkt (all)": stat("system_cpu_ns_per_pkt", t=udp),
+                "new flows k/s": stat("processed_pps", t=new) / 1e3,
+                "new flow NET_RX ns": stat("cpu_ns_per_pkt", t=new),
+                "TCP Mbit/s": stat("tcp_mbps"),
+                "TCP min..max": f"{stat('tcp_mbps', 'min'):.0f}..{stat('tcp_mbps', 'max'):.0f}",
+                "TCP NET_RX ns/kB": stat("tcp_net_rx_ns_per_kb"),
+                "TCP CPU ns/kB (all)": stat("tcp_cpu_ns_per_kb"),
+                "trials": int((udp["measure"] == "processed_pps").sum()),
+            }
+        )
+    out = pd.DataFrame(rows).round(
+        {
+            "UDP Mpps": 3,
+            "offered Mpps": 3,
+            "UDP NET_RX ns/pkt": 0,
+            "UDP CPU ns/pkt (all)": 0,
+            "new flows k/s": 1,
+            "new flow NET_RX ns": 0,
+            "TCP Mbit/s": 0,
+            "TCP NET_RX ns/kB": 0,
+            "TCP CPU ns/kB (all)": 0,
+        }
+    )
     if len(out) and "kind" in perf.columns and not (perf["kind"] == "newflow").any():
         out[["new flows k/s", "new flow NET_RX ns"]] = "not run"
     return out
@@ -112,9 +131,11 @@ def interpret(table, checks, cpu: bool = True, meta: dict | None = None) -> str:
         by = checks.groupby("variant", sort=False) if "variant" in checks.columns else [("eBPF NAT", checks)]
         for v, c in by:
             failed = c[~c["ok"]]
-            lines.append(f"Correctness through {v}: {int(c['ok'].sum())} of {len(c)} checks passed with real traffic "
-                         f"(offloads={c['offloads'].iloc[0]})" + ("." if failed.empty else
-                         "; FAILED: " + "; ".join(failed["check"]) + "."))
+            lines.append(
+                f"Correctness through {v}: {int(c['ok'].sum())} of {len(c)} checks passed with real traffic "
+                f"(offloads={c['offloads'].iloc[0]})"
+                + ("." if failed.empty else "; FAILED: " + "; ".join(failed["check"]) + ".")
+            )
     kind = table["kind"] if "kind" in table.columns else None
 
     def means(measure_, k="udp"):
@@ -128,46 +149,73 @@ def interpret(table, checks, cpu: bool = True, meta: dict | None = None) -> str:
     for nat_, base in (("tc_nat", "routing"), ("xdp_nat", "xdp_routing")):
         if {nat_, "iptables"} <= have:
             e, i = pps.loc[nat_], pps.loc["iptables"]
-            lines.append(f"Small-packet UDP ({nat_}): {label[nat_]} {_spread(e)} vs iptables NAT {_spread(i)}: "
-                         f"{_ratio(e['mean'], i['mean']):.2f}× the rate.")
+            lines.append(
+                f"Small-packet UDP ({nat_}): {label[nat_]} {_spread(e)} vs iptables NAT {_spread(i)}: "
+                f"{_ratio(e['mean'], i['mean']):.2f}× the rate."
+            )
             if {nat_, "iptables"} <= set(cpu.index):
                 ce, ci = cpu.loc[nat_, "mean"], cpu.loc["iptables", "mean"]
-                lines.append(f"  NET_RX CPU per packet (all CPUs): {nat_} {ce:.0f} ns vs iptables {ci:.0f} ns "
-                             f"({_ratio(ce, ci):.2f}×).")
+                lines.append(
+                    f"  NET_RX CPU per packet (all CPUs): {nat_} {ce:.0f} ns vs iptables {ci:.0f} ns "
+                    f"({_ratio(ce, ci):.2f}×)."
+                )
         if {nat_, base} <= have:
-            ns = (f"{cpu.loc[nat_, 'mean'] - cpu.loc[base, 'mean']:+.0f} ns of NET_RX per packet, "
-                  if {nat_, base} <= set(cpu.index) else "")
-            lines.append(f"  {nat_} against its baseline {base}: {ns}"
-                         f"{_ratio(pps.loc[nat_, 'mean'], pps.loc[base, 'mean']):.0%} of its rate.")
+            ns = (
+                f"{cpu.loc[nat_, 'mean'] - cpu.loc[base, 'mean']:+.0f} ns of NET_RX per packet, "
+                if {nat_, base} <= set(cpu.index)
+                else ""
+            )
+            lines.append(
+                f"  {nat_} against its baseline {base}: {ns}"
+                f"{_ratio(pps.loc[nat_, 'mean'], pps.loc[base, 'mean']):.0%} of its rate."
+            )
     if {"tc_nat", "iptables", "routing"} <= have:
         r = pps.loc["routing", "mean"]
-        lines.append(f"Against plain forwarding ({r / 1e6:.3f} Mpps): tc_nat keeps {_ratio(pps.loc['tc_nat', 'mean'], r):.0%}, "
-                     f"iptables {_ratio(pps.loc['iptables', 'mean'], r):.0%} of the rate.")
+        lines.append(
+            f"Against plain forwarding ({r / 1e6:.3f} Mpps): tc_nat keeps {_ratio(pps.loc['tc_nat', 'mean'], r):.0%}, "
+            f"iptables {_ratio(pps.loc['iptables', 'mean'], r):.0%} of the rate."
+        )
     if {"tc_nat", "iptables", "routing"} <= set(cpu.index):
         r = cpu.loc["routing", "mean"]
         me, mi = cpu.loc["tc_nat", "mean"] - r, cpu.loc["iptables", "mean"] - r
-        lines.append(f"Marginal cost over plain routing: tc_nat {me:+.0f} ns, iptables {mi:+.0f} ns per packet "
-                     f"({_ratio(me, mi):.2f}× iptables'; the goal is at most 0.5×).")
+        lines.append(
+            f"Marginal cost over plain routing: tc_nat {me:+.0f} ns, iptables {mi:+.0f} ns per packet "
+            f"({_ratio(me, mi):.2f}× iptables'; the goal is at most 0.5×)."
+        )
     udp = table[kind == "udp"] if kind is not None else table
     offered = udp[udp["measure"] == "offered_pps"].groupby("variant")["value"].mean()
     limited = udp[(udp["measure"] == "processed_pps") & udp["flags"].str.contains(measure.GENERATOR_LIMITED, na=False)]
     if len(limited):
-        lines.append("Generator-limited in some trials (" + ", ".join(
-            f"{v}: {pps.loc[v, 'mean'] / 1e6:.3f} of {offered.get(v, float('nan')) / 1e6:.3f} Mpps offered"
-            for v in sorted(set(limited["variant"])) if v in pps.index) + "): the variant forwarded (nearly) all "
-            "that was offered, so those rates are lower bounds" + ("; CPU per packet is the better comparison."
-                                                                  if len(cpu) else "."))
+        lines.append(
+            "Generator-limited in some trials ("
+            + ", ".join(
+                f"{v}: {pps.loc[v, 'mean'] / 1e6:.3f} of {offered.get(v, float('nan')) / 1e6:.3f} Mpps offered"
+                for v in sorted(set(limited["variant"]))
+                if v in pps.index
+            )
+            + "): the variant forwarded (nearly) all "
+            "that was offered, so those rates are lower bounds"
+            + ("; CPU per packet is the better comparison." if len(cpu) else ".")
+        )
     new = means("processed_pps", "newflow")
     if "iptables" in new.index:
-        lines.append("New flows per second (every packet a new flow): " + ", ".join(
-            f"{v} {new.loc[v, 'mean'] / 1e3:.0f}k ({_ratio(new.loc[v, 'mean'], new.loc['iptables', 'mean']):.2f}× iptables)"
-            for v in new.index if v != "iptables") + f"; iptables {new.loc['iptables', 'mean'] / 1e3:.0f}k.")
+        lines.append(
+            "New flows per second (every packet a new flow): "
+            + ", ".join(
+                f"{v} {new.loc[v, 'mean'] / 1e3:.0f}k ({_ratio(new.loc[v, 'mean'], new.loc['iptables', 'mean']):.2f}× iptables)"
+                for v in new.index
+                if v != "iptables"
+            )
+            + f"; iptables {new.loc['iptables', 'mean'] / 1e3:.0f}k."
+        )
     if {"tc_nat", "iptables"} <= set(tcp.index):
         for v in [v for v in ("tc_nat", "xdp_nat") if v in tcp.index]:
             e, i = tcp.loc[v], tcp.loc["iptables"]
-            lines.append(f"TCP (iperf3, one stream): {v} {e['mean']:.0f} Mbit/s ({e['min']:.0f}–{e['max']:.0f}) vs "
-                         f"iptables {i['mean']:.0f} Mbit/s ({i['min']:.0f}–{i['max']:.0f}): "
-                         f"{_ratio(e['mean'], i['mean']):.2f}×.")
+            lines.append(
+                f"TCP (iperf3, one stream): {v} {e['mean']:.0f} Mbit/s ({e['min']:.0f}–{e['max']:.0f}) vs "
+                f"iptables {i['mean']:.0f} Mbit/s ({i['min']:.0f}–{i['max']:.0f}): "
+                f"{_ratio(e['mean'], i['mean']):.2f}×."
+            )
     lines += progtime.sentences(table)
     if {"xdp_nat", "iptables"} <= have:
         rate = _ratio(pps.loc["xdp_nat", "mean"], pps.loc["iptables", "mean"])
@@ -175,8 +223,15 @@ def interpret(table, checks, cpu: bool = True, meta: dict | None = None) -> str:
         if {"xdp_nat", "iptables"} <= set(cpu.index):
             c = _ratio(cpu.loc["xdp_nat", "mean"], cpu.loc["iptables", "mean"])
             goals += f" and {c:.2f}× its CPU per packet (goal ≤ 0.25×: {'met' if c <= 0.25 else 'not met'})"
-        lines.append(goals + (f"; fed {FEED_SKB}, so the XDP fast path ran its skb path here and these ratios do "
-                              "not show its advantage." if skb else "."))
+        lines.append(
+            goals
+            + (
+                f"; fed {FEED_SKB}, so the XDP fast path ran its skb path here and these ratios do "
+                "not show its advantage."
+                if skb
+                else "."
+            )
+        )
     more = sweep.interpret(table)
     lines += [more] if more else []
     return "\n".join(lines) if lines else "Nothing was measured."
