@@ -45,8 +45,9 @@ report: setup ## Run every experiment notebook headlessly: HTML in reports/, tab
 test: setup lint ## Run the linter, then the test suite (real namespaces, XDP and generators; as root)
 	$(PY) -m pytest -q --durations=10 $(PYTEST_ARGS)
 
-lint: ## Check the code with ruff (pyproject.toml): `ruff check --fix .` sorts imports and removes unused ones
+lint: ## Check the code with ruff (pyproject.toml): `ruff format .` formats it, `ruff check --fix .` sorts imports and removes unused ones
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench: setup ## Run the benchmarks
 	$(PY) -m labkit bench $(ARGS)
