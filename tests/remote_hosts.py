@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from labkit.testbed import topology
+from labkit.testbed.undo import Undoable
 
 SSHD = "/usr/sbin/sshd"
 #: the far side's Python: Debian's, as on a provisioned host (bcc from python3-bpfcc; labkit
@@ -34,7 +35,7 @@ def keypair(path: Path) -> Path:
     return path
 
 
-class NamespaceHosts:
+class NamespaceHosts(Undoable):
     """N namespaces, each running sshd; use as a context manager."""
 
     def __init__(self, folder: Path, count: int = 2):
@@ -46,30 +47,21 @@ class NamespaceHosts:
         self.topo = None
         self.mgmt_links: list[str] = []
 
-    def __enter__(self) -> "NamespaceHosts":
+    def _open(self, stack) -> None:
         links = [
             topology.LinkSpec(a, b, "10.11.0.1/24", "10.11.0.2/24")
             if i == 0
             else topology.LinkSpec(a, b, f"10.11.{i}.1/24", f"10.11.{i}.2/24")
             for i, (a, b) in enumerate(zip(self.names, self.names[1:]))
         ]
-        self.topo = topology.Topology(topology.TopologySpec(hosts=list(self.names), links=links))
-        self.topo.__enter__()
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-        return self
+        # the topology's close stops each namespace's sshd, then removes the namespaces
+        self.topo = stack.enter_context(topology.Topology(topology.TopologySpec(hosts=list(self.names), links=links)))
+        stack.callback(self._delete_mgmt_links)  # first: the pair goes at once (a namespace is removed lazily)
+        self._start()
 
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def close(self) -> None:
-        for name in self.mgmt_links:  # the pair goes at once (a namespace is removed lazily)
+    def _delete_mgmt_links(self) -> None:
+        for name in self.mgmt_links:
             subprocess.run(["ip", "link", "del", name], capture_output=True)
-        self.topo.close()  # stops each namespace's sshd, then removes the namespaces
 
     def _start(self) -> None:
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
