@@ -23,32 +23,17 @@ from labkit import (
     BPF_DIR,
     verifier,  # fd 2 captured around compile and load: errors carry the log
 )
-from labkit.bpf_testrun import (  # re-exported: bpf.test_run is how lessons and experiments call it
-    BPF_F_TEST_XDP_LIVE_FRAMES as BPF_F_TEST_XDP_LIVE_FRAMES,
-)
-from labkit.bpf_testrun import (
-    LIVE_FRAMES_REFUSALS as LIVE_FRAMES_REFUSALS,
-)
-from labkit.bpf_testrun import (
-    XDP_ACTIONS as XDP_ACTIONS,
-)
-from labkit.bpf_testrun import (
-    TestRunResult as TestRunResult,
-)
-from labkit.bpf_testrun import (
-    XdpMd as XdpMd,
-)
-from labkit.bpf_testrun import (
-    libbpf as libbpf,
-)
-from labkit.bpf_testrun import (
-    live_frames_refused as live_frames_refused,
-)
-from labkit.bpf_testrun import (
-    program_cost_ns as program_cost_ns,
-)
-from labkit.bpf_testrun import (
-    test_run as test_run,
+from labkit.bpf_testrun import (  # noqa: F401 (re-exported: bpf.test_run is how lessons and experiments call it)
+    BPF_F_TEST_XDP_LIVE_FRAMES,
+    LIVE_FRAMES_REFUSALS,
+    TC_ACTIONS,
+    XDP_ACTIONS,
+    TestRunResult,
+    XdpMd,
+    libbpf,
+    live_frames_refused,
+    program_cost_ns,
+    test_run,
 )
 from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.testbed import runs, signals
@@ -66,17 +51,12 @@ def include_dir() -> Path:
     return source_dir() / "include"
 
 
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
 XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 
 
 # ---------------------------------------------------------------- prerequisites
-def kernel_headers_dir() -> Path:
-    return Path(os.environ.get("LABKIT_KERNEL_HEADERS", f"/lib/modules/{platform.release()}/build"))
-
-
 def check_bcc():
     """Import Debian's bcc, or say exactly what is missing and how to get it."""
     try:
@@ -86,7 +66,7 @@ def check_bcc():
             "bcc is not importable: install Debian's python3-bpfcc (never PyPI's 'bcc', an unrelated "
             "package) and link it into the environment: `sudo make setup` does both."
         ) from None
-    headers = kernel_headers_dir()
+    headers = Path(os.environ.get("LABKIT_KERNEL_HEADERS", f"/lib/modules/{platform.release()}/build"))
     if not (headers / "include").is_dir() and not (headers / "Makefile").exists():
         raise MissingDependency(
             f"kernel headers not found at {headers}: bcc compiles programs against them. "
@@ -179,7 +159,21 @@ def _xdp_attached(ipr, ifindex) -> dict:
     return dict(attrs.get("attrs", []))
 
 
-class XdpAttachment:
+def _set_xdp(ipr, ifindex: int, fd: int, flags: int) -> None:
+    ipr.link("set", index=ifindex, xdp={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", flags)]})
+
+
+class _Attachment:
+    """A context manager whose entry is `attach()` and whose exit is `detach()`."""
+
+    def __enter__(self):
+        return self.attach()
+
+    def __exit__(self, *exc):
+        self.detach()
+
+
+class XdpAttachment(_Attachment):
     """An XDP program on an interface. Exit (or `detach()`) removes it; harmless twice."""
 
     def __init__(self, iface, fn, mode: str = "native"):
@@ -202,19 +196,13 @@ class XdpAttachment:
                         "detach it first, or run `labkit clean` if a crashed run left it"
                     )
                 try:
-                    ipr.link(
-                        "set",
-                        index=self.iface.ifindex,
-                        xdp={"attrs": [("IFLA_XDP_FD", self.fn.fd), ("IFLA_XDP_FLAGS", self.flags)]},
-                    )
+                    _set_xdp(ipr, self.iface.ifindex, self.fn.fd, self.flags)
                 except Exception as exc:
+                    hint = (
+                        " — the driver may not support native XDP; try mode='generic'" if self.mode == "native" else ""
+                    )
                     raise LabkitError(
-                        f"attaching XDP ({self.mode}) to {self.iface.name} on {host} failed: {exc}"
-                        + (
-                            " — the driver may not support native XDP; try mode='generic'"
-                            if self.mode == "native"
-                            else ""
-                        )
+                        f"attaching XDP ({self.mode}) to {self.iface.name} on {host} failed: {exc}{hint}"
                     ) from exc
                 self.attached = True
             if self.iface.real:
@@ -227,11 +215,7 @@ class XdpAttachment:
             return
         with self.iface.host.ipr() as ipr:
             try:
-                ipr.link(
-                    "set",
-                    index=self.iface.ifindex,
-                    xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", self.flags)]},
-                )
+                _set_xdp(ipr, self.iface.ifindex, -1, self.flags)  # fd -1: detach
             except Exception as exc:
                 if getattr(exc, "code", None) != errno.ENODEV:  # the link is already gone
                     raise
@@ -239,14 +223,8 @@ class XdpAttachment:
         if self._record:
             _run_forget(self._record)
 
-    def __enter__(self):
-        return self.attach()
 
-    def __exit__(self, *exc):
-        self.detach()
-
-
-class TcAttachment:
+class TcAttachment(_Attachment):
     """A tc clsact qdisc with one direct-action BPF filter on ingress or egress.
     Exit removes the qdisc (and with it the filter); harmless twice."""
 
@@ -301,12 +279,6 @@ class TcAttachment:
         self._own_qdisc = False
         if self._record:
             _run_forget(self._record)
-
-    def __enter__(self):
-        return self.attach()
-
-    def __exit__(self, *exc):
-        self.detach()
 
 
 def attach_xdp(iface, fn, mode: str = "native") -> XdpAttachment:

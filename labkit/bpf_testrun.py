@@ -15,6 +15,17 @@ from labkit.errors import InputError, LabkitError, MissingDependency, Refused
 
 BPF_F_TEST_XDP_LIVE_FRAMES = 2
 XDP_ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
+TC_ACTIONS = {
+    -1: "TC_ACT_UNSPEC",
+    0: "TC_ACT_OK",
+    1: "TC_ACT_RECLASSIFY",
+    2: "TC_ACT_SHOT",
+    3: "TC_ACT_PIPE",
+    4: "TC_ACT_STOLEN",
+    5: "TC_ACT_QUEUED",
+    6: "TC_ACT_REPEAT",
+    7: "TC_ACT_REDIRECT",
+}
 
 
 class _TestRunOpts(ctypes.Structure):

@@ -141,14 +141,8 @@ def probe(name: str) -> Probe:
 
 def _try(fac: Facility) -> Probe:
     if fac.needs_root and os.geteuid() != 0:
-        return Probe(
-            fac.name,
-            False,
-            "needs root (CAP_BPF, CAP_NET_ADMIN): run with sudo",
-            errno_mod.EPERM,
-            "not running as root",
-            fac.instead,
-        )
+        reason = "needs root (CAP_BPF, CAP_NET_ADMIN): run with sudo"
+        return Probe(fac.name, False, reason, errno_mod.EPERM, "not running as root", fac.instead)
     try:
         note = fac.attempt()
     except Exception as exc:  # noqa: BLE001 - any failure is the facility's answer
@@ -163,16 +157,10 @@ def _try(fac: Facility) -> Probe:
 def refused(name: str, exc: Exception) -> Exception:
     """Facility NAME was refused in real use (EXC, carrying `errno`), whatever its probe
     said: kept as its answer, so that every later automatic choice avoids it. Returns EXC."""
-    fac = FACILITIES.get(name)
+    fac = FACILITIES.get(name) or Facility(name, name, None)  # no causes or alternative known
+    reason = f"refused in use: {str(exc).splitlines()[0]}"
     with _lock:
-        _cache[name] = Probe(
-            name,
-            False,
-            f"refused in use: {str(exc).splitlines()[0]}",
-            getattr(exc, "errno", None),
-            fac.causes if fac else "",
-            fac.instead if fac else "",
-        )
+        _cache[name] = Probe(name, False, reason, getattr(exc, "errno", None), fac.causes, fac.instead)
     return exc
 
 

@@ -11,12 +11,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+from contextlib import suppress
 
 from labkit import ovs
-from labkit.testbed.hosts import kill_pids, pids_in_netns
-from labkit.testbed.runs import NETNS_DIR, PREFIX_RE, REGISTRY_DIR, RULE_COMMENT, RUN_ENV, live_prefixes, require_root
+from labkit.dpdk import runtime
+from labkit.testbed.hosts import kill_pids, netlink, pids_in_netns
+from labkit.testbed.runs import (
+    NETNS_DIR,
+    PREFIX_RE,
+    REGISTRY_DIR,
+    RULE_COMMENT,
+    RUN_ENV,
+    live_prefixes,
+    owner_alive,
+    require_root,
+)
 
 
 def labkit_namespaces() -> list[str]:
@@ -26,8 +38,6 @@ def labkit_namespaces() -> list[str]:
 
 
 def labkit_root_links() -> list[str]:
-    from labkit.testbed.hosts import netlink
-
     with netlink() as ipr:
         names = [l.get_attr("IFLA_IFNAME") for l in ipr.get_links()]
     return sorted(n for n in names if n and PREFIX_RE.match(n))
@@ -65,9 +75,7 @@ def leftovers(include_live: bool = False, prefix: str | None = None) -> dict:
     else:
         live = set() if include_live else live_prefixes()
         mine = lambda name: bool(PREFIX_RE.match(name)) and _run_of(name) not in live  # noqa: E731
-    registries = []
-    if REGISTRY_DIR.is_dir():
-        registries = [f for f in REGISTRY_DIR.glob("lk*.json") if mine(f.stem) and _same_netns(f)]
+    registries = [f for f in REGISTRY_DIR.glob("lk*.json") if mine(f.stem) and _same_netns(f)]
     return {
         "namespaces": [n for n in labkit_namespaces() if mine(n)],
         "links": [n for n in labkit_root_links() if mine(n)],
@@ -161,10 +169,8 @@ def clean_dead_runs(log=print) -> dict:
     Unlike `clean`, it never removes what no registry here names, so it cannot take a
     testbed from a run that keeps its registry elsewhere (another LABKIT_RUNTIME_DIR).
     Returns what was removed, by kind."""
-    from labkit.testbed.runs import owner_alive
-
     removed: dict = {}
-    for reg in sorted(REGISTRY_DIR.glob("lk*.json")) if REGISTRY_DIR.is_dir() else []:
+    for reg in sorted(REGISTRY_DIR.glob("lk*.json")):
         try:
             state = json.loads(reg.read_text())
         except (OSError, ValueError):
@@ -179,11 +185,8 @@ def _undo(found: dict, dpdk_run_gone, log) -> dict:
     """Remove FOUND (from `leftovers`): processes first, then what they used."""
     from pyroute2 import netns
 
-    from labkit.testbed.hosts import netlink
-
-    removed = {"namespaces": [], "links": [], "foreign": [], "iptables": [], "processes": []}
+    removed = {"namespaces": [], "links": [], "foreign": [], "iptables": [], "processes": list(found["processes"])}
     kill_pids(found["processes"])
-    removed["processes"].extend(found["processes"])
     for reg in found["registries"]:
         try:
             state = json.loads(reg.read_text())
@@ -196,7 +199,7 @@ def _undo(found: dict, dpdk_run_gone, log) -> dict:
             except Exception as exc:  # keep cleaning the rest
                 log(f"could not undo {rec}: {exc}")
     for binary, table, _prefix, rule in found["iptables"]:
-        subprocess.run([binary, "-w", "-t", table, "-D", *_split_rule(rule)], capture_output=True)
+        subprocess.run([binary, "-w", "-t", table, "-D", *shlex.split(rule)], capture_output=True)
         removed["iptables"].append(f"{binary} -t {table} -A {rule}")
     for ns in found["namespaces"]:
         pids = pids_in_netns(ns)
@@ -219,9 +222,9 @@ def _undo(found: dict, dpdk_run_gone, log) -> dict:
                         removed["links"].append(name)
                     except Exception as exc:
                         log(f"could not remove link {name}: {exc}")
-    from labkit.dpdk import runtime
-
-    stale = [p for p, run in ((p, _dpdk_run(p)) for p in runtime.dpdk_processes()) if run and dpdk_run_gone(run)]
+    stale = [
+        p for p, prefix in runtime.file_prefixes().items() if PREFIX_RE.match(prefix) and dpdk_run_gone(_run_of(prefix))
+    ]
     kill_pids(stale)
     removed["processes"].extend(stale)
     removed["dpdk"] = [
@@ -244,33 +247,8 @@ def _undo(found: dict, dpdk_run_gone, log) -> dict:
     return removed
 
 
-def _dpdk_run(pid: int) -> str | None:
-    """The labkit run of the DPDK process PID (from its EAL --file-prefix), or None."""
-    try:
-        args = open(f"/proc/{pid}/cmdline").read().split("\0")
-    except OSError:
-        return None
-    for i, a in enumerate(args):
-        if a == "--file-prefix" and i + 1 < len(args):
-            prefix = args[i + 1]
-        elif a.startswith("--file-prefix="):
-            prefix = a.split("=", 1)[1]
-        else:
-            continue
-        return _run_of(prefix) if PREFIX_RE.match(prefix) else None
-    return None
-
-
-def _split_rule(rule: str) -> list[str]:
-    import shlex
-
-    return shlex.split(rule)
-
-
 def _undo_foreign(rec: dict) -> None:
     """Undo one recorded change on an interface labkit does not own."""
-    from labkit.testbed.hosts import netlink
-
     kind = rec.get("kind")
     with netlink() as ipr:
         idx = ipr.link_lookup(ifname=rec["ifname"])
@@ -279,22 +257,16 @@ def _undo_foreign(rec: dict) -> None:
         if kind == "xdp":
             ipr.link("set", index=idx[0], xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", rec.get("flags", 0))]})
         elif kind == "clsact":
-            try:
+            with suppress(Exception):
                 ipr.tc("del", "clsact", idx[0])
-            except Exception:
-                pass
         elif kind == "address":
-            try:
+            with suppress(Exception):
                 ipr.addr("del", index=idx[0], address=rec["address"], prefixlen=rec["prefixlen"])
-            except Exception:
-                pass
         elif kind == "promisc":  # a receiver on a real interface (experiments.l2fwd_dut)
             ipr.link("set", index=idx[0], flags=0, change=0x100)
         elif kind == "route":  # an inventory run's route on a client or server (experiments.nat.inventory_lab)
-            try:
+            with suppress(Exception):
                 ipr.route("del", dst=rec["dst"], dst_len=rec["dst_len"], gateway=rec["gateway"], oif=idx[0])
-            except Exception:
-                pass
         elif kind == "offload":  # a checksum offload an inventory run turned off (experiments.nat.inventory_lab)
             subprocess.run(["ethtool", "-K", rec["ifname"], rec["feature"], "on"], capture_output=True, timeout=10)
 

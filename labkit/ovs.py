@@ -20,7 +20,7 @@ an AF_XDP socket that a polling PMD thread reads), in `xdp_mode` 'native' or 'ge
 Leaving (errors, Ctrl-C, SIGTERM included) deletes the bridge first (else OVS leaves
 its tap device and `ovs-netdev` behind), then stops both daemons (SIGINT, SIGTERM,
 SIGKILL) and removes the folder. The daemons carry the run in their environment and the
-folder its prefix: `labkit clean` removes what a crashed run left (`stale_dirs`).
+folder its prefix: `labkit clean` removes what a crashed run left (`remove_dir`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ import itertools
 import os
 import re
 import shutil
+import subprocess
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from labkit.errors import InputError, LabkitError, MissingDependency
@@ -61,13 +63,10 @@ def status() -> tuple[bool, str]:
 
 
 def _version() -> str:
-    import subprocess
-
-    try:
+    with suppress(OSError, subprocess.TimeoutExpired):
         out = subprocess.run(["ovs-vswitchd", "--version"], capture_output=True, text=True, timeout=10).stdout
         return out.split()[3] if len(out.split()) > 3 else "?"
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
+    return "?"
 
 
 def kernel_datapath() -> tuple[bool, str]:
@@ -96,11 +95,6 @@ def switch_dirs(prefix: str = "lk") -> list[Path]:
     return sorted(p for p in OVS_DIR.iterdir() if p.name.startswith(prefix) and runs.PREFIX_RE.match(p.name))
 
 
-def stale_dirs(run_gone) -> list[Path]:
-    """Folders of switches whose run RUN_GONE(prefix) says is over (for `labkit clean`)."""
-    return [d for d in switch_dirs() if run_gone(d.name[:6])]
-
-
 def remove_dir(folder: Path) -> None:
     """Stop the daemons whose pid files are in FOLDER (if they are still ours), remove it."""
     for pidfile in folder.glob("*.pid"):
@@ -117,10 +111,8 @@ def remove_dir(folder: Path) -> None:
                     break
                 time.sleep(0.5)
     shutil.rmtree(folder, ignore_errors=True)
-    try:
+    with suppress(OSError):  # another run's switch still lives there
         Path(folder).parent.rmdir()  # the runs' OVS folder goes with its last switch
-    except OSError:
-        pass  # another run's switch still lives there
 
 
 class OvsSwitch:
@@ -149,7 +141,6 @@ class OvsSwitch:
             self.n = next(_counter)
         self.bridge = bridge or f"{self.prefix}-ovs{self.n}"
         self.dir = OVS_DIR / f"{self.prefix}-ovs{self.n}"
-        self.db = self.procs = None
         self.procs = []
         self.bridge_made = False
         self.validate()
@@ -230,38 +221,11 @@ class OvsSwitch:
                 self.dir.mkdir(parents=True, exist_ok=False)
             d = self.dir
             self.host.run(["ovsdb-tool", "create", f"{d}/conf.db", str(SCHEMA)], env=self.env, timeout=30)
-            self.procs.append(
-                self.host.spawn(
-                    [
-                        "ovsdb-server",
-                        f"{d}/conf.db",
-                        f"--remote=punix:{d}/db.sock",
-                        f"--unixctl={d}/ovsdb-server.ctl",
-                        f"--pidfile={d}/ovsdb-server.pid",
-                        f"--log-file={d}/ovsdb-server.log",
-                    ],
-                    name="ovsdb-server",
-                    env=self.env,
-                )
-            )
-            self._wait_for(d / "db.sock", "ovsdb-server")
+            self._daemon("ovsdb-server", [f"{d}/conf.db", f"--remote=punix:{d}/db.sock"], d / "db.sock")
             self.vsctl("--no-wait", "init")
             if self.pmd_cpus:
                 self.vsctl("--no-wait", "set", "Open_vSwitch", ".", f"other_config:pmd-cpu-mask={self.pmd_cpus}")
-            self.procs.append(
-                self.host.spawn(
-                    [
-                        "ovs-vswitchd",
-                        f"unix:{d}/db.sock",
-                        f"--unixctl={d}/ovs-vswitchd.ctl",
-                        f"--pidfile={d}/ovs-vswitchd.pid",
-                        f"--log-file={d}/ovs-vswitchd.log",
-                    ],
-                    name="ovs-vswitchd",
-                    env=self.env,
-                )
-            )
-            self._wait_for(d / "ovs-vswitchd.ctl", "ovs-vswitchd")
+            self._daemon("ovs-vswitchd", [f"unix:{d}/db.sock"], d / "ovs-vswitchd.ctl")
             self.bridge_made = True
             self.vsctl("add-br", self.bridge, "--", "set", "bridge", self.bridge, f"datapath_type={self.datapath}")
             for i, name in enumerate(self.ports):
@@ -278,14 +242,19 @@ class OvsSwitch:
             raise
         return self
 
-    def _wait_for(self, path: Path, what: str) -> None:
+    def _daemon(self, name: str, args: list, ready: Path) -> None:
+        """Start daemon NAME with ARGS, its control socket, pid file and log in the switch's
+        folder, and wait until READY exists."""
+        d = self.dir
+        argv = [name, *args, f"--unixctl={d}/{name}.ctl", f"--pidfile={d}/{name}.pid", f"--log-file={d}/{name}.log"]
+        proc = self.host.spawn(argv, name=name, env=self.env)
+        self.procs.append(proc)
         deadline = time.monotonic() + self.ready_timeout
-        while not path.exists():
-            proc = self.procs[-1]
+        while not ready.exists():
             if not proc.running:
-                raise LabkitError(f"{what} exited ({proc.returncode}) before it was ready:\n{proc.output()[-2000:]}")
+                raise LabkitError(f"{name} exited ({proc.returncode}) before it was ready:\n{proc.output()[-2000:]}")
             if time.monotonic() > deadline:
-                raise LabkitError(f"{what} was not ready within {self.ready_timeout:.0f} s" + self._log_tail())
+                raise LabkitError(f"{name} was not ready within {self.ready_timeout:.0f} s" + self._log_tail())
             time.sleep(0.05)
 
     def _check_ports(self) -> None:
@@ -346,12 +315,10 @@ class OvsSwitch:
         """Resident memory of both daemons now, in MB."""
         total = 0
         for p in self.procs:
-            try:
+            with suppress(OSError):
                 for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1])
-            except OSError:
-                pass
         return total / 1024
 
     def _log_tail(self) -> str:
@@ -367,10 +334,9 @@ class OvsSwitch:
         remove the folder. Harmless twice."""
         with signals.deferred_signals():
             if self.bridge_made and len(self.procs) > 1 and self.procs[1].running:
-                try:
+                # on failure: the daemons are stopped below; a namespace takes the rest with it
+                with suppress(LabkitError, CommandFailed):
                     self.vsctl("--if-exists", "del-br", self.bridge, timeout=30)
-                except (LabkitError, CommandFailed):
-                    pass  # the daemons are stopped below; a namespace takes the rest with it
             self.bridge_made = False
             for proc in reversed(self.procs):
                 proc.close()

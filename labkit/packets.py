@@ -8,6 +8,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from labkit.addresses import check_ip, check_mac
 from labkit.errors import InputError
 
 ETH_P_IP = 0x0800
@@ -18,8 +19,6 @@ PROTO = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 
 
 def mac_bytes(mac: str) -> bytes:
-    from labkit.addresses import check_mac
-
     return bytes(int(x, 16) for x in check_mac(mac).split(":"))
 
 
@@ -33,15 +32,16 @@ def checksum(data: bytes) -> int:
     return (~s) & 0xFFFF
 
 
-def ipv4_header(src: str, dst: str, proto: int, payload_len: int, ttl: int = 64, ident: int = 0) -> bytes:
+def ipv4_header(src: str, dst: str, proto: int, payload_len: int) -> bytes:
+    """An IPv4 header without options (identifier 0, don't fragment, TTL 64), its checksum set."""
     hdr = struct.pack(
         "!BBHHHBBH4s4s",
         0x45,
         0,
         20 + payload_len,
-        ident,
+        0,
         0x4000,
-        ttl,
+        64,
         proto,
         0,
         ipaddress.IPv4Address(src).packed,
@@ -76,8 +76,6 @@ class FrameSpec:
     size: int = 60
 
     def validate(self, mtu: int = 1500) -> None:
-        from labkit.addresses import check_ip, check_mac
-
         check_mac(self.src_mac), check_mac(self.dst_mac)
         check_ip(self.src_ip), check_ip(self.dst_ip)
         if ipaddress.ip_address(self.src_ip).version != ipaddress.ip_address(self.dst_ip).version:
@@ -113,12 +111,7 @@ def build(spec: FrameSpec, payload_fill: bytes = b"\0") -> bytes:
     ip_hlen = 40 if v6 else 20
     proto = PROTO["icmpv6" if (v6 and spec.proto == "icmp") else spec.proto]
     l4_len = l3_len - ip_hlen
-    if spec.proto == "udp":
-        hlen = 8
-    elif spec.proto == "tcp":
-        hlen = 20
-    else:
-        hlen = 8
+    hlen = 20 if spec.proto == "tcp" else 8
     if l4_len < hlen:
         raise InputError(f"packet size {spec.size} is too small for {'IPv6' if v6 else 'IPv4'}/{spec.proto.upper()}")
     payload = (payload_fill * (l4_len - hlen))[: l4_len - hlen]

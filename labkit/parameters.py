@@ -20,16 +20,7 @@ import typing
 
 from labkit.errors import InputError
 
-_NAMES = {
-    "bool": bool,
-    "int": int,
-    "float": float,
-    "str": str,
-    "list": list,
-    "dict": dict,
-    "tuple": list,
-    "None": type(None),
-}
+_NAMES = {t.__name__: t for t in (bool, int, float, str, list, dict)} | {"tuple": list, "None": type(None)}
 _WHAT = {
     bool: "true or false",
     int: "a whole number",

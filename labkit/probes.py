@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+from contextlib import suppress
 
 from labkit import bpf, capabilities, packets
 from labkit.dataplanes.xdp_gen import in_netns, xmit_counters
@@ -152,10 +153,8 @@ def iptables() -> str:
 )
 def pktgen() -> str:
     if not os.path.isdir("/proc/net/pktgen"):
-        try:
+        with suppress(OSError, subprocess.TimeoutExpired):
             subprocess.run(["modprobe", "pktgen"], capture_output=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
     if not os.path.isdir("/proc/net/pktgen"):
         raise FileNotFoundError("no /proc/net/pktgen, and `modprobe pktgen` found no module")
     return "/proc/net/pktgen is there"

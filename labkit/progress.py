@@ -23,30 +23,12 @@ def _stream():
     return _terminal
 
 
-class _Silent:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 def bar(total: int, desc: str, show: bool = True, unit: str = "trial"):
-    """A text progress bar over TOTAL steps (a no-op object when SHOW is false)."""
-    if not show:
-        return _Silent()
+    """A text progress bar over TOTAL steps (one that prints nothing when SHOW is false)."""
     from tqdm.std import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=_stream(), leave=False, dynamic_ncols=True)
+    file = _stream() if show else None
+    return tqdm(total=total, desc=desc, unit=unit, file=file, leave=False, dynamic_ncols=True, disable=not show)
 
 
 def iterate(items, desc: str, show: bool = True, unit: str = "step"):

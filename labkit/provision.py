@@ -98,7 +98,7 @@ def pack(path: Path) -> Path:
     return path
 
 
-def provision(inventory_path, check: bool = False, log=print, playbook: Path = PLAYBOOK) -> dict:
+def provision(inventory_path, check: bool = False, log=print) -> dict:
     """Run deploy/site.yml on every host of INVENTORY_PATH. Returns Ansible's per-host
     counts ({'ok': {host: n}, 'changed': ..., 'skipped': ...}); raises ProvisionFailed
     naming each host that failed or could not be reached, with the task and the message."""
@@ -111,7 +111,7 @@ def provision(inventory_path, check: bool = False, log=print, playbook: Path = P
         extravars = {"labkit_archive": str(pack(work / "labkit.tar.gz")) if not check else "(check mode)"}
         r = runner.run(
             private_data_dir=str(work),
-            playbook=str(Path(playbook).resolve()),
+            playbook=str(PLAYBOOK.resolve()),
             inventory=str(ansible_inventory(inv, work / "inventory.yml")),
             extravars=extravars,
             cmdline="--check --diff" if check else None,

@@ -16,6 +16,8 @@ class Reference:
     note: str = ""
 
 
+XDP_PAPER = "Høiland-Jørgensen et al., The eXpress Data Path, CoNEXT 2018"
+BARE_METAL = "bare metal, 64-byte packets, one core"
 POSTER_XDP_DROP = Reference(
     "poster: XDP drop",
     13.0,
@@ -23,27 +25,9 @@ POSTER_XDP_DROP = Reference(
     "the poster this workbench grew from",
     "XDP packet drop on a 40G NIC, as reported there",
 )
-XDP_PAPER_XDP_DROP = Reference(
-    "XDP paper: XDP drop",
-    24e6,
-    "pps per core",
-    "Høiland-Jørgensen et al., The eXpress Data Path, CoNEXT 2018",
-    "bare metal, 64-byte packets, one core",
-)
-XDP_PAPER_DPDK_DROP = Reference(
-    "XDP paper: DPDK drop",
-    43.5e6,
-    "pps per core",
-    "Høiland-Jørgensen et al., The eXpress Data Path, CoNEXT 2018",
-    "bare metal, 64-byte packets, one core",
-)
-XDP_PAPER_IPTABLES_RAW = Reference(
-    "XDP paper: iptables raw drop",
-    4.8e6,
-    "pps per core",
-    "Høiland-Jørgensen et al., The eXpress Data Path, CoNEXT 2018",
-    "bare metal, 64-byte packets, one core",
-)
+XDP_PAPER_XDP_DROP = Reference("XDP paper: XDP drop", 24e6, "pps per core", XDP_PAPER, BARE_METAL)
+XDP_PAPER_DPDK_DROP = Reference("XDP paper: DPDK drop", 43.5e6, "pps per core", XDP_PAPER, BARE_METAL)
+XDP_PAPER_IPTABLES_RAW = Reference("XDP paper: iptables raw drop", 4.8e6, "pps per core", XDP_PAPER, BARE_METAL)
 
 DROP = [POSTER_XDP_DROP, XDP_PAPER_XDP_DROP, XDP_PAPER_IPTABLES_RAW, XDP_PAPER_DPDK_DROP]
 

@@ -146,10 +146,7 @@ def _sysctls() -> dict:
         "net.core.rmem_default",
         "kernel.unprivileged_bpf_disabled",
     ]
-    out = {}
-    for n in names:
-        out[n] = _try(lambda n=n: Path("/proc/sys/" + n.replace(".", "/")).read_text().strip())
-    return out
+    return {n: _try(lambda n=n: Path("/proc/sys/" + n.replace(".", "/")).read_text().strip()) for n in names}
 
 
 def collect_metadata(params: dict | None = None, topology=None, extra: dict | None = None) -> dict:
@@ -228,9 +225,8 @@ def load_runs(experiment: str | None = None, data_dir: Path | None = None):
         t = run.table.copy()
         for key in ("host", "kernel", "cpu_model", "time_utc"):
             t[key] = run.metadata.get(key)
-        t["commit"] = (
-            (run.metadata.get("git") or {}).get("commit") if isinstance(run.metadata.get("git"), dict) else None
-        )
+        git = run.metadata.get("git")
+        t["commit"] = git.get("commit") if isinstance(git, dict) else None
         frames.append(t)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 

@@ -33,7 +33,8 @@ import re
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from types import SimpleNamespace
 
 from labkit.errors import LabkitError
 
@@ -127,41 +128,25 @@ def hint_for(text: str) -> str | None:
     return None
 
 
-class CaptureStderr:
-    """Holds the process's fd 2 in a temporary file while in a `with`; `.text` after."""
-
-    _lock = threading.Lock()
-
-    def __init__(self):
-        self.text = ""
-
-    def __enter__(self):
-        self._lock.acquire()
-        try:
-            sys.stderr.flush()
-        except Exception:
-            pass
-        self._file = tempfile.TemporaryFile()
-        self._saved = os.dup(2)
-        os.dup2(self._file.fileno(), 2)
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            os.dup2(self._saved, 2)
-            os.close(self._saved)
-            self._file.seek(0)
-            self.text = self._file.read().decode(errors="replace")
-            self._file.close()
-        finally:
-            self._lock.release()
-        return False
+_capture_lock = threading.Lock()
 
 
 @contextmanager
 def captured_stderr():
-    with CaptureStderr() as cap:
-        yield cap
+    """Holds the process's fd 2 in a temporary file while in a `with`; `.text` after."""
+    cap = SimpleNamespace(text="")
+    with _capture_lock, tempfile.TemporaryFile() as file:
+        with suppress(Exception):
+            sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(file.fileno(), 2)
+        try:
+            yield cap
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            file.seek(0)
+            cap.text = file.read().decode(errors="replace")
 
 
 class CompileError(LabkitError):
@@ -263,23 +248,12 @@ def kernel_log(bpf, name: str, prog_type) -> str:
     text = ""
     if not lib.bpf_function_start(mod, fn):
         return text
+    code = (lib.bpf_function_start(mod, fn), lib.bpf_function_size(mod, fn))
+    module = (lib.bpf_module_license(mod), lib.bpf_module_kern_version(mod))
     for level in _RETRY_LEVELS:
         buf = ctypes.create_string_buffer(_LOG_SIZE)
         with captured_stderr():  # bcc prints the log too: the refusal carries it once
-            fd = lib.bcc_func_load(
-                mod,
-                prog_type,
-                fn,
-                lib.bpf_function_start(mod, fn),
-                lib.bpf_function_size(mod, fn),
-                lib.bpf_module_license(mod),
-                lib.bpf_module_kern_version(mod),
-                level,
-                buf,
-                _LOG_SIZE,
-                None,
-                -1,
-            )
+            fd = lib.bcc_func_load(mod, prog_type, fn, *code, *module, level, buf, _LOG_SIZE, None, -1)
         if fd >= 0:
             os.close(fd)
             return ""

@@ -31,6 +31,7 @@ import select
 import signal
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from labkit.testbed.runs import PREFIX_RE, REGISTRY_DIR
@@ -51,12 +52,10 @@ def _registry(prefix: str) -> dict | None:
 
 
 def _log(line: str) -> None:
-    try:
+    with suppress(OSError):
         LOG.parent.mkdir(parents=True, exist_ok=True)
         with open(LOG, "a") as f:
             f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + line + "\n")
-    except OSError:
-        pass
 
 
 def undo(pid: int, prefix: str) -> None:

@@ -190,6 +190,7 @@ def test_every_part_off_at_once_the_notebook_runs_through(tmp_path):
 def test_skipped_parts_names_each_part_off_by_its_documented_value():
     for part, off in OFF.items():
         p = nat.Params(**{**SMALL, "checks": True, **off}).validate()
-        assert part in nat.skipped_parts(p) and all(k in nat.PARTS for k in nat.skipped_parts(p)), part
+        skipped = {**nat.switched_off(p), **nat.cannot_run(p)}
+        assert part in skipped and all(k in nat.PARTS for k in skipped), part
     p = nat.Params(**{**SMALL, "variants": ["routing", "iptables"]}).validate()
-    assert "no eBPF NAT variant" in nat.skipped_parts(p)["programs' own time"]
+    assert "no eBPF NAT variant" in nat.cannot_run(p)["programs' own time"]

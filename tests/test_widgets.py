@@ -53,7 +53,7 @@ def test_new_drop_lab_closes_the_old_one(drop_lab):
     ui = box  # keep the widget alive, as the notebook's output does
     second = drop_lab()
     assert first.closed and "replaced" in first.stop_reason
-    assert second.replaced == first.prefix and drop.live_lab() is second
+    assert second.replaced == first.prefix and drop.DropLab.live() is second
     assert_gone(first.prefix)
     assert namespaces(second.prefix) == [f"{second.prefix}-rcv", f"{second.prefix}-snd"]
     assert ui.children  # the old widget still renders, disabled
@@ -162,7 +162,7 @@ def test_new_nat_lab_closes_the_old_one_and_its_widgets(nat_lab):
     first = nat_lab(clients=1)
     editor, view = MappingEditor(first.nat), FlowView(first.nat)
     second = nat_lab(clients=1)
-    assert first.closed and second.replaced == first.prefix and live.live_lab() is second
+    assert first.closed and second.replaced == first.prefix and live.LiveNat.live() is second
     assert_gone(first.prefix)
     assert all(c.disabled for c in editor.controls) and "replaced" in editor.message.value
     assert view.refresh_button.disabled and "replaced" in view.html.value

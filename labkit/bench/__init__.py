@@ -62,15 +62,8 @@ def main(smoke: bool = False) -> int:
     g = bench_generators.run(smoke=smoke)
     rs = results.ResultSet("bench_generators", {"smoke": smoke})
     for r in g.to_dict("records"):
-        rs.add(
-            r["variant"],
-            r["trial"],
-            r["size"],
-            {r["measure"]: (r["value"], r["unit"])},
-            part=r["part"],
-            generator=r["generator"],
-            notes=r["notes"],
-        )
+        extra = {k: r[k] for k in ("part", "generator", "notes")}
+        rs.add(r["variant"], r["trial"], r["size"], {r["measure"]: (r["value"], r["unit"])}, **extra)
     print(f"\ntable: {rs.save()}")
     print("\n== Generators into a native-XDP drop receiver, 64 bytes ==")
     print(bench_generators.summary(g).to_string(index=False))

@@ -24,6 +24,7 @@ Columns: part, generator, variant, trial, size, measure, value, unit, notes.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pandas as pd
@@ -73,19 +74,8 @@ def run(smoke: bool = False, trials: int | None = None) -> pd.DataFrame:
         try:
             for name in GENERATORS:
                 ok, why = status.get(name, (False, "backend not present"))
-                if not ok:
-                    rows.append(
-                        _row(
-                            "generators",
-                            name,
-                            "xdp_drop_native",
-                            0,
-                            "unavailable",
-                            float("nan"),
-                            "",
-                            why.split("; ")[0],
-                        )
-                    )  # the reason; doctor has the rest
+                if not ok:  # the reason's first part; doctor has the rest
+                    rows.append(_into_drop(name, 0)("unavailable", float("nan"), "", why.split("; ")[0]))
                     continue
                 gens[name] = traffic.generator(name, snd)
             # ---- generators into a native XDP drop receiver
@@ -140,22 +130,19 @@ def _multi_cpu_rows(trials: int, count: int) -> list:
     return rows
 
 
+def _into_drop(name, t):
+    """The rows of trial T of generator NAME into the native XDP drop receiver, by measure."""
+    return functools.partial(_row, "generators", name, "xdp_drop_native", t)
+
+
 def _generator_rows(name, t, offered, got):
     """One trial of generator NAME into the native XDP drop receiver."""
-    notes = "; ".join(offered.notes)
+    row = _into_drop(name, t)
     return [
-        _row("generators", name, "xdp_drop_native", t, "offered_pps", offered.pps, "pps", notes),
-        _row("generators", name, "xdp_drop_native", t, "offered", offered.packets, "packets"),
-        _row("generators", name, "xdp_drop_native", t, "received", got, "packets"),
-        _row(
-            "generators",
-            name,
-            "xdp_drop_native",
-            t,
-            "received_pps",
-            got / offered.seconds if offered.seconds else float("nan"),
-            "pps",
-        ),
+        row("offered_pps", offered.pps, "pps", "; ".join(offered.notes)),
+        row("offered", offered.packets, "packets"),
+        row("received", got, "packets"),
+        row("received_pps", got / offered.seconds if offered.seconds else float("nan"), "pps"),
     ]
 
 
@@ -168,15 +155,13 @@ def _timed(gen, spec, received, clock):
 
 
 def _receiver_rows(feed, variant, t, offered, got, net_rx_s):
-    notes = "; ".join(offered.notes)
+    row = functools.partial(_row, "receivers", feed, variant, t)
     return [
-        _row("receivers", feed, variant, t, "offered_pps", offered.pps, "pps", notes),
-        _row("receivers", feed, variant, t, "received", got, "packets"),
-        _row("receivers", feed, variant, t, "received_pps", got / offered.seconds, "pps"),
-        _row("receivers", feed, variant, t, "loss_ratio", 1 - got / offered.packets, "ratio"),
-        _row(
-            "receivers", feed, variant, t, "cpu_ns_per_pkt", net_rx_s * 1e9 / got if got else float("nan"), "ns/packet"
-        ),
+        row("offered_pps", offered.pps, "pps", "; ".join(offered.notes)),
+        row("received", got, "packets"),
+        row("received_pps", got / offered.seconds, "pps"),
+        row("loss_ratio", 1 - got / offered.packets, "ratio"),
+        row("cpu_ns_per_pkt", net_rx_s * 1e9 / got if got else float("nan"), "ns/packet"),
     ]
 
 

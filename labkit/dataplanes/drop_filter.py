@@ -60,13 +60,11 @@ class DropFilter(ControlPlane):
 
     # ---- rules
     def _active(self) -> int:
-        t = self._maps["active"]
-        return int(t[ctypes.c_int(0)].value)
+        return int(self._maps["active"][ctypes.c_int(0)].value)
 
     def _set_bit(self, bit: int, on: bool) -> None:
-        t = self._maps["active"]
         cur = self._active()
-        t[ctypes.c_int(0)] = ctypes.c_uint32((cur | bit) if on else (cur & ~bit))
+        self._maps["active"][ctypes.c_int(0)] = ctypes.c_uint32((cur | bit) if on else (cur & ~bit))
 
     def drop_all(self, on: bool = True) -> None:
         """Drop every packet (the XDP fast-drop of the experiment)."""
@@ -99,12 +97,6 @@ class DropFilter(ControlPlane):
         key = t.Key(net.prefixlen, int.from_bytes(net.network_address.packed, "little"))
         t[key] = t.Leaf(1)
         self._set_bit(header().RULE_SRC, True)
-
-    def remove_port(self, port: int) -> None:
-        t = self._maps["port_rules"]
-        t[t.Key(port)] = t.Leaf(0)
-        self._ports.discard(port)
-        self._set_bit(header().RULE_PORT, bool(self._ports))
 
     def clear(self) -> None:
         """Remove every rule: everything passes."""

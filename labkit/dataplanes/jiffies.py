@@ -8,6 +8,7 @@ import gzip
 import platform
 import re
 import time
+from contextlib import suppress
 
 from labkit.errors import LabkitError
 
@@ -17,11 +18,9 @@ def kernel_hz() -> int:
     """The kernel's tick rate (CONFIG_HZ): jiffies per second, the unit of flow times."""
     text = ""
     for config in ("/proc/config.gz", f"/boot/config-{platform.release()}"):
-        try:
+        with suppress(OSError):
             text = (gzip.open if config.endswith(".gz") else open)(config, "rt").read()
             break
-        except OSError:
-            pass
     m = re.search(r"^CONFIG_HZ=(\d+)", text, re.M)
     return int(m.group(1)) if m else _measure_hz()
 

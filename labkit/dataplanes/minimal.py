@@ -15,7 +15,6 @@ from labkit import bpf
 from labkit.dataplanes import ControlPlane
 
 SOURCE = "xdp_minimal"
-PROGRAMS = ("xdp_drop_bare", "xdp_pass_bare")
 
 
 class Minimal(ControlPlane):

@@ -145,14 +145,10 @@ class Nat(FlowTable, ControlPlane):
     def guard(self, inside_ifaces) -> ExitStack:
         """`nat_hairpin` at tc ingress of INSIDE_IFACES: hairpinning refused and counted
         (drop_hairpin). Use in a `with`; exit removes it."""
-        stack = ExitStack()
-        try:
+        with ExitStack() as stack:
             for iface in inside_ifaces:
                 stack.enter_context(bpf.attach_tc(iface, self.hairpin_function(), "ingress"))
-        except BaseException:
-            stack.close()
-            raise
-        return stack
+            return stack.pop_all()
 
     def attach(self, outside_iface, inside_ifaces=()) -> ExitStack:
         """Attach the NAT to the NAT host's outside port: tc ingress (inbound translation)
@@ -169,18 +165,14 @@ class Nat(FlowTable, ControlPlane):
                     f"{outside_iface.name} (it has {', '.join(sorted(have)) or 'none'}): add it "
                     "there, or choose one of its addresses"
                 )
-        stack = ExitStack()
-        try:
+        with ExitStack() as stack:
             self._outside = outside_iface
             stack.callback(setattr, self, "_outside", None)
             stack.enter_context(bpf.attach_tc(outside_iface, self.ingress_function(), "ingress"))
             stack.enter_context(bpf.attach_tc(outside_iface, self.egress_function(), "egress"))
             if inside_ifaces:
                 stack.enter_context(self.guard(inside_ifaces))
-        except BaseException:
-            stack.close()
-            raise
-        return stack
+            return stack.pop_all()
 
     # ------------------------------------------------------------ configuration
     def _write_config(self) -> None:
@@ -198,28 +190,12 @@ class Nat(FlowTable, ControlPlane):
 
     def set_timeouts(self, **seconds) -> None:
         """Change flow timeouts (seconds), e.g. set_timeouts(udp=30): all checked first."""
-        new = check_timeouts({**self.timeouts, **seconds})
-        self.timeouts = new
+        self.timeouts = check_timeouts({**self.timeouts, **seconds})
         self._write_config()
 
     def set_port_range(self, first: int, last: int) -> None:
         """The ports new SNAT flows get (existing flows keep theirs)."""
         self.port_range = check_port_range((first, last))
-        self._write_config()
-
-    def set_snat_address(self, address: str | None) -> None:
-        """The outside address SNAT flows use; None turns source NAT off (static mappings stay)."""
-        if address is None:
-            self.snat_address = None
-        else:
-            addr = _address(address, "SNAT address")
-            _host_in(addr, self.outside_network, "SNAT address", "outside network")
-            if addr in self._static_outside():
-                raise InputError(
-                    f"SNAT address {addr} is the outside address of a static mapping: "
-                    "remove that mapping first, or choose another address"
-                )
-            self.snat_address = addr
         self._write_config()
 
     def config(self) -> dict:
@@ -282,7 +258,7 @@ class Nat(FlowTable, ControlPlane):
         counters[ctypes.c_int(slot)] = (counters.Leaf * ncpu)()  # fresh counters for a fresh mapping
         # the program looks an established SNAT flow up before the static mappings: a host
         # with a mapping has none (its flows end here), and neither does its outside address
-        self._drop_flows(lambda k, v: k.src == _be32(ins) or v.addr == _be32(out))
+        self._drop_flows(lambda k, v, _rv: k.src == _be32(ins) or v.addr == _be32(out))
         # inbound first: a reply to the new address can only be translated once outbound
         # traffic goes out under it; undone if the second write fails
         t_in[t_in.Key(_be32(out))] = t_in.Leaf(_be32(ins), slot)
@@ -339,9 +315,7 @@ class Nat(FlowTable, ControlPlane):
 
     def model(self):
         """A NatModel with this NAT's configuration and static mappings (no flows)."""
-        from labkit.dataplanes.nat_model import NatModel
-
-        return NatModel(
+        return nat_model.NatModel(
             str(self.inside_network),
             str(self.snat_address) if self.snat_address else None,
             self.port_range,

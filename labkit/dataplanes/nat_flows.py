@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 
 from labkit.dataplanes.jiffies import jiffies_now, kernel_hz
@@ -52,17 +52,23 @@ class FlowTable:
                 rv = None
             yield k, v, rk, rv
 
+    @staticmethod
+    def _timing(k, v, rv) -> tuple[int, bool, str]:
+        """(its last packet either way, in jiffies; closing; the name of the timeout that
+        applies) of the flow of out key K, out entry V and in entry RV (or None)."""
+        last = max(v.last, rv.last) if rv is not None else v.last
+        closing = bool(v.closing or (rv is not None and rv.closing))
+        return last, closing, {6: "tcp_closing" if closing else "tcp_established", 17: "udp"}.get(k.proto, "icmp")
+
     def _drop_flows(self, which) -> int:
-        """Delete the SNAT flows (both entries) for which WHICH(out key, out entry) holds."""
+        """Delete the SNAT flows (both entries) for which WHICH(out key, out entry, in entry) holds."""
         t_out, t_in = self._maps["snat_out"], self._maps["snat_in"]
         n = 0
         for k, v, rk, rv in list(self._pairs()):
-            if which(k, v):
+            if which(k, v, rv):
                 for t, key in ((t_in, rk), (t_out, k)):
-                    try:
+                    with suppress(KeyError):
                         del t[key]
-                    except KeyError:
-                        pass
                 n += 1
         return n
 
@@ -73,9 +79,7 @@ class FlowTable:
         out = []
         for k, v, _, rv in self._pairs():
             icmp = k.proto == socket.IPPROTO_ICMP
-            last = max(v.last, rv.last) if rv is not None else v.last
-            closing = bool(v.closing or (rv is not None and rv.closing))
-            name = {6: "tcp_closing" if closing else "tcp_established", 17: "udp"}.get(k.proto, "icmp")
+            last, closing, name = self._timing(k, v, rv)
             out.append(
                 Flow(
                     PROTOCOLS.get(k.proto, str(k.proto)),
@@ -102,15 +106,8 @@ class FlowTable:
         does lazily when a packet meets one); returns how many. Call it periodically."""
         now, hz = jiffies_now(), kernel_hz()
 
-        def idle(k, v):
-            rv = self._maps["snat_in"].get(
-                self._maps["snat_in"].Key(
-                    k.dst, v.addr, 0 if k.proto == socket.IPPROTO_ICMP else k.dport, v.port, k.proto
-                )
-            )
-            last = max(v.last, rv.last) if rv is not None else v.last
-            closing = v.closing or (rv is not None and rv.closing)
-            name = {6: "tcp_closing" if closing else "tcp_established", 17: "udp"}.get(k.proto, "icmp")
+        def idle(k, v, rv):
+            last, _, name = self._timing(k, v, rv)
             return now - last > self.timeouts[name] * hz
 
         n = self._drop_flows(idle)
@@ -121,10 +118,8 @@ class FlowTable:
         }
         for rk, _ in list(t_in.items()):
             if (rk.src, rk.dst, rk.sport, rk.dport, rk.proto) not in partners:
-                try:
+                with suppress(KeyError):
                     del t_in[rk]
-                except KeyError:
-                    pass
         self.swept += n
         return n
 

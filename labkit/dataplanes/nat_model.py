@@ -25,17 +25,6 @@ from labkit.errors import InputError
 #: OUTCOMES, the program's outcomes, in the order of its `stats` map: enum nat_outcome of
 #: bpf/include/nat.h ("out_static", "out_snat_new", ..., "drop_rewrite_failed").
 header, __getattr__ = read_when_needed(lambda: {"OUTCOMES": enum_names("nat.h", "nat_outcome", "NAT_")})
-TRANSLATED = {
-    "out_static",
-    "out_snat_new",
-    "out_snat",
-    "in_static",
-    "in_snat",
-    "in_icmp_error",
-    "out_fragment",
-    "in_fragment",
-    "out_icmp_error",
-}
 TCP, UDP, ICMP = 6, 17, 1
 ICMP_ECHO_REPLY, ICMP_ECHO = 0, 8
 ICMP_ERRORS = (3, 11, 12)  # destination unreachable, time exceeded, parameter problem
@@ -165,20 +154,16 @@ class NatModel:
         if st is not None:  # stateless: every fragment gets the address
             if not (p.proto in (TCP, UDP, ICMP) and (p.has_l4 or p.later)):
                 return Expected("drop_protocol", None)
-            if p.proto == ICMP and p.icmp_type in ICMP_ERRORS and not p.options and not p.fragment:
-                exp = self._icmp_error(frame, p, outbound=True, static_to=st)
-                if exp is not None:
-                    return exp
+            if (exp := self._icmp_error(frame, p, outbound=True, static_to=st)) is not None:
+                return exp
             return self._rewrite(frame, p, "out_static", src=st)
         if p.later:  # the address its first fragment got, if that came first
             fk = (p.saddr, p.daddr, p.ip_id, p.proto)
             if fk not in self.frags:
                 return Expected("drop_fragment", None)
             return self._rewrite(frame, p, "out_fragment", src=self.frags[fk])
-        if p.proto == ICMP and p.icmp_type in ICMP_ERRORS and not p.options and not p.fragment:
-            exp = self._icmp_error(frame, p, outbound=True)
-            if exp is not None:
-                return exp
+        if (exp := self._icmp_error(frame, p, outbound=True)) is not None:
+            return exp
         if not p.has_l4 or not (p.proto in (TCP, UDP) or (p.proto == ICMP and p.icmp_type == ICMP_ECHO)):
             return Expected("drop_protocol", None)
         key = (p.saddr, p.daddr, p.sport, 0 if p.proto == ICMP else p.dport, p.proto)
@@ -234,10 +219,8 @@ class NatModel:
                 if fk not in self.frags:
                     return Expected("pass_fragment", frame)
                 return self._rewrite(frame, p, "in_fragment", dst=self.frags[fk])
-            if p.proto == ICMP and p.icmp_type in ICMP_ERRORS and not p.options and not p.fragment:
-                exp = self._icmp_error(frame, p)
-                if exp is not None:
-                    return exp
+            if (exp := self._icmp_error(frame, p)) is not None:
+                return exp
             if not p.has_l4 or not (p.proto in (TCP, UDP) or (p.proto == ICMP and p.icmp_type == ICMP_ECHO_REPLY)):
                 return Expected("pass_no_flow", frame)
             if p.proto == ICMP:
@@ -257,10 +240,8 @@ class NatModel:
             return Expected("pass_no_rule", frame)
         if not (p.proto in (TCP, UDP, ICMP) and (p.has_l4 or p.later)):
             return Expected("drop_protocol", None)
-        if p.proto == ICMP and p.icmp_type in ICMP_ERRORS and not p.options and not p.fragment:
-            exp = self._icmp_error(frame, p, static_to=st)
-            if exp is not None:
-                return exp
+        if (exp := self._icmp_error(frame, p, static_to=st)) is not None:
+            return exp
         return self._rewrite(frame, p, "in_static", dst=st)
 
     # ------------------------------------------------------------ ICMP errors
@@ -273,7 +254,10 @@ class NatModel:
         inside host's error names itself as the packet's destination, which becomes the SNAT
         address and port (outer source too). Through a static mapping (STATIC_TO: the other
         side's address) only the addresses change, outcome in_static / out_static. Every
-        checksum follows. None: not such an error."""
+        checksum follows. None: not such an error (an ICMP error with IP options, or fragmented,
+        counts as none)."""
+        if not (p.proto == ICMP and p.icmp_type in ICMP_ERRORS and not p.options and not p.fragment):
+            return None
         inner, l4 = L4 + 8, L4 + 8 + IP
         if len(frame) < l4 + 8 or p.tot_len < IP + 8 + IP + 8:
             return None

@@ -48,8 +48,7 @@ class XdpForwarder(ControlPlane):
         entry = port_of.Leaf()
         entry.out_port = out_port
         entry.out_ifindex = out_ifindex
-        for j, b in enumerate(bytes.fromhex(out_mac.replace(":", ""))):
-            entry.out_mac[j] = b
+        entry.out_mac[:] = bytes.fromhex(out_mac.replace(":", ""))
         port_of[port_of.Key(in_ifindex)] = entry
         tx[tx.Key(out_port)] = tx.Leaf(out_ifindex)
 

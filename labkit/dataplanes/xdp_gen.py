@@ -40,11 +40,12 @@ import re
 import socket
 import struct
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from labkit import bpf, bpf_enums
 from labkit.dataplanes import ControlPlane, read_when_needed
 from labkit.errors import InputError, LabkitError
+from labkit.testbed.topology import Interface
 
 HEADER = "xdp_gen.h"
 
@@ -80,10 +81,7 @@ def vary_mask(vary) -> int:
     names, bits = (vary,) if isinstance(vary, str) else tuple(vary), header().VARY
     if not names or any(n not in bits for n in names):
         raise InputError(f"vary {vary!r}: name one or more of {sorted(bits)}")
-    mask = 0
-    for n in names:
-        mask |= bits[n]
-    return mask
+    return sum(bits[n] for n in set(names))  # distinct bits: the sum is their union
 
 
 def low32(addr: str) -> int:
@@ -191,10 +189,9 @@ def xdp_features(iface) -> int | None:
     """The kernel's xdp-features bit set of IFACE (NETDEV_XDP_ACT_*), None where the
     kernel cannot say (before 6.3). NDO_XMIT (4): it can transmit XDP frames now (a veth:
     only while its peer has a native XDP program or GRO on)."""
-    try:
+    with suppress(OSError):
         return in_netns(iface.host.netns, _query_xdp_features, iface.ifindex)
-    except OSError:
-        return None
+    return None
 
 
 def can_transmit_xdp(iface) -> bool | None:
@@ -239,8 +236,6 @@ class DispatcherPin:
         self.attachment = None
 
     def __enter__(self) -> str:
-        from labkit.testbed.topology import Interface
-
         with self.host.ipr() as ipr:
             idx = ipr.link_lookup(ifname="lo")
         if not idx:
@@ -260,7 +255,7 @@ class DispatcherPin:
             self.attachment = None
 
 
-class GenProgram:
+class GenProgram(ControlPlane):
     """bpf/xdp_gen.c's generator loaded for the interface with ifindex IFINDEX (it sends
     only frames whose context names that ingress). With HOST given, the program is parked
     on HOST's loopback (DispatcherPin) until close; `pin_note` says why it could not be.
@@ -301,16 +296,10 @@ class GenProgram:
         h = header()
         if (proto, version) not in h.L4:
             raise InputError(f"protocol {proto!r} over IPv{version}: the generator sends {sorted(h.L4)}")
+        vary = h.VARY["sport"] if vary is None else vary
         table = self.program.map("gen_config")
         table[ctypes.c_int(0)] = table.Leaf(
-            flows,
-            h.VARY["sport"] if vary is None else vary,
-            int(version == 6),
-            h.L4[(proto, version)],
-            sport,
-            dport,
-            low32(src_ip),
-            low32(dst_ip),
+            flows, vary, int(version == 6), h.L4[(proto, version)], sport, dport, low32(src_ip), low32(dst_ip)
         )
         tpl = self.program.map("gen_template")
         head = frame[: h.TEMPLATE_BYTES].ljust(h.TEMPLATE_BYTES, b"\0")
@@ -330,12 +319,6 @@ class GenProgram:
             prog, self.program = getattr(self, "program", None), None
             if prog is not None:
                 prog.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class GenSink(ControlPlane):

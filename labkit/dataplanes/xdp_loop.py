@@ -49,14 +49,14 @@ from contextlib import ExitStack
 
 from labkit import bpf, bpf_enums
 from labkit.dataplanes import read_when_needed, xdp_gen
-from labkit.dataplanes.xdp_gen import in_netns, low32
+from labkit.dataplanes.xdp_gen import in_netns, low32, xmit_counters
 from labkit.errors import InputError, LabkitError
 from labkit.testbed import runs, signals
+from labkit.testbed.topology import Interface, _delete_link
+from labkit.testbed.undo import Undoable
 
 SOURCE = "xdp_loop"
 HEADER = "xdp_loop.h"
-
-
 #: NEXT and LIMIT, the budget map's slots, and PORTS_MAX, the devmap's size (LOOP_ dropped)
 header, __getattr__ = read_when_needed(
     lambda: {
@@ -68,7 +68,7 @@ SETTLE_S = 0.0005
 _numbers = itertools.count()
 
 
-class Loop:
+class Loop(Undoable):
     """The loop for sending out of OUT (a topology.Interface, the sending port) on its host.
     Context manager: exit removes the loop's links with their programs, and unloads them."""
 
@@ -80,33 +80,24 @@ class Loop:
         self.a = self.b = None
         self.program = None
         self._sock = None
-        self._stack = ExitStack()
 
     # ---- building
-    def __enter__(self) -> "Loop":
-        stack = self._stack
-        try:
-            stack.enter_context(signals.terminate_as_exception())
-            run = stack.enter_context(runs.run_scope())
-            n = next(_numbers)
-            self.a, self.b = self._veth(stack, run.name(f"xl{n}a"), run.name(f"xl{n}b"))
-            self.program = bpf.load(SOURCE)
-            stack.callback(self.program.close)
-            self._fill_devmap()
-            stack.enter_context(bpf.attach_xdp(self.a, self.program.function("xdp_loop_tx", "xdp"), "native"))
-            stack.enter_context(bpf.attach_xdp(self.b, self.program.function("xdp_loop_fan", "xdp"), "native"))
-            if self.threaded:  # after the programs: a veth has NAPI instances only while it runs XDP
-                self._threaded()
-            self._sock = in_netns(self.host.netns, self._seed_socket)
-            stack.callback(self._sock.close)
-        except BaseException:
-            stack.close()
-            raise
-        return self
+    def _open(self, stack: ExitStack) -> None:
+        stack.enter_context(signals.terminate_as_exception())
+        run = stack.enter_context(runs.run_scope())
+        n = next(_numbers)
+        self.a, self.b = self._veth(stack, run.name(f"xl{n}a"), run.name(f"xl{n}b"))
+        self.program = bpf.load(SOURCE)
+        stack.callback(self.program.close)
+        self._fill_devmap()
+        stack.enter_context(bpf.attach_xdp(self.a, self.program.function("xdp_loop_tx", "xdp"), "native"))
+        stack.enter_context(bpf.attach_xdp(self.b, self.program.function("xdp_loop_fan", "xdp"), "native"))
+        if self.threaded:  # after the programs: a veth has NAPI instances only while it runs XDP
+            self._threaded()
+        self._sock = in_netns(self.host.netns, self._seed_socket)
+        stack.callback(self._sock.close)
 
     def _veth(self, stack: ExitStack, name_a: str, name_b: str):
-        from labkit.testbed.topology import Interface, _delete_link
-
         with self.host.ipr() as ipr:
             mtu = ipr.link("get", index=self.out.ifindex)[0].get_attr("IFLA_MTU")
             with signals.deferred_signals():
@@ -236,18 +227,12 @@ class Loop:
     def xmit_counters(self, iface=None):
         """(frames transmitted with ndo_xdp_xmit, frames refused) of IFACE (default: the
         sending port)."""
-        from labkit.dataplanes.xdp_gen import xmit_counters
-
         return xmit_counters(iface or self.out)
 
     def close(self) -> None:
         """Remove the loop (harmless twice)."""
-        stack, self._stack = self._stack, ExitStack()
         self.program = self._sock = None
-        stack.close()
-
-    def __exit__(self, *exc):
-        self.close()
+        super().close()
 
 
 # ---------------------------------------------------------------- the capability probe

@@ -34,7 +34,6 @@ from labkit.errors import InputError
 header, __getattr__ = read_when_needed(
     lambda: {"OUTCOMES": bpf_enums.enum_names("nat.h", "nat_xdp_outcome", "NAT_XDP_")}
 )
-FORWARDED = {"out_static", "out_snat", "in_static", "in_snat", "routed"}  # the rest: pass_*
 
 
 def _attach_all(stack: ExitStack, ifaces, fn, mode: str) -> None:
@@ -81,10 +80,8 @@ class XdpNat:
             t = self.program.map(name)
             for k, v in list(t.items()):
                 v.fib_at, v.fib_ifindex, v.fib_len = now, ifindex, 0xFFFF
-                for i, b in enumerate(bytes.fromhex(smac.replace(":", ""))):
-                    v.fib_smac[i] = b
-                for i, b in enumerate(bytes.fromhex(dmac.replace(":", ""))):
-                    v.fib_dmac[i] = b
+                v.fib_smac[:] = bytes.fromhex(smac.replace(":", ""))
+                v.fib_dmac[:] = bytes.fromhex(dmac.replace(":", ""))
                 t[k] = v
                 n += 1
         return n

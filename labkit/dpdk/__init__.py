@@ -32,73 +32,21 @@ from __future__ import annotations
 # build (the l2fwd example), afxdp (net_af_xdp ports), options (ports, EAL and l2fwd options), runtime (file
 # prefixes, runtime directories, processes), l2fwd (running it, statistics, resources), sockets (the kernel's
 # drop counters of a DPDK process's AF_XDP and packet sockets).
-from labkit.dpdk.afxdp import AF_XDP_DEVARGS, BUSY_POLL_SETTINGS, BusyPollSettings, socket_mode, xsk_sockets
-from labkit.dpdk.build import (
-    EXAMPLES_DIR,
-    L2FWD_BUILD_DIR,
-    RING_SIZES,
-    STAMP_NAME,
-    build_dir_for,
-    build_l2fwd,
-    dpdk_version,
-    l2fwd_status,
+from labkit.dpdk.afxdp import (  # noqa: F401 (read as dpdk.X)
+    AF_XDP_DEVARGS,
+    BUSY_POLL_SETTINGS,
+    BusyPollSettings,
+    socket_mode,
+    xsk_sockets,
 )
-from labkit.dpdk.l2fwd import L2fwd, PortStats, Resources, parse_stats
-from labkit.dpdk.options import (
-    PCI_RE,
-    PORT_KINDS,
+from labkit.dpdk.build import L2FWD_BUILD_DIR, STAMP_NAME, build_l2fwd, dpdk_version, l2fwd_status  # noqa: F401
+from labkit.dpdk.l2fwd import L2fwd, PortStats, parse_stats  # noqa: F401
+from labkit.dpdk.options import (  # noqa: F401
     EalOptions,
     L2fwdOptions,
     Port,
     check_pci_address,
-    hugepages,
     l2fwd_mac,
     parse_command_line,
 )
-from labkit.dpdk.runtime import (
-    RUNTIME_BASES,
-    clean_runtime_dirs,
-    dpdk_processes,
-    file_prefix,
-    remove_runtime_dir,
-    runtime_dirs,
-    stale_runtime_dirs,
-)
-from labkit.dpdk.sockets import socket_drops
-
-__all__ = [
-    "EXAMPLES_DIR",
-    "STAMP_NAME",
-    "L2FWD_BUILD_DIR",
-    "build_l2fwd",
-    "dpdk_version",
-    "l2fwd_status",
-    "L2fwd",
-    "PortStats",
-    "Resources",
-    "parse_stats",
-    "PCI_RE",
-    "PORT_KINDS",
-    "EalOptions",
-    "L2fwdOptions",
-    "Port",
-    "check_pci_address",
-    "hugepages",
-    "l2fwd_mac",
-    "parse_command_line",
-    "RUNTIME_BASES",
-    "clean_runtime_dirs",
-    "dpdk_processes",
-    "file_prefix",
-    "remove_runtime_dir",
-    "runtime_dirs",
-    "stale_runtime_dirs",
-    "AF_XDP_DEVARGS",
-    "BUSY_POLL_SETTINGS",
-    "BusyPollSettings",
-    "socket_mode",
-    "xsk_sockets",
-    "RING_SIZES",
-    "build_dir_for",
-    "socket_drops",
-]
+from labkit.dpdk.runtime import dpdk_processes, file_prefix, remove_runtime_dir, runtime_dirs  # noqa: F401

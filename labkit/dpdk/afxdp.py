@@ -22,6 +22,7 @@ SIGKILL it stays: `remove_pmd_programs` takes off what the driver left.
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from types import SimpleNamespace
 
 from labkit.errors import InputError
@@ -90,10 +91,8 @@ def remove_pmd_programs(host, programs: dict) -> list[str]:
         with host.ipr() as ipr:
             idx = ipr.link_lookup(ifname=ifname)
             for flags in (0, 2):  # native, then generic: the mode the driver chose
-                try:
+                with suppress(Exception):
                     ipr.link("set", index=idx[0], xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", flags)]})
-                except Exception:
-                    continue
         removed.append(ifname)
     return removed
 
@@ -129,10 +128,8 @@ class BusyPollSettings:
     def restore(self) -> None:
         while self.saved:
             (ifname, knob), old = self.saved.popitem()
-            try:
+            with suppress(Exception):  # the interface is gone with its namespace
                 self._write(ifname, knob, old)
-            except Exception:
-                pass  # the interface is gone with its namespace
 
     def __exit__(self, *exc):
         self.restore()

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from contextlib import suppress
 from pathlib import Path
 
 from labkit import BUILD_DIR
@@ -15,8 +16,6 @@ from labkit.errors import InputError, LabkitError, MissingDependency
 
 L2FWD_BUILD_DIR = BUILD_DIR / "l2fwd"  # the default; a remote session builds in its own (LABKIT_L2FWD_BUILD_DIR)
 EXAMPLES_DIR = Path(os.environ.get("LABKIT_DPDK_EXAMPLES", "/usr/share/dpdk/examples"))
-
-
 STAMP_NAME = ".dpdk-version"
 
 
@@ -127,10 +126,9 @@ def build_l2fwd(
 
 
 def _read(path: Path) -> str | None:
-    try:
+    with suppress(OSError):
         return path.read_text()
-    except OSError:
-        return None
+    return None
 
 
 def l2fwd_status() -> tuple[bool, str]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.dpdk.afxdp import remove_pmd_programs, socket_mode, xdp_program_id
-from labkit.dpdk.build import _read, build_dir_for, build_l2fwd
-from labkit.dpdk.options import PORT_KINDS, EalOptions, L2fwdOptions, Port, check_pci_address, hugepages
+from labkit.dpdk.build import build_dir_for, build_l2fwd
+from labkit.dpdk.options import PORT_KINDS, EalOptions, L2fwdOptions, Port, check_pci_address, hugepages, proc_numbers
 from labkit.dpdk.runtime import file_prefix, locked_memory_hint, remove_runtime_dir
 from labkit.dpdk.sockets import socket_drops
 from labkit.errors import InputError, LabkitError
@@ -25,8 +26,6 @@ class PortStats:
 
 
 _BLOCK_RE = re.compile(r"Port statistics =+(.*?)Aggregate statistics =+.*?Total packets dropped:\s*\d+", re.S)
-
-
 _PORT_RE = re.compile(
     r"Statistics for port (\d+) -+\s*Packets sent:\s*(\d+)\s*Packets received:\s*(\d+)\s*"
     r"Packets dropped:\s*(\d+)",
@@ -57,19 +56,6 @@ class Resources:
     hugepages: bool
     hugepages_used: int  # pages taken from the machine while it ran
     hugepage_kb: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def _proc_status(pid: int) -> dict:
-    out = {}
-    text = _read(Path(f"/proc/{pid}/status")) or ""
-    for line in text.splitlines():
-        if line.startswith(("VmRSS", "VmHWM")):
-            k, v = line.split(":", 1)
-            out[k] = int(v.split()[0])
-    return out
 
 
 class L2fwd:
@@ -188,10 +174,8 @@ class L2fwd:
 
     def output(self) -> str:
         if self.proc is not None:
-            try:
+            with suppress(OSError, ValueError):
                 self._output = self.proc.output()
-            except (OSError, ValueError):
-                pass
         return self._output
 
     def stats(self) -> dict[int, PortStats]:
@@ -251,7 +235,7 @@ class L2fwd:
             return self._final
         if self.proc is None:
             raise LabkitError("l2fwd has not been started")
-        st = _proc_status(self.proc.pid)
+        st = proc_numbers(f"/proc/{self.proc.pid}/status", "VmRSS", "VmHWM")
         hp = hugepages()
         used = max(0, (self._hp0 or {}).get("HugePages_Free", 0) - hp.get("HugePages_Free", 0))
         return Resources(
@@ -273,22 +257,16 @@ class L2fwd:
         proc, rc = self.proc, None
         if proc is not None:
             if self._final is None and proc.running:
-                try:
+                with suppress(Exception):
                     self._final = self.resources()
-                except Exception:
-                    self._final = None
             self.output()
             rc = proc.stop(grace=3)
             self.output()
-            try:
+            with suppress(Exception):
                 proc.close()
-            except Exception:
-                pass
         if self.xdp_programs:  # closed ports took theirs off; a killed l2fwd leaves them
-            try:
+            with suppress(Exception):  # the namespace is gone
                 remove_pmd_programs(self.host, self.xdp_programs)
-            except Exception:
-                pass  # the namespace is gone
             self.xdp_programs = {}
         if self.prefix:
             remove_runtime_dir(self.prefix)

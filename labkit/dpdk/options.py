@@ -13,11 +13,7 @@ from labkit.errors import InputError
 
 #: drivers a PCI device can be bound to for DPDK to drive it (mlx5 works with its kernel driver)
 DPDK_DRIVERS = ("vfio-pci", "uio_pci_generic", "igb_uio", "mlx5_core", "mlx4_core")
-
-
 PCI_RE = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
-
-
 PORT_KINDS = ("af_packet", "af_xdp", "pci")
 
 
@@ -83,14 +79,16 @@ def check_pci_address(address: str) -> str:
     return full
 
 
+def proc_numbers(path: str, *prefixes: str) -> dict:
+    """{name: number} of the `name: number ...` lines of /proc file PATH that start with one
+    of PREFIXES ({} where it cannot be read)."""
+    lines = (line.split(":", 1) for line in (_read(Path(path)) or "").splitlines() if line.startswith(prefixes))
+    return {k: int(v.split()[0]) for k, v in lines}
+
+
 def hugepages() -> dict:
     """The machine's hugepage counters from /proc/meminfo (pages, and the page size in kB)."""
-    out = {}
-    for line in _read(Path("/proc/meminfo")).splitlines():
-        if line.startswith("HugePages_") or line.startswith("Hugepagesize"):
-            k, v = line.split(":", 1)
-            out[k] = int(v.split()[0])
-    return out
+    return proc_numbers("/proc/meminfo", "HugePages_", "Hugepagesize")
 
 
 def _lcore_list(spec: str) -> list[int]:

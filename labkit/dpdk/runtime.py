@@ -45,38 +45,25 @@ def runtime_dirs(prefix: str = "lk") -> list[str]:
     return sorted(out)
 
 
-def stale_runtime_dirs() -> list[str]:
-    """Runtime directories of labkit runs whose process is gone (for `labkit clean`)."""
-    live = runs.live_prefixes()
-    return [
-        d for d in runtime_dirs() if runs.PREFIX_RE.match(os.path.basename(d)) and os.path.basename(d)[:6] not in live
-    ]
-
-
-def clean_runtime_dirs(log=print) -> list[str]:
-    """Remove the runtime directories of dead labkit runs; returns what was removed."""
-    removed = []
-    for d in stale_runtime_dirs():
-        shutil.rmtree(d, ignore_errors=True)
-        removed.append(d)
-        log(f"removed DPDK runtime directory: {d}")
-    return removed
-
-
-def dpdk_processes(prefix: str = "lk") -> list[int]:
-    """PIDs of DPDK processes whose --file-prefix starts with PREFIX (any namespace)."""
-    pids = []
+def file_prefixes() -> dict[int, str]:
+    """{pid: its first `--file-prefix PREFIX`} of the DPDK processes here (any namespace)."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        for i, a in enumerate(argv[:-1]):
-            if a == b"--file-prefix" and argv[i + 1].decode(errors="replace").startswith(prefix):
-                pids.append(int(entry))
-    return pids
+        prefixes = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--file-prefix"]
+        if prefixes:
+            found[int(entry)] = prefixes[0]
+    return found
+
+
+def dpdk_processes(prefix: str = "lk") -> list[int]:
+    """PIDs of DPDK processes whose --file-prefix starts with PREFIX (any namespace)."""
+    return [pid for pid, p in file_prefixes().items() if p.startswith(prefix)]
 
 
 def locked_memory_hint(out: str) -> str:

@@ -224,11 +224,9 @@ class Feed:
                 "receiver_got": "not measured",
                 "how": "the sender's interface has no tx_queue_N_xdp_xmit counter (ethtool -S)",
             }
-        how = (
-            "real interfaces"
-            if self.real_interfaces
-            else f"the sending veth's tx_queue_N_xdp_xmit counted {self.xdp_xmit} of {self.offered} frames offered"
-        )
+        how = f"the sending veth's tx_queue_N_xdp_xmit counted {self.xdp_xmit} of {self.offered} frames offered"
+        if self.real_interfaces:
+            how = "real interfaces"
         out = {"generator": self.generator, "receiver_got": self.kind, "how": how, "trials": dict(self.seen)}
         if self.kind in FEED_MEANS:
             out["means"] = FEED_MEANS[self.kind]

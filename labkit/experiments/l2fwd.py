@@ -60,6 +60,7 @@ from labkit.experiments import (
     across_hosts,
     check_run_shape,
     l2fwd_dut,
+    l2fwd_record,
     saved_metadata,
     smoke_clamp,
     trial_loop,
@@ -222,7 +223,7 @@ def run(data_dir=None, **kwargs) -> Result:
                 with _using(dut, name):
                     notes[name] = dut("notes")
                     if p.idle_s > 0 and name not in {r["variant"] for r in resources}:
-                        resources.append(record.idle(rs, dut("idle", p.idle_s)))
+                        resources.append(l2fwd_record.idle(rs, dut("idle", p.idle_s)))
                     m, extra = _trial(name, dut, gen, specs[size], ends, clock)
                     prof = None
                     if probe is not None and name != BASELINE and size == min(p.sizes):
@@ -252,15 +253,15 @@ def run(data_dir=None, **kwargs) -> Result:
             # that speed are marked generator-limited by the loop
             trial_loop(order_all, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
         if bed.local:
-            record.dut_cpu(rs)
-            record.caveats(rs, p, gen.name, probe is not None, feed.kind)
+            l2fwd_record.dut_cpu(rs)
+            l2fwd_record.caveats(rs, p, gen.name, probe is not None, feed.kind)
         else:
             across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is neither host's
             veth = "driver: veth" in bed.host("dut").run(["ethtool", "-i", d0.name], check=False).stdout
             views.hosts_caveats(rs, p, veth, snd, bed.host("dut"), rcv, skipped)
         for name, why in skipped.items():
             rs.caveat(f"not run: {why}", name)
-        record.afxdp_caveat(rs, notes.get("dpdk_l2fwd_afxdp", {}))
+        l2fwd_record.afxdp_caveat(rs, notes.get("dpdk_l2fwd_afxdp", {}))
         sink = "lat_sink (bpf/latency.c)" if probe else "xdp_drop_bare"
         run_dir = rs.save(
             bed,

@@ -50,7 +50,7 @@ from labkit.dataplanes.latency_probe import LatencyProbe
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_fwd import XdpForwarder
-from labkit.dataplanes.xdp_gen import GenProgram, GenSink, vary_mask
+from labkit.dataplanes.xdp_gen import GenProgram, GenSink
 from labkit.dataplanes.xdp_nat import XdpNat
 from labkit.errors import InputError
 
@@ -59,17 +59,6 @@ EXPERIMENT = "program_costs"
 NOTEBOOK = "04-comparison"  # the notebook that measures and shows these costs
 ENTRY = re.compile(r"^\s*int\s+(\w+)\s*\(\s*struct\s+(xdp_md|__sk_buff)\s*\*", re.M)
 KINDS = {"xdp_md": "xdp", "__sk_buff": "tc"}
-TC_ACTIONS = {
-    -1: "TC_ACT_UNSPEC",
-    0: "TC_ACT_OK",
-    1: "TC_ACT_RECLASSIFY",
-    2: "TC_ACT_SHOT",
-    3: "TC_ACT_PIPE",
-    4: "TC_ACT_STOLEN",
-    5: "TC_ACT_QUEUED",
-    6: "TC_ACT_REPEAT",
-    7: "TC_ACT_REDIRECT",
-}
 SINGLE_CALLS = 2000  # system calls averaged per trial in "single" mode
 
 
@@ -106,7 +95,7 @@ def verdict(kind: str, retval: int) -> str:
     if kind == "xdp":
         return bpf.XDP_ACTIONS.get(retval, str(retval))
     signed = ctypes.c_int32(retval).value
-    return TC_ACTIONS.get(signed, str(signed))
+    return bpf.TC_ACTIONS.get(signed, str(signed))
 
 
 def udp_frame(
@@ -121,13 +110,20 @@ def udp_frame(
 # Each builds its scenario through the program's control plane (labkit/dataplanes/),
 # entering what it loads into an ExitStack, and returns [(loaded program, scenario)].
 # The loader of a source with no entry here loads it as it is (default maps).
+def _scenarios(program, source: str, *rows) -> list:
+    """[(PROGRAM, Scenario(SOURCE, *row))] for each row: (program, kind, label, frame[, expect[, method]])."""
+    return [(program, Scenario(source, *row)) for row in rows]
+
+
 def _setup_drop_filter(stack: ExitStack, frame: bytes):
     filt = stack.enter_context(DropFilter())
     filt.drop_proto("udp")
-    return [
-        (filt.program, Scenario("drop_filter", "xdp_filter", "xdp", "rule: drop UDP", frame, "XDP_DROP")),
-        (filt.program, Scenario("drop_filter", "tc_filter", "tc", "rule: drop UDP", frame, "TC_ACT_SHOT")),
-    ]
+    return _scenarios(
+        filt.program,
+        "drop_filter",
+        ("xdp_filter", "xdp", "rule: drop UDP", frame, "XDP_DROP"),
+        ("tc_filter", "tc", "rule: drop UDP", frame, "TC_ACT_SHOT"),
+    )
 
 
 def _setup_xdp_fwd(stack: ExitStack, frame: bytes):
@@ -136,33 +132,22 @@ def _setup_xdp_fwd(stack: ExitStack, frame: bytes):
     for ifindex in {0, lo}:  # tc's test run reports ingress_ifindex 0 unless a context says otherwise
         fwd.forward(ifindex, 1, lo, "02:00:00:00:00:0c")
     label = "port entry: redirect (MAC rewrite)"
-    return [
-        (fwd.program, Scenario("xdp_fwd", "xdp_l2fwd", "xdp", label, frame, "XDP_REDIRECT")),
-        (fwd.program, Scenario("xdp_fwd", "tc_l2fwd", "tc", label, frame, "TC_ACT_REDIRECT")),
-    ]
+    return _scenarios(
+        fwd.program,
+        "xdp_fwd",
+        ("xdp_l2fwd", "xdp", label, frame, "XDP_REDIRECT"),
+        ("tc_l2fwd", "tc", label, frame, "TC_ACT_REDIRECT"),
+    )
 
 
 def _setup_xdp_gen(stack: ExitStack, frame: bytes):
     gen = stack.enter_context(GenProgram(socket.if_nametoindex("lo")))  # a test run's ingress: lo
-    gen.configure(
-        frame,
-        flows=64,
-        vary=vary_mask("sport"),
-        version=4,
-        proto="udp",
-        sport=1024,
-        dport=9,
-        src_ip="10.11.0.1",
-        dst_ip="10.11.0.2",
-    )  # 64 flows by source port, IPv4, UDP
+    # 64 flows by source port (the default of vary), IPv4, UDP
+    gen.configure(frame, flows=64, sport=1024, dport=9, src_ip="10.11.0.1", dst_ip="10.11.0.2")
     sink = stack.enter_context(GenSink())
-    return [
-        (
-            gen.program,
-            Scenario("xdp_gen", "xdp_gen", "xdp", "64 flows: source port + checksums rewritten", frame, "XDP_TX"),
-        ),
-        (sink.program, Scenario("xdp_gen", "xdp_gen_sink", "xdp", "sink: count per flow, drop", frame, "XDP_DROP")),
-    ]
+    return _scenarios(
+        gen.program, "xdp_gen", ("xdp_gen", "xdp", "64 flows: source port + checksums rewritten", frame, "XDP_TX")
+    ) + _scenarios(sink.program, "xdp_gen", ("xdp_gen_sink", "xdp", "sink: count per flow, drop", frame, "XDP_DROP"))
 
 
 NAT_INSIDE, NAT_SERVER, NAT_SNAT = "10.20.1.2", "198.51.100.2", "198.51.100.1"
@@ -181,54 +166,37 @@ def _setup_nat(stack: ExitStack, frame: bytes):
     fast = "SNAT, established flow, route remembered"
     nat.add_mapping("10.20.9.9", "198.51.100.99")
     hairpin = udp_frame("10.20.2.2", "198.51.100.99", 40000, 53)  # to another inside host's outside address
-    return [
-        (
-            nat.program,
-            Scenario("nat", "nat_egress", "tc", "SNAT, established flow (outbound)", out, "TC_ACT_OK", "single"),
-        ),
-        (
-            nat.program,
-            Scenario("nat", "nat_ingress", "tc", "SNAT, established flow (reply)", reply, "TC_ACT_OK", "single"),
-        ),
-        (nat.program, Scenario("nat", "xdp_nat_outbound", "xdp", fast + " (outbound)", out, "XDP_REDIRECT", "single")),
-        (nat.program, Scenario("nat", "xdp_nat_inbound", "xdp", fast + " (reply)", reply, "XDP_REDIRECT", "single")),
-        (
-            nat.program,
-            Scenario("nat", "nat_hairpin", "tc", "hairpinning refused (inside ports)", hairpin, "TC_ACT_SHOT"),
-        ),
-        (
-            nat.program,
-            Scenario("nat", "xdp_route", "xdp", "FIB lookup in this namespace (its routes decide the verdict)", out),
-        ),
-    ]
+    return _scenarios(
+        nat.program,
+        "nat",
+        ("nat_egress", "tc", "SNAT, established flow (outbound)", out, "TC_ACT_OK", "single"),
+        ("nat_ingress", "tc", "SNAT, established flow (reply)", reply, "TC_ACT_OK", "single"),
+        ("xdp_nat_outbound", "xdp", fast + " (outbound)", out, "XDP_REDIRECT", "single"),
+        ("xdp_nat_inbound", "xdp", fast + " (reply)", reply, "XDP_REDIRECT", "single"),
+        ("nat_hairpin", "tc", "hairpinning refused (inside ports)", hairpin, "TC_ACT_SHOT"),
+        ("xdp_route", "xdp", "FIB lookup in this namespace (its routes decide the verdict)", out),
+    )
 
 
 def _setup_xdp_minimal(stack: ExitStack, frame: bytes):
     bare = stack.enter_context(Minimal())
-    return [
-        (bare.program, Scenario("xdp_minimal", "xdp_drop_bare", "xdp", "bare (baseline)", frame, "XDP_DROP")),
-        (bare.program, Scenario("xdp_minimal", "xdp_pass_bare", "xdp", "bare (baseline)", frame, "XDP_PASS")),
-    ]
+    return _scenarios(
+        bare.program,
+        "xdp_minimal",
+        ("xdp_drop_bare", "xdp", "bare (baseline)", frame, "XDP_DROP"),
+        ("xdp_pass_bare", "xdp", "bare (baseline)", frame, "XDP_PASS"),
+    )
 
 
 def _setup_latency(stack: ExitStack, frame: bytes):
     probe = stack.enter_context(LatencyProbe.on_loopback())
-    return [
-        (
-            probe.program,
-            Scenario("latency", "lat_probe", "xdp", "probe: headers restored, stamped", probe.frame, "XDP_TX"),
-        ),
-        (
-            probe.program,
-            Scenario(
-                "latency", "lat_stamp", "tc", "probe stamped at tc egress (no live frames)", probe.frame, "TC_ACT_OK"
-            ),
-        ),
-        (
-            probe.program,
-            Scenario("latency", "lat_sink", "xdp", "sink: a probe's delay histogrammed", probe.frame, "XDP_DROP"),
-        ),
-    ]
+    return _scenarios(
+        probe.program,
+        "latency",
+        ("lat_probe", "xdp", "probe: headers restored, stamped", probe.frame, "XDP_TX"),
+        ("lat_stamp", "tc", "probe stamped at tc egress (no live frames)", probe.frame, "TC_ACT_OK"),
+        ("lat_sink", "xdp", "sink: a probe's delay histogrammed", probe.frame, "XDP_DROP"),
+    )
 
 
 SETUPS: dict[str, Callable] = {
@@ -286,6 +254,8 @@ def measure(
     that BPF_PROG_TEST_RUN cannot run)."""
     import pandas as pd
 
+    from labkit.progress import bar as progress_bar
+
     for name, value, low in (("repeat", repeat, 1), ("trials", trials, 1), ("single_calls", single_calls, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise InputError(f"{name} {value!r}: a whole number >= {low}")
@@ -300,30 +270,15 @@ def measure(
     with ExitStack() as stack:
         for source, entries in found.items():
             if not entries:
-                rows.append(
-                    _row(
-                        Scenario(source, "-", "-", "no XDP or tc entry point", b""),
-                        None,
-                        None,
-                        None,
-                        note="not an XDP or tc program (BPF_PROG_TEST_RUN does not apply)",
-                    )
-                )
+                none = Scenario(source, "-", "-", "no XDP or tc entry point", b"")
+                rows.append(_row(none, note="not an XDP or tc program (BPF_PROG_TEST_RUN does not apply)"))
                 continue
             try:
                 setup = SETUPS.get(source)
                 pairs = setup(stack, frame) if setup else _default(stack, source, entries, frame)
             except Exception as exc:  # a program that does not load is reported, not fatal
-                for name, kind in entries:
-                    rows.append(
-                        _row(
-                            Scenario(source, name, kind, "could not load", b""),
-                            None,
-                            None,
-                            None,
-                            note=f"{type(exc).__name__}: {exc}",
-                        )
-                    )
+                note = f"{type(exc).__name__}: {exc}"
+                rows += [_row(Scenario(source, name, kind, "could not load", b""), note=note) for name, kind in entries]
                 continue
             covered = {sc.program for _, sc in pairs}
             prog = pairs[0][0]
@@ -333,20 +288,20 @@ def measure(
             plan += pairs
         if any(sc.method == "single" for _, sc in plan):
             plan += _single_baselines(plan)
-        bar = _progress(trials * len(plan), progress)
+        bar = progress_bar(trials * len(plan), "program costs", progress, unit="run")
         for trial in range(trials):
             for prog, sc in plan:  # interleaved: drift hits every program alike
                 try:
                     ns, v = _run(prog.function(sc.program, sc.kind), sc, repeat, single_calls)
                     rows.append(_row(sc, trial, ns, v))
                 except Exception as exc:
-                    rows.append(_row(sc, trial, None, None, note=f"{type(exc).__name__}: {exc}"))
+                    rows.append(_row(sc, trial, note=f"{type(exc).__name__}: {exc}"))
                 bar.update(1)
         bar.close()
     return pd.DataFrame(rows)
 
 
-def _row(sc: Scenario, trial, ns, v, note: str = "") -> dict:
+def _row(sc: Scenario, trial=None, ns=None, v=None, note: str = "") -> dict:
     if not note and sc.expect and v != sc.expect:
         note = f"returned {v}, expected {sc.expect}: the scenario did not take the working path"
     return {
@@ -361,12 +316,6 @@ def _row(sc: Scenario, trial, ns, v, note: str = "") -> dict:
         "ns_per_pkt": float(ns) if ns is not None else float("nan"),
         "note": note,
     }
-
-
-def _progress(total: int, show: bool):
-    from labkit.progress import bar
-
-    return bar(total, "program costs", show, unit="run")
 
 
 def summary(costs):

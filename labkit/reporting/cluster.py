@@ -51,26 +51,17 @@ def _distributed():
     return distributed
 
 
-def testbed_resources(name: str) -> dict:
-    """The worker resources of testbed NAME."""
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise InputError(f"testbed name {name!r}: use letters, digits, '-' and '_'")
-    return {RESOURCE: 1, f"{RESOURCE}-{name}": 1}
-
-
 def local_cluster(testbeds: int = 2):
     """A Dask cluster on this machine: one single-threaded worker process per namespace
     testbed (tb1, tb2, ...), each with its testbed's resources. Close it when done."""
     distributed = _distributed()
     if not isinstance(testbeds, int) or testbeds < 1:
         raise InputError(f"local:{testbeds}: give the number of testbeds, e.g. --cluster local:2")
-    workers = {
-        f"tb{i}": {
-            "cls": distributed.Nanny,
-            "options": {"nthreads": 1, "name": f"tb{i}", "resources": testbed_resources(f"tb{i}"), "silence_logs": 40},
-        }
-        for i in range(1, testbeds + 1)
-    }
+    workers = {}
+    for name in (f"tb{i}" for i in range(1, testbeds + 1)):
+        resources = {RESOURCE: 1, f"{RESOURCE}-{name}": 1}
+        options = {"nthreads": 1, "name": name, "resources": resources, "silence_logs": 40}
+        workers[name] = {"cls": distributed.Nanny, "options": options}
     return distributed.SpecCluster(
         workers=workers,
         scheduler={"cls": distributed.Scheduler, "options": {"dashboard_address": None, "host": "127.0.0.1"}},

@@ -8,28 +8,20 @@ from __future__ import annotations
 from labkit import experiments
 
 
-def _best(tables, experiment, variants, measure):
+def _pick(tables, experiment, variants, measure, lowest: bool = False):
+    """(value, variant, run) of the highest mean of MEASURE over one run and variant of
+    VARIANTS (LOWEST: the lowest above 0, for CPU time), or None where there is none."""
     t = tables.get(experiment)
     if t is None or not len(t):
         return None
     t = t[(t["measure"] == measure) & t["variant"].isin(variants)]
-    if t.empty:
-        return None
     g = t.groupby(["run", "variant"])["value"].mean()
-    (run, variant), value = g.idxmax(), g.max()
-    return value, variant, run
-
-
-def _cheapest_cpu(tables, experiment, variants, measure):
-    t = tables.get(experiment)
-    if t is None or not len(t):
-        return None
-    t = t[(t["measure"] == measure) & t["variant"].isin(variants)]
-    g = t.groupby(["run", "variant"])["value"].mean().dropna()
-    g = g[g > 0]
+    if lowest:
+        g = g.dropna()
+        g = g[g > 0]
     if g.empty:
         return None
-    (run, variant), value = g.idxmin(), g.min()
+    (run, variant), value = (g.idxmin(), g.min()) if lowest else (g.idxmax(), g.max())
     return value, variant, run
 
 
@@ -52,31 +44,20 @@ def reference_table(tables, views=None):
             "per-core equivalent": float("nan"),
             "measured / published": float("nan"),
         }
+        best = _pick(tables, exp, variants, view.rate)
         if kind == "Mbit/s":
-            best = _best(tables, exp, variants, view.rate)
             if best:
                 t = tables[exp]
                 size = t[(t["run"] == best[2]) & (t["variant"] == best[1])]["size"].dropna()
                 mbps = best[0] * (size.iloc[0] if len(size) else 64) * 8 / 1e6
-                row.update(
-                    {
-                        "counterpart here": f"{best[1]} ({best[2]}), frame bytes",
-                        "measured": mbps,
-                        "measured / published": mbps / ref.value,
-                    }
-                )
+                row["counterpart here"], row["measured"] = f"{best[1]} ({best[2]}), frame bytes", mbps
+                row["measured / published"] = mbps / ref.value
         else:
-            best = _best(tables, exp, variants, view.rate)
-            cheap = _cheapest_cpu(tables, exp, variants, view.cpu)
+            cheap = _pick(tables, exp, variants, view.cpu, lowest=True)
             if best:
                 what = best[1] + (f" ({view.title.lower()}, not drop)" if "drop" not in view.title.lower() else "")
-                row.update(
-                    {
-                        "counterpart here": f"{what} ({best[2]})",
-                        "measured": best[0],
-                        "measured / published": best[0] / ref.value,
-                    }
-                )
+                row["counterpart here"], row["measured"] = f"{what} ({best[2]})", best[0]
+                row["measured / published"] = best[0] / ref.value
             if cheap:
                 row["per-core equivalent"] = 1e9 / cheap[0]
         rows.append(row)

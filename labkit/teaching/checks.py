@@ -30,18 +30,6 @@ from labkit import bpf
 from labkit.errors import LabkitError
 from labkit.teaching import frames as _frames
 
-TC_ACTIONS = {
-    -1: "TC_ACT_UNSPEC",
-    0: "TC_ACT_OK",
-    1: "TC_ACT_RECLASSIFY",
-    2: "TC_ACT_SHOT",
-    3: "TC_ACT_PIPE",
-    4: "TC_ACT_STOLEN",
-    5: "TC_ACT_QUEUED",
-    6: "TC_ACT_REPEAT",
-    7: "TC_ACT_REDIRECT",
-}
-
 
 class CheckFailed(LabkitError, AssertionError):
     """An exercise's check failed; the message says what was expected, what came, and a hint.
@@ -76,7 +64,7 @@ def _function(prog):
 
 def action_name(retval: int, kind: str) -> str:
     if kind == "tc":
-        return TC_ACTIONS.get(retval if retval < 2**31 else retval - 2**32, str(retval))
+        return bpf.TC_ACTIONS.get(retval if retval < 2**31 else retval - 2**32, str(retval))
     return bpf.XDP_ACTIONS.get(retval, str(retval))
 
 
@@ -92,11 +80,7 @@ def report(title: str, rows: list[tuple[str, str, str, bool]], hints: list[str],
     lines = [f"check: {title}"] + _table(rows) + [f"    {d}" for d in details]
     failed = [r for r in rows if not r[3]]
     if failed:
-        seen = []
-        for h in hints:
-            if h and h not in seen:
-                seen.append(h)
-        lines += [f"  hint: {h}" for h in seen]
+        lines += [f"  hint: {h}" for h in dict.fromkeys(h for h in hints if h)]  # each once, in order
         lines.append(f"  {len(failed)} of {len(rows)} wrong")
     else:
         lines.append(f"  all {len(rows)} right")
@@ -131,23 +115,15 @@ def xdp(prog, cases: list[Case], hint: str | None = None, title: str | None = No
             out = res.data_out
             ok = out == case.frame_out
             diff = _frames.describe_diff(case.frame_out, out)
+            expected = "rewritten" if case.frame_out != case.frame else "unchanged"
             rows.append(
-                (
-                    case.name + " (bytes out)",
-                    "rewritten" if case.frame_out != case.frame else "unchanged",
-                    "as expected" if ok else f"{len(diff)} field(s) differ",
-                    ok,
-                )
+                (case.name + " (bytes out)", expected, "as expected" if ok else f"{len(diff)} field(s) differ", ok)
             )
             if not ok:
                 details += [f"{case.name}: {d}" for d in diff]
                 hints.append(case.hint or hint)
-    return report(
-        title or f"{len(cases)} frames through {getattr(fn, 'name', b'program')!s}".replace("b'", "").replace("'", ""),
-        rows,
-        hints,
-        details,
-    )
+    name = str(getattr(fn, "name", b"program")).replace("b'", "").replace("'", "")
+    return report(title or f"{len(cases)} frames through {name}", rows, hints, details)
 
 
 def _fresh(ctx):
@@ -173,12 +149,11 @@ def function(title: str, fn: Callable, cases: list[tuple[str, tuple, object]], h
     for name, args, expected in cases:
         try:
             got = fn(*args)
-        except NotImplementedError:
-            rows.append((name, _show(expected), "not written yet (NotImplementedError)", False))
-            hints.append(hint)
-            continue
         except Exception as exc:  # a student's function may fail in any way: show it as the result
-            rows.append((name, _show(expected), f"{type(exc).__name__}: {exc}", False))
+            failed = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, NotImplementedError):
+                failed = "not written yet (NotImplementedError)"
+            rows.append((name, _show(expected), failed, False))
             hints.append(hint)
             continue
         ok = got == expected
@@ -191,18 +166,8 @@ def function(title: str, fn: Callable, cases: list[tuple[str, tuple, object]], h
 def within(title: str, value: float, low: float, high: float, unit: str = "", hint: str | None = None) -> None:
     """A measured or computed VALUE must lie in [LOW, HIGH] (a range, never a timing to the ns)."""
     ok = value is not None and low <= value <= high
-    return report(
-        title,
-        [
-            (
-                title,
-                f"{low:g}..{high:g} {unit}".strip(),
-                f"{value:g} {unit}".strip() if isinstance(value, (int, float)) else repr(value),
-                ok,
-            )
-        ],
-        [hint],
-    )
+    got = f"{value:g} {unit}".strip() if isinstance(value, (int, float)) else repr(value)
+    return report(title, [(title, f"{low:g}..{high:g} {unit}".strip(), got, ok)], [hint])
 
 
 def true(title: str, condition: bool, expected: str, actual: str, hint: str | None = None) -> None:

@@ -67,18 +67,9 @@ def arp(src_mac=SRC_MAC, src_ip=SRC_IP, target_ip=DST_IP) -> bytes:
     import ipaddress
 
     mac = packets.mac_bytes(src_mac)
-    body = struct.pack(
-        "!HHBBH6s4s6s4s",
-        1,
-        0x0800,
-        6,
-        4,
-        1,
-        mac,
-        ipaddress.IPv4Address(src_ip).packed,
-        b"\0" * 6,
-        ipaddress.IPv4Address(target_ip).packed,
-    )
+    src, target = (ipaddress.IPv4Address(a).packed for a in (src_ip, target_ip))
+    # Ethernet hardware, IPv4 protocol, address lengths 6 and 4, a request; no target MAC yet
+    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, src, b"\0" * 6, target)
     return (b"\xff" * 6 + mac + struct.pack("!H", 0x0806) + body).ljust(60, b"\0")
 
 

@@ -74,17 +74,8 @@ def send(
     dport: int = 9,
 ) -> traffic.Offered:
     """Send COUNT frames from the sender to the receiver (blocks; bounded in time)."""
-    spec = traffic.TrafficSpec.between(
-        sender(topo),
-        receiver(topo),
-        size=size,
-        count=count,
-        rate_pps=rate_pps,
-        flows=flows,
-        proto=proto,
-        dport=dport,
-        timeout_s=60,
-    )
+    options = {"size": size, "count": count, "rate_pps": rate_pps, "flows": flows, "proto": proto, "dport": dport}
+    spec = traffic.TrafficSpec.between(sender(topo), receiver(topo), timeout_s=60, **options)
     hosts = topo.spec.hosts
     if len(hosts) == 3:  # the router testbed: frames go to the router's MAC, addressed to the receiver
         spec.dst_mac = topo.iface(hosts[1], hosts[0]).mac
@@ -171,12 +162,5 @@ def measure_rate(
         offered = send(topo, count=count, size=size, rate_pps=rate_pps, generator=generator)
         time.sleep(0.05)  # let the last frames through the receiver
         after, cpu1 = processed(), measure.cpu_times()
-    busy = (cpu1 - cpu0).busy
-    return Rate(
-        offered.packets,
-        after - before,
-        offered.seconds or (time.monotonic() - t0),
-        busy,
-        turn.waited_s,
-        offered.generator,
-    )
+    seconds = offered.seconds or (time.monotonic() - t0)
+    return Rate(offered.packets, after - before, seconds, (cpu1 - cpu0).busy, turn.waited_s, offered.generator)

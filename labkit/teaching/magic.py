@@ -88,12 +88,8 @@ class CellProgram:
             self.refused = InputError(f"--fn {main}: the cell's functions are {', '.join(kinds)}")
             return
         self.main = main or next(iter(kinds))
-        self._compiled = _compiled(name, source, self.defines, kinds)
-        self.program, self.functions, self.refused = (
-            self._compiled.program,
-            dict(self._compiled.functions),
-            self._compiled.refused,
-        )
+        compiled = self._compiled = _compiled(name, source, self.defines, kinds)
+        self.program, self.functions, self.refused = compiled.program, dict(compiled.functions), compiled.refused
 
     # ---- what the checks use
     @property
@@ -134,11 +130,8 @@ class CellProgram:
         if self.refused is None:
             return f"{self.name}: loaded " + ", ".join(f"{f} ({k})" for f, k in functions(self.source).items())
         text = self.refused.explain() if hasattr(self.refused, "explain") else str(self.refused)
-        return (
-            self.name
-            + ": "
-            + verifier.source_lines(text, self.source, getattr(self.refused, "log", ""), before=1, label="cell line")
-        )
+        log = getattr(self.refused, "log", "")
+        return f"{self.name}: " + verifier.source_lines(text, self.source, log, before=1, label="cell line")
 
     def __repr__(self):
         return f"<CellProgram {self.explain().splitlines()[0]}>"

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Sequence
 
 from labkit.errors import LabkitError, MissingDependency
@@ -125,10 +125,8 @@ class Process:
 
     def send_signal(self, sig: int) -> None:
         if self.running:
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, grace: float = 2.0) -> int:
         """SIGINT, then SIGTERM, then SIGKILL, each after `grace` seconds; always reaped.
@@ -151,11 +149,9 @@ class Process:
                 self._final = self.output()
             except OSError:
                 self._final = ""
-        try:
+        with suppress(OSError):
             self._log.close()
             os.unlink(self._log.name)
-        except OSError:
-            pass
 
     def cpu_seconds(self) -> float:
         """User+system CPU time of the process so far (after exit: its final total)."""
@@ -293,21 +289,17 @@ def pids_in_netns(ns: str) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
+        with suppress(OSError):
             if os.stat(f"/proc/{entry}/ns/net").st_ino == target:
                 pids.append(int(entry))
-        except OSError:
-            continue
     return [p for p in pids if p != os.getpid()]
 
 
 def kill_pids(pids: list[int], grace: float = 1.0) -> None:
     for sig in (signal.SIGINT, signal.SIGKILL):
         for pid in pids:
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
             time.sleep(0.05)

@@ -35,8 +35,7 @@ experiment needs) before anything is changed on any.
 
 A host that sits between two others (the DUT of 02 or 03) names two data-plane
 interfaces, `labkit_interfaces: [IN, OUT]`: IN faces the sender, OUT the receiver. A host
-with one names it as `labkit_interface` (or as a list of one); `interface` is then the
-first of the list either way.
+with one names it as `labkit_interface` (or as a list of one).
 """
 
 from __future__ import annotations
@@ -45,8 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.errors import InputError, MissingDependency
-from labkit.testbed import runs
-from labkit.testbed.topology import Interface
+from labkit.testbed import remote, remote_agent, runs
+from labkit.testbed.bed import describe, factory_name
+from labkit.testbed.topology import Interface, safely
 from labkit.testbed.undo import Undoable
 
 ROLES = ("sender", "dut", "receiver")
@@ -81,10 +81,6 @@ class InventoryHost:
             )
         return list(many)
 
-    @property
-    def interface(self) -> str | None:
-        return (self.interfaces or [None])[0]
-
     def connection(self, inventory: "Inventory") -> dict:
         """The keyword arguments of remote.RemoteHost for this host."""
         v = self.vars
@@ -106,7 +102,7 @@ class InventoryHost:
             "user": str(v.get("ansible_user", "root")),
             "identity_file": v.get("ansible_ssh_private_key_file"),
             "known_hosts": v.get("labkit_known_hosts"),
-            "sudo": v.get("ansible_become") if v.get("ansible_become") is not None else None,
+            "sudo": v.get("ansible_become"),
             "python": str(v.get("ansible_python_interpreter") or "python3"),
             "bastion": bastion,
             "runtime_dir": v.get("labkit_runtime_dir"),
@@ -135,16 +131,16 @@ class Inventory:
             )
         return self.hosts[self.roles[role]]
 
-    def require(self, roles, interface: bool = True, two_interfaces=()) -> None:
-        """Every one of ROLES has a host (and, with INTERFACE, that host a labkit_interface;
-        the hosts of the roles in TWO_INTERFACES two of them, `labkit_interfaces: [IN, OUT]`)."""
+    def require(self, roles, two_interfaces=()) -> None:
+        """Every one of ROLES has a host, and that host a labkit_interface (the hosts of the
+        roles in TWO_INTERFACES two of them, `labkit_interfaces: [IN, OUT]`)."""
         for role in roles:
             h = self.role(role)
             try:
                 have = h.interfaces
             except InputError as exc:
                 raise InputError(f"{self.path}: {exc}") from None
-            if interface and not have:
+            if not have:
                 fix = (
                     "labkit_interfaces: [IN, OUT] (from the sender, to the receiver)"
                     if role in two_interfaces
@@ -154,7 +150,7 @@ class Inventory:
                     f"{self.path}: host {h.name} (role {role}) names no data-plane interface: "
                     f"set {fix} under all.hosts.{h.name}"
                 )
-            if interface and role in two_interfaces and len(have) != 2:
+            if role in two_interfaces and len(have) != 2:
                 raise InputError(
                     f"{self.path}: host {h.name} (role {role}) names one data-plane interface "
                     f"({have[0]}) but forwards between two: set labkit_interfaces: [IN, OUT] under "
@@ -270,8 +266,6 @@ class Testbed(Undoable):
         self.prefix = runs.Run(watchdog=False).prefix  # names this run's results, as a topology's prefix does
 
     def _open(self, stack) -> None:
-        from labkit.testbed import remote
-
         for role in self.roles:
             h = self.inventory.role(role)
             self.hosts[role] = stack.enter_context(remote.RemoteHost(**h.connection(self.inventory)))
@@ -279,8 +273,6 @@ class Testbed(Undoable):
             self._check(role)
 
     def _check(self, role: str) -> None:
-        from labkit.testbed import remote_agent
-
         h, host = self.inventory.role(role), self.hosts[role]
         for ifname in h.interfaces:
             if not host.call(remote_agent.interface_exists, ifname):
@@ -302,8 +294,6 @@ class Testbed(Undoable):
 
     def end(self, role: str, port: int = 0) -> "RemoteInterface":
         """ROLE's data-plane end (PORT: which of a two-port host's), as that host sees it."""
-        from labkit.testbed.bed import describe
-
         host, ifname = self.hosts[role], self.interfaces(role)[port]
         d = host.call(describe, ifname)
         return RemoteInterface(host, ifname, d["ifindex"], d["mac"], d["address"], d["prefixlen"], real=True)
@@ -311,8 +301,6 @@ class Testbed(Undoable):
     def hold(self, role: str, factory, *args, port: int | None = 0):
         """FACTORY entered on ROLE's host, on its interface (PORT None: the list of them),
         until the `with` ends (bed.hold)."""
-        from labkit.testbed.bed import factory_name
-
         ifnames = list(self.interfaces(role)) if port is None else self.interfaces(role)[port]
         return self.hosts[role].hold("labkit.testbed.bed:on_interface", factory_name(factory), ifnames, *args)
 
@@ -328,9 +316,6 @@ class Testbed(Undoable):
         """'host NAME': where ROLE is, as a message about what happened there names it."""
         return f"host {self.inventory.role(role).name}"
 
-    def interface(self, role: str) -> str:
-        return self.inventory.role(role).interface
-
     def interfaces(self, role: str) -> list:
         """ROLE's data-plane interfaces: [IN, OUT] on a host with two."""
         return self.inventory.role(role).interfaces
@@ -339,11 +324,8 @@ class Testbed(Undoable):
         """Every host's kernel, CPU, NIC driver and versions, for the run's metadata."""
         out = {"inventory": str(self.inventory.path), "hosts": {}}
         for role, host in self.hosts.items():
-            try:
-                facts = host.facts(self.interfaces(role))
-            except Exception as exc:  # metadata never crashes a run
-                facts = f"unavailable: {exc}"
             ifs = self.interfaces(role)
+            facts = safely(lambda: host.facts(ifs))
             out["hosts"][host.name] = {
                 "role": role,
                 "address": host.hostname,
@@ -358,6 +340,4 @@ class RemoteInterface(Interface):
     """An interface of a remote host: its counters are read there."""
 
     def stats(self) -> dict:
-        from labkit.testbed import remote_agent
-
         return self.host.call(remote_agent.link_counters, self.name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+from contextlib import suppress
 
 from labkit.errors import LabkitError
 
@@ -100,10 +101,8 @@ class LiveLab:
                     if _live.get(type(self).live_kind()) is self:
                         del _live[type(self).live_kind()]
         for fn in self._listeners:
-            try:
+            with suppress(Exception):  # a widget that can no longer be updated must not stop the close
                 fn(reason)
-            except Exception:  # a widget that can no longer be updated must not stop the close
-                pass
 
     def __enter__(self):
         return self

@@ -50,11 +50,8 @@ class Rule:
         if not self.added:
             return
         cp = self.host.run([self.binary, "-w", "-t", self.table, "-D", self.chain, *self.args], check=False, timeout=30)
-        if (
-            cp.returncode != 0
-            and "does a matching rule exist" not in (cp.stderr or "")
-            and "No such file" not in (cp.stderr or "")
-        ):
+        gone = any(said in (cp.stderr or "") for said in ("does a matching rule exist", "No such file"))
+        if cp.returncode != 0 and not gone:
             raise RuntimeError(f"could not delete iptables rule in {self.host}: {cp.stderr.strip()}")
         self.added = False
 

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import Sequence
 
 from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.testbed import remote_agent as agent
+from labkit.testbed.hosts import CommandFailed, Host
 
 
 class HostUnreachable(LabkitError):
@@ -59,9 +60,10 @@ def _mitogen():
     return mitogen
 
 
-class RemoteHost:
+class RemoteHost(Host):
     """A machine reached over SSH (user@hostname:port, key IDENTITY_FILE, host key checked
-    in KNOWN_HOSTS), on which labkit runs as root. Use it as a context manager."""
+    in KNOWN_HOSTS), on which labkit runs as root. Use it as a context manager. Its
+    processes are tracked as a `Host` tracks its own; `netns` is None (the host's own)."""
 
     def __init__(
         self,
@@ -85,7 +87,7 @@ class RemoteHost:
         for what, path in (("identity file", identity_file), ("known_hosts file", known_hosts)):
             if path and not Path(path).expanduser().is_file():
                 raise InputError(f"host {name!r}: {what} {path} does not exist")
-        self.name = name
+        super().__init__(name)
         self.hostname = hostname
         self.port = port
         self.user = user
@@ -96,11 +98,8 @@ class RemoteHost:
         self.python = python
         self.runtime_dir = runtime_dir
         self.connect_timeout = connect_timeout
-        self.netns = None  # the far host's own network namespace
         self.prefix: str | None = None  # the session's run prefix on the far host
         self._broker = self._router = self._context = None
-        self._procs: list[RemoteProcess] = []
-        self._lock = threading.Lock()
 
     def __repr__(self):
         return f"host {self.name} ({self.user}@{self.hostname}:{self.port})"
@@ -181,10 +180,9 @@ class RemoteHost:
         if self._context is None:
             return
         try:
-            self.stop_all()
-            self._context.call(agent.session_close)
-        except Exception:
-            pass  # unreachable: `labkit clean --inventory` undoes the session later
+            with suppress(Exception):  # unreachable: `labkit clean --inventory` undoes the session later
+                self.stop_all()
+                self._context.call(agent.session_close)
         finally:
             self._shutdown()
 
@@ -220,9 +218,6 @@ class RemoteHost:
             ) from None
 
     # ---- the Host interface
-    def command(self, argv: Sequence[str]) -> list[str]:
-        return [str(a) for a in argv]
-
     def run(
         self,
         argv: Sequence[str],
@@ -233,16 +228,11 @@ class RemoteHost:
         env: dict | None = None,
     ) -> subprocess.CompletedProcess:
         """Run ARGV to completion on the far host (bounded by TIMEOUT), output captured."""
-        from labkit.testbed.hosts import CommandFailed
-
         argv = self.command(argv)
         rc, out, err = self.call(agent.run, argv, timeout, input, env)
         if check and rc != 0:
             raise CommandFailed(self, argv, rc, out + err)
         return subprocess.CompletedProcess(argv, rc, out, err)
-
-    def read(self, path: str) -> str:
-        return self.run(["cat", path], timeout=10).stdout
 
     def spawn(
         self, argv: Sequence[str], *, name: str | None = None, env: dict | None = None, cwd: str | None = None
@@ -254,20 +244,6 @@ class RemoteHost:
         with self._lock:
             self._procs.append(proc)
         return proc
-
-    @property
-    def processes(self) -> list["RemoteProcess"]:
-        with self._lock:
-            return list(self._procs)
-
-    def _forget(self, proc) -> None:
-        with self._lock:
-            if proc in self._procs:
-                self._procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in self.processes:
-            proc.close()
 
     def hold(self, factory: str, *args, **kwargs) -> "Held":
         """A context manager `module:function(*args, **kwargs)` entered on the far host
@@ -368,10 +344,8 @@ def _remote_error(host, text: str) -> LabkitError:
     kind, _, message = first.partition(": ")
     cls = getattr(errors, kind.rsplit(".", 1)[-1], None) if kind.startswith("labkit.") else None
     if isinstance(cls, type) and issubclass(cls, LabkitError):
-        try:
+        with suppress(TypeError):
             return cls(f"on {host}: {message}")
-        except TypeError:
-            pass
     return RemoteError(f"on {host}: {first}\n{rest.strip()[-2000:]}")
 
 

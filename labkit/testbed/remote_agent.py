@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import suppress
 from pathlib import Path
 
 _SESSION: dict = {"procs": {}, "held": {}, "run": None, "bpf": None}
@@ -101,11 +102,7 @@ def hold(factory: str, args: list, kwargs: dict) -> int:
 
     module, function = factory.split(":", 1)
     stack = ExitStack()
-    try:
-        value = stack.enter_context(getattr(importlib.import_module(module), function)(*args, **kwargs))
-    except BaseException:
-        stack.close()
-        raise
+    value = stack.enter_context(getattr(importlib.import_module(module), function)(*args, **kwargs))
     key = id(stack)
     _SESSION["held"][key] = (stack, value)
     return key
@@ -128,10 +125,9 @@ def facts(interfaces: list) -> dict:
     import labkit
 
     def out(argv):
-        try:
+        with suppress(OSError, subprocess.SubprocessError):
             return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
+        return None
 
     cpu = next(
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),

@@ -23,10 +23,10 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from labkit.errors import NotRoot
+from labkit.errors import InputError, NotRoot
 from labkit.testbed.signals import deferred_signals
 
 REGISTRY_DIR = Path(os.environ.get("LABKIT_RUNTIME_DIR", "/run/labkit"))
@@ -60,10 +60,8 @@ def _unused_prefix() -> str:
 class Run:
     """One labkit run: a prefix for names and a registry file for crash clean-up."""
 
-    def __init__(self, prefix: str | None = None, watchdog: bool = True, netns: str | None = None):
-        self.prefix = prefix or _unused_prefix()
-        if not PREFIX_RE.match(self.prefix) or len(self.prefix) != 6:
-            raise ValueError(f"run prefix {self.prefix!r} must be 'lk' + 4 hex digits")
+    def __init__(self, watchdog: bool = True, netns: str | None = None):
+        self.prefix = _unused_prefix()
         self.path = REGISTRY_DIR / f"{self.prefix}.json"
         self._lock = threading.Lock()
         self.pid = os.getpid()
@@ -145,9 +143,8 @@ class Run:
         if w is None:
             return
         try:
-            os.write(w, b"closed")
-        except OSError:
-            pass
+            with suppress(OSError):
+                os.write(w, b"closed")
         finally:
             os.close(w)
 
@@ -175,10 +172,8 @@ class Run:
         if not self._is_owner():
             return
         with self._lock:
-            try:
+            with suppress(FileNotFoundError):
                 self.path.unlink()
-            except FileNotFoundError:
-                pass
             self._written = False
             self._stop_watchdog()
 
@@ -186,8 +181,6 @@ class Run:
         """The kernel name of a labkit object: run prefix + '-' + short name, at most 15."""
         full = f"{self.prefix}-{short}"
         if len(full) > IFNAMSIZ:
-            from labkit.errors import InputError
-
             raise InputError(
                 f"name {short!r} becomes {full!r}, {len(full)} characters; Linux allows "
                 f"{IFNAMSIZ}: use a short name of at most {IFNAMSIZ - len(self.prefix) - 1} characters"
@@ -277,10 +270,9 @@ def _pid_alive(pid: int) -> bool:
 def process_start(pid: int) -> int | None:
     """When process PID started (clock ticks since boot), or None when it is gone: with the
     pid, it names one process, never a later one that reuses the pid."""
-    try:
+    with suppress(OSError, ValueError, IndexError):
         return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    return None
 
 
 def owner_alive(state: dict) -> bool:
@@ -295,9 +287,7 @@ def owner_alive(state: dict) -> bool:
 def live_prefixes() -> set[str]:
     """Prefixes of runs whose owning process is alive."""
     live = set()
-    if not REGISTRY_DIR.is_dir():
-        return live
-    for f in REGISTRY_DIR.glob("lk*.json"):
+    for f in REGISTRY_DIR.glob("lk*.json"):  # none where the folder is missing
         try:
             state = json.loads(f.read_text())
         except (OSError, ValueError):

@@ -8,16 +8,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from types import SimpleNamespace
 
 from labkit.errors import Terminated
 
 _sig_users = 0
-
-
 _sig_previous = None
-
-
 _owner_pid = os.getpid()
 
 
@@ -40,9 +37,7 @@ def terminate_as_exception():
     if main:
         if _sig_users == 0:
             _owner_pid = os.getpid()
-            _sig_previous = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP))
-            signal.signal(signal.SIGTERM, _raise_terminated)
-            signal.signal(signal.SIGHUP, _raise_terminated)
+            _sig_previous = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
         _sig_users += 1
     try:
         yield
@@ -50,8 +45,8 @@ def terminate_as_exception():
         if main:
             _sig_users -= 1
             if _sig_users == 0:
-                signal.signal(signal.SIGTERM, _sig_previous[0] or signal.SIG_DFL)
-                signal.signal(signal.SIGHUP, _sig_previous[1] or signal.SIG_DFL)
+                for s, previous in _sig_previous.items():
+                    signal.signal(s, previous or signal.SIG_DFL)
 
 
 @contextmanager
@@ -67,10 +62,6 @@ def deferred_signals():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-class _Stop:
-    signal: int | None = None
 
 
 def _kernel_children() -> list[int]:
@@ -93,16 +84,15 @@ def _kernel_children() -> list[int]:
 def interrupts_reach_the_kernel():
     """Ctrl-C or SIGTERM during a batch interrupts the running notebook's kernel (which
     runs in a session of its own and would not see it): the experiment there unwinds and
-    undoes its kernel state, the cell fails, and the batch stops after that notebook."""
-    stop = _Stop()
+    undoes its kernel state, the cell fails, and the batch stops after that notebook.
+    What it yields says in `signal` which signal came (None: none)."""
+    stop = SimpleNamespace(signal=None)
 
     def forward(signum, frame):
         stop.signal = signum
         for pid in _kernel_children():
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
 
     if threading.current_thread() is not threading.main_thread():
         yield stop

@@ -18,7 +18,7 @@ the addresses it added.
 from __future__ import annotations
 
 import errno
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 
 from labkit.addresses import check_interface, check_ip, check_mac
@@ -58,17 +58,18 @@ class Interface:
         with self.host.ipr() as ipr:
             return dict(ipr.link("get", index=self.ifindex)[0].get_attr("IFLA_STATS64"))
 
+    def _ethtool(self, flag: str) -> list[tuple[str, str]]:
+        """The (name, value) lines `ethtool FLAG` prints for this interface ([] where none)."""
+        out = self.host.run(["ethtool", flag, self.name], check=False, timeout=10).stdout
+        pairs = (line.rpartition(":") for line in out.splitlines()[1:] if ":" in line)
+        return [(k.strip(), v.strip()) for k, _, v in pairs]
+
     def ethtool_stats(self) -> dict:
         """`ethtool -S` counters (veth: per-queue XDP and drop counters), {} where none."""
-        cp = self.host.run(["ethtool", "-S", self.name], check=False, timeout=10)
         out = {}
-        for line in cp.stdout.splitlines()[1:]:
-            if ":" in line:
-                k, v = line.rsplit(":", 1)
-                try:
-                    out[k.strip()] = int(v)
-                except ValueError:
-                    pass
+        for k, v in self._ethtool("-S"):
+            with suppress(ValueError):
+                out[k] = int(v)
         return out
 
     @contextmanager
@@ -85,13 +86,7 @@ class Interface:
 
     def offloads(self) -> dict:
         """`ethtool -k` features that are on/off (recorded in run metadata)."""
-        cp = self.host.run(["ethtool", "-k", self.name], check=False, timeout=10)
-        feats = {}
-        for line in cp.stdout.splitlines()[1:]:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                feats[k.strip()] = v.strip().split()[0] if v.strip() else ""
-        return feats
+        return {k: v.split()[0] if v else "" for k, v in self._ethtool("-k")}
 
 
 class Topology(Undoable):
@@ -250,7 +245,7 @@ class Topology(Undoable):
                         "mac": e.mac,
                         "address": e.address,
                         "real": e.real,
-                        "offloads": _safe(e.offloads),
+                        "offloads": safely(e.offloads),
                     }
                     for e in (a, b)
                 ]
@@ -299,7 +294,8 @@ def address(host: Host, ifname: str, addr: str):
                     raise
 
 
-def _safe(fn):
+def safely(fn):
+    """FN(), or what stopped it: metadata never crashes a run."""
     try:
         return fn()
     except Exception as exc:  # metadata never crashes a run
@@ -332,10 +328,8 @@ def _delete_link(host: Host, name: str) -> None:
 
 def _del_addr(host, idx, ip, pfx, run, rec):
     with host.ipr() as ipr:
-        try:
+        with suppress(Exception):
             ipr.addr("del", index=idx, address=ip, prefixlen=pfx)
-        except Exception:
-            pass
     run.forget_foreign(rec)
 
 

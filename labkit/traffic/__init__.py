@@ -13,7 +13,10 @@ Every backend is bounded in count and time and reaps what it starts.
 from __future__ import annotations
 
 import ipaddress
+import os
+import tempfile
 from abc import ABC, abstractmethod
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 
 from labkit import capabilities
@@ -145,6 +148,19 @@ class Generator(ABC):
         self.close()
 
 
+@contextmanager
+def tool_file(text: str, name: str, suffix: str):
+    """TEXT in a temporary file `labkit-NAME-...SUFFIX` that every user may read (a tool
+    may drop its privileges), for a tool's configuration or script; removed on exit."""
+    with tempfile.NamedTemporaryFile("w", prefix=f"labkit-{name}-", suffix=suffix, delete=False) as f:
+        f.write(text)
+    try:
+        os.chmod(f.name, 0o644)
+        yield f.name
+    finally:
+        os.unlink(f.name)
+
+
 def choose(name: str = "auto", purpose: str = "load generator") -> str:
     """The backend NAME stands for: itself, or for 'auto' the first of PREFERENCE that can
     run here (each backend's `available()`, which asks labkit.capabilities' probes, never a
@@ -156,19 +172,12 @@ def choose(name: str = "auto", purpose: str = "load generator") -> str:
         capabilities.chose(purpose, name, "asked for by name")
         return name
     reasons = []
-    for cand in PREFERENCE:
-        cls = BACKENDS.get(cand)
-        if cls is None:
-            continue
-        ok, why = cls.available()
+    for cand in (c for c in PREFERENCE if c in BACKENDS):
+        ok, why = BACKENDS[cand].available()
         if ok:
             refused = ", ".join(r.split(":")[0] for r in reasons)
-            capabilities.chose(
-                purpose,
-                cand,
-                "the fastest that works here"
-                + (f", after {refused} refused ({'; '.join(reasons)})" if reasons else ""),
-            )
+            after = f", after {refused} refused ({'; '.join(reasons)})" if reasons else ""
+            capabilities.chose(purpose, cand, "the fastest that works here" + after)
             return cand
         reasons.append(f"{cand}: {why}")
     raise MissingDependency("no traffic generator can run here:\n  " + "\n  ".join(reasons))
@@ -190,7 +199,5 @@ def _load_backends():
     from labkit.traffic import pktgen, testpmd, trafgen  # noqa: F401
 
     for backend in ("xdpgen", "xdploop"):
-        try:
+        with suppress(ImportError):
             __import__(f"labkit.traffic.{backend}")
-        except ImportError:
-            pass

@@ -40,14 +40,14 @@ import ipaddress
 import os
 import re
 import shutil
-import tempfile
 import time
+from contextlib import suppress
 
 from labkit import capabilities, dpdk
 from labkit.dpdk.afxdp import remove_pmd_programs, xdp_program_id
 from labkit.dpdk.runtime import locked_memory_hint
 from labkit.errors import InputError
-from labkit.traffic import Generator, Offered, TrafficSpec, register
+from labkit.traffic import Generator, Offered, TrafficSpec, register, tool_file
 
 BINARIES = ("dpdk-testpmd", "testpmd")
 MAX_BURST = 512
@@ -57,10 +57,8 @@ OPTIONS = ("mode", "lcores", "memory_mb", "hugepages")
 
 
 def testpmd_binary() -> str | None:
-    for b in BINARIES:
-        if shutil.which(b):
-            return shutil.which(b)
-    return None
+    """The path of the first of BINARIES on the PATH, None where none is."""
+    return next(filter(None, map(shutil.which, BINARIES)), None)
 
 
 def _check_spec(spec: TrafficSpec, backend: str) -> None:
@@ -115,9 +113,6 @@ class Testpmd(Generator):
             return dpdk.Port.pci(dpdk.check_pci_address(options["pci"]))
         return dpdk.Port.af_xdp(iface) if options.get("af_xdp") else dpdk.Port.af_packet(iface)
 
-    def eal_args(self, prefix: str) -> list[str]:
-        return self.eal.args([self.port], prefix)
-
     def send(self, spec: TrafficSpec) -> Offered:
         spec.validate()
         _check_spec(spec, "testpmd")
@@ -165,21 +160,17 @@ class Testpmd(Generator):
         if rest:
             cmds += [f"set burst {rest}", "start tx_first 1", "stop"]
         cmds += ["show port stats 0", "quit"]
-        with tempfile.NamedTemporaryFile("w", prefix="labkit-testpmd-", suffix=".cmd", delete=False) as f:
-            f.write("\n".join(cmds) + "\n")
-            cmdfile = f.name
-        os.chmod(cmdfile, 0o644)
-        argv = [
-            testpmd_binary(),
-            *self.eal_args(prefix),
-            "--",
-            "-i",
-            f"--cmdline-file={cmdfile}",
-            f"--burst={MAX_BURST}",
-            *self._common(spec),
-        ]
-        t0 = time.monotonic()
-        try:
+        with tool_file("\n".join(cmds) + "\n", "testpmd", ".cmd") as cmdfile:
+            argv = [
+                testpmd_binary(),
+                *self.eal.args([self.port], prefix),
+                "--",
+                "-i",
+                f"--cmdline-file={cmdfile}",
+                f"--burst={MAX_BURST}",
+                *self._common(spec),
+            ]
+            t0 = time.monotonic()
             with self.host.spawn(argv, name="dpdk-testpmd") as proc:
                 try:
                     proc.wait(spec.timeout_s + 30)  # + EAL start-up
@@ -187,8 +178,6 @@ class Testpmd(Generator):
                     notes.append(f"testpmd did not finish within {spec.timeout_s:.0f} s and was stopped")
                 cpu = proc.cpu_seconds()
                 out = proc.output()
-        finally:
-            os.unlink(cmdfile)
         wall = time.monotonic() - t0
         self.last_output = out
         stats = port_stats(out)
@@ -214,7 +203,7 @@ class Testpmd(Generator):
     def _flowgen(self, spec: TrafficSpec, prefix: str, notes: list):
         argv = [
             testpmd_binary(),
-            *self.eal_args(prefix),
+            *self.eal.args([self.port], prefix),
             "--",
             "--forward-mode=flowgen",
             f"--flowgen-flows={max(1, spec.flows)}",
@@ -239,10 +228,8 @@ class Testpmd(Generator):
             proc.stop(grace=3)
             out = proc.output()
         self.last_output = out
-        sent = max((s["TX-packets"] for s in port_stats(out)), default=0)
-        fwd = re.findall(r"TX-packets:\s*(\d+)\s+TX-dropped", out)
-        if fwd:
-            sent = max(sent, max(int(x) for x in fwd))
+        forwarded = [int(x) for x in re.findall(r"TX-packets:\s*(\d+)\s+TX-dropped", out)]
+        sent = max([s["TX-packets"] for s in port_stats(out)] + forwarded, default=0)
         if not sent:
             notes.append(f"testpmd sent nothing; its output:\n{out[-1500:]}")
         return sent, sent * spec.size, elapsed, cpu
@@ -302,10 +289,8 @@ class _AfXdpPortGuard:
 
     def __exit__(self, *exc):
         if self.port.kind == "af_xdp":
-            try:
+            with suppress(Exception):  # the interface is gone: nothing to count
                 self.transmitted = self.iface.stats()["tx_packets"] - self._tx0
-            except Exception:
-                pass  # the interface is gone: nothing to count
             prog = xdp_program_id(self.host, self.port.name)
             if prog is not None and remove_pmd_programs(self.host, {self.port.name: prog}):
                 self.notes.append(f"testpmd left its XDP program on {self.port.name}: labkit removed it")
@@ -380,33 +365,18 @@ class PktgenDpdk(Generator):
         eal.validate([port])
         prefix = dpdk.file_prefix("pktg")
         rate = 100 if not spec.rate_pps else max(1, min(100, int(self.options.get("rate_percent", 100))))
-        script = PKTGEN_LUA.format(
-            dst_mac=spec.dst_mac,
-            src_ip=spec.src_ip,
-            dst_ip=spec.dst_ip,
-            sport=spec.sport,
-            dport=spec.dport,
-            size=spec.size,
-            count=spec.count,
-            rate=rate,
-            timeout=int(spec.timeout_s),
-        )
-        with tempfile.NamedTemporaryFile("w", prefix="labkit-pktgen-", suffix=".lua", delete=False) as f:
-            f.write(script)
-            lua = f.name
+        script = PKTGEN_LUA.format(**spec.as_dict(), rate=rate, timeout=int(spec.timeout_s))
         cores = eal.lcore_ids()
-        argv = [shutil.which("pktgen"), *eal.args([port], prefix), "--", "-T", "-P", "-m", f"{cores[-1]}.0", "-f", lua]
         t0 = time.monotonic()
         try:
-            with self.host.spawn(argv, name="pktgen") as proc:
-                try:
-                    proc.wait(spec.timeout_s + 30)
-                except TimeoutError:
-                    pass
-                cpu = proc.cpu_seconds()
-                out = proc.output()
+            with tool_file(script, "pktgen", ".lua") as lua:
+                argv = [shutil.which("pktgen"), *eal.args([port], prefix), "--", "-T", "-P", "-m", f"{cores[-1]}.0"]
+                with self.host.spawn([*argv, "-f", lua], name="pktgen") as proc:
+                    with suppress(TimeoutError):
+                        proc.wait(spec.timeout_s + 30)
+                    cpu = proc.cpu_seconds()
+                    out = proc.output()
         finally:
-            os.unlink(lua)
             dpdk.remove_runtime_dir(prefix)
         m = re.findall(r"labkit-sent (\d+) (\d+) ([\d.]+)", out)
         if not m:

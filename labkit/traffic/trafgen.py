@@ -20,12 +20,11 @@ import ipaddress
 import os
 import re
 import shutil
-import tempfile
 import time
 
 from labkit.errors import InputError
 from labkit.packets import ETH_HLEN
-from labkit.traffic import Generator, Offered, TrafficSpec, register
+from labkit.traffic import Generator, Offered, TrafficSpec, register, tool_file
 
 MAX_FLOWS = 65536  # every UDP source port: sport .. sport + flows - 1 within 0..65535
 IPV4_UDP_HEADERS = 20 + 8
@@ -73,25 +72,21 @@ class Trafgen(Generator):
 
     def send(self, spec: TrafficSpec) -> Offered:
         spec.validate()
-        with tempfile.NamedTemporaryFile("w", prefix="labkit-trafgen-", suffix=".cfg", delete=False) as f:
-            f.write(config(spec))
-            cfg = f.name
-        os.chmod(cfg, 0o644)
-        argv = [
-            "trafgen",
-            "--dev",
-            self.iface.name,
-            "--conf",
-            cfg,
-            "--num",
-            str(spec.count),
-            "--cpus",
-            str(min(spec.cpus, os.cpu_count() or 1)),
-            "--no-sock-mem",
-        ]
-        if spec.rate_pps:
-            argv += ["--rate", f"{int(spec.rate_pps)}pps"]
-        try:
+        with tool_file(config(spec), "trafgen", ".cfg") as cfg:
+            argv = [
+                "trafgen",
+                "--dev",
+                self.iface.name,
+                "--conf",
+                cfg,
+                "--num",
+                str(spec.count),
+                "--cpus",
+                str(min(spec.cpus, os.cpu_count() or 1)),
+                "--no-sock-mem",
+            ]
+            if spec.rate_pps:
+                argv += ["--rate", f"{int(spec.rate_pps)}pps"]
             t0 = time.monotonic()
             with self.host.spawn(argv, name="trafgen") as proc:
                 cpu0 = proc.cpu_seconds()
@@ -102,21 +97,13 @@ class Trafgen(Generator):
                     cpu = float("nan")
                 elapsed = time.monotonic() - t0
                 out = proc.output()
-        finally:
-            os.unlink(cfg)
         packets = _total(out, "packets outgoing")
         nbytes = _total(out, "bytes outgoing")
         if packets is None:
             raise RuntimeError(f"trafgen reported no packet count; its output:\n{out[-2000:]}")
         notes = [] if proc.returncode == 0 else [f"trafgen exited {proc.returncode}"]
-        return Offered(
-            self.name,
-            packets,
-            nbytes or packets * spec.size,
-            elapsed,
-            cpu_seconds=cpu - cpu0 if cpu == cpu else float("nan"),
-            notes=notes,
-        )
+        # a generator stopped at the time limit has no final CPU time: NaN, and so is the difference
+        return Offered(self.name, packets, nbytes or packets * spec.size, elapsed, cpu_seconds=cpu - cpu0, notes=notes)
 
 
 def _total(out: str, label: str):

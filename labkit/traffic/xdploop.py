@@ -111,16 +111,8 @@ class XdpLoopGenerator(XdpGenerator):
         if self.loop is None:
             raise LabkitError("this xdp_loop generator is closed")
         frame = build(spec.frame(0))
-        self.loop.configure(
-            flows=spec.flows,
-            vary=self.vary,
-            version=6 if ":" in spec.src_ip else 4,
-            proto=spec.proto,
-            sport=spec.sport,
-            dport=spec.dport,
-            src_ip=spec.src_ip,
-            dst_ip=spec.dst_ip,
-        )
+        flow = {k: getattr(spec, k) for k in ("flows", "proto", "sport", "dport", "src_ip", "dst_ip")}
+        self.loop.configure(vary=self.vary, version=6 if ":" in spec.src_ip else 4, **flow)
         with ExitStack() as peer_stack:
             notes = self._prepare_peer(peer_stack)
             if self.kind == "veth" and can_transmit_xdp(self.iface) is False:

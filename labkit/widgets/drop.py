@@ -33,11 +33,6 @@ HOOKS = {"XDP native": ("xdp", "native"), "XDP generic": ("xdp", "generic"), "tc
 NO_PROTO = "(none)"
 
 
-def live_lab() -> "DropLab | None":
-    """The drop lab live in this kernel, if any."""
-    return DropLab.live()
-
-
 def parse_ports(text: str) -> list[int]:
     """'9, 53' -> [9, 53]; '' -> []. Refuses anything else with what to type instead."""
     ports = []
@@ -206,58 +201,35 @@ class DropLabWidget:
         self.lab, self.interval = lab, interval
         self._busy = False  # set while the widget itself puts a field back
         r = lab.rules
-        self.hook = w.Dropdown(options=list(HOOKS), value=lab.hook, description="hook")
-        self.drop_all = w.Checkbox(value=r["drop_all"], description="drop everything")
+        self.hook = w.Dropdown(options=list(HOOKS), value=lab.hook, description="hook").add_class("lk-hook")
+        self.drop_all = w.Checkbox(value=r["drop_all"], description="drop everything").add_class("lk-drop-all")
         self.proto = w.Dropdown(
             options=[NO_PROTO] + sorted(PROTOCOLS),
             description="drop proto",
             value=next((k for k, v in PROTOCOLS.items() if v == r["proto"]), NO_PROTO),
-        )
+        ).add_class("lk-proto")
         self.port = w.Text(
             value=", ".join(map(str, r["ports"])),
             placeholder="e.g. 9 (Enter applies)",
             description="drop port",
             continuous_update=False,
-        )
+        ).add_class("lk-port")
         self.src = w.Text(
             value=r["source"] or "",
             placeholder="10.11.0.0/24 (Enter applies)",
             description="drop source",
             continuous_update=False,
-        )
+        ).add_class("lk-src")
         self.count = w.IntSlider(value=10_000, min=1_000, max=1_000_000, step=1_000, description="burst")
-        self.dport = w.BoundedIntText(value=9, min=0, max=65535, description="to port")
-        self.send = w.Button(description="send burst", button_style="primary")
-        self.stop = w.Button(description="stop lab", button_style="danger")
-        self.message = w.HTML()
-        self.state = w.HTML()
-        self.table = w.HTML()
-        for c, cls in (
-            (self.hook, "lk-hook"),
-            (self.drop_all, "lk-drop-all"),
-            (self.proto, "lk-proto"),
-            (self.port, "lk-port"),
-            (self.src, "lk-src"),
-            (self.count, "lk-count"),
-            (self.dport, "lk-dport"),
-            (self.send, "lk-send"),
-            (self.stop, "lk-stop"),
-            (self.message, "lk-message"),
-            (self.state, "lk-state"),
-            (self.table, "lk-counters"),
-        ):
-            c.add_class(cls)
-        self.controls = [
-            self.hook,
-            self.drop_all,
-            self.proto,
-            self.port,
-            self.src,
-            self.count,
-            self.dport,
-            self.send,
-            self.stop,
-        ]
+        self.count.add_class("lk-count")
+        self.dport = w.BoundedIntText(value=9, min=0, max=65535, description="to port").add_class("lk-dport")
+        self.send = w.Button(description="send burst", button_style="primary").add_class("lk-send")
+        self.stop = w.Button(description="stop lab", button_style="danger").add_class("lk-stop")
+        self.message = w.HTML().add_class("lk-message")
+        self.state = w.HTML().add_class("lk-state")
+        self.table = w.HTML().add_class("lk-counters")
+        self.controls = [self.hook, self.drop_all, self.proto, self.port, self.src, self.count, self.dport]
+        self.controls += [self.send, self.stop]
         self.plot = RatePlot(
             [Target(i.netns, i.name) for i in (lab.snd, lab.rcv)],
             names={f"counters[{i}]": f"filter: {v}" for i, v in enumerate(VERDICTS)},
@@ -275,8 +247,7 @@ class DropLabWidget:
                 self.table,
                 self.plot.widget,
             ]
-        )
-        self.box.add_class("lk-droplab")
+        ).add_class("lk-droplab")
 
         self.hook.observe(self._on_hook, names="value")
         self.drop_all.observe(lambda ch: self._rule(ch, drop_all=ch["new"]), names="value")

@@ -105,30 +105,17 @@ class MappingEditor:
     def __init__(self, nat, interval: float = 1.0):
         w = _widgets()
         self.nat, self.interval, self.live = nat, interval, live_for(nat)
-        self.inside = w.Text(placeholder="inside, e.g. 10.20.1.2", description="inside")
-        self.outside = w.Text(placeholder="outside, e.g. 198.51.100.10", description="outside")
-        self.add = w.Button(description="Add mapping", button_style="success")
-        self.remove = w.Button(description="Remove")
+        self.inside = w.Text(placeholder="inside, e.g. 10.20.1.2", description="inside").add_class("lk-inside")
+        self.outside = w.Text(placeholder="outside, e.g. 198.51.100.10", description="outside").add_class("lk-outside")
+        self.add = w.Button(description="Add mapping", button_style="success").add_class("lk-add")
+        self.remove = w.Button(description="Remove").add_class("lk-remove")
         lo, hi = nat.port_range
-        self.first = w.BoundedIntText(value=lo, min=0, max=70000, description="ports from")
-        self.last = w.BoundedIntText(value=hi, min=0, max=70000, description="to")
-        self.set_ports = w.Button(description="Set port range")
-        self.stop = w.Button(description="stop lab", button_style="danger")
-        self.message = w.HTML()
-        self.table = w.HTML()
-        for c, cls in (
-            (self.inside, "lk-inside"),
-            (self.outside, "lk-outside"),
-            (self.add, "lk-add"),
-            (self.remove, "lk-remove"),
-            (self.first, "lk-first"),
-            (self.last, "lk-last"),
-            (self.set_ports, "lk-set-ports"),
-            (self.stop, "lk-stop"),
-            (self.message, "lk-message"),
-            (self.table, "lk-mappings"),
-        ):
-            c.add_class(cls)
+        self.first = w.BoundedIntText(value=lo, min=0, max=70000, description="ports from").add_class("lk-first")
+        self.last = w.BoundedIntText(value=hi, min=0, max=70000, description="to").add_class("lk-last")
+        self.set_ports = w.Button(description="Set port range").add_class("lk-set-ports")
+        self.stop = w.Button(description="stop lab", button_style="danger").add_class("lk-stop")
+        self.message = w.HTML().add_class("lk-message")
+        self.table = w.HTML().add_class("lk-mappings")
         self.controls = [self.inside, self.outside, self.add, self.remove, self.first, self.last, self.set_ports]
         row3 = [self.set_ports]
         if self.live is not None:
@@ -142,8 +129,7 @@ class MappingEditor:
                 self.message,
                 self.table,
             ]
-        )
-        self.widget.add_class("lk-natlab")
+        ).add_class("lk-natlab")
         self.add.on_click(self._on_add)
         self.remove.on_click(self._on_remove)
         self.set_ports.on_click(self._on_ports)
@@ -242,12 +228,9 @@ class FlowView:
     def __init__(self, nat, interval: float = 1.0, limit: int = 50):
         w = _widgets()
         self.nat, self.interval, self.limit, self.live = nat, interval, limit, live_for(nat)
-        self.html = w.HTML()
-        self.button = w.Button(description="Stop live view")
-        self.refresh_button = w.Button(description="Refresh")
-        self.html.add_class("lk-flows")
-        self.button.add_class("lk-stop-view")
-        self.refresh_button.add_class("lk-refresh")
+        self.html = w.HTML().add_class("lk-flows")
+        self.button = w.Button(description="Stop live view").add_class("lk-stop-view")
+        self.refresh_button = w.Button(description="Refresh").add_class("lk-refresh")
         self.button.on_click(lambda _: self.stop())
         self.refresh_button.on_click(lambda _: self.refresh())
         self.plot = self.ticker = None
@@ -256,8 +239,7 @@ class FlowView:
         self.widget = w.VBox(
             [w.HBox([self.refresh_button, self.button]), self.html]
             + ([self.plot.widget] if self.plot is not None else [])
-        )
-        self.widget.add_class("lk-flowview")
+        ).add_class("lk-flowview")
         self.refresh()
         if self.live is not None:
             self.live.on_close(self._on_closed)

@@ -73,12 +73,9 @@ class RatePlot:
         self.names, self.window, self.interval, self.title = names or {}, int(window), interval, title
         self.guard = guard or contextlib.nullcontext
         self.history: deque = deque(maxlen=max(2, int(window / interval)))  # (monotonic time, {series: value})
-        self.text = w.HTML("<i>rates: the first second is being measured</i>")
-        self.image = w.Image(format="png", layout=w.Layout(width="900px"))
-        self.text.add_class("lk-rates")
-        self.image.add_class("lk-rateplot-image")
-        self.widget = w.VBox([self.text, self.image])
-        self.widget.add_class("lk-rateplot")
+        self.text = w.HTML("<i>rates: the first second is being measured</i>").add_class("lk-rates")
+        self.image = w.Image(format="png", layout=w.Layout(width="900px")).add_class("lk-rateplot-image")
+        self.widget = w.VBox([self.text, self.image]).add_class("lk-rateplot")
         self.draws = 0  # images drawn (an empty window is drawn once, not again each second)
         self._figure, self._drawn_busy, self._stopped = None, False, False
         self.sampler, self.ticker = None, None
@@ -161,15 +158,8 @@ class RatePlot:
         if shown:
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
         else:
-            ax.text(
-                0.5,
-                0.5,
-                f"no traffic in the last {self.window} s",
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                color="#666",
-            )
+            empty = f"no traffic in the last {self.window} s"
+            ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="#666")
         buf = io.BytesIO()
         self._figure.savefig(buf, format="png")
         self.image.value = buf.getvalue()

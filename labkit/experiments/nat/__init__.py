@@ -71,7 +71,6 @@ from labkit.experiments.nat.testbed import VARIANTS, spec
 from labkit.experiments.nat.views import (  # noqa: F401 (read as nat.X)
     ALIASES,
     PARTS,
-    canonical,
     headline,
     interpret,
     kind_of,
@@ -137,11 +136,7 @@ class Params:
         if isinstance(self.variants, list):  # names of earlier runs
             self.variants = [ALIASES.get(v, v) for v in self.variants]
         check_run_shape(self.variants, VARIANTS, self.trials, [self.udp_size], self.udp_count, "udp_count")
-        if (
-            not isinstance(self.udp_flows, int)
-            or isinstance(self.udp_flows, bool)
-            or not 1 <= self.udp_flows <= 65536 - newflows.FIRST_SPORT
-        ):
+        if not 1 <= self.udp_flows <= 65536 - newflows.FIRST_SPORT:  # a whole number: check_fields saw to it
             raise InputError(
                 f"udp_flows {self.udp_flows!r}: 1..{65536 - newflows.FIRST_SPORT} source ports from "
                 f"{newflows.FIRST_SPORT}"
@@ -208,16 +203,9 @@ def run(data_dir=None, **kwargs) -> Result:
             return m
 
         def record(variant, size, trial, m):
-            rs.add_measurement(
-                variant,
-                trial,
-                m,
-                kind="udp",
-                offloads=lab.offloads,
-                flows=p.udp_flows,
-                generator=m.offered.generator or feed.generator,
-                feed=feed.add(m, "client"),
-            )
+            generator = m.offered.generator or feed.generator
+            extra = {"kind": "udp", "offloads": lab.offloads, "flows": p.udp_flows, "generator": generator}
+            rs.add_measurement(variant, trial, m, **extra, feed=feed.add(m, "client"))  # feed last, as a column
 
         trial_loop(p.variants, p.trials, measure_one, record, sizes=[p.udp_size], label=EXPERIMENT, show=p.progress)
         lab.after_trials(rs, flow_counts)
@@ -226,14 +214,8 @@ def run(data_dir=None, **kwargs) -> Result:
         if not lab.local:
             across_hosts.blank_local_cpu(rs.rows)  # this machine's CPU is no host's
         for c in checks:
-            rs.add(
-                c["variant"],
-                0,
-                None,
-                {f"check:{c['check']}": (1.0 if c["ok"] else 0.0, "pass")},
-                kind="check",
-                offloads=c["offloads"],
-            )
+            passed = {f"check:{c['check']}": (1.0 if c["ok"] else 0.0, "pass")}
+            rs.add(c["variant"], 0, None, passed, kind="check", offloads=c["offloads"])
         lab.caveats(rs, feed.kind, new_flows, cannot)
         run_dir = rs.save(
             lab,
@@ -250,22 +232,8 @@ def run(data_dir=None, **kwargs) -> Result:
     text = interpret(table, checks_df, cpu=lab.local, meta=saved_metadata(run_dir))
     if not lab.local:  # CPU blank: left out
         text += "\nCPU per packet: not measured across hosts (see the caveats)."
-    return Result(
-        EXPERIMENT,
-        table,
-        text,
-        rs.caveats,
-        run_dir,
-        p,
-        parts(table, checks_df, lab.flows, skipped),
-        headline_of=headline,
-    )
-
-
-def skipped_parts(p: Params) -> dict:
-    """{part: why} for every optional part (see PARTS) that Params P switches off or that
-    cannot run here."""
-    return {**switched_off(p), **cannot_run(p)}
+    result_parts = parts(table, checks_df, lab.flows, skipped)
+    return Result(EXPERIMENT, table, text, rs.caveats, run_dir, p, result_parts, headline_of=headline)
 
 
 def switched_off(p: Params) -> dict:

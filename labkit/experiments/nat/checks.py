@@ -225,18 +225,12 @@ def static_reaches_c1(cx: Context) -> CheckResult:
 
 
 def static_c1_leaves_as_outside(cx: Context) -> CheckResult:
-    srv = _udp_socket(cx.lab.server, 7779)
-    try:
-        c = _udp_socket(cx.lab.client(1), 40001)
+    with _udp_socket(cx.lab.server, 7779) as srv, _udp_socket(cx.lab.client(1), 40001) as c:
         try:
             c.sendto(b"static", (SERVER, 7779))
             _, peer = srv.recvfrom(2048)
         except socket.timeout:
             peer = None
-        finally:
-            c.close()
-    finally:
-        srv.close()
     return CheckResult(
         "static: c1's traffic leaves as its outside address",
         peer is not None and peer[0] == STATIC_OUTSIDE and peer[1] == 40001,
@@ -256,11 +250,8 @@ def hairpin_refused(cx: Context) -> CheckResult:
             stack.enter_context(cx.nat.guard([cx.lab.inside(i) for i in cx.clients]))
         before = counted()
         cp = cx.lab.client(2).run(["ping", "-c", "1", "-W", "1", STATIC_OUTSIDE], check=False, timeout=10)
-        s = _udp_socket(cx.lab.client(2), 40005)
-        try:
+        with _udp_socket(cx.lab.client(2), 40005) as s:
             s.sendto(b"hairpin?", (NAT_OUTSIDE, cx.nat.port_range[0]))
-        finally:
-            s.close()
         time.sleep(0.2)
         n = counted() - before
     return CheckResult(

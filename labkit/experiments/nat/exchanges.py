@@ -22,6 +22,16 @@ def _udp_socket(host: hosts.Host, port: int) -> socket.socket:
     return s
 
 
+def _tcp_listener(host: hosts.Host, port: int, backlog: int, timeout: float) -> socket.socket:
+    with host.entered():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(backlog)
+    s.settimeout(timeout)
+    return s
+
+
 def udp_exchange(lab: NatLab, sport: int = 40000, dport: int = 7777) -> dict:
     """Every client sends one datagram from the same source port; the server echoes each
     to whoever it saw. Returns what the server saw and what each client got back."""
@@ -53,12 +63,7 @@ def udp_exchange(lab: NatLab, sport: int = 40000, dport: int = 7777) -> dict:
 
 def tcp_transfer(lab: NatLab, i: int, nbytes: int = 512 * 1024, port: int = 7778) -> dict:
     """Client i sends NBYTES over TCP to the server; the server hashes what arrives."""
-    with lab.server.entered():
-        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", port))
-    ls.listen(1)
-    ls.settimeout(5.0)
+    ls = _tcp_listener(lab.server, port, backlog=1, timeout=5.0)
     payload = os.urandom(nbytes)
     result = {}
 
@@ -103,10 +108,8 @@ def udp_fragmented(lab: NatLab, size: int = 4000, sport: int = 40003, dport: int
     """c1 sends one UDP datagram of SIZE bytes (beyond the 1500-byte MTU: it leaves in
     fragments), the server echoes it; what each side got, and from whom."""
     payload = os.urandom(size)
-    srv = _udp_socket(lab.server, dport)
-    c = _udp_socket(lab.client(1), sport)
     out = {"sent": len(payload)}
-    try:
+    with _udp_socket(lab.server, dport) as srv, _udp_socket(lab.client(1), sport) as c:
         c.sendto(payload, (SERVER, dport))
         try:
             data, peer = srv.recvfrom(65535)
@@ -116,9 +119,6 @@ def udp_fragmented(lab: NatLab, size: int = 4000, sport: int = 40003, dport: int
             out.update(client_got=len(back), client_intact=back == payload)
         except socket.timeout:
             pass
-    finally:
-        srv.close()
-        c.close()
     return out
 
 
@@ -127,12 +127,7 @@ def tcp_many(lab: NatLab, per_client: int = 250, first_port: int = 12000, port: 
     source ports FIRST_PORT.. as the others (below the kernel's ephemeral range, which
     the other checks' connections draw from); each sends its client and port. What the
     server saw: connections, their sources, and whether every message came intact."""
-    with lab.server.entered():
-        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("0.0.0.0", port))
-    ls.listen(4096)
-    ls.settimeout(10.0)
+    ls = _tcp_listener(lab.server, port, backlog=4096, timeout=10.0)
     want = per_client * lab.clients
     got: list[tuple] = []
 
@@ -201,14 +196,7 @@ def udp_port_unreachable(lab: NatLab, sport: int = 40002, dport: int = 9999) -> 
             socks[i].settimeout(2.0)
             socks[i].connect((SERVER, dport))
         for i, s in socks.items():
-            try:
-                s.send(b"anyone there?")
-                s.recv(2048)
-                got[i] = "an answer"
-            except ConnectionRefusedError:
-                got[i] = "refused"
-            except socket.timeout:
-                got[i] = "nothing within 2 s"
+            got[i] = _answer(s)
     finally:
         for s in socks.values():
             s.close()
@@ -233,9 +221,7 @@ def udp_port_unreachable_from_inside(lab: NatLab, sport: int = 40004, dport: int
     connected socket. c1's kernel answers port unreachable, which must reach the server
     translated (about the SNAT address and port the server knows): 'refused', or what
     happened instead."""
-    srv = _udp_socket(lab.server, dport)
-    c = _udp_socket(lab.client(1), sport)
-    try:
+    with _udp_socket(lab.server, dport) as srv, _udp_socket(lab.client(1), sport) as c:
         c.sendto(b"hello, then gone", (SERVER, dport))
         try:
             _, peer = srv.recvfrom(2048)
@@ -251,19 +237,22 @@ def udp_port_unreachable_from_inside(lab: NatLab, sport: int = 40004, dport: int
             return "refused"
         except socket.timeout:
             return "nothing within 3 s"
-    finally:
-        c.close()
-        srv.close()
 
 
 def udp_refused(host: hosts.Host, sport: int, dport: int) -> str:
     """One datagram from HOST to a closed port of the server on a connected socket:
     'refused' when the port unreachable came back and the kernel matched it to the socket
     (which it does only when the error's embedded header is the packet as HOST sent it)."""
-    s = _udp_socket(host, sport)
-    s.settimeout(2.0)
-    try:
+    with _udp_socket(host, sport) as s:
+        s.settimeout(2.0)
         s.connect((SERVER, dport))
+        return _answer(s)
+
+
+def _answer(s: socket.socket) -> str:
+    """A datagram on the connected socket S (2 s timeout) and what came back: 'refused' when the
+    port unreachable did and the kernel matched it to S, 'an answer', or nothing."""
+    try:
         s.send(b"anyone there?")
         s.recv(2048)
         return "an answer"
@@ -271,5 +260,3 @@ def udp_refused(host: hosts.Host, sport: int, dport: int) -> str:
         return "refused"
     except socket.timeout:
         return "nothing within 2 s"
-    finally:
-        s.close()

@@ -223,44 +223,24 @@ class _Trial:
         from labkit import measure, traffic
 
         lab, p, counter = self.lab, self.lab.p, self.counter
+        load = {"size": p.udp_size, "count": p.udp_count, "flows": p.udp_flows, "timeout_s": p.timeout_s}
         spec = traffic.TrafficSpec(
-            lab.client.mac,
-            lab.inside.mac,
-            lab.client.address,
-            lab.server.address,
-            size=p.udp_size,
-            count=p.udp_count,
-            flows=p.udp_flows,
-            sport=1024,
-            dport=FLOOD_PORT,
-            timeout_s=p.timeout_s,
+            lab.client.mac, lab.inside.mac, lab.client.address, lab.server.address, dport=FLOOD_PORT, **load
         ).validate()
         feed.generator = lab.gen.name
         before = counter("counts")
+        ends = {"client": lab.client, "srv": lab.server, "nat_in": lab.inside, "nat_out": lab.outside}
         m = measure.run_trial(
             lambda: lab.gen.send(spec),
             lambda: counter("counts")["expected"],
             size=p.udp_size,
-            probes={
-                "client": measure.link_probe(lab.client),
-                "srv": measure.link_probe(lab.server),
-                "nat_in": measure.link_probe(lab.inside),
-                "nat_out": measure.link_probe(lab.outside),
-            },
+            probes={name: measure.link_probe(end) for name, end in ends.items()},
             offered_probe=("client", "tx_packets"),
         )
         after = counter("counts")
         other = (after["all"] - before["all"]) - (after["expected"] - before["expected"])
-        rs.add(
-            variant,
-            trial,
-            p.udp_size,
-            {"server_other_source": (other, "packets")},
-            kind="udp",
-            offloads=lab.offloads,
-            flows=p.udp_flows,
-            generator=lab.gen.name,
-        )
+        extra = {"kind": "udp", "offloads": lab.offloads, "flows": p.udp_flows, "generator": lab.gen.name}
+        rs.add(variant, trial, p.udp_size, {"server_other_source": (other, "packets")}, **extra)
         return m
 
     def extra(self, rs, variant: str, trial: int, new_flows: int) -> None:
@@ -280,24 +260,13 @@ def dut_variant(ports, variant: str, port_range: list, iptables_target: str):
     from labkit.experiments.nat.testbed import on_nat_host
 
     inside, outside = ports
-    inside_net = str(ipaddress.ip_interface(f"{inside.address}/{inside.prefixlen}").network)
-    outside_net = str(ipaddress.ip_interface(f"{outside.address}/{outside.prefixlen}").network)
+    inside_net, outside_net = str(_network(inside)), str(_network(outside))
+    options = {"iptables_target": iptables_target, "inside_net": inside_net, "snat_address": outside.address}
     with ExitStack() as stack:
         nat = None
         if variant in ("tc_nat", "xdp_nat"):
             nat = stack.enter_context(Nat(inside_net, outside_net, outside.address, tuple(port_range)))
-        stack.enter_context(
-            on_nat_host(
-                variant,
-                inside.host,
-                [inside],
-                outside,
-                nat,
-                iptables_target=iptables_target,
-                inside_net=inside_net,
-                snat_address=outside.address,
-            )
-        )
+        stack.enter_context(on_nat_host(variant, inside.host, [inside], outside, nat, **options))
         yield variant
 
 

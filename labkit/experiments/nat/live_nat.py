@@ -16,11 +16,6 @@ from labkit.testbed import topology
 from labkit.testbed.livelab import LiveLab
 
 
-def live_lab() -> "LiveNat | None":
-    """The NAT lab live in this kernel, if any."""
-    return LiveNat.live()
-
-
 def live_for(nat) -> "LiveNat | None":
     """The LiveNat that NAT belongs to (live or closed), if it came from one."""
     return getattr(nat, "_live_lab", None)

@@ -18,7 +18,7 @@ from labkit.dataplanes import softirq_clock
 from labkit.dataplanes.nat import Nat
 from labkit.experiments.nat import newflows, progtime, sweep, sweep_run, tcp
 from labkit.experiments.nat.checks import check_correctness
-from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, OUTSIDE_NET, SERVER, NatLab, client_addr
+from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, OUTSIDE_NET, SERVER, NatLab
 from labkit.testbed import runs
 from labkit.testbed.undo import Undoable
 
@@ -146,39 +146,14 @@ class _Trial:
         self.owner, self.lab = owner, lab
 
     def udp(self, rs, variant: str, trial: int, feed) -> measure.Measurement:
-        p, lab, clock = self.owner.p, self.lab, self.owner.clock
-        src, nat_in, out, srv = lab.client_iface(1), lab.inside(1), lab.outside, lab.server_iface
-        spec = traffic.TrafficSpec(
-            src.mac,
-            nat_in.mac,
-            client_addr(1),
-            SERVER,
-            size=p.udp_size,
-            count=p.udp_count,
-            flows=p.udp_flows,
-            sport=1024,
-            dport=9,
-            timeout_s=p.timeout_s,
-        ).validate()
+        p, lab = self.owner.p, self.lab
+        spec = lab.c1_udp(size=p.udp_size, count=p.udp_count, flows=p.udp_flows, timeout_s=p.timeout_s)
         with (
-            traffic.generator(p.generator, src, UDP_LOAD) as gen,
+            traffic.generator(p.generator, lab.client_iface(1), UDP_LOAD) as gen,
             lab.server_sink() if p.server_sink else nullcontext(),
         ):
             feed.generator = gen.name
-            out_probe = measure.link_probe(out, ethtool=False)
-            return measure.run_trial(
-                lambda: gen.send(spec),
-                lambda: out_probe()["tx_packets"],
-                size=p.udp_size,
-                probes={
-                    "client": measure.link_probe(src),
-                    "nat_in": measure.link_probe(nat_in),
-                    "nat_out": measure.link_probe(out),
-                    "srv": measure.link_probe(srv),
-                },
-                offered_probe=("client", "tx_packets"),
-                clock=clock,
-            )
+            return lab.c1_trial(gen, spec, self.owner.clock)
 
     def extra(self, rs, variant: str, trial: int, new_flows: int) -> None:
         p, lab, clock = self.owner.p, self.lab, self.owner.clock

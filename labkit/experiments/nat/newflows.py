@@ -19,7 +19,7 @@ from __future__ import annotations
 from labkit import measure, traffic
 from labkit.errors import InputError
 from labkit.experiments.nat import sweep
-from labkit.experiments.nat.testbed import SERVER, NatLab, client_addr
+from labkit.experiments.nat.testbed import NatLab
 
 PART = "new flows"  # the part's name in the run's record of choices and of skipped parts
 FIRST_SPORT = 1024
@@ -46,32 +46,6 @@ def unavailable(count: int, generator: str) -> str:
 def new_flow_trial(lab: NatLab, generator: str, count: int, clock, timeout_s: float = 60.0) -> measure.Measurement:
     """COUNT packets from c1, each from a source port of its own (one sending CPU, so the
     sequence of flows is walked once): COUNT new flows through the variant in place."""
-    src, nat_in, out, srv = lab.client_iface(1), lab.inside(1), lab.outside, lab.server_iface
-    spec = traffic.TrafficSpec(
-        src.mac,
-        nat_in.mac,
-        client_addr(1),
-        SERVER,
-        size=64,
-        count=count,
-        flows=count,
-        sport=FIRST_SPORT,
-        dport=9,
-        timeout_s=timeout_s,
-        cpus=1,
-    ).validate()
-    with traffic.generator(generator, src, PART) as gen:
-        out_probe = measure.link_probe(out, ethtool=False)
-        return measure.run_trial(
-            lambda: gen.send(spec),
-            lambda: out_probe()["tx_packets"],
-            size=64,
-            probes={
-                "client": measure.link_probe(src),
-                "nat_in": measure.link_probe(nat_in),
-                "nat_out": measure.link_probe(out),
-                "srv": measure.link_probe(srv),
-            },
-            offered_probe=("client", "tx_packets"),
-            clock=clock,
-        )
+    spec = lab.c1_udp(size=64, count=count, flows=count, sport=FIRST_SPORT, timeout_s=timeout_s, cpus=1)
+    with traffic.generator(generator, lab.client_iface(1), PART) as gen:
+        return lab.c1_trial(gen, spec, clock)

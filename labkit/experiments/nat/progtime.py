@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from labkit import bpf, traffic
 from labkit.errors import LabkitError
-from labkit.experiments.nat.testbed import SERVER, client_addr
+from labkit.experiments.nat.testbed import SERVER
 
 PART = "programs' own time"  # the part's name in the run's record of choices and of skipped parts
 
@@ -50,20 +50,9 @@ def measure(lab, nat, programs: dict, p, variant: str, rs) -> None:
     """The eBPF programs' own time per packet on the real path (kernel BPF statistics),
     each under a flood of its own: the outbound program under c1's UDP load, the inbound
     one under the server's UDP load back to one of those flows (its SNAT address and port)."""
-    src, nat_in, srv = lab.client_iface(1), lab.inside(1), lab.server_iface
+    src, srv = lab.client_iface(1), lab.server_iface
     count = max(10_000, p.udp_count // 2)
-    out_spec = traffic.TrafficSpec(
-        src.mac,
-        nat_in.mac,
-        client_addr(1),
-        SERVER,
-        size=p.udp_size,
-        count=count,
-        flows=p.udp_flows,
-        sport=1024,
-        dport=9,
-        timeout_s=p.timeout_s,
-    ).validate()
+    out_spec = lab.c1_udp(size=p.udp_size, count=count, flows=p.udp_flows, timeout_s=p.timeout_s)
     (out_name, out_fn), (in_name, in_fn) = [(n, nat.program.function(f, k)) for n, (f, k) in programs.items()]
     windows = {}
     with bpf_run_time_stats():
@@ -92,18 +81,12 @@ def measure(lab, nat, programs: dict, p, variant: str, rs) -> None:
     for name, (b, a) in windows.items():
         dt, dn = a[0] - b[0], a[1] - b[1]
         raw = dt / dn if dn else float("nan")
-        rs.add(
-            variant,
-            0,
-            p.udp_size,
-            {
-                f"prog_ns_per_pkt:{name}": (raw, "ns/packet"),
-                f"prog_own_ns_per_pkt:{name}": (raw - floor, "ns/packet"),
-                f"prog_runs:{name}": (dn, "packets"),
-            },
-            kind="prog",
-            offloads=p.offloads,
-        )
+        measures = {
+            f"prog_ns_per_pkt:{name}": (raw, "ns/packet"),
+            f"prog_own_ns_per_pkt:{name}": (raw - floor, "ns/packet"),
+            f"prog_runs:{name}": (dn, "packets"),
+        }
+        rs.add(variant, 0, p.udp_size, measures, kind="prog", offloads=p.offloads)
     rs.add(variant, 0, p.udp_size, {"prog_stats_floor_ns": (floor, "ns/run")}, kind="prog", offloads=p.offloads)
 
 
@@ -115,16 +98,7 @@ def stats_floor_ns(repeat: int = 100_000) -> float:
     from labkit import packets
 
     frame = packets.build(
-        packets.FrameSpec(
-            "02:00:00:00:00:02",
-            "02:00:00:00:00:01",
-            "10.11.0.1",
-            "10.11.0.2",
-            proto="udp",
-            sport=1024,
-            dport=9,
-            size=64,
-        )
+        packets.FrameSpec("02:00:00:00:00:02", "02:00:00:00:00:01", "10.11.0.1", "10.11.0.2", sport=1024, size=64)
     )
     per_run = []
     with bpf.load("xdp_minimal") as prog:

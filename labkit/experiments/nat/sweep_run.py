@@ -9,7 +9,7 @@ from contextlib import ExitStack, contextmanager
 from labkit import measure, traffic
 from labkit.experiments import rotated
 from labkit.experiments.nat.sweep import EBPF_NATS, KIND, PURPOSE, first_sport, points
-from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, SERVER, NatLab, client_addr
+from labkit.experiments.nat.testbed import INSIDE_NET, NAT_OUTSIDE, NatLab
 from labkit.testbed import netfilter
 
 
@@ -80,35 +80,10 @@ def _nat_counters(lab: NatLab, variant: str, nat) -> dict:
 
 
 def _point(lab: NatLab, gen, variant: str, nat, size: int, flows: int, count: int, clock, timeout_s: float):
-    src, nat_in, out, srv = lab.client_iface(1), lab.inside(1), lab.outside, lab.server_iface
-    spec = traffic.TrafficSpec(
-        src.mac,
-        nat_in.mac,
-        client_addr(1),
-        SERVER,
-        size=size,
-        count=count,
-        flows=flows,
-        sport=first_sport(flows),
-        dport=9,
-        timeout_s=timeout_s,
-    ).validate()
+    spec = lab.c1_udp(size=size, count=count, flows=flows, sport=first_sport(flows), timeout_s=timeout_s)
     _forget_flows(lab, variant, nat)
     before = _nat_counters(lab, variant, nat)
-    out_probe = measure.link_probe(out, ethtool=False)
-    m = measure.run_trial(
-        lambda: gen.send(spec),
-        lambda: out_probe()["tx_packets"],
-        size=size,
-        probes={
-            "client": measure.link_probe(src),
-            "nat_in": measure.link_probe(nat_in),
-            "nat_out": measure.link_probe(out),
-            "srv": measure.link_probe(srv),
-        },
-        offered_probe=("client", "tx_packets"),
-        clock=clock,
-    )
+    m = lab.c1_trial(gen, spec, clock)
     after = _nat_counters(lab, variant, nat)
     if variant == "iptables":  # a flushed table: what is in it now was set up by this point
         after["flows_set_up"], before["flows_set_up"] = after["flows_set_up"], 0

@@ -63,30 +63,21 @@ def tcp_trial(
     c1, s1 = measure.cpu_times(), clock.seconds()
     out1 = lab.outside.stats()
     try:
-        end = json.loads(cp.stdout)["end"]
-        bps = end["sum_received"]["bits_per_second"]
-        nbytes = end["sum_received"]["bytes"]
-        secs = end["sum_received"]["seconds"]
+        received = json.loads(cp.stdout)["end"]["sum_received"]
+        bps, nbytes, secs = received["bits_per_second"], received["bytes"], received["seconds"]
     except (ValueError, KeyError) as exc:
         raise LabkitError(
             f"iperf3 ({streams} stream(s)) through the {variant} NAT failed: {cp.stdout[-800:]}{cp.stderr[-400:]}"
         ) from exc
     cpu = c1 - c0
     kb = nbytes / 1000
-    rs.add(
-        variant,
-        trial,
-        1514,
-        {
-            "tcp_mbps": (bps / 1e6, "Mbit/s"),
-            "tcp_bytes": (nbytes, "bytes"),
-            "tcp_seconds": (secs, "s"),
-            "tcp_nat_out_skbs": (out1["tx_packets"] - out0["tx_packets"], "packets"),
-            "tcp_cpu_busy_s": (cpu.busy, "s"),
-            "tcp_cpu_ns_per_kb": (cpu.busy / kb * 1e9 if kb else float("nan"), "ns/kB"),
-            "tcp_net_rx_ns_per_kb": ((s1 - s0) / kb * 1e9 if kb else float("nan"), "ns/kB"),
-        },
-        kind="tcp" if streams == 1 else KIND,
-        offloads=offloads,
-        flows=streams,
-    )
+    measures = {
+        "tcp_mbps": (bps / 1e6, "Mbit/s"),
+        "tcp_bytes": (nbytes, "bytes"),
+        "tcp_seconds": (secs, "s"),
+        "tcp_nat_out_skbs": (out1["tx_packets"] - out0["tx_packets"], "packets"),
+        "tcp_cpu_busy_s": (cpu.busy, "s"),
+        "tcp_cpu_ns_per_kb": (cpu.busy / kb * 1e9 if kb else float("nan"), "ns/kB"),
+        "tcp_net_rx_ns_per_kb": ((s1 - s0) / kb * 1e9 if kb else float("nan"), "ns/kB"),
+    }
+    rs.add(variant, trial, 1514, measures, kind="tcp" if streams == 1 else KIND, offloads=offloads, flows=streams)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
+from labkit import measure, traffic
 from labkit.dataplanes.minimal import Minimal
 from labkit.dataplanes.nat import Nat
 from labkit.dataplanes.xdp_nat import XdpNat, XdpRouter
@@ -16,26 +17,12 @@ VARIANTS = ["routing", "xdp_routing", "tc_nat", "xdp_nat", "iptables"]
 #: every variant the testbed can set up: `tc_nat` is `ebpf` under its new name; `xdp_nat`
 #: the XDP fast path over the tc NAT; `xdp_routing` its forwarding alone (no NAT)
 ALL_VARIANTS = ["routing", "xdp_routing", "tc_nat", "xdp_nat", "iptables", "ebpf"]
-
-
 OFFLOADS = ("mixed", "off", "on")
-
-
 INSIDE_NET = "10.20.0.0/16"
-
-
 OUTSIDE_NET = "198.51.100.0/24"
-
-
 NAT_OUTSIDE = "198.51.100.1"
-
-
 SERVER = "198.51.100.2"
-
-
 STATIC_OUTSIDE = "198.51.100.10"
-
-
 MAX_CLIENTS = 8
 
 
@@ -182,6 +169,32 @@ class NatLab(Undoable):
     @property
     def server_iface(self) -> topology.Interface:
         return self.topo.iface("srv", "nat")
+
+    # ---- UDP from c1
+    def c1_udp(self, **fields) -> traffic.TrafficSpec:
+        """UDP from c1 to the server (FIELDS: the rest of the TrafficSpec), checked."""
+        return traffic.TrafficSpec(
+            self.client_iface(1).mac, self.inside(1).mac, client_addr(1), SERVER, **fields
+        ).validate()
+
+    def c1_trial(self, gen, spec: traffic.TrafficSpec, clock) -> measure.Measurement:
+        """GEN sends SPEC from c1: a trial whose forwarded count is the NAT's outside port's
+        transmissions, with every port on the path read around it."""
+        out_probe = measure.link_probe(self.outside, ethtool=False)
+        ports = {
+            "client": self.client_iface(1),
+            "nat_in": self.inside(1),
+            "nat_out": self.outside,
+            "srv": self.server_iface,
+        }
+        return measure.run_trial(
+            lambda: gen.send(spec),
+            lambda: out_probe()["tx_packets"],
+            size=spec.size,
+            probes={name: measure.link_probe(port) for name, port in ports.items()},
+            offered_probe=("client", "tx_packets"),
+            clock=clock,
+        )
 
     # ---- variants
     @contextmanager
