@@ -21,7 +21,7 @@ STRIP_FLAGS := --ClearOutputPreprocessor.enabled=True \
     --ClearMetadataPreprocessor.enabled=True --ClearMetadataPreprocessor.clear_cell_metadata=False \
     --ClearMetadataPreprocessor.preserve_nb_metadata_mask=kernelspec
 
-.PHONY: help setup report test lint bench lab labs clean-kernel doctor clean strip-notebooks
+.PHONY: help setup report test lint bench lab labs class class-stop clean-kernel doctor clean strip-notebooks
 
 help: ## List the targets
 	@echo "labkit: XDP / eBPF / DPDK packet-processing workbench"
@@ -31,7 +31,7 @@ help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
 	    | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
 	@echo
-	@echo "Variables: NOTEBOOKS=, ARGS= (report), PYTEST_ARGS= (test), PORT=$(PORT) (lab), PYTHON= (setup)"
+	@echo "Variables: NOTEBOOKS=, ARGS= (report), PYTEST_ARGS= (test), PORT=$(PORT) (lab; class: 8000), ROSTER= IP= (class), PYTHON= (setup)"
 
 # Always runs the script: it checks each step itself (stamps for pip and the
 # l2fwd build) and is a no-op of a second or two when all is in place, while
@@ -64,6 +64,16 @@ labs: | $(PY) ## Build the course's student versions in labs/release/ (nbgrader;
 	cd labs && for l in $(LESSONS); do \
 	    PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ../$(PY) -m nbgrader generate_assignment "$$l" --force || exit 1; done
 	@echo "Student versions in labs/release/ (instructor guide: labs/README.md)"
+
+# sudo make class ROSTER=students.csv [PORT=8000] [IP=127.0.0.1]
+ROSTER ?=
+IP     ?= 127.0.0.1
+class: setup ## Start a class: JupyterHub on IP:PORT (default 127.0.0.1:8000) for ROSTER's logins (labs/README.md); as root
+	@test -n "$(ROSTER)" || { echo "name the roster: sudo make class ROSTER=students.csv (one login per line)" >&2; exit 2; }
+	$(PY) -m labkit class start "$(ROSTER)" --ip=$(IP) --port=$(if $(filter command line,$(origin PORT)),$(PORT),8000)
+
+class-stop: | $(PY) ## Stop the class: the hub, its proxy, every server, and every student's testbeds
+	$(PY) -m labkit class stop
 
 clean-kernel: | $(PY) ## Remove what crashed runs left in the kernel (namespaces, XDP programs, rules, processes)
 	$(PY) -m labkit clean

@@ -1,6 +1,6 @@
 /* One-way latency probes. Control plane: labkit/dataplanes/latency_probe.py (loads it, fills
  * lat_template, sends probes with BPF_PROG_RUN in live-frames mode, or with AF_PACKET where
- * live frames are refused, and reads the histogram).
+ * live frames are refused, and reads every probe's delay).
  *
  * All hosts of the testbed share one kernel and so one clock: the sender stamps each
  * probe with bpf_ktime_get_ns() as it goes out, the sink reads the same clock as the
@@ -19,10 +19,12 @@
  * lat_probe would write, and is counted as LAT_SENT. Every packet goes on (TC_ACT_OK).
  *
  * lat_sink (receiver, attached with XDP): a UDP frame to LAT_PORT whose payload starts
- * with LAT_MAGIC is a probe: its delay goes into the log-linear histogram lat_hist
- * (bpf/include/latency.h says how buckets are laid out) and the largest delay into
- * lat_counts[LAT_MAX_NS]. Everything else is counted as LAT_OTHER. Every frame is then
- * dropped (SINK_VERDICT, -D define, default XDP_DROP): the sink is the end of the path.
+ * with LAT_MAGIC is a probe: its delay is kept in lat_samples, the n-th probe since the
+ * control plane last cleared the maps in slot n (n from lat_kept, taken atomically, as
+ * probes may arrive on any CPU; beyond LAT_SAMPLES probes a delay is counted, not kept),
+ * and the largest delay goes into lat_counts[LAT_MAX_NS]. The control plane reads the
+ * delays into an HDR histogram. Everything else is counted as LAT_OTHER. Every frame is
+ * then dropped (SINK_VERDICT, -D define, default XDP_DROP): the sink is the end of the path.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -49,7 +51,12 @@ struct lat_probe_hdr {
 BPF_ARRAY(lat_template, struct lat_template, 1);
 BPF_PERCPU_ARRAY(lat_seq, u32, 1);
 BPF_PERCPU_ARRAY(lat_counts, u64, LAT_COUNTS);
-BPF_PERCPU_ARRAY(lat_hist, u64, LAT_BUCKETS);
+struct lat_samples {
+    u64 ns[LAT_SAMPLES];
+};
+
+BPF_ARRAY(lat_kept, u64, 1); /* probes whose delay was taken since the last clear (all CPUs) */
+BPF_ARRAY(lat_samples, struct lat_samples, 1);
 
 /* The sequence number and the send time into probe header H; one more probe sent. */
 static __always_inline void lat_stamp_hdr(struct lat_probe_hdr *h)
@@ -112,29 +119,6 @@ int lat_stamp(struct __sk_buff *skb)
     return TC_ACT_OK;
 }
 
-/* floor(log2(v)) for v >= 1, without loops */
-static __always_inline u32 log2_u64(u64 v)
-{
-    u32 r = 0;
-    if (v >> 32) { v >>= 32; r += 32; }
-    if (v >> 16) { v >>= 16; r += 16; }
-    if (v >> 8) { v >>= 8; r += 8; }
-    if (v >> 4) { v >>= 4; r += 4; }
-    if (v >> 2) { v >>= 2; r += 2; }
-    if (v >> 1) { r += 1; }
-    return r;
-}
-
-static __always_inline u32 lat_bucket(u64 d)
-{
-    if (d < (1 << LAT_SUB_BITS))
-        return d;
-    u32 e = log2_u64(d);
-    u32 sub = (d >> (e - LAT_SUB_BITS)) & ((1 << LAT_SUB_BITS) - 1);
-    u32 idx = ((e - LAT_SUB_BITS + 1) << LAT_SUB_BITS) | sub;
-    return idx < LAT_BUCKETS ? idx : LAT_BUCKETS - 1;
-}
-
 static __always_inline void lat_inc(u32 slot)
 {
     u64 *n = lat_counts.lookup(&slot);
@@ -156,10 +140,14 @@ int lat_sink(struct xdp_md *ctx)
         return SINK_VERDICT;
     }
     u64 d = now - sent;
-    u32 idx = lat_bucket(d);
-    u64 *b = lat_hist.lookup(&idx);
-    if (b)
-        *b += 1;
+    u32 zero = 0;
+    u64 *kept = lat_kept.lookup(&zero);
+    struct lat_samples *s = lat_samples.lookup(&zero);
+    if (kept && s) {
+        u64 n = __sync_fetch_and_add(kept, 1);
+        if (n < LAT_SAMPLES)
+            s->ns[n & (LAT_SAMPLES - 1)] = d;
+    }
     lat_inc(LAT_PROBES);
     u32 slot = LAT_MAX_NS;
     u64 *mx = lat_counts.lookup(&slot);

@@ -90,6 +90,8 @@ KNOWN = {
     "dpdk_vdev": "labkit.probes",
     "devmap_broadcast": "labkit.probes",
     "ovs": "labkit.doctor",
+    "kvm": "labkit.testbed.vm",
+    "vhost_net": "labkit.testbed.vm",
 }
 FACILITIES: dict[str, Facility] = {}
 _cache: dict[str, Probe] = {}

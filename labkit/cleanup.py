@@ -29,6 +29,7 @@ from labkit.testbed.runs import (
     owner_alive,
     require_root,
 )
+from labkit.testbed.vm import VM_DIR
 
 
 def labkit_namespaces() -> list[str]:
@@ -241,6 +242,7 @@ def _undo(found: dict, dpdk_run_gone, log) -> dict:
     for reg in found["registries"]:
         reg.unlink(missing_ok=True)
         shutil.rmtree(reg.with_name(f"{reg.stem}-bpf"), ignore_errors=True)  # a remote session's BPF sources
+        shutil.rmtree(VM_DIR / reg.stem, ignore_errors=True)  # a VM's keys and start script (testbed.vm)
     for kind, items in removed.items():
         for item in items:
             log(f"removed {SINGULAR.get(kind, kind)}: {item}")

@@ -97,11 +97,8 @@ def _ovs_installed():
     ok, detail = ovs.status()
     if ok:
         kernel, why = ovs.kernel_datapath()
-        detail += (
-            "; kernel datapath also there"
-            if kernel
-            else f"; no kernel datapath ({why}): the variants use the userspace one, which needs none"
-        )
+        missing = f"; no kernel datapath ({why}): the variants use the userspace one, which needs none"
+        detail += "; kernel datapath also there" if kernel else missing
     return ok, detail
 
 
@@ -161,12 +158,9 @@ def _dpdk_af_xdp():
         version = dpdk_version()
     except MissingDependency as exc:
         return False, str(exc)
-    libdir = subprocess.run(
-        ["pkg-config", "--variable=libdir", "libdpdk"], capture_output=True, text=True
-    ).stdout.strip()
-    found = sorted(Path(libdir or "/usr/lib").glob("dpdk/pmds-*/librte_net_af_xdp.so*")) + sorted(
-        Path(libdir or "/usr/lib").glob("librte_net_af_xdp.so*")
-    )
+    cp = subprocess.run(["pkg-config", "--variable=libdir", "libdpdk"], capture_output=True, text=True)
+    libdir = Path(cp.stdout.strip() or "/usr/lib")
+    found = [*sorted(libdir.glob("dpdk/pmds-*/librte_net_af_xdp.so*")), *sorted(libdir.glob("librte_net_af_xdp.so*"))]
     if not found:
         return False, (
             f"DPDK {version} has no net_af_xdp driver (librte_net_af_xdp): install Debian's "
@@ -180,6 +174,12 @@ def _dpdk_af_xdp():
 
     ok, why = af_xdp_sockets()
     return (ok, f"DPDK {version}, {found[0]}; {why}")
+
+
+def _vm_host():
+    from labkit.testbed import vm
+
+    return True, vm.tools()
 
 
 def checks() -> list[tuple[str, bool, str]]:
@@ -209,6 +209,9 @@ def checks() -> list[tuple[str, bool, str]]:
     out.append(_check("DPDK l2fwd built", _l2fwd))
     out.append(_check("DPDK net_af_xdp (dpdk_l2fwd_afxdp)", _dpdk_af_xdp))
     out.append(_check("Open vSwitch installed", _ovs_installed))
+    out.append(_check("VM host (QEMU, virtme-ng, a kernel in /boot)", _vm_host))
+    out.append(_check("KVM real (VM numbers are speed numbers)", _facility("kvm")))
+    out.append(_check("vhost-net", _facility("vhost_net")))
     if os.geteuid() == 0:
         out.append(_check("XDP on veth (native, generic)", _xdp_on_veth))
         out.append(_check("Open vSwitch system ports (ovs)", _ovs_ports("system")))
@@ -230,6 +233,11 @@ NEEDS = {
     "02-l2-forwarding ovs_afxdp": ["root", "Open vSwitch installed", "Open vSwitch afxdp ports (ovs_afxdp)"],
     "02-l2-forwarding dpdk_l2fwd_afxdp": ["root", "DPDK l2fwd built", "DPDK net_af_xdp (dpdk_l2fwd_afxdp)"],
     "03-ebpf-nat": ["root", "bcc (python3-bpfcc) + kernel headers", "iptables", "iperf3", "tcpdump", "ping"],
+    "05-vm-vs-container": [
+        "root",
+        "bcc (python3-bpfcc) + kernel headers",
+        "VM host (QEMU, virtme-ng, a kernel in /boot)",
+    ],
     "report browser check": ["chromium"],
 }
 

@@ -11,6 +11,9 @@ c.CourseDirectory.source_directory = "source"
 c.CourseDirectory.release_directory = "release"
 # The gradebook lives beside the course unless the instructor puts it elsewhere.
 c.CourseDirectory.db_url = os.environ.get("LABKIT_GRADEBOOK", "sqlite:///" + os.path.join(here, "gradebook.db"))
+# On the class hub (labs/jupyterhub_config.py) the instructor's server knows the class's exchange.
+if os.environ.get("LABKIT_EXCHANGE"):
+    c.Exchange.root = os.environ["LABKIT_EXCHANGE"]
 # Solution regions in C cells (`// BEGIN SOLUTION`) first get the same Python stub as
 # Python cells; the next step, labkit's CStubs, turns it into the C comment
 # /* YOUR CODE HERE */ in %%bpf cells.

@@ -53,7 +53,10 @@ PACKAGES=(
     chromium                               # the reports are checked in a real headless browser
     openssh-server ansible-core            # remote hosts (mitogen over SSH) and `labkit provision`
     sudo                                   # remote hosts whose login is not root (and their test)
+    qemu-system-x86 busybox-static         # a local VM as a testbed host (virtme-ng boots it)
 )
+# The VM's kernel: this machine's own image where /boot has one (a normal host), else Debian's.
+ls /boot/vmlinuz-* >/dev/null 2>&1 || PACKAGES+=(linux-image-amd64)
 
 headers_present() {
     # A kernel build tree that bcc can compile against (normal hosts have one).

@@ -121,7 +121,7 @@ def test_params_refused_before_kernel():
         l2fwd.run(xdp_mode="fast")
     with pytest.raises(InputError, match="ovs_xdp_mode"):
         l2fwd.run(ovs_xdp_mode="native-with-zerocopy")
-    with pytest.raises(InputError, match="fractions of the no-drop rate"):
+    with pytest.raises(InputError, match="fractions of the PDR"):
         l2fwd.run(latency_loads=[0.5, 2])
     with pytest.raises(InputError, match="ring size"):
         l2fwd.run(dpdk_afxdp_ring=1000)

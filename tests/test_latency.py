@@ -1,7 +1,7 @@
 """Latency probes for real: bpf/latency.c stamps probes as the sender's program sends them
-and histograms their one-way delay at the sink's XDP hook; the bucket layout in Python
-is the one the program uses; percentiles and the CDF read from the histogram; probes
-under background load; bad input refused; nothing left attached.
+and keeps every probe's one-way delay at the sink's XDP hook, which Python reads back
+exactly; percentiles and the CDF read from their HDR histogram; probes under background
+load; a profile at fractions of the PDR; bad input refused; nothing left attached.
 
 The tests on real veths run twice (`sent_by`): with live frames (skipped where the
 capability probe says they are refused) and with AF_PACKET probes stamped at tc egress,
@@ -18,6 +18,7 @@ import pytest
 from labkit import bpf, capabilities, traffic
 from labkit.dataplanes import latency_probe
 from labkit.errors import InputError, MissingDependency
+from labkit.measure import hdr
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: run `sudo make test`")
 
@@ -53,38 +54,8 @@ def qdisc_kinds(iface) -> set:
         return {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(iface.ifindex)}
 
 
-# ---------------------------------------------------------------- the histogram's layout
-def test_buckets_are_log_linear_and_contiguous():
-    assert [latency_probe.bucket_bounds(i) for i in range(9)][:8] == [(i, i + 1) for i in range(8)]
-    prev_high = 0
-    for i in range(latency_probe.BUCKETS):
-        lo, hi = latency_probe.bucket_bounds(i)
-        assert lo == prev_high, f"bucket {i} starts at {lo}, the previous ended at {prev_high}"
-        if lo >= 8:
-            assert (hi - lo) * 8 <= lo, "each bucket is at most 1/8 of its lower bound wide"
-        prev_high = hi
-    for ns in (0, 1, 7, 8, 9, 15, 16, 1000, 12_345, 10**6, 3 * 10**9):
-        lo, hi = latency_probe.bucket_bounds(latency_probe.bucket_of(ns))
-        assert lo <= ns < hi
-
-
-def test_percentiles_and_cdf_from_a_histogram():
-    hist = [0] * latency_probe.BUCKETS
-    b1, b2 = latency_probe.bucket_of(10_000), latency_probe.bucket_of(1_000_000)
-    hist[b1], hist[b2] = 990, 10
-    d = latency_probe.percentiles(hist, max_ns=1_050_000)
-    lo1, hi1 = latency_probe.bucket_bounds(b1)
-    lo2, hi2 = latency_probe.bucket_bounds(b2)
-    assert lo1 <= d["p50_ns"] < hi1 and lo1 <= d["p90_ns"] < hi1 and lo1 <= d["p99_ns"] < hi1
-    assert lo2 <= d["p99.9_ns"] < hi2 and d["max_ns"] == 1_050_000 and d["probes"] == 1000
-    c = latency_probe.cdf(hist)
-    assert c == [(float(hi1), 0.99), (float(hi2), 1.0)]
-    empty = latency_probe.percentiles([0] * latency_probe.BUCKETS)
-    assert empty["probes"] == 0 and empty["p50_ns"] != empty["p50_ns"]  # NaN
-
-
 # ---------------------------------------------------------------- the programs, on crafted frames
-def test_sink_histograms_probes_and_counts_the_rest(pair):
+def test_sink_keeps_every_probes_delay_and_counts_the_rest(pair):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         sink = probe.sink()
@@ -92,11 +63,13 @@ def test_sink_histograms_probes_and_counts_the_rest(pair):
         stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - 5_000_000  # sent 5 ms ago (bpf_ktime_get_ns's clock)
         frame[latency_probe._F["LAT_STAMP"] : latency_probe._F["LAT_STAMP"] + 8] = struct.pack("=Q", stamp)
         assert bpf.test_run(sink, bytes(frame)).action == "XDP_DROP"
-        hist = probe.histogram()
-        (idx,) = [i for i, n in enumerate(hist) if n]
-        lo, hi = latency_probe.bucket_bounds(idx)
-        assert hi > 5_000_000 and lo < 5_000_000 + 10**9, "the delay lands in the bucket Python expects"
-        assert probe.counts()["max_ns"] >= 5_000_000
+        later = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        (delay,) = probe.samples()
+        assert 5_000_000 <= delay <= later - stamp, "the delay kept is the sink's clock minus the stamp"
+        assert probe.counts()["max_ns"] == delay
+        frame[latency_probe._F["LAT_STAMP"] : latency_probe._F["LAT_STAMP"] + 8] = struct.pack("=Q", later)
+        bpf.test_run(sink, bytes(frame))
+        assert probe.samples()[0] == delay and len(probe.samples()) == 2, "in arrival order, the first kept"
         future = bytearray(frame)
         future[latency_probe._F["LAT_STAMP"] : latency_probe._F["LAT_STAMP"] + 8] = struct.pack("=Q", 2**63)
         bpf.test_run(sink, bytes(future))
@@ -104,9 +77,9 @@ def test_sink_histograms_probes_and_counts_the_rest(pair):
         other[latency_probe.PAYLOAD : latency_probe.PAYLOAD + 4] = b"\0\0\0\0"  # not a probe: no magic
         bpf.test_run(sink, bytes(other))
         c = probe.counts()
-        assert (c["probes"], c["clock_back"], c["other"]) == (1, 1, 1)
+        assert (c["probes"], c["clock_back"], c["other"]) == (2, 1, 1) and len(probe.samples()) == 2
         probe.reset()
-        assert probe.counts()["probes"] == 0 and sum(probe.histogram()) == 0
+        assert probe.counts()["probes"] == 0 and probe.samples() == []
 
 
 def test_probe_program_stamps_and_transmits(pair):
@@ -157,19 +130,20 @@ def test_tc_stamp_program_stamps_probes_and_passes_everything(pair):
 
 
 # ---------------------------------------------------------------- probes on real veths
-def test_probes_cross_a_veth_and_are_histogrammed(pair, sent_by):
+def test_probes_cross_a_veth_and_every_delay_is_read(pair, sent_by):
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     with latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe:
         assert probe.method == sent_by
         with bpf.attach_xdp(rcv, probe.sink(), "native"), probe.peer_ready():
             assert probe.send(500, rate_pps=2000) == 500
             time.sleep(0.1)
-            d = probe.distribution()
-            c = probe.cdf()
-    assert d["sent"] == 500 and d["probes"] == 500 and d["clock_back"] == 0
-    assert 0 < d["p50_ns"] <= d["p90_ns"] <= d["p99_ns"] <= d["p99.9_ns"]
-    assert d["max_ns"] >= latency_probe.bucket_bounds(latency_probe.bucket_of(int(d["p99.9_ns"])))[0]
-    assert c[-1][1] == 1.0 and all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(c, c[1:]))
+            r = probe.readings()
+    assert r["sent"] == 500 and r["probes"] == 500 and r["clock_back"] == 0 and len(r["samples"]) == 500
+    assert max(r["samples"]) == r["max_ns"] and min(r["samples"]) > 0
+    d = hdr.distribution(hdr.of(r["samples"]))
+    assert 0 < d["p50_ns"] <= d["p90_ns"] <= d["p99_ns"] <= d["p99.9_ns"] <= d["max_ns"] and d["probes"] == 500
+    c = [level for level, _ in hdr.steps(hdr.of(r["samples"]))]
+    assert c[-1] == 100.0 and c == sorted(c)
     assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
     assert "clsact" not in qdisc_kinds(snd), "the stamping program is taken off after the probes"
 
@@ -183,7 +157,7 @@ def test_probes_under_background_load(pair, sent_by):
         with bpf.attach_xdp(rcv, probe.sink(), "native"), probe.peer_ready():
             d = probe.under_load(lambda: gen.send(load), count=300, rate_pps=1000)
     gen.close()
-    assert d["probes"] == d["sent"] == 300 and d["clock_back"] == 0 and d["p50_ns"] > 0
+    assert d["probes"] == d["sent"] == len(d["samples"]) == 300 and d["clock_back"] == 0 and min(d["samples"]) > 0
     assert d["load"].packets == 100_000
     assert d["other"] >= 50_000, "the background frames reached the sink while it ran"
     assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
@@ -215,7 +189,8 @@ def test_where_live_frames_are_refused_probes_go_by_af_packet_stamped_at_tc_egre
                 )
             assert d["load"], "lat_stamp sat on the sender's egress while the probes were sent"
             assert d["probes"] == d["sent"] == 1000 and d["clock_back"] == 0 and d["other"] == 0
-            assert 0 < d["p50_ns"] <= d["p99_ns"] <= d["max_ns"]
+            q = hdr.distribution(hdr.of(d["samples"]))
+            assert 0 < q["p50_ns"] <= q["p99_ns"] <= q["max_ns"] and q["probes"] == 1000
             assert "clsact" not in qdisc_kinds(snd), "and taken off after"
             with pytest.raises(MissingDependency, match="live-frames mode"):
                 latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, method=latency_probe.LIVE_FRAMES)
@@ -241,19 +216,24 @@ def test_bad_input_is_refused(pair):
             probe.send(10, rate_pps=1e6)
         with pytest.raises(InputError, match="probe count"):
             probe.send(0)
+        with pytest.raises(InputError, match="the delays the sink keeps"):
+            probe.send(latency_probe.SAMPLES + 1)
     with pytest.raises(InputError, match="probe method"):
         latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address, method="raw_socket")
 
 
-# ---------------------------------------------------------------- a profile: NDR, no load, fractions of it
-def test_profile_over_a_veth_at_no_load_and_half_its_no_drop_rate(pair, sent_by):
+# ---------------------------------------------------------------- a profile: PDR, no load, fractions of it
+def test_profile_over_a_veth_at_no_load_and_fractions_of_its_pdr(pair, sent_by, tmp_path):
+    from labkit import results
     from labkit.measure import latency_profile as profiles
 
     snd, rcv = pair.iface("snd"), pair.iface("rcv")
     gen = load_generator(snd, sent_by)
     spec = traffic.TrafficSpec.between(snd, rcv, size=64, count=50_000)
-    with pytest.raises(InputError, match="fractions of the no-drop rate"):
+    with pytest.raises(InputError, match="fractions of the PDR"):
         profiles.check([0.5, 1.5], 100, 1000.0, 0.001)
+    with pytest.raises(InputError, match="latency probes"):
+        profiles.check([0.5], latency_probe.SAMPLES + 1, 1000.0, 0.001)
     with (
         latency_probe.LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=rcv.address) as probe,
         bpf.attach_xdp(rcv, probe.sink(), "native"),
@@ -263,18 +243,65 @@ def test_profile_over_a_veth_at_no_load_and_half_its_no_drop_rate(pair, sent_by)
             gen,
             spec,
             lambda: rcv.stats()["rx_packets"],
-            loads=[0.5],
+            loads=[0.1, 0.5],
             probes=200,
             probe_rate=1000,
-            ndr_seconds=0.2,
-            ndr_iterations=4,
+            search_trial_s=0.2,
+            search_budget_s=8,
         )
     gen.close()
-    assert prof.ndr_pps > 0 and [p.fraction for p in prof.points] == [0.0, 0.5] and prof.probe_method == sent_by
-    idle, loaded = prof.points
-    assert idle.distribution["probes"] == 200 and loaded.distribution["probes"] == 200
-    assert idle.load_pps == 0 and loaded.load_pps > 0.3 * prof.ndr_pps
+    assert prof.pdr_pps > 0 and prof.ndr_pps <= prof.pdr_pps and prof.search_s > 0
+    assert [p.fraction for p in prof.points] == [0.0, 0.1, 0.5] and prof.probe_method == sent_by
+    idle, _, loaded = prof.points
+    assert idle.distribution["probes"] == 200 and loaded.distribution["probes"] >= 190
+    assert idle.load_pps == 0 and loaded.load_pps > 0.1 * prof.pdr_pps and loaded.counts["other"] > 0
     m = loaded.measures()
-    assert m["lat_p50_ns"][0] <= m["lat_p99_ns"][0] <= m["lat_max_ns"][0] and m["lat_probes"][0] == 200
-    assert loaded.cdf[-1][1] == 1.0
+    assert m["lat_p50_ns"][0] <= m["lat_p99_ns"][0] <= m["lat_max_ns"][0] and m["lat_probes"][0] >= 190
+    assert loaded.histogram.get_total_count() == m["lat_probes"][0] and loaded.cdf()[-1][1] == 1.0
     assert not bpf.xdp_state(rcv).get("IFLA_XDP_ATTACHED")
+    # its rows: the PDR, each point's measures and its histogram, read back from a saved run
+    rs = results.ResultSet("latency_test", {}, data_dir=tmp_path)
+    profiles.record(rs, "veth", 0, 64, prof)
+    table = results.load_run(rs.save()).table
+    lat = profiles.summary(table)
+    assert list(lat["load"]) == ["no load", "10% PDR", "50% PDR"] and (lat["rate"] == "PDR").all()
+    assert lat["pdr_mpps"].iloc[0] * 1e6 == pytest.approx(prof.pdr_pps)
+    for pt, (_, row) in zip(prof.points, lat.iterrows()):
+        want = hdr.percentiles(pt.histogram, (50.0, 99.0))
+        assert row["p50_us_all"] * 1e3 == want[50.0] and row["p99_us_all"] * 1e3 == want[99.0]
+    assert "10% PDR" in profiles.histogram_lines(lat)[0]
+
+
+def test_a_search_out_of_time_gives_its_best_lower_bound():
+    from labkit.measure import latency_profile as profiles
+    from labkit.measure import mlr
+
+    def trial(load, loss):
+        return mlr.MlrTrial(
+            load,
+            0.1,
+            int(load / 10),
+            int(load / 10),
+            int(load / 10 * (1 - loss)),
+            0.1,
+            load,
+            load * (1 - loss),
+            loss,
+            0.3,
+        )
+
+    nan = float("nan")
+    found = mlr.MlrResult(
+        mlr.Settings(),
+        1e6,
+        1e3,
+        {0.0: nan, 0.005: nan},
+        {0.0: (None, 1e6), 0.005: (None, 1e6)},
+        [trial(1e6, 0.2), trial(4e5, 0.001), trial(6e5, 0.01)],
+        complete=False,
+    )
+    assert profiles.best_lower_bound(found, 0.005) == 4e5, "the highest load a trial passed at"
+    found.bounds[0.005] = (5e5, 6e5)
+    assert profiles.best_lower_bound(found, 0.005) == 5e5, "the search's own lower bound first"
+    found.bounds[0.005], found.trials = (None, 1e6), [trial(1e6, 0.2)]
+    assert profiles.best_lower_bound(found, 0.005) == 0.0

@@ -35,9 +35,19 @@ def test_notebook_runs_headless_and_writes_table_and_html(tmp_path):
     # latency of what each variant lets through, clamped by smoke to one load and few probes
     lat = r.table[r.table["kind"] == "latency"]
     assert set(lat["variant"]) == set(xdp_drop.VARIANTS)
-    assert set(lat["load_fraction"].dropna()) == {0.0, 0.5}
+    assert set(lat["load_fraction"].dropna()) == {0.0, 0.1}
     assert (lat[lat["measure"] == "lat_probes"]["value"] > 0).all()
     assert "One-way latency of the traffic each variant lets through" in html
+    # NDR/PDR by MLRsearch, cut by smoke to a 1 s budget per variant: every variant searched, by real trials
+    found = r.table[r.table["kind"] == "mlrsearch"].pivot_table(
+        index="variant", columns="measure", values="value", dropna=False
+    )
+    assert set(found.index) == set(xdp_drop.VARIANTS) and set(found.columns) == {"ndr_pps", "pdr_pps"}
+    both = found.dropna()
+    assert (both["ndr_pps"] <= both["pdr_pps"]).all()
+    sent = r.table[(r.table["kind"] == "mlrsearch_trial") & (r.table["measure"] == "sent_pkts")]
+    assert set(sent["variant"]) == set(xdp_drop.VARIANTS) and (sent["value"] > 0).all()
+    assert "MLRsearch NDR (loss ratio" in html
     assert not [n for n in cleanup.labkit_namespaces() if n[:6] not in runs.live_prefixes()]
 
 
@@ -53,6 +63,7 @@ def test_notebook_runs_with_live_frames_refused_and_only_latency_on(tmp_path, mo
         "variants": ["iptables_raw", "xdp_native"],
         "sweep_steps": 0,
         "cost_trials": 0,
+        "mlr_loss_ratios": [],
         "progress": False,
     }
     run = batch.execute(batch.notebooks(["01-xdp-drop"])[0], params, out_dir=tmp_path, data_dir=data, progress=False)
@@ -60,7 +71,7 @@ def test_notebook_runs_with_live_frames_refused_and_only_latency_on(tmp_path, mo
     r = results.load_run(results.list_runs("xdp_drop", data)[0])
     meta = r.metadata
     assert meta["facilities"]["probes"]["live_frames"]["ok"] is False
-    assert set(meta["skipped_parts"]) == {"sweep", "search", "cpu_at_load", "program costs"}
+    assert set(meta["skipped_parts"]) == {"sweep", "search", "mlrsearch", "cpu_at_load", "program costs"}
     assert set(r.table["kind"]) == {"trial", "latency"}  # the parts switched off left no rows
     skb = meta["generator"] not in ("xdp", "xdp_loop")  # the backends that put XDP frames into the veth
     assert meta["feed"]["receiver_got"] == (experiments.FEED_SKB if skb else experiments.FEED_XDP), meta["feed"]
@@ -70,6 +81,7 @@ def test_notebook_runs_with_live_frames_refused_and_only_latency_on(tmp_path, mo
     html = run.html.read_text()
     for said in (
         "no sweep in this run: sweep_steps = 0",
+        "no mlrsearch in this run: mlr_loss_ratios = []",
         "no NDR/PDR search in this run",
         "no fixed-load CPU measurement",
         "no program costs in this run: cost_trials = 0",
@@ -106,6 +118,9 @@ def test_committed_notebooks_carry_no_outputs():
         (dict(sizes=[32]), "below 60"),
         (dict(count=0), "at least one packet"),
         (dict(rule="some"), "rule"),
+        (dict(mlr_width=1.5), r"mlr_width 1.5: a relative width in \(0, 1\)"),
+        (dict(mlr_loss_ratios=[0.01, 0.005]), r"mlr_loss_ratios\[1\] 0.005: a loss ratio above"),
+        (dict(mlr_time_budget_s=0.5), "mlr_time_budget_s 0.5: at least one final trial"),
         (dict(receiver_if="lknosuchif9", sender_if="lknosuchif8"), "no such interface"),
     ],
 )
@@ -125,6 +140,8 @@ def test_sweep_search_and_cpu_at_load_on_every_variant():
         loss_thresholds=[0.005],
         cpu_loads=[200_000],
         point_s=0.1,
+        mlr_final_trial_s=0.1,
+        mlr_time_budget_s=1.0,
         cost_trials=1,
         cost_repeat=10_000,
     )
@@ -136,6 +153,9 @@ def test_sweep_search_and_cpu_at_load_on_every_variant():
     pdr = r.part("search")
     assert set(pdr["variant"]) == set(xdp_drop.VARIANTS) and set(pdr["measure"]) == {"pdr_pps"}
     assert (pdr["value"] > 0).all() and (pdr["value"] <= 2 * top).all()
+    both = xdp_drop.side_by_side(r.table)  # MLRsearch beside the binary search, on the same receivers
+    assert set(both["variant"]) == set(xdp_drop.VARIANTS) and both["binary PDR Mpps"].notna().all()
+    assert set(xdp_drop.mlr_found(r.table)["variant"]) == set(xdp_drop.VARIANTS)
     load = r.part("cpu_at_load")
     cores = load[load["measure"] == "net_rx_cores"]
     assert set(cores["variant"]) == set(xdp_drop.VARIANTS) and (cores["value"] >= 0).all()

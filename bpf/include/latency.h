@@ -11,16 +11,14 @@ enum latency_frame {
     LAT_TEMPLATE = 64,        /* bytes restored from lat_template before every send */
 };
 
-/* Log-linear histogram: values below 2^LAT_SUB_BITS ns have a bucket each; above, every
- * power of two is split into 2^LAT_SUB_BITS equal buckets (12.5% wide at 3 bits). */
-enum latency_hist {
-    LAT_SUB_BITS = 3,
-    LAT_BUCKETS = 320,        /* up to 2^41 ns (about 37 minutes); later values land in the last */
+/* Every probe's delay is kept, in arrival order, for the control plane's HDR histogram. */
+enum latency_samples {
+    LAT_SAMPLES = 65536,      /* delays kept between two clears (a power of two); later probes are counted only */
 };
 
 /* lat_counts slots (per CPU). */
 enum latency_counts {
-    LAT_PROBES = 0,           /* probes histogrammed at the sink */
+    LAT_PROBES = 0,           /* probes taken at the sink (their delays kept) */
     LAT_OTHER = 1,            /* other frames the sink dropped (background load) */
     LAT_CLOCK_BACK = 2,       /* probes stamped later than they arrived: never on one host */
     LAT_SENT = 3,             /* probes the sender's program sent */

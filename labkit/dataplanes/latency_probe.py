@@ -1,17 +1,16 @@
-"""The control plane of bpf/latency.c: one-way latency probes and their histogram.
+"""The control plane of bpf/latency.c: one-way latency probes and their delays.
 
     with LatencyProbe(topo.iface("snd"), dst_mac=rcv.mac, dst_ip="10.11.0.2") as probe, \\
             probe.peer_ready(), bpf.attach_xdp(rcv, probe.sink(), "native"):
         probe.send(2000, rate_pps=1000)           # probes, paced, from the sender
-        dist = probe.distribution()               # p50/p90/p99/p99.9/max (ns), counts
-        probe.cdf()                               # [(delay ns, fraction <= it)]
+        probe.samples()                           # every probe's delay (ns), in arrival order
+        probe.readings()                          # those and the counts: probes, sent, other, clock_back, max_ns
 
 The sender's program stamps each probe with the kernel's clock as it leaves (how it
 leaves is below); the sink's program on the receiver reads the same clock as the probe
-arrives, and counts the difference into a log-linear histogram (8 buckets per power of
-two: a percentile is read as its bucket's middle, within 6.25% of the true value; the
-maximum is exact). Every host of the testbed
-is a namespace of one kernel, so both ends share one clock and no synchronisation is
+arrives and keeps the difference, every probe's (up to SAMPLES between two `reset`s), with
+the exact maximum; `labkit.measure.hdr` makes an HDR histogram of them. Every host of the
+testbed is a namespace of one kernel, so both ends share one clock and no synchronisation is
 needed. Frames that are not probes (background load) are counted and dropped alike, so
 the sink can end the path for load and probes at once.
 
@@ -55,20 +54,18 @@ SOURCE, HEADER = "latency", "latency.h"
 
 def _header() -> dict:
     """bpf/include/latency.h: the frame's layout (_F, its enum; PORT, MAGIC, PAYLOAD,
-    TEMPLATE), the histogram's (SUB_BITS, BUCKETS) and COUNTS, the slots of `lat_counts` by
-    name (probes, other, ...)."""
-    f, h, c = (bpf_enums.enum_values(HEADER, e) for e in ("latency_frame", "latency_hist", "latency_counts"))
+    TEMPLATE), SAMPLES (the delays the sink keeps between two resets) and COUNTS, the slots
+    of `lat_counts` by name (probes, other, ...)."""
+    f, k, c = (bpf_enums.enum_values(HEADER, e) for e in ("latency_frame", "latency_samples", "latency_counts"))
     return {
         "_F": f,
-        **{k[4:]: f[k] for k in ("LAT_PORT", "LAT_MAGIC", "LAT_PAYLOAD", "LAT_TEMPLATE")},
-        "SUB_BITS": h["LAT_SUB_BITS"],
-        "BUCKETS": h["LAT_BUCKETS"],
+        **{n[4:]: f[n] for n in ("LAT_PORT", "LAT_MAGIC", "LAT_PAYLOAD", "LAT_TEMPLATE")},
+        "SAMPLES": k["LAT_SAMPLES"],
         "COUNTS": {name[4:].lower(): v for name, v in c.items() if name != "LAT_COUNTS"},
     }
 
 
 header, __getattr__ = read_when_needed(_header)
-PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 MAX_RATE = 100_000  # probes per second: above it the probes are load, not a probe
 LIVE_FRAMES, AF_PACKET = "live_frames", "af_packet+tc"
 #: how probes can be sent (`LatencyProbe.method`), in words for tables and interpretations
@@ -94,64 +91,6 @@ def choose_method() -> str:
         )
     capabilities.chose(PURPOSE, AF_PACKET, f"live frames refused: {live.reason}")
     return AF_PACKET
-
-
-def bucket_bounds(idx: int) -> tuple[int, int]:
-    """[low, high) in ns of histogram bucket IDX (the layout of bpf/include/latency.h)."""
-    bits = header().SUB_BITS
-    sub = 1 << bits
-    if idx < sub:
-        return idx, idx + 1
-    e = (idx >> bits) + bits - 1
-    width = 1 << (e - bits)
-    low = (sub + (idx & (sub - 1))) * width
-    return low, low + width
-
-
-def bucket_of(ns: int) -> int:
-    """The bucket a delay of NS nanoseconds lands in (what the sink computes)."""
-    bits = header().SUB_BITS
-    if ns < (1 << bits):
-        return int(ns)
-    e = int(ns).bit_length() - 1
-    idx = ((e - bits + 1) << bits) | ((int(ns) >> (e - bits)) & ((1 << bits) - 1))
-    return min(idx, header().BUCKETS - 1)
-
-
-def percentiles(hist, max_ns: int | None = None, qs=PERCENTILES) -> dict:
-    """{'p50_ns': .., 'p90_ns': .., 'p99_ns': .., 'p99.9_ns': .., 'max_ns': .., 'probes': n}
-    from a histogram (counts per bucket): each percentile is the middle of the bucket that
-    holds its rank (at most the maximum); NaN with no probes."""
-    total = int(sum(hist))
-    out = {"probes": total}
-    if total == 0:
-        out.update({f"p{q:g}_ns": float("nan") for q in qs})
-        out["max_ns"] = float("nan")
-        return out
-    cum, i, ranks = 0, 0, sorted(qs)
-    for q in ranks:
-        need = max(1, -(-q * total // 100))  # the nearest-rank definition
-        while cum + hist[i] < need:
-            cum += hist[i]
-            i += 1
-        lo, hi = bucket_bounds(i)
-        out[f"p{q:g}_ns"] = (lo + hi - 1) / 2
-    last = max(j for j, n in enumerate(hist) if n)
-    out["max_ns"] = float(max_ns) if max_ns else float(sum(bucket_bounds(last)) / 2)
-    for q in ranks:  # a bucket's middle can lie above the exact maximum in the same bucket
-        out[f"p{q:g}_ns"] = min(out[f"p{q:g}_ns"], out["max_ns"])
-    return out
-
-
-def cdf(hist) -> list[tuple[float, float]]:
-    """[(bucket's upper bound in ns, fraction of probes at or below it)] for non-empty buckets."""
-    total = sum(hist)
-    out, cum = [], 0
-    for i, n in enumerate(hist):
-        if n:
-            cum += n
-            out.append((float(bucket_bounds(i)[1]), cum / total))
-    return out
 
 
 class LatencyProbe:
@@ -245,8 +184,8 @@ class LatencyProbe:
     def send(self, count: int, rate_pps: float = 1000.0, timeout_s: float = 60.0, stop=None) -> int:
         """COUNT probes at RATE_PPS, one per system call, the way `method` says; returns
         how many were sent."""
-        if not isinstance(count, int) or count < 1:
-            raise InputError(f"probe count {count!r}: at least 1")
+        if not isinstance(count, int) or not 1 <= count <= header().SAMPLES:
+            raise InputError(f"probe count {count!r}: 1 .. {header().SAMPLES} (the delays the sink keeps per reset)")
         if not 0 < rate_pps <= MAX_RATE:
             raise InputError(f"probe rate {rate_pps!r}: 0 < rate <= {MAX_RATE} per second (probes, not load)")
         sending = {LIVE_FRAMES: self._live_frames, AF_PACKET: self._af_packet}[self.method]
@@ -308,29 +247,29 @@ class LatencyProbe:
             out[name] = max(vals) if name == "max_ns" else sum(vals)
         return out
 
-    def histogram(self) -> list[int]:
-        """Probes per bucket (summed over CPUs), BUCKETS long."""
-        table = self.program.map("lat_hist")
-        return [int(sum(int(v) for v in table[ctypes.c_int(i)])) for i in range(header().BUCKETS)]
+    def samples(self) -> list[int]:
+        """The delay (ns) of every probe the sink took since the last `reset`, in arrival order."""
+        kept = int(self.program.map("lat_kept")[ctypes.c_int(0)].value)
+        if kept > header().SAMPLES:
+            raise LabkitError(
+                f"{kept} probes reached the sink since the last reset, which keeps {header().SAMPLES} "
+                "delays: reset between points"
+            )
+        return list(self.program.map("lat_samples")[ctypes.c_int(0)].ns[:kept])
 
-    def distribution(self) -> dict:
-        """Percentiles (ns) and counts of the probes since the last `reset`."""
-        c = self.counts()
-        out = percentiles(self.histogram(), c["max_ns"])
-        out.update({"sent": c["sent"], "other": c["other"], "clock_back": c["clock_back"]})
-        return out
-
-    def cdf(self) -> list[tuple[float, float]]:
-        return cdf(self.histogram())
+    def readings(self) -> dict:
+        """The probes since the last `reset`: their delays ('samples', ns) and the counts
+        (probes, sent, other, clock_back, max_ns: the exact maximum)."""
+        return {"samples": self.samples(), **self.counts()}
 
     def reset(self) -> None:
-        for name in ("lat_hist", "lat_counts", "lat_seq"):
+        for name in ("lat_kept", "lat_samples", "lat_counts", "lat_seq"):
             self.program.map(name).clear()
 
     def under_load(self, load, count: int, rate_pps: float = 1000.0, warmup_s: float = 0.2) -> dict:
         """Probe while LOAD() runs in another thread (started WARMUP_S before the probes);
-        the distribution of those probes, and what LOAD returned as 'load'. LOAD should
-        last longer than the probes (count / rate_pps seconds)."""
+        the `readings` of those probes, and what LOAD returned as 'load'. LOAD should last
+        longer than the probes (count / rate_pps seconds)."""
         box, stop = {}, threading.Event()
 
         def work():
@@ -349,7 +288,7 @@ class LatencyProbe:
             t.join(120)
         if "error" in box:
             raise box["error"]
-        out = self.distribution()
+        out = self.readings()
         out["load"] = box.get("load")
         return out
 

@@ -68,7 +68,7 @@ def caveats(rs, p, generator: str, probed: bool, feed: str | None) -> None:
     )
     if feed == views.FEED_SKB and "xdp_redirect" in p.variants and p.xdp_mode == "native":
         rs.caveat(views.SKB_FEED_NOTE, "xdp_redirect")
-    sink = "lat_sink (bpf/latency.c: probes histogrammed, the rest counted)" if probed else "xdp_drop_bare"
+    sink = "lat_sink (bpf/latency.c: every probe's delay kept, the rest counted)" if probed else "xdp_drop_bare"
     rs.caveat(
         "XDP_REDIRECT into a veth delivers only when the egress veth's peer has an XDP program: the "
         f"receiver runs {sink} (native) as its sink in every variant"

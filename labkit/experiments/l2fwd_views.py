@@ -2,11 +2,11 @@
 (labkit/experiments/l2fwd.py runs the experiment; this is what it records and shows of
 latency, and the one table that puts every forwarder's numbers side by side).
 
-- `record_latency`: a variant's latency profile (its no-drop rate, then the probes' delay
-  with no load and at fractions of that rate) as rows of kind 'latency', one per load, and
-  its CDF points for the plot;
+- `record_latency`: a variant's latency profile (its PDR, then the probes' delay with no
+  load and at fractions of that rate) as rows of kind 'latency', each point's HDR histogram
+  among them (`latency_profile.record`), and its CDF points for the plot;
 - `latency_summary`: per variant and load, the mean and spread over trials of p50, p90,
-  p99, p99.9 and max (microseconds) and the no-drop rate;
+  p99, p99.9 and max (microseconds), p50 and p99 of every trial's probes together, the PDR;
 - `overview`: forwarded Mpps, DUT CPU per packet, idle cost, memory, and p50/p99 at no
   load and at each load fraction, one row per variant;
 - `interpret_latency`: the sentences about latency, each number from its variant's rows.
@@ -64,33 +64,14 @@ def summary_view(summary):
 
 
 def record_latency(rs, variant: str, trial: int, size, prof, **extra) -> list[dict]:
-    """Rows of PROF (measure.latency.Profile) into RS; the CDF points, for the plot."""
-    if prof.probe_method:
-        extra = {"probe_method": prof.probe_method, **extra}
-    rs.add(
-        variant,
-        trial,
-        size,
-        {"ndr_pps": (prof.ndr_pps, "pps")},
-        ["generator-limited"] if prof.generator_limited else [],
-        kind="latency",
-        **{LOAD: None},
-        **extra,
-    )
-    cdf = []
-    for pt in prof.points:
-        rs.add(variant, trial, size, pt.measures(), kind="latency", **{LOAD: pt.fraction}, **extra)
-        cdf += [
-            {"variant": variant, "trial": trial, LOAD: pt.fraction, "delay_us": ns / 1e3, "fraction": f}
-            for ns, f in pt.cdf
-        ]
-    for note in prof.notes:
-        rs.caveat(note, variant)
-    return cdf
+    """Rows of PROF (latency_profile.Profile) into RS; the CDF points, for the plot."""
+    latency.record(rs, variant, trial, size, prof, **extra)
+    return latency.cdf_rows(variant, trial, prof)
 
 
-#: per variant and load: the no-drop rate, the background rate, each percentile's mean over
-#: trials with min and max (µs), probes received (`labkit.measure.latency_profile.summary`)
+#: per variant and load: the PDR, the background rate, each percentile's mean over trials
+#: with min and max (µs), p50/p99 of all trials' probes (their HDR histograms), probes received
+#: (`labkit.measure.latency_profile.summary`)
 latency_summary = latency.summary
 
 
@@ -98,7 +79,7 @@ def overview(headline, resources, lat):
     """The L2 table: per variant at the smallest size, forwarded Mpps, DUT CPU per packet,
     cores busy with no traffic (the machine's, and the forwarder's own processes'), the
     forwarder's resident memory, and p50/p99 latency
-    (microseconds) at no load and at each load fraction of its no-drop rate."""
+    (microseconds) at no load and at each load fraction of its PDR."""
     import pandas as pd
 
     if headline is None or headline.empty:
@@ -115,9 +96,8 @@ def overview(headline, resources, lat):
             out["own_idle_busy_cores"] = r["own_idle_busy_cores"].reindex(out.index)  # the forwarder's processes
         out["rss_mb"] = r["rss_mb"].reindex(out.index)
     if lat is not None and len(lat):
-        out["ndr_mpps"] = lat.groupby("variant")["ndr_mpps"].first().reindex(out.index)
-        for f, g in lat.groupby(LOAD):
-            label = "no load" if f == 0 else f"{f:.0%} NDR"
+        out["pdr_mpps"] = lat.groupby("variant")["pdr_mpps"].first().reindex(out.index)
+        for (f, label), g in lat.groupby([LOAD, "load"]):
             g = g.set_index("variant")
             out[f"p50_us ({label})"] = g["p50_us"].reindex(out.index)
             out[f"p99_us ({label})"] = g["p99_us"].reindex(out.index)
@@ -153,7 +133,7 @@ def interpret_latency(lat, table) -> str:
         ]
         if grow:
             lines.append(
-                f"Under background load at {top:.0%} of each forwarder's own no-drop rate: "
+                f"Under background load at {top:.0%} of each forwarder's own PDR: "
                 + "; ".join(grow)
                 + ". Each forwarder is loaded to its own rate, so a slow one is "
                 "probed under a light absolute load."
@@ -166,7 +146,7 @@ def interpret_latency(lat, table) -> str:
             "(and l2fwd holds a lone packet up to its 100 µs transmit drain), which sets their tail here; "
             "on isolated cores it would not. The kernel forwarders run in the receiving softirq."
         )
-    return "\n".join(lines)
+    return "\n".join(lines + latency.histogram_lines(lat))
 
 
 ACROSS_HOSTS_LATENCY = (
@@ -359,6 +339,14 @@ def plot_latency_cdf(cdf, trial: int = 0):
     from labkit.reporting import plots
 
     return plots.latency_cdf(cdf, trial)
+
+
+def plot_latency_percentiles(table):
+    """Each forwarder's probes by percentile, one curve per load, from the HDR histograms of
+    TABLE (a run's) merged over trials (`reporting.plots.latency_percentiles`, CSIT's axes)."""
+    from labkit.reporting import plots
+
+    return plots.latency_percentiles(table, loaded="background at {:.0%} of its PDR")
 
 
 def interpret_rates(table, resources, baseline: str, caveats=(), lcores=None) -> str:

@@ -46,6 +46,7 @@ from labkit.experiments import (
 )
 from labkit.experiments import xdp_drop_latency as latency
 from labkit.experiments import xdp_drop_load as load
+from labkit.experiments import xdp_drop_mlr as mlr_part
 from labkit.experiments import xdp_drop_views as views
 from labkit.experiments.xdp_drop_receiver import VARIANTS, drop_receiver, using
 from labkit.testbed import inventory, runs, topology
@@ -71,7 +72,7 @@ VIEW = View(
         (references.POSTER_XDP_DROP, ("xdp_native", "xdp_generic"), "Mbit/s"),
     ),
 )
-#: a smoke run: one size, one trial, few packets, a two-point sweep, no search (see smoke_clamp)
+#: a smoke run: one size, one trial, few packets, a two-point sweep, no binary search, a short MLRsearch (smoke_clamp)
 SMOKE = {
     "sizes": 1,
     "trials": 1,
@@ -82,13 +83,15 @@ SMOKE = {
     "loss_thresholds": 0,
     "cpu_loads": 0,
     "point_s": 0.1,
+    "mlr_final_trial_s": 0.1,
+    "mlr_time_budget_s": 1.0,
     "latency_loads": 1,
     "latency_probes": 200,
 }
 #: the testbed's roles: where each is, on the namespace pair
 ROLES = {"sender": ("snd", None), "receiver": ("rcv", None)}
 #: the parts run only where every host is this machine (they read its CPU or run here)
-LOCAL_PARTS = ("sweep", "search", "cpu_at_load", "program costs", "latency")
+LOCAL_PARTS = ("sweep", "search", "mlrsearch", "cpu_at_load", "program costs", "latency")
 ACROSS_HOSTS = "across hosts (measured only on the namespace testbed or this machine's interfaces)"
 plot_latency_cdf = latency.plot_cdf  # the notebook's latency CDF
 # the load tests' table and sentences (xdp_drop_views), as the notebook calls them
@@ -98,6 +101,8 @@ search_table, load_interpretation, LOAD_KINDS, _interpret_load = (
     views.LOAD_KINDS,
     views._interpret_load,
 )
+# MLRsearch's rows, its table, and its side-by-side with the binary search (xdp_drop_mlr)
+mlr_found, mlr_table, side_by_side = mlr_part.found, mlr_part.mlr_table, mlr_part.side_by_side
 
 
 @dataclass
@@ -121,8 +126,13 @@ class Params:
     loss_thresholds: list = field(default_factory=lambda: [0.0, 0.005])  # NDR and PDR 0.5%; []: no search
     cpu_loads: list = field(default_factory=lambda: [0.5e6, 1e6, 2e6])  # pps; []: none
     point_s: float = 0.5  # seconds of traffic per sweep/search point
+    # NDR/PDR by MLRsearch beside the binary search, on the same receiver (xdp_drop_mlr)
+    mlr_loss_ratios: list = field(default_factory=lambda: [0.0, 0.005])  # [NDR, PDR] loss ratios; []: none
+    mlr_final_trial_s: float = 1.0  # its longest trial (seconds): the one its bounds rest on
+    mlr_width: float = 0.005  # its goal: upper - lower bound <= width x upper bound
+    mlr_time_budget_s: float = 60.0  # per variant (seconds); the bounds found by then are reported
     latency: bool = True  # one-way latency of what each variant lets through (no load, then latency_loads)
-    latency_loads: list = field(default_factory=lambda: [0.5, 0.9])  # flood, fractions of each variant's no-drop rate
+    latency_loads: list = field(default_factory=lambda: [0.1, 0.5, 0.9])  # flood, fractions of each variant's PDR
     latency_probes: int = 2000  # probes per latency point
     latency_probe_rate: float = 4000.0  # probes per second
     progress: bool = True  # a text progress bar on stderr
@@ -147,6 +157,7 @@ class Params:
             raise InputError(f"loss_thresholds {self.loss_thresholds}: ratios in [0, 1), e.g. [0, 0.005]")
         if any(not (isinstance(l, (int, float)) and l > 0) for l in self.cpu_loads):
             raise InputError(f"cpu_loads {self.cpu_loads}: positive rates in packets per second")
+        mlr_part.settings(self)  # InputError on a bad MLRsearch setting
         if self.sweep_steps < 0 or self.point_s <= 0:
             raise InputError("sweep_steps must be >= 0 and point_s > 0")
         if self.cost_trials < 0 or self.cost_repeat < 1:
@@ -218,7 +229,7 @@ def run(data_dir=None, **kwargs) -> Result:
                 rs.add_measurement(variant, trial, m, generator=gen.name, flows=p.flows, kind="trial", feed=feed.add(m))
 
             trial_loop(p.variants, p.trials, measure_one, record, sizes=p.sizes, label=EXPERIMENT, show=p.progress)
-            if bed.local and (p.sweep_steps or p.loss_thresholds or p.cpu_loads):
+            if bed.local and (p.sweep_steps or p.loss_thresholds or p.cpu_loads or p.mlr_loss_ratios):
                 load.load_tests(p, gen, _spec(p, snd, rcv, min(p.sizes), None), receiver, clock, rs)
             costs = load.program_costs(receiver.value.filt if bed.local else None, snd, rcv, p, rs, skipped)
         cdf = _latency(p, rs, skipped) if bed.local else []
@@ -253,6 +264,7 @@ def switched_off(p: Params) -> dict:
     off = {
         "sweep": (not p.sweep_steps, "sweep_steps = 0"),
         "search": (not p.loss_thresholds, "loss_thresholds = []"),
+        "mlrsearch": (not p.mlr_loss_ratios, "mlr_loss_ratios = []"),
         "cpu_at_load": (not p.cpu_loads, "cpu_loads = []"),
         "program costs": (not p.cost_trials, "cost_trials = 0"),
         "latency": (not p.latency, "latency = False"),
@@ -415,7 +427,7 @@ def interpret(table, costs, meta: dict | None = None) -> str:
             parts = [f"{n} {v:.0f} ns ({v / bare:.2f}× bare)" for n, v in c.items() if n != "xdp_drop_bare"]
             lines.append(f"Program cost (BPF_PROG_TEST_RUN): bare XDP_DROP {bare:.0f} ns; " + "; ".join(parts) + ".")
     if "kind" in full.columns:
-        lines += _interpret_load(full)
+        lines += _interpret_load(full) + mlr_part.interpret(full)
     ref = references.XDP_PAPER_XDP_DROP
     if "xdp_native" in at.index:
         lines.append(

@@ -7,14 +7,16 @@ variant lets through. The testbed gets a third host for it:
     lsnd --(flood + probes)--> lrcv (the variant on its ingress; forwards IPv4) --> lsink
 
 - the **flood** is the experiment's own traffic (UDP to the receiver's address, destination port
-  `traffic.TrafficSpec.dport`, 9), at fractions of each variant's own no-drop rate; each
+  `traffic.TrafficSpec.dport`, 9), at 10%, 50% and 90% (`latency_loads`) of each variant's
+  own PDR (the highest rate it drops losing at most 0.5%, as FD.io CSIT measures latency); each
   variant drops it where it always does: ``stack`` at UDP (no listener), ``iptables_raw``
   in raw PREROUTING, ``tc`` and ``xdp_*`` in the drop filter (bpf/drop_filter.c). The
   rule here is "drop UDP to the flood's port" whatever the experiment's ``rule`` is,
   since "drop UDP" (or everything) would drop the probes too;
 - the **probes** (bpf/latency.c, `dataplanes.latency.LatencyProbe`: UDP to port 7,
   stamped by the sender's XDP program as they leave) pass the variant's hook, are routed
-  by rcv to the sink, and the sink's XDP program histograms their delay. Every probe
+  by rcv to the sink, and the sink's XDP program keeps every probe's delay, which goes into
+  an HDR histogram per point (stored with the run: `labkit.measure.hdr`). Every probe
   crosses the same path in every variant: receive on rcv, the variant's hook, IP
   forwarding, a veth, the sink. What differs is what the flood costs beside them.
 
@@ -33,9 +35,10 @@ says so, as a caveat of the run.
     cdf = xdp_drop_latency.measure_all(p, rs, search_rows)   # rows of kind 'latency' into rs
     lat = xdp_drop_latency.summary(rs.table)             # percentiles with spread, per variant and load
     xdp_drop_latency.interpret(lat)                      # the sentences
+    xdp_drop_latency.plot_percentiles(rs.table)          # the histograms by percentile, CSIT's axes
 
-The no-drop rate each load is a fraction of comes from the experiment's own NDR search
-(kind 'search', loss 0) where it ran, else from a short search here.
+The PDR each load is a fraction of comes from the experiment's own PDR search (its rows of
+measure pdr_pps at loss 0.5%) where it ran, else from a short MLRsearch here.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from labkit.experiments import l2fwd_views as views
 from labkit.experiments import rotated
 from labkit.experiments import xdp_drop_receiver as receiver
 from labkit.measure import latency_profile as latency_profile
+from labkit.measure import mlr
 from labkit.testbed import netfilter, topology
 from labkit.traffic.xdpgen import GroOn
 
@@ -57,7 +61,8 @@ LOAD = views.LOAD
 SENDER_ADDR, RECEIVER_ADDR = "10.11.0.1/24", "10.11.0.2/24"
 FORWARD_ADDR, SINK_ADDR = "10.12.0.1/24", "10.12.0.2/24"
 FLOOD_PORT = traffic.TrafficSpec.dport  # the generator's default destination port: what the filters drop
-NDR_LOSS = 0.001  # the short search's "no drop" (the experiment's own search uses 0)
+NDR_LOSS = 0.001  # the short search's "no drop" (its PDR: latency_profile.PDR_LOSS)
+SEARCH_BUDGET_S = {False: 15.0, True: 3.0}  # the short search's time budget, by smoke
 PASS_PROGRAM = "a bare native XDP_PASS program on the receiver's veth (probe delivery)"  # peer_ready's
 #: what each variant pays so that the probes (XDP frames) reach rcv's veth at all
 DELIVERY = {
@@ -140,22 +145,28 @@ def variant(name: str, rcv, filt: DropFilter):
     return SETUPS[name](rcv, filt, "udp")
 
 
-def search_ndr(search_rows) -> dict:
-    """{variant: no-drop rate (pps)}: the median of the experiment's NDR searches (loss 0)."""
+def search_pdr(search_rows) -> dict:
+    """{variant: PDR (pps)}: the median of the experiment's PDR searches (loss ratio
+    `latency_profile.PDR_LOSS`, 0.5%), from its rows of measure pdr_pps: MLRsearch's where
+    it ran (kind `mlr.KIND`), else the binary search's."""
     if search_rows is None or not len(search_rows) or "measure" not in search_rows.columns:
         return {}
-    t = search_rows[search_rows["measure"] == "ndr_pps"]
+    t = search_rows[search_rows["measure"] == "pdr_pps"]
+    if "kind" in t.columns:
+        t = t[t["kind"] != latency_profile.KIND]
+        if (t["kind"] == mlr.KIND).any():
+            t = t[t["kind"] == mlr.KIND]
     if "threshold" in t.columns:
-        t = t[t["threshold"].fillna(0) == 0]
+        t = t[(t["threshold"] - latency_profile.PDR_LOSS).abs() < 1e-9]
     return {v: float(x) for v, x in t.groupby("variant")["value"].median().items() if x > 0}
 
 
 def measure_all(p, rs, search_rows=None) -> list[dict]:
     """Every variant of P, every trial (rotated), at the smallest size: the probes with no
-    load and under the flood at each of P.latency_loads of the variant's no-drop rate.
-    Rows of kind 'latency' go into RS; returns the CDF points for the plot."""
+    load and under the flood at each of P.latency_loads of the variant's PDR. Rows of kind
+    'latency' (each point's HDR histogram among them) go into RS; returns the CDF points."""
     size = min(p.sizes)
-    ndr = search_ndr(search_rows)
+    pdr = search_pdr(search_rows)
     sp = spec()
     sp.validate()
     cdfs = []
@@ -184,16 +195,20 @@ def measure_all(p, rs, search_rows=None) -> list[dict]:
                     probes=p.latency_probes,
                     probe_rate=p.latency_probe_rate,
                     ndr_loss=NDR_LOSS,
-                    ndr_seconds=0.2 if p.smoke else 0.5,
-                    ndr_iterations=4 if p.smoke else 6,
-                    ndr_pps=ndr.get(name),
+                    search_trial_s=0.2 if p.smoke else 0.5,
+                    search_budget_s=SEARCH_BUDGET_S[bool(p.smoke)],
+                    pdr_pps=pdr.get(name),
                 )
             cdfs += views.record_latency(rs, name, trial, size, prof, generator=gen.name)
-    source = "the experiment's NDR search (loss 0)" if ndr else f"a short search here (loss <= {NDR_LOSS:.1%})"
+    source = (
+        "the experiment's PDR search (MLRsearch where it ran)"
+        if pdr
+        else f"a short MLRsearch here (PDR: loss <= {latency_profile.PDR_LOSS:.1%})"
+    )
     rs.caveat(
         f"latency: probes (UDP port 7) pass each variant's hook on the receiver, which forwards them to a sink host "
-        f"that histograms them; the flood (UDP port {FLOOD_PORT}) is dropped by the variant under a port rule, at "
-        f"fractions of the variant's own no-drop rate from {source}"
+        f"that keeps every probe's delay (an HDR histogram per point); the flood (UDP port {FLOOD_PORT}) is dropped "
+        f"by the variant under a port rule, at fractions of the variant's own PDR from {source}"
     )
     for name in p.variants:
         how = SKB_DELIVERY if probe.method != LIVE_FRAMES and DELIVERY[name] == PASS_PROGRAM else DELIVERY[name]
@@ -201,14 +216,16 @@ def measure_all(p, rs, search_rows=None) -> list[dict]:
     return cdfs
 
 
-#: per variant and load: percentiles (µs) with min and max over trials, no-drop rate and
-#: background load (Mpps), probes received (`labkit.measure.latency_profile.summary`)
+#: per variant and load: percentiles (µs) with min and max over trials, p50/p99 of all trials'
+#: probes (their HDR histograms), PDR and background load (Mpps), probes received
+#: (`labkit.measure.latency_profile.summary`)
 summary = latency_profile.summary
 
 
 def table(lat):
-    """SUMMARY for reading: per variant and load, the flood reached (Mpps), p50 and p99 (µs,
-    mean over trials, with min..max), p99.9 and max, probes received."""
+    """SUMMARY for reading: per variant and load, the PDR and the flood reached (Mpps), p50
+    and p99 (µs, mean over trials, with min..max), p50 and p99 of every trial's probes
+    together (their merged HDR histogram), p99.9 and max, probes received."""
     import pandas as pd
 
     if lat is None or not len(lat):
@@ -217,13 +234,15 @@ def table(lat):
     return pd.DataFrame(
         {
             "variant": lat["variant"],
-            "load": ["no load" if not f else f"{f:.0%} of NDR" for f in lat[LOAD]],
-            "NDR Mpps": lat["ndr_mpps"].round(3),
+            "load": lat["load"],
+            "PDR Mpps": lat["pdr_mpps"].round(3),
             "flood Mpps": lat["load_mpps"].round(3),
             "p50 µs": lat["p50_us"].round(1),
             "p50 min..max": rng("p50"),
             "p99 µs": lat["p99_us"].round(1),
             "p99 min..max": rng("p99"),
+            "p50 µs (all trials)": lat["p50_us_all"].round(1),
+            "p99 µs (all trials)": lat["p99_us_all"].round(1),
             "p99.9 µs": lat["p99.9_us"].round(1),
             "max µs": lat["max_us"].round(1),
             "probes": lat["probes"].astype(int),
@@ -261,11 +280,11 @@ def interpret(lat) -> str:
         if grow:
             ranked = sorted(grow, key=lambda v: hi.loc[v, "p99_us"])
             lines.append(
-                f"Under a flood the variant drops, at {top:.0%} of its own no-drop rate: "
+                f"Under a flood the variant drops, at {top:.0%} of its own PDR: "
                 + "; ".join(
                     f"{v} p99 {hi.loc[v, 'p99_us']:.1f} µs (trials {hi.loc[v, 'p99_us_min']:.1f}–"
                     f"{hi.loc[v, 'p99_us_max']:.1f}; {grow[v]:.1f}× its no-load p99) beside a flood of "
-                    f"{hi.loc[v, 'load_mpps']:.2f} Mpps" + _short(hi.loc[v, "load_mpps"], top * hi.loc[v, "ndr_mpps"])
+                    f"{hi.loc[v, 'load_mpps']:.2f} Mpps" + _short(hi.loc[v, "load_mpps"], top * hi.loc[v, "pdr_mpps"])
                     for v in ranked
                 )
                 + "."
@@ -275,10 +294,10 @@ def interpret(lat) -> str:
                 lines.append(
                     f"Passing traffic waited least behind a flood dropped by {best} and most behind one "
                     f"dropped by {worst} ({hi.loc[worst, 'p99_us'] / hi.loc[best, 'p99_us']:.1f}× the p99). "
-                    "Each variant is flooded at its own rate, so a variant with a higher no-drop rate "
+                    "Each variant is flooded at its own rate, so a variant with a higher PDR "
                     "carries a heavier flood here: compare p99 together with the Mpps beside it."
                 )
-    return "\n".join(lines)
+    return "\n".join(lines + latency_profile.histogram_lines(lat))
 
 
 def _short(reached: float, target: float) -> str:
@@ -291,4 +310,12 @@ def plot_cdf(cdf, trial: int = 0):
     drops, plain tick labels (`reporting.plots.latency_cdf`). Returns the figure."""
     from labkit.reporting import plots
 
-    return plots.latency_cdf(cdf, trial, loaded="a flood it drops, at {:.0%} of its no-drop rate", plain=True)
+    return plots.latency_cdf(cdf, trial, loaded="a flood it drops, at {:.0%} of its PDR", plain=True)
+
+
+def plot_percentiles(table):
+    """Each variant's probes by percentile, one curve per flood, from the HDR histograms of
+    TABLE (a run's) merged over trials (`reporting.plots.latency_percentiles`, CSIT's axes)."""
+    from labkit.reporting import plots
+
+    return plots.latency_percentiles(table, loaded="a flood it drops, at {:.0%} of its PDR")

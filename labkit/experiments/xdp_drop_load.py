@@ -1,12 +1,15 @@
 """The drop experiment's optional parts on the receiver it holds for the run (where the run
 is local): the offered-load sweep, the NDR/PDR search and CPU at fixed loads
-(`labkit.measure.loadsweep`), and the programs' own cost by BPF_PROG_TEST_RUN. P is the
-experiment's `Params`."""
+(`labkit.measure.loadsweep`), NDR/PDR by MLRsearch beside it (`xdp_drop_mlr`), and the
+programs' own cost by BPF_PROG_TEST_RUN. P is the experiment's `Params`."""
 
 from __future__ import annotations
 
+import time
+
 from labkit import bpf, capabilities, packets, progress, results
 from labkit.dataplanes.drop_filter import DropFilter
+from labkit.experiments import xdp_drop_mlr as mlr_part
 from labkit.experiments.xdp_drop_receiver import set_rule, using
 from labkit.measure import loadsweep
 
@@ -42,8 +45,14 @@ def load_tests(p, gen, tspec, receiver, clock, rs) -> None:
                     for r in loadsweep.point_rows(trial(None), variant, tspec.size, trial=0)
                 ]
             for threshold in p.loss_thresholds:
+                t0 = time.monotonic()
                 found = loadsweep.search(trial, loss_threshold=threshold, hi=top, resolution=0.05, max_iterations=8)
-                rows += [dict(r, kind="search") for r in found.rows(variant=variant, size=tspec.size)]
+                took = mlr_part.binary_columns(found, time.monotonic() - t0)  # its bracket and time, as MLRsearch's
+                rows += [
+                    dict(r, kind="search", **c) for r, c in zip(found.rows(variant=variant, size=tspec.size), took)
+                ]
+            if p.mlr_loss_ratios:  # on the same receiver and trial, right after the binary search
+                rows += mlr_part.search_rows(trial, top, p, variant, tspec.size)
             if p.cpu_loads:
                 rows += [
                     dict(r, kind="cpu_at_load")

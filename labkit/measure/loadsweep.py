@@ -7,7 +7,9 @@ happened.
 
 `None` means "as fast as the generator can". `generator_trial(...)` builds one from a
 labkit traffic generator, a TrafficSpec and a counter of what the receiver under test
-processed (a BPF map, an iptables rule, a socket); experiments may write their own.
+processed (a BPF map, an iptables rule, a socket); experiments may write their own. Its
+trials also take `duration=` (seconds) and their Points carry the counts (asked, sent,
+received), which `labkit.measure.mlr` (NDR/PDR by MLRsearch) needs.
 
     trial = loadsweep.generator_trial(gen, spec, received=lambda: filt.dropped(), seconds=1.0)
     rows  = loadsweep.sweep(trial, variant="xdp_native", size=64, steps=8)          # the curve
@@ -51,6 +53,10 @@ class Point:
     cpu: dict = field(default_factory=dict)  # name -> value, e.g. busy_fraction, cpu_ns_per_pkt
     target_pps: float | None = None
     notes: list = field(default_factory=list)
+    asked: int | None = None  # packets the generator was asked for (None: not counted)
+    sent: int | None = None  # packets it sent
+    received: int | None = None  # packets counted at the receiver's hook
+    seconds: float | None = None  # how long it sent
 
     def measures(self) -> dict:
         """{name: (value, unit)} as labkit.results.ResultSet.add takes them."""
@@ -85,6 +91,10 @@ def point(offered_packets: int, received_packets: int, seconds: float, target_pp
         lost / offered_packets if offered_packets else float("nan"),
         dict(cpu),
         target_pps,
+        asked=offered_packets,
+        sent=offered_packets,
+        received=received_packets,
+        seconds=seconds,
     )
 
 
@@ -104,8 +114,9 @@ def generator_trial(
     settle_s: float = 0.1,
     clock=None,
 ) -> Trial:
-    """A trial that sends SPEC with generator GEN at the asked rate for about SECONDS and
-    reads RECEIVED() (the count at the receiver's hook) before and after.
+    """A trial that sends SPEC with generator GEN at the asked rate for about SECONDS (or the
+    call's own `duration=`) and reads RECEIVED() (the count at the receiver's hook) before
+    and after; its Point carries the counts (asked, sent, received) beside the rates.
 
     At a target rate the count is rate x seconds; at full speed (None) it is enough for
     about SECONDS at the last full speed seen (`max_count`, default spec.count, the first
@@ -127,13 +138,16 @@ def generator_trial(
     spec.validate()
     last_full = {"pps": None}
 
-    def trial(rate: float | None) -> Point:
+    def trial(rate: float | None, duration: float | None = None) -> Point:
+        secs = seconds if duration is None else duration
+        if secs <= 0:
+            raise InputError(f"duration {secs}: a trial must last a positive time")
         if rate is not None:
             if rate <= 0:
                 raise InputError(f"rate {rate}: a positive rate, or None for full speed")
-            count = max(spec.cpus, int(round(rate * seconds)))
+            count = max(spec.cpus, int(round(rate * secs)))
         elif last_full["pps"]:
-            count = max(10_000, int(last_full["pps"] * seconds))
+            count = max(10_000, int(last_full["pps"] * secs))
         else:
             count = max_count or spec.count
         s = dataclasses.replace(spec, rate_pps=rate, count=count)
@@ -160,7 +174,18 @@ def generator_trial(
             )
         else:
             cpu["cpu_ns_per_pkt"] = m.system_cpu_ns_per_pkt
-        return Point(m.offered_pps, got, loss, cpu, rate, list(m.offered.notes))
+        return Point(
+            m.offered_pps,
+            got,
+            loss,
+            cpu,
+            rate,
+            list(m.offered.notes),
+            count,
+            m.offered.packets,
+            m.processed,
+            m.elapsed_s,
+        )
 
     return trial
 

@@ -46,12 +46,14 @@ from labkit.testbed.signals import interrupts_reach_the_kernel
 
 KERNEL = "labkit"
 SECTION = re.compile(r"^\d\d-[\w.-]+$")  # a notebook's name as a parameters section
+#: the notebook that reads every run in data/: it runs after every experiment notebook
+COMPARISON = "04-comparison"
 
 
 def notebooks(names=None, directory: Path = NOTEBOOKS_DIR) -> list[Path]:
     """The experiment notebooks (NN-name.ipynb) in reading order, or those NAMES pick
     (a name may omit the number and the .ipynb: '01-xdp-drop', 'xdp-drop')."""
-    found = sorted(p for p in Path(directory).glob("[0-9][0-9]-*.ipynb"))
+    found = sorted(Path(directory).glob("[0-9][0-9]-*.ipynb"), key=lambda p: (p.stem == COMPARISON, p.name))
     if not names:
         return found
     picked = []

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from labkit import REPORTS_DIR
-from labkit.reporting import batchfile
+from labkit.reporting import batchfile, crate
 from labkit.reporting.batchfile import NotebookRun
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;padding:0 1em;color:#222}
@@ -108,7 +108,9 @@ def _experiment_sections(runs: list[NotebookRun], out_dir: Path, data_dir: Path 
             f"{head}<p>{_esc(line)}</p>{img}{lat_html}"
             f'<p class="note">run <code>{_esc(run["run_id"])}</code> from {_esc(origin)}, '
             f"{_esc(run['machine'])}, testbed: {_esc(run.get('testbed', '?'))}, commit {_esc(run['commit'])}"
-            f"{' (smoke run)' if run['smoke'] else ''}. {link}</p>" + others + (f"<ul>{items}</ul>" if items else "")
+            f"{' (smoke run)' if run['smoke'] else ''}. {link} · {crate.export_link(run['run_id'], out_dir)}</p>"
+            + others
+            + (f"<ul>{items}</ul>" if items else "")
         )
     sections.append(_program_cost_section(index, batch, out_dir, warnings))
     return "\n".join(s for s in sections if s), warnings
@@ -190,7 +192,8 @@ def _program_cost_section(index, batch, out_dir, warnings) -> str:
     return (
         f'<h3 id="program_costs">Program cost (every program in bpf/)</h3>{fig}'
         f'<p class="note">run <code>{_esc(run["run_id"])}</code> from {_esc(origin)}, {_esc(run["machine"])}. '
-        f"{_report_link('04-comparison', out_dir)}</p>" + (f"<ul>{caveats}</ul>" if caveats else "")
+        f"{_report_link('04-comparison', out_dir)} · {crate.export_link(run['run_id'], out_dir)}</p>"
+        + (f"<ul>{caveats}</ul>" if caveats else "")
     )
 
 
@@ -298,11 +301,23 @@ def write_index(runs: list[NotebookRun], out_dir: Path = REPORTS_DIR, data_dir: 
         for r in runs
         if not r.ok
     ]
+    crate.for_batch(runs, out_dir, data_dir)  # each run's crate, while its executed notebook is here
+    reruns = [
+        f'<a href="{_esc(p.name)}">{_esc(p.stem)}</a>' for p in sorted(out_dir.glob(f"{crate.RERUN_PREFIX}*.html"))
+    ]
     try:
         sections, more = _experiment_sections(runs, out_dir, data_dir)
         warnings += more
     except Exception as exc:
         sections = f'<p class="warn">experiment summaries unavailable: {_esc(type(exc).__name__)}: {_esc(exc)}</p>'
+    try:  # every headline over every stored run of this testbed, with jumpavg's verdict
+        from labkit.reporting import trend_page
+
+        trend_html, more = trend_page.section([p for r in runs for p in r.runs], out_dir, data_dir)
+        warnings += more
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        trend_html = f'<h2 id="trend">Trend</h2><p class="warn">trend unavailable: {_esc(why)}</p>'
     ok = sum(r.ok for r in runs)
     total_s = sum(r.seconds for r in runs)
     status = (
@@ -321,8 +336,10 @@ read variants as ratios within one run, with the spread over trials.</p>
 <h2 id="warnings">Warnings</h2>{f"<ul>{warn_html}</ul>" if warn_html else "<p>none</p>"}
 <h2 id="notebooks">Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>time</th><th>links</th><th>notes</th></tr>
 {"".join(rows)}</table>
+{f"<p>Packaged runs run again (labkit rerun): {' · '.join(reruns)}</p>" if reruns else ""}
 <h2 id="experiments">Experiments</h2>
 {sections}
+{trend_html}
 <h2 id="environment">Environment</h2><table>{"".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in env)}</table>
 <p class="note">Tables: <code>data/&lt;experiment&gt;/&lt;run&gt;/results.csv</code> with <code>metadata.json</code>
 (format described in docs/results-format.md). Compare two runs: <code>labkit.reporting.compare.compare_runs(a, b)</code>.</p>

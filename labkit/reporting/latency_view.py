@@ -2,10 +2,12 @@
 
 An experiment that measures one-way latency (`labkit.measure.latency_profile`) records rows of
 kind ``latency``: per variant, trial and load (column ``load_fraction``: 0 with no load,
-else the background load as a fraction of the variant's no-drop rate) the measures
-``lat_p50_ns`` .. ``lat_max_ns``, ``lat_probes`` and ``lat_load_pps``, and one ``ndr_pps``
-row with no load fraction. This module finds those rows in any run, so the comparison and
-the index show latency for every experiment that has it, without naming one:
+else the background load as a fraction of the variant's PDR; of its no-drop rate in runs
+recorded before the PDR) the measures ``lat_p50_ns`` .. ``lat_max_ns``, ``lat_probes``,
+``lat_load_pps`` and ``lat_hdr`` (the point's HDR histogram, encoded in column ``hdr``:
+`labkit.measure.hdr`), and a ``pdr_pps`` row (older runs: ``ndr_pps``) with no load
+fraction. This module finds those rows in any run, so the comparison and the index show
+latency for every experiment that has it, without naming one:
 
     lat = latency.for_runs(view, chosen)   # per run, variant and load: p50/p99 (µs) with min..max
     latency.wide(lat)                      # one row per run and variant: p50/p99 at each load
@@ -13,7 +15,9 @@ the index show latency for every experiment that has it, without naming one:
     latency.plot(lat, title)               # p99 bars (min..max whiskers) and p50 dots per load
 
 Runs are never pooled: every row keeps its run and testbed, and spread is over the
-trials of one run.
+trials of one run (the histograms of several runs' points can be merged on purpose:
+`hdr.merge` of their ``lat_hdr`` rows). A load is labelled with the rate it is a fraction of
+(column ``load`` of the summary: "90% PDR", or "90% NDR" for older runs).
 """
 
 from __future__ import annotations
@@ -61,9 +65,9 @@ def wide(lat):
         return pd.DataFrame()
     keys = [k for k in ("experiment", "run", "testbed", "variant") if k in lat.columns]
     out = None
-    for f in sorted(lat[LOAD].unique()):
-        g = lat[lat[LOAD] == f].set_index(keys)[["p50_us", "p99_us"]]
-        g.columns = [f"p50 µs ({load_label(f)})", f"p99 µs ({load_label(f)})"]
+    for (f, label), g in lat.groupby([LOAD, "load"], sort=True):
+        g = g.set_index(keys)[["p50_us", "p99_us"]]
+        g.columns = [f"p50 µs ({label})", f"p99 µs ({label})"]
         out = g if out is None else out.join(g, how="outer")
     return out.reset_index()
 
@@ -90,12 +94,18 @@ def interpret(lat) -> list[str]:
         if top > 0 and len(loaded):
             best, worst = loaded["p99_us"].idxmin(), loaded["p99_us"].idxmax()
             text += (
-                f"; at {top:.0%} of each variant's no-drop rate p99 from {best} {loaded.loc[best, 'p99_us']:.1f} µs "
-                f"to {worst} {loaded.loc[worst, 'p99_us']:.1f} µs (trials {loaded.loc[worst, 'p99_us_min']:.1f}–"
+                f"; at {top:.0%} of each variant's {_rate(loaded)} p99 from {best} "
+                f"{loaded.loc[best, 'p99_us']:.1f} µs to {worst} {loaded.loc[worst, 'p99_us']:.1f} µs (trials {loaded.loc[worst, 'p99_us_min']:.1f}–"
                 f"{loaded.loc[worst, 'p99_us_max']:.1f})"
             )
         lines.append(text + ".")
     return lines
+
+
+def _rate(rows) -> str:
+    """The rate ROWS' loads are fractions of, in words: 'PDR' or, in older runs, 'no-drop rate'."""
+    rate = set(rows["rate"].dropna()) if "rate" in rows.columns else set()
+    return "PDR" if rate == {"PDR"} else "no-drop rate" if rate <= {"NDR"} else "PDR or NDR"
 
 
 def plot(lat, title: str = "one-way latency"):
@@ -112,9 +122,10 @@ def plot(lat, title: str = "one-way latency"):
     x = np.arange(len(variants))
     for i, f in enumerate(loads):
         g = lat[lat[LOAD] == f].set_index("variant").reindex(variants)
+        label = next(iter(g["load"].dropna()), load_label(f)) if "load" in g.columns else load_label(f)
         pos = x + (i - (len(loads) - 1) / 2) * width
         err = [np.clip(g["p99_us"] - g["p99_us_min"], 0, None), np.clip(g["p99_us_max"] - g["p99_us"], 0, None)]
-        ax.bar(pos, g["p99_us"], width, yerr=err, capsize=3, label=f"p99, {load_label(f)}", alpha=0.85)
+        ax.bar(pos, g["p99_us"], width, yerr=err, capsize=3, label=f"p99, {label}", alpha=0.85)
         ax.plot(pos, g["p50_us"], "k.", markersize=7, label="p50" if i == 0 else None)
     ax.set_xticks(x, variants, rotation=20, ha="right")
     ax.set_yscale("log")

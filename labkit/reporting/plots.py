@@ -255,9 +255,9 @@ def search_rates(rows, ax=None, title: str | None = None):
     return ax
 
 
-def latency_cdf(cdf, trial: int = 0, *, loaded: str = "background at {:.0%} of its no-drop rate", plain: bool = False):
+def latency_cdf(cdf, trial: int = 0, *, loaded: str = "background at {:.0%} of its PDR", plain: bool = False):
     """The probes' delay CDF per variant of TRIAL, one panel per load (no load, then each
-    fraction of the no-drop rate: LOADED.format(it)), log time axis (PLAIN: plain ticks). The
+    fraction of the PDR: LOADED.format(it)), log time axis (PLAIN: plain ticks). The
     figure; with no probes in CDF (latency off or skipped), one empty panel that says so."""
     import pandas as pd
     from matplotlib import ticker
@@ -286,6 +286,83 @@ def latency_cdf(cdf, trial: int = 0, *, loaded: str = "background at {:.0%} of i
     axes[0][0].set_ylabel("fraction of probes")
     axes[0][-1].legend(fontsize="small", loc="lower right")
     fig.tight_layout()
+    return fig
+
+
+#: where a percentile plot's x ticks sit (CSIT's: 0, 90, 99, 99.9 ... %); the top level a
+#: curve is drawn to (100% would lie at infinity on this axis)
+PERCENTILE_TICKS, PERCENTILE_TOP = (0.0, 90.0, 99.0, 99.9, 99.99, 99.999), 99.999
+
+
+def _percentile_x(p: float) -> float:
+    """A percentile's place on the x axis: 1 / (1 - p), so 0% at 1, 90% at 10, 99% at 100."""
+    return 100.0 / (100.0 - min(p, PERCENTILE_TOP))
+
+
+def latency_percentiles(
+    histograms, *, title: str = "one-way delay by percentile", loaded: str = "{:.0%} of its PDR", columns: int = 3
+):
+    """HDR latency as FD.io CSIT draws it: a panel per variant, one step curve per load (no
+    load, then each fraction of the variant's PDR: LOADED.format(it)), x the percentile on
+    a log scale of 1/(1-p) (0, 90, 99, 99.9 ... %), y the delay (µs, log) at or below
+    which that share of the probes arrived. HISTOGRAMS: {(variant, load fraction): histogram}
+    (`labkit.measure.hdr.by_point`: every trial's probes merged) or a run's table, whose
+    histogram rows are read that way. The figure; without histograms, one panel that says so."""
+    from matplotlib import ticker
+
+    from labkit.measure import hdr
+
+    if not isinstance(histograms, dict):
+        histograms = hdr.by_point(histograms)
+    points = {k: h for k, h in histograms.items() if h.get_total_count()}
+    if not points:
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.text(0.5, 0.5, "no latency histograms in this run", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    variants = list(dict.fromkeys(v for v, _ in points))
+    loads = sorted({f for _, f in points})
+    colors = dict(zip(loads, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    cols = min(columns, len(variants))
+    rows = -(-len(variants) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), sharey=True, squeeze=False)
+    ticks = [_percentile_x(p) for p in PERCENTILE_TICKS]
+    for ax, v in zip(axes.flat, variants):
+        for f in loads:
+            if (v, f) not in points:
+                continue
+            h = points[(v, f)]
+            xs, ys, prev = [], [], 1.0
+            for level, ns in hdr.steps(h):
+                nxt = _percentile_x(level)
+                xs += [prev, nxt]
+                ys += [ns / 1e3, ns / 1e3]
+                prev = nxt
+            ax.plot(xs, ys, color=colors[f], label="no load" if not f else loaded.format(f))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(ticks, [f"{p:g}%" for p in PERCENTILE_TICKS])
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        ax.set_xlim(1, ticks[-1])
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.set_title(v)
+        ax.set_xlabel("percentile")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("one-way delay (µs)")
+    for ax in list(axes.flat)[len(variants) :]:
+        ax.set_axis_off()
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="upper center",
+        ncols=len(handles),
+        fontsize="small",
+        bbox_to_anchor=(0.5, 0.94),
+    )
     return fig
 
 
