@@ -152,12 +152,12 @@ def search_pdr(search_rows) -> dict:
     if search_rows is None or not len(search_rows) or "measure" not in search_rows.columns:
         return {}
     t = search_rows[search_rows["measure"] == "pdr_pps"]
+    if "threshold" in t.columns:  # first: a search at another loss ratio is no PDR here
+        t = t[(t["threshold"] - latency_profile.PDR_LOSS).abs() < 1e-9]
     if "kind" in t.columns:
         t = t[t["kind"] != latency_profile.KIND]
         if (t["kind"] == mlr.KIND).any():
             t = t[t["kind"] == mlr.KIND]
-    if "threshold" in t.columns:
-        t = t[(t["threshold"] - latency_profile.PDR_LOSS).abs() < 1e-9]
     return {v: float(x) for v, x in t.groupby("variant")["value"].median().items() if x > 0}
 
 

@@ -216,7 +216,9 @@ def measurement(t: MlrTrial):
         loss_count=t.judged_lost,
         intended_count=t.sent,
         offered_duration=secs,
-        duration_with_overheads=secs,
+        # what MLRsearch adds up to settle a bound: the intended duration, so that one trial slowed
+        # by a busy CPU weighs as one trial, not more (three final trials decide, by majority)
+        duration_with_overheads=t.duration_s,
     )
 
 
@@ -290,9 +292,10 @@ class MlrResult:
         return self.bounds.get(self.settings.pdr_loss, (None, None))
 
     def generator_limited(self, loss: float) -> bool:
-        """The max load was a lower bound: the receiver kept up with all of it."""
+        """The max load was a lower bound: the receiver kept up with all of it (not merely: the
+        time budget ended before a failing load was confirmed)."""
         lower, upper = self.bounds[loss]
-        return lower is not None and upper is None
+        return lower is not None and upper is None and lower >= self.max_load_pps * (1 - 1e-6)
 
     def rows(self, *, variant: str, size: int) -> list[dict]:
         """One tidy row per loss ratio (measure ndr_pps / pdr_pps, as loadsweep's search rows,

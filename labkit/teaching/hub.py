@@ -46,6 +46,7 @@ LABS = REPO / "labs"
 DEFAULT_STATE = REPO / "class"
 VENV_BIN = Path(sys.executable).parent
 MARK = "LABKIT_CLASS_STATE"  # in the environment of everything the class starts
+PASSWORD_FILE = "instructor-password"  # in the state folder, root-only
 LOGIN_RE = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
 INSTRUCTOR_SLOT = students.DEFAULT_SLOT
 COURSE_ID = "labkit-xdp"  # as labs/nbgrader_config.py
@@ -196,7 +197,9 @@ def undo_slot(state: Path, slot: str) -> str:
     """End SLOT's leftover processes of this class (kernels a stopped server left), undo its
     testbeds and remove its pins; a one-line account ('' when there was nothing)."""
     pids = end_processes(class_processes(state, slot))
-    removed = cleanup.clean(include_live=True, log=lambda m: None, student=slot)
+    # its own processes are ended above, so its runs are dead now: live runs (another user's, a
+    # grading kernel, a run with no slot) are never touched
+    removed = cleanup.clean(include_live=False, log=lambda m: None, student=slot)
     pins = students.clear_pins(slot)
     with contextlib.suppress(OSError):
         students.bpffs_dir(slot, create=False).rmdir()  # the slot's folder, once empty
@@ -228,7 +231,7 @@ def hub_pid(state: Path) -> int | None:
         pid = int((state / "hub.pid").read_text())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if _alive(pid) and pid in class_processes(state) else None  # not a reused pid
 
 
 def nbgrader(course: Path, *args: str, exchange: Path | None = None) -> str:
@@ -337,6 +340,10 @@ def start(
     info = class_info(roster_, instructor, ip, int(port), state, Path(course).resolve())
     (state / "class.json").write_text(json.dumps(info, indent=1) + "\n")
     env = dict(os.environ, **{MARK: str(state)}, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+    pw_file = state / PASSWORD_FILE
+    if not pw_file.exists():  # before the hub listens: the hub signs up the instructor with this password only
+        pw_file.touch(mode=0o600)
+        pw_file.write_text(secrets.token_urlsafe(12) + "\n")
     with open(state / "hub.log", "ab") as out:
         proc = subprocess.Popen(
             [str(VENV_BIN / "jupyterhub"), "-f", str(LABS / "jupyterhub_config.py")],
@@ -366,12 +373,14 @@ def start(
                     stop(state, log=lambda m: None)
                 raise InputError(f"the hub did not come up within {wait_s:.0f} s; the end of {state}/hub.log:\n{tail}")
             time.sleep(0.25)
-    pw_file = state / "instructor-password"
-    if not pw_file.exists():
-        password = secrets.token_urlsafe(12)
-        sign_up(url, instructor, password)
-        pw_file.write_text(password + "\n")
-        os.chmod(pw_file, 0o600)
+    pw_file = state / PASSWORD_FILE
+    if not (state / "instructor-signed-up").exists():
+        try:
+            sign_up(url, instructor, pw_file.read_text().strip())
+        except BaseException:
+            stop(state, log=lambda m: None)
+            raise
+        (state / "instructor-signed-up").touch()
     info.update(url=url, seconds=round(time.monotonic() - began, 1))
     log(
         f"class hub on {url}/ ({len(roster_)} students, up in {info['seconds']} s); instructor login "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
@@ -79,6 +80,9 @@ class ClassAuthenticator(NativeAuthenticator):
         if name not in self.allowed_users and name not in self.admin_users:
             self.log.warning("sign-up refused for %r: not on the class roster", name)
             return None
+        if name in self.admin_users and not _instructor_password_is(password):
+            self.log.warning("sign-up refused for %r: the instructor signs up only with the class's password", name)
+            return None
         return super().create_user(username, password, **kwargs)
 
 
@@ -125,3 +129,12 @@ class ClassSpawner(LocalProcessSpawner):
         undone = await asyncio.to_thread(hub.undo_slot, Path(self.state_dir), slot)
         if undone:
             self.log.info("server of %s (%s) stopped; undone: %s", self.user.name, slot, undone)
+
+
+def _instructor_password_is(password: str) -> bool:
+    """PASSWORD is the one `hub.start` wrote to the state folder before the hub listened."""
+    try:
+        want = (Path(os.environ[hub.MARK]) / hub.PASSWORD_FILE).read_text().strip()
+    except (KeyError, OSError):
+        return False
+    return bool(want) and secrets.compare_digest(want, password or "")

@@ -26,6 +26,7 @@ VM's folder of keys and its start script (under `VM_DIR`) go with the run's regi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import os
@@ -340,7 +341,10 @@ class VmHost(Undoable):
 
     def _stop_qemu(self) -> None:
         pid, self.qemu_pid = self.qemu_pid, None
-        if pid is None:
+        if pid is None:  # a boot stopped before QEMU was found: QEMU is in virtme-run's session
+            if self._proc is not None and self._proc.running:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
