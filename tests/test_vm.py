@@ -64,6 +64,22 @@ def test_bad_vm_settings_are_refused_before_anything_starts():
         vm.guest_kernel("/boot/no-such-vmlinuz")
 
 
+def test_bad_parameters_of_the_notebooks_experiment_are_refused_before_anything_starts():
+    from labkit.experiments import vm_vs_container as v
+
+    with pytest.raises(InputError, match="parts"):
+        v.Params(parts=["drop", "nat", "drop"]).validate()
+    with pytest.raises(InputError, match="parts"):
+        v.Params(parts=["nap"]).validate()
+    with pytest.raises(InputError, match="nat_count"):
+        v.Params(nat_count=0).validate()
+    with pytest.raises(InputError, match="probe"):
+        v.Params(latency_probes=0).validate()
+    with pytest.raises(InputError, match="program"):
+        v.Params(program="xdp_offload").validate()
+    assert v.Params(smoke=True).validate().latency_loads == [0.1]  # a smoke run: one load point
+
+
 @needs_root
 def test_the_accelerator_is_probed_and_says_why():
     accel, why = vm.accelerator()
@@ -139,7 +155,10 @@ def test_a_vm_receiver_boots_counts_a_namespace_senders_packets_with_native_xdp_
 
 @needs_root
 @pytest.mark.slow
-def test_the_notebooks_experiment_compares_a_namespace_and_a_vm_and_says_what_is_functional(data_dir):
+def test_the_notebooks_experiment_compares_a_namespace_and_a_vm_box_and_says_what_is_functional(data_dir):
+    """05's smoke run, both places, all three parts: the drop program counted in each, the
+    tc NAT passed its checks in each (the server saw only the SNAT address), probes crossed
+    each box to the server, and under TCG the VM's rows and sentences say functional only."""
     from labkit.experiments import vm_vs_container
 
     try:
@@ -147,9 +166,21 @@ def test_the_notebooks_experiment_compares_a_namespace_and_a_vm_and_says_what_is
     except Exception as exc:  # noqa: BLE001
         pytest.skip(str(exc))
     result = vm_vs_container.run(data_dir=data_dir, smoke=True, progress=False)
-    head = result.headline().set_index("receiver")
-    assert head.loc["vm", "counted packets"] > 0 and head.loc["namespace", "counted packets"] > 0
+    head = result.headline().set_index(["part", "receiver"])
+    for place in ("namespace", "vm"):
+        assert head.loc[("drop", place), "counted packets"] > 0, place
+        assert head.loc[("nat", place), "counted packets"] > 0, place  # translated, counted at the server
+    checks = result.part("checks")
+    assert set(checks["receiver"]) == {"namespace", "vm"}
+    assert checks["ok"].all(), checks.to_dict("records")
+    assert set(checks["check"]) == {"ping", "udp_exchange"}
+    lat = result.part("latency").set_index(["variant", "load"])
+    for place in ("namespace", "vm"):
+        assert lat.loc[(place, "no load"), "probes"] > 0, place
+        assert lat.loc[(place, "no load"), "p50_us"] > 0, place
     assert "XDP in the VM saw the generator's packets" in result.interpretation
+    assert "The tc NAT in the vm: 2 of 2 checks passed" in result.interpretation
     if result.part("vm")["accelerator"] == "tcg":
-        assert head.loc["vm", "numbers are"] == vm_vs_container.FUNCTIONAL
+        assert (head.xs("vm", level="receiver")["numbers are"] == vm_vs_container.FUNCTIONAL).all()
         assert "functional checks" in result.interpretation
+    assert (head.xs("namespace", level="receiver")["numbers are"] == vm_vs_container.SPEED).all()

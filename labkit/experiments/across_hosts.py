@@ -81,7 +81,7 @@ def open_generator(bed, name: str, role: str = "sender"):
     machine, else on that host (a `RemoteGenerator`; `auto` is trafgen there). Enter it;
     leaving undoes it."""
     iface = bed.end(role)
-    if bed.local:
+    if bed.local or not bed.where(role):  # ROLE is here (a namespace), whatever the other roles are
         return traffic.generator(name, iface)
     return RemoteGenerator(iface, generator_for(name, False))
 

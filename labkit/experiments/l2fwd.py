@@ -37,12 +37,12 @@ Measured per trial, variant and frame size: offered (the generator's own rate),
 forwarded at the receiver (``processed_*``), lost and where (generator -> DUT -> receiver
 counters), CPU of the whole machine per forwarded packet, the DUT's share of it against the
 baseline, and for DPDK its own process's CPU, memory and hugepages; per variant once, the
-CPU it burns with no traffic at all (``idle_busy_cores``). With ``latency`` on, per trial
-and forwarder at the smallest frame size, as FD.io CSIT measures latency: its PDR (loss at
-most 0.5%, by MLRsearch) and the one-way latency of probes (bpf/latency.c; the receiver's
-sink is then the probe sink, keeping every probe's delay for an HDR histogram per point)
-with no load and with background load at ``latency_loads`` of that rate
-(labkit.measure.latency_profile).
+CPU it burns with no traffic at all (``idle_busy_cores``). With ``latency`` on, at the
+smallest frame size, as FD.io CSIT measures latency: per forwarder its PDR (loss at most
+0.5%, by MLRsearch, in its first trial), and per trial and forwarder the one-way latency of
+probes (bpf/latency.c; the receiver's sink is then the probe sink, keeping every probe's
+delay for an HDR histogram per point) with no load and with background load at
+``latency_loads`` of that PDR (labkit.measure.latency_profile).
 """
 
 from __future__ import annotations
@@ -223,6 +223,8 @@ def run(data_dir=None, **kwargs) -> Result:
                     skipped[name] = _at(bed, _first_line(exc))
             order_all = ([BASELINE] if p.baseline else []) + [v for v in p.variants if v not in skipped]
 
+            pdrs = {}  # forwarder -> the PDR its first latency trial searched; later trials measure at it
+
             def measure_one(name, size, trial):
                 with _using(dut, name):
                     notes[name] = dut("notes")
@@ -242,7 +244,12 @@ def run(data_dir=None, **kwargs) -> Result:
                             ndr_loss=p.ndr_loss,
                             search_trial_s=SEARCH_TRIAL_S[bool(p.smoke)],
                             search_budget_s=p.ndr_iterations * SEARCH_TRIAL_S[bool(p.smoke)],
+                            pdr_pps=pdrs[name].pdr_pps if name in pdrs else None,
                         )
+                        if name in pdrs:
+                            prof.generator_limited = pdrs[name].generator_limited
+                        elif prof.pdr_pps > 0:
+                            pdrs[name] = prof
                     return m, extra, prof
 
             def record(name, size, trial, measured):

@@ -1,53 +1,75 @@
-"""XDP in a container against XDP in a VM: the same drop program on the same receiver's
-place, once in a network namespace and once in a local VM (`labkit.testbed.vm`), fed by
-the same generator from a namespace sender.
+"""XDP (and the tc NAT) in a container against the same in a VM: one testbed per place,
+client -> box -> server, the box a network namespace or a local VM (`labkit.testbed.vm`),
+fed by the same generator from the client namespace.
 
     result = vm_vs_container.run(smoke=True)
-    result.headline()            # rate, loss, CPU per packet per receiver
+    result.headline()            # per place and part: rate, loss, CPU per packet, checks
     print(result.interpretation) # which numbers are speed numbers, which functional checks
 
-Each receiver gets the drop filter of 01 (`xdp_drop_receiver`), in the same mode
-(`program`: native XDP by default, on the veth in the namespace and on the guest's
-virtio-net interface in the VM). The VM's packets take one more hop: veth -> bridge ->
-tap -> QEMU (or vhost-net) -> virtio-net in the guest. Besides rates, CPU per packet is
-read on this machine: for the namespace, the machine's receive softirq time; for the VM,
-the time of QEMU's threads (`vcpu`: the guest's CPUs, `vhost`: vhost-net, `qemu`: all of
-QEMU, its I/O thread that serves virtio-net without vhost-net included). The difference
-is the cost of the virtio hop. Under TCG (no usable KVM here) the VM's numbers say that
-it works (the program in the guest counted the generator's packets), never how fast.
+Per place, three parts (`parts`), all on the same testbed (one VM boot per run):
+
+- ``drop``: the drop filter of 01 (`xdp_drop_receiver`, rule "udp") on the box's port
+  facing the client, in the same mode (`program`: native XDP by default, on the veth in
+  the namespace and on the guest's virtio-net interface in the VM);
+- ``nat``: the tc NAT on the box between client and server, checked (ping, a UDP exchange
+  seen by the server from the SNAT address only) and measured (UDP counted at the server)
+  by the NAT experiment's own lab (`vm_parts.nat_part`);
+- ``latency``: one-way latency client -> box -> server through the box's drop filter
+  (dropping only the flood), at no load and at fractions of the box's PDR
+  (`vm_parts.latency_part`): client and server are namespaces, so one clock reads it.
+
+The VM's packets take one more hop each way: veth -> bridge -> tap -> QEMU (or vhost-net)
+-> virtio-net in the guest. CPU per packet is read on this machine: for the namespace, the
+machine's receive softirq time; for the VM, the time of QEMU's threads (`vcpu`: the
+guest's CPUs, `vhost`: vhost-net, `qemu`: all of QEMU, its I/O thread that serves
+virtio-net without vhost-net included). The difference is the cost of the virtio hop.
+Under TCG (no usable KVM here) the VM's numbers say that it works (the program in the
+guest counted the generator's packets, the NAT translated, probes crossed), never how fast.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 
 from labkit import capabilities, measure, parameters, results, traffic
 from labkit.errors import InputError
-from labkit.experiments import Result, check_run_shape, smoke_clamp, trial_loop
+from labkit.experiments import Result, check_run_shape, smoke_clamp, trial_loop, vm_parts
 from labkit.experiments.xdp_drop_receiver import drop_receiver
+from labkit.measure import latency_profile
 from labkit.testbed import runs, topology
 
 EXPERIMENT = "vm_vs_container"
 NOTEBOOK = "05-vm-vs-container"
 RECEIVERS = ["namespace", "vm"]
+PARTS = ["drop", "nat", "latency"]
 PROGRAMS = ["xdp_native", "xdp_generic"]
-ROLES = {"sender": ("snd", None), "receiver": ("rcv", None)}
-#: a smoke run: one trial of few packets per receiver (the VM's boot dominates it: about
-#: 60 to 170 s under TCG here, a few seconds with KVM)
-SMOKE = {"trials": 1, "count": 5_000}
+ROLES = {"sender": ("snd", None), "dut": [("box", "snd"), ("box", "srv")], "receiver": ("srv", None)}
+CLIENT, BOX_IN = "10.50.0.1/24", "10.50.0.2/24"
+BOX_OUT, SERVER = "198.51.100.1/24", "198.51.100.2/24"
+#: a smoke run: one trial of few packets per place and part (the VM's boot dominates it:
+#: about 60 to 170 s under TCG here, a few seconds with KVM)
+SMOKE = {"trials": 1, "count": 5_000, "nat_count": 3_000, "latency_probes": 200, "latency_loads": 1}
 FUNCTIONAL = "functional check only (TCG)"
+SPEED = "speed numbers (this machine, shared CPUs)"
 
 
 @dataclass
 class Params:
     receivers: list = field(default_factory=lambda: list(RECEIVERS))
-    program: str = "xdp_native"  # the drop filter's XDP mode, the same on both receivers
+    parts: list = field(default_factory=lambda: list(PARTS))
+    program: str = "xdp_native"  # the drop filter's XDP mode, the same in both places
     size: int = 64  # frame bytes without FCS
     trials: int = 3
-    count: int = 200_000  # packets offered per trial and receiver
-    rate_pps: float | None = None  # None: as fast as the generator goes
-    generator: str = "trafgen"  # the same on both receivers (the in-kernel ones need XDP on the veth peer)
+    count: int = 200_000  # packets offered per drop trial and place
+    nat_count: int = 50_000  # packets offered per NAT trial
+    nat_flows: int = 16  # source ports of the NAT's trials
+    latency_loads: list = field(default_factory=lambda: [0.1, 0.5, 0.9])  # fractions of the box's PDR
+    latency_probes: int = 1000  # probes per latency point
+    latency_probe_rate: float = 1000.0  # probes per second
+    rate_pps: float | None = None  # the drop trials' rate; None: as fast as the generator goes
+    generator: str = (
+        "auto"  # the same in both places; paced for the latency loads (trafgen's --rate is not, above ~2 kpps)
+    )
     vm_cpus: int = 1
     vm_memory: str = "512M"
     boot_timeout_s: float = 400.0  # a TCG boot takes 60 to 170 s here
@@ -57,14 +79,34 @@ class Params:
     def validate(self) -> "Params":
         parameters.check_fields(self)
         check_run_shape(self.receivers, RECEIVERS, self.trials, [self.size], self.count)
+        unknown = [x for x in self.parts if x not in PARTS]
+        if unknown or not self.parts or len(set(self.parts)) != len(self.parts):
+            raise InputError(f"parts {self.parts!r}: name each of {PARTS} at most once, at least one")
         if self.program not in PROGRAMS:
             raise InputError(f"program {self.program!r}: choose one of {PROGRAMS}")
-        parameters.check_choice("generator", self.generator, traffic.backends_status())
+        if not (isinstance(self.nat_count, int) and 1 <= self.nat_count <= 100_000_000):
+            raise InputError(f"nat_count {self.nat_count!r}: a whole number of packets, 1 to 100,000,000")
+        if not (isinstance(self.nat_flows, int) and 1 <= self.nat_flows <= 65_536):
+            raise InputError(f"nat_flows {self.nat_flows!r}: 1 to 65536 source ports")
+        parameters.check_choice("generator", self.generator, traffic.backends_status(), extra=["auto"])
         if self.boot_timeout_s <= 0:
             raise InputError(f"boot_timeout_s {self.boot_timeout_s}: a positive number of seconds")
+        if "latency" in self.parts:
+            latency_profile.check(self.latency_loads, self.latency_probes, self.latency_probe_rate, vm_parts.NDR_LOSS)
         if self.smoke:
             smoke_clamp(self, SMOKE)
         return self
+
+
+def spec() -> topology.TopologySpec:
+    """client (snd) -> box -> server (srv): the box routes between the inside network
+    (10.50.0.0/24) and the outside one (198.51.100.0/24), whose address is the NAT's."""
+    return topology.TopologySpec(
+        hosts=["snd", "box", "srv"],
+        links=[topology.LinkSpec("snd", "box", CLIENT, BOX_IN), topology.LinkSpec("box", "srv", BOX_OUT, SERVER)],
+        forwarding=["box"],
+        routes=[("snd", "198.51.100.0/24", BOX_IN.split("/")[0])],
+    )
 
 
 def run(data_dir=None, **kwargs) -> Result:
@@ -75,152 +117,191 @@ def run(data_dir=None, **kwargs) -> Result:
     p = Params(**kwargs).validate()
     capabilities.begin_run()
     runs.require_root("the VM against container experiment")
-    rs, meta, sent = None, {}, {}
-    for receiver in p.receivers:
-        if receiver == "vm":
-            bed = VmTestbed(topology.pair(), ROLES, cpus=p.vm_cpus, memory=p.vm_memory, boot_timeout=p.boot_timeout_s)
+    rs, meta, checks, cdfs = None, {}, [], []
+    for place in p.receivers:
+        if place == "vm":
+            options = {"cpus": p.vm_cpus, "memory": p.vm_memory, "boot_timeout": p.boot_timeout_s}
+            bed = VmTestbed(spec(), ROLES, vm_role="dut", **options)
         else:
-            bed = Namespaces(topology.pair(), ROLES)
+            bed = Namespaces(spec(), ROLES)
         with bed:
             rs = rs or results.ResultSet(EXPERIMENT, asdict(p), bed.prefix, data_dir)
-            sent[receiver] = _measure(p, bed, receiver, rs)
-            meta[receiver] = bed.metadata()
+            tcg = getattr(getattr(bed, "vm", None), "accel", "") == "tcg"
+            flags = [FUNCTIONAL] if tcg else []
+            with traffic.generator(p.generator, bed.end("sender")) as gen:
+                if "drop" in p.parts:
+                    _measure(p, bed, place, rs, gen, flags)
+                if "latency" in p.parts:
+                    cdfs += vm_parts.latency_part(p, bed, place, rs, gen)
+            if "nat" in p.parts:
+                with vm_parts.clock_for(bed) as clock:
+                    checks += [{"receiver": place, **c} for c in vm_parts.nat_part(p, bed, place, rs, clock, flags)]
+            meta[place] = bed.metadata()
     vm = (meta.get("vm") or {}).get("vm") or {}
     if isinstance(vm, dict) and vm.get("accelerator") == "tcg":
         rs.caveat(f"VM: {vm['warning']}; {vm.get('accelerator_reason', '')}", "vm")
     if isinstance(vm, dict) and not vm.get("vhost_net", True):
         rs.caveat("VM: no vhost-net here: QEMU served the virtio-net queues itself (its time is in qemu_ns_per_pkt)")
-    rs.caveat("namespace testbed: sender, receiver and VM share this machine's CPUs; compare receivers as ratios")
-    run_dir = rs.save(None, {"testbeds": meta, "vm": vm, "generator": p.generator})
-    text = interpret(rs.table, vm)
-    return Result(EXPERIMENT, rs.table, text, rs.caveats, run_dir, p, {"vm": vm}, headline_of=headline)
+    rs.caveat("namespace testbed: client, box, server and VM share this machine's CPUs; compare places as ratios")
+    if "latency" in p.parts:
+        rs.caveat(
+            "latency: probes (UDP port 7) from the client pass the box's drop filter (it drops only the flood's "
+            f"port {traffic.TrafficSpec.dport}), are routed by the box to the server, whose XDP sink keeps every "
+            "probe's delay; client and server are namespaces of this machine, one clock"
+        )
+    run_dir = rs.save(None, {"testbeds": meta, "vm": vm, "generator": p.generator, "nat_checks": checks})
+    import pandas as pd
+
+    lat = latency_profile.summary(rs.table)
+    parts = {"vm": vm, "checks": pd.DataFrame(checks), "latency": lat, "latency_cdf": pd.DataFrame(cdfs)}
+    text = interpret(rs.table, vm, parts["checks"], lat)
+    return Result(EXPERIMENT, rs.table, text, rs.caveats, run_dir, p, parts, headline_of=headline)
 
 
-def _measure(p: Params, bed, receiver: str, rs) -> int:
-    """P.trials of P.count packets into BED's receiver, its drop filter in P.program mode;
-    rows into RS. Returns the packets the receiver counted."""
-    from labkit.dataplanes.softirq_clock import SoftirqClock
-
-    snd, rcv = bed.end("sender"), bed.end("receiver")
-    spec = traffic.TrafficSpec.between(snd, rcv, size=p.size, count=p.count, rate_pps=p.rate_pps).validate()
-    vm = getattr(bed, "vm", None)
-    counted = 0
-    with (
-        bed.hold("receiver", drop_receiver, "udp") as rx,
-        traffic.generator(p.generator, snd) as gen,
-        SoftirqClock() if vm is None else _no_clock() as clock,
-    ):
+def _measure(p: Params, bed, place: str, rs, gen, flags: list) -> None:
+    """The drop part: P.trials of P.count packets into the box's port facing the client,
+    its drop filter in P.program mode; rows of kind 'trial' for variant PLACE into RS."""
+    snd, box = bed.end("sender"), bed.end("dut", 0)
+    spec_ = traffic.TrafficSpec.between(snd, box, size=p.size, count=p.count, rate_pps=p.rate_pps).validate()
+    window = vm_parts.cpu_window(bed)
+    with bed.hold("dut", drop_receiver, "udp") as rx, vm_parts.clock_for(bed) as clock:
         rx("use", p.program)
 
         def one(variant, size, trial):
-            q0, t0 = (vm.cpu_seconds() if vm else None), time.monotonic()
+            stop = window()
             m = measure.run_trial(
-                lambda: gen.send(spec),
+                lambda: gen.send(spec_),
                 lambda: rx("processed"),
                 size=p.size,
                 probes={"snd": measure.link_probe(snd)},
                 offered_probe=("snd", "tx_packets"),
                 clock=clock,
             )
-            m.vm_cpu = {k: v - q0[k] for k, v in vm.cpu_seconds().items()} if vm else None
-            m.wall = time.monotonic() - t0
+            m.vm_cpu = stop()
             return m
 
         def record(variant, size, trial, m):
-            nonlocal counted
-            counted += m.processed
-            if vm is not None and vm.accel == "tcg":
-                m.flags.append(FUNCTIONAL)
-            rs.add_measurement(variant, trial, m, kind="trial", generator=gen.name, program=p.program)
-            per = {
-                f"{part}_ns_per_pkt": (seconds * 1e9 / m.processed if m.processed else float("nan"), "ns/packet")
-                for part, seconds in (m.vm_cpu or {}).items()
-            }
-            if per:
-                rs.add(variant, trial, p.size, per, m.flags, kind="trial", generator=gen.name, program=p.program)
+            m.flags.extend(flags)
+            extra = {"kind": "trial", "generator": gen.name, "program": p.program}
+            rs.add_measurement(variant, trial, m, **extra)
+            if m.vm_cpu:
+                rs.add(variant, trial, p.size, vm_parts.per_packet(m.vm_cpu, m.processed), m.flags, **extra)
 
-        trial_loop([receiver], p.trials, one, record, sizes=[p.size], label=f"{EXPERIMENT} {receiver}", show=p.progress)
+        trial_loop([place], p.trials, one, record, sizes=[p.size], label=f"{EXPERIMENT} {place}", show=p.progress)
         rx("off")
-    return counted
 
 
-class _no_clock:
-    """No softirq clock for the VM: the guest's receive path runs in QEMU's threads."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+PART_OF_KIND = {"trial": "drop", vm_parts.NAT_KIND: "nat"}
 
 
 def headline(table):
-    """One row per receiver: offered and processed kpps, loss, CPU per packet (the
+    """One row per place and rated part (drop, nat): offered and processed kpps (the drop
+    filter's count; the NAT's: translated packets at the server), loss, CPU per packet (the
     namespace's receive softirq; the VM's QEMU threads), and whether the row is a speed
     number or a functional check."""
     import pandas as pd
 
     rows = []
-    for receiver, t in table.groupby("variant", sort=False):
+    if "kind" not in table.columns:
+        return pd.DataFrame()
+    for (kind, place), t in table[table["kind"].isin(list(PART_OF_KIND))].groupby(["kind", "variant"], sort=False):
         v = t.groupby("measure")["value"].mean()
         functional = t["flags"].astype(str).str.contains(FUNCTIONAL, regex=False).any()
         rows.append(
             {
-                "receiver": receiver,
+                "receiver": place,
+                "part": PART_OF_KIND[kind],
                 "offered kpps": v.get("offered_pps", float("nan")) / 1e3,
                 "processed kpps": v.get("processed_pps", float("nan")) / 1e3,
                 "counted packets": v.get("processed_pkts", float("nan")),
                 "loss %": v.get("loss_ratio", float("nan")) * 100,
                 # the machine's receive CPU is the namespace's; the VM's is in QEMU's threads
-                "receive CPU ns/pkt": v.get("cpu_ns_per_pkt", float("nan")) if receiver != "vm" else float("nan"),
+                "receive CPU ns/pkt": v.get("cpu_ns_per_pkt", float("nan")) if place != "vm" else float("nan"),
                 "vCPU ns/pkt": v.get("vcpu_ns_per_pkt", float("nan")),
                 "QEMU ns/pkt": v.get("qemu_ns_per_pkt", float("nan")),
-                "numbers are": FUNCTIONAL if functional else "speed numbers (this machine, shared CPUs)",
+                "numbers are": FUNCTIONAL if functional else SPEED,
             }
         )
     return pd.DataFrame(rows).round(1)
 
 
-def interpret(table, vm: dict) -> str:
-    """What the run says: did the program in each receiver count the packets, the rates
-    side by side, the cost of the virtio hop, and which numbers are speed numbers."""
-    h = headline(table).set_index("receiver") if len(table) else None
-    if h is None or h.empty:
+def interpret(table, vm: dict, checks=None, lat=None) -> str:
+    """What the run says: did each place's programs work (the drop filter counted, the NAT
+    translated and passed its checks, the probes crossed), the rates and latency side by
+    side, the cost of the virtio hop, and which numbers are speed numbers."""
+    h = headline(table)
+    if h.empty and (lat is None or not len(lat)):
         return "No trials were run."
-    lines = []
-    for receiver, r in h.iterrows():
+    tcg, lines = vm.get("accelerator") == "tcg", []
+    for _, r in h.iterrows():
+        what = "the drop program counted" if r["part"] == "drop" else "the server counted, translated,"
         lines.append(
-            f"{receiver}: the drop program counted {r['counted packets']:.0f} packets per trial "
+            f"{r['receiver']} {r['part']}: {what} {r['counted packets']:.0f} packets per trial "
             f"({r['processed kpps']:.1f} kpps of {r['offered kpps']:.1f} offered, loss {r['loss %']:.1f}%)."
         )
-    tcg = vm.get("accelerator") == "tcg"
-    if "vm" in h.index:
-        seen = h.loc["vm", "counted packets"] > 0
+    by = h.set_index(["part", "receiver"]) if len(h) else None
+    if by is not None and ("drop", "vm") in by.index:
+        seen = by.loc[("drop", "vm"), "counted packets"] > 0
         lines.append(
             "XDP in the VM "
             + ("saw the generator's packets: the VM receiver works." if seen else "counted nothing: it does not work.")
         )
-    if {"vm", "namespace"} <= set(h.index) and h.loc["vm", "QEMU ns/pkt"] > 0:
-        ns, vmr = h.loc["namespace"], h.loc["vm"]
-        hop = vmr["QEMU ns/pkt"] - ns["receive CPU ns/pkt"]
-        lines.append(
-            f"The virtio hop (veth -> bridge -> tap -> QEMU{' or vhost-net' if vm.get('vhost_net') else ''} -> "
-            f"virtio-net -> the guest's XDP): QEMU spent {vmr['QEMU ns/pkt']:.0f} ns per packet on this host "
-            f"({vmr['vCPU ns/pkt']:.0f} in the guest's vCPU threads) against {ns['receive CPU ns/pkt']:.0f} ns of "
-            f"receive softirq in the namespace: a difference of {hop:+.0f} ns per packet; the VM processed "
-            f"{vmr['processed kpps'] / ns['processed kpps']:.2f}x the namespace's rate"
-            + (" — under TCG, where every guest instruction is emulated." if tcg else ".")
-        )
+    if checks is not None and len(checks):
+        for place, c in checks.groupby("receiver", sort=False):
+            bad = c[~c["ok"].astype(bool)]
+            lines.append(
+                f"The tc NAT in the {place}: {len(c) - len(bad)} of {len(c)} checks passed"
+                + (f"; failed: {'; '.join(f'{x.check} ({x.detail})' for x in bad.itertuples())}." if len(bad) else ".")
+            )
+    for part in ("drop", "nat"):
+        if by is not None and {(part, "vm"), (part, "namespace")} <= set(by.index):
+            lines.append(_hop(part, by.loc[(part, "namespace")], by.loc[(part, "vm")], vm, tcg))
+    lines += _latency_lines(lat)
     if tcg:
         lines.append(
-            "Speed numbers: the namespace receiver's only. The VM's are functional checks: it ran under QEMU's "
-            f"TCG emulation ({vm.get('accelerator_reason', 'no usable KVM')}), so its rates and CPU per packet "
-            "are the emulator's, not a VM's; on a machine with real KVM and vhost-net the same run measures them."
+            "Speed numbers: the namespace's only. The VM's are functional checks: it ran under QEMU's TCG "
+            f"emulation ({vm.get('accelerator_reason', 'no usable KVM')}), so its rates, CPU per packet and "
+            "latency are the emulator's, not a VM's; on a machine with real KVM and vhost-net the same run "
+            "measures them."
         )
     elif vm:
         lines.append(
             "The VM ran on KVM"
             + (" with vhost-net" if vm.get("vhost_net") else " without vhost-net (QEMU served virtio-net itself)")
-            + ": both receivers' numbers are speed numbers of this machine, with its CPUs shared by all."
+            + ": both places' numbers are speed numbers of this machine, with its CPUs shared by all."
         )
     return "\n".join(lines)
+
+
+def _hop(part: str, ns, vmr, vm: dict, tcg: bool) -> str:
+    """The virtio hop's cost in PART: QEMU's time per packet against the namespace's softirq."""
+    ratio = vmr["processed kpps"] / ns["processed kpps"] if ns["processed kpps"] else float("nan")
+    path = f"veth -> bridge -> tap -> QEMU{' or vhost-net' if vm.get('vhost_net') else ''} -> virtio-net"
+    return (
+        f"The virtio hop in {part} ({path} -> the guest): QEMU spent {vmr['QEMU ns/pkt']:.0f} ns per packet on "
+        f"this host ({vmr['vCPU ns/pkt']:.0f} in the guest's vCPU threads) against "
+        f"{ns['receive CPU ns/pkt']:.0f} ns of receive softirq in the namespace; the VM processed "
+        f"{ratio:.2f}x the namespace's rate" + (" (under TCG, every guest instruction emulated)." if tcg else ".")
+    )
+
+
+def _latency_lines(lat) -> list[str]:
+    """Per place, p50/p99 at no load and at the highest load, and the VM's against the
+    namespace's at no load."""
+    if lat is None or not len(lat):
+        return []
+    out, at_rest = [], {}
+    for place, g in lat.groupby("variant", sort=False):
+        g = g.sort_values(latency_profile.LOAD)
+        rest, top = g.iloc[0], g.iloc[-1]
+        at_rest[place] = rest["p50_us"]
+        text = f"latency through the {place}: p50/p99 {rest['p50_us']:.1f}/{rest['p99_us']:.1f} µs with no load"
+        if len(g) > 1:
+            text += f", {top['p50_us']:.1f}/{top['p99_us']:.1f} µs at {top['load']} ({top['load_mpps'] * 1e3:.1f} kpps)"
+        out.append(text + f" ({rest['probes']:.0f} probes at no load).")
+    if {"vm", "namespace"} <= set(at_rest) and at_rest["namespace"] > 0:
+        out.append(
+            f"With no load the VM's path took {at_rest['vm'] / at_rest['namespace']:.1f}x the namespace's median "
+            "delay: two virtio hops (in and out of the guest) and its forwarding."
+        )
+    return out

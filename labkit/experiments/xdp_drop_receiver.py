@@ -8,15 +8,22 @@ from __future__ import annotations
 from contextlib import ExitStack, contextmanager
 from functools import partial
 
-from labkit import measure
+from labkit import measure, traffic
 from labkit.dataplanes.drop_filter import DropFilter
 from labkit.testbed import netfilter
 
+#: the UDP port the generators send to: what rule "flood" drops (anything else passes)
+FLOOD_PORT = traffic.TrafficSpec.dport
+
 
 def set_rule(filt: DropFilter, rule: str) -> None:
+    """RULE in FILT: "all", "udp", or "flood" (UDP to FLOOD_PORT only, so that probes to
+    other ports pass)."""
     filt.clear()
     if rule == "all":
         filt.drop_all()
+    elif rule == "flood":
+        filt.drop_port(FLOOD_PORT)
     else:
         filt.drop_proto("udp")
 

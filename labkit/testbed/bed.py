@@ -94,8 +94,9 @@ class Namespaces:
         return self.end(role).host
 
     def call(self, role: str, fn: Callable, *args):
-        """FN(*ARGS) where ROLE's host is: here."""
-        return fn(*args)
+        """FN(*ARGS) where ROLE's host is: in this process, inside its namespace."""
+        with self.host(role).entered():
+            return fn(*args)
 
     def var(self, role: str, name: str, default=None):
         """A setting of ROLE's host (an inventory's host variable); none here."""

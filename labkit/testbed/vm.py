@@ -156,8 +156,9 @@ def _mac(index: int, seed: str) -> str:
 
 class VmHost(Undoable):
     """A local VM (NAME) whose data-plane interfaces join LINKS, each a (namespace Host,
-    interface name) of a testbed link: the guest takes that interface's place and address.
-    Use it in a `with`: it boots (BOOT_TIMEOUT seconds at most) before the body runs."""
+    interface name) of a testbed link: the guest takes that interface's place and address
+    (and, with FORWARDING, routes IPv4 between them). Use it in a `with`: it boots
+    (BOOT_TIMEOUT seconds at most) before the body runs."""
 
     kind = "vm"
 
@@ -170,6 +171,7 @@ class VmHost(Undoable):
         memory: str = "512M",
         kernel: str | None = None,
         boot_timeout: float = 400.0,
+        forwarding: bool = False,
     ):
         if not re.fullmatch(r"[a-z][a-z0-9]{0,3}", name):
             raise InputError(f"VM name {name!r}: 1 to 4 lower-case letters or digits, starting with a letter")
@@ -179,7 +181,7 @@ class VmHost(Undoable):
             raise InputError(f"memory {memory!r}: a size such as 512M or 1G")
         self.name, self.links, self.cpus, self.memory = name, list(links), cpus, memory
         self.kernel = guest_kernel(kernel)
-        self.boot_timeout = boot_timeout
+        self.boot_timeout, self.forwarding = boot_timeout, forwarding
         self.accel, self.accel_reason = "tcg", ""
         self.vhost = False
         self.remote = None  # the guest, as a remote.RemoteHost
@@ -250,6 +252,8 @@ class VmHost(Undoable):
         lines = ["mkdir -p /run/sshd", "ip link set lo up", _by_mac(MGMT_MAC, "mgmt0")]
         lines += ["ip addr add 10.0.2.15/24 dev mgmt0", "ip link set mgmt0 up"]
         lines += [_by_mac(mac, n) + f" && ip link set {n} up" for mac, n in zip(macs, names)]
+        if self.forwarding:  # the guest routes between its links, as the namespace in its place did
+            lines += ["echo 1 > /proc/sys/net/ipv4/ip_forward"]
         lines += [f"exec /usr/sbin/sshd -D -e -f {folder}/sshd_config"]
         (folder / "start.sh").write_text("\n".join(lines) + "\n")
         addresses = []
@@ -390,6 +394,7 @@ class VmHost(Undoable):
             "memory": self.memory,
             "boot_seconds": round(self.boot_seconds, 1) if self.boot_seconds else None,
             "interfaces": list(self.interfaces),
+            "forwarding": self.forwarding,
             "qemu": (_first_line([which("qemu-system-x86_64", "qemu-system-x86"), "--version"])),
         }
 

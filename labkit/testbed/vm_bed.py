@@ -9,8 +9,10 @@ role's place (`labkit.testbed.vm`), behind the same interface as every testbed
             ...
         bed.vm.cpu_seconds()                    # the vCPU threads' time, on this host
 
-The VM's role keeps its namespace: the VM's tap is bridged there with the role's end of
-the link, and the guest takes that end's address. Calls for the VM's role go into the
+The VM's role keeps its namespace: for each of the role's ends (one per port, as
+`Namespaces.ports` counts them) a tap of the VM is bridged there with that end, and the
+guest's interface takes the end's address; where the role's host forwards IPv4, so does
+the guest. Calls for the VM's role go into the
 guest the way an inventory's hosts are called (mitogen over SSH); the other roles stay
 in this process. `local` is False: CPU time read on this machine is not the guest's (the
 VM's own is `vm.cpu_seconds()`).
@@ -44,8 +46,12 @@ class VmTestbed(Undoable):
 
     def _open(self, stack) -> None:
         stack.enter_context(self.namespaces)
-        end = self.namespaces.end(self.vm_role)
-        self.vm = stack.enter_context(VmHost(links=[(end.host, end.name)], **self.vm_options))
+        ends = [self.namespaces.end(self.vm_role, i) for i in range(self.namespaces.ports(self.vm_role))]
+        where = self.namespaces.roles[self.vm_role]
+        name = (where[0] if isinstance(where, list) else where)[0]
+        forwarding = name in self.namespaces.spec.forwarding  # the VM routes where its host did
+        links = [(end.host, end.name) for end in ends]
+        self.vm = stack.enter_context(VmHost(links=links, forwarding=forwarding, **self.vm_options))
 
     def end(self, role: str, port: int = 0):
         if role != self.vm_role:
@@ -64,7 +70,7 @@ class VmTestbed(Undoable):
         return self.vm.remote.hold("labkit.testbed.bed:on_interface", factory_name(factory), ifnames, *args)
 
     def call(self, role: str, fn, *args):
-        return self.vm.remote.call(fn, *args) if role == self.vm_role else fn(*args)
+        return self.vm.remote.call(fn, *args) if role == self.vm_role else self.namespaces.call(role, fn, *args)
 
     def var(self, role: str, name: str, default=None):
         return default

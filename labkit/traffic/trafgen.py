@@ -59,6 +59,10 @@ def config(spec: TrafficSpec) -> str:
     )
 
 
+#: how far above the asked rate a send may go before its notes say the rate was not held
+RATE_SLACK = 1.1
+
+
 @register
 class Trafgen(Generator):
     name = "trafgen"
@@ -102,6 +106,11 @@ class Trafgen(Generator):
         if packets is None:
             raise RuntimeError(f"trafgen reported no packet count; its output:\n{out[-2000:]}")
         notes = [] if proc.returncode == 0 else [f"trafgen exited {proc.returncode}"]
+        if spec.rate_pps and elapsed > 0 and packets / elapsed > RATE_SLACK * spec.rate_pps:
+            notes.append(
+                f"trafgen sent {packets / elapsed:.0f} pps where {spec.rate_pps:.0f} pps was asked: its --rate "
+                "does not hold rates above a few thousand pps; use the 'xdp' or 'xdp_loop' generator for paced load"
+            )
         # a generator stopped at the time limit has no final CPU time: NaN, and so is the difference
         return Offered(self.name, packets, nbytes or packets * spec.size, elapsed, cpu_seconds=cpu - cpu0, notes=notes)
 

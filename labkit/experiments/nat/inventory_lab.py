@@ -50,18 +50,20 @@ ECHO_PORT, ECHO_SPORT, ECHO_COUNT = 7777, 40000, 5
 
 class InventoryNat(Undoable):
     """The NAT testbed on an inventory's hosts, for Params P: connected, every address read
-    and checked before anything changes; the client's route and generator held for the run."""
+    and checked before anything changes; the client's route and generator held for the run.
+    BED: another testbed with the same roles (a namespace one, or one with a VM as the DUT),
+    entered by the caller and left to it."""
 
     local = False
     checks_first = False  # after the trials: iptables' checks hook connection tracking into the DUT for good
     offloads = "as on the hosts"  # `offloads` is not applied: the hosts' own settings
-    clock = None  # this machine's CPU is no host's
+    clock = None  # this machine's CPU is no host's (a caller whose DUT is here may set a softirq clock)
 
-    def __init__(self, p):
+    def __init__(self, p, bed=None):
         from labkit.experiments import across_hosts
         from labkit.testbed.inventory import Testbed
 
-        self.p = p
+        self.p, self.owns_bed = p, bed is None
         self.generator = "trafgen" if p.generator == "auto" else p.generator  # xdpgen needs its veth peer here
         xdp = any(v.startswith("xdp") for v in p.variants)
         tools = {
@@ -69,15 +71,17 @@ class InventoryNat(Undoable):
             "dut": ["python:bcc", "iptables"],
             "receiver": ["iptables"] + (["python:bcc"] if xdp else []),
         }
-        self.bed = Testbed(p.inventory, ROLES, tools, two_interfaces=("dut",))
+        self.bed = bed or Testbed(p.inventory, ROLES, tools, two_interfaces=("dut",))
         self.prefix, self.flows = self.bed.prefix, None
+        self.place = getattr(getattr(self.bed, "inventory", None), "path", None) or "the testbed"
 
     def _open(self, stack) -> None:
         import pandas as pd
 
         from labkit.experiments import across_hosts
 
-        stack.enter_context(self.bed)
+        if self.owns_bed:  # else the caller's, entered already, for longer than the NAT
+            stack.enter_context(self.bed)
         self._read_addresses()
         stack.enter_context(self.bed.hold("sender", route, self.server.address, self.inside.address))
         self.gen = stack.enter_context(across_hosts.open_generator(self.bed, self.generator))
@@ -92,19 +96,19 @@ class InventoryNat(Undoable):
         for role, end in where.items():
             if not end.address:
                 raise InputError(
-                    f"{bed.inventory.path}: interface {end.name} of host {end.host.name} ({role}) has no "
+                    f"{self.place}: interface {end.name} of host {end.host.name} ({role}) has no "
                     "IPv4 address: configure one there (the NAT's networks are read from the interfaces)"
                 )
         self.inside_net, self.outside_net = _network(self.inside), _network(self.outside)
         for end, net, side in ((self.client, self.inside_net, "inside"), (self.server, self.outside_net, "outside")):
             if ipaddress.ip_address(end.address) not in net:
                 raise InputError(
-                    f"{bed.inventory.path}: {end.host.name}'s address {end.address} ({end.name}) is not "
+                    f"{self.place}: {end.host.name}'s address {end.address} ({end.name}) is not "
                     f"on the NAT's {side} network {net} ({self.dut.name}): address them on one network"
                 )
         if self.inside_net.overlaps(self.outside_net):
             raise InputError(
-                f"{bed.inventory.path}: the NAT's inside network {self.inside_net} and outside network "
+                f"{self.place}: the NAT's inside network {self.inside_net} and outside network "
                 f"{self.outside_net} overlap on {self.dut.name}: a NAT needs them apart"
             )
         if self.dut.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() != "1":
@@ -192,7 +196,7 @@ class InventoryNat(Undoable):
         )
         add("ping", cp.returncode == 0, (cp.stdout.strip().splitlines() or ["no output"])[-1])
         with self.bed.hold("receiver", udp_echo, ECHO_PORT) as echo:
-            back = self.client.host.call(echo_exchange, self.server.address, ECHO_PORT, ECHO_SPORT, ECHO_COUNT)
+            back = self.bed.call("sender", echo_exchange, self.server.address, ECHO_PORT, ECHO_SPORT, ECHO_COUNT)
             seen = echo("seen")
         sources = sorted({s[0] for s in seen})
         add(
@@ -236,6 +240,7 @@ class _Trial:
             size=p.udp_size,
             probes={name: measure.link_probe(end) for name, end in ends.items()},
             offered_probe=("client", "tx_packets"),
+            clock=lab.clock,
         )
         after = counter("counts")
         other = (after["all"] - before["all"]) - (after["expected"] - before["expected"])
@@ -366,7 +371,8 @@ class _Echo:
 def udp_echo(iface, port: int):
     """On the server (IFACE's host): a UDP echo on PORT while in the `with`; `seen()`
     lists the (address, port) of every datagram it received."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with iface.host.entered():  # the socket lives in the server's namespace (if it has one)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("0.0.0.0", port))
     sock.settimeout(0.2)
