@@ -150,6 +150,8 @@ TOOLS = {
     "dpdk-pktgen",
     "ovsdb-server",
     "ovs-vswitchd",
+    "qemu-system-x86",  # a local VM's QEMU (the name as /proc/PID/comm cuts it)
+    "virtme-run",
 }
 
 

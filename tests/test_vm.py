@@ -184,3 +184,7 @@ def test_the_notebooks_experiment_compares_a_namespace_and_a_vm_box_and_says_wha
         assert (head.xs("vm", level="receiver")["numbers are"] == vm_vs_container.FUNCTIONAL).all()
         assert "functional checks" in result.interpretation
     assert (head.xs("namespace", level="receiver")["numbers are"] == vm_vs_container.SPEED).all()
+    # a normal end leaves nothing of the VM behind: no QEMU, tap, bridge, namespace or folder
+    prefix = result.part("vm")["prefix"]
+    assert prefix and not _run_processes(prefix) and not _links_of(prefix), prefix
+    assert not (vm.VM_DIR / prefix).exists()

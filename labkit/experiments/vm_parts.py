@@ -23,7 +23,7 @@ or a VM, routing between its two ports:
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 
 from labkit import bpf, traffic
 from labkit.dataplanes.latency_probe import LatencyProbe
@@ -34,7 +34,7 @@ from labkit.experiments.xdp_drop_receiver import drop_receiver
 from labkit.measure import latency_profile
 
 NAT_VARIANT = "tc_nat"
-NAT_KIND, CHECK_KIND = "udp", "nat_check"  # the NAT's trials (as 03 names them) and its checks
+NAT_KIND, CHECK_KIND = "udp", "check"  # the NAT's trials and checks, as 03 names them
 NDR_LOSS = 0.001
 SEARCH = {False: (0.5, 15.0), True: (0.2, 4.0)}  # the latency part's PDR search: trial s, budget s, by smoke
 
@@ -83,7 +83,7 @@ def nat_part(p, bed, place: str, rs, clock, flags: list) -> list[dict]:
     with lab:
         checks = lab.check_all([NAT_VARIANT])
         for c in checks:
-            rs.add(place, 0, p.size, {f"check_{c['check']}": (float(c["ok"]), "ok")}, kind=CHECK_KIND)
+            rs.add(place, 0, None, {f"check:{c['check']}": (1.0 if c["ok"] else 0.0, "pass")}, kind=CHECK_KIND)
         feed = Feed(p.generator)
         for trial in range(p.trials):
             with lab.trial(NAT_VARIANT) as t:
@@ -145,11 +145,12 @@ def latency_part(p, bed, place: str, rs, gen) -> list[dict]:
 
 
 def clock_for(bed):
-    """The softirq clock for a box in a namespace (entered by the caller); none for a VM,
-    whose receive path runs in QEMU's threads."""
+    """The softirq clock (entered by the caller): this machine's receive softirq time, the
+    box's whole receive path in a namespace; for a VM the host's part of it (veth, bridge,
+    tap), to which QEMU's threads add the rest (`cpu_window`)."""
     from labkit.dataplanes.softirq_clock import SoftirqClock
 
-    return nullcontext() if getattr(bed, "vm", None) is not None else SoftirqClock()
+    return SoftirqClock()
 
 
 def wait_quiet(seconds: float = 0.5) -> None:

@@ -188,6 +188,7 @@ class VmHost(Undoable):
         self.interfaces: list[str] = []  # the guest's data-plane interface names, one per link
         self.boot_seconds: float | None = None
         self.qemu_pid: int | None = None
+        self.prefix: str | None = None  # the run's, which its taps, bridges and folder carry
         self._proc = None
 
     def __repr__(self):
@@ -199,6 +200,7 @@ class VmHost(Undoable):
 
         tools()
         run = stack.enter_context(runs.run_scope())
+        self.prefix = run.prefix
         self.accel, self.accel_reason = accelerator()
         self.vhost = capabilities.probe("vhost_net").ok
         folder = VM_DIR / run.prefix / self.name
@@ -362,12 +364,16 @@ class VmHost(Undoable):
     # ---- measures
     def cpu_seconds(self) -> dict:
         """CPU seconds so far of QEMU's threads on this host: 'vcpu' (the guest's CPUs),
-        'vhost' (vhost-net workers), 'qemu' (all of QEMU)."""
+        'vhost' (vhost-net workers: QEMU's threads on newer kernels, kernel threads named
+        vhost-PID on older ones), 'qemu' (all of QEMU, those kernel threads included)."""
         out = {"vcpu": 0.0, "vhost": 0.0, "qemu": 0.0}
         if self.qemu_pid is None:
             return out
         tick = os.sysconf("SC_CLK_TCK")
-        for stat in glob.glob(f"/proc/{self.qemu_pid}/task/*/stat"):
+        stats = glob.glob(f"/proc/{self.qemu_pid}/task/*/stat")
+        if self.vhost:  # the vhost-net workers of older kernels are kernel threads of their own
+            stats += [s for s in glob.glob("/proc/[0-9]*/stat") if _comm(s) == f"vhost-{self.qemu_pid}"]
+        for stat in stats:
             try:
                 text = open(stat).read()
             except OSError:
@@ -385,6 +391,7 @@ class VmHost(Undoable):
     def metadata(self) -> dict:
         return {
             "kind": self.kind,
+            "prefix": self.prefix,
             "accelerator": self.accel,
             "accelerator_reason": self.accel_reason,
             "warning": TCG_WARNING if self.accel == "tcg" else "",
@@ -402,6 +409,14 @@ class VmHost(Undoable):
 def _by_mac(mac: str, name: str) -> str:
     """A guest shell line: the interface with MAC renamed NAME."""
     return f'ip link set "$(grep -l {mac} /sys/class/net/*/address | cut -d/ -f5)" name {name}'
+
+
+def _comm(stat: str) -> str:
+    try:
+        text = open(stat).read()
+    except OSError:
+        return ""
+    return text[text.index("(") + 1 : text.rindex(")")]
 
 
 def _children(pid: int) -> list[int]:
