@@ -236,6 +236,8 @@ NEEDS = {
     "05-vm-vs-container": [
         "root",
         "bcc (python3-bpfcc) + kernel headers",
+        "iptables",
+        "ping",
         "VM host (QEMU, virtme-ng, a kernel in /boot)",
     ],
     "report browser check": ["chromium"],

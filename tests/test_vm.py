@@ -179,6 +179,10 @@ def test_the_notebooks_experiment_compares_a_namespace_and_a_vm_box_and_says_wha
         assert lat.loc[(place, "no load"), "probes"] > 0, place
         assert lat.loc[(place, "no load"), "p50_us"] > 0, place
     assert "XDP in the VM saw the generator's packets" in result.interpretation
+    assert (
+        lat.xs("vm", level="variant")["numbers are"]
+        == (vm_vs_container.FUNCTIONAL if result.part("vm")["accelerator"] == "tcg" else vm_vs_container.SPEED)
+    ).all()
     assert "The tc NAT in the vm: 2 of 2 checks passed" in result.interpretation
     if result.part("vm")["accelerator"] == "tcg":
         assert (head.xs("vm", level="receiver")["numbers are"] == vm_vs_container.FUNCTIONAL).all()

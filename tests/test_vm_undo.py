@@ -1,5 +1,6 @@
 """A VM testbed (labkit.testbed.vm_bed) is undone completely when its boot fails, when
-Ctrl-C interrupts its boot, and (`slow`: a full boot) when the body of its `with` fails.
+Ctrl-C interrupts its boot, and (`slow`: a full boot) when Ctrl-C interrupts a command
+running in the guest.
 
 Each case runs in a process of its own, as a person's run would. Undone means: no QEMU
 or virtme-run of the run, no tap, bridge or namespace with the run's prefix, no VM folder
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -94,20 +96,22 @@ def _watch(seen: dict) -> None:
 
 
 def child(boot_timeout: float, body: str = "") -> None:
-    """A person's run: a VmTestbed entered, its BODY ('raise': an error; 'guest-sleep': a
-    long command in the guest) run; what ended it and what it left are printed before the
+    """A person's run: a VmTestbed entered, its BODY ('guest-sleep': a long command in the
+    guest) run; what ended it and what it left are printed before the
     error goes on (an uncaught KeyboardInterrupt ends the process by SIGINT)."""
+    import faulthandler
+
     from labkit.testbed import topology
     from labkit.testbed.vm_bed import VmTestbed
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # where it hangs, should it hang
     seen: dict = {}
     threading.Thread(target=_watch, args=(seen,), daemon=True).start()
     try:
         with VmTestbed(topology.pair(), ROLES, boot_timeout=boot_timeout) as bed:
             _say(up=bed.vm.boot_seconds, qemu=bed.vm.qemu_pid)
-            if body == "raise":
-                raise RuntimeError("the body failed")
             if body == "guest-sleep":
+                _say(calling="sleep 300")
                 bed.vm.remote.run(["sleep", "300"], timeout=400)
     except BaseException as exc:
         left = _leftovers(seen.get("prefix", "lk-none"))
@@ -132,12 +136,15 @@ class Child:
             text=True,
             start_new_session=session,  # a process group of its own, as a terminal's foreground job
         )
+        self.prefix: str | None = None  # its run's, once it said it
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
-            self._lines.put(json.loads(line))
+            said = json.loads(line)
+            self.prefix = said.get("prefix", self.prefix)
+            self._lines.put(said)
         self._lines.put(None)
 
     def next(self, timeout: float) -> dict | None:
@@ -150,12 +157,35 @@ class Child:
     def errors(self) -> str:
         return self.stderr_path.read_text()[-4000:]
 
+    def interrupt(self, to_group: bool = False) -> tuple[dict | None, int | None]:
+        """Ctrl-C: SIGINT to the child (as Jupyter's interrupt) or to its whole process
+        group (a terminal's, to the foreground job). What it then said, and its exit
+        status if it ended by itself within 60 s (None if not)."""
+        if to_group:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            os.kill(self.proc.pid, signal.SIGINT)
+        said = self.next(60)
+        try:
+            return said, self.proc.wait(60 if said else 1)
+        except subprocess.TimeoutExpired:
+            return said, None
+
     def end(self) -> None:
-        """Killed if it still runs (a failed test): its watcher then undoes the run."""
-        if self.proc.poll() is None:
-            self.proc.kill()
+        """Killed if it still runs (a failed test), after its threads' stacks are written
+        to its stderr; its watcher then undoes the run (waited for, so that the next test
+        starts clean)."""
+        killed = self.proc.poll() is None
+        if killed:
+            with suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGUSR1)
+                time.sleep(1)
+                self.proc.kill()
         self.proc.wait()
         self.stderr.close()
+        deadline = time.monotonic() + 30
+        while killed and self.prefix and _leftovers(self.prefix) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def _needs_vm_tools() -> None:
@@ -174,6 +204,12 @@ def _assert_undone(prefix: str, said: dict) -> None:
         time.sleep(0.2)
     assert _leftovers(prefix) == []
     assert not _running(said["seen"]["qemu"]), "QEMU outlived its run"
+
+
+def _assert_ended_by_ctrl_c(run: Child, said: dict | None, code: int | None) -> None:
+    assert code == -signal.SIGINT, f"the run did not end by itself on Ctrl-C (exit {code}):\n{run.errors()}"
+    assert said and said["error"].startswith("KeyboardInterrupt"), said
+    assert "KeyboardInterrupt" in run.errors()
 
 
 @needs_root
@@ -222,39 +258,32 @@ def test_ctrl_c_during_a_vm_boot_ends_the_run_by_itself_and_undoes_it(tmp_path, 
                 break
             time.sleep(0.1)
         assert qemu and link, f"QEMU and its {until} never both were there:\n{run.errors()}"
-        if to_group:
-            os.killpg(run.proc.pid, signal.SIGINT)
-        else:
-            os.kill(run.proc.pid, signal.SIGINT)
-        said = run.next(60)
-        try:
-            code = run.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            code = None
+        said, code = run.interrupt(to_group)
     finally:
         run.end()
-    assert code == -signal.SIGINT, f"the run did not end by itself on Ctrl-C (exit {code}):\n{run.errors()}"
-    assert said and said["error"].startswith("KeyboardInterrupt"), said
-    assert "KeyboardInterrupt" in run.errors()
+    _assert_ended_by_ctrl_c(run, said, code)
     said["seen"].setdefault("qemu", qemu)
     _assert_undone(prefix, said)
 
 
 @needs_root
 @pytest.mark.slow
-def test_a_failing_body_after_a_full_vm_boot_is_undone(tmp_path):
-    """A full boot (60-170 s under TCG), then the body of the `with` raises."""
+def test_ctrl_c_while_a_command_runs_in_the_guest_ends_the_run_and_undoes_it(tmp_path):
+    """A full boot (40-170 s under TCG), then Ctrl-C while a command runs in the guest: the
+    guest serves one call at a time, so the undo's calls there wait a bounded time for
+    the interrupted one (`remote.BUSY_WAIT_S`), then QEMU and the rest are undone. (A body
+    that raises is undone by the same path; a boot that fails is the default tests' case.)"""
     _needs_vm_tools()
-    run = Child(tmp_path, 400.0, "raise")
+    run = Child(tmp_path, 400.0, "guest-sleep")
     try:
         prefix = (run.next(60) or {}).get("prefix")
         up = run.next(500)
-        said = run.next(120)
-        code = run.proc.wait(60)
+        assert prefix and up and "up" in up, f"the VM did not boot:\n{run.errors()}"
+        assert run.next(60) == {"calling": "sleep 300"}
+        time.sleep(3)  # the command is running in the guest now
+        said, code = run.interrupt()
     finally:
         run.end()
-    assert prefix and up and "up" in up, f"the VM did not boot:\n{run.errors()}"
-    assert said and said["error"] == "RuntimeError: the body failed", said
-    assert code == 1
+    _assert_ended_by_ctrl_c(run, said, code)
     assert said["seen"]["qemu"] == up["qemu"]
     _assert_undone(prefix, said)

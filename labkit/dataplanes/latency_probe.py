@@ -255,7 +255,9 @@ class LatencyProbe:
                 f"{kept} probes reached the sink since the last reset, which keeps {header().SAMPLES} "
                 "delays: reset between points"
             )
-        return list(self.program.map("lat_samples")[ctypes.c_int(0)].ns[:kept])
+        # a slot the sink has claimed (lat_kept) but not yet written while this reads is still
+        # 0: left out, since no probe crosses in 0 ns (stamp and arrival are separate runs)
+        return [ns for ns in self.program.map("lat_samples")[ctypes.c_int(0)].ns[:kept] if ns > 0]
 
     def readings(self) -> dict:
         """The probes since the last `reset`: their delays ('samples', ns) and the counts

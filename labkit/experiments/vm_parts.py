@@ -9,8 +9,9 @@ or a VM, routing between its two ports:
   set up and checked by the NAT experiment's testbed-neutral lab
   (`nat.inventory_lab.InventoryNat`, given this testbed): a ping and a UDP exchange
   through it (every datagram echoed, the server seeing only the SNAT address), then UDP
-  trials from the client's generator counted at the server, with the receive CPU per
-  packet (the namespace's softirq clock, the VM's QEMU threads).
+  trials from the client's generator (trafgen: the NAT's UDP load, as across hosts)
+  counted at the server, with this host's CPU per packet (its receive softirq; for a VM
+  also QEMU's threads while the generator sends).
 - **latency** (`latency_part`): one-way latency through the box as 01 measures it
   (bpf/latency.c; `measure.latency_profile`): probes (UDP port 7) from the client pass the
   box's drop filter (rule "flood": only the generator's port is dropped), are routed by
@@ -64,8 +65,8 @@ def per_packet(seconds: dict, packets: int) -> dict:
 
 def nat_part(p, bed, place: str, rs, clock, flags: list) -> list[dict]:
     """The tc NAT on BED's box: its checks, then P.trials UDP trials of P.nat_count packets
-    (rows of kind NAT_KIND for variant PLACE, FLAGS on each); CLOCK: the softirq clock
-    where the box is a namespace, else None. Returns the checks (dicts: check, ok, detail)."""
+    (rows of kind NAT_KIND for variant PLACE, FLAGS on each); CLOCK: the softirq clock.
+    Returns the checks (dicts: check, ok, detail)."""
     from labkit.experiments import Feed
 
     nat_p = NatParams(
@@ -78,8 +79,7 @@ def nat_part(p, bed, place: str, rs, clock, flags: list) -> list[dict]:
     )
     lab = InventoryNat(nat_p, bed=bed)
     lab.offloads = "as on the testbed"
-    lab.clock = clock
-    window = cpu_window(bed)
+    lab.clock, lab.send_window = clock, cpu_window(bed)
     with lab:
         checks = lab.check_all([NAT_VARIANT])
         for c in checks:
@@ -87,9 +87,8 @@ def nat_part(p, bed, place: str, rs, clock, flags: list) -> list[dict]:
         feed = Feed(p.generator)
         for trial in range(p.trials):
             with lab.trial(NAT_VARIANT) as t:
-                stop = window()
                 m = t.udp(rs, place, trial, feed)
-                used = stop()
+                used = lab.sent_cpu  # QEMU's threads while the generator sent (none on namespaces)
             m.flags.extend(flags)
             extra = {"kind": NAT_KIND, "generator": lab.gen.name, "program": NAT_VARIANT}
             rs.add_measurement(place, trial, m, **extra)
@@ -108,16 +107,21 @@ def _neighbour(host, ip: str, mac: str, dev: str):
         host.run(["ip", "neigh", "del", ip, "dev", dev], check=False, timeout=30)
 
 
-def latency_part(p, bed, place: str, rs, gen) -> list[dict]:
+def latency_part(p, bed, place: str, rs, gen, flags: list) -> list[dict]:
     """One-way latency client -> box -> server with the box's drop filter in P.program mode
-    dropping only the flood, P.trials times: rows of kind 'latency' for variant PLACE;
-    returns the CDF points."""
+    dropping only the flood, P.trials times: rows of kind 'latency' for variant PLACE
+    (FLAGS on each); returns the CDF points."""
+    from labkit.traffic.xdpgen import GroOn
+
     client, box_in = bed.end("sender"), bed.end("dut", 0)
     box_out, server = bed.end("dut", 1), bed.end("receiver")
     flood = traffic.TrafficSpec.between(client, box_in, size=p.size, count=p.count).validate()
     trial_s, budget_s = SEARCH[bool(p.smoke)]
-    cdfs, pdr = [], None
+    cdfs, first = [], None
     with ExitStack() as stack:
+        if p.program == "xdp_generic" and getattr(bed, "vm", None) is None:
+            # a generic program on the client's veth peer: NAPI (for XDP frames) from GRO instead
+            stack.enter_context(GroOn(box_in))
         rx = stack.enter_context(bed.hold("dut", drop_receiver, "flood"))
         probe = stack.enter_context(LatencyProbe(client, dst_mac=box_in.mac, dst_ip=server.address))
         stack.enter_context(_neighbour(bed.host("dut"), server.address, server.mac, box_out.name))
@@ -136,10 +140,13 @@ def latency_part(p, bed, place: str, rs, gen) -> list[dict]:
                 ndr_loss=NDR_LOSS,
                 search_trial_s=trial_s,
                 search_budget_s=budget_s,
-                pdr_pps=pdr,
+                pdr_pps=first.pdr_pps if first else None,
             )
-            pdr = pdr or prof.pdr_pps or None  # searched once per place; the trials measure latency at it
-            cdfs += views.record_latency(rs, place, trial, p.size, prof, generator=gen.name)
+            if first:  # searched once per place, in its first trial; the others measure at that PDR
+                prof.generator_limited = first.generator_limited
+            elif prof.pdr_pps > 0:
+                first = prof
+            cdfs += views.record_latency(rs, place, trial, p.size, prof, flags=flags, generator=gen.name)
         rx("off")
     return cdfs
 

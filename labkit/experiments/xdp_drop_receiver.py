@@ -17,8 +17,8 @@ FLOOD_PORT = traffic.TrafficSpec.dport
 
 
 def set_rule(filt: DropFilter, rule: str) -> None:
-    """RULE in FILT: "all", "udp", or "flood" (UDP to FLOOD_PORT only, so that probes to
-    other ports pass)."""
+    """RULE in FILT: "all", "udp", or "flood" (UDP and TCP to FLOOD_PORT only, so that
+    probes to other ports pass; the drop filter's variants only: tc and XDP)."""
     filt.clear()
     if rule == "all":
         filt.drop_all()

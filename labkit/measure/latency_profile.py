@@ -198,24 +198,26 @@ def _point(fraction: float, load_pps: float, readings: dict) -> LatencyPoint:
 KIND, LOAD = "latency", "load_fraction"
 
 
-def record(rs, variant: str, trial: int, size, prof: Profile, **extra) -> None:
+def record(rs, variant: str, trial: int, size, prof: Profile, flags=(), **extra) -> None:
     """PROF's rows into RS (a results.ResultSet), of kind KIND: the PDR and NDR (no load
     fraction), then per point its measures and one row of measure hdr.MEASURE whose column
     hdr.COLUMN holds the point's histogram, encoded; its notes as caveats."""
     if prof.probe_method:
         extra = {"probe_method": prof.probe_method, **extra}
-    flags = ["generator-limited"] if prof.generator_limited else []
+    flags = list(flags)  # FLAGS: on every row (e.g. that the numbers are functional checks only)
     rates = {"pdr_pps": (prof.pdr_pps, "pps")}
     if not math.isnan(prof.ndr_pps):  # given a PDR, no NDR was searched
         rates["ndr_pps"] = (prof.ndr_pps, "pps")
-    rs.add(variant, trial, size, rates, flags, kind=KIND, **{LOAD: None}, **extra)
+    limited = ["generator-limited"] if prof.generator_limited else []
+    rs.add(variant, trial, size, rates, flags + limited, kind=KIND, **{LOAD: None}, **extra)
     for pt in prof.points:
-        rs.add(variant, trial, size, pt.measures(), kind=KIND, **{LOAD: pt.fraction}, **extra)
+        rs.add(variant, trial, size, pt.measures(), flags, kind=KIND, **{LOAD: pt.fraction}, **extra)
         rs.add(
             variant,
             trial,
             size,
             {hdr.MEASURE: (pt.histogram.get_total_count(), "probes")},
+            flags,
             kind=KIND,
             **{LOAD: pt.fraction, hdr.COLUMN: hdr.encode(pt.histogram)},
             **extra,

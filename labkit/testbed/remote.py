@@ -38,6 +38,10 @@ from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.testbed import remote_agent as agent
 from labkit.testbed.hosts import CommandFailed, Host
 
+#: how long a call waits once a call before it was interrupted (it may run there for its own
+#: timeout, and the host serves one call at a time): the undo after a Ctrl-C is bounded
+BUSY_WAIT_S = 10.0
+
 
 class HostUnreachable(LabkitError):
     """A remote host could not be reached, or the connection to it was lost."""
@@ -100,6 +104,9 @@ class RemoteHost(Host):
         self.connect_timeout = connect_timeout
         self.prefix: str | None = None  # the session's run prefix on the far host
         self._broker = self._router = self._context = None
+        #: a call this side stopped waiting for (Ctrl-C) still runs there, and the host runs
+        #: one call at a time: until one completes, calls wait at most BUSY_WAIT_S
+        self._interrupted = self._stuck = False
 
     def __repr__(self):
         return f"host {self.name} ({self.user}@{self.hostname}:{self.port})"
@@ -182,12 +189,13 @@ class RemoteHost(Host):
         try:
             with suppress(Exception):  # unreachable: `labkit clean --inventory` undoes the session later
                 self.stop_all()
-                self._context.call(agent.session_close)
+                self.call(agent.session_close)
         finally:
             self._shutdown()
 
     def _shutdown(self) -> None:
         broker, self._broker, self._router, self._context = self._broker, None, None, None
+        self._interrupted = self._stuck = False
         if broker is not None:
             broker.shutdown()
             broker.join()
@@ -207,8 +215,21 @@ class RemoteHost(Host):
         mitogen = _mitogen()
         if self._context is None:
             raise LabkitError(f"{self} is not connected: use it in a `with`, or call connect()")
+        if self._stuck:  # given up on: every further call would queue behind the interrupted one
+            raise self._busy()
         try:
-            return self._context.call(fn, *args, **kwargs)
+            receiver = self._context.call_async(fn, *args, **kwargs)
+            try:
+                msg = receiver.get(timeout=BUSY_WAIT_S if self._interrupted else None)
+            except mitogen.core.TimeoutError:
+                self._stuck = True
+                raise self._busy() from None
+            except BaseException as exc:
+                if not isinstance(exc, (mitogen.core.Error, EOFError, OSError)):
+                    self._interrupted = True  # Ctrl-C (or another signal's exception) while it ran there
+                raise
+            self._interrupted = False  # the host answered: nothing of ours is queued there
+            return msg.unpickle()
         except mitogen.core.CallError as exc:
             raise _remote_error(self, str(exc)) from None
         except (mitogen.core.ChannelError, mitogen.core.StreamError, EOFError, OSError) as exc:
@@ -216,6 +237,12 @@ class RemoteHost(Host):
                 f"{self}: the connection was lost ({exc}); what the run changed there is "
                 "undone by `labkit clean --inventory INVENTORY` once it is back"
             ) from None
+
+    def _busy(self) -> "HostUnreachable":
+        return HostUnreachable(
+            f"{self}: still busy after {BUSY_WAIT_S:.0f} s with a call that was interrupted here; what the "
+            "run changed there is undone by `labkit clean --inventory INVENTORY` (a VM's dies with it)"
+        )
 
     # ---- the Host interface
     def run(

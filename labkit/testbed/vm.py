@@ -369,23 +369,19 @@ class VmHost(Undoable):
         out = {"vcpu": 0.0, "vhost": 0.0, "qemu": 0.0}
         if self.qemu_pid is None:
             return out
-        tick = os.sysconf("SC_CLK_TCK")
-        stats = glob.glob(f"/proc/{self.qemu_pid}/task/*/stat")
-        if self.vhost:  # the vhost-net workers of older kernels are kernel threads of their own
-            stats += [s for s in glob.glob("/proc/[0-9]*/stat") if _comm(s) == f"vhost-{self.qemu_pid}"]
-        for stat in stats:
-            try:
-                text = open(stat).read()
-            except OSError:
-                continue
-            comm = text[text.index("(") + 1 : text.rindex(")")]
-            fields = text.rsplit(")", 1)[1].split()
-            seconds = (int(fields[11]) + int(fields[12])) / tick
-            out["qemu"] += seconds
+        out["qemu"] = _stat_seconds(f"/proc/{self.qemu_pid}/stat")[1]  # the process's: ended threads too
+        for stat in glob.glob(f"/proc/{self.qemu_pid}/task/*/stat"):
+            comm, seconds = _stat_seconds(stat)
             if comm.startswith("CPU "):
                 out["vcpu"] += seconds
             elif comm.startswith("vhost"):
                 out["vhost"] += seconds
+        if self.vhost:  # the vhost-net workers of older kernels are kernel threads of their own
+            for stat in glob.glob("/proc/[0-9]*/stat"):
+                comm, seconds = _stat_seconds(stat)
+                if comm == f"vhost-{self.qemu_pid}":
+                    out["vhost"] += seconds
+                    out["qemu"] += seconds
         return out
 
     def metadata(self) -> dict:
@@ -411,12 +407,14 @@ def _by_mac(mac: str, name: str) -> str:
     return f'ip link set "$(grep -l {mac} /sys/class/net/*/address | cut -d/ -f5)" name {name}'
 
 
-def _comm(stat: str) -> str:
+def _stat_seconds(stat: str) -> tuple[str, float]:
+    """(name, user + system CPU seconds) of a /proc/.../stat file; ('', 0.0) once it is gone."""
     try:
         text = open(stat).read()
     except OSError:
-        return ""
-    return text[text.index("(") + 1 : text.rindex(")")]
+        return "", 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return text[text.index("(") + 1 : text.rindex(")")], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -432,20 +430,15 @@ def _children(pid: int) -> list[int]:
 def _remove_folder(folder: Path) -> None:
     """FOLDER (a VM's) removed, and the run's folder of VMs with it once it is empty."""
     shutil.rmtree(folder, ignore_errors=True)
-    try:
+    with contextlib.suppress(OSError):  # another VM of the run may still have its folder there
         folder.parent.rmdir()
-    except OSError:
-        pass  # another VM of the run still has its folder there
 
 
 def _delete_link(host, name: str) -> None:
-    try:
-        with host.ipr() as ipr:
-            idx = ipr.link_lookup(ifname=name)
-            if idx:
-                ipr.link("del", index=idx[0])
-    except Exception:  # noqa: BLE001 - the namespace may be gone, and the link with it
-        pass
+    with contextlib.suppress(Exception), host.ipr() as ipr:  # the namespace may be gone, and the link with it
+        idx = ipr.link_lookup(ifname=name)
+        if idx:
+            ipr.link("del", index=idx[0])
 
 
 def _first_line(argv: list) -> str | None:

@@ -48,7 +48,8 @@ class VmTestbed(Undoable):
         stack.enter_context(self.namespaces)
         ends = [self.namespaces.end(self.vm_role, i) for i in range(self.namespaces.ports(self.vm_role))]
         where = self.namespaces.roles[self.vm_role]
-        name = (where[0] if isinstance(where, list) else where)[0]
+        where = where[0] if isinstance(where, list) else where
+        name = where[0] if isinstance(where, tuple) else where  # (host, towards), or the host alone
         forwarding = name in self.namespaces.spec.forwarding  # the VM routes where its host did
         links = [(end.host, end.name) for end in ends]
         self.vm = stack.enter_context(VmHost(links=links, forwarding=forwarding, **self.vm_options))

@@ -58,6 +58,10 @@ class InventoryNat(Undoable):
     checks_first = False  # after the trials: iptables' checks hook connection tracking into the DUT for good
     offloads = "as on the hosts"  # `offloads` is not applied: the hosts' own settings
     clock = None  # this machine's CPU is no host's (a caller whose DUT is here may set a softirq clock)
+    #: a caller's CPU reading around each send alone (a callable starting it, returning one that
+    #: ends it with {part: seconds}); the last send's reading is in `sent_cpu`
+    send_window = None
+    sent_cpu: dict = {}
 
     def __init__(self, p, bed=None):
         from labkit.experiments import across_hosts
@@ -234,8 +238,16 @@ class _Trial:
         feed.generator = lab.gen.name
         before = counter("counts")
         ends = {"client": lab.client, "srv": lab.server, "nat_in": lab.inside, "nat_out": lab.outside}
+
+        def send():
+            stop = lab.send_window() if lab.send_window else dict
+            try:
+                return lab.gen.send(spec)
+            finally:
+                lab.sent_cpu = stop()
+
         m = measure.run_trial(
-            lambda: lab.gen.send(spec),
+            send,
             lambda: counter("counts")["expected"],
             size=p.udp_size,
             probes={name: measure.link_probe(end) for name, end in ends.items()},
