@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from contextlib import suppress
 from pathlib import Path
 from typing import Sequence
@@ -38,8 +39,8 @@ from labkit.errors import InputError, LabkitError, MissingDependency
 from labkit.testbed import remote_agent as agent
 from labkit.testbed.hosts import CommandFailed, Host
 
-#: how long a call waits once a call before it was interrupted (it may run there for its own
-#: timeout, and the host serves one call at a time): the undo after a Ctrl-C is bounded
+#: how long the call after an interrupted one waits for that one to end there (it may run for
+#: its own timeout, and the host serves one call at a time): the undo after a Ctrl-C is bounded
 BUSY_WAIT_S = 10.0
 
 
@@ -105,7 +106,7 @@ class RemoteHost(Host):
         self.prefix: str | None = None  # the session's run prefix on the far host
         self._broker = self._router = self._context = None
         #: a call this side stopped waiting for (Ctrl-C) still runs there, and the host runs
-        #: one call at a time: until one completes, calls wait at most BUSY_WAIT_S
+        #: one call at a time: the next call first waits at most BUSY_WAIT_S for it to end
         self._interrupted = self._stuck = False
 
     def __repr__(self):
@@ -190,6 +191,8 @@ class RemoteHost(Host):
             with suppress(Exception):  # unreachable: `labkit clean --inventory` undoes the session later
                 self.stop_all()
                 self.call(agent.session_close)
+            if self._stuck:  # the undo went on without it: say what is left, and how to undo it
+                print(f"labkit: {self._busy()}", file=sys.stderr)
         finally:
             self._shutdown()
 
@@ -218,17 +221,20 @@ class RemoteHost(Host):
         if self._stuck:  # given up on: every further call would queue behind the interrupted one
             raise self._busy()
         try:
+            if self._interrupted:  # a trivial call answered means the interrupted one has ended there
+                try:
+                    self._context.call_async(os.getpid).get(timeout=BUSY_WAIT_S)
+                except mitogen.core.TimeoutError:
+                    self._stuck = True
+                    raise self._busy() from None
+                self._interrupted = False
             receiver = self._context.call_async(fn, *args, **kwargs)
             try:
-                msg = receiver.get(timeout=BUSY_WAIT_S if self._interrupted else None)
-            except mitogen.core.TimeoutError:
-                self._stuck = True
-                raise self._busy() from None
+                msg = receiver.get()
             except BaseException as exc:
                 if not isinstance(exc, (mitogen.core.Error, EOFError, OSError)):
                     self._interrupted = True  # Ctrl-C (or another signal's exception) while it ran there
                 raise
-            self._interrupted = False  # the host answered: nothing of ours is queued there
             return msg.unpickle()
         except mitogen.core.CallError as exc:
             raise _remote_error(self, str(exc)) from None

@@ -239,6 +239,8 @@ class _Trial:
         before = counter("counts")
         ends = {"client": lab.client, "srv": lab.server, "nat_in": lab.inside, "nat_out": lab.outside}
 
+        lab.sent_cpu = {}
+
         def send():
             stop = lab.send_window() if lab.send_window else dict
             try:
