@@ -1,5 +1,6 @@
 """A VM testbed (labkit.testbed.vm_bed) is undone completely when its boot fails, when
-Ctrl-C interrupts its boot, and (`slow`: a full boot) when Ctrl-C interrupts a command
+Ctrl-C interrupts its boot, when its process is killed outright during the boot (by the
+run's watcher), and (`slow`: a full boot) when Ctrl-C interrupts a command
 running in the guest.
 
 Each case runs in a process of its own, as a person's run would. Undone means: no QEMU
@@ -264,6 +265,31 @@ def test_ctrl_c_during_a_vm_boot_ends_the_run_by_itself_and_undoes_it(tmp_path, 
     _assert_ended_by_ctrl_c(run, said, code)
     said["seen"].setdefault("qemu", qemu)
     _assert_undone(prefix, said)
+
+
+@needs_root
+def test_a_run_killed_outright_during_its_vm_boot_is_undone_by_its_watcher(tmp_path):
+    """SIGKILL once QEMU runs and its tap is bridged into the receiver's namespace: the run
+    cannot undo itself, so its watcher must (QEMU, tap, bridge, namespaces, folder)."""
+    _needs_vm_tools()
+    run = Child(tmp_path, 400.0)
+    try:
+        prefix = (run.next(60) or {}).get("prefix")
+        assert prefix, f"the child printed no prefix:\n{run.errors()}"
+        deadline, qemu, bridge = time.monotonic() + 120, None, None
+        while time.monotonic() < deadline and run.proc.poll() is None and not (qemu and bridge):
+            qemu, bridge = _qemu_of(prefix), _link_of(prefix, "vmb0")
+            time.sleep(0.1)
+        assert qemu and bridge and (vm.VM_DIR / prefix).is_dir(), f"the boot never got that far:\n{run.errors()}"
+        run.proc.kill()
+        run.proc.wait()
+    finally:
+        run.end()
+    deadline = time.monotonic() + 60
+    while (_leftovers(prefix) or _running(qemu)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _leftovers(prefix) == [], "the watcher did not undo the killed run"
+    assert not _running(qemu), "QEMU outlived its killed run"
 
 
 @needs_root
