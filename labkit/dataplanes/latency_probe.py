@@ -315,3 +315,14 @@ def probe_frame(spec: packets.FrameSpec) -> bytes:
     frame[h.PAYLOAD - 2 : h.PAYLOAD] = b"\0\0"  # UDP checksum: none
     frame[h.PAYLOAD : h.PAYLOAD + 4] = struct.pack("=I", h.MAGIC)
     return bytes(frame)
+
+
+@contextmanager
+def sink_neighbour(host, ip: str, mac: str, dev: str, timeout: float = 10):
+    """A permanent neighbour entry on HOST for the sink IP (MAC) out of DEV while in the
+    `with`: the sink answers no ARP (its program ends every frame's path)."""
+    host.run(["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"], timeout=timeout)
+    try:
+        yield
+    finally:
+        host.run(["ip", "neigh", "del", ip, "dev", dev], check=False, timeout=timeout)

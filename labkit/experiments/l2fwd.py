@@ -223,7 +223,7 @@ def run(data_dir=None, **kwargs) -> Result:
                     skipped[name] = _at(bed, _first_line(exc))
             order_all = ([BASELINE] if p.baseline else []) + [v for v in p.variants if v not in skipped]
 
-            pdrs = {}  # forwarder -> the PDR its first latency trial searched; later trials measure at it
+            pdrs = {}  # forwarder -> the profile whose PDR its first latency trial searched; later trials take it
 
             def measure_one(name, size, trial):
                 with _using(dut, name):
@@ -244,11 +244,9 @@ def run(data_dir=None, **kwargs) -> Result:
                             ndr_loss=p.ndr_loss,
                             search_trial_s=SEARCH_TRIAL_S[bool(p.smoke)],
                             search_budget_s=p.ndr_iterations * SEARCH_TRIAL_S[bool(p.smoke)],
-                            pdr_pps=pdrs[name].pdr_pps if name in pdrs else None,
+                            searched=pdrs.get(name),
                         )
-                        if name in pdrs:
-                            prof.generator_limited = pdrs[name].generator_limited
-                        elif prof.pdr_pps > 0:
+                        if name not in pdrs and prof.pdr_pps > 0:
                             pdrs[name] = prof
                     return m, extra, prof
 

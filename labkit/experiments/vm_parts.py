@@ -23,11 +23,10 @@ or a VM, routing between its two ports:
 
 from __future__ import annotations
 
-import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 from labkit import bpf, traffic
-from labkit.dataplanes.latency_probe import LatencyProbe
+from labkit.dataplanes.latency_probe import LatencyProbe, sink_neighbour
 from labkit.experiments import l2fwd_views as views
 from labkit.experiments.nat import Params as NatParams
 from labkit.experiments.nat.inventory_lab import InventoryNat
@@ -97,16 +96,6 @@ def nat_part(p, bed, place: str, rs, clock, flags: list) -> list[dict]:
     return checks
 
 
-@contextmanager
-def _neighbour(host, ip: str, mac: str, dev: str):
-    """A permanent neighbour entry on HOST (the sink answers no ARP: it drops every frame)."""
-    host.run(["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"], timeout=30)
-    try:
-        yield
-    finally:
-        host.run(["ip", "neigh", "del", ip, "dev", dev], check=False, timeout=30)
-
-
 def latency_part(p, bed, place: str, rs, gen, flags: list) -> list[dict]:
     """One-way latency client -> box -> server with the box's drop filter in P.program mode
     dropping only the flood, P.trials times: rows of kind 'latency' for variant PLACE
@@ -124,7 +113,7 @@ def latency_part(p, bed, place: str, rs, gen, flags: list) -> list[dict]:
             stack.enter_context(GroOn(box_in))
         rx = stack.enter_context(bed.hold("dut", drop_receiver, "flood"))
         probe = stack.enter_context(LatencyProbe(client, dst_mac=box_in.mac, dst_ip=server.address))
-        stack.enter_context(_neighbour(bed.host("dut"), server.address, server.mac, box_out.name))
+        stack.enter_context(sink_neighbour(bed.host("dut"), server.address, server.mac, box_out.name, timeout=30))
         stack.enter_context(bpf.attach_xdp(server, probe.sink(), "native"))
         rx("use", p.program)
         client.host.run(["ping", "-c", "1", "-W", "5", box_in.address], check=False, timeout=30)
@@ -140,26 +129,9 @@ def latency_part(p, bed, place: str, rs, gen, flags: list) -> list[dict]:
                 ndr_loss=NDR_LOSS,
                 search_trial_s=trial_s,
                 search_budget_s=budget_s,
-                pdr_pps=first.pdr_pps if first else None,
+                searched=first,  # searched once per place, in its first trial; the others measure at that PDR
             )
-            if first:  # searched once per place, in its first trial; the others measure at that PDR
-                prof.generator_limited = first.generator_limited
-            elif prof.pdr_pps > 0:
-                first = prof
+            first = first or (prof if prof.pdr_pps > 0 else None)
             cdfs += views.record_latency(rs, place, trial, p.size, prof, flags=flags, generator=gen.name)
         rx("off")
     return cdfs
-
-
-def clock_for(bed):
-    """The softirq clock (entered by the caller): this machine's receive softirq time, the
-    box's whole receive path in a namespace; for a VM the host's part of it (veth, bridge,
-    tap), to which QEMU's threads add the rest (`cpu_window`)."""
-    from labkit.dataplanes.softirq_clock import SoftirqClock
-
-    return SoftirqClock()
-
-
-def wait_quiet(seconds: float = 0.5) -> None:
-    """A pause between parts, so that one part's last packets are not the next one's."""
-    time.sleep(seconds)

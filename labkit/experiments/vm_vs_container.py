@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from labkit import capabilities, measure, parameters, results, traffic
+from labkit.dataplanes.softirq_clock import SoftirqClock
 from labkit.errors import InputError
 from labkit.experiments import Result, check_run_shape, smoke_clamp, trial_loop, vm_parts
 from labkit.experiments.xdp_drop_receiver import drop_receiver
@@ -154,7 +155,7 @@ def run(data_dir=None, **kwargs) -> Result:
                 if "latency" in p.parts:
                     cdfs += vm_parts.latency_part(p, bed, place, rs, gen, flags)
             if "nat" in p.parts:
-                with vm_parts.clock_for(bed) as clock:
+                with SoftirqClock() as clock:
                     checks += [{"receiver": place, **c} for c in vm_parts.nat_part(p, bed, place, rs, clock, flags)]
             meta[place] = bed.metadata()
     vm = (meta.get("vm") or {}).get("vm") or {}
@@ -187,7 +188,7 @@ def _measure(p: Params, bed, place: str, rs, gen, flags: list) -> None:
     snd, box = bed.end("sender"), bed.end("dut", 0)
     spec_ = traffic.TrafficSpec.between(snd, box, size=p.size, count=p.count, rate_pps=p.rate_pps).validate()
     window, used = vm_parts.cpu_window(bed), {}
-    with bed.hold("dut", drop_receiver, "udp") as rx, vm_parts.clock_for(bed) as clock:
+    with bed.hold("dut", drop_receiver, "udp") as rx, SoftirqClock() as clock:
         rx("use", p.program)
 
         def send():  # QEMU's threads read around the send alone, not the counter reads in the guest

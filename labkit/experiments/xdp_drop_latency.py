@@ -47,7 +47,7 @@ from contextlib import ExitStack, contextmanager
 
 from labkit import bpf, progress, traffic
 from labkit.dataplanes.drop_filter import DropFilter
-from labkit.dataplanes.latency_probe import LIVE_FRAMES, LatencyProbe
+from labkit.dataplanes.latency_probe import LIVE_FRAMES, LatencyProbe, sink_neighbour
 from labkit.errors import InputError
 from labkit.experiments import l2fwd_views as views
 from labkit.experiments import rotated
@@ -110,16 +110,6 @@ def spec() -> topology.TopologySpec:
 
 
 @contextmanager
-def _neighbour(host, ip: str, mac: str, dev: str):
-    """A permanent neighbour entry (the sink answers no ARP: its XDP program drops all)."""
-    host.run(["ip", "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"], timeout=10)
-    try:
-        yield
-    finally:
-        host.run(["ip", "neigh", "del", ip, "dev", dev], check=False, timeout=10)
-
-
-@contextmanager
 def _iptables_flood(rcv, filt: DropFilter, rule: str):
     with netfilter.rule(
         rcv.host, "raw", "PREROUTING", "-i", rcv.name, "-p", "udp", "--dport", str(FLOOD_PORT), "-j", "DROP"
@@ -177,7 +167,7 @@ def measure_all(p, rs, search_rows=None) -> list[dict]:
         filt.clear()
         filt.drop_port(FLOOD_PORT)
         probe = stack.enter_context(LatencyProbe(snd, dst_mac=rcv.mac, dst_ip=sink.address))
-        stack.enter_context(_neighbour(rcv.host, sink.address, sink.mac, out.name))
+        stack.enter_context(sink_neighbour(rcv.host, sink.address, sink.mac, out.name))
         stack.enter_context(bpf.attach_xdp(sink, probe.sink(), "native"))
         gen = stack.enter_context(traffic.generator(p.generator, snd))
         flood = traffic.TrafficSpec.between(

@@ -149,11 +149,16 @@ def profile(
     search_trial_s: float = 0.5,
     search_budget_s: float = 10.0,
     pdr_pps: float | None = None,
+    searched: Profile | None = None,
 ) -> Profile:
-    """The PDR of what RECEIVED() counts (unless PDR_PPS is given), then PROBES probes at
-    PROBE_RATE with no load and with SPEC sent at each fraction of LOADS of that rate."""
+    """The PDR of what RECEIVED() counts (unless PDR_PPS is given, or SEARCHED: an earlier
+    profile of the same path, whose PDR and generator limit are taken over), then PROBES
+    probes at PROBE_RATE with no load and with SPEC sent at each fraction of LOADS of that
+    rate."""
     check(loads, probes, probe_rate, ndr_loss, pdr_loss)
     notes, limited, ndr, took = [], False, math.nan, 0.0
+    if searched is not None:
+        pdr_pps, limited = searched.pdr_pps, searched.generator_limited
     if pdr_pps is None:
         found = search(
             gen, spec, received, ndr_loss=ndr_loss, pdr_loss=pdr_loss, trial_s=search_trial_s, budget_s=search_budget_s
